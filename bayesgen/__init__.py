@@ -1,0 +1,38 @@
+"""bayesgen: Bayesian generative models in Pyro, with ArviZ 1.x output.
+
+The public API is re-exported here; see the README for a tour.
+"""
+
+__version__ = "0.1.0"
+
+from bayesgen.arviz import summary, to_datatree  # noqa: E402
+from bayesgen.infer import (  # noqa: E402
+    CheckpointError,
+    ConvergenceCheck,
+    IndexBatches,
+    NonFiniteLossError,
+    SVIResult,
+    run_svi,
+)
+from bayesgen.models import (  # noqa: E402
+    BayesianEstimator,
+    BetaBinomialTest,
+    ModelFileError,
+    NotFittedError,
+)
+
+__all__ = [
+    "BayesianEstimator",
+    "BetaBinomialTest",
+    "CheckpointError",
+    "ConvergenceCheck",
+    "IndexBatches",
+    "ModelFileError",
+    "NonFiniteLossError",
+    "NotFittedError",
+    "SVIResult",
+    "__version__",
+    "run_svi",
+    "summary",
+    "to_datatree",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from bayesgen.cli import main
+
+sys.exit(main())

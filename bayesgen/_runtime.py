@@ -1,0 +1,116 @@
+"""Device, RNG and array-boundary helpers shared by every module.
+
+Library code never sets a global default device and never calls ``.cuda()``:
+a device is resolved once from the user's ``device`` argument and data are
+moved there up front. Randomness is seeded inside :func:`seeded`, which forks
+the torch RNG so the caller's state is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayesgen._typing import DeviceLike
+
+__all__ = ["resolve_device", "seeded", "to_numpy", "move_to_device"]
+
+
+def resolve_device(device: DeviceLike = "auto") -> torch.device:
+    """Resolve a user's ``device`` argument to a :class:`torch.device`.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"} or str or torch.device, default "auto"
+        ``"auto"`` picks CUDA when a GPU is visible and the CPU otherwise.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If CUDA is asked for on a machine without a usable GPU, or the string
+        is not a device name.
+    TypeError
+        If ``device`` is neither a string nor a :class:`torch.device`.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(
+                f"device={device!r} is not a device name; use 'auto', 'cpu' or 'cuda'"
+            ) from err
+    else:
+        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(resolved)!r} was requested but no CUDA GPU is available; "
+            "use device='auto' or 'cpu'"
+        )
+    return resolved
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """Seed torch inside a forked RNG so the caller's RNG state is untouched.
+
+    Pyro draws all of its randomness from torch, so seeding torch's CPU
+    generator (and the CUDA generator of ``device``) makes a run repeatable.
+    ``seed=None`` still forks, so the caller's stream does not advance.
+
+    Parameters
+    ----------
+    seed : int or None
+        Seed for this block, or None to draw from the (forked) current state.
+    device : torch.device, optional
+        A CUDA device whose generator is forked and seeded as well.
+    """
+    cuda_devices = []
+    if device is not None and device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda_devices):
+        if seed is not None:
+            torch.default_generator.manual_seed(int(seed))
+            for idx in cuda_devices:
+                torch.cuda.default_generators[idx].manual_seed(int(seed))
+        yield
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """Return a NumPy copy of a tensor (or array-like) on the CPU.
+
+    The single boundary between torch and NumPy: detaches, moves to the CPU
+    and widens half precision so downstream tools (ArviZ, pandas) see float32
+    or float64.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.dtype in (torch.float16, torch.bfloat16):
+            value = value.float()
+        return value.cpu().numpy()
+    return np.asarray(value)
+
+
+def move_to_device(obj: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) tuple, list or mapping to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return {k: move_to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(move_to_device(v, device) for v in obj)
+    if isinstance(obj, list) and not isinstance(obj, str | bytes):
+        return [move_to_device(v, device) for v in obj]
+    return obj
+

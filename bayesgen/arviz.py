@@ -1,0 +1,394 @@
+"""Pyro model/guide pair → ArviZ 1.x DataTree, for bayesgen's models and for yours.
+
+ArviZ 1.x ships no Pyro converter; :func:`to_datatree` is bayesgen's. Given a
+model, a fitted guide and the model's arguments it draws from the guide and
+returns an :class:`xarray.DataTree` with the groups ArviZ expects:
+
+``posterior``
+    Every latent sample site of the model (and ``pyro.deterministic`` sites),
+    drawn from the guide.
+``posterior_predictive``
+    Every observed site, re-simulated from the model under each guide draw.
+``log_likelihood``
+    ``log p(y_i | θ)`` per observation for every observed site, read from the
+    model trace, so ``arviz_stats.loo``/``compare`` work.
+``observed_data``
+    The observed values.
+``prior``, ``prior_predictive``
+    Optional: draws from the model with observations removed.
+
+Guide draws are independent, unlike MCMC draws. They are stored as one chain
+(``chain`` of length 1, ``draw`` of length ``num_samples``) so every ArviZ
+function accepts them, and the root attributes record ``inference_method =
+"svi"``. :func:`summary` therefore reports statistics and the exact Monte
+Carlo standard error of independent draws (``sd / sqrt(n)``) rather than
+R-hat, which means nothing for independent draws.
+
+Sample-site names become variable names. Name the dimensions with ``dims``
+(``{"rate": ["variant"]}``) and label them with ``coords``
+(``{"variant": ["A", "B"]}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from bayesgen._runtime import move_to_device, resolve_device, seeded, to_numpy
+from bayesgen._typing import DeviceLike, ModelFn
+
+__all__ = ["to_datatree", "summary", "draw_sites"]
+
+logger = logging.getLogger(__name__)
+
+_DRAW_PLATE = "_bayesgen_draws"
+
+
+def _is_latent(site: Mapping[str, Any]) -> bool:
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and not site["infer"].get("_do_not_trace")
+    )
+
+
+def _is_observed(site: Mapping[str, Any]) -> bool:
+    return (
+        site["type"] == "sample"
+        and site["is_observed"]
+        and not site["infer"].get("_deterministic")
+        and not site_is_subsample(site)
+    )
+
+
+def _is_deterministic(site: Mapping[str, Any]) -> bool:
+    return site["type"] == "sample" and bool(site["infer"].get("_deterministic"))
+
+
+def _max_plate_nesting(trace: poutine.Trace) -> int:
+    nesting = 0
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and frame.dim is not None:
+                nesting = max(nesting, -frame.dim)
+        nesting = max(nesting, len(site["fn"].batch_shape) if hasattr(site["fn"], "batch_shape") else 0)
+    return nesting
+
+
+def _vectorize(fn: ModelFn, num: int, dim: int) -> ModelFn:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with pyro.plate(_DRAW_PLATE, num, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def _site_log_lik(site: Mapping[str, Any]) -> torch.Tensor:
+    log_lik = site["fn"].log_prob(site["value"])
+    if site.get("mask") is not None:
+        log_lik = log_lik.masked_fill(~site["mask"].expand_as(log_lik), 0.0)
+    return log_lik
+
+
+def _one_pass(
+    model: ModelFn, guide: ModelFn | None, args: tuple, kwargs: dict, predictive: bool
+) -> tuple[dict[str, dict[str, torch.Tensor]], poutine.Trace | None, poutine.Trace]:
+    """Trace guide → model once; return latents, log-likelihoods, predictive draws and the traces."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs) if guide is not None else None
+    conditioned = poutine.replay(model, trace=guide_trace) if guide_trace is not None else model
+    model_trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
+    out: dict[str, dict[str, torch.Tensor]] = {"latent": {}, "log_lik": {}, "predictive": {}, "observed": {}}
+    for name, site in model_trace.nodes.items():
+        if _is_latent(site) or _is_deterministic(site):
+            out["latent"][name] = site["value"]
+        elif _is_observed(site):
+            out["log_lik"][name] = _site_log_lik(site)
+            out["observed"][name] = site["value"]
+    if predictive:
+        pred_trace = poutine.trace(poutine.uncondition(conditioned)).get_trace(*args, **kwargs)
+        for name in out["log_lik"]:
+            out["predictive"][name] = pred_trace.nodes[name]["value"]
+    return out, guide_trace, model_trace
+
+
+def draw_sites(
+    model: ModelFn,
+    guide: ModelFn | None,
+    *args: Any,
+    num_samples: int = 1000,
+    predictive: bool = True,
+    parallel: bool = True,
+    **kwargs: Any,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Draw latent sites, per-observation log-likelihoods and predictive draws.
+
+    The low-level engine of :func:`to_datatree`. With ``guide=None`` the
+    latents come from the prior (and "predictive" is the prior predictive).
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro model and guide with the same signature; ``guide`` may be None.
+    *args, **kwargs
+        Model arguments, including the observed data.
+    num_samples : int, default 1000
+    predictive : bool, default True
+        Also re-simulate the observed sites.
+    parallel : bool, default True
+        Draw all samples in one vectorised pass (a plate over draws outside the
+        model's plates). Models that do not broadcast fall back to a loop.
+
+    Returns
+    -------
+    dict
+        ``{"latent": {...}, "log_lik": {...}, "predictive": {...}, "observed": {...}}``;
+        each value has shape ``(num_samples, *site_shape)`` except "observed".
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    # One plain pass gives the natural shape of every site and the plate depth.
+    plain, guide_trace, model_trace = _one_pass(model, guide, args, kwargs, predictive)
+    observed = plain.pop("observed")
+    if not observed:
+        logger.info("the model has no observed sites; log_likelihood and observed_data will be empty")
+    draws: dict[str, dict[str, torch.Tensor]] | None = None
+    if parallel and num_samples > 1:
+        dim = -_max_plate_nesting(model_trace) - 1
+        if guide_trace is not None:
+            dim = min(dim, -_max_plate_nesting(guide_trace) - 1)
+        try:
+            vguide = _vectorize(guide, num_samples, dim) if guide is not None else None
+            raw, _, _ = _one_pass(_vectorize(model, num_samples, dim), vguide, args, kwargs, predictive)
+            raw.pop("observed")
+            # A vectorised value is (num_samples, 1, ..., 1, *natural shape); the plain
+            # pass gives the natural shape, so a reshape drops the broadcast padding.
+            draws = {
+                group: {
+                    name: value.reshape(num_samples, *plain[group][name].shape)
+                    for name, value in sites.items()
+                }
+                for group, sites in raw.items()
+            }
+        except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+            logger.warning(
+                "vectorised draws failed (%s: %s); drawing %d samples one at a time",
+                type(err).__name__,
+                err,
+                num_samples,
+            )
+            draws = None
+    if draws is None:
+        passes = [_one_pass(model, guide, args, kwargs, predictive)[0] for _ in range(num_samples)]
+        for p in passes:
+            p.pop("observed")
+        draws = {
+            group: {name: torch.stack([p[group][name] for p in passes]) for name in passes[0][group]}
+            for group in passes[0]
+        }
+    draws["observed"] = observed
+    return draws
+
+
+def to_datatree(
+    model: ModelFn,
+    guide: ModelFn,
+    *args: Any,
+    num_samples: int = 1000,
+    param_state: dict | None = None,
+    seed: int | None = 0,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, Sequence[Any]] | None = None,
+    prior: bool = False,
+    parallel: bool = True,
+    device: DeviceLike | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Convert a fitted Pyro model/guide pair to an ArviZ DataTree.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Any Pyro model and its fitted guide (a function using ``pyro.param``,
+        an autoguide or a ``PyroModule``), with the same signature.
+    *args, **kwargs
+        The model's arguments, observed data included.
+    num_samples : int, default 1000
+        Guide draws (stored as 1 chain × ``num_samples`` draws).
+    param_state : dict, optional
+        The param-store state holding the guide's parameters (an estimator's,
+        or ``SVIResult.param_state``). None reads the global param store, as
+        a hand-written Pyro script leaves it.
+    seed : int or None, default 0
+        Seed for the draws; the caller's RNG is left alone.
+    dims : dict of {str: list of str}, optional
+        Names of each variable's dimensions, e.g. ``{"rate": ["variant"]}``.
+        Applies to every group holding that variable.
+    coords : dict of {str: list}, optional
+        Coordinate values of named dimensions, e.g. ``{"variant": ["A", "B"]}``.
+    prior : bool, default False
+        Add ``prior`` and ``prior_predictive`` groups drawn from the model.
+    parallel : bool, default True
+        Vectorise the draws (falls back to a loop for models that do not broadcast).
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        Move tensor arguments there first; None leaves them where they are.
+    attrs : dict, optional
+        Extra attributes for the root of the tree.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``posterior``, ``posterior_predictive``, ``log_likelihood``,
+        ``observed_data`` (and ``prior``, ``prior_predictive``).
+
+    Examples
+    --------
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> from pyro.infer.autoguide import AutoNormal
+    >>> from bayesgen.infer import run_svi
+    >>> y = torch.tensor([1.2, 0.4, 0.9, 1.6])
+    >>> def model(y):
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    ...     with pyro.plate("obs", len(y)):
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> guide = AutoNormal(model)
+    >>> fit = run_svi(model, guide, y, num_steps=300, learning_rate=0.05)
+    >>> tree = to_datatree(model, guide, y, param_state=fit.param_state, dims={"y": ["obs"]})
+    >>> sorted(tree.children)
+    ['log_likelihood', 'observed_data', 'posterior', 'posterior_predictive']
+    """
+    from arviz_base import from_dict
+
+    if device is not None:
+        dev = resolve_device(device)
+        args, kwargs = move_to_device(args, dev), move_to_device(kwargs, dev)
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    rng_device = tensors[0].device if tensors else None
+
+    from bayesgen.infer import param_scope
+
+    scope = param_scope(param_state) if param_state is not None else _null_scope()
+    with scope, seeded(seed, rng_device), torch.no_grad():
+        post = draw_sites(model, guide, *args, num_samples=num_samples, parallel=parallel, **kwargs)
+        prior_draws = (
+            draw_sites(model, None, *args, num_samples=num_samples, parallel=parallel, **kwargs)
+            if prior
+            else None
+        )
+
+    def chain(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {name: to_numpy(v)[None, ...] for name, v in values.items()}
+
+    groups: dict[str, dict[str, np.ndarray]] = {
+        "posterior": chain(post["latent"]),
+        "posterior_predictive": chain(post["predictive"]),
+        "log_likelihood": chain(post["log_lik"]),
+        "observed_data": {name: to_numpy(v) for name, v in post["observed"].items()},
+    }
+    if prior_draws is not None:
+        groups["prior"] = chain(prior_draws["latent"])
+        groups["prior_predictive"] = chain(prior_draws["predictive"])
+    groups = {k: v for k, v in groups.items() if v}
+    root_attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "inference_method": "svi",
+        "draws_are_independent": 1,
+        "num_samples": int(num_samples),
+        **(dict(attrs) if attrs else {}),
+    }
+    dims_clean = _fit_dims(groups, dims or {})
+    return from_dict(
+        groups,
+        dims=dims_clean,
+        coords={k: list(v) for k, v in (coords or {}).items()},
+        attrs={"/": root_attrs},
+    )
+
+
+def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]]) -> dict:
+    """Keep user dims only where their length matches the variable's rank, and say so otherwise."""
+    out: dict[str, list[str]] = {}
+    for name, names in dims.items():
+        for group, values in groups.items():
+            if name not in values:
+                continue
+            rank = values[name].ndim - (0 if group == "observed_data" else 2)
+            if len(names) > rank:
+                raise ValueError(
+                    f"dims[{name!r}] = {list(names)} names {len(names)} dimensions, but the "
+                    f"site {name!r} has {rank} in group {group!r}"
+                )
+        out[name] = list(names)
+    return out
+
+
+class _null_scope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def summary(
+    data: Any,
+    var_names: Sequence[str] | None = None,
+    *,
+    group: str = "posterior",
+    ci_prob: float = 0.94,
+    ci_kind: str = "eti",
+    round_to: int | str = "none",
+) -> pd.DataFrame:
+    """Summary table suited to how the draws were made.
+
+    For independent guide draws (``inference_method == "svi"``) it reports
+    mean, sd and the credible interval from :func:`arviz.summary` with
+    ``kind="stats"``, plus ``mcse_mean = sd / sqrt(n)`` — exact for
+    independent draws — and the number of draws. R-hat and ESS are left out:
+    they diagnose Markov chains, which SVI draws are not. For MCMC output it
+    returns ArviZ's full summary, diagnostics included.
+
+    Parameters
+    ----------
+    data : xarray.DataTree
+        From :func:`to_datatree` or any ArviZ-converted source.
+    var_names : list of str, optional
+    group : str, default "posterior"
+    ci_prob : float, default 0.94
+    ci_kind : {"eti", "hdi"}, default "eti"
+    round_to : int or "none", default "none"
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per scalar (``rate[A]``), columns ``mean``, ``sd``,
+        ``{ci_kind}{pct}_lb``, ``{ci_kind}{pct}_ub``, ``mcse_mean``, ``n_draws``.
+    """
+    import arviz
+
+    independent = bool(data.attrs.get("draws_are_independent", 0))
+    kind = "stats" if independent else "all"
+    table = arviz.summary(
+        data, var_names=var_names, group=group, kind=kind, ci_prob=ci_prob, ci_kind=ci_kind, round_to=round_to
+    )
+    table = pd.DataFrame(table)
+    if independent:
+        ds = data[group]
+        n = int(np.prod([ds.sizes[d] for d in ("chain", "draw") if d in ds.sizes]))
+        table["mcse_mean"] = table["sd"].astype(float) / math.sqrt(n)
+        table["n_draws"] = n
+    return table
+

@@ -1,0 +1,175 @@
+"""The ``bayesgen`` command line.
+
+``bayesgen fit SPEC``      fit a run spec from ``models/`` and write a run folder.
+``bayesgen abtest ...``    Bayesian A/B(/n) test from counts or a CSV of raw events.
+
+Bad input ends with a one-line ``bayesgen: error: ...`` on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+import pandas as pd
+
+__all__ = ["main"]
+
+
+def _parse_counts(items: Sequence[str]) -> tuple[list[float], list[float]]:
+    successes, trials = [], []
+    for item in items:
+        parts = item.split("/")
+        if len(parts) != 2:
+            raise ValueError(f"count {item!r} is not SUCCESSES/TRIALS (e.g. 235/2435)")
+        try:
+            s, n = float(parts[0]), float(parts[1])
+        except ValueError as err:
+            raise ValueError(f"count {item!r} is not SUCCESSES/TRIALS with numbers (e.g. 235/2435)") from err
+        successes.append(s)
+        trials.append(n)
+    return successes, trials
+
+
+def _parse_prior(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(f"--prior {text!r} must be ALPHA,BETA (e.g. 1,1)")
+    try:
+        return float(parts[0]), float(parts[1])
+    except ValueError as err:
+        raise ValueError(f"--prior {text!r} must be two numbers ALPHA,BETA") from err
+
+
+def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
+    pct = f"{100 * ci_prob:g}%"
+    lower, upper = f"rate_{pct}_lower", f"rate_{pct}_upper"
+    llo, lhi = f"lift_{pct}_lower", f"lift_{pct}_upper"
+    rows = []
+    for name, r in table.iterrows():
+        lift = "control" if pd.isna(r[llo]) else f"{100 * r['lift_mean']:+.1f}% [{100 * r[llo]:+.1f}%, {100 * r[lhi]:+.1f}%]"
+        rows.append(
+            {
+                "variant": name,
+                "successes/trials": f"{int(r['successes'])}/{int(r['trials'])}",
+                f"rate [{pct} CI]": f"{100 * r['rate_mean']:.2f}% [{100 * r[lower]:.2f}%, {100 * r[upper]:.2f}%]",
+                "P(best)": f"{r['prob_best']:.4f}",
+                "expected loss": f"{100 * r['expected_loss']:.3f} pp",
+                "lift vs control": lift,
+            }
+        )
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def _cmd_abtest(args: argparse.Namespace) -> int:
+    from bayesgen.datasets import read_csv
+    from bayesgen.models.ab_test import BetaBinomialTest, validate_prior
+
+    prior = validate_prior(_parse_prior(args.prior))
+    est = BetaBinomialTest(
+        prior=prior,
+        method=args.method,
+        num_steps=args.num_steps,
+        ci_prob=args.ci,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
+    )
+    if args.csv:
+        if args.counts:
+            raise ValueError("give either counts or --csv, not both")
+        if not args.variant_col or not args.outcome_col:
+            raise ValueError("--csv needs --variant-col and --outcome-col")
+        est.fit_events(read_csv(args.csv), variant_col=args.variant_col, outcome_col=args.outcome_col)
+    else:
+        if not args.counts:
+            raise ValueError("give counts as SUCCESSES/TRIALS per variant (e.g. 235/2435 157/2435) or --csv")
+        successes, trials = _parse_counts(args.counts)
+        names = args.names.split(",") if args.names else None
+        est.fit(successes, trials, names=names)
+    control = args.control if args.control is not None else 0
+    table = est.summary(control=control)
+    print(f"Beta-Binomial A/B test — prior Beta({prior[0]:g}, {prior[1]:g}), method {args.method}")
+    print(_format_ab_table(table, args.ci))
+    if args.method == "svi":
+        gap = est.exact_gap_
+        print(
+            f"SVI vs exact posterior: largest mean gap {gap['max_mean_gap_sd']:.3f} sd, "
+            f"largest sd error {100 * gap['max_sd_rel_error']:.1f}% ({est.n_steps_} steps)"
+        )
+    if args.plot:
+        est.plot().savefig(args.plot, dpi=110)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from bayesgen.specs import run_spec
+
+    out = run_spec(args.spec, args.out, device=args.device, progress=not args.quiet)
+    est = out.estimator
+    print(f"fitted {out.folder.name}: {est.n_steps_} steps, converged={est.converged_}, device={est.device_}")
+    with pd.option_context("display.width", 140, "display.max_columns", 20):
+        print(out.summary.to_string(float_format=lambda v: f"{v:.4g}"))
+        print()
+        print(out.report.to_string(float_format=lambda v: f"{v:.4g}"))
+    print(f"run folder: {out.folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``bayesgen`` command."""
+    parser = argparse.ArgumentParser(prog="bayesgen", description="Bayesian generative models in Pyro.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit a run spec (models/*.toml) and write a run folder")
+    fit.add_argument("spec", help="path to a TOML run spec")
+    fit.add_argument("--device", default=None, help="auto, cpu or cuda (overrides the spec)")
+    fit.add_argument("--out", default=None, help="run folder (default runs/<name>-<time>)")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(func=_cmd_fit)
+
+    ab = sub.add_parser("abtest", help="Bayesian A/B(/n) test of conversion rates")
+    ab.add_argument("counts", nargs="*", help="SUCCESSES/TRIALS per variant, e.g. 235/2435 157/2435")
+    ab.add_argument("--names", help="comma-separated variant names")
+    ab.add_argument("--prior", default="1,1", help="Beta prior ALPHA,BETA (default 1,1)")
+    ab.add_argument("--control", help="control variant for the lift (default: the first)")
+    ab.add_argument("--csv", help="CSV of raw events (one row per visitor)")
+    ab.add_argument("--variant-col", help="variant column of --csv")
+    ab.add_argument("--outcome-col", help="0/1 outcome column of --csv")
+    ab.add_argument("--method", choices=["svi", "exact"], default="svi")
+    ab.add_argument("--num-steps", type=int, default=3000)
+    ab.add_argument("--batch-size", type=int, default=None, help="events per SVI minibatch (--csv)")
+    ab.add_argument("--ci", type=float, default=0.94, help="credible interval mass (default 0.94)")
+    ab.add_argument("--device", default="auto")
+    ab.add_argument("--seed", type=int, default=0)
+    ab.add_argument("--plot", help="write the posterior plot to this file (PNG, PDF, SVG)")
+    ab.add_argument("--quiet", action="store_true", help="no progress bar")
+    ab.set_defaults(func=_cmd_abtest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    warnings.simplefilter("default", UserWarning)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"bayesgen: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bayesgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

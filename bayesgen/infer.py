@@ -1,0 +1,839 @@
+"""One SVI runner for every bayesgen model, and for a user's own model/guide pair.
+
+:func:`run_svi` fits any Pyro model/guide pair by stochastic variational
+inference and returns a small :class:`SVIResult`. It owns the concerns that
+every model shares, so no model writes its own training loop:
+
+* device: tensor arguments are moved to the device once, up front;
+* randomness: seeded inside a forked RNG, so a CPU run is repeatable and the
+  caller's RNG state is untouched;
+* parameters: kept in a param-store state owned by the caller (see
+  :func:`param_scope`), so the user's global param store is never cleared and
+  two fitted models coexist;
+* minibatches: an index sampler (:class:`IndexBatches`) passes
+  ``subsample=<index tensor>`` to the model and guide, which hand it to
+  ``pyro.plate(..., subsample=...)`` so the ELBO is scaled correctly. The
+  sampler shards indices by rank, which is how a data-parallel run would split
+  the same data;
+* monitoring: progress bar, loss history, a convergence check that can stop
+  early, and detection of non-finite losses or gradients *before* the update
+  is applied, so the last good parameters are kept;
+* checkpoints: every ``checkpoint_every`` steps, on a non-finite loss and on
+  Ctrl-C; ``resume=`` continues a run exactly where it stopped.
+
+References
+----------
+Hoffman, Blei, Wang & Paisley (2013), Stochastic variational inference, JMLR 14.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    Trace_ELBO,
+    TraceEnum_ELBO,
+    TraceMeanField_ELBO,
+)
+from pyro.infer.util import zero_grads
+
+from bayesgen._runtime import move_to_device, resolve_device, seeded
+from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
+
+__all__ = [
+    "CheckpointError",
+    "ConvergenceCheck",
+    "IndexBatches",
+    "NonFiniteLossError",
+    "SVIResult",
+    "make_elbo",
+    "make_optimizer",
+    "param_scope",
+    "run_svi",
+]
+
+logger = logging.getLogger(__name__)
+
+LossName = Literal["trace", "trace_enum", "trace_meanfield", "jit_trace", "jit_trace_enum"]
+OptimizerName = Literal["adam", "clipped_adam"]
+ScheduleName = Literal["exponential", "cosine"]
+
+_CHECKPOINT_FORMAT = "bayesgen-svi-checkpoint"
+_CHECKPOINT_VERSION = 1
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The ELBO or a gradient became NaN or infinite during SVI.
+
+    The offending update was *not* applied: the parameters hold their values
+    from the last good step, and the loss history up to it is attached.
+
+    Attributes
+    ----------
+    step : int
+        Zero-based index of the step whose loss or gradient was not finite.
+    losses : numpy.ndarray
+        Loss history of the good steps before it.
+    checkpoint : pathlib.Path or None
+        Where the last good state was saved, when checkpointing was on.
+    """
+
+    def __init__(
+        self, message: str, *, step: int, losses: np.ndarray, checkpoint: Path | None
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.losses = losses
+        self.checkpoint = checkpoint
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or belongs to another model."""
+
+
+@dataclass
+class ConvergenceCheck:
+    """Stop when the smoothed loss has stopped changing.
+
+    Every ``window`` steps the mean loss of the latest window is compared with
+    the previous window's mean; the fit has converged once the relative change
+    stays below ``rtol`` for ``patience`` consecutive windows. Averaging over a
+    window smooths the Monte Carlo noise of the ELBO estimate, so ``rtol``
+    should sit above that noise (roughly ``sd(loss) / sqrt(window) / |loss|``);
+    otherwise the fit runs to ``num_steps`` and reports that it did not
+    converge.
+
+    Parameters
+    ----------
+    window : int, default 100
+        Steps per smoothing window.
+    rtol : float, default 1e-4
+        Relative change of the windowed mean below which a window counts as flat.
+    patience : int, default 3
+        Consecutive flat windows needed.
+    early_stop : bool, default True
+        Stop the fit at convergence; if False, keep going but still report it.
+    """
+
+    window: int = 100
+    rtol: float = 1e-4
+    patience: int = 3
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.patience < 1:
+            raise ValueError("ConvergenceCheck needs window >= 1 and patience >= 1")
+        if not self.rtol > 0:
+            raise ValueError(f"ConvergenceCheck.rtol must be > 0, got {self.rtol}")
+
+    def converged_at(self, losses: np.ndarray) -> int | None:
+        """Return the step count at which ``losses`` first met the criterion, or None.
+
+        Parameters
+        ----------
+        losses : numpy.ndarray, shape (num_steps,)
+
+        Returns
+        -------
+        int or None
+            Number of steps after which the criterion was first met.
+        """
+        n_windows = len(losses) // self.window
+        if n_windows < self.patience + 1:
+            return None
+        means = losses[: n_windows * self.window].reshape(n_windows, self.window).mean(axis=1)
+        flat = 0
+        for i in range(1, n_windows):
+            change = abs(means[i] - means[i - 1]) / max(abs(means[i - 1]), 1e-12)
+            flat = flat + 1 if change < self.rtol else 0
+            if flat >= self.patience:
+                return (i + 1) * self.window
+        return None
+
+
+@dataclass
+class SVIResult:
+    """What :func:`run_svi` returns.
+
+    Attributes
+    ----------
+    losses : numpy.ndarray, shape (num_steps,)
+        Loss (negative ELBO estimate) of every step, including resumed ones.
+    num_steps : int
+        Steps completed in total.
+    converged : bool
+        Whether the convergence check was met.
+    stop_reason : {"converged", "max_steps", "callback"}
+        Why the loop ended.
+    elapsed_s : float
+        Wall-clock seconds of this call (not of earlier, resumed calls).
+    device : torch.device
+        Device the fit ran on.
+    param_state : dict
+        The param-store state holding the fitted parameters (see :func:`param_scope`).
+    checkpoint : pathlib.Path or None
+        The last checkpoint written, if any.
+    """
+
+    losses: np.ndarray
+    num_steps: int
+    converged: bool
+    stop_reason: str
+    elapsed_s: float
+    device: torch.device
+    param_state: dict = field(repr=False)
+    checkpoint: Path | None = None
+
+
+class IndexBatches:
+    """Shuffled minibatch indices over a data dimension, shardable by rank.
+
+    Each epoch draws a permutation of ``range(size)`` from a private
+    generator, keeps this rank's shard (every ``world_size``-th index starting
+    at ``rank``, like ``torch.utils.data.DistributedSampler``) and yields it in
+    batches of ``batch_size``. The indices live on ``device`` so no host copy
+    happens per step. The full ``size`` is what the model's plate is told, so
+    Pyro scales each batch's log-likelihood by ``size / len(batch)``; under
+    data parallelism each rank's estimate is unbiased and averaging gradients
+    across ranks keeps it so.
+
+    Parameters
+    ----------
+    size : int
+        Number of rows in the data dimension.
+    batch_size : int
+        Rows per batch on this rank.
+    seed : int, default 0
+        Seed of the shuffling generator (same on every rank).
+    rank, world_size : int, default 0 and 1
+        This process's shard.
+    device : torch.device, optional
+        Where the index tensors are made.
+    drop_last : bool, default True
+        Drop a final short batch, so every step has the same scale and shape.
+
+    Examples
+    --------
+    >>> batches = IndexBatches(10, 4, seed=0)
+    >>> [len(next(batches)) for _ in range(3)]
+    [4, 4, 4]
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"IndexBatches needs size >= 1, got {size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        shard = len(range(rank, size, world_size))
+        if not 1 <= batch_size <= shard:
+            raise ValueError(
+                f"batch_size must be between 1 and the {shard} rows of this shard, got {batch_size}"
+            )
+        self.size, self.batch_size = size, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.device = device or torch.device("cpu")
+        self.drop_last = drop_last
+        self._generator = torch.Generator().manual_seed(int(seed))
+        self._epoch_batches: list[torch.Tensor] = []
+        self.epoch = 0
+
+    def _new_epoch(self) -> None:
+        perm = torch.randperm(self.size, generator=self._generator)
+        shard = perm[self.rank :: self.world_size].to(self.device)
+        batches = list(shard.split(self.batch_size))
+        if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        self._epoch_batches = batches[::-1]  # pop() from the end yields them in order
+        self.epoch += 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if not self._epoch_batches:
+            self._new_epoch()
+        return self._epoch_batches.pop()
+
+    def state_dict(self) -> dict[str, Any]:
+        """State needed to continue the same index stream after a resume."""
+        return {
+            "generator": self._generator.get_state(),
+            "remaining": [b.cpu() for b in self._epoch_batches],
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict`."""
+        self._generator.set_state(state["generator"])
+        self._epoch_batches = [b.to(self.device) for b in state["remaining"]]
+        self.epoch = int(state["epoch"])
+
+
+@contextlib.contextmanager
+def param_scope(state: dict | None = None) -> Iterator[dict]:
+    """Use ``state`` as the param store for the duration of the block.
+
+    Like :meth:`pyro.params.param_store.ParamStoreDict.scope`, but the params
+    created or changed inside the block are written back to ``state`` even when
+    the block raises (a non-finite loss, Ctrl-C), so no work is lost. The
+    caller's own global param store is restored afterwards.
+
+    Parameters
+    ----------
+    state : dict, optional
+        A state from ``ParamStoreDict.get_state()`` (``{"params", "constraints"}``)
+        or an earlier scope; a new empty one when None.
+
+    Yields
+    ------
+    dict
+        The same ``state`` object, updated in place on exit.
+    """
+    if state is None:
+        state = {"params": {}, "constraints": {}}
+    store = pyro.get_param_store()
+    outer = store.get_state()
+    store.clear()
+    store.set_state(state)
+    try:
+        yield state
+    finally:
+        state.update(store.get_state())
+        store.clear()
+        store.set_state(outer)
+
+
+def make_elbo(
+    loss: LossName | ELBO = "trace",
+    *,
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    max_plate_nesting: int | None = None,
+) -> ELBO:
+    """Build an ELBO object from a name.
+
+    Parameters
+    ----------
+    loss : {"trace", "trace_enum", "trace_meanfield", "jit_trace", "jit_trace_enum"} or ELBO
+        ``"trace_enum"`` enumerates discrete sites marked with
+        ``infer={"enumerate": "parallel"}`` (or ``config_enumerate``) and needs
+        ``max_plate_nesting``. An :class:`~pyro.infer.ELBO` instance is returned as is.
+    num_particles : int, default 1
+        Monte Carlo samples per ELBO estimate.
+    vectorize_particles : bool, default False
+        Draw the particles in one vectorised pass (the model must broadcast).
+    max_plate_nesting : int, optional
+        Deepest plate nesting in the model.
+
+    Returns
+    -------
+    pyro.infer.ELBO
+    """
+    if isinstance(loss, ELBO):
+        return loss
+    classes: dict[str, type[ELBO]] = {
+        "trace": Trace_ELBO,
+        "trace_enum": TraceEnum_ELBO,
+        "trace_meanfield": TraceMeanField_ELBO,
+        "jit_trace": JitTrace_ELBO,
+        "jit_trace_enum": JitTraceEnum_ELBO,
+    }
+    if loss not in classes:
+        raise ValueError(f"loss={loss!r} is not one of {sorted(classes)} or an ELBO instance")
+    options: dict[str, Any] = {"num_particles": int(num_particles), "vectorize_particles": vectorize_particles}
+    if max_plate_nesting is not None:
+        options["max_plate_nesting"] = int(max_plate_nesting)
+    elif loss in ("trace_enum", "jit_trace_enum"):
+        raise ValueError(f"loss={loss!r} needs max_plate_nesting (the deepest plate nesting in the model)")
+    if loss.startswith("jit"):
+        options["ignore_jit_warnings"] = True
+    return classes[loss](**options)
+
+
+def make_optimizer(
+    optimizer: OptimizerName | pyro.optim.PyroOptim = "adam",
+    *,
+    learning_rate: float = 1e-2,
+    lr_schedule: ScheduleName | None = None,
+    final_lr_factor: float = 0.1,
+    num_steps: int = 1000,
+    clip_norm: float = 10.0,
+) -> pyro.optim.PyroOptim:
+    """Build a Pyro optimiser, optionally with a learning-rate schedule.
+
+    Parameters
+    ----------
+    optimizer : {"adam", "clipped_adam"} or pyro.optim.PyroOptim, default "adam"
+        A PyroOptim instance is returned as is.
+    learning_rate : float, default 0.01
+        Initial learning rate.
+    lr_schedule : {"exponential", "cosine"}, optional
+        Decay the learning rate from ``learning_rate`` to
+        ``learning_rate * final_lr_factor`` over ``num_steps``. The runner
+        steps the schedule once per optimisation step.
+    final_lr_factor : float, default 0.1
+        Learning rate at the end of the schedule, relative to the start.
+    num_steps : int, default 1000
+        Length of the schedule.
+    clip_norm : float, default 10.0
+        Gradient-norm clip of ``"clipped_adam"``.
+
+    Returns
+    -------
+    pyro.optim.PyroOptim
+    """
+    if isinstance(optimizer, pyro.optim.PyroOptim):
+        return optimizer
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if optimizer == "adam":
+        torch_cls: type = torch.optim.Adam
+        args: dict[str, Any] = {"lr": learning_rate}
+    elif optimizer == "clipped_adam":
+        from pyro.optim.clipped_adam import ClippedAdam
+
+        torch_cls, args = ClippedAdam, {"lr": learning_rate, "clip_norm": clip_norm}
+    else:
+        raise ValueError(f"optimizer={optimizer!r} is not 'adam', 'clipped_adam' or a PyroOptim")
+    if lr_schedule is None:
+        return pyro.optim.PyroOptim(torch_cls, args)
+    if not 0 < final_lr_factor <= 1:
+        raise ValueError(f"final_lr_factor must be in (0, 1], got {final_lr_factor}")
+    steps = max(int(num_steps), 1)
+    if lr_schedule == "exponential":
+        return pyro.optim.ExponentialLR(
+            {"optimizer": torch_cls, "optim_args": args, "gamma": final_lr_factor ** (1.0 / steps)}
+        )
+    if lr_schedule == "cosine":
+        return pyro.optim.CosineAnnealingLR(
+            {
+                "optimizer": torch_cls,
+                "optim_args": args,
+                "T_max": steps,
+                "eta_min": learning_rate * final_lr_factor,
+            }
+        )
+    raise ValueError(f"lr_schedule={lr_schedule!r} is not None, 'exponential' or 'cosine'")
+
+
+def _grads_finite(params: set[torch.Tensor]) -> bool:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def _svi_step(
+    elbo: ELBO, model: ModelFn, guide: ModelFn, optim: pyro.optim.PyroOptim, args: tuple, kwargs: dict
+) -> tuple[float, bool]:
+    """One SVI step that refuses to apply a non-finite update.
+
+    Mirrors :meth:`pyro.infer.SVI.step`, with a finiteness check between the
+    gradient computation and the optimiser update.
+    """
+    with poutine.trace(param_only=True) as capture:
+        loss = elbo.loss_and_grads(model, guide, *args, **kwargs)
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    loss = float(loss)
+    if not (math.isfinite(loss) and _grads_finite(params)):
+        zero_grads(params)
+        return loss, False
+    optim(params)
+    zero_grads(params)
+    return loss, True
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
+    return path
+
+
+def load_checkpoint(path: PathLikeStr) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`run_svi` without executing code from it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, unreadable, or not a bayesgen SVI checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"{path} is not a readable bayesgen checkpoint: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a bayesgen SVI checkpoint")
+    if payload.get("version") != _CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}, this bayesgen reads {_CHECKPOINT_VERSION}"
+        )
+    return payload
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    cuda = None
+    if device.type == "cuda":
+        cuda = torch.cuda.get_rng_state(device)
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def run_svi(
+    model: ModelFn,
+    guide: ModelFn,
+    *args: Any,
+    num_steps: int = 1000,
+    learning_rate: float = 1e-2,
+    optimizer: OptimizerName | pyro.optim.PyroOptim = "adam",
+    lr_schedule: ScheduleName | None = None,
+    final_lr_factor: float = 0.1,
+    loss: LossName | ELBO = "trace",
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    max_plate_nesting: int | None = None,
+    data_size: int | None = None,
+    batch_size: int | None = None,
+    device: DeviceLike | None = None,
+    seed: int | None = 0,
+    param_state: dict | None = None,
+    convergence: ConvergenceCheck | None = None,
+    progress: bool = False,
+    checkpoint: PathLikeStr | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool | PathLikeStr = False,
+    callback: Callable[[int, float], bool | None] | None = None,
+    **kwargs: Any,
+) -> SVIResult:
+    """Fit a Pyro model/guide pair by SVI.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro model and guide with the same signature. With ``batch_size`` set
+        they must accept a ``subsample`` keyword (an index tensor or None) and
+        pass it to the data plate: ``pyro.plate("obs", n, subsample=subsample)``.
+        With a JIT loss the index is passed as the last positional argument
+        instead (JIT treats keywords as constants), so make ``subsample`` the
+        parameter right after the data.
+    *args, **kwargs
+        Passed to model and guide on every step; tensors are moved to ``device`` once.
+    num_steps : int, default 1000
+        Total optimisation steps (a resumed run counts the steps already done).
+    learning_rate : float, default 0.01
+    optimizer : {"adam", "clipped_adam"} or pyro.optim.PyroOptim, default "adam"
+    lr_schedule : {"exponential", "cosine"}, optional
+        Decay to ``learning_rate * final_lr_factor`` over ``num_steps``.
+    final_lr_factor : float, default 0.1
+    loss : {"trace", "trace_enum", "trace_meanfield", "jit_trace", "jit_trace_enum"} or ELBO
+        See :func:`make_elbo`. Default ``Trace_ELBO``.
+    num_particles : int, default 1
+    vectorize_particles : bool, default False
+    max_plate_nesting : int, optional
+        Needed by the enumerating losses.
+    data_size : int, optional
+        Size of the data dimension to minibatch over. Required with ``batch_size``.
+    batch_size : int, optional
+        Minibatch size; None uses all data every step.
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        Where to fit. None leaves the arguments where they are (and uses the CPU
+        for the RNG and indices unless a tensor argument is on a GPU).
+    seed : int or None, default 0
+        Seed for this fit; the caller's RNG state is left untouched either way.
+    param_state : dict, optional
+        Param-store state to fit in, updated in place (see :func:`param_scope`).
+        A new one when None; it is returned in the result.
+    convergence : ConvergenceCheck, optional
+        Convergence criterion; None never stops early.
+    progress : bool, default False
+        Show a tqdm progress bar with the smoothed loss.
+    checkpoint : str or os.PathLike, optional
+        File to write checkpoints to (every ``checkpoint_every`` steps, at the
+        end, on a non-finite loss and on KeyboardInterrupt).
+    checkpoint_every : int, optional
+        Steps between checkpoints; None writes only at the end and on interruption.
+    resume : bool or str or os.PathLike, default False
+        Continue from a checkpoint: True reads ``checkpoint``; a path reads that file.
+    callback : callable, optional
+        ``callback(step, loss)`` after each step; returning True stops the fit.
+
+    Returns
+    -------
+    SVIResult
+
+    Raises
+    ------
+    NonFiniteLossError
+        The loss or a gradient became NaN/inf; the update was not applied.
+    CheckpointError
+        ``resume`` names a missing, corrupt or mismatched checkpoint.
+    KeyboardInterrupt
+        Re-raised after writing a checkpoint (when ``checkpoint`` is set).
+
+    Examples
+    --------
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> from torch.distributions import constraints
+    >>> y = torch.tensor([0.9, 1.1, 1.3])
+    >>> def model(y):
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    ...     with pyro.plate("obs", len(y)):
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> def guide(y):
+    ...     loc = pyro.param("loc", torch.tensor(0.0))
+    ...     scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    ...     pyro.sample("mu", dist.Normal(loc, scale))
+    >>> result = run_svi(model, guide, y, num_steps=500, learning_rate=0.05, seed=0)
+    >>> result.losses[-50:].mean() < result.losses[:50].mean()
+    True
+    """
+    if int(num_steps) < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if batch_size is not None and data_size is None:
+        raise ValueError("batch_size needs data_size (the number of rows to minibatch over)")
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every needs a checkpoint path")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+
+    if device is None:
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        dev = tensors[0].device if tensors else torch.device("cpu")
+    else:
+        dev = resolve_device(device)
+        args = move_to_device(args, dev)
+        kwargs = move_to_device(kwargs, dev)
+
+    resume_path: Path | None = None
+    if resume is True:
+        if checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=<path>")
+        resume_path = Path(checkpoint)
+    elif resume:
+        resume_path = Path(resume)
+    saved = load_checkpoint(resume_path) if resume_path is not None else None
+    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+
+    elbo = make_elbo(
+        loss,
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=max_plate_nesting,
+    )
+    optim = make_optimizer(
+        optimizer,
+        learning_rate=learning_rate,
+        lr_schedule=lr_schedule,
+        final_lr_factor=final_lr_factor,
+        num_steps=num_steps,
+    )
+    batches = None
+    if batch_size is not None:
+        batches = IndexBatches(int(data_size), int(batch_size), seed=0 if seed is None else seed, device=dev)
+
+    # Pyro's JIT losses compile once per distinct set of keyword arguments, so under
+    # JIT the batch index travels as the last positional argument instead.
+    jit = isinstance(elbo, JitTrace_ELBO | JitTraceEnum_ELBO)
+
+    def step_args() -> tuple[tuple, dict[str, Any]]:
+        if batches is None:
+            return args, kwargs
+        if jit:
+            return (*args, next(batches)), kwargs
+        return args, {**kwargs, "subsample": next(batches)}
+
+    losses: list[float] = []
+    state = param_state if param_state is not None else {"params": {}, "constraints": {}}
+    start = time.perf_counter()
+    written: Path | None = None
+
+    with param_scope(state), seeded(seed, dev), warnings.catch_warnings():
+        # torch deprecates jit.trace, which Pyro's JIT losses are built on; say it once, not per step.
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
+        # Create every parameter once (guide and model), so that a resumed run can
+        # overwrite them in place and the optimiser state can be matched by name.
+        init_kwargs = kwargs
+        if batches is not None:
+            init_kwargs = {**kwargs, "subsample": torch.arange(int(batch_size), device=dev)}
+        with poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(*args, **init_kwargs)
+            poutine.replay(model, trace=guide_trace)(*args, **init_kwargs)
+        if saved is not None:
+            _restore(saved, optim, batches, dev, resume_path)
+            losses = [float(v) for v in saved["losses"]]
+            if len(losses) > num_steps:
+                raise CheckpointError(
+                    f"{resume_path} already holds {len(losses)} steps, more than num_steps={num_steps}"
+                )
+
+        def snapshot() -> dict[str, Any]:
+            store = pyro.get_param_store()
+            return {
+                "format": _CHECKPOINT_FORMAT,
+                "version": _CHECKPOINT_VERSION,
+                "step": len(losses),
+                "losses": torch.tensor(losses, dtype=torch.float64),
+                "params": {
+                    name: store.get_param(name).unconstrained().detach().cpu().clone()
+                    for name in store.keys()
+                },
+                "optim": optim.get_state(),
+                "rng": _rng_state(dev),
+                "batches": batches.state_dict() if batches is not None else None,
+            }
+
+        converged, stop_reason = False, "max_steps"
+        bar = _progress_bar(progress, num_steps, len(losses))
+        try:
+            for step in range(len(losses), num_steps):
+                value, ok = _svi_step(elbo, model, guide, optim, *step_args())
+                if not ok:
+                    if checkpoint_path is not None:
+                        written = _save_checkpoint(checkpoint_path, snapshot())
+                    hist = np.asarray(losses)
+                    raise NonFiniteLossError(
+                        f"SVI loss or gradient became non-finite at step {step} (loss={value}); "
+                        f"the update was not applied, so the parameters keep their values "
+                        f"from step {step - 1}"
+                        + (f" (checkpoint: {written})" if written else "")
+                        + ". Try a smaller learning_rate, optimizer='clipped_adam', or check "
+                        "the data for extreme values.",
+                        step=step,
+                        losses=hist,
+                        checkpoint=written,
+                    )
+                losses.append(value)
+                if isinstance(optim, pyro.optim.PyroLRScheduler):
+                    optim.step()
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4g}")
+                if checkpoint_every and (step + 1) % checkpoint_every == 0:
+                    written = _save_checkpoint(checkpoint_path, snapshot())
+                if callback is not None and callback(step, value):
+                    stop_reason = "callback"
+                    break
+                if (
+                    convergence is not None
+                    and (step + 1) % convergence.window == 0
+                    and convergence.converged_at(np.asarray(losses)) is not None
+                ):
+                    converged = True
+                    if convergence.early_stop:
+                        stop_reason = "converged"
+                        break
+        except KeyboardInterrupt:
+            if checkpoint_path is not None:
+                written = _save_checkpoint(checkpoint_path, snapshot())
+                logger.warning("interrupted after %d steps; checkpoint written to %s", len(losses), written)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if checkpoint_path is not None:
+            written = _save_checkpoint(checkpoint_path, snapshot())
+
+    hist = np.asarray(losses, dtype=float)
+    if convergence is not None and not converged:
+        converged = convergence.converged_at(hist) is not None
+    if convergence is not None and not converged:
+        logger.warning(
+            "SVI stopped at the step limit (%d steps) without meeting the convergence check", len(hist)
+        )
+    return SVIResult(
+        losses=hist,
+        num_steps=len(hist),
+        converged=converged,
+        stop_reason=stop_reason,
+        elapsed_s=time.perf_counter() - start,
+        device=dev,
+        param_state=state,
+        checkpoint=written,
+    )
+
+
+def _restore(
+    saved: Mapping[str, Any],
+    optim: pyro.optim.PyroOptim,
+    batches: IndexBatches | None,
+    device: torch.device,
+    path: Path | None,
+) -> None:
+    """Overwrite the freshly initialised parameters with a checkpoint's, in place."""
+    store = pyro.get_param_store()
+    names = set(store.keys())
+    if set(saved["params"]) != names:
+        missing = sorted(names - set(saved["params"]))
+        extra = sorted(set(saved["params"]) - names)
+        raise CheckpointError(
+            f"{path} does not match this model/guide: parameters missing from it {missing}, "
+            f"parameters it has that the guide does not {extra}"
+        )
+    with torch.no_grad():
+        for name, value in saved["params"].items():
+            target = store.get_param(name).unconstrained()
+            if target.shape != value.shape:
+                raise CheckpointError(
+                    f"{path}: parameter {name!r} has shape {tuple(value.shape)}, "
+                    f"the guide makes {tuple(target.shape)}"
+                )
+            target.copy_(value.to(device))
+    optim.set_state(move_to_device(saved["optim"], device))
+    if batches is not None:
+        if saved.get("batches") is None:
+            raise CheckpointError(f"{path} was written by a full-batch run; resume it without batch_size")
+        batches.load_state_dict(saved["batches"])
+    _set_rng_state(saved["rng"], device)
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="SVI", unit="step", dynamic_ncols=True)

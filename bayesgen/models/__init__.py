@@ -1,0 +1,6 @@
+"""bayesgen's models: one module per model, each a Pyro model/guide pair plus an estimator."""
+
+from bayesgen.models._base import BayesianEstimator, ModelFileError, NotFittedError
+from bayesgen.models.ab_test import BetaBinomialTest
+
+__all__ = ["BayesianEstimator", "BetaBinomialTest", "ModelFileError", "NotFittedError"]

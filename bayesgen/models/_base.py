@@ -1,0 +1,338 @@
+"""Shared estimator base: fit through the one SVI runner, posterior, ArviZ, save/load.
+
+Every bayesgen model is a plain Pyro model/guide pair plus an estimator
+subclassing :class:`BayesianEstimator`. The estimator holds hyperparameters
+from ``__init__`` (no work there), validates data in ``fit``, owns its Pyro
+parameters in a private param-store state (so the user's global param store is
+never touched and two fitted models coexist), and saves to a folder that loads
+without executing code: tensors via ``torch.save``/``torch.load(weights_only=True)``
+and metadata as JSON.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import pyro
+import torch
+from pyro import poutine
+
+import bayesgen
+from bayesgen._runtime import resolve_device, to_numpy
+from bayesgen._typing import ModelFn, PathLikeStr
+from bayesgen.infer import ConvergenceCheck, SVIResult, param_scope, run_svi
+
+__all__ = ["BayesianEstimator", "NotFittedError", "ModelFileError"]
+
+MODEL_FORMAT = "bayesgen-model"
+MODEL_FORMAT_VERSION = 1
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted estimator was called before ``fit``."""
+
+
+class ModelFileError(ValueError):
+    """A saved-model folder is missing, corrupt, or holds another kind of model."""
+
+
+class BayesianEstimator:
+    """Base class of bayesgen estimators.
+
+    Subclasses set ``_model_name`` and implement:
+
+    * ``_model_and_guide()`` → ``(model, guide)`` used for SVI and ArviZ;
+    * ``_model_args()`` → ``(args, kwargs)`` for the fitted data;
+    * ``_arviz_dims()`` → ``(dims, coords)``;
+    * ``_get_extra_state()`` / ``_set_extra_state(meta, tensors)`` for save/load.
+    """
+
+    _model_name: ClassVar[str] = "base"
+    _registry: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BayesianEstimator._registry[cls.__name__] = cls.__module__
+
+    # ----------------------------------------------------------------- params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters given to ``__init__``, as a dict (scikit-learn style)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def __repr__(self) -> str:
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+        }
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    # ---------------------------------------------------------------- fitting
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "losses_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit(...) before using this method"
+            )
+
+    def _run_svi(
+        self,
+        *args: Any,
+        checkpoint: PathLikeStr | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | PathLikeStr = False,
+        data_size: int | None = None,
+        **kwargs: Any,
+    ) -> SVIResult:
+        """Fit the estimator's model/guide with its inference hyperparameters."""
+        model, guide = self._model_and_guide()
+        state: dict = {"params": {}, "constraints": {}}
+        convergence = None
+        if getattr(self, "convergence_rtol", None):
+            # With a learning-rate schedule running, stopping early would cut the
+            # schedule short; then convergence is reported but does not stop the fit.
+            convergence = ConvergenceCheck(
+                window=getattr(self, "convergence_window", 100),
+                rtol=self.convergence_rtol,
+                early_stop=getattr(self, "lr_schedule", None) is None,
+            )
+        result = run_svi(
+            model,
+            guide,
+            *args,
+            num_steps=self.num_steps,
+            learning_rate=self.learning_rate,
+            optimizer=getattr(self, "optimizer", "adam"),
+            lr_schedule=getattr(self, "lr_schedule", None),
+            final_lr_factor=getattr(self, "final_lr_factor", 0.1),
+            loss=getattr(self, "loss", "trace"),
+            num_particles=getattr(self, "num_particles", 1),
+            vectorize_particles=getattr(self, "num_particles", 1) > 1,
+            max_plate_nesting=getattr(self, "_max_plate_nesting", None),
+            batch_size=getattr(self, "batch_size", None) if data_size is not None else None,
+            data_size=data_size,
+            device=self.device_,
+            seed=self.seed,
+            param_state=state,
+            convergence=convergence,
+            progress=self.progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            **kwargs,
+        )
+        self._param_state = result.param_state
+        self.losses_ = result.losses
+        self.converged_ = result.converged if convergence is not None else None
+        self.n_steps_ = result.num_steps
+        self.fit_seconds_ = result.elapsed_s
+        return result
+
+    def _params_numpy(self) -> dict[str, Any]:
+        """Constrained values of the fitted guide parameters, as NumPy arrays."""
+        with param_scope(self._param_state):
+            store = pyro.get_param_store()
+            return {name: to_numpy(store.get_param(name)) for name in store.keys()}
+
+    @property
+    def params_(self) -> dict[str, Any]:
+        """Fitted variational parameters (constrained), by Pyro param name."""
+        self._check_fitted()
+        return self._params_numpy()
+
+    # ------------------------------------------------------------------ ArviZ
+    def to_arviz(self, num_samples: int = 1000, *, seed: int | None = 0, prior: bool = False) -> Any:
+        """Posterior, posterior predictive, log-likelihood and observed data as a DataTree.
+
+        Parameters
+        ----------
+        num_samples : int, default 1000
+            Guide draws (one chain).
+        seed : int or None, default 0
+        prior : bool, default False
+            Add ``prior`` and ``prior_predictive`` groups.
+
+        Returns
+        -------
+        xarray.DataTree
+        """
+        from bayesgen.arviz import to_datatree
+
+        self._check_fitted()
+        model, guide = self._model_and_guide(for_arviz=True)
+        args, kwargs = self._model_args(for_arviz=True)
+        dims, coords = self._arviz_dims()
+        return to_datatree(
+            model,
+            guide,
+            *args,
+            num_samples=num_samples,
+            param_state=self._param_state,
+            seed=seed,
+            dims=dims,
+            coords=coords,
+            prior=prior,
+            attrs={"bayesgen_model": type(self).__name__, "bayesgen_version": bayesgen.__version__},
+            **kwargs,
+        )
+
+    # -------------------------------------------------------------- save/load
+    def save(self, path: PathLikeStr) -> Path:
+        """Save the fitted estimator to a folder.
+
+        The folder holds ``meta.json`` (class, versions, hyperparameters,
+        fitted attributes) and ``tensors.pt`` (a dict of CPU tensors: the
+        unconstrained guide parameters and the data the model needs). Loading
+        never executes code from these files.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Folder to create (or overwrite files in).
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        extra_meta, extra_tensors = self._get_extra_state()
+        params = {
+            name: value.detach().cpu().clone() for name, value in self._param_state["params"].items()
+        }
+        tensors = {"params": params, **extra_tensors, "losses": torch.as_tensor(self.losses_)}
+        meta = {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "class": type(self).__name__,
+            "bayesgen_version": bayesgen.__version__,
+            "torch_version": torch.__version__,
+            "pyro_version": pyro.__version__,
+            "hyperparameters": _jsonable(self.get_params()),
+            "fitted": {
+                "converged_": None if self.converged_ is None else bool(self.converged_),
+                "n_steps_": int(self.n_steps_),
+                "fit_seconds_": float(self.fit_seconds_),
+                "device_": str(self.device_),
+            },
+            "extra": _jsonable(extra_meta),
+        }
+        torch.save(tensors, folder / "tensors.pt")
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, path: PathLikeStr, *, device: str | torch.device = "auto") -> Self:
+        """Load an estimator saved with :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The folder written by :meth:`save`.
+        device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+            Where the loaded model computes; a model fitted on a GPU loads on
+            a CPU-only machine.
+
+        Returns
+        -------
+        BayesianEstimator
+
+        Raises
+        ------
+        ModelFileError
+            If the folder is missing, a file is corrupt, or it holds a
+            different kind of model than ``cls``.
+        """
+        folder = Path(path)
+        meta_path, tensor_path = folder / "meta.json", folder / "tensors.pt"
+        if not meta_path.is_file() or not tensor_path.is_file():
+            raise ModelFileError(f"{folder} is not a saved bayesgen model (meta.json and tensors.pt expected)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ModelFileError(f"{meta_path} is corrupt: {err}") from err
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{meta_path} is not bayesgen model metadata")
+        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ModelFileError(
+                f"{folder} has format version {meta.get('format_version')}; this bayesgen reads {MODEL_FORMAT_VERSION}"
+            )
+        class_name = meta.get("class")
+        if class_name not in BayesianEstimator._registry:
+            raise ModelFileError(f"{folder} holds an unknown model class {class_name!r}")
+        target = getattr(importlib.import_module(BayesianEstimator._registry[class_name]), class_name)
+        if not issubclass(target, cls):
+            raise ModelFileError(f"{folder} holds a {class_name}, not a {cls.__name__}")
+        try:
+            tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for corrupt or foreign files
+            raise ModelFileError(f"{tensor_path} is corrupt or not a tensor file: {err}") from err
+        if not isinstance(tensors, dict) or "params" not in tensors:
+            raise ModelFileError(f"{tensor_path} does not hold bayesgen model tensors")
+        est = target(**meta["hyperparameters"])
+        for key, value in meta["fitted"].items():
+            setattr(est, key, value)
+        est.device_ = resolve_device(device)
+        est.losses_ = to_numpy(tensors["losses"])
+        try:
+            est._set_extra_state(meta["extra"], tensors)
+            est._param_state = est._rebuild_param_state(tensors["params"])
+        except (KeyError, RuntimeError, TypeError) as err:
+            raise ModelFileError(f"{folder} does not match {class_name}: {err}") from err
+        return est
+
+    def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
+        """Recreate the guide's parameters (with their constraints), then set the saved values."""
+        model, guide = self._model_and_guide()
+        args, kwargs = self._model_args()
+        state: dict = {"params": {}, "constraints": {}}
+        with param_scope(state), torch.random.fork_rng():
+            with poutine.block():
+                guide(*args, **kwargs)
+            store = pyro.get_param_store()
+            if set(store.keys()) != set(saved):
+                raise KeyError(f"saved parameters {sorted(saved)} but the guide makes {sorted(store.keys())}")
+            with torch.no_grad():
+                for name, value in saved.items():
+                    store.get_param(name).unconstrained().copy_(value.to(self.device_))
+        return state
+
+    # ------------------------------------------------------- subclass hooks
+    def _model_and_guide(self, for_arviz: bool = False) -> tuple[ModelFn, ModelFn]:
+        raise NotImplementedError
+
+    def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
+        raise NotImplementedError
+
+    def _arviz_dims(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {}, {}
+
+    def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    """Make hyperparameters and metadata JSON-safe (tuples → lists, devices → str)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value

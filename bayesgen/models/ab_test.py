@@ -1,0 +1,900 @@
+"""Beta-Binomial A/B(/n) test.
+
+Generative story, for variants k = 1..K::
+
+    rate_k      ~ Beta(prior_alpha, prior_beta)          # conversion rate of variant k
+    successes_k ~ Binomial(trials_k, rate_k)             # counts per variant
+
+or, for raw events (one row per visitor), ``outcome_i ~ Bernoulli(rate_{variant_i})``.
+The Beta prior is conjugate, so the exact posterior is
+``Beta(prior_alpha + successes_k, prior_beta + trials_k - successes_k)``
+(:func:`exact_posterior`). The guide is a Beta per variant parameterised by its
+mean and concentration, so it contains the exact posterior and SVI can reach it;
+the closed form is offered as ``method="exact"`` and is the ground truth of the
+tests.
+
+Decision quantities: the probability each variant is best
+``P(rate_k = max_j rate_j)``, the expected loss of choosing k
+``E[max_j rate_j - rate_k]`` (Chris Stucchio's "expected loss" decision rule),
+and the relative lift ``(rate_k - rate_c) / rate_c`` against a control c.
+
+References
+----------
+Gelman et al. (2013), Bayesian Data Analysis, 3rd ed., ch. 2 (Beta-Binomial).
+Stucchio (2015), Bayesian A/B Testing at VWO.
+Bertrand & Mullainathan (2004), Are Emily and Greg More Employable than Lakisha
+and Jamal?, American Economic Review 94(4) — the bundled example counts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import torch
+from scipy import integrate, stats
+from torch.distributions import constraints
+
+from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._typing import DeviceLike, PathLikeStr
+from bayesgen.models._base import BayesianEstimator
+
+__all__ = [
+    "BetaBinomialTest",
+    "model",
+    "guide",
+    "events_model",
+    "events_guide",
+    "exact_posterior",
+    "prob_best_exact",
+    "expected_loss_exact",
+    "validate_counts",
+    "validate_prior",
+    "events_to_counts",
+]
+
+#: ArviZ dimension names of every site.
+DIMS = {"rate": ["variant"], "successes": ["variant"]}
+
+
+# --------------------------------------------------------------------------- model
+def model(
+    trials: torch.Tensor,
+    successes: torch.Tensor | None = None,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+) -> None:
+    """Beta-Binomial model over counts.
+
+    Parameters
+    ----------
+    trials : Tensor, shape (n_variants,)
+        Trials (visitors) per variant.
+    successes : Tensor, shape (n_variants,), optional
+        Successes (conversions) per variant; None samples from the prior predictive.
+    prior_alpha, prior_beta : float, default 1.0
+        Beta prior shared by every variant (1, 1 is uniform).
+    """
+    alpha = trials.new_tensor(prior_alpha).expand(trials.shape)
+    beta = trials.new_tensor(prior_beta).expand(trials.shape)
+    with pyro.plate("variant", trials.shape[-1]):
+        rate = pyro.sample("rate", dist.Beta(alpha, beta))
+        pyro.sample("successes", dist.Binomial(total_count=trials, probs=rate), obs=successes)
+
+
+def _rate_guide(num_variants: int, like: torch.Tensor) -> None:
+    # Mean/concentration is the natural parameterisation of a Beta: the mean moves
+    # on the logit scale and the concentration on the log scale, so Adam reaches
+    # both the location and the width of the exact posterior. Starts at Beta(1, 1),
+    # away from any informative answer.
+    mean = pyro.param("rate_mean", lambda: like.new_full((num_variants,), 0.5), constraint=constraints.unit_interval)
+    concentration = pyro.param(
+        "rate_concentration", lambda: like.new_full((num_variants,), 2.0), constraint=constraints.positive
+    )
+    with pyro.plate("variant", num_variants):
+        pyro.sample("rate", dist.Beta(mean * concentration, (1 - mean) * concentration))
+
+
+def guide(
+    trials: torch.Tensor,
+    successes: torch.Tensor | None = None,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+) -> None:
+    """Mean-field Beta guide for :func:`model` (same signature)."""
+    _rate_guide(trials.shape[-1], trials)
+
+
+def events_model(
+    variant: torch.Tensor,
+    outcome: torch.Tensor | None = None,
+    subsample: torch.Tensor | None = None,
+    *,
+    num_variants: int,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+) -> None:
+    """Beta-Bernoulli model over raw events, minibatched over events.
+
+    Parameters
+    ----------
+    variant : Tensor of int64, shape (n_events,)
+        Variant index of every event.
+    outcome : Tensor, shape (n_events,), optional
+        0/1 outcome of every event; None samples from the prior predictive.
+    subsample : Tensor of int64, optional
+        Indices of the events in this minibatch (given by the SVI runner).
+    num_variants : int
+        Number of variants.
+    prior_alpha, prior_beta : float, default 1.0
+    """
+    alpha = variant.new_tensor(prior_alpha, dtype=torch.get_default_dtype()).expand(num_variants)
+    beta = variant.new_tensor(prior_beta, dtype=torch.get_default_dtype()).expand(num_variants)
+    with pyro.plate("variant", num_variants):
+        rate = pyro.sample("rate", dist.Beta(alpha, beta))
+    with pyro.plate("event", variant.shape[0], subsample=subsample) as idx:
+        obs = outcome.index_select(0, idx) if outcome is not None else None
+        pyro.sample("outcome", dist.Bernoulli(rate[..., variant.index_select(0, idx)]), obs=obs)
+
+
+def events_guide(
+    variant: torch.Tensor,
+    outcome: torch.Tensor | None = None,
+    subsample: torch.Tensor | None = None,
+    *,
+    num_variants: int,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+) -> None:
+    """Beta guide for :func:`events_model` (same signature, same parameters as :func:`guide`)."""
+    _rate_guide(num_variants, variant.new_zeros((), dtype=torch.get_default_dtype()))
+
+
+# ----------------------------------------------------------------- closed forms
+def exact_posterior(
+    successes: Sequence[float] | np.ndarray,
+    trials: Sequence[float] | np.ndarray,
+    prior_alpha: float = 1.0,
+    prior_beta: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Conjugate posterior Beta parameters of every variant.
+
+    Parameters
+    ----------
+    successes, trials : array_like, shape (n_variants,)
+    prior_alpha, prior_beta : float, default 1.0
+
+    Returns
+    -------
+    alpha, beta : numpy.ndarray, shape (n_variants,)
+
+    Examples
+    --------
+    >>> exact_posterior([235, 157], [2435, 2435])
+    (array([236., 158.]), array([2201., 2279.]))
+    """
+    s = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    return prior_alpha + s, prior_beta + n - s
+
+
+def _quadrature_grid(alpha: np.ndarray, beta: np.ndarray, points: int = 4001) -> np.ndarray:
+    # Each posterior is concentrated in a narrow band; a dense grid over every
+    # variant's central mass (union of bands) integrates accurately even when
+    # the bands are far apart or very narrow (millions of trials).
+    parts = [
+        np.linspace(stats.beta.ppf(1e-12, a, b), stats.beta.isf(1e-12, a, b), points)
+        for a, b in zip(alpha, beta, strict=True)
+    ]
+    return np.unique(np.concatenate(parts))
+
+
+def prob_best_exact(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Exact probability that each variant has the highest rate.
+
+    ``P(k best) = ∫ f_k(x) Π_{j≠k} F_j(x) dx`` for independent Beta
+    posteriors, by numerical quadrature (error far below Monte Carlo error).
+
+    Parameters
+    ----------
+    alpha, beta : array_like, shape (n_variants,)
+        Posterior Beta parameters (from :func:`exact_posterior`).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_variants,)
+        Sums to 1.
+    """
+    alpha, beta = np.asarray(alpha, float), np.asarray(beta, float)
+    x = _quadrature_grid(alpha, beta)
+    log_cdf = stats.beta.logcdf(x[:, None], alpha, beta)
+    log_pdf = stats.beta.logpdf(x[:, None], alpha, beta)
+    others = log_cdf.sum(axis=1, keepdims=True) - log_cdf
+    return integrate.simpson(np.exp(log_pdf + others), x=x, axis=0)
+
+
+def expected_loss_exact(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Exact expected loss ``E[max_j rate_j - rate_k]`` of choosing each variant.
+
+    Uses ``E[max_j rate_j] = ∫_0^1 (1 - Π_j F_j(x)) dx`` by quadrature.
+
+    Parameters
+    ----------
+    alpha, beta : array_like, shape (n_variants,)
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_variants,)
+    """
+    alpha, beta = np.asarray(alpha, float), np.asarray(beta, float)
+    x = _quadrature_grid(alpha, beta)
+    all_below = np.exp(stats.beta.logcdf(x[:, None], alpha, beta).sum(axis=1))
+    expected_max = x[0] + integrate.simpson(1.0 - all_below, x=x)
+    return expected_max - alpha / (alpha + beta)
+
+
+# ------------------------------------------------------------------- validation
+def validate_prior(prior: Any) -> tuple[float, float]:
+    """Check a ``(alpha, beta)`` prior: two finite positive numbers.
+
+    Raises
+    ------
+    ValueError
+        If it is not two numbers, or either is not finite and positive.
+    """
+    try:
+        values = [float(v) for v in prior]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"prior must be two positive numbers (alpha, beta), got {prior!r}") from err
+    if len(values) != 2:
+        raise ValueError(f"prior must be two positive numbers (alpha, beta), got {len(values)} values")
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"prior parameters must be finite and > 0, got alpha={values[0]}, beta={values[1]}")
+    return values[0], values[1]
+
+
+def _as_count_array(values: Any, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "OUSV" or arr.dtype == bool:
+        try:
+            arr = arr.astype(float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{what} must be numbers, got {arr.dtype} values like {arr.ravel()[:3].tolist()}") from err
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{what} must be numbers, got dtype {arr.dtype}")
+    arr = arr.astype(float)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional (one value per variant), got shape {arr.shape}")
+    return arr
+
+
+def validate_counts(
+    successes: Any, trials: Any, names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Check per-variant counts and return them as float arrays with names.
+
+    Parameters
+    ----------
+    successes, trials : array_like, shape (n_variants,)
+    names : sequence of str, optional
+        Variant names; default "A", "B", ...
+
+    Returns
+    -------
+    successes, trials : numpy.ndarray
+    names : list of str
+
+    Raises
+    ------
+    TypeError
+        Non-numeric counts.
+    ValueError
+        NaN or infinite, negative or non-integer counts, zero trials,
+        successes > trials, mismatched lengths, fewer than two variants,
+        wrong number of or duplicate names.
+    """
+    s = _as_count_array(successes, "successes")
+    n = _as_count_array(trials, "trials")
+    if s.shape != n.shape:
+        raise ValueError(f"successes has {s.size} values but trials has {n.size}; give one of each per variant")
+    if s.size < 2:
+        raise ValueError(f"an A/B test needs at least two variants, got {s.size}")
+    if names is None:
+        names = [_default_name(i) for i in range(s.size)]
+    names = [str(v) for v in names]
+    if len(names) != s.size:
+        raise ValueError(f"{len(names)} names given for {s.size} variants")
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique, got {names}")
+    for what, arr in (("successes", s), ("trials", n)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise ValueError(f"{what} of variant {names[int(np.argmax(bad))]!r} is NaN or infinite")
+        if (arr < 0).any():
+            k = int(np.argmax(arr < 0))
+            raise ValueError(f"{what} of variant {names[k]!r} is negative ({arr[k]:g})")
+        if (arr != np.round(arr)).any():
+            k = int(np.argmax(arr != np.round(arr)))
+            raise ValueError(f"{what} of variant {names[k]!r} is not a whole number ({arr[k]:g})")
+    if (n == 0).any():
+        raise ValueError(f"variant {names[int(np.argmax(n == 0))]!r} has zero trials")
+    if (s > n).any():
+        k = int(np.argmax(s > n))
+        raise ValueError(f"variant {names[k]!r} has more successes ({s[k]:g}) than trials ({n[k]:g})")
+    return s, n, names
+
+
+def _default_name(i: int) -> str:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return letters[i] if i < 26 else f"V{i + 1}"
+
+
+def events_to_counts(
+    events: pd.DataFrame, variant_col: str, outcome_col: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Validate raw events and aggregate them.
+
+    Parameters
+    ----------
+    events : pandas.DataFrame
+        One row per event (visitor), with a variant column and a 0/1 outcome.
+    variant_col, outcome_col : str
+        Column names.
+
+    Returns
+    -------
+    variant_index : numpy.ndarray of int64, shape (n_events,)
+    outcome : numpy.ndarray of float, shape (n_events,)
+    successes, trials : numpy.ndarray, shape (n_variants,)
+    names : list of str
+        Variant names in sorted order (the index order).
+
+    Raises
+    ------
+    TypeError
+        ``events`` is not a DataFrame.
+    ValueError
+        Unknown column names, missing values, outcomes other than 0/1, fewer
+        than two variants.
+    """
+    if not isinstance(events, pd.DataFrame):
+        raise TypeError(f"events must be a pandas DataFrame, got {type(events).__name__}")
+    for role, col in (("variant_col", variant_col), ("outcome_col", outcome_col)):
+        if col not in events.columns:
+            raise ValueError(f"{role}={col!r} is not a column of the data; columns are {list(events.columns)}")
+    if len(events) == 0:
+        raise ValueError("the events table has no rows")
+    variants = events[variant_col]
+    if variants.isna().any():
+        raise ValueError(f"column {variant_col!r} has {int(variants.isna().sum())} missing values")
+    raw = events[outcome_col]
+    if raw.isna().any():
+        raise ValueError(f"column {outcome_col!r} has {int(raw.isna().sum())} missing values")
+    if raw.dtype == bool:
+        outcome = raw.to_numpy(dtype=float)
+    else:
+        numeric = pd.to_numeric(raw, errors="coerce")
+        if numeric.isna().any() or not numeric.isin([0, 1]).all():
+            bad = raw[numeric.isna() | ~numeric.isin([0, 1])].unique()[:5]
+            raise ValueError(f"column {outcome_col!r} must hold only 0/1 outcomes; found {list(bad)}")
+        outcome = numeric.to_numpy(dtype=float)
+    names = sorted(variants.astype(str).unique())
+    if len(names) < 2:
+        raise ValueError(f"an A/B test needs at least two variants; column {variant_col!r} has {names}")
+    index = pd.Categorical(variants.astype(str), categories=names).codes.astype(np.int64)
+    trials = np.bincount(index, minlength=len(names)).astype(float)
+    successes = np.bincount(index, weights=outcome, minlength=len(names))
+    return index, outcome, successes, trials, names
+
+
+# -------------------------------------------------------------------- estimator
+class BetaBinomialTest(BayesianEstimator):
+    """Bayesian A/B(/n) test of conversion rates.
+
+    Parameters
+    ----------
+    prior : (float, float), default (1.0, 1.0)
+        Beta(alpha, beta) prior of every variant's rate.
+    method : {"svi", "exact"}, default "svi"
+        ``"svi"`` fits the Beta guide by SVI (Trace_ELBO); ``"exact"`` uses the
+        conjugate posterior directly (no optimisation).
+    num_steps : int, default 3000
+    learning_rate : float, default 0.3
+        Initial Adam learning rate (decays to ``learning_rate * final_lr_factor``).
+    lr_schedule : {"exponential", "cosine"} or None, default "cosine"
+    final_lr_factor : float, default 0.01
+    num_particles : int, default 8
+        ELBO particles per step (vectorised).
+    batch_size : int, optional
+        Events per minibatch when fitting raw events; None uses all events.
+    convergence_rtol : float or None, default 1e-3
+        Relative change of the 100-step mean loss below which the fit counts as
+        converged (``converged_``); it stops the fit early only when
+        ``lr_schedule`` is None. None skips the check (``converged_`` is None).
+    num_samples : int, default 20000
+        Posterior draws behind P(best), expected loss and lift for SVI fits.
+    ci_prob : float, default 0.94
+        Credible-interval mass.
+    device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    seed : int, default 0
+    progress : bool, default False
+        Show a progress bar while fitting.
+
+    Attributes
+    ----------
+    names_ : list of str
+    successes_, trials_ : numpy.ndarray, shape (n_variants,)
+    losses_ : numpy.ndarray, shape (n_steps,)
+        Negative ELBO per step (empty for ``method="exact"``).
+    converged_ : bool
+    posterior_alpha_, posterior_beta_ : numpy.ndarray
+        Beta parameters of the fitted posterior (the guide's, or the exact ones).
+    exact_alpha_, exact_beta_ : numpy.ndarray
+        Beta parameters of the conjugate posterior.
+    exact_gap_ : dict
+        How far the SVI posterior is from the exact one: ``max_mean_gap_sd``
+        (largest |mean difference| in exact posterior sds) and
+        ``max_sd_rel_error``. A fit warns when the gap exceeds 0.25 sd or 10%:
+        raise ``num_steps`` or use ``method="exact"`` (which very large counts,
+        ~1e5 trials per variant and up, need).
+
+    Examples
+    --------
+    >>> test = BetaBinomialTest(seed=0).fit([235, 157], [2435, 2435], names=["white", "black"])
+    >>> round(float(test.prob_best()["white"]), 2)
+    1.0
+    """
+
+    _model_name = "ab_test"
+    _max_plate_nesting = 1
+
+    def __init__(
+        self,
+        *,
+        prior: tuple[float, float] = (1.0, 1.0),
+        method: Literal["svi", "exact"] = "svi",
+        num_steps: int = 3000,
+        learning_rate: float = 0.3,
+        lr_schedule: Literal["exponential", "cosine"] | None = "cosine",
+        final_lr_factor: float = 0.01,
+        num_particles: int = 8,
+        batch_size: int | None = None,
+        convergence_rtol: float | None = 1e-3,
+        num_samples: int = 20000,
+        ci_prob: float = 0.94,
+        device: DeviceLike = "auto",
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.prior = prior
+        self.method = method
+        self.num_steps = num_steps
+        self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
+        self.final_lr_factor = final_lr_factor
+        self.num_particles = num_particles
+        self.batch_size = batch_size
+        self.convergence_rtol = convergence_rtol
+        self.num_samples = num_samples
+        self.ci_prob = ci_prob
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fit
+    def _validate_settings(self) -> None:
+        self._prior = validate_prior(self.prior)
+        if self.method not in ("svi", "exact"):
+            raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
+        if not 0 < float(self.ci_prob) < 1:
+            raise ValueError(f"ci_prob must be between 0 and 1, got {self.ci_prob}")
+        self.device_ = resolve_device(self.device)
+
+    def fit(
+        self,
+        successes: Any,
+        trials: Any,
+        *,
+        names: Sequence[str] | None = None,
+        checkpoint: PathLikeStr | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | PathLikeStr = False,
+    ) -> BetaBinomialTest:
+        """Fit to per-variant counts.
+
+        Parameters
+        ----------
+        successes : array_like of int, shape (n_variants,)
+            Conversions per variant.
+        trials : array_like of int, shape (n_variants,)
+            Visitors per variant.
+        names : sequence of str, optional
+            Variant names (default "A", "B", ...).
+        checkpoint, checkpoint_every, resume
+            See :func:`bayesgen.infer.run_svi`.
+
+        Returns
+        -------
+        BetaBinomialTest
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Bad counts, names or settings (see :func:`validate_counts`).
+        """
+        self._validate_settings()
+        s, n, names = validate_counts(successes, trials, names)
+        self._set_data(s, n, names, events=None)
+        if self.method == "exact":
+            self._fit_exact()
+        else:
+            self._run_svi(
+                *self._count_tensors(),
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
+            self._read_guide()
+        return self
+
+    def fit_events(
+        self,
+        events: pd.DataFrame,
+        *,
+        variant_col: str,
+        outcome_col: str,
+        checkpoint: PathLikeStr | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | PathLikeStr = False,
+    ) -> BetaBinomialTest:
+        """Fit to raw events: one row per visitor with a variant and a 0/1 outcome.
+
+        With ``batch_size`` set, SVI subsamples events (``pyro.plate`` with
+        ``subsample``), which scales to millions of rows.
+
+        Parameters
+        ----------
+        events : pandas.DataFrame
+        variant_col, outcome_col : str
+            Column names; variants are named by their values (sorted).
+        checkpoint, checkpoint_every, resume
+            See :func:`bayesgen.infer.run_svi`.
+
+        Returns
+        -------
+        BetaBinomialTest
+            ``self``, fitted.
+        """
+        self._validate_settings()
+        index, outcome, s, n, names = events_to_counts(events, variant_col, outcome_col)
+        self._set_data(s, n, names, events=(index, outcome))
+        if self.method == "exact":
+            self._fit_exact()
+            return self
+        if self.batch_size is not None and not 1 <= int(self.batch_size) <= len(index):
+            raise ValueError(f"batch_size must be between 1 and the {len(index)} events, got {self.batch_size}")
+        dev = self.device_
+        self._run_svi(
+            torch.as_tensor(index, device=dev),
+            torch.as_tensor(outcome, dtype=torch.get_default_dtype(), device=dev),
+            num_variants=len(names),
+            prior_alpha=self._prior[0],
+            prior_beta=self._prior[1],
+            data_size=len(index) if self.batch_size is not None else None,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
+        self._read_guide()
+        return self
+
+    def _set_data(self, s: np.ndarray, n: np.ndarray, names: list[str], events: tuple | None) -> None:
+        self.successes_, self.trials_, self.names_ = s, n, names
+        self._fitted_on = "events" if events is not None else "counts"
+        self.exact_alpha_, self.exact_beta_ = exact_posterior(s, n, *self._prior)
+
+    def _count_tensors(self) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        dev = self.device_
+        return (
+            torch.as_tensor(self.trials_, dtype=torch.get_default_dtype(), device=dev),
+            torch.as_tensor(self.successes_, dtype=torch.get_default_dtype(), device=dev),
+            self._prior[0],
+            self._prior[1],
+        )
+
+    def _fit_exact(self) -> None:
+        # The exact posterior written into the guide's parameters: every verb
+        # (draws, ArviZ, save/load) then works the same for both methods.
+        a, b = self.exact_alpha_, self.exact_beta_
+        from bayesgen.infer import param_scope
+
+        state: dict = {"params": {}, "constraints": {}}
+        trials = self._count_tensors()[0]
+        with param_scope(state):
+            pyro.param("rate_mean", trials.new_tensor(a / (a + b)), constraint=constraints.unit_interval)
+            pyro.param("rate_concentration", trials.new_tensor(a + b), constraint=constraints.positive)
+        self._param_state = state
+        self.losses_ = np.zeros(0)
+        self.converged_ = True
+        self.n_steps_ = 0
+        self.fit_seconds_ = 0.0
+        self._read_guide()
+
+    def _read_guide(self) -> None:
+        p = self._params_numpy()
+        mean, conc = p["rate_mean"].astype(float), p["rate_concentration"].astype(float)
+        self.posterior_alpha_, self.posterior_beta_ = mean * conc, (1 - mean) * conc
+        # The model is conjugate, so every SVI fit can be checked against the truth.
+        ea, eb = self.exact_alpha_, self.exact_beta_
+        exact_sd = stats.beta.std(ea, eb)
+        gap_mean = np.abs(stats.beta.mean(self.posterior_alpha_, self.posterior_beta_) - stats.beta.mean(ea, eb))
+        gap_sd = np.abs(stats.beta.std(self.posterior_alpha_, self.posterior_beta_) / exact_sd - 1)
+        self.exact_gap_ = {
+            "max_mean_gap_sd": float((gap_mean / exact_sd).max()),
+            "max_sd_rel_error": float(gap_sd.max()),
+        }
+        if self.exact_gap_["max_mean_gap_sd"] > 0.25 or self.exact_gap_["max_sd_rel_error"] > 0.10:
+            warnings.warn(
+                "the SVI posterior is off the exact conjugate posterior "
+                f"(mean gap {self.exact_gap_['max_mean_gap_sd']:.2f} sd, "
+                f"sd error {100 * self.exact_gap_['max_sd_rel_error']:.0f}%); "
+                "increase num_steps or use method='exact'",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    # --------------------------------------------------------- base hooks
+    def _model_and_guide(self, for_arviz: bool = False) -> tuple:
+        if getattr(self, "_fitted_on", "counts") == "events" and not for_arviz:
+            return events_model, events_guide
+        return model, guide
+
+    def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
+        if getattr(self, "_fitted_on", "counts") == "events" and not for_arviz:
+            # Only the parameter shapes matter when rebuilding the guide.
+            dev = self.device_
+            return (torch.zeros(1, dtype=torch.int64, device=dev),), {"num_variants": len(self.names_)}
+        return self._count_tensors(), {}
+
+    def _arviz_dims(self) -> tuple[dict, dict]:
+        return DIMS, {"variant": list(self.names_)}
+
+    def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta = {"names_": self.names_, "fitted_on": self._fitted_on}
+        tensors = {"successes": torch.as_tensor(self.successes_), "trials": torch.as_tensor(self.trials_)}
+        return meta, tensors
+
+    def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self._prior = validate_prior(self.prior)
+        self.names_ = list(meta["names_"])
+        s, n = to_numpy(tensors["successes"]), to_numpy(tensors["trials"])
+        self._set_data(s, n, self.names_, events=None)
+        self._fitted_on = meta["fitted_on"]
+
+    def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
+        state = super()._rebuild_param_state(saved)
+        self._param_state = state
+        self._read_guide()
+        return state
+
+    # ------------------------------------------------------------ verbs
+    def posterior(self, num_samples: int | None = None, *, seed: int | None = None) -> pd.DataFrame:
+        """Draws of every variant's rate from the fitted posterior.
+
+        Parameters
+        ----------
+        num_samples : int, optional
+            Default ``self.num_samples``.
+        seed : int, optional
+            Default ``self.seed``; the same seed gives the same draws.
+
+        Returns
+        -------
+        pandas.DataFrame, shape (num_samples, n_variants)
+            One column per variant.
+        """
+        self._check_fitted()
+        num = int(num_samples or self.num_samples)
+        seed = self.seed if seed is None else seed
+        a = torch.as_tensor(self.posterior_alpha_, dtype=torch.float64)
+        b = torch.as_tensor(self.posterior_beta_, dtype=torch.float64)
+        with seeded(seed):
+            draws = dist.Beta(a, b).sample((num,))
+        return pd.DataFrame(to_numpy(draws), columns=self.names_)
+
+    def prob_best(self, *, exact: bool | None = None) -> pd.Series:
+        """Probability that each variant has the highest rate.
+
+        Parameters
+        ----------
+        exact : bool, optional
+            True integrates the exact conjugate posterior; False uses
+            posterior draws of the fitted posterior. Default: exact for
+            ``method="exact"``, draws for ``method="svi"``.
+
+        Returns
+        -------
+        pandas.Series
+            Indexed by variant name; sums to 1.
+        """
+        self._check_fitted()
+        if self._use_exact(exact):
+            values = prob_best_exact(self.exact_alpha_, self.exact_beta_)
+        else:
+            draws = self.posterior().to_numpy()
+            values = np.bincount(draws.argmax(axis=1), minlength=draws.shape[1]) / len(draws)
+        return pd.Series(values, index=self.names_, name="prob_best")
+
+    def expected_loss(self, *, exact: bool | None = None) -> pd.Series:
+        """Expected loss ``E[max_j rate_j - rate_k]`` of shipping each variant.
+
+        Parameters
+        ----------
+        exact : bool, optional
+            As in :meth:`prob_best`.
+
+        Returns
+        -------
+        pandas.Series
+            In rate units (0.001 = 0.1 percentage point), indexed by variant.
+        """
+        self._check_fitted()
+        if self._use_exact(exact):
+            values = expected_loss_exact(self.exact_alpha_, self.exact_beta_)
+        else:
+            draws = self.posterior().to_numpy()
+            values = (draws.max(axis=1, keepdims=True) - draws).mean(axis=0)
+        return pd.Series(values, index=self.names_, name="expected_loss")
+
+    def lift(self, control: str | int = 0, *, ci_prob: float | None = None) -> pd.DataFrame:
+        """Relative lift ``(rate_k - rate_control) / rate_control`` with a credible interval.
+
+        Parameters
+        ----------
+        control : str or int, default 0
+            Control variant, by name or position.
+        ci_prob : float, optional
+            Interval mass; default ``self.ci_prob``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per other variant: ``mean``, ``lower``, ``upper`` (equal-tailed),
+            ``prob_positive`` (P(lift > 0)).
+        """
+        self._check_fitted()
+        ctrl = self._variant_name(control)
+        prob = float(ci_prob or self.ci_prob)
+        draws = self.posterior()
+        base = draws[ctrl].to_numpy()
+        rows = {}
+        for name in self.names_:
+            if name == ctrl:
+                continue
+            rel = draws[name].to_numpy() / base - 1.0
+            lo, hi = np.quantile(rel, [(1 - prob) / 2, (1 + prob) / 2])
+            rows[name] = {"mean": rel.mean(), "lower": lo, "upper": hi, "prob_positive": (rel > 0).mean()}
+        table = pd.DataFrame.from_dict(rows, orient="index")
+        table.index.name = f"vs {ctrl}"
+        return table
+
+    def summary(self, control: str | int = 0) -> pd.DataFrame:
+        """One row per variant: data, posterior of the rate, P(best), expected loss, lift.
+
+        Parameters
+        ----------
+        control : str or int, default 0
+            Control variant for the lift columns.
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        self._check_fitted()
+        draws = self.posterior()
+        prob = float(self.ci_prob)
+        lo, hi = (1 - prob) / 2, (1 + prob) / 2
+        pct = f"{100 * prob:g}"
+        table = pd.DataFrame(
+            {
+                "successes": self.successes_.astype(int),
+                "trials": self.trials_.astype(int),
+                "observed_rate": self.successes_ / self.trials_,
+                "rate_mean": draws.mean().to_numpy(),
+                "rate_sd": draws.std().to_numpy(),
+                f"rate_{pct}%_lower": draws.quantile(lo).to_numpy(),
+                f"rate_{pct}%_upper": draws.quantile(hi).to_numpy(),
+                "prob_best": self.prob_best().to_numpy(),
+                "expected_loss": self.expected_loss().to_numpy(),
+            },
+            index=pd.Index(self.names_, name="variant"),
+        )
+        lift = self.lift(control)
+        ctrl = self._variant_name(control)
+        table["lift_mean"] = lift["mean"].reindex(self.names_).to_numpy()
+        table[f"lift_{pct}%_lower"] = lift["lower"].reindex(self.names_).to_numpy()
+        table[f"lift_{pct}%_upper"] = lift["upper"].reindex(self.names_).to_numpy()
+        table.loc[ctrl, ["lift_mean"]] = 0.0
+        return table
+
+    def exact_summary(self) -> pd.DataFrame:
+        """The conjugate posterior of every variant: Beta parameters, mean and sd.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``alpha``, ``beta``, ``mean``, ``sd``, ``prob_best``, ``expected_loss``.
+        """
+        self._check_fitted()
+        a, b = self.exact_alpha_, self.exact_beta_
+        return pd.DataFrame(
+            {
+                "alpha": a,
+                "beta": b,
+                "mean": stats.beta.mean(a, b),
+                "sd": stats.beta.std(a, b),
+                "prob_best": prob_best_exact(a, b),
+                "expected_loss": expected_loss_exact(a, b),
+            },
+            index=pd.Index(self.names_, name="variant"),
+        )
+
+    def sample(
+        self, num_samples: int = 1000, *, trials: Any = None, seed: int | None = None
+    ) -> pd.DataFrame:
+        """Posterior predictive successes: what a repeat of the test could show.
+
+        Parameters
+        ----------
+        num_samples : int, default 1000
+        trials : array_like, shape (n_variants,), optional
+            Trials per variant of the hypothetical repeat; default the observed ones.
+        seed : int, optional
+
+        Returns
+        -------
+        pandas.DataFrame, shape (num_samples, n_variants)
+        """
+        self._check_fitted()
+        n = self.trials_ if trials is None else validate_counts(np.zeros(len(self.names_)), trials, self.names_)[1]
+        rates = self.posterior(num_samples, seed=seed).to_numpy()
+        with seeded(self.seed if seed is None else seed + 1):
+            counts = dist.Binomial(torch.as_tensor(n), torch.as_tensor(rates)).sample()
+        return pd.DataFrame(to_numpy(counts).astype(int), columns=self.names_)
+
+    def plot(self, *, ax: Any = None) -> Any:
+        """Posterior density of every variant's rate, labelled with P(best).
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from bayesgen.plots import plot_rate_posteriors
+
+        self._check_fitted()
+        return plot_rate_posteriors(
+            self.posterior_alpha_, self.posterior_beta_, self.names_, self.prob_best().to_numpy(), ax=ax
+        )
+
+    # ---------------------------------------------------------- helpers
+    def _use_exact(self, exact: bool | None) -> bool:
+        return self.method == "exact" if exact is None else bool(exact)
+
+    def _variant_name(self, variant: str | int) -> str:
+        if isinstance(variant, int | np.integer) and not isinstance(variant, bool):
+            if not -len(self.names_) <= variant < len(self.names_):
+                raise ValueError(f"variant index {variant} is out of range for {len(self.names_)} variants")
+            return self.names_[variant]
+        if str(variant) not in self.names_:
+            raise ValueError(f"unknown variant {variant!r}; variants are {self.names_}")
+        return str(variant)

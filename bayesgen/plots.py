@@ -1,0 +1,90 @@
+"""Matplotlib figures shared by the models and the CLI.
+
+Every function returns a :class:`matplotlib.figure.Figure` and draws on a
+given ``ax`` when one is passed; none of them calls ``plt.show``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["plot_loss", "plot_rate_posteriors"]
+
+
+def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def plot_loss(losses: Sequence[float], *, window: int = 50, ax: Any = None) -> Any:
+    """Loss (negative ELBO) per step with a moving average.
+
+    Parameters
+    ----------
+    losses : array_like, shape (num_steps,)
+    window : int, default 50
+        Width of the moving average.
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, ax = _axes(ax, (6, 3.5))
+    y = np.asarray(losses, dtype=float)
+    ax.plot(y, lw=0.6, alpha=0.5, label="loss per step")
+    if len(y) >= window > 1:
+        smooth = np.convolve(y, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(window - 1, len(y)), smooth, lw=1.5, label=f"moving average ({window})")
+    if len(y) and np.all(y > 0) and y.max() / max(y.min(), 1e-300) > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel("SVI step")
+    ax.set_ylabel("loss (−ELBO)")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def plot_rate_posteriors(
+    alpha: Sequence[float],
+    beta: Sequence[float],
+    names: Sequence[str],
+    prob_best: Sequence[float] | None = None,
+    *,
+    ax: Any = None,
+) -> Any:
+    """Beta posterior density of each variant's rate.
+
+    Parameters
+    ----------
+    alpha, beta : array_like, shape (n_variants,)
+    names : sequence of str
+    prob_best : array_like, optional
+        Shown in the legend.
+    ax : matplotlib.axes.Axes, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, ax = _axes(ax, (6, 3.5))
+    a, b = np.asarray(alpha, float), np.asarray(beta, float)
+    lo = stats.beta.ppf(1e-4, a, b).min()
+    hi = stats.beta.isf(1e-4, a, b).max()
+    x = np.linspace(lo, hi, 800)
+    for k, name in enumerate(names):
+        label = name if prob_best is None else f"{name}  (P(best) = {prob_best[k]:.3f})"
+        y = stats.beta.pdf(x, a[k], b[k])
+        ax.plot(x, y, label=label)
+        ax.fill_between(x, y, alpha=0.15)
+    ax.set_xlabel("rate")
+    ax.set_ylabel("posterior density")
+    ax.legend(loc="upper right")
+    return fig

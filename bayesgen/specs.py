@@ -1,0 +1,267 @@
+"""Reproducible run specs (TOML under ``models/``) and the run folders they produce.
+
+A spec names the model, the data, the model's priors, the inference settings
+and the seed. :func:`run_spec` fits it and writes a run folder::
+
+    spec.toml          the resolved spec: every hyperparameter, defaults included
+    versions.json      Python, torch, Pyro, ArviZ, NumPy, bayesgen, platform, device
+    run.json           seed, data checksum, steps, convergence, timings
+    losses.csv         loss (negative ELBO) per SVI step
+    posterior.nc       ArviZ DataTree (netCDF4)
+    summary.csv        arviz summary of the posterior (statistics for SVI draws)
+    report.csv         the model's own table (for the A/B test: P(best), loss, lift)
+    plots/*.png        loss curve and model figures
+    model/             the fitted estimator (``Estimator.load`` reads it)
+
+Spec sections: ``[run]`` (``name``, ``model``, ``seed``), ``[data]``,
+``[model]`` (priors and structure), ``[inference]`` (SVI settings, device) and
+an optional ``[report]``. Keys of ``[model]`` and ``[inference]`` are the
+estimator's ``__init__`` parameters; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tomli_w
+
+import bayesgen
+from bayesgen._typing import DeviceLike, PathLikeStr
+from bayesgen.datasets import file_checksum, load_ab_counts, read_csv, resolve_source
+from bayesgen.models._base import BayesianEstimator
+
+__all__ = ["load_spec", "run_spec", "RunOutput", "package_versions"]
+
+SECTIONS = {"run", "data", "model", "inference", "report"}
+
+
+def load_spec(path: PathLikeStr) -> dict[str, Any]:
+    """Read and check a run spec.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict
+        The parsed spec, with ``_path`` set to its absolute location.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        Invalid TOML, unknown sections, missing ``[run]`` keys or an unknown model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no spec file at {path}")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid TOML: {err}") from err
+    unknown = set(spec) - SECTIONS
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected {sorted(SECTIONS)}")
+    run = spec.get("run")
+    if not isinstance(run, dict) or "model" not in run:
+        raise ValueError(f"{path}: a [run] section with a 'model' key is required")
+    if run["model"] not in MODELS:
+        raise ValueError(f"{path}: unknown model {run['model']!r}; known models are {sorted(MODELS)}")
+    if "data" not in spec:
+        raise ValueError(f"{path}: a [data] section is required")
+    spec.setdefault("model", {})
+    spec.setdefault("inference", {})
+    spec.setdefault("report", {})
+    run.setdefault("name", path.stem)
+    run.setdefault("seed", 0)
+    spec["_path"] = str(path.resolve())
+    return spec
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of everything that determines a run's numbers."""
+    import arviz
+    import arviz_base
+    import arviz_stats
+    import pyro
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "bayesgen": bayesgen.__version__,
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "arviz": arviz.__version__,
+        "arviz_base": arviz_base.__version__,
+        "arviz_stats": arviz_stats.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "platform": platform.platform(),
+        "cuda_available": str(torch.cuda.is_available()),
+    }
+
+
+@dataclass
+class RunOutput:
+    """What :func:`run_spec` returns: the fitted estimator and where its files went."""
+
+    estimator: BayesianEstimator
+    folder: Path
+    report: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def _estimator_kwargs(cls: type[BayesianEstimator], spec: dict[str, Any], device: DeviceLike | None) -> dict:
+    kwargs = {**spec["model"], **spec["inference"], "seed": spec["run"]["seed"]}
+    if device is not None:
+        kwargs["device"] = device
+    allowed = set(cls._param_names())
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise ValueError(
+            f"{spec['_path']}: unknown settings {sorted(unknown)} for {cls.__name__}; allowed are {sorted(allowed)}"
+        )
+    return kwargs
+
+
+# ------------------------------------------------------------------ per model
+def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> tuple[Any, str, Any]:
+    from bayesgen.models.ab_test import BetaBinomialTest
+
+    data = dict(spec["data"])
+    base = Path(spec["_path"]).parent
+    est = BetaBinomialTest(**_estimator_kwargs(BetaBinomialTest, spec, device))
+    est.progress = progress
+    fmt = data.get("format", "counts")
+    source = resolve_source(str(data.get("source", "")), base)
+    if fmt == "counts":
+        s, n, names = load_ab_counts(
+            source,
+            variant_col=data.get("variant_col", "variant"),
+            successes_col=data.get("successes_col", "successes"),
+            trials_col=data.get("trials_col", "trials"),
+        )
+        est.fit(s, n, names=names)
+    elif fmt == "events":
+        for key in ("variant_col", "outcome_col"):
+            if key not in data:
+                raise ValueError(f"{spec['_path']}: [data] format='events' needs {key}")
+        est.fit_events(read_csv(source), variant_col=data["variant_col"], outcome_col=data["outcome_col"])
+    else:
+        raise ValueError(f"{spec['_path']}: [data] format must be 'counts' or 'events', got {fmt!r}")
+    control = spec["report"].get("control", 0)
+    checksum = file_checksum(source)
+    return est, checksum, est.summary(control=control)
+
+
+MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool], tuple[Any, str, Any]]] = {
+    "ab_test": _fit_ab_test,
+}
+
+
+# ------------------------------------------------------------------- running
+def run_spec(
+    spec: PathLikeStr | dict[str, Any],
+    out: PathLikeStr | None = None,
+    *,
+    device: DeviceLike | None = None,
+    progress: bool = False,
+    num_samples: int = 1000,
+) -> RunOutput:
+    """Fit a spec and write its run folder.
+
+    Parameters
+    ----------
+    spec : str, os.PathLike or dict
+        A spec file, or a spec from :func:`load_spec`.
+    out : str or os.PathLike, optional
+        Run folder; default ``runs/<name>-<UTC timestamp>``.
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        Overrides the spec's ``[inference] device``.
+    progress : bool, default False
+        Show a progress bar.
+    num_samples : int, default 1000
+        Guide draws stored in ``posterior.nc``.
+
+    Returns
+    -------
+    RunOutput
+    """
+    from bayesgen.arviz import summary as arviz_summary
+    from bayesgen.plots import plot_loss
+
+    if not isinstance(spec, dict):
+        spec = load_spec(spec)
+    name = spec["run"]["name"]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(out) if out is not None else Path("runs") / f"{name}-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plots").mkdir(exist_ok=True)
+
+    started = time.perf_counter()
+    est, checksum, report = MODELS[spec["run"]["model"]](spec, device, progress)
+    fit_seconds = time.perf_counter() - started
+
+    tree = est.to_arviz(num_samples=num_samples, seed=spec["run"]["seed"])
+    tree.to_netcdf(folder / "posterior.nc", engine="netcdf4")
+    table = arviz_summary(tree)
+    table.to_csv(folder / "summary.csv")
+    report.to_csv(folder / "report.csv")
+    pd.DataFrame({"step": np.arange(len(est.losses_)), "loss": est.losses_}).to_csv(
+        folder / "losses.csv", index=False
+    )
+    if len(est.losses_):
+        plot_loss(est.losses_).savefig(folder / "plots" / "loss.png", dpi=110)
+    if hasattr(est, "plot"):
+        est.plot().savefig(folder / "plots" / "posterior.png", dpi=110)
+    est.save(folder / "model")
+
+    resolved = {k: v for k, v in spec.items() if not k.startswith("_")}
+    params = est.get_params()
+    resolved["model"] = {k: v for k, v in params.items() if k in spec["model"] or k == "prior"}
+    resolved["inference"] = {k: v for k, v in params.items() if k not in resolved["model"] and k != "seed"}
+    resolved["inference"]["device"] = str(resolved["inference"]["device"])
+    resolved["inference"].pop("progress", None)
+    (folder / "spec.toml").write_text(
+        f"# resolved from {spec['_path']} on {stamp}\n" + tomli_w.dumps(_toml_safe(resolved))
+    )
+    (folder / "versions.json").write_text(json.dumps({**package_versions(), "device": str(est.device_)}, indent=2))
+    run_info = {
+        "name": name,
+        "model": spec["run"]["model"],
+        "spec": spec["_path"],
+        "seed": spec["run"]["seed"],
+        "data_checksum": checksum,
+        "num_steps": int(est.n_steps_),
+        "converged": bool(est.converged_),
+        "final_loss": float(np.mean(est.losses_[-100:])) if len(est.losses_) else None,
+        "fit_seconds": round(fit_seconds, 3),
+        "device": str(est.device_),
+        "created": stamp,
+    }
+    (folder / "run.json").write_text(json.dumps(run_info, indent=2))
+    return RunOutput(estimator=est, folder=folder, report=report, summary=table)
+
+
+def _toml_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_toml_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
