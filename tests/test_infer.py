@@ -1,0 +1,265 @@
+"""Tier 1 unit tests of the SVI runner (bayesgen.infer)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from torch.distributions import constraints
+
+from bayesgen.infer import (
+    CheckpointError,
+    ConvergenceCheck,
+    IndexBatches,
+    NonFiniteLossError,
+    param_scope,
+    run_svi,
+)
+
+N = 400
+Y = torch.linspace(-1.0, 5.0, N)
+
+
+def normal_model(y, subsample=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("obs", y.shape[0], subsample=subsample) as idx:
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+
+def normal_guide(y, subsample=None):
+    loc = pyro.param("loc", torch.tensor(-3.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+def exact_normal_posterior(y):
+    # Normal(0, 10^2) prior, unit-variance likelihood: conjugate.
+    precision = 1 / 100 + len(y)
+    return float(y.sum() / precision), math.sqrt(1 / precision)
+
+
+def test_loss_falls_and_reaches_exact_posterior():
+    result = run_svi(normal_model, normal_guide, Y, num_steps=1500, learning_rate=0.1,
+                     lr_schedule="cosine", final_lr_factor=0.01, seed=0)
+    assert result.losses[-100:].mean() < result.losses[:100].mean()
+    mean, sd = exact_normal_posterior(Y)
+    with param_scope(result.param_state):
+        loc = pyro.param("loc").item()
+        scale = pyro.param("scale").item()
+    assert loc == pytest.approx(mean, abs=0.15 * sd)
+    assert scale == pytest.approx(sd, rel=0.15)
+
+
+def test_same_seed_same_result_and_different_seed_differs():
+    a = run_svi(normal_model, normal_guide, Y, num_steps=50, seed=3)
+    b = run_svi(normal_model, normal_guide, Y, num_steps=50, seed=3)
+    c = run_svi(normal_model, normal_guide, Y, num_steps=50, seed=4)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    assert not np.array_equal(a.losses, c.losses)
+
+
+def test_leaves_caller_rng_and_param_store_alone():
+    pyro.param("user_param", torch.ones(3))
+    torch.manual_seed(99)
+    expected_next = torch.rand(5)
+    torch.manual_seed(99)
+    run_svi(normal_model, normal_guide, Y, num_steps=20, seed=0)
+    np.testing.assert_array_equal(torch.rand(5), expected_next)
+    store = pyro.get_param_store()
+    assert set(store.keys()) == {"user_param"}
+    np.testing.assert_array_equal(pyro.param("user_param").detach(), torch.ones(3))
+
+
+def test_two_fits_keep_separate_parameters():
+    a = run_svi(normal_model, normal_guide, Y, num_steps=300, learning_rate=0.05, seed=0)
+    b = run_svi(normal_model, normal_guide, Y + 10.0, num_steps=300, learning_rate=0.05, seed=0)
+    assert a.param_state["params"]["loc"] is not b.param_state["params"]["loc"]
+    assert b.param_state["params"]["loc"].item() - a.param_state["params"]["loc"].item() > 5.0
+
+
+def test_minibatch_elbo_scaling_is_unbiased():
+    # With a point-mass guide the ELBO has no Monte Carlo noise, so the scaled
+    # loss of each batch of a partition averages exactly to the full-data loss.
+    def point_guide(y, subsample=None):
+        pyro.sample("mu", dist.Delta(pyro.param("loc", torch.tensor(1.3))))
+
+    elbo = Trace_ELBO()
+    full = elbo.loss(normal_model, point_guide, Y)
+    batches = IndexBatches(N, 50, seed=0)
+    losses = [elbo.loss(normal_model, point_guide, Y, subsample=next(batches)) for _ in range(N // 50)]
+    assert np.mean(losses) == pytest.approx(full, rel=1e-5)
+    assert np.std(losses) > 0  # the batches really differ
+
+
+def test_minibatch_fit_matches_full_batch_posterior():
+    result = run_svi(normal_model, normal_guide, Y, num_steps=1500, learning_rate=0.1,
+                     lr_schedule="cosine", final_lr_factor=0.01, batch_size=40, data_size=N, seed=0)
+    mean, sd = exact_normal_posterior(Y)
+    loc = result.param_state["params"]["loc"].item()
+    assert loc == pytest.approx(mean, abs=0.3 * sd)
+
+
+def test_index_batches_cover_every_row_once_per_epoch_and_shard_disjointly():
+    batches = IndexBatches(10, 5, seed=1)
+    epoch = torch.cat([next(batches), next(batches)])
+    assert sorted(epoch.tolist()) == list(range(10))
+    shards = [IndexBatches(10, 5, seed=1, rank=r, world_size=2) for r in range(2)]
+    seen = [set(next(s).tolist()) for s in shards]
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(10))
+    with pytest.raises(ValueError, match="batch_size"):
+        IndexBatches(10, 11)
+
+
+def test_convergence_check_stops_early():
+    check = ConvergenceCheck(window=50, rtol=1e-3, patience=2)
+    result = run_svi(normal_model, normal_guide, Y, num_steps=5000, learning_rate=0.05,
+                     convergence=check, seed=0)
+    assert result.converged and result.stop_reason == "converged"
+    assert result.num_steps < 5000
+    flat = np.r_[np.linspace(100, 10, 300), np.full(400, 10.0)]
+    assert check.converged_at(flat) is not None
+    assert check.converged_at(np.linspace(100, 10, 700)) is None
+
+
+@pytest.mark.parametrize("bad_value", [float("inf"), float("nan")], ids=["inf-loss", "nan-param"])
+def test_non_finite_stops_with_step_and_keeps_last_good_params(tmp_path, bad_value):
+    # inf reaches the loss; nan is caught by Pyro's argument validation first.
+    calls = {"n": 0}
+
+    def exploding_model(y, subsample=None):
+        calls["n"] += 1
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        pyro.factor("boom", torch.tensor(bad_value if calls["n"] > 6 else 0.0))
+        with pyro.plate("obs", y.shape[0]):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    good = {}
+
+    def remember(step, loss):
+        good["loc"] = pyro.param("loc").item()
+
+    ckpt = tmp_path / "fit.ckpt"
+    with pytest.raises(NonFiniteLossError, match="step 5") as info:
+        run_svi(exploding_model, normal_guide, Y, num_steps=100, seed=0, callback=remember,
+                checkpoint=ckpt)
+    err = info.value
+    # the runner traces the model once to create parameters, so the 7th call is step 5
+    assert err.step == 5 and len(err.losses) == 5
+    assert np.isfinite(err.losses).all()
+    assert err.checkpoint == ckpt and ckpt.exists()
+    from bayesgen.infer import load_checkpoint
+
+    saved = load_checkpoint(ckpt)
+    assert saved["step"] == 5
+    assert saved["params"]["loc"].item() == pytest.approx(good["loc"])
+
+
+@pytest.mark.parametrize("schedule", [None, "exponential"])
+def test_stop_and_resume_reproduces_a_straight_run(tmp_path, schedule):
+    # Optimiser moments, the learning-rate schedule, the batch order and the RNG
+    # all continue where they stopped, so the resumed run equals an unbroken one.
+    ckpt = tmp_path / "run.ckpt"
+    opts = dict(num_steps=60, seed=5, batch_size=40, data_size=N, lr_schedule=schedule)
+    straight = run_svi(normal_model, normal_guide, Y, **opts)
+    first = run_svi(normal_model, normal_guide, Y, **opts, checkpoint=ckpt,
+                    callback=lambda step, loss: step == 29)
+    assert first.stop_reason == "callback" and first.num_steps == 30
+    resumed = run_svi(normal_model, normal_guide, Y, **opts, checkpoint=ckpt, resume=True)
+    assert resumed.num_steps == 60
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
+    np.testing.assert_allclose(resumed.param_state["params"]["loc"].item(),
+                               straight.param_state["params"]["loc"].item(), rtol=1e-6)
+
+
+def test_keyboard_interrupt_leaves_a_usable_checkpoint(tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+
+    def interrupt(step, loss):
+        if step == 24:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_svi(normal_model, normal_guide, Y, num_steps=100, seed=0, checkpoint=ckpt, callback=interrupt)
+    resumed = run_svi(normal_model, normal_guide, Y, num_steps=40, seed=0, checkpoint=ckpt, resume=True)
+    assert resumed.num_steps == 40
+    straight = run_svi(normal_model, normal_guide, Y, num_steps=40, seed=0)
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run_svi(normal_model, normal_guide, Y, num_steps=5, resume=tmp_path / "missing.ckpt")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        run_svi(normal_model, normal_guide, Y, num_steps=5, resume=junk)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a bayesgen SVI checkpoint"):
+        run_svi(normal_model, normal_guide, Y, num_steps=5, resume=foreign)
+
+    def other_guide(y, subsample=None):
+        pyro.sample("mu", dist.Normal(pyro.param("other_loc", torch.tensor(0.0)), 1.0))
+
+    ckpt = tmp_path / "ok.ckpt"
+    run_svi(normal_model, normal_guide, Y, num_steps=5, checkpoint=ckpt)
+    with pytest.raises(CheckpointError, match="does not match"):
+        run_svi(normal_model, other_guide, Y, num_steps=10, resume=ckpt)
+
+
+def test_jit_and_enum_losses_and_bad_options():
+    result = run_svi(normal_model, normal_guide, Y, num_steps=200, learning_rate=0.05, loss="jit_trace",
+                     batch_size=50, data_size=N, seed=0)
+    assert result.losses[-20:].mean() < result.losses[:20].mean()
+    with pytest.raises(ValueError, match="max_plate_nesting"):
+        run_svi(normal_model, normal_guide, Y, num_steps=1, loss="trace_enum")
+    with pytest.raises(ValueError, match="loss="):
+        run_svi(normal_model, normal_guide, Y, num_steps=1, loss="nope")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        run_svi(normal_model, normal_guide, Y, num_steps=1, lr_schedule="linear")
+    with pytest.raises(ValueError, match="batch_size needs data_size"):
+        run_svi(normal_model, normal_guide, Y, num_steps=1, batch_size=10)
+
+
+def test_enumerated_discrete_site_runs_with_trace_enum():
+    data = torch.cat([torch.full((50,), -2.0), torch.full((50,), 2.0)])
+
+    def mix_model(y, subsample=None):
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(2)))
+        locs = pyro.param("locs", torch.tensor([-1.0, 1.0]))
+        with pyro.plate("obs", y.shape[0]):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("y", dist.Normal(locs[z], 0.5), obs=y)
+
+    def mix_guide(y, subsample=None):
+        conc = pyro.param("conc", torch.ones(2), constraint=constraints.positive)
+        pyro.sample("weights", dist.Dirichlet(conc))
+
+    result = run_svi(mix_model, mix_guide, data, num_steps=300, learning_rate=0.05, loss="trace_enum",
+                     max_plate_nesting=1, seed=0)
+    locs = sorted(result.param_state["params"]["locs"].tolist())
+    assert locs[0] == pytest.approx(-2.0, abs=0.2) and locs[1] == pytest.approx(2.0, abs=0.2)
+
+
+def test_learning_rate_schedule_decays():
+    from bayesgen.infer import make_optimizer
+
+    optim = make_optimizer("adam", learning_rate=0.1, lr_schedule="exponential", final_lr_factor=0.01,
+                           num_steps=100)
+    run_svi(normal_model, normal_guide, Y, num_steps=100, optimizer=optim, seed=0)
+    lrs = [s.get_last_lr()[0] for s in optim.optim_objs.values()]
+    assert lrs and all(lr == pytest.approx(0.001, rel=1e-3) for lr in lrs)
+
+
+@pytest.mark.cuda
+def test_runs_on_cuda_tensors():
+    result = run_svi(normal_model, normal_guide, Y, num_steps=300, learning_rate=0.05, device="cuda",
+                     batch_size=50, data_size=N, seed=0)
+    assert result.device.type == "cuda"
+    assert result.param_state["params"]["loc"].device.type == "cuda"
+    assert result.losses[-20:].mean() < result.losses[:20].mean()
