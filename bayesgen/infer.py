@@ -113,21 +113,23 @@ class ConvergenceCheck:
     """Stop when the smoothed loss has stopped changing.
 
     Every ``window`` steps the mean loss of the latest window is compared with
-    the previous window's mean; the fit has converged once the relative change
-    stays below ``rtol`` for ``patience`` consecutive windows. Averaging over a
-    window smooths the Monte Carlo noise of the ELBO estimate, so ``rtol``
-    should sit above that noise (roughly ``sd(loss) / sqrt(window) / |loss|``);
-    otherwise the fit runs to ``num_steps`` and reports that it did not
-    converge.
+    the previous window's mean. A window counts as flat when the change is
+    below ``rtol`` relative to the loss, or below ``noise`` standard errors of
+    the difference of the two means (the ELBO is a Monte Carlo estimate, so a
+    change inside its own noise is no evidence of progress). The fit has
+    converged once ``patience`` consecutive windows are flat; if that never
+    happens, the fit runs to ``num_steps`` and reports that it did not converge.
 
     Parameters
     ----------
     window : int, default 100
         Steps per smoothing window.
     rtol : float, default 1e-4
-        Relative change of the windowed mean below which a window counts as flat.
+        Relative change of the windowed mean below which a window is flat.
     patience : int, default 3
         Consecutive flat windows needed.
+    noise : float, default 2.0
+        A change within this many standard errors counts as flat; 0 disables.
     early_stop : bool, default True
         Stop the fit at convergence; if False, keep going but still report it.
     """
@@ -135,6 +137,7 @@ class ConvergenceCheck:
     window: int = 100
     rtol: float = 1e-4
     patience: int = 3
+    noise: float = 2.0
     early_stop: bool = True
 
     def __post_init__(self) -> None:
@@ -158,11 +161,14 @@ class ConvergenceCheck:
         n_windows = len(losses) // self.window
         if n_windows < self.patience + 1:
             return None
-        means = losses[: n_windows * self.window].reshape(n_windows, self.window).mean(axis=1)
+        blocks = np.asarray(losses[: n_windows * self.window], dtype=float).reshape(n_windows, self.window)
+        means = blocks.mean(axis=1)
+        sems = blocks.std(axis=1, ddof=1) / np.sqrt(self.window) if self.window > 1 else np.zeros(n_windows)
         flat = 0
         for i in range(1, n_windows):
-            change = abs(means[i] - means[i - 1]) / max(abs(means[i - 1]), 1e-12)
-            flat = flat + 1 if change < self.rtol else 0
+            change = abs(means[i] - means[i - 1])
+            within_noise = change <= self.noise * math.hypot(sems[i], sems[i - 1])
+            flat = flat + 1 if change < self.rtol * max(abs(means[i - 1]), 1e-12) or within_noise else 0
             if flat >= self.patience:
                 return (i + 1) * self.window
         return None
@@ -564,6 +570,7 @@ def run_svi(
     checkpoint_every: int | None = None,
     resume: bool | PathLikeStr = False,
     callback: Callable[[int, float], bool | None] | None = None,
+    average_last: int = 0,
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI.
@@ -617,6 +624,11 @@ def run_svi(
         Continue from a checkpoint: True reads ``checkpoint``; a path reads that file.
     callback : callable, optional
         ``callback(step, loss)`` after each step; returning True stops the fit.
+    average_last : int, default 0
+        Polyak–Ruppert averaging: the fitted parameters are the mean of the
+        unconstrained parameters over the last ``average_last`` steps, which
+        removes most of the jitter that noisy ELBO gradients leave in the
+        final iterate. Applied only when the run reaches ``num_steps``.
 
     Returns
     -------
@@ -656,6 +668,8 @@ def run_svi(
         raise ValueError("checkpoint_every needs a checkpoint path")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if not 0 <= int(average_last) <= int(num_steps):
+        raise ValueError(f"average_last must be between 0 and num_steps, got {average_last}")
 
     if device is None:
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
@@ -704,6 +718,7 @@ def run_svi(
         return args, {**kwargs, "subsample": next(batches)}
 
     losses: list[float] = []
+    average: dict[str, torch.Tensor] = {}
     state = param_state if param_state is not None else {"params": {}, "constraints": {}}
     start = time.perf_counter()
     written: Path | None = None
@@ -722,6 +737,7 @@ def run_svi(
         if saved is not None:
             _restore(saved, optim, batches, dev, resume_path)
             losses = [float(v) for v in saved["losses"]]
+            average = {k: v.to(dev) for k, v in (saved.get("average") or {}).items()}
             if len(losses) > num_steps:
                 raise CheckpointError(
                     f"{resume_path} already holds {len(losses)} steps, more than num_steps={num_steps}"
@@ -741,6 +757,7 @@ def run_svi(
                 "optim": optim.get_state(),
                 "rng": _rng_state(dev),
                 "batches": batches.state_dict() if batches is not None else None,
+                "average": {k: v.detach().cpu().clone() for k, v in average.items()},
             }
 
         converged, stop_reason = False, "max_steps"
@@ -764,6 +781,8 @@ def run_svi(
                         checkpoint=written,
                     )
                 losses.append(value)
+                if average_last and step >= num_steps - average_last:
+                    _accumulate_average(average, step - (num_steps - average_last) + 1)
                 if isinstance(optim, pyro.optim.PyroLRScheduler):
                     optim.step()
                 if bar is not None:
@@ -794,6 +813,11 @@ def run_svi(
                 bar.close()
         if checkpoint_path is not None:
             written = _save_checkpoint(checkpoint_path, snapshot())
+        if average_last and len(losses) == num_steps and average:
+            store = pyro.get_param_store()
+            with torch.no_grad():
+                for name, value in average.items():
+                    store.get_param(name).unconstrained().copy_(value)
 
     hist = np.asarray(losses, dtype=float)
     if convergence is not None and not converged:
@@ -812,6 +836,18 @@ def run_svi(
         param_state=state,
         checkpoint=written,
     )
+
+
+def _accumulate_average(average: dict[str, torch.Tensor], count: int) -> None:
+    """Fold the current unconstrained parameters into a running mean (``count`` = n so far)."""
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for name in store.keys():
+            value = store.get_param(name).unconstrained().detach()
+            if name not in average or count == 1:
+                average[name] = value.clone()
+            else:
+                average[name] += (value - average[name]) / count
 
 
 def _restore(

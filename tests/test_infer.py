@@ -116,7 +116,7 @@ def test_index_batches_cover_every_row_once_per_epoch_and_shard_disjointly():
 
 
 def test_convergence_check_stops_early():
-    check = ConvergenceCheck(window=50, rtol=1e-3, patience=2)
+    check = ConvergenceCheck(window=50, rtol=1e-3, patience=2, noise=0.0)
     result = run_svi(normal_model, normal_guide, Y, num_steps=5000, learning_rate=0.05,
                      convergence=check, seed=0)
     assert result.converged and result.stop_reason == "converged"
@@ -124,6 +124,14 @@ def test_convergence_check_stops_early():
     flat = np.r_[np.linspace(100, 10, 300), np.full(400, 10.0)]
     assert check.converged_at(flat) is not None
     assert check.converged_at(np.linspace(100, 10, 700)) is None
+    # pure noise around a constant is flat once noise is allowed for, not before
+    rng = np.random.default_rng(0)
+    noisy = 10.0 + rng.normal(0, 1.0, 1000)
+    assert ConvergenceCheck(window=50, rtol=1e-4, patience=3, noise=0.0).converged_at(noisy) is None
+    assert ConvergenceCheck(window=50, rtol=1e-4, patience=3, noise=3.0).converged_at(noisy) is not None
+    # a steady downward trend is not flat even though each window is noisy
+    trend = np.linspace(100, 50, 1000) + rng.normal(0, 1.0, 1000)
+    assert ConvergenceCheck(window=50, rtol=1e-4, patience=3, noise=2.0).converged_at(trend) is None
 
 
 @pytest.mark.parametrize("bad_value", [float("inf"), float("nan")], ids=["inf-loss", "nan-param"])

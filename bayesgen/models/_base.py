@@ -127,6 +127,7 @@ class BayesianEstimator:
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            average_last=min(int(getattr(self, "average_last", 0)), int(self.num_steps) // 2),
             **kwargs,
         )
         self._param_state = result.param_state

@@ -407,9 +407,12 @@ class BetaBinomialTest(BayesianEstimator):
     learning_rate : float, default 0.3
         Initial Adam learning rate (decays to ``learning_rate * final_lr_factor``).
     lr_schedule : {"exponential", "cosine"} or None, default "cosine"
-    final_lr_factor : float, default 0.01
+    final_lr_factor : float, default 0.001
     num_particles : int, default 8
         ELBO particles per step (vectorised).
+    average_last : int, default 500
+        Average the guide parameters over the last steps (Polyak–Ruppert; at
+        most half of ``num_steps``); see :func:`bayesgen.infer.run_svi`.
     batch_size : int, optional
         Events per minibatch when fitting raw events; None uses all events.
     convergence_rtol : float or None, default 1e-3
@@ -461,8 +464,9 @@ class BetaBinomialTest(BayesianEstimator):
         num_steps: int = 3000,
         learning_rate: float = 0.3,
         lr_schedule: Literal["exponential", "cosine"] | None = "cosine",
-        final_lr_factor: float = 0.01,
+        final_lr_factor: float = 0.001,
         num_particles: int = 8,
+        average_last: int = 500,
         batch_size: int | None = None,
         convergence_rtol: float | None = 1e-3,
         num_samples: int = 20000,
@@ -478,6 +482,7 @@ class BetaBinomialTest(BayesianEstimator):
         self.lr_schedule = lr_schedule
         self.final_lr_factor = final_lr_factor
         self.num_particles = num_particles
+        self.average_last = average_last
         self.batch_size = batch_size
         self.convergence_rtol = convergence_rtol
         self.num_samples = num_samples
@@ -865,7 +870,7 @@ class BetaBinomialTest(BayesianEstimator):
         n = self.trials_ if trials is None else validate_counts(np.zeros(len(self.names_)), trials, self.names_)[1]
         rates = self.posterior(num_samples, seed=seed).to_numpy()
         with seeded(self.seed if seed is None else seed + 1):
-            counts = dist.Binomial(torch.as_tensor(n), torch.as_tensor(rates)).sample()
+            counts = dist.Binomial(torch.tensor(n), torch.tensor(rates)).sample()
         return pd.DataFrame(to_numpy(counts).astype(int), columns=self.names_)
 
     def plot(self, *, ax: Any = None) -> Any:

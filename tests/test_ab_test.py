@@ -1,0 +1,250 @@
+"""A/B test: unit tests, closed forms, and SVI against the exact posterior."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from scipy import special, stats
+
+from bayesgen.models.ab_test import (
+    BetaBinomialTest,
+    events_guide,
+    events_model,
+    expected_loss_exact,
+    guide,
+    model,
+    prob_best_exact,
+)
+
+RESUME = dict(successes=[235, 157], trials=[2435, 2435], names=["white", "black"])
+
+
+def evan_miller_prob_b_beats_a(a_a, b_a, a_b, b_b):
+    """Independent closed form of P(p_B > p_A) for integer alpha_B (Evan Miller, 2015)."""
+    total = 0.0
+    for i in range(int(a_b)):
+        total += math.exp(
+            special.betaln(a_a + i, b_a + b_b)
+            - math.log(b_b + i)
+            - special.betaln(1 + i, b_b)
+            - special.betaln(a_a, b_a)
+        )
+    return total
+
+
+# ------------------------------------------------------------------ tier 1: unit
+def test_model_and_guide_share_latent_sites_and_shapes():
+    trials, successes = torch.tensor([100.0, 120.0, 90.0]), torch.tensor([10.0, 15.0, 5.0])
+    gtr = poutine.trace(guide).get_trace(trials, successes)
+    mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(trials, successes)
+    def latent(tr):
+        return {
+            n for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        }
+
+    latent_model, latent_guide = latent(mtr), latent(gtr)
+    assert latent_model == latent_guide == {"rate"}
+    assert mtr.nodes["rate"]["value"].shape == (3,)
+    assert torch.isfinite(mtr.log_prob_sum())
+    prior_draw = poutine.trace(model).get_trace(trials).nodes["successes"]["value"]
+    assert prior_draw.shape == (3,) and bool((prior_draw <= trials).all())
+
+
+def test_events_model_subsamples_and_scales():
+    variant = torch.tensor([0, 1] * 50)
+    outcome = torch.tensor([1.0, 0.0] * 50)
+    idx = torch.arange(10)
+    gtr = poutine.trace(events_guide).get_trace(variant, outcome, idx, num_variants=2)
+    mtr = poutine.trace(poutine.replay(events_model, trace=gtr)).get_trace(variant, outcome, idx, num_variants=2)
+    site = mtr.nodes["outcome"]
+    assert site["value"].shape == (10,)
+    assert site["scale"] == pytest.approx(10.0)  # 100 events / 10 per batch
+
+
+# ---------------------------------------------------------- closed forms (truth)
+@pytest.mark.parametrize("params", [(236, 2201, 158, 2279), (4, 47, 11, 50), (30, 70, 33, 68)])
+def test_prob_best_matches_independent_closed_form(params):
+    a_a, b_a, a_b, b_b = params
+    ours = prob_best_exact(np.array([a_a, a_b]), np.array([b_a, b_b]))
+    assert ours.sum() == pytest.approx(1.0, abs=1e-9)
+    assert ours[1] == pytest.approx(evan_miller_prob_b_beats_a(a_a, b_a, a_b, b_b), abs=1e-7)
+
+
+def test_exact_quantities_match_large_monte_carlo():
+    alpha, beta = np.array([4.0, 11.0, 9.0]), np.array([47.0, 50.0, 40.0])
+    rng = np.random.default_rng(0)
+    draws = rng.beta(alpha, beta, size=(400_000, 3))
+    mc_best = np.bincount(draws.argmax(1), minlength=3) / len(draws)
+    mc_loss = (draws.max(1, keepdims=True) - draws).mean(0)
+    se_best = np.sqrt(mc_best * (1 - mc_best) / len(draws))
+    se_loss = (draws.max(1, keepdims=True) - draws).std(0) / np.sqrt(len(draws))
+    assert np.all(np.abs(prob_best_exact(alpha, beta) - mc_best) < 4 * se_best + 1e-9)
+    assert np.all(np.abs(expected_loss_exact(alpha, beta) - mc_loss) < 4 * se_loss + 1e-9)
+
+
+def test_exact_quadrature_handles_huge_and_far_apart_posteriors():
+    alpha = np.array([1e6 * 0.10 + 1, 1e6 * 0.1005 + 1, 50.0])
+    beta = np.array([1e6 * 0.90 + 1, 1e6 * 0.8995 + 1, 10.0])
+    pb = prob_best_exact(alpha, beta)
+    assert pb.sum() == pytest.approx(1.0, abs=1e-6)
+    assert pb[2] == pytest.approx(1.0, abs=1e-6)  # the 0.83 variant dominates
+    a2, b2 = alpha[:2], beta[:2]
+    z = (a2[1] / (a2[1] + b2[1]) - a2[0] / (a2[0] + b2[0])) / np.sqrt(stats.beta.var(a2, b2).sum())
+    assert prob_best_exact(a2, b2)[1] == pytest.approx(stats.norm.cdf(z), abs=1e-3)
+
+
+# ------------------------------------------------- tier 3: SVI vs closed form
+@pytest.mark.parametrize(
+    "data",
+    [
+        RESUME,
+        dict(successes=[48, 61, 39], trials=[1000, 1010, 990], names=None),
+    ],
+    ids=["resume-callbacks", "three-variants"],
+)
+def test_svi_matches_exact_posterior(data):
+    # The guide starts at Beta(1, 1) (concentration 2), far from the posterior
+    # (concentration ~ 2400): SVI must travel to the answer.
+    test = BetaBinomialTest(seed=0).fit(data["successes"], data["trials"], names=data["names"])
+    exact = test.exact_summary()
+    a, b = test.posterior_alpha_, test.posterior_beta_
+    np.testing.assert_allclose(stats.beta.mean(a, b), exact["mean"], rtol=0.01)
+    np.testing.assert_allclose(stats.beta.std(a, b), exact["sd"], rtol=0.05)
+    assert test.exact_gap_["max_sd_rel_error"] < 0.05
+
+
+def test_svi_prob_b_beats_a_within_monte_carlo_error():
+    data = dict(successes=[120, 138], trials=[2000, 2000], names=["A", "B"])  # a close race
+    test = BetaBinomialTest(seed=0, num_samples=40_000).fit(**data)
+    exact = prob_best_exact(test.exact_alpha_, test.exact_beta_)[1]
+    svi = float(test.prob_best()["B"])
+    se = math.sqrt(exact * (1 - exact) / test.num_samples)
+    # Monte Carlo error of the draws, plus the SVI approximation error: the fitted
+    # means sit within ~0.02 posterior sd of the exact ones, which moves P(B > A)
+    # by at most ~0.005 in this close race.
+    assert test.exact_gap_["max_mean_gap_sd"] < 0.05
+    assert abs(svi - exact) < 4 * se + 0.005
+    assert 0.8 < exact < 0.95  # the case really is uncertain
+
+
+def test_exact_method_reproduces_closed_form_decisions():
+    test = BetaBinomialTest(method="exact").fit(**RESUME)
+    assert test.losses_.size == 0
+    pb = test.prob_best()
+    expected = evan_miller_prob_b_beats_a(158, 2279, 236, 2201)  # P(white > black)
+    assert pb["white"] == pytest.approx(expected, abs=1e-7)
+    # stored as float32 guide parameters
+    np.testing.assert_allclose(test.posterior_alpha_, [236, 158], rtol=1e-5)
+    np.testing.assert_allclose(test.posterior_beta_, [2201, 2279], rtol=1e-5)
+
+
+def test_events_with_minibatches_agree_with_counts():
+    rng = np.random.default_rng(1)
+    n = 6000
+    variant = rng.choice(["control", "treat"], size=n)
+    outcome = (rng.random(n) < np.where(variant == "treat", 0.12, 0.10)).astype(int)
+    events = pd.DataFrame({"arm": variant, "converted": outcome})
+    test = BetaBinomialTest(seed=0, batch_size=1000, num_steps=3000).fit_events(
+        events, variant_col="arm", outcome_col="converted"
+    )
+    assert test.names_ == ["control", "treat"]
+    np.testing.assert_array_equal(test.trials_, [np.sum(variant == "control"), np.sum(variant == "treat")])
+    exact = test.exact_summary()
+    a, b = test.posterior_alpha_, test.posterior_beta_
+    gap = np.abs(stats.beta.mean(a, b) - exact["mean"]) / exact["sd"]
+    assert gap.max() < 0.25
+    np.testing.assert_allclose(stats.beta.std(a, b), exact["sd"], rtol=0.10)
+
+
+def test_lift_and_expected_loss_have_the_right_sign_and_units():
+    test = BetaBinomialTest(method="exact").fit(**RESUME)
+    lift = test.lift("white")
+    true_rel = (158 / 2437) / (236 / 2437) - 1
+    assert lift.loc["black", "mean"] == pytest.approx(true_rel, abs=0.01)
+    assert lift.loc["black", "lower"] < true_rel < lift.loc["black", "upper"]
+    assert lift.loc["black", "prob_positive"] < 0.001
+    loss = test.expected_loss()
+    assert loss["white"] < 1e-6 and loss["black"] == pytest.approx(236 / 2437 - 158 / 2437, rel=0.01)
+    table = test.summary(control="white")
+    assert list(table.index) == ["white", "black"] and table.loc["white", "lift_mean"] == 0.0
+
+
+def test_posterior_predictive_sample_shapes_and_ranges():
+    test = BetaBinomialTest(method="exact").fit(**RESUME)
+    draws = test.sample(500, seed=1)
+    assert draws.shape == (500, 2) and (draws.to_numpy() <= 2435).all()
+    assert draws["white"].mean() == pytest.approx(236 / 2437 * 2435, rel=0.05)
+    more = test.sample(200, trials=[10_000, 10_000], seed=1)
+    assert more["white"].mean() == pytest.approx(236 / 2437 * 10_000, rel=0.05)
+
+
+def test_warns_when_svi_is_far_from_exact():
+    with pytest.warns(UserWarning, match="off the exact conjugate posterior"):
+        BetaBinomialTest(num_steps=20, seed=0).fit(**RESUME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BetaBinomialTest(method="exact").fit(**RESUME)
+
+
+# ----------------------------------------------------------- bad input errors
+@pytest.mark.parametrize(
+    ("successes", "trials", "kind", "match"),
+    [
+        ([30, 20], [25, 100], ValueError, "more successes"),
+        ([-1, 20], [25, 100], ValueError, "negative"),
+        ([1.5, 20], [25, 100], ValueError, "whole number"),
+        ([1, 20], [0, 100], ValueError, "zero trials"),
+        ([np.nan, 20], [25, 100], ValueError, "NaN"),
+        ([3], [25], ValueError, "at least two variants"),
+        ([3, 4, 5], [25, 30], ValueError, "successes has 3 values but trials has 2"),
+        (["a", "b"], [25, 30], TypeError, "must be numbers"),
+        ([[1, 2], [3, 4]], [[5, 6], [7, 8]], ValueError, "one-dimensional"),
+    ],
+)
+def test_bad_counts_are_rejected_clearly(successes, trials, kind, match):
+    with pytest.raises(kind, match=match):
+        BetaBinomialTest(method="exact").fit(successes, trials)
+
+
+@pytest.mark.parametrize("prior", [(0, 1), (1, -2), (float("nan"), 1), (1,), "uniform"])
+def test_bad_priors_are_rejected(prior):
+    with pytest.raises(ValueError, match="prior"):
+        BetaBinomialTest(prior=prior, method="exact").fit([1, 2], [10, 10])
+
+
+def test_bad_events_are_rejected_clearly():
+    events = pd.DataFrame({"arm": ["a", "b", "a"], "y": [0, 1, 2]})
+    with pytest.raises(ValueError, match="only 0/1"):
+        BetaBinomialTest(method="exact").fit_events(events, variant_col="arm", outcome_col="y")
+    with pytest.raises(ValueError, match="outcome_col='nope' is not a column"):
+        BetaBinomialTest(method="exact").fit_events(events, variant_col="arm", outcome_col="nope")
+    with pytest.raises(ValueError, match="at least two variants"):
+        BetaBinomialTest(method="exact").fit_events(
+            pd.DataFrame({"arm": ["a", "a"], "y": [0, 1]}), variant_col="arm", outcome_col="y"
+        )
+    with pytest.raises(ValueError, match="missing values"):
+        BetaBinomialTest(method="exact").fit_events(
+            pd.DataFrame({"arm": ["a", "b"], "y": [0, None]}), variant_col="arm", outcome_col="y"
+        )
+    with pytest.raises(TypeError, match="DataFrame"):
+        BetaBinomialTest(method="exact").fit_events([[0, 1]], variant_col="arm", outcome_col="y")
+    with pytest.raises(ValueError, match="unknown variant"):
+        BetaBinomialTest(method="exact").fit(**RESUME).lift("purple")
+
+
+@pytest.mark.cuda
+def test_fits_on_cuda_and_loads_on_cpu(tmp_path):
+    test = BetaBinomialTest(device="cuda", seed=0).fit(**RESUME)
+    assert test.device_.type == "cuda"
+    test.save(tmp_path / "m")
+    loaded = BetaBinomialTest.load(tmp_path / "m", device="cpu")
+    pd.testing.assert_frame_equal(loaded.posterior(2000, seed=3), test.posterior(2000, seed=3))
