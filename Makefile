@@ -1,0 +1,34 @@
+# bayesgen: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+# Both create .venv from nothing with Python >= 3.12 (found on PATH or under pyenv).
+
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTHON ?= $(shell for p in python3.13 python3.12 $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.1[2-9]*/bin/python3 2>/dev/null) python3; do \
+            command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { command -v $$p; break; }; \
+          done)
+
+.PHONY: install demo test test-slow test-all clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "bayesgen needs Python >= 3.12 (ArviZ 1.x requires it); none found" >&2; exit 1; }
+	@echo "using $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/bayesgen fit models/ab_resume_callbacks.toml --out runs/ab_resume_callbacks
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+test-all: install
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,116 @@
+"""Tier 4 smoke: every CLI command as a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bayesgen(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bayesgen", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_abtest_counts_prints_table_and_writes_plot(tmp_path):
+    plot = tmp_path / "ab.png"
+    proc = bayesgen("abtest", "235/2435", "157/2435", "--names", "white,black", "--num-steps", "1500",
+                    "--quiet", "--plot", str(plot))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "P(best)" in out and "expected loss" in out and "lift vs control" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith(("white", "black"))}
+    assert "235/2435" in lines["white"] and "control" in lines["white"]
+    assert "SVI vs exact posterior" in out
+    assert plot.stat().st_size > 5000
+
+
+def test_abtest_exact_with_prior_and_control():
+    proc = bayesgen("abtest", "50/1000", "65/1000", "58/1000", "--names", "a,b,c", "--prior", "2,20",
+                    "--control", "b", "--method", "exact", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "Beta(2, 20)" in proc.stdout
+    assert "control" in [line.split()[-1] for line in proc.stdout.splitlines() if line.strip().startswith("b ")]
+
+
+def test_abtest_from_csv_of_events(tmp_path):
+    csv = tmp_path / "events.csv"
+    rows = ["arm,clicked"] + [f"{'A' if i % 2 else 'B'},{int(i % 7 == 0)}" for i in range(2000)]
+    csv.write_text("\n".join(rows))
+    proc = bayesgen("abtest", "--csv", str(csv), "--variant-col", "arm", "--outcome-col", "clicked",
+                    "--method", "exact", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "/1000" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["abtest", "300/200", "1/2"], "more successes"),
+        (["abtest", "--", "-3/200", "1/2"], "negative"),  # "--": a leading "-" is not an option
+        (["abtest", "3/0", "1/2"], "zero trials"),
+        (["abtest", "nan/10", "1/2"], "NaN"),
+        (["abtest", "3/10"], "at least two variants"),
+        (["abtest", "3-10", "1/2"], "SUCCESSES/TRIALS"),
+        (["abtest", "3/10", "1/2", "--prior", "0,1"], "prior"),
+        (["abtest", "3/10", "1/2", "--names", "a"], "names"),
+        (["abtest", "--csv", "missing.csv", "--variant-col", "v", "--outcome-col", "y"], "no such data file"),
+        (["fit", "no/such/spec.toml"], "no spec file"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_a_clear_message(args, message):
+    proc = bayesgen(args[0], "--quiet", *args[1:]) if args[0] == "abtest" else bayesgen(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_abtest_csv_unknown_column_and_bad_outcomes(tmp_path):
+    csv = tmp_path / "events.csv"
+    csv.write_text("arm,clicked\nA,1\nB,0\nA,3\n")
+    proc = bayesgen("abtest", "--csv", str(csv), "--variant-col", "group", "--outcome-col", "clicked")
+    assert proc.returncode == 2 and "variant_col='group' is not a column" in proc.stderr
+    proc = bayesgen("abtest", "--csv", str(csv), "--variant-col", "arm", "--outcome-col", "clicked")
+    assert proc.returncode == 2 and "only 0/1" in proc.stderr
+
+
+def test_fit_spec_writes_a_complete_run_folder(tmp_path):
+    out = tmp_path / "run"
+    proc = bayesgen("fit", "models/ab_resume_callbacks.toml", "--out", str(out), "--device", "cpu", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("spec.toml", "versions.json", "run.json", "losses.csv", "posterior.nc", "summary.csv",
+                 "report.csv", "plots/loss.png", "plots/posterior.png", "model/meta.json", "model/tensors.pt"):
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["seed"] == 0 and run["data_checksum"].startswith("sha256:") and run["num_steps"] == 3000
+    versions = json.loads((out / "versions.json").read_text())
+    assert {"python", "torch", "pyro", "arviz"} <= set(versions)
+    tree = xr.open_datatree(out / "posterior.nc")
+    assert list(tree.posterior["variant"].values) == ["white", "black"]
+    assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(tree.children)
+    # the resolved spec is itself a runnable spec that reproduces the fit
+    again = tmp_path / "again"
+    proc = bayesgen("fit", str(out / "spec.toml"), "--out", str(again), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (again / "losses.csv").read_text() == (out / "losses.csv").read_text()
+
+
+def test_fit_rejects_bad_specs(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run]\nmodel = 'ab_test'\n[data]\nsource = 'bundled:resume_callbacks.csv'\n"
+                   "[inference]\nnum_stepz = 10\n")
+    proc = bayesgen("fit", str(bad), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "unknown settings ['num_stepz']" in proc.stderr
+    bad.write_text("[run\nmodel=")
+    proc = bayesgen("fit", str(bad))
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr
+    bad.write_text("[run]\nmodel = 'nope'\n[data]\n")
+    proc = bayesgen("fit", str(bad))
+    assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr

@@ -1,0 +1,135 @@
+"""Tier 2: the estimator contract, run over every bayesgen model.
+
+Each entry in ESTIMATORS is (name, make estimator, fit it on small real data,
+a bad-input case). Adding a model means adding one entry here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+import torch
+
+from bayesgen import BayesianEstimator, BetaBinomialTest, ModelFileError, NotFittedError
+
+
+def _ab_fit(est):
+    return est.fit([235, 157], [2435, 2435], names=["white", "black"])
+
+
+def _ab_bad(est):
+    return est.fit([235, 3000], [2435, 2435])
+
+
+ESTIMATORS = [
+    pytest.param(
+        lambda seed=0: BetaBinomialTest(num_steps=300, seed=seed, average_last=50),
+        _ab_fit,
+        _ab_bad,
+        {"rate": ("variant",)},
+        id="ab_test",
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_approximation_warnings():
+    # The short fits here are for the API contract, not accuracy.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+@pytest.mark.parametrize(("make", "fit", "bad", "dims"), ESTIMATORS)
+class TestEstimatorContract:
+    def test_init_does_no_work_and_fit_returns_self(self, make, fit, bad, dims):
+        est = make()
+        assert not hasattr(est, "losses_")
+        assert fit(est) is est
+        assert hasattr(est, "losses_") and est.n_steps_ == len(est.losses_)
+
+    def test_methods_before_fit_raise_not_fitted(self, make, fit, bad, dims):
+        est = make()
+        for call in (lambda: est.posterior(10), lambda: est.to_arviz(10), lambda: est.save("x")):
+            with pytest.raises(NotFittedError, match="not fitted"):
+                call()
+
+    def test_same_seed_same_result(self, make, fit, bad, dims):
+        a, b, c = fit(make(seed=1)), fit(make(seed=1)), fit(make(seed=2))
+        np.testing.assert_array_equal(a.losses_, b.losses_)
+        pd.testing.assert_frame_equal(a.posterior(200), b.posterior(200))
+        assert not np.array_equal(a.losses_, c.losses_)
+
+    def test_global_param_store_untouched_and_fits_coexist(self, make, fit, bad, dims):
+        pyro.param("mine", torch.zeros(1))
+        a, b = fit(make(seed=1)), fit(make(seed=2))
+        assert list(pyro.get_param_store().keys()) == ["mine"]
+        assert a.params_.keys() == b.params_.keys()
+        assert any(not np.array_equal(a.params_[k], b.params_[k]) for k in a.params_)
+
+    def test_save_load_round_trip(self, make, fit, bad, dims, tmp_path):
+        est = fit(make())
+        est.save(tmp_path / "model")
+        meta = json.loads((tmp_path / "model" / "meta.json").read_text())
+        assert meta["class"] == type(est).__name__
+        loaded = BayesianEstimator.load(tmp_path / "model", device="cpu")
+        assert type(loaded) is type(est) and loaded.get_params() == {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in est.get_params().items()
+        } | {"device": est.get_params()["device"]}
+        np.testing.assert_array_equal(loaded.losses_, est.losses_)
+        pd.testing.assert_frame_equal(loaded.posterior(500, seed=4), est.posterior(500, seed=4))
+        a, b = est.to_arviz(300, seed=2), loaded.to_arviz(300, seed=2)
+        for group in ("posterior", "posterior_predictive", "log_likelihood"):
+            for name in a[group].data_vars:
+                np.testing.assert_array_equal(a[group][name].values, b[group][name].values)
+
+    def test_corrupt_or_foreign_files_give_clear_errors(self, make, fit, bad, dims, tmp_path):
+        est = fit(make())
+        folder = est.save(tmp_path / "model")
+        (folder / "tensors.pt").write_bytes(b"garbage")
+        with pytest.raises(ModelFileError, match="corrupt"):
+            type(est).load(folder)
+        (folder / "meta.json").write_text("{not json")
+        with pytest.raises(ModelFileError, match="corrupt"):
+            type(est).load(folder)
+        with pytest.raises(ModelFileError, match="not a saved bayesgen model"):
+            type(est).load(tmp_path / "nowhere")
+        (folder / "meta.json").write_text(json.dumps({"format": "something-else"}))
+        with pytest.raises(ModelFileError, match="not bayesgen model metadata"):
+            type(est).load(folder)
+
+    def test_loading_never_unpickles_code(self, make, fit, bad, dims, tmp_path):
+        est = fit(make())
+        folder = est.save(tmp_path / "model")
+
+        class Evil:
+            def __reduce__(self):
+                return (exec, ("raise SystemExit('code ran')",))
+
+        torch.save({"params": {}, "payload": Evil()}, folder / "tensors.pt")
+        with pytest.raises(ModelFileError):
+            type(est).load(folder)
+
+    def test_to_arviz_has_groups_and_named_dims(self, make, fit, bad, dims):
+        tree = fit(make()).to_arviz(200)
+        assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(tree.children)
+        for name, expected in dims.items():
+            assert tree.posterior[name].dims == ("chain", "draw", *expected)
+        assert tree.posterior.sizes["draw"] == 200
+
+    def test_bad_input_is_a_clear_error(self, make, fit, bad, dims):
+        with pytest.raises((ValueError, TypeError)) as info:
+            bad(make())
+        assert "Traceback" not in str(info.value) and len(str(info.value)) > 10
+
+    def test_unknown_device_is_a_clear_error(self, make, fit, bad, dims):
+        est = make()
+        est.device = "tpu:7"
+        with pytest.raises(ValueError, match="device"):
+            fit(est)
