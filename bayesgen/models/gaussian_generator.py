@@ -1,0 +1,964 @@
+"""Gaussian class-conditional generator: the Bayes classifier used generatively.
+
+Generative story, for classes c = 1..C and rows i = 1..n::
+
+    weights           ~ Dirichlet(class_concentration, ..., class_concentration)
+    loc_c, cov_c      ~ prior shrinking toward the pooled within-class estimate (below)
+    y_i               ~ Categorical(weights)
+    x_i | y_i = c     ~ MultivariateNormal(loc_c, cov_c)
+
+The priors shrink every class toward the *pooled* statistics of the training
+data (pooled mean ``m0``, pooled within-class covariance ``S0``), so a class
+with few rows borrows strength from the others and 784-pixel images stay
+well-posed. ``prior_strength`` (κ0) and ``shrinkage`` are pseudo-counts:
+
+``covariance="diag"``  (Normal-Gamma, conjugate)
+    precision_cj ~ Gamma(a0, a0' S0_jj) with a0 = 1 + shrinkage/2, so E[1/precision] = S0_jj;
+    loc_cj | precision ~ Normal(m0_j, 1/sqrt(κ0 precision_cj)).
+``covariance="full"``  (Normal-Wishart, conjugate)
+    precision_c ~ Wishart(ν0, V0) with ν0 = d + 1 + shrinkage and E[precision_c^-1] = S0;
+    loc_c | precision_c ~ MultivariateNormal(m0, (κ0 precision_c)^-1).
+``covariance="lowrank"``  (rank r plus diagonal; SVI only)
+    cov_c = W_c W_cᵀ + diag(ψ_c); W_c ~ Normal(W0, factor_scale) around the pooled
+    principal factors W0; ψ_c ~ LogNormal(log ψ0, 0.5); loc_c ~ Normal(m0, sqrt(S0_jj / κ0)).
+
+The Dirichlet-Categorical part is conjugate too. For the conjugate structures
+:func:`exact_posterior` gives the posterior in closed form (used by the tests
+as ground truth and by ``method="exact"``). The guide is mean-field: Dirichlet
+for the weights; Normal (diag, lowrank) or MultivariateNormal (full) for the
+locations; Gamma, Wishart or LogNormal/Normal for the covariance parts. For
+"diag" and "lowrank" it is fitted by SVI with Trace_ELBO, minibatched over
+rows; for "full" it holds the exact posterior's marginals (SVI on the Wishart
+factor is numerically unstable, so ``method="exact"`` is required).
+
+Features are standardised inside the estimator (minus the mean, divided by
+the pooled within-class sd; the transform is saved with the model), so the
+model, its priors and ``to_arviz`` live on that standardised scale while
+``sample``, ``class_means`` and ``score_samples`` (Jacobian included) answer
+on the raw scale. Bounded features (pixels in [0, 1]) are modelled as
+Gaussian and *samples are clipped* to ``clip`` (default: none). The Gaussian puts some mass
+outside the bounds; clipping piles it onto the bound, which for images matches
+the many pixels that sit exactly at 0. Features that are constant in the
+training data (image borders) are an error by default; with
+``constant_features="keep"`` they are held out of the Gaussian, reproduced
+exactly in samples, and ignored by the densities.
+
+References
+----------
+Murphy (2007), Conjugate Bayesian analysis of the Gaussian distribution.
+Friedman (1989), Regularized discriminant analysis, JASA 84(405).
+Tipping & Bishop (1999), Probabilistic principal component analysis, JRSS B 61(3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch.distributions import constraints
+
+from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._typing import DeviceLike, PathLikeStr
+from bayesgen.models._base import BayesianEstimator
+
+__all__ = ["GaussianGenerator", "model", "guide", "exact_posterior", "validate_xy", "pooled_statistics"]
+
+Covariance = Literal["diag", "full", "lowrank"]
+
+DIMS = {
+    "weights": ["class"],
+    "loc": ["class", "feature"],
+    "precision": ["class", "feature"],
+    "cov_diag": ["class", "feature"],
+    "cov_factor": ["class", "feature", "factor"],
+    "y": ["row"],
+    "x": ["row"],
+}
+
+
+# --------------------------------------------------------------------- model
+def model(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    subsample: torch.Tensor | None = None,
+    *,
+    prior: dict[str, torch.Tensor],
+    covariance: Covariance,
+    num_classes: int,
+) -> None:
+    """Class-conditional Gaussian model.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n_rows, n_features)
+    y : Tensor of int64, shape (n_rows,)
+        Class index of every row.
+    subsample : Tensor of int64, optional
+        Rows of this minibatch (given by the SVI runner).
+    prior : dict of Tensor
+        From :func:`prior_parameters`.
+    covariance : {"diag", "full", "lowrank"}
+    num_classes : int
+    """
+    weights = pyro.sample("weights", dist.Dirichlet(prior["class_concentration"]))
+    with pyro.plate("class", num_classes):
+        if covariance == "diag":
+            precision = pyro.sample("precision", dist.Gamma(prior["shape"], prior["rate"]).to_event(1))
+            loc = pyro.sample("loc", dist.Normal(prior["m0"], (prior["kappa0"] * precision).rsqrt()).to_event(1))
+        elif covariance == "full":
+            precision = pyro.sample("precision", dist.Wishart(prior["df"], scale_tril=prior["scale_tril"]))
+            loc = pyro.sample("loc", dist.MultivariateNormal(prior["m0"], precision_matrix=prior["kappa0"] * precision))
+        else:
+            loc = pyro.sample("loc", dist.Normal(prior["m0"], prior["loc_scale"]).to_event(1))
+            cov_factor = pyro.sample("cov_factor", dist.Normal(prior["W0"], prior["factor_scale"]).to_event(2))
+            cov_diag = pyro.sample("cov_diag", dist.LogNormal(prior["log_psi0"], prior["psi_scale"]).to_event(1))
+    with pyro.plate("row", x.shape[0], subsample=subsample) as idx:
+        yi = y.index_select(0, idx)
+        pyro.sample("y", dist.Categorical(weights), obs=yi)
+        xi = x.index_select(0, idx)
+        if covariance == "diag":
+            fn = dist.Normal(loc[..., yi, :], precision[..., yi, :].rsqrt()).to_event(1)
+        elif covariance == "full":
+            # One factorisation per class, not per row.
+            scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
+            fn = dist.MultivariateNormal(loc[..., yi, :], scale_tril=scale_tril[..., yi, :, :])
+        else:
+            fn = dist.LowRankMultivariateNormal(loc[..., yi, :], cov_factor[..., yi, :, :], cov_diag[..., yi, :])
+        pyro.sample("x", fn, obs=xi)
+
+
+def guide(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    subsample: torch.Tensor | None = None,
+    *,
+    prior: dict[str, torch.Tensor],
+    covariance: Covariance,
+    num_classes: int,
+) -> None:
+    """Mean-field guide for :func:`model` (same signature).
+
+    Every factor starts at the prior's centre (all classes equal to the pooled
+    statistics), away from the class-specific answer.
+    """
+    C, d = num_classes, x.shape[-1]
+    conc = pyro.param("weights_concentration", lambda: x.new_ones(C), constraint=constraints.positive)
+    pyro.sample("weights", dist.Dirichlet(conc))
+    m0 = prior["m0"]
+    with pyro.plate("class", C):
+        if covariance == "diag":
+            shape = pyro.param("precision_shape", lambda: prior["shape"].expand(C, d).clone(), constraint=constraints.positive)
+            rate = pyro.param("precision_rate", lambda: prior["rate"].expand(C, d).clone(), constraint=constraints.positive)
+            pyro.sample("precision", dist.Gamma(shape, rate).to_event(1))
+            loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
+            scale = pyro.param("loc_scale", lambda: 0.1 * prior["sd0"].expand(C, d).clone(), constraint=constraints.positive)
+            pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
+        elif covariance == "full":
+            # df > d + 1 keeps draws non-singular and E[precision^-1] finite; the exact
+            # posterior has df = d + 1 + shrinkage + n, well inside.
+            df = pyro.param("precision_df", lambda: prior["df"].expand(C).clone(), constraint=constraints.greater_than(d + 1.0))
+            tril = pyro.param(
+                "precision_scale_tril",
+                lambda: prior["scale_tril"].expand(C, d, d).clone(),
+                constraint=constraints.lower_cholesky,
+            )
+            pyro.sample("precision", dist.Wishart(df, scale_tril=tril))
+            loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
+            loc_tril = pyro.param(
+                "loc_scale_tril",
+                lambda: torch.diag_embed(0.1 * prior["sd0"]).expand(C, d, d).clone(),
+                constraint=constraints.lower_cholesky,
+            )
+            pyro.sample("loc", dist.MultivariateNormal(loc, scale_tril=loc_tril))
+        else:
+            loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
+            scale = pyro.param("loc_scale", lambda: 0.1 * prior["sd0"].expand(C, d).clone(), constraint=constraints.positive)
+            pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
+            r = prior["W0"].shape[-1]
+            w_loc = pyro.param("cov_factor_loc", lambda: prior["W0"].expand(C, d, r).clone())
+            w_scale = pyro.param(
+                "cov_factor_scale", lambda: 0.1 * prior["factor_scale"].expand(C, d, r).clone(), constraint=constraints.positive
+            )
+            pyro.sample("cov_factor", dist.Normal(w_loc, w_scale).to_event(2))
+            psi_loc = pyro.param("cov_diag_loc", lambda: prior["log_psi0"].expand(C, d).clone())
+            psi_scale = pyro.param("cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive)
+            pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale).to_event(1))
+
+
+# ------------------------------------------------------------ priors, exact
+def pooled_statistics(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and pooled within-class covariance (what every class shrinks toward).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (n_rows, n_features)
+    y : numpy.ndarray of int, shape (n_rows,)
+    num_classes : int
+
+    Returns
+    -------
+    m0 : numpy.ndarray, shape (n_features,)
+    S0 : numpy.ndarray, shape (n_features, n_features)
+    """
+    m0 = x.mean(axis=0)
+    centred = np.empty_like(x, dtype=float)
+    for c in range(num_classes):
+        rows = y == c
+        centred[rows] = x[rows] - x[rows].mean(axis=0)
+    dof = max(len(x) - num_classes, 1)
+    S0 = centred.T @ centred / dof
+    # A floor keeps S0 positive definite when some features barely vary.
+    floor = 1e-3 * max(float(np.mean(np.diag(S0))), 1e-12)
+    S0[np.diag_indices_from(S0)] += floor
+    return m0, S0
+
+
+def prior_parameters(
+    m0: np.ndarray,
+    S0: np.ndarray,
+    *,
+    covariance: Covariance,
+    num_classes: int,
+    class_concentration: float,
+    prior_strength: float,
+    shrinkage: float,
+    rank: int,
+    like: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Prior hyperparameters as tensors (on ``like``'s device and dtype)."""
+    d = len(m0)
+    t = lambda a: like.new_tensor(np.asarray(a, dtype=float))  # noqa: E731
+    var0 = np.diag(S0)
+    prior = {
+        "class_concentration": t(np.full(num_classes, class_concentration)),
+        "kappa0": t(prior_strength),
+        "m0": t(m0),
+        "sd0": t(np.sqrt(var0)),
+    }
+    if covariance == "diag":
+        shape = 1.0 + shrinkage / 2.0
+        prior["shape"] = t(np.full(d, shape))
+        prior["rate"] = t(var0 * (shape - 1.0))  # E[1 / precision] = S0_jj
+    elif covariance == "full":
+        df = d + 1.0 + shrinkage
+        V0_inv = S0 * (df - d - 1.0)  # E[precision^-1] = S0
+        prior["df"] = t(df)
+        prior["scale_tril"] = t(np.linalg.cholesky(np.linalg.inv(V0_inv)))
+    else:
+        evals, evecs = np.linalg.eigh(S0)
+        order = np.argsort(evals)[::-1][:rank]
+        top = np.clip(evals[order], 0.0, None)
+        psi0 = max(float(np.mean(np.clip(evals[np.argsort(evals)[::-1][rank:]], 0, None))) if d > rank else 0.0, 1e-6)
+        W0 = evecs[:, order] * np.sqrt(np.clip(top - psi0, 1e-12, None))
+        residual = np.clip(var0 - (W0**2).sum(axis=1), 1e-6 * var0.mean() + 1e-12, None)
+        prior["W0"] = t(W0)
+        prior["factor_scale"] = t(np.full((d, rank), 0.5 * np.sqrt(psi0) + 1e-6))
+        prior["log_psi0"] = t(np.log(residual))
+        prior["psi_scale"] = t(0.5)
+        prior["loc_scale"] = t(np.sqrt(var0 / prior_strength))
+    return prior
+
+
+def exact_posterior(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    covariance: Literal["diag", "full"],
+    class_concentration: float = 1.0,
+    prior_strength: float = 1.0,
+    shrinkage: float = 10.0,
+) -> dict[str, np.ndarray]:
+    """Closed-form posterior of the conjugate structures.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (n_rows, n_features)
+    y : numpy.ndarray of int, shape (n_rows,)
+    num_classes : int
+    covariance : {"diag", "full"}
+    class_concentration, prior_strength, shrinkage : float
+        As in :class:`GaussianGenerator`.
+
+    Returns
+    -------
+    dict
+        ``weights_concentration`` (C,), ``loc`` mean (C, d) and ``kappa`` (C,);
+        for "diag" ``shape``/``rate`` (C, d) of the Gamma posterior of the
+        precisions, with ``precision_mean`` = shape/rate and ``loc_var`` the
+        marginal variance of each location; for "full" ``df`` (C,) and
+        ``scale`` (C, d, d) of the Wishart posterior, ``precision_mean`` =
+        df·scale and ``loc_cov`` (C, d, d) the marginal covariance of each location.
+    """
+    m0, S0 = pooled_statistics(x, y, num_classes)
+    d = x.shape[1]
+    counts = np.bincount(y, minlength=num_classes).astype(float)
+    out: dict[str, np.ndarray] = {"weights_concentration": class_concentration + counts}
+    kappa = prior_strength + counts
+    locs = np.empty((num_classes, d))
+    if covariance == "diag":
+        a0 = 1.0 + shrinkage / 2.0
+        b0 = np.diag(S0) * (a0 - 1.0)
+        shape, rate = np.empty((num_classes, d)), np.empty((num_classes, d))
+    else:
+        df0 = d + 1.0 + shrinkage
+        V0_inv = S0 * (df0 - d - 1.0)
+        dfs, scales = np.empty(num_classes), np.empty((num_classes, d, d))
+    for c in range(num_classes):
+        xc = x[y == c]
+        n = len(xc)
+        mean = xc.mean(axis=0) if n else m0
+        locs[c] = (prior_strength * m0 + n * mean) / kappa[c]
+        dev = mean - m0
+        if covariance == "diag":
+            ss = ((xc - mean) ** 2).sum(axis=0) if n else np.zeros(d)
+            shape[c] = a0 + n / 2.0
+            rate[c] = b0 + ss / 2.0 + prior_strength * n * dev**2 / (2.0 * kappa[c])
+        else:
+            scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
+            Vn_inv = V0_inv + scatter + prior_strength * n / kappa[c] * np.outer(dev, dev)
+            dfs[c] = df0 + n
+            scales[c] = np.linalg.inv(Vn_inv)
+    out["loc"], out["kappa"] = locs, kappa
+    if covariance == "diag":
+        out["shape"], out["rate"] = shape, rate
+        out["precision_mean"] = shape / rate
+        out["loc_var"] = rate / (kappa[:, None] * (shape - 1.0))
+    else:
+        out["df"], out["scale"] = dfs, scales
+        out["precision_mean"] = dfs[:, None, None] * scales
+        cov_mean = np.linalg.inv(scales) / (dfs - d - 1.0)[:, None, None]
+        out["loc_cov"] = cov_mean / kappa[:, None, None]
+    return out
+
+
+# ---------------------------------------------------------------- validation
+def validate_xy(
+    X: Any, y: Any = None, *, label: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Check features and labels; return float features, raw labels and feature names.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_rows, n_features), or pandas.DataFrame
+    y : array_like, shape (n_rows,), optional
+        Labels; with a DataFrame, ``label`` names the label column instead.
+    label : str, optional
+
+    Raises
+    ------
+    TypeError
+        Non-numeric features (named), or a label given both ways.
+    ValueError
+        Missing label column, wrong shapes, NaN/inf, fewer than two classes.
+    """
+    if isinstance(X, pd.DataFrame):
+        frame = X
+        if label is not None:
+            if y is not None:
+                raise TypeError("give labels either as y or as label=<column>, not both")
+            if label not in frame.columns:
+                raise ValueError(f"label column {label!r} is not in the data; columns are {list(frame.columns)}")
+            y = frame[label].to_numpy()
+            frame = frame.drop(columns=[label])
+        bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
+        if bad:
+            raise TypeError(f"features must be numeric; non-numeric columns: {bad[:10]}")
+        names = [str(c) for c in frame.columns]
+        values = frame.to_numpy(dtype=float)
+    else:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"features must be numeric, got dtype {arr.dtype}")
+        if arr.ndim != 2:
+            raise ValueError(f"X must be 2-D (n_rows, n_features), got shape {arr.shape}")
+        values = arr.astype(float)
+        names = [f"x{j}" for j in range(values.shape[1])]
+    if y is None:
+        raise ValueError("labels are required: pass y, or label=<column> with a DataFrame")
+    labels = np.asarray(y)
+    if labels.ndim != 1 or len(labels) != len(values):
+        raise ValueError(f"y must be 1-D with one label per row ({len(values)}), got shape {labels.shape}")
+    if values.shape[1] == 0:
+        raise ValueError("X has no feature columns")
+    if not np.isfinite(values).all():
+        rows, cols = np.nonzero(~np.isfinite(values))
+        raise ValueError(
+            f"X has {len(rows)} NaN or infinite values (first at row {rows[0]}, feature {names[cols[0]]!r})"
+        )
+    if pd.isna(labels).any():
+        raise ValueError(f"y has {int(pd.isna(labels).sum())} missing labels")
+    if len(np.unique(labels)) < 2:
+        raise ValueError(f"a class-conditional model needs at least two classes, got {np.unique(labels).tolist()}")
+    return values, labels, names
+
+
+@contextlib.contextmanager
+def _quiet_wishart() -> Iterator[None]:
+    """Silence torch's Wishart "Singular sample detected" warning.
+
+    torch (2.x) flags *valid* Bartlett draws as singular (it tests
+    ``support.check(sample)``, which is True for positive-definite samples),
+    so the warning fires on good draws; the samples themselves are fine.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Singular sample detected")
+        yield
+
+
+# ----------------------------------------------------------------- estimator
+class GaussianGenerator(BayesianEstimator):
+    """Bayesian Gaussian class-conditional generator and classifier.
+
+    Parameters
+    ----------
+    covariance : {"diag", "full", "lowrank"}, default "lowrank"
+        Covariance structure of every class. "lowrank" (rank ``rank`` plus a
+        diagonal) scales to images; "full" needs few features (≲ 200).
+    rank : int, default 10
+        Factors of the "lowrank" structure.
+    method : {"svi", "exact"}, default "svi"
+        "exact" uses the conjugate posterior (diag and full only). "full"
+        needs "exact": SVI on a Wishart guide over a d × d precision proved
+        numerically unstable (Adam diverges within tens of steps at d = 60).
+    class_concentration : float, default 1.0
+        Dirichlet prior on the class weights.
+    prior_strength : float, default 1.0
+        κ0: pseudo-rows pulling each class mean toward the pooled mean.
+    shrinkage : float, default 10.0
+        Pseudo-rows pulling each class covariance toward the pooled one.
+    constant_features : {"error", "keep"}, default "error"
+        What to do with features constant in the training data.
+    clip : (float, float), optional
+        Clip samples to these bounds (e.g. (0, 1) for pixels).
+    num_steps : int, default 2000
+    learning_rate : float, default 0.05
+    lr_schedule : {"exponential", "cosine"} or None, default "cosine"
+    final_lr_factor : float, default 0.01
+    batch_size : int, optional, default 512
+        Rows per SVI minibatch (None: all rows every step).
+    average_last : int, default 200
+        Polyak averaging of the last steps.
+    convergence_rtol : float or None, default 1e-3
+    num_samples : int, default 20
+        Parameter draws averaged in ``predict_proba`` and ``score_samples``.
+    device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    seed : int, default 0
+    progress : bool, default False
+
+    Attributes
+    ----------
+    classes_ : numpy.ndarray
+        Class labels as given, in index order.
+    feature_names_ : list of str
+    class_counts_ : numpy.ndarray
+    losses_, converged_, n_steps_
+        From the SVI fit.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> X, y = load_digits(return_X_y=True)
+    >>> gen = GaussianGenerator(covariance="diag", method="exact", constant_features="keep",
+    ...                         clip=(0, 16)).fit(X, y)
+    >>> Xs, ys = gen.sample(5, y=3, seed=0)
+    >>> Xs.shape, set(ys)
+    ((5, 64), {np.int64(3)})
+    """
+
+    _model_name = "gaussian_generator"
+    _max_plate_nesting = 1
+
+    @property
+    def _arviz_parallel(self) -> bool:
+        # A vectorised full-covariance draw holds a d x d matrix per row and draw.
+        return self.covariance != "full"
+
+    def __init__(
+        self,
+        *,
+        covariance: Covariance = "lowrank",
+        rank: int = 10,
+        method: Literal["svi", "exact"] = "svi",
+        class_concentration: float = 1.0,
+        prior_strength: float = 1.0,
+        shrinkage: float = 10.0,
+        constant_features: Literal["error", "keep"] = "error",
+        clip: tuple[float, float] | None = None,
+        num_steps: int = 2000,
+        learning_rate: float = 0.05,
+        lr_schedule: Literal["exponential", "cosine"] | None = "cosine",
+        final_lr_factor: float = 0.01,
+        batch_size: int | None = 512,
+        average_last: int = 200,
+        convergence_rtol: float | None = 1e-3,
+        num_samples: int = 20,
+        device: DeviceLike = "auto",
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.covariance = covariance
+        self.rank = rank
+        self.method = method
+        self.class_concentration = class_concentration
+        self.prior_strength = prior_strength
+        self.shrinkage = shrinkage
+        self.constant_features = constant_features
+        self.clip = clip
+        self.num_steps = num_steps
+        self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
+        self.final_lr_factor = final_lr_factor
+        self.batch_size = batch_size
+        self.average_last = average_last
+        self.convergence_rtol = convergence_rtol
+        self.num_samples = num_samples
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+
+    # ---------------------------------------------------------------- fit
+    def _validate_settings(self) -> None:
+        if self.covariance not in ("diag", "full", "lowrank"):
+            raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
+        if self.method not in ("svi", "exact"):
+            raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
+        if self.method == "exact" and self.covariance == "lowrank":
+            raise ValueError("method='exact' needs a conjugate structure: covariance='diag' or 'full'")
+        if self.method == "svi" and self.covariance == "full":
+            # Known limitation: Adam on a Wishart guide over a d x d precision diverges
+            # within tens of steps even at d = 60 (measured on digits; see the README).
+            raise ValueError(
+                "covariance='full' is fitted with its exact conjugate posterior: use method='exact' "
+                "(SVI with a Wishart guide is numerically unstable), or covariance='lowrank' for SVI"
+            )
+        if self.constant_features not in ("error", "keep"):
+            raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
+        for name in ("class_concentration", "prior_strength"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not float(self.shrinkage) >= 0:
+            raise ValueError(f"shrinkage must be >= 0, got {self.shrinkage}")
+        if self.covariance == "lowrank" and not int(self.rank) >= 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.clip is not None:
+            lo, hi = (float(v) for v in self.clip)
+            if not lo < hi:
+                raise ValueError(f"clip must be (low, high) with low < high, got {self.clip}")
+        self.device_ = resolve_device(self.device)
+
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        label: str | None = None,
+        classes: Sequence[Any] | None = None,
+        checkpoint: PathLikeStr | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | PathLikeStr = False,
+    ) -> GaussianGenerator:
+        """Fit p(y) and p(x | y).
+
+        Parameters
+        ----------
+        X : array_like, shape (n_rows, n_features), or pandas.DataFrame
+        y : array_like, shape (n_rows,), optional
+            Labels (any hashable values); or use ``label``.
+        label : str, optional
+            Label column of a DataFrame ``X``.
+        classes : sequence, optional
+            All expected classes; a class without rows is an error.
+        checkpoint, checkpoint_every, resume
+            See :func:`bayesgen.infer.run_svi`.
+
+        Returns
+        -------
+        GaussianGenerator
+            ``self``, fitted.
+        """
+        self._validate_settings()
+        values, labels, names = validate_xy(X, y, label=label)
+        found = np.unique(labels)
+        if classes is not None:
+            missing = [c for c in classes if c not in set(found.tolist())]
+            if missing:
+                raise ValueError(f"classes {missing} have no rows; every class needs at least one row")
+            unknown = [c for c in found.tolist() if c not in set(classes)]
+            if unknown:
+                raise ValueError(f"labels {unknown[:10]} are not among classes={list(classes)}")
+            found = np.asarray(list(classes))
+        self.classes_ = found
+        self.feature_names_ = names
+        index = np.searchsorted(found, labels) if classes is None else np.array([list(found).index(v) for v in labels])
+        self.class_counts_ = np.bincount(index, minlength=len(found))
+        sd = values.std(axis=0)
+        constant = sd <= 1e-12 * (1.0 + np.abs(values).max(axis=0))
+        if constant.all():
+            raise ValueError("every feature is constant; there is nothing to model")
+        if constant.any() and self.constant_features == "error":
+            bad = [names[j] for j in np.nonzero(constant)[0]]
+            raise ValueError(
+                f"{len(bad)} features are constant in the training data ({bad[:10]}); drop them or pass "
+                "constant_features='keep' to hold them fixed"
+            )
+        self._constant = constant
+        self._constant_values = values[0, constant].copy()
+        raw = values[:, ~constant]
+        if self.covariance == "lowrank" and int(self.rank) >= raw.shape[1]:
+            raise ValueError(f"rank={self.rank} must be below the {raw.shape[1]} modelled features")
+        # Standardise by the mean and the pooled within-class sd, so that learning
+        # rates and priors mean the same for pixels, dollars or z-scores. A feature
+        # constant within every class (but not overall) keeps its overall sd.
+        self._shift = raw.mean(axis=0)
+        within = np.sqrt(np.diag(pooled_statistics(raw, index, len(found))[1]))
+        self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
+        xv = (raw - self._shift) / self._scale
+        # Wishart draws of a d x d precision are often singular in float32.
+        dtype = torch.float64 if self.covariance == "full" else torch.get_default_dtype()
+        self._x = torch.as_tensor(xv, dtype=dtype, device=self.device_)
+        self._y = torch.as_tensor(index, dtype=torch.int64, device=self.device_)
+        m0, S0 = pooled_statistics(xv, index, len(found))
+        self._prior = prior_parameters(
+            m0,
+            S0,
+            covariance=self.covariance,
+            num_classes=len(found),
+            class_concentration=float(self.class_concentration),
+            prior_strength=float(self.prior_strength),
+            shrinkage=float(self.shrinkage),
+            rank=int(self.rank),
+            like=self._x,
+        )
+        if self.method == "exact":
+            self._fit_exact(xv, index)
+            return self
+        # A batch as large as the data is no minibatch: fit on all rows every step.
+        minibatch = self.batch_size is not None and int(self.batch_size) < len(xv)
+        with _quiet_wishart():
+            self._run_svi(
+                self._x,
+                self._y,
+                prior=self._prior,
+                covariance=self.covariance,
+                num_classes=len(found),
+                data_size=len(xv) if minibatch else None,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
+        return self
+
+    def _fit_exact(self, xv: np.ndarray, index: np.ndarray) -> None:
+        from bayesgen.infer import param_scope
+
+        post = exact_posterior(
+            xv,
+            index,
+            len(self.classes_),
+            covariance=self.covariance,  # type: ignore[arg-type]
+            class_concentration=float(self.class_concentration),
+            prior_strength=float(self.prior_strength),
+            shrinkage=float(self.shrinkage),
+        )
+        self.exact_ = post
+        t = self._x.new_tensor
+        state: dict = {"params": {}, "constraints": {}}
+        # The exact marginals, written into the mean-field guide's parameters.
+        with param_scope(state):
+            pyro.param("weights_concentration", t(post["weights_concentration"]), constraint=constraints.positive)
+            pyro.param("loc_loc", t(post["loc"]))
+            if self.covariance == "diag":
+                pyro.param("precision_shape", t(post["shape"]), constraint=constraints.positive)
+                pyro.param("precision_rate", t(post["rate"]), constraint=constraints.positive)
+                pyro.param("loc_scale", t(np.sqrt(post["loc_var"])), constraint=constraints.positive)
+            else:
+                d = xv.shape[1]
+                pyro.param("precision_df", t(post["df"]), constraint=constraints.greater_than(d + 1.0))
+                pyro.param("precision_scale_tril", t(np.linalg.cholesky(post["scale"])), constraint=constraints.lower_cholesky)
+                pyro.param("loc_scale_tril", t(np.linalg.cholesky(post["loc_cov"])), constraint=constraints.lower_cholesky)
+        self._param_state = state
+        self.losses_ = np.zeros(0)
+        self.converged_ = True
+        self.n_steps_ = 0
+        self.fit_seconds_ = 0.0
+
+    # ----------------------------------------------------------- base hooks
+    def _model_and_guide(self, for_arviz: bool = False) -> tuple:
+        return model, guide
+
+    def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
+        kwargs = {"prior": self._prior, "covariance": self.covariance, "num_classes": len(self.classes_)}
+        return (self._x, self._y), kwargs
+
+    def _arviz_dims(self) -> tuple[dict, dict]:
+        dims = {k: v for k, v in DIMS.items()}
+        if self.covariance == "full":
+            dims["precision"] = ["class", "feature", "feature_bis"]
+        names = [n for n, c in zip(self.feature_names_, self._constant, strict=True) if not c]
+        return dims, {"class": [str(c) for c in self.classes_], "feature": names, "feature_bis": names}
+
+    def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta = {
+            "classes_": self.classes_.tolist(),
+            "feature_names_": self.feature_names_,
+            "class_counts_": self.class_counts_.tolist(),
+        }
+        tensors = {
+            "x": self._x.detach().cpu(),
+            "y": self._y.detach().cpu(),
+            "constant": torch.as_tensor(self._constant),
+            "constant_values": torch.as_tensor(self._constant_values),
+            "shift": torch.as_tensor(self._shift),
+            "scale": torch.as_tensor(self._scale),
+            **{f"prior.{k}": v.detach().cpu() for k, v in self._prior.items()},
+        }
+        return meta, tensors
+
+    def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.classes_ = np.asarray(meta["classes_"])
+        self.feature_names_ = list(meta["feature_names_"])
+        self.class_counts_ = np.asarray(meta["class_counts_"])
+        self._x = tensors["x"].to(self.device_)
+        self._y = tensors["y"].to(self.device_)
+        self._constant = to_numpy(tensors["constant"]).astype(bool)
+        self._constant_values = to_numpy(tensors["constant_values"])
+        self._shift = to_numpy(tensors["shift"])
+        self._scale = to_numpy(tensors["scale"])
+        self._prior = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("prior.")}
+
+    # --------------------------------------------------------- parameter draws
+    def _draw_parameters(self, num: int, seed: int | None) -> dict[str, torch.Tensor]:
+        """``num`` joint draws of the class parameters from the fitted posterior."""
+        from bayesgen.arviz import _vectorize  # one vectorising plate, shared with the bridge
+        from bayesgen.infer import param_scope
+
+        args, kwargs = self._model_args()
+        small = (self._x[:1], self._y[:1])
+        with param_scope(self._param_state), seeded(seed, self.device_), torch.no_grad(), _quiet_wishart():
+            tr = poutine.trace(_vectorize(guide, num, -2)).get_trace(*small, **kwargs)
+        C, d = len(self.classes_), self._x.shape[1]
+        draws = {"weights": tr.nodes["weights"]["value"].reshape(num, C)}
+        draws["loc"] = tr.nodes["loc"]["value"].reshape(num, C, d)
+        if self.covariance == "diag":
+            draws["scale"] = tr.nodes["precision"]["value"].reshape(num, C, d).rsqrt()
+        elif self.covariance == "full":
+            prec = tr.nodes["precision"]["value"].reshape(num, C, d, d)
+            draws["scale_tril"] = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(prec)))
+        else:
+            draws["cov_factor"] = tr.nodes["cov_factor"]["value"].reshape(num, C, d, -1)
+            draws["cov_diag"] = tr.nodes["cov_diag"]["value"].reshape(num, C, d)
+        return draws
+
+    def _class_dist(self, draws: dict[str, torch.Tensor], s: int) -> dist.Distribution:
+        loc = draws["loc"][s]
+        if self.covariance == "diag":
+            return dist.Normal(loc, draws["scale"][s]).to_event(1)
+        if self.covariance == "full":
+            return dist.MultivariateNormal(loc, scale_tril=draws["scale_tril"][s])
+        return dist.LowRankMultivariateNormal(loc, draws["cov_factor"][s], draws["cov_diag"][s])
+
+    def _joint_log_prob(self, X: Any, num_samples: int | None, seed: int | None) -> torch.Tensor:
+        """log p(x, y = c) under the posterior predictive, shape (n_rows, n_classes)."""
+        self._check_fitted()
+        xv = self._check_new_x(X)
+        num = int(num_samples or self.num_samples)
+        draws = self._draw_parameters(num, self.seed if seed is None else seed)
+        x = torch.as_tensor(xv, dtype=self._x.dtype, device=self.device_)
+        out = []
+        chunk = max(1, 2_000_000 // max(1, x.shape[1] * len(self.classes_)))
+        with torch.no_grad():
+            for start in range(0, len(x), chunk):
+                xb = x[start : start + chunk].unsqueeze(-2)  # (rows, 1, d) against C classes
+                per_draw = torch.stack(
+                    [
+                        self._class_dist(draws, s).log_prob(xb) + draws["weights"][s].log()
+                        for s in range(num)
+                    ]
+                )
+                out.append(torch.logsumexp(per_draw, dim=0) - math.log(num))
+        return torch.cat(out)
+
+    def _check_new_x(self, X: Any) -> np.ndarray:
+        if isinstance(X, pd.DataFrame):
+            missing = [c for c in self.feature_names_ if c not in X.columns]
+            if missing:
+                raise ValueError(f"X lacks feature columns {missing[:10]}")
+            X = X[self.feature_names_]
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"features must be numeric, got dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != len(self.feature_names_):
+            raise ValueError(f"X must have {len(self.feature_names_)} feature columns, got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError("X has NaN or infinite values")
+        return (arr[:, ~self._constant].astype(float) - self._shift) / self._scale
+
+    # ---------------------------------------------------------------- verbs
+    def predict_proba(self, X: Any, *, num_samples: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Posterior predictive class probabilities p(y = c | x).
+
+        Parameters
+        ----------
+        X : array_like, shape (n_rows, n_features), or pandas.DataFrame
+        num_samples : int, optional
+            Posterior draws averaged (default ``self.num_samples``).
+        seed : int, optional
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_rows, n_classes)
+            Columns in the order of ``classes_``.
+        """
+        joint = self._joint_log_prob(X, num_samples, seed)
+        return to_numpy(torch.softmax(joint, dim=-1)).astype(float)
+
+    def predict(self, X: Any, *, num_samples: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Most probable class of each row (labels from ``classes_``)."""
+        return self.classes_[self.predict_proba(X, num_samples=num_samples, seed=seed).argmax(axis=1)]
+
+    def score_samples(self, X: Any, *, num_samples: int | None = None, seed: int | None = None) -> np.ndarray:
+        """Log density log p(x) under the posterior predictive (modelled features only).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_rows,)
+        """
+        joint = self._joint_log_prob(X, num_samples, seed)
+        # The model works on standardised features; the Jacobian returns the raw scale.
+        return to_numpy(torch.logsumexp(joint, dim=-1)).astype(float) - float(np.log(self._scale).sum())
+
+    def sample(
+        self, num_samples: int, y: Any = None, *, seed: int | None = None, as_frame: bool = False
+    ) -> tuple[Any, np.ndarray]:
+        """Sample new labelled rows from the posterior predictive.
+
+        Parameters
+        ----------
+        num_samples : int
+            Rows to generate.
+        y : None, "uniform", a class label, or array_like of labels
+            None draws classes from the posterior class weights (the data's own
+            proportions); "uniform" balances them; a label generates that class.
+        seed : int, optional
+        as_frame : bool, default False
+            Return a DataFrame with the feature names.
+
+        Returns
+        -------
+        X : numpy.ndarray, shape (num_samples, n_features), or DataFrame
+        y : numpy.ndarray, shape (num_samples,)
+        """
+        self._check_fitted()
+        n = int(num_samples)
+        if n < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        seed = self.seed if seed is None else seed
+        C = len(self.classes_)
+        num_draws = max(1, min(n, 64))
+        draws = self._draw_parameters(num_draws, seed)
+        with seeded(seed + 1, self.device_), torch.no_grad():
+            owner = torch.arange(n, device=self.device_) % num_draws
+            if y is None:
+                labels = dist.Categorical(draws["weights"][owner]).sample()
+            elif isinstance(y, str) and y == "uniform":
+                labels = torch.arange(n, device=self.device_) % C
+                labels = labels[torch.randperm(n, device=self.device_)]
+            else:
+                wanted = np.atleast_1d(np.asarray(y, dtype=object)).tolist()
+                lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
+                try:
+                    idx = [lookup[v] for v in wanted]
+                except KeyError as err:
+                    raise ValueError(f"unknown class {err.args[0]!r}; classes are {self.classes_.tolist()}") from None
+                if len(idx) == 1:
+                    idx = idx * n
+                if len(idx) != n:
+                    raise ValueError(f"y has {len(idx)} labels for {n} samples")
+                labels = torch.as_tensor(idx, device=self.device_)
+            d = self._x.shape[1]
+            loc = draws["loc"][owner, labels]
+            eps = torch.randn(n, d, device=self.device_, dtype=loc.dtype)
+            if self.covariance == "diag":
+                xs = loc + draws["scale"][owner, labels] * eps
+            elif self.covariance == "full":
+                xs = loc + (draws["scale_tril"][owner, labels] @ eps.unsqueeze(-1)).squeeze(-1)
+            else:
+                W = draws["cov_factor"][owner, labels]
+                z = torch.randn(n, W.shape[-1], 1, device=self.device_, dtype=loc.dtype)
+                xs = loc + (W @ z).squeeze(-1) + draws["cov_diag"][owner, labels].sqrt() * eps
+        full = np.empty((n, len(self.feature_names_)))
+        full[:, ~self._constant] = to_numpy(xs) * self._scale + self._shift
+        full[:, self._constant] = self._constant_values
+        if self.clip is not None:
+            full = np.clip(full, float(self.clip[0]), float(self.clip[1]))
+        out_y = self.classes_[to_numpy(labels)]
+        if as_frame:
+            return pd.DataFrame(full, columns=self.feature_names_), out_y
+        return full, out_y
+
+    def class_means(self) -> pd.DataFrame:
+        """Posterior mean of every class's location (features in columns).
+
+        Returns
+        -------
+        pandas.DataFrame, shape (n_classes, n_features)
+        """
+        self._check_fitted()
+        loc = self._params_numpy()["loc_loc"]
+        full = np.empty((len(self.classes_), len(self.feature_names_)))
+        full[:, ~self._constant] = loc * self._scale + self._shift
+        full[:, self._constant] = self._constant_values
+        return pd.DataFrame(full, index=self.classes_, columns=self.feature_names_)
+
+    def class_weights(self) -> pd.Series:
+        """Posterior mean of the class weights."""
+        self._check_fitted()
+        conc = self._params_numpy()["weights_concentration"]
+        return pd.Series(conc / conc.sum(), index=self.classes_, name="weight")
+
+    def to_arviz(self, num_samples: int = 200, *, seed: int | None = 0, prior: bool = False) -> Any:
+        """Posterior of weights, locations and covariance parts, per-row log-likelihood.
+
+        Everything is on the standardised feature scale (see the module notes).
+        Full-covariance models draw one sample at a time (each draw holds a
+        d × d matrix per row); the others are vectorised.
+        """
+        with _quiet_wishart():
+            return super().to_arviz(num_samples, seed=seed, prior=prior)
+
+    def plot_samples(self, num_per_class: int = 8, *, image_shape: tuple[int, int] | None = None, seed: int = 0) -> Any:
+        """A grid of generated rows per class, drawn as images (for pixel data).
+
+        Parameters
+        ----------
+        num_per_class : int, default 8
+        image_shape : (int, int), optional
+            Height and width; default a square of the feature count.
+        seed : int, default 0
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from bayesgen.plots import plot_image_grid
+
+        self._check_fitted()
+        rows = []
+        for label in self.classes_:
+            xs, _ = self.sample(num_per_class, y=label, seed=seed)
+            rows.append(xs)
+        side = int(round(math.sqrt(len(self.feature_names_))))
+        shape = image_shape or (side, side)
+        return plot_image_grid(np.stack(rows), shape, row_labels=[str(c) for c in self.classes_])
