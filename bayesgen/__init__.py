@@ -14,9 +14,11 @@ from bayesgen.infer import (  # noqa: E402
     SVIResult,
     run_svi,
 )
+from bayesgen.augment import augment  # noqa: E402
 from bayesgen.models import (  # noqa: E402
     BayesianEstimator,
     BetaBinomialTest,
+    GaussianGenerator,
     ModelFileError,
     NotFittedError,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "BayesianEstimator",
     "BetaBinomialTest",
     "CheckpointError",
+    "GaussianGenerator",
     "ConvergenceCheck",
     "IndexBatches",
     "ModelFileError",
@@ -32,6 +35,7 @@ __all__ = [
     "NotFittedError",
     "SVIResult",
     "__version__",
+    "augment",
     "run_svi",
     "summary",
     "to_datatree",

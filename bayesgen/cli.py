@@ -2,6 +2,7 @@
 
 ``bayesgen fit SPEC``      fit a run spec from ``models/`` and write a run folder.
 ``bayesgen abtest ...``    Bayesian A/B(/n) test from counts or a CSV of raw events.
+``bayesgen augment ...``   add synthetic rows from a Gaussian class-conditional generator.
 
 Bad input ends with a one-line ``bayesgen: error: ...`` on stderr and exit
 status 2, never a traceback.
@@ -115,11 +116,53 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     est = out.estimator
     print(f"fitted {out.folder.name}: {est.n_steps_} steps, converged={est.converged_}, device={est.device_}")
     with pd.option_context("display.width", 140, "display.max_columns", 20):
-        print(out.summary.to_string(float_format=lambda v: f"{v:.4g}"))
+        shown = out.summary.head(20)
+        print(shown.to_string(float_format=lambda v: f"{v:.4g}"))
+        if len(out.summary) > len(shown):
+            print(f"... {len(out.summary) - len(shown)} more rows in {out.folder / 'summary.csv'}")
         print()
         print(out.report.to_string(float_format=lambda v: f"{v:.4g}"))
     print(f"run folder: {out.folder}")
     return 0
+
+
+def _cmd_augment(args: argparse.Namespace) -> int:
+    from bayesgen.augment import augment
+    from bayesgen.datasets import read_csv
+    from bayesgen.models.gaussian_generator import GaussianGenerator, validate_xy
+
+    table = read_csv(args.csv)
+    X, y, names = validate_xy(table, label=args.label)
+    features = pd.DataFrame(X, columns=names)
+    clip = _parse_pair(args.clip, "--clip") if args.clip else None
+    gen = GaussianGenerator(
+        covariance=args.covariance,
+        rank=args.rank,
+        method=args.method,
+        constant_features="keep" if args.keep_constant else "error",
+        clip=clip,
+        num_steps=args.num_steps,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+    ).fit(features, y)
+    data = augment(features, y, gen, n_per_class=args.n_per_class, seed=args.seed)
+    out = data.to_frame(label=args.label)
+    out.to_csv(args.out, index=False)
+    n_syn = int(data.synthetic.sum())
+    print(f"wrote {args.out}: {len(out) - n_syn} real rows + {n_syn} synthetic rows "
+          f"({args.n_per_class} per class, column 'synthetic' marks them)")
+    return 0
+
+
+def _parse_pair(text: str, flag: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} must be two numbers LOW,HIGH") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--plot", help="write the posterior plot to this file (PNG, PDF, SVG)")
     ab.add_argument("--quiet", action="store_true", help="no progress bar")
     ab.set_defaults(func=_cmd_abtest)
+
+    aug = sub.add_parser("augment", help="add synthetic rows from a Gaussian class-conditional generator")
+    aug.add_argument("--csv", required=True, help="CSV with numeric feature columns and a label column")
+    aug.add_argument("--label", required=True, help="label column")
+    aug.add_argument("--n-per-class", type=int, default=100, help="synthetic rows per class (default 100)")
+    aug.add_argument("--out", required=True, help="output CSV: real + synthetic rows, with a 'synthetic' column")
+    aug.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="lowrank")
+    aug.add_argument("--rank", type=int, default=10, help="factors of the lowrank covariance")
+    aug.add_argument("--method", choices=["svi", "exact"], default="svi", help="exact: diag/full only")
+    aug.add_argument("--clip", help="clip samples to LOW,HIGH (e.g. 0,1 for pixels)")
+    aug.add_argument("--keep-constant", action="store_true", help="hold constant features fixed instead of failing")
+    aug.add_argument("--num-steps", type=int, default=2000)
+    aug.add_argument("--device", default="auto")
+    aug.add_argument("--seed", type=int, default=0)
+    aug.add_argument("--quiet", action="store_true", help="no progress bar")
+    aug.set_defaults(func=_cmd_augment)
     return parser
 
 

@@ -9,7 +9,8 @@ and the seed. :func:`run_spec` fits it and writes a run folder::
     losses.csv         loss (negative ELBO) per SVI step
     posterior.nc       ArviZ DataTree (netCDF4)
     summary.csv        arviz summary of the posterior (statistics for SVI draws)
-    report.csv         the model's own table (for the A/B test: P(best), loss, lift)
+    report.csv         the model's own table (A/B test: P(best), loss, lift;
+                       generator: TRTR/TSTR accuracy and the memorisation check)
     plots/*.png        loss curve and model figures
     model/             the fitted estimator (``Estimator.load`` reads it)
 
@@ -38,8 +39,9 @@ import tomli_w
 
 import bayesgen
 from bayesgen._typing import DeviceLike, PathLikeStr
-from bayesgen.datasets import file_checksum, load_ab_counts, read_csv, resolve_source
+from bayesgen.datasets import array_checksum, file_checksum, load_ab_counts, load_digits, read_csv, resolve_source
 from bayesgen.models._base import BayesianEstimator
+from bayesgen.models.gaussian_generator import validate_xy
 
 __all__ = ["load_spec", "run_spec", "RunOutput", "package_versions"]
 
@@ -138,7 +140,15 @@ def _estimator_kwargs(cls: type[BayesianEstimator], spec: dict[str, Any], device
 
 
 # ------------------------------------------------------------------ per model
-def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> tuple[Any, str, Any]:
+@dataclass
+class _Fitted:
+    estimator: BayesianEstimator
+    data_checksum: str
+    report: pd.DataFrame
+    figures: dict[str, Any]
+
+
+def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
     from bayesgen.models.ab_test import BetaBinomialTest
 
     data = dict(spec["data"])
@@ -163,12 +173,64 @@ def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool
     else:
         raise ValueError(f"{spec['_path']}: [data] format must be 'counts' or 'events', got {fmt!r}")
     control = spec["report"].get("control", 0)
-    checksum = file_checksum(source)
-    return est, checksum, est.summary(control=control)
+    return _Fitted(est, file_checksum(source), est.summary(control=control), {"posterior": est.plot()})
 
 
-MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool], tuple[Any, str, Any]]] = {
+def _load_labelled_table(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+    data = spec["data"]
+    source = str(data.get("source", ""))
+    if source == "sklearn:digits":
+        X, y = load_digits(scale=bool(data.get("scale", True)))
+    else:
+        path = resolve_source(source, Path(spec["_path"]).parent)
+        table = read_csv(path)
+        label = data.get("label")
+        if label is None:
+            raise ValueError(f"{spec['_path']}: [data] needs label = <label column> for a CSV source")
+        X, y, _ = validate_xy(table, label=label)
+    return X, y, array_checksum(X, y)
+
+
+def _fit_gaussian_generator(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+    from sklearn.model_selection import train_test_split
+
+    from bayesgen.augment import memorization_check, tstr
+    from bayesgen.models.gaussian_generator import GaussianGenerator
+
+    X, y, checksum = _load_labelled_table(spec)
+    seed = int(spec["run"]["seed"])
+    test_fraction = float(spec["data"].get("test_fraction", 0.3))
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
+    est = GaussianGenerator(**_estimator_kwargs(GaussianGenerator, spec, device))
+    est.progress = progress
+    est.fit(X_tr, y_tr)
+    scores = tstr(est, X_tr, y_tr, X_te, y_te, seed=seed)
+    synthetic, _ = est.sample(min(len(X_tr), 2000), seed=seed)
+    memo = memorization_check(synthetic, X_tr, X_te)
+    report = pd.DataFrame(
+        {
+            "value": {
+                "train_rows": len(X_tr),
+                "test_rows": len(X_te),
+                "bayes_classifier_accuracy": float(np.mean(est.predict(X_te) == y_te)),
+                "trtr_accuracy": scores["trtr"],
+                "tstr_accuracy": scores["tstr"],
+                "memorization_copy_rate": memo["copy_rate"],
+                "memorization_expected_rate": memo["expected_rate"],
+                "memorization_passed": float(memo["passed"]),
+            }
+        }
+    )
+    figures = {}
+    shape = spec["report"].get("image_shape")
+    if shape:
+        figures["samples"] = est.plot_samples(8, image_shape=tuple(shape), seed=seed)
+    return _Fitted(est, checksum, report, figures)
+
+
+MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool], _Fitted]] = {
     "ab_test": _fit_ab_test,
+    "gaussian_generator": _fit_gaussian_generator,
 }
 
 
@@ -212,7 +274,8 @@ def run_spec(
     (folder / "plots").mkdir(exist_ok=True)
 
     started = time.perf_counter()
-    est, checksum, report = MODELS[spec["run"]["model"]](spec, device, progress)
+    fitted = MODELS[spec["run"]["model"]](spec, device, progress)
+    est, checksum, report = fitted.estimator, fitted.data_checksum, fitted.report
     fit_seconds = time.perf_counter() - started
 
     tree = est.to_arviz(num_samples=num_samples, seed=spec["run"]["seed"])
@@ -225,13 +288,13 @@ def run_spec(
     )
     if len(est.losses_):
         plot_loss(est.losses_).savefig(folder / "plots" / "loss.png", dpi=110)
-    if hasattr(est, "plot"):
-        est.plot().savefig(folder / "plots" / "posterior.png", dpi=110)
+    for name, figure in fitted.figures.items():
+        figure.savefig(folder / "plots" / f"{name}.png", dpi=110)
     est.save(folder / "model")
 
     resolved = {k: v for k, v in spec.items() if not k.startswith("_")}
     params = est.get_params()
-    resolved["model"] = {k: v for k, v in params.items() if k in spec["model"] or k == "prior"}
+    resolved["model"] = {k: v for k, v in params.items() if k in spec["model"]}
     resolved["inference"] = {k: v for k, v in params.items() if k not in resolved["model"] and k != "seed"}
     resolved["inference"]["device"] = str(resolved["inference"]["device"])
     resolved["inference"].pop("progress", None)

@@ -114,3 +114,38 @@ def test_fit_rejects_bad_specs(tmp_path):
     bad.write_text("[run]\nmodel = 'nope'\n[data]\n")
     proc = bayesgen("fit", str(bad))
     assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr
+
+
+def test_augment_writes_real_and_synthetic_rows(tmp_path):
+    from bayesgen.datasets import load_digits
+
+    X, y = load_digits()
+    csv = tmp_path / "digits.csv"
+    frame = __import__("pandas").DataFrame(X[:400], columns=[f"p{i}" for i in range(64)])
+    frame["digit"] = y[:400]
+    frame.to_csv(csv, index=False)
+    out = tmp_path / "augmented.csv"
+    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "20", "--out", str(out),
+                    "--covariance", "diag", "--method", "exact", "--keep-constant", "--clip", "0,1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    result = __import__("pandas").read_csv(out)
+    assert len(result) == 400 + 200 and result["synthetic"].sum() == 200
+    assert result.loc[result["synthetic"] == 1, "p20"].between(0, 1).all()
+    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "5", "--out",
+                    str(tmp_path / "x.csv"), "--method", "exact", "--covariance", "diag", "--quiet")
+    assert proc.returncode == 2 and "constant" in proc.stderr and "Traceback" not in proc.stderr
+    proc = bayesgen("augment", "--csv", str(csv), "--label", "nope", "--out", str(tmp_path / "y.csv"))
+    assert proc.returncode == 2 and "label column 'nope'" in proc.stderr
+
+
+def test_fit_gaussian_digits_spec(tmp_path):
+    out = tmp_path / "gen"
+    spec = tmp_path / "spec.toml"
+    text = (ROOT / "models" / "gaussian_digits.toml").read_text().replace("num_steps = 1500", "num_steps = 200")
+    spec.write_text(text)
+    proc = bayesgen("fit", str(spec), "--out", str(out), "--device", "cpu", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = __import__("pandas").read_csv(out / "report.csv", index_col=0)["value"]
+    assert report["tstr_accuracy"] > report["trtr_accuracy"] - 0.15
+    assert report["memorization_passed"] == 1
+    assert (out / "plots" / "samples.png").stat().st_size > 10_000

@@ -2,5 +2,6 @@
 
 from bayesgen.models._base import BayesianEstimator, ModelFileError, NotFittedError
 from bayesgen.models.ab_test import BetaBinomialTest
+from bayesgen.models.gaussian_generator import GaussianGenerator
 
-__all__ = ["BayesianEstimator", "BetaBinomialTest", "ModelFileError", "NotFittedError"]
+__all__ = ["BayesianEstimator", "BetaBinomialTest", "GaussianGenerator", "ModelFileError", "NotFittedError"]

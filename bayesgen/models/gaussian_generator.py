@@ -91,7 +91,7 @@ def model(
     y: torch.Tensor,
     subsample: torch.Tensor | None = None,
     *,
-    prior: dict[str, torch.Tensor],
+    hyper: dict[str, torch.Tensor],
     covariance: Covariance,
     num_classes: int,
 ) -> None:
@@ -104,23 +104,23 @@ def model(
         Class index of every row.
     subsample : Tensor of int64, optional
         Rows of this minibatch (given by the SVI runner).
-    prior : dict of Tensor
-        From :func:`prior_parameters`.
+    hyper : dict of Tensor
+        Prior hyperparameters, from :func:`prior_parameters`.
     covariance : {"diag", "full", "lowrank"}
     num_classes : int
     """
-    weights = pyro.sample("weights", dist.Dirichlet(prior["class_concentration"]))
+    weights = pyro.sample("weights", dist.Dirichlet(hyper["class_concentration"]))
     with pyro.plate("class", num_classes):
         if covariance == "diag":
-            precision = pyro.sample("precision", dist.Gamma(prior["shape"], prior["rate"]).to_event(1))
-            loc = pyro.sample("loc", dist.Normal(prior["m0"], (prior["kappa0"] * precision).rsqrt()).to_event(1))
+            precision = pyro.sample("precision", dist.Gamma(hyper["shape"], hyper["rate"]).to_event(1))
+            loc = pyro.sample("loc", dist.Normal(hyper["m0"], (hyper["kappa0"] * precision).rsqrt()).to_event(1))
         elif covariance == "full":
-            precision = pyro.sample("precision", dist.Wishart(prior["df"], scale_tril=prior["scale_tril"]))
-            loc = pyro.sample("loc", dist.MultivariateNormal(prior["m0"], precision_matrix=prior["kappa0"] * precision))
+            precision = pyro.sample("precision", dist.Wishart(hyper["df"], scale_tril=hyper["scale_tril"]))
+            loc = pyro.sample("loc", dist.MultivariateNormal(hyper["m0"], precision_matrix=hyper["kappa0"] * precision))
         else:
-            loc = pyro.sample("loc", dist.Normal(prior["m0"], prior["loc_scale"]).to_event(1))
-            cov_factor = pyro.sample("cov_factor", dist.Normal(prior["W0"], prior["factor_scale"]).to_event(2))
-            cov_diag = pyro.sample("cov_diag", dist.LogNormal(prior["log_psi0"], prior["psi_scale"]).to_event(1))
+            loc = pyro.sample("loc", dist.Normal(hyper["m0"], hyper["loc_scale"]).to_event(1))
+            cov_factor = pyro.sample("cov_factor", dist.Normal(hyper["W0"], hyper["factor_scale"]).to_event(2))
+            cov_diag = pyro.sample("cov_diag", dist.LogNormal(hyper["log_psi0"], hyper["psi_scale"]).to_event(1))
     with pyro.plate("row", x.shape[0], subsample=subsample) as idx:
         yi = y.index_select(0, idx)
         pyro.sample("y", dist.Categorical(weights), obs=yi)
@@ -141,7 +141,7 @@ def guide(
     y: torch.Tensor,
     subsample: torch.Tensor | None = None,
     *,
-    prior: dict[str, torch.Tensor],
+    hyper: dict[str, torch.Tensor],
     covariance: Covariance,
     num_classes: int,
 ) -> None:
@@ -153,43 +153,43 @@ def guide(
     C, d = num_classes, x.shape[-1]
     conc = pyro.param("weights_concentration", lambda: x.new_ones(C), constraint=constraints.positive)
     pyro.sample("weights", dist.Dirichlet(conc))
-    m0 = prior["m0"]
+    m0 = hyper["m0"]
     with pyro.plate("class", C):
         if covariance == "diag":
-            shape = pyro.param("precision_shape", lambda: prior["shape"].expand(C, d).clone(), constraint=constraints.positive)
-            rate = pyro.param("precision_rate", lambda: prior["rate"].expand(C, d).clone(), constraint=constraints.positive)
+            shape = pyro.param("precision_shape", lambda: hyper["shape"].expand(C, d).clone(), constraint=constraints.positive)
+            rate = pyro.param("precision_rate", lambda: hyper["rate"].expand(C, d).clone(), constraint=constraints.positive)
             pyro.sample("precision", dist.Gamma(shape, rate).to_event(1))
             loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
-            scale = pyro.param("loc_scale", lambda: 0.1 * prior["sd0"].expand(C, d).clone(), constraint=constraints.positive)
+            scale = pyro.param("loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive)
             pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
         elif covariance == "full":
             # df > d + 1 keeps draws non-singular and E[precision^-1] finite; the exact
             # posterior has df = d + 1 + shrinkage + n, well inside.
-            df = pyro.param("precision_df", lambda: prior["df"].expand(C).clone(), constraint=constraints.greater_than(d + 1.0))
+            df = pyro.param("precision_df", lambda: hyper["df"].expand(C).clone(), constraint=constraints.greater_than(d + 1.0))
             tril = pyro.param(
                 "precision_scale_tril",
-                lambda: prior["scale_tril"].expand(C, d, d).clone(),
+                lambda: hyper["scale_tril"].expand(C, d, d).clone(),
                 constraint=constraints.lower_cholesky,
             )
             pyro.sample("precision", dist.Wishart(df, scale_tril=tril))
             loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
             loc_tril = pyro.param(
                 "loc_scale_tril",
-                lambda: torch.diag_embed(0.1 * prior["sd0"]).expand(C, d, d).clone(),
+                lambda: torch.diag_embed(0.1 * hyper["sd0"]).expand(C, d, d).clone(),
                 constraint=constraints.lower_cholesky,
             )
             pyro.sample("loc", dist.MultivariateNormal(loc, scale_tril=loc_tril))
         else:
             loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
-            scale = pyro.param("loc_scale", lambda: 0.1 * prior["sd0"].expand(C, d).clone(), constraint=constraints.positive)
+            scale = pyro.param("loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive)
             pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
-            r = prior["W0"].shape[-1]
-            w_loc = pyro.param("cov_factor_loc", lambda: prior["W0"].expand(C, d, r).clone())
+            r = hyper["W0"].shape[-1]
+            w_loc = pyro.param("cov_factor_loc", lambda: hyper["W0"].expand(C, d, r).clone())
             w_scale = pyro.param(
-                "cov_factor_scale", lambda: 0.1 * prior["factor_scale"].expand(C, d, r).clone(), constraint=constraints.positive
+                "cov_factor_scale", lambda: 0.1 * hyper["factor_scale"].expand(C, d, r).clone(), constraint=constraints.positive
             )
             pyro.sample("cov_factor", dist.Normal(w_loc, w_scale).to_event(2))
-            psi_loc = pyro.param("cov_diag_loc", lambda: prior["log_psi0"].expand(C, d).clone())
+            psi_loc = pyro.param("cov_diag_loc", lambda: hyper["log_psi0"].expand(C, d).clone())
             psi_scale = pyro.param("cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive)
             pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale).to_event(1))
 
@@ -648,7 +648,7 @@ class GaussianGenerator(BayesianEstimator):
             self._run_svi(
                 self._x,
                 self._y,
-                prior=self._prior,
+                hyper=self._prior,
                 covariance=self.covariance,
                 num_classes=len(found),
                 data_size=len(xv) if minibatch else None,
@@ -697,7 +697,7 @@ class GaussianGenerator(BayesianEstimator):
         return model, guide
 
     def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
-        kwargs = {"prior": self._prior, "covariance": self.covariance, "num_classes": len(self.classes_)}
+        kwargs = {"hyper": self._prior, "covariance": self.covariance, "num_classes": len(self.classes_)}
         return (self._x, self._y), kwargs
 
     def _arviz_dims(self) -> tuple[dict, dict]:
@@ -907,6 +907,35 @@ class GaussianGenerator(BayesianEstimator):
         if as_frame:
             return pd.DataFrame(full, columns=self.feature_names_), out_y
         return full, out_y
+
+    def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Draws of the class parameters on the raw feature scale (modelled features).
+
+        Parameters
+        ----------
+        num_samples : int, default 100
+        seed : int, optional
+            Default ``self.seed``.
+
+        Returns
+        -------
+        dict of numpy.ndarray
+            ``weights`` (S, C) and ``loc`` (S, C, d); then ``scale`` (S, C, d)
+            for "diag", ``scale_tril`` (S, C, d, d) for "full", or
+            ``cov_factor`` (S, C, d, r) and ``cov_diag`` (S, C, d) for "lowrank".
+        """
+        self._check_fitted()
+        draws = {k: to_numpy(v).astype(float) for k, v in self._draw_parameters(int(num_samples), self.seed if seed is None else seed).items()}
+        scale = self._scale
+        out = {"weights": draws["weights"], "loc": draws["loc"] * scale + self._shift}
+        if self.covariance == "diag":
+            out["scale"] = draws["scale"] * scale
+        elif self.covariance == "full":
+            out["scale_tril"] = scale[:, None] * draws["scale_tril"]
+        else:
+            out["cov_factor"] = draws["cov_factor"] * scale[:, None]
+            out["cov_diag"] = draws["cov_diag"] * scale**2
+        return out
 
     def class_means(self) -> pd.DataFrame:
         """Posterior mean of every class's location (features in columns).

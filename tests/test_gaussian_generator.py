@@ -1,0 +1,220 @@
+"""Gaussian class-conditional generator: closed forms, SVI, real digits, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from sklearn.model_selection import train_test_split
+
+from bayesgen.augment import augment, default_classifier, memorization_check, tstr
+from bayesgen.datasets import load_digits
+from bayesgen.models.gaussian_generator import GaussianGenerator, exact_posterior, guide, model
+
+
+def simulated(n_per_class=(400, 150, 40), d=4, seed=0):
+    """Three Gaussian classes with known means and covariances, unbalanced."""
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0, 0, 0, 0], [3, -1, 0, 2], [-2, 2, 1, 0]])[:, :d]
+    X, y = [], []
+    for c, n in enumerate(n_per_class):
+        A = rng.normal(size=(d, d)) * 0.4
+        cov = A @ A.T + np.diag(np.full(d, 0.5 + 0.3 * c))
+        X.append(rng.multivariate_normal(means[c], cov, size=n))
+        y.append(np.full(n, c))
+    return np.concatenate(X), np.concatenate(y), means
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    X, y = load_digits()
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+# ------------------------------------------------------------------ unit
+@pytest.mark.parametrize("covariance", ["diag", "full", "lowrank"])
+def test_model_and_guide_share_sites_and_log_prob_is_finite(covariance):
+    X, y, _ = simulated(d=4)
+    gen = GaussianGenerator(covariance=covariance, rank=2, method="exact" if covariance == "full" else "svi",
+                            num_steps=2, average_last=0)
+    gen.fit(X, y)
+    args, kwargs = gen._model_args()
+    gtr = poutine.trace(guide).get_trace(*args, **kwargs)
+    mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(*args, **kwargs)
+
+    def latent(tr):
+        return {n for n, s in tr.nodes.items()
+                if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+
+    assert latent(mtr) == latent(gtr)
+    assert torch.isfinite(mtr.log_prob_sum()) and torch.isfinite(gtr.log_prob_sum())
+    assert mtr.nodes["loc"]["value"].shape == (3, 4)
+
+
+# ------------------------------------------------- statistical vs closed form
+def test_exact_posterior_concentrates_on_the_simulated_means():
+    X, y, means = simulated(n_per_class=(3000, 3000, 3000))
+    gen = GaussianGenerator(covariance="full", method="exact").fit(X, y)
+    np.testing.assert_allclose(gen.class_means().to_numpy(), means, atol=0.08)
+    np.testing.assert_allclose(gen.class_weights().to_numpy(), [1 / 3] * 3, atol=0.01)
+
+
+@pytest.mark.parametrize("covariance", ["diag"])
+def test_svi_posterior_means_match_closed_form(covariance):
+    # The guide starts with every class at the pooled statistics, away from the answer.
+    X, y, _ = simulated()
+    svi = GaussianGenerator(covariance=covariance, num_steps=3000, learning_rate=0.05, batch_size=None,
+                            seed=0).fit(X, y)
+    z = (X - svi._shift) / svi._scale  # the model's standardised scale
+    exact = exact_posterior(z, y, 3, covariance=covariance)
+    p = svi.params_
+    loc_sd = np.sqrt(exact["loc_var"])
+    assert np.max(np.abs(p["loc_loc"] - exact["loc"]) / loc_sd) < 0.25
+    prec_svi = p["precision_shape"] / p["precision_rate"]
+    np.testing.assert_allclose(prec_svi, exact["precision_mean"], rtol=0.08)
+    weights = p["weights_concentration"] / p["weights_concentration"].sum()
+    np.testing.assert_allclose(weights, exact["weights_concentration"] / exact["weights_concentration"].sum(),
+                               atol=0.02)
+
+
+def test_shrinkage_lets_a_tiny_class_borrow_strength():
+    X, y, _ = simulated(n_per_class=(400, 400, 3))
+    gen = GaussianGenerator(covariance="full", method="exact", shrinkage=20.0).fit(X, y)
+    # three rows cannot estimate a 4x4 covariance; the posterior stays positive definite
+    assert np.linalg.eigvalsh(np.linalg.inv(gen.exact_["precision_mean"][2])).min() > 0
+    Xs, ys = gen.sample(200, y=2, seed=0)
+    assert np.isfinite(Xs).all() and set(ys) == {2}
+
+
+def test_lowrank_recovers_class_structure_and_classifies():
+    X, y, means = simulated(n_per_class=(800, 800, 800))
+    gen = GaussianGenerator(covariance="lowrank", rank=2, num_steps=1500, seed=0).fit(X, y)
+    np.testing.assert_allclose(gen.class_means().to_numpy(), means, atol=0.25)
+    X_new, y_new, _ = simulated(n_per_class=(300, 300, 300), seed=1)
+    assert np.mean(gen.predict(X_new) == y_new) > 0.9
+    proba = gen.predict_proba(X_new[:5])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------- sampling verbs
+def test_sample_proportions_classes_and_clip():
+    X, y, _ = simulated(n_per_class=(600, 300, 100))
+    gen = GaussianGenerator(covariance="diag", method="exact", clip=(-1.0, 1.0)).fit(X, y)
+    Xs, ys = gen.sample(4000, seed=0)
+    np.testing.assert_allclose(np.bincount(ys, minlength=3) / 4000, [0.6, 0.3, 0.1], atol=0.03)
+    assert Xs.min() >= -1.0 and Xs.max() <= 1.0
+    _, yu = gen.sample(3000, y="uniform", seed=0)
+    assert np.bincount(yu).tolist() == [1000, 1000, 1000]
+    _, y2 = gen.sample(10, y=2, seed=0)
+    assert set(y2) == {2}
+    with pytest.raises(ValueError, match="unknown class 7"):
+        gen.sample(3, y=7)
+    a, _ = gen.sample(50, seed=5)
+    b, _ = gen.sample(50, seed=5)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_string_labels_dataframe_input_and_score_samples():
+    X, y, _ = simulated()
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    frame["kind"] = np.array(["small", "medium", "large"])[y]
+    gen = GaussianGenerator(covariance="diag", method="exact").fit(frame, label="kind")
+    assert list(gen.classes_) == ["large", "medium", "small"]
+    Xs, ys = gen.sample(5, y="medium", as_frame=True)
+    assert list(Xs.columns) == ["a", "b", "c", "d"] and set(ys) == {"medium"}
+    scores = gen.score_samples(frame.drop(columns="kind"))
+    outlier = gen.score_samples(np.array([[40.0, -40.0, 40.0, 40.0]]))
+    assert outlier[0] < scores.min() - 100
+
+
+# ------------------------------------------------------------ real digits
+def test_digits_tstr_close_to_trtr_and_no_memorization(digits_split):
+    X_tr, X_te, y_tr, y_te = digits_split
+    gen = GaussianGenerator(covariance="full", method="exact", constant_features="keep", clip=(0, 1)).fit(X_tr, y_tr)
+    scores = tstr(gen, X_tr, y_tr, X_te, y_te)
+    assert scores["trtr"] > 0.95
+    assert scores["tstr"] > scores["trtr"] - 0.10
+    Xs, _ = gen.sample(1000, seed=1)
+    check = memorization_check(Xs, X_tr, X_te)
+    assert check["passed"] and check["exact_copies"] == 0.0
+    # the check can fail: near-copies of training rows are caught
+    copies = X_tr[:500] + np.random.default_rng(0).normal(0, 1e-3, size=(500, 64))
+    assert not memorization_check(copies, X_tr, X_te)["passed"]
+    # and the Bayes classifier itself is a good classifier on digits
+    assert np.mean(gen.predict(X_te) == y_te) > 0.93
+
+
+def test_digits_lowrank_svi_fits_and_samples_look_like_their_class(digits_split):
+    X_tr, X_te, y_tr, y_te = digits_split
+    gen = GaussianGenerator(covariance="lowrank", rank=8, num_steps=600, constant_features="keep", clip=(0, 1),
+                            seed=0).fit(X_tr, y_tr)
+    assert gen.losses_[-50:].mean() < gen.losses_[:50].mean()
+    # a classifier trained on real digits recognises the generated digits
+    clf = default_classifier().fit(X_tr, y_tr)
+    Xs, ys = gen.sample(500, y="uniform", seed=2)
+    assert np.mean(clf.predict(Xs) == ys) > 0.85
+    assert (Xs[:, [0, 32, 39]] == 0).all()  # constant border pixels are held fixed
+
+
+def test_augment_marks_synthetic_rows_and_keeps_real_ones(digits_split):
+    X_tr, _, y_tr, _ = digits_split
+    gen = GaussianGenerator(covariance="diag", method="exact", constant_features="keep", clip=(0, 1))
+    data = augment(X_tr, y_tr, gen, n_per_class={0: 30, 1: 10}, seed=0)
+    assert data.synthetic.sum() == 40 and (~data.synthetic).sum() == len(X_tr)
+    np.testing.assert_array_equal(data.X[~data.synthetic], X_tr)
+    assert sorted(np.unique(data.y[data.synthetic]).tolist()) == [0, 1]
+    frame = data.to_frame(label="digit")
+    assert frame["synthetic"].sum() == 40 and "digit" in frame
+    with pytest.raises(ValueError, match="unknown classes"):
+        augment(X_tr, y_tr, gen, n_per_class={"cat": 3})
+
+
+def test_save_load_round_trip_and_gpu_free_load(tmp_path, digits_split):
+    X_tr, X_te, y_tr, _ = digits_split
+    gen = GaussianGenerator(covariance="lowrank", rank=4, num_steps=100, constant_features="keep").fit(X_tr, y_tr)
+    gen.save(tmp_path / "g")
+    loaded = GaussianGenerator.load(tmp_path / "g", device="cpu")
+    np.testing.assert_array_equal(loaded.sample(20, seed=3)[0], gen.sample(20, seed=3)[0])
+    np.testing.assert_allclose(loaded.predict_proba(X_te[:20], seed=1), gen.predict_proba(X_te[:20], seed=1))
+
+
+# -------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("make_input", "kind", "match"),
+    [
+        (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y), ValueError, "NaN"),
+        (lambda X, y: (X, np.zeros(len(y))), ValueError, "at least two classes"),
+        (lambda X, y: (X[:, :2].astype(str), y), TypeError, "numeric"),
+        (lambda X, y: (np.c_[X, np.ones(len(X))], y), ValueError, "constant"),
+        (lambda X, y: (X, y[:-1]), ValueError, "one label per row"),
+        (lambda X, y: (X[:, 0], y), ValueError, "2-D"),
+    ],
+)
+def test_bad_input_is_rejected_clearly(make_input, kind, match):
+    X, y, _ = simulated()
+    Xb, yb = make_input(X, y)
+    with pytest.raises(kind, match=match):
+        GaussianGenerator(covariance="diag", method="exact").fit(Xb, yb)
+
+
+def test_bad_frames_classes_and_settings():
+    X, y, _ = simulated()
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    frame["kind"] = y
+    with pytest.raises(ValueError, match="label column 'label'"):
+        GaussianGenerator(method="exact", covariance="diag").fit(frame, label="label")
+    frame["name"] = "x"
+    with pytest.raises(TypeError, match="non-numeric columns: \\['name'\\]"):
+        GaussianGenerator(method="exact", covariance="diag").fit(frame, label="kind")
+    with pytest.raises(ValueError, match="classes \\[3\\] have no rows"):
+        GaussianGenerator(method="exact", covariance="diag").fit(X, y, classes=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="method='exact' needs a conjugate"):
+        GaussianGenerator(method="exact", covariance="lowrank").fit(X, y)
+    with pytest.raises(ValueError, match="method='exact'"):
+        GaussianGenerator(method="svi", covariance="full").fit(X, y)
+    gen = GaussianGenerator(method="exact", covariance="diag").fit(X, y)
+    with pytest.raises(ValueError, match="4 feature columns"):
+        gen.predict(np.zeros((2, 3)))
