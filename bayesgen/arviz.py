@@ -41,6 +41,7 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
 from bayesgen._runtime import move_to_device, resolve_device, seeded, to_numpy
@@ -87,6 +88,19 @@ def _max_plate_nesting(trace: poutine.Trace) -> int:
     return nesting
 
 
+class _UnconditionData(UnconditionMessenger):
+    """``poutine.uncondition`` for data only: ``pyro.deterministic`` sites stay as computed.
+
+    Re-sampling a deterministic site's Delta breaks the shapes of everything
+    downstream of it, and it is no observation anyway.
+    """
+
+    def _pyro_sample(self, msg: Any) -> None:
+        if msg["infer"].get("_deterministic"):
+            return
+        super()._pyro_sample(msg)
+
+
 def _vectorize(fn: ModelFn, num: int, dim: int) -> ModelFn:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         with pyro.plate(_DRAW_PLATE, num, dim=dim):
@@ -117,7 +131,7 @@ def _one_pass(
             out["log_lik"][name] = _site_log_lik(site)
             out["observed"][name] = site["value"]
     if predictive:
-        pred_trace = poutine.trace(poutine.uncondition(conditioned)).get_trace(*args, **kwargs)
+        pred_trace = poutine.trace(_UnconditionData()(conditioned)).get_trace(*args, **kwargs)
         for name in out["log_lik"]:
             out["predictive"][name] = pred_trace.nodes[name]["value"]
     return out, guide_trace, model_trace

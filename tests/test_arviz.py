@@ -161,3 +161,24 @@ def test_bad_dims_name_the_variable():
     with pytest.raises(ValueError, match="dims\\['mu'\\]"):
         to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(),
                     dims={"mu": ["too", "many"]})
+
+
+def test_deterministic_sites_do_not_distort_predictive_shapes():
+    # pyro.deterministic upstream of the observation used to be re-sampled by
+    # uncondition, giving y_rep an extra dimension and breaking ArviZ's PPC plots.
+    def model_with_det(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("obs", y.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            theta = pyro.deterministic("theta", mu + z)
+            pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
+
+    guide = AutoNormal(model_with_det)
+    fit = run_svi(model_with_det, guide, Y, num_steps=20, seed=0)
+    for parallel in (True, False):
+        tree = to_datatree(model_with_det, guide, Y, param_state=fit.param_state, num_samples=30,
+                           parallel=parallel, dims={"y": ["obs"], "z": ["obs"], "theta": ["obs"]}, prior=True)
+        assert tree.posterior_predictive["y"].dims == ("chain", "draw", "obs")
+        assert tree.prior_predictive["y"].dims == ("chain", "draw", "obs")
+        np.testing.assert_allclose(tree.posterior["theta"].values,
+                                   tree.posterior["mu"].values[..., None] + tree.posterior["z"].values, rtol=1e-5)
