@@ -218,3 +218,36 @@ def test_bad_frames_classes_and_settings():
     gen = GaussianGenerator(method="exact", covariance="diag").fit(X, y)
     with pytest.raises(ValueError, match="4 feature columns"):
         gen.predict(np.zeros((2, 3)))
+
+
+def test_class_low_rank_normal_matches_torch_low_rank_mvn():
+    import pyro.distributions as dist
+
+    from bayesgen.models.gaussian_generator import ClassLowRankNormal
+
+    g = torch.Generator().manual_seed(0)
+    C, d, r, n, S = 3, 7, 2, 11, 4
+    loc, W = torch.randn(S, C, d, generator=g), torch.randn(S, C, d, r, generator=g)
+    D = torch.rand(S, C, d, generator=g) + 0.1
+    idx = torch.randint(0, C, (n,), generator=g)
+    x = torch.randn(S, n, d, generator=g)
+    ours = ClassLowRankNormal(loc, W, D, idx).log_prob(x)
+    reference = dist.LowRankMultivariateNormal(loc[:, idx], W[:, idx], D[:, idx]).log_prob(x)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_exact_predictive_matches_monte_carlo_of_the_posterior():
+    # The Student-t predictive must equal sampling parameters from the exact
+    # Normal-Gamma posterior and then data: compare predictive sd per feature.
+    X, y, _ = simulated(n_per_class=(30, 30, 30), d=3)
+    gen = GaussianGenerator(covariance="diag", method="exact").fit(X, y)
+    z = (X - gen._shift) / gen._scale
+    post = exact_posterior(z, y, 3, covariance="diag")
+    rng = np.random.default_rng(0)
+    c = 1
+    prec = rng.gamma(post["shape"][c], 1 / post["rate"][c], size=(200_000, 3))
+    mu = rng.normal(post["loc"][c], 1 / np.sqrt(post["kappa"][c] * prec))
+    x_mc = rng.normal(mu, 1 / np.sqrt(prec)) * gen._scale + gen._shift
+    Xs, _ = gen.sample(200_000, y=c, seed=0)
+    np.testing.assert_allclose(Xs.std(axis=0), x_mc.std(axis=0), rtol=0.02)
+    np.testing.assert_allclose(Xs.mean(axis=0), x_mc.mean(axis=0), atol=0.02 * x_mc.std(axis=0).max())

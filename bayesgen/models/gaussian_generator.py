@@ -85,6 +85,68 @@ DIMS = {
 }
 
 
+# ---------------------------------------------------------- a distribution
+class ClassLowRankNormal(dist.TorchDistribution):
+    """Rows drawn from per-class low-rank Gaussians, factorised once per class.
+
+    ``x_i ~ MultivariateNormal(loc[c_i], W[c_i] W[c_i]ᵀ + diag(D[c_i]))``. The same
+    density as ``LowRankMultivariateNormal(loc[c], W[c], D[c])`` indexed per row,
+    but the r × r capacitance matrix ``I + Wᵀ D⁻¹ W`` is factorised once per class
+    (C of them) instead of once per row, and each row costs one O(d r) Woodbury
+    solve. That is the difference between minutes and seconds on MNIST.
+
+    Parameters
+    ----------
+    loc : Tensor, shape (..., n_classes, d)
+    cov_factor : Tensor, shape (..., n_classes, d, r)
+    cov_diag : Tensor, shape (..., n_classes, d)
+    index : Tensor of int64, shape (n_rows,)
+        Class of every row.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(
+        self, loc: torch.Tensor, cov_factor: torch.Tensor, cov_diag: torch.Tensor, index: torch.Tensor
+    ) -> None:
+        self.loc, self.cov_factor, self.cov_diag, self.index = loc, cov_factor, cov_diag, index
+        lead = torch.broadcast_shapes(loc.shape[:-2], cov_factor.shape[:-3], cov_diag.shape[:-2])
+        super().__init__(lead + index.shape, loc.shape[-1:], validate_args=False)
+
+    def _per_class(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d_inv = self.cov_diag.reciprocal()
+        wt_dinv = self.cov_factor.transpose(-1, -2) * d_inv.unsqueeze(-2)  # (..., C, r, d)
+        r = self.cov_factor.shape[-1]
+        eye = torch.eye(r, dtype=self.loc.dtype, device=self.loc.device)
+        chol = torch.linalg.cholesky(eye + wt_dinv @ self.cov_factor)  # (..., C, r, r)
+        logdet = self.cov_diag.log().sum(-1) + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return wt_dinv, chol, logdet
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        wt_dinv, chol, logdet = self._per_class()
+        idx = self.index
+        diff = value - self.loc[..., idx, :]
+        proj = (wt_dinv[..., idx, :, :] @ diff.unsqueeze(-1))  # (..., n, r, 1)
+        z = torch.linalg.solve_triangular(chol[..., idx, :, :], proj, upper=False).squeeze(-1)
+        maha = (diff.pow(2) * self.cov_diag.reciprocal()[..., idx, :]).sum(-1) - z.pow(2).sum(-1)
+        d = value.shape[-1]
+        return -0.5 * (d * math.log(2 * math.pi) + logdet[..., idx] + maha)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        idx = self.index
+        shape = torch.Size(sample_shape) + self.batch_shape
+        r = self.cov_factor.shape[-1]
+        eps_w = torch.randn(shape + (r, 1), dtype=self.loc.dtype, device=self.loc.device)
+        eps_d = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+        return (
+            self.loc[..., idx, :]
+            + (self.cov_factor[..., idx, :, :] @ eps_w).squeeze(-1)
+            + self.cov_diag[..., idx, :].sqrt() * eps_d
+        )
+
+
 # --------------------------------------------------------------------- model
 def model(
     x: torch.Tensor,
@@ -132,7 +194,7 @@ def model(
             scale_tril = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))
             fn = dist.MultivariateNormal(loc[..., yi, :], scale_tril=scale_tril[..., yi, :, :])
         else:
-            fn = dist.LowRankMultivariateNormal(loc[..., yi, :], cov_factor[..., yi, :, :], cov_diag[..., yi, :])
+            fn = ClassLowRankNormal(loc, cov_factor, cov_diag, yi)
         pyro.sample("x", fn, obs=xi)
 
 
@@ -400,6 +462,35 @@ def validate_xy(
     if len(np.unique(labels)) < 2:
         raise ValueError(f"a class-conditional model needs at least two classes, got {np.unique(labels).tolist()}")
     return values, labels, names
+
+
+def _student_t_predictive(post: dict[str, np.ndarray], covariance: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Exact posterior predictive of the conjugate structures (Murphy 2007, sections 8 and 9).
+
+    Normal-Wishart: x | c ~ t_{ν_n - d + 1}(m_n, (κ_n + 1) / (κ_n (ν_n - d + 1)) · W_n⁻¹).
+    Normal-Gamma (per feature): x_j | c ~ t_{2 a_n}(m_n, b_n (κ_n + 1) / (a_n κ_n)).
+    """
+    t = like.new_tensor
+    kappa = post["kappa"]
+    out = {"weights": t(post["weights_concentration"]), "loc": t(post["loc"])}
+    if covariance == "full":
+        d = post["loc"].shape[1]
+        df = post["df"] - d + 1.0
+        cov = np.linalg.inv(post["scale"]) * ((kappa + 1.0) / (kappa * df))[:, None, None]
+        out["df"] = t(df)
+        out["scale_tril"] = t(np.linalg.cholesky(cov))
+    else:
+        out["df"] = t(2.0 * post["shape"])
+        out["scale"] = t(np.sqrt(post["rate"] * (kappa[:, None] + 1.0) / (post["shape"] * kappa[:, None])))
+    return out
+
+
+def _student_t(pred: dict[str, torch.Tensor], covariance: str, labels: torch.Tensor | None = None) -> Any:
+    """The predictive Student-t of every class (or of the class of each row in ``labels``)."""
+    pick = (lambda v: v) if labels is None else (lambda v: v[labels])  # noqa: E731
+    if covariance == "full":
+        return dist.MultivariateStudentT(pick(pred["df"]), pick(pred["loc"]), pick(pred["scale_tril"]))
+    return dist.StudentT(pick(pred["df"]), pick(pred["loc"]), pick(pred["scale"])).to_event(1)
 
 
 @contextlib.contextmanager
@@ -687,6 +778,7 @@ class GaussianGenerator(BayesianEstimator):
                 pyro.param("precision_scale_tril", t(np.linalg.cholesky(post["scale"])), constraint=constraints.lower_cholesky)
                 pyro.param("loc_scale_tril", t(np.linalg.cholesky(post["loc_cov"])), constraint=constraints.lower_cholesky)
         self._param_state = state
+        self._predictive = _student_t_predictive(post, self.covariance, like=self._x)
         self.losses_ = np.zeros(0)
         self.converged_ = True
         self.n_steps_ = 0
@@ -721,6 +813,7 @@ class GaussianGenerator(BayesianEstimator):
             "shift": torch.as_tensor(self._shift),
             "scale": torch.as_tensor(self._scale),
             **{f"prior.{k}": v.detach().cpu() for k, v in self._prior.items()},
+            **{f"predictive.{k}": v.detach().cpu() for k, v in getattr(self, "_predictive", {}).items()},
         }
         return meta, tensors
 
@@ -735,6 +828,7 @@ class GaussianGenerator(BayesianEstimator):
         self._shift = to_numpy(tensors["shift"])
         self._scale = to_numpy(tensors["scale"])
         self._prior = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("prior.")}
+        self._predictive = {k[11:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("predictive.")}
 
     # --------------------------------------------------------- parameter draws
     def _draw_parameters(self, num: int, seed: int | None) -> dict[str, torch.Tensor]:
@@ -771,9 +865,11 @@ class GaussianGenerator(BayesianEstimator):
         """log p(x, y = c) under the posterior predictive, shape (n_rows, n_classes)."""
         self._check_fitted()
         xv = self._check_new_x(X)
+        x = torch.as_tensor(xv, dtype=self._x.dtype, device=self.device_)
+        if self.method == "exact":
+            return self._exact_joint_log_prob(x)
         num = int(num_samples or self.num_samples)
         draws = self._draw_parameters(num, self.seed if seed is None else seed)
-        x = torch.as_tensor(xv, dtype=self._x.dtype, device=self.device_)
         out = []
         chunk = max(1, 2_000_000 // max(1, x.shape[1] * len(self.classes_)))
         with torch.no_grad():
@@ -786,6 +882,18 @@ class GaussianGenerator(BayesianEstimator):
                     ]
                 )
                 out.append(torch.logsumexp(per_draw, dim=0) - math.log(num))
+        return torch.cat(out)
+
+    def _exact_joint_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x, y = c) under the exact posterior predictive (Student-t), (n_rows, n_classes)."""
+        pred = self._predictive
+        log_w = (pred["weights"] / pred["weights"].sum()).log()
+        fn = _student_t(pred, self.covariance)
+        out = []
+        chunk = max(1, 2_000_000 // max(1, x.shape[1] * len(self.classes_)))
+        with torch.no_grad():
+            for start in range(0, len(x), chunk):
+                out.append(fn.log_prob(x[start : start + chunk].unsqueeze(-2)) + log_w)
         return torch.cat(out)
 
     def _check_new_x(self, X: Any) -> np.ndarray:
@@ -808,6 +916,10 @@ class GaussianGenerator(BayesianEstimator):
     # ---------------------------------------------------------------- verbs
     def predict_proba(self, X: Any, *, num_samples: int | None = None, seed: int | None = None) -> np.ndarray:
         """Posterior predictive class probabilities p(y = c | x).
+
+        With ``method="exact"`` the posterior predictive is the exact Student-t
+        of the conjugate model (no sampling); otherwise it is averaged over
+        ``num_samples`` posterior draws.
 
         Parameters
         ----------
@@ -844,6 +956,10 @@ class GaussianGenerator(BayesianEstimator):
     ) -> tuple[Any, np.ndarray]:
         """Sample new labelled rows from the posterior predictive.
 
+        ``method="exact"`` samples the exact predictive (Student-t per class,
+        Dirichlet-Categorical classes); SVI fits draw class parameters from the
+        guide (up to 64 joint draws, shared round-robin by the rows).
+
         Parameters
         ----------
         num_samples : int
@@ -866,12 +982,19 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         seed = self.seed if seed is None else seed
         C = len(self.classes_)
-        num_draws = max(1, min(n, 64))
-        draws = self._draw_parameters(num_draws, seed)
+        exact = self.method == "exact"
+        if not exact:
+            num_draws = max(1, min(n, 64))
+            draws = self._draw_parameters(num_draws, seed)
         with seeded(seed + 1, self.device_), torch.no_grad():
-            owner = torch.arange(n, device=self.device_) % num_draws
+            if exact:
+                weights = self._predictive["weights"] / self._predictive["weights"].sum()
+                class_weights = weights.expand(n, C)
+            else:
+                owner = torch.arange(n, device=self.device_) % num_draws
+                class_weights = draws["weights"][owner]
             if y is None:
-                labels = dist.Categorical(draws["weights"][owner]).sample()
+                labels = dist.Categorical(class_weights).sample()
             elif isinstance(y, str) and y == "uniform":
                 labels = torch.arange(n, device=self.device_) % C
                 labels = labels[torch.randperm(n, device=self.device_)]
@@ -887,17 +1010,11 @@ class GaussianGenerator(BayesianEstimator):
                 if len(idx) != n:
                     raise ValueError(f"y has {len(idx)} labels for {n} samples")
                 labels = torch.as_tensor(idx, device=self.device_)
-            d = self._x.shape[1]
-            loc = draws["loc"][owner, labels]
-            eps = torch.randn(n, d, device=self.device_, dtype=loc.dtype)
-            if self.covariance == "diag":
-                xs = loc + draws["scale"][owner, labels] * eps
-            elif self.covariance == "full":
-                xs = loc + (draws["scale_tril"][owner, labels] @ eps.unsqueeze(-1)).squeeze(-1)
+            if exact:
+                # The exact posterior predictive: a (multivariate) Student-t per class.
+                xs = _student_t(self._predictive, self.covariance, labels).sample()
             else:
-                W = draws["cov_factor"][owner, labels]
-                z = torch.randn(n, W.shape[-1], 1, device=self.device_, dtype=loc.dtype)
-                xs = loc + (W @ z).squeeze(-1) + draws["cov_diag"][owner, labels].sqrt() * eps
+                xs = self._sample_from_draws(draws, owner, labels)
         full = np.empty((n, len(self.feature_names_)))
         full[:, ~self._constant] = to_numpy(xs) * self._scale + self._shift
         full[:, self._constant] = self._constant_values
@@ -907,6 +1024,19 @@ class GaussianGenerator(BayesianEstimator):
         if as_frame:
             return pd.DataFrame(full, columns=self.feature_names_), out_y
         return full, out_y
+
+    def _sample_from_draws(
+        self, draws: dict[str, torch.Tensor], owner: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        loc = draws["loc"][owner, labels]
+        eps = torch.randn_like(loc)
+        if self.covariance == "diag":
+            return loc + draws["scale"][owner, labels] * eps
+        if self.covariance == "full":
+            return loc + (draws["scale_tril"][owner, labels] @ eps.unsqueeze(-1)).squeeze(-1)
+        W = draws["cov_factor"][owner, labels]
+        z = torch.randn(len(loc), W.shape[-1], 1, device=loc.device, dtype=loc.dtype)
+        return loc + (W @ z).squeeze(-1) + draws["cov_diag"][owner, labels].sqrt() * eps
 
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Draws of the class parameters on the raw feature scale (modelled features).
