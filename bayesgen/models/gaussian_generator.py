@@ -31,6 +31,12 @@ locations; Gamma, Wishart or LogNormal/Normal for the covariance parts. For
 rows; for "full" it holds the exact posterior's marginals (SVI on the Wishart
 factor is numerically unstable, so ``method="exact"`` is required).
 
+With ``method="exact"``, ``sample``, ``predict_proba`` and ``score_samples``
+use the exact posterior predictive — a (multivariate) Student-t per class and
+Dirichlet-Categorical class weights — so nothing is sampled from parameter
+draws. The low-rank likelihood is :class:`ClassLowRankNormal`, which
+factorises each class's covariance once instead of once per row.
+
 Features are standardised inside the estimator (minus the mean, divided by
 the pooled within-class sd; the transform is saved with the model), so the
 model, its priors and ``to_arviz`` live on that standardised scale while
@@ -70,7 +76,15 @@ from bayesgen._runtime import resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
-__all__ = ["GaussianGenerator", "model", "guide", "exact_posterior", "validate_xy", "pooled_statistics"]
+__all__ = [
+    "ClassLowRankNormal",
+    "GaussianGenerator",
+    "exact_posterior",
+    "guide",
+    "model",
+    "pooled_statistics",
+    "validate_xy",
+]
 
 Covariance = Literal["diag", "full", "lowrank"]
 
