@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import pyro
 import pytest
 import torch
 from pyro import poutine

@@ -34,7 +34,7 @@ SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
 ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
 spec = load_spec(ROOT / "models" / "ab_resume_callbacks.toml")
 successes, trials, names = load_ab_counts(spec["data"]["source"])
-pd.DataFrame({"successes": successes, "trials": trials}, index=names)
+print(pd.DataFrame({"successes": successes, "trials": trials}, index=names))
 
 # %% [markdown]
 # ## The model
@@ -51,7 +51,7 @@ if SMOKE:
     settings.update(num_steps=300, average_last=50)
 test = BetaBinomialTest(**settings).fit(successes, trials, names=names)
 table = test.summary(control="white")
-table.round(4).T
+print(table.round(4).T)
 
 # %% [markdown]
 # `prob_best` is the posterior probability that a variant has the highest callback rate;

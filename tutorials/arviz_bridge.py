@@ -22,7 +22,6 @@
 import os
 
 import arviz_stats
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
