@@ -31,6 +31,7 @@ Sample-site names become variable names. Name the dimensions with ``dims``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -293,7 +294,7 @@ def to_datatree(
 
     from bayesgen.infer import param_scope
 
-    scope = param_scope(param_state) if param_state is not None else _null_scope()
+    scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     with scope, seeded(seed, rng_device), torch.no_grad():
         post = draw_sites(model, guide, *args, num_samples=num_samples, parallel=parallel, **kwargs)
         prior_draws = (
@@ -347,14 +348,6 @@ def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str,
                 )
         out[name] = list(names)
     return out
-
-
-class _null_scope:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def summary(

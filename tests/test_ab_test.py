@@ -247,3 +247,17 @@ def test_fits_on_cuda_and_loads_on_cpu(tmp_path):
     test.save(tmp_path / "m")
     loaded = BetaBinomialTest.load(tmp_path / "m", device="cpu")
     pd.testing.assert_frame_equal(loaded.posterior(2000, seed=3), test.posterior(2000, seed=3))
+
+
+@pytest.mark.parametrize("method", ["svi", "exact"])
+def test_summary_columns_agree_with_the_individual_verbs(method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        test = BetaBinomialTest(method=method, num_steps=300, average_last=50, seed=0).fit(
+            [120, 138, 130], [2000, 2000, 2000]
+        )
+    table = test.summary(control=1)
+    np.testing.assert_allclose(table["prob_best"], test.prob_best())
+    np.testing.assert_allclose(table["expected_loss"], test.expected_loss())
+    lift = test.lift(1)
+    np.testing.assert_allclose(table.loc[lift.index, "lift_mean"], lift["mean"])

@@ -238,6 +238,16 @@ def expected_loss_exact(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return expected_max - alpha / (alpha + beta)
 
 
+def _prob_best_from_draws(draws: np.ndarray) -> np.ndarray:
+    """Share of draws (rows) in which each variant (column) has the highest rate."""
+    return np.bincount(draws.argmax(axis=1), minlength=draws.shape[1]) / len(draws)
+
+
+def _expected_loss_from_draws(draws: np.ndarray) -> np.ndarray:
+    """Mean shortfall of each variant's rate from the best rate in the same draw."""
+    return (draws.max(axis=1, keepdims=True) - draws).mean(axis=0)
+
+
 # ------------------------------------------------------------------- validation
 def validate_prior(prior: Any) -> tuple[float, float]:
     """Check a ``(alpha, beta)`` prior: two finite positive numbers.
@@ -733,8 +743,7 @@ class BetaBinomialTest(BayesianEstimator):
         if self._use_exact(exact):
             values = prob_best_exact(self.exact_alpha_, self.exact_beta_)
         else:
-            draws = self.posterior().to_numpy()
-            values = np.bincount(draws.argmax(axis=1), minlength=draws.shape[1]) / len(draws)
+            values = _prob_best_from_draws(self.posterior().to_numpy())
         return pd.Series(values, index=self.names_, name="prob_best")
 
     def expected_loss(self, *, exact: bool | None = None) -> pd.Series:
@@ -754,8 +763,7 @@ class BetaBinomialTest(BayesianEstimator):
         if self._use_exact(exact):
             values = expected_loss_exact(self.exact_alpha_, self.exact_beta_)
         else:
-            draws = self.posterior().to_numpy()
-            values = (draws.max(axis=1, keepdims=True) - draws).mean(axis=0)
+            values = _expected_loss_from_draws(self.posterior().to_numpy())
         return pd.Series(values, index=self.names_, name="expected_loss")
 
     def lift(self, control: str | int = 0, *, ci_prob: float | None = None) -> pd.DataFrame:
@@ -775,9 +783,11 @@ class BetaBinomialTest(BayesianEstimator):
             ``prob_positive`` (P(lift > 0)).
         """
         self._check_fitted()
+        return self._lift_from_draws(self.posterior(), control, ci_prob)
+
+    def _lift_from_draws(self, draws: pd.DataFrame, control: str | int, ci_prob: float | None) -> pd.DataFrame:
         ctrl = self._variant_name(control)
         prob = float(ci_prob or self.ci_prob)
-        draws = self.posterior()
         base = draws[ctrl].to_numpy()
         rows = {}
         for name in self.names_:
@@ -804,6 +814,7 @@ class BetaBinomialTest(BayesianEstimator):
         """
         self._check_fitted()
         draws = self.posterior()
+        values = draws.to_numpy()
         prob = float(self.ci_prob)
         lo, hi = (1 - prob) / 2, (1 + prob) / 2
         pct = f"{100 * prob:g}"
@@ -816,12 +827,18 @@ class BetaBinomialTest(BayesianEstimator):
                 "rate_sd": draws.std().to_numpy(),
                 f"rate_{pct}%_lower": draws.quantile(lo).to_numpy(),
                 f"rate_{pct}%_upper": draws.quantile(hi).to_numpy(),
-                "prob_best": self.prob_best().to_numpy(),
-                "expected_loss": self.expected_loss().to_numpy(),
+                # One set of draws serves every column (prob_best() etc. would redraw
+                # the same seeded draws); the exact method keeps its quadrature.
+                "prob_best": (
+                    self.prob_best().to_numpy() if self._use_exact(None) else _prob_best_from_draws(values)
+                ),
+                "expected_loss": (
+                    self.expected_loss().to_numpy() if self._use_exact(None) else _expected_loss_from_draws(values)
+                ),
             },
             index=pd.Index(self.names_, name="variant"),
         )
-        lift = self.lift(control)
+        lift = self._lift_from_draws(draws, control, None)
         ctrl = self._variant_name(control)
         table["lift_mean"] = lift["mean"].reindex(self.names_).to_numpy()
         table[f"lift_{pct}%_lower"] = lift["lower"].reindex(self.names_).to_numpy()
