@@ -29,6 +29,7 @@ Hoffman, Blei, Wang & Paisley (2013), Stochastic variational inference, JMLR 14.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -430,6 +431,10 @@ def make_optimizer(
     if optimizer == "adam":
         torch_cls: type = torch.optim.Adam
         args: dict[str, Any] = {"lr": learning_rate, "betas": tuple(betas)}
+        if _FUSED_ADAM:
+            # Pyro keeps one optimiser per parameter, so torch's multi-tensor path never
+            # applies; the fused kernel halves the update's cost (CPU and CUDA).
+            args["fused"] = True
     elif optimizer == "clipped_adam":
         from pyro.optim.clipped_adam import ClippedAdam
 
@@ -457,10 +462,16 @@ def make_optimizer(
     raise ValueError(f"lr_schedule={lr_schedule!r} is not None, 'exponential' or 'cosine'")
 
 
+_FUSED_ADAM = "fused" in inspect.signature(torch.optim.Adam).parameters
+
+
 def _grads_finite(params: set[torch.Tensor]) -> bool:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return True
+    if hasattr(torch, "_foreach_norm"):
+        # One kernel for all gradients: a NaN or inf anywhere makes that norm non-finite.
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 

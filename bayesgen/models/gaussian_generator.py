@@ -83,6 +83,8 @@ __all__ = [
     "guide",
     "model",
     "pooled_statistics",
+    "ledoit_wolf_intensity",
+    "lowrank_initial_params",
     "validate_xy",
 ]
 
@@ -170,6 +172,7 @@ def model(
     hyper: dict[str, torch.Tensor],
     covariance: Covariance,
     num_classes: int,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Class-conditional Gaussian model.
 
@@ -184,6 +187,8 @@ def model(
         Prior hyperparameters, from :func:`prior_parameters`.
     covariance : {"diag", "full", "lowrank"}
     num_classes : int
+    init : dict of Tensor, optional
+        Starting values of the guide's parameters (unused by the model).
     """
     weights = pyro.sample("weights", dist.Dirichlet(hyper["class_concentration"]))
     with pyro.plate("class", num_classes):
@@ -220,12 +225,15 @@ def guide(
     hyper: dict[str, torch.Tensor],
     covariance: Covariance,
     num_classes: int,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Mean-field guide for :func:`model` (same signature).
 
     Every factor starts at the prior's centre (all classes equal to the pooled
-    statistics), away from the class-specific answer.
+    statistics), away from the class-specific answer, unless ``init`` names a
+    starting value (the estimator passes :func:`lowrank_initial_params`).
     """
+    init = init or {}
     C, d = num_classes, x.shape[-1]
     conc = pyro.param("weights_concentration", lambda: x.new_ones(C), constraint=constraints.positive)
     pyro.sample("weights", dist.Dirichlet(conc))
@@ -256,29 +264,59 @@ def guide(
             )
             pyro.sample("loc", dist.MultivariateNormal(loc, scale_tril=loc_tril))
         else:
-            loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
+            loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
             scale = pyro.param("loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive)
             pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
             r = hyper["W0"].shape[-1]
-            w_loc = pyro.param("cov_factor_loc", lambda: hyper["W0"].expand(C, d, r).clone())
+            w_loc = pyro.param("cov_factor_loc", lambda: init.get("cov_factor_loc", hyper["W0"].expand(C, d, r)).clone())
             w_scale = pyro.param(
                 "cov_factor_scale", lambda: 0.1 * hyper["factor_scale"].expand(C, d, r).clone(), constraint=constraints.positive
             )
             pyro.sample("cov_factor", dist.Normal(w_loc, w_scale).to_event(2))
-            psi_loc = pyro.param("cov_diag_loc", lambda: hyper["log_psi0"].expand(C, d).clone())
+            psi_loc = pyro.param("cov_diag_loc", lambda: init.get("cov_diag_loc", hyper["log_psi0"].expand(C, d)).clone())
             psi_scale = pyro.param("cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive)
             pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale).to_event(1))
 
 
 # ------------------------------------------------------------ priors, exact
-def pooled_statistics(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def ledoit_wolf_intensity(centred: np.ndarray, S: np.ndarray | None = None) -> float:
+    """Ledoit-Wolf shrinkage intensity of the covariance of centred rows.
+
+    The optimal weight a in ``(1 - a) S + a·μI`` (μ the mean variance) under
+    Frobenius loss, estimated from the data (Ledoit & Wolf 2004); 0 when rows
+    are plentiful, toward 1 when features outnumber rows.
+    """
+    n, d = centred.shape
+    if n < 2:
+        return 1.0
+    if S is None:  # the rows' second-moment matrix, divided by n
+        S = centred.T @ centred / n
+    mu = float(np.trace(S)) / d
+    delta = float(((S - mu * np.eye(d)) ** 2).sum()) / d
+    sq = centred**2
+    beta = float((sq.T @ sq).sum() / n - (S**2).sum()) / (d * n)
+    beta = min(beta, delta)
+    return 0.0 if delta <= 0 else float(beta / delta)
+
+
+def pooled_statistics(
+    x: np.ndarray, y: np.ndarray, num_classes: int, *, pooled_shrinkage: float | str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Pooled mean and pooled within-class covariance (what every class shrinks toward).
+
+    With few rows in many dimensions (200 digits in 717 pixels) the pooled
+    scatter is singular, and a prior centred on it would tell every class that
+    most directions have no variance. The pooled covariance is therefore itself
+    shrunk toward its diagonal, ``(1 - a) S + a diag(S)``, with the Ledoit-Wolf
+    intensity ``a`` (``pooled_shrinkage="auto"``; a float fixes ``a``; 0 turns
+    it off). With 60,000 MNIST rows ``a`` is below 0.01.
 
     Parameters
     ----------
     x : numpy.ndarray, shape (n_rows, n_features)
     y : numpy.ndarray of int, shape (n_rows,)
     num_classes : int
+    pooled_shrinkage : "auto" or float in [0, 1], default "auto"
 
     Returns
     -------
@@ -292,10 +330,58 @@ def pooled_statistics(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[n
         centred[rows] = x[rows] - x[rows].mean(axis=0)
     dof = max(len(x) - num_classes, 1)
     S0 = centred.T @ centred / dof
+    if pooled_shrinkage == "auto":
+        a = ledoit_wolf_intensity(centred, S0 * dof / len(x))
+    else:
+        a = float(pooled_shrinkage)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"pooled_shrinkage must be 'auto' or a number in [0, 1], got {pooled_shrinkage!r}")
+    if a > 0:
+        S0 = (1.0 - a) * S0 + a * np.diag(np.diag(S0))
     # A floor keeps S0 positive definite when some features barely vary.
     floor = 1e-3 * max(float(np.mean(np.diag(S0))), 1e-12)
     S0[np.diag_indices_from(S0)] += floor
     return m0, S0
+
+
+def lowrank_initial_params(
+    x: np.ndarray, y: np.ndarray, num_classes: int, *, S0: np.ndarray, prior_strength: float, shrinkage: float, rank: int
+) -> dict[str, np.ndarray]:
+    """Per-class probabilistic-PCA starting point for the low-rank guide.
+
+    Each class's covariance is estimated as ``(shrinkage·S0 + scatter_c) /
+    (shrinkage + n_c)`` (the same pull toward the pooled covariance as the
+    prior) and factorised as in Tipping & Bishop (1999): the top ``rank``
+    eigenvectors scaled by ``sqrt(λ - ψ̄)``, the remaining variance on the
+    diagonal. SVI then refines the posterior from there instead of walking
+    from the pooled factors, which cuts the steps needed by a factor of
+    several on images. Cost: one dense d × d eigendecomposition per class.
+
+    Returns
+    -------
+    dict
+        ``loc_loc`` (C, d), ``cov_factor_loc`` (C, d, r) and ``cov_diag_loc``
+        (C, d, log scale): guide parameter values.
+    """
+    C, d = num_classes, x.shape[1]
+    m0 = x.mean(axis=0)
+    loc = np.empty((C, d))
+    W = np.empty((C, d, rank))
+    log_psi = np.empty((C, d))
+    for c in range(C):
+        xc = x[y == c]
+        n = len(xc)
+        mean = xc.mean(axis=0) if n else m0
+        loc[c] = (prior_strength * m0 + n * mean) / (prior_strength + n)
+        scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
+        Sc = (shrinkage * S0 + scatter) / max(shrinkage + n, 1e-12)
+        evals, evecs = np.linalg.eigh(Sc)
+        evals, evecs = evals[::-1], evecs[:, ::-1]
+        psi = max(float(np.clip(evals[rank:], 0, None).mean()) if d > rank else 0.0, 1e-6)
+        W[c] = evecs[:, :rank] * np.sqrt(np.clip(evals[:rank] - psi, 1e-12, None))
+        var = np.diag(Sc)
+        log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
+    return {"loc_loc": loc, "cov_factor_loc": W, "cov_diag_loc": log_psi}
 
 
 def prior_parameters(
@@ -353,6 +439,8 @@ def exact_posterior(
     class_concentration: float = 1.0,
     prior_strength: float = 1.0,
     shrinkage: float = 10.0,
+    pooled_shrinkage: float | str = "auto",
+    pooled: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Closed-form posterior of the conjugate structures.
 
@@ -364,6 +452,10 @@ def exact_posterior(
     covariance : {"diag", "full"}
     class_concentration, prior_strength, shrinkage : float
         As in :class:`GaussianGenerator`.
+    pooled_shrinkage : "auto" or float
+        As in :func:`pooled_statistics`.
+    pooled : (m0, S0), optional
+        Pooled statistics already computed by :func:`pooled_statistics`.
 
     Returns
     -------
@@ -375,7 +467,7 @@ def exact_posterior(
         ``scale`` (C, d, d) of the Wishart posterior, ``precision_mean`` =
         df·scale and ``loc_cov`` (C, d, d) the marginal covariance of each location.
     """
-    m0, S0 = pooled_statistics(x, y, num_classes)
+    m0, S0 = pooled if pooled is not None else pooled_statistics(x, y, num_classes, pooled_shrinkage=pooled_shrinkage)
     d = x.shape[1]
     counts = np.bincount(y, minlength=num_classes).astype(float)
     out: dict[str, np.ndarray] = {"weights_concentration": class_concentration + counts}
@@ -541,6 +633,13 @@ class GaussianGenerator(BayesianEstimator):
         κ0: pseudo-rows pulling each class mean toward the pooled mean.
     shrinkage : float, default 10.0
         Pseudo-rows pulling each class covariance toward the pooled one.
+    pooled_shrinkage : "auto" or float in [0, 1], default "auto"
+        Shrinkage of the pooled covariance itself toward its diagonal
+        (Ledoit-Wolf intensity by default; see :func:`pooled_statistics`).
+    init : {"pca", "prior"}, default "pca"
+        Starting point of the "lowrank" guide: each class's probabilistic PCA
+        (:func:`lowrank_initial_params`; several times fewer steps) or the
+        prior's centre (every class equal to the pooled factors).
     constant_features : {"error", "keep"}, default "error"
         What to do with features constant in the training data.
     clip : (float, float), optional
@@ -597,6 +696,8 @@ class GaussianGenerator(BayesianEstimator):
         class_concentration: float = 1.0,
         prior_strength: float = 1.0,
         shrinkage: float = 10.0,
+        pooled_shrinkage: float | str = "auto",
+        init: Literal["pca", "prior"] = "pca",
         constant_features: Literal["error", "keep"] = "error",
         clip: tuple[float, float] | None = None,
         num_steps: int = 2000,
@@ -617,6 +718,8 @@ class GaussianGenerator(BayesianEstimator):
         self.class_concentration = class_concentration
         self.prior_strength = prior_strength
         self.shrinkage = shrinkage
+        self.pooled_shrinkage = pooled_shrinkage
+        self.init = init
         self.constant_features = constant_features
         self.clip = clip
         self.num_steps = num_steps
@@ -646,6 +749,11 @@ class GaussianGenerator(BayesianEstimator):
                 "covariance='full' is fitted with its exact conjugate posterior: use method='exact' "
                 "(SVI with a Wishart guide is numerically unstable), or covariance='lowrank' for SVI"
             )
+        if self.init not in ("pca", "prior"):
+            raise ValueError(f"init must be 'pca' or 'prior', got {self.init!r}")
+        ps = self.pooled_shrinkage
+        if not (ps == "auto" or (isinstance(ps, (int, float)) and not isinstance(ps, bool) and 0.0 <= float(ps) <= 1.0)):
+            raise ValueError(f"pooled_shrinkage must be 'auto' or a number in [0, 1], got {ps!r}")
         if self.constant_features not in ("error", "keep"):
             raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
         for name in ("class_concentration", "prior_strength"):
@@ -725,14 +833,15 @@ class GaussianGenerator(BayesianEstimator):
         # rates and priors mean the same for pixels, dollars or z-scores. A feature
         # constant within every class (but not overall) keeps its overall sd.
         self._shift = raw.mean(axis=0)
-        within = np.sqrt(np.diag(pooled_statistics(raw, index, len(found))[1]))
+        class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(found))])
+        within = np.sqrt(((raw - class_means[index]) ** 2).sum(axis=0) / max(len(raw) - len(found), 1))
         self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
         xv = (raw - self._shift) / self._scale
         # Wishart draws of a d x d precision are often singular in float32.
         dtype = torch.float64 if self.covariance == "full" else torch.get_default_dtype()
         self._x = torch.as_tensor(xv, dtype=dtype, device=self.device_)
         self._y = torch.as_tensor(index, dtype=torch.int64, device=self.device_)
-        m0, S0 = pooled_statistics(xv, index, len(found))
+        m0, S0 = self._pooled = pooled_statistics(xv, index, len(found), pooled_shrinkage=self.pooled_shrinkage)
         self._prior = prior_parameters(
             m0,
             S0,
@@ -749,6 +858,13 @@ class GaussianGenerator(BayesianEstimator):
             return self
         # A batch as large as the data is no minibatch: fit on all rows every step.
         minibatch = self.batch_size is not None and int(self.batch_size) < len(xv)
+        initial = None
+        if self.covariance == "lowrank" and self.init == "pca":
+            start = lowrank_initial_params(
+                xv, index, len(found), S0=S0, prior_strength=float(self.prior_strength),
+                shrinkage=float(self.shrinkage), rank=int(self.rank),
+            )
+            initial = {k: self._x.new_tensor(v) for k, v in start.items()}
         with _quiet_wishart():
             self._run_svi(
                 self._x,
@@ -756,6 +872,7 @@ class GaussianGenerator(BayesianEstimator):
                 hyper=self._prior,
                 covariance=self.covariance,
                 num_classes=len(found),
+                init=initial,
                 data_size=len(xv) if minibatch else None,
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
@@ -774,6 +891,7 @@ class GaussianGenerator(BayesianEstimator):
             class_concentration=float(self.class_concentration),
             prior_strength=float(self.prior_strength),
             shrinkage=float(self.shrinkage),
+            pooled=self._pooled,
         )
         self.exact_ = post
         t = self._x.new_tensor
