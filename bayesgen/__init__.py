@@ -6,6 +6,7 @@ The public API is re-exported here; see the README for a tour.
 __version__ = "0.1.0"
 
 from bayesgen.arviz import summary, to_datatree  # noqa: E402
+from bayesgen.augment import augment  # noqa: E402
 from bayesgen.infer import (  # noqa: E402
     CheckpointError,
     ConvergenceCheck,
@@ -14,8 +15,8 @@ from bayesgen.infer import (  # noqa: E402
     SVIResult,
     run_svi,
 )
-from bayesgen.augment import augment  # noqa: E402
 from bayesgen.models import (  # noqa: E402
+    VAE,
     BayesianEstimator,
     BetaBinomialTest,
     GaussianGenerator,
@@ -34,6 +35,7 @@ __all__ = [
     "NonFiniteLossError",
     "NotFittedError",
     "SVIResult",
+    "VAE",
     "__version__",
     "augment",
     "run_svi",

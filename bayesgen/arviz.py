@@ -334,18 +334,24 @@ def to_datatree(
 
 
 def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]]) -> dict:
-    """Keep user dims only where their length matches the variable's rank, and say so otherwise."""
+    """Check user dims against the variables' ranks, and say clearly when they cannot fit.
+
+    A site's log-likelihood has its event dims summed away, so it may use only
+    the leading names (ArviZ does that); the dims must fit the largest rank.
+    """
     out: dict[str, list[str]] = {}
     for name, names in dims.items():
-        for group, values in groups.items():
-            if name not in values:
-                continue
-            rank = values[name].ndim - (0 if group == "observed_data" else 2)
-            if len(names) > rank:
-                raise ValueError(
-                    f"dims[{name!r}] = {list(names)} names {len(names)} dimensions, but the "
-                    f"site {name!r} has {rank} in group {group!r}"
-                )
+        ranks = {
+            group: values[name].ndim - (0 if group == "observed_data" else 2)
+            for group, values in groups.items()
+            if name in values
+        }
+        if ranks and len(names) > max(ranks.values()):
+            group, rank = max(ranks.items(), key=lambda kv: kv[1])
+            raise ValueError(
+                f"dims[{name!r}] = {list(names)} names {len(names)} dimensions, but the "
+                f"site {name!r} has {rank} in group {group!r}"
+            )
         out[name] = list(names)
     return out
 

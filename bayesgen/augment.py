@@ -113,7 +113,13 @@ def augment(
     labels = np.asarray(y)
     if hasattr(generator, "fit") and not hasattr(generator, "losses_"):
         generator.fit(X, labels)
-    classes = list(getattr(generator, "classes_", np.unique(labels)))
+    if getattr(generator, "conditional", True) is False:
+        raise ValueError(
+            f"{type(generator).__name__} is not conditional: it cannot make rows of a chosen class; "
+            "fit it with conditional=True (and labels) to use it for augmentation"
+        )
+    classes = getattr(generator, "classes_", None)
+    classes = list(np.unique(labels) if classes is None else classes)
     counts = _per_class(n_per_class, classes)
     parts_x, parts_y = [], []
     for offset, (label, n) in enumerate(counts.items()):

@@ -14,7 +14,7 @@ import pyro
 import pytest
 import torch
 
-from bayesgen import BayesianEstimator, BetaBinomialTest, GaussianGenerator, ModelFileError, NotFittedError
+from bayesgen import VAE, BayesianEstimator, BetaBinomialTest, GaussianGenerator, ModelFileError, NotFittedError
 from bayesgen.datasets import load_digits
 
 
@@ -38,6 +38,16 @@ def _gen_bad(est):
     return est.fit(X, y[:100])
 
 
+def _vae_fit(est):
+    X, y = load_digits()
+    return est.fit(X[:512], y[:512])
+
+
+def _vae_bad(est):
+    X, y = load_digits()
+    return est.fit(X[:100] * 16, y[:100])  # raw 0..16 pixels under a Bernoulli likelihood
+
+
 ESTIMATORS = [
     pytest.param(
         lambda seed=0: BetaBinomialTest(num_steps=300, seed=seed, average_last=50),
@@ -53,6 +63,13 @@ ESTIMATORS = [
         _gen_bad,
         {"loc": ("class", "feature"), "cov_factor": ("class", "feature", "factor")},
         id="gaussian_generator",
+    ),
+    pytest.param(
+        lambda seed=0: VAE(latent_dim=3, hidden_dims=(32,), conditional=True, num_epochs=2, batch_size=64, seed=seed),
+        _vae_fit,
+        _vae_bad,
+        {"z": ("row", "latent")},
+        id="vae",
     ),
 ]
 

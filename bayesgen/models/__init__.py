@@ -3,5 +3,6 @@
 from bayesgen.models._base import BayesianEstimator, ModelFileError, NotFittedError
 from bayesgen.models.ab_test import BetaBinomialTest
 from bayesgen.models.gaussian_generator import GaussianGenerator
+from bayesgen.models.vae import VAE
 
-__all__ = ["BayesianEstimator", "BetaBinomialTest", "GaussianGenerator", "ModelFileError", "NotFittedError"]
+__all__ = ["BayesianEstimator", "BetaBinomialTest", "GaussianGenerator", "ModelFileError", "NotFittedError", "VAE"]

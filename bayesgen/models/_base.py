@@ -90,9 +90,14 @@ class BayesianEstimator:
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
         data_size: int | None = None,
+        num_steps: int | None = None,
         **kwargs: Any,
     ) -> SVIResult:
-        """Fit the estimator's model/guide with its inference hyperparameters."""
+        """Fit the estimator's model/guide with its inference hyperparameters.
+
+        ``num_steps`` overrides ``self.num_steps`` (estimators that count epochs).
+        """
+        num_steps = int(self.num_steps if num_steps is None else num_steps)
         model, guide = self._model_and_guide()
         state: dict = {"params": {}, "constraints": {}}
         convergence = None
@@ -108,7 +113,7 @@ class BayesianEstimator:
             model,
             guide,
             *args,
-            num_steps=self.num_steps,
+            num_steps=num_steps,
             learning_rate=self.learning_rate,
             optimizer=getattr(self, "optimizer", "adam"),
             lr_schedule=getattr(self, "lr_schedule", None),
@@ -127,7 +132,7 @@ class BayesianEstimator:
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
-            average_last=min(int(getattr(self, "average_last", 0)), int(self.num_steps) // 2),
+            average_last=min(int(getattr(self, "average_last", 0)), num_steps // 2),
             **kwargs,
         )
         self._param_state = result.param_state
@@ -293,16 +298,17 @@ class BayesianEstimator:
         return est
 
     def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
-        """Recreate the guide's parameters (with their constraints), then set the saved values."""
+        """Recreate the parameters of guide and model (with constraints), then set the saved values."""
         model, guide = self._model_and_guide()
         args, kwargs = self._model_args()
         state: dict = {"params": {}, "constraints": {}}
         with param_scope(state), torch.random.fork_rng():
             with poutine.block():
-                guide(*args, **kwargs)
+                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+                poutine.replay(model, trace=guide_trace)(*args, **kwargs)
             store = pyro.get_param_store()
             if set(store.keys()) != set(saved):
-                raise KeyError(f"saved parameters {sorted(saved)} but the guide makes {sorted(store.keys())}")
+                raise KeyError(f"saved parameters {sorted(saved)} but model and guide make {sorted(store.keys())}")
             with torch.no_grad():
                 for name, value in saved.items():
                     store.get_param(name).unconstrained().copy_(value.to(self.device_))
