@@ -91,11 +91,13 @@ class BayesianEstimator:
         resume: bool | PathLikeStr = False,
         data_size: int | None = None,
         num_steps: int | None = None,
+        learning_rate: float | None = None,
         **kwargs: Any,
     ) -> SVIResult:
         """Fit the estimator's model/guide with its inference hyperparameters.
 
-        ``num_steps`` overrides ``self.num_steps`` (estimators that count epochs).
+        ``num_steps`` and ``learning_rate`` override the attributes of the same
+        name (estimators that count epochs, or resolve an "auto" setting).
         """
         num_steps = int(self.num_steps if num_steps is None else num_steps)
         model, guide = self._model_and_guide()
@@ -114,7 +116,7 @@ class BayesianEstimator:
             guide,
             *args,
             num_steps=num_steps,
-            learning_rate=self.learning_rate,
+            learning_rate=float(self.learning_rate if learning_rate is None else learning_rate),
             optimizer=getattr(self, "optimizer", "adam"),
             lr_schedule=getattr(self, "lr_schedule", None),
             final_lr_factor=getattr(self, "final_lr_factor", 0.1),
