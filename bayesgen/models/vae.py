@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -58,8 +57,7 @@ from torch import nn
 
 from bayesgen._runtime import resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
-from bayesgen.infer import param_scope
-from bayesgen.models._base import BayesianEstimator
+from bayesgen.models._neural import NeuralEstimator
 
 __all__ = ["VAE", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "model", "guide", "iwae_bound"]
 
@@ -342,7 +340,7 @@ def _bind(fn: Any, conditional: bool, **fixed: Any) -> Any:
 
 
 # --------------------------------------------------------------- estimator
-class VAE(BayesianEstimator):
+class VAE(NeuralEstimator):
     """Variational autoencoder, optionally conditional on a class label.
 
     Parameters
@@ -638,66 +636,21 @@ class VAE(BayesianEstimator):
         with seeded(self.seed, self.device_):
             self._build_networks()
 
-        steps_per_epoch = len(x_tr) // int(self.batch_size)
-        num_steps = steps_per_epoch * int(self.num_epochs)
-        history: list[dict[str, float]] = []
-        best = {"elbo": -math.inf, "epoch": 0, "state": None}
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
+        validate = None
+        if x_val is not None:
+            def validate() -> float:
+                return self._mean_elbo(x_val, y_val_t)
 
-            bar = tqdm(total=int(self.num_epochs), desc="VAE", unit="epoch", dynamic_ncols=True)
-        losses_so_far: list[float] = []
-
-        def end_of_epoch(step: int, loss: float) -> bool:
-            losses_so_far.append(loss)
-            if (step + 1) % steps_per_epoch:
-                return False
-            epoch = (step + 1) // steps_per_epoch
-            recent = losses_so_far[-steps_per_epoch:]
-            row = {"epoch": epoch, "train_elbo": -float(np.mean(recent)) / len(x_tr)}
-            stop = False
-            if x_val is not None:
-                row["val_elbo"] = float(self._mean_elbo(x_val, y_val_t))
-                if row["val_elbo"] > best["elbo"]:
-                    best.update(elbo=row["val_elbo"], epoch=epoch, state=self._snapshot())
-                elif self.patience is not None and epoch - best["epoch"] >= int(self.patience):
-                    stop = True
-            row["seconds"] = time.perf_counter() - start
-            history.append(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("elbo")})
-            return stop
-
-        start = time.perf_counter()
-        try:
-            self._run_svi(
-                *((x_tr, y_tr) if self.conditional else (x_tr,)),
-                num_steps=num_steps,
-                data_size=len(x_tr),
-                checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                callback=end_of_epoch,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        self._sync_networks()
-        if best["state"] is not None and best["epoch"] != (history[-1]["epoch"] if history else 0):
-            self._restore(best["state"])
-        self.best_epoch_ = int(best["epoch"]) if best["state"] is not None else (history[-1]["epoch"] if history else 0)
-        self.history_ = pd.DataFrame(history)
-        self.losses_ = self.losses_ / len(x_tr)
-        self.fit_seconds_ = time.perf_counter() - start
-        self.seconds_per_epoch_ = self.fit_seconds_ / max(len(history), 1)
+        self._train_epochs(
+            *((x_tr, y_tr) if self.conditional else (x_tr,)),
+            n_train=len(x_tr),
+            validate=validate,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            desc="VAE",
+        )
         return self
-
-    @property
-    def loss(self) -> str:
-        """The ELBO the runner uses (``jit`` picks ``JitTrace_ELBO``)."""
-        return "jit_trace" if self.jit else "trace"
 
     def _resolve_image_shape(self, shape: tuple[int, int] | None, d: int) -> tuple[int, int] | None:
         if self.image_shape is not None:
@@ -715,40 +668,18 @@ class VAE(BayesianEstimator):
                 raise ValueError(f"architecture='conv' needs image sides that are multiples of 4, got {shape}")
         return shape
 
-    # ------------------------------------------------------- parameter state
-    def _sync_networks(self) -> None:
-        """Point the networks at the estimator's parameter tensors (after fit or load)."""
-        with param_scope(self._param_state):
-            pyro.module("encoder", self.encoder_)
-            pyro.module("decoder", self.decoder_)
-            if self.gaussian_scale_ is not None:
-                pyro.module("gaussian_scale", self.gaussian_scale_)
-
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        store = pyro.get_param_store()
-        return {name: store.get_param(name).unconstrained().detach().clone() for name in store.keys()}
-
-    def _restore(self, snap: dict[str, torch.Tensor]) -> None:
-        with param_scope(self._param_state), torch.no_grad():
-            store = pyro.get_param_store()
-            for name, value in snap.items():
-                store.get_param(name).unconstrained().copy_(value)
-        self._sync_networks()
-
-    def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
-        state = super()._rebuild_param_state(saved)
-        self._param_state = state
-        self._sync_networks()
-        return state
+    def _networks(self) -> dict[str, nn.Module]:
+        nets = {"encoder": self.encoder_, "decoder": self.decoder_}
+        if self.gaussian_scale_ is not None:
+            nets["gaussian_scale"] = self.gaussian_scale_
+        return nets
 
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = {
             "n_features_": int(self.n_features_),
             "image_shape_": list(self.image_shape_) if self.image_shape_ else None,
             "classes_": self.classes_.tolist() if self.classes_ is not None else None,
-            "best_epoch_": int(self.best_epoch_),
-            "history_": self.history_.to_dict("list"),
-            "seconds_per_epoch_": float(self.seconds_per_epoch_),
+            **self._history_meta(),
         }
         n = min(len(self._x), 256)  # a few rows for to_arviz after loading, not the data set
         tensors = {"x": self._x[:n].detach().cpu()}
@@ -761,9 +692,7 @@ class VAE(BayesianEstimator):
         self.image_shape_ = tuple(meta["image_shape_"]) if meta["image_shape_"] else None
         self.classes_ = np.asarray(meta["classes_"]) if meta["classes_"] is not None else None
         self.num_classes_ = len(self.classes_) if self.classes_ is not None else 0
-        self.best_epoch_ = int(meta["best_epoch_"])
-        self.history_ = pd.DataFrame(meta["history_"])
-        self.seconds_per_epoch_ = float(meta["seconds_per_epoch_"])
+        self._set_history_meta(meta)
         self._x = tensors["x"].to(self.device_)
         self._y = tensors["y"].to(self.device_) if "y" in tensors else None
         self._arviz_rows = slice(0, min(64, len(self._x)))
@@ -794,6 +723,12 @@ class VAE(BayesianEstimator):
             )
         return torch.cat(out)
 
+    def _inputs(self, X: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Checked rows on the device and their class indices (None for an unconditional VAE)."""
+        self._check_fitted()
+        x = self._check_new_x(X)
+        return x, (self._labels_to_index(y, len(x)) if self.conditional or y is not None else None)
+
     def elbo(self, X: Any, y: Any = None, *, num_samples: int = 1, seed: int | None = 0) -> np.ndarray:
         """ELBO of every row (nats), averaged over ``num_samples`` draws of z.
 
@@ -809,9 +744,7 @@ class VAE(BayesianEstimator):
         -------
         numpy.ndarray, shape (n_rows,)
         """
-        self._check_fitted()
-        x = self._check_new_x(X)
-        yi = self._labels_to_index(y, len(x)) if self.conditional or y is not None else None
+        x, yi = self._inputs(X, y)
         with seeded(seed, self.device_):
             vals = torch.stack([self._bound(x, yi, 1) for _ in range(int(num_samples))]).mean(0)
         return to_numpy(vals)
@@ -835,11 +768,9 @@ class VAE(BayesianEstimator):
         -------
         numpy.ndarray, shape (n_rows,)
         """
-        self._check_fitted()
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        x = self._check_new_x(X)
-        yi = self._labels_to_index(y, len(x)) if self.conditional or y is not None else None
+        x, yi = self._inputs(X, y)
         with seeded(seed, self.device_):
             return to_numpy(self._bound(x, yi, int(num_samples)))
 
@@ -865,8 +796,7 @@ class VAE(BayesianEstimator):
             x = self._x[self._arviz_rows]
             yi = self._y[self._arviz_rows] if self._y is not None else None
         else:
-            x = self._check_new_x(X)
-            yi = self._labels_to_index(y, len(x)) if self.conditional or y is not None else None
+            x, yi = self._inputs(X, y)
         with torch.no_grad(), seeded(seed, self.device_):
             loc, scale = self.encoder_(x, _onehot(yi, self.num_classes_, x))
             z = dist.Normal(loc, scale).sample((int(num_samples),))
@@ -880,9 +810,7 @@ class VAE(BayesianEstimator):
         -------
         loc, scale : numpy.ndarray, shape (n_rows, latent_dim)
         """
-        self._check_fitted()
-        x = self._check_new_x(X)
-        yi = self._labels_to_index(y, len(x)) if self.conditional or y is not None else None
+        x, yi = self._inputs(X, y)
         loc, scale = self.encoder_(x, _onehot(yi, self.num_classes_, x))
         return to_numpy(loc), to_numpy(scale)
 
@@ -1016,8 +944,6 @@ class VAE(BayesianEstimator):
         -------
         xarray.DataTree
         """
-        import xarray as xr
-
         self._check_fitted()
         if rows is not None:
             self._arviz_rows = rows if isinstance(rows, slice) else torch.as_tensor(np.asarray(rows), device=self.device_)
@@ -1025,16 +951,7 @@ class VAE(BayesianEstimator):
             tree = super().to_arviz(num_samples, seed=seed, prior=prior)
         finally:
             self._arviz_rows = slice(0, min(64, len(self._x)))
-        loss = xr.Dataset(
-            {"loss": ("step", np.asarray(self.losses_, dtype=float))},
-            coords={"step": np.arange(len(self.losses_))},
-        )
-        for col in ("train_elbo", "val_elbo"):
-            if col in self.history_:
-                loss[col] = ("epoch", self.history_[col].to_numpy(float))
-        if "epoch" in self.history_:
-            loss = loss.assign_coords(epoch=self.history_["epoch"].to_numpy())
-        tree["loss_history"] = xr.DataTree(dataset=loss)
+        tree["loss_history"] = self._loss_history_tree()
         return tree
 
     def _arviz_dims(self) -> tuple[dict, dict]:

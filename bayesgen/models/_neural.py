@@ -1,0 +1,207 @@
+"""Shared base of the estimators whose guide (and model) hold neural networks.
+
+The VAE and ProdLDA train by epochs of minibatch SVI through the shared runner
+(:func:`bayesgen.infer.run_svi`), report a per-epoch training and validation
+ELBO, stop early on the validation ELBO and keep the best epoch's weights. The
+networks' weights live in the estimator's own parameter state (registered with
+``pyro.module``), and their buffers (batch-norm running statistics) are saved
+with the model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from torch import nn
+
+from bayesgen._typing import PathLikeStr
+from bayesgen.infer import param_scope
+from bayesgen.models._base import BayesianEstimator
+
+__all__ = ["NeuralEstimator"]
+
+
+class NeuralEstimator(BayesianEstimator):
+    """Epoch-based SVI training for model/guide pairs with networks.
+
+    Subclasses implement ``_networks()`` (name → module, the names used in
+    ``pyro.module``) and read ``num_epochs``, ``batch_size``, ``patience`` and
+    ``progress`` from their hyperparameters.
+    """
+
+    def _networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def _set_training(self, training: bool) -> None:
+        for net in self._networks().values():
+            net.train(training)
+
+    # ------------------------------------------------------ parameter state
+    def _sync_networks(self) -> None:
+        """Point the networks at the estimator's parameter tensors (after fit or load)."""
+        with param_scope(self._param_state):
+            for name, net in self._networks().items():
+                pyro.module(name, net)
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        store = pyro.get_param_store()
+        snap = {name: store.get_param(name).unconstrained().detach().clone() for name in store}
+        snap.update({f"buffer:{k}": v.clone() for k, v in self._buffers().items()})
+        return snap
+
+    def _restore(self, snap: dict[str, torch.Tensor]) -> None:
+        with param_scope(self._param_state), torch.no_grad():
+            store = pyro.get_param_store()
+            for name, value in snap.items():
+                if not name.startswith("buffer:"):
+                    store.get_param(name).unconstrained().copy_(value)
+        self._sync_networks()
+        self._load_buffers({k[7:]: v for k, v in snap.items() if k.startswith("buffer:")})
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        return {
+            f"{name}.{key}": value.detach()
+            for name, net in self._networks().items()
+            for key, value in net.named_buffers()
+        }
+
+    def _load_buffers(self, buffers: dict[str, torch.Tensor]) -> None:
+        nets = self._networks()
+        with torch.no_grad():
+            for full, value in buffers.items():
+                name, key = full.split(".", 1)
+                target = dict(nets[name].named_buffers())[key]
+                target.copy_(value.to(target.device))
+
+    def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
+        self._set_training(False)
+        state = super()._rebuild_param_state(saved)
+        self._param_state = state
+        self._sync_networks()
+        return state
+
+    def _network_state(self) -> dict[str, torch.Tensor]:
+        """Buffers to save next to the parameters (``buffer.<net>.<name>``)."""
+        return {f"buffer.{k}": v.cpu() for k, v in self._buffers().items()}
+
+    def _load_network_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._load_buffers({k[7:]: v for k, v in tensors.items() if k.startswith("buffer.")})
+
+    # -------------------------------------------------------------- training
+    def _train_epochs(
+        self,
+        *args: torch.Tensor,
+        n_train: int,
+        validate: Callable[[], float] | None,
+        checkpoint: PathLikeStr | None,
+        checkpoint_every: int | None,
+        resume: bool | PathLikeStr,
+        desc: str,
+    ) -> None:
+        """Run ``num_epochs`` epochs of minibatch SVI with per-epoch bookkeeping.
+
+        ``validate()`` returns the mean validation ELBO per row (higher is
+        better); with ``patience`` set, training stops after that many epochs
+        without improvement and the best epoch's weights are restored. Sets
+        ``history_``, ``best_epoch_``, ``losses_`` (per row), ``fit_seconds_``
+        and ``seconds_per_epoch_``.
+        """
+        steps_per_epoch = n_train // int(self.batch_size)
+        num_steps = steps_per_epoch * int(self.num_epochs)
+        history: list[dict[str, float]] = []
+        best: dict[str, Any] = {"elbo": -math.inf, "epoch": 0, "state": None}
+        recent: list[float] = []
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=int(self.num_epochs), desc=desc, unit="epoch", dynamic_ncols=True)
+        start = time.perf_counter()
+
+        def end_of_epoch(step: int, loss: float) -> bool:
+            recent.append(loss)
+            if (step + 1) % steps_per_epoch:
+                return False
+            epoch = (step + 1) // steps_per_epoch
+            row = {"epoch": epoch, "train_elbo": -float(np.mean(recent[-steps_per_epoch:])) / n_train}
+            stop = False
+            if validate is not None:
+                self._set_training(False)
+                try:
+                    row["val_elbo"] = float(validate())
+                finally:
+                    self._set_training(True)
+                if row["val_elbo"] > best["elbo"]:
+                    best.update(elbo=row["val_elbo"], epoch=epoch, state=self._snapshot())
+                elif self.patience is not None and epoch - best["epoch"] >= int(self.patience):
+                    stop = True
+            row["seconds"] = time.perf_counter() - start
+            history.append(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("elbo")})
+            return stop
+
+        self._set_training(True)
+        try:
+            self._run_svi(
+                *args,
+                num_steps=num_steps,
+                data_size=n_train,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                callback=end_of_epoch,
+            )
+        finally:
+            self._set_training(False)
+            if bar is not None:
+                bar.close()
+        self._sync_networks()
+        last = history[-1]["epoch"] if history else 0
+        if best["state"] is not None and best["epoch"] != last:
+            self._restore(best["state"])
+        self.best_epoch_ = int(best["epoch"]) if best["state"] is not None else int(last)
+        self.history_ = pd.DataFrame(history)
+        self.losses_ = self.losses_ / n_train
+        self.fit_seconds_ = time.perf_counter() - start
+        self.seconds_per_epoch_ = self.fit_seconds_ / max(len(history), 1)
+
+    def _history_meta(self) -> dict[str, Any]:
+        return {
+            "best_epoch_": int(self.best_epoch_),
+            "history_": self.history_.to_dict("list"),
+            "seconds_per_epoch_": float(self.seconds_per_epoch_),
+        }
+
+    def _set_history_meta(self, meta: dict[str, Any]) -> None:
+        self.best_epoch_ = int(meta["best_epoch_"])
+        self.history_ = pd.DataFrame(meta["history_"])
+        self.seconds_per_epoch_ = float(meta["seconds_per_epoch_"])
+
+    def _loss_history_tree(self) -> Any:
+        """The loss per step and the per-epoch ELBOs, as an xarray DataTree node."""
+        import xarray as xr
+
+        loss = xr.Dataset(
+            {"loss": ("step", np.asarray(self.losses_, dtype=float))},
+            coords={"step": np.arange(len(self.losses_))},
+        )
+        if "epoch" in self.history_:
+            loss = loss.assign_coords(epoch=self.history_["epoch"].to_numpy())
+            for col in ("train_elbo", "val_elbo"):
+                if col in self.history_:
+                    loss[col] = ("epoch", self.history_[col].to_numpy(float))
+        return xr.DataTree(dataset=loss)
+
+    @property
+    def loss(self) -> str:
+        """The ELBO the runner uses (``jit=True`` picks ``JitTrace_ELBO``)."""
+        return "jit_trace" if getattr(self, "jit", False) else "trace"

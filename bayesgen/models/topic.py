@@ -1,0 +1,708 @@
+"""Neural topic model: ProdLDA (Srivastava & Sutton 2017).
+
+Generative story, for documents d = 1..D over a vocabulary of V words and K topics::
+
+    logtheta_d  ~ Normal(μ0, σ0²)              (Laplace approximation to Dirichlet(α))
+    theta_d     = softmax(logtheta_d)          (topic proportions)
+    words_d     ~ Multinomial(N_d, softmax(BN(β theta_d)))
+
+β (K × V) are the topic-word weights: unlike LDA's mixture of topic
+distributions, the word distribution is a *product of experts* (the topics'
+log-weights add before the softmax), which gives sharper, more coherent topics.
+The Laplace approximation of a symmetric Dirichlet(α) in the softmax basis is
+μ0 = 0 and σ0² = (1/α)(1 − 1/K). The guide is an inference network:
+logtheta_d ~ Normal(encoder(words_d)) with two softplus layers, dropout and
+batch-normalised outputs, as in the paper. β is a point estimate.
+
+Training is minibatch SVI (Trace_ELBO) over documents through the shared
+runner, with the counts resident on the device — dense, or sparse with each
+batch densified on the device (``sparse="auto"`` picks by size; dense was
+faster at 3,000 × 5,000 on CPU) — and Adam (its β1 is a setting; the paper's
+0.99 is available).
+
+References
+----------
+Srivastava & Sutton (2017), Autoencoding variational inference for topic models. ICLR.
+Lau, Newman & Baldwin (2014), Machine reading tea leaves (NPMI coherence).
+Dieng, Ruiz & Blei (2020), Topic modeling in embedding spaces (topic diversity).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import constraints
+
+from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._typing import DeviceLike, PathLikeStr
+from bayesgen.models._neural import NeuralEstimator
+from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
+
+__all__ = ["DocumentMultinomial", "DocumentTopics", "ProdLDA", "TopicDecoder", "TopicEncoder", "guide", "model"]
+
+#: Keep counts dense on the device below this many matrix cells (else sparse).
+DENSE_CELL_LIMIT = 50_000_000
+
+
+# ------------------------------------------------------------- distribution
+class DocumentMultinomial(dist.TorchDistribution):
+    """Multinomial with a per-document total (the document's length).
+
+    ``log_prob(x) = log N! − Σ log x_w! + Σ x_w log p_w`` with ``N = Σ x_w``.
+
+    Parameters
+    ----------
+    probs : Tensor, shape (..., n_words)
+    total_count : Tensor, shape (...)
+    """
+
+    arg_constraints = {"probs": constraints.simplex}  # noqa: RUF012
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+
+    def __init__(self, probs: torch.Tensor, total_count: torch.Tensor, validate_args: bool | None = None) -> None:
+        self.probs = probs
+        self.total_count = total_count.expand(probs.shape[:-1])
+        super().__init__(probs.shape[:-1], probs.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape: torch.Size, _instance: Any = None) -> DocumentMultinomial:
+        batch_shape = torch.Size(batch_shape)
+        return DocumentMultinomial(
+            self.probs.expand(batch_shape + self.event_shape), self.total_count.expand(batch_shape)
+        )
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        n = value.sum(-1)
+        coef = torch.lgamma(n + 1) - torch.lgamma(value + 1).sum(-1)
+        return coef + torch.xlogy(value, self.probs).sum(-1)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        shape = torch.Size(sample_shape) + self.batch_shape
+        probs = self.probs.expand(shape + self.event_shape).reshape(-1, self.event_shape[0])
+        totals = self.total_count.expand(shape).reshape(-1).long()
+        n_max = int(totals.max()) if totals.numel() else 0
+        out = torch.zeros_like(probs)
+        if n_max > 0:
+            words = torch.multinomial(probs, n_max, replacement=True)
+            keep = torch.arange(n_max, device=probs.device) < totals[:, None]
+            out.scatter_add_(1, words, keep.to(out.dtype))
+        return out.reshape(shape + self.event_shape)
+
+
+# ------------------------------------------------------------------ networks
+class TopicEncoder(nn.Module):
+    """Word counts → (loc, scale) of q(logtheta | words): ProdLDA's inference network.
+
+    Parameters
+    ----------
+    vocab_size, num_topics, hidden_dim : int
+    dropout : float
+    """
+
+    def __init__(self, vocab_size: int, num_topics: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(vocab_size, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, hidden_dim)
+        self.drop = nn.Dropout(dropout)
+        self.fc_loc = nn.Linear(hidden_dim, num_topics)
+        self.fc_logvar = nn.Linear(hidden_dim, num_topics)
+        # Batch norm without scale and shift keeps the outputs from collapsing early on.
+        self.bn_loc = nn.BatchNorm1d(num_topics, affine=False)
+        self.bn_logvar = nn.BatchNorm1d(num_topics, affine=False)
+
+    def forward(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.drop(F.softplus(self.fc2(F.softplus(self.fc1(counts)))))
+        loc = self.bn_loc(self.fc_loc(h))
+        logvar = self.bn_logvar(self.fc_logvar(h))
+        return loc, (0.5 * logvar).exp()
+
+
+class TopicDecoder(nn.Module):
+    """Topic proportions → word probabilities: softmax(BN(β theta)), a product of experts."""
+
+    def __init__(self, vocab_size: int, num_topics: int, dropout: float) -> None:
+        super().__init__()
+        self.beta = nn.Linear(num_topics, vocab_size, bias=False)
+        self.bn = nn.BatchNorm1d(vocab_size, affine=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        lead = theta.shape[:-1]
+        h = self.bn(self.beta(self.drop(theta.reshape(-1, theta.shape[-1]))))
+        return F.softmax(h, dim=-1).reshape(*lead, -1)
+
+    def topic_word(self) -> torch.Tensor:
+        """Topic-word weights β, shape (num_topics, vocab_size)."""
+        return self.beta.weight.T
+
+
+# ------------------------------------------------------------ model / guide
+def _rows(counts: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of a dense or sparse (COO) count matrix, as a dense tensor."""
+    if counts.is_sparse:
+        return counts.index_select(0, idx).to_dense()
+    return counts.index_select(0, idx)
+
+
+def dirichlet_laplace_prior(num_topics: int, concentration: float) -> tuple[float, float]:
+    """(loc, scale) of the Laplace approximation to symmetric Dirichlet(α) in the softmax basis."""
+    var = (1.0 / concentration) * (1.0 - 1.0 / num_topics)
+    return 0.0, math.sqrt(var)
+
+
+def model(
+    counts: torch.Tensor,
+    subsample: torch.Tensor | None = None,
+    *,
+    decoder: TopicDecoder,
+    num_topics: int,
+    prior_loc: float = 0.0,
+    prior_scale: float = 1.0,
+) -> None:
+    """ProdLDA model.
+
+    Parameters
+    ----------
+    counts : Tensor, shape (n_docs, n_words)
+        Word counts (dense, or sparse COO).
+    subsample : Tensor of int64, optional
+        Documents of this minibatch (given by the SVI runner).
+    decoder : TopicDecoder
+    num_topics : int
+    prior_loc, prior_scale : float
+        The logistic-normal prior (see :func:`dirichlet_laplace_prior`).
+    """
+    pyro.module("decoder", decoder)
+    with pyro.plate("document", counts.shape[0], subsample=subsample) as idx:
+        x = _rows(counts, idx)
+        loc = x.new_full((len(idx), num_topics), prior_loc)
+        logtheta = pyro.sample("logtheta", dist.Normal(loc, torch.full_like(loc, prior_scale)).to_event(1))
+        theta = pyro.deterministic("theta", F.softmax(logtheta, dim=-1), event_dim=1)
+        probs = decoder(theta)
+        pyro.sample("words", DocumentMultinomial(probs, x.sum(-1)), obs=x)
+
+
+def guide(
+    counts: torch.Tensor,
+    subsample: torch.Tensor | None = None,
+    *,
+    encoder: TopicEncoder,
+    **unused: Any,
+) -> None:
+    """Inference network guide: logtheta_d ~ Normal(encoder(words_d)). Same signature as :func:`model`."""
+    pyro.module("encoder", encoder)
+    with pyro.plate("document", counts.shape[0], subsample=subsample) as idx:
+        loc, scale = encoder(_rows(counts, idx))
+        pyro.sample("logtheta", dist.Normal(loc, scale).to_event(1))
+
+
+@dataclass
+class DocumentTopics:
+    """Posterior topic proportions of documents: mean, sd and a central interval.
+
+    Attributes
+    ----------
+    mean, sd, low, high : numpy.ndarray, shape (n_docs, num_topics)
+    ci_prob : float
+    """
+
+    mean: np.ndarray
+    sd: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    ci_prob: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: document, topic, mean, sd, low, high."""
+        n, k = self.mean.shape
+        return pd.DataFrame(
+            {
+                "document": np.repeat(np.arange(n), k),
+                "topic": np.tile(np.arange(k), n),
+                "mean": self.mean.ravel(),
+                "sd": self.sd.ravel(),
+                "low": self.low.ravel(),
+                "high": self.high.ravel(),
+            }
+        )
+
+
+# ----------------------------------------------------------------- estimator
+class ProdLDA(NeuralEstimator):
+    """ProdLDA neural topic model.
+
+    Parameters
+    ----------
+    num_topics : int, default 20
+    hidden_dim : int, default 100
+        Units in each of the encoder's two hidden layers.
+    dropout : float, default 0.4
+    concentration : float, default 1.0
+        α of the symmetric Dirichlet prior on topic proportions (approximated
+        by a logistic normal); smaller means fewer topics per document.
+    num_epochs : int, default 30
+    batch_size : int, default 64
+    learning_rate : float, default 0.01
+    beta1 : float, default 0.9
+        Adam's first-moment decay. The paper used 0.99 (with lr 0.002); on the
+        news benchmark 0.9 with lr 0.01 and dropout 0.4 gave held-out NPMI
+        0.176 vs 0.14 and 40 epochs instead of 60+ (see benchmarks/RESULTS.md).
+    validation_fraction : float, default 0.0
+        Documents held out for the per-epoch held-out loss, when ``fit`` gets
+        no ``validation`` corpus.
+    patience : int, optional
+        Early stopping on the held-out ELBO (needs validation documents).
+    sparse : {"auto", True, False}, default "auto"
+        Keep the counts as a sparse tensor on the device (each batch made dense
+        there) or as a dense one. "auto": dense up to 5e7 cells.
+    stop_words, min_df, max_df, max_features
+        Text pipeline settings used when ``fit`` gets raw strings
+        (see :func:`bayesgen.text.build_corpus`).
+    device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    seed : int, default 0
+    progress : bool, default False
+
+    Attributes
+    ----------
+    vocabulary_ : list of str
+    history_ : pandas.DataFrame
+        Per epoch: ``train_elbo``, ``val_elbo`` (per document), ``seconds``.
+    losses_ : numpy.ndarray
+        Loss per step, per document.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> counts = rng.poisson(1.0, size=(200, 30))
+    >>> lda = ProdLDA(num_topics=3, num_epochs=2, batch_size=50, seed=0).fit(counts)
+    >>> lda.topics(top_n=3).shape
+    (9, 4)
+    """
+
+    _model_name = "prodlda"
+    _max_plate_nesting = 1
+
+    def __init__(
+        self,
+        *,
+        num_topics: int = 20,
+        hidden_dim: int = 100,
+        dropout: float = 0.4,
+        concentration: float = 1.0,
+        num_epochs: int = 30,
+        batch_size: int = 64,
+        learning_rate: float = 0.01,
+        beta1: float = 0.9,
+        validation_fraction: float = 0.0,
+        patience: int | None = None,
+        sparse: bool | str = "auto",
+        stop_words: str | Sequence[str] | None = "english",
+        min_df: int | float = 2,
+        max_df: int | float = 0.5,
+        max_features: int | None = None,
+        device: DeviceLike = "auto",
+        seed: int = 0,
+        progress: bool = False,
+    ) -> None:
+        self.num_topics = num_topics
+        self.hidden_dim = hidden_dim
+        self.dropout = dropout
+        self.concentration = concentration
+        self.num_epochs = num_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.beta1 = beta1
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.sparse = sparse
+        self.stop_words = stop_words
+        self.min_df = min_df
+        self.max_df = max_df
+        self.max_features = max_features
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+
+    # ------------------------------------------------------------ settings
+    def _validate_settings(self) -> None:
+        for name in ("num_topics", "hidden_dim", "num_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if int(self.num_topics) < 2:
+            raise ValueError(f"num_topics must be at least 2, got {self.num_topics}")
+        if int(self.batch_size) < 2:
+            raise ValueError("batch_size must be at least 2 (batch norm needs two documents per batch)")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not float(self.concentration) > 0:
+            raise ValueError(f"concentration must be > 0, got {self.concentration}")
+        if not float(self.learning_rate) > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= float(self.beta1) < 1.0:
+            raise ValueError(f"beta1 must be in [0, 1), got {self.beta1}")
+        if not 0.0 <= float(self.validation_fraction) < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.patience is not None and int(self.patience) < 1:
+            raise ValueError(f"patience must be a positive integer or None, got {self.patience}")
+        if self.sparse not in ("auto", True, False):
+            raise ValueError(f"sparse must be 'auto', True or False, got {self.sparse!r}")
+        self.device_ = resolve_device(self.device)
+
+    @property
+    def optimizer(self) -> Any:
+        from bayesgen.infer import make_optimizer
+
+        return make_optimizer("adam", learning_rate=float(self.learning_rate), betas=(float(self.beta1), 0.999))
+
+    # ---------------------------------------------------------------- data
+    def _to_corpus(self, docs: Any, vocabulary: Sequence[str] | None, *, fitted: bool) -> Corpus:
+        """Raw strings, a Corpus, or a count matrix → a Corpus (on the fitted vocabulary if fitted)."""
+        if isinstance(docs, Corpus):
+            corpus = docs
+        elif isinstance(docs, str):
+            raise TypeError("docs must be a list of documents, not one string")
+        elif isinstance(docs, list | tuple | pd.Series) and len(docs) and isinstance(next(iter(docs)), str):
+            kwargs = {"vocabulary": self.vocabulary_} if fitted else {
+                "stop_words": self.stop_words, "min_df": self.min_df, "max_df": self.max_df,
+                "max_features": self.max_features,
+            }
+            corpus = build_corpus(list(docs), **kwargs)
+        else:
+            width = getattr(docs, "shape", (0, None))[-1] if hasattr(docs, "shape") else None
+            if fitted and vocabulary is None and width is not None and width != len(self.vocabulary_):
+                raise ValueError(
+                    f"these counts have {width} columns; the model was fitted on a vocabulary of "
+                    f"{len(self.vocabulary_)} words (vocabulary_). Pass raw strings, or counts over vocabulary_"
+                )
+            corpus = corpus_from_counts(docs, vocabulary if vocabulary is not None else
+                                        (self.vocabulary_ if fitted else None))
+        if fitted and list(corpus.vocabulary) != list(self.vocabulary_):
+            if len(corpus.vocabulary) != len(self.vocabulary_):
+                raise ValueError(
+                    f"these documents have a vocabulary of {len(corpus.vocabulary)} words; the model was fitted "
+                    f"on {len(self.vocabulary_)}. Pass raw strings, or counts over the model's vocabulary_"
+                )
+            raise ValueError("the vocabulary differs from the model's vocabulary_ (same size, other words or order)")
+        return corpus
+
+    def _tensor(self, corpus: Corpus, sparse: bool) -> torch.Tensor:
+        mat = corpus.counts
+        if sparse:
+            coo = mat.tocoo()
+            idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
+            vals = torch.as_tensor(coo.data, dtype=torch.float32)
+            return torch.sparse_coo_tensor(idx, vals, mat.shape, device=self.device_, check_invariants=False).coalesce()
+        return torch.as_tensor(mat.toarray(), dtype=torch.float32, device=self.device_)
+
+    def _use_sparse(self, corpus: Corpus) -> bool:
+        if self.sparse == "auto":
+            return corpus.num_docs * corpus.num_words > DENSE_CELL_LIMIT
+        return bool(self.sparse)
+
+    # ---------------------------------------------------------------- fit
+    def _networks(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder_, "decoder": self.decoder_}
+
+    def _build_networks(self) -> None:
+        V, K = len(self.vocabulary_), int(self.num_topics)
+        self.encoder_ = TopicEncoder(V, K, int(self.hidden_dim), float(self.dropout)).to(self.device_)
+        self.decoder_ = TopicDecoder(V, K, float(self.dropout)).to(self.device_)
+        self._set_training(False)
+
+    def _model_and_guide(self, for_arviz: bool = False) -> tuple:
+        import functools
+
+        loc, scale = dirichlet_laplace_prior(int(self.num_topics), float(self.concentration))
+        m = functools.partial(model, decoder=self.decoder_, num_topics=int(self.num_topics), prior_loc=loc,
+                              prior_scale=scale)
+        g = functools.partial(guide, encoder=self.encoder_)
+        functools.update_wrapper(m, model)
+        functools.update_wrapper(g, guide)
+        return m, g
+
+    def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
+        rows = self._arviz_rows if for_arviz else torch.arange(min(int(self.batch_size), self._x.shape[0]))
+        x = _rows(self._x, rows.to(self.device_))
+        return (x,), {}
+
+    def fit(
+        self,
+        docs: Any,
+        vocabulary: Sequence[str] | None = None,
+        *,
+        validation: Any = None,
+        checkpoint: PathLikeStr | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | PathLikeStr = False,
+    ) -> ProdLDA:
+        """Fit topics to documents.
+
+        Parameters
+        ----------
+        docs : list of str, Corpus, or (sparse) count matrix (n_docs, n_words)
+            Raw strings go through :func:`bayesgen.text.build_corpus` with this
+            estimator's ``stop_words``/``min_df``/``max_df``/``max_features``.
+        vocabulary : sequence of str, optional
+            Column words of a count matrix.
+        validation : same kinds as ``docs``, optional
+            Held-out documents for the per-epoch held-out ELBO and early
+            stopping (else ``validation_fraction`` of ``docs``).
+        checkpoint, checkpoint_every, resume
+            See :func:`bayesgen.infer.run_svi`.
+
+        Returns
+        -------
+        ProdLDA
+            ``self``, fitted.
+        """
+        self._validate_settings()
+        corpus = self._to_corpus(docs, vocabulary, fitted=False)
+        self.vocabulary_ = list(corpus.vocabulary)
+        self.dropped_documents_ = corpus.dropped
+        val = None
+        if validation is not None:
+            val = self._to_corpus(validation, None, fitted=True)
+            train = corpus
+        elif float(self.validation_fraction) > 0:
+            train, val = corpus.split(float(self.validation_fraction), seed=int(self.seed))
+        else:
+            train = corpus
+        if self.patience is not None and val is None:
+            raise ValueError("patience needs held-out documents: pass validation= or validation_fraction > 0")
+        if int(self.batch_size) > train.num_docs:
+            raise ValueError(f"batch_size={self.batch_size} exceeds the {train.num_docs} training documents")
+        self.sparse_ = self._use_sparse(train)
+        self._x = self._tensor(train, self.sparse_)
+        self._arviz_rows = torch.arange(min(50, train.num_docs))
+        with seeded(self.seed, self.device_):
+            self._build_networks()
+        validate = None
+        if val is not None:
+            x_val = self._tensor(val, self.sparse_)
+
+            def validate() -> float:
+                return float(self._elbo_rows(x_val).mean())
+
+        self._train_epochs(
+            self._x,
+            n_train=train.num_docs,
+            validate=validate,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            desc="ProdLDA",
+        )
+        return self
+
+    # ----------------------------------------------------------- helpers
+    @torch.no_grad()
+    def _elbo_rows(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """ELBO of every document (analytic KL, ``num_samples`` draws of the likelihood term)."""
+        loc0, scale0 = dirichlet_laplace_prior(int(self.num_topics), float(self.concentration))
+        out = []
+        for start in range(0, x.shape[0], 1024):
+            xb = _rows(x, torch.arange(start, min(start + 1024, x.shape[0]), device=x.device))
+            loc, scale = self.encoder_(xb)
+            q = dist.Normal(loc, scale)
+            kl = torch.distributions.kl_divergence(q, dist.Normal(torch.full_like(loc, loc0), scale0)).sum(-1)
+            rec = torch.stack(
+                [DocumentMultinomial(self.decoder_(F.softmax(q.rsample(), -1)), xb.sum(-1)).log_prob(xb)
+                 for _ in range(num_samples)]
+            ).mean(0)
+            out.append(rec - kl)
+        return torch.cat(out)
+
+    def _eval_tensor(self, docs: Any, vocabulary: Sequence[str] | None = None) -> tuple[torch.Tensor, Corpus]:
+        self._check_fitted()
+        corpus = self._to_corpus(docs, vocabulary, fitted=True)
+        return self._tensor(corpus, False), corpus
+
+    def _top_indices(self, top_n: int) -> list[list[int]]:
+        tw = self.topic_word().to_numpy()
+        return [list(np.argsort(-row)[: int(top_n)]) for row in tw]
+
+    # -------------------------------------------------------------- verbs
+    def topic_word(self) -> pd.DataFrame:
+        """Word distribution of each topic: the decoder's output for a document entirely in it.
+
+        ``softmax(BN(β e_k))`` with batch norm at its running statistics (the
+        model's own word distribution for theta = e_k), shape (num_topics,
+        n_words), rows summing to 1. Ranking words by this rather than by raw
+        β_k keeps words that are merely rare out of the top: on the news
+        benchmark held-out NPMI rose from -0.03 to 0.14 (same fit).
+        """
+        self._check_fitted()
+        self._set_training(False)
+        with torch.no_grad():
+            eye = torch.eye(int(self.num_topics), device=self.device_)
+            probs = self.decoder_(eye)
+        return pd.DataFrame(to_numpy(probs), columns=self.vocabulary_)
+
+    def topics(self, top_n: int = 10) -> pd.DataFrame:
+        """Top words of every topic with their weights.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``topic``, ``rank``, ``word``, ``weight`` (the topic's
+            word probability, see :meth:`topic_word`), ``top_n`` rows per topic.
+        """
+        tw = self.topic_word().to_numpy()
+        rows = []
+        for k, idx in enumerate(self._top_indices(top_n)):
+            for r, j in enumerate(idx):
+                rows.append({"topic": k, "rank": r, "word": self.vocabulary_[j], "weight": float(tw[k, j])})
+        return pd.DataFrame(rows)
+
+    def transform(
+        self, docs: Any, vocabulary: Sequence[str] | None = None, *, num_samples: int = 200,
+        ci_prob: float = 0.9, seed: int | None = 0,
+    ) -> DocumentTopics:
+        """Posterior topic proportions of documents, with uncertainty.
+
+        Draws logtheta from the inference network's Normal and reports the
+        mean, sd and central ``ci_prob`` interval of softmax(logtheta).
+
+        Returns
+        -------
+        DocumentTopics
+        """
+        x, _ = self._eval_tensor(docs, vocabulary)
+        with torch.no_grad(), seeded(seed, self.device_):
+            loc, scale = self.encoder_(x)
+            theta = F.softmax(dist.Normal(loc, scale).sample((int(num_samples),)), dim=-1)
+        t = to_numpy(theta)
+        tail = (1 - ci_prob) / 2
+        return DocumentTopics(t.mean(0), t.std(0), np.quantile(t, tail, axis=0), np.quantile(t, 1 - tail, axis=0),
+                              ci_prob)
+
+    def perplexity(self, docs: Any, vocabulary: Sequence[str] | None = None, *, num_samples: int = 5,
+                   seed: int | None = 0) -> float:
+        """Held-out perplexity, exp(−Σ_d ELBO_d / Σ_d N_d) (an upper bound; lower is better).
+
+        The ELBO uses the word-sequence likelihood Σ x_w log p_w (no multinomial
+        coefficient), the convention of LDA papers and scikit-learn.
+        """
+        x, corpus = self._eval_tensor(docs, vocabulary)
+        with seeded(seed, self.device_):
+            elbo = self._elbo_rows(x, int(num_samples))
+        n = x.sum(-1)
+        coef = torch.lgamma(n + 1) - torch.lgamma(x + 1).sum(-1)
+        return float(torch.exp(-(elbo - coef).sum() / n.sum()))
+
+    def coherence(self, docs: Any, top_n: int = 10, vocabulary: Sequence[str] | None = None) -> np.ndarray:
+        """NPMI coherence of each topic's ``top_n`` words, on reference documents ``docs``.
+
+        Returns
+        -------
+        numpy.ndarray, shape (num_topics,)
+            Mean over topics is the usual single figure (higher is better, in [-1, 1]).
+        """
+        self._check_fitted()
+        corpus = self._to_corpus(docs, vocabulary, fitted=True)
+        return npmi_coherence(self._top_indices(top_n), corpus)
+
+    def diversity(self, top_n: int = 25) -> float:
+        """Share of unique words among all topics' ``top_n`` words (1 = no overlap)."""
+        self._check_fitted()
+        return topic_diversity(self._top_indices(top_n))
+
+    def posterior(self, num_samples: int = 100, docs: Any = None, *, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Draws of topic proportions theta for documents (default: the first 50 training documents).
+
+        Returns
+        -------
+        dict
+            ``theta``: numpy.ndarray, shape (num_samples, n_docs, num_topics).
+        """
+        self._check_fitted()
+        x = _rows(self._x, self._arviz_rows.to(self.device_)) if docs is None else self._eval_tensor(docs)[0]
+        with torch.no_grad(), seeded(seed, self.device_):
+            loc, scale = self.encoder_(x)
+            theta = F.softmax(dist.Normal(loc, scale).sample((int(num_samples),)), dim=-1)
+        return {"theta": to_numpy(theta)}
+
+    def to_arviz(self, num_samples: int = 100, *, docs: Any = None, seed: int | None = 0, prior: bool = False) -> Any:
+        """Document-topic posteriors of a sample of documents, the topic-word weights, the loss history.
+
+        Groups: ``posterior`` (``logtheta`` and ``theta``, dims document, topic),
+        ``posterior_predictive``, ``log_likelihood`` and ``observed_data``
+        (``words`` per document), ``topic_word`` (word probabilities, dims topic,
+        word, see :meth:`topic_word`) and ``loss_history``.
+
+        Parameters
+        ----------
+        num_samples : int, default 100
+        docs : array_like of int, optional
+            Training documents to include (default: the first 50).
+        seed : int or None, default 0
+        prior : bool, default False
+        """
+        import xarray as xr
+
+        self._check_fitted()
+        if docs is not None:
+            self._arviz_rows = torch.as_tensor(np.asarray(docs), dtype=torch.int64)
+        try:
+            tree = super().to_arviz(num_samples, seed=seed, prior=prior)
+        finally:
+            self._arviz_rows = torch.arange(min(50, self._x.shape[0]))
+        tw = self.topic_word()
+        tree["topic_word"] = xr.DataTree(
+            dataset=xr.Dataset(
+                {"topic_word": (("topic", "word"), tw.to_numpy())},
+                coords={"topic": np.arange(int(self.num_topics)), "word": self.vocabulary_},
+            )
+        )
+        tree["loss_history"] = self._loss_history_tree()
+        return tree
+
+    def _arviz_dims(self) -> tuple[dict, dict]:
+        dims = {"logtheta": ["document", "topic"], "theta": ["document", "topic"], "words": ["document", "word"]}
+        return dims, {"topic": np.arange(int(self.num_topics)), "word": self.vocabulary_}
+
+    def plot_topics(self, top_n: int = 10, *, topics: Sequence[int] | None = None, ncols: int = 5) -> Any:
+        """Bar charts of the top words of each topic (weights from :meth:`topic_word`)."""
+        from matplotlib.figure import Figure
+
+        table = self.topics(top_n)
+        chosen = list(range(int(self.num_topics))) if topics is None else list(topics)
+        nrows = math.ceil(len(chosen) / ncols)
+        fig = Figure(figsize=(3.0 * min(ncols, len(chosen)), 0.28 * top_n * nrows + 0.8 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, min(ncols, len(chosen)), squeeze=False)
+        for ax in axes.ravel()[len(chosen):]:
+            ax.set_visible(False)
+        for ax, k in zip(axes.ravel(), chosen, strict=False):
+            rows = table[table["topic"] == k].iloc[::-1]
+            ax.barh(rows["word"], rows["weight"], color="tab:blue")
+            ax.set_title(f"topic {k}", fontsize="small")
+            ax.tick_params(labelsize="x-small")
+        return fig
+
+    # ------------------------------------------------------------ save/load
+    def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta = {"vocabulary_": self.vocabulary_, "sparse_": bool(self.sparse_),
+                "dropped_documents_": int(self.dropped_documents_), **self._history_meta()}
+        x = _rows(self._x, torch.arange(min(self._x.shape[0], 200), device=self.device_))
+        return meta, {"x": x.detach().cpu(), **self._network_state()}
+
+    def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.vocabulary_ = list(meta["vocabulary_"])
+        self.sparse_ = bool(meta["sparse_"])
+        self.dropped_documents_ = int(meta["dropped_documents_"])
+        self._set_history_meta(meta)
+        self._x = tensors["x"].to(self.device_)
+        self._arviz_rows = torch.arange(min(50, self._x.shape[0]))
+        self._build_networks()
+        self._load_network_state(tensors)

