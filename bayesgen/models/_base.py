@@ -193,6 +193,20 @@ class BayesianEstimator:
             **kwargs,
         )
 
+    def vi_diagnostic(self, num_samples: int = 2000, *, seed: int | None = 0, warn: bool = True) -> Any:
+        """PSIS k-hat of the fitted guide against the model (see :func:`bayesgen.diagnostics.vi_khat`).
+
+        Models that store only some rows for ArviZ (VAE, ProdLDA) are checked on those rows.
+        """
+        from bayesgen.diagnostics import vi_khat
+
+        self._check_fitted()
+        model, guide = self._model_and_guide(for_arviz=True)
+        args, kwargs = self._model_args(for_arviz=True)
+        return vi_khat(model, guide, *args, num_samples=num_samples, param_state=self._param_state,
+                       max_plate_nesting=getattr(self, "_max_plate_nesting", None), seed=seed,
+                       device=self.device_, warn=warn, **kwargs)
+
     # -------------------------------------------------------------- save/load
     def save(self, path: PathLikeStr) -> Path:
         """Save the fitted estimator to a folder.
