@@ -126,6 +126,27 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bayesgen.diagnostics import write_diagnostics
+    from bayesgen.models import BayesianEstimator
+
+    folder = Path(args.run_dir)
+    if not (folder / "model").is_dir():
+        raise ValueError(f"{folder} is not a run folder (no model/ inside); make one with 'bayesgen fit SPEC'")
+    est = BayesianEstimator.load(folder / "model", device=args.device)
+    report = write_diagnostics(est, folder, num_samples=args.num_samples, seed=args.seed)
+    print(f"{report['model']} in {folder}")
+    print("  " + report["convergence"]["message"])
+    psis = report["psis"]
+    print("  " + psis.get("message", f"PSIS k-hat not available: {psis.get('error')}"))
+    for line in report["warnings"]:
+        print(f"bayesgen: warning: {line}", file=sys.stderr)
+    print(f"written: {folder / 'diagnostics.json'}")
+    return 0
+
+
 def _cmd_augment(args: argparse.Namespace) -> int:
     from bayesgen.augment import augment
     from bayesgen.datasets import read_csv
@@ -251,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--quiet", action="store_true", help="no progress bar")
     an.set_defaults(func=_cmd_anomaly)
+
+    dg = sub.add_parser("diagnose", help="diagnostics of a run folder: convergence and PSIS k-hat")
+    dg.add_argument("run_dir", help="a folder written by 'bayesgen fit'")
+    dg.add_argument("--num-samples", type=int, default=1000, help="guide draws for PSIS (default 1000)")
+    dg.add_argument("--device", default="auto")
+    dg.add_argument("--seed", type=int, default=0)
+    dg.set_defaults(func=_cmd_diagnose)
     return parser
 
 

@@ -1,6 +1,9 @@
 """Is this variational posterior trustworthy? Diagnostics for any model/guide pair.
 
-So far: the Pareto-smoothed importance sampling diagnostic of Yao, Vehtari,
+Here: a verdict on the optimisation from the loss trace (:func:`convergence_report`),
+all diagnostics of a fitted estimator at once (:func:`diagnose`, written to a run
+folder by :func:`write_diagnostics` and by ``bayesgen diagnose RUN_DIR``), and the
+Pareto-smoothed importance sampling diagnostic of Yao, Vehtari,
 Simpson & Gelman (2018). Draw z_s from the guide, form the importance ratios
 ``log w_s = log p(x, z_s) − log q(z_s)``, and fit a generalised Pareto
 distribution to their upper tail: its shape k̂ says how heavy the tail is.
@@ -32,7 +35,16 @@ from pyro import poutine
 from bayesgen._runtime import resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
-__all__ = ["KHAT_GOOD", "KHAT_USABLE", "VIDiagnostic", "psis_expectation", "vi_khat"]
+__all__ = [
+    "KHAT_GOOD",
+    "KHAT_USABLE",
+    "VIDiagnostic",
+    "convergence_report",
+    "diagnose",
+    "psis_expectation",
+    "vi_khat",
+    "write_diagnostics",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -215,3 +227,113 @@ def vi_khat(
     if warn and diag.verdict == "unreliable":
         warnings.warn(diag.message(), UserWarning, stacklevel=2)
     return diag
+
+
+# --------------------------------------------------------------- convergence
+def convergence_report(
+    losses: Any, *, converged: bool | None = None, max_steps: int | None = None, window: int = 100
+) -> dict[str, Any]:
+    """Verdict on the optimisation from its loss trace.
+
+    Compares the mean loss of the last ``window`` steps with the window before,
+    relative to the loss and to the Monte Carlo noise of the ELBO (the standard
+    error of a window mean). Verdicts: ``"converged"`` (the runner's check
+    passed), ``"flat"`` (the last windows differ by less than three standard
+    errors), ``"still improving"`` (it stopped at the step limit while the loss
+    was still falling: fit longer) and ``"too short"`` (fewer than two windows).
+
+    Parameters
+    ----------
+    losses : array_like
+    converged : bool, optional
+        The runner's own verdict (``converged_``), when known.
+    max_steps : int, optional
+        The step limit; says whether the fit stopped by it.
+    window : int, default 100
+
+    Returns
+    -------
+    dict
+        ``verdict``, ``steps``, ``stopped_by_step_limit``, ``final_loss``,
+        ``last_change`` (mean of the last window minus the one before),
+        ``last_change_se`` and ``message``.
+    """
+    y = np.asarray(losses, dtype=float)
+    n = len(y)
+    window = max(2, min(int(window), n // 2)) if n >= 4 else max(n, 1)
+    out: dict[str, Any] = {"steps": n, "stopped_by_step_limit": None if max_steps is None else n >= int(max_steps)}
+    if n < 4:
+        out.update(verdict="too short", final_loss=float(y[-1]) if n else None, last_change=None,
+                   last_change_se=None, message=f"only {n} steps: no verdict")
+        return out
+    last, prev = y[-window:], y[-2 * window : -window]
+    change = float(last.mean() - prev.mean())
+    se = float(np.sqrt(last.var(ddof=1) / len(last) + prev.var(ddof=1) / len(prev)))
+    out.update(final_loss=float(last.mean()), last_change=change, last_change_se=se)
+    if converged:
+        verdict = "converged"
+    elif abs(change) <= 3 * se or abs(change) <= 1e-4 * abs(last.mean()):
+        verdict = "flat"
+    else:
+        verdict = "still improving" if change < 0 else "getting worse"
+    out["verdict"] = verdict
+    words = {
+        "converged": "the runner's convergence check passed",
+        "flat": "the loss is flat within its Monte Carlo noise over the last two windows",
+        "still improving": "the loss was still falling when the fit stopped: fit for more steps",
+        "getting worse": "the loss rose over the last window: lower the learning rate",
+    }[verdict]
+    stop = " (stopped by the step limit)" if out["stopped_by_step_limit"] else ""
+    out["message"] = f"optimisation {verdict}{stop}: {words}; last change {change:+.4g} ± {se:.2g} per window"
+    return out
+
+
+def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -> dict[str, Any]:
+    """Every diagnostic available for a fitted estimator, as a JSON-ready dict.
+
+    Returns
+    -------
+    dict
+        ``convergence`` (:func:`convergence_report`), ``psis`` (k-hat, verdict,
+        ESS, message, or the error that prevented it) and ``warnings`` (the
+        messages an analyst must read).
+    """
+    estimator._check_fitted()
+    max_steps = getattr(estimator, "num_steps", None)
+    if hasattr(estimator, "num_epochs"):
+        max_steps = None  # epoch-based fits stop by epochs or early stopping
+    conv = convergence_report(estimator.losses_, converged=estimator.converged_, max_steps=max_steps)
+    report: dict[str, Any] = {"model": type(estimator).__name__, "convergence": conv, "warnings": []}
+    if conv["verdict"] in ("still improving", "getting worse"):
+        report["warnings"].append(conv["message"])
+    if len(estimator.losses_) == 0:
+        report["convergence"]["message"] = "exact posterior: no optimisation"
+        report["convergence"]["verdict"] = "exact"
+        report["warnings"] = []
+    try:
+        diag = estimator.vi_diagnostic(num_samples=num_samples, seed=seed, warn=False)
+        report["psis"] = {"khat": diag.khat, "verdict": diag.verdict, "ess": diag.ess,
+                          "num_samples": diag.num_samples, "message": diag.message()}
+        if diag.verdict == "unreliable":
+            report["warnings"].append(diag.message())
+    except (ValueError, RuntimeError) as err:
+        report["psis"] = {"error": str(err).splitlines()[0]}
+    return report
+
+
+def write_diagnostics(estimator: Any, folder: Any, *, num_samples: int = 1000, seed: int | None = 0) -> dict:
+    """Write ``diagnostics.json`` and ``plots/diagnostics_loss.png`` into a run folder."""
+    import json
+    from pathlib import Path
+
+    from bayesgen.plots import plot_loss
+
+    folder = Path(folder)
+    report = diagnose(estimator, num_samples=num_samples, seed=seed)
+    (folder / "diagnostics.json").write_text(json.dumps(report, indent=2, default=float))
+    if len(estimator.losses_):
+        (folder / "plots").mkdir(exist_ok=True)
+        fig = plot_loss(estimator.losses_, window=max(2, min(100, len(estimator.losses_) // 10)))
+        fig.suptitle(report["convergence"]["message"][:110], fontsize="small")
+        fig.savefig(folder / "plots" / "diagnostics_loss.png", dpi=110)
+    return report

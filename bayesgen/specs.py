@@ -477,6 +477,10 @@ def run_spec(
     for name, figure in fitted.figures.items():
         figure.savefig(folder / "plots" / f"{name}.png", dpi=110)
     est.save(folder / "model")
+    from bayesgen.diagnostics import write_diagnostics
+
+    diagnostics = write_diagnostics(est, folder, num_samples=int(spec["report"].get("diagnostic_samples", 1000)),
+                                    seed=spec["run"]["seed"])
 
     resolved = {k: v for k, v in spec.items() if not k.startswith("_")}
     params = est.get_params()
@@ -500,6 +504,7 @@ def run_spec(
         "fit_seconds": round(fit_seconds, 3),
         "device": str(est.device_),
         "created": stamp,
+        "diagnostic_warnings": diagnostics["warnings"],
     }
     (folder / "run.json").write_text(json.dumps(run_info, indent=2))
     return RunOutput(estimator=est, folder=folder, report=report, summary=table)

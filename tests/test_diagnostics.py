@@ -67,3 +67,47 @@ def test_needs_enough_draws_and_finite_ratios():
 
     with pytest.raises((ValueError, RuntimeError)):
         vi_khat(model, bad_guide, Y, num_samples=200)
+
+
+def test_convergence_report_reads_the_loss_trace():
+    from bayesgen.diagnostics import convergence_report
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(2000)
+    falling = 1000 * np.exp(-steps / 3000) + rng.normal(0, 1, 2000)
+    flat = 100 + rng.normal(0, 5, 2000)
+    assert convergence_report(falling, max_steps=2000)["verdict"] == "still improving"
+    assert convergence_report(falling, max_steps=2000)["stopped_by_step_limit"] is True
+    assert convergence_report(flat)["verdict"] == "flat"
+    assert convergence_report(falling, converged=True)["verdict"] == "converged"
+    assert convergence_report(flat[:3])["verdict"] == "too short"
+    assert convergence_report(100 + steps * 0.01)["verdict"] == "getting worse"
+
+
+def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bayesgen.specs import run_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec_path = root / "models" / "ab_resume_callbacks.toml"
+    from bayesgen.specs import load_spec
+
+    spec = load_spec(spec_path)
+    spec["inference"]["num_steps"] = 400  # short: the verdict may say "still improving", which is the point
+    spec["report"]["diagnostic_samples"] = 300
+    out = run_spec(spec, tmp_path / "run")
+    report = json.loads((out.folder / "diagnostics.json").read_text())
+    assert report["psis"]["verdict"] in ("good", "usable") and report["convergence"]["steps"] == 400
+    assert (out.folder / "plots" / "diagnostics_loss.png").is_file()
+    (out.folder / "diagnostics.json").unlink()
+    proc = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(out.folder), "--num-samples", "300"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "PSIS k-hat" in proc.stdout and (out.folder / "diagnostics.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, cwd=root)
+    assert bad.returncode == 2 and "not a run folder" in bad.stderr
