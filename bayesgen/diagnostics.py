@@ -38,9 +38,11 @@ from bayesgen._typing import DeviceLike, ModelFn
 __all__ = [
     "KHAT_GOOD",
     "KHAT_USABLE",
+    "NUTSComparison",
     "VIDiagnostic",
     "convergence_report",
     "diagnose",
+    "nuts_compare",
     "psis_expectation",
     "vi_khat",
     "write_diagnostics",
@@ -337,3 +339,119 @@ def write_diagnostics(estimator: Any, folder: Any, *, num_samples: int = 1000, s
         fig.suptitle(report["convergence"]["message"][:110], fontsize="small")
         fig.savefig(folder / "plots" / "diagnostics_loss.png", dpi=110)
     return report
+
+
+# ------------------------------------------------------------- NUTS check
+@dataclass
+class NUTSComparison:
+    """NUTS (the gold standard) next to the SVI posterior.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per scalar parameter: NUTS mean, sd, R-hat, bulk and tail ESS,
+        MCSE of the mean; SVI mean and sd; ``smd`` = (SVI mean − NUTS mean) /
+        NUTS sd and ``sd_ratio`` = SVI sd / NUTS sd.
+    divergences : int
+    tree : xarray.DataTree
+        The NUTS draws with chain and draw dims.
+    agree : bool
+        Every |smd| ≤ ``tolerance`` and every sd ratio within [1 − tolerance·2, 1 + tolerance·2].
+    """
+
+    table: Any
+    divergences: int
+    tree: Any = field(repr=False)
+    agree: bool = True
+    tolerance: float = 0.1
+
+    def message(self) -> str:
+        worst = self.table["smd"].abs().max()
+        ratio = self.table["sd_ratio"]
+        return (f"NUTS vs SVI: largest |standardised mean difference| {worst:.3f}, sd ratio "
+                f"{ratio.min():.2f}–{ratio.max():.2f}, max R-hat {self.table['nuts_r_hat'].max():.3f}, "
+                f"{self.divergences} divergences: " + ("agree" if self.agree else "DISAGREE"))
+
+
+def nuts_compare(
+    model: ModelFn,
+    guide: ModelFn,
+    *args: Any,
+    param_state: dict | None = None,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    num_chains: int = 2,
+    svi_samples: int = 4000,
+    tolerance: float = 0.1,
+    seed: int = 0,
+    warn: bool = True,
+    **kwargs: Any,
+) -> NUTSComparison:
+    """Run NUTS on the same model and compare its posterior with the guide's.
+
+    Chains run one after another (no multiprocessing), each seeded. Only for
+    models small enough for NUTS: a few hundred latent numbers at most.
+
+    Parameters
+    ----------
+    model, guide : callable
+    *args, **kwargs
+        Their arguments (full data: no subsampling).
+    param_state : dict, optional
+        The guide's parameters (``fit.param_state`` or an estimator's ``_param_state``).
+    num_warmup, num_samples, num_chains : int
+    svi_samples : int, default 4000
+    tolerance : float, default 0.1
+        Largest acceptable |SVI mean − NUTS mean| in NUTS sds (and twice that
+        for the relative sd error).
+    seed : int, default 0
+    warn : bool, default True
+
+    Returns
+    -------
+    NUTSComparison
+    """
+    import arviz as az
+    import pandas as pd
+    from arviz_base import from_dict
+    from pyro.infer import MCMC, NUTS, Predictive
+
+    from bayesgen.infer import param_scope
+
+    chains, divergences = [], 0
+    for c in range(int(num_chains)):
+        with seeded(seed + 1000 * c, torch.device("cpu")), param_scope({"params": {}, "constraints": {}}):
+            mcmc = MCMC(NUTS(model, jit_compile=False), num_samples=int(num_samples), warmup_steps=int(num_warmup),
+                        num_chains=1, disable_progbar=True)
+            mcmc.run(*args, **kwargs)
+            chains.append({k: to_numpy(v) for k, v in mcmc.get_samples().items()})
+            div = mcmc.diagnostics().get("divergences", {})
+            divergences += int(sum(len(v) for v in div.values()))
+    samples = {k: np.stack([ch[k] for ch in chains]) for k in chains[0]}
+    tree = from_dict({"posterior": samples})
+    nuts = az.summary(tree, kind="all", round_to="none")
+    scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
+    with scope, seeded(seed, torch.device("cpu")), torch.no_grad():
+        pred = Predictive(model, guide=guide, num_samples=int(svi_samples), return_sites=list(samples))
+        svi = {k: to_numpy(v).reshape(int(svi_samples), *samples[k].shape[2:]) for k, v in pred(*args, **kwargs).items()}
+    rows = []
+    for name, draws in samples.items():
+        flat_nuts = draws.reshape(draws.shape[0] * draws.shape[1], -1)
+        flat_svi = svi[name].reshape(len(svi[name]), -1)
+        labels = list(nuts.index[[i.split("[")[0] == name for i in nuts.index]])
+        for j in range(flat_nuts.shape[1]):
+            label = labels[j] if j < len(labels) else f"{name}[{j}]"
+            m, sd = flat_nuts[:, j].mean(), flat_nuts[:, j].std(ddof=1)
+            sm, ssd = flat_svi[:, j].mean(), flat_svi[:, j].std(ddof=1)
+            stats = nuts.loc[label] if label in nuts.index else {}
+            rows.append({"parameter": label, "nuts_mean": m, "nuts_sd": sd,
+                         "nuts_r_hat": float(stats.get("r_hat", np.nan)), "nuts_ess_bulk": float(stats.get("ess_bulk", np.nan)),
+                         "nuts_ess_tail": float(stats.get("ess_tail", np.nan)), "nuts_mcse_mean": float(stats.get("mcse_mean", np.nan)),
+                         "svi_mean": sm, "svi_sd": ssd, "smd": (sm - m) / sd if sd > 0 else np.nan,
+                         "sd_ratio": ssd / sd if sd > 0 else np.nan})
+    table = pd.DataFrame(rows).set_index("parameter")
+    agree = bool((table["smd"].abs() <= tolerance).all() and (np.abs(table["sd_ratio"] - 1) <= 2 * tolerance).all())
+    result = NUTSComparison(table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance)
+    if warn and not agree:
+        warnings.warn(result.message(), UserWarning, stacklevel=2)
+    return result

@@ -111,3 +111,22 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=root)
     assert bad.returncode == 2 and "not a run folder" in bad.stderr
+
+
+def test_nuts_and_svi_agree_on_the_ab_test_within_monte_carlo_error():
+    test = BetaBinomialTest(method="exact").fit([235, 157], [2435, 2435])
+    cmp = test.nuts_check(num_samples=500, num_warmup=300, seed=1)
+    table = cmp.table
+    assert cmp.divergences == 0 and (table["nuts_r_hat"] < 1.02).all()
+    tol = 4 * np.sqrt(table["nuts_mcse_mean"] ** 2 + table["svi_sd"] ** 2 / 4000)
+    assert ((table["svi_mean"] - table["nuts_mean"]).abs() < tol).all(), table
+    assert cmp.agree and "agree" in cmp.message()
+    assert cmp.tree.posterior["rate"].dims[:2] == ("chain", "draw") and cmp.tree.posterior.sizes["chain"] == 2
+
+
+def test_nuts_flags_a_guide_that_is_too_narrow():
+    from bayesgen.diagnostics import nuts_compare
+
+    with pytest.warns(UserWarning, match="DISAGREE"):
+        cmp = nuts_compare(model, make_guide(0.0, 0.3), Y, num_samples=300, num_warmup=200, num_chains=2, seed=0)
+    assert not cmp.agree and cmp.table["sd_ratio"].iloc[0] < 0.5

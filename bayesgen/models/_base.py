@@ -207,6 +207,20 @@ class BayesianEstimator:
                        max_plate_nesting=getattr(self, "_max_plate_nesting", None), seed=seed,
                        device=self.device_, warn=warn, **kwargs)
 
+    def nuts_check(self, num_samples: int = 1000, *, num_warmup: int = 500, num_chains: int = 2,
+                   seed: int = 0, tolerance: float = 0.1) -> Any:
+        """Compare the fitted posterior with NUTS on the same model (see :func:`bayesgen.diagnostics.nuts_compare`).
+
+        For small models only (the A/B test, a generator on a few features, an anomaly mixture on a small table).
+        """
+        from bayesgen.diagnostics import nuts_compare
+
+        self._check_fitted()
+        model, guide = self._model_and_guide(for_arviz=True)
+        args, kwargs = self._model_args(for_arviz=True)
+        return nuts_compare(model, guide, *args, param_state=self._param_state, num_samples=num_samples,
+                            num_warmup=num_warmup, num_chains=num_chains, seed=seed, tolerance=tolerance, **kwargs)
+
     # -------------------------------------------------------------- save/load
     def save(self, path: PathLikeStr) -> Path:
         """Save the fitted estimator to a folder.
