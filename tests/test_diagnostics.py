@@ -130,3 +130,53 @@ def test_nuts_flags_a_guide_that_is_too_narrow():
     with pytest.warns(UserWarning, match="DISAGREE"):
         cmp = nuts_compare(model, make_guide(0.0, 0.3), Y, num_samples=300, num_warmup=200, num_chains=2, seed=0)
     assert not cmp.agree and cmp.table["sd_ratio"].iloc[0] < 0.5
+
+
+def _sbc_model(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+    with pyro.plate("obs", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def _sbc_good_guide(y):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+def _sbc_narrow_guide(y):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    pyro.sample("mu", dist.Normal(loc, 0.3 / math.sqrt(len(y))))  # 0.3 x the posterior sd
+
+
+SBC_FIT = {"lr_schedule": "cosine", "average_last": 50}
+
+
+def test_sbc_ranks_are_uniform_for_a_calibrated_guide_and_not_for_a_narrow_one():
+    from bayesgen.diagnostics import sbc
+
+    y = torch.randn(20)
+    good = sbc(_sbc_model, _sbc_good_guide, y, num_simulations=60, num_steps=200, learning_rate=0.1,
+               fit_kwargs=SBC_FIT, seed=0)
+    assert good.calibrated, good.message()
+    assert good.ranks["mu"].between(0, 99).all() and len(good.ranks) == 60
+    narrow = sbc(_sbc_model, _sbc_narrow_guide, y, num_simulations=30, num_steps=200, learning_rate=0.1,
+                 fit_kwargs=SBC_FIT, seed=0)
+    assert not narrow.calibrated and narrow.p_values["mu"] < 1e-4
+    # Too narrow: ranks pile up at both ends.
+    ends = ((narrow.ranks["mu"] < 10) | (narrow.ranks["mu"] > 89)).mean()
+    assert ends > 0.5
+    assert narrow.plot().axes
+
+
+@pytest.mark.slow
+def test_sbc_of_the_ab_test_is_calibrated():
+    from bayesgen.diagnostics import sbc
+    from bayesgen.models.ab_test import guide as ab_guide
+    from bayesgen.models.ab_test import model as ab_model
+
+    trials = torch.tensor([500.0, 500.0])
+    result = sbc(ab_model, ab_guide, trials, torch.tensor([50.0, 40.0]), num_simulations=100, num_steps=800,
+                 learning_rate=0.3, fit_kwargs={"lr_schedule": "cosine", "average_last": 200, "num_particles": 8,
+                                                "vectorize_particles": True}, seed=0)
+    assert result.calibrated, result.message()
