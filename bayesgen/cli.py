@@ -122,6 +122,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             print(f"... {len(out.summary) - len(shown)} more rows in {out.folder / 'summary.csv'}")
         print()
         print(out.report.to_string(float_format=lambda v: f"{v:.4g}"))
+    import json
+
+    diag = json.loads((out.folder / "diagnostics.json").read_text())
+    print("diagnostics: " + diag["convergence"]["message"])
+    print("             " + diag["psis"].get("message", f"PSIS k-hat not available: {diag['psis'].get('error')}"))
+    for line in diag["warnings"]:
+        print(f"bayesgen: warning: {line}", file=sys.stderr)
     print(f"run folder: {out.folder}")
     return 0
 
