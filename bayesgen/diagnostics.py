@@ -44,6 +44,7 @@ __all__ = [
     "convergence_report",
     "diagnose",
     "nuts_compare",
+    "plot_predictive_checks",
     "psis_expectation",
     "sbc",
     "vi_khat",
@@ -325,8 +326,44 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
     return report
 
 
+def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 100, seed: int | None = 0) -> dict:
+    """Prior and posterior predictive check plots (ArviZ's ``plot_ppc_dist``) of every observed site.
+
+    Each plot overlays the distribution of the observed values (all rows and
+    features pooled) on that of ``num_samples`` predictive draws. Written as
+    ``ppc_<group>_<site>.png``; returns {file name: "ok" or the error}.
+    """
+    from pathlib import Path
+
+    import arviz_plots as azp
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {}
+    try:
+        tree = estimator.to_arviz(num_samples, seed=seed, prior=True)
+    except (ValueError, RuntimeError, TypeError) as err:
+        return {"error": str(err).splitlines()[0]}
+    for group in ("prior_predictive", "posterior_predictive"):
+        if group not in tree.children:
+            continue
+        for var in tree[group].data_vars:
+            name = f"ppc_{group}_{var}.png"
+            try:
+                pc = azp.plot_ppc_dist(tree, var_names=[var], group=group, num_samples=min(50, num_samples),
+                                       backend="matplotlib")
+                pc.savefig(folder / name)
+                import matplotlib.pyplot as plt
+
+                plt.close("all")
+                out[name] = "ok"
+            except (ValueError, TypeError, KeyError, RuntimeError) as err:
+                out[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return out
+
+
 def write_diagnostics(estimator: Any, folder: Any, *, num_samples: int = 1000, seed: int | None = 0) -> dict:
-    """Write ``diagnostics.json`` and ``plots/diagnostics_loss.png`` into a run folder."""
+    """Write ``diagnostics.json``, ``plots/diagnostics_loss.png`` and the predictive checks into a run folder."""
     import json
     from pathlib import Path
 
@@ -334,6 +371,7 @@ def write_diagnostics(estimator: Any, folder: Any, *, num_samples: int = 1000, s
 
     folder = Path(folder)
     report = diagnose(estimator, num_samples=num_samples, seed=seed)
+    report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed)
     (folder / "diagnostics.json").write_text(json.dumps(report, indent=2, default=float))
     if len(estimator.losses_):
         (folder / "plots").mkdir(exist_ok=True)

@@ -180,3 +180,12 @@ def test_sbc_of_the_ab_test_is_calibrated():
                  learning_rate=0.3, fit_kwargs={"lr_schedule": "cosine", "average_last": 200, "num_particles": 8,
                                                 "vectorize_particles": True}, seed=0)
     assert result.calibrated, result.message()
+
+
+def test_predictive_check_plots_for_a_fitted_model(tmp_path):
+    from bayesgen.diagnostics import plot_predictive_checks
+
+    test = BetaBinomialTest(method="exact").fit([235, 157], [2435, 2435])
+    written = plot_predictive_checks(test, tmp_path, num_samples=60)
+    assert written == {"ppc_prior_predictive_successes.png": "ok", "ppc_posterior_predictive_successes.png": "ok"}
+    assert all((tmp_path / name).stat().st_size > 5000 for name in written)
