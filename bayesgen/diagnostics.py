@@ -91,11 +91,15 @@ class VIDiagnostic:
     def message(self) -> str:
         """One line for a report or the CLI."""
         meaning = {
-            "good": "the guide is close to the posterior",
+            "good": "no heavy tail in the importance ratios",
             "usable": "usable; prefer PSIS-corrected expectations",
             "unreliable": "the guide misses posterior mass; do not trust its uncertainty",
         }[self.verdict]
-        return f"PSIS k-hat = {self.khat:.2f} ({self.verdict}: {meaning}; {self.num_samples} draws, ESS {self.ess:.0f})"
+        text = f"PSIS k-hat = {self.khat:.2f} ({self.verdict}: {meaning}; {self.num_samples} draws, ESS {self.ess:.0f})"
+        if self.verdict != "unreliable" and self.ess < 0.5 * self.num_samples:
+            # k-hat cannot see a guide that is too wide (bounded ratios); a low ESS can.
+            text += f"; but only {self.ess / self.num_samples:.0%} effective draws: the guide may be too wide or off-centre"
+        return text
 
     def expectation(self, fn: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
         """PSIS-corrected posterior expectation of ``fn(draws)`` (a value per draw on axis 0)."""

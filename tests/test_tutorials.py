@@ -33,4 +33,4 @@ def test_tutorial_is_a_valid_notebook(path):
 
 def test_every_model_has_a_tutorial():
     names = {p.stem for p in TUTORIALS}
-    assert {"ab_test", "arviz_bridge", "gaussian_generator", "vae", "topic_model", "anomaly"} <= names
+    assert {"ab_test", "arviz_bridge", "gaussian_generator", "vae", "topic_model", "anomaly", "diagnostics"} <= names
