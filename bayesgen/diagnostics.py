@@ -593,27 +593,26 @@ def sbc(
     """
     import pandas as pd
     from pyro.infer import Predictive
+    from pyro.poutine.util import site_is_subsample
     from scipy import stats
 
     from bayesgen.arviz import _UnconditionData
-    from bayesgen.infer import run_svi
+    from bayesgen.infer import param_scope, run_svi
 
+    # The model's structure is static: find its observed sites once.
+    with torch.no_grad():
+        observed = {n for n, s in poutine.trace(model).get_trace(*args, **kwargs).nodes.items()
+                    if s["type"] == "sample" and s["is_observed"]}
     rows = []
     for i in range(int(num_simulations)):
         with seeded(seed + i, torch.device("cpu")), torch.no_grad():
             prior = poutine.trace(_UnconditionData()(model)).get_trace(*args, **kwargs)
         truth = {n: s["value"] for n, s in prior.nodes.items()
-                 if s["type"] == "sample" and not s["infer"].get("_bayesgen_observed") and not s["is_observed"]
-                 and not n.startswith("_") and s["fn"].__class__.__name__ != "_Subsample"}
-        observed = {n for n, s in poutine.trace(model).get_trace(*args, **kwargs).nodes.items()
-                    if s["type"] == "sample" and s["is_observed"]}
-        truth = {n: v for n, v in truth.items() if n not in observed}
+                 if s["type"] == "sample" and n not in observed and not site_is_subsample(s)}
         data = {n: prior.nodes[n]["value"] for n in observed}
         conditioned = poutine.condition(model, data=data)
         fit = run_svi(conditioned, guide, *args, num_steps=num_steps, learning_rate=learning_rate, seed=seed + i,
                       **(fit_kwargs or {}), **kwargs)
-        from bayesgen.infer import param_scope
-
         with param_scope(fit.param_state), seeded(seed + 10_000 + i, torch.device("cpu")), torch.no_grad():
             post = Predictive(conditioned, guide=guide, num_samples=int(num_posterior_samples),
                               return_sites=list(truth))(*args, **kwargs)

@@ -183,7 +183,7 @@ def build_corpus(
         vec = CountVectorizer(lowercase=lowercase, token_pattern=token_pattern, vocabulary=list(vocabulary))
     else:
         vec = CountVectorizer(
-            stop_words=stop_words if stop_words != "english" else "english",
+            stop_words=stop_words,
             min_df=min_df,
             max_df=max_df,
             max_features=max_features,

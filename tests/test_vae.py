@@ -267,3 +267,12 @@ def test_fit_on_cuda_with_data_resident_on_the_gpu(digits):
     assert np.isfinite(v.losses_).all()
     xs, _ = v.sample(10, y=3, seed=0)
     assert xs.shape == (10, 64) and isinstance(xs, np.ndarray)
+
+
+def test_loaded_conditional_vae_draws_classes_in_the_training_proportions(cvae, tmp_path):
+    # The saved model keeps only a few rows; the class proportions must come from all of them.
+    cvae.save(tmp_path / "cvae")
+    loaded = VAE.load(tmp_path / "cvae", device="cpu")
+    np.testing.assert_array_equal(loaded.class_counts_, cvae.class_counts_)
+    assert loaded.class_counts_.sum() == len(cvae._x)
+    np.testing.assert_array_equal(loaded.sample(300, seed=5)[1], cvae.sample(300, seed=5)[1])

@@ -47,7 +47,7 @@ from bayesgen._runtime import resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
-__all__ = ["ComponentMixture", "MixtureAnomalyDetector", "guide", "model"]
+__all__ = ["ComponentMixture", "MixtureAnomalyDetector", "guide", "mixture_log_weights", "model"]
 
 Covariance = Literal["diag", "full", "lowrank"]
 
@@ -152,6 +152,11 @@ def _normal_sample(params: dict[str, torch.Tensor], covariance: Covariance, inde
     return loc + scale * eps + (factor @ extra).squeeze(-1)
 
 
+def mixture_log_weights(frac: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """log [(1 − f) w_1, ..., (1 − f) w_K, f]: the K normal components, then the anomaly component."""
+    return torch.cat([torch.log1p(-frac).unsqueeze(-1) + weights.log(), frac.log().unsqueeze(-1)], dim=-1)
+
+
 def model(
     x: torch.Tensor,
     subsample: torch.Tensor | None = None,
@@ -189,7 +194,7 @@ def model(
         weights = x.new_ones(1)
     with pyro.plate("component", K):
         params = _component_params(hyper, covariance, d, rank)
-    log_weights = torch.cat([torch.log1p(-frac).unsqueeze(-1) + weights.log(), frac.log().unsqueeze(-1)], dim=-1)
+    log_weights = mixture_log_weights(frac, weights)
     anomaly = dist.StudentT(hyper["anomaly_df"], x.new_zeros(d), hyper["anomaly_scale"]).to_event(1)
 
     def table(v: torch.Tensor) -> torch.Tensor:
@@ -433,15 +438,14 @@ class MixtureAnomalyDetector(BayesianEstimator):
             "anomaly_df": t(3.0), "anomaly_scale": t(float(self.anomaly_scale)),
         }
         K = int(self.num_components)
-        with seeded(self.seed, self.device_):
-            # k-means++-style start: spread the centres over the data (rows nearest the middle first).
-            start = [int(np.argmin(np.abs(self._x.cpu().numpy()).sum(1)))]
-            x_np = self._x.cpu().numpy()
-            rng = np.random.default_rng(self.seed)
-            for _ in range(1, K):
-                dist2 = np.min(((x_np[:, None, :] - x_np[start][None]) ** 2).sum(-1), axis=1)
-                dist2 = np.minimum(dist2, np.quantile(dist2, 0.9))  # do not start on an outlier
-                start.append(int(rng.choice(len(x_np), p=dist2 / dist2.sum())))
+        # k-means++-style start: spread the centres over the data (the row nearest the middle first).
+        x_np = self._x.cpu().numpy()
+        start = [int(np.argmin(np.abs(x_np).sum(1)))]
+        rng = np.random.default_rng(self.seed)
+        for _ in range(1, K):
+            dist2 = np.min(((x_np[:, None, :] - x_np[start][None]) ** 2).sum(-1), axis=1)
+            dist2 = np.minimum(dist2, np.quantile(dist2, 0.9))  # do not start on an outlier
+            start.append(int(rng.choice(len(x_np), p=dist2 / dist2.sum())))
         self._init_loc = self._x[start].clone()
         minibatch = self.batch_size is not None and int(self.batch_size) < n
         self._run_svi(self._x, data_size=n if minibatch else None, checkpoint=checkpoint,
@@ -494,8 +498,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         anomaly = dist.StudentT(self._hyper["anomaly_df"], x.new_zeros(x.shape[-1]), self._hyper["anomaly_scale"]
                                 ).to_event(1).log_prob(x)  # (n,)
         table = torch.cat([normal, anomaly.expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
-        log_w = torch.cat([torch.log1p(-frac).unsqueeze(-1) + weights.log(), frac.log().unsqueeze(-1)], -1)
-        return log_w, table
+        return mixture_log_weights(frac, weights), table
 
     # -------------------------------------------------------------- verbs
     def predict_proba(self, X: Any, *, num_samples: int | None = None, seed: int | None = 0,

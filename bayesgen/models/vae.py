@@ -632,6 +632,9 @@ class VAE(NeuralEstimator):
         if int(self.batch_size) > len(x_tr):
             raise ValueError(f"batch_size={self.batch_size} exceeds the {len(x_tr)} training rows")
         self._x, self._y = x_tr, y_tr
+        self.class_counts_ = (
+            np.bincount(y_tr.cpu().numpy(), minlength=self.num_classes_) if y_tr is not None else None
+        )
         self._arviz_rows = slice(0, min(64, len(x_tr)))
         with seeded(self.seed, self.device_):
             self._build_networks()
@@ -679,6 +682,7 @@ class VAE(NeuralEstimator):
             "n_features_": int(self.n_features_),
             "image_shape_": list(self.image_shape_) if self.image_shape_ else None,
             "classes_": self.classes_.tolist() if self.classes_ is not None else None,
+            "class_counts_": self.class_counts_.tolist() if self.class_counts_ is not None else None,
             **self._history_meta(),
         }
         n = min(len(self._x), 256)  # a few rows for to_arviz after loading, not the data set
@@ -692,6 +696,7 @@ class VAE(NeuralEstimator):
         self.image_shape_ = tuple(meta["image_shape_"]) if meta["image_shape_"] else None
         self.classes_ = np.asarray(meta["classes_"]) if meta["classes_"] is not None else None
         self.num_classes_ = len(self.classes_) if self.classes_ is not None else 0
+        self.class_counts_ = np.asarray(meta["class_counts_"]) if meta.get("class_counts_") is not None else None
         self._set_history_meta(meta)
         self._x = tensors["x"].to(self.device_)
         self._y = tensors["y"].to(self.device_) if "y" in tensors else None
@@ -870,7 +875,7 @@ class VAE(NeuralEstimator):
             if self.conditional:
                 if y is None or (isinstance(y, str) and y == "uniform"):
                     if y is None:
-                        counts = torch.bincount(self._y_full_counts_index(), minlength=self.num_classes_).float()
+                        counts = torch.as_tensor(self.class_counts_, dtype=torch.float32)
                     else:
                         counts = torch.ones(self.num_classes_)
                     idx = torch.multinomial(counts.cpu(), int(n), replacement=True) if n else torch.zeros(0, dtype=torch.int64)
@@ -894,9 +899,6 @@ class VAE(NeuralEstimator):
                     scale = self.gaussian_scale_() if self.gaussian_scale_ is not None else None
                     xs = likelihood_dist(out, self.likelihood, scale).sample()
         return to_numpy(xs), labels
-
-    def _y_full_counts_index(self) -> torch.Tensor:
-        return self._y if self._y is not None else torch.zeros(0, dtype=torch.int64)
 
     def interpolate(self, x1: Any, x2: Any, steps: int = 8, *, y: Any = None) -> np.ndarray:
         """Decode evenly spaced points on the line between two rows' posterior means.
