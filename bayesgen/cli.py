@@ -125,12 +125,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     import json
 
     diag = json.loads((out.folder / "diagnostics.json").read_text())
-    print("diagnostics: " + diag["convergence"]["message"])
-    print("             " + diag["psis"].get("message", f"PSIS k-hat not available: {diag['psis'].get('error')}"))
+    for i, line in enumerate(_diagnostic_lines(diag)):
+        print(("diagnostics: " if i == 0 else "             ") + line)
     for line in diag["warnings"]:
         print(f"bayesgen: warning: {line}", file=sys.stderr)
     print(f"run folder: {out.folder}")
     return 0
+
+
+def _diagnostic_lines(report: dict) -> list[str]:
+    """One line per diagnostic of a diagnostics.json report."""
+    lines = [report["convergence"]["message"]]
+    for key, what in (("psis", "PSIS k-hat"), ("psis_rows", "per-row PSIS k-hat"), ("psis_means", "PSIS means"),
+                      ("nuts", "NUTS cross-check"), ("sbc", "SBC")):
+        part = report.get(key)
+        if part is not None:
+            lines.append(part.get("message", f"{what} not available: {part.get('error')}"))
+    return lines
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
@@ -143,11 +154,12 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if not (folder / "model").is_dir():
         raise ValueError(f"{folder} is not a run folder (no model/ inside); make one with 'bayesgen fit SPEC'")
     est = BayesianEstimator.load(folder / "model", device=args.device)
-    report = write_diagnostics(est, folder, num_samples=args.num_samples, seed=args.seed)
+    report = write_diagnostics(est, folder, num_samples=args.num_samples, seed=args.seed, nuts=args.nuts,
+                               nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup,
+                               sbc_simulations=args.sbc, sbc_steps=args.sbc_steps)
     print(f"{report['model']} in {folder}")
-    print("  " + report["convergence"]["message"])
-    psis = report["psis"]
-    print("  " + psis.get("message", f"PSIS k-hat not available: {psis.get('error')}"))
+    for line in _diagnostic_lines(report):
+        print("  " + line)
     for line in report["warnings"]:
         print(f"bayesgen: warning: {line}", file=sys.stderr)
     print(f"written: {folder / 'diagnostics.json'}")
@@ -280,9 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--quiet", action="store_true", help="no progress bar")
     an.set_defaults(func=_cmd_anomaly)
 
-    dg = sub.add_parser("diagnose", help="diagnostics of a run folder: convergence and PSIS k-hat")
+    dg = sub.add_parser("diagnose", help="diagnostics of a run folder: convergence, PSIS k-hat, NUTS, SBC")
     dg.add_argument("run_dir", help="a folder written by 'bayesgen fit'")
     dg.add_argument("--num-samples", type=int, default=1000, help="guide draws for PSIS (default 1000)")
+    dg.add_argument("--nuts", action="store_true", help="cross-check with NUTS (small models only)")
+    dg.add_argument("--nuts-samples", type=int, default=1000, help="NUTS draws per chain (default 1000)")
+    dg.add_argument("--nuts-warmup", type=int, default=500, help="NUTS warm-up steps per chain (default 500)")
+    dg.add_argument("--sbc", type=int, default=0, metavar="N", help="simulation-based calibration with N refits")
+    dg.add_argument("--sbc-steps", type=int, default=None, help="SVI steps per SBC refit")
     dg.add_argument("--device", default="auto")
     dg.add_argument("--seed", type=int, default=0)
     dg.set_defaults(func=_cmd_diagnose)

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from bayesgen._runtime import resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
@@ -39,6 +41,7 @@ __all__ = [
     "KHAT_GOOD",
     "KHAT_USABLE",
     "NUTSComparison",
+    "RowDiagnostic",
     "SBCResult",
     "VIDiagnostic",
     "convergence_report",
@@ -46,8 +49,10 @@ __all__ = [
     "nuts_compare",
     "plot_predictive_checks",
     "psis_expectation",
+    "psis_summary",
     "sbc",
     "vi_khat",
+    "vi_khat_rows",
     "write_diagnostics",
 ]
 
@@ -238,6 +243,188 @@ def vi_khat(
     return diag
 
 
+# ------------------------------------------------------ per-row PSIS (amortised)
+@dataclass
+class RowDiagnostic:
+    """PSIS k-hat of an amortised guide, one per data row.
+
+    For a model whose latent variables are all local (one z_i per row, as in a
+    VAE or ProdLDA) and whose guide is amortised, the posterior factorises over
+    rows and the importance ratio of row i is ``p(x_i, z_i) / q(z_i | x_i)``.
+    The joint k-hat over many rows grows with their number whatever the guide's
+    quality; the per-row k-hats are the meaningful check.
+
+    Attributes
+    ----------
+    khat : numpy.ndarray, shape (n_rows,)
+    num_samples : int
+        Guide draws per row.
+    plate : str
+        The data plate the rows come from.
+    """
+
+    khat: np.ndarray = field(repr=False)
+    num_samples: int
+    plate: str
+
+    def _quantile(self, q: float) -> float:
+        # Rows whose ratios are constant (exact guide) have k-hat −inf; quantiles need finite numbers.
+        return float(np.quantile(np.maximum(np.asarray(self.khat, dtype=float), -1.0), q))
+
+    @property
+    def shares(self) -> dict[str, float]:
+        """Share of rows whose k-hat is good (< 0.5), usable (0.5–0.7) and unreliable (> 0.7)."""
+        k = np.asarray(self.khat, dtype=float)
+        return {"good": float(np.mean(k < KHAT_GOOD)),
+                "usable": float(np.mean((k >= KHAT_GOOD) & (k <= KHAT_USABLE))),
+                "unreliable": float(np.mean(k > KHAT_USABLE))}
+
+    @property
+    def verdict(self) -> str:
+        """"unreliable" when more than 10 % of rows are, else the verdict of the 90th-percentile row."""
+        if self.shares["unreliable"] > 0.1:
+            return "unreliable"
+        return _verdict(self._quantile(0.9))
+
+    def message(self) -> str:
+        """One line for a report or the CLI."""
+        s = self.shares
+        return (f"per-row PSIS k-hat over {len(self.khat)} {self.plate}s ({self.num_samples} draws each): median "
+                f"{self._quantile(0.5):.2f}, 90th percentile {self._quantile(0.9):.2f}; "
+                f"{s['good']:.0%} good, {s['usable']:.0%} usable, {s['unreliable']:.0%} unreliable ({self.verdict})")
+
+
+def vi_khat_rows(
+    model: ModelFn,
+    guide: ModelFn,
+    *args: Any,
+    plate: str,
+    num_samples: int = 500,
+    param_state: dict | None = None,
+    max_plate_nesting: int = 1,
+    seed: int | None = 0,
+    device: DeviceLike = "cpu",
+    warn: bool = True,
+    **kwargs: Any,
+) -> RowDiagnostic:
+    """Per-row PSIS k-hat of an amortised guide (see :class:`RowDiagnostic`).
+
+    Parameters
+    ----------
+    model, guide : callable
+        A pair whose every latent and observed site lies inside the plate named
+        ``plate`` (network weights are parameters, not latent sites).
+    *args, **kwargs
+        Their arguments: the rows to check.
+    plate : str
+        Name of the data plate.
+    num_samples : int, default 500
+        Guide draws per row (at least 100).
+    param_state : dict, optional
+    max_plate_nesting : int, default 1
+    seed : int or None, default 0
+    device : {"auto", "cpu", "cuda"} or torch.device, default "cpu"
+    warn : bool, default True
+        Warn when the verdict is "unreliable".
+
+    Returns
+    -------
+    RowDiagnostic
+
+    Raises
+    ------
+    ValueError
+        A sample site outside the plate (a global latent: the ratios do not
+        factorise over rows), or too few draws.
+    """
+    from arviz_stats.base import array_stats
+    from pyro.infer.enum import get_importance_trace
+
+    from bayesgen.infer import param_scope
+
+    if int(num_samples) < 100:
+        raise ValueError(f"num_samples must be at least 100 for a k-hat estimate, got {num_samples}")
+    nesting = int(max_plate_nesting) + 1
+
+    def vectorize(fn: ModelFn) -> ModelFn:
+        def _fn(*a: Any, **k: Any) -> Any:
+            with pyro.plate("_particles", int(num_samples), dim=-nesting):
+                return fn(*a, **k)
+        return _fn
+
+    scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
+    with scope, seeded(seed, resolve_device(device)), torch.no_grad():
+        model_trace, guide_trace = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide),
+                                                        args, kwargs)
+        total = None
+        for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or site_is_subsample(site):
+                    continue
+                frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+                if frame is None:
+                    raise ValueError(f"site {name!r} is outside the plate {plate!r}: per-row k-hat needs every "
+                                     "latent and observed site to be local to a row; use vi_khat for this model")
+                lp = site["log_prob"]
+                while lp.dim() < nesting:
+                    lp = lp.unsqueeze(0)
+                keep = (0, nesting + frame.dim)
+                other = [d for d in range(lp.dim()) if d not in keep]
+                if other:  # torch sums every dim when given an empty list
+                    lp = lp.sum(dim=other)
+                total = sign * lp if total is None else total + sign * lp
+    if total is None:
+        raise ValueError("the model has no sample sites")
+    log_w = to_numpy(total.expand(int(num_samples), -1)).astype(float).T  # (rows, draws)
+    if not np.isfinite(log_w).all():
+        raise ValueError("some importance ratios are not finite; the guide puts mass where the model has none")
+    _, khat = array_stats.psislw(-(log_w - log_w.max(axis=1, keepdims=True)), r_eff=1.0, axis=-1)
+    khat = np.asarray(khat, dtype=float)
+    flat = np.ptp(log_w, axis=1) < 1e-4  # constant ratios: the guide is exact for that row
+    khat[flat] = -np.inf
+    result = RowDiagnostic(khat=khat, num_samples=int(num_samples), plate=plate)
+    if warn and result.verdict == "unreliable":
+        warnings.warn(result.message(), UserWarning, stacklevel=2)
+    return result
+
+
+def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500) -> Any:
+    """PSIS-corrected posterior means next to the guide's, one row per scalar parameter.
+
+    Parameters
+    ----------
+    diag : VIDiagnostic
+        With k-hat ≤ 0.7 (else ValueError: the correction would not be reliable).
+    max_rows : int, default 500
+        At most this many scalars (the first ones of each site, in order).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``parameter``; columns ``guide_mean``, ``guide_sd``, ``psis_mean``,
+        ``psis_sd`` and ``shift_sd`` = (PSIS mean − guide mean) / guide sd.
+    """
+    import pandas as pd
+
+    if diag.khat > KHAT_USABLE:
+        raise ValueError(f"k-hat = {diag.khat:.2f} > {KHAT_USABLE}: PSIS-corrected expectations are unreliable")
+    w = np.exp(diag.log_weights - np.logaddexp.reduce(diag.log_weights))
+    rows = []
+    for name, draws in diag.draws.items():
+        flat = np.asarray(draws, dtype=float).reshape(diag.num_samples, -1)
+        for j in range(flat.shape[1]):
+            if len(rows) >= max_rows:
+                break
+            v = flat[:, j]
+            m, sd = v.mean(), v.std(ddof=1)
+            pm = float(w @ v)
+            psd = float(np.sqrt(max(w @ (v - pm) ** 2, 0.0)))
+            rows.append({"parameter": name if flat.shape[1] == 1 else f"{name}[{j}]", "guide_mean": m,
+                         "guide_sd": sd, "psis_mean": pm, "psis_sd": psd,
+                         "shift_sd": (pm - m) / sd if sd > 0 else 0.0})
+    return pd.DataFrame(rows).set_index("parameter") if rows else pd.DataFrame()
+
+
 # --------------------------------------------------------------- convergence
 def convergence_report(
     losses: Any, *, converged: bool | None = None, max_steps: int | None = None, window: int = 100
@@ -298,14 +485,20 @@ def convergence_report(
 
 
 def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -> dict[str, Any]:
-    """Every diagnostic available for a fitted estimator, as a JSON-ready dict.
+    """Every quick diagnostic of a fitted estimator, as a JSON-ready dict.
 
     Returns
     -------
     dict
-        ``convergence`` (:func:`convergence_report`), ``psis`` (k-hat, verdict,
-        ESS, message, or the error that prevented it) and ``warnings`` (the
-        messages an analyst must read).
+        ``convergence`` (:func:`convergence_report`); ``psis`` (joint k-hat,
+        verdict, ESS, message, or the error that prevented it); for amortised
+        models (VAE, ProdLDA) ``psis_rows`` (:func:`vi_khat_rows`: per-row
+        k-hat, which then sets the verdict, since the joint k-hat over many rows
+        grows with their number); ``psis_means`` (PSIS-corrected posterior
+        means next to the guide's, where k-hat ≤ 0.7; the full table is
+        returned under ``psis_summary`` as a DataFrame); and ``warnings`` (the
+        messages an analyst must read). The slow cross-checks, NUTS and SBC,
+        are options of :func:`write_diagnostics`.
     """
     estimator._check_fitted()
     max_steps = getattr(estimator, "num_steps", None)
@@ -319,14 +512,38 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
         report["convergence"]["message"] = "exact posterior: no optimisation"
         report["convergence"]["verdict"] = "exact"
         report["warnings"] = []
+    amortised = getattr(estimator, "_row_plate", None) is not None
     try:
         diag = estimator.vi_diagnostic(num_samples=num_samples, seed=seed, warn=False)
         report["psis"] = {"khat": diag.khat, "verdict": diag.verdict, "ess": diag.ess,
                           "num_samples": diag.num_samples, "message": diag.message()}
-        if diag.verdict == "unreliable":
+        if amortised:
+            report["psis"]["message"] = "joint over all checked rows (grows with their number): " + diag.message()
+        elif diag.verdict == "unreliable":
             report["warnings"].append(diag.message())
+        if diag.khat <= KHAT_USABLE:
+            table = psis_summary(diag)
+            report["psis_summary"] = table
+            if len(table):
+                worst = table["shift_sd"].abs()
+                report["psis_means"] = {
+                    "largest_shift_sd": float(worst.max()), "parameter": str(worst.idxmax()),
+                    "message": (f"PSIS-corrected means move at most {worst.max():.2f} guide sds "
+                                f"({worst.idxmax()}); table in psis_summary.csv"),
+                }
     except (ValueError, RuntimeError) as err:
         report["psis"] = {"error": str(err).splitlines()[0]}
+    if amortised:
+        try:
+            rows = estimator.vi_diagnostic_rows(num_samples=max(100, min(int(num_samples), 500)), seed=seed,
+                                                warn=False)
+            report["psis_rows"] = {"verdict": rows.verdict, **rows.shares, "num_rows": len(rows.khat),
+                                   "khat_median": rows._quantile(0.5), "khat_p90": rows._quantile(0.9),
+                                   "message": rows.message()}
+            if rows.verdict == "unreliable":
+                report["warnings"].append(rows.message())
+        except (ValueError, RuntimeError) as err:
+            report["psis_rows"] = {"error": str(err).splitlines()[0]}
     return report
 
 
@@ -366,19 +583,89 @@ def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 10
     return out
 
 
-def write_diagnostics(estimator: Any, folder: Any, *, num_samples: int = 1000, seed: int | None = 0) -> dict:
-    """Write ``diagnostics.json``, ``plots/diagnostics_loss.png`` and the predictive checks into a run folder."""
+def write_diagnostics(
+    estimator: Any,
+    folder: Any,
+    *,
+    num_samples: int = 1000,
+    seed: int | None = 0,
+    nuts: bool = False,
+    nuts_samples: int = 1000,
+    nuts_warmup: int = 500,
+    sbc_simulations: int = 0,
+    sbc_steps: int | None = None,
+) -> dict:
+    """Write every diagnostic of a fitted estimator into a run folder.
+
+    Always: ``diagnostics.json`` (see :func:`diagnose`), ``psis_summary.csv``
+    (where k-hat ≤ 0.7), ``plots/diagnostics_loss.png`` (loss, smoothed curve
+    and verdict) and the prior/posterior predictive check plots. On request:
+    the NUTS cross-check (``nuts=True``: ``nuts_comparison.csv``, ``nuts.nc``
+    with chain/draw dims) and simulation-based calibration
+    (``sbc_simulations > 0``: ``sbc_ranks.csv``, ``plots/sbc_ecdf.png``).
+    A check that does not apply to the model (NUTS on a VAE) is recorded with
+    its reason instead of failing the rest.
+
+    Parameters
+    ----------
+    estimator : BayesianEstimator
+        Fitted.
+    folder : str or os.PathLike
+    num_samples : int, default 1000
+        Guide draws for PSIS.
+    seed : int or None, default 0
+    nuts : bool, default False
+    nuts_samples, nuts_warmup : int
+        NUTS draws and warm-up steps per chain (two chains).
+    sbc_simulations : int, default 0
+        Number of SBC refits (0: skip).
+    sbc_steps : int, optional
+        SVI steps per SBC refit (default: the estimator's, at most 1000).
+
+    Returns
+    -------
+    dict
+        What ``diagnostics.json`` holds.
+    """
     import json
     from pathlib import Path
 
     from bayesgen.plots import plot_loss
 
     folder = Path(folder)
+    (folder / "plots").mkdir(parents=True, exist_ok=True)
     report = diagnose(estimator, num_samples=num_samples, seed=seed)
+    table = report.pop("psis_summary", None)
+    if table is not None and len(table):
+        table.to_csv(folder / "psis_summary.csv")
     report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed)
+    if nuts:
+        try:
+            cmp = estimator.nuts_check(num_samples=int(nuts_samples), num_warmup=int(nuts_warmup),
+                                       seed=0 if seed is None else int(seed))
+            cmp.table.to_csv(folder / "nuts_comparison.csv")
+            cmp.tree.to_netcdf(folder / "nuts.nc", engine="netcdf4")
+            report["nuts"] = {"agree": cmp.agree, "divergences": cmp.divergences,
+                              "largest_abs_smd": float(cmp.table["smd"].abs().max()),
+                              "max_r_hat": float(cmp.table["nuts_r_hat"].max()),
+                              "min_ess_bulk": float(cmp.table["nuts_ess_bulk"].min()), "message": cmp.message()}
+            if not cmp.agree or cmp.divergences:
+                report["warnings"].append(cmp.message())
+        except (ValueError, RuntimeError) as err:
+            report["nuts"] = {"error": str(err).splitlines()[0]}
+    if sbc_simulations:
+        try:
+            res = estimator.sbc_check(int(sbc_simulations), num_steps=sbc_steps, seed=0 if seed is None else int(seed))
+            res.ranks.to_csv(folder / "sbc_ranks.csv", index=False)
+            res.plot().savefig(folder / "plots" / "sbc_ecdf.png", dpi=110)
+            report["sbc"] = {"calibrated": res.calibrated, "simulations": len(res.ranks),
+                             "p_values": res.p_values.to_dict(), "message": res.message()}
+            if not res.calibrated:
+                report["warnings"].append(res.message())
+        except (ValueError, RuntimeError) as err:
+            report["sbc"] = {"error": str(err).splitlines()[0]}
     (folder / "diagnostics.json").write_text(json.dumps(report, indent=2, default=float))
     if len(estimator.losses_):
-        (folder / "plots").mkdir(exist_ok=True)
         fig = plot_loss(estimator.losses_, window=max(2, min(100, len(estimator.losses_) // 10)))
         fig.suptitle(report["convergence"]["message"][:110], fontsize="small")
         fig.savefig(folder / "plots" / "diagnostics_loss.png", dpi=110)
@@ -593,7 +880,6 @@ def sbc(
     """
     import pandas as pd
     from pyro.infer import Predictive
-    from pyro.poutine.util import site_is_subsample
     from scipy import stats
 
     from bayesgen.arviz import _UnconditionData

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["plot_image_grid", "plot_loss", "plot_rate_posteriors"]
+__all__ = ["plot_image_grid", "plot_loss", "plot_rate_posteriors", "render_model_graph"]
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -129,3 +129,47 @@ def plot_image_grid(
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r], rotation=0, labelpad=12, va="center")
     return fig
+
+
+def render_model_graph(estimator: Any, path: Any) -> Any:
+    """Draw a fitted estimator's model with Pyro's ``render_model`` and write it as SVG.
+
+    Needs the ``graphviz`` Python package and Graphviz's ``dot`` program; the
+    picture shows every sample site, its distribution and its plates.
+
+    Parameters
+    ----------
+    estimator : BayesianEstimator
+        Fitted.
+    path : str or os.PathLike
+        Where the SVG goes.
+
+    Returns
+    -------
+    pathlib.Path or None
+        ``path``, or None when Graphviz is not installed (``dot`` missing or
+        the ``graphviz`` package absent): the graph is optional.
+    """
+    from pathlib import Path
+
+    import pyro
+    import torch
+
+    from bayesgen.infer import param_scope
+
+    try:
+        import graphviz
+    except ImportError:
+        return None
+    estimator._check_fitted()
+    model, _ = estimator._model_and_guide(for_arviz=True)
+    args, kwargs = estimator._model_args(for_arviz=True)
+    with param_scope(estimator._param_state), torch.no_grad():
+        graph = pyro.render_model(model, model_args=args, model_kwargs=kwargs, render_distributions=True)
+    try:
+        svg = graph.pipe(format="svg")
+    except (graphviz.ExecutableNotFound, graphviz.CalledProcessError, OSError):
+        return None
+    path = Path(path)
+    path.write_bytes(svg)
+    return path

@@ -11,7 +11,12 @@ and the seed. :func:`run_spec` fits it and writes a run folder::
     summary.csv        arviz summary of the posterior (statistics for SVI draws)
     report.csv         the model's own table (A/B test: P(best), loss, lift;
                        generator: TRTR/TSTR accuracy and the memorisation check)
-    plots/*.png        loss curve and model figures
+    diagnostics.json   convergence verdict, PSIS k-hat (per row for VAE/ProdLDA),
+                       PSIS-corrected means (psis_summary.csv), predictive checks,
+                       and with ``[report] nuts = true`` / ``sbc_simulations = N``
+                       the NUTS cross-check (nuts_comparison.csv, nuts.nc) and SBC
+                       (sbc_ranks.csv); see :func:`bayesgen.diagnostics.write_diagnostics`
+    plots/*.png        loss curve, model figures, predictive checks
     model/             the fitted estimator (``Estimator.load`` reads it)
 
 Spec sections: ``[run]`` (``name``, ``model``, ``seed``), ``[data]``,
@@ -474,13 +479,18 @@ def run_spec(
     )
     if len(est.losses_):
         plot_loss(est.losses_).savefig(folder / "plots" / "loss.png", dpi=110)
-    for name, figure in fitted.figures.items():
-        figure.savefig(folder / "plots" / f"{name}.png", dpi=110)
+    for fig_name, figure in fitted.figures.items():
+        figure.savefig(folder / "plots" / f"{fig_name}.png", dpi=110)
     est.save(folder / "model")
     from bayesgen.diagnostics import write_diagnostics
 
-    diagnostics = write_diagnostics(est, folder, num_samples=int(spec["report"].get("diagnostic_samples", 1000)),
-                                    seed=spec["run"]["seed"])
+    rep = spec["report"]
+    diagnostics = write_diagnostics(est, folder, num_samples=int(rep.get("diagnostic_samples", 1000)),
+                                    seed=spec["run"]["seed"], nuts=bool(rep.get("nuts", False)),
+                                    nuts_samples=int(rep.get("nuts_samples", 1000)),
+                                    nuts_warmup=int(rep.get("nuts_warmup", 500)),
+                                    sbc_simulations=int(rep.get("sbc_simulations", 0)),
+                                    sbc_steps=rep.get("sbc_steps"))
 
     resolved = {k: v for k, v in spec.items() if not k.startswith("_")}
     params = est.get_params()

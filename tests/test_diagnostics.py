@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
 from bayesgen import BetaBinomialTest
-from bayesgen.diagnostics import psis_expectation, vi_khat
+from bayesgen.diagnostics import psis_expectation, psis_summary, vi_khat, vi_khat_rows
 
 Y = torch.tensor(np.random.default_rng(0).normal(2.0, 1.0, size=50), dtype=torch.float32)
 # Conjugate posterior of mu with prior Normal(0, 10) and unit noise.
@@ -47,6 +48,50 @@ def test_badly_wrong_guide_is_unreliable_and_warns(shift, scale):
     assert diag.khat > 0.7 and diag.verdict == "unreliable"
     with pytest.raises(ValueError, match="unreliable"):
         psis_expectation(diag.draws["mu"], diag.log_weights, khat=diag.khat)
+
+
+def local_model(x):
+    with pyro.plate("row", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def make_local_guide(scale_factor: float, wrong_rows: int = 0):
+    # Exact posterior of each z_i: Normal(x_i / 2, sqrt(1/2)); the first `wrong_rows` rows get a narrow guide.
+    def guide(x):
+        scale = torch.full_like(x, math.sqrt(0.5))
+        scale[:wrong_rows] *= scale_factor
+        with pyro.plate("row", len(x)):
+            pyro.sample("z", dist.Normal(x / 2, scale))
+
+    return guide
+
+
+def test_per_row_khat_finds_the_rows_an_amortised_guide_gets_wrong():
+    x = torch.tensor(np.random.default_rng(1).normal(0.0, 1.4, size=40), dtype=torch.float32)
+    exact = vi_khat_rows(local_model, make_local_guide(1.0), x, plate="row", num_samples=400, seed=0)
+    assert exact.khat.shape == (40,) and exact.shares["good"] == 1.0 and exact.verdict == "good"
+    with pytest.warns(UserWarning, match="unreliable"):
+        # A guide 5x too narrow: the ratios' tail has shape 1 - 0.2² ≈ 0.96 (Yao et al. 2018).
+        mixed = vi_khat_rows(local_model, make_local_guide(0.2, wrong_rows=10), x, plate="row", num_samples=1000,
+                             seed=0)
+    # k-hat from 1000 draws of a heavy tail scatters (and is biased low): test the wrong rows' median.
+    assert np.median(mixed.khat[:10]) > 0.7 and (mixed.khat[10:] < 0.5).all()
+    assert mixed.verdict == "unreliable" and 0.15 <= mixed.shares["unreliable"] <= 0.25
+    # The joint k-hat over all rows cannot say which rows are wrong, and a global latent is refused.
+    with pytest.raises(ValueError, match="outside the plate 'obs'"):
+        vi_khat_rows(model, make_guide(0.0, 1.0), Y, plate="obs", num_samples=200)
+
+
+def test_psis_corrected_means_move_a_slightly_wrong_guide_toward_the_posterior():
+    diag = vi_khat(model, make_guide(0.4, 1.2), Y, num_samples=4000, seed=0, warn=False)
+    assert diag.khat <= 0.7
+    table = psis_summary(diag)
+    row = table.loc["mu"]
+    sd = math.sqrt(POST_VAR)
+    assert abs(row["guide_mean"] - POST_MEAN) > 0.3 * sd  # the guide is off by 0.4 sd
+    assert abs(row["psis_mean"] - POST_MEAN) < 0.1 * sd  # the corrected mean is not
+    assert abs(row["psis_sd"] / sd - 1) < 0.1
 
 
 def test_estimator_method_on_the_ab_test():
@@ -103,11 +148,25 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
     report = json.loads((out.folder / "diagnostics.json").read_text())
     assert report["psis"]["verdict"] in ("good", "usable") and report["convergence"]["steps"] == 400
     assert (out.folder / "plots" / "diagnostics_loss.png").is_file()
+    # PSIS-corrected means in the run folder, checked against the closed-form Beta posterior.
+    psis = pd.read_csv(out.folder / "psis_summary.csv", index_col=0)
+    est = out.estimator
+    a, b = est.prior[0] + est.successes_, est.prior[1] + est.trials_ - est.successes_
+    exact_mean, exact_sd = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    assert len(psis) == len(exact_mean)
+    assert np.all(np.abs(psis["psis_mean"].to_numpy() - exact_mean) < 0.15 * exact_sd)
     (out.folder / "diagnostics.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(out.folder), "--num-samples", "300"],
-                          capture_output=True, text=True, timeout=300, cwd=root)
+    proc = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(out.folder), "--num-samples", "300",
+                           "--nuts", "--nuts-samples", "300", "--nuts-warmup", "200", "--sbc", "8",
+                           "--sbc-steps", "200"], capture_output=True, text=True, timeout=600, cwd=root)
     assert proc.returncode == 0, proc.stderr
-    assert "PSIS k-hat" in proc.stdout and (out.folder / "diagnostics.json").is_file()
+    assert "PSIS k-hat" in proc.stdout and "NUTS vs SVI" in proc.stdout and "SBC over 8" in proc.stdout
+    report = json.loads((out.folder / "diagnostics.json").read_text())
+    assert report["nuts"]["max_r_hat"] < 1.05 and report["nuts"]["divergences"] == 0
+    nuts = pd.read_csv(out.folder / "nuts_comparison.csv", index_col=0)
+    assert np.all(np.abs(nuts["nuts_mean"].to_numpy() - exact_mean) < 0.3 * exact_sd)
+    assert len(pd.read_csv(out.folder / "sbc_ranks.csv")) == 8 and (out.folder / "plots" / "sbc_ecdf.png").is_file()
+    assert (out.folder / "nuts.nc").is_file()
     bad = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(tmp_path)], capture_output=True,
                          text=True, timeout=300, cwd=root)
     assert bad.returncode == 2 and "not a run folder" in bad.stderr
@@ -189,3 +248,22 @@ def test_predictive_check_plots_for_a_fitted_model(tmp_path):
     written = plot_predictive_checks(test, tmp_path, num_samples=60)
     assert written == {"ppc_prior_predictive_successes.png": "ok", "ppc_posterior_predictive_successes.png": "ok"}
     assert all((tmp_path / name).stat().st_size > 5000 for name in written)
+
+
+def test_amortised_model_gets_per_row_khat_and_refuses_nuts_with_a_reason(tmp_path):
+    import json
+
+    from bayesgen import VAE
+    from bayesgen.datasets import load_digits
+    from bayesgen.diagnostics import write_diagnostics
+
+    X, _ = load_digits()
+    vae = VAE(latent_dim=4, num_epochs=5, seed=0).fit(X[:600])
+    report = write_diagnostics(vae, tmp_path, num_samples=300, nuts=True, sbc_simulations=5)
+    rows = report["psis_rows"]
+    assert rows["num_rows"] > 10 and rows["verdict"] in ("good", "usable"), rows
+    # The joint k-hat over many rows is high whatever the guide; it is reported but does not raise a warning.
+    assert report["psis"]["message"].startswith("joint over all checked rows")
+    assert not any("joint" in w for w in report["warnings"])
+    assert "amortised" in report["nuts"]["error"] and "amortised" in report["sbc"]["error"]
+    assert json.loads((tmp_path / "diagnostics.json").read_text())["psis_rows"]["verdict"] == rows["verdict"]

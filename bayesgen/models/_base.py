@@ -218,8 +218,66 @@ class BayesianEstimator:
         self._check_fitted()
         model, guide = self._model_and_guide(for_arviz=True)
         args, kwargs = self._model_args(for_arviz=True)
+        size = self._latent_size(guide, args, kwargs)
+        if size > self._nuts_max_latents:
+            raise ValueError(f"{type(self).__name__} has {size} latent numbers; NUTS is offered for models with at "
+                             f"most {self._nuts_max_latents} (fit fewer features, rows or classes to cross-check)")
         return nuts_compare(model, guide, *args, param_state=self._param_state, num_samples=num_samples,
                             num_warmup=num_warmup, num_chains=num_chains, seed=seed, tolerance=tolerance, **kwargs)
+
+    _nuts_max_latents: ClassVar[int] = 1000
+    _row_plate: ClassVar[str | None] = None
+
+    def _latent_size(self, guide: Any, args: tuple, kwargs: dict) -> int:
+        from pyro import poutine
+
+        from bayesgen.infer import param_scope
+
+        with param_scope(self._param_state), torch.no_grad():
+            trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        return sum(int(s["value"].numel()) for s in trace.nodes.values()
+                   if s["type"] == "sample" and not s["is_observed"])
+
+    def vi_diagnostic_rows(self, num_samples: int = 500, *, seed: int | None = 0, warn: bool = True) -> Any:
+        """Per-row PSIS k-hat of an amortised guide (see :func:`bayesgen.diagnostics.vi_khat_rows`).
+
+        Offered by models whose latent variables are all local to a data row
+        (VAE, ProdLDA); checked on the rows stored for ArviZ.
+        """
+        from bayesgen.diagnostics import vi_khat_rows
+
+        self._check_fitted()
+        if self._row_plate is None:
+            raise ValueError(f"{type(self).__name__} has global latent variables: per-row k-hat does not apply; "
+                             "use vi_diagnostic()")
+        model, guide = self._model_and_guide(for_arviz=True)
+        args, kwargs = self._model_args(for_arviz=True)
+        return vi_khat_rows(model, guide, *args, plate=self._row_plate, num_samples=num_samples,
+                            param_state=self._param_state, max_plate_nesting=getattr(self, "_max_plate_nesting", 1),
+                            seed=seed, device=self.device_, warn=warn, **kwargs)
+
+    def sbc_check(self, num_simulations: int = 100, *, num_posterior_samples: int = 99, num_steps: int | None = None,
+                  learning_rate: float | None = None, seed: int = 0, alpha: float = 0.01) -> Any:
+        """Simulation-based calibration of this estimator's SVI procedure (see :func:`bayesgen.diagnostics.sbc`).
+
+        Simulates data sets of the fitted data's shape from the prior and refits
+        the guide to each with the estimator's optimiser settings
+        (``num_steps`` defaults to the estimator's, at most 1000). Each
+        simulation is a full fit: budget ``num_simulations`` fits.
+        """
+        from bayesgen.diagnostics import sbc
+
+        self._check_fitted()
+        model, guide = self._model_and_guide(for_arviz=True)
+        args, kwargs = self._model_args(for_arviz=True)
+        if learning_rate is None:
+            learning_rate = self._learning_rate() if hasattr(self, "_learning_rate") else self.learning_rate
+        steps = int(num_steps if num_steps is not None else min(int(getattr(self, "num_steps", 1000)), 1000))
+        fit_kwargs = {"loss": getattr(self, "loss", "trace"), "optimizer": getattr(self, "optimizer", "adam"),
+                      "max_plate_nesting": getattr(self, "_max_plate_nesting", None)}
+        return sbc(model, guide, *args, num_simulations=num_simulations, num_posterior_samples=num_posterior_samples,
+                   num_steps=steps, learning_rate=float(learning_rate), fit_kwargs=fit_kwargs, alpha=alpha,
+                   seed=seed, **kwargs)
 
     # -------------------------------------------------------------- save/load
     def save(self, path: PathLikeStr) -> Path:

@@ -39,6 +39,15 @@ class NeuralEstimator(BayesianEstimator):
     def _networks(self) -> dict[str, nn.Module]:
         raise NotImplementedError
 
+    def nuts_check(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: the networks' weights are point estimates, so NUTS has no posterior to compare with."""
+        raise ValueError(f"{type(self).__name__} is amortised (network weights are point estimates): NUTS and SBC "
+                         "cross-checks apply to the small models; use vi_diagnostic_rows() for per-row k-hat")
+
+    def sbc_check(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered, for the same reason as :meth:`nuts_check`."""
+        return self.nuts_check()
+
     def _set_training(self, training: bool) -> None:
         for net in self._networks().values():
             net.train(training)

@@ -291,6 +291,7 @@ class ProdLDA(NeuralEstimator):
 
     _model_name = "prodlda"
     _max_plate_nesting = 1
+    _row_plate = "document"
 
     def __init__(
         self,

@@ -396,6 +396,7 @@ class VAE(NeuralEstimator):
 
     _model_name = "vae"
     _max_plate_nesting = 1
+    _row_plate = "row"
 
     def __init__(
         self,
