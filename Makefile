@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/bayesgen fit models/ab_resume_callbacks.toml --out runs/ab_resume_callbacks
+	$(BIN)/bayesgen tour --out runs/tour
 
 test: install
 	$(BIN)/python -m pytest

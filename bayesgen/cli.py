@@ -1,6 +1,10 @@
 """The ``bayesgen`` command line.
 
+``bayesgen tour``          fit all five models on offline data; one HTML report.
 ``bayesgen fit SPEC``      fit a run spec from ``models/`` and write a run folder.
+``bayesgen reproduce DIR`` re-run a run folder and compare its summaries.
+``bayesgen report DIR...`` one self-contained HTML report of run folders.
+``bayesgen diagnose DIR``  every diagnostic of a run folder.
 ``bayesgen abtest ...``    Bayesian A/B(/n) test from counts or a CSV of raw events.
 ``bayesgen augment ...``   add synthetic rows from a Gaussian class-conditional generator.
 
@@ -166,6 +170,53 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tour(args: argparse.Namespace) -> int:
+    from bayesgen.tour import TOUR_SPECS, run_tour
+
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(TOUR_SPECS)
+
+    def on_event(kind: str, name: str, i: int, total: int, detail: object) -> None:
+        if kind == "start":
+            print(f"[{i + 1}/{total}] {name}", flush=True)
+        elif kind == "done":
+            run = detail
+            print(f"      done in {run.estimator.fit_seconds_:.1f} s of SVI → {run.folder}", flush=True)
+        else:
+            print(f"bayesgen: error: {name} failed: {detail}", file=sys.stderr, flush=True)
+
+    result = run_tour(args.out, device=args.device, specs=args.specs, names=names, smoke=args.smoke,
+                      progress=not args.quiet, on_event=on_event)
+    print(f"tour finished in {result.seconds['total']:.1f} s; report: {result.report}")
+    return 1 if result.errors else 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from bayesgen.specs import reproduce
+
+    result = reproduce(args.run_dir, args.out, device=args.device, tolerance=args.tolerance, rtol=args.rtol,
+                       progress=not args.quiet)
+    bad = result.table[~result.table["ok"]]
+    with pd.option_context("display.width", 140):
+        shown = bad if len(bad) else result.table.head(10)
+        print(shown.to_string(float_format=lambda v: f"{v:.5g}"))
+    print(result.message())
+    print(f"re-run folder: {result.folder}")
+    return 0 if result.match else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bayesgen.report import write_report
+
+    for folder in args.run_dirs:
+        if not (Path(folder) / "run.json").is_file():
+            raise ValueError(f"{folder} is not a run folder (no run.json inside)")
+    path = write_report(args.run_dirs, args.out, title=args.title)
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_augment(args: argparse.Namespace) -> int:
     from bayesgen.augment import augment
     from bayesgen.datasets import read_csv
@@ -237,6 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayesgen", description="Bayesian generative models in Pyro.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    tour = sub.add_parser("tour", help="fit all five models on offline data and write an HTML report")
+    tour.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    tour.add_argument("--out", default="runs/tour", help="folder for the run folders and report.html")
+    tour.add_argument("--specs", default=None, help="folder of the run specs (default: the checkout's models/)")
+    tour.add_argument("--only", default=None, help="comma-separated spec names to fit (default: all five)")
+    tour.add_argument("--smoke", action="store_true", help="a twentieth of the steps: checks the setup, not results")
+    tour.add_argument("--quiet", action="store_true", help="no progress bars")
+    tour.set_defaults(func=_cmd_tour)
+
+    rep = sub.add_parser("reproduce", help="re-run a run folder and compare its summaries within tolerance")
+    rep.add_argument("run_dir", help="a folder written by 'bayesgen fit' or 'bayesgen tour'")
+    rep.add_argument("--out", default=None, help="re-run folder (default RUN_DIR/reproduced)")
+    rep.add_argument("--device", default=None, help="default: the original's device when available, else cpu")
+    rep.add_argument("--tolerance", type=float, default=0.1, help="allowed change of a mean, in posterior sds")
+    rep.add_argument("--rtol", type=float, default=0.05, help="allowed relative change of a report figure")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(func=_cmd_reproduce)
+
+    hr = sub.add_parser("report", help="one self-contained HTML report of run folders")
+    hr.add_argument("run_dirs", nargs="+", help="folders written by 'bayesgen fit'")
+    hr.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    hr.add_argument("--title", default="bayesgen report")
+    hr.set_defaults(func=_cmd_report)
 
     fit = sub.add_parser("fit", help="fit a run spec (models/*.toml) and write a run folder")
     fit.add_argument("spec", help="path to a TOML run spec")
@@ -311,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # font fallbacks are not the user's business
     warnings.simplefilter("default", UserWarning)
     try:
         return args.func(args)

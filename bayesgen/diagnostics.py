@@ -571,8 +571,11 @@ def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 10
         for var in tree[group].data_vars:
             name = f"ppc_{group}_{var}.png"
             try:
-                pc = azp.plot_ppc_dist(tree, var_names=[var], group=group, num_samples=min(50, num_samples),
-                                       backend="matplotlib")
+                with warnings.catch_warnings():
+                    # ArviZ advises other plots for binary/discrete data; the pooled distribution still reads.
+                    warnings.filterwarnings("ignore", message=".*look (binary|discrete)", category=UserWarning)
+                    pc = azp.plot_ppc_dist(tree, var_names=[var], group=group, num_samples=min(50, num_samples),
+                                           backend="matplotlib")
                 pc.savefig(folder / name)
                 import matplotlib.pyplot as plt
 

@@ -17,6 +17,7 @@ and the seed. :func:`run_spec` fits it and writes a run folder::
                        the NUTS cross-check (nuts_comparison.csv, nuts.nc) and SBC
                        (sbc_ranks.csv); see :func:`bayesgen.diagnostics.write_diagnostics`
     plots/*.png        loss curve, model figures, predictive checks
+    plots/model_graph.svg  Pyro's render_model of the model (when Graphviz is installed)
     model/             the fitted estimator (``Estimator.load`` reads it)
 
 Spec sections: ``[run]`` (``name``, ``model``, ``seed``), ``[data]``,
@@ -28,6 +29,7 @@ estimator's ``__init__`` parameters; unknown keys are errors.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import sys
 import time
@@ -56,9 +58,11 @@ from bayesgen.datasets import (
 from bayesgen.models._base import BayesianEstimator
 from bayesgen.models.gaussian_generator import validate_xy
 
-__all__ = ["load_spec", "run_spec", "RunOutput", "package_versions"]
+__all__ = ["load_spec", "run_spec", "RunOutput", "package_versions", "reproduce", "ReproduceResult"]
 
 SECTIONS = {"run", "data", "model", "inference", "report"}
+
+logger = logging.getLogger(__name__)
 
 
 def load_spec(path: PathLikeStr) -> dict[str, Any]:
@@ -365,6 +369,8 @@ def _fit_topic(spec: dict[str, Any], device: DeviceLike | None, progress: bool) 
         "epochs_run": len(est.history_),
         "seconds_per_epoch": est.seconds_per_epoch_,
         f"npmi_top{top_n}_heldout": float(est.coherence(test, top_n=top_n).mean()),
+        # On a small corpus the held-out documents are too few for co-occurrence counts; all of them read better.
+        f"npmi_top{top_n}_all_docs": float(est.coherence(corpus, top_n=top_n).mean()),
         "diversity_top25": est.diversity(25),
         "perplexity_heldout": est.perplexity(test),
     }
@@ -482,6 +488,12 @@ def run_spec(
     for fig_name, figure in fitted.figures.items():
         figure.savefig(folder / "plots" / f"{fig_name}.png", dpi=110)
     est.save(folder / "model")
+    from bayesgen.plots import render_model_graph
+
+    try:
+        render_model_graph(est, folder / "plots" / "model_graph.svg")
+    except (ValueError, RuntimeError, TypeError) as err:  # the graph is a picture, not a result
+        logger.warning("model graph not drawn: %s", err)
     from bayesgen.diagnostics import write_diagnostics
 
     rep = spec["report"]
@@ -529,3 +541,144 @@ def _toml_safe(value: Any) -> Any:
         return value.item()
     return value
 
+
+
+# ---------------------------------------------------------------- reproduce
+@dataclass
+class ReproduceResult:
+    """What :func:`reproduce` found.
+
+    Attributes
+    ----------
+    match : bool
+        Same data checksum, and every summary and report figure within tolerance.
+    data_match : bool
+    table : pandas.DataFrame
+        One row per compared figure: ``original``, ``rerun``, ``difference``,
+        ``allowed`` (the tolerance it was held to) and ``ok``.
+    version_changes : dict
+        Package versions that differ from the original run, name → (original, now).
+    folder : pathlib.Path
+        The re-run's folder.
+    """
+
+    match: bool
+    data_match: bool
+    table: pd.DataFrame
+    version_changes: dict[str, tuple[str, str]]
+    folder: Path
+
+    def message(self) -> str:
+        """One line for the CLI."""
+        bad = self.table[~self.table["ok"]] if len(self.table) else self.table
+        text = (f"{len(self.table) - len(bad)} of {len(self.table)} figures match within tolerance; data checksum "
+                + ("matches" if self.data_match else "DIFFERS (the data changed)"))
+        if self.version_changes:
+            text += "; versions changed: " + ", ".join(f"{k} {a} → {b}" for k, (a, b) in self.version_changes.items())
+        return ("REPRODUCED: " if self.match else "NOT REPRODUCED: ") + text
+
+
+# report.csv rows that measure the machine, not the model
+_TIMING_WORDS = ("seconds", "time", "epochs_run", "best_epoch")
+
+
+def reproduce(
+    run_dir: PathLikeStr,
+    out: PathLikeStr | None = None,
+    *,
+    device: DeviceLike | None = None,
+    tolerance: float = 0.1,
+    rtol: float = 0.05,
+    progress: bool = False,
+) -> ReproduceResult:
+    """Re-run a run folder's resolved spec and compare the results with the original.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        A folder written by :func:`run_spec` (``bayesgen fit`` or the tour).
+    out : str or os.PathLike, optional
+        Where the re-run goes; default ``<run_dir>/reproduced``.
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        Default: the device the original ran on when it is available here, else the CPU.
+    tolerance : float, default 0.1
+        Largest allowed change of a posterior mean, in posterior sds of the
+        original (and of an sd, as a fraction ``2 * tolerance`` of itself).
+    rtol : float, default 0.05
+        Largest relative change of a report figure (timings are not compared).
+    progress : bool, default False
+
+    Returns
+    -------
+    ReproduceResult
+
+    Raises
+    ------
+    ValueError
+        ``run_dir`` is not a run folder.
+    """
+    import torch
+
+    run_dir = Path(run_dir)
+    missing = [f for f in ("spec.toml", "run.json", "summary.csv") if not (run_dir / f).is_file()]
+    if missing:
+        raise ValueError(f"{run_dir} is not a complete run folder (missing {', '.join(missing)})")
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+    except ValueError as err:
+        raise ValueError(f"{run_dir / 'run.json'} is not valid JSON: {err}") from err
+    spec = load_spec(run_dir / "spec.toml")
+    original_spec = Path(str(run.get("spec", "")))
+    if original_spec.is_file():  # relative data paths resolve where the original spec lived
+        spec["_path"] = str(original_spec.resolve())
+    if device is None:
+        device = "cuda" if str(run.get("device", "cpu")).startswith("cuda") and torch.cuda.is_available() else "cpu"
+    folder = Path(out) if out is not None else run_dir / "reproduced"
+    rerun = run_spec(spec, folder, device=device, progress=progress)
+    new_run = json.loads((folder / "run.json").read_text())
+    data_match = new_run["data_checksum"] == run.get("data_checksum")
+
+    rows = []
+    old = pd.read_csv(run_dir / "summary.csv", index_col=0)
+    new = rerun.summary
+    for name in old.index:
+        if name not in new.index or "mean" not in old.columns:
+            rows.append({"figure": f"{name} mean", "original": old.loc[name].get("mean", np.nan), "rerun": np.nan,
+                         "difference": np.nan, "allowed": np.nan, "ok": False})
+            continue
+        sd = float(old.loc[name, "sd"]) if "sd" in old.columns else 0.0
+        for col, allowed in (("mean", tolerance * sd), ("sd", 2 * tolerance * sd)):
+            if col not in old.columns:
+                continue
+            a, b = float(old.loc[name, col]), float(new.loc[name, col])
+            allowed = max(allowed, 1e-9 * max(abs(a), 1.0))
+            rows.append({"figure": f"{name} {col}", "original": a, "rerun": b, "difference": b - a,
+                         "allowed": allowed, "ok": bool(abs(b - a) <= allowed)})
+    if (run_dir / "report.csv").is_file():
+        old_rep = pd.read_csv(run_dir / "report.csv", index_col=0)
+        for name in old_rep.index:
+            if any(word in str(name) for word in _TIMING_WORDS):
+                continue
+            try:
+                a = float(old_rep.loc[name].iloc[0])
+                b = float(rerun.report.loc[name].iloc[0])
+            except (KeyError, TypeError, ValueError):
+                continue
+            allowed = max(rtol * abs(a), 1e-9)
+            rows.append({"figure": f"report: {name}", "original": a, "rerun": b, "difference": b - a,
+                         "allowed": allowed, "ok": bool(abs(b - a) <= allowed)})
+    table = pd.DataFrame(rows, columns=["figure", "original", "rerun", "difference", "allowed", "ok"])
+    table = table.set_index("figure")
+    try:
+        before = json.loads((run_dir / "versions.json").read_text())
+    except (OSError, ValueError):
+        before = {}
+    now = {**package_versions(), "device": str(rerun.estimator.device_)}
+    changes = {k: (str(before[k]), str(now[k])) for k in before if k in now and str(before[k]) != str(now[k])}
+    match = bool(data_match and len(table) and table["ok"].all())
+    result = ReproduceResult(match=match, data_match=data_match, table=table, version_changes=changes, folder=folder)
+    table.to_csv(folder / "reproduce.csv")
+    (folder / "reproduce.json").write_text(json.dumps({"original": str(run_dir), "match": match,
+                                                        "data_match": data_match, "message": result.message()},
+                                                       indent=2))
+    return result

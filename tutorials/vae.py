@@ -50,7 +50,7 @@ settings = {**spec["model"], **spec["inference"], "seed": seed}
 if SMOKE:
     settings.update(num_epochs=3, patience=None, validation_fraction=0.1)
 vae = VAE(**settings).fit(X_train, y_train)
-print(vae.history_.tail(3).round(2).to_string(index=False))
+print(vae.history_.drop(columns="seconds").tail(3).round(2).to_string(index=False))
 print(f"best epoch {vae.best_epoch_}, {vae.seconds_per_epoch_:.2f} s per epoch")
 
 # %% [markdown]
