@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default", UserWarning)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"bayesgen: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

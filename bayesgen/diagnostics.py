@@ -485,7 +485,7 @@ def convergence_report(
 
 
 def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -> dict[str, Any]:
-    """Every quick diagnostic of a fitted estimator, as a JSON-ready dict.
+    """Every quick diagnostic of a fitted estimator, as a JSON-ready dict (what ``diagnostics.json`` holds).
 
     Returns
     -------
@@ -494,13 +494,20 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
         verdict, ESS, message, or the error that prevented it); for amortised
         models (VAE, ProdLDA) ``psis_rows`` (:func:`vi_khat_rows`: per-row
         k-hat, which then sets the verdict, since the joint k-hat over many rows
-        grows with their number); ``psis_means`` (PSIS-corrected posterior
-        means next to the guide's, where k-hat ≤ 0.7; the full table is
-        returned under ``psis_summary`` as a DataFrame); and ``warnings`` (the
+        grows with their number: ``psis`` then has ``scope: "joint"`` and only
+        ``psis_rows`` raises a warning); ``psis_means`` (the largest shift of a
+        PSIS-corrected mean, where k-hat ≤ 0.7; the table is :func:`psis_summary`
+        and ``psis_summary.csv`` in a run folder); and ``warnings`` (the
         messages an analyst must read). The slow cross-checks, NUTS and SBC,
         are options of :func:`write_diagnostics`.
     """
+    return _diagnose(estimator, num_samples=num_samples, seed=seed)[0]
+
+
+def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[dict[str, Any], Any]:
+    """:func:`diagnose`, plus the PSIS summary table (or None)."""
     estimator._check_fitted()
+    table = None
     max_steps = getattr(estimator, "num_steps", None)
     if hasattr(estimator, "num_epochs"):
         max_steps = None  # epoch-based fits stop by epochs or early stopping
@@ -518,12 +525,12 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
         report["psis"] = {"khat": diag.khat, "verdict": diag.verdict, "ess": diag.ess,
                           "num_samples": diag.num_samples, "message": diag.message()}
         if amortised:
+            report["psis"]["scope"] = "joint"
             report["psis"]["message"] = "joint over all checked rows (grows with their number): " + diag.message()
         elif diag.verdict == "unreliable":
             report["warnings"].append(diag.message())
         if diag.khat <= KHAT_USABLE:
             table = psis_summary(diag)
-            report["psis_summary"] = table
             if len(table):
                 worst = table["shift_sd"].abs()
                 report["psis_means"] = {
@@ -544,7 +551,7 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
                 report["warnings"].append(rows.message())
         except (ValueError, RuntimeError) as err:
             report["psis_rows"] = {"error": str(err).splitlines()[0]}
-    return report
+    return report, table
 
 
 def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 100, seed: int | None = 0) -> dict:
@@ -637,8 +644,10 @@ def write_diagnostics(
 
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
-    report = diagnose(estimator, num_samples=num_samples, seed=seed)
-    table = report.pop("psis_summary", None)
+    # Results of an earlier call must not survive next to a new diagnostics.json that does not list them.
+    for stale in ("psis_summary.csv", "nuts_comparison.csv", "nuts.nc", "sbc_ranks.csv", "plots/sbc_ecdf.png"):
+        (folder / stale).unlink(missing_ok=True)
+    report, table = _diagnose(estimator, num_samples=num_samples, seed=seed)
     if table is not None and len(table):
         table.to_csv(folder / "psis_summary.csv")
     report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed)

@@ -134,9 +134,10 @@ def _caption(name: str) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _section(folder: Path, anchor: str) -> tuple[str, str]:
@@ -153,13 +154,15 @@ def _section(folder: Path, anchor: str) -> tuple[str, str]:
     title, what = MODEL_DESCRIPTIONS.get(model, (model, ""))
     data = spec.get("data", {})
     diag = _read_json(folder / "diagnostics.json")
-    parts = [f'<section class="model" id="{anchor}">', f"<h2>{html.escape(title)} — {html.escape(run['name'])}</h2>",
+    parts = [f'<section class="model" id="{anchor}">', f"<h2>{html.escape(title)} — {html.escape(str(run.get('name', folder.name)))}</h2>",
              f"<p>{html.escape(what)}</p>", "<h3>Data</h3>",
              f"<p>{html.escape(str(data.get('description', data.get('source', ''))))}</p>",
              f'<p class="muted">source <code>{html.escape(str(data.get("source", "")))}</code>, data checksum '
-             f'<code>{html.escape(str(run.get("data_checksum", ""))[:16])}</code>, seed {run.get("seed")}</p>',
+             f'<code>{html.escape(str(run.get("data_checksum", ""))[:16])}</code>, seed '
+             f'{html.escape(str(run.get("seed")))}</p>',
              "<h3>Fit</h3>",
-             f"<p>{run.get('num_steps')} optimisation steps in {run.get('fit_seconds')} s on "
+             f"<p>{html.escape(str(run.get('num_steps')))} optimisation steps in "
+             f"{html.escape(str(run.get('fit_seconds')))} s on "
              f"<code>{html.escape(str(run.get('device')))}</code>.</p>"]
     lines = []
     for key in ("convergence", "psis", "psis_rows", "psis_means", "nuts", "sbc"):

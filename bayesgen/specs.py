@@ -520,6 +520,7 @@ def run_spec(
         "spec": spec["_path"],
         "seed": spec["run"]["seed"],
         "data_checksum": checksum,
+        "data_path": _data_path(spec),
         "num_steps": int(est.n_steps_),
         "converged": None if est.converged_ is None else bool(est.converged_),
         "final_loss": float(np.mean(est.losses_[-100:])) if len(est.losses_) else None,
@@ -530,6 +531,15 @@ def run_spec(
     }
     (folder / "run.json").write_text(json.dumps(run_info, indent=2))
     return RunOutput(estimator=est, folder=folder, report=report, summary=table)
+
+
+def _data_path(spec: dict[str, Any]) -> str | None:
+    """The absolute path of a spec's data file (None for built-in sources such as sklearn:digits)."""
+    source = str(spec["data"].get("source", ""))
+    if not source:
+        return None
+    path = resolve_source(source, Path(spec["_path"]).parent)
+    return str(path.resolve()) if path.is_file() else None
 
 
 def _toml_safe(value: Any) -> Any:
@@ -631,15 +641,25 @@ def reproduce(
     original_spec = Path(str(run.get("spec", "")))
     if original_spec.is_file():  # relative data paths resolve where the original spec lived
         spec["_path"] = str(original_spec.resolve())
+    elif run.get("data_path") and Path(run["data_path"]).is_file():
+        spec["data"]["source"] = run["data_path"]  # the original spec moved: use the file it read
     if device is None:
         device = "cuda" if str(run.get("device", "cpu")).startswith("cuda") and torch.cuda.is_available() else "cpu"
     folder = Path(out) if out is not None else run_dir / "reproduced"
+    if folder.resolve() == run_dir.resolve():
+        raise ValueError("the re-run needs its own folder: --out must not be the run folder itself")
+    # Read the original's results before anything is written.
+    old = pd.read_csv(run_dir / "summary.csv", index_col=0)
+    old_rep = pd.read_csv(run_dir / "report.csv", index_col=0) if (run_dir / "report.csv").is_file() else None
+    try:
+        before = json.loads((run_dir / "versions.json").read_text())
+    except (OSError, ValueError):
+        before = {}
     rerun = run_spec(spec, folder, device=device, progress=progress)
     new_run = json.loads((folder / "run.json").read_text())
     data_match = new_run["data_checksum"] == run.get("data_checksum")
 
     rows = []
-    old = pd.read_csv(run_dir / "summary.csv", index_col=0)
     new = rerun.summary
     for name in old.index:
         if name not in new.index or "mean" not in old.columns:
@@ -654,25 +674,27 @@ def reproduce(
             allowed = max(allowed, 1e-9 * max(abs(a), 1.0))
             rows.append({"figure": f"{name} {col}", "original": a, "rerun": b, "difference": b - a,
                          "allowed": allowed, "ok": bool(abs(b - a) <= allowed)})
-    if (run_dir / "report.csv").is_file():
-        old_rep = pd.read_csv(run_dir / "report.csv", index_col=0)
+    if old_rep is not None:
+        new_rep = rerun.report.copy()
+        new_rep.index = new_rep.index.astype(str)
         for name in old_rep.index:
-            if any(word in str(name) for word in _TIMING_WORDS):
-                continue
-            try:
-                a = float(old_rep.loc[name].iloc[0])
-                b = float(rerun.report.loc[name].iloc[0])
-            except (KeyError, TypeError, ValueError):
-                continue
-            allowed = max(rtol * abs(a), 1e-9)
-            rows.append({"figure": f"report: {name}", "original": a, "rerun": b, "difference": b - a,
-                         "allowed": allowed, "ok": bool(abs(b - a) <= allowed)})
+            for col in old_rep.columns:
+                if any(word in f"{name} {col}" for word in _TIMING_WORDS):
+                    continue
+                try:
+                    a = float(old_rep.loc[name, col])
+                except (TypeError, ValueError):
+                    continue  # text cells (names) are not figures
+                try:
+                    b = float(new_rep.loc[str(name), col])
+                except (KeyError, TypeError, ValueError):
+                    b = np.nan
+                ok = bool(np.isclose(b, a, rtol=rtol, atol=1e-12, equal_nan=True))
+                label = f"report: {name}" if len(old_rep.columns) == 1 else f"report: {name} {col}"
+                rows.append({"figure": label, "original": a, "rerun": b, "difference": b - a,
+                             "allowed": rtol * abs(a), "ok": ok})
     table = pd.DataFrame(rows, columns=["figure", "original", "rerun", "difference", "allowed", "ok"])
     table = table.set_index("figure")
-    try:
-        before = json.loads((run_dir / "versions.json").read_text())
-    except (OSError, ValueError):
-        before = {}
     now = {**package_versions(), "device": str(rerun.estimator.device_)}
     changes = {k: (str(before[k]), str(now[k])) for k in before if k in now and str(before[k]) != str(now[k])}
     match = bool(data_match and len(table) and table["ok"].all())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -61,16 +62,33 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     assert not re.search(r'(src|href)="(https?:|file:|/)', page)
 
 
+@functools.cache
 def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    """A headless Chromium that starts (a half-installed one skips the browser tests rather than failing them)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        return None
+    try:
+        probe = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                "--dump-dom", "about:blank"], capture_output=True, text=True, timeout=120)
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    return exe if probe.returncode == 0 and "<html" in probe.stdout else None
 
 
 def _headless(*args: str) -> subprocess.CompletedProcess:
     exe = _chromium()
     if exe is None:
-        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium)")
-    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-                          capture_output=True, text=True, timeout=120)
+        pytest.skip("no working headless Chromium (Debian: apt-get install chromium)")
+    # --disable-dev-shm-usage: containers give /dev/shm 64 MB, too little for a page of inlined pictures.
+    command = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+               *args]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("headless Chromium did not finish within 180 s")
+    assert proc.returncode == 0, f"Chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
+    return proc
 
 
 @pytest.mark.browser
@@ -92,7 +110,8 @@ def test_report_screenshot_shows_the_header_and_the_first_loss_curve(tour, tmp_p
 
     out, _ = tour
     shot = tmp_path / "shot.png"
-    _headless("--window-size=1280,1600", f"--screenshot={shot}", (out / "report.html").as_uri())
+    proc = _headless("--window-size=1280,1600", f"--screenshot={shot}", (out / "report.html").as_uri())
+    assert shot.is_file(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape[:2] == (1600, 1280)
     # The header band is the report's navy (#1f3b5c) across the page's top.
@@ -114,6 +133,7 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path):
     assert "REPRODUCED" in proc.stdout and "data checksum matches" in proc.stdout
     table = pd.read_csv(tmp_path / "again" / "reproduce.csv", index_col=0)
     assert "rate[white] mean" in table.index and table["ok"].all()
+    assert "report: white prob_best" in table.index  # the model's own figures are compared too
     # Shift one posterior mean by a posterior sd, as a different result would: caught, exit status 1.
     summary = pd.read_csv(original / "summary.csv", index_col=0)
     summary.iloc[0, summary.columns.get_loc("mean")] += summary["sd"].iloc[0]
@@ -126,6 +146,8 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path):
     assert "NOT REPRODUCED" in proc.stdout and "DIFFERS" in proc.stdout and "rate[white] mean" in proc.stdout
     bad = bayesgen("reproduce", str(tmp_path))
     assert bad.returncode == 2 and "not a complete run folder" in bad.stderr
+    onto_itself = bayesgen("reproduce", str(original), "--out", str(original))
+    assert onto_itself.returncode == 2 and "own folder" in onto_itself.stderr
 
 
 def test_reproduce_a_neural_run_on_the_cpu(tour, tmp_path):
@@ -135,3 +157,20 @@ def test_reproduce_a_neural_run_on_the_cpu(tour, tmp_path):
     result = reproduce(out / "vae_digits", tmp_path / "vae")
     assert result.match, result.table[~result.table["ok"]]
     assert result.data_match and len(result.table) > 100
+
+
+def test_tour_refuses_an_unavailable_device_up_front(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    proc = bayesgen("tour", "--smoke", "--device", "cuda", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "cuda" in proc.stderr.lower() and "[1/5]" not in proc.stdout
+
+
+@pytest.mark.cuda
+def test_tour_runs_on_the_gpu(tmp_path):
+    proc = bayesgen("tour", "--smoke", "--quiet", "--device", "cuda", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in TOUR_SPECS:
+        assert json.loads((tmp_path / name / "run.json").read_text())["device"].startswith("cuda")
