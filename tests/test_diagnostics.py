@@ -191,6 +191,39 @@ def test_nuts_flags_a_guide_that_is_too_narrow():
     assert not cmp.agree and cmp.table["sd_ratio"].iloc[0] < 0.5
 
 
+# Twelve independent means, each with a conjugate Normal posterior: the exact guide is known.
+Y12 = torch.tensor(np.random.default_rng(3).normal(np.arange(12.0), 1.0, size=(20, 12)), dtype=torch.float32)
+POST12_VAR = 1.0 / (1.0 / 100.0 + len(Y12))
+POST12_MEAN = POST12_VAR * Y12.sum(0)
+
+
+def model12(y):
+    mu = pyro.sample("mu", dist.Normal(torch.zeros(12), 10.0).to_event(1))
+    with pyro.plate("obs", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0).to_event(1), obs=y)
+
+
+def make_guide12(scale_factor: float):
+    def guide(y):
+        pyro.sample("mu", dist.Normal(POST12_MEAN, scale_factor * math.sqrt(POST12_VAR)).to_event(1))
+
+    return guide
+
+
+def test_nuts_agreement_allows_for_monte_carlo_error_but_not_for_a_narrow_guide():
+    from bayesgen.diagnostics import nuts_compare
+
+    # The exact posterior as the guide: every difference is Monte Carlo error, which the rule must allow
+    # (with 2 x 150 draws the largest of 12 |smd| is typically above a bare 0.1).
+    exact = nuts_compare(model12, make_guide12(1.0), Y12, num_samples=150, num_warmup=150, seed=0, warn=False)
+    table = exact.table
+    assert exact.agree, table[["smd", "smd_allowed", "sd_ratio", "sd_ratio_allowed"]]
+    assert (table["smd_allowed"] > exact.tolerance).all() and (table["smd_allowed"] < 0.6).all()
+    # The allowance is not so wide that a guide 0.6x too narrow passes.
+    narrow = nuts_compare(model12, make_guide12(0.6), Y12, num_samples=150, num_warmup=150, seed=0, warn=False)
+    assert not narrow.agree and (narrow.table["sd_ratio"] < 0.75).all()
+
+
 def _sbc_model(y):
     mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
     with pyro.plate("obs", len(y)):
@@ -267,3 +300,26 @@ def test_amortised_model_gets_per_row_khat_and_refuses_nuts_with_a_reason(tmp_pa
     assert not any("joint" in w for w in report["warnings"])
     assert "amortised" in report["nuts"]["error"] and "amortised" in report["sbc"]["error"]
     assert json.loads((tmp_path / "diagnostics.json").read_text())["psis_rows"]["verdict"] == rows["verdict"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["generator", "anomaly"])
+def test_nuts_cross_check_of_the_small_generator_and_anomaly_models(which):
+    """NUTS on the same model as SVI for a generator on two features and a mixture on a small table."""
+    if which == "generator":
+        from sklearn.datasets import load_iris
+
+        from bayesgen.models.gaussian_generator import GaussianGenerator
+
+        X, y = load_iris(return_X_y=True)
+        est = GaussianGenerator(covariance="diag", seed=0).fit(X[:, :2], y)
+    else:
+        from bayesgen.models.anomaly import MixtureAnomalyDetector
+
+        rng = np.random.default_rng(0)
+        X = np.vstack([rng.normal(size=(120, 2)), rng.normal(scale=6.0, size=(8, 2))])
+        est = MixtureAnomalyDetector(num_components=1, covariance="diag", seed=0).fit(X)
+    cmp = est.nuts_check(num_samples=400, num_warmup=300, seed=0)
+    assert cmp.divergences <= 2 and (cmp.table["nuts_r_hat"] < 1.05).all(), cmp.table
+    assert cmp.agree, cmp.table[["smd", "smd_allowed", "sd_ratio", "sd_ratio_allowed"]]
+    assert cmp.tree.posterior.sizes["chain"] == 2
