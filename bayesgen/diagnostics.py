@@ -657,11 +657,11 @@ def write_diagnostics(
                                        seed=0 if seed is None else int(seed))
             cmp.table.to_csv(folder / "nuts_comparison.csv")
             cmp.tree.to_netcdf(folder / "nuts.nc", engine="netcdf4")
-            report["nuts"] = {"agree": cmp.agree, "divergences": cmp.divergences,
+            report["nuts"] = {"agree": cmp.agree, "reliable": cmp.reliable, "divergences": cmp.divergences,
                               "largest_abs_smd": float(cmp.table["smd"].abs().max()),
                               "max_r_hat": float(cmp.table["nuts_r_hat"].max()),
                               "min_ess_bulk": float(cmp.table["nuts_ess_bulk"].min()), "message": cmp.message()}
-            if not cmp.agree or cmp.divergences:
+            if not (cmp.agree and cmp.reliable):
                 report["warnings"].append(cmp.message())
         except (ValueError, RuntimeError) as err:
             report["nuts"] = {"error": str(err).splitlines()[0]}
@@ -702,6 +702,10 @@ class NUTSComparison:
         The NUTS draws with chain and draw dims.
     agree : bool
         Every |smd| ≤ ``smd_allowed`` and every |sd ratio − 1| ≤ ``sd_ratio_allowed``.
+    reliable : bool
+        Whether NUTS itself can be trusted as the reference: no divergences,
+        every R-hat ≤ 1.05 and every bulk ESS ≥ 100. The Monte Carlo allowance
+        grows as the ESS falls, so ``agree`` means little when this is False.
     """
 
     table: Any
@@ -710,12 +714,22 @@ class NUTSComparison:
     agree: bool = True
     tolerance: float = 0.1
 
+    @property
+    def reliable(self) -> bool:
+        r_hat, ess = self.table["nuts_r_hat"], self.table["nuts_ess_bulk"]
+        return bool(self.divergences == 0 and (r_hat.fillna(np.inf) <= 1.05).all() and (ess.fillna(0) >= 100).all())
+
     def message(self) -> str:
         worst = self.table["smd"].abs().max()
         ratio = self.table["sd_ratio"]
-        return (f"NUTS vs SVI: largest |standardised mean difference| {worst:.3f}, sd ratio "
+        text = (f"NUTS vs SVI: largest |standardised mean difference| {worst:.3f}, sd ratio "
                 f"{ratio.min():.2f}–{ratio.max():.2f}, max R-hat {self.table['nuts_r_hat'].max():.3f}, "
-                f"{self.divergences} divergences: " + ("agree" if self.agree else "DISAGREE"))
+                f"min bulk ESS {self.table['nuts_ess_bulk'].min():.0f}, {self.divergences} divergences: "
+                + ("agree" if self.agree else "DISAGREE"))
+        if not self.reliable:
+            text += (" — but NUTS itself is unreliable here (divergences, R-hat > 1.05 or bulk ESS < 100): "
+                     "run it longer before trusting either verdict")
+        return text
 
 
 def nuts_compare(
@@ -808,7 +822,7 @@ def nuts_compare(
     agree = bool((table["smd"].abs() <= table["smd_allowed"]).all()
                  and (np.abs(table["sd_ratio"] - 1) <= table["sd_ratio_allowed"]).all())
     result = NUTSComparison(table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance)
-    if warn and not agree:
+    if warn and not (agree and result.reliable):
         warnings.warn(result.message(), UserWarning, stacklevel=2)
     return result
 

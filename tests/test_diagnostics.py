@@ -162,7 +162,7 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "PSIS k-hat" in proc.stdout and "NUTS vs SVI" in proc.stdout and "SBC over 8" in proc.stdout
     report = json.loads((out.folder / "diagnostics.json").read_text())
-    assert report["nuts"]["max_r_hat"] < 1.05 and report["nuts"]["divergences"] == 0
+    assert report["nuts"]["max_r_hat"] < 1.05 and report["nuts"]["divergences"] == 0 and report["nuts"]["reliable"]
     nuts = pd.read_csv(out.folder / "nuts_comparison.csv", index_col=0)
     assert np.all(np.abs(nuts["nuts_mean"].to_numpy() - exact_mean) < 0.3 * exact_sd)
     assert len(pd.read_csv(out.folder / "sbc_ranks.csv")) == 8 and (out.folder / "plots" / "sbc_ecdf.png").is_file()
@@ -222,6 +222,10 @@ def test_nuts_agreement_allows_for_monte_carlo_error_but_not_for_a_narrow_guide(
     # The allowance is not so wide that a guide 0.6x too narrow passes.
     narrow = nuts_compare(model12, make_guide12(0.6), Y12, num_samples=150, num_warmup=150, seed=0, warn=False)
     assert not narrow.agree and (narrow.table["sd_ratio"] < 0.75).all()
+    # Too few NUTS draws: the allowance balloons, so the comparison says NUTS itself is not to be trusted.
+    with pytest.warns(UserWarning, match="NUTS itself is unreliable"):
+        short = nuts_compare(model12, make_guide12(1.0), Y12, num_samples=20, num_warmup=20, seed=0)
+    assert exact.reliable and not short.reliable
 
 
 def _sbc_model(y):
