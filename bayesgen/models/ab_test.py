@@ -137,7 +137,7 @@ def events_model(
     beta = variant.new_tensor(prior_beta, dtype=torch.get_default_dtype()).expand(num_variants)
     with pyro.plate("variant", num_variants):
         rate = pyro.sample("rate", dist.Beta(alpha, beta))
-    with pyro.plate("event", variant.shape[0], subsample=subsample) as idx:
+    with pyro.plate("event", variant.shape[0], subsample=subsample, device=variant.device) as idx:
         obs = outcome.index_select(0, idx) if outcome is not None else None
         pyro.sample("outcome", dist.Bernoulli(rate[..., variant.index_select(0, idx)]), obs=obs)
 

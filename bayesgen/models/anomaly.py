@@ -201,7 +201,7 @@ def model(
         normal = normal_log_prob(v, params, covariance)
         return torch.cat([normal, anomaly.log_prob(v).expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
 
-    with pyro.plate("row", x.shape[0], subsample=subsample) as idx:
+    with pyro.plate("row", x.shape[0], subsample=subsample, device=x.device) as idx:
         xi = x.index_select(0, idx)
 
         def draw(index: torch.Tensor) -> torch.Tensor:

@@ -210,7 +210,7 @@ def model(
                 cov_diag = psi.unsqueeze(-1).expand(*psi.shape, x.shape[-1])
             else:
                 cov_diag = pyro.sample("cov_diag", dist.LogNormal(hyper["log_psi0"], hyper["psi_scale"]).to_event(1))
-    with pyro.plate("row", x.shape[0], subsample=subsample) as idx:
+    with pyro.plate("row", x.shape[0], subsample=subsample, device=x.device) as idx:
         yi = y.index_select(0, idx)
         pyro.sample("y", dist.Categorical(weights), obs=yi)
         xi = x.index_select(0, idx)

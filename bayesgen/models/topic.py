@@ -182,7 +182,7 @@ def model(
         The logistic-normal prior (see :func:`dirichlet_laplace_prior`).
     """
     pyro.module("decoder", decoder)
-    with pyro.plate("document", counts.shape[0], subsample=subsample) as idx:
+    with pyro.plate("document", counts.shape[0], subsample=subsample, device=counts.device) as idx:
         x = _rows(counts, idx)
         loc = x.new_full((len(idx), num_topics), prior_loc)
         logtheta = pyro.sample("logtheta", dist.Normal(loc, torch.full_like(loc, prior_scale)).to_event(1))
@@ -200,7 +200,7 @@ def guide(
 ) -> None:
     """Inference network guide: logtheta_d ~ Normal(encoder(words_d)). Same signature as :func:`model`."""
     pyro.module("encoder", encoder)
-    with pyro.plate("document", counts.shape[0], subsample=subsample) as idx:
+    with pyro.plate("document", counts.shape[0], subsample=subsample, device=counts.device) as idx:
         loc, scale = encoder(_rows(counts, idx))
         pyro.sample("logtheta", dist.Normal(loc, scale).to_event(1))
 

@@ -245,7 +245,7 @@ def model(
         scale = gaussian_scale()
     n = x.shape[0] if x is not None else int(num_rows)
     like = x if x is not None else next(decoder.parameters())
-    with pyro.plate("row", n, subsample=subsample) as idx:
+    with pyro.plate("row", n, subsample=subsample, device=like.device) as idx:
         xi = x.index_select(0, idx) if x is not None else None
         yi = y.index_select(0, idx) if y is not None else None
         loc = like.new_zeros(len(idx), latent_dim)
@@ -270,7 +270,7 @@ def guide(
 ) -> None:
     """Amortised guide: z_i ~ Normal(encoder(x_i, y_i)). Same signature as :func:`model`."""
     pyro.module("encoder", encoder)
-    with pyro.plate("row", x.shape[0], subsample=subsample) as idx:
+    with pyro.plate("row", x.shape[0], subsample=subsample, device=x.device) as idx:
         xi = x.index_select(0, idx)
         yi = y.index_select(0, idx) if y is not None else None
         with _autocast(xi, amp):
