@@ -62,6 +62,25 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
 
 
 @contextlib.contextmanager
+def tensors_on(device: torch.device | str | None) -> Iterator[None]:
+    """Create tensors that name no device on ``device`` inside this block.
+
+    A user's model written as in Pyro's tutorials builds constants without a
+    device (``dist.Normal(0.0, 10.0)``, ``pyro.param("loc", torch.tensor(0.0))``);
+    with the data on a GPU those land on the CPU and torch refuses to mix them.
+    Inside this block torch's factory functions default to ``device`` instead
+    (torch's own ``torch.device`` context manager: scoped to the block and the
+    thread, nothing global changes). It costs a little Python per torch call,
+    so the runner turns it on only for models that need it. A no-op on the CPU.
+    """
+    if device is None or torch.device(device).type == "cpu":
+        yield
+        return
+    with torch.device(device):
+        yield
+
+
+@contextlib.contextmanager
 def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
     """Seed torch inside a forked RNG so the caller's RNG state is untouched.
 

@@ -45,7 +45,7 @@ from pyro import poutine
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import move_to_device, resolve_device, seeded, to_numpy
+from bayesgen._runtime import move_to_device, resolve_device, seeded, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = ["to_datatree", "summary", "draw_sites"]
@@ -295,7 +295,8 @@ def to_datatree(
     from bayesgen.infer import param_scope
 
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
-    with scope, seeded(seed, rng_device), torch.no_grad():
+    # tensors_on: a user's model that builds constants without a device still draws on the data's GPU.
+    with scope, seeded(seed, rng_device), tensors_on(rng_device), torch.no_grad():
         post = draw_sites(model, guide, *args, num_samples=num_samples, parallel=parallel, **kwargs)
         prior_draws = (
             draw_sites(model, None, *args, num_samples=num_samples, parallel=parallel, **kwargs)

@@ -54,8 +54,9 @@ from pyro.infer import (
     TraceMeanField_ELBO,
 )
 from pyro.infer.util import zero_grads
+from pyro.poutine.subsample_messenger import _Subsample
 
-from bayesgen._runtime import move_to_device, resolve_device, seeded
+from bayesgen._runtime import move_to_device, resolve_device, seeded, tensors_on
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
 
 __all__ = [
@@ -475,6 +476,42 @@ def _grads_finite(params: set[torch.Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
+def _builds_tensors_off(dev: torch.device, model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict) -> bool:
+    """Whether the model or guide creates tensors off ``dev`` (only asked when ``dev`` is not the CPU).
+
+    One guide trace and one model replay with their log densities, outside any device
+    scope: a device mismatch raises there, or shows as a site value on another device.
+    """
+    if dev.type == "cpu":
+        return False
+    try:
+        with poutine.block(), torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+            for tr in (guide_trace, model_trace):
+                tr.log_prob_sum()
+    except Exception as err:  # noqa: BLE001 - any other error is the first step's to report, as before
+        if "device" not in str(err):
+            return False
+        stray = True
+    else:
+        # Every pyro.plate records its index as a sample site, on the CPU unless given device=;
+        # an index that is never used is harmless (one that is used fails above), so those are skipped.
+        stray = any(
+            isinstance(site.get("value"), torch.Tensor) and site["value"].device.type != dev.type
+            for tr in (guide_trace, model_trace)
+            for site in tr.nodes.values()
+            if site["type"] in ("sample", "param") and not isinstance(site.get("fn"), _Subsample)
+        )
+    if stray:
+        logger.info(
+            "the model or guide creates tensors without a device (e.g. dist.Normal(0.0, 1.0)); they are "
+            "created on %s for this run, which costs a little time per step. Build constants from the data "
+            "(y.new_tensor(0.0)) to avoid it.", dev,
+        )
+    return stray
+
+
 def _svi_step(
     elbo: ELBO, model: ModelFn, guide: ModelFn, optim: pyro.optim.PyroOptim, args: tuple, kwargs: dict
 ) -> tuple[float, bool, str]:
@@ -742,9 +779,12 @@ def run_svi(
         init_kwargs = kwargs
         if batches is not None:
             init_kwargs = {**kwargs, "subsample": torch.arange(int(batch_size), device=dev)}
-        with poutine.block():
+        with poutine.block(), tensors_on(dev):
             guide_trace = poutine.trace(guide).get_trace(*args, **init_kwargs)
             poutine.replay(model, trace=guide_trace)(*args, **init_kwargs)
+        # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix
+        # CPU and GPU tensors: run it with such tensors created on the data's device instead.
+        device_scope = tensors_on(dev) if _builds_tensors_off(dev, model, guide, args, init_kwargs) else None
         if saved is not None:
             _restore(saved, optim, batches, dev, resume_path)
             losses = [float(v) for v in saved["losses"]]
@@ -775,7 +815,12 @@ def run_svi(
         bar = _progress_bar(progress, num_steps, len(losses))
         try:
             for step in range(len(losses), num_steps):
-                value, ok, why = _svi_step(elbo, model, guide, optim, *step_args())
+                step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
+                if device_scope is None:
+                    value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)
+                else:
+                    with tensors_on(dev):
+                        value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)
                 if not ok:
                     if checkpoint_path is not None:
                         written = _save_checkpoint(checkpoint_path, snapshot())
