@@ -131,8 +131,11 @@ def test_dataframe_input_and_bad_input_are_clear():
 def test_save_load_round_trip(fitted, tmp_path):
     det, X, _ = fitted
     det.save(tmp_path / "det")
-    back = MixtureAnomalyDetector.load(tmp_path / "det", device="cpu")
+    back = MixtureAnomalyDetector.load(tmp_path / "det", device=det.device_)  # same device: same draws
     np.testing.assert_allclose(back.predict_proba(X[:20]), det.predict_proba(X[:20]), atol=1e-6)
+    # On the CPU (a GPU fit on a machine without one): probabilities averaged over other posterior draws.
+    on_cpu = MixtureAnomalyDetector.load(tmp_path / "det", device="cpu")
+    np.testing.assert_allclose(on_cpu.predict_proba(X[:20]), det.predict_proba(X[:20]), atol=0.02)
 
 
 def test_cli_writes_rows_with_probability_and_flag(tmp_path):

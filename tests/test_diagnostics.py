@@ -225,7 +225,27 @@ def test_nuts_agreement_allows_for_monte_carlo_error_but_not_for_a_narrow_guide(
     # Too few NUTS draws: the allowance balloons, so the comparison says NUTS itself is not to be trusted.
     with pytest.warns(UserWarning, match="NUTS itself is unreliable"):
         short = nuts_compare(model12, make_guide12(1.0), Y12, num_samples=20, num_warmup=20, seed=0)
-    assert exact.reliable and not short.reliable
+    assert not short.reliable
+    # 2 x 150 draws of this Gaussian posterior: bulk ESS 275-370 and R-hat <= 1.03 over seeds 0-2 here, but one
+    # machine's chains (other floating-point rounding) crossed R-hat 1.05, so the rule is tested apart from chance
+    # (below) and this run only against the classic, looser bounds.
+    assert (exact.table["nuts_ess_bulk"] >= 100).all() and (exact.table["nuts_r_hat"] < 1.1).all()
+
+
+def test_nuts_reliability_rule():
+    import pandas as pd
+
+    from bayesgen.diagnostics import NUTSComparison
+
+    def reliable(r_hat, ess, divergences=0):
+        return NUTSComparison(pd.DataFrame({"nuts_r_hat": r_hat, "nuts_ess_bulk": ess}), divergences, None).reliable
+
+    assert reliable([1.00, 1.05], [100.0, 800.0])
+    assert not reliable([1.00, 1.051], [400.0, 400.0])  # one R-hat over 1.05
+    assert not reliable([1.00, 1.00], [99.0, 400.0])  # one bulk ESS under 100
+    assert not reliable([1.00, 1.00], [400.0, 400.0], divergences=1)
+    assert not reliable([1.00, float("nan")], [400.0, 400.0])  # unknown counts as unreliable
+    assert not reliable([1.00, 1.00], [400.0, float("nan")])
 
 
 def _sbc_model(y):
