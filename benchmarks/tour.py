@@ -4,7 +4,8 @@ Goal (issue 8): under 3 minutes on a 2-core CPU with no GPU. Runs the tour in th
 (as the CLI does) on the chosen device and records each model's time and the total, the
 machine and the package versions in benchmarks/results/tour_<device>.json.
 
-Run:  python benchmarks/tour.py [--device cpu|cuda] [--out /tmp/tour-bench]
+Run:  python benchmarks/tour.py [--device cpu|cuda] [--out /tmp/tour-bench] [--results benchmarks/results]
+      [--tag h200]
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="/tmp/tour-bench")
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results"), help="folder for the JSON")
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name (e.g. the machine)")
     args = parser.parse_args()
     result = run_tour(args.out, device=args.device, progress=False)
     record = {
@@ -33,7 +36,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
         "versions": package_versions(),
     }
-    path = Path(__file__).parent / "results" / f"tour_{args.device}.json"
+    path = Path(args.results) / f"tour_{args.device}{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(record, indent=2))
     for name, seconds in result.seconds.items():
         print(f"{name:>24s} {seconds:7.1f} s")

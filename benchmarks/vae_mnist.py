@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--iwae-rows", type=int, default=1000)
     parser.add_argument("--devices", default="cpu,cuda")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name (e.g. the machine)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +164,11 @@ def main() -> None:
                "cpu_threads": torch.get_num_threads(), "epochs": args.epochs, "batch_size": args.batch_size,
                "lr": args.lr, "runs": []}
     devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
+    path = out / f"vae_mnist{'_' + args.tag if args.tag else ''}.json"
+
+    def save():  # after every run, so a run stopped at a time limit keeps what it measured
+        path.write_text(json.dumps(results, indent=2))
+
     for dev_name in devices:
         device = torch.device(dev_name)
         if dev_name == "cuda":
@@ -173,6 +179,7 @@ def main() -> None:
                "epoch_seconds": times, **evaluate(ref.bound, X_test, args.iwae_k, args.iwae_rows, device)}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
+        save()
         variants = {"bayesgen": {}, "bayesgen_jit": {"jit": True}, "bayesgen_amp": {"amp": True}}
         for impl, extra in variants.items():
             vae = VAE(latent_dim=50, hidden_dims=(400,), num_epochs=args.epochs, batch_size=args.batch_size,
@@ -187,10 +194,11 @@ def main() -> None:
                    **evaluate(bound, X_test, args.iwae_k, args.iwae_rows, device)}
             results["runs"].append(row)
             print(json.dumps(row), flush=True)
+            save()
         ref_sec = results["runs"][-1 - len(variants)]["sec_per_epoch"]
         for r in results["runs"][-len(variants):]:
             r["speedup_vs_tutorial"] = ref_sec / r["sec_per_epoch"]
-    (out / "vae_mnist.json").write_text(json.dumps(results, indent=2))
+        save()
     print(json.dumps({r["impl"] + "/" + r["device"]: {k: r[k] for k in ("sec_per_epoch", "test_elbo", "test_iwae")}
                       for r in results["runs"]}, indent=2))
 
