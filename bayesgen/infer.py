@@ -35,7 +35,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -476,6 +476,24 @@ def _grads_finite(params: set[torch.Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
+def _stray_sites(dev: torch.device, traces: Sequence[poutine.Trace]) -> list[str]:
+    """Names of sample and param sites whose value is on another kind of device than ``dev``.
+
+    Every ``pyro.plate`` records its index as a sample site, on the CPU unless given
+    ``device=``; an index that is never used is harmless (one that is used on the wrong
+    device fails the probe's trace instead), so plate sites are skipped.
+    """
+    return [
+        name
+        for tr in traces
+        for name, site in tr.nodes.items()
+        if site["type"] in ("sample", "param")
+        and not isinstance(site.get("fn"), _Subsample)
+        and isinstance(site.get("value"), torch.Tensor)
+        and site["value"].device.type != dev.type
+    ]
+
+
 def _builds_tensors_off(dev: torch.device, model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict) -> bool:
     """Whether the model or guide creates tensors off ``dev`` (only asked when ``dev`` is not the CPU).
 
@@ -493,23 +511,18 @@ def _builds_tensors_off(dev: torch.device, model: ModelFn, guide: ModelFn, args:
     except Exception as err:  # noqa: BLE001 - any other error is the first step's to report, as before
         if "device" not in str(err):
             return False
-        stray = True
+        where = f"a device mismatch ({str(err).splitlines()[0][:120]})"
     else:
-        # Every pyro.plate records its index as a sample site, on the CPU unless given device=;
-        # an index that is never used is harmless (one that is used fails above), so those are skipped.
-        stray = any(
-            isinstance(site.get("value"), torch.Tensor) and site["value"].device.type != dev.type
-            for tr in (guide_trace, model_trace)
-            for site in tr.nodes.values()
-            if site["type"] in ("sample", "param") and not isinstance(site.get("fn"), _Subsample)
-        )
-    if stray:
-        logger.info(
-            "the model or guide creates tensors without a device (e.g. dist.Normal(0.0, 1.0)); they are "
-            "created on %s for this run, which costs a little time per step. Build constants from the data "
-            "(y.new_tensor(0.0)) to avoid it.", dev,
-        )
-    return stray
+        names = sorted(set(_stray_sites(dev, (guide_trace, model_trace))))
+        if not names:
+            return False
+        where = "site(s) " + ", ".join(names[:5])
+    logger.info(
+        "the model or guide creates tensors without a device, e.g. dist.Normal(0.0, 1.0) (%s); for this "
+        "run they are created on %s, which costs a little time per step. Build constants from the data "
+        "(y.new_tensor(0.0)) to avoid it.", where, dev,
+    )
+    return True
 
 
 def _svi_step(
