@@ -272,11 +272,11 @@ def test_sbc_ranks_are_uniform_for_a_calibrated_guide_and_not_for_a_narrow_one()
     from bayesgen.diagnostics import sbc
 
     y = torch.randn(20)
-    good = sbc(_sbc_model, _sbc_good_guide, y, num_simulations=60, num_steps=200, learning_rate=0.1,
+    good = sbc(_sbc_model, _sbc_good_guide, y, num_simulations=60, num_steps=100, learning_rate=0.1,
                fit_kwargs=SBC_FIT, seed=0)
     assert good.calibrated, good.message()
     assert good.ranks["mu"].between(0, 99).all() and len(good.ranks) == 60
-    narrow = sbc(_sbc_model, _sbc_narrow_guide, y, num_simulations=30, num_steps=200, learning_rate=0.1,
+    narrow = sbc(_sbc_model, _sbc_narrow_guide, y, num_simulations=30, num_steps=100, learning_rate=0.1,
                  fit_kwargs=SBC_FIT, seed=0)
     assert not narrow.calibrated and narrow.p_values["mu"] < 1e-4
     # Too narrow: ranks pile up at both ends.
