@@ -61,6 +61,14 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
     return resolved
 
 
+def data_device(args: tuple, kwargs: Mapping[str, Any]) -> torch.device:
+    """Device of the first tensor among a model's arguments (the CPU when there is none)."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return torch.device("cpu")
+
+
 @contextlib.contextmanager
 def tensors_on(device: torch.device | str | None) -> Iterator[None]:
     """Create tensors that name no device on ``device`` inside this block.

@@ -45,7 +45,7 @@ from pyro import poutine
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import move_to_device, resolve_device, seeded, tensors_on, to_numpy
+from bayesgen._runtime import data_device, move_to_device, resolve_device, seeded, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = ["to_datatree", "summary", "draw_sites"]
@@ -289,8 +289,7 @@ def to_datatree(
     if device is not None:
         dev = resolve_device(device)
         args, kwargs = move_to_device(args, dev), move_to_device(kwargs, dev)
-    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-    rng_device = tensors[0].device if tensors else None
+    rng_device = data_device(args, kwargs)
 
     from bayesgen.infer import param_scope
 

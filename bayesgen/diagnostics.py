@@ -34,7 +34,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import resolve_device, seeded, tensors_on, to_numpy
+from bayesgen._runtime import data_device, resolve_device, seeded, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = [
@@ -179,7 +179,7 @@ def vi_khat(
     param_state: dict | None = None,
     max_plate_nesting: int | None = None,
     seed: int | None = 0,
-    device: DeviceLike = "cpu",
+    device: DeviceLike | None = None,
     warn: bool = True,
     **kwargs: Any,
 ) -> VIDiagnostic:
@@ -198,8 +198,9 @@ def vi_khat(
         ``_param_state``; None uses the global param store.
     max_plate_nesting : int, optional
     seed : int or None, default 0
-    device : {"auto", "cpu", "cuda"} or torch.device, default "cpu"
-        Where the random draws are seeded.
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        Where the random draws are seeded (and tensors that name no device are
+        created); None: the device of the model's tensor arguments.
     warn : bool, default True
         Warn (UserWarning) when k-hat > 0.7.
 
@@ -221,7 +222,8 @@ def vi_khat(
     if int(num_samples) < 100:
         raise ValueError(f"num_samples must be at least 100 for a k-hat estimate, got {num_samples}")
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
-    with scope, seeded(seed, resolve_device(device)), tensors_on(resolve_device(device)), torch.no_grad():
+    dev = resolve_device(device) if device is not None else data_device(args, kwargs)
+    with scope, seeded(seed, dev), tensors_on(dev), torch.no_grad():
         log_w, draws = _log_weights(model, guide, args, kwargs, int(num_samples), max_plate_nesting)
     raw = to_numpy(log_w).astype(float)
     if not np.isfinite(raw).all():
@@ -303,7 +305,7 @@ def vi_khat_rows(
     param_state: dict | None = None,
     max_plate_nesting: int = 1,
     seed: int | None = 0,
-    device: DeviceLike = "cpu",
+    device: DeviceLike | None = None,
     warn: bool = True,
     **kwargs: Any,
 ) -> RowDiagnostic:
@@ -323,7 +325,8 @@ def vi_khat_rows(
     param_state : dict, optional
     max_plate_nesting : int, default 1
     seed : int or None, default 0
-    device : {"auto", "cpu", "cuda"} or torch.device, default "cpu"
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        As for :func:`vi_khat`; None: the device of the model's tensor arguments.
     warn : bool, default True
         Warn when the verdict is "unreliable".
 
@@ -353,7 +356,8 @@ def vi_khat_rows(
         return _fn
 
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
-    with scope, seeded(seed, resolve_device(device)), tensors_on(resolve_device(device)), torch.no_grad():
+    dev = resolve_device(device) if device is not None else data_device(args, kwargs)
+    with scope, seeded(seed, dev), tensors_on(dev), torch.no_grad():
         model_trace, guide_trace = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide),
                                                         args, kwargs)
         total = None

@@ -56,7 +56,7 @@ from pyro.infer import (
 from pyro.infer.util import zero_grads
 from pyro.poutine.subsample_messenger import _Subsample
 
-from bayesgen._runtime import move_to_device, resolve_device, seeded, tensors_on
+from bayesgen._runtime import data_device, move_to_device, resolve_device, seeded, tensors_on
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
 
 __all__ = [
@@ -733,8 +733,7 @@ def run_svi(
         raise ValueError(f"average_last must be between 0 and num_steps, got {average_last}")
 
     if device is None:
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        dev = tensors[0].device if tensors else torch.device("cpu")
+        dev = data_device(args, kwargs)
     else:
         dev = resolve_device(device)
         args = move_to_device(args, dev)

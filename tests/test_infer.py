@@ -282,6 +282,12 @@ def test_runs_on_cuda_tensors():
                        num_samples=500)
     assert tree["log_likelihood"]["y"].shape == (1, 500, N)
     assert float(tree["posterior"]["mu"].mean()) == pytest.approx(mean, abs=0.5 * sd)
+    # So do the k-hat diagnostics, on the data's device by default.
+    from bayesgen.diagnostics import vi_khat
+
+    diag = vi_khat(normal_model, normal_guide, Y.to("cuda"), param_state=result.param_state, num_samples=500,
+                   warn=False)
+    assert diag.verdict in ("good", "usable"), diag.message()
 
 
 def test_device_probe_skips_plate_indices_but_not_values():
