@@ -632,6 +632,7 @@ def run_svi(
     resume: bool | PathLikeStr = False,
     callback: Callable[[int, float], bool | None] | None = None,
     average_last: int = 0,
+    device_scope: bool | None = None,
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI.
@@ -690,6 +691,14 @@ def run_svi(
         unconstrained parameters over the last ``average_last`` steps, which
         removes most of the jitter that noisy ELBO gradients leave in the
         final iterate. Applied only when the run reaches ``num_steps``.
+    device_scope : bool, optional
+        Run each step inside ``torch.device(device)``, so that tensors the model
+        or guide creates without a device (``dist.Normal(0.0, 1.0)``, as Pyro's
+        tutorials write them) land on the data's GPU. None (default): decided by
+        one probe trace of the model and guide, on a GPU only (logged when on);
+        False: never (models that build every tensor from the data, as
+        bayesgen's do; saves the probe); True: always. Parameters are created
+        on the device either way.
 
     Returns
     -------
@@ -796,7 +805,9 @@ def run_svi(
             poutine.replay(model, trace=guide_trace)(*args, **init_kwargs)
         # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix
         # CPU and GPU tensors: run it with such tensors created on the data's device instead.
-        device_scope = tensors_on(dev) if _builds_tensors_off(dev, model, guide, args, init_kwargs) else None
+        if device_scope is None:
+            device_scope = _builds_tensors_off(dev, model, guide, args, init_kwargs)
+        device_scope = bool(device_scope) and dev.type != "cpu"
         if saved is not None:
             _restore(saved, optim, batches, dev, resume_path)
             losses = [float(v) for v in saved["losses"]]
@@ -828,7 +839,7 @@ def run_svi(
         try:
             for step in range(len(losses), num_steps):
                 step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
-                if device_scope is None:
+                if not device_scope:
                     value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)
                 else:
                     with tensors_on(dev):

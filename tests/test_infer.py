@@ -282,6 +282,9 @@ def test_runs_on_cuda_tensors():
                        num_samples=500)
     assert tree["log_likelihood"]["y"].shape == (1, 500, N)
     assert float(tree["posterior"]["mu"].mean()) == pytest.approx(mean, abs=0.5 * sd)
+    # Without the scope (device_scope=False, for models known to be device-clean) the same model fails.
+    with pytest.raises(RuntimeError, match="device"):
+        run_svi(normal_model, normal_guide, Y, num_steps=5, device="cuda", device_scope=False, seed=0)
     # So do the k-hat diagnostics, on the data's device by default.
     from bayesgen.diagnostics import vi_khat
 

@@ -127,6 +127,7 @@ class BayesianEstimator:
             batch_size=getattr(self, "batch_size", None) if data_size is not None else None,
             data_size=data_size,
             device=self.device_,
+            device_scope=False,  # bayesgen's models build every tensor from their data (and plates name it)
             seed=self.seed,
             param_state=state,
             convergence=convergence,
