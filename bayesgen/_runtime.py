@@ -61,8 +61,13 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
     return resolved
 
 
-def data_device(args: tuple, kwargs: Mapping[str, Any]) -> torch.device:
-    """Device of the first tensor among a model's arguments (the CPU when there is none)."""
+def target_device(device: DeviceLike | None, args: tuple, kwargs: Mapping[str, Any]) -> torch.device:
+    """``device`` resolved, or (None) the device of the first tensor among a model's arguments.
+
+    The CPU when ``device`` is None and no argument is a tensor.
+    """
+    if device is not None:
+        return resolve_device(device)
     for a in (*args, *kwargs.values()):
         if isinstance(a, torch.Tensor):
             return a.device

@@ -45,7 +45,7 @@ from pyro import poutine
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import data_device, move_to_device, resolve_device, seeded, tensors_on, to_numpy
+from bayesgen._runtime import move_to_device, seeded, target_device, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = ["to_datatree", "summary", "draw_sites"]
@@ -286,10 +286,9 @@ def to_datatree(
     """
     from arviz_base import from_dict
 
+    rng_device = target_device(device, args, kwargs)
     if device is not None:
-        dev = resolve_device(device)
-        args, kwargs = move_to_device(args, dev), move_to_device(kwargs, dev)
-    rng_device = data_device(args, kwargs)
+        args, kwargs = move_to_device(args, rng_device), move_to_device(kwargs, rng_device)
 
     from bayesgen.infer import param_scope
 

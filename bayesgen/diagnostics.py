@@ -34,7 +34,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import data_device, resolve_device, seeded, tensors_on, to_numpy
+from bayesgen._runtime import seeded, target_device, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = [
@@ -222,7 +222,7 @@ def vi_khat(
     if int(num_samples) < 100:
         raise ValueError(f"num_samples must be at least 100 for a k-hat estimate, got {num_samples}")
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
-    dev = resolve_device(device) if device is not None else data_device(args, kwargs)
+    dev = target_device(device, args, kwargs)
     with scope, seeded(seed, dev), tensors_on(dev), torch.no_grad():
         log_w, draws = _log_weights(model, guide, args, kwargs, int(num_samples), max_plate_nesting)
     raw = to_numpy(log_w).astype(float)
@@ -356,7 +356,7 @@ def vi_khat_rows(
         return _fn
 
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
-    dev = resolve_device(device) if device is not None else data_device(args, kwargs)
+    dev = target_device(device, args, kwargs)
     with scope, seeded(seed, dev), tensors_on(dev), torch.no_grad():
         model_trace, guide_trace = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide),
                                                         args, kwargs)

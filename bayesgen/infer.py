@@ -54,9 +54,9 @@ from pyro.infer import (
     TraceMeanField_ELBO,
 )
 from pyro.infer.util import zero_grads
-from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import data_device, move_to_device, resolve_device, seeded, tensors_on
+from bayesgen._runtime import move_to_device, seeded, target_device, tensors_on
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
 
 __all__ = [
@@ -488,7 +488,7 @@ def _stray_sites(dev: torch.device, traces: Sequence[poutine.Trace]) -> list[str
         for tr in traces
         for name, site in tr.nodes.items()
         if site["type"] in ("sample", "param")
-        and not isinstance(site.get("fn"), _Subsample)
+        and not site_is_subsample(site)
         and isinstance(site.get("value"), torch.Tensor)
         and site["value"].device.type != dev.type
     ]
@@ -741,10 +741,8 @@ def run_svi(
     if not 0 <= int(average_last) <= int(num_steps):
         raise ValueError(f"average_last must be between 0 and num_steps, got {average_last}")
 
-    if device is None:
-        dev = data_device(args, kwargs)
-    else:
-        dev = resolve_device(device)
+    dev = target_device(device, args, kwargs)
+    if device is not None:
         args = move_to_device(args, dev)
         kwargs = move_to_device(kwargs, dev)
 
@@ -807,7 +805,7 @@ def run_svi(
         # CPU and GPU tensors: run it with such tensors created on the data's device instead.
         if device_scope is None:
             device_scope = _builds_tensors_off(dev, model, guide, args, init_kwargs)
-        device_scope = bool(device_scope) and dev.type != "cpu"
+        step_device = dev if device_scope else None  # tensors_on(None), like tensors_on("cpu"), does nothing
         if saved is not None:
             _restore(saved, optim, batches, dev, resume_path)
             losses = [float(v) for v in saved["losses"]]
@@ -839,11 +837,8 @@ def run_svi(
         try:
             for step in range(len(losses), num_steps):
                 step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
-                if not device_scope:
+                with tensors_on(step_device):
                     value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)
-                else:
-                    with tensors_on(dev):
-                        value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)
                 if not ok:
                     if checkpoint_path is not None:
                         written = _save_checkpoint(checkpoint_path, snapshot())
