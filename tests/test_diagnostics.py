@@ -214,8 +214,10 @@ def test_nuts_agreement_allows_for_monte_carlo_error_but_not_for_a_narrow_guide(
     from bayesgen.diagnostics import nuts_compare
 
     # The exact posterior as the guide: every difference is Monte Carlo error, which the rule must allow
-    # (with 2 x 150 draws the largest of 12 |smd| is typically above a bare 0.1).
-    exact = nuts_compare(model12, make_guide12(1.0), Y12, num_samples=150, num_warmup=150, seed=0, warn=False)
+    # (the largest of 12 |smd| is 0.08 here against a bare tolerance of 0.1). 2 x 300 draws, so that NUTS
+    # itself is reliable by a margin (R-hat 1.01-1.02 and bulk ESS 590-870 over seeds 0-2); with 2 x 150 one
+    # machine's chains (other floating-point rounding) crossed R-hat 1.05.
+    exact = nuts_compare(model12, make_guide12(1.0), Y12, num_samples=300, num_warmup=200, seed=0, warn=False)
     table = exact.table
     assert exact.agree, table[["smd", "smd_allowed", "sd_ratio", "sd_ratio_allowed"]]
     assert (table["smd_allowed"] > exact.tolerance).all() and (table["smd_allowed"] < 0.6).all()
@@ -225,11 +227,7 @@ def test_nuts_agreement_allows_for_monte_carlo_error_but_not_for_a_narrow_guide(
     # Too few NUTS draws: the allowance balloons, so the comparison says NUTS itself is not to be trusted.
     with pytest.warns(UserWarning, match="NUTS itself is unreliable"):
         short = nuts_compare(model12, make_guide12(1.0), Y12, num_samples=20, num_warmup=20, seed=0)
-    assert not short.reliable
-    # 2 x 150 draws of this Gaussian posterior: bulk ESS 275-370 and R-hat <= 1.03 over seeds 0-2 here, but one
-    # machine's chains (other floating-point rounding) crossed R-hat 1.05, so the rule is tested apart from chance
-    # (below) and this run only against the classic, looser bounds.
-    assert (exact.table["nuts_ess_bulk"] >= 100).all() and (exact.table["nuts_r_hat"] < 1.1).all()
+    assert exact.reliable and not short.reliable
 
 
 def test_nuts_reliability_rule():
