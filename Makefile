@@ -21,14 +21,17 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/bayesgen tour --out runs/tour
 
+# Test workers (pytest-xdist): one per core by default; TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= auto
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m slow
 
 test-all: install
-	$(BIN)/python -m pytest -m "slow or not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

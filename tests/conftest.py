@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pyro
 import pytest
 import torch
 
 logging.getLogger("pyro").setLevel(logging.WARNING)
+
+# Under pytest-xdist (`make test` runs one worker per core), each worker gets its share of the
+# cores, and so do the CLI and tutorial subprocesses it starts (they inherit OMP_NUM_THREADS):
+# torch's default of one thread per core in every worker would oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _threads = max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(autouse=True)
