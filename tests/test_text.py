@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from bayesgen.text import (
     build_corpus,
     corpus_from_counts,
+    load_reuters,
     npmi_coherence,
     read_ldac,
     read_text_csv,
@@ -78,6 +79,14 @@ def test_ldac_round_trip_and_errors(tmp_path):
     (tmp_path / "bad3.ldac").write_text("1 7:1\n")
     with pytest.raises(ValueError, match="outside the vocabulary"):
         read_ldac(tmp_path / "bad3.ldac", ["a", "b"])
+    # The Reuters loader takes the folder or its .ldac file, and names what is missing.
+    (tmp_path / "r").mkdir()
+    write_ldac(c, tmp_path / "r" / "reuters.ldac", tmp_path / "r" / "reuters.tokens")
+    for where in (tmp_path / "r", tmp_path / "r" / "reuters.ldac"):
+        corpus, titles = load_reuters(where)
+        assert corpus.vocabulary == ["x", "y", "z"] and titles == ["0", "1", "2"]
+    with pytest.raises(FileNotFoundError, match="no reuters.ldac in"):
+        load_reuters(tmp_path / "docs_missing")
 
 
 def test_folder_and_csv_sources(tmp_path):
