@@ -631,6 +631,7 @@ def run_svi(
     checkpoint_every: int | None = None,
     resume: bool | PathLikeStr = False,
     callback: Callable[[int, float], bool | None] | None = None,
+    before_step: Callable[[int], None] | None = None,
     average_last: int = 0,
     device_scope: bool | None = None,
     **kwargs: Any,
@@ -686,6 +687,10 @@ def run_svi(
         Continue from a checkpoint: True reads ``checkpoint``; a path reads that file.
     callback : callable, optional
         ``callback(step, loss)`` after each step; returning True stops the fit.
+    before_step : callable, optional
+        ``before_step(step)`` before each step, with the step's index (a resumed
+        run continues the count): the place for schedules that change the model,
+        such as annealing a term in or out, so that a resumed fit repeats them.
     average_last : int, default 0
         Polyak–Ruppert averaging: the fitted parameters are the mean of the
         unconstrained parameters over the last ``average_last`` steps, which
@@ -836,6 +841,8 @@ def run_svi(
         bar = _progress_bar(progress, num_steps, len(losses))
         try:
             for step in range(len(losses), num_steps):
+                if before_step is not None:
+                    before_step(step)
                 step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
                 with tensors_on(step_device):
                     value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)

@@ -104,6 +104,9 @@ class NeuralEstimator(BayesianEstimator):
         self._load_buffers({k[7:]: v for k, v in tensors.items() if k.startswith("buffer.")})
 
     # -------------------------------------------------------------- training
+    def _before_step(self, step: int, num_steps: int) -> None:
+        """Called before every training step (resumed fits included); a schedule goes here."""
+
     def _train_epochs(
         self,
         *args: torch.Tensor,
@@ -168,6 +171,7 @@ class NeuralEstimator(BayesianEstimator):
                 checkpoint_every=checkpoint_every,
                 resume=resume,
                 callback=end_of_epoch,
+                before_step=lambda step: self._before_step(step, num_steps),
             )
         finally:
             self._set_training(False)
