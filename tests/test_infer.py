@@ -199,6 +199,24 @@ def test_keyboard_interrupt_leaves_a_usable_checkpoint(tmp_path):
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
 
 
+def test_before_step_sees_every_step_index_and_a_resumed_run_continues_the_count(tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    seen = []
+
+    def record_and_stop_at_7(step):
+        seen.append(step)
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_svi(normal_model, normal_guide, Y, num_steps=12, seed=0, checkpoint=ckpt, before_step=record_and_stop_at_7)
+    assert seen == list(range(8))  # steps 0-6 ran; step 7 was interrupted before it started
+    resumed_steps = []
+    result = run_svi(normal_model, normal_guide, Y, num_steps=12, seed=0, checkpoint=ckpt, resume=True,
+                     before_step=resumed_steps.append)
+    assert resumed_steps == list(range(7, 12)) and result.num_steps == 12
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         run_svi(normal_model, normal_guide, Y, num_steps=5, resume=tmp_path / "missing.ckpt")
