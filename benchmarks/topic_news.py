@@ -13,6 +13,9 @@ training documents and scored on the held-out ones, in the same run:
   scikit-learn's ``perplexity``; lower is better; comparable only roughly);
 * fit time (CPU, and CUDA for ProdLDA when available).
 
+ProdLDA runs with its defaults (``relevance`` included); each fit also records NPMI and
+diversity with its words ranked at other relevance settings (``relevance_curve``).
+
 Each (corpus, K) cell is repeated over several model seeds (``--seeds``; the split stays
 fixed) and summarised as mean and standard deviation: ProdLDA's NPMI at K = 50 moves by
 ±0.03 between seeds, more than some of the gaps being measured.
@@ -56,14 +59,27 @@ def sklearn_lda(train, test, k, seed):
             "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
 
 
+RELEVANCE_CURVE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
+
+
 def prodlda(train, test, k, seed, epochs, device, sparse="auto"):
     start = time.perf_counter()
     model = ProdLDA(num_topics=k, num_epochs=epochs, device=device, sparse=sparse, seed=seed).fit(train)
     seconds = time.perf_counter() - start
     top10 = model._top_indices(10)
-    return {"fit_seconds": seconds, "seconds_per_epoch": model.seconds_per_epoch_,
-            "npmi_top10": float(model.coherence(test, top_n=10).mean()), "diversity_top25": model.diversity(25),
-            "perplexity": model.perplexity(test), "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
+    row = {"fit_seconds": seconds, "seconds_per_epoch": model.seconds_per_epoch_,
+           "npmi_top10": float(model.coherence(test, top_n=10).mean()), "diversity_top25": model.diversity(25),
+           "perplexity": model.perplexity(test), "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
+    # The same fit's words ranked at other relevance settings (the trade-off between NPMI and diversity).
+    default = model.relevance
+    curve = {}
+    for lam in RELEVANCE_CURVE:
+        model.relevance = lam
+        curve[str(lam)] = {"npmi_top10": float(model.coherence(test, top_n=10).mean()),
+                           "diversity_top25": model.diversity(25)}
+    model.relevance = default
+    row["relevance_curve"] = curve
+    return row
 
 
 def summarise(runs):
@@ -125,7 +141,8 @@ def main() -> None:
                     row = {"corpus": name, "K": k, "seed": seed, "model": "prodlda", "device": device,
                            **prodlda(train, test, k, seed, args.epochs, device)}
                     results["runs"].append(row)
-                    print(json.dumps({key: v for key, v in row.items() if key != "topics"}), flush=True)
+                    print(json.dumps({key: v for key, v in row.items() if key not in ("topics", "relevance_curve")}),
+                          flush=True)
                     save()
     results["summary"] = summarise(results["runs"])
     for line in results["summary"]:

@@ -134,11 +134,36 @@ def test_early_stopping_on_held_out_loss_and_resume(tmp_path):
     hist = lda.history_
     assert len(hist) < 300 and "val_elbo" in hist
     assert lda.best_epoch_ == int(hist["epoch"][hist["val_elbo"].idxmax()])
-    settings = {"num_topics": 4, "batch_size": 30, "seed": 0}
+    # Extending a fit (2 epochs, then resumed to 4) repeats the 4-epoch fit when nothing is scheduled.
+    settings = {"num_topics": 4, "batch_size": 30, "seed": 0, "batch_norm_anneal": float("inf")}
     whole = ProdLDA(num_epochs=4, **settings).fit(X)
     ProdLDA(num_epochs=2, **settings).fit(X, checkpoint=tmp_path / "ck.pt")
     resumed = ProdLDA(num_epochs=4, **settings).fit(X, checkpoint=tmp_path / "ck.pt", resume=True)
     np.testing.assert_allclose(resumed.losses_, whole.losses_, rtol=1e-5)
+
+
+def test_an_interrupted_fit_resumes_on_its_batch_norm_schedule(tmp_path):
+    X, _, _ = planted_corpus(D=300)
+    settings = {"num_topics": 4, "batch_size": 30, "seed": 0, "num_epochs": 4, "batch_norm_anneal": 0.75}
+    whole = ProdLDA(**settings).fit(X)
+    assert float(whole.decoder_.bn_weight) == 0.0  # faded out by 75 % of the 40 steps
+    interrupted = ProdLDA(**settings)
+    scheduled = interrupted._before_step
+
+    def ctrl_c_at_step_17(step, num_steps):
+        if step == 17:
+            raise KeyboardInterrupt
+        scheduled(step, num_steps)
+
+    interrupted._before_step = ctrl_c_at_step_17
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(X, checkpoint=tmp_path / "ck.pt")
+    resumed = ProdLDA(**settings).fit(X, checkpoint=tmp_path / "ck.pt", resume=True)
+    np.testing.assert_allclose(resumed.losses_, whole.losses_, rtol=1e-5)
+    # The schedule matters: a fit that keeps batch norm throughout takes other steps after step 0.
+    kept = ProdLDA(**{**settings, "batch_norm_anneal": float("inf")}).fit(X)
+    assert float(kept.decoder_.bn_weight) == 1.0
+    assert not np.allclose(kept.losses_[1:], whole.losses_[1:], rtol=1e-3)
 
 
 def test_save_load_keeps_weights_and_batch_norm_statistics(planted, tmp_path):
@@ -167,6 +192,41 @@ def test_to_arviz_has_document_topics_and_topic_word(planted):
         tree.observed_data["words"].sum("word").values.tolist()
 
 
+def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(planted, tmp_path):
+    lda, X, _, _ = planted
+    probs = lda.topic_word().to_numpy()
+    background = torch.log_softmax(lda.decoder_.background.detach(), -1).cpu().numpy()
+    # The background (started at the log word frequencies) still tracks them after training.
+    assert np.corrcoef(background, np.log1p(X.sum(0)))[0, 1] > 0.9
+    default = lda.relevance
+    try:
+        lda.relevance = 1.0  # the topic's own word probabilities
+        assert lda._top_indices(10) == [list(np.argsort(-p, kind="stable")[:10]) for p in probs]
+        lda.relevance = 0.0  # lift over the background
+        lift = np.log(probs) - background
+        assert [set(t) for t in lda._top_indices(10)] == [set(np.argsort(-r)[:10]) for r in lift]
+        lda.relevance = 0.5  # Sievert & Shirley's mix of the two
+        mix = 0.5 * np.log(probs) + 0.5 * lift
+        assert [set(t) for t in lda._top_indices(10)] == [set(np.argsort(-r)[:10]) for r in mix]
+    finally:
+        lda.relevance = default
+    # Without a background term the ranking is the topic's word probabilities, whatever relevance says.
+    X, _, _ = planted_corpus(D=200)
+    plain = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, background=False, relevance=0.0, seed=0).fit(X)
+    assert plain.decoder_.background is None
+    assert plain._top_indices(10) == [list(np.argsort(-p, kind="stable")[:10]) for p in plain.topic_word().to_numpy()]
+    # A model saved before the background term existed (no such hyperparameter or weights) still loads.
+    import json
+
+    plain.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "meta.json").read_text())
+    for key in ("background", "batch_norm_anneal", "relevance"):
+        del meta["hyperparameters"][key]
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
+    old = ProdLDA.load(tmp_path / "old", device="cpu")
+    assert old.background is False and old.topics(5).equals(plain.topics(5))
+
+
 def test_bad_input_is_clear(planted):
     lda, X, _, _ = planted
     with pytest.raises(ValueError, match="negative"):
@@ -183,6 +243,14 @@ def test_bad_input_is_clear(planted):
         lda.transform("a single string")
     with pytest.raises(ValueError, match="vocabulary is empty"):
         ProdLDA(num_epochs=1).fit(["the and", "of the"])
+    with pytest.raises(ValueError, match="relevance must be in"):
+        ProdLDA(num_epochs=1, relevance=1.5).fit(X)
+    with pytest.raises(ValueError, match="batch_norm_anneal must be >= 0"):
+        ProdLDA(num_epochs=1, batch_norm_anneal=-0.1).fit(X)
+    with pytest.raises(TypeError, match="batch_norm_anneal must be a number"):
+        ProdLDA(num_epochs=1, batch_norm_anneal=None).fit(X)
+    with pytest.raises(TypeError, match="background must be True or False"):
+        ProdLDA(num_epochs=1, background="yes").fit(X)
 
 
 @pytest.mark.cuda
@@ -191,4 +259,5 @@ def test_fit_on_cuda_dense_and_sparse():
     for sparse in (False, True):
         lda = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, sparse=sparse, device="cuda", seed=0).fit(X)
         assert lda._x.device.type == "cuda" and np.isfinite(lda.losses_).all()
+        assert lda.decoder_.background.device.type == "cuda" and float(lda.decoder_.bn_weight) == 0.0
         assert lda.transform(X[:5]).mean.shape == (5, 4)

@@ -63,8 +63,13 @@ print(lda.history_.tail(2).round(2).to_string(index=False))
 
 # %% [markdown]
 # ## Topics
-# `topics(top_n)` lists each topic's most probable words with their weights (the decoder's
-# word distribution for a document entirely in that topic).
+# `topics(top_n)` lists each topic's top words with their weights (the decoder's word
+# distribution for a document entirely in that topic). This spec uses ProdLDA's original
+# decoder, which suits such a small corpus, so they are simply the most probable words. With
+# the default decoder (a background word frequency, `background=True`) words are ranked by
+# *relevance* `λ`: λ = 1 would list the most probable words, which the background makes common
+# to every topic; the default λ = 0.15 favours words frequent in this topic *relative to* the
+# corpus as a whole.
 
 # %%
 top = lda.topics(spec["report"]["top_n"])
