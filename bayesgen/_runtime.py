@@ -17,7 +17,7 @@ import torch
 
 from bayesgen._typing import DeviceLike
 
-__all__ = ["resolve_device", "seeded", "to_numpy", "move_to_device"]
+__all__ = ["resolve_device", "seeded", "to_numpy", "move_to_device", "check_count", "check_ci_prob"]
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
@@ -146,3 +146,31 @@ def move_to_device(obj: Any, device: torch.device) -> Any:
         return [move_to_device(v, device) for v in obj]
     return obj
 
+
+
+def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int, or raise ValueError naming ``name``.
+
+    For draw counts, sizes and the like: booleans, non-integers (2.5) and
+    values below ``minimum`` are rejected instead of being truncated or
+    failing deep inside torch.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_ci_prob(value: Any, name: str = "ci_prob") -> float:
+    """Return the mass of a central interval as a float in (0, 1), or raise ValueError."""
+    try:
+        prob = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not 0 < prob < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return prob

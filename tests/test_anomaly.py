@@ -128,6 +128,35 @@ def test_dataframe_input_and_bad_input_are_clear():
         det.predict(X, threshold=1.5)
 
 
+
+def test_dataframe_columns_are_matched_by_name_and_bad_settings_are_clear():
+    X, _ = planted(n_normal=100, n_anomalies=5)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    det = MixtureAnomalyDetector(num_steps=50, seed=0).fit(frame)
+    # Columns of very different scales: a reordered frame must give the same answer, not a shuffled one.
+    np.testing.assert_allclose(det.predict_proba(frame[list("dcba")]), det.predict_proba(frame))
+    np.testing.assert_allclose(det.score_samples(frame[list("dcba")]), det.score_samples(frame))
+    with pytest.raises(ValueError, match=r"missing \['a'\], unexpected \['z'\]"):
+        det.predict_proba(frame.rename(columns={"a": "z"}))
+    with pytest.raises(ValueError, match=r"unexpected \['label'\]"):
+        det.score_samples(frame.assign(label=1.0))
+    with pytest.raises(ValueError, match="no rows"):
+        det.predict_proba(X[:0])
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        det.predict_proba(X, num_samples=0)
+    with pytest.raises(ValueError, match="ci_prob must be a number in"):
+        det.predict_proba(X, ci_prob=1.5)
+    with pytest.raises(ValueError, match="ci_prob must be a number in"):
+        det.anomaly_fraction(-0.5)
+    with pytest.raises(TypeError, match="real-valued"):
+        MixtureAnomalyDetector(num_steps=5).fit(X.astype(complex))
+    with pytest.raises(ValueError, match="needs at least 2 features"):
+        MixtureAnomalyDetector(num_steps=5).fit(X[:, :1])
+    with pytest.raises(ValueError, match="anomaly_scale"):
+        MixtureAnomalyDetector(num_steps=5, anomaly_scale=float("inf")).fit(X)
+    with pytest.raises(ValueError, match="enumerate must be True or False"):
+        MixtureAnomalyDetector(num_steps=5, enumerate="yes").fit(X)
+
 def test_save_load_round_trip(fitted, tmp_path):
     det, X, _ = fitted
     det.save(tmp_path / "det")

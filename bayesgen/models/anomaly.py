@@ -43,7 +43,7 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from torch.distributions import biject_to, constraints
 
-from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_ci_prob, check_count, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -361,21 +361,27 @@ class MixtureAnomalyDetector(BayesianEstimator):
         a, b = (float(v) for v in self.anomaly_prior)
         if not (a > 0 and b > 0):
             raise ValueError(f"anomaly_prior must be two positive numbers, got {self.anomaly_prior}")
-        if not float(self.anomaly_scale) > 0:
-            raise ValueError(f"anomaly_scale must be > 0, got {self.anomaly_scale}")
+        if not (a < math.inf and b < math.inf):
+            raise ValueError(f"anomaly_prior must be two positive, finite numbers, got {self.anomaly_prior}")
+        if not 0 < float(self.anomaly_scale) < math.inf:
+            raise ValueError(f"anomaly_scale must be a positive, finite number, got {self.anomaly_scale}")
+        if not isinstance(self.enumerate, bool | np.bool_):
+            raise ValueError(f"enumerate must be True or False, got {self.enumerate!r}")
         self.device_ = resolve_device(self.device)
 
     def _as_matrix(self, X: Any, what: str = "X") -> tuple[np.ndarray, list[str]]:
         if isinstance(X, pd.DataFrame):
-            bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c])]
+            bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c])
+                   or pd.api.types.is_complex_dtype(X[c])]
             if bad:
                 raise TypeError(f"{what} has non-numeric columns {bad[:10]}; pass numeric columns only")
             names = [str(c) for c in X.columns]
             arr = X.to_numpy(dtype=float)
         else:
             arr = np.asarray(X)
-            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-                raise TypeError(f"{what} must be numeric, got dtype {arr.dtype}")
+            if (arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
+                    or np.issubdtype(arr.dtype, np.complexfloating)):
+                raise TypeError(f"{what} must be real-valued numeric, got dtype {arr.dtype}")
             arr = arr.astype(float)
             names = [f"x{j}" for j in range(arr.shape[1])] if arr.ndim == 2 else []
         if arr.ndim != 2:
@@ -387,7 +393,20 @@ class MixtureAnomalyDetector(BayesianEstimator):
         return arr, names
 
     def _check_new_x(self, X: Any) -> torch.Tensor:
+        fitted = [str(c) for c in self.feature_names_]
+        if isinstance(X, pd.DataFrame) and fitted != [f"x{j}" for j in range(len(fitted))]:
+            # Fitted on named columns: match new columns by name, never by position.
+            given = [str(c) for c in X.columns]
+            missing = [c for c in fitted if c not in given]
+            extra = [c for c in given if c not in fitted]
+            if missing or extra or len(set(given)) != len(given):
+                raise ValueError(f"X's columns do not match the columns the detector was fitted on: missing "
+                                 f"{missing[:10]}, unexpected {extra[:10]}"
+                                 + ("; duplicate column names" if len(set(given)) != len(given) else ""))
+            X = X.set_axis(given, axis=1)[fitted]
         arr, _ = self._as_matrix(X)
+        if arr.shape[0] == 0:
+            raise ValueError("X has no rows")
         if arr.shape[1] != len(self.feature_names_):
             raise ValueError(f"X has {arr.shape[1]} columns; the detector was fitted on {len(self.feature_names_)} "
                              f"({self.feature_names_[:10]})")
@@ -417,6 +436,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if (sd <= 1e-12 * (1 + np.abs(arr).max(axis=0))).any():
             bad = [names[j] for j in np.nonzero(sd <= 1e-12 * (1 + np.abs(arr).max(axis=0)))[0]]
             raise ValueError(f"columns {bad[:10]} are constant; drop them")
+        if self.covariance == "full" and d < 2:
+            raise ValueError("covariance='full' needs at least 2 features; with one feature use covariance='diag'")
         if self.covariance == "lowrank" and int(self.rank) >= d:
             raise ValueError(f"rank={self.rank} must be below the {d} features")
         if int(self.num_components) * 2 > n:
@@ -524,7 +545,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
         """
         self._check_fitted()
         x = self._check_new_x(X)
-        draws = self._draws(int(num_samples or self.num_samples), seed)
+        if ci_prob is not None:
+            ci_prob = check_ci_prob(ci_prob)
+        draws = self._draws(check_count(self.num_samples if num_samples is None else num_samples, "num_samples"), seed)
         with torch.no_grad():
             log_w, table = self._tables(x, draws)
             joint = table + log_w
@@ -550,7 +573,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         """
         self._check_fitted()
         x = self._check_new_x(X)
-        draws = self._draws(int(num_samples or self.num_samples), seed)
+        draws = self._draws(check_count(self.num_samples if num_samples is None else num_samples, "num_samples"), seed)
         with torch.no_grad():
             log_w, table = self._tables(x, draws)
             normal = torch.logsumexp(table[..., :-1] + draws["weights"].log(), -1)  # (S, n)
@@ -564,7 +587,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._check_fitted()
         p = self.params_
         a, b = float(p["anomaly_fraction_a"]), float(p["anomaly_fraction_b"])
-        tail = (1 - ci_prob) / 2
+        tail = (1 - check_ci_prob(ci_prob)) / 2
         return pd.Series({"mean": a / (a + b), "sd": math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))),
                           "low": stats.beta.ppf(tail, a, b), "high": stats.beta.ppf(1 - tail, a, b),
                           "ci_prob": ci_prob})
@@ -572,7 +595,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Guide draws of the parameters (standardised scale)."""
         self._check_fitted()
-        return {k: to_numpy(v) for k, v in self._draws(num_samples, seed).items()}
+        return {k: to_numpy(v) for k, v in self._draws(check_count(num_samples, "num_samples"), seed).items()}
 
     def plot(self, X: Any, labels: Any = None, *, threshold: float = 0.5) -> Any:
         """Two panels: anomaly probability by rank, and a 2-D projection coloured by probability."""
