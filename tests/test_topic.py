@@ -253,6 +253,31 @@ def test_bad_input_is_clear(planted):
         ProdLDA(num_epochs=1, background="yes").fit(X)
 
 
+
+
+def test_transform_keeps_one_row_per_document_and_matches_dataframe_columns_by_name():
+    import pandas as pd
+
+    X, _, _ = planted_corpus(D=200)
+    words = [f"word{j}" for j in range(X.shape[1])]
+    lda = ProdLDA(num_topics=4, hidden_dim=20, num_epochs=2, batch_size=50, seed=0).fit(pd.DataFrame(X, columns=words))
+    assert list(lda.vocabulary_) == words
+    frame = pd.DataFrame(X[:6], columns=words)
+    np.testing.assert_allclose(lda.transform(frame[words[::-1]]).mean, lda.transform(frame).mean)
+    with pytest.raises(ValueError, match="vocabulary differs"):
+        lda.transform(frame.set_axis([f"other{j}" for j in range(X.shape[1])], axis=1))
+    # Empty documents keep their place, as NaN rows, so the output lines up with the input.
+    docs = np.r_[X[:2], np.zeros((1, X.shape[1]), int), X[2:4]]
+    with pytest.warns(UserWarning, match="1 of 5 documents have no word"):
+        out = lda.transform(docs)
+    assert out.mean.shape == (5, 4) and np.isnan(out.mean[2]).all() and np.isnan(out.high[2]).all()
+    np.testing.assert_allclose(out.mean[[0, 1, 3, 4]], lda.transform(X[:4]).mean)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        lda.transform(X[:4], num_samples=0)
+    with pytest.raises(ValueError, match="ci_prob must be a number in"):
+        lda.transform(X[:4], ci_prob=1.5)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        lda.perplexity(X[:4], num_samples=-1)
 @pytest.mark.cuda
 def test_fit_on_cuda_dense_and_sparse():
     X, _, _ = planted_corpus(D=200)

@@ -35,6 +35,7 @@ Dieng, Ruiz & Blei (2020), Topic modeling in embedding spaces (topic diversity).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_ci_prob, check_count, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
@@ -456,6 +457,13 @@ class ProdLDA(NeuralEstimator):
             }
             corpus = build_corpus(list(docs), **kwargs)
         else:
+            if isinstance(docs, pd.DataFrame) and vocabulary is None and fitted:
+                # Named columns are words: match them by name (reordering), never by position.
+                cols = [str(c) for c in docs.columns]
+                if sorted(cols) == sorted(self.vocabulary_) and len(set(cols)) == len(cols):
+                    docs = docs.set_axis(cols, axis=1)[list(self.vocabulary_)]
+                elif list(self.vocabulary_) != [f"w{j}" for j in range(len(self.vocabulary_))]:
+                    vocabulary = cols
             width = getattr(docs, "shape", (0, None))[-1] if hasattr(docs, "shape") else None
             if fitted and vocabulary is None and width is not None and width != len(self.vocabulary_):
                 raise ValueError(
@@ -670,18 +678,36 @@ class ProdLDA(NeuralEstimator):
         Draws logtheta from the inference network's Normal and reports the
         mean, sd and central ``ci_prob`` interval of softmax(logtheta).
 
+        There is one row per input document, in input order; a document with
+        no word of the model's vocabulary has no posterior and gets a row of
+        NaN (with a warning). A DataFrame of counts is matched to
+        ``vocabulary_`` by its column names.
+
         Returns
         -------
         DocumentTopics
         """
-        x, _ = self._eval_tensor(docs, vocabulary)
+        num_samples = check_count(num_samples, "num_samples")
+        ci_prob = check_ci_prob(ci_prob)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="dropped .* documents that are empty")
+            x, corpus = self._eval_tensor(docs, vocabulary)
+        if corpus.dropped and not isinstance(docs, Corpus):
+            warnings.warn(f"{corpus.dropped} of {corpus.num_docs + corpus.dropped} documents have no word of the "
+                          "model's vocabulary; their rows are NaN", UserWarning, stacklevel=2)
         with torch.no_grad(), seeded(seed, self.device_):
             loc, scale = self.encoder_(x)
-            theta = F.softmax(dist.Normal(loc, scale).sample((int(num_samples),)), dim=-1)
+            theta = F.softmax(dist.Normal(loc, scale).sample((num_samples,)), dim=-1)
         t = to_numpy(theta)
         tail = (1 - ci_prob) / 2
-        return DocumentTopics(t.mean(0), t.std(0), np.quantile(t, tail, axis=0), np.quantile(t, 1 - tail, axis=0),
-                              ci_prob)
+        stats = [t.mean(0), t.std(0), np.quantile(t, tail, axis=0), np.quantile(t, 1 - tail, axis=0)]
+        if corpus.dropped and not isinstance(docs, Corpus):
+            # One row per input document: empty ones (no word of the vocabulary) get NaN, not a shifted row.
+            full = [np.full((corpus.num_docs + corpus.dropped, t.shape[-1]), np.nan) for _ in stats]
+            for out, part in zip(full, stats, strict=True):
+                out[corpus.doc_ids] = part
+            stats = full
+        return DocumentTopics(*stats, ci_prob)
 
     def perplexity(self, docs: Any, vocabulary: Sequence[str] | None = None, *, num_samples: int = 5,
                    seed: int | None = 0) -> float:
@@ -690,9 +716,10 @@ class ProdLDA(NeuralEstimator):
         The ELBO uses the word-sequence likelihood Σ x_w log p_w (no multinomial
         coefficient), the convention of LDA papers and scikit-learn.
         """
+        num_samples = check_count(num_samples, "num_samples")
         x, corpus = self._eval_tensor(docs, vocabulary)
         with seeded(seed, self.device_):
-            elbo = self._elbo_rows(x, int(num_samples))
+            elbo = self._elbo_rows(x, num_samples)
         n = x.sum(-1)
         coef = torch.lgamma(n + 1) - torch.lgamma(x + 1).sum(-1)
         return float(torch.exp(-(elbo - coef).sum() / n.sum()))
