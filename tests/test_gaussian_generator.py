@@ -258,3 +258,24 @@ def test_exact_predictive_matches_monte_carlo_of_the_posterior():
     Xs, _ = gen.sample(200_000, y=c, seed=0)
     np.testing.assert_allclose(Xs.std(axis=0), x_mc.std(axis=0), rtol=0.02)
     np.testing.assert_allclose(Xs.mean(axis=0), x_mc.mean(axis=0), atol=0.02 * x_mc.std(axis=0).max())
+
+
+def test_more_bad_input_is_clear():
+    from bayesgen.models._base import NotFittedError
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), np.repeat([0, 1], 20)
+    with pytest.raises(NotFittedError):
+        GaussianGenerator().predict(X)
+    with pytest.raises(ValueError, match="duplicate"):
+        GaussianGenerator(covariance="diag", method="exact").fit(X, y, classes=[0, 1, 1])
+    with pytest.raises(TypeError, match=r"mixes label types \['int', 'str'\]"):
+        GaussianGenerator(covariance="diag", method="exact").fit(X, np.array(["a"] * 20 + [1] * 20, dtype=object))
+    gen = GaussianGenerator(covariance="diag", method="exact", seed=None).fit(X, y)
+    with pytest.raises(ValueError, match="no rows"):
+        gen.predict_proba(X[:0])
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 0"):
+        gen.sample(-1)
+    # seed=None means fresh randomness, not a crash.
+    Xs, ys = gen.sample(50)
+    assert Xs.shape == (50, 4) and set(ys) <= {0, 1}

@@ -72,7 +72,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_count, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -586,6 +586,11 @@ def validate_xy(
         )
     if pd.isna(labels).any():
         raise ValueError(f"y has {int(pd.isna(labels).sum())} missing labels")
+    try:
+        np.unique(labels)
+    except TypeError:
+        kinds = sorted({type(v).__name__ for v in labels.tolist()})
+        raise TypeError(f"y mixes label types {kinds}; use labels of one type (all strings or all numbers)") from None
     if len(np.unique(labels)) < 2:
         raise ValueError(f"a class-conditional model needs at least two classes, got {np.unique(labels).tolist()}")
     return values, labels, names
@@ -838,6 +843,8 @@ class GaussianGenerator(BayesianEstimator):
         values, labels, names = validate_xy(X, y, label=label)
         found = np.unique(labels)
         if classes is not None:
+            if len(set(classes)) != len(list(classes)):
+                raise ValueError(f"classes has duplicate entries: {list(classes)}")
             missing = [c for c in classes if c not in set(found.tolist())]
             if missing:
                 raise ValueError(f"classes {missing} have no rows; every class needs at least one row")
@@ -1049,7 +1056,7 @@ class GaussianGenerator(BayesianEstimator):
         x = torch.as_tensor(xv, dtype=self._x.dtype, device=self.device_)
         if self.method == "exact":
             return self._exact_joint_log_prob(x)
-        num = int(num_samples or self.num_samples)
+        num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
         draws = self._draw_parameters(num, self.seed if seed is None else seed)
         out = []
         chunk = max(1, 2_000_000 // max(1, x.shape[1] * len(self.classes_)))
@@ -1090,6 +1097,8 @@ class GaussianGenerator(BayesianEstimator):
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != len(self.feature_names_):
             raise ValueError(f"X must have {len(self.feature_names_)} feature columns, got shape {arr.shape}")
+        if arr.shape[0] == 0:
+            raise ValueError("X has no rows")
         if not np.isfinite(arr).all():
             raise ValueError("X has NaN or infinite values")
         return (arr[:, ~self._constant].astype(float) - self._shift) / self._scale
@@ -1119,6 +1128,7 @@ class GaussianGenerator(BayesianEstimator):
 
     def predict(self, X: Any, *, num_samples: int | None = None, seed: int | None = None) -> np.ndarray:
         """Most probable class of each row (labels from ``classes_``)."""
+        self._check_fitted()
         return self.classes_[self.predict_proba(X, num_samples=num_samples, seed=seed).argmax(axis=1)]
 
     def score_samples(self, X: Any, *, num_samples: int | None = None, seed: int | None = None) -> np.ndarray:
@@ -1158,10 +1168,10 @@ class GaussianGenerator(BayesianEstimator):
         y : numpy.ndarray, shape (num_samples,)
         """
         self._check_fitted()
-        n = int(num_samples)
-        if n < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        n = check_count(num_samples, "num_samples", minimum=0)
         seed = self.seed if seed is None else seed
+        if seed is None:  # seed=None on the estimator too: fresh randomness, drawn from numpy's entropy
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
         C = len(self.classes_)
         exact = self.method == "exact"
         if not exact:
