@@ -302,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a folder written by 'bayesgen fit' or 'bayesgen tour'")
     rep.add_argument("--out", default=None, help="re-run folder (default RUN_DIR/reproduced)")
     rep.add_argument("--device", default=None, help="default: the original's device when available, else cpu")
-    rep.add_argument("--tolerance", type=float, default=0.1, help="allowed change of a mean, in posterior sds")
-    rep.add_argument("--rtol", type=float, default=0.05, help="allowed relative change of a report figure")
+    rep.add_argument("--tolerance", type=float, default=0.1, help="allowed change of a mean, in posterior sds (default 0.1)")
+    rep.add_argument("--rtol", type=float, default=0.05, help="allowed relative change of a report figure (default 0.05)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_cmd_reproduce)
 
