@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bayesgen._runtime import check_count
+
 __all__ = ["AugmentedData", "augment", "tstr", "memorization_check", "low_data_experiment", "default_classifier"]
 
 
@@ -53,9 +55,48 @@ class AugmentedData:
         """One table: features, the label column and a 0/1 ``synthetic`` column."""
         frame = self.X.copy() if isinstance(self.X, pd.DataFrame) else pd.DataFrame(self.X)
         frame = frame.reset_index(drop=True)
+        if label == flag:
+            raise ValueError(f"label and flag must be different column names, got {label!r} for both")
+        taken = [c for c in (label, flag) if c in frame.columns]
+        if taken:
+            raise ValueError(f"column names {taken} are already feature columns; pass other label=/flag= names")
         frame[label] = self.y
         frame[flag] = self.synthetic.astype(int)
         return frame
+
+
+def _check_table(X: Any, what: str, n_features: int | None = None) -> np.ndarray:
+    """``X`` as a finite float matrix with at least one row, or a clear ValueError/TypeError."""
+    if isinstance(X, pd.DataFrame):
+        bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_complex_dtype(X[c])]
+        if bad:
+            raise TypeError(f"{what} has non-numeric columns {bad[:10]}")
+    arr = np.asarray(X)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        if arr.dtype != bool:
+            raise TypeError(f"{what} must be real-valued numeric, got dtype {arr.dtype}")
+    arr = arr.astype(float)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (rows, features), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what} has no rows")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{what} has {arr.shape[1]} feature columns, expected {n_features}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what} has {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+    return arr
+
+
+def _check_labels(y: Any, n_rows: int, what: str) -> np.ndarray:
+    """``y`` as a 1-D label array with one label per row, or a clear ValueError/TypeError."""
+    labels = np.asarray(y)
+    if labels.ndim != 1 or len(labels) != n_rows:
+        raise ValueError(f"{what} must be 1-D with one label per row ({n_rows}), got shape {labels.shape}")
+    if pd.isna(labels).any():
+        raise ValueError(f"{what} has {int(pd.isna(labels).sum())} missing labels")
+    if len({type(v) for v in labels.tolist()} - {int, float, bool}) > 0 and len({type(v) for v in labels.tolist()}) > 1:
+        raise TypeError(f"{what} mixes label types {sorted({type(v).__name__ for v in labels.tolist()})}")
+    return labels
 
 
 def _per_class(n_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> dict[Any, int]:
@@ -110,7 +151,8 @@ def augment(
     """
     if not hasattr(generator, "sample"):
         raise TypeError(f"generator must have a sample(n, y=...) method, got {type(generator).__name__}")
-    labels = np.asarray(y)
+    arr = _check_table(X, "X")
+    labels = _check_labels(y, len(arr), "y")
     if hasattr(generator, "fit") and not hasattr(generator, "losses_"):
         generator.fit(X, labels)
     if getattr(generator, "conditional", True) is False:
@@ -120,6 +162,10 @@ def augment(
         )
     classes = getattr(generator, "classes_", None)
     classes = list(np.unique(labels) if classes is None else classes)
+    unknown = sorted({str(v) for v in labels.tolist()} - {str(c) for c in classes})
+    if unknown:
+        raise ValueError(f"y has labels {unknown[:10]} that the generator does not know "
+                         f"(its classes: {np.asarray(classes[:20]).tolist()})")
     counts = _per_class(n_per_class, classes)
     parts_x, parts_y = [], []
     for offset, (label, n) in enumerate(counts.items()):
@@ -131,6 +177,8 @@ def augment(
     n_real = len(labels)
     if parts_x:
         synth_x, synth_y = np.concatenate(parts_x), np.concatenate(parts_y)
+        if synth_x.shape[1] != arr.shape[1]:
+            raise ValueError(f"X has {arr.shape[1]} feature columns but the generator makes rows of {synth_x.shape[1]}")
     else:
         synth_x = np.empty((0, np.asarray(X).shape[1]))
         synth_y = np.empty(0, dtype=labels.dtype)
@@ -181,12 +229,21 @@ def tstr(
     dict
         ``tstr``, ``trtr`` accuracies and ``gap = trtr - tstr``.
     """
-    labels = np.asarray(y_train)
+    train = _check_table(X_train, "X_train")
+    labels = _check_labels(y_train, len(train), "y_train")
+    test = _check_table(X_test, "X_test", train.shape[1])
+    test_labels = _check_labels(y_test, len(test), "y_test")
     if n_per_class is None:
         values, counts = np.unique(labels, return_counts=True)
         n_per_class = dict(zip(values.tolist(), counts.tolist(), strict=True))
     classes = list(getattr(generator, "classes_", np.unique(labels)))
+    unknown = sorted({str(v) for v in test_labels.tolist()} - {str(c) for c in classes})
+    if unknown:
+        raise ValueError(f"y_test has labels {unknown[:10]} that the generator does not know "
+                         f"(its classes: {np.asarray(classes[:20]).tolist()})")
     parts = [generator.sample(n, y=c, seed=seed + i) for i, (c, n) in enumerate(_per_class(n_per_class, classes).items()) if n]
+    if not parts:
+        raise ValueError("n_per_class asks for no synthetic rows; TSTR needs some")
     Xs = np.concatenate([np.asarray(p[0], dtype=float) for p in parts])
     ys = np.concatenate([np.asarray(p[1]) for p in parts])
     tstr_acc = float(classifier().fit(Xs, ys).score(X_test, y_test))
@@ -228,7 +285,11 @@ def memorization_check(
     """
     from sklearn.neighbors import NearestNeighbors
 
-    train = np.asarray(X_train, dtype=float)
+    if not 0 < float(quantile) < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    train = _check_table(X_train, "X_train")
+    X_synthetic = _check_table(X_synthetic, "X_synthetic", train.shape[1])
+    X_holdout = _check_table(X_holdout, "X_holdout", train.shape[1])
     index = NearestNeighbors(n_neighbors=1).fit(train)
     d_syn = index.kneighbors(np.asarray(X_synthetic, dtype=float))[0][:, 0]
     d_hold = index.kneighbors(np.asarray(X_holdout, dtype=float))[0][:, 0]
@@ -283,8 +344,12 @@ def low_data_experiment(
     pandas.DataFrame
         Columns ``k``, ``repeat``, ``real_only``, ``augmented``, ``gain``.
     """
-    X_train = np.asarray(X_train, dtype=float)
-    labels = np.asarray(y_train)
+    X_train = _check_table(X_train, "X_train")
+    labels = _check_labels(y_train, len(X_train), "y_train")
+    X_test = _check_table(X_test, "X_test", X_train.shape[1])
+    y_test = _check_labels(y_test, len(X_test), "y_test")
+    k_per_class = [check_count(k, "k_per_class") for k in k_per_class]
+    repeats = check_count(repeats, "repeats")
     rng = np.random.default_rng(seed)
     rows = []
     for k in k_per_class:

@@ -279,3 +279,31 @@ def test_more_bad_input_is_clear():
     # seed=None means fresh randomness, not a crash.
     Xs, ys = gen.sample(50)
     assert Xs.shape == (50, 4) and set(ys) <= {0, 1}
+
+
+def test_augmentation_helpers_check_their_inputs():
+    from bayesgen.augment import AugmentedData, low_data_experiment
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), np.repeat([0, 1], 20)
+    gen = GaussianGenerator(covariance="diag", method="exact").fit(X, y)
+    with pytest.raises(ValueError, match=r"one label per row \(40\)"):
+        augment(X, y[:10], gen, 2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        augment(np.where(X > 2, np.nan, X), y, gen, 2)
+    with pytest.raises(ValueError, match=r"labels \['a', 'b'\] that the generator does not know"):
+        augment(X, np.array(["a", "b"] * 20), gen, 2)
+    with pytest.raises(ValueError, match="3 feature columns but the generator makes rows of 4"):
+        augment(X[:, :3], y, gen, 2)
+    frame = AugmentedData(pd.DataFrame(X, columns=list("abcd")), y, np.zeros(40, bool))
+    with pytest.raises(ValueError, match=r"\['a'\] are already feature columns"):
+        frame.to_frame(label="a")
+    assert list(frame.to_frame().columns) == [*"abcd", "y", "synthetic"]
+    with pytest.raises(ValueError, match=r"y_test has labels \['7'\]"):
+        tstr(gen, X, y, X, np.full(40, 7))
+    with pytest.raises(ValueError, match="X_test has 3 feature columns, expected 4"):
+        tstr(gen, X, y, X[:, :3], y)
+    with pytest.raises(ValueError, match="quantile must be in"):
+        memorization_check(X, X, X, quantile=1.5)
+    with pytest.raises(ValueError, match="k_per_class must be an integer >= 1"):
+        low_data_experiment(lambda: GaussianGenerator(covariance="diag", method="exact"), X, y, X, y, k_per_class=(0,))
