@@ -56,7 +56,7 @@ from pyro.infer import (
 from pyro.infer.util import zero_grads
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import move_to_device, seeded, target_device, tensors_on
+from bayesgen._runtime import check_count, move_to_device, seeded, target_device, tensors_on
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
 
 __all__ = [
@@ -735,8 +735,12 @@ def run_svi(
     >>> result.losses[-50:].mean() < result.losses[:50].mean()
     True
     """
-    if int(num_steps) < 0:
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    num_steps = check_count(num_steps, "num_steps", minimum=0)
+    num_particles = check_count(num_particles, "num_particles")
+    if batch_size is not None:
+        batch_size = check_count(batch_size, "batch_size")
+    if not (isinstance(learning_rate, int | float | np.integer | np.floating) and 0 < learning_rate < math.inf):
+        raise ValueError(f"learning_rate must be a positive, finite number, got {learning_rate!r}")
     if batch_size is not None and data_size is None:
         raise ValueError("batch_size needs data_size (the number of rows to minibatch over)")
     if checkpoint_every is not None and checkpoint is None:

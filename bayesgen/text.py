@@ -179,6 +179,12 @@ def build_corpus(
             f"documents must be strings; document {bad[0]} is a {type(docs[bad[0]]).__name__}"
             f" ({len(bad)} non-string documents)"
         )
+    try:
+        re.compile(token_pattern)
+    except (re.error, TypeError) as err:
+        raise ValueError(f"token_pattern {token_pattern!r} is not a valid regular expression: {err}") from None
+    if isinstance(vocabulary, str):
+        raise TypeError("vocabulary must be a sequence of words, not one string")
     if vocabulary is not None:
         vec = CountVectorizer(lowercase=lowercase, token_pattern=token_pattern, vocabulary=list(vocabulary))
     else:
@@ -193,9 +199,12 @@ def build_corpus(
     try:
         counts = vec.fit_transform(docs) if vocabulary is None else vec.transform(docs)
     except ValueError as err:  # sklearn: "empty vocabulary" / "max_df corresponds to < documents than min_df"
-        raise ValueError(
-            f"the vocabulary is empty after filtering (stop_words, min_df={min_df}, max_df={max_df}): {err}"
-        ) from None
+        if "empty vocabulary" in str(err) or "max_df corresponds" in str(err):
+            raise ValueError(
+                f"the vocabulary is empty after filtering (stop_words, min_df={min_df}, max_df={max_df}): {err}"
+            ) from None
+        raise ValueError(f"could not build the document-term matrix (check stop_words, min_df, max_df, "
+                         f"max_features and vocabulary): {err}") from None
     vocab = list(vec.get_feature_names_out()) if vocabulary is None else list(vocabulary)
     if not vocab:
         raise ValueError("the vocabulary is empty after filtering")
@@ -246,6 +255,8 @@ def corpus_from_counts(counts: Any, vocabulary: Sequence[str] | None = None, *, 
     mat.eliminate_zeros()
     if vocabulary is None:
         vocabulary = [f"w{j}" for j in range(mat.shape[1])]
+    if isinstance(vocabulary, str):
+        raise TypeError("vocabulary must be a sequence of words, not one string")
     vocabulary = [str(w) for w in vocabulary]
     if len(vocabulary) != mat.shape[1]:
         raise ValueError(f"the vocabulary has {len(vocabulary)} words but counts has {mat.shape[1]} columns")

@@ -261,3 +261,22 @@ def test_summary_columns_agree_with_the_individual_verbs(method):
     np.testing.assert_allclose(table["expected_loss"], test.expected_loss())
     lift = test.lift(1)
     np.testing.assert_allclose(table.loc[lift.index, "lift_mean"], lift["mean"])
+
+
+def test_draw_counts_interval_masses_and_column_names_are_checked():
+    fitted = BetaBinomialTest(method="exact").fit([10, 20], [100, 100])
+    for call in (lambda: fitted.posterior(-1), lambda: fitted.sample(0),
+                 lambda: BetaBinomialTest(num_samples=0).fit([1, 2], [10, 10]),
+                 lambda: BetaBinomialTest(num_particles=0).fit([1, 2], [10, 10])):
+        with pytest.raises(ValueError, match=r"(num_samples|num_particles) must be an integer >= 1"):
+            call()
+    for prob in (-0.5, 0, 1.5):
+        with pytest.raises(ValueError, match="ci_prob must be a number in"):
+            fitted.lift(ci_prob=prob)
+    with pytest.raises(TypeError, match="not one string"):
+        BetaBinomialTest(method="exact").fit([1, 2], [10, 10], names="AB")
+    events = pd.DataFrame({"arm": ["a", "b", "a", "b"], "converted": [0, 1, 1, 0]})
+    with pytest.raises(ValueError, match="must be different columns"):
+        BetaBinomialTest(method="exact").fit_events(events, variant_col="arm", outcome_col="arm")
+    with pytest.raises(ValueError, match="learning_rate must be a positive, finite number"):
+        BetaBinomialTest(learning_rate=float("inf")).fit([1, 2], [10, 10])

@@ -110,3 +110,14 @@ def test_npmi_and_diversity_against_hand_computed_values():
     p02, p0, p2 = 0.25, 0.5, 0.5
     assert scores[2] == pytest.approx(np.log(p02 / (p0 * p2)) / -np.log(p02))
     assert topic_diversity([[0, 1, 2], [2, 3, 4]]) == pytest.approx(5 / 6)
+
+
+def test_pipeline_settings_errors_name_the_problem():
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        build_corpus(["a b", "c d"], token_pattern="(")
+    with pytest.raises(ValueError, match="could not build the document-term matrix.*min_df"):
+        build_corpus(["alpha beta gamma", "gamma delta epsilon"], min_df="a")
+    with pytest.raises(TypeError, match="not one string"):
+        build_corpus(["alpha beta"], vocabulary="alphabet")
+    with pytest.raises(TypeError, match="not one string"):
+        corpus_from_counts(np.ones((2, 3), int), vocabulary="abc")

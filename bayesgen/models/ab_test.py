@@ -40,7 +40,7 @@ import torch
 from scipy import integrate, stats
 from torch.distributions import constraints
 
-from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_ci_prob, check_count, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -316,6 +316,8 @@ def validate_counts(
         raise ValueError(f"an A/B test needs at least two variants, got {s.size}")
     if names is None:
         names = [_default_name(i) for i in range(s.size)]
+    if isinstance(names, str):
+        raise TypeError(f"names must be a sequence of names, not one string ({names!r}); e.g. names=['A', 'B']")
     names = [str(v) for v in names]
     if len(names) != s.size:
         raise ValueError(f"{len(names)} names given for {s.size} variants")
@@ -506,8 +508,9 @@ class BetaBinomialTest(BayesianEstimator):
         self._prior = validate_prior(self.prior)
         if self.method not in ("svi", "exact"):
             raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
-        if not 0 < float(self.ci_prob) < 1:
-            raise ValueError(f"ci_prob must be between 0 and 1, got {self.ci_prob}")
+        check_ci_prob(self.ci_prob)
+        check_count(self.num_samples, "num_samples")
+        check_count(self.num_particles, "num_particles")
         self.device_ = resolve_device(self.device)
 
     def fit(
@@ -587,6 +590,8 @@ class BetaBinomialTest(BayesianEstimator):
             ``self``, fitted.
         """
         self._validate_settings()
+        if variant_col == outcome_col:
+            raise ValueError(f"variant_col and outcome_col must be different columns, got {variant_col!r} for both")
         index, outcome, s, n, names = events_to_counts(events, variant_col, outcome_col)
         self._set_data(s, n, names, events=(index, outcome))
         if self.method == "exact":
@@ -716,7 +721,7 @@ class BetaBinomialTest(BayesianEstimator):
             One column per variant.
         """
         self._check_fitted()
-        num = int(num_samples or self.num_samples)
+        num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
         seed = self.seed if seed is None else seed
         a = torch.as_tensor(self.posterior_alpha_, dtype=torch.float64)
         b = torch.as_tensor(self.posterior_beta_, dtype=torch.float64)
@@ -787,7 +792,7 @@ class BetaBinomialTest(BayesianEstimator):
 
     def _lift_from_draws(self, draws: pd.DataFrame, control: str | int, ci_prob: float | None) -> pd.DataFrame:
         ctrl = self._variant_name(control)
-        prob = float(ci_prob or self.ci_prob)
+        prob = check_ci_prob(self.ci_prob if ci_prob is None else ci_prob)
         base = draws[ctrl].to_numpy()
         rows = {}
         for name in self.names_:
