@@ -45,7 +45,7 @@ from pyro import poutine
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import move_to_device, seeded, target_device, tensors_on, to_numpy
+from bayesgen._runtime import check_ci_prob, check_count, move_to_device, seeded, target_device, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = ["to_datatree", "summary", "draw_sites"]
@@ -284,6 +284,7 @@ def to_datatree(
     >>> sorted(tree.children)
     ['log_likelihood', 'observed_data', 'posterior', 'posterior_predictive']
     """
+    num_samples = check_count(num_samples, "num_samples")
     from arviz_base import from_dict
 
     rng_device = target_device(device, args, kwargs)
@@ -389,6 +390,16 @@ def summary(
         One row per scalar (``rate[A]``), columns ``mean``, ``sd``,
         ``{ci_kind}{pct}_lb``, ``{ci_kind}{pct}_ub``, ``mcse_mean``, ``n_draws``.
     """
+    if not hasattr(data, "attrs") or not hasattr(data, "children"):
+        raise TypeError(f"data must be an ArviZ DataTree (from to_datatree or to_arviz), got {type(data).__name__}")
+    if group not in data.children:
+        raise ValueError(f"data has no group {group!r}; it has {sorted(data.children)}")
+    ci_prob = check_ci_prob(ci_prob)
+    if var_names is not None:
+        names = [var_names] if isinstance(var_names, str) else list(var_names)
+        missing = [v for v in names if v.lstrip("~") not in data[group].data_vars]
+        if missing:
+            raise ValueError(f"var_names {missing} are not in the {group} group; it has {sorted(data[group].data_vars)}")
     import arviz
 
     independent = bool(data.attrs.get("draws_are_independent", 0))

@@ -34,7 +34,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import seeded, target_device, tensors_on, to_numpy
+from bayesgen._runtime import check_count, seeded, target_device, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = [
@@ -215,6 +215,7 @@ def vi_khat(
     >>> test.vi_diagnostic(num_samples=500).verdict
     'good'
     """
+    num_samples = check_count(num_samples, "num_samples", minimum=2)
     from arviz_stats.base import array_stats
 
     from bayesgen.infer import param_scope
@@ -340,6 +341,7 @@ def vi_khat_rows(
         A sample site outside the plate (a global latent: the ratios do not
         factorise over rows), or too few draws.
     """
+    num_samples = check_count(num_samples, "num_samples", minimum=2)
     from arviz_stats.base import array_stats
     from pyro.infer.enum import get_importance_trace
 
@@ -779,6 +781,10 @@ def nuts_compare(
     -------
     NUTSComparison
     """
+    num_samples = check_count(num_samples, "num_samples", minimum=2)
+    num_warmup = check_count(num_warmup, "num_warmup", minimum=0)
+    num_chains = check_count(num_chains, "num_chains")
+    svi_samples = check_count(svi_samples, "svi_samples", minimum=2)
     import arviz as az
     import pandas as pd
     from arviz_base import from_dict
@@ -921,6 +927,8 @@ def sbc(
     -------
     SBCResult
     """
+    num_simulations = check_count(num_simulations, "num_simulations")
+    num_posterior_samples = check_count(num_posterior_samples, "num_posterior_samples")
     import pandas as pd
     from pyro.infer import Predictive
     from scipy import stats

@@ -182,3 +182,18 @@ def test_deterministic_sites_do_not_distort_predictive_shapes():
         assert tree.prior_predictive["y"].dims == ("chain", "draw", "obs")
         np.testing.assert_allclose(tree.posterior["theta"].values,
                                    tree.posterior["mu"].values[..., None] + tree.posterior["z"].values, rtol=1e-5)
+
+
+def test_summary_and_converter_arguments_are_checked():
+    tree = to_datatree(user_model, user_guide, Y, num_samples=50, param_state=set_exact_guide())
+    with pytest.raises(ValueError, match=r"var_names \['nope'\] are not in the posterior group"):
+        summary(tree, var_names=["nope"])
+    with pytest.raises(ValueError, match="no group 'nope'"):
+        summary(tree, group="nope")
+    with pytest.raises(ValueError, match="ci_prob must be a number in"):
+        summary(tree, ci_prob=2)
+    with pytest.raises(TypeError, match="must be an ArviZ DataTree"):
+        summary({})
+    assert list(summary(tree, var_names=["~offset", "~mu_plus_offsets"]).index) == ["mu"]
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        to_datatree(user_model, user_guide, Y, num_samples=0, param_state=set_exact_guide())
