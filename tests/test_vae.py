@@ -279,3 +279,23 @@ def test_loaded_conditional_vae_draws_classes_in_the_training_proportions(cvae, 
     np.testing.assert_array_equal(loaded.class_counts_, cvae.class_counts_)
     assert loaded.class_counts_.sum() == len(cvae._x)
     np.testing.assert_array_equal(loaded.sample(300, seed=5)[1], cvae.sample(300, seed=5)[1])
+
+
+def test_more_bad_input_is_clear():
+    from bayesgen.models._base import NotFittedError
+
+    X = np.random.default_rng(0).uniform(size=(64, 16))
+    with pytest.raises(NotFittedError):
+        VAE().plot_reconstructions(X)
+    with pytest.raises(ValueError, match="image_shape must be two positive integers"):
+        VAE(image_shape=(-4, -4), num_epochs=1).fit(X)
+    vae = VAE(num_epochs=1, batch_size=32, latent_dim=2, hidden_dims=[8], seed=0).fit(X)
+    with pytest.raises(ValueError, match="Z has NaN or infinite values"):
+        vae.decode(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        vae.posterior(-1)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        vae.elbo(X, num_samples=0)
+    with pytest.raises(ValueError, match="holds 2 x 8 images; this model was fitted to 4 x 4"):
+        vae.encode(X.reshape(64, 2, 8))
+    assert vae.encode(X.reshape(64, 4, 4))[0].shape == (64, 2)

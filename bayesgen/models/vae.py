@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayesgen._runtime import resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_count, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 
@@ -448,8 +448,13 @@ class VAE(NeuralEstimator):
         hidden = list(self.hidden_dims)
         if not hidden or any(isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1 for h in hidden):
             raise ValueError(f"hidden_dims must be a non-empty sequence of positive integers, got {self.hidden_dims!r}")
-        if not float(self.learning_rate) > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < float(self.learning_rate) < math.inf:
+            raise ValueError(f"learning_rate must be a positive, finite number, got {self.learning_rate}")
+        if self.image_shape is not None:
+            shape = self.image_shape
+            if (isinstance(shape, str) or len(shape) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in shape)):
+                raise ValueError(f"image_shape must be two positive integers (height, width), got {shape!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.patience is not None and int(self.patience) < 1:
@@ -496,6 +501,7 @@ class VAE(NeuralEstimator):
         return flat, (tuple(int(s) for s in shape) if shape is not None else None)
 
     def _check_new_x(self, X: Any, what: str = "X") -> torch.Tensor:
+        self._check_fitted()
         flat, shape = self._as_images(X, what)
         if flat.shape[1] != self.n_features_:
             expect = f"{self.image_shape_[0]} x {self.image_shape_[1]} images" if self.image_shape_ else ""
@@ -505,6 +511,9 @@ class VAE(NeuralEstimator):
                 + f"; this model was fitted to {self.n_features_}"
                 + (f" ({expect})" if expect else "")
             )
+        if shape is not None and self.image_shape_ is not None and tuple(shape) != tuple(self.image_shape_):
+            raise ValueError(f"{what} holds {shape[0]} x {shape[1]} images; this model was fitted to "
+                             f"{self.image_shape_[0]} x {self.image_shape_[1]} images")
         return torch.as_tensor(flat, device=self.device_)
 
     def _labels_to_index(self, y: Any, n: int, what: str = "y") -> torch.Tensor | None:
@@ -751,8 +760,9 @@ class VAE(NeuralEstimator):
         numpy.ndarray, shape (n_rows,)
         """
         x, yi = self._inputs(X, y)
+        num_samples = check_count(num_samples, "num_samples")
         with seeded(seed, self.device_):
-            vals = torch.stack([self._bound(x, yi, 1) for _ in range(int(num_samples))]).mean(0)
+            vals = torch.stack([self._bound(x, yi, 1) for _ in range(num_samples)]).mean(0)
         return to_numpy(vals)
 
     def log_likelihood(
@@ -798,6 +808,7 @@ class VAE(NeuralEstimator):
             ``z``: numpy.ndarray, shape (num_samples, n_rows, latent_dim).
         """
         self._check_fitted()
+        num_samples = check_count(num_samples, "num_samples")
         if X is None:
             x = self._x[self._arviz_rows]
             yi = self._y[self._arviz_rows] if self._y is not None else None
@@ -805,7 +816,7 @@ class VAE(NeuralEstimator):
             x, yi = self._inputs(X, y)
         with torch.no_grad(), seeded(seed, self.device_):
             loc, scale = self.encoder_(x, _onehot(yi, self.num_classes_, x))
-            z = dist.Normal(loc, scale).sample((int(num_samples),))
+            z = dist.Normal(loc, scale).sample((num_samples,))
         return {"z": to_numpy(z)}
 
     @torch.no_grad()
@@ -834,6 +845,8 @@ class VAE(NeuralEstimator):
         z = torch.as_tensor(np.asarray(Z, dtype=np.float32), device=self.device_)
         if z.ndim != 2 or z.shape[1] != int(self.latent_dim):
             raise ValueError(f"Z must have shape (n, {self.latent_dim}), got {tuple(z.shape)}")
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("Z has NaN or infinite values")
         yi = self._labels_to_index(y, len(z)) if self.conditional or y is not None else None
         return to_numpy(self._mean_image(self.decoder_(z, _onehot(yi, self.num_classes_, z))))
 
