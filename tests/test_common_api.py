@@ -202,6 +202,27 @@ class TestEstimatorContract:
         with pytest.raises(ModelFileError, match="not bayesgen model metadata"):
             type(est).load(folder)
 
+    def test_edited_or_damaged_files_give_clear_errors(self, make, fit, bad, dims, tmp_path):
+        folder = fit(make()).save(tmp_path / "model")
+        meta, tensors = json.loads((folder / "meta.json").read_text()), torch.load(folder / "tensors.pt")
+        cls = type(make())
+
+        def write(m, t):
+            (folder / "meta.json").write_text(json.dumps(m))
+            torch.save(t, folder / "tensors.pt")
+
+        write({k: v for k, v in meta.items() if k != "hyperparameters"}, tensors)
+        with pytest.raises(ModelFileError, match="missing entry 'hyperparameters'"):
+            cls.load(folder)
+        write(meta, {k: v for k, v in tensors.items() if k != "losses"})
+        with pytest.raises(ModelFileError, match="missing entry 'losses'"):
+            cls.load(folder)
+        write(meta, {**tensors, "params": {k: v * float("nan") for k, v in tensors["params"].items()}})
+        with pytest.raises(ModelFileError, match="non-finite values in parameters"):
+            cls.load(folder)
+        write(meta, tensors)
+        assert cls.load(folder).params_.keys() == fit(make()).params_.keys()
+
     def test_loading_never_unpickles_code(self, make, fit, bad, dims, tmp_path):
         est = fit(make())
         folder = est.save(tmp_path / "model")

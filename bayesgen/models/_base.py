@@ -360,7 +360,7 @@ class BayesianEstimator:
             raise ModelFileError(f"{meta_path} is not bayesgen model metadata")
         if meta.get("format_version") != MODEL_FORMAT_VERSION:
             raise ModelFileError(
-                f"{folder} has format version {meta.get('format_version')}; this bayesgen reads {MODEL_FORMAT_VERSION}"
+                f"{folder} has format version {meta.get('format_version')!r}; this bayesgen reads {MODEL_FORMAT_VERSION!r}"
             )
         class_name = meta.get("class")
         if class_name not in BayesianEstimator._registry:
@@ -372,18 +372,22 @@ class BayesianEstimator:
             tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for corrupt or foreign files
             raise ModelFileError(f"{tensor_path} is corrupt or not a tensor file: {err}") from err
-        if not isinstance(tensors, dict) or "params" not in tensors:
+        if not isinstance(tensors, dict) or not isinstance(tensors.get("params"), dict):
             raise ModelFileError(f"{tensor_path} does not hold bayesgen model tensors")
-        est = target(**meta["hyperparameters"])
-        for key, value in meta["fitted"].items():
-            setattr(est, key, value)
-        est.device_ = resolve_device(device)
-        est.losses_ = to_numpy(tensors["losses"])
+        bad = [k for k, v in tensors["params"].items() if not isinstance(v, torch.Tensor) or not bool(v.isfinite().all())]
+        if bad:
+            raise ModelFileError(f"{tensor_path} has missing or non-finite values in parameters {bad[:10]}")
         try:
+            est = target(**meta["hyperparameters"])
+            for key, value in meta["fitted"].items():
+                setattr(est, key, value)
+            est.device_ = resolve_device(device)
+            est.losses_ = to_numpy(tensors["losses"])
             est._set_extra_state(meta["extra"], tensors)
             est._param_state = est._rebuild_param_state(tensors["params"])
-        except (KeyError, RuntimeError, TypeError) as err:
-            raise ModelFileError(f"{folder} does not match {class_name}: {err}") from err
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+            what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
+            raise ModelFileError(f"{folder} does not match {class_name} (a damaged or edited file?): {what}") from err
         return est
 
     def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
