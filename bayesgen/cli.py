@@ -250,8 +250,12 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     from bayesgen.datasets import read_csv
     from bayesgen.models.anomaly import MixtureAnomalyDetector
 
+    if not 0 < args.threshold < 1:
+        raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
     table = read_csv(args.csv)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else list(table.columns)
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"--columns names a column more than once: {columns}")
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"{args.csv} has no columns {missing}; columns are {list(table.columns)[:20]}")
@@ -390,7 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default", UserWarning)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:
+        # FloatingPointError: a fit whose loss became NaN/inf (e.g. a learning rate far too high).
         print(f"bayesgen: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

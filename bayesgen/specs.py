@@ -61,6 +61,19 @@ from bayesgen.models.gaussian_generator import validate_xy
 __all__ = ["load_spec", "run_spec", "RunOutput", "package_versions", "reproduce", "ReproduceResult"]
 
 SECTIONS = {"run", "data", "model", "inference", "report"}
+RUN_KEYS = {"name", "model", "seed"}
+# Keys each model's [data] reads; a key outside these is a typo, not a setting.
+DATA_KEYS = {
+    "ab_test": {"format", "variant_col", "successes_col", "trials_col", "outcome_col"},
+    "gaussian_generator": {"scale", "label", "test_fraction"},
+    "vae": {"scale", "label", "test_fraction", "max_train_rows"},
+    "topic": {"format", "text_column", "pattern", "vocabulary", "stop_words", "min_df", "max_df", "max_features",
+              "test_fraction"},
+    "anomaly": {"label", "anomaly_value", "columns"},
+}
+DATA_COMMON_KEYS = {"source", "description"}
+REPORT_KEYS = {"arviz_samples", "diagnostic_samples", "nuts", "nuts_samples", "nuts_warmup", "sbc_simulations",
+               "sbc_steps", "control", "image_shape", "iwae_samples", "iwae_rows", "elbo_samples", "top_n"}
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +107,34 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
     unknown = set(spec) - SECTIONS
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected {sorted(SECTIONS)}")
+    not_tables = [name for name, value in spec.items() if not isinstance(value, dict)]
+    if not_tables:
+        raise ValueError(f"{path}: {', '.join(repr(n) for n in not_tables)} must be a section ([{not_tables[0]}] "
+                         f"with keys under it), not a single value")
     run = spec.get("run")
     if not isinstance(run, dict) or "model" not in run:
         raise ValueError(f"{path}: a [run] section with a 'model' key is required")
-    if run["model"] not in MODELS:
+    if not isinstance(run["model"], str) or run["model"] not in MODELS:
         raise ValueError(f"{path}: unknown model {run['model']!r}; known models are {sorted(MODELS)}")
+    unknown = set(run) - RUN_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [run]; allowed are {sorted(RUN_KEYS)}")
+    if "seed" in run and (isinstance(run["seed"], bool) or not isinstance(run["seed"], int)):
+        raise ValueError(f"{path}: [run] seed must be an integer, got {run['seed']!r}")
+    if "name" in run and not isinstance(run["name"], str):
+        raise ValueError(f"{path}: [run] name must be a string, got {run['name']!r}")
     if "data" not in spec:
         raise ValueError(f"{path}: a [data] section is required")
+    allowed = DATA_KEYS[run["model"]] | DATA_COMMON_KEYS
+    unknown = set(spec["data"]) - allowed
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [data] for model {run['model']!r}; "
+                         f"allowed are {sorted(allowed)}")
+    if "source" not in spec["data"]:
+        raise ValueError(f"{path}: [data] needs source = <a file path or a built-in data set>")
+    unknown = set(spec.get("report", {})) - REPORT_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [report]; allowed are {sorted(REPORT_KEYS)}")
     spec.setdefault("model", {})
     spec.setdefault("inference", {})
     spec.setdefault("report", {})
@@ -401,7 +435,12 @@ def _fit_anomaly(spec: dict[str, Any], device: DeviceLike | None, progress: bool
                 raise ValueError(f"{spec['_path']}: [data] label {label!r} is not a column")
             labels = (table.pop(label).astype(str) == str(data.get("anomaly_value", "1"))).to_numpy()
         if data.get("columns"):
-            table = table[list(data["columns"])]
+            columns = [data["columns"]] if isinstance(data["columns"], str) else list(data["columns"])
+            missing = [c for c in columns if c not in table.columns]
+            if missing:
+                raise ValueError(f"{spec['_path']}: [data] columns {missing} are not in the table; it has "
+                                 f"{list(table.columns)[:20]}")
+            table = table[columns]
     est = MixtureAnomalyDetector(**_estimator_kwargs(MixtureAnomalyDetector, spec, device))
     est.progress = progress
     est.fit(table)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -155,3 +157,33 @@ def test_fit_gaussian_digits_spec(tmp_path):
     assert report["tstr_accuracy"] > report["trtr_accuracy"] - 0.15
     assert report["memorization_passed"] == 1
     assert (out / "plots" / "samples.png").stat().st_size > 10_000
+
+
+def test_fit_names_typos_and_malformed_sections(tmp_path):
+    bad = tmp_path / "bad.toml"
+    head = "[run]\nmodel = 'ab_test'\n"
+    cases = {
+        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\nvariant_coll = 'x'\n":
+            "unknown keys ['variant_coll'] in [data]",
+        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\ncontroll = 'white'\n":
+            "unknown keys ['controll'] in [report]",
+        head + "sead = 1\n[data]\nsource = 'bundled:resume_callbacks.csv'\n": "unknown keys ['sead'] in [run]",
+        "data = 'x.csv'\n" + head: "'data' must be a section",
+        "[run]\nmodel = ['ab_test']\n[data]\nsource = 'x'\n": "unknown model ['ab_test']",
+        head + "seed = 'abc'\n[data]\nsource = 'bundled:resume_callbacks.csv'\n": "seed must be an integer",
+        head + "[data]\nformat = 'counts'\n": "[data] needs source",
+    }
+    for text, message in cases.items():
+        bad.write_text(text)
+        proc = bayesgen("fit", str(bad), "--out", str(tmp_path / "o"))
+        assert proc.returncode == 2 and message in proc.stderr, (text, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_anomaly_command_rejects_a_threshold_outside_zero_one(tmp_path):
+    csv = tmp_path / "data.csv"
+    pd.DataFrame(np.random.default_rng(0).normal(size=(50, 2)), columns=["a", "b"]).to_csv(csv, index=False)
+    proc = bayesgen("anomaly", "--csv", str(csv), "--out", str(tmp_path / "s.csv"), "--threshold", "2")
+    assert proc.returncode == 2 and "--threshold must be in (0, 1)" in proc.stderr
+    proc = bayesgen("anomaly", "--csv", str(csv), "--columns", "a,a,b", "--out", str(tmp_path / "s.csv"))
+    assert proc.returncode == 2 and "more than once" in proc.stderr
