@@ -237,10 +237,13 @@ def corpus_from_counts(counts: Any, vocabulary: Sequence[str] | None = None, *, 
         values = mat.data
     else:
         arr = np.asarray(counts)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise TypeError(f"counts must be numeric, got dtype {arr.dtype}")
+        if (arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
+                or np.issubdtype(arr.dtype, np.complexfloating)):
+            raise TypeError(f"counts must be real numbers, got dtype {arr.dtype}")
         if arr.ndim != 2:
             raise ValueError(f"counts must be 2-D (documents x words), got shape {arr.shape}")
+        if arr.dtype == np.float16:  # scipy.sparse has no float16
+            arr = arr.astype(np.float32)
         mat = sp.csr_matrix(arr)
         values = arr.ravel()
     if mat.shape[0] == 0 or mat.shape[1] == 0:

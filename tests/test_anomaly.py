@@ -156,6 +156,8 @@ def test_dataframe_columns_are_matched_by_name_and_bad_settings_are_clear():
         MixtureAnomalyDetector(num_steps=5, anomaly_scale=float("inf")).fit(X)
     with pytest.raises(ValueError, match="enumerate must be True or False"):
         MixtureAnomalyDetector(num_steps=5, enumerate="yes").fit(X)
+    with pytest.raises(ValueError, match="labels must have one entry per row"):
+        det.plot(X, labels=[1, 0])
 
 def test_save_load_round_trip(fitted, tmp_path):
     det, X, _ = fitted

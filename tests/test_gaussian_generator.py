@@ -276,6 +276,13 @@ def test_more_bad_input_is_clear():
         gen.predict_proba(X[:0])
     with pytest.raises(ValueError, match="num_samples must be an integer >= 0"):
         gen.sample(-1)
+    for setting in ({"class_concentration": float("inf")}, {"prior_strength": float("inf")}, {"shrinkage": -1.0}):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            GaussianGenerator(covariance="diag", method="exact", **setting).fit(X, y)
+    with pytest.raises(ValueError, match="rank must be an integer >= 1"):
+        GaussianGenerator(covariance="lowrank", rank=2.5).fit(X, y)
+    with pytest.raises(ValueError, match=r"clip must be \(low, high\)"):
+        GaussianGenerator(covariance="diag", method="exact", clip=(0,)).fit(X, y)
     # seed=None means fresh randomness, not a crash.
     Xs, ys = gen.sample(50)
     assert Xs.shape == (50, 4) and set(ys) <= {0, 1}

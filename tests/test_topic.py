@@ -286,3 +286,24 @@ def test_fit_on_cuda_dense_and_sparse():
         assert lda._x.device.type == "cuda" and np.isfinite(lda.losses_).all()
         assert lda.decoder_.background.device.type == "cuda" and float(lda.decoder_.bn_weight) == 0.0
         assert lda.transform(X[:5]).mean.shape == (5, 4)
+
+
+def test_word_lists_plots_and_arviz_rows_check_their_arguments():
+    X, _, _ = planted_corpus(D=200)
+    lda = ProdLDA(num_topics=4, hidden_dim=20, num_epochs=2, batch_size=50, seed=0).fit(X.astype(np.float16))
+    assert lda.vocabulary_ == [f"w{j}" for j in range(X.shape[1])]  # float16 counts are accepted
+    with pytest.raises(ValueError, match="top_n must be an integer >= 1"):
+        lda.topics(-1)
+    with pytest.raises(ValueError, match="top_n must be an integer >= 2"):
+        lda.coherence(X, top_n=1)
+    with pytest.raises(ValueError, match=r"topics must be topic numbers in 0..3"):
+        lda.plot_topics(topics=[7])
+    with pytest.raises(ValueError, match="ncols must be an integer >= 1"):
+        lda.plot_topics(ncols=0)
+    with pytest.raises(ValueError, match="docs must be positions in 0..199"):
+        lda.to_arviz(5, docs=[1000])
+    with pytest.raises(ValueError, match="non-empty sequence of integer row positions"):
+        lda.to_arviz(5, docs=[])
+    with pytest.raises(TypeError, match="real numbers"):
+        ProdLDA(num_epochs=1).fit(X.astype(complex))
+    assert lda.to_arviz(5, docs=[0, 5]).posterior.sizes["document"] == 2

@@ -299,3 +299,10 @@ def test_more_bad_input_is_clear():
     with pytest.raises(ValueError, match="holds 2 x 8 images; this model was fitted to 4 x 4"):
         vae.encode(X.reshape(64, 2, 8))
     assert vae.encode(X.reshape(64, 4, 4))[0].shape == (64, 2)
+    with pytest.raises(ValueError, match=r"rows must be positions in 0..63"):
+        vae.to_arviz(5, rows=[1000])
+    with pytest.raises(ValueError, match="labels must have one entry per row"):
+        vae.plot_latent(X, labels=[1, 2])
+    with pytest.raises(ValueError, match="same size"):
+        vae.interpolate(X[0], X[0, :8])
+    assert vae.to_arviz(5, rows=range(3)).posterior.sizes["row"] == 3

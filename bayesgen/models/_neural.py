@@ -48,6 +48,18 @@ class NeuralEstimator(BayesianEstimator):
         """Not offered, for the same reason as :meth:`nuts_check`."""
         return self.nuts_check()
 
+    @staticmethod
+    def _check_row_index(rows: Any, n_rows: int, what: str) -> np.ndarray:
+        """Training-row positions for ArviZ: a non-empty 1-D array of distinct integers in [0, n_rows)."""
+        arr = np.asarray(list(rows) if isinstance(rows, range) else rows)
+        if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{what} must be a non-empty sequence of integer row positions, got {rows!r}")
+        if arr.min() < 0 or arr.max() >= n_rows:
+            raise ValueError(f"{what} must be positions in 0..{n_rows - 1} (the training rows), got {arr.min()}..{arr.max()}")
+        if len(np.unique(arr)) != len(arr):
+            raise ValueError(f"{what} repeats a row")
+        return arr
+
     def _set_training(self, training: bool) -> None:
         for net in self._networks().values():
             net.train(training)

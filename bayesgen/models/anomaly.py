@@ -603,6 +603,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
         probs = self.predict_proba(X)
         x = to_numpy(self._check_new_x(X))
+        if labels is not None and np.shape(labels) != (len(probs),):
+            raise ValueError(f"labels must have one entry per row of X ({len(probs)}), got shape {np.shape(labels)}")
         fig = Figure(figsize=(10, 4), layout="constrained")
         ax1, ax2 = fig.subplots(1, 2)
         order = np.argsort(-probs)

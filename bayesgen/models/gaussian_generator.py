@@ -796,14 +796,16 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError(f"pooled_shrinkage must be 'auto' or a number in [0, 1], got {ps!r}")
         if self.constant_features not in ("error", "keep"):
             raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
-        for name in ("class_concentration", "prior_strength"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not float(self.shrinkage) >= 0:
-            raise ValueError(f"shrinkage must be >= 0, got {self.shrinkage}")
-        if self.covariance == "lowrank" and not int(self.rank) >= 1:
-            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        for name, zero_ok in (("class_concentration", False), ("prior_strength", False), ("shrinkage", True)):
+            value = getattr(self, name)
+            number = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+            if not (number and (value >= 0 if zero_ok else value > 0) and value < math.inf):
+                raise ValueError(f"{name} must be a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+        if self.covariance == "lowrank":
+            check_count(self.rank, "rank")
         if self.clip is not None:
+            if isinstance(self.clip, str) or not hasattr(self.clip, "__len__") or len(self.clip) != 2:
+                raise ValueError(f"clip must be (low, high), got {self.clip!r}")
             lo, hi = (float(v) for v in self.clip)
             if not lo < hi:
                 raise ValueError(f"clip must be (low, high) with low < high, got {self.clip}")

@@ -634,7 +634,8 @@ class ProdLDA(NeuralEstimator):
         return to_numpy(h)
 
     def _top_indices(self, top_n: int) -> list[list[int]]:
-        return [list(np.argsort(-row, kind="stable")[: int(top_n)]) for row in self._relevance()]
+        top_n = check_count(top_n, "top_n")
+        return [list(np.argsort(-row, kind="stable")[:top_n]) for row in self._relevance()]
 
     # -------------------------------------------------------------- verbs
     def topic_word(self) -> pd.DataFrame:
@@ -733,6 +734,7 @@ class ProdLDA(NeuralEstimator):
             Mean over topics is the usual single figure (higher is better, in [-1, 1]).
         """
         self._check_fitted()
+        top_n = check_count(top_n, "top_n", minimum=2)  # NPMI scores pairs of words
         corpus = self._to_corpus(docs, vocabulary, fitted=True)
         return npmi_coherence(self._top_indices(top_n), corpus)
 
@@ -776,7 +778,7 @@ class ProdLDA(NeuralEstimator):
 
         self._check_fitted()
         if docs is not None:
-            self._arviz_rows = torch.as_tensor(np.asarray(docs), dtype=torch.int64)
+            self._arviz_rows = torch.as_tensor(self._check_row_index(docs, self._x.shape[0], "docs"), dtype=torch.int64)
         try:
             tree = super().to_arviz(num_samples, seed=seed, prior=prior)
         finally:
@@ -800,7 +802,12 @@ class ProdLDA(NeuralEstimator):
         from matplotlib.figure import Figure
 
         table = self.topics(top_n)
+        ncols = check_count(ncols, "ncols")
         chosen = list(range(int(self.num_topics))) if topics is None else list(topics)
+        bad = [k for k in chosen if isinstance(k, bool) or not isinstance(k, int | np.integer)
+               or not 0 <= k < int(self.num_topics)]
+        if bad or not chosen:
+            raise ValueError(f"topics must be topic numbers in 0..{int(self.num_topics) - 1}, got {list(topics)}")
         nrows = math.ceil(len(chosen) / ncols)
         fig = Figure(figsize=(3.0 * min(ncols, len(chosen)), 0.28 * top_n * nrows + 0.8 * nrows), layout="constrained")
         axes = fig.subplots(nrows, min(ncols, len(chosen)), squeeze=False)

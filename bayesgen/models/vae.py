@@ -932,7 +932,10 @@ class VAE(NeuralEstimator):
         self._check_fitted()
         if int(steps) < 2:
             raise ValueError(f"steps must be >= 2, got {steps}")
-        pair = np.stack([np.asarray(x1, dtype=np.float32).reshape(-1), np.asarray(x2, dtype=np.float32).reshape(-1)])
+        ends = [np.asarray(x1, dtype=np.float32).reshape(-1), np.asarray(x2, dtype=np.float32).reshape(-1)]
+        if ends[0].size != ends[1].size:
+            raise ValueError(f"x1 and x2 must be two rows of the same size, got {ends[0].size} and {ends[1].size} values")
+        pair = np.stack(ends)
         labels = None if y is None else np.full(2, y)
         loc, _ = self.encode(pair, labels)
         t = np.linspace(0.0, 1.0, int(steps))[:, None]
@@ -962,7 +965,8 @@ class VAE(NeuralEstimator):
         """
         self._check_fitted()
         if rows is not None:
-            self._arviz_rows = rows if isinstance(rows, slice) else torch.as_tensor(np.asarray(rows), device=self.device_)
+            self._arviz_rows = rows if isinstance(rows, slice) else torch.as_tensor(
+                self._check_row_index(rows, len(self._x), "rows"), dtype=torch.int64, device=self.device_)
         try:
             tree = super().to_arviz(num_samples, seed=seed, prior=prior)
         finally:
@@ -1000,6 +1004,8 @@ class VAE(NeuralEstimator):
         import matplotlib.pyplot as plt
 
         loc, _ = self.encode(X, y)
+        if labels is not None and np.shape(labels) != (len(loc),):
+            raise ValueError(f"labels must have one entry per row of X ({len(loc)}), got shape {np.shape(labels)}")
         if loc.shape[1] > 2:
             centred = loc - loc.mean(axis=0)
             _, _, vt = np.linalg.svd(centred, full_matrices=False)
