@@ -91,6 +91,11 @@ class Corpus:
     def subset(self, rows: Any) -> Corpus:
         """The documents at ``rows`` (same vocabulary)."""
         rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.nonzero(rows)[0] if rows.shape == (self.num_docs,) else rows
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or (
+                rows.size and (rows.min() < -self.num_docs or rows.max() >= self.num_docs)):
+            raise ValueError(f"rows must be document positions in 0..{self.num_docs - 1} (or a boolean mask)")
         return Corpus(self.counts[rows], self.vocabulary, self.doc_ids[rows], 0)
 
     def split(self, test_fraction: float = 0.2, *, seed: int = 0) -> tuple[Corpus, Corpus]:
@@ -239,7 +244,7 @@ def corpus_from_counts(counts: Any, vocabulary: Sequence[str] | None = None, *, 
         arr = np.asarray(counts)
         if (arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
                 or np.issubdtype(arr.dtype, np.complexfloating)):
-            raise TypeError(f"counts must be real numbers, got dtype {arr.dtype}")
+            raise TypeError(f"counts must be numeric (real-valued), got dtype {arr.dtype}")
         if arr.ndim != 2:
             raise ValueError(f"counts must be 2-D (documents x words), got shape {arr.shape}")
         if arr.dtype == np.float16:  # scipy.sparse has no float16

@@ -158,6 +158,8 @@ def test_dataframe_columns_are_matched_by_name_and_bad_settings_are_clear():
         MixtureAnomalyDetector(num_steps=5, enumerate="yes").fit(X)
     with pytest.raises(ValueError, match="labels must have one entry per row"):
         det.plot(X, labels=[1, 0])
+    with pytest.raises(ValueError, match="too large to standardise"), np.errstate(over="ignore"):
+        MixtureAnomalyDetector(num_steps=5).fit(X * 1e200)
 
 def test_save_load_round_trip(fitted, tmp_path):
     det, X, _ = fitted

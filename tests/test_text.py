@@ -121,3 +121,7 @@ def test_pipeline_settings_errors_name_the_problem():
         build_corpus(["alpha beta"], vocabulary="alphabet")
     with pytest.raises(TypeError, match="not one string"):
         corpus_from_counts(np.ones((2, 3), int), vocabulary="abc")
+    corpus = corpus_from_counts(np.ones((4, 3), int))
+    with pytest.raises(ValueError, match=r"document positions in 0..3"):
+        corpus.subset([5])
+    assert corpus.subset([0, 2]).num_docs == 2

@@ -304,6 +304,6 @@ def test_word_lists_plots_and_arviz_rows_check_their_arguments():
         lda.to_arviz(5, docs=[1000])
     with pytest.raises(ValueError, match="non-empty sequence of integer row positions"):
         lda.to_arviz(5, docs=[])
-    with pytest.raises(TypeError, match="real numbers"):
+    with pytest.raises(TypeError, match="numeric \\(real-valued\\)"):
         ProdLDA(num_epochs=1).fit(X.astype(complex))
     assert lda.to_arviz(5, docs=[0, 5]).posterior.sizes["document"] == 2

@@ -447,8 +447,12 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._shift = np.median(arr, axis=0)
         mad = np.median(np.abs(arr - self._shift), axis=0) * 1.4826
         self._scale = np.where(mad > 1e-9 * sd, mad, sd)
-        self._x = torch.as_tensor((arr - self._shift) / self._scale, dtype=torch.get_default_dtype(),
-                                  device=self.device_)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (arr - self._shift) / self._scale
+        if not (np.isfinite(self._scale).all() and np.isfinite(z).all()):
+            bad = [names[j] for j in np.nonzero(~(np.isfinite(self._scale) & np.isfinite(z).all(axis=0)))[0]]
+            raise ValueError(f"columns {bad[:10]} have values too large to standardise (overflow); rescale them")
+        self._x = torch.as_tensor(z, dtype=torch.get_default_dtype(), device=self.device_)
         t = self._x.new_tensor
         a, b = (float(v) for v in self.anomaly_prior)
         self._hyper = {

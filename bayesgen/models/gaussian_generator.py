@@ -1192,7 +1192,11 @@ class GaussianGenerator(BayesianEstimator):
                 labels = torch.arange(n, device=self.device_) % C
                 labels = labels[torch.randperm(n, device=self.device_)]
             else:
-                wanted = np.atleast_1d(np.asarray(y, dtype=object)).tolist()
+                wanted_arr = np.atleast_1d(np.asarray(y, dtype=object))
+                if wanted_arr.ndim != 1 or wanted_arr.size == 0:
+                    raise ValueError(f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape "
+                                     f"{wanted_arr.shape}")
+                wanted = wanted_arr.tolist()
                 lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
                 try:
                     idx = [lookup[v] for v in wanted]
