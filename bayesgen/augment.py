@@ -71,6 +71,7 @@ def _check_table(X: Any, what: str, n_features: int | None = None) -> np.ndarray
         bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_complex_dtype(X[c])]
         if bad:
             raise TypeError(f"{what} has non-numeric columns {bad[:10]}")
+        X = X.to_numpy(dtype=float, na_value=np.nan)  # nullable Int64/Float64 columns included
     arr = np.asarray(X)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         if arr.dtype != bool:

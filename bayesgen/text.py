@@ -204,7 +204,7 @@ def build_corpus(
     try:
         counts = vec.fit_transform(docs) if vocabulary is None else vec.transform(docs)
     except ValueError as err:  # sklearn: "empty vocabulary" / "max_df corresponds to < documents than min_df"
-        if "empty vocabulary" in str(err) or "max_df corresponds" in str(err):
+        if any(key in str(err) for key in ("empty vocabulary", "max_df corresponds", "no terms remain")):
             raise ValueError(
                 f"the vocabulary is empty after filtering (stop_words, min_df={min_df}, max_df={max_df}): {err}"
             ) from None

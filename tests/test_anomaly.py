@@ -136,6 +136,14 @@ def test_dataframe_columns_are_matched_by_name_and_bad_settings_are_clear():
     # Columns of very different scales: a reordered frame must give the same answer, not a shuffled one.
     np.testing.assert_allclose(det.predict_proba(frame[list("dcba")]), det.predict_proba(frame))
     np.testing.assert_allclose(det.score_samples(frame[list("dcba")]), det.score_samples(frame))
+    # Real column names that look like the invented ones (x0, x1, ...) are still matched by name.
+    xnamed = MixtureAnomalyDetector(num_steps=50, seed=0).fit(frame.set_axis([f"x{j}" for j in range(4)], axis=1))
+    assert xnamed.fitted_on_frame_
+    reordered = frame.set_axis([f"x{j}" for j in range(4)], axis=1)[["x3", "x2", "x1", "x0"]]
+    np.testing.assert_allclose(xnamed.predict_proba(reordered), xnamed.predict_proba(X))
+    # Fitted on an array: columns are positions, whatever a frame calls them.
+    plain = MixtureAnomalyDetector(num_steps=50, seed=0).fit(X)
+    np.testing.assert_allclose(plain.predict_proba(frame), plain.predict_proba(X))
     with pytest.raises(ValueError, match=r"missing \['a'\], unexpected \['z'\]"):
         det.predict_proba(frame.rename(columns={"a": "z"}))
     with pytest.raises(ValueError, match=r"unexpected \['label'\]"):

@@ -308,6 +308,8 @@ def test_augmentation_helpers_check_their_inputs():
     with pytest.raises(ValueError, match=r"\['a'\] are already feature columns"):
         frame.to_frame(label="a")
     assert list(frame.to_frame().columns) == [*"abcd", "y", "synthetic"]
+    nullable = pd.DataFrame(X, columns=list("abcd")).astype({"d": "Float64"})
+    assert augment(nullable, y, gen, 2).synthetic.sum() == 4  # pandas nullable dtypes are numeric too
     with pytest.raises(ValueError, match=r"y_test has labels \['7'\]"):
         tstr(gen, X, y, X, np.full(40, 7))
     with pytest.raises(ValueError, match="X_test has 3 feature columns, expected 4"):

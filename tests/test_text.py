@@ -125,3 +125,5 @@ def test_pipeline_settings_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"document positions in 0..3"):
         corpus.subset([5])
     assert corpus.subset([0, 2]).num_docs == 2
+    with pytest.raises(ValueError, match="vocabulary is empty after filtering"):
+        build_corpus(["apple banana"] * 40 + ["apple cherry"] * 40, max_df=0.3)

@@ -264,8 +264,14 @@ def test_transform_keeps_one_row_per_document_and_matches_dataframe_columns_by_n
     assert list(lda.vocabulary_) == words
     frame = pd.DataFrame(X[:6], columns=words)
     np.testing.assert_allclose(lda.transform(frame[words[::-1]]).mean, lda.transform(frame).mean)
-    with pytest.raises(ValueError, match="vocabulary differs"):
+    with pytest.raises(ValueError, match=r"columns do not match the model's vocabulary_: missing \['word0'"):
         lda.transform(frame.set_axis([f"other{j}" for j in range(X.shape[1])], axis=1))
+    # Unnamed columns (pandas' default 0..n-1) are taken by position, like an array.
+    np.testing.assert_allclose(lda.transform(pd.DataFrame(X[:6])).mean, lda.transform(X[:6]).mean)
+    # Columns that happen to be named like the default vocabulary are still matched by name.
+    default = ProdLDA(num_topics=4, hidden_dim=20, num_epochs=2, batch_size=50, seed=0).fit(X)
+    named = pd.DataFrame(X[:6], columns=default.vocabulary_)
+    np.testing.assert_allclose(default.transform(named[named.columns[::-1]]).mean, default.transform(X[:6]).mean)
     # Empty documents keep their place, as NaN rows, so the output lines up with the input.
     docs = np.r_[X[:2], np.zeros((1, X.shape[1]), int), X[2:4]]
     with pytest.warns(UserWarning, match="1 of 5 documents have no word"):

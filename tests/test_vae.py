@@ -289,7 +289,8 @@ def test_more_bad_input_is_clear():
         VAE().plot_reconstructions(X)
     with pytest.raises(ValueError, match="image_shape must be two positive integers"):
         VAE(image_shape=(-4, -4), num_epochs=1).fit(X)
-    vae = VAE(num_epochs=1, batch_size=32, latent_dim=2, hidden_dims=[8], seed=0).fit(X)
+    vae = VAE(num_epochs=1, batch_size=32, latent_dim=2, hidden_dims=[8], seed=0).fit(X[:48], X_val=X[48:])
+    assert "val_elbo" in vae.history_.columns
     with pytest.raises(ValueError, match="Z has NaN or infinite values"):
         vae.decode(np.full((2, 2), np.nan))
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
@@ -299,7 +300,7 @@ def test_more_bad_input_is_clear():
     with pytest.raises(ValueError, match="holds 2 x 8 images; this model was fitted to 4 x 4"):
         vae.encode(X.reshape(64, 2, 8))
     assert vae.encode(X.reshape(64, 4, 4))[0].shape == (64, 2)
-    with pytest.raises(ValueError, match=r"rows must be positions in 0..63"):
+    with pytest.raises(ValueError, match=r"rows must be positions in 0..47"):
         vae.to_arviz(5, rows=[1000])
     with pytest.raises(ValueError, match="labels must have one entry per row"):
         vae.plot_latent(X, labels=[1, 2])

@@ -293,6 +293,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
     Attributes
     ----------
     feature_names_ : list of str
+    fitted_on_frame_ : bool
+        Fitted on a DataFrame: new DataFrames are matched to ``feature_names_``
+        by column name (in any order); otherwise columns are taken by position.
     losses_, converged_, n_steps_
 
     Examples
@@ -394,7 +397,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     def _check_new_x(self, X: Any) -> torch.Tensor:
         fitted = [str(c) for c in self.feature_names_]
-        if isinstance(X, pd.DataFrame) and fitted != [f"x{j}" for j in range(len(fitted))]:
+        if isinstance(X, pd.DataFrame) and self.fitted_on_frame_:
             # Fitted on named columns: match new columns by name, never by position.
             given = [str(c) for c in X.columns]
             missing = [c for c in fitted if c not in given]
@@ -443,6 +446,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if int(self.num_components) * 2 > n:
             raise ValueError(f"num_components={self.num_components} is too many for {n} rows")
         self.feature_names_ = names
+        self.fitted_on_frame_ = isinstance(X, pd.DataFrame)
         # Robust standardisation: anomalies should not set the scale.
         self._shift = np.median(arr, axis=0)
         mad = np.median(np.abs(arr - self._shift), axis=0) * 1.4826
@@ -635,7 +639,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     # ------------------------------------------------------------ save/load
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        meta = {"feature_names_": self.feature_names_}
+        meta = {"feature_names_": self.feature_names_, "fitted_on_frame_": self.fitted_on_frame_}
         tensors = {"x": self._x.detach().cpu(), "shift": torch.as_tensor(self._shift),
                    "scale": torch.as_tensor(self._scale), "init_loc": self._init_loc.detach().cpu(),
                    **{f"hyper.{k}": v.detach().cpu() for k, v in self._hyper.items()}}
@@ -643,6 +647,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self.feature_names_ = list(meta["feature_names_"])
+        # Saved before this flag existed: names other than the invented x0, x1, ... came from a DataFrame.
+        self.fitted_on_frame_ = bool(meta.get("fitted_on_frame_",
+                                              self.feature_names_ != [f"x{j}" for j in range(len(self.feature_names_))]))
         self._x = tensors["x"].to(self.device_)
         self._shift = to_numpy(tensors["shift"])
         self._scale = to_numpy(tensors["scale"])

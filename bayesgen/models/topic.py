@@ -457,13 +457,21 @@ class ProdLDA(NeuralEstimator):
             }
             corpus = build_corpus(list(docs), **kwargs)
         else:
-            if isinstance(docs, pd.DataFrame) and vocabulary is None and fitted:
+            if (isinstance(docs, pd.DataFrame) and vocabulary is None and fitted
+                    and not isinstance(docs.columns, pd.RangeIndex)):
                 # Named columns are words: match them by name (reordering), never by position.
+                # (Unnamed columns, pandas' default 0..n-1, are taken by position, like an array.)
                 cols = [str(c) for c in docs.columns]
-                if sorted(cols) == sorted(self.vocabulary_) and len(set(cols)) == len(cols):
-                    docs = docs.set_axis(cols, axis=1)[list(self.vocabulary_)]
-                elif list(self.vocabulary_) != [f"w{j}" for j in range(len(self.vocabulary_))]:
-                    vocabulary = cols
+                missing = [w for w in self.vocabulary_ if w not in set(cols)]
+                extra = [c for c in cols if c not in set(self.vocabulary_)]
+                if missing or extra or len(set(cols)) != len(cols):
+                    raise ValueError(
+                        f"the DataFrame's columns do not match the model's vocabulary_: missing {missing[:10]} "
+                        f"({len(missing)} in all), unexpected {extra[:10]} ({len(extra)} in all)"
+                        + ("; duplicate column names" if len(set(cols)) != len(cols) else "")
+                        + ". Pass .to_numpy() to match columns by position instead"
+                    )
+                docs = docs.set_axis(cols, axis=1)[list(self.vocabulary_)]
             width = getattr(docs, "shape", (0, None))[-1] if hasattr(docs, "shape") else None
             if fitted and vocabulary is None and width is not None and width != len(self.vocabulary_):
                 raise ValueError(

@@ -501,7 +501,8 @@ class VAE(NeuralEstimator):
         return flat, (tuple(int(s) for s in shape) if shape is not None else None)
 
     def _check_new_x(self, X: Any, what: str = "X") -> torch.Tensor:
-        self._check_fitted()
+        if not hasattr(self, "n_features_"):  # set at the start of fit, so fit can check X_val here too
+            self._check_fitted()
         flat, shape = self._as_images(X, what)
         if flat.shape[1] != self.n_features_:
             expect = f"{self.image_shape_[0]} x {self.image_shape_[1]} images" if self.image_shape_ else ""
