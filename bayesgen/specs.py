@@ -434,6 +434,10 @@ def _fit_anomaly(spec: dict[str, Any], device: DeviceLike | None, progress: bool
             if label not in table.columns:
                 raise ValueError(f"{spec['_path']}: [data] label {label!r} is not a column")
             labels = (table.pop(label).astype(str) == str(data.get("anomaly_value", "1"))).to_numpy()
+            if labels.all() or not labels.any():
+                raise ValueError(f"{spec['_path']}: [data] anomaly_value {str(data.get('anomaly_value', '1'))!r} "
+                                 f"matches {'every' if labels.all() else 'no'} row of column {label!r}; "
+                                 "scoring needs both kinds")
         if data.get("columns"):
             columns = [data["columns"]] if isinstance(data["columns"], str) else list(data["columns"])
             missing = [c for c in columns if c not in table.columns]

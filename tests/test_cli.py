@@ -187,3 +187,14 @@ def test_anomaly_command_rejects_a_threshold_outside_zero_one(tmp_path):
     assert proc.returncode == 2 and "--threshold must be in (0, 1)" in proc.stderr
     proc = bayesgen("anomaly", "--csv", str(csv), "--columns", "a,a,b", "--out", str(tmp_path / "s.csv"))
     assert proc.returncode == 2 and "more than once" in proc.stderr
+
+
+def test_anomaly_spec_whose_anomaly_value_matches_no_row_is_an_error(tmp_path):
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60), "kind": "benign"}).to_csv(
+        tmp_path / "t.csv", index=False)
+    spec = tmp_path / "an.toml"
+    spec.write_text("[run]\nmodel = 'anomaly'\n[data]\nsource = 't.csv'\nlabel = 'kind'\n"
+                    "anomaly_value = 'malignant'\n[inference]\nnum_steps = 20\n")
+    proc = bayesgen("fit", str(spec), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "matches no row of column 'kind'" in proc.stderr, proc.stderr

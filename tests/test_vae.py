@@ -307,3 +307,13 @@ def test_more_bad_input_is_clear():
     with pytest.raises(ValueError, match="same size"):
         vae.interpolate(X[0], X[0, :8])
     assert vae.to_arviz(5, rows=range(3)).posterior.sizes["row"] == 3
+
+
+def test_settings_and_validation_labels_are_checked():
+    X, y = np.random.default_rng(0).uniform(size=(40, 16)), np.repeat([0, 1], 20)
+    with pytest.raises(ValueError, match="not conditional"):
+        VAE(num_epochs=1, batch_size=20).fit(X[:30], X_val=X[30:], y_val=y[30:])
+    with pytest.raises(ValueError, match="hidden_dims must be a non-empty sequence"):
+        VAE(hidden_dims=8).fit(X)
+    with pytest.raises(ValueError, match="patience must be an integer >= 1"):
+        VAE(patience=1.5, validation_fraction=0.2).fit(X)

@@ -361,7 +361,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        a, b = (float(v) for v in self.anomaly_prior)
+        prior = self.anomaly_prior
+        if isinstance(prior, str) or not hasattr(prior, "__len__") or len(prior) != 2:
+            raise ValueError(f"anomaly_prior must be two positive numbers (a, b) of a Beta prior, got {prior!r}")
+        a, b = (float(v) for v in prior)
         if not (a > 0 and b > 0):
             raise ValueError(f"anomaly_prior must be two positive numbers, got {self.anomaly_prior}")
         if not (a < math.inf and b < math.inf):

@@ -431,8 +431,8 @@ class ProdLDA(NeuralEstimator):
             raise ValueError(f"relevance must be in [0, 1], got {self.relevance}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.patience is not None and int(self.patience) < 1:
-            raise ValueError(f"patience must be a positive integer or None, got {self.patience}")
+        if self.patience is not None:
+            check_count(self.patience, "patience")
         if self.sparse not in ("auto", True, False):
             raise ValueError(f"sparse must be 'auto', True or False, got {self.sparse!r}")
         self.device_ = resolve_device(self.device)

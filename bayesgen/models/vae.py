@@ -445,6 +445,8 @@ class VAE(NeuralEstimator):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.hidden_dims, str) or not hasattr(self.hidden_dims, "__iter__"):
+            raise ValueError(f"hidden_dims must be a non-empty sequence of positive integers, got {self.hidden_dims!r}")
         hidden = list(self.hidden_dims)
         if not hidden or any(isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1 for h in hidden):
             raise ValueError(f"hidden_dims must be a non-empty sequence of positive integers, got {self.hidden_dims!r}")
@@ -457,8 +459,8 @@ class VAE(NeuralEstimator):
                 raise ValueError(f"image_shape must be two positive integers (height, width), got {shape!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.patience is not None and int(self.patience) < 1:
-            raise ValueError(f"patience must be a positive integer or None, got {self.patience}")
+        if self.patience is not None:
+            check_count(self.patience, "patience")
         self.device_ = resolve_device(self.device)
 
     def _as_images(self, X: Any, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -624,7 +626,7 @@ class VAE(NeuralEstimator):
         # Validation rows: given, or a seeded slice of X.
         if X_val is not None:
             x_val = self._check_new_x(X_val, "X_val")
-            y_val_t = self._labels_to_index(y_val, len(x_val), "y_val") if self.conditional else None
+            y_val_t = self._labels_to_index(y_val, len(x_val), "y_val")  # refuses y_val if not conditional
             x_tr, y_tr = x_all, y_all
         elif float(self.validation_fraction) > 0:
             n_val = max(1, int(round(float(self.validation_fraction) * len(flat))))
