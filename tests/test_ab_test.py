@@ -280,3 +280,12 @@ def test_draw_counts_interval_masses_and_column_names_are_checked():
         BetaBinomialTest(method="exact").fit_events(events, variant_col="arm", outcome_col="arm")
     with pytest.raises(ValueError, match="learning_rate must be a positive, finite number"):
         BetaBinomialTest(learning_rate=float("inf")).fit([1, 2], [10, 10])
+
+
+def test_labelled_series_are_paired_by_label_and_name_the_variants():
+    successes = pd.Series({"control": 10, "treatment": 50})
+    fitted = BetaBinomialTest(method="exact").fit(successes, pd.Series({"treatment": 100, "control": 200}))
+    assert fitted.names_ == ["control", "treatment"]
+    np.testing.assert_array_equal(fitted.trials_, [200, 100])
+    with pytest.raises(ValueError, match="Series with different variants"):
+        BetaBinomialTest(method="exact").fit(successes, pd.Series({"control": 100, "other": 100}))

@@ -285,6 +285,8 @@ def test_more_bad_input_is_clear():
         GaussianGenerator(covariance="diag", method="exact", clip=(0,)).fit(X, y)
     with pytest.raises(ValueError, match="1-D sequence of labels"):
         gen.sample(2, y=np.array([[0], [1]]))
+    with pytest.raises(ValueError, match=r"image_shape=\(5, 5\) does not hold the 4 features"):
+        gen.plot_samples(2, image_shape=(5, 5))
     # seed=None means fresh randomness, not a crash.
     Xs, ys = gen.sample(50)
     assert Xs.shape == (50, 4) and set(ys) <= {0, 1}

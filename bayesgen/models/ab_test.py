@@ -292,7 +292,8 @@ def validate_counts(
     ----------
     successes, trials : array_like, shape (n_variants,)
     names : sequence of str, optional
-        Variant names; default "A", "B", ...
+        Variant names; default the index of ``successes`` when it is a
+        labelled pandas Series, else "A", "B", ...
 
     Returns
     -------
@@ -308,6 +309,15 @@ def validate_counts(
         successes > trials, mismatched lengths, fewer than two variants,
         wrong number of or duplicate names.
     """
+    if isinstance(successes, pd.Series) and isinstance(trials, pd.Series) \
+            and not successes.index.equals(trials.index):
+        # Two labelled Series are paired by label, never by position.
+        if set(successes.index) != set(trials.index) or not successes.index.is_unique:
+            raise ValueError(f"successes and trials are Series with different variants: {list(successes.index)} "
+                             f"vs {list(trials.index)}")
+        trials = trials.reindex(successes.index)
+    if names is None and isinstance(successes, pd.Series) and not isinstance(successes.index, pd.RangeIndex):
+        names = [str(v) for v in successes.index]  # a labelled Series names its variants
     s = _as_count_array(successes, "successes")
     n = _as_count_array(trials, "trials")
     if s.shape != n.shape:

@@ -1315,6 +1315,10 @@ class GaussianGenerator(BayesianEstimator):
         for label in self.classes_:
             xs, _ = self.sample(num_per_class, y=label, seed=seed)
             rows.append(xs)
-        side = int(round(math.sqrt(len(self.feature_names_))))
-        shape = image_shape or (side, side)
+        d = len(self.feature_names_)
+        side = int(round(math.sqrt(d)))
+        shape = tuple(image_shape) if image_shape is not None else (side, side)
+        if len(shape) != 2 or int(np.prod(shape)) != d:
+            raise ValueError(f"image_shape={shape} does not hold the {d} features of a row"
+                             + ("" if image_shape is not None else "; pass image_shape=(height, width)"))
         return plot_image_grid(np.stack(rows), shape, row_labels=[str(c) for c in self.classes_])
