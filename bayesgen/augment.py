@@ -119,7 +119,7 @@ def augment(
     generator: Any,
     n_per_class: int | Mapping[Any, int] = 100,
     *,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> AugmentedData:
     """Append generated rows to a training set.
 
@@ -133,7 +133,8 @@ def augment(
         A fitted generator; an unfitted bayesgen estimator is fitted on (X, y) first.
     n_per_class : int or dict, default 100
         Synthetic rows per class (a dict gives a number per class label).
-    seed : int, default 0
+    seed : int or None, default 0
+        None draws fresh randomness (not repeatable).
 
     Returns
     -------
@@ -172,7 +173,7 @@ def augment(
     for offset, (label, n) in enumerate(counts.items()):
         if n == 0:
             continue
-        xs, ys = generator.sample(n, y=label, seed=seed + offset)
+        xs, ys = generator.sample(n, y=label, seed=None if seed is None else seed + offset)
         parts_x.append(np.asarray(xs, dtype=float))
         parts_y.append(np.asarray(ys))
     n_real = len(labels)
@@ -210,7 +211,7 @@ def tstr(
     *,
     n_per_class: int | Mapping[Any, int] | None = None,
     classifier: Callable[[], Any] = default_classifier,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> dict[str, float]:
     """Train-on-synthetic/test-on-real accuracy next to train-on-real/test-on-real.
 
@@ -242,7 +243,7 @@ def tstr(
     if unknown:
         raise ValueError(f"y_test has labels {unknown[:10]} that the generator does not know "
                          f"(its classes: {np.asarray(classes[:20]).tolist()})")
-    parts = [generator.sample(n, y=c, seed=seed + i) for i, (c, n) in enumerate(_per_class(n_per_class, classes).items()) if n]
+    parts = [generator.sample(n, y=c, seed=None if seed is None else seed + i) for i, (c, n) in enumerate(_per_class(n_per_class, classes).items()) if n]
     if not parts:
         raise ValueError("n_per_class asks for no synthetic rows; TSTR needs some")
     Xs = np.concatenate([np.asarray(p[0], dtype=float) for p in parts])
@@ -320,7 +321,7 @@ def low_data_experiment(
     n_synthetic_per_class: int = 500,
     classifier: Callable[[], Any] = default_classifier,
     repeats: int = 3,
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> pd.DataFrame:
     """Accuracy with k real rows per class, with and without augmentation.
 
@@ -365,7 +366,7 @@ def low_data_experiment(
             Xk, yk = X_train[sel], labels[sel]
             real = float(classifier().fit(Xk, yk).score(X_test, y_test))
             gen = make_generator().fit(Xk, yk)
-            data = augment(Xk, yk, gen, n_per_class=n_synthetic_per_class, seed=seed + 1000 * rep + k)
+            data = augment(Xk, yk, gen, n_per_class=n_synthetic_per_class, seed=None if seed is None else seed + 1000 * rep + k)
             aug = float(classifier().fit(data.X, data.y).score(X_test, y_test))
             rows.append({"k": k, "repeat": rep, "real_only": real, "augmented": aug, "gain": aug - real})
     return pd.DataFrame(rows)

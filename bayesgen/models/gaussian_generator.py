@@ -1252,7 +1252,7 @@ class GaussianGenerator(BayesianEstimator):
             ``cov_factor`` (S, C, d, r) and ``cov_diag`` (S, C, d) for "lowrank".
         """
         self._check_fitted()
-        draws = {k: to_numpy(v).astype(float) for k, v in self._draw_parameters(int(num_samples), self.seed if seed is None else seed).items()}
+        draws = {k: to_numpy(v).astype(float) for k, v in self._draw_parameters(check_count(num_samples, "num_samples"), self.seed if seed is None else seed).items()}
         scale = self._scale
         out = {"weights": draws["weights"], "loc": draws["loc"] * scale + self._shift}
         if self.covariance == "diag":
