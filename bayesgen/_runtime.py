@@ -17,7 +17,7 @@ import torch
 
 from bayesgen._typing import DeviceLike
 
-__all__ = ["resolve_device", "seeded", "to_numpy", "move_to_device", "check_count", "check_ci_prob"]
+__all__ = ["resolve_device", "seeded", "to_numpy", "move_to_device", "check_count", "check_ci_prob", "match_columns", "check_labels"]
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
@@ -174,3 +174,45 @@ def check_ci_prob(value: Any, name: str = "ci_prob") -> float:
     if not 0 < prob < 1:
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
     return prob
+
+
+def match_columns(frame: Any, names: list[str], against: str, hint: str = "") -> Any:
+    """``frame``'s columns reordered to ``names``, matched by name (never by position).
+
+    Raises a ValueError naming the missing and unexpected columns (and
+    duplicates) when the frame's columns are not exactly ``names``.
+    """
+    given = [str(c) for c in frame.columns]
+    given_set, names_set = set(given), set(names)
+    missing = [c for c in names if c not in given_set]
+    extra = [c for c in given if c not in names_set]
+    if missing or extra or len(given_set) != len(given):
+        def listed(values: list[str]) -> str:
+            return f"{values[:10]}" + (f" (+{len(values) - 10} more)" if len(values) > 10 else "")
+
+        raise ValueError(f"the DataFrame's columns do not match {against}: missing {listed(missing)}, unexpected "
+                         f"{listed(extra)}" + ("; duplicate column names" if len(given_set) != len(given) else "")
+                         + hint)
+    return frame.set_axis(given, axis=1)[list(names)]
+
+
+def check_labels(y: Any, n_rows: int, what: str = "y") -> np.ndarray:
+    """``y`` as a 1-D array with one label per row: no missing labels, all of one kind (sortable).
+
+    Returns the labels and their sorted unique values are then safe to compute;
+    raises ValueError (shape, missing) or TypeError (mixed kinds, e.g. 1 and "a").
+    """
+    import pandas as pd
+
+    labels = np.asarray(y)
+    if labels.ndim != 1 or len(labels) != n_rows:
+        raise ValueError(f"{what} must be 1-D with one label per row ({n_rows}), got shape {labels.shape}")
+    if pd.isna(labels).any():
+        raise ValueError(f"{what} has {int(pd.isna(labels).sum())} missing labels")
+    try:
+        np.unique(labels)
+    except TypeError:
+        kinds = sorted({type(v).__name__ for v in labels.tolist()})
+        raise TypeError(f"{what} mixes label types {kinds}; use labels of one type (all strings or all numbers)") \
+            from None
+    return labels

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayesgen._runtime import check_count
+from bayesgen._runtime import check_count, check_labels
 
 __all__ = ["AugmentedData", "augment", "tstr", "memorization_check", "low_data_experiment", "default_classifier"]
 
@@ -73,9 +73,8 @@ def _check_table(X: Any, what: str, n_features: int | None = None) -> np.ndarray
             raise TypeError(f"{what} has non-numeric columns {bad[:10]}")
         X = X.to_numpy(dtype=float, na_value=np.nan)  # nullable Int64/Float64 columns included
     arr = np.asarray(X)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        if arr.dtype != bool:
-            raise TypeError(f"{what} must be real-valued numeric, got dtype {arr.dtype}")
+    if arr.dtype != bool and (not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating)):
+        raise TypeError(f"{what} must be real-valued numeric, got dtype {arr.dtype}")
     arr = arr.astype(float)
     if arr.ndim != 2:
         raise ValueError(f"{what} must be 2-D (rows, features), got shape {arr.shape}")
@@ -88,16 +87,12 @@ def _check_table(X: Any, what: str, n_features: int | None = None) -> np.ndarray
     return arr
 
 
-def _check_labels(y: Any, n_rows: int, what: str) -> np.ndarray:
-    """``y`` as a 1-D label array with one label per row, or a clear ValueError/TypeError."""
-    labels = np.asarray(y)
-    if labels.ndim != 1 or len(labels) != n_rows:
-        raise ValueError(f"{what} must be 1-D with one label per row ({n_rows}), got shape {labels.shape}")
-    if pd.isna(labels).any():
-        raise ValueError(f"{what} has {int(pd.isna(labels).sum())} missing labels")
-    if len({type(v) for v in labels.tolist()} - {int, float, bool}) > 0 and len({type(v) for v in labels.tolist()}) > 1:
-        raise TypeError(f"{what} mixes label types {sorted({type(v).__name__ for v in labels.tolist()})}")
-    return labels
+def _check_known(labels: np.ndarray, classes: Sequence[Any], what: str) -> None:
+    """Every label in ``labels`` is one of the generator's ``classes``, or a ValueError naming the others."""
+    unknown = sorted({str(v) for v in labels.tolist()} - {str(c) for c in classes})
+    if unknown:
+        raise ValueError(f"{what} has labels {unknown[:10]} that the generator does not know "
+                         f"(its classes: {np.asarray(classes[:20]).tolist()})")
 
 
 def _per_class(n_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> dict[Any, int]:
@@ -154,7 +149,7 @@ def augment(
     if not hasattr(generator, "sample"):
         raise TypeError(f"generator must have a sample(n, y=...) method, got {type(generator).__name__}")
     arr = _check_table(X, "X")
-    labels = _check_labels(y, len(arr), "y")
+    labels = check_labels(y, len(arr), "y")
     if hasattr(generator, "fit") and not hasattr(generator, "losses_"):
         generator.fit(X, labels)
     if getattr(generator, "conditional", True) is False:
@@ -164,10 +159,7 @@ def augment(
         )
     classes = getattr(generator, "classes_", None)
     classes = list(np.unique(labels) if classes is None else classes)
-    unknown = sorted({str(v) for v in labels.tolist()} - {str(c) for c in classes})
-    if unknown:
-        raise ValueError(f"y has labels {unknown[:10]} that the generator does not know "
-                         f"(its classes: {np.asarray(classes[:20]).tolist()})")
+    _check_known(labels, classes, "y")
     counts = _per_class(n_per_class, classes)
     parts_x, parts_y = [], []
     for offset, (label, n) in enumerate(counts.items()):
@@ -232,17 +224,14 @@ def tstr(
         ``tstr``, ``trtr`` accuracies and ``gap = trtr - tstr``.
     """
     train = _check_table(X_train, "X_train")
-    labels = _check_labels(y_train, len(train), "y_train")
+    labels = check_labels(y_train, len(train), "y_train")
     test = _check_table(X_test, "X_test", train.shape[1])
-    test_labels = _check_labels(y_test, len(test), "y_test")
+    test_labels = check_labels(y_test, len(test), "y_test")
     if n_per_class is None:
         values, counts = np.unique(labels, return_counts=True)
         n_per_class = dict(zip(values.tolist(), counts.tolist(), strict=True))
     classes = list(getattr(generator, "classes_", np.unique(labels)))
-    unknown = sorted({str(v) for v in test_labels.tolist()} - {str(c) for c in classes})
-    if unknown:
-        raise ValueError(f"y_test has labels {unknown[:10]} that the generator does not know "
-                         f"(its classes: {np.asarray(classes[:20]).tolist()})")
+    _check_known(test_labels, classes, "y_test")
     parts = [generator.sample(n, y=c, seed=None if seed is None else seed + i) for i, (c, n) in enumerate(_per_class(n_per_class, classes).items()) if n]
     if not parts:
         raise ValueError("n_per_class asks for no synthetic rows; TSTR needs some")
@@ -347,9 +336,9 @@ def low_data_experiment(
         Columns ``k``, ``repeat``, ``real_only``, ``augmented``, ``gain``.
     """
     X_train = _check_table(X_train, "X_train")
-    labels = _check_labels(y_train, len(X_train), "y_train")
+    labels = check_labels(y_train, len(X_train), "y_train")
     X_test = _check_table(X_test, "X_test", X_train.shape[1])
-    y_test = _check_labels(y_test, len(X_test), "y_test")
+    y_test = check_labels(y_test, len(X_test), "y_test")
     k_per_class = [check_count(k, "k_per_class") for k in k_per_class]
     repeats = check_count(repeats, "repeats")
     rng = np.random.default_rng(seed)

@@ -43,7 +43,7 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from torch.distributions import biject_to, constraints
 
-from bayesgen._runtime import check_ci_prob, check_count, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_ci_prob, check_count, match_columns, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -362,13 +362,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         prior = self.anomaly_prior
-        if isinstance(prior, str) or not hasattr(prior, "__len__") or len(prior) != 2:
-            raise ValueError(f"anomaly_prior must be two positive numbers (a, b) of a Beta prior, got {prior!r}")
-        a, b = (float(v) for v in prior)
-        if not (a > 0 and b > 0):
-            raise ValueError(f"anomaly_prior must be two positive numbers, got {self.anomaly_prior}")
-        if not (a < math.inf and b < math.inf):
-            raise ValueError(f"anomaly_prior must be two positive, finite numbers, got {self.anomaly_prior}")
+        if (isinstance(prior, str) or not hasattr(prior, "__len__") or len(prior) != 2
+                or not all(0 < float(v) < math.inf for v in prior)):
+            raise ValueError(f"anomaly_prior must be two positive numbers (a, b), both finite, of a Beta prior; "
+                             f"got {prior!r}")
         if not 0 < float(self.anomaly_scale) < math.inf:
             raise ValueError(f"anomaly_scale must be a positive, finite number, got {self.anomaly_scale}")
         if not isinstance(self.enumerate, bool | np.bool_):
@@ -399,17 +396,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
         return arr, names
 
     def _check_new_x(self, X: Any) -> torch.Tensor:
-        fitted = [str(c) for c in self.feature_names_]
         if isinstance(X, pd.DataFrame) and self.fitted_on_frame_:
             # Fitted on named columns: match new columns by name, never by position.
-            given = [str(c) for c in X.columns]
-            missing = [c for c in fitted if c not in given]
-            extra = [c for c in given if c not in fitted]
-            if missing or extra or len(set(given)) != len(given):
-                raise ValueError(f"X's columns do not match the columns the detector was fitted on: missing "
-                                 f"{missing[:10]}, unexpected {extra[:10]}"
-                                 + ("; duplicate column names" if len(set(given)) != len(given) else ""))
-            X = X.set_axis(given, axis=1)[fitted]
+            X = match_columns(X, [str(c) for c in self.feature_names_], "the columns the detector was fitted on")
         arr, _ = self._as_matrix(X)
         if arr.shape[0] == 0:
             raise ValueError("X has no rows")

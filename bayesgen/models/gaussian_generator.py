@@ -72,7 +72,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from bayesgen._runtime import check_count, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_count, check_labels, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -574,9 +574,7 @@ def validate_xy(
         names = [f"x{j}" for j in range(values.shape[1])]
     if y is None:
         raise ValueError("labels are required: pass y, or label=<column> with a DataFrame")
-    labels = np.asarray(y)
-    if labels.ndim != 1 or len(labels) != len(values):
-        raise ValueError(f"y must be 1-D with one label per row ({len(values)}), got shape {labels.shape}")
+    labels = check_labels(y, len(values), "y")
     if values.shape[1] == 0:
         raise ValueError("X has no feature columns")
     if not np.isfinite(values).all():
@@ -584,15 +582,9 @@ def validate_xy(
         raise ValueError(
             f"X has {len(rows)} NaN or infinite values (first at row {rows[0]}, feature {names[cols[0]]!r})"
         )
-    if pd.isna(labels).any():
-        raise ValueError(f"y has {int(pd.isna(labels).sum())} missing labels")
-    try:
-        np.unique(labels)
-    except TypeError:
-        kinds = sorted({type(v).__name__ for v in labels.tolist()})
-        raise TypeError(f"y mixes label types {kinds}; use labels of one type (all strings or all numbers)") from None
-    if len(np.unique(labels)) < 2:
-        raise ValueError(f"a class-conditional model needs at least two classes, got {np.unique(labels).tolist()}")
+    found = np.unique(labels)
+    if len(found) < 2:
+        raise ValueError(f"a class-conditional model needs at least two classes, got {found.tolist()}")
     return values, labels, names
 
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from bayesgen._runtime import check_ci_prob, check_count, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_ci_prob, check_count, match_columns, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
@@ -461,17 +461,8 @@ class ProdLDA(NeuralEstimator):
                     and not isinstance(docs.columns, pd.RangeIndex)):
                 # Named columns are words: match them by name (reordering), never by position.
                 # (Unnamed columns, pandas' default 0..n-1, are taken by position, like an array.)
-                cols = [str(c) for c in docs.columns]
-                missing = [w for w in self.vocabulary_ if w not in set(cols)]
-                extra = [c for c in cols if c not in set(self.vocabulary_)]
-                if missing or extra or len(set(cols)) != len(cols):
-                    raise ValueError(
-                        f"the DataFrame's columns do not match the model's vocabulary_: missing {missing[:10]} "
-                        f"({len(missing)} in all), unexpected {extra[:10]} ({len(extra)} in all)"
-                        + ("; duplicate column names" if len(set(cols)) != len(cols) else "")
-                        + ". Pass .to_numpy() to match columns by position instead"
-                    )
-                docs = docs.set_axis(cols, axis=1)[list(self.vocabulary_)]
+                docs = match_columns(docs, list(self.vocabulary_), "the model's vocabulary_",
+                                     hint=". Pass .to_numpy() to match columns by position instead")
             width = getattr(docs, "shape", (0, None))[-1] if hasattr(docs, "shape") else None
             if fitted and vocabulary is None and width is not None and width != len(self.vocabulary_):
                 raise ValueError(
@@ -701,7 +692,9 @@ class ProdLDA(NeuralEstimator):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="dropped .* documents that are empty")
             x, corpus = self._eval_tensor(docs, vocabulary)
-        if corpus.dropped and not isinstance(docs, Corpus):
+        # One row per input document: empty ones (no word of the vocabulary) get NaN, not a shifted row.
+        pad = bool(corpus.dropped) and not isinstance(docs, Corpus)
+        if pad:
             warnings.warn(f"{corpus.dropped} of {corpus.num_docs + corpus.dropped} documents have no word of the "
                           "model's vocabulary; their rows are NaN", UserWarning, stacklevel=2)
         with torch.no_grad(), seeded(seed, self.device_):
@@ -710,8 +703,7 @@ class ProdLDA(NeuralEstimator):
         t = to_numpy(theta)
         tail = (1 - ci_prob) / 2
         stats = [t.mean(0), t.std(0), np.quantile(t, tail, axis=0), np.quantile(t, 1 - tail, axis=0)]
-        if corpus.dropped and not isinstance(docs, Corpus):
-            # One row per input document: empty ones (no word of the vocabulary) get NaN, not a shifted row.
+        if pad:
             full = [np.full((corpus.num_docs + corpus.dropped, t.shape[-1]), np.nan) for _ in stats]
             for out, part in zip(full, stats, strict=True):
                 out[corpus.doc_ids] = part
