@@ -9,6 +9,8 @@ the torch RNG so the caller's state is left alone.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch
 
 from bayesgen._typing import DeviceLike
 
-__all__ = ["resolve_device", "seeded", "to_numpy", "move_to_device", "check_count", "check_ci_prob", "match_columns", "check_labels"]
+__all__ = ["resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag", "check_ci_prob", "match_columns", "check_labels"]
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
@@ -99,24 +101,31 @@ def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[Non
 
     Pyro draws all of its randomness from torch, so seeding torch's CPU
     generator (and the CUDA generator of ``device``) makes a run repeatable.
-    ``seed=None`` still forks, so the caller's stream does not advance.
+    ``seed=None`` means fresh randomness: the block is seeded from the operating
+    system's entropy (:func:`fresh_seed`), so two calls draw different values
+    and the caller's stream still does not advance.
 
     Parameters
     ----------
     seed : int or None
-        Seed for this block, or None to draw from the (forked) current state.
+        Seed for this block, or None for a fresh one.
     device : torch.device, optional
         A CUDA device whose generator is forked and seeded as well.
     """
     cuda_devices = []
     if device is not None and device.type == "cuda":
         cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    seed = fresh_seed() if seed is None else int(seed)
     with torch.random.fork_rng(devices=cuda_devices):
-        if seed is not None:
-            torch.default_generator.manual_seed(int(seed))
-            for idx in cuda_devices:
-                torch.cuda.default_generators[idx].manual_seed(int(seed))
+        torch.default_generator.manual_seed(seed)
+        for idx in cuda_devices:
+            torch.cuda.default_generators[idx].manual_seed(seed)
         yield
+
+
+def fresh_seed() -> int:
+    """A seed drawn from the operating system's entropy: what ``seed=None`` means everywhere."""
+    return int(np.random.SeedSequence().generate_state(1)[0])
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -165,6 +174,37 @@ def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_real(
+    value: Any, name: str, *, low: float = -math.inf, high: float = math.inf, low_open: bool = True,
+    high_open: bool = True,
+) -> float:
+    """Return ``value`` as a float in the interval from ``low`` to ``high``, or raise naming ``name``.
+
+    TypeError for anything but a real number (strings, lists and booleans
+    included), ValueError for NaN or a value outside the interval. The
+    default interval, (-inf, inf), asks only for a finite number.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    x = float(value)
+    above = x > low if low_open else x >= low
+    below = x < high if high_open else x <= high
+    if not (above and below):  # NaN fails both
+        if high == math.inf and high_open:
+            where = "a finite number" + ("" if low == -math.inf else f" {'>' if low_open else '>='} {low:g}")
+        else:
+            where = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {where}, got {value!r}")
+    return x
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """Return ``value`` as a bool, or raise TypeError naming ``name`` (1, "yes" and None are not flags)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_ci_prob(value: Any, name: str = "ci_prob") -> float:
     """Return the mass of a central interval as a float in (0, 1), or raise ValueError."""
     try:
@@ -209,10 +249,14 @@ def check_labels(y: Any, n_rows: int, what: str = "y") -> np.ndarray:
         raise ValueError(f"{what} must be 1-D with one label per row ({n_rows}), got shape {labels.shape}")
     if pd.isna(labels).any():
         raise ValueError(f"{what} has {int(pd.isna(labels).sum())} missing labels")
+    # A list such as [1, "a"] would become the strings "1", "a" in np.asarray: check the given values.
+    mixed = not hasattr(y, "dtype") and len({isinstance(v, str) for v in y}) > 1
     try:
         np.unique(labels)
     except TypeError:
-        kinds = sorted({type(v).__name__ for v in labels.tolist()})
+        mixed = True
+    if mixed:
+        kinds = sorted({type(v).__name__ for v in (y if not hasattr(y, "dtype") else labels.tolist())})
         raise TypeError(f"{what} mixes label types {kinds}; use labels of one type (all strings or all numbers)") \
             from None
     return labels

@@ -328,7 +328,7 @@ def to_datatree(
     return from_dict(
         groups,
         dims=dims_clean,
-        coords={k: list(v) for k, v in (coords or {}).items()},
+        coords=_fit_coords(groups, dims_clean, coords or {}),
         attrs={"/": root_attrs},
     )
 
@@ -353,6 +353,28 @@ def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str,
                 f"site {name!r} has {rank} in group {group!r}"
             )
         out[name] = list(names)
+    return out
+
+
+def _fit_coords(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]],
+                coords: Mapping[str, Sequence[Any]]) -> dict[str, list]:
+    """Check each coordinate's length against the dimension it labels (xarray's own error names neither)."""
+    out = {}
+    for dim, values in coords.items():
+        if isinstance(values, str) or not hasattr(values, "__len__"):
+            raise ValueError(f"coords[{dim!r}] must be a sequence of labels, got {values!r}")
+        out[dim] = list(values)
+        for name, names in dims.items():
+            if dim not in names:
+                continue
+            axis = list(names).index(dim)
+            for group, variables in groups.items():
+                if name not in variables:
+                    continue
+                shape = variables[name].shape[(0 if group == "observed_data" else 2):]
+                if axis < len(shape) and shape[axis] != len(out[dim]):
+                    raise ValueError(f"coords[{dim!r}] has {len(out[dim])} labels, but dimension {dim!r} of "
+                                     f"{name!r} ({group}) has size {shape[axis]}")
     return out
 
 

@@ -56,7 +56,7 @@ from pyro.infer import (
 from pyro.infer.util import zero_grads
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import check_count, move_to_device, seeded, target_device, tensors_on
+from bayesgen._runtime import check_count, fresh_seed, move_to_device, seeded, target_device, tensors_on
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
 
 __all__ = [
@@ -670,7 +670,8 @@ def run_svi(
         Where to fit. None leaves the arguments where they are (and uses the CPU
         for the RNG and indices unless a tensor argument is on a GPU).
     seed : int or None, default 0
-        Seed for this fit; the caller's RNG state is left untouched either way.
+        Seed for this fit (model, guide and minibatch order); None draws a fresh
+        one. The caller's RNG state is left untouched either way.
     param_state : dict, optional
         Param-store state to fit in, updated in place (see :func:`param_scope`).
         A new one when None; it is returned in the result.
@@ -778,9 +779,10 @@ def run_svi(
         final_lr_factor=final_lr_factor,
         num_steps=num_steps,
     )
+    seed = fresh_seed() if seed is None else int(seed)
     batches = None
     if batch_size is not None:
-        batches = IndexBatches(int(data_size), int(batch_size), seed=0 if seed is None else seed, device=dev)
+        batches = IndexBatches(int(data_size), int(batch_size), seed=seed, device=dev)
 
     # Pyro's JIT losses compile once per distinct set of keyword arguments, so under
     # JIT the batch index travels as the last positional argument instead.

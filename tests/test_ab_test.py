@@ -278,7 +278,7 @@ def test_draw_counts_interval_masses_and_column_names_are_checked():
     events = pd.DataFrame({"arm": ["a", "b", "a", "b"], "converted": [0, 1, 1, 0]})
     with pytest.raises(ValueError, match="must be different columns"):
         BetaBinomialTest(method="exact").fit_events(events, variant_col="arm", outcome_col="arm")
-    with pytest.raises(ValueError, match="learning_rate must be a positive, finite number"):
+    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
         BetaBinomialTest(learning_rate=float("inf")).fit([1, 2], [10, 10])
 
 

@@ -163,6 +163,14 @@ def test_bad_dims_name_the_variable():
                     dims={"mu": ["too", "many"]})
 
 
+def test_coords_of_the_wrong_length_name_the_dimension():
+    for labels, match in ((["a", "b"], "coords\\['group'\\] has 2 labels.*'offset'.*size 3"),
+                          ("abc", "sequence of labels")):
+        with pytest.raises(ValueError, match=match):
+            to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(),
+                        dims={"offset": ["group"]}, coords={"group": labels})
+
+
 def test_deterministic_sites_do_not_distort_predictive_shapes():
     # pyro.deterministic upstream of the observation used to be re-sampled by
     # uncondition, giving y_rep an extra dimension and breaking ArviZ's PPC plots.

@@ -220,6 +220,9 @@ class TestEstimatorContract:
         write(meta, {**tensors, "params": {k: v * float("nan") for k, v in tensors["params"].items()}})
         with pytest.raises(ModelFileError, match="non-finite values in parameters"):
             cls.load(folder)
+        write({**meta, "hyperparameters": {**meta["hyperparameters"], "seed": "zero"}}, tensors)
+        with pytest.raises(ModelFileError, match="seed must be an integer"):
+            cls.load(folder)
         write(meta, tensors)
         assert cls.load(folder).params_.keys() == fit(make()).params_.keys()
 
@@ -246,6 +249,17 @@ class TestEstimatorContract:
         with pytest.raises((ValueError, TypeError)) as info:
             bad(make())
         assert "Traceback" not in str(info.value) and len(str(info.value)) > 10
+
+    @pytest.mark.parametrize("wrong", ["oops", object(), float("nan")], ids=["string", "object", "nan"])
+    def test_every_setting_of_a_wrong_kind_is_named(self, make, fit, bad, dims, wrong):
+        # Each constructor setting in turn gets a value of the wrong kind; fit must refuse it
+        # before any work, with a ValueError/TypeError that names the setting (not float()'s
+        # "could not convert string to float", nor a failure deep inside torch).
+        for name in make().get_params():
+            est = make()
+            setattr(est, name, wrong)
+            with pytest.raises((ValueError, TypeError), match=name):
+                fit(est)
 
     def test_unknown_device_is_a_clear_error(self, make, fit, bad, dims):
         est = make()

@@ -63,6 +63,24 @@ def test_same_seed_same_result_and_different_seed_differs():
     assert not np.array_equal(a.losses, c.losses)
 
 
+def test_seed_none_is_fresh_randomness_and_leaves_caller_rng_alone():
+    from bayesgen._runtime import seeded
+
+    torch.manual_seed(99)
+    expected_next = torch.rand(5)
+    torch.manual_seed(99)
+    with seeded(None):
+        first = torch.rand(5)
+    with seeded(None):
+        second = torch.rand(5)
+    assert not torch.equal(first, second)  # was: both blocks replayed the caller's state
+    np.testing.assert_array_equal(torch.rand(5), expected_next)
+    # The runner, minibatch order included: two unseeded fits differ.
+    a = run_svi(normal_model, normal_guide, Y, num_steps=5, seed=None, data_size=N, batch_size=10)
+    b = run_svi(normal_model, normal_guide, Y, num_steps=5, seed=None, data_size=N, batch_size=10)
+    assert not np.array_equal(a.losses, b.losses)
+
+
 def test_leaves_caller_rng_and_param_store_alone():
     pyro.param("user_param", torch.ones(3))
     torch.manual_seed(99)

@@ -243,9 +243,9 @@ def test_bad_input_is_clear(planted):
         lda.transform("a single string")
     with pytest.raises(ValueError, match="vocabulary is empty"):
         ProdLDA(num_epochs=1).fit(["the and", "of the"])
-    with pytest.raises(ValueError, match="relevance must be in"):
+    with pytest.raises(ValueError, match="relevance must be a number in \\[0, 1\\]"):
         ProdLDA(num_epochs=1, relevance=1.5).fit(X)
-    with pytest.raises(ValueError, match="batch_norm_anneal must be >= 0"):
+    with pytest.raises(ValueError, match="batch_norm_anneal must be a number in \\[0, inf\\]"):
         ProdLDA(num_epochs=1, batch_norm_anneal=-0.1).fit(X)
     with pytest.raises(TypeError, match="batch_norm_anneal must be a number"):
         ProdLDA(num_epochs=1, batch_norm_anneal=None).fit(X)

@@ -317,3 +317,11 @@ def test_settings_and_validation_labels_are_checked():
         VAE(hidden_dims=8).fit(X)
     with pytest.raises(ValueError, match="patience must be an integer >= 1"):
         VAE(patience=1.5, validation_fraction=0.2).fit(X)
+
+
+def test_conditional_labels_with_gaps_or_mixed_types_are_clear():
+    X = np.random.default_rng(0).uniform(size=(40, 16))
+    with pytest.raises(ValueError, match="1 missing labels"):
+        VAE(conditional=True, num_epochs=1, batch_size=20).fit(X, [None] + [0, 1] * 19 + [1])
+    with pytest.raises(TypeError, match="mixes label types"):
+        VAE(conditional=True, num_epochs=1, batch_size=20).fit(X, ["a"] + [0, 1] * 19 + [1])

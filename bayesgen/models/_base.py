@@ -23,7 +23,7 @@ import torch
 from pyro import poutine
 
 import bayesgen
-from bayesgen._runtime import resolve_device, to_numpy
+from bayesgen._runtime import check_count, check_flag, check_real, resolve_device, to_numpy
 from bayesgen._typing import ModelFn, PathLikeStr
 from bayesgen.infer import ConvergenceCheck, SVIResult, param_scope, run_svi
 
@@ -54,6 +54,25 @@ class BayesianEstimator:
 
     _model_name: ClassVar[str] = "base"
     _registry: ClassVar[dict[str, str]] = {}
+    #: The runner's settings, checked alike in every estimator that has them
+    #: (None is accepted where it is the default, and for ``seed``: fresh randomness).
+    _shared_settings: ClassVar[dict[str, Any]] = {
+        "num_steps": check_count,
+        "num_epochs": check_count,
+        "batch_size": check_count,
+        "num_particles": check_count,
+        "num_samples": check_count,
+        "patience": check_count,
+        "average_last": lambda v, name: check_count(v, name, minimum=0),
+        "seed": lambda v, name: check_count(v, name, minimum=0),
+        "learning_rate": lambda v, name: check_real(v, name, low=0.0),
+        "final_lr_factor": lambda v, name: check_real(v, name, low=0.0, high=1.0, high_open=False),
+        "convergence_rtol": lambda v, name: check_real(v, name, low=0.0, low_open=False),
+        "validation_fraction": lambda v, name: check_real(v, name, low=0.0, high=1.0, low_open=False),
+        "progress": check_flag,
+    }
+    #: Shared settings for which this estimator also accepts None (beyond those whose default is None).
+    _none_ok: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -75,6 +94,24 @@ class BayesianEstimator:
         }
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _validate_settings(self) -> None:
+        """Check the settings (``fit`` calls it first, ``load`` on the saved ones); models extend it."""
+        self._check_shared_settings()
+        self.device_ = resolve_device(getattr(self, "device", "auto"))
+
+    def _check_shared_settings(self) -> None:
+        """Check the settings every estimator shares (see ``_shared_settings``); called by ``fit``."""
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        for name, check in self._shared_settings.items():
+            if name not in defaults:
+                continue
+            value = getattr(self, name)
+            if value is None and (defaults[name] is None or name in ("seed", "convergence_rtol", *self._none_ok)):
+                continue
+            check(value, name)
+        if "lr_schedule" in defaults and self.lr_schedule not in (None, "cosine", "exponential"):
+            raise ValueError(f"lr_schedule must be None, 'cosine' or 'exponential', got {self.lr_schedule!r}")
 
     # ---------------------------------------------------------------- fitting
     def _check_fitted(self) -> None:
@@ -379,6 +416,7 @@ class BayesianEstimator:
             raise ModelFileError(f"{tensor_path} has missing or non-finite values in parameters {bad[:10]}")
         try:
             est = target(**meta["hyperparameters"])
+            est._validate_settings()  # an edited setting is caught here, not at first use
             for key, value in meta["fitted"].items():
                 setattr(est, key, value)
             est.device_ = resolve_device(device)

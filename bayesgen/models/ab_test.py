@@ -515,12 +515,11 @@ class BetaBinomialTest(BayesianEstimator):
 
     # ------------------------------------------------------------------ fit
     def _validate_settings(self) -> None:
+        self._check_shared_settings()
         self._prior = validate_prior(self.prior)
         if self.method not in ("svi", "exact"):
             raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
         check_ci_prob(self.ci_prob)
-        check_count(self.num_samples, "num_samples")
-        check_count(self.num_particles, "num_particles")
         self.device_ = resolve_device(self.device)
 
     def fit(

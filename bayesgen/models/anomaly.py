@@ -43,7 +43,16 @@ from pyro import poutine
 from pyro.infer import config_enumerate
 from torch.distributions import biject_to, constraints
 
-from bayesgen._runtime import check_ci_prob, check_count, match_columns, resolve_device, seeded, to_numpy
+from bayesgen._runtime import (
+    check_ci_prob,
+    check_count,
+    check_flag,
+    check_real,
+    match_columns,
+    resolve_device,
+    seeded,
+    to_numpy,
+)
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -357,19 +366,16 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def _validate_settings(self) -> None:
         if self.covariance not in ("diag", "full", "lowrank"):
             raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
-        for name in ("num_components", "num_steps", "num_samples", "rank"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self._check_shared_settings()
+        check_count(self.num_components, "num_components")
+        check_count(self.rank, "rank")
         prior = self.anomaly_prior
-        if (isinstance(prior, str) or not hasattr(prior, "__len__") or len(prior) != 2
-                or not all(0 < float(v) < math.inf for v in prior)):
-            raise ValueError(f"anomaly_prior must be two positive numbers (a, b), both finite, of a Beta prior; "
-                             f"got {prior!r}")
-        if not 0 < float(self.anomaly_scale) < math.inf:
-            raise ValueError(f"anomaly_scale must be a positive, finite number, got {self.anomaly_scale}")
-        if not isinstance(self.enumerate, bool | np.bool_):
-            raise ValueError(f"enumerate must be True or False, got {self.enumerate!r}")
+        if isinstance(prior, str) or not hasattr(prior, "__len__") or len(prior) != 2:
+            raise ValueError(f"anomaly_prior must be two positive numbers (a, b) of a Beta prior; got {prior!r}")
+        for v in prior:
+            check_real(v, "anomaly_prior", low=0.0)
+        check_real(self.anomaly_scale, "anomaly_scale", low=0.0)
+        check_flag(self.enumerate, "enumerate")
         self.device_ = resolve_device(self.device)
 
     def _as_matrix(self, X: Any, what: str = "X") -> tuple[np.ndarray, list[str]]:
@@ -595,7 +601,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Guide draws of the parameters (standardised scale)."""
         self._check_fitted()
-        return {k: to_numpy(v) for k, v in self._draws(check_count(num_samples, "num_samples"), seed).items()}
+        return {k: to_numpy(v) for k, v in self._draws(check_count(num_samples, "num_samples"), self.seed if seed is None else seed).items()}
 
     def plot(self, X: Any, labels: Any = None, *, threshold: float = 0.5) -> Any:
         """Two panels: anomaly probability by rank, and a 2-D projection coloured by probability."""

@@ -72,7 +72,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from bayesgen._runtime import check_count, check_labels, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_count, check_labels, check_real, fresh_seed, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -708,6 +708,7 @@ class GaussianGenerator(BayesianEstimator):
     """
 
     _model_name = "gaussian_generator"
+    _none_ok = ("batch_size",)  # None: every row in every step
     _max_plate_nesting = 1
 
     @property
@@ -766,6 +767,7 @@ class GaussianGenerator(BayesianEstimator):
 
     # ---------------------------------------------------------------- fit
     def _validate_settings(self) -> None:
+        self._check_shared_settings()
         if self.covariance not in ("diag", "full", "lowrank"):
             raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
         if self.method not in ("svi", "exact"):
@@ -789,16 +791,13 @@ class GaussianGenerator(BayesianEstimator):
         if self.constant_features not in ("error", "keep"):
             raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
         for name, zero_ok in (("class_concentration", False), ("prior_strength", False), ("shrinkage", True)):
-            value = getattr(self, name)
-            number = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
-            if not (number and (value >= 0 if zero_ok else value > 0) and value < math.inf):
-                raise ValueError(f"{name} must be a finite number {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+            check_real(getattr(self, name), name, low=0.0, low_open=not zero_ok)
         if self.covariance == "lowrank":
             check_count(self.rank, "rank")
         if self.clip is not None:
             if isinstance(self.clip, str) or not hasattr(self.clip, "__len__") or len(self.clip) != 2:
                 raise ValueError(f"clip must be (low, high), got {self.clip!r}")
-            lo, hi = (float(v) for v in self.clip)
+            lo, hi = (check_real(v, "clip") for v in self.clip)
             if not lo < hi:
                 raise ValueError(f"clip must be (low, high) with low < high, got {self.clip}")
         self.device_ = resolve_device(self.device)
@@ -1164,8 +1163,8 @@ class GaussianGenerator(BayesianEstimator):
         self._check_fitted()
         n = check_count(num_samples, "num_samples", minimum=0)
         seed = self.seed if seed is None else seed
-        if seed is None:  # seed=None on the estimator too: fresh randomness, drawn from numpy's entropy
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        if seed is None:  # seed=None on the estimator too: fresh randomness
+            seed = fresh_seed()
         C = len(self.classes_)
         exact = self.method == "exact"
         if not exact:

@@ -49,7 +49,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from bayesgen._runtime import check_ci_prob, check_count, match_columns, resolve_device, seeded, to_numpy
+from bayesgen._runtime import (
+    check_ci_prob,
+    check_count,
+    check_flag,
+    check_real,
+    match_columns,
+    resolve_device,
+    seeded,
+    to_numpy,
+)
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
@@ -404,35 +413,30 @@ class ProdLDA(NeuralEstimator):
 
     # ------------------------------------------------------------ settings
     def _validate_settings(self) -> None:
-        for name in ("num_topics", "hidden_dim", "num_epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if int(self.num_topics) < 2:
-            raise ValueError(f"num_topics must be at least 2, got {self.num_topics}")
+        self._check_shared_settings()
+        check_count(self.num_topics, "num_topics", minimum=2)
+        check_count(self.hidden_dim, "hidden_dim")
         if int(self.batch_size) < 2:
             raise ValueError("batch_size must be at least 2 (batch norm needs two documents per batch)")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not float(self.concentration) > 0:
-            raise ValueError(f"concentration must be > 0, got {self.concentration}")
-        if not float(self.learning_rate) > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= float(self.beta1) < 1.0:
-            raise ValueError(f"beta1 must be in [0, 1), got {self.beta1}")
-        if not isinstance(self.background, bool | np.bool_):
-            raise TypeError(f"background must be True or False, got {self.background!r}")
-        if isinstance(self.batch_norm_anneal, bool) or not isinstance(self.batch_norm_anneal, int | float | np.number):
-            raise TypeError(f"batch_norm_anneal must be a number (float('inf') keeps batch norm throughout), "
-                            f"got {self.batch_norm_anneal!r}")
-        if not float(self.batch_norm_anneal) >= 0.0:
-            raise ValueError(f"batch_norm_anneal must be >= 0, got {self.batch_norm_anneal}")
-        if not 0.0 <= float(self.relevance) <= 1.0:
-            raise ValueError(f"relevance must be in [0, 1], got {self.relevance}")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.patience is not None:
-            check_count(self.patience, "patience")
+        check_real(self.dropout, "dropout", low=0.0, high=1.0, low_open=False)
+        check_real(self.concentration, "concentration", low=0.0)
+        check_real(self.beta1, "beta1", low=0.0, high=1.0, low_open=False)
+        check_flag(self.background, "background")
+        # inf keeps batch norm throughout (the original ProdLDA)
+        check_real(self.batch_norm_anneal, "batch_norm_anneal", low=0.0, low_open=False, high_open=False)
+        check_real(self.relevance, "relevance", low=0.0, high=1.0, low_open=False, high_open=False)
+        sw = self.stop_words
+        if not (sw is None or sw == "english" or (isinstance(sw, list | tuple | set | frozenset)
+                                                  and all(isinstance(w, str) for w in sw))):
+            raise ValueError(f"stop_words must be 'english', None or a list of words, got {sw!r}")
+        for name in ("min_df", "max_df"):  # a document count (int) or a share of documents (float in [0, 1])
+            value = getattr(self, name)
+            if isinstance(value, int | np.integer) and not isinstance(value, bool):
+                check_count(value, name, minimum=0)
+            else:
+                check_real(value, name, low=0.0, high=1.0, low_open=False, high_open=False)
+        if self.max_features is not None:
+            check_count(self.max_features, "max_features")
         if self.sparse not in ("auto", True, False):
             raise ValueError(f"sparse must be 'auto', True or False, got {self.sparse!r}")
         self.device_ = resolve_device(self.device)
@@ -753,7 +757,7 @@ class ProdLDA(NeuralEstimator):
         """
         self._check_fitted()
         x = _rows(self._x, self._arviz_rows.to(self.device_)) if docs is None else self._eval_tensor(docs)[0]
-        with torch.no_grad(), seeded(seed, self.device_):
+        with torch.no_grad(), seeded(self.seed if seed is None else seed, self.device_):
             loc, scale = self.encoder_(x)
             theta = F.softmax(dist.Normal(loc, scale).sample((int(num_samples),)), dim=-1)
         return {"theta": to_numpy(theta)}

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayesgen._runtime import check_count, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_count, check_flag, check_labels, resolve_device, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 
@@ -441,26 +441,20 @@ class VAE(NeuralEstimator):
             raise ValueError(f"architecture must be 'mlp' or 'conv', got {self.architecture!r}")
         if self.likelihood not in _LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {_LIKELIHOODS}, got {self.likelihood!r}")
-        for name in ("latent_dim", "num_epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._check_shared_settings()
+        check_count(self.latent_dim, "latent_dim")
+        for name in ("conditional", "jit", "amp"):
+            check_flag(getattr(self, name), name)
         if isinstance(self.hidden_dims, str) or not hasattr(self.hidden_dims, "__iter__"):
             raise ValueError(f"hidden_dims must be a non-empty sequence of positive integers, got {self.hidden_dims!r}")
         hidden = list(self.hidden_dims)
         if not hidden or any(isinstance(h, bool) or not isinstance(h, int | np.integer) or h < 1 for h in hidden):
             raise ValueError(f"hidden_dims must be a non-empty sequence of positive integers, got {self.hidden_dims!r}")
-        if not 0 < float(self.learning_rate) < math.inf:
-            raise ValueError(f"learning_rate must be a positive, finite number, got {self.learning_rate}")
         if self.image_shape is not None:
             shape = self.image_shape
-            if (isinstance(shape, str) or len(shape) != 2
+            if (isinstance(shape, str) or not hasattr(shape, "__len__") or len(shape) != 2
                     or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in shape)):
                 raise ValueError(f"image_shape must be two positive integers (height, width), got {shape!r}")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.patience is not None:
-            check_count(self.patience, "patience")
         self.device_ = resolve_device(self.device)
 
     def _as_images(self, X: Any, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -607,12 +601,7 @@ class VAE(NeuralEstimator):
         if self.conditional:
             if y is None:
                 raise ValueError("conditional=True needs labels y")
-            labels = np.asarray(y)
-            if labels.shape != (len(flat),):
-                raise ValueError(f"y has shape {labels.shape}; expected ({len(flat)},), one label per row of X")
-            if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-                raise ValueError("y has NaN labels")
-            self.classes_ = np.unique(labels)
+            self.classes_ = np.unique(check_labels(y, len(flat)))
             if len(self.classes_) < 2:
                 raise ValueError(f"conditional=True needs at least 2 classes, got {self.classes_.tolist()}")
         else:
@@ -804,6 +793,7 @@ class VAE(NeuralEstimator):
         y : array_like, optional
             Labels of ``X`` (conditional VAE).
         seed : int, optional
+            Default: the estimator's ``seed`` (the same draws each call).
 
         Returns
         -------
@@ -817,7 +807,7 @@ class VAE(NeuralEstimator):
             yi = self._y[self._arviz_rows] if self._y is not None else None
         else:
             x, yi = self._inputs(X, y)
-        with torch.no_grad(), seeded(seed, self.device_):
+        with torch.no_grad(), seeded(self.seed if seed is None else seed, self.device_):
             loc, scale = self.encoder_(x, _onehot(yi, self.num_classes_, x))
             z = dist.Normal(loc, scale).sample((num_samples,))
         return {"z": to_numpy(z)}
@@ -875,6 +865,7 @@ class VAE(NeuralEstimator):
             Conditional VAE only. None draws classes in the training
             proportions; "uniform" draws them equally often.
         seed : int, optional
+            Default: the estimator's ``seed`` (the same draws each call).
         mean : bool, default True
             Return the decoder's mean image (smooth) instead of a draw from
             the pixel likelihood (noisy, e.g. binary for "bernoulli").
@@ -888,7 +879,7 @@ class VAE(NeuralEstimator):
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         labels = None
-        with seeded(seed, self.device_):
+        with seeded(self.seed if seed is None else seed, self.device_):
             if self.conditional:
                 if y is None or (isinstance(y, str) and y == "uniform"):
                     if y is None:
