@@ -9,7 +9,15 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from scipy.optimize import linear_sum_assignment
 
-from bayesgen.models.topic import DocumentMultinomial, ProdLDA, TopicDecoder, TopicEncoder, guide, model
+from bayesgen.models.topic import (
+    DocumentMultinomial,
+    ProdLDA,
+    TopicDecoder,
+    TopicEncoder,
+    guide,
+    log_multinomial_coef,
+    model,
+)
 from bayesgen.text import build_corpus
 
 
@@ -64,6 +72,10 @@ def test_document_multinomial_matches_torch_and_samples_the_document_lengths():
     expected = torch.stack([torch.distributions.Multinomial(int(n), p).log_prob(v) for n, p, v in zip(totals, probs, x,
                                                                                                        strict=True)])
     assert torch.allclose(d.log_prob(x), expected, atol=1e-4)
+    # The coefficient computed once (dense or sparse counts) gives the same log density.
+    for counts in (x, x.to_sparse()):
+        coef = log_multinomial_coef(counts)
+        assert torch.allclose(DocumentMultinomial(probs, totals, log_coef=coef).log_prob(x), expected, atol=1e-4)
     # Mean of many draws is N p.
     many = d.sample((4000,)).mean(0)
     assert torch.allclose(many, totals[:, None] * probs, atol=0.25)

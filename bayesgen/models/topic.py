@@ -63,7 +63,8 @@ from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
 
-__all__ = ["DocumentMultinomial", "DocumentTopics", "ProdLDA", "TopicDecoder", "TopicEncoder", "guide", "model"]
+__all__ = ["DocumentMultinomial", "DocumentTopics", "ProdLDA", "TopicDecoder", "TopicEncoder", "guide",
+           "log_multinomial_coef", "model"]
 
 #: Keep counts dense on the device below this many matrix cells (else sparse).
 DENSE_CELL_LIMIT = 50_000_000
@@ -79,25 +80,31 @@ class DocumentMultinomial(dist.TorchDistribution):
     ----------
     probs : Tensor, shape (..., n_words)
     total_count : Tensor, shape (...)
+    log_coef : Tensor, shape (...), optional
+        ``log N! − Σ log x_w!`` of the documents that will be scored, when known
+        (:func:`log_multinomial_coef`): it does not depend on the parameters, and
+        computing it per step was a tenth of a training step's time.
     """
 
     arg_constraints = {"probs": constraints.simplex}  # noqa: RUF012
     support = constraints.independent(constraints.nonnegative_integer, 1)
 
-    def __init__(self, probs: torch.Tensor, total_count: torch.Tensor, validate_args: bool | None = None) -> None:
+    def __init__(self, probs: torch.Tensor, total_count: torch.Tensor, validate_args: bool | None = None,
+                 log_coef: torch.Tensor | None = None) -> None:
         self.probs = probs
         self.total_count = total_count.expand(probs.shape[:-1])
+        self.log_coef = log_coef
         super().__init__(probs.shape[:-1], probs.shape[-1:], validate_args=False)
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> DocumentMultinomial:
         batch_shape = torch.Size(batch_shape)
         return DocumentMultinomial(
-            self.probs.expand(batch_shape + self.event_shape), self.total_count.expand(batch_shape)
+            self.probs.expand(batch_shape + self.event_shape), self.total_count.expand(batch_shape),
+            log_coef=None if self.log_coef is None else self.log_coef.expand(batch_shape),
         )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        n = value.sum(-1)
-        coef = torch.lgamma(n + 1) - torch.lgamma(value + 1).sum(-1)
+        coef = log_multinomial_coef(value) if self.log_coef is None else self.log_coef
         return coef + torch.xlogy(value, self.probs).sum(-1)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
@@ -111,6 +118,19 @@ class DocumentMultinomial(dist.TorchDistribution):
             keep = torch.arange(n_max, device=probs.device) < totals[:, None]
             out.scatter_add_(1, words, keep.to(out.dtype))
         return out.reshape(shape + self.event_shape)
+
+
+def log_multinomial_coef(counts: torch.Tensor) -> torch.Tensor:
+    """``log N! − Σ_w log x_w!`` of each document (row) of a dense or sparse (COO) count matrix."""
+    if counts.is_sparse:
+        c = counts.coalesce()
+        rows, values = c.indices()[0], c.values()
+        per_word = torch.zeros(c.shape[0], dtype=values.dtype, device=values.device)
+        per_word.index_add_(0, rows, torch.lgamma(values + 1))
+        n = torch.zeros_like(per_word).index_add_(0, rows, values)
+    else:
+        per_word, n = torch.lgamma(counts + 1).sum(-1), counts.sum(-1)
+    return torch.lgamma(n + 1) - per_word
 
 
 # ------------------------------------------------------------------ networks
@@ -211,6 +231,7 @@ def model(
     num_topics: int,
     prior_loc: float = 0.0,
     prior_scale: float = 1.0,
+    log_coef: torch.Tensor | None = None,
 ) -> None:
     """ProdLDA model.
 
@@ -224,6 +245,8 @@ def model(
     num_topics : int
     prior_loc, prior_scale : float
         The logistic-normal prior (see :func:`dirichlet_laplace_prior`).
+    log_coef : Tensor, shape (n_docs,), optional
+        :func:`log_multinomial_coef` of ``counts``, computed once instead of per step.
     """
     pyro.module("decoder", decoder)
     with pyro.plate("document", counts.shape[0], subsample=subsample, device=counts.device) as idx:
@@ -232,7 +255,8 @@ def model(
         logtheta = pyro.sample("logtheta", dist.Normal(loc, torch.full_like(loc, prior_scale)).to_event(1))
         theta = pyro.deterministic("theta", F.softmax(logtheta, dim=-1), event_dim=1)
         probs = decoder(theta)
-        pyro.sample("words", DocumentMultinomial(probs, x.sum(-1)), obs=x)
+        coef = None if log_coef is None else log_coef.index_select(0, idx)
+        pyro.sample("words", DocumentMultinomial(probs, x.sum(-1), log_coef=coef), obs=x)
 
 
 def guide(
@@ -517,12 +541,19 @@ class ProdLDA(NeuralEstimator):
         import functools
 
         loc, scale = dirichlet_laplace_prior(int(self.num_topics), float(self.concentration))
+        # Training (and the parameter rebuild on load, which runs the first training rows) scores
+        # the training documents, whose multinomial coefficients are computed once.
         m = functools.partial(model, decoder=self.decoder_, num_topics=int(self.num_topics), prior_loc=loc,
-                              prior_scale=scale)
+                              prior_scale=scale, log_coef=None if for_arviz else self._train_log_coef())
         g = functools.partial(guide, encoder=self.encoder_)
         functools.update_wrapper(m, model)
         functools.update_wrapper(g, guide)
         return m, g
+
+    def _train_log_coef(self) -> torch.Tensor:
+        if getattr(self, "_log_coef", None) is None or self._log_coef.shape[0] != self._x.shape[0]:
+            self._log_coef = log_multinomial_coef(self._x)
+        return self._log_coef
 
     def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
         rows = self._arviz_rows if for_arviz else torch.arange(min(int(self.batch_size), self._x.shape[0]))
@@ -577,6 +608,7 @@ class ProdLDA(NeuralEstimator):
             raise ValueError(f"batch_size={self.batch_size} exceeds the {train.num_docs} training documents")
         self.sparse_ = self._use_sparse(train)
         self._x = self._tensor(train, self.sparse_)
+        self._log_coef = None
         self._arviz_rows = torch.arange(min(50, train.num_docs))
         with seeded(self.seed, self.device_):
             self._build_networks()
