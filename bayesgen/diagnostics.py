@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -665,8 +666,8 @@ def write_diagnostics(
             cmp.tree.to_netcdf(folder / "nuts.nc", engine="netcdf4")
             report["nuts"] = {"agree": cmp.agree, "reliable": cmp.reliable, "divergences": cmp.divergences,
                               "largest_abs_smd": float(cmp.table["smd"].abs().max()),
-                              "max_r_hat": float(cmp.table["nuts_r_hat"].max()),
-                              "min_ess_bulk": float(cmp.table["nuts_ess_bulk"].min()), "message": cmp.message()}
+                              "max_r_hat": cmp.max_r_hat if math.isfinite(cmp.max_r_hat) else None,
+                              "min_ess_bulk": cmp.min_ess_bulk, "message": cmp.message()}
             if not (cmp.agree and cmp.reliable):
                 report["warnings"].append(cmp.message())
         except (ValueError, RuntimeError) as err:
@@ -721,16 +722,25 @@ class NUTSComparison:
     tolerance: float = 0.1
 
     @property
+    def max_r_hat(self) -> float:
+        """Largest R-hat; an undefined one (NaN, e.g. a draw that never moves) counts as inf."""
+        return float(self.table["nuts_r_hat"].fillna(np.inf).max())
+
+    @property
+    def min_ess_bulk(self) -> float:
+        """Smallest bulk ESS; an undefined one (NaN) counts as 0."""
+        return float(self.table["nuts_ess_bulk"].fillna(0.0).min())
+
+    @property
     def reliable(self) -> bool:
-        r_hat, ess = self.table["nuts_r_hat"], self.table["nuts_ess_bulk"]
-        return bool(self.divergences == 0 and (r_hat.fillna(np.inf) <= 1.05).all() and (ess.fillna(0) >= 100).all())
+        return bool(self.divergences == 0 and self.max_r_hat <= 1.05 and self.min_ess_bulk >= 100)
 
     def message(self) -> str:
         worst = self.table["smd"].abs().max()
         ratio = self.table["sd_ratio"]
         text = (f"NUTS vs SVI: largest |standardised mean difference| {worst:.3f}, sd ratio "
-                f"{ratio.min():.2f}–{ratio.max():.2f}, max R-hat {self.table['nuts_r_hat'].max():.3f}, "
-                f"min bulk ESS {self.table['nuts_ess_bulk'].min():.0f}, {self.divergences} divergences: "
+                f"{ratio.min():.2f}–{ratio.max():.2f}, max R-hat {self.max_r_hat:.3f}, "
+                f"min bulk ESS {self.min_ess_bulk:.0f}, {self.divergences} divergences: "
                 + ("agree" if self.agree else "DISAGREE"))
         if not self.reliable:
             text += (" — but NUTS itself is unreliable here (divergences, R-hat > 1.05 or bulk ESS < 100): "

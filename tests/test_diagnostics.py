@@ -345,3 +345,16 @@ def test_nuts_cross_check_of_the_small_generator_and_anomaly_models(which):
     assert cmp.divergences <= 2 and (cmp.table["nuts_r_hat"] < 1.05).all(), cmp.table
     assert cmp.agree, cmp.table[["smd", "smd_allowed", "sd_ratio", "sd_ratio_allowed"]]
     assert cmp.tree.posterior.sizes["chain"] == 2
+
+
+def test_nuts_comparison_counts_undefined_r_hat_and_ess_as_the_worst_case():
+    import pandas as pd
+
+    from bayesgen.diagnostics import NUTSComparison
+
+    table = pd.DataFrame({"smd": [0.01, 0.02], "sd_ratio": [1.0, 1.01], "nuts_r_hat": [1.001, np.nan],
+                          "nuts_ess_bulk": [800.0, np.nan]}, index=["a", "b"])
+    cmp = NUTSComparison(table=table, divergences=0, tree=None)
+    # pandas' min/max skip NaN, which printed "min bulk ESS 800" for a run judged unreliable
+    assert cmp.min_ess_bulk == 0.0 and cmp.max_r_hat == float("inf") and not cmp.reliable
+    assert "min bulk ESS 0" in cmp.message() and "unreliable" in cmp.message()
