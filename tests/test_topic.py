@@ -325,3 +325,31 @@ def test_word_lists_plots_and_arviz_rows_check_their_arguments():
     with pytest.raises(TypeError, match="numeric \\(real-valued\\)"):
         ProdLDA(num_epochs=1).fit(X.astype(complex))
     assert lda.to_arviz(5, docs=[0, 5]).posterior.sizes["document"] == 2
+
+
+def test_decoder_learning_rate_auto_raises_it_for_short_runs_only(tmp_path, monkeypatch):
+    lda = ProdLDA(learning_rate=0.01)
+    assert lda._resolve_decoder_learning_rate(120) == pytest.approx(0.05)  # capped at 5x
+    assert lda._resolve_decoder_learning_rate(300) == pytest.approx(0.02)
+    assert lda._resolve_decoder_learning_rate(600) == pytest.approx(0.01)  # long runs: unchanged
+    assert lda._resolve_decoder_learning_rate(5000) == pytest.approx(0.01)
+    assert ProdLDA(decoder_learning_rate=0.003)._resolve_decoder_learning_rate(10) == pytest.approx(0.003)
+    # The optimiser gives the decoder's parameters (and only those) the resolved rate.
+    rates = {}
+    original = torch.optim.Adam.__init__
+
+    def record(self, params, **kwargs):
+        params = list(params)
+        rates[tuple(params[0].shape)] = kwargs["lr"]
+        original(self, params, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", record)
+    counts = np.random.default_rng(0).poisson(1.0, size=(200, 30))
+    fitted = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=2, batch_size=50, seed=0).fit(counts)  # 8 steps
+    monkeypatch.undo()
+    assert fitted.decoder_learning_rate_ == pytest.approx(0.05)
+    assert rates[(30, 3)] == rates[(30,)] == pytest.approx(0.05)  # beta and background
+    assert rates[(8, 30)] == pytest.approx(0.01)  # the encoder's first layer
+    assert ProdLDA.load(fitted.save(tmp_path / "m")).decoder_learning_rate_ == pytest.approx(0.05)
+    with pytest.raises(TypeError, match="decoder_learning_rate must be a number"):
+        ProdLDA(decoder_learning_rate="fast").fit(counts)
