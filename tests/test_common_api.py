@@ -158,6 +158,10 @@ class TestEstimatorContract:
         assert_same_draws(a.posterior(200), b.posterior(200))
         assert not np.array_equal(a.losses_, c.losses_)
 
+    def test_seed_none_fits_with_fresh_randomness(self, make, fit, bad, dims):
+        a, b = fit(make(seed=None)), fit(make(seed=None))
+        assert not np.array_equal(a.losses_, b.losses_)
+
     def test_global_param_store_untouched_and_fits_coexist(self, make, fit, bad, dims):
         pyro.param("mine", torch.zeros(1))
         a, b = fit(make(seed=1)), fit(make(seed=2))

@@ -383,6 +383,8 @@ class ProdLDA(NeuralEstimator):
         Per epoch: ``train_elbo``, ``val_elbo`` (per document), ``seconds``.
     losses_ : numpy.ndarray
         Loss per step, per document.
+    decoder_learning_rate_ : float
+        The decoder's Adam rate this fit used (see ``decoder_learning_rate``).
 
     Examples
     --------
@@ -626,7 +628,7 @@ class ProdLDA(NeuralEstimator):
             val = self._to_corpus(validation, None, fitted=True)
             train = corpus
         elif float(self.validation_fraction) > 0:
-            train, val = corpus.split(float(self.validation_fraction), seed=int(self.seed))
+            train, val = corpus.split(float(self.validation_fraction), seed=self.seed)
         else:
             train = corpus
         if self.patience is not None and val is None:
