@@ -206,14 +206,10 @@ def check_flag(value: Any, name: str) -> bool:
 
 
 def check_ci_prob(value: Any, name: str = "ci_prob") -> float:
-    """Return the mass of a central interval as a float in (0, 1), or raise ValueError."""
-    try:
-        prob = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
-    if not 0 < prob < 1:
+    """Return the mass of a central interval as a float in (0, 1), or raise ValueError (strings included)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-    return prob
+    return float(value)
 
 
 def match_columns(frame: Any, names: list[str], against: str, hint: str = "") -> Any:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayesgen._runtime import check_count, check_labels
+from bayesgen._runtime import check_count, check_labels, fresh_seed
 
 __all__ = ["AugmentedData", "augment", "tstr", "memorization_check", "low_data_experiment", "default_classifier"]
 
@@ -161,11 +161,12 @@ def augment(
     classes = list(np.unique(labels) if classes is None else classes)
     _check_known(labels, classes, "y")
     counts = _per_class(n_per_class, classes)
+    seed = fresh_seed() if seed is None else seed  # else each class's draw would fall back to the generator's seed
     parts_x, parts_y = [], []
     for offset, (label, n) in enumerate(counts.items()):
         if n == 0:
             continue
-        xs, ys = generator.sample(n, y=label, seed=None if seed is None else seed + offset)
+        xs, ys = generator.sample(n, y=label, seed=seed + offset)
         parts_x.append(np.asarray(xs, dtype=float))
         parts_y.append(np.asarray(ys))
     n_real = len(labels)
@@ -232,7 +233,8 @@ def tstr(
         n_per_class = dict(zip(values.tolist(), counts.tolist(), strict=True))
     classes = list(getattr(generator, "classes_", np.unique(labels)))
     _check_known(test_labels, classes, "y_test")
-    parts = [generator.sample(n, y=c, seed=None if seed is None else seed + i) for i, (c, n) in enumerate(_per_class(n_per_class, classes).items()) if n]
+    seed = fresh_seed() if seed is None else seed
+    parts = [generator.sample(n, y=c, seed=seed + i) for i, (c, n) in enumerate(_per_class(n_per_class, classes).items()) if n]
     if not parts:
         raise ValueError("n_per_class asks for no synthetic rows; TSTR needs some")
     Xs = np.concatenate([np.asarray(p[0], dtype=float) for p in parts])
@@ -341,6 +343,7 @@ def low_data_experiment(
     y_test = check_labels(y_test, len(X_test), "y_test")
     k_per_class = [check_count(k, "k_per_class") for k in k_per_class]
     repeats = check_count(repeats, "repeats")
+    seed = fresh_seed() if seed is None else seed
     rng = np.random.default_rng(seed)
     rows = []
     for k in k_per_class:
@@ -355,7 +358,7 @@ def low_data_experiment(
             Xk, yk = X_train[sel], labels[sel]
             real = float(classifier().fit(Xk, yk).score(X_test, y_test))
             gen = make_generator().fit(Xk, yk)
-            data = augment(Xk, yk, gen, n_per_class=n_synthetic_per_class, seed=None if seed is None else seed + 1000 * rep + k)
+            data = augment(Xk, yk, gen, n_per_class=n_synthetic_per_class, seed=seed + 1000 * rep + k)
             aug = float(classifier().fit(data.X, data.y).score(X_test, y_test))
             rows.append({"k": k, "repeat": rep, "real_only": real, "augmented": aug, "gain": aug - real})
     return pd.DataFrame(rows)

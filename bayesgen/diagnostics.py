@@ -665,8 +665,8 @@ def write_diagnostics(
             cmp.table.to_csv(folder / "nuts_comparison.csv")
             cmp.tree.to_netcdf(folder / "nuts.nc", engine="netcdf4")
             report["nuts"] = {"agree": cmp.agree, "reliable": cmp.reliable, "divergences": cmp.divergences,
-                              "largest_abs_smd": float(cmp.table["smd"].abs().max()),
-                              "max_r_hat": cmp.max_r_hat if math.isfinite(cmp.max_r_hat) else None,
+                              "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
+                              "max_r_hat": _finite_or_none(cmp.max_r_hat),
                               "min_ess_bulk": cmp.min_ess_bulk, "message": cmp.message()}
             if not (cmp.agree and cmp.reliable):
                 report["warnings"].append(cmp.message())
@@ -736,16 +736,23 @@ class NUTSComparison:
         return bool(self.divergences == 0 and self.max_r_hat <= 1.05 and self.min_ess_bulk >= 100)
 
     def message(self) -> str:
-        worst = self.table["smd"].abs().max()
+        # skipna=False: an undefined difference prints as nan (agree is False then), not as the largest defined one
+        worst = self.table["smd"].abs().max(skipna=False)
         ratio = self.table["sd_ratio"]
         text = (f"NUTS vs SVI: largest |standardised mean difference| {worst:.3f}, sd ratio "
-                f"{ratio.min():.2f}–{ratio.max():.2f}, max R-hat {self.max_r_hat:.3f}, "
+                f"{ratio.min(skipna=False):.2f}–{ratio.max(skipna=False):.2f}, max R-hat {self.max_r_hat:.3f}, "
                 f"min bulk ESS {self.min_ess_bulk:.0f}, {self.divergences} divergences: "
                 + ("agree" if self.agree else "DISAGREE"))
         if not self.reliable:
             text += (" — but NUTS itself is unreliable here (divergences, R-hat > 1.05 or bulk ESS < 100): "
                      "run it longer before trusting either verdict")
         return text
+
+
+def _finite_or_none(value: float) -> float | None:
+    """For JSON reports: an undefined (NaN) or infinite figure is null, never NaN/Infinity."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def nuts_compare(

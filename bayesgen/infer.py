@@ -198,6 +198,8 @@ class SVIResult:
         The param-store state holding the fitted parameters (see :func:`param_scope`).
     checkpoint : pathlib.Path or None
         The last checkpoint written, if any.
+    seed : int or None
+        The seed the fit ran with (the one drawn for ``seed=None``, so such a fit can be repeated).
     """
 
     losses: np.ndarray
@@ -208,6 +210,7 @@ class SVIResult:
     device: torch.device
     param_state: dict = field(repr=False)
     checkpoint: Path | None = None
+    seed: int | None = None
 
 
 class IndexBatches:
@@ -922,6 +925,7 @@ def run_svi(
         device=dev,
         param_state=state,
         checkpoint=written,
+        seed=seed,
     )
 
 

@@ -161,6 +161,8 @@ class TestEstimatorContract:
     def test_seed_none_fits_with_fresh_randomness(self, make, fit, bad, dims):
         a, b = fit(make(seed=None)), fit(make(seed=None))
         assert not np.array_equal(a.losses_, b.losses_)
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            fit(make(seed=1.0))
 
     def test_global_param_store_untouched_and_fits_coexist(self, make, fit, bad, dims):
         pyro.param("mine", torch.zeros(1))
@@ -227,6 +229,9 @@ class TestEstimatorContract:
         write({**meta, "hyperparameters": {**meta["hyperparameters"], "seed": "zero"}}, tensors)
         with pytest.raises(ModelFileError, match="seed must be an integer"):
             cls.load(folder)
+        # Fitted on a GPU, loaded on a machine without one: the saved device is not checked, `device` decides.
+        write({**meta, "hyperparameters": {**meta["hyperparameters"], "device": "cuda:7"}}, tensors)
+        assert cls.load(folder, device="cpu").device_.type == "cpu"
         write(meta, tensors)
         assert cls.load(folder).params_.keys() == fit(make()).params_.keys()
 

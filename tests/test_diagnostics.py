@@ -358,3 +358,5 @@ def test_nuts_comparison_counts_undefined_r_hat_and_ess_as_the_worst_case():
     # pandas' min/max skip NaN, which printed "min bulk ESS 800" for a run judged unreliable
     assert cmp.min_ess_bulk == 0.0 and cmp.max_r_hat == float("inf") and not cmp.reliable
     assert "min bulk ESS 0" in cmp.message() and "unreliable" in cmp.message()
+    table.loc["b", "smd"] = np.nan
+    assert "difference| nan" in NUTSComparison(table=table, divergences=0, tree=None, agree=False).message()

@@ -290,6 +290,10 @@ def test_more_bad_input_is_clear():
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         gen.posterior(0)
     assert augment(X, y, gen, 3, seed=None).synthetic.sum() == 6
+    # augment(seed=None) is fresh even with a seeded generator (whose sample(seed=None) repeats its own seed).
+    seeded_gen = GaussianGenerator(covariance="diag", method="exact", seed=0).fit(X, y)
+    first, second = augment(X, y, seeded_gen, 3, seed=None), augment(X, y, seeded_gen, 3, seed=None)
+    assert not np.array_equal(first.X[first.synthetic], second.X[second.synthetic])
     # seed=None means fresh randomness, not a crash.
     Xs, ys = gen.sample(50)
     assert Xs.shape == (50, 4) and set(ys) <= {0, 1}
@@ -323,3 +327,13 @@ def test_augmentation_helpers_check_their_inputs():
         memorization_check(X, X, X, quantile=1.5)
     with pytest.raises(ValueError, match="k_per_class must be an integer >= 1"):
         low_data_experiment(lambda: GaussianGenerator(covariance="diag", method="exact"), X, y, X, y, k_per_class=(0,))
+
+
+def test_one_sided_clip_fits_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = np.abs(rng.normal(size=(40, 3))), np.repeat([0, 1], 20)
+    gen = GaussianGenerator(covariance="diag", method="exact", clip=(0.0, np.inf), seed=0).fit(X, y)
+    assert gen.sample(200)[0].min() >= 0.0
+    loaded = GaussianGenerator.load(gen.save(tmp_path / "g"))
+    assert list(loaded.clip) == [0.0, np.inf]
+    np.testing.assert_array_equal(loaded.sample(50)[0], gen.sample(50)[0])

@@ -79,6 +79,9 @@ def test_seed_none_is_fresh_randomness_and_leaves_caller_rng_alone():
     a = run_svi(normal_model, normal_guide, Y, num_steps=5, seed=None, data_size=N, batch_size=10)
     b = run_svi(normal_model, normal_guide, Y, num_steps=5, seed=None, data_size=N, batch_size=10)
     assert not np.array_equal(a.losses, b.losses)
+    # The drawn seed is recorded, so an unseeded fit can be repeated.
+    again = run_svi(normal_model, normal_guide, Y, num_steps=5, seed=a.seed, data_size=N, batch_size=10)
+    np.testing.assert_array_equal(again.losses, a.losses)
 
 
 def test_leaves_caller_rng_and_param_store_alone():

@@ -353,3 +353,21 @@ def test_decoder_learning_rate_auto_raises_it_for_short_runs_only(tmp_path, monk
     assert ProdLDA.load(fitted.save(tmp_path / "m")).decoder_learning_rate_ == pytest.approx(0.05)
     with pytest.raises(TypeError, match="decoder_learning_rate must be a number"):
         ProdLDA(decoder_learning_rate="fast").fit(counts)
+
+
+def test_settings_that_json_cannot_hold_and_older_files_load(tmp_path):
+    import json
+
+    counts = np.random.default_rng(0).poisson(1.0, size=(120, 20))
+    kept = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, batch_norm_anneal=float("inf"),
+                   seed=0).fit(counts)
+    folder = kept.save(tmp_path / "inf")
+    assert ProdLDA.load(folder).batch_norm_anneal == float("inf")  # saved as the string "inf"
+    # A file from before decoder_learning_rate: it was trained with the encoder's rate, and loads so.
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["hyperparameters"]["decoder_learning_rate"], meta["extra"]["decoder_learning_rate_"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    old = ProdLDA.load(folder)
+    assert old.decoder_learning_rate == old.decoder_learning_rate_ == 0.01
+    with pytest.raises(ValueError, match="stop_words must be 'english', None or a list of words"):
+        ProdLDA(stop_words=("the", "a")).fit(counts)

@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -23,7 +24,7 @@ import torch
 from pyro import poutine
 
 import bayesgen
-from bayesgen._runtime import check_count, check_flag, check_real, resolve_device, to_numpy
+from bayesgen._runtime import check_count, check_flag, check_real, fresh_seed, resolve_device, to_numpy
 from bayesgen._typing import ModelFn, PathLikeStr
 from bayesgen.infer import ConvergenceCheck, SVIResult, param_scope, run_svi
 
@@ -54,8 +55,9 @@ class BayesianEstimator:
 
     _model_name: ClassVar[str] = "base"
     _registry: ClassVar[dict[str, str]] = {}
-    #: The runner's settings, checked alike in every estimator that has them
-    #: (None is accepted where it is the default, and for ``seed``: fresh randomness).
+    #: The runner's settings, checked alike in every estimator that has them. None passes where
+    #: it is the setting's default, for ``seed`` (fresh randomness) and ``convergence_rtol`` (no
+    #: convergence check), and for the names in ``_none_ok``.
     _shared_settings: ClassVar[dict[str, Any]] = {
         "num_steps": check_count,
         "num_epochs": check_count,
@@ -64,7 +66,7 @@ class BayesianEstimator:
         "num_samples": check_count,
         "patience": check_count,
         "average_last": lambda v, name: check_count(v, name, minimum=0),
-        "seed": lambda v, name: check_count(v, name, minimum=0),
+        "seed": lambda v, name: _check_seed(v, name),
         "learning_rate": lambda v, name: check_real(v, name, low=0.0),
         "final_lr_factor": lambda v, name: check_real(v, name, low=0.0, high=1.0, high_open=False),
         "convergence_rtol": lambda v, name: check_real(v, name, low=0.0, low_open=False),
@@ -96,12 +98,11 @@ class BayesianEstimator:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def _validate_settings(self) -> None:
-        """Check the settings (``fit`` calls it first, ``load`` on the saved ones); models extend it."""
-        self._check_shared_settings()
-        self.device_ = resolve_device(getattr(self, "device", "auto"))
+        """Check the settings by kind and range, naming a bad one, and resolve ``device``.
 
-    def _check_shared_settings(self) -> None:
-        """Check the settings every estimator shares (see ``_shared_settings``); called by ``fit``."""
+        ``fit`` calls it first and ``load`` on the saved settings. This checks the
+        shared ones (``_shared_settings``); models extend it, calling it first.
+        """
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         for name, check in self._shared_settings.items():
             if name not in defaults:
@@ -110,8 +111,13 @@ class BayesianEstimator:
             if value is None and (defaults[name] is None or name in ("seed", "convergence_rtol", *self._none_ok)):
                 continue
             check(value, name)
-        if "lr_schedule" in defaults and self.lr_schedule not in (None, "cosine", "exponential"):
-            raise ValueError(f"lr_schedule must be None, 'cosine' or 'exponential', got {self.lr_schedule!r}")
+        self.device_ = resolve_device(getattr(self, "device", "auto"))
+
+    def _method_seed(self, seed: int | None) -> int:
+        """The seed a method draws with: ``None`` means the estimator's ``seed`` (the same draws on every
+        call), and a fresh one when that is None too."""
+        seed = self.seed if seed is None else seed
+        return fresh_seed() if seed is None else int(seed)
 
     # ---------------------------------------------------------------- fitting
     def _check_fitted(self) -> None:
@@ -203,6 +209,7 @@ class BayesianEstimator:
         num_samples : int, default 1000
             Guide draws (one chain).
         seed : int or None, default 0
+            None: the estimator's ``seed``.
         prior : bool, default False
             Add ``prior`` and ``prior_predictive`` groups.
 
@@ -222,7 +229,7 @@ class BayesianEstimator:
             *args,
             num_samples=num_samples,
             param_state=self._param_state,
-            seed=seed,
+            seed=self._method_seed(seed),
             dims=dims,
             coords=coords,
             prior=prior,
@@ -242,7 +249,7 @@ class BayesianEstimator:
         model, guide = self._model_and_guide(for_arviz=True)
         args, kwargs = self._model_args(for_arviz=True)
         return vi_khat(model, guide, *args, num_samples=num_samples, param_state=self._param_state,
-                       max_plate_nesting=getattr(self, "_max_plate_nesting", None), seed=seed,
+                       max_plate_nesting=getattr(self, "_max_plate_nesting", None), seed=self._method_seed(seed),
                        device=self.device_, warn=warn, **kwargs)
 
     def nuts_check(self, num_samples: int = 1000, *, num_warmup: int = 500, num_chains: int = 2,
@@ -261,7 +268,7 @@ class BayesianEstimator:
             raise ValueError(f"{type(self).__name__} has {size} latent numbers; NUTS is offered for models with at "
                              f"most {self._nuts_max_latents} (fit fewer features, rows or classes to cross-check)")
         return nuts_compare(model, guide, *args, param_state=self._param_state, num_samples=num_samples,
-                            num_warmup=num_warmup, num_chains=num_chains, seed=seed, tolerance=tolerance, **kwargs)
+                            num_warmup=num_warmup, num_chains=num_chains, seed=self._method_seed(seed), tolerance=tolerance, **kwargs)
 
     _nuts_max_latents: ClassVar[int] = 1000
     _row_plate: ClassVar[str | None] = None
@@ -292,7 +299,7 @@ class BayesianEstimator:
         args, kwargs = self._model_args(for_arviz=True)
         return vi_khat_rows(model, guide, *args, plate=self._row_plate, num_samples=num_samples,
                             param_state=self._param_state, max_plate_nesting=getattr(self, "_max_plate_nesting", 1),
-                            seed=seed, device=self.device_, warn=warn, **kwargs)
+                            seed=self._method_seed(seed), device=self.device_, warn=warn, **kwargs)
 
     def sbc_check(self, num_simulations: int = 100, *, num_posterior_samples: int = 99, num_steps: int | None = None,
                   learning_rate: float | None = None, seed: int = 0, alpha: float = 0.01) -> Any:
@@ -315,7 +322,7 @@ class BayesianEstimator:
                       "max_plate_nesting": getattr(self, "_max_plate_nesting", None)}
         return sbc(model, guide, *args, num_simulations=num_simulations, num_posterior_samples=num_posterior_samples,
                    num_steps=steps, learning_rate=float(learning_rate), fit_kwargs=fit_kwargs, alpha=alpha,
-                   seed=seed, **kwargs)
+                   seed=self._method_seed(seed), **kwargs)
 
     # -------------------------------------------------------------- save/load
     def save(self, path: PathLikeStr) -> Path:
@@ -415,8 +422,12 @@ class BayesianEstimator:
         if bad:
             raise ModelFileError(f"{tensor_path} has missing or non-finite values in parameters {bad[:10]}")
         try:
-            est = target(**meta["hyperparameters"])
-            est._validate_settings()  # an edited setting is caught here, not at first use
+            est = target(**{k: _from_jsonable(v) for k, v in meta["hyperparameters"].items()})
+            # An edited setting is caught here, not at first use. The saved device need not exist on
+            # this machine (a GPU fit loads on a CPU): `device` below decides where the model computes.
+            saved_device, est.device = est.device, "cpu"
+            est._validate_settings()
+            est.device = saved_device
             for key, value in meta["fitted"].items():
                 setattr(est, key, value)
             est.device_ = resolve_device(device)
@@ -460,6 +471,24 @@ class BayesianEstimator:
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         return None
+
+
+def _check_seed(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (or None for fresh randomness), got {value!r}")
+    return int(value)
+
+
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _from_jsonable(value: Any) -> Any:
+    """Undo :func:`_jsonable` for a saved setting: non-finite floats were written as strings."""
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    if isinstance(value, str) and value in _NON_FINITE:  # no bayesgen setting takes these strings
+        return _NON_FINITE[value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -128,6 +128,7 @@ class NeuralEstimator(BayesianEstimator):
         checkpoint_every: int | None,
         resume: bool | PathLikeStr,
         desc: str,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """Run ``num_epochs`` epochs of minibatch SVI with per-epoch bookkeeping.
 
@@ -135,7 +136,8 @@ class NeuralEstimator(BayesianEstimator):
         better); with ``patience`` set, training stops after that many epochs
         without improvement and the best epoch's weights are restored. Sets
         ``history_``, ``best_epoch_``, ``losses_`` (per row), ``fit_seconds_``
-        and ``seconds_per_epoch_``.
+        and ``seconds_per_epoch_``. ``model_kwargs`` go to the model and guide
+        with ``args`` (whole-training-set tensors, like ``args``).
         """
         steps_per_epoch = n_train // int(self.batch_size)
         num_steps = steps_per_epoch * int(self.num_epochs)
@@ -184,6 +186,7 @@ class NeuralEstimator(BayesianEstimator):
                 resume=resume,
                 callback=end_of_epoch,
                 before_step=lambda step: self._before_step(step, num_steps),
+                **(model_kwargs or {}),
             )
         finally:
             self._set_training(False)

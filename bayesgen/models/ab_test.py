@@ -40,7 +40,7 @@ import torch
 from scipy import integrate, stats
 from torch.distributions import constraints
 
-from bayesgen._runtime import check_ci_prob, check_count, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_ci_prob, check_count, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -515,12 +515,11 @@ class BetaBinomialTest(BayesianEstimator):
 
     # ------------------------------------------------------------------ fit
     def _validate_settings(self) -> None:
-        self._check_shared_settings()
+        super()._validate_settings()  # shared settings and device
         self._prior = validate_prior(self.prior)
         if self.method not in ("svi", "exact"):
             raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
         check_ci_prob(self.ci_prob)
-        self.device_ = resolve_device(self.device)
 
     def fit(
         self,
@@ -731,7 +730,7 @@ class BetaBinomialTest(BayesianEstimator):
         """
         self._check_fitted()
         num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
-        seed = self.seed if seed is None else seed
+        seed = self._method_seed(seed)
         a = torch.as_tensor(self.posterior_alpha_, dtype=torch.float64)
         b = torch.as_tensor(self.posterior_beta_, dtype=torch.float64)
         with seeded(seed):
@@ -900,8 +899,9 @@ class BetaBinomialTest(BayesianEstimator):
         """
         self._check_fitted()
         n = self.trials_ if trials is None else validate_counts(np.zeros(len(self.names_)), trials, self.names_)[1]
+        seed = self._method_seed(seed)
         rates = self.posterior(num_samples, seed=seed).to_numpy()
-        with seeded(self.seed if seed is None else seed + 1):
+        with seeded(seed + 1):
             counts = dist.Binomial(torch.tensor(n), torch.tensor(rates)).sample()
         return pd.DataFrame(to_numpy(counts).astype(int), columns=self.names_)
 

@@ -49,7 +49,6 @@ from bayesgen._runtime import (
     check_flag,
     check_real,
     match_columns,
-    resolve_device,
     seeded,
     to_numpy,
 )
@@ -366,7 +365,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def _validate_settings(self) -> None:
         if self.covariance not in ("diag", "full", "lowrank"):
             raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
-        self._check_shared_settings()
+        super()._validate_settings()  # shared settings and device
         check_count(self.num_components, "num_components")
         check_count(self.rank, "rank")
         prior = self.anomaly_prior
@@ -376,7 +375,6 @@ class MixtureAnomalyDetector(BayesianEstimator):
             check_real(v, "anomaly_prior", low=0.0)
         check_real(self.anomaly_scale, "anomaly_scale", low=0.0)
         check_flag(self.enumerate, "enumerate")
-        self.device_ = resolve_device(self.device)
 
     def _as_matrix(self, X: Any, what: str = "X") -> tuple[np.ndarray, list[str]]:
         if isinstance(X, pd.DataFrame):
@@ -506,7 +504,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         from bayesgen.infer import param_scope
 
         kwargs = self._kwargs(marginal=True)
-        with param_scope(self._param_state), seeded(seed, self.device_), torch.no_grad():
+        with param_scope(self._param_state), seeded(self._method_seed(seed), self.device_), torch.no_grad():
             tr = poutine.trace(_vectorize(functools.partial(guide, init_loc=self._init_loc), num, -2)).get_trace(
                 self._x[:2], **kwargs)
         out = {name: site["value"] for name, site in tr.nodes.items()
@@ -601,7 +599,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Guide draws of the parameters (standardised scale)."""
         self._check_fitted()
-        return {k: to_numpy(v) for k, v in self._draws(check_count(num_samples, "num_samples"), self.seed if seed is None else seed).items()}
+        return {k: to_numpy(v) for k, v in self._draws(check_count(num_samples, "num_samples"), seed).items()}
 
     def plot(self, X: Any, labels: Any = None, *, threshold: float = 0.5) -> Any:
         """Two panels: anomaly probability by rank, and a 2-D projection coloured by probability."""

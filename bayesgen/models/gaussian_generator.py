@@ -72,7 +72,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from bayesgen._runtime import check_count, check_labels, check_real, fresh_seed, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_count, check_labels, check_real, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -767,7 +767,7 @@ class GaussianGenerator(BayesianEstimator):
 
     # ---------------------------------------------------------------- fit
     def _validate_settings(self) -> None:
-        self._check_shared_settings()
+        super()._validate_settings()  # shared settings and device
         if self.covariance not in ("diag", "full", "lowrank"):
             raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
         if self.method not in ("svi", "exact"):
@@ -785,9 +785,9 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError(f"noise must be 'isotropic' or 'diagonal', got {self.noise!r}")
         if self.init not in ("pca", "prior"):
             raise ValueError(f"init must be 'pca' or 'prior', got {self.init!r}")
-        ps = self.pooled_shrinkage
-        if not (ps == "auto" or (isinstance(ps, (int, float)) and not isinstance(ps, bool) and 0.0 <= float(ps) <= 1.0)):
-            raise ValueError(f"pooled_shrinkage must be 'auto' or a number in [0, 1], got {ps!r}")
+        if not (isinstance(self.pooled_shrinkage, str) and self.pooled_shrinkage == "auto"):
+            check_real(self.pooled_shrinkage, "pooled_shrinkage ('auto' or a number)", low=0.0, high=1.0,
+                       low_open=False, high_open=False)
         if self.constant_features not in ("error", "keep"):
             raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
         for name, zero_ok in (("class_concentration", False), ("prior_strength", False), ("shrinkage", True)):
@@ -797,10 +797,10 @@ class GaussianGenerator(BayesianEstimator):
         if self.clip is not None:
             if isinstance(self.clip, str) or not hasattr(self.clip, "__len__") or len(self.clip) != 2:
                 raise ValueError(f"clip must be (low, high), got {self.clip!r}")
-            lo, hi = (check_real(v, "clip") for v in self.clip)
+            lo, hi = (check_real(v, "clip", low=-math.inf, high=math.inf, low_open=False, high_open=False)
+                      for v in self.clip)  # one side may be open: (0, inf)
             if not lo < hi:
                 raise ValueError(f"clip must be (low, high) with low < high, got {self.clip}")
-        self.device_ = resolve_device(self.device)
 
     def fit(
         self,
@@ -1050,7 +1050,7 @@ class GaussianGenerator(BayesianEstimator):
         if self.method == "exact":
             return self._exact_joint_log_prob(x)
         num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
-        draws = self._draw_parameters(num, self.seed if seed is None else seed)
+        draws = self._draw_parameters(num, self._method_seed(seed))
         out = []
         chunk = max(1, 2_000_000 // max(1, x.shape[1] * len(self.classes_)))
         with torch.no_grad():
@@ -1162,9 +1162,7 @@ class GaussianGenerator(BayesianEstimator):
         """
         self._check_fitted()
         n = check_count(num_samples, "num_samples", minimum=0)
-        seed = self.seed if seed is None else seed
-        if seed is None:  # seed=None on the estimator too: fresh randomness
-            seed = fresh_seed()
+        seed = self._method_seed(seed)
         C = len(self.classes_)
         exact = self.method == "exact"
         if not exact:
@@ -1243,7 +1241,7 @@ class GaussianGenerator(BayesianEstimator):
             ``cov_factor`` (S, C, d, r) and ``cov_diag`` (S, C, d) for "lowrank".
         """
         self._check_fitted()
-        draws = {k: to_numpy(v).astype(float) for k, v in self._draw_parameters(check_count(num_samples, "num_samples"), self.seed if seed is None else seed).items()}
+        draws = {k: to_numpy(v).astype(float) for k, v in self._draw_parameters(check_count(num_samples, "num_samples"), self._method_seed(seed)).items()}
         scale = self._scale
         out = {"weights": draws["weights"], "loc": draws["loc"] * scale + self._shift}
         if self.covariance == "diag":

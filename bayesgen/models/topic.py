@@ -55,7 +55,6 @@ from bayesgen._runtime import (
     check_flag,
     check_real,
     match_columns,
-    resolve_device,
     seeded,
     to_numpy,
 )
@@ -248,6 +247,9 @@ def model(
     log_coef : Tensor, shape (n_docs,), optional
         :func:`log_multinomial_coef` of ``counts``, computed once instead of per step.
     """
+    if log_coef is not None and log_coef.shape != counts.shape[:1]:
+        raise ValueError(f"log_coef must hold one value per document of counts ({counts.shape[0]}), "
+                         f"got shape {tuple(log_coef.shape)}")
     pyro.module("decoder", decoder)
     with pyro.plate("document", counts.shape[0], subsample=subsample, device=counts.device) as idx:
         x = _rows(counts, idx)
@@ -334,7 +336,8 @@ class ProdLDA(NeuralEstimator):
         max(1, 600 / steps))``, so runs of 600 steps or more are unchanged
         (see benchmarks/RESULTS.md: on Reuters, 120 steps, it lifted diversity
         above LDA's; a fixed 4× rate on news, 1,440 steps, cut NPMI from
-        0.31 to −0.05). The rate used is ``decoder_learning_rate_``.
+        0.31 to −0.05). The rate planned for a fit is ``decoder_learning_rate_``
+        (a resumed fit continues its checkpoint's optimiser, rate included).
     beta1 : float, default 0.9
         Adam's first-moment decay. The paper used 0.99 (with lr 0.002); on the
         news benchmark 0.9 with lr 0.01 and dropout 0.4 gave held-out NPMI
@@ -451,7 +454,7 @@ class ProdLDA(NeuralEstimator):
 
     # ------------------------------------------------------------ settings
     def _validate_settings(self) -> None:
-        self._check_shared_settings()
+        super()._validate_settings()  # shared settings and device
         check_count(self.num_topics, "num_topics", minimum=2)
         check_count(self.hidden_dim, "hidden_dim")
         if int(self.batch_size) < 2:
@@ -466,8 +469,7 @@ class ProdLDA(NeuralEstimator):
         check_real(self.batch_norm_anneal, "batch_norm_anneal", low=0.0, low_open=False, high_open=False)
         check_real(self.relevance, "relevance", low=0.0, high=1.0, low_open=False, high_open=False)
         sw = self.stop_words
-        if not (sw is None or sw == "english" or (isinstance(sw, list | tuple | set | frozenset)
-                                                  and all(isinstance(w, str) for w in sw))):
+        if not (sw is None or sw == "english" or (isinstance(sw, list) and all(isinstance(w, str) for w in sw))):
             raise ValueError(f"stop_words must be 'english', None or a list of words, got {sw!r}")
         for name in ("min_df", "max_df"):  # a document count (int) or a share of documents (float in [0, 1])
             value = getattr(self, name)
@@ -479,7 +481,6 @@ class ProdLDA(NeuralEstimator):
             check_count(self.max_features, "max_features")
         if self.sparse not in ("auto", True, False):
             raise ValueError(f"sparse must be 'auto', True or False, got {self.sparse!r}")
-        self.device_ = resolve_device(self.device)
 
     def _resolve_decoder_learning_rate(self, num_steps: int) -> float:
         if self.decoder_learning_rate != "auto":
@@ -493,7 +494,13 @@ class ProdLDA(NeuralEstimator):
         from bayesgen.infer import make_optimizer
 
         adam = make_optimizer("adam", learning_rate=float(self.learning_rate), betas=(float(self.beta1), 0.999))
-        rates = {"decoder": float(getattr(self, "decoder_learning_rate_", self.learning_rate))}
+        if hasattr(self, "decoder_learning_rate_"):  # fitted (or being fitted): the resolved rate
+            decoder_rate = float(self.decoder_learning_rate_)
+        elif self.decoder_learning_rate == "auto":  # before fit the number of steps is unknown
+            decoder_rate = float(self.learning_rate)
+        else:
+            decoder_rate = float(self.decoder_learning_rate)
+        rates = {"decoder": decoder_rate}
 
         def per_param(name: str) -> dict[str, Any]:  # names as in nn.Module.named_parameters: "decoder.beta.weight"
             return {**adam.pt_optim_args, "lr": rates.get(name.split(".", 1)[0], float(self.learning_rate))}
@@ -570,19 +577,12 @@ class ProdLDA(NeuralEstimator):
         import functools
 
         loc, scale = dirichlet_laplace_prior(int(self.num_topics), float(self.concentration))
-        # Training (and the parameter rebuild on load, which runs the first training rows) scores
-        # the training documents, whose multinomial coefficients are computed once.
         m = functools.partial(model, decoder=self.decoder_, num_topics=int(self.num_topics), prior_loc=loc,
-                              prior_scale=scale, log_coef=None if for_arviz else self._train_log_coef())
+                              prior_scale=scale)
         g = functools.partial(guide, encoder=self.encoder_)
         functools.update_wrapper(m, model)
         functools.update_wrapper(g, guide)
         return m, g
-
-    def _train_log_coef(self) -> torch.Tensor:
-        if getattr(self, "_log_coef", None) is None or self._log_coef.shape[0] != self._x.shape[0]:
-            self._log_coef = log_multinomial_coef(self._x)
-        return self._log_coef
 
     def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
         rows = self._arviz_rows if for_arviz else torch.arange(min(int(self.batch_size), self._x.shape[0]))
@@ -639,7 +639,6 @@ class ProdLDA(NeuralEstimator):
             train.num_docs // int(self.batch_size) * int(self.num_epochs))
         self.sparse_ = self._use_sparse(train)
         self._x = self._tensor(train, self.sparse_)
-        self._log_coef = None
         self._arviz_rows = torch.arange(min(50, train.num_docs))
         with seeded(self.seed, self.device_):
             self._build_networks()
@@ -664,6 +663,8 @@ class ProdLDA(NeuralEstimator):
             checkpoint_every=checkpoint_every,
             resume=resume,
             desc="ProdLDA",
+            # The multinomial coefficients do not depend on the parameters: computed once, not per step.
+            model_kwargs={"log_coef": log_multinomial_coef(self._x)},
         )
         return self
 
@@ -764,7 +765,7 @@ class ProdLDA(NeuralEstimator):
         if pad:
             warnings.warn(f"{corpus.dropped} of {corpus.num_docs + corpus.dropped} documents have no word of the "
                           "model's vocabulary; their rows are NaN", UserWarning, stacklevel=2)
-        with torch.no_grad(), seeded(seed, self.device_):
+        with torch.no_grad(), seeded(self._method_seed(seed), self.device_):
             loc, scale = self.encoder_(x)
             theta = F.softmax(dist.Normal(loc, scale).sample((num_samples,)), dim=-1)
         t = to_numpy(theta)
@@ -786,7 +787,7 @@ class ProdLDA(NeuralEstimator):
         """
         num_samples = check_count(num_samples, "num_samples")
         x, corpus = self._eval_tensor(docs, vocabulary)
-        with seeded(seed, self.device_):
+        with seeded(self._method_seed(seed), self.device_):
             elbo = self._elbo_rows(x, num_samples)
         n = x.sum(-1)
         coef = torch.lgamma(n + 1) - torch.lgamma(x + 1).sum(-1)
@@ -813,6 +814,14 @@ class ProdLDA(NeuralEstimator):
     def posterior(self, num_samples: int = 100, docs: Any = None, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Draws of topic proportions theta for documents (default: the first 50 training documents).
 
+        Parameters
+        ----------
+        num_samples : int, default 100
+        docs : optional
+            Documents (as for :meth:`transform`).
+        seed : int, optional
+            Default: the estimator's ``seed`` (the same draws each call).
+
         Returns
         -------
         dict
@@ -820,7 +829,7 @@ class ProdLDA(NeuralEstimator):
         """
         self._check_fitted()
         x = _rows(self._x, self._arviz_rows.to(self.device_)) if docs is None else self._eval_tensor(docs)[0]
-        with torch.no_grad(), seeded(self.seed if seed is None else seed, self.device_):
+        with torch.no_grad(), seeded(self._method_seed(seed), self.device_):
             loc, scale = self.encoder_(x)
             theta = F.softmax(dist.Normal(loc, scale).sample((int(num_samples),)), dim=-1)
         return {"theta": to_numpy(theta)}
@@ -839,6 +848,7 @@ class ProdLDA(NeuralEstimator):
         docs : array_like of int, optional
             Training documents to include (default: the first 50).
         seed : int or None, default 0
+            None: the estimator's ``seed``.
         prior : bool, default False
         """
         import xarray as xr
@@ -899,7 +909,8 @@ class ProdLDA(NeuralEstimator):
         self.vocabulary_ = list(meta["vocabulary_"])
         self.sparse_ = bool(meta["sparse_"])
         self.dropped_documents_ = int(meta["dropped_documents_"])
-        # saved before the decoder had its own rate: it had the encoder's
+        if "decoder_learning_rate_" not in meta:  # saved before the decoder had its own rate: it had the encoder's
+            self.decoder_learning_rate = self.learning_rate
         self.decoder_learning_rate_ = float(meta.get("decoder_learning_rate_", self.learning_rate))
         self._set_history_meta(meta)
         self._x = tensors["x"].to(self.device_)

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayesgen._runtime import check_count, check_flag, check_labels, resolve_device, seeded, to_numpy
+from bayesgen._runtime import check_count, check_flag, check_labels, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 
@@ -441,7 +441,7 @@ class VAE(NeuralEstimator):
             raise ValueError(f"architecture must be 'mlp' or 'conv', got {self.architecture!r}")
         if self.likelihood not in _LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {_LIKELIHOODS}, got {self.likelihood!r}")
-        self._check_shared_settings()
+        super()._validate_settings()  # shared settings and device
         check_count(self.latent_dim, "latent_dim")
         for name in ("conditional", "jit", "amp"):
             check_flag(getattr(self, name), name)
@@ -455,7 +455,6 @@ class VAE(NeuralEstimator):
             if (isinstance(shape, str) or not hasattr(shape, "__len__") or len(shape) != 2
                     or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in shape)):
                 raise ValueError(f"image_shape must be two positive integers (height, width), got {shape!r}")
-        self.device_ = resolve_device(self.device)
 
     def _as_images(self, X: Any, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
         """Flatten 2-D/3-D/4-D image input to (n, D) float32; check type, NaN and support."""
@@ -746,6 +745,7 @@ class VAE(NeuralEstimator):
             Labels (conditional VAE).
         num_samples : int, default 1
         seed : int or None, default 0
+            None: the estimator's ``seed``.
 
         Returns
         -------
@@ -753,7 +753,7 @@ class VAE(NeuralEstimator):
         """
         x, yi = self._inputs(X, y)
         num_samples = check_count(num_samples, "num_samples")
-        with seeded(seed, self.device_):
+        with seeded(self._method_seed(seed), self.device_):
             vals = torch.stack([self._bound(x, yi, 1) for _ in range(num_samples)]).mean(0)
         return to_numpy(vals)
 
@@ -771,6 +771,7 @@ class VAE(NeuralEstimator):
         y : array_like, optional
         num_samples : int, default 500
         seed : int or None, default 0
+            None: the estimator's ``seed``.
 
         Returns
         -------
@@ -779,7 +780,7 @@ class VAE(NeuralEstimator):
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         x, yi = self._inputs(X, y)
-        with seeded(seed, self.device_):
+        with seeded(self._method_seed(seed), self.device_):
             return to_numpy(self._bound(x, yi, int(num_samples)))
 
     def posterior(self, num_samples: int = 100, X: Any = None, y: Any = None, *, seed: int | None = None) -> dict[str, np.ndarray]:
@@ -807,7 +808,7 @@ class VAE(NeuralEstimator):
             yi = self._y[self._arviz_rows] if self._y is not None else None
         else:
             x, yi = self._inputs(X, y)
-        with torch.no_grad(), seeded(self.seed if seed is None else seed, self.device_):
+        with torch.no_grad(), seeded(self._method_seed(seed), self.device_):
             loc, scale = self.encoder_(x, _onehot(yi, self.num_classes_, x))
             z = dist.Normal(loc, scale).sample((num_samples,))
         return {"z": to_numpy(z)}
@@ -879,7 +880,7 @@ class VAE(NeuralEstimator):
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         labels = None
-        with seeded(self.seed if seed is None else seed, self.device_):
+        with seeded(self._method_seed(seed), self.device_):
             if self.conditional:
                 if y is None or (isinstance(y, str) and y == "uniform"):
                     if y is None:
@@ -951,6 +952,7 @@ class VAE(NeuralEstimator):
         rows : array_like of int or slice, optional
             Training rows to include (default: the first 64).
         seed : int or None, default 0
+            None: the estimator's ``seed``.
         prior : bool, default False
 
         Returns
