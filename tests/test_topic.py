@@ -369,5 +369,8 @@ def test_settings_that_json_cannot_hold_and_older_files_load(tmp_path):
     (folder / "meta.json").write_text(json.dumps(meta))
     old = ProdLDA.load(folder)
     assert old.decoder_learning_rate == old.decoder_learning_rate_ == 0.01
+    words = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, stop_words=["nan", "inf"],
+                    seed=0).fit(counts)  # words that look like non-finite numbers stay words
+    assert ProdLDA.load(words.save(tmp_path / "words")).stop_words == ["nan", "inf"]
     with pytest.raises(ValueError, match="stop_words must be 'english', None or a list of words"):
         ProdLDA(stop_words=("the", "a")).fit(counts)

@@ -483,9 +483,12 @@ _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
 def _from_jsonable(value: Any) -> Any:
-    """Undo :func:`_jsonable` for a saved setting: non-finite floats were written as strings."""
+    """Undo :func:`_jsonable` for a saved setting: non-finite floats were written as strings.
+
+    Only a number's place is restored: a list of words (``stop_words=["nan", ...]``) stays as it is.
+    """
     if isinstance(value, list):
-        return [_from_jsonable(v) for v in value]
+        return [_from_jsonable(v) for v in value] if not all(isinstance(v, str) for v in value) else value
     if isinstance(value, str) and value in _NON_FINITE:  # no bayesgen setting takes these strings
         return _NON_FINITE[value]
     return value
