@@ -19,7 +19,7 @@ import torch
 
 from bayesgen._typing import DeviceLike
 
-__all__ = ["resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag", "check_ci_prob", "match_columns", "check_labels"]
+__all__ = ["resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag", "check_ci_prob", "match_columns", "check_labels", "as_feature_matrix"]
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
@@ -230,6 +230,42 @@ def match_columns(frame: Any, names: list[str], against: str, hint: str = "") ->
                          f"{listed(extra)}" + ("; duplicate column names" if len(given_set) != len(given) else "")
                          + hint)
     return frame.set_axis(given, axis=1)[list(names)]
+
+
+def as_feature_matrix(X: Any, what: str = "X", *, n_features: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """``X`` (an array, or a DataFrame of numeric columns) as a finite 2-D float matrix and its column names.
+
+    Booleans count as 0/1 and pandas' nullable columns are read with their
+    missing values as NaN. Raises TypeError naming non-numeric columns (or the
+    array's dtype), and ValueError for a shape that is not (rows, features),
+    no rows, a width other than ``n_features``, or NaN/inf (counted, the first
+    one located by row and column).
+    """
+    import pandas as pd
+
+    if isinstance(X, pd.DataFrame):
+        bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_complex_dtype(X[c])]
+        if bad:
+            raise TypeError(f"{what} has non-numeric columns {bad[:10]}; pass numeric columns only")
+        names = [str(c) for c in X.columns]
+        arr = X.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{what} must be real-valued numeric, got dtype {arr.dtype}")
+        arr = arr.astype(float)
+        names = [f"x{j}" for j in range(arr.shape[1])] if arr.ndim == 2 else []
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (rows, features), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{what} has no rows")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{what} has {arr.shape[1]} feature columns, expected {n_features}")
+    if not np.isfinite(arr).all():
+        rows, cols = np.nonzero(~np.isfinite(arr))
+        raise ValueError(f"{what} has {len(rows)} NaN or infinite values (first at row {rows[0]}, column "
+                         f"{names[cols[0]]!r})")
+    return arr, names
 
 
 def check_labels(y: Any, n_rows: int, what: str = "y") -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayesgen._runtime import check_count, check_labels, fresh_seed
+from bayesgen._runtime import as_feature_matrix, check_count, check_labels, fresh_seed
 
 __all__ = ["AugmentedData", "augment", "tstr", "memorization_check", "low_data_experiment", "default_classifier"]
 
@@ -63,28 +63,6 @@ class AugmentedData:
         frame[label] = self.y
         frame[flag] = self.synthetic.astype(int)
         return frame
-
-
-def _check_table(X: Any, what: str, n_features: int | None = None) -> np.ndarray:
-    """``X`` as a finite float matrix with at least one row, or a clear ValueError/TypeError."""
-    if isinstance(X, pd.DataFrame):
-        bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_complex_dtype(X[c])]
-        if bad:
-            raise TypeError(f"{what} has non-numeric columns {bad[:10]}")
-        X = X.to_numpy(dtype=float, na_value=np.nan)  # nullable Int64/Float64 columns included
-    arr = np.asarray(X)
-    if arr.dtype != bool and (not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating)):
-        raise TypeError(f"{what} must be real-valued numeric, got dtype {arr.dtype}")
-    arr = arr.astype(float)
-    if arr.ndim != 2:
-        raise ValueError(f"{what} must be 2-D (rows, features), got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{what} has no rows")
-    if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(f"{what} has {arr.shape[1]} feature columns, expected {n_features}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what} has {int((~np.isfinite(arr)).sum())} NaN or infinite values")
-    return arr
 
 
 def _check_known(labels: np.ndarray, classes: Sequence[Any], what: str) -> None:
@@ -148,7 +126,7 @@ def augment(
     """
     if not hasattr(generator, "sample"):
         raise TypeError(f"generator must have a sample(n, y=...) method, got {type(generator).__name__}")
-    arr = _check_table(X, "X")
+    arr = as_feature_matrix(X, "X")[0]
     labels = check_labels(y, len(arr), "y")
     if hasattr(generator, "fit") and not hasattr(generator, "losses_"):
         generator.fit(X, labels)
@@ -224,9 +202,9 @@ def tstr(
     dict
         ``tstr``, ``trtr`` accuracies and ``gap = trtr - tstr``.
     """
-    train = _check_table(X_train, "X_train")
+    train = as_feature_matrix(X_train, "X_train")[0]
     labels = check_labels(y_train, len(train), "y_train")
-    test = _check_table(X_test, "X_test", train.shape[1])
+    test = as_feature_matrix(X_test, "X_test", n_features=train.shape[1])[0]
     test_labels = check_labels(y_test, len(test), "y_test")
     if n_per_class is None:
         values, counts = np.unique(labels, return_counts=True)
@@ -280,9 +258,9 @@ def memorization_check(
 
     if not 0 < float(quantile) < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    train = _check_table(X_train, "X_train")
-    X_synthetic = _check_table(X_synthetic, "X_synthetic", train.shape[1])
-    X_holdout = _check_table(X_holdout, "X_holdout", train.shape[1])
+    train = as_feature_matrix(X_train, "X_train")[0]
+    X_synthetic = as_feature_matrix(X_synthetic, "X_synthetic", n_features=train.shape[1])[0]
+    X_holdout = as_feature_matrix(X_holdout, "X_holdout", n_features=train.shape[1])[0]
     index = NearestNeighbors(n_neighbors=1).fit(train)
     d_syn = index.kneighbors(np.asarray(X_synthetic, dtype=float))[0][:, 0]
     d_hold = index.kneighbors(np.asarray(X_holdout, dtype=float))[0][:, 0]
@@ -337,9 +315,9 @@ def low_data_experiment(
     pandas.DataFrame
         Columns ``k``, ``repeat``, ``real_only``, ``augmented``, ``gain``.
     """
-    X_train = _check_table(X_train, "X_train")
+    X_train = as_feature_matrix(X_train, "X_train")[0]
     labels = check_labels(y_train, len(X_train), "y_train")
-    X_test = _check_table(X_test, "X_test", X_train.shape[1])
+    X_test = as_feature_matrix(X_test, "X_test", n_features=X_train.shape[1])[0]
     y_test = check_labels(y_test, len(X_test), "y_test")
     k_per_class = [check_count(k, "k_per_class") for k in k_per_class]
     repeats = check_count(repeats, "repeats")

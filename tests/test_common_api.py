@@ -295,3 +295,22 @@ def test_every_plate_whose_index_is_used_names_its_device():
                     checked.append(f"{path.name}:{call.lineno}")
                     assert any(k.arg == "device" for k in call.keywords), f"{checked[-1]}: plate without device="
     assert len(checked) >= 6, checked
+
+
+def test_shared_feature_matrix_check():
+    # One check for the generator, the anomaly detector and the augmentation helpers.
+    from bayesgen._runtime import as_feature_matrix
+
+    arr, names = as_feature_matrix(pd.DataFrame({"a": [1, 2], "flag": [True, False]}))
+    np.testing.assert_array_equal(arr, [[1.0, 1.0], [2.0, 0.0]])
+    assert names == ["a", "flag"]
+    with pytest.raises(ValueError, match=r"1 NaN or infinite values \(first at row 1, column 'n'\)"):
+        as_feature_matrix(pd.DataFrame({"a": [1.0, 2.0], "n": pd.array([3, None], dtype="Int64")}))
+    with pytest.raises(TypeError, match=r"X_test has non-numeric columns \['s'\]"):
+        as_feature_matrix(pd.DataFrame({"s": ["x", "y"]}), "X_test")
+    with pytest.raises(TypeError, match="real-valued numeric, got dtype complex128"):
+        as_feature_matrix(np.ones((2, 2), dtype=complex))
+    with pytest.raises(ValueError, match="has 3 feature columns, expected 2"):
+        as_feature_matrix(np.ones((2, 3)), n_features=2)
+    with pytest.raises(ValueError, match="no rows"):
+        as_feature_matrix(np.ones((0, 3)))

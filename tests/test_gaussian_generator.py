@@ -214,7 +214,7 @@ def test_bad_frames_classes_and_settings():
     with pytest.raises(ValueError, match="label column 'label'"):
         GaussianGenerator(method="exact", covariance="diag").fit(frame, label="label")
     frame["name"] = "x"
-    with pytest.raises(TypeError, match="non-numeric columns: \\['name'\\]"):
+    with pytest.raises(TypeError, match=r"non-numeric columns \['name'\]"):
         GaussianGenerator(method="exact", covariance="diag").fit(frame, label="kind")
     with pytest.raises(ValueError, match="classes \\[3\\] have no rows"):
         GaussianGenerator(method="exact", covariance="diag").fit(X, y, classes=[0, 1, 2, 3])

@@ -44,6 +44,7 @@ from pyro.infer import config_enumerate
 from torch.distributions import biject_to, constraints
 
 from bayesgen._runtime import (
+    as_feature_matrix,
     check_ci_prob,
     check_count,
     check_flag,
@@ -376,36 +377,11 @@ class MixtureAnomalyDetector(BayesianEstimator):
         check_real(self.anomaly_scale, "anomaly_scale", low=0.0)
         check_flag(self.enumerate, "enumerate")
 
-    def _as_matrix(self, X: Any, what: str = "X") -> tuple[np.ndarray, list[str]]:
-        if isinstance(X, pd.DataFrame):
-            bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c])
-                   or pd.api.types.is_complex_dtype(X[c])]
-            if bad:
-                raise TypeError(f"{what} has non-numeric columns {bad[:10]}; pass numeric columns only")
-            names = [str(c) for c in X.columns]
-            arr = X.to_numpy(dtype=float)
-        else:
-            arr = np.asarray(X)
-            if (arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
-                    or np.issubdtype(arr.dtype, np.complexfloating)):
-                raise TypeError(f"{what} must be real-valued numeric, got dtype {arr.dtype}")
-            arr = arr.astype(float)
-            names = [f"x{j}" for j in range(arr.shape[1])] if arr.ndim == 2 else []
-        if arr.ndim != 2:
-            raise ValueError(f"{what} must be 2-D (rows, features), got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            rows, cols = np.nonzero(~np.isfinite(arr))
-            raise ValueError(f"{what} has {len(rows)} NaN or infinite values (first at row {rows[0]}, column "
-                             f"{names[cols[0]]!r})")
-        return arr, names
-
     def _check_new_x(self, X: Any) -> torch.Tensor:
         if isinstance(X, pd.DataFrame) and self.fitted_on_frame_:
             # Fitted on named columns: match new columns by name, never by position.
             X = match_columns(X, [str(c) for c in self.feature_names_], "the columns the detector was fitted on")
-        arr, _ = self._as_matrix(X)
-        if arr.shape[0] == 0:
-            raise ValueError("X has no rows")
+        arr, _ = as_feature_matrix(X)
         if arr.shape[1] != len(self.feature_names_):
             raise ValueError(f"X has {arr.shape[1]} columns; the detector was fitted on {len(self.feature_names_)} "
                              f"({self.feature_names_[:10]})")
@@ -427,7 +403,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         MixtureAnomalyDetector
         """
         self._validate_settings()
-        arr, names = self._as_matrix(X)
+        arr, names = as_feature_matrix(X)
         n, d = arr.shape
         if n <= d:
             raise ValueError(f"X has {n} rows and {d} features; need more rows than features")

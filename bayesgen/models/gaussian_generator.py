@@ -72,7 +72,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from bayesgen._runtime import check_count, check_labels, check_real, seeded, to_numpy
+from bayesgen._runtime import as_feature_matrix, check_count, check_labels, check_real, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
@@ -550,38 +550,21 @@ def validate_xy(
     ValueError
         Missing label column, wrong shapes, NaN/inf, fewer than two classes.
     """
-    if isinstance(X, pd.DataFrame):
-        frame = X
-        if label is not None:
-            if y is not None:
-                raise TypeError("give labels either as y or as label=<column>, not both")
-            if label not in frame.columns:
-                raise ValueError(f"label column {label!r} is not in the data; columns are {list(frame.columns)}")
-            y = frame[label].to_numpy()
-            frame = frame.drop(columns=[label])
-        bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
-        if bad:
-            raise TypeError(f"features must be numeric; non-numeric columns: {bad[:10]}")
-        names = [str(c) for c in frame.columns]
-        values = frame.to_numpy(dtype=float)
-    else:
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "iuf":
-            raise TypeError(f"features must be numeric, got dtype {arr.dtype}")
-        if arr.ndim != 2:
-            raise ValueError(f"X must be 2-D (n_rows, n_features), got shape {arr.shape}")
-        values = arr.astype(float)
-        names = [f"x{j}" for j in range(values.shape[1])]
+    if label is not None:
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError("label=<column> needs a DataFrame X; with an array pass the labels as y")
+        if y is not None:
+            raise TypeError("give labels either as y or as label=<column>, not both")
+        if label not in X.columns:
+            raise ValueError(f"label column {label!r} is not in the data; columns are {list(X.columns)}")
+        y = X[label].to_numpy()
+        X = X.drop(columns=[label])
+    values, names = as_feature_matrix(X)
     if y is None:
         raise ValueError("labels are required: pass y, or label=<column> with a DataFrame")
     labels = check_labels(y, len(values), "y")
     if values.shape[1] == 0:
         raise ValueError("X has no feature columns")
-    if not np.isfinite(values).all():
-        rows, cols = np.nonzero(~np.isfinite(values))
-        raise ValueError(
-            f"X has {len(rows)} NaN or infinite values (first at row {rows[0]}, feature {names[cols[0]]!r})"
-        )
     found = np.unique(labels)
     if len(found) < 2:
         raise ValueError(f"a class-conditional model needs at least two classes, got {found.tolist()}")
