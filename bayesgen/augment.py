@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayesgen._runtime import as_feature_matrix, check_count, check_labels, fresh_seed
+from bayesgen._runtime import as_feature_matrix, check_count, check_labels, check_real, fresh_seed
 
 __all__ = ["AugmentedData", "augment", "tstr", "memorization_check", "low_data_experiment", "default_classifier"]
 
@@ -153,7 +153,7 @@ def augment(
         if synth_x.shape[1] != arr.shape[1]:
             raise ValueError(f"X has {arr.shape[1]} feature columns but the generator makes rows of {synth_x.shape[1]}")
     else:
-        synth_x = np.empty((0, np.asarray(X).shape[1]))
+        synth_x = np.empty((0, arr.shape[1]))
         synth_y = np.empty(0, dtype=labels.dtype)
     if isinstance(X, pd.DataFrame):
         out_x: Any = pd.concat([X.reset_index(drop=True), pd.DataFrame(synth_x, columns=X.columns)], ignore_index=True)
@@ -195,7 +195,8 @@ def tstr(
         Synthetic rows per class; default the training class counts.
     classifier : callable, default :func:`default_classifier`
         Returns a fresh scikit-learn classifier.
-    seed : int, default 0
+    seed : int or None, default 0
+        None draws fresh randomness (not repeatable).
 
     Returns
     -------
@@ -217,8 +218,8 @@ def tstr(
         raise ValueError("n_per_class asks for no synthetic rows; TSTR needs some")
     Xs = np.concatenate([np.asarray(p[0], dtype=float) for p in parts])
     ys = np.concatenate([np.asarray(p[1]) for p in parts])
-    tstr_acc = float(classifier().fit(Xs, ys).score(X_test, y_test))
-    trtr_acc = float(classifier().fit(X_train, labels).score(X_test, y_test))
+    tstr_acc = float(classifier().fit(Xs, ys).score(test, test_labels))
+    trtr_acc = float(classifier().fit(train, labels).score(test, test_labels))
     return {"tstr": tstr_acc, "trtr": trtr_acc, "gap": trtr_acc - tstr_acc}
 
 
@@ -256,14 +257,13 @@ def memorization_check(
     """
     from sklearn.neighbors import NearestNeighbors
 
-    if not 0 < float(quantile) < 1:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    quantile = check_real(quantile, "quantile", low=0.0, high=1.0)
     train = as_feature_matrix(X_train, "X_train")[0]
     X_synthetic = as_feature_matrix(X_synthetic, "X_synthetic", n_features=train.shape[1])[0]
     X_holdout = as_feature_matrix(X_holdout, "X_holdout", n_features=train.shape[1])[0]
     index = NearestNeighbors(n_neighbors=1).fit(train)
-    d_syn = index.kneighbors(np.asarray(X_synthetic, dtype=float))[0][:, 0]
-    d_hold = index.kneighbors(np.asarray(X_holdout, dtype=float))[0][:, 0]
+    d_syn = index.kneighbors(X_synthetic)[0][:, 0]
+    d_hold = index.kneighbors(X_holdout)[0][:, 0]
     threshold = float(np.quantile(d_hold, quantile))
     copy_rate = float(np.mean(d_syn < threshold))
     limit = 2 * quantile if max_copy_rate is None else max_copy_rate

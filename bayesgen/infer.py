@@ -397,6 +397,7 @@ def make_optimizer(
     num_steps: int = 1000,
     clip_norm: float = 10.0,
     betas: tuple[float, float] = (0.9, 0.99),
+    module_learning_rates: Mapping[str, float] | None = None,
 ) -> pyro.optim.PyroOptim:
     """Build a Pyro optimiser, optionally with a learning-rate schedule.
 
@@ -423,6 +424,10 @@ def make_optimizer(
         tiny for thousands of iterations (on the A/B test with 1e5 trials per
         variant the guide's concentration reached 24% of the exact value in
         3000 steps with 0.999 and 99% with 0.99).
+    module_learning_rates : dict of {str: float}, optional
+        Learning rates for the parameters of named ``pyro.module``s, e.g.
+        ``{"decoder": 0.05}``; other parameters use ``learning_rate``. Not
+        combined with ``lr_schedule``.
 
     Returns
     -------
@@ -445,6 +450,15 @@ def make_optimizer(
         torch_cls, args = ClippedAdam, {"lr": learning_rate, "clip_norm": clip_norm, "betas": tuple(betas)}
     else:
         raise ValueError(f"optimizer={optimizer!r} is not 'adam', 'clipped_adam' or a PyroOptim")
+    if module_learning_rates:
+        if lr_schedule is not None:
+            raise ValueError("module_learning_rates cannot be combined with lr_schedule")
+        rates = {str(k): float(v) for k, v in module_learning_rates.items()}
+
+        def per_param(name: str) -> dict[str, Any]:  # Pyro's names as in nn.Module: "decoder.beta.weight"
+            return {**args, "lr": rates.get(name.split(".", 1)[0], float(learning_rate))}
+
+        return pyro.optim.PyroOptim(torch_cls, per_param)
     if lr_schedule is None:
         return pyro.optim.PyroOptim(torch_cls, args)
     if not 0 < final_lr_factor <= 1:

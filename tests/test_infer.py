@@ -368,3 +368,13 @@ def test_a_device_clean_model_is_not_run_under_a_device_scope():
                 pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
             assert _builds_tensors_off(dev, normal_model, normal_guide, (Y.to(dev),), {})
             assert not _builds_tensors_off(dev, clean_model, normal_guide, (Y.to(dev),), {})
+
+
+def test_module_learning_rates_need_no_schedule():
+    from bayesgen.infer import make_optimizer
+
+    optim = make_optimizer(learning_rate=0.01, module_learning_rates={"decoder": 0.05})
+    assert optim.pt_optim_args("decoder.beta.weight")["lr"] == 0.05
+    assert optim.pt_optim_args("encoder.fc1.weight")["lr"] == 0.01
+    with pytest.raises(ValueError, match="cannot be combined with lr_schedule"):
+        make_optimizer(lr_schedule="cosine", module_learning_rates={"decoder": 0.05})

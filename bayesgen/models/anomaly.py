@@ -475,10 +475,12 @@ class MixtureAnomalyDetector(BayesianEstimator):
                       "component": np.arange(int(self.num_components))}
 
     # ------------------------------------------------------------- draws
-    def _draws(self, num: int, seed: int | None) -> dict[str, torch.Tensor]:
+    def _draws(self, num: int | None, seed: int | None) -> dict[str, torch.Tensor]:
+        """``num`` guide draws of the parameters (None: the estimator's ``num_samples``)."""
         from bayesgen.arviz import _vectorize
         from bayesgen.infer import param_scope
 
+        num = check_count(self.num_samples if num is None else num, "num_samples")
         kwargs = self._kwargs(marginal=True)
         with param_scope(self._param_state), seeded(self._method_seed(seed), self.device_), torch.no_grad():
             tr = poutine.trace(_vectorize(functools.partial(guide, init_loc=self._init_loc), num, -2)).get_trace(
@@ -527,7 +529,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         x = self._check_new_x(X)
         if ci_prob is not None:
             ci_prob = check_ci_prob(ci_prob)
-        draws = self._draws(check_count(self.num_samples if num_samples is None else num_samples, "num_samples"), seed)
+        draws = self._draws(num_samples, seed)
         with torch.no_grad():
             log_w, table = self._tables(x, draws)
             joint = table + log_w
@@ -553,7 +555,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         """
         self._check_fitted()
         x = self._check_new_x(X)
-        draws = self._draws(check_count(self.num_samples if num_samples is None else num_samples, "num_samples"), seed)
+        draws = self._draws(num_samples, seed)
         with torch.no_grad():
             log_w, table = self._tables(x, draws)
             normal = torch.logsumexp(table[..., :-1] + draws["weights"].log(), -1)  # (S, n)
@@ -575,7 +577,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Guide draws of the parameters (standardised scale)."""
         self._check_fitted()
-        return {k: to_numpy(v) for k, v in self._draws(check_count(num_samples, "num_samples"), seed).items()}
+        return {k: to_numpy(v) for k, v in self._draws(num_samples, seed).items()}
 
     def plot(self, X: Any, labels: Any = None, *, threshold: float = 0.5) -> Any:
         """Two panels: anomaly probability by rank, and a 2-D projection coloured by probability."""

@@ -1066,18 +1066,10 @@ class GaussianGenerator(BayesianEstimator):
             if missing:
                 raise ValueError(f"X lacks feature columns {missing[:10]}")
             X = X[self.feature_names_]
-        arr = np.asarray(X)
-        if arr.dtype.kind not in "iuf":
-            raise TypeError(f"features must be numeric, got dtype {arr.dtype}")
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2 or arr.shape[1] != len(self.feature_names_):
-            raise ValueError(f"X must have {len(self.feature_names_)} feature columns, got shape {arr.shape}")
-        if arr.shape[0] == 0:
-            raise ValueError("X has no rows")
-        if not np.isfinite(arr).all():
-            raise ValueError("X has NaN or infinite values")
-        return (arr[:, ~self._constant].astype(float) - self._shift) / self._scale
+        elif np.ndim(X) == 1:  # one row
+            X = np.asarray(X)[None, :]
+        arr, _ = as_feature_matrix(X, n_features=len(self.feature_names_))
+        return (arr[:, ~self._constant] - self._shift) / self._scale
 
     # ---------------------------------------------------------------- verbs
     def predict_proba(self, X: Any, *, num_samples: int | None = None, seed: int | None = None) -> np.ndarray:

@@ -482,30 +482,19 @@ class ProdLDA(NeuralEstimator):
         if self.sparse not in ("auto", True, False):
             raise ValueError(f"sparse must be 'auto', True or False, got {self.sparse!r}")
 
-    def _resolve_decoder_learning_rate(self, num_steps: int) -> float:
+    def _resolve_decoder_learning_rate(self, num_steps: int | None) -> float:
+        """The decoder's rate for a run of ``num_steps`` (None: not known yet, so no raise for "auto")."""
         if self.decoder_learning_rate != "auto":
             return float(self.decoder_learning_rate)
-        return float(self.learning_rate) * min(5.0, max(1.0, 600.0 / max(num_steps, 1)))
+        return float(self.learning_rate) * min(5.0, max(1.0, 600.0 / max(num_steps or 600, 1)))
 
     @property
     def optimizer(self) -> Any:
-        import pyro.optim
-
         from bayesgen.infer import make_optimizer
 
-        adam = make_optimizer("adam", learning_rate=float(self.learning_rate), betas=(float(self.beta1), 0.999))
-        if hasattr(self, "decoder_learning_rate_"):  # fitted (or being fitted): the resolved rate
-            decoder_rate = float(self.decoder_learning_rate_)
-        elif self.decoder_learning_rate == "auto":  # before fit the number of steps is unknown
-            decoder_rate = float(self.learning_rate)
-        else:
-            decoder_rate = float(self.decoder_learning_rate)
-        rates = {"decoder": decoder_rate}
-
-        def per_param(name: str) -> dict[str, Any]:  # names as in nn.Module.named_parameters: "decoder.beta.weight"
-            return {**adam.pt_optim_args, "lr": rates.get(name.split(".", 1)[0], float(self.learning_rate))}
-
-        return pyro.optim.PyroOptim(adam.pt_optim_constructor, per_param)
+        decoder_rate = getattr(self, "decoder_learning_rate_", None) or self._resolve_decoder_learning_rate(None)
+        return make_optimizer("adam", learning_rate=float(self.learning_rate), betas=(float(self.beta1), 0.999),
+                              module_learning_rates={"decoder": decoder_rate})
 
     # ---------------------------------------------------------------- data
     def _to_corpus(self, docs: Any, vocabulary: Sequence[str] | None, *, fitted: bool) -> Corpus:

@@ -777,11 +777,10 @@ class VAE(NeuralEstimator):
         -------
         numpy.ndarray, shape (n_rows,)
         """
-        if int(num_samples) < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        num_samples = check_count(num_samples, "num_samples")
         x, yi = self._inputs(X, y)
         with seeded(self._method_seed(seed), self.device_):
-            return to_numpy(self._bound(x, yi, int(num_samples)))
+            return to_numpy(self._bound(x, yi, num_samples))
 
     def posterior(self, num_samples: int = 100, X: Any = None, y: Any = None, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Draws of every row's latent z from q(z | x).
@@ -877,8 +876,7 @@ class VAE(NeuralEstimator):
         y : numpy.ndarray, shape (n,), or None for an unconditional VAE
         """
         self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = check_count(n, "n", minimum=0)
         labels = None
         with seeded(self._method_seed(seed), self.device_):
             if self.conditional:
@@ -887,14 +885,14 @@ class VAE(NeuralEstimator):
                         counts = torch.as_tensor(self.class_counts_, dtype=torch.float32)
                     else:
                         counts = torch.ones(self.num_classes_)
-                    idx = torch.multinomial(counts.cpu(), int(n), replacement=True) if n else torch.zeros(0, dtype=torch.int64)
+                    idx = torch.multinomial(counts.cpu(), n, replacement=True) if n else torch.zeros(0, dtype=torch.int64)
                     labels = self.classes_[idx.numpy()]
                 else:
                     labels = np.asarray(y)
                     labels = np.full(int(n), labels.item()) if labels.ndim == 0 else labels
                     if len(labels) != n:
                         raise ValueError(f"y has {len(labels)} labels for n={n} rows")
-                yi = self._labels_to_index(labels, int(n))
+                yi = self._labels_to_index(labels, n)
             elif y is not None:
                 raise ValueError("this VAE is not conditional; refit with conditional=True to sample a class")
             else:
@@ -925,17 +923,16 @@ class VAE(NeuralEstimator):
         numpy.ndarray, shape (steps, n_pixels)
         """
         self._check_fitted()
-        if int(steps) < 2:
-            raise ValueError(f"steps must be >= 2, got {steps}")
+        steps = check_count(steps, "steps", minimum=2)
         ends = [np.asarray(x1, dtype=np.float32).reshape(-1), np.asarray(x2, dtype=np.float32).reshape(-1)]
         if ends[0].size != ends[1].size:
             raise ValueError(f"x1 and x2 must be two rows of the same size, got {ends[0].size} and {ends[1].size} values")
         pair = np.stack(ends)
         labels = None if y is None else np.full(2, y)
         loc, _ = self.encode(pair, labels)
-        t = np.linspace(0.0, 1.0, int(steps))[:, None]
+        t = np.linspace(0.0, 1.0, steps)[:, None]
         path = (1 - t) * loc[0] + t * loc[1]
-        return self.decode(path, None if y is None else np.full(int(steps), y))
+        return self.decode(path, None if y is None else np.full(steps, y))
 
     def to_arviz(
         self, num_samples: int = 100, *, rows: Any = None, seed: int | None = 0, prior: bool = False
