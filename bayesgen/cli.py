@@ -262,6 +262,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     det = MixtureAnomalyDetector(
         num_components=args.components,
         covariance=args.covariance,
+        anomaly=args.anomaly,
         num_steps=args.num_steps,
         device=args.device,
         seed=args.seed,
@@ -362,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--csv", required=True, help="CSV of numeric columns")
     an.add_argument("--columns", help="comma-separated columns to model (default: all)")
     an.add_argument("--out", required=True, help="output CSV: the rows plus anomaly_probability and anomaly (0/1)")
-    an.add_argument("--components", type=int, default=2, help="Gaussian components of normal behaviour")
+    an.add_argument("--components", type=int, default=1, help="Gaussian components of normal behaviour")
     an.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="full")
+    an.add_argument("--anomaly", choices=["inflated", "student_t"], default="inflated",
+                    help="the anomaly component: a learnt, inflated Gaussian or a fixed Student-t")
     an.add_argument("--threshold", type=float, default=0.5, help="flag rows with P(anomaly) above this")
     an.add_argument("--num-steps", type=int, default=1500)
     an.add_argument("--device", default="auto")

@@ -55,9 +55,11 @@ def test_score_samples_is_a_raw_scale_density(fitted):
 
 
 @pytest.mark.parametrize("covariance", ["diag", "full", "lowrank"])
-def test_enumerated_and_marginalised_elbos_are_equal(covariance):
+@pytest.mark.parametrize("anomaly", ["inflated", "student_t"])
+def test_enumerated_and_marginalised_elbos_are_equal(covariance, anomaly):
     X, _ = planted(n_normal=100, n_anomalies=5)
-    det = MixtureAnomalyDetector(covariance=covariance, num_steps=5, seed=0).fit(X)
+    det = MixtureAnomalyDetector(covariance=covariance, anomaly=anomaly, num_components=2, num_steps=5,
+                                 seed=0).fit(X)
     kwargs = det._kwargs(marginal=True)
     x = det._x
     from bayesgen.infer import param_scope
@@ -83,9 +85,14 @@ def test_enumerated_fit_matches_the_marginalised_fit():
     np.testing.assert_array_equal(a.predict(X), b.predict(X))
 
 
-def test_model_and_guide_share_sites():
+@pytest.mark.parametrize(("settings", "extra"), [
+    ({"num_components": 2}, {"weights", "anomaly_loc", "anomaly_excess"}),
+    ({"num_components": 1}, {"anomaly_loc", "anomaly_excess"}),
+    ({"num_components": 2, "anomaly": "student_t"}, {"weights"}),
+])
+def test_model_and_guide_share_sites(settings, extra):
     X, _ = planted(n_normal=60, n_anomalies=3)
-    det = MixtureAnomalyDetector(num_steps=2, seed=0).fit(X)
+    det = MixtureAnomalyDetector(num_steps=2, seed=0, **settings).fit(X)
     from bayesgen.infer import param_scope
 
     with param_scope(det._param_state):
@@ -95,8 +102,68 @@ def test_model_and_guide_share_sites():
         return {n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
                 and not site_is_subsample(s)}
 
-    assert latent(m) == latent(g) == {"anomaly_fraction", "weights", "loc", "scale", "corr_tril"}
+    assert latent(m) == latent(g) == {"anomaly_fraction", "loc", "scale", "corr_tril"} | extra
     assert torch.isfinite(m.log_prob_sum())
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full", "lowrank"])
+@pytest.mark.parametrize("K", [1, 3])
+def test_inflated_component_is_the_normal_part_moment_matched_and_inflated(covariance, K):
+    """Its covariance is (1 + excess) × the covariance of the normal mixture, by the law of total variance."""
+    from bayesgen.models.anomaly import anomaly_distribution
+
+    rng = np.random.default_rng(1)
+    d, r = 4, 2
+    params = {"loc": torch.tensor(rng.normal(size=(K, d))), "scale": torch.tensor(rng.uniform(0.5, 2, (K, d)))}
+    covs = np.stack([np.diag(s ** 2) for s in params["scale"].numpy()])
+    if covariance == "full":
+        a = rng.normal(size=(K, d, d))
+        cov = np.einsum("kij,klj->kil", a, a) + np.eye(d)
+        sd = np.sqrt(np.einsum("kii->ki", cov))
+        corr = cov / sd[:, :, None] / sd[:, None, :]
+        params["corr_tril"] = torch.linalg.cholesky(torch.tensor(corr))
+        s = params["scale"].numpy()
+        covs = corr * s[:, :, None] * s[:, None, :]
+    elif covariance == "lowrank":
+        params["cov_factor"] = torch.tensor(rng.normal(size=(K, d, r)))
+        covs = covs + np.einsum("kir,kjr->kij", params["cov_factor"].numpy(), params["cov_factor"].numpy())
+    w = rng.dirichlet(np.ones(K))
+    mu = params["loc"].numpy()
+    mean = w @ mu
+    total = np.einsum("k,kij->ij", w, covs + np.einsum("ki,kj->kij", mu, mu)) - np.outer(mean, mean)
+    centre, excess = torch.tensor(rng.normal(size=d)), torch.tensor(2.5, dtype=torch.float64)
+    broad = anomaly_distribution("inflated", {}, params, torch.tensor(w), covariance, centre, excess)
+    np.testing.assert_allclose(broad.covariance_matrix.numpy(), 3.5 * total, rtol=1e-10)
+    np.testing.assert_allclose(broad.mean.numpy(), centre.numpy())
+    # A batch of draws (S, 1) as the estimator's _tables and the vectorised model give them.
+    batched = anomaly_distribution(
+        "inflated", {}, {k: v.expand(5, *v.shape) for k, v in params.items()},
+        torch.tensor(w).expand(5, 1, K), covariance, centre.expand(5, 1, d), excess.expand(5, 1))
+    x = torch.tensor(rng.normal(size=(7, d)))
+    np.testing.assert_allclose(batched.log_prob(x).numpy(), broad.log_prob(x).expand(5, 7).numpy(), rtol=1e-10)
+
+
+def test_student_t_component_and_files_saved_before_the_inflated_one(tmp_path):
+    import json
+
+    X, y = planted(n_normal=300, n_anomalies=15)
+    det = MixtureAnomalyDetector(anomaly="student_t", num_components=2, num_steps=400, seed=0).fit(X)
+    flags = det.predict(X).astype(bool)
+    assert flags[y].mean() >= 0.8 and y[flags].mean() >= 0.8
+    # A file from before the setting existed: no "anomaly" setting, no excess hyperparameters.
+    det.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "meta.json").read_text())
+    del meta["hyperparameters"]["anomaly"]
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
+    tensors = torch.load(tmp_path / "old" / "tensors.pt", weights_only=True)
+    for key in ("hyper.excess_center", "hyper.excess_sd"):
+        del tensors[key]
+    torch.save(tensors, tmp_path / "old" / "tensors.pt")
+    back = MixtureAnomalyDetector.load(tmp_path / "old", device=det.device_)
+    assert back.anomaly == "student_t"
+    np.testing.assert_allclose(back.predict_proba(X[:20]), det.predict_proba(X[:20]), atol=1e-6)
+    with pytest.raises(ValueError, match="anomaly must be 'inflated' or 'student_t'"):
+        MixtureAnomalyDetector(anomaly="uniform", num_steps=5).fit(X)
 
 
 def test_to_arviz_log_likelihood_per_row_and_loo(fitted):

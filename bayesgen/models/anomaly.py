@@ -7,11 +7,19 @@ Generative story, for rows i = 1..n of standardised features (d of them)::
     loc_k, cov_k      ~ priors below, k = 1..K
     z_i               ~ Categorical([(1 - f) w_1, ..., (1 - f) w_K, f])
     x_i | z_i = k     ~ MultivariateNormal(loc_k, cov_k)             (normal behaviour)
-    x_i | z_i = K + 1 ~ StudentT(df=3, 0, anomaly_scale) per feature (the broad anomaly component)
+    x_i | z_i = K + 1 ~ the broad anomaly component:
 
-Features are standardised inside the estimator (the transform is saved), so the
-anomaly component — centred on the data, three times its spread, heavy-tailed —
-is broad whatever the units. Covariance of the normal components: ``"diag"``
+* ``anomaly="inflated"`` (default): ``MultivariateNormal(anomaly_loc, (1 + anomaly_excess) Σ)``
+  with ``anomaly_loc ~ Normal(0, 3)`` per feature, ``anomaly_excess ~ LogNormal(log 4, 1.5)``
+  and Σ the covariance of the normal part (Σ_k w_k cov_k plus the spread of the loc_k). Its
+  centre and breadth are learnt, and it is broader than normal behaviour in every direction
+  whatever the columns' shapes: a contaminated normal model (Punzo & McNicholas 2016) with
+  its own centre.
+* ``anomaly="student_t"``: ``StudentT(df=3, 0, anomaly_scale)`` per feature, fixed: centred
+  on the data, ``anomaly_scale`` times its robust spread, heavy-tailed.
+
+Features are standardised inside the estimator (median and MAD; the transform is saved),
+so both are broad whatever the units. Covariance of the normal components: ``"diag"``
 (LogNormal scales), ``"full"`` (LKJ correlation × LogNormal scales) or
 ``"lowrank"`` (Normal factors plus a diagonal).
 
@@ -25,6 +33,8 @@ References
 ----------
 Bishop (2006), Pattern recognition and machine learning, ch. 9 (mixtures).
 Lewandowski, Kurowicka & Joe (2009), Generating random correlation matrices (LKJ).
+Punzo & McNicholas (2016), Parsimonious mixtures of multivariate contaminated normal
+distributions, Biometrical Journal 58(6).
 """
 
 from __future__ import annotations
@@ -56,9 +66,10 @@ from bayesgen._runtime import (
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
-__all__ = ["ComponentMixture", "MixtureAnomalyDetector", "guide", "mixture_log_weights", "model"]
+__all__ = ["ComponentMixture", "MixtureAnomalyDetector", "anomaly_distribution", "guide", "mixture_log_weights", "model"]
 
 Covariance = Literal["diag", "full", "lowrank"]
+AnomalyKind = Literal["inflated", "student_t"]
 
 
 # ------------------------------------------------------------- distribution
@@ -166,6 +177,54 @@ def mixture_log_weights(frac: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     return torch.cat([torch.log1p(-frac).unsqueeze(-1) + weights.log(), frac.log().unsqueeze(-1)], dim=-1)
 
 
+def anomaly_distribution(
+    kind: AnomalyKind,
+    hyper: dict[str, torch.Tensor],
+    params: dict[str, torch.Tensor],
+    weights: torch.Tensor,
+    covariance: Covariance,
+    anomaly_loc: torch.Tensor | None = None,
+    anomaly_excess: torch.Tensor | None = None,
+) -> dist.TorchDistribution:
+    """The broad anomaly component, batched like ``anomaly_loc`` (or unbatched for "student_t").
+
+    ``"student_t"``: Student-t with 3 degrees of freedom, centred on the data, scale
+    ``anomaly_scale`` per feature. ``"inflated"``: Normal with its own centre and
+    ``1 + anomaly_excess`` times the covariance of the normal part (the components'
+    weighted covariances plus the spread of their centres), so it is broader than
+    normal behaviour in every direction, whatever the data's shape.
+    """
+    d = params["loc"].shape[-1]
+    if kind == "student_t":
+        loc = hyper["anomaly_scale"].new_zeros(d)
+        return dist.StudentT(hyper["anomaly_df"], loc, hyper["anomaly_scale"]).to_event(1)
+    if anomaly_loc is None or anomaly_excess is None:
+        raise ValueError("the inflated anomaly component needs anomaly_loc and anomaly_excess")
+    batch = anomaly_loc.shape[:-1]
+    loc, scale = params["loc"], params["scale"]  # (..., K, d)
+    w = torch.broadcast_to(weights.squeeze(-2) if weights.dim() > 1 else weights, loc.shape[:-1]).unsqueeze(-1)
+    centre = (w * loc).sum(-2, keepdim=True)
+    between = ((loc - centre) * w.sqrt()).transpose(-1, -2)  # (..., d, K): the spread of the centres
+    inflation = 1.0 + anomaly_excess
+    if covariance == "full":
+        tril = scale.unsqueeze(-1) * params["corr_tril"]
+        if loc.shape[-2] == 1:  # one component: its own Cholesky factor, no decomposition to fail
+            tril = tril.squeeze(-3)
+        else:
+            cov = (w.unsqueeze(-1) * tril @ tril.transpose(-1, -2)).sum(-3) + between @ between.transpose(-1, -2)
+            tril = torch.linalg.cholesky(cov)
+        tril = tril.reshape(*batch, d, d) * inflation.sqrt()[..., None, None]
+        return dist.MultivariateNormal(anomaly_loc, scale_tril=tril)
+    factors = [between]
+    if covariance == "lowrank":
+        f = params["cov_factor"] * w.unsqueeze(-1).sqrt()  # (..., K, d, r)
+        factors.append(f.transpose(-3, -2).reshape(*f.shape[:-3], d, -1))
+    factor = torch.cat(factors, -1)
+    factor = factor.reshape(*batch, d, factor.shape[-1]) * inflation.sqrt()[..., None, None]
+    diag = (w * scale.pow(2)).sum(-2).reshape(*batch, d) * inflation[..., None]
+    return dist.LowRankMultivariateNormal(anomaly_loc, factor, diag)
+
+
 def model(
     x: torch.Tensor,
     subsample: torch.Tensor | None = None,
@@ -175,6 +234,7 @@ def model(
     covariance: Covariance = "diag",
     rank: int = 2,
     marginal: bool = True,
+    anomaly: AnomalyKind = "inflated",
 ) -> None:
     """Mixture of normal components and a broad anomaly component.
 
@@ -194,6 +254,11 @@ def model(
     marginal : bool, default True
         Sum z out in the likelihood (True, for ``Trace_ELBO``) or sample it as
         an enumerated site ``z`` (False, for ``TraceEnum_ELBO``).
+    anomaly : {"inflated", "student_t"}, default "inflated"
+        The anomaly component (see :func:`anomaly_distribution`). "inflated"
+        adds two global sites: ``anomaly_loc`` (its centre) and
+        ``anomaly_excess`` (its covariance is ``1 + anomaly_excess`` times the
+        normal part's).
     """
     K, d = num_components, x.shape[-1]
     frac = pyro.sample("anomaly_fraction", dist.Beta(hyper["frac_a"], hyper["frac_b"]))
@@ -204,18 +269,22 @@ def model(
     with pyro.plate("component", K):
         params = _component_params(hyper, covariance, d, rank)
     log_weights = mixture_log_weights(frac, weights)
-    anomaly = dist.StudentT(hyper["anomaly_df"], x.new_zeros(d), hyper["anomaly_scale"]).to_event(1)
+    a_loc = a_excess = None
+    if anomaly == "inflated":
+        a_loc = pyro.sample("anomaly_loc", dist.Normal(hyper["loc_center"].expand(d), hyper["loc_scale"]).to_event(1))
+        a_excess = pyro.sample("anomaly_excess", dist.LogNormal(hyper["excess_center"], hyper["excess_sd"]))
+    broad = anomaly_distribution(anomaly, hyper, params, weights, covariance, a_loc, a_excess)
 
     def table(v: torch.Tensor) -> torch.Tensor:
         normal = normal_log_prob(v, params, covariance)
-        return torch.cat([normal, anomaly.log_prob(v).expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
+        return torch.cat([normal, broad.log_prob(v).expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
 
     with pyro.plate("row", x.shape[0], subsample=subsample, device=x.device) as idx:
         xi = x.index_select(0, idx)
 
         def draw(index: torch.Tensor) -> torch.Tensor:
             normal = _normal_sample(params, covariance, index.clamp(max=K - 1))
-            return torch.where((index == K).unsqueeze(-1), anomaly.sample(index.shape), normal)
+            return torch.where((index == K).unsqueeze(-1), broad.expand(index.shape).sample(), normal)
 
         shape = torch.broadcast_shapes(log_weights.shape[:-1], (len(idx),))
         if marginal:
@@ -235,6 +304,7 @@ def guide(
     covariance: Covariance = "diag",
     rank: int = 2,
     marginal: bool = True,
+    anomaly: AnomalyKind = "inflated",
     init_loc: torch.Tensor | None = None,
 ) -> None:
     """Mean-field guide for :func:`model` (same signature, plus ``init_loc`` (K, d) starting centres)."""
@@ -246,6 +316,13 @@ def guide(
     if K > 1:
         conc = pyro.param("weights_concentration", lambda: x.new_full((K,), 10.0), constraint=pos)
         pyro.sample("weights", dist.Dirichlet(conc))
+    if anomaly == "inflated":
+        a_loc = pyro.param("anomaly_loc_loc", lambda: x.new_zeros(d))
+        a_sd = pyro.param("anomaly_loc_scale", lambda: x.new_full((d,), 0.1), constraint=pos)
+        pyro.sample("anomaly_loc", dist.Normal(a_loc, a_sd).to_event(1))
+        e_loc = pyro.param("anomaly_excess_loc", lambda: hyper["excess_center"].clone())
+        e_sd = pyro.param("anomaly_excess_scale", lambda: x.new_tensor(0.1), constraint=pos)
+        pyro.sample("anomaly_excess", dist.LogNormal(e_loc, e_sd))
     with pyro.plate("component", K):
         start = init_loc if init_loc is not None else x.new_zeros(K, d)
         loc = pyro.param("loc_loc", lambda: start.clone())
@@ -272,17 +349,21 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     Parameters
     ----------
-    num_components : int, default 2
-        Gaussian components of normal behaviour (choose by LOO: ``to_arviz``
+    num_components : int, default 1
+        Gaussian components of normal behaviour (compare by LOO: ``to_arviz``
         stores the per-row log-likelihood).
     covariance : {"diag", "full", "lowrank"}, default "full"
     rank : int, default 2
         Factors of "lowrank".
+    anomaly : {"inflated", "student_t"}, default "inflated"
+        The anomaly component: a Gaussian with a learnt centre and a learnt
+        multiple (> 1) of the normal part's covariance, or the fixed Student-t
+        of earlier versions (files saved before this setting load with it).
     anomaly_prior : (float, float), default (1.0, 19.0)
         Beta prior on the anomaly fraction (mean 5 %).
     anomaly_scale : float, default 3.0
-        Scale of the anomaly component (Student-t, 3 degrees of freedom), in
-        standardised units.
+        Scale of the "student_t" anomaly component (3 degrees of freedom), in
+        standardised units; unused by "inflated".
     enumerate : bool, default False
         Enumerate the assignment with ``TraceEnum_ELBO`` instead of summing it
         out in the likelihood with ``Trace_ELBO`` (same ELBO, both tested).
@@ -322,9 +403,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def __init__(
         self,
         *,
-        num_components: int = 2,
+        num_components: int = 1,
         covariance: Covariance = "full",
         rank: int = 2,
+        anomaly: AnomalyKind = "inflated",
         anomaly_prior: tuple[float, float] = (1.0, 19.0),
         anomaly_scale: float = 3.0,
         enumerate: bool = False,
@@ -342,6 +424,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self.num_components = num_components
         self.covariance = covariance
         self.rank = rank
+        self.anomaly = anomaly
         self.anomaly_prior = anomaly_prior
         self.anomaly_scale = anomaly_scale
         self.enumerate = enumerate
@@ -366,6 +449,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def _validate_settings(self) -> None:
         if self.covariance not in ("diag", "full", "lowrank"):
             raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
+        if self.anomaly not in ("inflated", "student_t"):
+            raise ValueError(f"anomaly must be 'inflated' or 'student_t', got {self.anomaly!r}")
         super()._validate_settings()  # shared settings and device
         check_count(self.num_components, "num_components")
         check_count(self.rank, "rank")
@@ -437,6 +522,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
             "log_scale_center": t(0.0), "log_scale_sd": t(1.0),
             "lkj_concentration": t(1.0), "factor_scale": t(0.5),
             "anomaly_df": t(3.0), "anomaly_scale": t(float(self.anomaly_scale)),
+            "excess_center": t(math.log(4.0)), "excess_sd": t(1.5),
         }
         K = int(self.num_components)
         # k-means++-style start: spread the centres over the data (the row nearest the middle first).
@@ -455,7 +541,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     def _kwargs(self, marginal: bool | None = None) -> dict[str, Any]:
         return {"hyper": self._hyper, "num_components": int(self.num_components), "covariance": self.covariance,
-                "rank": int(self.rank), "marginal": (not self.enumerate) if marginal is None else marginal}
+                "rank": int(self.rank), "marginal": (not self.enumerate) if marginal is None else marginal,
+                "anomaly": self.anomaly}
 
     def _model_and_guide(self, for_arviz: bool = False) -> tuple:
         m = config_enumerate(model) if self.enumerate and not for_arviz else model
@@ -469,7 +556,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     def _arviz_dims(self) -> tuple[dict, dict]:
         dims = {"loc": ["component", "feature"], "scale": ["component", "feature"], "x": ["row", "feature"],
-                "weights": ["component"], "corr_tril": ["component", "feature", "feature_bis"],
+                "weights": ["component"], "anomaly_loc": ["feature"], "corr_tril": ["component", "feature", "feature_bis"],
                 "cov_factor": ["component", "feature", "factor"]}
         return dims, {"feature": self.feature_names_, "feature_bis": self.feature_names_,
                       "component": np.arange(int(self.num_components))}
@@ -490,6 +577,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
         K = int(self.num_components)
         out["anomaly_fraction"] = out["anomaly_fraction"].reshape(num, 1)
         out["weights"] = out["weights"].reshape(num, 1, K) if K > 1 else torch.ones(num, 1, 1, device=self.device_)
+        if self.anomaly == "inflated":
+            out["anomaly_loc"] = out["anomaly_loc"].reshape(num, 1, -1)
+            out["anomaly_excess"] = out["anomaly_excess"].reshape(num, 1)
         return out
 
     def _tables(self, x: torch.Tensor, draws: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,8 +588,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         weights = draws["weights"]  # (S, 1, K)
         params = {k: v for k, v in draws.items() if k in ("loc", "scale", "corr_tril", "cov_factor")}
         normal = normal_log_prob(x, params, self.covariance)  # (S, n, K)
-        anomaly = dist.StudentT(self._hyper["anomaly_df"], x.new_zeros(x.shape[-1]), self._hyper["anomaly_scale"]
-                                ).to_event(1).log_prob(x)  # (n,)
+        anomaly = anomaly_distribution(self.anomaly, self._hyper, params, weights, self.covariance,
+                                       draws.get("anomaly_loc"), draws.get("anomaly_excess")).log_prob(x)  # (S or 1, n)
         table = torch.cat([normal, anomaly.expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
         return mixture_log_weights(frac, weights), table
 
@@ -629,3 +719,5 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._scale = to_numpy(tensors["scale"])
         self._init_loc = tensors["init_loc"].to(self.device_)
         self._hyper = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("hyper.")}
+        if "excess_center" not in self._hyper:  # saved before the inflated anomaly component existed
+            self.anomaly = "student_t"
