@@ -301,3 +301,14 @@ def test_probabilities_are_calibrated_when_the_inflated_model_holds():
     assert post["low"] <= z.mean() <= post["high"]
     # The learnt breadth: (1 + excess) near the true inflation (LogNormal guide: its median).
     assert 0.6 * inflation < 1 + np.exp(float(det.params_["anomaly_excess_loc"])) < 1.5 * inflation
+
+
+def test_fit_warns_when_the_anomaly_component_takes_most_rows():
+    """Multi-modal data (digits: 10 classes) with one normal component: the broad component takes whole modes."""
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data[:600]
+    X = X[:, X.std(0) > 1.0]
+    with pytest.warns(UserWarning, match=r"the anomaly component took \d+% of the rows.*raise num_components"):
+        det = MixtureAnomalyDetector(covariance="diag", num_steps=300, seed=0).fit(X)
+    assert det.anomaly_fraction()["mean"] > 0.5
