@@ -67,7 +67,8 @@ from bayesgen._runtime import (
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
-__all__ = ["ComponentMixture", "MixtureAnomalyDetector", "anomaly_distribution", "guide", "mixture_log_weights", "model"]
+__all__ = ["ComponentMixture", "MixtureAnomalyDetector", "anomaly_distribution", "guide", "mixture_log_weights",
+           "model"]
 
 Covariance = Literal["diag", "full", "lowrank"]
 AnomalyKind = Literal["inflated", "student_t"]
@@ -571,7 +572,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     def _arviz_dims(self) -> tuple[dict, dict]:
         dims = {"loc": ["component", "feature"], "scale": ["component", "feature"], "x": ["row", "feature"],
-                "weights": ["component"], "anomaly_loc": ["feature"], "corr_tril": ["component", "feature", "feature_bis"],
+                "weights": ["component"], "anomaly_loc": ["feature"],
+                "corr_tril": ["component", "feature", "feature_bis"],
                 "cov_factor": ["component", "feature", "factor"]}
         return dims, {"feature": self.feature_names_, "feature_bis": self.feature_names_,
                       "component": np.arange(int(self.num_components))}
@@ -603,8 +605,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
         weights = draws["weights"]  # (S, 1, K)
         params = {k: v for k, v in draws.items() if k in ("loc", "scale", "corr_tril", "cov_factor")}
         normal = normal_log_prob(x, params, self.covariance)  # (S, n, K)
-        anomaly = anomaly_distribution(self.anomaly, self._hyper, params, weights, self.covariance,
-                                       draws.get("anomaly_loc"), draws.get("anomaly_excess")).log_prob(x)  # (S or 1, n)
+        broad = anomaly_distribution(self.anomaly, self._hyper, params, weights, self.covariance,
+                                     draws.get("anomaly_loc"), draws.get("anomaly_excess"))
+        anomaly = broad.log_prob(x)  # (S, n); (n,) for "student_t"
         table = torch.cat([normal, anomaly.expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
         return mixture_log_weights(frac, weights), table
 
