@@ -635,6 +635,29 @@ class ReproduceResult:
 _TIMING_WORDS = ("seconds", "time", "epochs_run", "best_epoch")
 
 
+def _fill_settings_added_since(spec: dict[str, Any], model_dir: Path) -> None:
+    """Add to ``spec`` the estimator settings its run predates, as that run used them.
+
+    A run folder's spec lists every setting of the version that wrote it. A
+    setting added later would take its new default in a re-run; the saved
+    model's loader knows what older files were fitted with (e.g. the anomaly
+    detector's Student-t component), so those values are taken from it.
+    """
+    from bayesgen.models._base import ModelFileError
+
+    if not (model_dir / "meta.json").is_file():
+        return
+    try:
+        saved = BayesianEstimator.load(model_dir, device="cpu").get_params()
+    except ModelFileError as err:
+        logger.warning("could not read %s for settings the run predates: %s", model_dir, err)
+        return
+    present = set(spec["model"]) | set(spec["inference"]) | {"seed", "progress"}
+    for key, value in saved.items():
+        if key not in present:
+            spec["model"][key] = value
+
+
 def reproduce(
     run_dir: PathLikeStr,
     out: PathLikeStr | None = None,
@@ -681,6 +704,7 @@ def reproduce(
     except ValueError as err:
         raise ValueError(f"{run_dir / 'run.json'} is not valid JSON: {err}") from err
     spec = load_spec(run_dir / "spec.toml")
+    _fill_settings_added_since(spec, run_dir / "model")
     original_spec = Path(str(run.get("spec", "")))
     if original_spec.is_file():  # relative data paths resolve where the original spec lived
         spec["_path"] = str(original_spec.resolve())

@@ -55,11 +55,11 @@ def test_score_samples_is_a_raw_scale_density(fitted):
 
 
 @pytest.mark.parametrize("covariance", ["diag", "full", "lowrank"])
-@pytest.mark.parametrize("anomaly", ["inflated", "student_t"])
-def test_enumerated_and_marginalised_elbos_are_equal(covariance, anomaly):
+@pytest.mark.parametrize(("anomaly", "num_components"), [("inflated", 1), ("inflated", 2), ("student_t", 2)])
+def test_enumerated_and_marginalised_elbos_are_equal(covariance, anomaly, num_components):
     X, _ = planted(n_normal=100, n_anomalies=5)
-    det = MixtureAnomalyDetector(covariance=covariance, anomaly=anomaly, num_components=2, num_steps=5,
-                                 seed=0).fit(X)
+    det = MixtureAnomalyDetector(covariance=covariance, anomaly=anomaly, num_components=num_components,
+                                 num_steps=5, seed=0).fit(X)
     kwargs = det._kwargs(marginal=True)
     x = det._x
     from bayesgen.infer import param_scope
@@ -309,6 +309,35 @@ def test_fit_warns_when_the_anomaly_component_takes_most_rows():
 
     X = load_digits().data[:600]
     X = X[:, X.std(0) > 1.0]
-    with pytest.warns(UserWarning, match=r"the anomaly component took \d+% of the rows.*raise num_components"):
+    with pytest.warns(UserWarning, match=r"the anomaly component took \d+% of the rows.*try more components"):
         det = MixtureAnomalyDetector(covariance="diag", num_steps=300, seed=0).fit(X)
     assert det.anomaly_fraction()["mean"] > 0.5
+
+
+def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_student_t(tmp_path):
+    """An old folder's spec has no `anomaly`; the re-run must not silently switch to the new default."""
+    import json
+
+    from bayesgen.specs import reproduce, run_spec
+
+    X, _ = planted(n_normal=150, n_anomalies=8)
+    pd.DataFrame(X, columns=list("abcd")).to_csv(tmp_path / "rows.csv", index=False)
+    (tmp_path / "spec.toml").write_text(
+        "[run]\nmodel = 'anomaly'\nseed = 0\n[data]\nsource = 'rows.csv'\n"
+        "[model]\nanomaly = 'student_t'\nnum_components = 2\ncovariance = 'diag'\n"
+        "[inference]\nnum_steps = 150\naverage_last = 20\n[report]\narviz_samples = 50\ndiagnostic_samples = 50\n")
+    run_spec(tmp_path / "spec.toml", tmp_path / "run")
+    # Make it look like a folder written before the setting existed.
+    spec_text = (tmp_path / "run" / "spec.toml").read_text()
+    assert 'anomaly = "student_t"' in spec_text
+    (tmp_path / "run" / "spec.toml").write_text(spec_text.replace('anomaly = "student_t"\n', ""))
+    meta = json.loads((tmp_path / "run" / "model" / "meta.json").read_text())
+    del meta["hyperparameters"]["anomaly"]
+    (tmp_path / "run" / "model" / "meta.json").write_text(json.dumps(meta))
+    tensors = torch.load(tmp_path / "run" / "model" / "tensors.pt", weights_only=True)
+    for key in ("hyper.excess_center", "hyper.excess_sd"):
+        del tensors[key]
+    torch.save(tensors, tmp_path / "run" / "model" / "tensors.pt")
+    result = reproduce(tmp_path / "run", tmp_path / "again")
+    assert result.match, result.table[~result.table["ok"]]
+    assert 'anomaly = "student_t"' in (tmp_path / "again" / "spec.toml").read_text()

@@ -224,10 +224,12 @@ def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(
         lda.relevance = default
     # Without a background term the ranking is the topic's word probabilities, whatever relevance says.
     X, _, _ = planted_corpus(D=200)
-    plain = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, background=False, relevance=0.0, seed=0).fit(X)
+    plain = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, background=False, batch_norm_anneal=float("inf"),
+                    relevance=0.0, seed=0).fit(X)
     assert plain.decoder_.background is None
     assert plain._top_indices(10) == [list(np.argsort(-p, kind="stable")[:10]) for p in plain.topic_word().to_numpy()]
-    # A model saved before the background term existed (no such hyperparameter or weights) still loads.
+    # A model saved before the background term and batch-norm fading existed (no such hyperparameters,
+    # weights or buffer) loads with the settings it was fitted with, not today's defaults.
     import json
 
     plain.save(tmp_path / "old")
@@ -235,8 +237,12 @@ def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(
     for key in ("background", "batch_norm_anneal", "relevance"):
         del meta["hyperparameters"][key]
     (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
+    tensors = torch.load(tmp_path / "old" / "tensors.pt", weights_only=True)
+    del tensors["buffer.decoder.bn_weight"]
+    torch.save(tensors, tmp_path / "old" / "tensors.pt")
     old = ProdLDA.load(tmp_path / "old", device="cpu")
-    assert old.background is False and old.topics(5).equals(plain.topics(5))
+    assert old.background is False and old.batch_norm_anneal == float("inf")
+    assert old.topics(5).equals(plain.topics(5))
 
 
 def test_bad_input_is_clear(planted):

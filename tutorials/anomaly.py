@@ -11,8 +11,9 @@
 # # Which rows are unusual? A mixture anomaly detector with posterior probabilities
 #
 # Pinned to `models/anomaly_breast_cancer.toml` (seed 0); `BAYESGEN_SMOKE=1` runs a fast version.
-# We fit a Bayesian mixture — a Gaussian for normal behaviour plus a broad anomaly component with
-# its own centre and a learnt multiple of the normal covariance — to scikit-learn's breast cancer
+# We fit a Bayesian mixture — Gaussian components for normal behaviour (two here, as the spec says)
+# plus a broad anomaly component with its own centre and a learnt multiple of the normal part's
+# covariance — to scikit-learn's breast cancer
 # measurements *without* their labels, then
 # read off each row's posterior probability of being an anomaly, the anomaly fraction, and
 # compare the number of components by PSIS-LOO. The labels (malignant) are used only to score.
@@ -66,8 +67,9 @@ fig = det.plot(X, malignant)
 # ## How many normal components? Ask LOO
 # `to_arviz` stores each row's log-likelihood, so ArviZ's PSIS-LOO compares models fitted to the
 # same rows. LOO scores how well each model predicts the *density* of held-out rows, not how well
-# it ranks anomalies, and the two can disagree: on mlbench's BreastCancer LOO prefers two
-# components, which rank the malignant rows at ROC-AUC 0.840 against 0.991 for one
+# it ranks anomalies. Here the two agree (LOO prefers two components, which also rank the
+# malignant rows better), but they need not: on mlbench's BreastCancer LOO prefers two as well,
+# and two rank its malignant rows at ROC-AUC 0.840 against 0.991 for one
 # (`benchmarks/RESULTS.md`). So each fit's ROC-AUC is printed beside the comparison.
 
 # %%

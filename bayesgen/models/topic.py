@@ -906,5 +906,7 @@ class ProdLDA(NeuralEstimator):
         self._arviz_rows = torch.arange(min(50, self._x.shape[0]))
         if "decoder$$$background" not in tensors["params"]:
             self.background = False  # saved before the decoder had a background term
+        if "buffer.decoder.bn_weight" not in tensors:
+            self.batch_norm_anneal = float("inf")  # saved before batch norm could fade out: it never did
         self._build_networks()
         self._load_network_state(tensors)
