@@ -30,6 +30,32 @@ def _fresh_pyro_state():
     pyro.clear_param_store()
 
 
+def _make_older(folder, *, settings=(), extra=(), tensors=()) -> None:
+    """Edit a saved model folder to look like one from an older bayesgen: drop these
+    hyperparameters, fitted entries and tensors (as they did not exist then)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    for key in settings:
+        del meta["hyperparameters"][key]
+    for key in extra:
+        del meta["extra"][key]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    if tensors:
+        saved = torch.load(folder / "tensors.pt", weights_only=True)
+        for key in tensors:
+            del saved[key]
+        torch.save(saved, folder / "tensors.pt")
+
+
+@pytest.fixture
+def make_older():
+    """``make_older(folder, settings=..., extra=..., tensors=...)``: a saved model as an older version wrote it."""
+    return _make_older
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

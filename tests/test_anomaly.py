@@ -27,6 +27,10 @@ def planted(seed=0, n_normal=600, n_anomalies=30, d=4):
     return X, y
 
 
+# What a detector saved before the inflated anomaly component lacks.
+PRE_INFLATED = {"settings": ["anomaly"], "tensors": ["hyper.excess_center", "hyper.excess_sd"]}
+
+
 @pytest.fixture(scope="module")
 def fitted():
     X, y = planted()
@@ -143,22 +147,13 @@ def test_inflated_component_is_the_normal_part_moment_matched_and_inflated(covar
     np.testing.assert_allclose(batched.log_prob(x).numpy(), broad.log_prob(x).expand(5, 7).numpy(), rtol=1e-10)
 
 
-def test_student_t_component_and_files_saved_before_the_inflated_one(tmp_path):
-    import json
-
+def test_student_t_component_and_files_saved_before_the_inflated_one(tmp_path, make_older):
     X, y = planted(n_normal=300, n_anomalies=15)
     det = MixtureAnomalyDetector(anomaly="student_t", num_components=2, num_steps=400, seed=0).fit(X)
     flags = det.predict(X).astype(bool)
     assert flags[y].mean() >= 0.8 and y[flags].mean() >= 0.8
     # A file from before the setting existed: no "anomaly" setting, no excess hyperparameters.
-    det.save(tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "meta.json").read_text())
-    del meta["hyperparameters"]["anomaly"]
-    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
-    tensors = torch.load(tmp_path / "old" / "tensors.pt", weights_only=True)
-    for key in ("hyper.excess_center", "hyper.excess_sd"):
-        del tensors[key]
-    torch.save(tensors, tmp_path / "old" / "tensors.pt")
+    make_older(det.save(tmp_path / "old"), **PRE_INFLATED)
     back = MixtureAnomalyDetector.load(tmp_path / "old", device=det.device_)
     assert back.anomaly == "student_t"
     np.testing.assert_allclose(back.predict_proba(X[:20]), det.predict_proba(X[:20]), atol=1e-6)
@@ -314,10 +309,8 @@ def test_fit_warns_when_the_anomaly_component_takes_most_rows():
     assert det.anomaly_fraction()["mean"] > 0.5
 
 
-def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_student_t(tmp_path):
+def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_student_t(tmp_path, make_older):
     """An old folder's spec has no `anomaly`; the re-run must not silently switch to the new default."""
-    import json
-
     from bayesgen.specs import reproduce, run_spec
 
     X, _ = planted(n_normal=150, n_anomalies=8)
@@ -331,13 +324,7 @@ def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_stu
     spec_text = (tmp_path / "run" / "spec.toml").read_text()
     assert 'anomaly = "student_t"' in spec_text
     (tmp_path / "run" / "spec.toml").write_text(spec_text.replace('anomaly = "student_t"\n', ""))
-    meta = json.loads((tmp_path / "run" / "model" / "meta.json").read_text())
-    del meta["hyperparameters"]["anomaly"]
-    (tmp_path / "run" / "model" / "meta.json").write_text(json.dumps(meta))
-    tensors = torch.load(tmp_path / "run" / "model" / "tensors.pt", weights_only=True)
-    for key in ("hyper.excess_center", "hyper.excess_sd"):
-        del tensors[key]
-    torch.save(tensors, tmp_path / "run" / "model" / "tensors.pt")
+    make_older(tmp_path / "run" / "model", **PRE_INFLATED)
     result = reproduce(tmp_path / "run", tmp_path / "again")
     assert result.match, result.table[~result.table["ok"]]
     assert 'anomaly = "student_t"' in (tmp_path / "again" / "spec.toml").read_text()

@@ -204,7 +204,7 @@ def test_to_arviz_has_document_topics_and_topic_word(planted):
         tree.observed_data["words"].sum("word").values.tolist()
 
 
-def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(planted, tmp_path):
+def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(planted, tmp_path, make_older):
     lda, X, _, _ = planted
     probs = lda.topic_word().to_numpy()
     background = torch.log_softmax(lda.decoder_.background.detach(), -1).cpu().numpy()
@@ -230,16 +230,8 @@ def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(
     assert plain._top_indices(10) == [list(np.argsort(-p, kind="stable")[:10]) for p in plain.topic_word().to_numpy()]
     # A model saved before the background term and batch-norm fading existed (no such hyperparameters,
     # weights or buffer) loads with the settings it was fitted with, not today's defaults.
-    import json
-
-    plain.save(tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "meta.json").read_text())
-    for key in ("background", "batch_norm_anneal", "relevance"):
-        del meta["hyperparameters"][key]
-    (tmp_path / "old" / "meta.json").write_text(json.dumps(meta))
-    tensors = torch.load(tmp_path / "old" / "tensors.pt", weights_only=True)
-    del tensors["buffer.decoder.bn_weight"]
-    torch.save(tensors, tmp_path / "old" / "tensors.pt")
+    make_older(plain.save(tmp_path / "old"), settings=["background", "batch_norm_anneal", "relevance"],
+               tensors=["buffer.decoder.bn_weight"])
     old = ProdLDA.load(tmp_path / "old", device="cpu")
     assert old.background is False and old.batch_norm_anneal == float("inf")
     assert old.topics(5).equals(plain.topics(5))
@@ -361,8 +353,7 @@ def test_decoder_learning_rate_auto_raises_it_for_short_runs_only(tmp_path, monk
         ProdLDA(decoder_learning_rate="fast").fit(counts)
 
 
-def test_settings_that_json_cannot_hold_and_older_files_load(tmp_path):
-    import json
+def test_settings_that_json_cannot_hold_and_older_files_load(tmp_path, make_older):
 
     counts = np.random.default_rng(0).poisson(1.0, size=(120, 20))
     kept = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, batch_norm_anneal=float("inf"),
@@ -370,9 +361,7 @@ def test_settings_that_json_cannot_hold_and_older_files_load(tmp_path):
     folder = kept.save(tmp_path / "inf")
     assert ProdLDA.load(folder).batch_norm_anneal == float("inf")  # saved as the string "inf"
     # A file from before decoder_learning_rate: it was trained with the encoder's rate, and loads so.
-    meta = json.loads((folder / "meta.json").read_text())
-    del meta["hyperparameters"]["decoder_learning_rate"], meta["extra"]["decoder_learning_rate_"]
-    (folder / "meta.json").write_text(json.dumps(meta))
+    make_older(folder, settings=["decoder_learning_rate"], extra=["decoder_learning_rate_"])
     old = ProdLDA.load(folder)
     assert old.decoder_learning_rate == old.decoder_learning_rate_ == 0.01
     words = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, stop_words=["nan", "inf"],
