@@ -55,7 +55,7 @@ from bayesgen.datasets import (
     read_csv,
     resolve_source,
 )
-from bayesgen.models._base import BayesianEstimator
+from bayesgen.models._base import BayesianEstimator, ModelFileError
 from bayesgen.models.gaussian_generator import validate_xy
 
 __all__ = ["load_spec", "run_spec", "RunOutput", "package_versions", "reproduce", "ReproduceResult"]
@@ -643,8 +643,6 @@ def _fill_settings_added_since(spec: dict[str, Any], model_dir: Path) -> None:
     model's loader knows what older files were fitted with (e.g. the anomaly
     detector's Student-t component), so those values are taken from it.
     """
-    from bayesgen.models._base import ModelFileError
-
     if not (model_dir / "meta.json").is_file():
         return
     try:
