@@ -229,6 +229,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     gen = GaussianGenerator(
         covariance=args.covariance,
         rank=args.rank,
+        subspace=args.subspace,
         method=args.method,
         constant_features="keep" if args.keep_constant else "error",
         clip=clip,
@@ -350,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--out", required=True, help="output CSV: real + synthetic rows, with a 'synthetic' column")
     aug.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="lowrank")
     aug.add_argument("--rank", type=int, default=10, help="factors of the lowrank covariance")
+    aug.add_argument("--subspace", type=int, default=None,
+                     help="model the classes in this many principal components (pixels with few rows per class)")
     aug.add_argument("--method", choices=["svi", "exact"], default="svi", help="exact: diag/full only")
     aug.add_argument("--clip", help="clip samples to LOW,HIGH (e.g. 0,1 for pixels)")
     aug.add_argument("--keep-constant", action="store_true", help="hold constant features fixed instead of failing")

@@ -143,6 +143,16 @@ def test_augment_writes_real_and_synthetic_rows(tmp_path):
     assert proc.returncode == 2 and "constant" in proc.stderr and "Traceback" not in proc.stderr
     proc = bayesgen("augment", "--csv", str(csv), "--label", "nope", "--out", str(tmp_path / "y.csv"))
     assert proc.returncode == 2 and "label column 'nope'" in proc.stderr
+    # In a principal subspace: residual noise reaches every modelled pixel, clipped to the bounds.
+    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "30", "--out",
+                    str(tmp_path / "s.csv"), "--covariance", "full", "--method", "exact", "--subspace", "10",
+                    "--keep-constant", "--clip", "0,1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    synthetic = __import__("pandas").read_csv(tmp_path / "s.csv").query("synthetic == 1")
+    assert len(synthetic) == 300 and synthetic["p20"].between(0, 1).all() and synthetic["p20"].std() > 0
+    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--out", str(tmp_path / "z.csv"),
+                    "--covariance", "full", "--method", "exact", "--subspace", "100", "--keep-constant", "--quiet")
+    assert proc.returncode == 2 and "subspace=100" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_fit_gaussian_digits_spec(tmp_path):

@@ -337,3 +337,177 @@ def test_one_sided_clip_fits_saves_and_loads(tmp_path):
     loaded = GaussianGenerator.load(gen.save(tmp_path / "g"))
     assert list(loaded.clip) == [0.0, np.inf]
     np.testing.assert_array_equal(loaded.sample(50)[0], gen.sample(50)[0])
+
+
+# ----------------------------------------------------- principal subspace
+def subspace_data(n_per_class=1500, d=40, noise_var=0.04, seed=0):
+    """Three classes that differ only in a 3-D subspace of d features, isotropic noise off it.
+
+    Returns X, y and the truth: centre, orthonormal basis, class means and
+    covariances of the scores, and the residual variance.
+    """
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(d, 3)))
+    centre = rng.normal(size=d)
+    means = np.array([[0.0, 0, 0], [4, -2, 1], [-3, 3, 2]])
+    covs = []
+    X, y = [], []
+    for c in range(3):
+        A = rng.normal(size=(3, 3))
+        covs.append(A @ A.T + np.diag([2.0, 1.0, 0.5]))
+        z = rng.multivariate_normal(means[c], covs[c], size=n_per_class)
+        noise = rng.normal(size=(n_per_class, d)) * np.sqrt(noise_var)
+        noise -= (noise @ basis) @ basis.T
+        X.append(centre + z @ basis.T + noise)
+        y.append(np.full(n_per_class, c))
+    truth = {"centre": centre, "basis": basis, "means": means, "covs": np.stack(covs), "noise_var": noise_var}
+    return np.concatenate(X), np.concatenate(y), truth
+
+
+def true_subspace_log_density(X, truth, weights=(1 / 3, 1 / 3, 1 / 3)):
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    centred = X - truth["centre"]
+    z = centred @ truth["basis"]
+    r = centred - z @ truth["basis"].T
+    per_class = np.stack([np.log(w) + multivariate_normal(m, S).logpdf(z)
+                          for w, m, S in zip(weights, truth["means"], truth["covs"], strict=True)], axis=1)
+    k = X.shape[1] - truth["basis"].shape[1]
+    resid = -0.5 * ((r**2).sum(axis=1) / truth["noise_var"] + k * np.log(2 * np.pi * truth["noise_var"]))
+    return logsumexp(per_class, axis=1) + resid
+
+
+def test_principal_subspace_matches_the_eigendecomposition():
+    from bayesgen.models.gaussian_generator import principal_subspace
+
+    X, _, _ = subspace_data(n_per_class=200, d=12)
+    sub = principal_subspace(X, 4)
+    eigval, eigvec = np.linalg.eigh(np.cov(X, rowvar=False))  # ascending
+    top = eigvec[:, -4:]
+    np.testing.assert_allclose(sub["centre"], X.mean(axis=0))
+    np.testing.assert_allclose(sub["basis"].T @ sub["basis"], np.eye(4), atol=1e-10)
+    np.testing.assert_allclose(sub["basis"] @ sub["basis"].T, top @ top.T, atol=1e-8)
+    assert sub["residual_variance"] == pytest.approx(eigval[:-4].mean(), rel=1e-10)
+
+
+def test_subspace_model_recovers_the_simulated_parameters_and_density():
+    X, y, truth = subspace_data()
+    rng = np.random.default_rng(5)
+    # Held-out rows from the same truth.
+    rows, labels = [], []
+    for c in range(3):
+        z = rng.multivariate_normal(truth["means"][c], truth["covs"][c], size=1000)
+        noise = rng.normal(size=(1000, X.shape[1])) * np.sqrt(truth["noise_var"])
+        noise -= (noise @ truth["basis"]) @ truth["basis"].T
+        rows.append(truth["centre"] + z @ truth["basis"].T + noise)
+        labels.append(np.full(1000, c))
+    X_new, y_new = np.concatenate(rows), np.concatenate(labels)
+
+    gen = GaussianGenerator(covariance="full", method="exact", subspace=3).fit(X, y)
+    sub = gen.subspace_
+    assert sub["residual_variance"] == pytest.approx(truth["noise_var"], rel=0.05)
+    np.testing.assert_allclose(sub["basis"] @ sub["basis"].T, truth["basis"] @ truth["basis"].T, atol=0.02)
+    true_means = truth["centre"] + truth["means"] @ truth["basis"].T
+    np.testing.assert_allclose(gen.class_means().to_numpy(), true_means, atol=0.15)
+    # The log density of held-out rows is the true one, up to estimation error (nats per row).
+    gap = gen.score_samples(X_new) - true_subspace_log_density(X_new, truth)
+    assert abs(gap.mean()) < 0.05 and np.abs(gap).max() < 1.0
+    # Classification as good as the Bayes rule under the true parameters.
+    bayes = np.mean(np.argmax(np.stack([true_subspace_log_density(X_new, {**truth, "means": truth["means"][[c]],
+                                                                           "covs": truth["covs"][[c]]}, (1.0,))
+                                        for c in range(3)], axis=1), axis=1) == y_new)
+    assert np.mean(gen.predict(X_new) == y_new) >= bayes - 0.01
+
+
+def test_subspace_samples_follow_the_fitted_model():
+    X, y, truth = subspace_data()
+    gen = GaussianGenerator(covariance="full", method="exact", subspace=3).fit(X, y)
+    Xs, ys = gen.sample(6000, y=1, seed=0)
+    assert set(ys) == {1}
+    centred = Xs - truth["centre"]
+    z = centred @ truth["basis"]
+    resid = centred - z @ truth["basis"].T
+    np.testing.assert_allclose(z.mean(axis=0), truth["means"][1], atol=0.15)
+    np.testing.assert_allclose(np.cov(z, rowvar=False), truth["covs"][1], atol=0.25 * np.abs(truth["covs"][1]).max())
+    # Residual noise: the true variance in each of the d - 3 directions off the subspace.
+    assert (resid**2).sum(axis=1).mean() / (X.shape[1] - 3) == pytest.approx(truth["noise_var"], rel=0.05)
+    np.testing.assert_array_equal(gen.sample(50, seed=4)[0], gen.sample(50, seed=4)[0])
+
+
+def test_residual_changes_the_density_but_not_the_class_probabilities():
+    X, y, truth = subspace_data(n_per_class=300)
+    gen = GaussianGenerator(covariance="full", method="exact", subspace=3).fit(X, y)
+    basis = gen.subspace_["basis"]
+    rng = np.random.default_rng(0)
+    step = rng.normal(size=X.shape[1])
+    step -= basis @ (basis.T @ step)  # orthogonal to the fitted subspace
+    step *= 0.5 / np.linalg.norm(step)
+    rows = X[:20]
+    moved = rows + step
+    np.testing.assert_allclose(gen.predict_proba(moved), gen.predict_proba(rows), atol=1e-9)
+    # The residual is Normal(0, residual_variance) in each direction off the subspace.
+    var = gen.subspace_["residual_variance"]
+    centred = rows - gen.subspace_["centre"]
+    r = centred - (centred @ basis) @ basis.T
+    expected = -(((r + step) ** 2).sum(axis=1) - (r**2).sum(axis=1)) / (2 * var)
+    np.testing.assert_allclose(gen.score_samples(moved) - gen.score_samples(rows), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "lowrank"])
+def test_subspace_with_other_covariances_and_svi_classifies(covariance):
+    X, y, truth = subspace_data(n_per_class=500)
+    gen = GaussianGenerator(covariance=covariance, rank=2, subspace=3, num_steps=200, seed=0).fit(X, y)
+    assert gen.subspace_["basis"].shape == (40, 3)
+    # As accurate as the exact diagonal model fitted to the true scores (rank 2 is richer than diagonal).
+    scores = (X - truth["centre"]) @ truth["basis"]
+    reference = GaussianGenerator(covariance="diag", method="exact").fit(scores, y)
+    assert np.mean(gen.predict(X) == y) >= np.mean(reference.predict(scores) == y) - 0.02
+    idata = gen.to_arviz(num_samples=5)
+    assert list(idata.posterior["loc"].coords["feature"].values) == ["pc1", "pc2", "pc3"]
+
+
+def test_subspace_save_load_and_older_files(tmp_path, digits_split, make_older):
+    X_tr, X_te, y_tr, _ = digits_split
+    gen = GaussianGenerator(covariance="full", method="exact", subspace=20, constant_features="keep",
+                            clip=(0, 16)).fit(X_tr, y_tr)
+    gen.save(tmp_path / "g")
+    loaded = GaussianGenerator.load(tmp_path / "g", device=gen.device_)
+    assert loaded.subspace == 20
+    np.testing.assert_allclose(loaded.subspace_["basis"], gen.subspace_["basis"])
+    np.testing.assert_allclose(loaded.score_samples(X_te[:30]), gen.score_samples(X_te[:30]), rtol=1e-6)
+    np.testing.assert_allclose(loaded.sample(20, seed=3)[0], gen.sample(20, seed=3)[0], atol=1e-8)
+    # A file from before ``subspace`` loads as a model of the features themselves.
+    plain = GaussianGenerator(covariance="full", method="exact", constant_features="keep").fit(X_tr, y_tr)
+    plain.save(tmp_path / "old")
+    make_older(tmp_path / "old", settings=("subspace",))
+    old = GaussianGenerator.load(tmp_path / "old")
+    assert old.subspace is None and old.subspace_ is None
+    np.testing.assert_allclose(old.score_samples(X_te[:30]), plain.score_samples(X_te[:30]), rtol=1e-6)
+
+
+def test_subspace_errors_are_clear():
+    X, y, _ = subspace_data(n_per_class=10, d=8)
+    for bad in (0, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="subspace"):
+            GaussianGenerator(subspace=bad).fit(X, y)
+    with pytest.raises(ValueError, match="subspace=8 .*8 modelled features"):
+        GaussianGenerator(covariance="full", method="exact", subspace=8).fit(X, y)
+    with pytest.raises(ValueError, match="subspace=5 .*4 training rows"):
+        GaussianGenerator(covariance="diag", method="exact", subspace=5, constant_features="keep").fit(
+            np.c_[X[[0, 1, 10, 11]], X[[0, 1, 10, 11]]][:, :16], y[[0, 1, 10, 11]])
+    with pytest.raises(ValueError, match="rank=3 must be below the 3 principal components"):
+        GaussianGenerator(covariance="lowrank", rank=3, subspace=3).fit(X, y)
+    flat = np.c_[X[:, :2], X[:, :2] * 2, X[:, :2] - 1]  # rank 2 in 6 features
+    with pytest.raises(ValueError, match="hold all the variance"):
+        GaussianGenerator(covariance="full", method="exact", subspace=2).fit(flat, y)
+
+
+def test_subspace_file_without_its_tensors_is_a_clear_error(tmp_path, make_older):
+    from bayesgen.models._base import ModelFileError
+
+    X, y, _ = subspace_data(n_per_class=100, d=10)
+    GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X, y).save(tmp_path / "g")
+    make_older(tmp_path / "g", tensors=("subspace.basis",))
+    with pytest.raises(ModelFileError, match="subspace.basis"):
+        GaussianGenerator.load(tmp_path / "g")
