@@ -475,6 +475,7 @@ def test_subspace_save_load_and_older_files(tmp_path, digits_split, make_older):
     loaded = GaussianGenerator.load(tmp_path / "g", device=gen.device_)
     assert loaded.subspace == 20
     np.testing.assert_allclose(loaded.subspace_["basis"], gen.subspace_["basis"])
+    assert loaded.subspace_["residual_variance"] == gen.subspace_["residual_variance"]
     np.testing.assert_allclose(loaded.score_samples(X_te[:30]), gen.score_samples(X_te[:30]), rtol=1e-6)
     np.testing.assert_allclose(loaded.sample(20, seed=3)[0], gen.sample(20, seed=3)[0], atol=1e-8)
     # A file from before ``subspace`` loads as a model of the features themselves.
@@ -509,5 +510,11 @@ def test_subspace_file_without_its_tensors_is_a_clear_error(tmp_path, make_older
     X, y, _ = subspace_data(n_per_class=100, d=10)
     GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X, y).save(tmp_path / "g")
     make_older(tmp_path / "g", tensors=("subspace.basis",))
-    with pytest.raises(ModelFileError, match="subspace.basis"):
+    with pytest.raises(ModelFileError, match="subspace=3 does not match .* lack a principal subspace"):
         GaussianGenerator.load(tmp_path / "g")
+    # A setting edited after fitting: the file holds a subspace its setting denies.
+    gen = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X, y)
+    gen.subspace = None
+    gen.save(tmp_path / "h")
+    with pytest.raises(ModelFileError, match="subspace=None does not match .* hold a principal subspace"):
+        GaussianGenerator.load(tmp_path / "h")

@@ -65,11 +65,11 @@ Principal subspace (``subspace=D``)
     Bayes); the class model on the scores is the Bayesian one above, exact or
     SVI. The residual is shared by all classes, so it leaves ``predict_proba``
     unchanged; ``score_samples`` adds its log density and ``sample`` its noise.
-    Why: with 20 MNIST digits per class, a full covariance in 717 pixel
+    Why: with 20 MNIST digits per class (three random splits, the first 5,000
+    test digits; ``benchmarks/RESULTS.md``), a full covariance in 717 pixel
     dimensions classifies at 0.67-0.71, below logistic regression on the same
     rows (0.74-0.77), and its samples lower that classifier's accuracy; in 30
-    components it classifies at 0.81-0.82 and its samples raise it
-    (``benchmarks/RESULTS.md``). ``to_arviz`` reports the class model on the
+    components it classifies at 0.81-0.82 and its samples raise it. ``to_arviz`` reports the class model on the
     scores: its log-likelihood omits the residual's term, which is the same
     for every posterior draw, so compare models by LOO only at one ``subspace``.
 
@@ -330,7 +330,8 @@ def principal_subspace(raw: np.ndarray, dim: int) -> dict[str, np.ndarray | floa
     raw : numpy.ndarray, shape (n_rows, d)
         Features on their own scale (not standardised).
     dim : int
-        Components kept, 1 <= dim < min(n_rows, d).
+        Components kept, 1 <= dim < min(n_rows, d). (Centred rows have rank
+        at most n_rows - 1, so dim = n_rows - 1 leaves no residual: an error.)
 
     Returns
     -------
@@ -346,15 +347,17 @@ def principal_subspace(raw: np.ndarray, dim: int) -> dict[str, np.ndarray | floa
             f"subspace={dim} must be at least 1 and below both the {n} training rows and the {d} modelled features"
         )
     centre = raw.mean(axis=0)
-    _, sv, vt = np.linalg.svd(raw - centre, full_matrices=False)
-    eig = sv**2 / max(n - 1, 1)
-    residual = float((eig.sum() - eig[:dim].sum()) / (d - dim))
+    centred = raw - centre
+    # The d x d covariance, not an SVD of the rows: no n x d factor (344 MB for MNIST).
+    eig, vec = np.linalg.eigh(centred.T @ centred / (n - 1))
+    eig, vec = np.clip(eig[::-1], 0.0, None), vec[:, ::-1]  # descending
+    residual = float(eig[dim:].sum() / (d - dim))
     if not residual > 1e-12 * max(float(eig.sum()), 1e-300):
         raise ValueError(
             f"subspace={dim} components hold all the variance of the training rows (their rank is "
             f"{int((eig > 1e-12 * eig[0]).sum())}); choose a smaller subspace"
         )
-    return {"centre": centre, "basis": vt[:dim].T.copy(), "residual_variance": residual}
+    return {"centre": centre, "basis": vec[:, :dim].copy(), "residual_variance": residual}
 
 
 def ledoit_wolf_intensity(centred: np.ndarray, S: np.ndarray | None = None) -> float:
@@ -1064,7 +1067,7 @@ class GaussianGenerator(BayesianEstimator):
             **{f"predictive.{k}": v.detach().cpu() for k, v in getattr(self, "_predictive", {}).items()},
         }
         if self._subspace is not None:
-            tensors.update({f"subspace.{k}": torch.as_tensor(v) for k, v in self._subspace.items()})
+            tensors.update({f"subspace.{k}": torch.tensor(v, dtype=torch.float64) for k, v in self._subspace.items()})
         return meta, tensors
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -1080,9 +1083,16 @@ class GaussianGenerator(BayesianEstimator):
         self._prior = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("prior.")}
         self._predictive = {k[11:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("predictive.")}
         self._subspace = None  # files from before ``subspace`` have neither the setting nor its tensors
-        if self.subspace is not None:
+        saved = "subspace.basis" in tensors
+        if saved != (self.subspace is not None):
+            raise ValueError(f"the setting subspace={self.subspace!r} does not match the saved tensors, which "
+                             f"{'hold' if saved else 'lack'} a principal subspace (subspace.basis)")
+        if saved:
             self._subspace = {"centre": to_numpy(tensors["subspace.centre"]), "basis": to_numpy(tensors["subspace.basis"]),
                               "residual_variance": float(tensors["subspace.residual_variance"])}
+            if self._subspace["basis"].shape != (int((~self._constant).sum()), self._x.shape[1]):
+                raise ValueError(f"subspace.basis has shape {tuple(self._subspace['basis'].shape)}, not "
+                                 f"(modelled features, components) = ({int((~self._constant).sum())}, {self._x.shape[1]})")
 
     # --------------------------------------------------------- parameter draws
     def _draw_parameters(self, num: int, seed: int | None) -> dict[str, torch.Tensor]:
@@ -1337,7 +1347,7 @@ class GaussianGenerator(BayesianEstimator):
             for "diag", ``scale_tril`` (S, C, d, d) for "full", or
             ``cov_factor`` (S, C, d, r) and ``cov_diag`` (S, C, d) for "lowrank".
             With ``subspace``, d counts principal components: the parameters of
-            the scores ``(x - centre) @ basis`` (see :meth:`subspace_`).
+            the scores ``(x - centre) @ basis`` (see :attr:`subspace_`).
         """
         self._check_fitted()
         draws = {k: to_numpy(v).astype(float) for k, v in self._draw_parameters(check_count(num_samples, "num_samples"), self._method_seed(seed)).items()}
@@ -1389,7 +1399,8 @@ class GaussianGenerator(BayesianEstimator):
     def to_arviz(self, num_samples: int = 200, *, seed: int | None = 0, prior: bool = False) -> Any:
         """Posterior of weights, locations and covariance parts, per-row log-likelihood.
 
-        Everything is on the standardised feature scale (see the module notes).
+        Everything is on the standardised feature scale (see the module notes); with
+        ``subspace``, on the standardised principal-component scores (``pc1``, ...).
         Full-covariance models draw one sample at a time (each draw holds a
         d × d matrix per row); the others are vectorised.
         """
