@@ -217,16 +217,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subspace_arg(value: str) -> int | str:
-    """``--subspace``: a number of principal components, or "auto"."""
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of components or 'auto', got {value!r}") from None
-
-
 def _cmd_augment(args: argparse.Namespace) -> int:
     from bayesgen.augment import augment
     from bayesgen.datasets import read_csv
@@ -361,9 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--out", required=True, help="output CSV: real + synthetic rows, with a 'synthetic' column")
     aug.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="lowrank")
     aug.add_argument("--rank", type=int, default=10, help="factors of the lowrank covariance")
-    aug.add_argument("--subspace", type=_subspace_arg, default=None,
-                     help="model the classes in this many principal components (pixels with few rows per class); "
-                          "'auto' (with --method exact) picks it by cross-validation")
+    aug.add_argument("--subspace", type=int, default=None,
+                     help="model the classes in this many principal components (pixels with few rows per class)")
     aug.add_argument("--method", choices=["svi", "exact"], default="svi", help="exact: diag/full only")
     aug.add_argument("--clip", help="clip samples to LOW,HIGH (e.g. 0,1 for pixels)")
     aug.add_argument("--keep-constant", action="store_true", help="hold constant features fixed instead of failing")

@@ -145,7 +145,7 @@ def test_augment_writes_real_and_synthetic_rows(tmp_path):
     assert proc.returncode == 2 and "label column 'nope'" in proc.stderr
     # In a principal subspace: residual noise reaches every modelled pixel, clipped to the bounds.
     proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "30", "--out",
-                    str(tmp_path / "s.csv"), "--covariance", "full", "--method", "exact", "--subspace", "auto",
+                    str(tmp_path / "s.csv"), "--covariance", "full", "--method", "exact", "--subspace", "10",
                     "--keep-constant", "--clip", "0,1", "--quiet")
     assert proc.returncode == 0, proc.stderr
     synthetic = __import__("pandas").read_csv(tmp_path / "s.csv").query("synthetic == 1")

@@ -518,34 +518,3 @@ def test_subspace_file_without_its_tensors_is_a_clear_error(tmp_path, make_older
     gen.save(tmp_path / "h")
     with pytest.raises(ModelFileError, match="subspace=None does not match .* hold a principal subspace"):
         GaussianGenerator.load(tmp_path / "h")
-
-
-def test_auto_subspace_picks_the_true_size_or_none(tmp_path):
-    X, y, truth = subspace_data(n_per_class=300)
-    gen = GaussianGenerator(covariance="full", method="exact", subspace="auto").fit(X, y)
-    scores = gen.subspace_scores_
-    assert gen.subspace_["basis"].shape == (40, 3) and scores.idxmax() == 3
-    assert scores[2] < scores[3] - 5  # one dimension too few costs far more than the truth's noise
-    gen.save(tmp_path / "g")
-    loaded = GaussianGenerator.load(tmp_path / "g")
-    assert loaded.subspace == "auto" and loaded.subspace_scores_.idxmax() == 3
-    np.testing.assert_allclose(loaded.score_samples(X[:10]), gen.score_samples(X[:10]), rtol=1e-8)
-    # Full-rank classes with no low-dimensional structure: every subspace loses; "all" is chosen.
-    rng = np.random.default_rng(1)
-    A = rng.normal(size=(6, 6))
-    X6 = np.concatenate([rng.normal(size=(150, 6)) @ A + 2 * c for c in range(2)])
-    y6 = np.repeat([0, 1], 150)
-    flat = GaussianGenerator(covariance="full", method="exact", subspace="auto").fit(X6, y6)
-    assert flat.subspace_ is None and flat.subspace_scores_.idxmax() == "all"
-    flat.save(tmp_path / "flat")
-    assert GaussianGenerator.load(tmp_path / "flat").subspace_ is None
-
-
-def test_auto_subspace_errors_are_clear():
-    X, y, _ = subspace_data(n_per_class=10, d=8)
-    with pytest.raises(ValueError, match="'auto' .*needs method='exact'"):
-        GaussianGenerator(covariance="diag", subspace="auto").fit(X, y)
-    with pytest.raises(ValueError, match="subspace must be an integer >= 1, 'auto' or None"):
-        GaussianGenerator(covariance="diag", method="exact", subspace="best").fit(X, y)
-    with pytest.raises(ValueError, match="at least 2 rows in every class"):
-        GaussianGenerator(covariance="diag", method="exact", subspace="auto").fit(X[:21], y[:21])

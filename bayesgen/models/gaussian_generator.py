@@ -65,8 +65,6 @@ Principal subspace (``subspace=D``)
     Bayes); the class model on the scores is the Bayesian one above, exact or
     SVI. The residual is shared by all classes, so it leaves ``predict_proba``
     unchanged; ``score_samples`` adds its log density and ``sample`` its noise.
-    Densities of x under different D are comparable, so ``subspace="auto"``
-    picks D (or none) by the cross-validated held-out log density.
     Why: with 20 MNIST digits per class (three random splits, the first 5,000
     test digits; ``benchmarks/RESULTS.md``), a full covariance in 717 pixel
     dimensions classifies at 0.67-0.71, below logistic regression on the same
@@ -103,7 +101,6 @@ from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
 __all__ = [
-    "AUTO_SUBSPACES",
     "ClassLowRankNormal",
     "GaussianGenerator",
     "exact_posterior",
@@ -117,10 +114,6 @@ __all__ = [
 ]
 
 Covariance = Literal["diag", "full", "lowrank"]
-
-#: Subspace sizes that ``subspace="auto"`` tries (those below the rows of a fold and the
-#: features), besides the features themselves.
-AUTO_SUBSPACES = (1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 70, 100, 150, 200, 300)
 
 DIMS = {
     "weights": ["class"],
@@ -694,16 +687,12 @@ class GaussianGenerator(BayesianEstimator):
         diagonal) scales to images; "full" needs few features (≲ 200).
     rank : int, default 10
         Factors of the "lowrank" structure.
-    subspace : int or "auto", optional
+    subspace : int, optional
         Model the classes in this many principal components of the training
         rows, with the other directions one shared isotropic Gaussian
         (probabilistic PCA's noise; see the module notes). For pixels with
         few labelled rows per class (on MNIST with 20 per class, 30 components
-        classify at 0.81-0.82, the pixels at 0.67-0.71). "auto" (exact
-        method only) picks the size, or none, with the highest held-out log
-        density of the training rows: 5-fold cross-validation, stratified by
-        class (one 80/20 split above 5,000 rows), over :data:`AUTO_SUBSPACES`;
-        the figures are in ``subspace_scores_``. Default: all features.
+        classify at 0.81-0.82, the pixels at 0.67-0.71). Default: all features.
     noise : {"isotropic", "diagonal"}, default "isotropic"
         Noise of the "lowrank" structure beyond its factors: one variance per
         class (probabilistic PCA on the standardised features) or one per
@@ -758,9 +747,6 @@ class GaussianGenerator(BayesianEstimator):
     class_counts_ : numpy.ndarray
     subspace_ : dict or None
         The principal subspace (``subspace``): centre, basis, residual variance.
-    subspace_scores_ : pandas.Series or None
-        With ``subspace="auto"``: mean held-out log density (nats per row) of
-        each size tried ("all": the features themselves).
     losses_, converged_, n_steps_
         From the SVI fit.
 
@@ -789,7 +775,7 @@ class GaussianGenerator(BayesianEstimator):
         *,
         covariance: Covariance = "lowrank",
         rank: int = 10,
-        subspace: int | Literal["auto"] | None = None,
+        subspace: int | None = None,
         noise: Literal["isotropic", "diagonal"] = "isotropic",
         method: Literal["svi", "exact"] = "svi",
         class_concentration: float = 1.0,
@@ -842,12 +828,7 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
         if self.method not in ("svi", "exact"):
             raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
-        if isinstance(self.subspace, str):
-            if self.subspace != "auto":
-                raise ValueError(f"subspace must be an integer >= 1, 'auto' or None, got {self.subspace!r}")
-            if self.method != "exact":
-                raise ValueError("subspace='auto' cross-validates many fits and needs method='exact'")
-        elif self.subspace is not None:
+        if self.subspace is not None:
             check_count(self.subspace, "subspace")
         if self.method == "exact" and self.covariance == "lowrank":
             raise ValueError("method='exact' needs a conjugate structure: covariance='diag' or 'full'")
@@ -940,12 +921,8 @@ class GaussianGenerator(BayesianEstimator):
         self._constant_values = values[0, constant].copy()
         raw = values[:, ~constant]
         self._subspace = None
-        dim = self.subspace
-        self.subspace_scores_ = None
-        if dim == "auto":
-            dim, self.subspace_scores_ = self._choose_subspace(raw, index)
-        if dim is not None:
-            self._subspace = principal_subspace(raw, int(dim))
+        if self.subspace is not None:
+            self._subspace = principal_subspace(raw, int(self.subspace))
             raw = (raw - self._subspace["centre"]) @ self._subspace["basis"]
         if self.covariance == "lowrank" and int(self.rank) >= raw.shape[1]:
             what = "principal components" if self._subspace is not None else "modelled features"
@@ -1002,38 +979,6 @@ class GaussianGenerator(BayesianEstimator):
                 resume=resume,
             )
         return self
-
-    def _choose_subspace(self, raw: np.ndarray, index: np.ndarray) -> tuple[int | None, pd.Series]:
-        """The subspace size (None: all features) with the best held-out log density, and every score."""
-        from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
-
-        counts = np.bincount(index)
-        if counts.min() < 2:
-            raise ValueError("subspace='auto' cross-validates and needs at least 2 rows in every class; "
-                             f"the smallest class has {counts.min()}")
-        if len(raw) <= 5000:
-            folds = StratifiedKFold(min(5, int(counts.min())), shuffle=True, random_state=self.seed)
-        else:
-            folds = StratifiedShuffleSplit(1, test_size=0.2, random_state=self.seed)
-        splits = list(folds.split(raw, index))
-        n_fit = min(len(a) for a, _ in splits)
-        grid: list[int | None] = [D for D in AUTO_SUBSPACES if D < min(n_fit - 1, raw.shape[1])]
-        settings = {**self.get_params(), "constant_features": "keep", "clip": None, "progress": False}
-        scores = {}
-        for D in [*grid, None]:
-            held_out = []
-            for fit_rows, test_rows in splits:
-                est = type(self)(**{**settings, "subspace": D})
-                try:
-                    est.fit(raw[fit_rows], index[fit_rows], classes=list(range(len(counts))))
-                except ValueError:  # e.g. a fold whose rows lie in D dimensions: no residual
-                    held_out.append(-np.inf)
-                    continue
-                held_out.append(float(est.score_samples(raw[test_rows]).mean()))
-            scores["all" if D is None else D] = float(np.mean(held_out))
-        table = pd.Series(scores, name="held_out_log_density")
-        best = table.idxmax()
-        return (None if best == "all" else int(best)), table
 
     def _learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -1110,8 +1055,6 @@ class GaussianGenerator(BayesianEstimator):
             "classes_": self.classes_.tolist(),
             "feature_names_": self.feature_names_,
             "class_counts_": self.class_counts_.tolist(),
-            "subspace_scores_": None if self.subspace_scores_ is None else
-            {str(k): v for k, v in self.subspace_scores_.items()},
         }
         tensors = {
             "x": self._x.detach().cpu(),
@@ -1141,12 +1084,7 @@ class GaussianGenerator(BayesianEstimator):
         self._predictive = {k[11:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("predictive.")}
         self._subspace = None  # files from before ``subspace`` have neither the setting nor its tensors
         saved = "subspace.basis" in tensors
-        scores = meta.get("subspace_scores_")
-        self.subspace_scores_ = None if scores is None else pd.Series(
-            {(k if k == "all" else int(k)): v for k, v in scores.items()}, name="held_out_log_density")
-        chosen = self.subspace if self.subspace != "auto" else (
-            None if scores is None else self.subspace_scores_.idxmax())
-        if saved != (chosen not in (None, "all")):
+        if saved != (self.subspace is not None):
             raise ValueError(f"the setting subspace={self.subspace!r} does not match the saved tensors, which "
                              f"{'hold' if saved else 'lack'} a principal subspace (subspace.basis)")
         if saved:
