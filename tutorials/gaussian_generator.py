@@ -102,9 +102,9 @@ print(f"accuracy, trained on real + synthetic: {clf.score(X_test, y_test):.3f}")
 # logistic regression; the MNIST benchmark (benchmarks/RESULTS.md) has the larger study. For
 # large images with few labelled rows, model the classes in a principal subspace instead:
 # `GaussianGenerator(covariance="full", method="exact", subspace=30, ...)` raised accuracy on
-# MNIST by 1.8 points at 20 digits per class with 100 synthetic digits per class (the pixels'
-# full covariance lowered it by 2.1). On these 8x8 digits the full covariance is well-posed
-# and a subspace only loses information.
+# MNIST by about a point at 20 digits per class with 100 synthetic digits per class (the
+# pixels' full covariance lowered it by 2.1). On these 8x8 digits the full covariance is
+# well-posed and a subspace only loses information.
 
 # %%
 table = low_data_experiment(
