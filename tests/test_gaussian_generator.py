@@ -518,3 +518,41 @@ def test_subspace_file_without_its_tensors_is_a_clear_error(tmp_path, make_older
     gen.save(tmp_path / "h")
     with pytest.raises(ModelFileError, match="subspace=None does not match .* hold a principal subspace"):
         GaussianGenerator.load(tmp_path / "h")
+
+
+def test_unlabelled_rows_find_the_subspace_that_few_labelled_rows_miss():
+    X, y, truth = subspace_data(n_per_class=1000, noise_var=0.5)
+    rng = np.random.default_rng(3)
+    few = np.concatenate([rng.choice(np.flatnonzero(y == c), 5, replace=False) for c in range(3)])
+    rest = np.setdiff1d(np.arange(len(X)), few)
+    projector = truth["basis"] @ truth["basis"].T
+
+    def error(gen):
+        basis = gen.subspace_["basis"]
+        return np.linalg.norm(basis @ basis.T - projector)
+
+    alone = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X[few], y[few])
+    helped = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X[few], y[few], unlabelled=X[rest])
+    assert error(helped) < 0.2 and error(helped) < error(alone) / 3
+    assert helped.subspace_["residual_variance"] == pytest.approx(0.5, rel=0.05)
+    assert helped.class_counts_.tolist() == [5, 5, 5]  # the class model saw the labelled rows only
+
+
+def test_unlabelled_rows_are_checked():
+    X, y, _ = subspace_data(n_per_class=30, d=8)
+    frame = pd.DataFrame(X, columns=list("abcdefgh"))
+    with pytest.raises(ValueError, match="only to find the principal subspace"):
+        GaussianGenerator(covariance="diag", method="exact").fit(X, y, unlabelled=X)
+    with pytest.raises(ValueError, match="unlabelled"):
+        GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(X, y, unlabelled=X[:, :5])
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(X, y, unlabelled=bad)
+    with pytest.raises(ValueError, match="unlabelled lacks feature columns"):
+        GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(
+            frame.assign(y=y), label="y", unlabelled=frame.drop(columns="c"))
+    gen = GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(
+        frame.assign(y=y), label="y", unlabelled=frame[list("hgfedcba")])  # columns matched by name
+    ref = GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(X, y, unlabelled=X)
+    np.testing.assert_allclose(np.abs(gen.subspace_["basis"]), np.abs(ref.subspace_["basis"]), atol=1e-10)

@@ -870,6 +870,7 @@ class GaussianGenerator(BayesianEstimator):
         *,
         label: str | None = None,
         classes: Sequence[Any] | None = None,
+        unlabelled: Any = None,
         checkpoint: PathLikeStr | None = None,
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
@@ -885,6 +886,12 @@ class GaussianGenerator(BayesianEstimator):
             Label column of a DataFrame ``X``.
         classes : sequence, optional
             All expected classes; a class without rows is an error.
+        unlabelled : array_like or pandas.DataFrame, optional
+            Rows without labels (same features), used with ``subspace`` only:
+            they join the labelled rows in finding the principal subspace and
+            its residual variance; the class model is fitted to the labelled
+            rows. With 20 labelled MNIST digits per class and 10,000 unlabelled
+            ones, this made augmentation help (``benchmarks/RESULTS.md``).
         checkpoint, checkpoint_every, resume
             See :func:`bayesgen.infer.run_svi`.
 
@@ -894,6 +901,8 @@ class GaussianGenerator(BayesianEstimator):
             ``self``, fitted.
         """
         self._validate_settings()
+        if unlabelled is not None and self.subspace is None:
+            raise ValueError("unlabelled rows are used only to find the principal subspace; set subspace=D")
         values, labels, names = validate_xy(X, y, label=label)
         found = np.unique(labels)
         if classes is not None:
@@ -925,7 +934,10 @@ class GaussianGenerator(BayesianEstimator):
         raw = values[:, ~constant]
         self._subspace = None
         if self.subspace is not None:
-            self._subspace = principal_subspace(raw, int(self.subspace))
+            rows = raw
+            if unlabelled is not None:
+                rows = np.concatenate([raw, self._check_new_x(unlabelled, "unlabelled")])
+            self._subspace = principal_subspace(rows, int(self.subspace))
             raw = (raw - self._subspace["centre"]) @ self._subspace["basis"]
         if self.covariance == "lowrank" and int(self.rank) >= raw.shape[1]:
             what = "principal components" if self._subspace is not None else "modelled features"
@@ -1164,15 +1176,15 @@ class GaussianGenerator(BayesianEstimator):
                 out.append(fn.log_prob(x[start : start + chunk].unsqueeze(-2)) + log_w)
         return torch.cat(out)
 
-    def _check_new_x(self, X: Any) -> np.ndarray:
+    def _check_new_x(self, X: Any, what: str = "X") -> np.ndarray:
         if isinstance(X, pd.DataFrame):
             missing = [c for c in self.feature_names_ if c not in X.columns]
             if missing:
-                raise ValueError(f"X lacks feature columns {missing[:10]}")
+                raise ValueError(f"{what} lacks feature columns {missing[:10]}")
             X = X[self.feature_names_]
         elif np.ndim(X) == 1:  # one row
             X = np.asarray(X)[None, :]
-        arr, _ = as_feature_matrix(X, n_features=len(self.feature_names_))
+        arr, _ = as_feature_matrix(X, what, n_features=len(self.feature_names_))
         return arr[:, ~self._constant]
 
     def _to_model_space(self, arr: np.ndarray) -> np.ndarray:
