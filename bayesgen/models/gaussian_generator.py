@@ -363,6 +363,11 @@ def principal_subspace(raw: np.ndarray, dim: int) -> dict[str, np.ndarray | floa
     return {"centre": centre, "basis": vec[:, :dim].copy(), "residual_variance": residual}
 
 
+def _off_subspace(v: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """The part of each row of ``v`` orthogonal to the orthonormal columns of ``basis``."""
+    return v - (v @ basis) @ basis.T
+
+
 def ledoit_wolf_intensity(centred: np.ndarray, S: np.ndarray | None = None) -> float:
     """Ledoit-Wolf shrinkage intensity of the covariance of centred rows.
 
@@ -1197,9 +1202,8 @@ class GaussianGenerator(BayesianEstimator):
         """log density of each row's part outside the principal subspace (0 without one)."""
         if self._subspace is None:
             return np.zeros(len(arr))
-        centred = arr - self._subspace["centre"]
         basis = self._subspace["basis"]
-        resid = centred - (centred @ basis) @ basis.T
+        resid = _off_subspace(arr - self._subspace["centre"], basis)
         var = self._subspace["residual_variance"]
         k = basis.shape[0] - basis.shape[1]
         return -0.5 * ((resid**2).sum(axis=1) / var + k * math.log(2 * math.pi * var))
@@ -1321,7 +1325,7 @@ class GaussianGenerator(BayesianEstimator):
                 # Back from the scores, plus the residual noise orthogonal to the basis.
                 basis = self._subspace["basis"]
                 noise = to_numpy(torch.randn(n, basis.shape[0], device=self.device_, dtype=torch.float64))
-                noise = (noise - (noise @ basis) @ basis.T) * math.sqrt(self._subspace["residual_variance"])
+                noise = _off_subspace(noise, basis) * math.sqrt(self._subspace["residual_variance"])
                 modelled = self._subspace["centre"] + modelled @ basis.T + noise
         full = np.empty((n, len(self.feature_names_)))
         full[:, ~self._constant] = modelled
