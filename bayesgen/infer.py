@@ -33,6 +33,7 @@ import inspect
 import logging
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -542,6 +543,20 @@ def _builds_tensors_off(dev: torch.device, model: ModelFn, guide: ModelFn, args:
     return True
 
 
+def _describe_invalid_values(text: str) -> str:
+    """Pyro's "found invalid values" error in one line, without its tensor dumps."""
+    site = re.search(r"at site '([^']+)'", text)
+    where = f" at site {site.group(1)!r}" if site else ""
+    param = re.search(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found invalid", text, re.S)
+    if param:
+        return f"parameter {param.group(1)!r} of a distribution{where} left its constraint {param.group(2)} (NaN or inf)"
+    value = re.search(r"Expected value argument .*?to be within the support \((.+?)\) of the distribution", text, re.S)
+    if value:
+        return (f"the value{where} is outside the distribution's support {value.group(1)}: the data hold NaN, inf "
+                "or impossible values")
+    return text.splitlines()[0]
+
+
 def _svi_step(
     elbo: ELBO, model: ModelFn, guide: ModelFn, optim: pyro.optim.PyroOptim, args: tuple, kwargs: dict
 ) -> tuple[float, bool, str]:
@@ -559,7 +574,7 @@ def _svi_step(
             if "invalid values" not in str(err):
                 raise
             zero_grads({site["value"].unconstrained() for site in capture.trace.nodes.values()})
-            return math.nan, False, str(err).splitlines()[0]
+            return math.nan, False, _describe_invalid_values(str(err))
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     loss = float(loss)
     if not (math.isfinite(loss) and _grads_finite(params)):
@@ -691,7 +706,10 @@ def run_svi(
         one. The caller's RNG state is left untouched either way.
     param_state : dict, optional
         Param-store state to fit in, updated in place (see :func:`param_scope`).
-        A new one when None; it is returned in the result.
+        When None, a new one is made and the result holds a copy of its values
+        at the end of the fit, so a later fit that reuses the same guide object
+        (an autoguide keeps its parameters, and a new fit starts from them)
+        does not change this result's.
     convergence : ConvergenceCheck, optional
         Convergence criterion; None never stops early.
     progress : bool, default False
@@ -750,7 +768,7 @@ def run_svi(
     ...     scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
     ...     pyro.sample("mu", dist.Normal(loc, scale))
     >>> result = run_svi(model, guide, y, num_steps=500, learning_rate=0.05, seed=0)
-    >>> result.losses[-50:].mean() < result.losses[:50].mean()
+    >>> bool(result.losses[-50:].mean() < result.losses[:50].mean())
     True
     """
     num_steps = check_count(num_steps, "num_steps", minimum=0)
@@ -814,6 +832,7 @@ def run_svi(
 
     losses: list[float] = []
     average: dict[str, torch.Tensor] = {}
+    own_state = param_state is None
     state = param_state if param_state is not None else {"params": {}, "constraints": {}}
     start = time.perf_counter()
     written: Path | None = None
@@ -827,8 +846,17 @@ def run_svi(
         if batches is not None:
             init_kwargs = {**kwargs, "subsample": torch.arange(int(batch_size), device=dev)}
         with poutine.block(), tensors_on(dev):
-            guide_trace = poutine.trace(guide).get_trace(*args, **init_kwargs)
-            poutine.replay(model, trace=guide_trace)(*args, **init_kwargs)
+            try:
+                guide_trace = poutine.trace(guide).get_trace(*args, **init_kwargs)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **init_kwargs)
+            except TypeError as err:
+                if batches is not None and "subsample" in str(err):
+                    raise TypeError(
+                        f"batch_size needs a model and guide that accept a subsample keyword and pass it to "
+                        f"their data plate, pyro.plate(name, data_size, subsample=subsample) ({err})") from err
+                raise
+        if batches is not None:
+            _check_subsampled_plate(model_trace, int(data_size), int(batch_size))
         # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix
         # CPU and GPU tensors: run it with such tensors created on the data's device instead.
         if device_scope is None:
@@ -873,13 +901,13 @@ def run_svi(
                     if checkpoint_path is not None:
                         written = _save_checkpoint(checkpoint_path, snapshot())
                     hist = np.asarray(losses)
+                    kept = f"from step {step - 1}" if step else "they started with"
                     raise NonFiniteLossError(
                         f"SVI stopped at step {step}: {why} (loss={value}); "
-                        f"the update was not applied, so the parameters keep their values "
-                        f"from step {step - 1}"
+                        f"the update was not applied, so the parameters keep the values {kept}"
                         + (f" (checkpoint: {written})" if written else "")
                         + ". Try a smaller learning_rate, optimizer='clipped_adam', or check "
-                        "the data for extreme values.",
+                        "the data for NaN, inf or extreme values.",
                         step=step,
                         losses=hist,
                         checkpoint=written,
@@ -923,6 +951,11 @@ def run_svi(
                 for name, value in average.items():
                     store.get_param(name).unconstrained().copy_(value)
 
+    if own_state:
+        # The store's tensors are the guide's own parameters (an autoguide keeps them), which a later
+        # fit with the same guide object would change in place: hand back a copy of this fit's values.
+        state["params"] = {name: value.detach().clone().requires_grad_(value.requires_grad)
+                           for name, value in state["params"].items()}
     hist = np.asarray(losses, dtype=float)
     if convergence is not None and not converged:
         converged = convergence.converged_at(hist) is not None
@@ -955,6 +988,18 @@ def _accumulate_average(average: dict[str, torch.Tensor], count: int) -> None:
                 average[name] += (value - average[name]) / count
 
 
+def _check_subsampled_plate(trace: poutine.Trace, data_size: int, batch_size: int) -> None:
+    """With ``batch_size``, some plate of the model must have ``data_size`` rows and take the minibatch."""
+    plates = {name: site["fn"] for name, site in trace.nodes.items()
+              if site["type"] == "sample" and site_is_subsample(site)}
+    if any(fn.size == data_size and len(trace.nodes[name]["value"]) == batch_size for name, fn in plates.items()):
+        return
+    sizes = ", ".join(f"{name!r} ({fn.size} rows)" for name, fn in plates.items()) or "none"
+    raise ValueError(
+        f"batch_size={batch_size} needs a plate of data_size={data_size} rows that takes the minibatch "
+        f"(pyro.plate(name, {data_size}, subsample=subsample)); the model's plates: {sizes}")
+
+
 def _restore(
     saved: Mapping[str, Any],
     optim: pyro.optim.PyroOptim,
@@ -981,6 +1026,12 @@ def _restore(
                     f"the guide makes {tuple(target.shape)}"
                 )
             target.copy_(value.to(device))
+    # Pyro loads a parameter's optimiser state only at its first step: check the kind now.
+    scheduled = isinstance(optim, pyro.optim.PyroLRScheduler)
+    if any(("scheduler" in state) != scheduled for state in saved["optim"].values()):
+        raise CheckpointError(
+            f"{path} was written {'without' if scheduled else 'with'} an lr_schedule and this run has "
+            f"{'one' if scheduled else 'none'}: resume with the optimizer settings that wrote it")
     optim.set_state(move_to_device(saved["optim"], device))
     if batches is not None:
         if saved.get("batches") is None:

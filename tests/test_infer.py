@@ -378,3 +378,51 @@ def test_module_learning_rates_need_no_schedule():
     assert optim.pt_optim_args("encoder.fc1.weight")["lr"] == 0.01
     with pytest.raises(ValueError, match="cannot be combined with lr_schedule"):
         make_optimizer(lr_schedule="cosine", module_learning_rates={"decoder": 0.05})
+
+
+def test_a_result_keeps_its_values_when_the_same_autoguide_is_fitted_again():
+    from pyro.infer.autoguide import AutoNormal
+
+    guide = AutoNormal(normal_model)
+    first = run_svi(normal_model, guide, Y, num_steps=300, learning_rate=0.05, seed=0)
+    loc = first.param_state["params"]["AutoNormal.locs.mu"].item()
+    run_svi(normal_model, guide, Y + 10.0, num_steps=300, learning_rate=0.05, seed=0)
+    assert first.param_state["params"]["AutoNormal.locs.mu"].item() == loc
+    assert loc == pytest.approx(exact_normal_posterior(Y)[0], abs=0.1)
+
+
+def test_minibatch_settings_that_do_not_match_the_model_are_named():
+    with pytest.raises(ValueError, match=r"data_size=500 rows .* the model's plates: 'obs' \(400 rows\)"):
+        run_svi(normal_model, normal_guide, Y, num_steps=2, data_size=500, batch_size=50)
+    with pytest.raises(ValueError, match=r"data_size=100 rows"):
+        run_svi(normal_model, normal_guide, Y, num_steps=2, data_size=100, batch_size=50)
+
+    def no_subsample(y):
+        normal_model(y)
+
+    def no_subsample_guide(y):
+        normal_guide(y)
+
+    with pytest.raises(TypeError, match="batch_size needs a model and guide that accept a subsample keyword"):
+        run_svi(no_subsample, no_subsample_guide, Y, num_steps=2, data_size=N, batch_size=50)
+
+
+def test_non_finite_data_and_parameters_are_named_in_the_error():
+    bad = Y.clone()
+    bad[7] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"the value at site 'y' is outside the distribution's support "
+                                                 r"Real\(\).*keep the values they started with"):
+        run_svi(normal_model, normal_guide, bad, num_steps=5)
+    with pytest.raises(NonFiniteLossError, match=r"parameter 'scale' of a distribution.* left its constraint GreaterThan"):
+        run_svi(normal_model, normal_guide, Y, num_steps=20, learning_rate=1e30)
+
+
+def test_resuming_with_another_schedule_is_a_checkpoint_error(tmp_path):
+    ckpt = tmp_path / "cosine.ckpt"
+    run_svi(normal_model, normal_guide, Y, num_steps=5, lr_schedule="cosine", checkpoint=ckpt)
+    with pytest.raises(CheckpointError, match="written with an lr_schedule and this run has none"):
+        run_svi(normal_model, normal_guide, Y, num_steps=10, checkpoint=ckpt, resume=True)
+    plain = tmp_path / "plain.ckpt"
+    run_svi(normal_model, normal_guide, Y, num_steps=5, checkpoint=plain)
+    with pytest.raises(CheckpointError, match="written without an lr_schedule and this run has one"):
+        run_svi(normal_model, normal_guide, Y, num_steps=10, lr_schedule="cosine", checkpoint=plain, resume=True)
