@@ -138,6 +138,51 @@ def _one_pass(
     return out, guide_trace, model_trace
 
 
+def check_no_enumerated_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
+    """Refuse sites the model enumerates and the guide does not draw: they would come from their prior."""
+    enumerated = [name for name, site in model_trace.nodes.items()
+                  if _is_latent(site) and site["infer"].get("enumerate") and name not in guide_trace.nodes]
+    if enumerated:
+        raise ValueError(
+            f"sites {enumerated} are enumerated (config_enumerate) and the guide does not draw them, so they "
+            "would come from their prior and the log-likelihood would be conditional on those draws, not "
+            "marginal; use a version of the model with these sites summed out of the likelihood "
+            "(e.g. a MixtureSameFamily observation, as MixtureAnomalyDetector's marginalised path does)")
+
+
+def _check_not_subsampled(trace: poutine.Trace) -> None:
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size:
+            raise ValueError(
+                f"plate {name!r} subsamples {len(site['value'])} of its {site['fn'].size} rows, so every draw "
+                "would see different observations; convert with the full data (no subsample_size, or "
+                "subsample=None)")
+
+
+def _first_draw_agrees(
+    model: ModelFn, args: tuple, kwargs: dict, vtrace: poutine.Trace, plain_trace: poutine.Trace,
+    draws: Mapping[str, Mapping[str, torch.Tensor]],
+) -> bool:
+    """Replay the first vectorised draw through the plain model: same log-likelihoods and deterministic sites?"""
+    first = {
+        name: site["value"].reshape(-1, *plain_trace.nodes[name]["value"].shape)[0]
+        for name, site in vtrace.nodes.items()
+        if _is_latent(site) and name in plain_trace.nodes
+    }
+    trace = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
+    for name, site in trace.nodes.items():
+        if _is_observed(site) and name in draws["log_lik"]:
+            mine, theirs = _site_log_lik(site), draws["log_lik"][name][0]
+        elif _is_deterministic(site) and name in draws["latent"]:
+            mine, theirs = site["value"], draws["latent"][name][0]
+        else:
+            continue
+        if mine.shape != theirs.shape or not torch.allclose(
+                mine.double(), theirs.double(), rtol=1e-4, atol=1e-4, equal_nan=True):
+            return False
+    return True
+
+
 def draw_sites(
     model: ModelFn,
     guide: ModelFn | None,
@@ -163,7 +208,11 @@ def draw_sites(
         Also re-simulate the observed sites.
     parallel : bool, default True
         Draw all samples in one vectorised pass (a plate over draws outside the
-        model's plates). Models that do not broadcast fall back to a loop.
+        model's plates). Models that do not broadcast fall back to a loop, and
+        so do models whose first vectorised draw gives other log-likelihoods or
+        deterministic values than a plain pass of the model on that draw (a
+        reduction over a plate, such as ``theta - theta.mean()``, would
+        otherwise also span the draws).
 
     Returns
     -------
@@ -175,6 +224,9 @@ def draw_sites(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     # One plain pass gives the natural shape of every site and the plate depth.
     plain, guide_trace, model_trace = _one_pass(model, guide, args, kwargs, predictive)
+    _check_not_subsampled(model_trace)
+    if guide_trace is not None:
+        check_no_enumerated_sites(model_trace, guide_trace)
     observed = plain.pop("observed")
     if not observed:
         logger.info("the model has no observed sites; log_likelihood and observed_data will be empty")
@@ -185,7 +237,7 @@ def draw_sites(
             dim = min(dim, -_max_plate_nesting(guide_trace) - 1)
         try:
             vguide = _vectorize(guide, num_samples, dim) if guide is not None else None
-            raw, _, _ = _one_pass(_vectorize(model, num_samples, dim), vguide, args, kwargs, predictive)
+            raw, _, vtrace = _one_pass(_vectorize(model, num_samples, dim), vguide, args, kwargs, predictive)
             raw.pop("observed")
             # A vectorised value is (num_samples, 1, ..., 1, *natural shape); the plain
             # pass gives the natural shape, so a reshape drops the broadcast padding.
@@ -196,6 +248,12 @@ def draw_sites(
                 }
                 for group, sites in raw.items()
             }
+            if not _first_draw_agrees(model, args, kwargs, vtrace, model_trace, draws):
+                logger.warning(
+                    "vectorised draws disagree with a plain pass of the model on the same draw (the model "
+                    "reduces over a plate, e.g. theta.mean() or a softmax over a plate's values, which in a "
+                    "vectorised pass also spans the draws); drawing %d samples one at a time", num_samples)
+                draws = None
         except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError) as err:
             logger.warning(
                 "vectorised draws failed (%s: %s); drawing %d samples one at a time",

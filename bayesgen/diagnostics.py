@@ -146,6 +146,10 @@ def _log_weights(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     from pyro.infer.importance import vectorized_importance_weights
 
+    from bayesgen.arviz import check_no_enumerated_sites
+
+    g = poutine.trace(guide).get_trace(*args, **kwargs)
+    check_no_enumerated_sites(poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs), g)
     try:
         log_w, _, guide_trace = vectorized_importance_weights(
             model, guide, *args, num_samples=num_samples, max_plate_nesting=max_plate_nesting or 4,

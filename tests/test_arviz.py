@@ -205,3 +205,53 @@ def test_summary_and_converter_arguments_are_checked():
     assert list(summary(tree, var_names=["~offset", "~mu_plus_offsets"]).index) == ["mu"]
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         to_datatree(user_model, user_guide, Y, num_samples=0, param_state=set_exact_guide())
+
+
+def test_a_model_that_reduces_over_a_plate_is_drawn_one_at_a_time(caplog):
+    # theta - theta.mean() spans the draws too in a vectorised pass; the bridge must notice and loop.
+    def centred_model(y):
+        with pyro.plate("group", GROUPS):
+            theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+            centred = pyro.deterministic("centred", theta - theta.mean())
+            pyro.sample("y", dist.Normal(centred, 1.0), obs=y[:GROUPS])
+
+    def centred_guide(y):
+        with pyro.plate("group", GROUPS):
+            pyro.sample("theta", dist.Normal(torch.zeros(GROUPS), torch.ones(GROUPS)))
+
+    with caplog.at_level("WARNING", logger="bayesgen.arviz"):
+        tree = to_datatree(centred_model, centred_guide, Y, num_samples=40, seed=0)
+    assert "disagree with a plain pass" in caplog.text
+    sums = tree.posterior["centred"].sum(dim="centred_dim_0").values
+    np.testing.assert_allclose(sums, 0.0, atol=1e-5)
+    theta = tree.posterior["theta"].values[0]
+    expected = stats.norm(theta - theta.mean(-1, keepdims=True), 1.0).logpdf(Y.numpy()[None, :GROUPS])
+    np.testing.assert_allclose(tree.log_likelihood["y"].values[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_subsampling_plates_and_enumerated_sites_are_refused():
+    def subsampled(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("obs", y.shape[0], subsample_size=3) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    with pytest.raises(ValueError, match="plate 'obs' subsamples 3 of its 6 rows"):
+        to_datatree(subsampled, None, Y, num_samples=5)
+
+    from pyro import poutine
+    from pyro.infer import config_enumerate
+
+    @config_enumerate
+    def mixture(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 5.0).to_event(1))
+        with pyro.plate("obs", y.shape[0]):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2))
+            pyro.sample("y", dist.Normal(mu[z], 1.0), obs=y)
+
+    guide = AutoNormal(poutine.block(mixture, hide=["z"]))
+    with pytest.raises(ValueError, match=r"sites \['z'\] are enumerated"):
+        to_datatree(mixture, guide, Y, num_samples=5)
+    from bayesgen.diagnostics import vi_khat
+
+    with pytest.raises(ValueError, match=r"sites \['z'\] are enumerated"):
+        vi_khat(mixture, guide, Y, num_samples=100)
