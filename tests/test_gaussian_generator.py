@@ -241,6 +241,38 @@ def test_class_low_rank_normal_matches_torch_low_rank_mvn():
     ours = ClassLowRankNormal(loc, W, D, idx).log_prob(x)
     reference = dist.LowRankMultivariateNormal(loc[:, idx], W[:, idx], D[:, idx]).log_prob(x)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+    # Draws: every row from its own class's Gaussian (moments of 40,000 draws of draw-0's parameters).
+    torch.manual_seed(0)
+    rows = ClassLowRankNormal(loc[0], W[0], D[0], idx).rsample((40_000,))
+    for i in range(n):
+        c = idx[i]
+        torch.testing.assert_close(rows[:, i].mean(0), loc[0, c], rtol=0, atol=0.06)
+        torch.testing.assert_close(torch.cov(rows[:, i].T), W[0, c] @ W[0, c].T + torch.diag(D[0, c]), rtol=0.05,
+                                   atol=0.08)
+
+
+def test_class_multivariate_normal_matches_torch_mvn_from_precision():
+    import pyro.distributions as dist
+
+    from bayesgen.models.gaussian_generator import ClassMultivariateNormal
+
+    g = torch.Generator().manual_seed(1)
+    C, d, n, S = 3, 5, 9, 4
+    loc = torch.randn(S, C, d, generator=g)
+    A = torch.randn(S, C, d, d, generator=g)
+    precision = A @ A.transpose(-1, -2) + torch.eye(d)
+    idx = torch.tensor([2, 0, 0, 1, 2, 2, 0, 1, 1])
+    x = torch.randn(S, n, d, generator=g)
+    ours = ClassMultivariateNormal(loc, precision, idx).log_prob(x)
+    reference = dist.MultivariateNormal(loc[:, idx], precision_matrix=precision[:, idx]).log_prob(x)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)
+    torch.manual_seed(0)
+    rows = ClassMultivariateNormal(loc[0], precision[0], idx).rsample((40_000,))
+    for i in (0, 1, 3):  # one row of each class
+        c = idx[i]
+        cov = torch.linalg.inv(precision[0, c])
+        torch.testing.assert_close(rows[:, i].mean(0), loc[0, c], rtol=0, atol=0.03)
+        torch.testing.assert_close(torch.cov(rows[:, i].T), cov, rtol=0.05, atol=0.02)
 
 
 def test_exact_predictive_matches_monte_carlo_of_the_posterior():
