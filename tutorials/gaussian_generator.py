@@ -40,9 +40,10 @@ print(X_train.shape, X_test.shape)
 # %% [markdown]
 # ## Fit
 # Each class is a Gaussian whose mean and covariance shrink toward the pooled estimate
-# (so rare classes borrow strength). `lowrank` covariance (10 factors plus a diagonal)
-# scales to 784-pixel images; three border pixels are always 0 and are held fixed;
-# samples are clipped to [0, 1].
+# (so rare classes borrow strength). `lowrank` covariance (10 factors plus one noise
+# variance per class, as the spec's `noise = "isotropic"` says) scales to 784-pixel images;
+# pixels that are constant in the training rows (3 border pixels in all the digits, 4 in
+# this split) are held fixed; samples are clipped to [0, 1].
 
 # %%
 settings = {**spec["model"], **spec["inference"], "seed": seed}
