@@ -101,6 +101,20 @@ def test_exact_quadrature_handles_huge_and_far_apart_posteriors():
     assert prob_best_exact(a2, b2)[1] == pytest.approx(stats.norm.cdf(z), abs=1e-3)
 
 
+@pytest.mark.parametrize(("successes", "trials"), [([50_000, 1], [100_000, 10]),
+                                                    ([5_000_000, 4_950_000], [10**7, 10**7])])
+def test_exact_prob_best_is_finite_when_the_posteriors_barely_overlap(successes, trials):
+    # Where one posterior's CDF underflows to 0 on the grid, the others' product must still be finite.
+    test = BetaBinomialTest(method="exact").fit(successes, trials)
+    pb = test.exact_summary()["prob_best"].to_numpy()
+    assert np.isfinite(pb).all() and pb.sum() == pytest.approx(1.0, abs=1e-6)
+    # Two variants: P(B best) = P(rate_B > rate_A), here well approximated by one-dimensional integration.
+    a, b = test.exact_alpha_, test.exact_beta_
+    x = np.linspace(0, 1, 200_001)
+    p_b = np.trapezoid(stats.beta.pdf(x, a[1], b[1]) * stats.beta.cdf(x, a[0], b[0]), x)
+    assert pb[1] == pytest.approx(p_b, abs=1e-4)
+
+
 # ------------------------------------------------- tier 3: SVI vs closed form
 @pytest.mark.parametrize(
     "data",
@@ -207,6 +221,7 @@ def test_warns_when_svi_is_far_from_exact():
         ([3, 4, 5], [25, 30], ValueError, "successes has 3 values but trials has 2"),
         (["a", "b"], [25, 30], TypeError, "must be numbers"),
         ([[1, 2], [3, 4]], [[5, 6], [7, 8]], ValueError, "one-dimensional"),
+        ([10**20, 1], [10**20, 10], ValueError, r"above 2\*\*53"),
     ],
 )
 def test_bad_counts_are_rejected_clearly(successes, trials, kind, match):

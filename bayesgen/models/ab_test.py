@@ -214,7 +214,9 @@ def prob_best_exact(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     x = _quadrature_grid(alpha, beta)
     log_cdf = stats.beta.logcdf(x[:, None], alpha, beta)
     log_pdf = stats.beta.logpdf(x[:, None], alpha, beta)
-    others = log_cdf.sum(axis=1, keepdims=True) - log_cdf
+    # Σ_{j≠k} log F_j by leaving k out, not by subtracting it from the total: where F_k
+    # underflows to 0 the subtraction would be -inf - -inf = NaN.
+    others = np.stack([np.delete(log_cdf, k, axis=1).sum(axis=1) for k in range(log_cdf.shape[1])], axis=1)
     return integrate.simpson(np.exp(log_pdf + others), x=x, axis=0)
 
 
@@ -266,6 +268,9 @@ def validate_prior(prior: Any) -> tuple[float, float]:
     if not all(np.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"prior parameters must be finite and > 0, got alpha={values[0]}, beta={values[1]}")
     return values[0], values[1]
+
+
+MAX_COUNT = 2.0**53  # above it, float64 cannot tell n from n + 1, so trials - successes loses its meaning
 
 
 def _as_count_array(values: Any, what: str) -> np.ndarray:
@@ -343,6 +348,10 @@ def validate_counts(
         if (arr != np.round(arr)).any():
             k = int(np.argmax(arr != np.round(arr)))
             raise ValueError(f"{what} of variant {names[k]!r} is not a whole number ({arr[k]:g})")
+        if (arr > MAX_COUNT).any():
+            k = int(np.argmax(arr > MAX_COUNT))
+            raise ValueError(f"{what} of variant {names[k]!r} ({arr[k]:.3g}) is above 2**53, the largest count "
+                             "a float holds exactly")
     if (n == 0).any():
         raise ValueError(f"variant {names[int(np.argmax(n == 0))]!r} has zero trials")
     if (s > n).any():
