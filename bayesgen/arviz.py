@@ -351,6 +351,11 @@ def to_datatree(
 
     from bayesgen.infer import param_scope
 
+    if param_state is not None and not (isinstance(param_state, Mapping)
+                                        and set(param_state) == {"params", "constraints"}):
+        raise TypeError("param_state must be a param-store state, {'params': ..., 'constraints': ...} "
+                        f"(e.g. SVIResult.param_state), got {type(param_state).__name__} "
+                        f"{sorted(param_state) if isinstance(param_state, Mapping) else ''}")
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     # tensors_on: a user's model that builds constants without a device still draws on the data's GPU.
     with scope, seeded(seed, rng_device), tensors_on(rng_device), torch.no_grad():

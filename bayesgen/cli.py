@@ -155,6 +155,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from bayesgen.models import BayesianEstimator
 
     folder = Path(args.run_dir)
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
     if not (folder / "model").is_dir():
         raise ValueError(f"{folder} is not a run folder (no model/ inside); make one with 'bayesgen fit SPEC'")
     est = BayesianEstimator.load(folder / "model", device=args.device)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -693,6 +694,9 @@ def reproduce(
     """
     import torch
 
+    for what, value in (("tolerance", tolerance), ("rtol", rtol)):
+        if not (isinstance(value, int | float) and 0 <= value < math.inf):
+            raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     run_dir = Path(run_dir)
     missing = [f for f in ("spec.toml", "run.json", "summary.csv") if not (run_dir / f).is_file()]
     if missing:

@@ -316,6 +316,8 @@ def read_ldac(path: PathLikeStr, vocabulary: PathLikeStr | Sequence[str] | None 
             raise ValueError(f"{path}, line {lineno}: says {n_unique} distinct words but lists {len(pairs)}")
         if any(c < 0 for c in counts) or any(i < 0 for i in ids):
             raise ValueError(f"{path}, line {lineno}: negative word id or count")
+        if max(counts + ids, default=0) > 2**31 - 1:
+            raise ValueError(f"{path}, line {lineno}: a word id or count above 2**31 - 1, too large for a count matrix")
         rows.extend([n_docs] * len(ids))
         cols.extend(ids)
         vals.extend(counts)
@@ -497,6 +499,11 @@ def npmi_coherence(top_words: Sequence[Sequence[int]], reference: Any) -> np.nda
     """
     presence = _doc_presence(reference)
     n_docs = presence.shape[0]
+    for k, words in enumerate(top_words):
+        bad = [w for w in words if not isinstance(w, int | np.integer) or not 0 <= w < presence.shape[1]]
+        if bad:
+            raise ValueError(f"topic {k}'s word ids {bad[:5]} are not column indices of the "
+                             f"{presence.shape[1]}-word reference")
     out = []
     for words in top_words:
         words = list(words)

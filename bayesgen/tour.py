@@ -141,6 +141,10 @@ def run_tour(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folder_of_specs = Path(specs) if specs is not None else specs_dir()
+    unknown = [name for name in names if not (folder_of_specs / f"{name}.toml").is_file()]
+    if unknown:
+        known = sorted(p.stem for p in folder_of_specs.glob("*.toml"))
+        raise ValueError(f"no spec named {unknown} in {folder_of_specs}; choose from {known}")
     result = TourResult(report=out / "report.html")
     started = time.perf_counter()
     for i, name in enumerate(names):

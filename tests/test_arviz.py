@@ -205,6 +205,8 @@ def test_summary_and_converter_arguments_are_checked():
     assert list(summary(tree, var_names=["~offset", "~mu_plus_offsets"]).index) == ["mu"]
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         to_datatree(user_model, user_guide, Y, num_samples=0, param_state=set_exact_guide())
+    with pytest.raises(TypeError, match=r"param_state must be a param-store state.*dict \['foo'\]"):
+        to_datatree(user_model, user_guide, Y, num_samples=5, param_state={"foo": 1})
 
 
 def test_a_model_that_reduces_over_a_plate_is_drawn_one_at_a_time(caplog):

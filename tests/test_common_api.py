@@ -229,6 +229,10 @@ class TestEstimatorContract:
         write({**meta, "hyperparameters": {**meta["hyperparameters"], "seed": "zero"}}, tensors)
         with pytest.raises(ModelFileError, match="seed must be an integer"):
             cls.load(folder)
+        if meta["extra"]:  # every estimator-specific entry replaced by a string: refused when loading, not later
+            write({**meta, "extra": {k: "zz" for k in meta["extra"]}}, tensors)
+            with pytest.raises(ModelFileError, match="does not match"):
+                cls.load(folder)
         # Fitted on a GPU, loaded on a machine without one: the saved device is not checked, `device` decides.
         write({**meta, "hyperparameters": {**meta["hyperparameters"], "device": "cuda:7"}}, tensors)
         assert cls.load(folder, device="cpu").device_.type == "cpu"

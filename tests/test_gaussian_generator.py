@@ -319,6 +319,8 @@ def test_more_bad_input_is_clear():
         gen.sample(2, y=np.array([[0], [1]]))
     with pytest.raises(ValueError, match=r"image_shape=\(5, 5\) does not hold the 4 features"):
         gen.plot_samples(2, image_shape=(5, 5))
+    with pytest.raises(ValueError, match="num_per_class must be an integer >= 1"):
+        gen.plot_samples(0)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         gen.posterior(0)
     assert augment(X, y, gen, 3, seed=None).synthetic.sum() == 6

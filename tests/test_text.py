@@ -79,6 +79,9 @@ def test_ldac_round_trip_and_errors(tmp_path):
     (tmp_path / "bad3.ldac").write_text("1 7:1\n")
     with pytest.raises(ValueError, match="outside the vocabulary"):
         read_ldac(tmp_path / "bad3.ldac", ["a", "b"])
+    (tmp_path / "bad4.ldac").write_text("1 0:99999999999999999999999\n")
+    with pytest.raises(ValueError, match="line 1: a word id or count above 2\\*\\*31 - 1"):
+        read_ldac(tmp_path / "bad4.ldac")
     # The Reuters loader takes the folder or its .ldac file, and names what is missing.
     (tmp_path / "r").mkdir()
     write_ldac(c, tmp_path / "r" / "reuters.ldac", tmp_path / "r" / "reuters.tokens")
@@ -110,6 +113,9 @@ def test_npmi_and_diversity_against_hand_computed_values():
     p02, p0, p2 = 0.25, 0.5, 0.5
     assert scores[2] == pytest.approx(np.log(p02 / (p0 * p2)) / -np.log(p02))
     assert topic_diversity([[0, 1, 2], [2, 3, 4]]) == pytest.approx(5 / 6)
+    for ids in ([[0, 4]], [[0, -1]]):  # not wrapped round, not an IndexError
+        with pytest.raises(ValueError, match=r"topic 0's word ids \[-?\d\] are not column indices of the 4-word"):
+            npmi_coherence(ids, presence)
 
 
 def test_pipeline_settings_errors_name_the_problem():

@@ -148,6 +148,11 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path):
     assert bad.returncode == 2 and "not a complete run folder" in bad.stderr
     onto_itself = bayesgen("reproduce", str(original), "--out", str(original))
     assert onto_itself.returncode == 2 and "own folder" in onto_itself.stderr
+    for option, value in (("--tolerance", "-1"), ("--rtol", "nan")):
+        proc = bayesgen("reproduce", str(original), option, value, "--out", str(tmp_path / "never"))
+        assert proc.returncode == 2 and f"{option[2:]} must be a finite number >= 0" in proc.stderr
+    proc = bayesgen("diagnose", str(original), "--num-samples", "0")
+    assert proc.returncode == 2 and "--num-samples must be at least 1" in proc.stderr
 
 
 def test_reproduce_a_neural_run_on_the_cpu(tour, tmp_path):
@@ -166,6 +171,11 @@ def test_tour_refuses_an_unavailable_device_up_front(tmp_path):
         pytest.skip("a GPU is visible")
     proc = bayesgen("tour", "--smoke", "--device", "cuda", "--out", str(tmp_path))
     assert proc.returncode == 2 and "cuda" in proc.stderr.lower() and "[1/5]" not in proc.stdout
+
+
+def test_tour_names_an_unknown_spec_up_front(tmp_path):
+    proc = bayesgen("tour", "--smoke", "--only", "nope", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "no spec named ['nope']" in proc.stderr and "ab_resume_callbacks" in proc.stderr
 
 
 @pytest.mark.cuda

@@ -434,7 +434,7 @@ class BayesianEstimator:
             est.losses_ = to_numpy(tensors["losses"])
             est._set_extra_state(meta["extra"], tensors)
             est._param_state = est._rebuild_param_state(tensors["params"])
-        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, IndexError) as err:
+        except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as err:
             what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
             raise ModelFileError(f"{folder} does not match {class_name} (a damaged or edited file?): {what}") from err
         return est

@@ -710,8 +710,13 @@ class BetaBinomialTest(BayesianEstimator):
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self._prior = validate_prior(self.prior)
-        self.names_ = list(meta["names_"])
         s, n = to_numpy(tensors["successes"]), to_numpy(tensors["trials"])
+        names = meta["names_"]
+        if not isinstance(names, list) or len(names) != len(s) or len(set(map(str, names))) != len(names):
+            raise ValueError(f"names_ must be {len(s)} distinct variant names, got {names!r}")
+        if meta["fitted_on"] not in ("counts", "events"):
+            raise ValueError(f"fitted_on must be 'counts' or 'events', got {meta['fitted_on']!r}")
+        self.names_ = [str(v) for v in names]
         self._set_data(s, n, self.names_, events=None)
         self._fitted_on = meta["fitted_on"]
 

@@ -731,10 +731,15 @@ class MixtureAnomalyDetector(BayesianEstimator):
         return meta, tensors
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        self.feature_names_ = list(meta["feature_names_"])
+        names, width = meta["feature_names_"], tensors["x"].shape[-1]
+        if not isinstance(names, list) or len(names) != width:
+            raise ValueError(f"feature_names_ must list the {width} feature names, got {names!r}")
+        self.feature_names_ = [str(v) for v in names]
         # Saved before this flag existed: names other than the invented x0, x1, ... came from a DataFrame.
-        self.fitted_on_frame_ = bool(meta.get("fitted_on_frame_",
-                                              self.feature_names_ != [f"x{j}" for j in range(len(self.feature_names_))]))
+        on_frame = meta.get("fitted_on_frame_", self.feature_names_ != [f"x{j}" for j in range(width)])
+        if not isinstance(on_frame, bool):
+            raise ValueError(f"fitted_on_frame_ must be true or false, got {on_frame!r}")
+        self.fitted_on_frame_ = on_frame
         self._x = tensors["x"].to(self.device_)
         self._shift = to_numpy(tensors["shift"])
         self._scale = to_numpy(tensors["scale"])

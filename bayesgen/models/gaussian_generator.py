@@ -1508,6 +1508,7 @@ class GaussianGenerator(BayesianEstimator):
         from bayesgen.plots import plot_image_grid
 
         self._check_fitted()
+        num_per_class = check_count(num_per_class, "num_per_class")
         rows = []
         for label in self.classes_:
             xs, _ = self.sample(num_per_class, y=label, seed=seed)

@@ -682,6 +682,8 @@ class ProdLDA(NeuralEstimator):
 
     def _relevance(self) -> np.ndarray:
         """Word relevance per topic (see ``relevance``), up to a constant per topic: h_k + λ b."""
+        # Checked here too: the README suggests setting the attribute on a fitted model to re-rank.
+        check_real(self.relevance, "relevance", low=0.0, high=1.0, low_open=False, high_open=False)
         self._set_training(False)
         with torch.no_grad():
             h = self.decoder_.logits(torch.eye(int(self.num_topics), device=self.device_))
