@@ -14,7 +14,8 @@ training documents and scored on the held-out ones, in the same run:
 * fit time (CPU, and CUDA for ProdLDA when available).
 
 ProdLDA runs with its defaults (``relevance`` included); each fit also records NPMI and
-diversity with its words ranked at other relevance settings (``relevance_curve``).
+diversity with its words ranked at other relevance settings (``relevance_curve``), and the settings
+at which they beat the paired LDA fit on both scores (``beats_lda_at_relevance``).
 
 Each (corpus, K) cell is repeated over several model seeds (``--seeds``; the split stays
 fixed) and summarised as mean and standard deviation: ProdLDA's NPMI at K = 50 moves by
@@ -60,7 +61,7 @@ def sklearn_lda(train, test, k, seed):
             "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
 
 
-RELEVANCE_CURVE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
+RELEVANCE_CURVE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def prodlda(train, test, k, seed, epochs, device, sparse="auto"):
@@ -149,9 +150,14 @@ def main() -> None:
                 results["runs"].append(row)
                 print(json.dumps({key: v for key, v in row.items() if key != "topics"}), flush=True)
                 save()
+                lda_row = row
                 for device in devices:
                     row = {"corpus": name, "K": k, "seed": seed, "model": "prodlda", "device": device,
                            **prodlda(train, test, k, seed, args.epochs, device)}
+                    # The relevance settings at which this fit's words beat the paired LDA fit on both scores.
+                    row["beats_lda_at_relevance"] = [
+                        float(lam) for lam, v in row["relevance_curve"].items()
+                        if v["npmi_top10"] > lda_row["npmi_top10"] and v["diversity_top25"] > lda_row["diversity_top25"]]
                     results["runs"].append(row)
                     print(json.dumps({key: v for key, v in row.items() if key not in ("topics", "relevance_curve")}),
                           flush=True)
