@@ -258,7 +258,7 @@ def draw_sites(
             logger.warning(
                 "vectorised draws failed (%s: %s); drawing %d samples one at a time",
                 type(err).__name__,
-                err,
+                str(err).splitlines()[0] if str(err) else "",
                 num_samples,
             )
             draws = None
@@ -287,6 +287,7 @@ def to_datatree(
     parallel: bool = True,
     device: DeviceLike | None = None,
     attrs: Mapping[str, Any] | None = None,
+    unknown_dims: str = "raise",
     **kwargs: Any,
 ) -> Any:
     """Convert a fitted Pyro model/guide pair to an ArviZ DataTree.
@@ -319,6 +320,9 @@ def to_datatree(
         Move tensor arguments there first; None leaves them where they are.
     attrs : dict, optional
         Extra attributes for the root of the tree.
+    unknown_dims : {"raise", "ignore"}, default "raise"
+        What to do with ``dims`` entries that name no site of the model (a
+        typo, usually); "ignore" lets one table serve several model variants.
 
     Returns
     -------
@@ -359,7 +363,14 @@ def to_datatree(
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     # tensors_on: a user's model that builds constants without a device still draws on the data's GPU.
     with scope, seeded(seed, rng_device), tensors_on(rng_device), torch.no_grad():
+        before = set(pyro.get_param_store().keys())
         post = draw_sites(model, guide, *args, num_samples=num_samples, parallel=parallel, **kwargs)
+        created = sorted(set(pyro.get_param_store().keys()) - before)
+        if created and guide is not None:
+            logger.warning(
+                "the guide created parameters %s that %s did not hold, so these draws use their initial "
+                "values; pass the fit's param_state (run_svi keeps parameters out of the global store)",
+                created[:5], "param_state" if param_state is not None else "the global param store")
         prior_draws = (
             draw_sites(model, None, *args, num_samples=num_samples, parallel=parallel, **kwargs)
             if prior
@@ -387,7 +398,9 @@ def to_datatree(
         "num_samples": int(num_samples),
         **(dict(attrs) if attrs else {}),
     }
-    dims_clean = _fit_dims(groups, dims or {})
+    if unknown_dims not in ("raise", "ignore"):
+        raise ValueError(f"unknown_dims must be 'raise' or 'ignore', got {unknown_dims!r}")
+    dims_clean = _fit_dims(groups, dims or {}, strict=unknown_dims == "raise")
     return from_dict(
         groups,
         dims=dims_clean,
@@ -396,14 +409,22 @@ def to_datatree(
     )
 
 
-def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]]) -> dict:
+def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]],
+              strict: bool = True) -> dict:
     """Check user dims against the variables' ranks, and say clearly when they cannot fit.
 
     A site's log-likelihood has its event dims summed away, so it may use only
     the leading names (ArviZ does that); the dims must fit the largest rank.
     """
     out: dict[str, list[str]] = {}
+    known = {name for values in groups.values() for name in values}
+    unknown = sorted(set(dims) - known)
+    if unknown and strict:
+        raise ValueError(f"dims names {unknown}, which are not sites of the model (a typo?); its sites: "
+                         f"{sorted(known)}; unknown_dims='ignore' allows it")
     for name, names in dims.items():
+        if name not in known:
+            continue
         ranks = {
             group: values[name].ndim - (0 if group == "observed_data" else 2)
             for group, values in groups.items()

@@ -161,6 +161,21 @@ def test_bad_dims_name_the_variable():
     with pytest.raises(ValueError, match="dims\\['mu'\\]"):
         to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(),
                     dims={"mu": ["too", "many"]})
+    with pytest.raises(ValueError, match=r"dims names \['yy'\], which are not sites of the model"):
+        to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(), dims={"yy": ["obs"]})
+    tree = to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(),
+                       dims={"yy": ["obs"], "y": ["obs"]}, unknown_dims="ignore")
+    assert tree.log_likelihood["y"].dims == ("chain", "draw", "obs")
+
+
+def test_a_guide_whose_parameters_are_not_in_the_state_is_reported(caplog):
+    with caplog.at_level("WARNING", logger="bayesgen.arviz"):
+        to_datatree(user_model, user_guide, Y, num_samples=10, param_state={"params": {}, "constraints": {}})
+    assert "the guide created parameters ['mu_loc', 'mu_scale']" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bayesgen.arviz"):
+        to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide())
+    assert "created parameters" not in caplog.text
 
 
 def test_coords_of_the_wrong_length_name_the_dimension():

@@ -235,6 +235,7 @@ class BayesianEstimator:
             prior=prior,
             parallel=getattr(self, "_arviz_parallel", True),
             attrs={"bayesgen_model": type(self).__name__, "bayesgen_version": bayesgen.__version__},
+            unknown_dims="ignore",  # one dims table serves every variant (e.g. sites of other covariances)
             **kwargs,
         )
 
