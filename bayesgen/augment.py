@@ -78,12 +78,13 @@ def _per_class(n_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> 
         unknown = [c for c in n_per_class if c not in set(classes)]
         if unknown:
             raise ValueError(f"n_per_class names unknown classes {unknown}; classes are {list(classes)}")
-        counts = {c: int(n_per_class.get(c, 0)) for c in classes}
+        given = {c: n_per_class.get(c, 0) for c in classes}
     else:
-        counts = {c: int(n_per_class) for c in classes}
-    if any(v < 0 for v in counts.values()):
-        raise ValueError(f"n_per_class must be >= 0, got {counts}")
-    return counts
+        given = {c: n_per_class for c in classes}
+    for c, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise ValueError(f"n_per_class must be whole numbers >= 0, got {v!r} for class {c}")
+    return {c: int(v) for c, v in given.items()}
 
 
 def augment(

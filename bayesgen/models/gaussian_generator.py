@@ -989,7 +989,8 @@ class GaussianGenerator(BayesianEstimator):
         self.feature_names_ = names
         index = np.searchsorted(found, labels) if classes is None else np.array([list(found).index(v) for v in labels])
         self.class_counts_ = np.bincount(index, minlength=len(found))
-        sd = values.std(axis=0)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing features are refused below
+            sd = values.std(axis=0)
         constant = sd <= 1e-12 * (1.0 + np.abs(values).max(axis=0))
         if constant.all():
             raise ValueError("every feature is constant; there is nothing to model")
@@ -1015,11 +1016,16 @@ class GaussianGenerator(BayesianEstimator):
         # Standardise by the mean and the pooled within-class sd, so that learning
         # rates and priors mean the same for pixels, dollars or z-scores. A feature
         # constant within every class (but not overall) keeps its overall sd.
-        self._shift = raw.mean(axis=0)
-        class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(found))])
-        within = np.sqrt(((raw - class_means[index]) ** 2).sum(axis=0) / max(len(raw) - len(found), 1))
-        self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
-        xv = (raw - self._shift) / self._scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._shift = raw.mean(axis=0)
+            class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(found))])
+            within = np.sqrt(((raw - class_means[index]) ** 2).sum(axis=0) / max(len(raw) - len(found), 1))
+            self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
+            xv = (raw - self._shift) / self._scale
+        if not (np.isfinite(self._scale).all() and np.isfinite(xv).all()):
+            bad = np.nonzero(~(np.isfinite(self._scale) & np.isfinite(xv).all(axis=0)))[0]
+            raise ValueError(f"features {[self._modelled_names()[j] for j in bad[:5]]} are too large to standardise "
+                             "(their spread overflows float64); rescale them")
         # Wishart draws of a d x d precision are often singular in float32.
         dtype = torch.float64 if self.covariance == "full" else torch.get_default_dtype()
         self._x = torch.as_tensor(xv, dtype=dtype, device=self.device_)
