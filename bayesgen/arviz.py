@@ -129,7 +129,10 @@ def _one_pass(
         if _is_latent(site) or _is_deterministic(site):
             out["latent"][name] = site["value"]
         elif _is_observed(site):
-            out["log_lik"][name] = _site_log_lik(site)
+            try:
+                out["log_lik"][name] = _site_log_lik(site)
+            except ValueError as err:  # name the site, as Pyro's own message does
+                raise ValueError(f"Error while computing log_prob at site '{name}':\n{err}") from err
             out["observed"][name] = site["value"]
     if predictive:
         pred_trace = poutine.trace(_UnconditionData()(conditioned)).get_trace(*args, **kwargs)
@@ -223,7 +226,14 @@ def draw_sites(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     # One plain pass gives the natural shape of every site and the plate depth.
-    plain, guide_trace, model_trace = _one_pass(model, guide, args, kwargs, predictive)
+    try:
+        plain, guide_trace, model_trace = _one_pass(model, guide, args, kwargs, predictive)
+    except ValueError as err:
+        if "invalid values" not in str(err):
+            raise
+        from bayesgen.infer import _describe_invalid_values
+
+        raise ValueError(f"the model cannot be evaluated on these data: {_describe_invalid_values(str(err))}") from None
     _check_not_subsampled(model_trace)
     if guide_trace is not None:
         check_no_enumerated_sites(model_trace, guide_trace)

@@ -222,6 +222,12 @@ def test_summary_and_converter_arguments_are_checked():
         to_datatree(user_model, user_guide, Y, num_samples=0, param_state=set_exact_guide())
     with pytest.raises(TypeError, match=r"param_state must be a param-store state.*dict \['foo'\]"):
         to_datatree(user_model, user_guide, Y, num_samples=5, param_state={"foo": 1})
+    bad = Y.clone()
+    bad[2] = float("nan")
+    with pytest.raises(ValueError, match=r"cannot be evaluated on these data: the value at site 'y' is outside "
+                                         r"the distribution's support Real\(\)") as caught:
+        to_datatree(user_model, user_guide, bad, num_samples=5, param_state=set_exact_guide())
+    assert "tensor(" not in str(caught.value)  # no tensor dump
 
 
 def test_a_model_that_reduces_over_a_plate_is_drawn_one_at_a_time(caplog):
