@@ -124,7 +124,7 @@ def test_report_screenshot_shows_the_header_and_the_first_loss_curve(tour, tmp_p
     assert (pixels.sum(axis=2) < 600).mean() > 0.05
 
 
-def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path):
+def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path, capsys):
     out, _ = tour
     original = tmp_path / "ab"
     shutil.copytree(out / "ab_resume_callbacks", original)
@@ -148,11 +148,13 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path):
     assert bad.returncode == 2 and "not a complete run folder" in bad.stderr
     onto_itself = bayesgen("reproduce", str(original), "--out", str(original))
     assert onto_itself.returncode == 2 and "own folder" in onto_itself.stderr
+    from bayesgen.cli import main  # these fail before any work: in this process, without a subprocess's imports
+
     for option, value in (("--tolerance", "-1"), ("--rtol", "nan")):
-        proc = bayesgen("reproduce", str(original), option, value, "--out", str(tmp_path / "never"))
-        assert proc.returncode == 2 and f"{option[2:]} must be a finite number >= 0" in proc.stderr
-    proc = bayesgen("diagnose", str(original), "--num-samples", "0")
-    assert proc.returncode == 2 and "--num-samples must be at least 1" in proc.stderr
+        status = main(["reproduce", str(original), option, value, "--out", str(tmp_path / "never")])
+        assert status == 2 and f"{option[2:]} must be a finite number >= 0" in capsys.readouterr().err
+    status = main(["diagnose", str(original), "--num-samples", "0"])
+    assert status == 2 and "--num-samples must be at least 1" in capsys.readouterr().err
 
 
 def test_reproduce_a_neural_run_on_the_cpu(tour, tmp_path):
@@ -173,9 +175,12 @@ def test_tour_refuses_an_unavailable_device_up_front(tmp_path):
     assert proc.returncode == 2 and "cuda" in proc.stderr.lower() and "[1/5]" not in proc.stdout
 
 
-def test_tour_names_an_unknown_spec_up_front(tmp_path):
-    proc = bayesgen("tour", "--smoke", "--only", "nope", "--out", str(tmp_path))
-    assert proc.returncode == 2 and "no spec named ['nope']" in proc.stderr and "ab_resume_callbacks" in proc.stderr
+def test_tour_names_an_unknown_spec_up_front(tmp_path, capsys):
+    from bayesgen.cli import main
+
+    status = main(["tour", "--smoke", "--only", "nope", "--out", str(tmp_path)])
+    stderr = capsys.readouterr().err
+    assert status == 2 and "no spec named ['nope']" in stderr and "ab_resume_callbacks" in stderr
 
 
 @pytest.mark.cuda
