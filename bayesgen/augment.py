@@ -81,10 +81,7 @@ def _per_class(n_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> 
         given = {c: n_per_class.get(c, 0) for c in classes}
     else:
         given = {c: n_per_class for c in classes}
-    for c, v in given.items():
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
-            raise ValueError(f"n_per_class must be whole numbers >= 0, got {v!r} for class {c}")
-    return {c: int(v) for c, v in given.items()}
+    return {c: check_count(v, f"n_per_class[{c}]", minimum=0) for c, v in given.items()}
 
 
 def augment(

@@ -148,27 +148,31 @@ def _log_weights(
 
     from bayesgen.arviz import check_no_enumerated_sites
 
-    g = poutine.trace(guide).get_trace(*args, **kwargs)
-    check_no_enumerated_sites(poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs), g)
+    traces = None
     try:
-        log_w, _, guide_trace = vectorized_importance_weights(
+        log_w, model_trace, guide_trace = vectorized_importance_weights(
             model, guide, *args, num_samples=num_samples, max_plate_nesting=max_plate_nesting or 4,
             normalized=False, **kwargs,
         )
+        traces = model_trace, guide_trace
         draws = {}
         for n, s in guide_trace.nodes.items():
             if s["type"] == "sample" and not s["is_observed"] and not n.startswith("_"):
                 v, event = s["value"], len(s["fn"].event_shape)
                 batch = [k for k in v.shape[1 : v.dim() - event] if k != 1]  # drop the particle plate's padding
                 draws[n] = v.reshape(num_samples, *batch, *v.shape[v.dim() - event :])
-        if log_w.shape == (num_samples,):
-            return log_w, draws
     except (RuntimeError, ValueError, NotImplementedError) as err:
         logger.info("vectorised importance weights failed (%s); drawing one at a time", err)
+    else:
+        check_no_enumerated_sites(*traces)  # outside the try: this ValueError is for the user
+        if log_w.shape == (num_samples,):
+            return log_w, draws
     out, draws_list = [], []
-    for _ in range(num_samples):
+    for i in range(num_samples):
         g = poutine.trace(guide).get_trace(*args, **kwargs)
         m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+        if i == 0:
+            check_no_enumerated_sites(m, g)
         out.append(m.log_prob_sum() - g.log_prob_sum())
         draws_list.append({n: s["value"] for n, s in g.nodes.items()
                            if s["type"] == "sample" and not s["is_observed"]})

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import sys
 import time
@@ -46,6 +45,7 @@ import pandas as pd
 import tomli_w
 
 import bayesgen
+from bayesgen._runtime import check_real
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.datasets import (
     array_checksum,
@@ -694,9 +694,8 @@ def reproduce(
     """
     import torch
 
-    for what, value in (("tolerance", tolerance), ("rtol", rtol)):
-        if not (isinstance(value, int | float) and 0 <= value < math.inf):
-            raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    check_real(tolerance, "tolerance", low=0.0, low_open=False)
+    check_real(rtol, "rtol", low=0.0, low_open=False)
     run_dir = Path(run_dir)
     missing = [f for f in ("spec.toml", "run.json", "summary.csv") if not (run_dir / f).is_file()]
     if missing:

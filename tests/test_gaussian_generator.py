@@ -324,7 +324,7 @@ def test_more_bad_input_is_clear():
     with pytest.raises(ValueError, match="too large to standardise"):
         GaussianGenerator(covariance="diag", method="exact").fit(X * 1e200, y)
     for n in (1.5, True, {0: 2.5}):
-        with pytest.raises(ValueError, match="n_per_class must be whole numbers >= 0"):
+        with pytest.raises(ValueError, match=r"n_per_class\[0\] must be an integer >= 0"):
             augment(X, y, gen, n)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         gen.posterior(0)
