@@ -45,7 +45,7 @@ import pandas as pd
 import tomli_w
 
 import bayesgen
-from bayesgen._runtime import check_real
+from bayesgen._runtime import check_count, check_real
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.datasets import (
     array_checksum,
@@ -73,8 +73,16 @@ DATA_KEYS = {
     "anomaly": {"label", "anomaly_value", "columns"},
 }
 DATA_COMMON_KEYS = {"source", "description"}
-REPORT_KEYS = {"arviz_samples", "diagnostic_samples", "nuts", "nuts_samples", "nuts_warmup", "sbc_simulations",
-               "sbc_steps", "control", "image_shape", "iwae_samples", "iwae_rows", "elbo_samples", "top_n"}
+# [report] keys that hold a count, with the smallest allowed; "nuts" is a flag, "control" a variant name or
+# index and "image_shape" (rows, columns). They are checked when the spec is read, so a bad one stops the run
+# before the fit, not after it.
+REPORT_COUNTS = {"arviz_samples": 1, "diagnostic_samples": 1, "nuts_samples": 1, "nuts_warmup": 0,
+                 "sbc_simulations": 0, "sbc_steps": 1, "iwae_samples": 1, "iwae_rows": 1, "elbo_samples": 1,
+                 "top_n": 1}
+REPORT_KEYS = set(REPORT_COUNTS) | {"nuts", "control", "image_shape"}
+# Report keys that one model reads; in another model's spec they would be ignored, so they are refused.
+REPORT_MODEL = {"control": "ab_test", "image_shape": "gaussian_generator", "iwae_samples": "vae",
+                "iwae_rows": "vae", "elbo_samples": "vae", "top_n": "topic"}
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +141,7 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
                          f"allowed are {sorted(allowed)}")
     if "source" not in spec["data"]:
         raise ValueError(f"{path}: [data] needs source = <a file path or a built-in data set>")
-    unknown = set(spec.get("report", {})) - REPORT_KEYS
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [report]; allowed are {sorted(REPORT_KEYS)}")
+    _check_report(spec.get("report", {}), run["model"], path)
     spec.setdefault("model", {})
     spec.setdefault("inference", {})
     spec.setdefault("report", {})
@@ -143,6 +149,28 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
     run.setdefault("seed", 0)
     spec["_path"] = str(path.resolve())
     return spec
+
+
+def _check_report(report: dict[str, Any], model: str, path: Path) -> None:
+    """Refuse unknown [report] keys, keys another model reads, and values of the wrong kind."""
+    unknown = set(report) - REPORT_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [report]; allowed are {sorted(REPORT_KEYS)}")
+    foreign = sorted(k for k in report if REPORT_MODEL.get(k, model) != model)
+    if foreign:
+        raise ValueError(f"{path}: [report] {foreign[0]} is read by model {REPORT_MODEL[foreign[0]]!r} only, "
+                         f"not by {model!r}")
+    for key, value in report.items():
+        if key in REPORT_COUNTS:
+            check_count(value, f"{path}: [report] {key}", minimum=REPORT_COUNTS[key])
+        elif key == "nuts" and not isinstance(value, bool):
+            raise ValueError(f"{path}: [report] nuts must be true or false, got {value!r}")
+        elif key == "control" and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise ValueError(f"{path}: [report] control must be a variant name or a 0-based index, got {value!r}")
+        elif key == "image_shape" and not (isinstance(value, list) and len(value) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise ValueError(f"{path}: [report] image_shape must be [rows, columns] of positive integers, "
+                             f"got {value!r}")
 
 
 def package_versions() -> dict[str, str]:
@@ -201,7 +229,7 @@ class _Fitted:
 
 
 def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
-    from bayesgen.models.ab_test import BetaBinomialTest
+    from bayesgen.models.ab_test import BetaBinomialTest, events_to_counts
 
     data = dict(spec["data"])
     base = Path(spec["_path"]).parent
@@ -209,6 +237,14 @@ def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool
     est.progress = progress
     fmt = data.get("format", "counts")
     source = resolve_source(str(data.get("source", "")), base)
+    control = spec["report"].get("control", 0)
+
+    def check_control(names: list[str]) -> None:  # before the fit, so a typo costs no work
+        n = len(names)
+        if (control not in names) if isinstance(control, str) else not -n <= control < n:
+            raise ValueError(f"{spec['_path']}: [report] control {control!r} is not a variant; the variants "
+                             f"are {list(names)} (or an index below {n})")
+
     if fmt == "counts":
         s, n, names = load_ab_counts(
             source,
@@ -216,15 +252,17 @@ def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool
             successes_col=data.get("successes_col", "successes"),
             trials_col=data.get("trials_col", "trials"),
         )
+        check_control(list(names))
         est.fit(s, n, names=names)
     elif fmt == "events":
         for key in ("variant_col", "outcome_col"):
             if key not in data:
                 raise ValueError(f"{spec['_path']}: [data] format='events' needs {key}")
-        est.fit_events(read_csv(source), variant_col=data["variant_col"], outcome_col=data["outcome_col"])
+        events = read_csv(source)
+        check_control(events_to_counts(events, data["variant_col"], data["outcome_col"])[-1])
+        est.fit_events(events, variant_col=data["variant_col"], outcome_col=data["outcome_col"])
     else:
         raise ValueError(f"{spec['_path']}: [data] format must be 'counts' or 'events', got {fmt!r}")
-    control = spec["report"].get("control", 0)
     return _Fitted(est, file_checksum(source), est.summary(control=control), {"posterior": est.plot()})
 
 
@@ -252,6 +290,10 @@ def _fit_gaussian_generator(spec: dict[str, Any], device: DeviceLike | None, pro
     X, y, checksum = _load_labelled_table(spec)
     seed = int(spec["run"]["seed"])
     test_fraction = float(spec["data"].get("test_fraction", 0.3))
+    shape = spec["report"].get("image_shape")
+    if shape and shape[0] * shape[1] != X.shape[1]:
+        raise ValueError(f"{spec['_path']}: [report] image_shape {shape} holds {shape[0] * shape[1]} pixels, "
+                         f"but the data have {X.shape[1]} features")
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
     est = GaussianGenerator(**_estimator_kwargs(GaussianGenerator, spec, device))
     est.progress = progress
@@ -274,7 +316,6 @@ def _fit_gaussian_generator(spec: dict[str, Any], device: DeviceLike | None, pro
         }
     )
     figures = {}
-    shape = spec["report"].get("image_shape")
     if shape:
         figures["samples"] = est.plot_samples(8, image_shape=tuple(shape), seed=seed)
     return _Fitted(est, checksum, report, figures)

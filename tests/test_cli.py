@@ -184,12 +184,28 @@ def test_fit_names_typos_and_malformed_sections(tmp_path, capsys):
         "[run]\nmodel = ['ab_test']\n[data]\nsource = 'x'\n": "unknown model ['ab_test']",
         head + "seed = 'abc'\n[data]\nsource = 'bundled:resume_callbacks.csv'\n": "seed must be an integer",
         head + "[data]\nformat = 'counts'\n": "[data] needs source",
+        # [report] values are checked before the fit too, not when the report is written after it.
+        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\narviz_samples = 'lots'\n":
+            "[report] arviz_samples must be an integer >= 1, got 'lots'",
+        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\nnuts = 'yes'\n":
+            "[report] nuts must be true or false",
+        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\nimage_shape = [8, 8]\n":
+            "[report] image_shape is read by model 'gaussian_generator' only",
+        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\ncontrol = 'whte'\n":
+            "[report] control 'whte' is not a variant",
+        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\ncontrol = 9\n":
+            "[report] control 9 is not a variant",
+        "[run]\nmodel = 'gaussian_generator'\n[data]\nsource = 'sklearn:digits'\n[report]\nimage_shape = [8, 9]\n":
+            "image_shape [8, 9] holds 72 pixels, but the data have 64 features",
+        "[run]\nmodel = 'gaussian_generator'\n[data]\nsource = 'sklearn:digits'\n[report]\nimage_shape = [8]\n":
+            "image_shape must be [rows, columns]",
     }
     for text, message in cases.items():
         bad.write_text(text)
         status = main(["fit", str(bad), "--out", str(tmp_path / "o")])
         stderr = capsys.readouterr().err
         assert status == 2 and message in stderr, (text, stderr)
+        assert not (tmp_path / "o" / "model").exists()  # nothing was fitted
 
 
 def test_anomaly_command_rejects_a_threshold_outside_zero_one(tmp_path):

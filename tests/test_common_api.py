@@ -163,6 +163,10 @@ class TestEstimatorContract:
         assert not np.array_equal(a.losses_, b.losses_)
         with pytest.raises(ValueError, match="seed must be an integer"):
             fit(make(seed=1.0))
+        # A method's own seed is checked the same way, not handed to torch/NumPy to fail there.
+        for bad_seed in (-1, 1.5, "0"):
+            with pytest.raises(ValueError, match="seed must be an integer"):
+                a.posterior(10, seed=bad_seed)
 
     def test_global_param_store_untouched_and_fits_coexist(self, make, fit, bad, dims):
         pyro.param("mine", torch.zeros(1))

@@ -116,8 +116,9 @@ class BayesianEstimator:
     def _method_seed(self, seed: int | None) -> int:
         """The seed a method draws with: ``None`` means the estimator's ``seed`` (the same draws on every
         call), and a fresh one when that is None too."""
-        seed = self.seed if seed is None else seed
-        return fresh_seed() if seed is None else int(seed)
+        if seed is None:
+            return fresh_seed() if self.seed is None else int(self.seed)
+        return _check_seed(seed, "seed")
 
     # ---------------------------------------------------------------- fitting
     def _check_fitted(self) -> None:
