@@ -12,6 +12,16 @@ returns an :class:`xarray.DataTree` with the groups ArviZ expects:
 ``log_likelihood``
     ``log p(y_i | θ)`` per observation for every observed site, read from the
     model trace, so ``arviz_stats.loo``/``compare`` work.
+
+Discrete sites that the model enumerates (``config_enumerate``, trained with
+``TraceEnum_ELBO``) and the guide does not draw, as in Pyro's Gaussian-mixture
+tutorial, are summed out of ``log_likelihood`` (``log Σ_z p(z | θ) p(y_i | z, θ)``
+per row), drawn from ``p(z | y, θ)`` into ``posterior`` (Pyro's
+``infer_discrete``), and drawn from ``p(z | θ)`` for ``posterior_predictive``.
+Such models are drawn one guide draw at a time (about 15 ms per draw for a
+100-row mixture on a CPU). A per-row likelihood needs every enumerated site to
+be local to the rows (inside the observation's plates) and one observed site
+per group of enumerated sites; other models get a ``ValueError`` saying which.
 ``observed_data``
     The observed values.
 ``prior``, ``prior_predictive``
@@ -118,9 +128,14 @@ def _site_log_lik(site: Mapping[str, Any]) -> torch.Tensor:
 
 
 def _one_pass(
-    model: ModelFn, guide: ModelFn | None, args: tuple, kwargs: dict, predictive: bool
+    model: ModelFn, guide: ModelFn | None, args: tuple, kwargs: dict, predictive: bool,
+    enumerated: tuple[list[str], int] | None = None,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], poutine.Trace | None, poutine.Trace]:
-    """Trace guide → model once; return latents, log-likelihoods, predictive draws and the traces."""
+    """Trace guide → model once; return latents, log-likelihoods, predictive draws and the traces.
+
+    ``enumerated``: (names, plate nesting) of discrete sites the model enumerates and the guide does not
+    draw. They are summed out of the log-likelihoods and drawn from their posterior given the data.
+    """
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs) if guide is not None else None
     conditioned = poutine.replay(model, trace=guide_trace) if guide_trace is not None else model
     model_trace = poutine.trace(conditioned).get_trace(*args, **kwargs)
@@ -134,11 +149,95 @@ def _one_pass(
             except ValueError as err:  # name the site, as Pyro's own message does
                 raise ValueError(f"Error while computing log_prob at site '{name}':\n{err}") from err
             out["observed"][name] = site["value"]
+    if enumerated:
+        _sum_out_enumerated(conditioned, args, kwargs, out, *enumerated)
     if predictive:
+        # Enumerated sites are drawn from p(z | θ) here, so the replicated data are p(y_rep | θ)'s.
         pred_trace = poutine.trace(_UnconditionData()(conditioned)).get_trace(*args, **kwargs)
         for name in out["log_lik"]:
             out["predictive"][name] = pred_trace.nodes[name]["value"]
     return out, guide_trace, model_trace
+
+
+def _enumerated_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> list[str]:
+    """Discrete sites the model enumerates (config_enumerate) and the guide does not draw."""
+    return [name for name, site in model_trace.nodes.items()
+            if _is_latent(site) and site["infer"].get("enumerate") == "parallel" and name not in guide_trace.nodes]
+
+
+def _plates(site: Mapping[str, Any]) -> set[str]:
+    return {f.name for f in site["cond_indep_stack"] if f.vectorized and f.name != _DRAW_PLATE}
+
+
+def _sum_out_enumerated(
+    conditioned: ModelFn, args: tuple, kwargs: dict, out: dict[str, dict[str, torch.Tensor]],
+    names: list[str], nesting: int,
+) -> None:
+    """Replace ``out``'s log-likelihoods by ones with the enumerated sites summed out, and their prior
+    draws by draws from p(z | y, θ) (Pyro's ``infer_discrete``), for the parameters ``conditioned`` replays.
+
+    Observed sites and enumerated sites are grouped by the enumeration dimensions their log-densities
+    share; a group's per-row log-likelihood is ``logsumexp`` over those dimensions of the sum of its
+    log-densities. That is the observation's marginal likelihood when every enumerated site of its group
+    sits inside all of its plates (local, one per row) and the group has one observed site.
+    """
+    from pyro.infer import infer_discrete
+
+    first_dim = -nesting - 1
+    try:
+        trace = poutine.trace(poutine.enum(conditioned, first_available_dim=first_dim)).get_trace(*args, **kwargs)
+        terms = {name: _site_log_lik(site) for name, site in trace.nodes.items()
+                 if name in names or (name in out["log_lik"])}
+        posterior_trace = poutine.trace(
+            infer_discrete(conditioned, first_available_dim=first_dim, temperature=1)).get_trace(*args, **kwargs)
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise ValueError(
+            f"summing out the enumerated sites {names} failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); under enumeration each site's value gets an "
+            "extra dimension left of the plates, so the model must broadcast (index with z as in Pyro's "
+            "Gaussian-mixture tutorial, and give plates their dim or let Pyro assign them)") from err
+
+    def enum_dims(name: str) -> set[int]:
+        t = terms[name]
+        dims = {d for d in range(-t.dim(), first_dim + 1) if t.shape[d] > 1}
+        if name in names:
+            dims.add(trace.nodes[name]["infer"]["_enumerate_dim"])
+        return dims
+
+    dims = {name: enum_dims(name) for name in terms}
+    groups: list[tuple[set[str], set[int]]] = []  # connected by a shared enumeration dimension
+    for name in terms:
+        merged, shared = {name}, set(dims[name])
+        for group in [g for g in groups if g[1] & shared]:
+            groups.remove(group)
+            merged |= group[0]
+            shared |= group[1]
+        groups.append((merged, shared))
+    for members, shared in groups:
+        observed = sorted(m for m in members if m in out["log_lik"])
+        if not observed or not shared:
+            continue
+        if len(observed) > 1:
+            raise ValueError(
+                f"observed sites {observed} depend on the same enumerated sites "
+                f"{sorted(m for m in members if m in names)}, so their per-row likelihoods are joint, not "
+                "one per site; observe them in one site (e.g. with .to_event) to convert this model")
+        obs = observed[0]
+        for z in sorted(m for m in members if m in names):
+            outside = _plates(trace.nodes[obs]) - _plates(trace.nodes[z])
+            if outside:
+                raise ValueError(
+                    f"enumerated site {z!r} is outside plate(s) {sorted(outside)} that observed site {obs!r} is "
+                    f"in, so {obs!r}'s rows are not independent given the parameters and a per-row "
+                    "log-likelihood is not defined")
+        total = sum(terms[m] for m in members)
+        total = total.logsumexp(dim=tuple(range(total.dim() + first_dim + 1)))
+        out["log_lik"][obs] = total.reshape(out["log_lik"][obs].shape)
+    for name in names:
+        value, shape = posterior_trace.nodes[name]["value"], out["latent"][name].shape
+        while value.dim() > len(shape) and value.shape[0] == 1:  # enumeration's padding
+            value = value[0]
+        out["latent"][name] = torch.broadcast_to(value, shape).clone()  # one category is not expanded
 
 
 def check_no_enumerated_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
@@ -235,13 +334,24 @@ def draw_sites(
 
         raise ValueError(f"the model cannot be evaluated on these data: {_describe_invalid_values(str(err))}") from None
     _check_not_subsampled(model_trace)
-    if guide_trace is not None:
-        check_no_enumerated_sites(model_trace, guide_trace)
+    enumerated = _enumerated_sites(model_trace, guide_trace) if guide_trace is not None else []
     observed = plain.pop("observed")
     if not observed:
         logger.info("the model has no observed sites; log_likelihood and observed_data will be empty")
     draws: dict[str, dict[str, torch.Tensor]] | None = None
-    if parallel and num_samples > 1:
+    if enumerated:
+        # Each draw sums the enumerated sites out by itself (a loop: the enumeration dimensions and the
+        # draws' plate would otherwise have to be told apart in every log-density).
+        summed = (enumerated, _max_plate_nesting(model_trace))
+        plain = _one_pass(model, guide, args, kwargs, predictive, summed)[0]  # checks the model once, clearly
+        plain.pop("observed")
+        passes = [plain] + [_one_pass(model, guide, args, kwargs, predictive, summed)[0]
+                            for _ in range(num_samples - 1)]
+        for p in passes[1:]:
+            p.pop("observed")
+        draws = {group: {name: torch.stack([p[group][name] for p in passes]) for name in plain[group]}
+                 for group in plain}
+    elif parallel and num_samples > 1:
         dim = -_max_plate_nesting(model_trace) - 1
         if guide_trace is not None:
             dim = min(dim, -_max_plate_nesting(guide_trace) - 1)

@@ -252,7 +252,7 @@ def test_a_model_that_reduces_over_a_plate_is_drawn_one_at_a_time(caplog):
     np.testing.assert_allclose(tree.log_likelihood["y"].values[0], expected, rtol=1e-4, atol=1e-4)
 
 
-def test_subsampling_plates_and_enumerated_sites_are_refused():
+def test_subsampling_plates_are_refused_and_vi_khat_refuses_enumerated_sites():
     def subsampled(y):
         mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
         with pyro.plate("obs", y.shape[0], subsample_size=3) as idx:
@@ -272,9 +272,82 @@ def test_subsampling_plates_and_enumerated_sites_are_refused():
             pyro.sample("y", dist.Normal(mu[z], 1.0), obs=y)
 
     guide = AutoNormal(poutine.block(mixture, hide=["z"]))
-    with pytest.raises(ValueError, match=r"sites \['z'\] are enumerated"):
-        to_datatree(mixture, guide, Y, num_samples=5)
     from bayesgen.diagnostics import vi_khat
 
     with pytest.raises(ValueError, match=r"sites \['z'\] are enumerated"):
         vi_khat(mixture, guide, Y, num_samples=100)
+
+
+def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_their_posterior():
+    # Pyro's Gaussian-mixture pattern: config_enumerate on the model, the guide blocks the assignment z.
+    from pyro import poutine
+    from pyro.infer import config_enumerate
+    from pyro.infer.autoguide import init_to_value
+    from scipy.special import logsumexp
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.cat([torch.randn(30, generator=gen) - 2.5, torch.randn(20, generator=gen) * 0.7 + 2.0])
+
+    @config_enumerate
+    def mixture(y):
+        w = pyro.sample("w", dist.Dirichlet(torch.ones(2)))
+        mu = pyro.sample("mu", dist.Normal(torch.tensor([-1.0, 1.0]), 5.0).to_event(1))
+        sd = pyro.sample("sd", dist.LogNormal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("obs", y.shape[0]):
+            z = pyro.sample("z", dist.Categorical(w))
+            pyro.sample("y", dist.Normal(mu[z], sd[z]), obs=y)
+
+    # Started apart (the symmetric start can settle on one broad component; that is the fit's business).
+    guide = AutoNormal(poutine.block(mixture, hide=["z"]), init_loc_fn=init_to_value(values={"mu": torch.tensor([-2.0, 2.0])}))
+    fit = run_svi(mixture, guide, y, num_steps=120, learning_rate=0.05, loss="trace_enum", max_plate_nesting=1,
+                  seed=0)
+    tree = to_datatree(mixture, guide, y, param_state=fit.param_state, num_samples=250,
+                       dims={"y": ["obs"], "z": ["obs"]})
+    post = tree.posterior
+    w, mu, sd = (post[k].values[0] for k in ("w", "mu", "sd"))
+    # Ground truth from the stored parameter draws: log p(y_i | w, mu, sd) = logsumexp_k log w_k N(y_i; mu_k, sd_k).
+    joint = np.log(w)[:, None, :] + stats.norm(mu[:, None, :], sd[:, None, :]).logpdf(y.numpy()[None, :, None])
+    marginal = logsumexp(joint, axis=-1)
+    np.testing.assert_allclose(tree.log_likelihood["y"].values[0], marginal, rtol=1e-5, atol=1e-5)
+    # z is drawn from p(z | y, θ): over the draws, P(z_i = 1) matches the mean responsibility (binomial sd
+    # at most 0.5 / sqrt(250) = 0.032 per row; 0.12 is 3.8 sd).
+    resp = np.exp(joint[..., 1] - marginal).mean(0)
+    z = post["z"].values[0]
+    assert z.shape == (250, 50) and set(np.unique(z)) <= {0, 1}
+    assert np.abs(z.mean(0) - resp).max() < 0.12
+    assert z[:, :30].mean() < 0.05 and z[:, 30:].mean() > 0.95  # the two planted groups
+    # The replicated data mix both components (z from p(z | θ)), and LOO runs on the marginal likelihood.
+    rep = tree.posterior_predictive["y"].values[0]
+    assert 0.3 < (rep > 0).mean() < 0.5
+    assert np.isfinite(arviz_stats.loo(tree).elpd)
+
+    # Cases without a per-row marginal likelihood are refused by name.
+    @config_enumerate
+    def shared_component(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 5.0).to_event(1))
+        z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2))  # one z for every row
+        with pyro.plate("obs", y.shape[0]):
+            pyro.sample("y", dist.Normal(mu[z], 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="enumerated site 'z' is outside plate\\(s\\) \\['obs'\\]"):
+        to_datatree(shared_component, AutoNormal(poutine.block(shared_component, hide=["z"])), y, num_samples=3)
+
+    @config_enumerate
+    def two_views(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 5.0).to_event(1))
+        with pyro.plate("obs", y.shape[0]):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2))
+            pyro.sample("a", dist.Normal(mu[z], 1.0), obs=y)
+            pyro.sample("b", dist.Normal(mu[z], 2.0), obs=y)
+
+    with pytest.raises(ValueError, match="observed sites \\['a', 'b'\\] depend on the same enumerated sites"):
+        to_datatree(two_views, AutoNormal(poutine.block(two_views, hide=["z"])), y, num_samples=3)
+
+    def not_broadcasting(y):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 5.0).to_event(1))
+        with pyro.plate("obs", y.shape[0]):
+            z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2), infer={"enumerate": "parallel"})
+            pyro.sample("y", dist.Normal(torch.stack([mu[int(k)] for k in z.reshape(-1)[: len(y)]]), 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="summing out the enumerated sites \\['z'\\] failed"):
+        to_datatree(not_broadcasting, AutoNormal(poutine.block(not_broadcasting, hide=["z"])), y, num_samples=3)
