@@ -240,18 +240,6 @@ def _sum_out_enumerated(
         out["latent"][name] = torch.broadcast_to(value, shape).clone()  # one category is not expanded
 
 
-def check_no_enumerated_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
-    """Refuse sites the model enumerates and the guide does not draw: they would come from their prior."""
-    enumerated = [name for name, site in model_trace.nodes.items()
-                  if _is_latent(site) and site["infer"].get("enumerate") and name not in guide_trace.nodes]
-    if enumerated:
-        raise ValueError(
-            f"sites {enumerated} are enumerated (config_enumerate) and the guide does not draw them, so they "
-            "would come from their prior and the log-likelihood would be conditional on those draws, not "
-            "marginal; use a version of the model with these sites summed out of the likelihood "
-            "(e.g. a MixtureSameFamily observation, as MixtureAnomalyDetector's marginalised path does)")
-
-
 def _check_not_subsampled(trace: poutine.Trace) -> None:
     for name, site in trace.nodes.items():
         if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size:

@@ -144,17 +144,18 @@ def psis_expectation(values: np.ndarray, log_weights: np.ndarray, *, khat: float
 def _log_weights(
     model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict, num_samples: int, max_plate_nesting: int | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from pyro.infer import TraceEnum_ELBO
     from pyro.infer.importance import vectorized_importance_weights
 
-    from bayesgen.arviz import check_no_enumerated_sites
+    from bayesgen.arviz import _enumerated_sites, _max_plate_nesting
 
-    traces = None
+    enumerated = None
     try:
         log_w, model_trace, guide_trace = vectorized_importance_weights(
             model, guide, *args, num_samples=num_samples, max_plate_nesting=max_plate_nesting or 4,
             normalized=False, **kwargs,
         )
-        traces = model_trace, guide_trace
+        enumerated = _enumerated_sites(model_trace, guide_trace)
         draws = {}
         for n, s in guide_trace.nodes.items():
             if s["type"] == "sample" and not s["is_observed"] and not n.startswith("_"):
@@ -164,16 +165,26 @@ def _log_weights(
     except (RuntimeError, ValueError, NotImplementedError) as err:
         logger.info("vectorised importance weights failed (%s); drawing one at a time", err)
     else:
-        check_no_enumerated_sites(*traces)  # outside the try: this ValueError is for the user
-        if log_w.shape == (num_samples,):
+        if not enumerated and log_w.shape == (num_samples,):
             return log_w, draws
-    out, draws_list = [], []
+    # One draw at a time. A site the model enumerates and the guide does not draw is summed out of
+    # log p(y, θ), as TraceEnum_ELBO sums it out in training: one particle's -loss is log p(y, θ) - log q(θ).
+    out, draws_list, elbo, names = [], [], None, []
     for i in range(num_samples):
         g = poutine.trace(guide).get_trace(*args, **kwargs)
-        m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
-        if i == 0:
-            check_no_enumerated_sites(m, g)
-        out.append(m.log_prob_sum() - g.log_prob_sum())
+        if elbo is None:
+            m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+            names = _enumerated_sites(m, g) if i == 0 else []
+            if names:
+                elbo = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting or _max_plate_nesting(m))
+        if elbo is None:
+            out.append(m.log_prob_sum() - g.log_prob_sum())
+        else:
+            try:
+                out.append(torch.tensor(-elbo.loss(model, poutine.replay(guide, trace=g), *args, **kwargs)))
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(f"summing out the enumerated sites {names} with TraceEnum_ELBO failed: "
+                                 f"{str(err).splitlines()[0] if str(err) else repr(err)}") from err
         draws_list.append({n: s["value"] for n, s in g.nodes.items()
                            if s["type"] == "sample" and not s["is_observed"]})
     draws = {k: torch.stack([d[k] for d in draws_list]) for k in draws_list[0]}
@@ -198,6 +209,9 @@ def vi_khat(
     ----------
     model, guide : callable
         The pair as fitted (minibatch models are evaluated on all their data).
+        Discrete sites the model enumerates and the guide does not draw are
+        summed out of log p(y, θ), as ``TraceEnum_ELBO`` does in training
+        (one draw at a time).
     *args, **kwargs
         Their arguments.
     num_samples : int, default 2000

@@ -10,6 +10,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
+from pyro.infer import config_enumerate
 from pyro.infer.autoguide import AutoNormal
 from scipy import stats
 from torch.distributions import constraints
@@ -252,7 +254,7 @@ def test_a_model_that_reduces_over_a_plate_is_drawn_one_at_a_time(caplog):
     np.testing.assert_allclose(tree.log_likelihood["y"].values[0], expected, rtol=1e-4, atol=1e-4)
 
 
-def test_subsampling_plates_are_refused_and_vi_khat_refuses_enumerated_sites():
+def test_subsampling_plates_are_refused():
     def subsampled(y):
         mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
         with pyro.plate("obs", y.shape[0], subsample_size=3) as idx:
@@ -261,53 +263,68 @@ def test_subsampling_plates_are_refused_and_vi_khat_refuses_enumerated_sites():
     with pytest.raises(ValueError, match="plate 'obs' subsamples 3 of its 6 rows"):
         to_datatree(subsampled, None, Y, num_samples=5)
 
-    from pyro import poutine
-    from pyro.infer import config_enumerate
 
-    @config_enumerate
-    def mixture(y):
-        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 5.0).to_event(1))
-        with pyro.plate("obs", y.shape[0]):
-            z = pyro.sample("z", dist.Categorical(torch.ones(2) / 2))
-            pyro.sample("y", dist.Normal(mu[z], 1.0), obs=y)
-
-    guide = AutoNormal(poutine.block(mixture, hide=["z"]))
-    from bayesgen.diagnostics import vi_khat
-
-    with pytest.raises(ValueError, match=r"sites \['z'\] are enumerated"):
-        vi_khat(mixture, guide, Y, num_samples=100)
+# Pyro's Gaussian-mixture pattern: config_enumerate on the model, the guide blocks the assignment z.
+MIX_Y = torch.cat([torch.randn(30, generator=torch.Generator().manual_seed(0)) - 2.5,
+                   torch.randn(20, generator=torch.Generator().manual_seed(1)) * 0.7 + 2.0])
 
 
-def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_their_posterior():
-    # Pyro's Gaussian-mixture pattern: config_enumerate on the model, the guide blocks the assignment z.
-    from pyro import poutine
-    from pyro.infer import config_enumerate
-    from pyro.infer.autoguide import init_to_value
+@config_enumerate
+def gaussian_mixture(y):
+    w = pyro.sample("w", dist.Dirichlet(torch.ones(2)))
+    mu = pyro.sample("mu", dist.Normal(torch.tensor([-1.0, 1.0]), 5.0).to_event(1))
+    sd = pyro.sample("sd", dist.LogNormal(torch.zeros(2), 1.0).to_event(1))
+    with pyro.plate("obs", y.shape[0]):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("y", dist.Normal(mu[z], sd[z]), obs=y)
+
+
+def mixture_log_joint(w, mu, sd, y):
+    """Ground truth by hand: log p(y_i | θ) per draw and row = logsumexp_k log w_k N(y_i; mu_k, sd_k),
+    and the log prior (the Dirichlet(1, 1) density is 1 on the simplex)."""
     from scipy.special import logsumexp
 
-    gen = torch.Generator().manual_seed(0)
-    y = torch.cat([torch.randn(30, generator=gen) - 2.5, torch.randn(20, generator=gen) * 0.7 + 2.0])
+    joint = np.log(w)[:, None, :] + stats.norm(mu[:, None, :], sd[:, None, :]).logpdf(y[None, :, None])
+    prior = stats.norm([-1.0, 1.0], 5.0).logpdf(mu).sum(1) + stats.lognorm(1.0).logpdf(sd).sum(1)
+    return joint, logsumexp(joint, axis=-1), prior
 
-    @config_enumerate
-    def mixture(y):
-        w = pyro.sample("w", dist.Dirichlet(torch.ones(2)))
-        mu = pyro.sample("mu", dist.Normal(torch.tensor([-1.0, 1.0]), 5.0).to_event(1))
-        sd = pyro.sample("sd", dist.LogNormal(torch.zeros(2), 1.0).to_event(1))
-        with pyro.plate("obs", y.shape[0]):
-            z = pyro.sample("z", dist.Categorical(w))
-            pyro.sample("y", dist.Normal(mu[z], sd[z]), obs=y)
+
+@pytest.fixture(scope="module")
+def fitted_mixture():
+    from pyro.infer.autoguide import init_to_value
 
     # Started apart (the symmetric start can settle on one broad component; that is the fit's business).
-    guide = AutoNormal(poutine.block(mixture, hide=["z"]), init_loc_fn=init_to_value(values={"mu": torch.tensor([-2.0, 2.0])}))
-    fit = run_svi(mixture, guide, y, num_steps=120, learning_rate=0.05, loss="trace_enum", max_plate_nesting=1,
-                  seed=0)
-    tree = to_datatree(mixture, guide, y, param_state=fit.param_state, num_samples=250,
+    guide = AutoNormal(poutine.block(gaussian_mixture, hide=["z"]),
+                       init_loc_fn=init_to_value(values={"mu": torch.tensor([-2.0, 2.0])}))
+    fit = run_svi(gaussian_mixture, guide, MIX_Y, num_steps=120, learning_rate=0.05, loss="trace_enum",
+                  max_plate_nesting=1, seed=0)
+    return guide, fit.param_state
+
+
+def test_vi_khat_sums_enumerated_sites_out_of_the_importance_ratios(fitted_mixture):
+    from bayesgen.diagnostics import vi_khat
+    from bayesgen.infer import param_scope
+
+    guide, state = fitted_mixture
+    diag = vi_khat(gaussian_mixture, guide, MIX_Y, num_samples=150, param_state=state)
+    d = diag.draws
+    _, marginal, prior = mixture_log_joint(d["w"], d["mu"], d["sd"], MIX_Y.numpy())
+    # log q(θ) of each stored draw, from the guide conditioned on it.
+    with param_scope(state), torch.no_grad():
+        log_q = np.array([poutine.trace(poutine.condition(guide, data={k: torch.as_tensor(v[i]) for k, v in d.items()}))
+                          .get_trace(MIX_Y).log_prob_sum().item() for i in range(150)])
+    np.testing.assert_allclose(diag.raw_log_weights, prior + marginal.sum(1) - log_q, atol=1e-3)
+    assert diag.verdict in ("good", "usable")
+
+
+def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_their_posterior(fitted_mixture):
+    guide, state = fitted_mixture
+    y = MIX_Y
+    tree = to_datatree(gaussian_mixture, guide, y, param_state=state, num_samples=250,
                        dims={"y": ["obs"], "z": ["obs"]})
     post = tree.posterior
     w, mu, sd = (post[k].values[0] for k in ("w", "mu", "sd"))
-    # Ground truth from the stored parameter draws: log p(y_i | w, mu, sd) = logsumexp_k log w_k N(y_i; mu_k, sd_k).
-    joint = np.log(w)[:, None, :] + stats.norm(mu[:, None, :], sd[:, None, :]).logpdf(y.numpy()[None, :, None])
-    marginal = logsumexp(joint, axis=-1)
+    joint, marginal, _ = mixture_log_joint(w, mu, sd, y.numpy())  # from the stored parameter draws
     np.testing.assert_allclose(tree.log_likelihood["y"].values[0], marginal, rtol=1e-5, atol=1e-5)
     # z is drawn from p(z | y, θ): over the draws, P(z_i = 1) matches the mean responsibility (binomial sd
     # at most 0.5 / sqrt(250) = 0.032 per row; 0.12 is 3.8 sd).
