@@ -326,6 +326,12 @@ def draw_sites(
     observed = plain.pop("observed")
     if not observed:
         logger.info("the model has no observed sites; log_likelihood and observed_data will be empty")
+    for name, log_lik in plain["log_lik"].items():
+        if log_lik.numel() == 1 and observed[name].numel() > 1:
+            logger.warning(
+                "observed site %r gives one log-likelihood for all its %d values (no pyro.plate over its rows, "
+                "or .to_event over them): LOO and compare need one per observation; observe the rows inside a "
+                "pyro.plate", name, observed[name].numel())
     draws: dict[str, dict[str, torch.Tensor]] | None = None
     if enumerated:
         # Each draw sums the enumerated sites out by itself (a loop: the enumeration dimensions and the
@@ -479,6 +485,11 @@ def to_datatree(
                 "the guide created parameters %s that %s did not hold, so these draws use their initial "
                 "values; pass the fit's param_state (run_svi keeps parameters out of the global store)",
                 created[:5], "param_state" if param_state is not None else "the global param store")
+        latents = [v for v in post["latent"].values() if v.is_floating_point()]
+        if guide is not None and num_samples > 1 and latents and all(bool((v == v[:1]).all()) for v in latents):
+            logger.warning(
+                "every guide draw is the same (a point-estimate guide such as AutoDelta): the posterior has no "
+                "spread, summary sds are 0, and LOO treats the fitted values as certain")
         prior_draws = (
             draw_sites(model, None, *args, num_samples=num_samples, parallel=parallel, **kwargs)
             if prior

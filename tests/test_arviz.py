@@ -368,3 +368,36 @@ def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_th
 
     with pytest.raises(ValueError, match="summing out the enumerated sites \\['z'\\] failed"):
         to_datatree(not_broadcasting, AutoNormal(poutine.block(not_broadcasting, hide=["z"])), y, num_samples=3)
+
+
+def test_a_point_estimate_guide_and_an_unplated_observation_are_warned_about(caplog):
+    from pyro.infer.autoguide import AutoDelta
+
+    def plated(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("obs", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    def unplated(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        pyro.sample("y", dist.Normal(mu, 1.0).expand([len(y)]).to_event(1), obs=y)
+
+    guide = AutoDelta(plated)
+    fit = run_svi(plated, guide, Y, num_steps=50, learning_rate=0.05, seed=0)
+    with caplog.at_level("WARNING", logger="bayesgen.arviz"):
+        tree = to_datatree(plated, guide, Y, param_state=fit.param_state, num_samples=20)
+    assert "every guide draw is the same (a point-estimate guide such as AutoDelta)" in caplog.text
+    assert np.ptp(tree.posterior["mu"].values) == 0.0  # what the warning is about
+    caplog.clear()
+    guide = AutoNormal(unplated)
+    fit = run_svi(unplated, guide, Y, num_steps=50, learning_rate=0.05, seed=0)
+    with caplog.at_level("WARNING", logger="bayesgen.arviz"):
+        tree = to_datatree(unplated, guide, Y, param_state=fit.param_state, num_samples=20)
+    assert "observed site 'y' gives one log-likelihood for all its 6 values" in caplog.text
+    assert tree.log_likelihood["y"].shape == (1, 20)
+    caplog.clear()
+    guide = AutoNormal(plated)
+    fit = run_svi(plated, guide, Y, num_steps=50, learning_rate=0.05, seed=0)
+    with caplog.at_level("WARNING", logger="bayesgen.arviz"):  # neither, for a plated model and a spread guide
+        to_datatree(plated, guide, Y, param_state=fit.param_state, num_samples=20)
+    assert "point-estimate" not in caplog.text and "one log-likelihood" not in caplog.text
