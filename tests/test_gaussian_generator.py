@@ -571,17 +571,85 @@ def test_unlabelled_rows_find_the_subspace_that_few_labelled_rows_miss():
         return np.linalg.norm(basis @ basis.T - projector)
 
     alone = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X[few], y[few])
-    helped = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X[few], y[few], unlabelled=X[rest])
+    helped = GaussianGenerator(covariance="diag", method="exact", subspace=3, unlabelled_iterations=0).fit(
+        X[few], y[few], unlabelled=X[rest])
     assert error(helped) < 0.2 and error(helped) < error(alone) / 3
     assert helped.subspace_["residual_variance"] == pytest.approx(0.5, rel=0.05)
-    assert helped.class_counts_.tolist() == [5, 5, 5]  # the class model saw the labelled rows only
+    assert helped.class_counts_.tolist() == [5, 5, 5]
+    assert helped.unlabelled_history_ is None  # no EM: the class model saw the labelled rows only
+    # With EM (the default) the subspace is the same; the class model learns from the unlabelled rows too.
+    em = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X[few], y[few], unlabelled=X[rest])
+    np.testing.assert_allclose(np.abs(em.subspace_["basis"]), np.abs(helped.subspace_["basis"]), atol=1e-10)
+    assert em.class_counts_.tolist() == [5, 5, 5] and em.unlabelled_history_ is not None
+
+
+def two_gaussian_classes(n_per_class, seed):
+    means = np.array([[-1.5, 0.0], [1.5, 1.0]])
+    cov = np.array([[1.0, 0.6], [0.6, 1.0]])
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.multivariate_normal(m, cov, n_per_class) for m in means])
+    return X, np.repeat([0, 1], n_per_class), means, cov
+
+
+def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
+    # Two correlated Gaussian classes, 3 labelled rows each and 2,000 unlabelled: EM finds the true means
+    # and classifies as well as the Bayes rule under the true parameters.
+    from scipy import stats
+
+    X, y, means, cov = two_gaussian_classes(1000, seed=0)
+    rng = np.random.default_rng(2)  # these 6 labelled rows put the labelled-only fit 5 points below Bayes
+    few = np.concatenate([rng.choice(np.flatnonzero(y == c), 3, replace=False) for c in (0, 1)])
+    rest = np.setdiff1d(np.arange(len(X)), few)
+    alone = GaussianGenerator(covariance="full", method="exact").fit(X[few], y[few])
+    em = GaussianGenerator(covariance="full", method="exact").fit(X[few], y[few], unlabelled=X[rest])
+
+    def mean_error(gen):
+        return np.abs(gen.class_means().to_numpy() - means).max()
+
+    assert mean_error(em) < 0.15 and mean_error(em) < mean_error(alone) / 2
+    assert em.class_weights().to_numpy() == pytest.approx([0.5, 0.5], abs=0.05)
+    X_test, y_test, _, _ = two_gaussian_classes(2000, seed=2)
+    bayes = np.argmax([stats.multivariate_normal(m, cov).logpdf(X_test) for m in means], axis=0)
+    bayes_accuracy = np.mean(bayes == y_test)
+    assert np.mean(em.predict(X_test) == y_test) > bayes_accuracy - 0.01
+    assert np.mean(alone.predict(X_test) == y_test) < bayes_accuracy - 0.01  # what EM added
+    history = em.unlabelled_history_
+    assert 2 <= len(history) <= 21 and history[-1] > history[0]
+    loaded = GaussianGenerator.load(em.save(tmp_path / "em"))
+    np.testing.assert_array_equal(loaded.unlabelled_history_, history)
+    np.testing.assert_allclose(loaded.predict_proba(X_test[:50]), em.predict_proba(X_test[:50]), rtol=1e-6)
+    # A smaller weight keeps the fit closer to the labelled rows; 0 passes use the rows for nothing.
+    light = GaussianGenerator(covariance="full", method="exact", unlabelled_weight=0.001).fit(
+        X[few], y[few], unlabelled=X[rest])
+    assert mean_error(em) < mean_error(light) < mean_error(alone) + 1e-9
+
+
+def test_soft_rows_with_one_hot_weights_are_labelled_rows():
+    # The M-step's weighted statistics, checked against the closed form with hard labels.
+    from bayesgen.models.gaussian_generator import exact_posterior, pooled_statistics
+
+    X, y, _, _ = two_gaussian_classes(20, seed=3)
+    first, second = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    pooled = pooled_statistics(X, y, 2)
+    for covariance in ("diag", "full"):
+        hard = exact_posterior(X, y, 2, covariance=covariance, pooled=pooled)
+        soft = exact_posterior(X[first], y[first], 2, covariance=covariance, pooled=pooled,
+                               extra=(X[second], np.eye(2)[y[second]]))
+        for key in hard:
+            np.testing.assert_allclose(soft[key], hard[key], rtol=1e-9, atol=1e-12, err_msg=f"{covariance} {key}")
 
 
 def test_unlabelled_rows_are_checked():
     X, y, _ = subspace_data(n_per_class=30, d=8)
     frame = pd.DataFrame(X, columns=list("abcdefgh"))
     with pytest.raises(ValueError, match="only to find the principal subspace"):
-        GaussianGenerator(covariance="diag", method="exact").fit(X, y, unlabelled=X)
+        GaussianGenerator(covariance="diag", method="exact", unlabelled_iterations=0).fit(X, y, unlabelled=X)
+    with pytest.raises(ValueError, match="learning from unlabelled rows \\(EM\\) needs method='exact'"):
+        GaussianGenerator(covariance="lowrank", rank=2, num_steps=5).fit(X, y, unlabelled=X)
+    for name, value in (("unlabelled_iterations", -1), ("unlabelled_iterations", 2.5), ("unlabelled_weight", 0.0),
+                        ("unlabelled_weight", "high")):
+        with pytest.raises((ValueError, TypeError), match=name):
+            GaussianGenerator(covariance="diag", method="exact", **{name: value}).fit(X, y, unlabelled=X)
     with pytest.raises(ValueError, match="unlabelled"):
         GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(X, y, unlabelled=X[:, :5])
     bad = X.copy()

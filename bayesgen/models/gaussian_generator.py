@@ -598,6 +598,7 @@ def exact_posterior(
     shrinkage: float = 10.0,
     pooled_shrinkage: float | str = "auto",
     pooled: tuple[np.ndarray, np.ndarray] | None = None,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Closed-form posterior of the conjugate structures.
 
@@ -613,6 +614,11 @@ def exact_posterior(
         As in :func:`pooled_statistics`.
     pooled : (m0, S0), optional
         Pooled statistics already computed by :func:`pooled_statistics`.
+    extra : (x_extra, weights), optional
+        More rows, shape (n_extra, n_features), each counted in class c with
+        weight ``weights[i, c]`` (n_extra, n_classes) — soft assignments of
+        unlabelled rows (the M-step of :meth:`GaussianGenerator.fit`'s EM).
+        Their weighted sufficient statistics join each class's own.
 
     Returns
     -------
@@ -627,6 +633,8 @@ def exact_posterior(
     m0, S0 = pooled if pooled is not None else pooled_statistics(x, y, num_classes, pooled_shrinkage=pooled_shrinkage)
     d = x.shape[1]
     counts = np.bincount(y, minlength=num_classes).astype(float)
+    if extra is not None:
+        counts = counts + extra[1].sum(axis=0)
     out: dict[str, np.ndarray] = {"weights_concentration": class_concentration + counts}
     kappa = prior_strength + counts
     locs = np.empty((num_classes, d))
@@ -640,16 +648,19 @@ def exact_posterior(
         dfs, scales = np.empty(num_classes), np.empty((num_classes, d, d))
     for c in range(num_classes):
         xc = x[y == c]
-        n = len(xc)
-        mean = xc.mean(axis=0) if n else m0
+        w = np.ones(len(xc))
+        if extra is not None:
+            xc, w = np.concatenate([xc, extra[0]]), np.concatenate([w, extra[1][:, c]])
+        n = counts[c]
+        mean = w @ xc / n if n > 0 else m0
         locs[c] = (prior_strength * m0 + n * mean) / kappa[c]
         dev = mean - m0
         if covariance == "diag":
-            ss = ((xc - mean) ** 2).sum(axis=0) if n else np.zeros(d)
+            ss = w @ (xc - mean) ** 2 if n > 0 else np.zeros(d)
             shape[c] = a0 + n / 2.0
             rate[c] = b0 + ss / 2.0 + prior_strength * n * dev**2 / (2.0 * kappa[c])
         else:
-            scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
+            scatter = (xc - mean).T @ ((xc - mean) * w[:, None]) if n > 0 else np.zeros((d, d))
             Vn_inv = V0_inv + scatter + prior_strength * n / kappa[c] * np.outer(dev, dev)
             dfs[c] = df0 + n
             scales[c] = np.linalg.inv(Vn_inv)
@@ -794,6 +805,15 @@ class GaussianGenerator(BayesianEstimator):
         What to do with features constant in the training data.
     clip : (float, float), optional
         Clip samples to these bounds (e.g. (0, 1) for pixels).
+    unlabelled_iterations : int, default 20
+        EM passes over the rows passed to ``fit(..., unlabelled=...)``
+        (``method="exact"``): each pass weights every unlabelled row by its
+        class probabilities p(y | x) under the current fit and recomputes the
+        conjugate posterior from the labelled rows plus these weighted rows;
+        it stops early when no probability moves by more than 1e-4. 0 uses
+        unlabelled rows only to find the principal subspace (``subspace``).
+    unlabelled_weight : float, default 1.0
+        Weight of an unlabelled row relative to a labelled one in those passes.
     num_steps : int, default 2000
     learning_rate : float, optional
         Default: 0.002 for "lowrank" started at its PCA (a larger step
@@ -820,6 +840,9 @@ class GaussianGenerator(BayesianEstimator):
     class_counts_ : numpy.ndarray
     subspace_ : dict or None
         The principal subspace (``subspace``): centre, basis, residual variance.
+    unlabelled_history_ : numpy.ndarray or None
+        With unlabelled rows and EM: their mean log predictive density
+        log p(x) before each pass, and after the last (rises as EM settles).
     losses_, converged_, n_steps_
         From the SVI fit.
 
@@ -858,6 +881,8 @@ class GaussianGenerator(BayesianEstimator):
         init: Literal["pca", "prior"] = "pca",
         constant_features: Literal["error", "keep"] = "error",
         clip: tuple[float, float] | None = None,
+        unlabelled_iterations: int = 20,
+        unlabelled_weight: float = 1.0,
         num_steps: int = 2000,
         learning_rate: float | None = None,
         lr_schedule: Literal["exponential", "cosine"] | None = "cosine",
@@ -882,6 +907,8 @@ class GaussianGenerator(BayesianEstimator):
         self.init = init
         self.constant_features = constant_features
         self.clip = clip
+        self.unlabelled_iterations = unlabelled_iterations
+        self.unlabelled_weight = unlabelled_weight
         self.num_steps = num_steps
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
@@ -923,8 +950,9 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
         for name, zero_ok in (("class_concentration", False), ("prior_strength", False), ("shrinkage", True)):
             check_real(getattr(self, name), name, low=0.0, low_open=not zero_ok)
-        if self.covariance == "lowrank":
-            check_count(self.rank, "rank")
+        check_count(self.rank, "rank")
+        check_count(self.unlabelled_iterations, "unlabelled_iterations", minimum=0)
+        check_real(self.unlabelled_weight, "unlabelled_weight", low=0.0)
         if self.clip is not None:
             if isinstance(self.clip, str) or not hasattr(self.clip, "__len__") or len(self.clip) != 2:
                 raise ValueError(f"clip must be (low, high), got {self.clip!r}")
@@ -957,11 +985,15 @@ class GaussianGenerator(BayesianEstimator):
         classes : sequence, optional
             All expected classes; a class without rows is an error.
         unlabelled : array_like or pandas.DataFrame, optional
-            Rows without labels (same features), used with ``subspace`` only:
-            they join the labelled rows in finding the principal subspace and
-            its residual variance; the class model is fitted to the labelled
-            rows. With 20 labelled MNIST digits per class and 10,000 unlabelled
-            ones, this made augmentation help (``benchmarks/RESULTS.md``).
+            Rows without labels (same features): semi-supervised fitting. With
+            ``method="exact"`` the class model learns from them by EM (see
+            ``unlabelled_iterations``); with ``subspace`` they also join the
+            labelled rows in finding the principal subspace and its residual
+            variance. The standardisation and the pooled prior come from the
+            labelled rows. With 20 labelled MNIST digits per class, 10,000
+            unlabelled ones and ``subspace=30``, the generator's own accuracy
+            rose from 0.85 to 0.91-0.93 and its samples raised logistic
+            regression's by 4.6-6.3 points (``benchmarks/RESULTS.md``).
         checkpoint, checkpoint_every, resume
             See :func:`bayesgen.infer.run_svi`.
 
@@ -971,8 +1003,13 @@ class GaussianGenerator(BayesianEstimator):
             ``self``, fitted.
         """
         self._validate_settings()
-        if unlabelled is not None and self.subspace is None:
-            raise ValueError("unlabelled rows are used only to find the principal subspace; set subspace=D")
+        em = unlabelled is not None and int(self.unlabelled_iterations) > 0
+        if em and self.method != "exact":
+            raise ValueError("learning from unlabelled rows (EM) needs method='exact'; or set "
+                             "unlabelled_iterations=0 to use them only to find the principal subspace")
+        if unlabelled is not None and not em and self.subspace is None:
+            raise ValueError("with unlabelled_iterations=0, unlabelled rows are used only to find the principal "
+                             "subspace; set subspace=D (or unlabelled_iterations > 0 with method='exact')")
         values, labels, names = validate_xy(X, y, label=label)
         found = np.unique(labels)
         if classes is not None:
@@ -1003,11 +1040,11 @@ class GaussianGenerator(BayesianEstimator):
         self._constant = constant
         self._constant_values = values[0, constant].copy()
         raw = values[:, ~constant]
+        unlabelled_raw = self._check_new_x(unlabelled, "unlabelled") if unlabelled is not None else None
         self._subspace = None
+        self.unlabelled_history_ = None
         if self.subspace is not None:
-            rows = raw
-            if unlabelled is not None:
-                rows = np.concatenate([raw, self._check_new_x(unlabelled, "unlabelled")])
+            rows = raw if unlabelled_raw is None else np.concatenate([raw, unlabelled_raw])
             self._subspace = principal_subspace(rows, int(self.subspace))
             raw = (raw - self._subspace["centre"]) @ self._subspace["basis"]
         if self.covariance == "lowrank" and int(self.rank) >= raw.shape[1]:
@@ -1044,6 +1081,8 @@ class GaussianGenerator(BayesianEstimator):
         )
         if self.method == "exact":
             self._fit_exact(xv, index)
+            if em:
+                self._fit_unlabelled(xv, index, self._to_model_space(unlabelled_raw))
             return self
         # A batch as large as the data is no minibatch: fit on all rows every step.
         minibatch = self.batch_size is not None and int(self.batch_size) < len(xv)
@@ -1076,7 +1115,28 @@ class GaussianGenerator(BayesianEstimator):
             return float(self.learning_rate)
         return 0.002 if self.covariance == "lowrank" and self.init == "pca" else 0.05
 
-    def _fit_exact(self, xv: np.ndarray, index: np.ndarray) -> None:
+    def _fit_unlabelled(self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray) -> None:
+        """EM over unlabelled rows (model space): E-step p(y | x) under the current posterior predictive,
+        M-step the conjugate posterior of the labelled rows plus the weighted unlabelled ones."""
+        if not np.isfinite(xu).all():
+            raise ValueError("unlabelled rows are too large to standardise with the labelled rows' scale")
+        x = torch.as_tensor(xu, dtype=self._x.dtype, device=self.device_)
+        history, previous = [], None
+        for _ in range(int(self.unlabelled_iterations)):
+            joint = self._exact_joint_log_prob(x)
+            history.append(float(torch.logsumexp(joint, dim=-1).mean()))
+            resp = to_numpy(torch.softmax(joint, dim=-1)).astype(float)
+            if previous is not None and np.abs(resp - previous).max() < 1e-4:
+                break
+            previous = resp
+            self._fit_exact(xv, index, extra=(xu, resp * float(self.unlabelled_weight)))
+        else:
+            history.append(float(torch.logsumexp(self._exact_joint_log_prob(x), dim=-1).mean()))
+        # On the raw scale, as score_samples reports it (the class model's part; the residual is fixed).
+        self.unlabelled_history_ = np.asarray(history) - float(np.log(self._scale).sum())
+
+    def _fit_exact(self, xv: np.ndarray, index: np.ndarray,
+                   extra: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         from bayesgen.infer import param_scope
 
         post = exact_posterior(
@@ -1088,6 +1148,7 @@ class GaussianGenerator(BayesianEstimator):
             prior_strength=float(self.prior_strength),
             shrinkage=float(self.shrinkage),
             pooled=self._pooled,
+            extra=extra,
         )
         self.exact_ = post
         t = self._x.new_tensor
@@ -1142,10 +1203,12 @@ class GaussianGenerator(BayesianEstimator):
         return [n for n, c in zip(self.feature_names_, self._constant, strict=True) if not c]
 
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        history = getattr(self, "unlabelled_history_", None)
         meta = {
             "classes_": self.classes_.tolist(),
             "feature_names_": self.feature_names_,
             "class_counts_": self.class_counts_.tolist(),
+            "unlabelled_history_": None if history is None else [float(v) for v in history],
         }
         tensors = {
             "x": self._x.detach().cpu(),
@@ -1165,6 +1228,8 @@ class GaussianGenerator(BayesianEstimator):
         self.classes_ = np.asarray(meta["classes_"])
         self.feature_names_ = list(meta["feature_names_"])
         self.class_counts_ = np.asarray(meta["class_counts_"])
+        history = meta.get("unlabelled_history_")  # files from before session 14 lack it
+        self.unlabelled_history_ = None if history is None else np.asarray(history, dtype=float)
         self._x = tensors["x"].to(self.device_)
         self._y = tensors["y"].to(self.device_)
         self._constant = to_numpy(tensors["constant"]).astype(bool)
