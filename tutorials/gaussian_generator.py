@@ -104,9 +104,9 @@ print(f"accuracy, trained on real + synthetic: {clf.score(X_test, y_test):.3f}")
 # large images with few labelled rows, model the classes in a principal subspace instead:
 # `GaussianGenerator(covariance="full", method="exact", subspace=30, ...)` took augmentation
 # on MNIST at 20 digits per class from -2.1 points (the pixels' full covariance) to about
-# zero (+0.9 on the benchmark's splits, -0.4 on others), and to +1.0 to +2.0 when 10,000
-# unlabelled images help find the subspace: `gen.fit(X, y, unlabelled=X_unlabelled)`. On
-# these 8x8 digits the full covariance is well-posed and a subspace only loses information.
+# zero (+0.9 on the benchmark's splits, -0.4 on others), and to +4.4 to +5.7 when it also
+# learns from 10,000 unlabelled images (next section). On these 8x8 digits the full
+# covariance is well-posed and a subspace only loses information.
 
 # %%
 table = low_data_experiment(
