@@ -991,9 +991,10 @@ class GaussianGenerator(BayesianEstimator):
             labelled rows in finding the principal subspace and its residual
             variance. The standardisation and the pooled prior come from the
             labelled rows. With 20 labelled MNIST digits per class, 10,000
-            unlabelled ones and ``subspace=30``, the generator's own accuracy
-            rose from 0.85 to 0.91-0.93 and its samples raised logistic
-            regression's by 4.6-6.3 points (``benchmarks/RESULTS.md``).
+            unlabelled ones and ``subspace=30``, its samples raised logistic
+            regression's accuracy by 4.4-5.7 points (labelled rows only: about
+            0) and its own accuracy rose from 0.85 to 0.89-0.92
+            (``benchmarks/RESULTS.md``).
         checkpoint, checkpoint_every, resume
             See :func:`bayesgen.infer.run_svi`.
 
