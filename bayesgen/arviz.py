@@ -160,9 +160,20 @@ def _one_pass(
 
 
 def _enumerated_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> list[str]:
-    """Discrete sites the model enumerates (config_enumerate) and the guide does not draw."""
-    return [name for name, site in model_trace.nodes.items()
-            if _is_latent(site) and site["infer"].get("enumerate") == "parallel" and name not in guide_trace.nodes]
+    """Discrete sites the model enumerates (config_enumerate) and the guide does not draw.
+
+    Raises ValueError for sequential enumeration, which Pyro's TraceEnum_ELBO does not implement on the
+    model side either: such a site would be drawn from its prior, giving conditional likelihoods.
+    """
+    names = [name for name, site in model_trace.nodes.items()
+             if _is_latent(site) and site["infer"].get("enumerate") and name not in guide_trace.nodes]
+    sequential = [name for name in names if model_trace.nodes[name]["infer"]["enumerate"] != "parallel"]
+    if sequential:
+        raise ValueError(
+            f"sites {sequential} are enumerated sequentially in the model, which is summed out neither here nor "
+            "by TraceEnum_ELBO; enumerate them in parallel (config_enumerate(model) or "
+            "infer={'enumerate': 'parallel'})")
+    return names
 
 
 def _plates(site: Mapping[str, Any]) -> set[str]:

@@ -269,14 +269,16 @@ MIX_Y = torch.cat([torch.randn(30, generator=torch.Generator().manual_seed(0)) -
                    torch.randn(20, generator=torch.Generator().manual_seed(1)) * 0.7 + 2.0])
 
 
-@config_enumerate
-def gaussian_mixture(y):
+def _mixture(y):
     w = pyro.sample("w", dist.Dirichlet(torch.ones(2)))
     mu = pyro.sample("mu", dist.Normal(torch.tensor([-1.0, 1.0]), 5.0).to_event(1))
     sd = pyro.sample("sd", dist.LogNormal(torch.zeros(2), 1.0).to_event(1))
     with pyro.plate("obs", y.shape[0]):
         z = pyro.sample("z", dist.Categorical(w))
         pyro.sample("y", dist.Normal(mu[z], sd[z]), obs=y)
+
+
+gaussian_mixture = config_enumerate(_mixture)
 
 
 def mixture_log_joint(w, mu, sd, y):
@@ -315,6 +317,9 @@ def test_vi_khat_sums_enumerated_sites_out_of_the_importance_ratios(fitted_mixtu
                           .get_trace(MIX_Y).log_prob_sum().item() for i in range(150)])
     np.testing.assert_allclose(diag.raw_log_weights, prior + marginal.sum(1) - log_q, atol=1e-3)
     assert diag.verdict in ("good", "usable")
+    # Model-side sequential enumeration is summed out by nobody (TraceEnum_ELBO neither): refused by name.
+    with pytest.raises(ValueError, match="sites \\['z'\\] are enumerated sequentially"):
+        vi_khat(config_enumerate(_mixture, default="sequential"), guide, MIX_Y, num_samples=150, param_state=state)
 
 
 def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_their_posterior(fitted_mixture):
@@ -338,7 +343,10 @@ def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_th
     assert 0.3 < (rep > 0).mean() < 0.5
     assert np.isfinite(arviz_stats.loo(tree).elpd)
 
-    # Cases without a per-row marginal likelihood are refused by name.
+    # Cases without a per-row marginal likelihood are refused by name. The bridge sums out parallel
+    # enumeration only; a sequential site would otherwise come from its prior.
+    with pytest.raises(ValueError, match="sites \\['z'\\] are enumerated sequentially"):
+        to_datatree(config_enumerate(_mixture, default="sequential"), guide, y, num_samples=3)
     @config_enumerate
     def shared_component(y):
         mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 5.0).to_event(1))

@@ -580,7 +580,9 @@ def test_unlabelled_rows_find_the_subspace_that_few_labelled_rows_miss():
     # With EM (the default) the subspace is the same; the class model learns from the unlabelled rows too.
     em = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X[few], y[few], unlabelled=X[rest])
     np.testing.assert_allclose(np.abs(em.subspace_["basis"]), np.abs(helped.subspace_["basis"]), atol=1e-10)
-    assert em.class_counts_.tolist() == [5, 5, 5] and em.unlabelled_history_ is not None
+    assert em.class_counts_.tolist() == [5, 5, 5]
+    # The history is log p(x) as score_samples reports it, the density outside the subspace included.
+    assert em.unlabelled_history_[-1] == pytest.approx(em.score_samples(X[rest]).mean(), abs=1e-6)
 
 
 def two_gaussian_classes(n_per_class, seed):
@@ -615,6 +617,12 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
     assert np.mean(alone.predict(X_test) == y_test) < bayes_accuracy - 0.01  # what EM added
     history = em.unlabelled_history_
     assert 2 <= len(history) <= 21 and history[-1] > history[0]
+    assert history[-1] == pytest.approx(em.score_samples(X[rest]).mean(), abs=1e-6)
+    # The model/guide pair holds the labelled rows only: its diagnostics say so.
+    with pytest.warns(UserWarning, match="vi_diagnostic evaluates the model on the labelled rows only"):
+        em.vi_diagnostic(num_samples=100, warn=False)
+    with pytest.warns(UserWarning, match="to_arviz evaluates the model on the labelled rows only"):
+        em.to_arviz(num_samples=5)
     loaded = GaussianGenerator.load(em.save(tmp_path / "em"))
     np.testing.assert_array_equal(loaded.unlabelled_history_, history)
     np.testing.assert_allclose(loaded.predict_proba(X_test[:50]), em.predict_proba(X_test[:50]), rtol=1e-6)

@@ -842,7 +842,8 @@ class GaussianGenerator(BayesianEstimator):
         The principal subspace (``subspace``): centre, basis, residual variance.
     unlabelled_history_ : numpy.ndarray or None
         With unlabelled rows and EM: their mean log predictive density
-        log p(x) before each pass, and after the last (rises as EM settles).
+        log p(x) (as :meth:`score_samples`) before each pass, and after the
+        last (rises as EM settles).
     losses_, converged_, n_steps_
         From the SVI fit.
 
@@ -1083,7 +1084,7 @@ class GaussianGenerator(BayesianEstimator):
         if self.method == "exact":
             self._fit_exact(xv, index)
             if em:
-                self._fit_unlabelled(xv, index, self._to_model_space(unlabelled_raw))
+                self._fit_unlabelled(xv, index, unlabelled_raw)
             return self
         # A batch as large as the data is no minibatch: fit on all rows every step.
         minibatch = self.batch_size is not None and int(self.batch_size) < len(xv)
@@ -1116,9 +1117,10 @@ class GaussianGenerator(BayesianEstimator):
             return float(self.learning_rate)
         return 0.002 if self.covariance == "lowrank" and self.init == "pca" else 0.05
 
-    def _fit_unlabelled(self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray) -> None:
-        """EM over unlabelled rows (model space): E-step p(y | x) under the current posterior predictive,
-        M-step the conjugate posterior of the labelled rows plus the weighted unlabelled ones."""
+    def _fit_unlabelled(self, xv: np.ndarray, index: np.ndarray, raw: np.ndarray) -> None:
+        """EM over unlabelled rows (modelled raw features): E-step p(y | x) under the current posterior
+        predictive, M-step the conjugate posterior of the labelled rows plus the weighted unlabelled ones."""
+        xu = self._to_model_space(raw)
         if not np.isfinite(xu).all():
             raise ValueError("unlabelled rows are too large to standardise with the labelled rows' scale")
         x = torch.as_tensor(xu, dtype=self._x.dtype, device=self.device_)
@@ -1133,8 +1135,10 @@ class GaussianGenerator(BayesianEstimator):
             self._fit_exact(xv, index, extra=(xu, resp * float(self.unlabelled_weight)))
         else:
             history.append(float(torch.logsumexp(self._exact_joint_log_prob(x), dim=-1).mean()))
-        # On the raw scale, as score_samples reports it (the class model's part; the residual is fixed).
-        self.unlabelled_history_ = np.asarray(history) - float(np.log(self._scale).sum())
+        # log p(x) on the raw scale, as score_samples reports it: the Jacobian of the standardisation, and
+        # the density outside the principal subspace (the same in every pass).
+        offset = float(self._residual_log_density(raw).mean()) - float(np.log(self._scale).sum())
+        self.unlabelled_history_ = np.asarray(history) + offset
 
     def _fit_exact(self, xv: np.ndarray, index: np.ndarray,
                    extra: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -1558,10 +1562,26 @@ class GaussianGenerator(BayesianEstimator):
         Everything is on the standardised feature scale (see the module notes); with
         ``subspace``, on the standardised principal-component scores (``pc1``, ...).
         Full-covariance models draw one sample at a time (each draw holds a
-        d × d matrix per row); the others are vectorised.
+        d × d matrix per row); the others are vectorised. After a semi-supervised
+        fit the posterior is EM's, but the model's data (log-likelihood, predictive
+        checks) are the labelled rows only (warned).
         """
+        self._warn_if_semi_supervised("to_arviz")
         with _quiet_wishart():
             return super().to_arviz(num_samples, seed=seed, prior=prior)
+
+    def vi_diagnostic(self, num_samples: int = 2000, *, seed: int | None = 0, warn: bool = True) -> Any:
+        self._warn_if_semi_supervised("vi_diagnostic")
+        return super().vi_diagnostic(num_samples, seed=seed, warn=warn)
+
+    vi_diagnostic.__doc__ = BayesianEstimator.vi_diagnostic.__doc__
+
+    def _warn_if_semi_supervised(self, what: str) -> None:
+        if getattr(self, "unlabelled_history_", None) is not None:
+            warnings.warn(
+                f"{what} evaluates the model on the labelled rows only, while this fit's posterior also learnt "
+                "from the unlabelled rows (EM): its likelihood, predictive checks and k-hat describe the labelled "
+                "rows against a posterior they did not produce alone", UserWarning, stacklevel=3)
 
     def plot_samples(self, num_per_class: int = 8, *, image_shape: tuple[int, int] | None = None, seed: int = 0) -> Any:
         """A grid of generated rows per class, drawn as images (for pixel data).
