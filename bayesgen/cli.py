@@ -225,8 +225,27 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     from bayesgen.models.gaussian_generator import GaussianGenerator, validate_xy
 
     table = read_csv(args.csv)
+    unlabelled = None
+    if args.label in table.columns:
+        column = table[args.label]
+        blank = (column.isna() | column.astype(str).str.strip().eq("")).to_numpy()
+        if blank.any() and not args.unlabelled:
+            raise ValueError(f"{int(blank.sum())} rows have no label in column {args.label!r}; pass --unlabelled "
+                             "to fit semi-supervised with them (EM; needs --method exact), or drop them")
+        if blank.all():
+            raise ValueError(f"no row has a label in column {args.label!r}")
+        if blank.any():
+            if args.method != "exact":
+                raise ValueError("--unlabelled needs --method exact (EM on the exact conjugate posterior)")
+            unlabelled = table.loc[blank].drop(columns=args.label)
+            table = table.loc[~blank].copy()
+            labels = table[args.label]
+            if labels.dtype.kind == "f" and (labels % 1 == 0).all():  # integer labels read as float beside blanks
+                table[args.label] = labels.astype("int64")
     X, y, names = validate_xy(table, label=args.label)
     features = pd.DataFrame(X, columns=names)
+    if unlabelled is not None:
+        unlabelled = unlabelled[names]  # the labelled rows' feature columns, so a stray column is no feature
     clip = _parse_pair(args.clip, "--clip") if args.clip else None
     gen = GaussianGenerator(
         covariance=args.covariance,
@@ -239,13 +258,16 @@ def _cmd_augment(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         progress=not args.quiet,
-    ).fit(features, y)
+    ).fit(features, y, unlabelled=unlabelled)
     data = augment(features, y, gen, n_per_class=args.n_per_class, seed=args.seed)
     out = data.to_frame(label=args.label)
     out.to_csv(args.out, index=False)
     n_syn = int(data.synthetic.sum())
     print(f"wrote {args.out}: {len(out) - n_syn} real rows + {n_syn} synthetic rows "
           f"({args.n_per_class} per class, column 'synthetic' marks them)")
+    if unlabelled is not None:
+        print(f"the generator also learnt from {len(unlabelled)} unlabelled rows (EM, "
+              f"{len(gen.unlabelled_history_) - 1} passes); they are not in the output")
     return 0
 
 
@@ -358,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--method", choices=["svi", "exact"], default="svi", help="exact: diag/full only")
     aug.add_argument("--clip", help="clip samples to LOW,HIGH (e.g. 0,1 for pixels)")
     aug.add_argument("--keep-constant", action="store_true", help="hold constant features fixed instead of failing")
+    aug.add_argument("--unlabelled", action="store_true",
+                     help="rows with an empty label are unlabelled data: the generator learns from them too "
+                          "(semi-supervised EM; needs --method exact); they are not written out")
     aug.add_argument("--num-steps", type=int, default=2000)
     aug.add_argument("--device", default="auto")
     aug.add_argument("--seed", type=int, default=0)

@@ -155,6 +155,39 @@ def test_augment_writes_real_and_synthetic_rows(tmp_path):
     assert proc.returncode == 2 and "subspace=100" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_augment_learns_from_rows_without_a_label(tmp_path, capsys):
+    import pandas as pd
+
+    from bayesgen.cli import main
+    from bayesgen.datasets import load_digits
+
+    X, y = load_digits()
+    frame = pd.DataFrame(X[:600], columns=[f"p{i}" for i in range(64)])
+    frame["digit"] = y[:600]
+    frame.loc[50:, "digit"] = None  # 50 labelled rows (5 per class or so), 550 without a label
+    csv, out = tmp_path / "partly.csv", tmp_path / "augmented.csv"
+    frame.to_csv(csv, index=False)
+    common = ["augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "10", "--out", str(out),
+              "--covariance", "full", "--keep-constant", "--clip", "0,1", "--quiet"]
+    assert main(common + ["--method", "exact"]) == 2
+    assert "550 rows have no label in column 'digit'; pass --unlabelled" in capsys.readouterr().err
+    assert main(common + ["--unlabelled"]) == 2  # SVI by default
+    assert "--unlabelled needs --method exact" in capsys.readouterr().err
+    assert main(common + ["--method", "exact", "--unlabelled"]) == 0
+    assert "also learnt from 550 unlabelled rows" in capsys.readouterr().out
+    result = pd.read_csv(out)
+    labelled = frame.iloc[:50]
+    assert len(result) == 50 + 10 * labelled["digit"].nunique() and result["synthetic"].sum() == len(result) - 50
+    assert result["digit"].dtype.kind == "i"  # integer labels stay integers beside blank cells
+    # The unlabelled rows changed the generator: its samples differ from a labelled-only fit's.
+    alone = tmp_path / "alone.csv"
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    assert main([*common[:2], str(tmp_path / "labelled.csv"), *common[3:8], str(alone), *common[9:],
+                 "--method", "exact"]) == 0
+    assert not np.allclose(pd.read_csv(alone).query("synthetic == 1").iloc[:, :64],
+                           result.query("synthetic == 1").iloc[:, :64])
+
+
 def test_fit_gaussian_digits_spec(tmp_path):
     out = tmp_path / "gen"
     spec = tmp_path / "spec.toml"
