@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -630,6 +632,15 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
     light = GaussianGenerator(covariance="full", method="exact", unlabelled_weight=0.001).fit(
         X[few], y[few], unlabelled=X[rest])
     assert mean_error(em) < mean_error(light) < mean_error(alone) + 1e-9
+
+
+def test_one_row_per_class_is_warned_about():
+    X, y, _, _ = two_gaussian_classes(50, seed=4)
+    with pytest.warns(UserWarning, match="every class has a single labelled row"):
+        GaussianGenerator(covariance="full", method="exact").fit(X[[0, 50]], y[[0, 50]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two rows in one class: no warning
+        GaussianGenerator(covariance="full", method="exact").fit(X[[0, 1, 50]], y[[0, 1, 50]])
 
 
 def test_soft_rows_with_one_hot_weights_are_labelled_rows():

@@ -1070,6 +1070,12 @@ class GaussianGenerator(BayesianEstimator):
         self._x = torch.as_tensor(xv, dtype=dtype, device=self.device_)
         self._y = torch.as_tensor(index, dtype=torch.int64, device=self.device_)
         m0, S0 = self._pooled = pooled_statistics(xv, index, len(found), pooled_shrinkage=self.pooled_shrinkage)
+        if (self.class_counts_ < 2).all():
+            warnings.warn(
+                "every class has a single labelled row, so there is no within-class variation to learn the "
+                "covariance from: the pooled covariance is its small floor, and p(y | x) and samples are "
+                "uninformative (unlabelled rows do not fix this: EM starts from the same place); give some "
+                "classes two or more rows", UserWarning, stacklevel=2)
         self._prior = prior_parameters(
             m0,
             S0,
