@@ -289,13 +289,17 @@ def low_data_experiment(
     classifier: Callable[[], Any] = default_classifier,
     repeats: int = 3,
     seed: int | None = 0,
+    unlabelled: Any = None,
 ) -> pd.DataFrame:
     """Accuracy with k real rows per class, with and without augmentation.
 
     For each k and repeat, k rows per class are drawn from the training data;
     a classifier is trained on them alone, and on them plus
     ``n_synthetic_per_class`` rows per class from a generator fitted to the
-    same k rows. Both are scored on the same real test set.
+    same k rows. Both are scored on the same real test set. With
+    ``unlabelled``, the generator is fitted semi-supervised,
+    ``fit(X_k, y_k, unlabelled=unlabelled)`` (the classifier still sees the
+    labelled and synthetic rows only).
 
     Parameters
     ----------
@@ -307,6 +311,8 @@ def low_data_experiment(
     classifier : callable, default :func:`default_classifier`
     repeats : int, default 3
     seed : int, default 0
+    unlabelled : array_like, optional
+        Rows without labels for a semi-supervised generator (same features).
 
     Returns
     -------
@@ -316,6 +322,8 @@ def low_data_experiment(
     X_train = as_feature_matrix(X_train, "X_train")[0]
     labels = check_labels(y_train, len(X_train), "y_train")
     X_test = as_feature_matrix(X_test, "X_test", n_features=X_train.shape[1])[0]
+    if unlabelled is not None:  # checked before any fit
+        unlabelled = as_feature_matrix(unlabelled, "unlabelled", n_features=X_train.shape[1])[0]
     y_test = check_labels(y_test, len(X_test), "y_test")
     k_per_class = [check_count(k, "k_per_class") for k in k_per_class]
     repeats = check_count(repeats, "repeats")
@@ -333,7 +341,8 @@ def low_data_experiment(
             sel = np.concatenate(take)
             Xk, yk = X_train[sel], labels[sel]
             real = float(classifier().fit(Xk, yk).score(X_test, y_test))
-            gen = make_generator().fit(Xk, yk)
+            gen = make_generator()
+            gen = gen.fit(Xk, yk) if unlabelled is None else gen.fit(Xk, yk, unlabelled=unlabelled)
             data = augment(Xk, yk, gen, n_per_class=n_synthetic_per_class, seed=seed + 1000 * rep + k)
             aug = float(classifier().fit(data.X, data.y).score(X_test, y_test))
             rows.append({"k": k, "repeat": rep, "real_only": real, "augmented": aug, "gain": aug - real})

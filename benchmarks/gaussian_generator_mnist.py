@@ -81,23 +81,10 @@ def make_full_exact(device="cpu"):
                              device=device, seed=0)
 
 
-def make_subspace(device="cpu", dim=30):
+def make_subspace(device="cpu", dim=30, **settings):
     """Exact full covariance in the first ``dim`` principal components, PPCA residual noise."""
     return GaussianGenerator(covariance="full", method="exact", subspace=dim, constant_features="keep",
-                             clip=(0.0, 1.0), device=device, seed=0)
-
-
-def make_subspace_unlabelled(pool, dim=30, **settings):
-    """A maker of ``make_subspace`` generators whose fits also take ``pool``, images without their labels:
-    EM over them by default (``unlabelled_iterations=0``: they only help find the subspace)."""
-    def make(device="cpu"):
-        gen = GaussianGenerator(covariance="full", method="exact", subspace=dim, constant_features="keep",
-                                clip=(0.0, 1.0), device=device, seed=0, **settings)
-        fit = gen.fit
-        gen.fit = lambda X, y=None, **kwargs: fit(X, y, unlabelled=pool, **kwargs)
-        return gen
-
-    return make
+                             clip=(0.0, 1.0), device=device, seed=0, **settings)
 
 
 def timed_fit(make, X, y):
@@ -171,8 +158,8 @@ def main() -> None:
     # Low-data regime: generators fitted on the k rows per class only.
     if "lowdata" in parts:
         tables = []
-        makers = [("bayesgen_full_exact", make_full_exact), ("plain_numpy", PlainGaussianSampler)]
-        makers[1:1] = [(f"bayesgen_subspace{dim}_exact", lambda dim=int(dim): make_subspace(dim=dim))
+        makers = [("bayesgen_full_exact", make_full_exact, None), ("plain_numpy", PlainGaussianSampler, None)]
+        makers[1:1] = [(f"bayesgen_subspace{dim}_exact", lambda dim=int(dim): make_subspace(dim=dim), None)
                        for dim in args.lowdata_subspaces.split(",")]
         if args.lowdata_unlabelled:
             # A fixed pool of training images without their labels (it may include some of the k rows'
@@ -180,14 +167,15 @@ def main() -> None:
             pool = X_train[np.random.default_rng(1).choice(len(X_train), args.lowdata_unlabelled, replace=False)]
             tag = f"bayesgen_subspace30_unlabelled{args.lowdata_unlabelled}"
             makers[-1:-1] = [
-                (f"{tag}_subspace_only_exact", make_subspace_unlabelled(pool, unlabelled_iterations=0)),
-                (f"{tag}_em_exact", make_subspace_unlabelled(pool)),
-                (f"{tag}_em_weight0.1_exact", make_subspace_unlabelled(pool, unlabelled_weight=0.1)),
+                (f"{tag}_subspace_only_exact", lambda: make_subspace(unlabelled_iterations=0), pool),
+                (f"{tag}_em_exact", make_subspace, pool),
+                (f"{tag}_em_weight0.1_exact", lambda: make_subspace(unlabelled_weight=0.1), pool),
             ]
-        for name, make in makers:
+        for name, make, unlabelled in makers:
             for n_syn in (100, 500):
                 table = low_data_experiment(make, X_train, y_train, X_test, y_test, k_per_class=(20, 100),
-                                            n_synthetic_per_class=n_syn, repeats=args.repeats, seed=0)
+                                            n_synthetic_per_class=n_syn, repeats=args.repeats, seed=0,
+                                            unlabelled=unlabelled)
                 table["generator"], table["synthetic_per_class"] = name, n_syn
                 tables.append(table)
         low = pd.concat(tables)

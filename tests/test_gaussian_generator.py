@@ -368,6 +368,24 @@ def test_augmentation_helpers_check_their_inputs():
         memorization_check(X, X, X, quantile=1.5)
     with pytest.raises(ValueError, match="k_per_class must be an integer >= 1"):
         low_data_experiment(lambda: GaussianGenerator(covariance="diag", method="exact"), X, y, X, y, k_per_class=(0,))
+    # Semi-supervised: every generator's fit receives the unlabelled rows, checked before any fit.
+    fitted_with = []
+
+    class Recording(GaussianGenerator):
+        def fit(self, X, y=None, **kwargs):
+            fitted_with.append(kwargs.get("unlabelled"))
+            return super().fit(X, y, **kwargs)
+
+    def make():
+        return Recording(covariance="diag", method="exact")
+
+    with pytest.raises(ValueError, match="unlabelled has 3 feature columns, expected 4"):
+        low_data_experiment(make, X, y, X, y, k_per_class=(5,), repeats=2, unlabelled=X[:, :3])
+    assert fitted_with == []
+    table = low_data_experiment(make, X, y, X, y, k_per_class=(5,), n_synthetic_per_class=5, repeats=2,
+                                unlabelled=X[:30])
+    assert len(table) == 2 and len(fitted_with) == 2
+    assert all(u is not None and u.shape == (30, 4) for u in fitted_with)
 
 
 def test_one_sided_clip_fits_saves_and_loads(tmp_path):
