@@ -638,14 +638,24 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
     history = em.unlabelled_history_
     assert 2 <= len(history) <= 21 and history[-1] > history[0]
     assert history[-1] == pytest.approx(em.score_samples(X[rest]).mean(), abs=1e-6)
-    # The model/guide pair holds the labelled rows only: its diagnostics say so.
-    with pytest.warns(UserWarning, match="vi_diagnostic evaluates the model on the labelled rows only"):
-        em.vi_diagnostic(num_samples=100, warn=False)
-    with pytest.warns(UserWarning, match="to_arviz evaluates the model on the labelled rows only"):
-        em.to_arviz(num_samples=5)
+    # The model holds the unlabelled rows too, their class summed out: the ArviZ log-likelihood of each is
+    # log Σ_c w_c N(x; loc_c, precision_c⁻¹) under every posterior draw (model space), and k-hat judges EM's
+    # posterior against that whole model.
+    from scipy.special import logsumexp
+
+    tree = em.to_arviz(num_samples=10)
+    post, xu = tree.posterior, tree.observed_data["x_unlabelled"].values
+    assert xu.shape == (len(rest), 2) and tree.posterior_predictive["x_unlabelled"].shape == (1, 10, len(rest), 2)
+    w, loc, prec = (post[k].values[0] for k in ("weights", "loc", "precision"))
+    comp = np.stack([[stats.multivariate_normal(loc[s, c], np.linalg.inv(prec[s, c])).logpdf(xu) for c in (0, 1)]
+                     for s in range(10)])
+    truth = logsumexp(np.log(w)[:, :, None] + comp, axis=1)
+    np.testing.assert_allclose(tree.log_likelihood["x_unlabelled"].values[0], truth, rtol=1e-9, atol=1e-9)
+    assert np.isfinite(em.vi_diagnostic(num_samples=100, warn=False).khat)
     loaded = GaussianGenerator.load(em.save(tmp_path / "em"))
     np.testing.assert_array_equal(loaded.unlabelled_history_, history)
     np.testing.assert_allclose(loaded.predict_proba(X_test[:50]), em.predict_proba(X_test[:50]), rtol=1e-6)
+    assert loaded._model_args()[1]["x_unlabelled"].shape == (len(rest), 2)
     # A smaller weight keeps the fit closer to the labelled rows; 0 passes use the rows for nothing.
     light = GaussianGenerator(covariance="full", method="exact", unlabelled_weight=0.001).fit(
         X[few], y[few], unlabelled=X[rest])

@@ -127,6 +127,7 @@ DIMS = {
     "cov_factor": ["class", "feature", "factor"],
     "y": ["row"],
     "x": ["row"],
+    "x_unlabelled": ["unlabelled_row"],
 }
 
 
@@ -268,6 +269,7 @@ def model(
     num_classes: int,
     init: dict[str, torch.Tensor] | None = None,
     noise: str = "diagonal",
+    x_unlabelled: torch.Tensor | None = None,
 ) -> None:
     """Class-conditional Gaussian model.
 
@@ -287,6 +289,10 @@ def model(
     noise : {"diagonal", "isotropic"}, default "diagonal"
         "lowrank" only: a noise variance per feature (factor analysis) or one
         per class (probabilistic PCA on the standardised features).
+    x_unlabelled : Tensor, shape (n_unlabelled, n_features), optional
+        Rows without a label ("diag" and "full"): observed at site
+        ``x_unlabelled`` with their class summed out,
+        p(x) = Σ_c w_c N(x; loc_c, precision_c⁻¹).
     """
     weights = pyro.sample("weights", dist.Dirichlet(hyper["class_concentration"]))
     with pyro.plate("class", num_classes):
@@ -316,6 +322,17 @@ def model(
         else:
             fn = ClassLowRankNormal(loc, cov_factor, cov_diag, yi)
         pyro.sample("x", fn, obs=xi)
+    if x_unlabelled is not None:
+        # Class components with one more batch dimension, left of the class one, for the rows' plate.
+        if covariance == "diag":
+            components = dist.Normal(loc.unsqueeze(-3), precision.unsqueeze(-3).rsqrt()).to_event(1)
+        elif covariance == "full":
+            components = dist.MultivariateNormal(loc.unsqueeze(-3), precision_matrix=precision.unsqueeze(-4))
+        else:
+            raise ValueError("unlabelled rows are modelled with covariance 'diag' or 'full' only")
+        with pyro.plate("unlabelled_row", x_unlabelled.shape[0], device=x_unlabelled.device):
+            pyro.sample("x_unlabelled", dist.MixtureSameFamily(dist.Categorical(weights), components),
+                        obs=x_unlabelled)
 
 
 def guide(
@@ -328,6 +345,7 @@ def guide(
     num_classes: int,
     init: dict[str, torch.Tensor] | None = None,
     noise: str = "diagonal",
+    x_unlabelled: torch.Tensor | None = None,
 ) -> None:
     """Mean-field guide for :func:`model` (same signature).
 
@@ -1044,7 +1062,7 @@ class GaussianGenerator(BayesianEstimator):
         raw = values[:, ~constant]
         unlabelled_raw = self._check_new_x(unlabelled, "unlabelled") if unlabelled is not None else None
         self._subspace = None
-        self.unlabelled_history_ = None
+        self.unlabelled_history_ = self._x_unlabelled = None
         if self.subspace is not None:
             rows = raw if unlabelled_raw is None else np.concatenate([raw, unlabelled_raw])
             self._subspace = principal_subspace(rows, int(self.subspace))
@@ -1129,7 +1147,7 @@ class GaussianGenerator(BayesianEstimator):
         xu = self._to_model_space(raw)
         if not np.isfinite(xu).all():
             raise ValueError("unlabelled rows are too large to standardise with the labelled rows' scale")
-        x = torch.as_tensor(xu, dtype=self._x.dtype, device=self.device_)
+        x = self._x_unlabelled = torch.as_tensor(xu, dtype=self._x.dtype, device=self.device_)
         history, previous = [], None
         for _ in range(int(self.unlabelled_iterations)):
             joint = self._exact_joint_log_prob(x)
@@ -1192,6 +1210,8 @@ class GaussianGenerator(BayesianEstimator):
         kwargs = {"hyper": self._prior, "covariance": self.covariance, "num_classes": len(self.classes_)}
         if self.covariance == "lowrank":
             kwargs["noise"] = self.noise
+        if getattr(self, "_x_unlabelled", None) is not None:
+            kwargs["x_unlabelled"] = self._x_unlabelled
         return (self._x, self._y), kwargs
 
     def _arviz_dims(self) -> tuple[dict, dict]:
@@ -1233,6 +1253,8 @@ class GaussianGenerator(BayesianEstimator):
         }
         if self._subspace is not None:
             tensors.update({f"subspace.{k}": torch.tensor(v, dtype=torch.float64) for k, v in self._subspace.items()})
+        if getattr(self, "_x_unlabelled", None) is not None:
+            tensors["x_unlabelled"] = self._x_unlabelled.detach().cpu()
         return meta, tensors
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -1243,6 +1265,7 @@ class GaussianGenerator(BayesianEstimator):
         self.unlabelled_history_ = None if history is None else np.asarray(history, dtype=float)
         self._x = tensors["x"].to(self.device_)
         self._y = tensors["y"].to(self.device_)
+        self._x_unlabelled = tensors["x_unlabelled"].to(self.device_) if "x_unlabelled" in tensors else None
         self._constant = to_numpy(tensors["constant"]).astype(bool)
         self._constant_values = to_numpy(tensors["constant_values"])
         self._shift = to_numpy(tensors["shift"])
@@ -1569,25 +1592,12 @@ class GaussianGenerator(BayesianEstimator):
         ``subspace``, on the standardised principal-component scores (``pc1``, ...).
         Full-covariance models draw one sample at a time (each draw holds a
         d × d matrix per row); the others are vectorised. After a semi-supervised
-        fit the posterior is EM's, but the model's data (log-likelihood, predictive
-        checks) are the labelled rows only (warned).
+        fit the model holds the unlabelled rows too, at site ``x_unlabelled``
+        (their class summed out), so the log-likelihood, the predictive checks
+        and :meth:`vi_diagnostic` judge EM's posterior against the whole model.
         """
-        self._warn_if_semi_supervised("to_arviz")
         with _quiet_wishart():
             return super().to_arviz(num_samples, seed=seed, prior=prior)
-
-    def vi_diagnostic(self, num_samples: int = 2000, *, seed: int | None = 0, warn: bool = True) -> Any:
-        self._warn_if_semi_supervised("vi_diagnostic")
-        return super().vi_diagnostic(num_samples, seed=seed, warn=warn)
-
-    vi_diagnostic.__doc__ = BayesianEstimator.vi_diagnostic.__doc__
-
-    def _warn_if_semi_supervised(self, what: str) -> None:
-        if getattr(self, "unlabelled_history_", None) is not None:
-            warnings.warn(
-                f"{what} evaluates the model on the labelled rows only, while this fit's posterior also learnt "
-                "from the unlabelled rows (EM): its likelihood, predictive checks and k-hat describe the labelled "
-                "rows against a posterior they did not produce alone", UserWarning, stacklevel=3)
 
     def plot_samples(self, num_per_class: int = 8, *, image_shape: tuple[int, int] | None = None, seed: int = 0) -> Any:
         """A grid of generated rows per class, drawn as images (for pixel data).
