@@ -662,13 +662,28 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
     assert mean_error(em) < mean_error(light) < mean_error(alone) + 1e-9
 
 
-def test_one_row_per_class_is_warned_about():
-    X, y, _, _ = two_gaussian_classes(50, seed=4)
+def test_one_labelled_row_per_class():
+    # Alone: no within-class spread to learn a covariance from, warned. With unlabelled rows EM takes the
+    # scale and the pooled covariance from them, and finds the true classes given enough passes.
+    from scipy import stats
+
+    X, y, means, cov = two_gaussian_classes(1000, seed=0)
+    few = np.concatenate([np.random.default_rng(0).choice(np.flatnonzero(y == c), 1) for c in (0, 1)])
+    rest = np.setdiff1d(np.arange(len(X)), few)
     with pytest.warns(UserWarning, match="every class has a single labelled row"):
-        GaussianGenerator(covariance="full", method="exact").fit(X[[0, 50]], y[[0, 50]])
+        GaussianGenerator(covariance="full", method="exact").fit(X[few], y[few])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # two rows in one class: no warning
-        GaussianGenerator(covariance="full", method="exact").fit(X[[0, 1, 50]], y[[0, 1, 50]])
+        GaussianGenerator(covariance="full", method="exact").fit(X[[0, 1, 1500]], y[[0, 1, 1500]])
+        em = GaussianGenerator(covariance="full", method="exact", unlabelled_iterations=300).fit(
+            X[few], y[few], unlabelled=X[rest])
+    assert em.unlabelled_converged_ and np.abs(em.class_means().to_numpy() - means).max() < 0.1
+    X_test, y_test, _, _ = two_gaussian_classes(2000, seed=2)
+    bayes = np.argmax([stats.multivariate_normal(m, cov).logpdf(X_test) for m in means], axis=0)
+    assert np.mean(em.predict(X_test) == y_test) > np.mean(bayes == y_test) - 0.01
+    short = GaussianGenerator(covariance="full", method="exact", unlabelled_iterations=3).fit(
+        X[few], y[few], unlabelled=X[rest])
+    assert short.unlabelled_converged_ is False and len(short.unlabelled_history_) == 4
 
 
 def test_soft_rows_with_one_hot_weights_are_labelled_rows():
