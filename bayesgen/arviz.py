@@ -344,19 +344,10 @@ def draw_sites(
                 "or .to_event over them): LOO and compare need one per observation; observe the rows inside a "
                 "pyro.plate", name, observed[name].numel())
     draws: dict[str, dict[str, torch.Tensor]] | None = None
-    if enumerated:
-        # Each draw sums the enumerated sites out by itself (a loop: the enumeration dimensions and the
-        # draws' plate would otherwise have to be told apart in every log-density).
-        summed = (enumerated, _max_plate_nesting(model_trace))
-        plain = _one_pass(model, guide, args, kwargs, predictive, summed)[0]  # checks the model once, clearly
-        plain.pop("observed")
-        passes = [plain] + [_one_pass(model, guide, args, kwargs, predictive, summed)[0]
-                            for _ in range(num_samples - 1)]
-        for p in passes[1:]:
-            p.pop("observed")
-        draws = {group: {name: torch.stack([p[group][name] for p in passes]) for name in plain[group]}
-                 for group in plain}
-    elif parallel and num_samples > 1:
+    # Enumerated sites are summed out draw by draw, in the loop below: in one vectorised pass the
+    # enumeration dimensions and the draws' plate would have to be told apart in every log-density.
+    summed = (enumerated, _max_plate_nesting(model_trace)) if enumerated else None
+    if parallel and num_samples > 1 and not enumerated:
         dim = -_max_plate_nesting(model_trace) - 1
         if guide_trace is not None:
             dim = min(dim, -_max_plate_nesting(guide_trace) - 1)
@@ -388,7 +379,7 @@ def draw_sites(
             )
             draws = None
     if draws is None:
-        passes = [_one_pass(model, guide, args, kwargs, predictive)[0] for _ in range(num_samples)]
+        passes = [_one_pass(model, guide, args, kwargs, predictive, summed)[0] for _ in range(num_samples)]
         for p in passes:
             p.pop("observed")
         draws = {
