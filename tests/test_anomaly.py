@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -307,6 +309,52 @@ def test_fit_warns_when_the_anomaly_component_takes_most_rows():
     with pytest.warns(UserWarning, match=r"the anomaly component took \d+% of the rows.*try more components"):
         det = MixtureAnomalyDetector(covariance="diag", num_steps=300, seed=0).fit(X)
     assert det.anomaly_fraction()["mean"] > 0.5
+
+
+def test_several_components_start_from_k_means_clusters():
+    """K > 1: the guide starts at Lloyd's k-means centres and each cluster's spread (not at single rows
+    with scale 0.7, from which scikit-learn's digits lost 99% of their rows to the anomaly component)."""
+    from bayesgen.models.anomaly import _lloyd
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0, 0], [6, 0, 0], [0, 6, 6]])
+    sds = np.array([[0.5, 1.0, 1.5], [1.0, 0.3, 1.0], [2.0, 1.0, 0.5]])
+    x = np.concatenate([rng.normal(c, s, size=(400, 3)) for c, s in zip(centres, sds, strict=True)])
+    start = x[[5, 405, 805]] + 1.0  # one row of each cluster, off centre
+    found, spread = _lloyd(x, start)
+    np.testing.assert_allclose(found, centres, atol=0.15)
+    np.testing.assert_allclose(spread, sds, rtol=0.1)
+    # A cluster that empties keeps its centre and gets scale 1; tight clusters get the floor.
+    found, spread = _lloyd(np.repeat(x[:2], 50, axis=0), np.array([x[0], x[1], [50.0, 50, 50]]))
+    np.testing.assert_allclose(found[2], [50, 50, 50])
+    np.testing.assert_allclose(spread, [[0.05] * 3, [0.05] * 3, [1.0] * 3])
+    # Through fit: after one Adam step (learning rate 0.05) the centres and scales are still the clusters',
+    # in the detector's standardised units.
+    X = x * np.array([1.0, 10, 0.1]) + 3
+    det = MixtureAnomalyDetector(num_components=3, num_steps=1, seed=0).fit(X)
+    shift, scale = np.median(X, axis=0), np.median(np.abs(X - np.median(X, axis=0)), axis=0) * 1.4826
+    order = np.argsort(det.params_["loc_loc"][:, 0] * 10 + det.params_["loc_loc"][:, 2])
+    want = (centres * np.array([1.0, 10, 0.1]) + 3 - shift) / scale
+    np.testing.assert_allclose(det.params_["loc_loc"][order], want[np.argsort(want[:, 0] * 10 + want[:, 2])],
+                               atol=0.15)
+    np.testing.assert_allclose(np.exp(det.params_["scale_loc"][order]),
+                               (sds * np.array([1.0, 10, 0.1]) / scale)[np.argsort(want[:, 0] * 10 + want[:, 2])],
+                               rtol=0.15)
+
+
+@pytest.mark.slow
+def test_three_components_on_digits_do_not_collapse_into_the_anomaly_component():
+    """scikit-learn's digits with K = 3 full-covariance components (README): 99% of the rows went to the
+    anomaly component with the old start (session 12); started from k-means, about 4%."""
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data
+    X = X[:, X.std(0) > 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the "took most of the rows" warning
+        det = MixtureAnomalyDetector(num_components=3, seed=0).fit(X)
+    assert det.anomaly_fraction()["mean"] < 0.1
+    assert np.mean(det.predict_proba(X) > 0.5) < 0.1
 
 
 def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_student_t(tmp_path, make_older):
