@@ -22,6 +22,7 @@ from bayesgen.models import (  # noqa: E402
     GaussianGenerator,
     MixtureAnomalyDetector,
     ModelFileError,
+    NotEnoughMemoryError,
     NotFittedError,
     ProdLDA,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "MixtureAnomalyDetector",
     "ModelFileError",
     "NonFiniteLossError",
+    "NotEnoughMemoryError",
     "NotFittedError",
     "ProdLDA",
     "SVIResult",

@@ -427,8 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default", UserWarning)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, FloatingPointError) as err:
-        # FloatingPointError: a fit whose loss became NaN/inf (e.g. a learning rate far too high).
+    except (ValueError, TypeError, OSError, FloatingPointError, MemoryError) as err:
+        # FloatingPointError: a fit whose loss became NaN/inf (e.g. a learning rate far too high);
+        # MemoryError: estimators raise NotEnoughMemoryError, naming the method and what to ask for instead.
         print(f"bayesgen: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

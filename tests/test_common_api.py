@@ -21,6 +21,7 @@ from bayesgen import (
     GaussianGenerator,
     MixtureAnomalyDetector,
     ModelFileError,
+    NotEnoughMemoryError,
     NotFittedError,
     ProdLDA,
 )
@@ -283,6 +284,42 @@ class TestEstimatorContract:
         est.device = "tpu:7"
         with pytest.raises(ValueError, match="device"):
             fit(est)
+
+
+@pytest.mark.parametrize("make, fit, bad, dims", ESTIMATORS)
+def test_running_out_of_memory_names_the_method_not_the_allocator(make, fit, bad, dims, monkeypatch):
+    """A GPU's (or NumPy's) out-of-memory error inside any public method becomes NotEnoughMemoryError."""
+    est = make()
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB")
+
+    monkeypatch.setattr(est, "_run_svi", no_memory)
+    with pytest.raises(NotEnoughMemoryError, match=rf"{type(est).__name__}\.fit: not enough memory on .*"
+                       r"\(CUDA out of memory\. Tried to allocate 20\.00 GiB.*Ask for less at once") as info:
+        fit(est)
+    assert isinstance(info.value, MemoryError) and isinstance(info.value.__cause__, torch.OutOfMemoryError)
+
+    def other(*args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(est, "_run_svi", other)
+    with pytest.raises(RuntimeError, match="some other failure"):  # not every RuntimeError is about memory
+        fit(est)
+
+
+def test_an_absurd_request_is_a_clear_memory_error():
+    """torch's CPU allocator refusing a request (here about 400 TiB of samples) is named, with the size."""
+    import inspect
+
+    X, y = load_digits()
+    gen = GaussianGenerator(covariance="diag", method="exact", constant_features="keep").fit(X[:300], y[:300])
+    with pytest.raises(NotEnoughMemoryError, match=r"GaussianGenerator\.sample: not enough memory on cpu "
+                       r"\(it asked for [\d,]+\.\d GiB\)"):
+        gen.sample(10**12)
+    assert list(inspect.signature(GaussianGenerator.sample).parameters)[:2] == ["self", "num_samples"]  # same API
+    X_new, y_new = gen.sample(5, seed=0)  # and still works
+    assert X_new.shape == (5, X.shape[1])
 
 
 def test_every_plate_whose_index_is_used_names_its_device():

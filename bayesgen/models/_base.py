@@ -11,11 +11,13 @@ and metadata as JSON.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -28,7 +30,7 @@ from bayesgen._runtime import check_count, check_flag, check_real, fresh_seed, r
 from bayesgen._typing import ModelFn, PathLikeStr
 from bayesgen.infer import ConvergenceCheck, SVIResult, param_scope, run_svi
 
-__all__ = ["BayesianEstimator", "NotFittedError", "ModelFileError"]
+__all__ = ["BayesianEstimator", "NotFittedError", "ModelFileError", "NotEnoughMemoryError"]
 
 MODEL_FORMAT = "bayesgen-model"
 MODEL_FORMAT_VERSION = 1
@@ -42,8 +44,59 @@ class ModelFileError(ValueError):
     """A saved-model folder is missing, corrupt, or holds another kind of model."""
 
 
+class NotEnoughMemoryError(MemoryError):
+    """A method asked the device (CPU or GPU) for more memory than it has: ask for less at once."""
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):  # CUDA/accelerators; NumPy's allocations
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)  # torch's CPU allocator
+
+
+def _allocation(err: BaseException) -> str:
+    """What the allocator said, in a line: torch's CPU allocator's byte count, or the message's first line."""
+    text = str(err).strip()
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    if asked:
+        return f"it asked for {int(asked.group(1)) / 2**30:,.1f} GiB"
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _explain_out_of_memory(fn: Any, qualname: str) -> Any:
+    """Wrap an estimator method so that an allocation failure becomes a :class:`NotEnoughMemoryError`
+    naming the method and the way out, instead of an allocator's traceback."""
+
+    @functools.wraps(fn)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except NotEnoughMemoryError:
+            raise
+        except (RuntimeError, MemoryError) as err:
+            if not _is_out_of_memory(err):
+                raise
+            device = getattr(self, "device_", None) or getattr(self, "device", "cpu")
+            raise NotEnoughMemoryError(
+                f"{qualname}: not enough memory on {device} ({_allocation(err)}). Ask for less at once: fewer "
+                "rows or draws per call (num_samples), or a smaller batch_size"
+            ) from err
+
+    return method
+
+
+def _explain_out_of_memory_in(cls: type) -> None:
+    """Apply :func:`_explain_out_of_memory` to the public methods ``cls`` itself defines."""
+    for name, value in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(value):
+            setattr(cls, name, _explain_out_of_memory(value, f"{cls.__name__}.{name}"))
+
+
 class BayesianEstimator:
     """Base class of bayesgen estimators.
+
+    A public method that runs out of memory raises :class:`NotEnoughMemoryError` (a ``MemoryError``)
+    saying which method and what to ask for instead.
 
     Subclasses set ``_model_name`` and implement:
 
@@ -79,6 +132,7 @@ class BayesianEstimator:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         BayesianEstimator._registry[cls.__name__] = cls.__module__
+        _explain_out_of_memory_in(cls)
 
     # ----------------------------------------------------------------- params
     @classmethod
@@ -473,6 +527,9 @@ class BayesianEstimator:
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         return None
+
+
+_explain_out_of_memory_in(BayesianEstimator)
 
 
 def _check_seed(value: Any, name: str) -> int:
