@@ -157,6 +157,13 @@ def move_to_device(obj: Any, device: torch.device) -> Any:
 
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for an allocation failure: a GPU's (``torch.OutOfMemoryError``), torch's CPU allocator's, NumPy's."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
 def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     """Return ``value`` as an int, or raise ValueError naming ``name``.
 

@@ -57,7 +57,15 @@ from pyro.infer import (
 from pyro.infer.util import zero_grads
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import check_count, fresh_seed, move_to_device, seeded, target_device, tensors_on
+from bayesgen._runtime import (
+    check_count,
+    fresh_seed,
+    is_out_of_memory,
+    move_to_device,
+    seeded,
+    target_device,
+    tensors_on,
+)
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
 
 __all__ = [
@@ -939,6 +947,11 @@ def run_svi(
             if checkpoint_path is not None:
                 written = _save_checkpoint(checkpoint_path, snapshot())
                 logger.warning("interrupted after %d steps; checkpoint written to %s", len(losses), written)
+            raise
+        except (RuntimeError, MemoryError) as err:
+            if checkpoint_path is not None and is_out_of_memory(err):  # the steps done so far are kept
+                written = _save_checkpoint(checkpoint_path, snapshot())
+                logger.warning("out of memory after %d steps; checkpoint written to %s", len(losses), written)
             raise
         finally:
             if bar is not None:

@@ -220,6 +220,28 @@ def test_keyboard_interrupt_leaves_a_usable_checkpoint(tmp_path):
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
 
 
+def test_running_out_of_memory_leaves_a_usable_checkpoint(tmp_path):
+    """A GPU out-of-memory error mid-fit keeps the steps done: the checkpoint resumes to the straight run."""
+    ckpt = tmp_path / "run.ckpt"
+
+    def no_memory_at_24(step, loss):
+        if step == 24:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        run_svi(normal_model, normal_guide, Y, num_steps=100, seed=0, checkpoint=ckpt, callback=no_memory_at_24)
+    assert ckpt.exists()
+    resumed = run_svi(normal_model, normal_guide, Y, num_steps=40, seed=0, checkpoint=ckpt, resume=True)
+    straight = run_svi(normal_model, normal_guide, Y, num_steps=40, seed=0)
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
+    # Any other error is not about memory: no checkpoint is written for it.
+    other = tmp_path / "other.ckpt"
+    with pytest.raises(RuntimeError, match="unrelated"):
+        run_svi(normal_model, normal_guide, Y, num_steps=100, seed=0, checkpoint=other,
+                callback=lambda step, loss: (_ for _ in ()).throw(RuntimeError("unrelated")))
+    assert not other.exists()
+
+
 def test_before_step_sees_every_step_index_and_a_resumed_run_continues_the_count(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     seen = []

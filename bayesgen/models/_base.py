@@ -26,7 +26,15 @@ import torch
 from pyro import poutine
 
 import bayesgen
-from bayesgen._runtime import check_count, check_flag, check_real, fresh_seed, resolve_device, to_numpy
+from bayesgen._runtime import (
+    check_count,
+    check_flag,
+    check_real,
+    fresh_seed,
+    is_out_of_memory,
+    resolve_device,
+    to_numpy,
+)
 from bayesgen._typing import ModelFn, PathLikeStr
 from bayesgen.infer import ConvergenceCheck, SVIResult, param_scope, run_svi
 
@@ -46,12 +54,6 @@ class ModelFileError(ValueError):
 
 class NotEnoughMemoryError(MemoryError):
     """A method asked the device (CPU or GPU) for more memory than it has: ask for less at once."""
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):  # CUDA/accelerators; NumPy's allocations
-        return True
-    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)  # torch's CPU allocator
 
 
 def _allocation(err: BaseException) -> str:
@@ -74,7 +76,7 @@ def _explain_out_of_memory(fn: Any, qualname: str) -> Any:
         except NotEnoughMemoryError:
             raise
         except (RuntimeError, MemoryError) as err:
-            if not _is_out_of_memory(err):
+            if not is_out_of_memory(err):
                 raise
             device = getattr(self, "device_", None) or getattr(self, "device", "cpu")
             raise NotEnoughMemoryError(
