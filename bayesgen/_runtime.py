@@ -157,11 +157,16 @@ def move_to_device(obj: Any, device: torch.device) -> Any:
 
 
 
+#: torch's out-of-memory error (``torch.OutOfMemoryError`` from torch 2.5; CUDA's before that).
+TorchOutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+_ALLOCATOR_MESSAGES = ("can't allocate memory", "DefaultCPUAllocator: not enough memory", "MPS backend out of memory")
+
+
 def is_out_of_memory(err: BaseException) -> bool:
-    """True for an allocation failure: a GPU's (``torch.OutOfMemoryError``), torch's CPU allocator's, NumPy's."""
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+    """True for an allocation failure: a GPU's, torch's CPU allocator's (Linux, Windows), Apple's MPS, NumPy's."""
+    if isinstance(err, (TorchOutOfMemoryError, MemoryError)):
         return True
-    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in _ALLOCATOR_MESSAGES)
 
 
 def check_count(value: Any, name: str, *, minimum: int = 1) -> int:

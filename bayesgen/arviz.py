@@ -55,7 +55,16 @@ from pyro import poutine
 from pyro.poutine.uncondition_messenger import UnconditionMessenger
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import check_ci_prob, check_count, move_to_device, seeded, target_device, tensors_on, to_numpy
+from bayesgen._runtime import (
+    check_ci_prob,
+    check_count,
+    is_out_of_memory,
+    move_to_device,
+    seeded,
+    target_device,
+    tensors_on,
+    to_numpy,
+)
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = ["to_datatree", "summary", "draw_sites"]
@@ -202,6 +211,8 @@ def _sum_out_enumerated(
         posterior_trace = poutine.trace(
             infer_discrete(conditioned, first_available_dim=first_dim, temperature=1)).get_trace(*args, **kwargs)
     except (RuntimeError, ValueError, IndexError) as err:
+        if is_out_of_memory(err):
+            raise
         raise ValueError(
             f"summing out the enumerated sites {names} failed ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); under enumeration each site's value gets an "

@@ -35,7 +35,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen._runtime import check_count, seeded, target_device, tensors_on, to_numpy
+from bayesgen._runtime import check_count, is_out_of_memory, seeded, target_device, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = [
@@ -183,6 +183,8 @@ def _log_weights(
             try:
                 out.append(torch.tensor(-elbo.loss(model, poutine.replay(guide, trace=g), *args, **kwargs)))
             except (RuntimeError, ValueError) as err:
+                if is_out_of_memory(err):
+                    raise
                 raise ValueError(f"summing out the enumerated sites {names} with TraceEnum_ELBO failed: "
                                  f"{str(err).splitlines()[0] if str(err) else repr(err)}") from err
         draws_list.append({n: s["value"] for n, s in g.nodes.items()

@@ -301,13 +301,15 @@ class IndexBatches:
             self._new_epoch()
         return self._epoch_batches.pop()
 
-    def state_dict(self) -> dict[str, Any]:
-        """State needed to continue the same index stream after a resume."""
-        return {
-            "generator": self._generator.get_state(),
-            "remaining": [b.cpu() for b in self._epoch_batches],
-            "epoch": self.epoch,
-        }
+    def mark(self) -> dict[str, Any]:
+        """A cheap record of where the stream is (no copies of the batches): :meth:`state_dict` of it later
+        continues from here. The runner marks each step's start, so a step interrupted halfway is redone."""
+        return {"generator": self._generator.get_state(), "remaining": list(self._epoch_batches), "epoch": self.epoch}
+
+    def state_dict(self, at: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """State needed to continue the same index stream after a resume (from ``at``, a :meth:`mark`)."""
+        at = self.mark() if at is None else at
+        return {"generator": at["generator"], "remaining": [b.cpu() for b in at["remaining"]], "epoch": at["epoch"]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`state_dict`."""
@@ -879,7 +881,9 @@ def run_svi(
                     f"{resume_path} already holds {len(losses)} steps, more than num_steps={num_steps}"
                 )
 
-        def snapshot() -> dict[str, Any]:
+        def snapshot(at: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            """The checkpoint; ``at``: the RNG and batch state marked at the start of a step that did not finish
+            (Ctrl-C or out of memory inside it), so that a resumed run redoes that step with the same draws."""
             store = pyro.get_param_store()
             return {
                 "format": _CHECKPOINT_FORMAT,
@@ -891,21 +895,26 @@ def run_svi(
                     for name in store.keys()
                 },
                 "optim": optim.get_state(),
-                "rng": _rng_state(dev),
-                "batches": batches.state_dict() if batches is not None else None,
+                "rng": _rng_state(dev) if at is None else at["rng"],
+                "batches": None if batches is None else batches.state_dict(None if at is None else at["batches"]),
                 "average": {k: v.detach().cpu().clone() for k, v in average.items()},
             }
 
         converged, stop_reason = False, "max_steps"
         bar = _progress_bar(progress, num_steps, len(losses))
+        started = None  # the RNG and batch state at the start of the step in progress; None between steps
         try:
             for step in range(len(losses), num_steps):
                 if before_step is not None:
                     before_step(step)
+                started = {"rng": _rng_state(dev), "batches": batches.mark() if batches is not None else None}
                 step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
                 with tensors_on(step_device):
                     value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)
-                if not ok:
+                if ok:
+                    losses.append(value)
+                    started = None
+                else:
                     if checkpoint_path is not None:
                         written = _save_checkpoint(checkpoint_path, snapshot())
                     hist = np.asarray(losses)
@@ -920,7 +929,6 @@ def run_svi(
                         losses=hist,
                         checkpoint=written,
                     )
-                losses.append(value)
                 if average_last and step >= num_steps - average_last:
                     _accumulate_average(average, step - (num_steps - average_last) + 1)
                 if isinstance(optim, pyro.optim.PyroLRScheduler):
@@ -945,12 +953,12 @@ def run_svi(
                         break
         except KeyboardInterrupt:
             if checkpoint_path is not None:
-                written = _save_checkpoint(checkpoint_path, snapshot())
+                written = _save_checkpoint(checkpoint_path, snapshot(started))
                 logger.warning("interrupted after %d steps; checkpoint written to %s", len(losses), written)
             raise
         except (RuntimeError, MemoryError) as err:
             if checkpoint_path is not None and is_out_of_memory(err):  # the steps done so far are kept
-                written = _save_checkpoint(checkpoint_path, snapshot())
+                written = _save_checkpoint(checkpoint_path, snapshot(started))
                 logger.warning("out of memory after %d steps; checkpoint written to %s", len(losses), written)
             raise
         finally:

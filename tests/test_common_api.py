@@ -25,6 +25,7 @@ from bayesgen import (
     NotFittedError,
     ProdLDA,
 )
+from bayesgen._runtime import TorchOutOfMemoryError
 from bayesgen.datasets import load_digits
 
 
@@ -287,18 +288,18 @@ class TestEstimatorContract:
 
 
 @pytest.mark.parametrize("make, fit, bad, dims", ESTIMATORS)
-def test_running_out_of_memory_names_the_method_not_the_allocator(make, fit, bad, dims, monkeypatch):
+def test_running_out_of_memory_names_the_method_not_the_allocator(make, fit, bad, dims, monkeypatch, tmp_path):
     """A GPU's (or NumPy's) out-of-memory error inside any public method becomes NotEnoughMemoryError."""
     est = make()
 
     def no_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB")
+        raise TorchOutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB")
 
     monkeypatch.setattr(est, "_run_svi", no_memory)
     with pytest.raises(NotEnoughMemoryError, match=rf"{type(est).__name__}\.fit: not enough memory on .*"
                        r"\(CUDA out of memory\. Tried to allocate 20\.00 GiB.*Ask for less at once") as info:
         fit(est)
-    assert isinstance(info.value, MemoryError) and isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert isinstance(info.value, MemoryError) and isinstance(info.value.__cause__, TorchOutOfMemoryError)
 
     def other(*args, **kwargs):
         raise RuntimeError("some other failure")
@@ -306,6 +307,16 @@ def test_running_out_of_memory_names_the_method_not_the_allocator(make, fit, bad
     monkeypatch.setattr(est, "_run_svi", other)
     with pytest.raises(RuntimeError, match="some other failure"):  # not every RuntimeError is about memory
         fit(est)
+    monkeypatch.undo()
+    fit(est)
+    est.save(tmp_path / "model")
+    # Inherited methods name the estimator's own class; load is covered, and is not a "damaged file".
+    monkeypatch.setattr(est, "_model_args", no_memory)
+    with pytest.raises(NotEnoughMemoryError, match=rf"^{type(est).__name__}\.to_arviz: not enough memory"):
+        est.to_arviz(10)
+    monkeypatch.setattr(type(est), "_rebuild_param_state", no_memory)
+    with pytest.raises(NotEnoughMemoryError, match=rf"^{type(est).__name__}\.load: not enough memory on cpu"):
+        type(est).load(tmp_path / "model", device="cpu")
 
 
 def test_an_absurd_request_is_a_clear_memory_error():

@@ -12,6 +12,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch.distributions import constraints
 
+from bayesgen._runtime import TorchOutOfMemoryError
 from bayesgen.infer import (
     CheckpointError,
     ConvergenceCheck,
@@ -220,17 +221,39 @@ def test_keyboard_interrupt_leaves_a_usable_checkpoint(tmp_path):
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
 
 
-def test_running_out_of_memory_leaves_a_usable_checkpoint(tmp_path):
-    """A GPU out-of-memory error mid-fit keeps the steps done: the checkpoint resumes to the straight run."""
+@pytest.mark.parametrize("error", [TorchOutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   KeyboardInterrupt()], ids=["out_of_memory", "ctrl_c"])
+@pytest.mark.parametrize("minibatch", [False, True], ids=["full_batch", "minibatch"])
+def test_a_step_stopped_halfway_is_redone_exactly_on_resume(tmp_path, error, minibatch):
+    """Out of memory (or Ctrl-C) inside a step, after the guide's draw and the batch were taken: the
+    checkpoint holds the state from that step's start, so the resumed run matches the straight one."""
+    ckpt = tmp_path / "run.ckpt"
+    calls = []
+
+    def failing_model(y, subsample=None):
+        calls.append(1)
+        if len(calls) == 25:
+            raise error
+        normal_model(y, subsample)
+
+    opts = {"seed": 0, **({"data_size": N, "batch_size": 8} if minibatch else {})}
+    with pytest.raises(type(error)):
+        run_svi(failing_model, normal_guide, Y, num_steps=100, checkpoint=ckpt, **opts)
+    assert ckpt.exists()
+    resumed = run_svi(normal_model, normal_guide, Y, num_steps=40, checkpoint=ckpt, resume=True, **opts)
+    straight = run_svi(normal_model, normal_guide, Y, num_steps=40, **opts)
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
+
+
+def test_out_of_memory_between_steps_keeps_every_step_and_other_errors_write_nothing(tmp_path):
     ckpt = tmp_path / "run.ckpt"
 
     def no_memory_at_24(step, loss):
         if step == 24:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise TorchOutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(TorchOutOfMemoryError):
         run_svi(normal_model, normal_guide, Y, num_steps=100, seed=0, checkpoint=ckpt, callback=no_memory_at_24)
-    assert ckpt.exists()
     resumed = run_svi(normal_model, normal_guide, Y, num_steps=40, seed=0, checkpoint=ckpt, resume=True)
     straight = run_svi(normal_model, normal_guide, Y, num_steps=40, seed=0)
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)

@@ -65,9 +65,9 @@ def _allocation(err: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(err).__name__
 
 
-def _explain_out_of_memory(fn: Any, qualname: str) -> Any:
-    """Wrap an estimator method so that an allocation failure becomes a :class:`NotEnoughMemoryError`
-    naming the method and the way out, instead of an allocator's traceback."""
+def _explain_out_of_memory(fn: Any) -> Any:
+    """Wrap an estimator method (or classmethod's function) so that an allocation failure becomes a
+    :class:`NotEnoughMemoryError` naming the method and the way out, instead of an allocator's traceback."""
 
     @functools.wraps(fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -78,26 +78,32 @@ def _explain_out_of_memory(fn: Any, qualname: str) -> Any:
         except (RuntimeError, MemoryError) as err:
             if not is_out_of_memory(err):
                 raise
-            device = getattr(self, "device_", None) or getattr(self, "device", "cpu")
+            owner = self if isinstance(self, type) else type(self)
+            device = kwargs.get("device") if isinstance(self, type) else getattr(self, "device_", None)
+            where = f" on {device}" if device is not None else ""
             raise NotEnoughMemoryError(
-                f"{qualname}: not enough memory on {device} ({_allocation(err)}). Ask for less at once: fewer "
-                "rows or draws per call (num_samples), or a smaller batch_size"
+                f"{owner.__name__}.{fn.__name__}: not enough memory{where} ({_allocation(err)}). Ask for less "
+                "at once: fewer rows or draws per call (num_samples), or a smaller batch_size"
             ) from err
 
     return method
 
 
 def _explain_out_of_memory_in(cls: type) -> None:
-    """Apply :func:`_explain_out_of_memory` to the public methods ``cls`` itself defines."""
+    """Apply :func:`_explain_out_of_memory` to the public methods and classmethods ``cls`` itself defines."""
     for name, value in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(value):
-            setattr(cls, name, _explain_out_of_memory(value, f"{cls.__name__}.{name}"))
+        if name.startswith("_"):
+            continue
+        if inspect.isfunction(value):
+            setattr(cls, name, _explain_out_of_memory(value))
+        elif isinstance(value, classmethod):
+            setattr(cls, name, classmethod(_explain_out_of_memory(value.__func__)))
 
 
 class BayesianEstimator:
     """Base class of bayesgen estimators.
 
-    A public method that runs out of memory raises :class:`NotEnoughMemoryError` (a ``MemoryError``)
+    A public method (``load`` too) that runs out of memory raises :class:`NotEnoughMemoryError` (a ``MemoryError``)
     saying which method and what to ask for instead.
 
     Subclasses set ``_model_name`` and implement:
@@ -473,6 +479,8 @@ class BayesianEstimator:
         try:
             tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for corrupt or foreign files
+            if is_out_of_memory(err):
+                raise
             raise ModelFileError(f"{tensor_path} is corrupt or not a tensor file: {err}") from err
         if not isinstance(tensors, dict) or not isinstance(tensors.get("params"), dict):
             raise ModelFileError(f"{tensor_path} does not hold bayesgen model tensors")
@@ -493,6 +501,8 @@ class BayesianEstimator:
             est._set_extra_state(meta["extra"], tensors)
             est._param_state = est._rebuild_param_state(tensors["params"])
         except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as err:
+            if is_out_of_memory(err):  # the file is fine; the device is full
+                raise
             what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
             raise ModelFileError(f"{folder} does not match {class_name} (a damaged or edited file?): {what}") from err
         return est

@@ -620,7 +620,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         num = check_count(self.num_samples if num is None else num, "num_samples")
         kwargs = self._kwargs(marginal=True)
         with param_scope(self._param_state), seeded(self._method_seed(seed), self.device_), torch.no_grad():
-            tr = poutine.trace(_vectorize(functools.partial(guide, init_loc=self._init_loc), num, -2)).get_trace(
+            start = functools.partial(guide, init_loc=self._init_loc, init_scale=getattr(self, "_init_scale", None))
+            tr = poutine.trace(_vectorize(start, num, -2)).get_trace(
                 self._x[:2], **kwargs)
         out = {name: site["value"] for name, site in tr.nodes.items()
                if site["type"] == "sample" and name not in ("_bayesgen_draws", "component")}
@@ -758,6 +759,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         tensors = {"x": self._x.detach().cpu(), "shift": torch.as_tensor(self._shift),
                    "scale": torch.as_tensor(self._scale), "init_loc": self._init_loc.detach().cpu(),
                    **{f"hyper.{k}": v.detach().cpu() for k, v in self._hyper.items()}}
+        if getattr(self, "_init_scale", None) is not None:  # several components: where sbc_check's refits start
+            tensors["init_scale"] = self._init_scale.detach().cpu()
         return meta, tensors
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -774,6 +777,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._shift = to_numpy(tensors["shift"])
         self._scale = to_numpy(tensors["scale"])
         self._init_loc = tensors["init_loc"].to(self.device_)
+        scale = tensors.get("init_scale")  # absent for one component, and in files saved before session 15
+        self._init_scale = None if scale is None else scale.to(self.device_)
         self._hyper = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("hyper.")}
         if "excess_center" not in self._hyper:  # saved before the inflated anomaly component existed
             self.anomaly = "student_t"
