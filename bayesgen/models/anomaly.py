@@ -351,9 +351,9 @@ def guide(
 def _lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 25, floor: float = 0.05) -> tuple[np.ndarray, ...]:
     """k-means (Lloyd's algorithm) from ``centres``: the final centres and each cluster's per-feature
     standard deviation (at least ``floor``; a cluster that empties keeps its centre and gets scale 1)."""
-    centres = centres.copy()
+    centres, norms = centres.copy(), (x**2).sum(1)[:, None]
     for _ in range(iterations):
-        sq = (x**2).sum(1)[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None]
+        sq = norms - 2 * x @ centres.T + (centres**2).sum(1)[None]
         label = np.argmin(sq, axis=1)
         moved = np.array([x[label == k].mean(0) if (label == k).any() else centres[k] for k in range(len(centres))])
         if np.allclose(moved, centres):
