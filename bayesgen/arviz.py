@@ -354,6 +354,14 @@ def draw_sites(
                 "observed site %r gives one log-likelihood for all its %d values (no pyro.plate over its rows, "
                 "or .to_event over them): LOO and compare need one per observation; observe the rows inside a "
                 "pyro.plate", name, observed[name].numel())
+    for name, site in model_trace.nodes.items():
+        mask = site.get("mask") if name in plain["log_lik"] else None
+        if isinstance(mask, torch.Tensor) and not bool(mask.all()):
+            left_out = plain["log_lik"][name].numel() - int(mask.expand_as(plain["log_lik"][name]).sum())
+            logger.warning(
+                "observed site %r is masked (poutine.mask): %d of its %d values are not in the likelihood and get "
+                "log-likelihood 0, which LOO counts as observations with elpd 0; to compare models by LOO, drop "
+                "those rows from the data instead", name, left_out, plain["log_lik"][name].numel())
     draws: dict[str, dict[str, torch.Tensor]] | None = None
     # Enumerated sites are summed out draw by draw, in the loop below: in one vectorised pass the
     # enumeration dimensions and the draws' plate would have to be told apart in every log-density.

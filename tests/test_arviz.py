@@ -409,3 +409,16 @@ def test_a_point_estimate_guide_and_an_unplated_observation_are_warned_about(cap
     with caplog.at_level("WARNING", logger="bayesgen.arviz"):  # neither, for a plated model and a spread guide
         to_datatree(plated, guide, Y, param_state=fit.param_state, num_samples=20)
     assert "point-estimate" not in caplog.text and "one log-likelihood" not in caplog.text
+    assert "is masked" not in caplog.text
+    caplog.clear()
+
+    def masked(y):  # the last two observations left out of the likelihood
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("obs", len(y)), poutine.mask(mask=torch.arange(len(y)) < len(y) - 2):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with caplog.at_level("WARNING", logger="bayesgen.arviz"):
+        tree = to_datatree(masked, guide, Y, param_state=fit.param_state, num_samples=20)
+    assert "observed site 'y' is masked (poutine.mask): 2 of its 6 values are not in the likelihood" in caplog.text
+    np.testing.assert_array_equal(tree.log_likelihood["y"].values[..., -2:], 0.0)  # what the warning is about
+    assert (tree.log_likelihood["y"].values[..., :-2] != 0).all()
