@@ -620,8 +620,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         num = check_count(self.num_samples if num is None else num, "num_samples")
         kwargs = self._kwargs(marginal=True)
         with param_scope(self._param_state), seeded(self._method_seed(seed), self.device_), torch.no_grad():
-            start = functools.partial(guide, init_loc=self._init_loc, init_scale=getattr(self, "_init_scale", None))
-            tr = poutine.trace(_vectorize(start, num, -2)).get_trace(
+            tr = poutine.trace(_vectorize(self._model_and_guide()[1], num, -2)).get_trace(
                 self._x[:2], **kwargs)
         out = {name: site["value"] for name, site in tr.nodes.items()
                if site["type"] == "sample" and name not in ("_bayesgen_draws", "component")}

@@ -1074,7 +1074,7 @@ class GaussianGenerator(BayesianEstimator):
         if self.subspace is not None:
             rows = raw if unlabelled_raw is None else np.concatenate([raw, unlabelled_raw])
             self._subspace = principal_subspace(rows, int(self.subspace))
-            raw = (raw - self._subspace["centre"]) @ self._subspace["basis"]
+            raw = self._project(raw)
         if self.covariance == "lowrank" and int(self.rank) >= raw.shape[1]:
             what = "principal components" if self._subspace is not None else "modelled features"
             raise ValueError(f"rank={self.rank} must be below the {raw.shape[1]} {what}")
@@ -1086,9 +1086,7 @@ class GaussianGenerator(BayesianEstimator):
         one_each = bool((self.class_counts_ < 2).all())
         spread_from = None
         if one_each and em:
-            spread_from = unlabelled_raw
-            if self._subspace is not None:
-                spread_from = (spread_from - self._subspace["centre"]) @ self._subspace["basis"]
+            spread_from = self._project(unlabelled_raw)
         with np.errstate(over="ignore", invalid="ignore"):
             self._shift = raw.mean(axis=0)
             class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(found))])
@@ -1393,11 +1391,15 @@ class GaussianGenerator(BayesianEstimator):
         arr, _ = as_feature_matrix(X, what, n_features=len(self.feature_names_))
         return arr[:, ~self._constant]
 
+    def _project(self, arr: np.ndarray) -> np.ndarray:
+        """Modelled raw features -> their principal-component scores (unchanged without ``subspace``)."""
+        if self._subspace is None:
+            return arr
+        return (arr - self._subspace["centre"]) @ self._subspace["basis"]
+
     def _to_model_space(self, arr: np.ndarray) -> np.ndarray:
         """Modelled raw features -> the standardised coordinates of the class model."""
-        if self._subspace is not None:
-            arr = (arr - self._subspace["centre"]) @ self._subspace["basis"]
-        return (arr - self._shift) / self._scale
+        return (self._project(arr) - self._shift) / self._scale
 
     def _residual_log_density(self, arr: np.ndarray) -> np.ndarray:
         """log density of each row's part outside the principal subspace (0 without one)."""
