@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from bayesgen.models.topic import (
     guide,
     log_multinomial_coef,
     model,
+    word_ranking,
 )
 from bayesgen.text import build_corpus
 
@@ -210,8 +213,9 @@ def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(
     background = torch.log_softmax(lda.decoder_.background.detach(), -1).cpu().numpy()
     # The background (started at the log word frequencies) still tracks them after training.
     assert np.corrcoef(background, np.log1p(X.sum(0)))[0, 1] > 0.9
-    default = lda.relevance
+    default = lda.relevance, lda.exclusivity
     try:
+        lda.exclusivity = 0.0  # relevance alone
         lda.relevance = 1.0  # the topic's own word probabilities
         assert lda._top_indices(10) == [list(np.argsort(-p, kind="stable")[:10]) for p in probs]
         lda.relevance = 0.0  # lift over the background
@@ -220,8 +224,14 @@ def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(
         lda.relevance = 0.5  # Sievert & Shirley's mix of the two
         mix = 0.5 * np.log(probs) + 0.5 * lift
         assert [set(t) for t in lda._top_indices(10)] == [set(np.argsort(-r)[:10]) for r in mix]
+        # Exclusivity: less γ times the word's log-probability gap to its most probable other topic.
+        lda.exclusivity = 3.0
+        logp = np.log(probs)
+        rival = np.stack([np.delete(logp, k, 0).max(0) for k in range(len(logp))])
+        score = mix - 3.0 * np.maximum(rival - logp, 0.0)
+        assert [set(t) for t in lda._top_indices(10)] == [set(np.argsort(-r)[:10]) for r in score]
     finally:
-        lda.relevance = default
+        lda.relevance, lda.exclusivity = default
     # Without a background term the ranking is the topic's word probabilities, whatever relevance says.
     X, _, _ = planted_corpus(D=200)
     plain = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, background=False, batch_norm_anneal=float("inf"),
@@ -235,6 +245,37 @@ def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(
     old = ProdLDA.load(tmp_path / "old", device="cpu")
     assert old.background is False and old.batch_norm_anneal == float("inf")
     assert old.topics(5).equals(plain.topics(5))
+
+
+def test_exclusivity_lists_a_shared_word_under_the_topic_that_uses_it_most():
+    # Two topics share word 0; topic 0 gives it more probability. Without exclusivity it heads both.
+    log_p = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.1], [0.4, 0.1, 0.3, 0.2]]))
+    log_b = torch.log(torch.full((4,), 0.25))
+    plain = word_ranking(log_p, log_b, relevance=1.0, exclusivity=0.0)
+    assert plain.argmax(1).tolist() == [0, 0]
+    ranked = word_ranking(log_p, log_b, relevance=1.0, exclusivity=4.0)
+    assert ranked.argmax(1).tolist() == [0, 2]
+    # The penalty is γ times the gap to the rival topic, and nothing where a topic uses the word most.
+    assert torch.allclose(ranked[0, :2], plain[0, :2]) and torch.allclose(ranked[1, 2:], plain[1, 2:])
+    assert float(plain[1, 0] - ranked[1, 0]) == pytest.approx(4.0 * math.log(0.5 / 0.4), rel=1e-5)
+    # A tie at the top costs neither topic anything; a single topic has no rival.
+    tied = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    assert torch.equal(word_ranking(tied, tied[0], 0.5, 4.0), word_ranking(tied, tied[0], 0.5, 0.0))
+    assert torch.equal(word_ranking(log_p[:1], log_b, 0.5, 4.0), word_ranking(log_p[:1], log_b, 0.5, 0.0))
+
+
+def test_a_model_saved_before_the_exclusivity_term_keeps_its_ranking(planted, tmp_path, make_older):
+    lda, _, _, _ = planted
+    before = lda.exclusivity
+    lda.save(tmp_path / "m")
+    make_older(tmp_path / "m", settings=["exclusivity"], extra=["word_ranking"])
+    old = ProdLDA.load(tmp_path / "m", device="cpu")
+    assert old.exclusivity == 0.0 and before > 0
+    lda.exclusivity = 0.0
+    try:
+        assert old.topics(5).equals(lda.topics(5))
+    finally:
+        lda.exclusivity = before
 
 
 def test_bad_input_is_clear(planted):
@@ -258,7 +299,13 @@ def test_bad_input_is_clear(planted):
     lda.relevance = 5  # set on a fitted model, as the README suggests for re-ranking
     with pytest.raises(ValueError, match="relevance must be a number in \\[0, 1\\]"):
         lda.topics()
-    lda.relevance = 0.15
+    lda.relevance = 0.7
+    with pytest.raises(ValueError, match="exclusivity must be a finite number >= 0"):
+        ProdLDA(num_epochs=1, exclusivity=-1.0).fit(X)
+    lda.exclusivity = float("inf")
+    with pytest.raises(ValueError, match="exclusivity must be a finite number >= 0"):
+        lda.diversity()
+    lda.exclusivity = 4.0
     with pytest.raises(ValueError, match="batch_norm_anneal must be a number in \\[0, inf\\]"):
         ProdLDA(num_epochs=1, batch_norm_anneal=-0.1).fit(X)
     with pytest.raises(TypeError, match="batch_norm_anneal must be a number"):

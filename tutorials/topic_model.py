@@ -67,9 +67,10 @@ print(lda.history_.tail(2).round(2).to_string(index=False))
 # distribution for a document entirely in that topic). This spec uses ProdLDA's original
 # decoder, which suits such a small corpus, so they are simply the most probable words. With
 # the default decoder (a background word frequency, `background=True`) words are ranked by
-# *relevance* `λ`: λ = 1 would list the most probable words, which the background makes common
-# to every topic; the default λ = 0.15 favours words frequent in this topic *relative to* the
-# corpus as a whole.
+# *relevance* `λ` (λ = 1 would list the most probable words, which the background makes common
+# to every topic; the default λ = 0.7 also weighs how much more frequent a word is in this topic
+# than in the corpus as a whole), less a penalty (`exclusivity`) for words that another topic
+# uses more, so near-duplicate topics do not all show the same words.
 
 # %%
 top = lda.topics(spec["report"]["top_n"])

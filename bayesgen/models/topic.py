@@ -28,6 +28,7 @@ References
 Srivastava & Sutton (2017), Autoencoding variational inference for topic models. ICLR.
 Card, Tan & Smith (2018), Neural models for documents with metadata. ACL (SCHOLAR).
 Sievert & Shirley (2014), LDAvis: a method for visualizing and interpreting topics (relevance).
+Roberts, Stewart & Airoldi (2016), A model of text for experimentation in the social sciences (exclusivity).
 Lau, Newman & Baldwin (2014), Machine reading tea leaves (NPMI coherence).
 Dieng, Ruiz & Blei (2020), Topic modeling in embedding spaces (topic diversity).
 """
@@ -63,7 +64,7 @@ from bayesgen.models._neural import NeuralEstimator
 from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
 
 __all__ = ["DocumentMultinomial", "DocumentTopics", "ProdLDA", "TopicDecoder", "TopicEncoder", "guide",
-           "log_multinomial_coef", "model"]
+           "log_multinomial_coef", "model", "word_ranking"]
 
 #: Keep counts dense on the device below this many matrix cells (else sparse).
 DENSE_CELL_LIMIT = 50_000_000
@@ -275,6 +276,33 @@ def guide(
         pyro.sample("logtheta", dist.Normal(loc, scale).to_event(1))
 
 
+def word_ranking(log_p: torch.Tensor, log_background: torch.Tensor, relevance: float,
+                 exclusivity: float) -> torch.Tensor:
+    """Score of every word in every topic; higher ranks first (used by :meth:`ProdLDA.topics`).
+
+    ``λ log p(w | k) + (1 − λ) log(p(w | k) / p_b(w)) − γ max(0, max_{j≠k} log p(w | j) − log p(w | k))``:
+    Sievert & Shirley's relevance (λ = ``relevance``), less ``γ = exclusivity``
+    times how much more probable the word is in its most probable *other*
+    topic. The last term keeps a word shared by near-duplicate topics from
+    heading all of them.
+
+    Parameters
+    ----------
+    log_p : Tensor, shape (num_topics, n_words)
+        Log word probabilities of each topic (rows normalised).
+    log_background : Tensor, shape (n_words,)
+        Log background word probabilities (normalised).
+    relevance, exclusivity : float
+        λ in [0, 1] and γ ≥ 0.
+    """
+    score = log_p - (1.0 - float(relevance)) * log_background
+    if float(exclusivity) > 0 and log_p.shape[0] > 1:
+        top2 = log_p.topk(2, dim=0).values
+        best_other = torch.where(log_p >= top2[0], top2[1], top2[0])  # the top topic's rival is the runner-up
+        score = score - float(exclusivity) * (best_other - log_p).clamp(min=0.0)
+    return score
+
+
 @dataclass
 class DocumentTopics:
     """Posterior topic proportions of documents: mean, sd and a central interval.
@@ -355,15 +383,23 @@ class ProdLDA(NeuralEstimator):
         inflate words that barely vary across documents. 0 never uses batch
         norm; ``float("inf")`` (``inf`` in a TOML spec) keeps it throughout, as
         the original ProdLDA does; above 1 it ends partly faded.
-    relevance : float, default 0.15
+    relevance : float, default 0.7
         How :meth:`topics`, :meth:`coherence` and :meth:`diversity` rank a
-        topic's words: by the relevance of Sievert & Shirley (2014),
-        ``λ log p(w | k) + (1 − λ) log(p(w | k) / p_b(w))``, with ``p_b`` the
-        background distribution ``softmax(b)``. λ = 1 ranks by the topic's word
-        probabilities (frequent words first, shared by many topics); λ = 0 by
-        their lift over the background (distinctive, but rarer, words). Has no
-        effect without ``background``. The default was chosen on the news
-        benchmark (see benchmarks/RESULTS.md).
+        topic's words (see :func:`word_ranking`): by the relevance of Sievert &
+        Shirley (2014), ``λ log p(w | k) + (1 − λ) log(p(w | k) / p_b(w))``,
+        with ``p_b`` the background distribution ``softmax(b)``. λ = 1 ranks by
+        the topic's word probabilities (frequent words first); λ = 0 by their
+        lift over the background (distinctive, but rarer, words). Has no
+        effect without ``background``.
+    exclusivity : float, default 4.0
+        γ ≥ 0: lowers a word's score in topic k by γ times how much more
+        probable (in log) it is in its most probable other topic, so a word
+        shared by near-duplicate topics heads the one that uses it most. 0
+        ranks by relevance alone (as earlier versions did, with λ = 0.15; a
+        model saved by them loads with 0). Has no effect without
+        ``background``. The defaults were chosen on the benchmark's tuning
+        seeds, news and Reuters at K = 20 and 50 (see benchmarks/RESULTS.md);
+        set either on a fitted model to re-rank.
     validation_fraction : float, default 0.0
         Documents held out for the per-epoch held-out loss, when ``fit`` gets
         no ``validation`` corpus.
@@ -417,7 +453,8 @@ class ProdLDA(NeuralEstimator):
         beta1: float = 0.9,
         background: bool = True,
         batch_norm_anneal: float = 0.75,
-        relevance: float = 0.15,
+        relevance: float = 0.7,
+        exclusivity: float = 4.0,
         validation_fraction: float = 0.0,
         patience: int | None = None,
         sparse: bool | str = "auto",
@@ -441,6 +478,7 @@ class ProdLDA(NeuralEstimator):
         self.background = background
         self.batch_norm_anneal = batch_norm_anneal
         self.relevance = relevance
+        self.exclusivity = exclusivity
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.sparse = sparse
@@ -467,7 +505,7 @@ class ProdLDA(NeuralEstimator):
         check_flag(self.background, "background")
         # inf keeps batch norm throughout (the original ProdLDA)
         check_real(self.batch_norm_anneal, "batch_norm_anneal", low=0.0, low_open=False, high_open=False)
-        check_real(self.relevance, "relevance", low=0.0, high=1.0, low_open=False, high_open=False)
+        self._check_ranking()
         sw = self.stop_words
         if not (sw is None or sw == "english" or (isinstance(sw, list) and all(isinstance(w, str) for w in sw))):
             raise ValueError(f"stop_words must be 'english', None or a list of words, got {sw!r}")
@@ -680,15 +718,21 @@ class ProdLDA(NeuralEstimator):
         corpus = self._to_corpus(docs, vocabulary, fitted=True)
         return self._tensor(corpus, False), corpus
 
-    def _relevance(self) -> np.ndarray:
-        """Word relevance per topic (see ``relevance``), up to a constant per topic: h_k + λ b."""
-        # Checked here too: the README suggests setting the attribute on a fitted model to re-rank.
+    def _check_ranking(self) -> None:
         check_real(self.relevance, "relevance", low=0.0, high=1.0, low_open=False, high_open=False)
+        check_real(self.exclusivity, "exclusivity", low=0.0, low_open=False)
+
+    def _relevance(self) -> np.ndarray:
+        """Word scores per topic (see ``relevance``, ``exclusivity`` and :func:`word_ranking`)."""
+        # Checked here too: the README suggests setting the attributes on a fitted model to re-rank.
+        self._check_ranking()
         self._set_training(False)
         with torch.no_grad():
             h = self.decoder_.logits(torch.eye(int(self.num_topics), device=self.device_))
-            if self.decoder_.background is not None:
-                h = h + float(self.relevance) * self.decoder_.background
+            b = self.decoder_.background
+            if b is not None:
+                h = word_ranking(torch.log_softmax(h + b, -1), torch.log_softmax(b, -1), self.relevance,
+                                 self.exclusivity)
         return to_numpy(h)
 
     def _top_indices(self, top_n: int) -> list[list[int]]:
@@ -702,7 +746,7 @@ class ProdLDA(NeuralEstimator):
         ``p(w | k) = softmax(w·BN(β e_k) + (1 − w)·β e_k + b)`` with batch norm
         at its running statistics (the model's own word distribution for
         theta = e_k), shape (num_topics, n_words), rows summing to 1.
-        :meth:`topics` ranks words by their relevance (see ``relevance``),
+        :meth:`topics` ranks words by relevance and exclusivity (see ``relevance``),
         which weighs these probabilities against the background.
         """
         self._check_fitted()
@@ -713,7 +757,7 @@ class ProdLDA(NeuralEstimator):
         return pd.DataFrame(to_numpy(probs), columns=self.vocabulary_)
 
     def topics(self, top_n: int = 10) -> pd.DataFrame:
-        """Top words of every topic, ranked by relevance (see ``relevance``), with their weights.
+        """Top words of every topic, ranked by :func:`word_ranking` (see ``relevance``), with their weights.
 
         Returns
         -------
@@ -892,7 +936,7 @@ class ProdLDA(NeuralEstimator):
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = {"vocabulary_": self.vocabulary_, "sparse_": bool(self.sparse_),
                 "decoder_learning_rate_": float(self.decoder_learning_rate_),
-                "dropped_documents_": int(self.dropped_documents_), **self._history_meta()}
+                "dropped_documents_": int(self.dropped_documents_), "word_ranking": 2, **self._history_meta()}
         x = _rows(self._x, torch.arange(min(self._x.shape[0], 200), device=self.device_))
         return meta, {"x": x.detach().cpu(), **self._network_state()}
 
@@ -903,6 +947,8 @@ class ProdLDA(NeuralEstimator):
         if "decoder_learning_rate_" not in meta:  # saved before the decoder had its own rate: it had the encoder's
             self.decoder_learning_rate = self.learning_rate
         self.decoder_learning_rate_ = float(meta.get("decoder_learning_rate_", self.learning_rate))
+        if "word_ranking" not in meta:  # saved before the exclusivity term: ranked by relevance alone
+            self.exclusivity = 0.0
         self._set_history_meta(meta)
         self._x = tensors["x"].to(self.device_)
         self._arviz_rows = torch.arange(min(50, self._x.shape[0]))
