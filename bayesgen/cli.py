@@ -278,9 +278,14 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     if not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
     table = read_csv(args.csv)
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else list(table.columns)
+    if args.labels is not None and args.labels not in table.columns:
+        raise ValueError(f"{args.csv} has no --labels column {args.labels!r}; columns are {list(table.columns)[:20]}")
+    columns = ([c.strip() for c in args.columns.split(",")] if args.columns
+               else [c for c in table.columns if c != args.labels])
     if len(set(columns)) != len(columns):
         raise ValueError(f"--columns names a column more than once: {columns}")
+    if args.labels in columns:
+        raise ValueError(f"--labels column {args.labels!r} cannot also be a feature in --columns")
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"{args.csv} has no columns {missing}; columns are {list(table.columns)[:20]}")
@@ -293,6 +298,11 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     ).fit(table[columns])
+    if args.labels is not None:
+        known = table[args.labels].notna()
+        det.calibrate(table.loc[known, columns], table.loc[known, args.labels].to_numpy())
+        print(f"calibrated on {int(known.sum())} labelled rows ({det.calibration_['anomalies']} anomalies): "
+              f"slope {det.calibration_['slope']:.3g}, intercept {det.calibration_['intercept']:.3g}")
     out = table.copy()
     out["anomaly_probability"] = det.predict_proba(table[columns])
     out["anomaly"] = (out["anomaly_probability"] > args.threshold).astype(int)
@@ -397,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="full")
     an.add_argument("--anomaly", choices=["inflated", "student_t"], default="inflated",
                     help="the anomaly component: a learnt, inflated Gaussian or a fixed Student-t")
+    an.add_argument("--labels", metavar="COLUMN",
+                    help="a 0/1 column (1 = anomaly; empty where unknown): not a feature; its labelled rows "
+                         "calibrate the probability (Platt scaling, see MixtureAnomalyDetector.calibrate)")
     an.add_argument("--threshold", type=float, default=0.5, help="flag rows with P(anomaly) above this")
     an.add_argument("--num-steps", type=int, default=1500)
     an.add_argument("--device", default="auto")

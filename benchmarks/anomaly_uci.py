@@ -17,10 +17,16 @@ component, full covariance, the inflated anomaly component, Beta(1, 19) prior on
 anomaly fraction) for each of ``--seeds``, and once with the defaults before session 10
 (2 normal components, the fixed Student-t anomaly component) for reference.
 
+Calibration with a few labels (``calibration_with_labels``, first seed's fit): ``--labelled`` rows
+drawn at random (both classes present), ``calibrate`` on them, and the Brier score on all
+*other* rows, repeated ``--repeats`` times; next to it, on the same rows, the Brier score of the
+uncalibrated probability and of a constant at the labelled rows' share (what those labels alone
+would give).
+
 Needs pyreadr and Debian's r-cran-mlbench (``apt-get download r-cran-mlbench && dpkg-deb -x
 r-cran-mlbench_*.deb DIR``; pass ``--mlbench DIR``) for the three mlbench tables.
 
-Run:  python benchmarks/anomaly_uci.py [--mlbench DIR]
+Run:  python benchmarks/anomaly_uci.py [--mlbench DIR] [--seeds 0,1,2] [--labelled 50] [--repeats 20] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from sklearn.datasets import load_breast_cancer
@@ -65,11 +72,38 @@ def scores(y, s):
     return {"roc_auc": float(roc_auc_score(y, s)), "average_precision": float(average_precision_score(y, s))}
 
 
+def calibration_with_labels(det, X, y, n_labelled, repeats, seed=0):
+    """Brier scores on the unlabelled rows after calibrating on ``n_labelled`` random labelled rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(repeats):
+        while True:
+            idx = rng.choice(len(X), size=n_labelled, replace=False)
+            if 0 < y[idx].sum() < n_labelled:
+                break
+        rest = np.setdiff1d(np.arange(len(X)), idx)
+        det.calibrate(X[idx], y[idx])
+        p = det.predict_proba(X[rest])
+        raw = det.predict_proba(X[rest], calibrated=False)
+        rows.append({"brier": float(brier_score_loss(y[rest], p)),
+                     "brier_uncalibrated": float(brier_score_loss(y[rest], raw)),
+                     "brier_labelled_share": float(brier_score_loss(y[rest], np.full(len(rest), y[idx].mean()))),
+                     "slope": det.calibration_["slope"], "intercept": det.calibration_["intercept"]})
+    det.calibration_ = None
+    table = pd.DataFrame(rows)
+    beats = int((table["brier"] < table["brier_labelled_share"]).sum())
+    return {"labelled_rows": n_labelled, "repeats": repeats, "mean": table.mean().to_dict(),
+            "sd": table.std().to_dict(), "calibrated_beats_share": beats}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlbench", default=None, help="folder of mlbench .rda files (or an extracted .deb)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--seeds", default="0,1,2", help="bayesgen seeds (IsolationForest: 0-4)")
+    parser.add_argument("--labelled", type=int, default=50, help="labelled rows for calibrate (0: skip)")
+    parser.add_argument("--repeats", type=int, default=20, help="random labelled subsets")
+    parser.add_argument("--tag", default="", help="suffix for the JSON file name")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     warnings.simplefilter("ignore")
@@ -92,6 +126,8 @@ def main() -> None:
                     **scores(y, -det.score_samples(X)),
                     "probability": {**scores(y, p), "brier": float(brier_score_loss(y, p)), "mean": float(p.mean())},
                     "anomaly_fraction": det.anomaly_fraction().round(4).to_dict()})
+                if key == "bayesgen" and seed == seeds[0] and args.labelled:
+                    row["calibration_with_labels"] = calibration_with_labels(det, X, y, args.labelled, args.repeats)
         for seed in range(5):
             start = time.perf_counter()
             iso = IsolationForest(random_state=seed).fit(X)
@@ -103,8 +139,9 @@ def main() -> None:
         row["gaussian_mixture_fit_seconds"] = time.perf_counter() - start
         row["gaussian_mixture"] = scores(y, -gm.score_samples(Z))
         results["sets"][name] = row
-        print(name, json.dumps({k: row[k] for k in ("bayesgen", "isolation_forest", "gaussian_mixture")}), flush=True)
-    (out / "anomaly_uci.json").write_text(json.dumps(results, indent=2))
+        print(name, json.dumps({k: row.get(k) for k in ("bayesgen", "isolation_forest", "gaussian_mixture",
+                                                         "calibration_with_labels")}), flush=True)
+    (out / f"anomaly_uci{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.poutine.util import site_is_subsample
 
-from bayesgen.models.anomaly import MixtureAnomalyDetector, guide, model
+from bayesgen.models.anomaly import MixtureAnomalyDetector, guide, model, platt_scaling
 
 
 def planted(seed=0, n_normal=600, n_anomalies=30, d=4):
@@ -263,6 +263,101 @@ def test_cli_writes_rows_with_probability_and_flag(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bayesgen", "anomaly", "--csv", str(tmp_path / "data.csv"),
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "non-numeric columns ['note']" in bad.stderr
+
+
+def test_platt_scaling_recovers_a_known_link_and_stays_finite_on_separated_labels():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 20.0, size=5000)  # log-odds spanning hundreds, as a sharp posterior gives
+    y = rng.random(5000) < 1 / (1 + np.exp(-(0.3 * z - 1.0)))
+    slope, intercept = platt_scaling(z, y)
+    assert abs(slope - 0.3) < 0.03 and abs(intercept + 1.0) < 0.15, (slope, intercept)
+    # Perfectly separated labels: Platt's smoothed targets keep the fit finite and increasing.
+    slope, intercept = platt_scaling(np.array([-5.0, -3.0, 2.0, 4.0]), np.array([0, 0, 1, 1]))
+    assert 0 < slope < 100 and np.isfinite(intercept)
+
+
+def test_calibrate_maps_the_probability_onto_labels(fitted, tmp_path):
+    det, X, _ = fitted
+    det.save(tmp_path / "det")
+    det = MixtureAnomalyDetector.load(tmp_path / "det", device="cpu")  # a copy: the fixture stays uncalibrated
+    raw = det.predict_proba(X)
+    logit = det._mean_log_odds(det._log_odds(X, None, 0))  # exact where raw rounds to 0 or 1
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), raw)
+    # Labels that follow the model's probability, but far less sharply (true link: slope 0.05, intercept -1).
+    rng = np.random.default_rng(1)
+    truth = 1 / (1 + np.exp(-(0.05 * logit - 1.0)))
+    y = rng.random(len(X)) < truth
+    assert det.calibration_ is None
+    det.calibrate(X, y)
+    cal = det.calibration_
+    assert cal["rows"] == len(X) and cal["anomalies"] == int(y.sum())
+    assert 0.035 < cal["slope"] < 0.07 and -1.4 < cal["intercept"] < -0.6, cal
+    p = det.predict_proba(X)  # calibrated from now on
+    brier, brier_raw, brier_truth = (np.mean((q - y) ** 2) for q in (p, raw, truth))
+    assert brier < brier_raw - 0.02 and brier < brier_truth + 0.01, (brier, brier_raw, brier_truth)
+    np.testing.assert_allclose(det.predict_proba(X, calibrated=False), raw)
+    table = det.predict_proba(X[:20], ci_prob=0.9)
+    np.testing.assert_allclose(table["probability"], p[:20])
+    assert np.all(table["low"] <= table["probability"] + 1e-9) and np.all(table["probability"] <= table["high"] + 1e-9)
+    assert np.array_equal(det.predict(X), (p > 0.5).astype(int))
+    # Saved and loaded with the model; a refit drops it (the labels were for the old fit).
+    det.save(tmp_path / "cal")
+    assert MixtureAnomalyDetector.load(tmp_path / "cal", device="cpu").calibration_ == cal
+    det.num_steps = 50
+    det.fit(X)
+    assert det.calibration_ is None
+    with pytest.raises(ValueError, match="not calibrated; call calibrate"):
+        det.predict_proba(X, calibrated=True)
+
+
+def test_calibrate_rejects_bad_labels_and_warns_when_they_run_against_the_model(fitted):
+    det, X, y = fitted
+    bad = [(y[:-1], ValueError, "one label per row"), (np.where(y, 2, 0), ValueError, "1/True .* or 0/False"),
+           (np.zeros(len(y)), ValueError, "only normal rows; calibrating needs both"),
+           (np.where(y, "yes", "no"), ValueError, "1/True .* or 0/False"),
+           (np.where(y, 1.0, np.nan), ValueError, "missing labels")]
+    for labels, err, message in bad:
+        with pytest.raises(err, match=message):
+            det.calibrate(X, labels)
+    assert det.calibration_ is None
+    with pytest.raises(TypeError, match="calibrated must be"):
+        det.predict_proba(X, calibrated="yes")
+    try:
+        with pytest.warns(UserWarning, match="labels run against the anomaly probability"):
+            det.calibrate(X, ~y)  # the planted anomalies labelled normal, and the rest anomalous
+        assert det.calibration_["slope"] < 0
+    finally:
+        det.calibration_ = None
+
+
+def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
+    import subprocess
+    import sys
+
+    X, y = planted(n_normal=200, n_anomalies=10)
+    labels = np.where(y, 1.0, 0.0)
+    labels[1::3] = np.nan  # unknown for a third of the rows
+    frame = pd.DataFrame(X, columns=list("abcd")).assign(incident=labels)
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    out = tmp_path / "scores.csv"
+    args = [sys.executable, "-m", "bayesgen", "anomaly", "--csv", str(tmp_path / "data.csv"), "--out", str(out),
+            "--num-steps", "300"]
+    proc = subprocess.run(args + ["--labels", "incident"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"calibrated on {int(np.isfinite(labels).sum())} labelled rows" in proc.stdout
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["a", "b", "c", "d", "incident", "anomaly_probability", "anomaly"]
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, scores["anomaly_probability"]) > 0.95
+    # Calibrated to the labelled rows: the mean probability there is near their anomaly share.
+    known = np.isfinite(labels)
+    assert abs(scores["anomaly_probability"][known].mean() - labels[known].mean()) < 0.03
+    proc = subprocess.run(args + ["--labels", "nope"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no --labels column 'nope'" in proc.stderr
+    proc = subprocess.run(args + ["--labels", "incident", "--columns", "a,b,incident"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot also be a feature" in proc.stderr
 
 
 @pytest.mark.cuda
