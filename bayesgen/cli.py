@@ -273,7 +273,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
 def _cmd_anomaly(args: argparse.Namespace) -> int:
     from bayesgen.datasets import read_csv
-    from bayesgen.models.anomaly import MixtureAnomalyDetector
+    from bayesgen.models.anomaly import MixtureAnomalyDetector, binary_labels
 
     if not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
@@ -289,6 +289,12 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ValueError(f"{args.csv} has no columns {missing}; columns are {list(table.columns)[:20]}")
+    if args.labels is not None:  # checked before the fit, not after it
+        known = table[args.labels].notna().to_numpy()
+        if not known.any():
+            raise ValueError(f"--labels column {args.labels!r} has no labelled rows (all empty)")
+        labels = binary_labels(table.loc[known, args.labels].to_numpy(), int(known.sum()),
+                               f"--labels column {args.labels!r}")
     det = MixtureAnomalyDetector(
         num_components=args.components,
         covariance=args.covariance,
@@ -299,8 +305,7 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     ).fit(table[columns])
     if args.labels is not None:
-        known = table[args.labels].notna()
-        det.calibrate(table.loc[known, columns], table.loc[known, args.labels].to_numpy())
+        det.calibrate(table.loc[known, columns], labels)
         print(f"calibrated on {int(known.sum())} labelled rows ({det.calibration_['anomalies']} anomalies): "
               f"slope {det.calibration_['slope']:.3g}, intercept {det.calibration_['intercept']:.3g}")
     out = table.copy()

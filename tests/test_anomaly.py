@@ -282,7 +282,6 @@ def test_calibrate_maps_the_probability_onto_labels(fitted, tmp_path):
     det = MixtureAnomalyDetector.load(tmp_path / "det", device="cpu")  # a copy: the fixture stays uncalibrated
     raw = det.predict_proba(X)
     logit = det._mean_log_odds(det._log_odds(X, None, 0))  # exact where raw rounds to 0 or 1
-    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), raw)
     # Labels that follow the model's probability, but far less sharply (true link: slope 0.05, intercept -1).
     rng = np.random.default_rng(1)
     truth = 1 / (1 + np.exp(-(0.05 * logit - 1.0)))
@@ -296,6 +295,7 @@ def test_calibrate_maps_the_probability_onto_labels(fitted, tmp_path):
     brier, brier_raw, brier_truth = (np.mean((q - y) ** 2) for q in (p, raw, truth))
     assert brier < brier_raw - 0.02 and brier < brier_truth + 0.01, (brier, brier_raw, brier_truth)
     np.testing.assert_allclose(det.predict_proba(X, calibrated=False), raw)
+    np.testing.assert_allclose(det.predict_proba(X, calibrated=np.False_), raw)  # a numpy flag too
     table = det.predict_proba(X[:20], ci_prob=0.9)
     np.testing.assert_allclose(table["probability"], p[:20])
     assert np.all(table["low"] <= table["probability"] + 1e-9) and np.all(table["probability"] <= table["high"] + 1e-9)
@@ -310,6 +310,16 @@ def test_calibrate_maps_the_probability_onto_labels(fitted, tmp_path):
         det.predict_proba(X, calibrated=True)
 
 
+def test_mean_log_odds_is_exact_where_the_probability_rounds_to_one():
+    # Two draws of θ for three rows; row 0's probability is 1 - O(e^-40) in every draw.
+    lo = np.array([[40.0, -40.0, 3.0], [42.0, -38.0, 1.0]])
+    p = 1 / (1 + np.exp(-lo.astype(np.longdouble)))
+    expected = np.log(p.mean(0)) - np.log((1 / (1 + np.exp(lo.astype(np.longdouble)))).mean(0))
+    got = MixtureAnomalyDetector._mean_log_odds(lo)
+    np.testing.assert_allclose(got, expected.astype(float), rtol=1e-9)
+    assert 40 < got[0] < 42 and -40 < got[1] < -38  # float32's rounding to 1 would give inf here
+
+
 def test_calibrate_rejects_bad_labels_and_warns_when_they_run_against_the_model(fitted):
     det, X, y = fitted
     bad = [(y[:-1], ValueError, "one label per row"), (np.where(y, 2, 0), ValueError, "1/True .* or 0/False"),
@@ -320,6 +330,16 @@ def test_calibrate_rejects_bad_labels_and_warns_when_they_run_against_the_model(
         with pytest.raises(err, match=message):
             det.calibrate(X, labels)
     assert det.calibration_ is None
+    frame, series = pd.DataFrame(X), pd.Series(y)
+    with pytest.raises(ValueError, match="y's index differs from X's"):
+        det.calibrate(frame, series.iloc[::-1])
+    try:
+        # Object arrays of 0/1 or True/False (pandas reads a True/False column with blanks so) are labels too.
+        for labels in (y.astype(int).astype(object), y.astype(object)):
+            det.calibrate(X, labels)
+            assert det.calibration_["anomalies"] == int(y.sum()) and det.calibration_["slope"] > 0
+    finally:
+        det.calibration_ = None
     with pytest.raises(TypeError, match="calibrated must be"):
         det.predict_proba(X, calibrated="yes")
     try:
@@ -335,7 +355,8 @@ def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
     import sys
 
     X, y = planted(n_normal=200, n_anomalies=10)
-    labels = np.where(y, 1.0, 0.0)
+    # Labels that are not the model's anomalies alone: the planted ones plus a random third of the rest.
+    labels = np.where(y | (np.random.default_rng(0).random(len(y)) < 0.33), 1.0, 0.0)
     labels[1::3] = np.nan  # unknown for a third of the rows
     frame = pd.DataFrame(X, columns=list("abcd")).assign(incident=labels)
     frame.to_csv(tmp_path / "data.csv", index=False)
@@ -347,17 +368,33 @@ def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
     assert f"calibrated on {int(np.isfinite(labels).sum())} labelled rows" in proc.stdout
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["a", "b", "c", "d", "incident", "anomaly_probability", "anomaly"]
+    # Calibrated to the labelled rows: the mean probability there is near their share of 1s (about 0.36),
+    # where the model's own probability averages about 0.05; the planted anomalies still rank first.
+    known = np.isfinite(labels)
+    assert labels[known].mean() > 0.25
+    assert abs(scores["anomaly_probability"][known].mean() - labels[known].mean()) < 0.05
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, scores["anomaly_probability"]) > 0.95
-    # Calibrated to the labelled rows: the mean probability there is near their anomaly share.
-    known = np.isfinite(labels)
-    assert abs(scores["anomaly_probability"][known].mean() - labels[known].mean()) < 0.03
     proc = subprocess.run(args + ["--labels", "nope"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no --labels column 'nope'" in proc.stderr
     proc = subprocess.run(args + ["--labels", "incident", "--columns", "a,b,incident"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "cannot also be a feature" in proc.stderr
+    # Label problems are found before the fit: no labelled rows, or one class only.
+    for column, message in ((np.full(len(y), np.nan), "has no labelled rows"),
+                            (np.where(known, 0.0, np.nan), "has only normal rows")):
+        frame.assign(incident=column).to_csv(tmp_path / "bad.csv", index=False)
+        proc = subprocess.run(args[:5] + [str(tmp_path / "bad.csv")] + args[6:] + ["--labels", "incident"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "calibrated on" not in proc.stdout
+    # A True/False column with blanks (object dtype in pandas) works.
+    frame.assign(incident=np.where(known, np.where(labels == 1, "True", "False"), "")).to_csv(
+        tmp_path / "tf.csv", index=False)
+    proc = subprocess.run(args[:5] + [str(tmp_path / "tf.csv")] + args[6:] + ["--labels", "incident"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "calibrated on" in proc.stdout, proc.stderr
 
 
 @pytest.mark.cuda

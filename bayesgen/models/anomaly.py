@@ -69,7 +69,7 @@ from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
 __all__ = ["ComponentMixture", "MixtureAnomalyDetector", "anomaly_distribution", "guide", "mixture_log_weights",
-           "model", "platt_scaling"]
+           "binary_labels", "model", "platt_scaling"]
 
 Covariance = Literal["diag", "full", "lowrank"]
 AnomalyKind = Literal["inflated", "student_t"]
@@ -366,6 +366,23 @@ def _lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 25, floor: floa
 
 
 # ----------------------------------------------------------------- estimator
+def binary_labels(y: Any, n_rows: int, what: str = "y") -> np.ndarray:
+    """``y`` as floats 0.0/1.0 (1 = anomaly), one per row, both classes present; else a clear error.
+
+    Accepts bools, 0/1 numbers, and object arrays of them (what pandas reads from a
+    True/False column with blanks, once the blanks are dropped).
+    """
+    labels = check_labels(y, n_rows, what)
+    if labels.dtype.kind == "O" and all(isinstance(v, bool | np.bool_ | int | float | np.number) for v in labels):
+        labels = labels.astype(float)
+    values = np.unique(labels)
+    if labels.dtype.kind not in "biuf" or not set(values.tolist()) <= {0, 1}:
+        raise ValueError(f"{what} must be 1/True (anomaly) or 0/False (normal), got values {values[:10].tolist()}")
+    if len(values) < 2:
+        raise ValueError(f"{what} has only {'anomalies' if values[0] else 'normal rows'}; calibrating needs both")
+    return labels.astype(float)
+
+
 def platt_scaling(log_odds: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Slope and intercept of ``P(label = 1) = sigmoid(slope · log_odds + intercept)`` (Platt 1999).
 
@@ -450,10 +467,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
     ----------
     feature_names_ : list of str
     fitted_on_frame_ : bool
-    calibration_ : dict or None
-        Set by :meth:`calibrate`: ``slope``, ``intercept``, ``rows``, ``anomalies``.
         Fitted on a DataFrame: new DataFrames are matched to ``feature_names_``
         by column name (in any order); otherwise columns are taken by position.
+    calibration_ : dict or None
+        Set by :meth:`calibrate`: ``slope``, ``intercept``, ``rows``, ``anomalies``.
     losses_, converged_, n_steps_
 
     Examples
@@ -689,7 +706,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         draws = self._draws(num_samples, seed)
         with torch.no_grad():
             log_w, table = self._tables(x, draws)
-            joint = (table + log_w).double()
+            joint = table.double() + log_w.double()
             log_odds = joint[..., -1] - torch.logsumexp(joint[..., :-1], -1)
         return to_numpy(log_odds)
 
@@ -731,7 +748,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if ci_prob is not None:
             ci_prob = check_ci_prob(ci_prob)
         if calibrated is not None:
-            check_flag(calibrated, "calibrated")
+            calibrated = check_flag(calibrated, "calibrated")  # a plain bool (np.False_ is not False)
         cal = getattr(self, "calibration_", None) if calibrated is not False else None
         if calibrated and cal is None:
             raise ValueError("calibrated=True, but this detector is not calibrated; call calibrate(X, y) first")
@@ -773,20 +790,19 @@ class MixtureAnomalyDetector(BayesianEstimator):
         MixtureAnomalyDetector
             ``self``, with ``calibration_`` set.
         """
+        if isinstance(X, pd.DataFrame) and isinstance(y, pd.Series) and not X.index.equals(y.index):
+            raise ValueError("y's index differs from X's; align them (y.reindex(X.index)) or pass arrays")
         lo = self._mean_log_odds(self._log_odds(X, num_samples, seed))
-        labels = check_labels(y, len(lo))
-        values = np.unique(labels)
-        if labels.dtype.kind not in "biuf" or not set(values.tolist()) <= {0, 1}:
-            raise ValueError(f"y must be 1/True (anomaly) or 0/False (normal), got values {values[:10].tolist()}")
-        if len(values) < 2:
-            raise ValueError(f"y has only {'anomalies' if values[0] else 'normal rows'}; calibrating needs both")
-        slope, intercept = platt_scaling(lo, labels.astype(float))
+        labels = binary_labels(y, len(lo))
+        if np.ptp(lo) == 0:
+            raise ValueError("every labelled row has the same anomaly probability; there is nothing to calibrate")
+        slope, intercept = platt_scaling(lo, labels)
         if slope <= 0:
             warnings.warn(f"the labels run against the anomaly probability (calibration slope {slope:.3g} <= 0): "
                           "the rows these labels mark are not the ones this model finds unusual", UserWarning,
                           stacklevel=2)
         self.calibration_ = {"slope": slope, "intercept": intercept, "rows": int(len(labels)),
-                             "anomalies": int(labels.astype(float).sum())}
+                             "anomalies": int(labels.sum())}
         return self
 
     def predict(self, X: Any, threshold: float = 0.5, **kwargs: Any) -> np.ndarray:

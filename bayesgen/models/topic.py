@@ -297,9 +297,8 @@ def word_ranking(log_p: torch.Tensor, log_background: torch.Tensor, relevance: f
     """
     score = log_p - (1.0 - float(relevance)) * log_background
     if float(exclusivity) > 0 and log_p.shape[0] > 1:
-        top2 = log_p.topk(2, dim=0).values
-        best_other = torch.where(log_p >= top2[0], top2[1], top2[0])  # the top topic's rival is the runner-up
-        score = score - float(exclusivity) * (best_other - log_p).clamp(min=0.0)
+        # max(0, max_{j≠k} log p_j − log p_k) = max_j log p_j − log p_k: zero for the topic that uses the word most.
+        score = score - float(exclusivity) * (log_p.max(0).values - log_p)
     return score
 
 
