@@ -296,7 +296,7 @@ def word_ranking(log_p: torch.Tensor, log_background: torch.Tensor, relevance: f
         λ in [0, 1] and γ ≥ 0.
     """
     score = log_p - (1.0 - float(relevance)) * log_background
-    if float(exclusivity) > 0 and log_p.shape[0] > 1:
+    if float(exclusivity) > 0:
         # max(0, max_{j≠k} log p_j − log p_k) = max_j log p_j − log p_k: zero for the topic that uses the word most.
         score = score - float(exclusivity) * (log_p.max(0).values - log_p)
     return score
@@ -721,7 +721,7 @@ class ProdLDA(NeuralEstimator):
         check_real(self.relevance, "relevance", low=0.0, high=1.0, low_open=False, high_open=False)
         check_real(self.exclusivity, "exclusivity", low=0.0, low_open=False)
 
-    def _relevance(self) -> np.ndarray:
+    def _word_scores(self) -> np.ndarray:
         """Word scores per topic (see ``relevance``, ``exclusivity`` and :func:`word_ranking`)."""
         # Checked here too: the README suggests setting the attributes on a fitted model to re-rank.
         self._check_ranking()
@@ -736,7 +736,7 @@ class ProdLDA(NeuralEstimator):
 
     def _top_indices(self, top_n: int) -> list[list[int]]:
         top_n = check_count(top_n, "top_n")
-        return [list(np.argsort(-row, kind="stable")[:top_n]) for row in self._relevance()]
+        return [list(np.argsort(-row, kind="stable")[:top_n]) for row in self._word_scores()]
 
     # -------------------------------------------------------------- verbs
     def topic_word(self) -> pd.DataFrame:
