@@ -36,18 +36,21 @@ def _make_older(folder, *, settings=(), extra=(), tensors=()) -> None:
     import json
     from pathlib import Path
 
+    from bayesgen.io import file_sha256
+
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     for key in settings:
         del meta["hyperparameters"][key]
     for key in extra:
         del meta["extra"][key]
-    (folder / "meta.json").write_text(json.dumps(meta))
     if tensors:
         saved = torch.load(folder / "tensors.pt", weights_only=True)
         for key in tensors:
             del saved[key]
         torch.save(saved, folder / "tensors.pt")
+        meta["tensors_sha256"] = file_sha256(folder / "tensors.pt")  # the checksum goes with the tensors
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture

@@ -27,6 +27,13 @@ from bayesgen import (
 )
 from bayesgen._runtime import TorchOutOfMemoryError
 from bayesgen.datasets import load_digits
+from bayesgen.io import file_sha256
+
+
+def resign(folder):
+    """Record tensors.pt's checksum in meta.json, as if an edited file had been saved so."""
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "tensors_sha256": file_sha256(folder / "tensors.pt")}))
 
 
 def _ab_fit(est):
@@ -203,6 +210,9 @@ class TestEstimatorContract:
         est = fit(make())
         folder = est.save(tmp_path / "model")
         (folder / "tensors.pt").write_bytes(b"garbage")
+        with pytest.raises(ModelFileError, match="does not match its checksum"):
+            type(est).load(folder)
+        resign(folder)
         with pytest.raises(ModelFileError, match="corrupt"):
             type(est).load(folder)
         (folder / "meta.json").write_text("{not json")
@@ -220,8 +230,8 @@ class TestEstimatorContract:
         cls = type(make())
 
         def write(m, t):
-            (folder / "meta.json").write_text(json.dumps(m))
             torch.save(t, folder / "tensors.pt")
+            (folder / "meta.json").write_text(json.dumps({**m, "tensors_sha256": file_sha256(folder / "tensors.pt")}))
 
         write({k: v for k, v in meta.items() if k != "hyperparameters"}, tensors)
         with pytest.raises(ModelFileError, match="missing entry 'hyperparameters'"):
@@ -254,6 +264,9 @@ class TestEstimatorContract:
                 return (exec, ("raise SystemExit('code ran')",))
 
         torch.save({"params": {}, "payload": Evil()}, folder / "tensors.pt")
+        with pytest.raises(ModelFileError):
+            type(est).load(folder)
+        resign(folder)  # with a matching checksum, torch's weights_only loader refuses it
         with pytest.raises(ModelFileError):
             type(est).load(folder)
 

@@ -100,7 +100,7 @@ tree = test.to_arviz(num_samples=1000)
 from bayesgen.arviz import summary  # noqa: E402
 
 print(summary(tree).round(4))
-test.save(ROOT / "runs" / "tutorial_ab_model")
+test.save(ROOT / "runs" / "tutorial_ab_model", overwrite=True)
 reloaded = BetaBinomialTest.load(ROOT / "runs" / "tutorial_ab_model")
 assert np.allclose(reloaded.posterior(1000, seed=1), test.posterior(1000, seed=1))
 print("reloaded model gives identical posterior draws")

@@ -15,6 +15,7 @@ import functools
 import importlib
 import inspect
 import json
+import logging
 import math
 import numbers
 import re
@@ -41,7 +42,12 @@ from bayesgen.infer import ConvergenceCheck, SVIResult, param_scope, run_svi
 __all__ = ["BayesianEstimator", "NotFittedError", "ModelFileError", "NotEnoughMemoryError"]
 
 MODEL_FORMAT = "bayesgen-model"
-MODEL_FORMAT_VERSION = 1
+# 2: meta.json holds the SHA-256 of tensors.pt ("tensors_sha256"), checked at load. Version 1 files (no
+# checksum) still load, with a logged warning that their tensors cannot be checked.
+MODEL_FORMAT_VERSION = 2
+_READABLE_FORMAT_VERSIONS = (1, 2)
+
+logger = logging.getLogger(__name__)
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -389,26 +395,40 @@ class BayesianEstimator:
                    seed=self._method_seed(seed), **kwargs)
 
     # -------------------------------------------------------------- save/load
-    def save(self, path: PathLikeStr) -> Path:
-        """Save the fitted estimator to a folder.
+    def save(self, path: PathLikeStr, *, overwrite: bool = False) -> Path:
+        """Save the fitted estimator to a folder, whole or not at all.
 
         The folder holds ``meta.json`` (class, versions, hyperparameters,
-        fitted attributes) and ``tensors.pt`` (a dict of CPU tensors: the
-        unconstrained guide parameters and the data the model needs). Loading
-        never executes code from these files.
+        fitted attributes, the SHA-256 of ``tensors.pt``) and ``tensors.pt`` (a
+        dict of CPU tensors: the unconstrained guide parameters and the data the
+        model needs). Loading never executes code from these files, and refuses
+        a ``tensors.pt`` that does not match its checksum. The folder is built
+        next to ``path`` and renamed into place when complete (see
+        :func:`bayesgen.io.staged_folder`).
 
         Parameters
         ----------
         path : str or os.PathLike
-            Folder to create (or overwrite files in).
+            Folder to create.
+        overwrite : bool, default False
+            Replace an existing file or a folder that is not empty at ``path``
+            (only once the new folder is complete).
 
         Returns
         -------
         pathlib.Path
+
+        Raises
+        ------
+        ValueError
+            ``path`` exists and ``overwrite`` is False, or another process is writing it.
+        bayesgen.io.WriteError
+            A file could not be written; nothing is left at ``path``.
         """
+        from bayesgen.io import atomic_path, file_sha256, staged_folder, write_json
+
         self._check_fitted()
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         extra_meta, extra_tensors = self._get_extra_state()
         params = {
             name: value.detach().cpu().clone() for name, value in self._param_state["params"].items()
@@ -430,8 +450,11 @@ class BayesianEstimator:
             },
             "extra": _jsonable(extra_meta),
         }
-        torch.save(tensors, folder / "tensors.pt")
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+        with staged_folder(folder, overwrite=overwrite) as staging:
+            with atomic_path(staging / "tensors.pt") as tmp:
+                torch.save(tensors, tmp)
+            meta["tensors_sha256"] = file_sha256(staging / "tensors.pt")
+            write_json(staging / "meta.json", meta)
         return folder
 
     @classmethod
@@ -466,10 +489,12 @@ class BayesianEstimator:
             raise ModelFileError(f"{meta_path} is corrupt: {err}") from err
         if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{meta_path} is not bayesgen model metadata")
-        if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        if meta.get("format_version") not in _READABLE_FORMAT_VERSIONS:
             raise ModelFileError(
-                f"{folder} has format version {meta.get('format_version')!r}; this bayesgen reads {MODEL_FORMAT_VERSION!r}"
+                f"{folder} has format version {meta.get('format_version')!r}; this bayesgen reads "
+                f"{', '.join(map(str, _READABLE_FORMAT_VERSIONS))}"
             )
+        _check_tensors_checksum(meta, tensor_path)
         class_name = meta.get("class")
         if class_name not in BayesianEstimator._registry:
             raise ModelFileError(f"{folder} holds an unknown model class {class_name!r}")
@@ -542,6 +567,27 @@ class BayesianEstimator:
 
 
 _explain_out_of_memory_in(BayesianEstimator)
+
+
+def _check_tensors_checksum(meta: dict[str, Any], tensor_path: Path) -> None:
+    """Refuse a ``tensors.pt`` whose bytes differ from the checksum its ``meta.json`` records."""
+    from bayesgen.io import file_sha256
+
+    expected = meta.get("tensors_sha256")
+    if meta.get("format_version") == 1:  # written before models carried a checksum
+        logger.warning("%s comes from an older bayesgen and has no checksum: its tensors cannot be checked for "
+                       "damage (save it again to add one)", tensor_path.parent)
+        return
+    if not isinstance(expected, str):
+        raise ModelFileError(f"{tensor_path.parent / 'meta.json'} has no checksum of tensors.pt (an edited file?); "
+                             "not loaded")
+    try:
+        actual = file_sha256(tensor_path)
+    except OSError as err:
+        raise ModelFileError(f"{tensor_path} could not be read: {err}; not loaded") from err
+    if actual != expected:
+        raise ModelFileError(f"{tensor_path} does not match its checksum: the file was changed or damaged; "
+                             "not loaded")
 
 
 def _check_seed(value: Any, name: str) -> int:
