@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/bayesgen tour --out runs/tour
+	$(BIN)/bayesgen tour --out runs/tour --overwrite
 
 # Test workers (pytest-xdist): one per core by default; TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= auto

@@ -9,13 +9,16 @@
 ``bayesgen augment ...``   add synthetic rows from a Gaussian class-conditional generator.
 
 Bad input ends with a one-line ``bayesgen: error: ...`` on stderr and exit
-status 2, never a traceback.
+status 2, never a traceback. Every output is written whole or not at all
+(see :mod:`bayesgen.io`); an existing ``--out`` is replaced only with
+``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -72,9 +75,13 @@ def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
 
 def _cmd_abtest(args: argparse.Namespace) -> int:
     from bayesgen.datasets import read_csv
+    from bayesgen.io import atomic_path, check_not_input, check_target
     from bayesgen.models.ab_test import BetaBinomialTest, validate_prior
 
     prior = validate_prior(_parse_prior(args.prior))
+    if args.plot:  # before the fit, so a refused --plot costs no work
+        check_target(args.plot, overwrite=args.overwrite, what="--plot")
+        check_not_input(args.plot, args.csv)
     est = BetaBinomialTest(
         prior=prior,
         method=args.method,
@@ -108,15 +115,32 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
             f"largest sd error {100 * gap['max_sd_rel_error']:.1f}% ({est.n_steps_} steps)"
         )
     if args.plot:
-        est.plot().savefig(args.plot, dpi=110)
+        with atomic_path(args.plot, overwrite=args.overwrite) as tmp:
+            est.plot().savefig(tmp, dpi=110)
         print(f"plot written to {args.plot}")
     return 0
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from bayesgen.specs import run_spec
+    from bayesgen.specs import RunInterrupted, run_spec
 
-    out = run_spec(args.spec, args.out, device=args.device, progress=not args.quiet)
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out DIR, the run folder of the interrupted fit")
+    try:
+        out = run_spec(args.spec, args.out, device=args.device, progress=not args.quiet, overwrite=args.overwrite,
+                       checkpoint_every=args.checkpoint_every, resume=args.resume)
+    except RunInterrupted as err:
+        if err.resumable:
+            command = ["bayesgen", "fit", args.spec, "--out", str(err.folder), "--resume"]
+            if args.device is not None:
+                command += ["--device", args.device]
+            if args.checkpoint_every is not None:
+                command += ["--checkpoint-every", str(args.checkpoint_every)]
+            print(f"bayesgen: interrupted; the fit is saved: continue it with {shlex.join(command)}",
+                  file=sys.stderr)
+        else:
+            print(f"bayesgen: interrupted; nothing was written to {err.folder}", file=sys.stderr)
+        return 130
     est = out.estimator
     print(f"fitted {out.folder.name}: {est.n_steps_} steps, converged={est.converged_}, device={est.device_}")
     with pd.option_context("display.width", 140, "display.max_columns", 20):
@@ -187,7 +211,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
             print(f"bayesgen: error: {name} failed: {detail}", file=sys.stderr, flush=True)
 
     result = run_tour(args.out, device=args.device, specs=args.specs, names=names, smoke=args.smoke,
-                      progress=not args.quiet, on_event=on_event)
+                      progress=not args.quiet, on_event=on_event, overwrite=args.overwrite)
     print(f"tour finished in {result.seconds['total']:.1f} s; report: {result.report}")
     return 1 if result.errors else 0
 
@@ -196,7 +220,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from bayesgen.specs import reproduce
 
     result = reproduce(args.run_dir, args.out, device=args.device, tolerance=args.tolerance, rtol=args.rtol,
-                       progress=not args.quiet)
+                       progress=not args.quiet, overwrite=args.overwrite)
     bad = result.table[~result.table["ok"]]
     with pd.option_context("display.width", 140):
         shown = bad if len(bad) else result.table.head(10)
@@ -214,7 +238,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for folder in args.run_dirs:
         if not (Path(folder) / "run.json").is_file():
             raise ValueError(f"{folder} is not a run folder (no run.json inside)")
-    path = write_report(args.run_dirs, args.out, title=args.title)
+    path = write_report(args.run_dirs, args.out, title=args.title, overwrite=args.overwrite)
     print(f"report: {path}")
     return 0
 
@@ -222,8 +246,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_augment(args: argparse.Namespace) -> int:
     from bayesgen.augment import augment
     from bayesgen.datasets import read_csv
+    from bayesgen.io import atomic_path, check_not_input, check_target
     from bayesgen.models.gaussian_generator import GaussianGenerator, validate_xy
 
+    check_not_input(args.out, args.csv)
+    check_target(args.out, overwrite=args.overwrite)
     table = read_csv(args.csv)
     unlabelled = None
     if args.label in table.columns:
@@ -261,7 +288,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     ).fit(features, y, unlabelled=unlabelled)
     data = augment(features, y, gen, n_per_class=args.n_per_class, seed=args.seed)
     out = data.to_frame(label=args.label)
-    out.to_csv(args.out, index=False)
+    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+        out.to_csv(tmp, index=False)
     n_syn = int(data.synthetic.sum())
     print(f"wrote {args.out}: {len(out) - n_syn} real rows + {n_syn} synthetic rows "
           f"({args.n_per_class} per class, column 'synthetic' marks them)")
@@ -273,10 +301,13 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
 def _cmd_anomaly(args: argparse.Namespace) -> int:
     from bayesgen.datasets import read_csv
+    from bayesgen.io import atomic_path, check_not_input, check_target
     from bayesgen.models.anomaly import MixtureAnomalyDetector, binary_labels
 
     if not 0 < args.threshold < 1:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
+    check_not_input(args.out, args.csv)
+    check_target(args.out, overwrite=args.overwrite)
     table = read_csv(args.csv)
     if args.labels is not None and args.labels not in table.columns:
         raise ValueError(f"{args.csv} has no --labels column {args.labels!r}; columns are {list(table.columns)[:20]}")
@@ -311,7 +342,8 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     out = table.copy()
     out["anomaly_probability"] = det.predict_proba(table[columns])
     out["anomaly"] = (out["anomaly_probability"] > args.threshold).astype(int)
-    out.to_csv(args.out, index=False)
+    with atomic_path(args.out, overwrite=args.overwrite) as tmp:
+        out.to_csv(tmp, index=False)
     frac = det.anomaly_fraction()
     print(f"wrote {args.out}: {int(out['anomaly'].sum())} of {len(out)} rows flagged (P(anomaly) > {args.threshold}); "
           f"anomaly fraction {frac['mean']:.3f} [{frac['low']:.3f}, {frac['high']:.3f}]")
@@ -328,6 +360,9 @@ def _parse_pair(text: str, flag: str) -> tuple[float, float]:
         raise ValueError(f"{flag} {text!r} must be two numbers LOW,HIGH") from None
 
 
+_OVERWRITE_HELP = "replace an existing --out (only once the new output is complete)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayesgen`` command."""
     parser = argparse.ArgumentParser(prog="bayesgen", description="Bayesian generative models in Pyro.")
@@ -341,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--only", default=None, help="comma-separated spec names to fit (default: all five)")
     tour.add_argument("--smoke", action="store_true", help="a twentieth of the steps: checks the setup, not results")
     tour.add_argument("--quiet", action="store_true", help="no progress bars")
+    tour.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     tour.set_defaults(func=_cmd_tour)
 
     rep = sub.add_parser("reproduce", help="re-run a run folder and compare its summaries within tolerance")
@@ -350,12 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tolerance", type=float, default=0.1, help="allowed change of a mean, in posterior sds (default 0.1)")
     rep.add_argument("--rtol", type=float, default=0.05, help="allowed relative change of a report figure (default 0.05)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     rep.set_defaults(func=_cmd_reproduce)
 
     hr = sub.add_parser("report", help="one self-contained HTML report of run folders")
     hr.add_argument("run_dirs", nargs="+", help="folders written by 'bayesgen fit'")
     hr.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     hr.add_argument("--title", default="bayesgen report")
+    hr.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     hr.set_defaults(func=_cmd_report)
 
     fit = sub.add_parser("fit", help="fit a run spec (models/*.toml) and write a run folder")
@@ -363,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default=None, help="auto, cpu or cuda (overrides the spec)")
     fit.add_argument("--out", default=None, help="run folder (default runs/<name>-<time>)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    fit.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                     help="write a checkpoint every N SVI steps (one is always written on Ctrl-C)")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the fit that Ctrl-C interrupted in --out DIR (needs --out)")
     fit.set_defaults(func=_cmd_fit)
 
     ab = sub.add_parser("abtest", help="Bayesian A/B(/n) test of conversion rates")
@@ -380,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--device", default="auto")
     ab.add_argument("--seed", type=int, default=0)
     ab.add_argument("--plot", help="write the posterior plot to this file (PNG, PDF, SVG)")
+    ab.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     ab.add_argument("--quiet", action="store_true", help="no progress bar")
     ab.set_defaults(func=_cmd_abtest)
 
@@ -402,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--device", default="auto")
     aug.add_argument("--seed", type=int, default=0)
     aug.add_argument("--quiet", action="store_true", help="no progress bar")
+    aug.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     aug.set_defaults(func=_cmd_augment)
 
     an = sub.add_parser("anomaly", help="posterior anomaly probability of every row of a CSV")
@@ -420,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--device", default="auto")
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--quiet", action="store_true", help="no progress bar")
+    an.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     an.set_defaults(func=_cmd_anomaly)
 
     dg = sub.add_parser("diagnose", help="diagnostics of a run folder: convergence, PSIS k-hat, NUTS, SBC")

@@ -596,6 +596,8 @@ def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 10
 
     import arviz_plots as azp
 
+    from bayesgen.io import atomic_path
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}
@@ -614,7 +616,8 @@ def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 10
                     warnings.filterwarnings("ignore", message=".*look (binary|discrete)", category=UserWarning)
                     pc = azp.plot_ppc_dist(tree, var_names=[var], group=group, num_samples=min(50, num_samples),
                                            backend="matplotlib")
-                pc.savefig(folder / name)
+                with atomic_path(folder / name) as tmp:
+                    pc.savefig(tmp)
                 import matplotlib.pyplot as plt
 
                 plt.close("all")
@@ -668,9 +671,9 @@ def write_diagnostics(
     dict
         What ``diagnostics.json`` holds.
     """
-    import json
     from pathlib import Path
 
+    from bayesgen.io import atomic_path, write_json
     from bayesgen.plots import plot_loss
 
     folder = Path(folder)
@@ -680,14 +683,17 @@ def write_diagnostics(
         (folder / stale).unlink(missing_ok=True)
     report, table = _diagnose(estimator, num_samples=num_samples, seed=seed)
     if table is not None and len(table):
-        table.to_csv(folder / "psis_summary.csv")
+        with atomic_path(folder / "psis_summary.csv") as tmp:
+            table.to_csv(tmp)
     report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed)
     if nuts:
         try:
             cmp = estimator.nuts_check(num_samples=int(nuts_samples), num_warmup=int(nuts_warmup),
                                        seed=0 if seed is None else int(seed))
-            cmp.table.to_csv(folder / "nuts_comparison.csv")
-            cmp.tree.to_netcdf(folder / "nuts.nc", engine="netcdf4")
+            with atomic_path(folder / "nuts_comparison.csv") as tmp:
+                cmp.table.to_csv(tmp)
+            with atomic_path(folder / "nuts.nc") as tmp:
+                cmp.tree.to_netcdf(tmp, engine="netcdf4")
             report["nuts"] = {"agree": cmp.agree, "reliable": cmp.reliable, "divergences": cmp.divergences,
                               "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
                               "max_r_hat": _finite_or_none(cmp.max_r_hat),
@@ -699,19 +705,22 @@ def write_diagnostics(
     if sbc_simulations:
         try:
             res = estimator.sbc_check(int(sbc_simulations), num_steps=sbc_steps, seed=0 if seed is None else int(seed))
-            res.ranks.to_csv(folder / "sbc_ranks.csv", index=False)
-            res.plot().savefig(folder / "plots" / "sbc_ecdf.png", dpi=110)
+            with atomic_path(folder / "sbc_ranks.csv") as tmp:
+                res.ranks.to_csv(tmp, index=False)
+            with atomic_path(folder / "plots" / "sbc_ecdf.png") as tmp:
+                res.plot().savefig(tmp, dpi=110)
             report["sbc"] = {"calibrated": res.calibrated, "simulations": len(res.ranks),
                              "p_values": res.p_values.to_dict(), "message": res.message()}
             if not res.calibrated:
                 report["warnings"].append(res.message())
         except (ValueError, RuntimeError) as err:
             report["sbc"] = {"error": str(err).splitlines()[0]}
-    (folder / "diagnostics.json").write_text(json.dumps(report, indent=2, default=float))
+    write_json(folder / "diagnostics.json", report, default=float)
     if len(estimator.losses_):
         fig = plot_loss(estimator.losses_, window=max(2, min(100, len(estimator.losses_) // 10)))
         fig.suptitle(report["convergence"]["message"][:110], fontsize="small")
-        fig.savefig(folder / "plots" / "diagnostics_loss.png", dpi=110)
+        with atomic_path(folder / "plots" / "diagnostics_loss.png") as tmp:
+            fig.savefig(tmp, dpi=110)
     return report
 
 

@@ -32,7 +32,6 @@ import contextlib
 import inspect
 import logging
 import math
-import os
 import re
 import time
 import warnings
@@ -597,10 +596,10 @@ def _svi_step(
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a half checkpoint
+    from bayesgen.io import atomic_path
+
+    with atomic_path(path) as tmp:  # a crash mid-write never leaves a half checkpoint
+        torch.save(payload, tmp)
     return path
 
 

@@ -156,6 +156,7 @@ def render_model_graph(estimator: Any, path: Any) -> Any:
     import torch
 
     from bayesgen.infer import param_scope
+    from bayesgen.io import write_bytes
 
     try:
         import graphviz
@@ -171,5 +172,5 @@ def render_model_graph(estimator: Any, path: Any) -> Any:
     except (graphviz.ExecutableNotFound, graphviz.CalledProcessError, OSError):
         return None
     path = Path(path)
-    path.write_bytes(svg)
+    write_bytes(path, svg)
     return path

@@ -140,8 +140,8 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _section(folder: Path, anchor: str) -> tuple[str, str]:
-    """HTML of one run folder's section, and its title for the contents."""
+def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
+    """HTML of one run folder's section (naming it ``shown``), and its title for the contents."""
     run = _read_json(folder / "run.json")
     if not run:
         return (f'<section class="model" id="{anchor}"><h2>{html.escape(folder.name)}</h2>'
@@ -198,7 +198,7 @@ def _section(folder: Path, anchor: str) -> tuple[str, str]:
     ppc = sorted(plots.glob("ppc_posterior_predictive_*.png"))
     parts.append("<h3>Posterior predictive check</h3>")
     parts += [_figure(p, _caption(p.name)) for p in ppc] or ['<p class="muted">not available for this run</p>']
-    parts.append(f'<p class="muted">run folder: <code>{html.escape(str(folder))}</code></p></section>')
+    parts.append(f'<p class="muted">run folder: <code>{html.escape(str(shown))}</code></p></section>')
     return "\n".join(parts), title
 
 
@@ -209,6 +209,8 @@ def write_report(
     title: str = "bayesgen report",
     intro: str = "",
     errors: dict[str, str] | None = None,
+    overwrite: bool = False,
+    locations: list[PathLikeStr] | None = None,
 ) -> Path:
     """Write one self-contained HTML report of run folders.
 
@@ -223,24 +225,43 @@ def write_report(
         A paragraph under the title (plain text).
     errors : dict, optional
         Runs that failed, name → message: shown as sections of their own.
+    overwrite : bool, default False
+        Replace an existing file at ``path``. The page is written whole or not
+        at all (see :func:`bayesgen.io.atomic_path`).
+    locations : list of str or os.PathLike, optional
+        The path the page names for each folder (default: ``folders``), for
+        folders read before they are moved into place.
 
     Returns
     -------
     pathlib.Path
         ``path``.
 
+    Raises
+    ------
+    ValueError
+        ``path`` exists and ``overwrite`` is False, or is a folder.
+    bayesgen.io.WriteError
+        The page could not be written; nothing was written in its place.
+
     Examples
     --------
     >>> from bayesgen.report import write_report
     >>> write_report(["runs/ab_resume_callbacks"], "report.html")  # doctest: +SKIP
     """
+    from bayesgen.io import check_target, write_text
     from bayesgen.specs import package_versions
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; name the HTML file to write")
+    check_target(path, overwrite=overwrite)
+    if locations is not None and len(locations) != len(folders):
+        raise ValueError(f"locations names {len(locations)} folders, folders holds {len(folders)}")
     sections, contents = [], []
     for i, folder in enumerate(folders):
         anchor = f"model-{i}"
-        body, name = _section(Path(folder), anchor)
+        body, name = _section(Path(folder), anchor, Path(locations[i] if locations is not None else folder))
         sections.append(body)
         contents.append(f'<a href="#{anchor}">{html.escape(name)}</a>')
     for j, (name, message) in enumerate((errors or {}).items()):
@@ -265,6 +286,5 @@ ArviZ {versions['arviz']} · Python {versions['python']}</p></header>
 {_CHECK_SCRIPT}
 </body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    write_text(path, page, overwrite=overwrite)
     return path

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import sys
 import time
 import tomllib
@@ -59,7 +60,8 @@ from bayesgen.datasets import (
 from bayesgen.models._base import BayesianEstimator, ModelFileError
 from bayesgen.models.gaussian_generator import validate_xy
 
-__all__ = ["load_spec", "run_spec", "RunOutput", "package_versions", "reproduce", "ReproduceResult"]
+__all__ = ["load_spec", "check_run_name", "run_spec", "RunOutput", "RunInterrupted", "default_run_folder",
+           "package_versions", "reproduce", "ReproduceResult"]
 
 SECTIONS = {"run", "data", "model", "inference", "report"}
 RUN_KEYS = {"name", "model", "seed"}
@@ -130,8 +132,8 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [run]; allowed are {sorted(RUN_KEYS)}")
     if "seed" in run and (isinstance(run["seed"], bool) or not isinstance(run["seed"], int)):
         raise ValueError(f"{path}: [run] seed must be an integer, got {run['seed']!r}")
-    if "name" in run and not isinstance(run["name"], str):
-        raise ValueError(f"{path}: [run] name must be a string, got {run['name']!r}")
+    if "name" in run:
+        check_run_name(run["name"], f"{path}: [run] name")
     if "data" not in spec:
         raise ValueError(f"{path}: a [data] section is required")
     allowed = DATA_KEYS[run["model"]] | DATA_COMMON_KEYS
@@ -145,10 +147,40 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
     spec.setdefault("model", {})
     spec.setdefault("inference", {})
     spec.setdefault("report", {})
-    run.setdefault("name", path.stem)
+    run.setdefault("name", check_run_name(path.stem, f"{path}: the run name (the spec file's stem)"))
     run.setdefault("seed", 0)
     spec["_path"] = str(path.resolve())
     return spec
+
+
+def check_run_name(name: Any, what: str = "run name") -> str:
+    """Check that a run name is one plain folder name, so it can never choose a path outside ``runs/``.
+
+    Parameters
+    ----------
+    name : object
+        The ``[run] name`` of a spec.
+    what : str
+        How the error message names it.
+
+    Returns
+    -------
+    str
+        ``name``.
+
+    Raises
+    ------
+    ValueError
+        Not a string; empty; ``.`` or ``..``; starts with a dot (bayesgen's staging
+        folders do); holds ``/``, ``\\``, a control character or ``:``.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a string, got {name!r}")
+    bad = [c for c in name if c in "/\\:" or ord(c) < 32 or ord(c) == 127]
+    if not name.strip() or name.startswith(".") or bad or name != name.strip():
+        raise ValueError(f"{what} {name!r} is not a plain folder name: use letters, digits, '-' and '_' (no "
+                         "path separators, no leading dot or spaces); runs go to runs/<name>-<time>")
+    return name
 
 
 def _check_report(report: dict[str, Any], model: str, path: Path) -> None:
@@ -228,7 +260,9 @@ class _Fitted:
     figures: dict[str, Any]
 
 
-def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+def _fit_ab_test(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> _Fitted:
     from bayesgen.models.ab_test import BetaBinomialTest, events_to_counts
 
     data = dict(spec["data"])
@@ -253,14 +287,14 @@ def _fit_ab_test(spec: dict[str, Any], device: DeviceLike | None, progress: bool
             trials_col=data.get("trials_col", "trials"),
         )
         check_control(list(names))
-        est.fit(s, n, names=names)
+        est.fit(s, n, names=names, **fit_kwargs)
     elif fmt == "events":
         for key in ("variant_col", "outcome_col"):
             if key not in data:
                 raise ValueError(f"{spec['_path']}: [data] format='events' needs {key}")
         events = read_csv(source)
         check_control(events_to_counts(events, data["variant_col"], data["outcome_col"])[-1])
-        est.fit_events(events, variant_col=data["variant_col"], outcome_col=data["outcome_col"])
+        est.fit_events(events, variant_col=data["variant_col"], outcome_col=data["outcome_col"], **fit_kwargs)
     else:
         raise ValueError(f"{spec['_path']}: [data] format must be 'counts' or 'events', got {fmt!r}")
     return _Fitted(est, file_checksum(source), est.summary(control=control), {"posterior": est.plot()})
@@ -281,7 +315,9 @@ def _load_labelled_table(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, 
     return X, y, array_checksum(X, y)
 
 
-def _fit_gaussian_generator(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+def _fit_gaussian_generator(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> _Fitted:
     from sklearn.model_selection import train_test_split
 
     from bayesgen.augment import memorization_check, tstr
@@ -297,7 +333,7 @@ def _fit_gaussian_generator(spec: dict[str, Any], device: DeviceLike | None, pro
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
     est = GaussianGenerator(**_estimator_kwargs(GaussianGenerator, spec, device))
     est.progress = progress
-    est.fit(X_tr, y_tr)
+    est.fit(X_tr, y_tr, **fit_kwargs)
     scores = tstr(est, X_tr, y_tr, X_te, y_te, seed=seed)
     synthetic, _ = est.sample(min(len(X_tr), 2000), seed=seed)
     memo = memorization_check(synthetic, X_tr, X_te)
@@ -345,14 +381,16 @@ def _load_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return X_tr.astype(np.float32), y_tr, X_te.astype(np.float32), y_te, checksum
 
 
-def _fit_vae(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+def _fit_vae(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> _Fitted:
     from bayesgen.models.vae import VAE
 
     X_tr, y_tr, X_te, y_te, checksum = _load_images(spec)
     est = VAE(**_estimator_kwargs(VAE, spec, device))
     est.progress = progress
     labels = y_tr if est.conditional else None
-    est.fit(X_tr, labels)
+    est.fit(X_tr, labels, **fit_kwargs)
     rep = spec["report"]
     k = int(rep.get("iwae_samples", 500))
     rows = min(int(rep.get("iwae_rows", 500)), len(X_te))
@@ -426,7 +464,9 @@ def _load_corpus(spec: dict[str, Any]) -> tuple[Any, str]:
     return corpus, array_checksum(corpus.counts.toarray())
 
 
-def _fit_topic(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+def _fit_topic(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> _Fitted:
     from bayesgen.models.topic import ProdLDA
 
     corpus, checksum = _load_corpus(spec)
@@ -434,7 +474,7 @@ def _fit_topic(spec: dict[str, Any], device: DeviceLike | None, progress: bool) 
     train, test = corpus.split(float(spec["data"].get("test_fraction", 0.2)), seed=seed)
     est = ProdLDA(**_estimator_kwargs(ProdLDA, spec, device))
     est.progress = progress
-    est.fit(train)
+    est.fit(train, **fit_kwargs)
     rep = spec["report"]
     top_n = int(rep.get("top_n", 10))
     values = {
@@ -455,7 +495,9 @@ def _fit_topic(spec: dict[str, Any], device: DeviceLike | None, progress: bool) 
     return _Fitted(est, checksum, report, figures)
 
 
-def _fit_anomaly(spec: dict[str, Any], device: DeviceLike | None, progress: bool) -> _Fitted:
+def _fit_anomaly(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> _Fitted:
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
     from bayesgen.models.anomaly import MixtureAnomalyDetector
@@ -489,7 +531,7 @@ def _fit_anomaly(spec: dict[str, Any], device: DeviceLike | None, progress: bool
             table = table[columns]
     est = MixtureAnomalyDetector(**_estimator_kwargs(MixtureAnomalyDetector, spec, device))
     est.progress = progress
-    est.fit(table)
+    est.fit(table, **fit_kwargs)
     probs = est.predict_proba(table)
     frac = est.anomaly_fraction()
     values = {"rows": len(table), "features": table.shape[1], "flagged": int((probs > 0.5).sum()),
@@ -506,7 +548,7 @@ def _fit_anomaly(spec: dict[str, Any], device: DeviceLike | None, progress: bool
     return _Fitted(est, array_checksum(table.to_numpy(float)), report, {"scores": est.plot(table, labels)})
 
 
-MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool], _Fitted]] = {
+MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool, dict[str, Any]], _Fitted]] = {
     "ab_test": _fit_ab_test,
     "gaussian_generator": _fit_gaussian_generator,
     "vae": _fit_vae,
@@ -516,6 +558,34 @@ MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool], _Fitted]] 
 
 
 # ------------------------------------------------------------------- running
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A fit stopped by Ctrl-C; ``folder`` is the run folder it was writing.
+
+    ``resumable`` says whether a checkpoint was kept (in the staging folder
+    :func:`bayesgen.io.staging_path` of ``folder``): then
+    ``run_spec(spec, folder, resume=True)`` continues the fit.
+    """
+
+    def __init__(self, folder: Path, resumable: bool) -> None:
+        super().__init__(f"interrupted while writing {folder}")
+        self.folder = folder
+        self.resumable = resumable
+
+
+def default_run_folder(spec: dict[str, Any]) -> Path:
+    """``runs/<name>-<UTC timestamp>``, the folder :func:`run_spec` writes when no ``out`` is given."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path("runs") / f"{check_run_name(spec['run']['name'])}-{stamp}"
+
+
+def _interrupted_fit(staging: Path, err: BaseException | None) -> bool:
+    """Keep a staging folder that holds the checkpoint of a fit stopped by Ctrl-C (``None``: any checkpoint)."""
+    return (err is None or isinstance(err, KeyboardInterrupt)) and (staging / CHECKPOINT_NAME).is_file()
+
+
 def run_spec(
     spec: PathLikeStr | dict[str, Any],
     out: PathLikeStr | None = None,
@@ -523,8 +593,18 @@ def run_spec(
     device: DeviceLike | None = None,
     progress: bool = False,
     num_samples: int = 1000,
+    overwrite: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> RunOutput:
-    """Fit a spec and write its run folder.
+    """Fit a spec and write its run folder, whole or not at all.
+
+    The folder is built in a staging folder next to it (``.<name>.partial``,
+    see :func:`bayesgen.io.staged_folder`) and renamed into place once every
+    file is written; a fit that fails leaves no run folder. The SVI checkpoint
+    (``checkpoint.pt``) lives in the staging folder until the fit completes:
+    after Ctrl-C the staging folder is kept and ``resume=True`` continues the
+    fit from it, to the same result as a fit that was not interrupted.
 
     Parameters
     ----------
@@ -538,43 +618,95 @@ def run_spec(
         Show a progress bar.
     num_samples : int, default 1000
         Guide draws stored in ``posterior.nc``.
+    overwrite : bool, default False
+        Replace an existing ``out`` (a file, or a folder that is not empty); the
+        old content is removed only once the new folder is complete.
+    checkpoint_every : int, optional
+        SVI steps between checkpoints (one is always written on Ctrl-C).
+    resume : bool, default False
+        Continue the interrupted fit whose staging folder ``out`` left; needs ``out``.
 
     Returns
     -------
     RunOutput
+
+    Raises
+    ------
+    ValueError
+        A bad spec; ``out`` exists and ``overwrite`` is False; another process is
+        writing ``out``; ``resume`` without ``out`` or with nothing to resume.
+    bayesgen.io.WriteError
+        A file could not be written (a full disk, no permission); no run folder is left.
+    RunInterrupted
+        Ctrl-C; see its ``resumable``.
     """
-    from bayesgen.arviz import summary as arviz_summary
-    from bayesgen.plots import plot_loss
+    from bayesgen.io import staged_folder, staging_path
 
     if not isinstance(spec, dict):
         spec = load_spec(spec)
+    if checkpoint_every is not None:
+        check_count(checkpoint_every, "checkpoint_every", minimum=1)
+    if resume and out is None:
+        raise ValueError("resume needs the folder of the interrupted run (--out DIR)")
+    folder = Path(out) if out is not None else default_run_folder(spec)
+    try:
+        with staged_folder(folder, overwrite=overwrite, keep=_interrupted_fit, reuse=resume) as staging:
+            fitted, table = _write_run(spec, staging, device=device, progress=progress, num_samples=num_samples,
+                                       checkpoint_every=checkpoint_every, resume=resume)
+    except KeyboardInterrupt as err:
+        raise RunInterrupted(folder, (staging_path(folder) / CHECKPOINT_NAME).is_file()) from err
+    return RunOutput(estimator=fitted.estimator, folder=folder, report=fitted.report, summary=table)
+
+
+def _write_run(
+    spec: dict[str, Any],
+    folder: Path,
+    *,
+    device: DeviceLike | None,
+    progress: bool,
+    num_samples: int,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+) -> tuple[_Fitted, pd.DataFrame]:
+    """Fit ``spec`` and write every file of its run folder into ``folder`` (a staging folder)."""
+    from bayesgen.arviz import summary as arviz_summary
+    from bayesgen.io import atomic_path, write_json, write_text
+    from bayesgen.plots import plot_loss, render_model_graph
+
+    checkpoint = folder / CHECKPOINT_NAME
+    if resume:  # what an interrupted run wrote after its fit is written again; only the checkpoint carries on
+        for leftover in folder.iterdir():
+            if leftover != checkpoint:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     name = spec["run"]["name"]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = Path(out) if out is not None else Path("runs") / f"{name}-{stamp}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plots").mkdir(exist_ok=True)
-
     started = time.perf_counter()
-    fitted = MODELS[spec["run"]["model"]](spec, device, progress)
+    fit_kwargs = {"checkpoint": checkpoint, "checkpoint_every": checkpoint_every,
+                  "resume": resume and checkpoint.is_file()}
+    fitted = MODELS[spec["run"]["model"]](spec, device, progress, fit_kwargs)
+    checkpoint.unlink(missing_ok=True)  # the fit is complete: nothing is left to resume
     est, checksum, report = fitted.estimator, fitted.data_checksum, fitted.report
     fit_seconds = time.perf_counter() - started
+    (folder / "plots").mkdir(exist_ok=True)
 
     num_samples = int(spec["report"].get("arviz_samples", num_samples))
     tree = est.to_arviz(num_samples=num_samples, seed=spec["run"]["seed"])
-    tree.to_netcdf(folder / "posterior.nc", engine="netcdf4")
+    with atomic_path(folder / "posterior.nc") as tmp:
+        tree.to_netcdf(tmp, engine="netcdf4")
     table = arviz_summary(tree)
-    table.to_csv(folder / "summary.csv")
-    report.to_csv(folder / "report.csv")
-    pd.DataFrame({"step": np.arange(len(est.losses_)), "loss": est.losses_}).to_csv(
-        folder / "losses.csv", index=False
-    )
+    with atomic_path(folder / "summary.csv") as tmp:
+        table.to_csv(tmp)
+    with atomic_path(folder / "report.csv") as tmp:
+        report.to_csv(tmp)
+    with atomic_path(folder / "losses.csv") as tmp:
+        pd.DataFrame({"step": np.arange(len(est.losses_)), "loss": est.losses_}).to_csv(tmp, index=False)
     if len(est.losses_):
-        plot_loss(est.losses_).savefig(folder / "plots" / "loss.png", dpi=110)
+        with atomic_path(folder / "plots" / "loss.png") as tmp:
+            plot_loss(est.losses_).savefig(tmp, dpi=110)
     for fig_name, figure in fitted.figures.items():
-        figure.savefig(folder / "plots" / f"{fig_name}.png", dpi=110)
+        with atomic_path(folder / "plots" / f"{fig_name}.png") as tmp:
+            figure.savefig(tmp, dpi=110)
     est.save(folder / "model")
-    from bayesgen.plots import render_model_graph
-
     try:
         render_model_graph(est, folder / "plots" / "model_graph.svg")
     except (ValueError, RuntimeError, TypeError) as err:  # the graph is a picture, not a result
@@ -595,10 +727,9 @@ def run_spec(
     resolved["inference"] = {k: v for k, v in params.items() if k not in resolved["model"] and k != "seed"}
     resolved["inference"]["device"] = str(resolved["inference"]["device"])
     resolved["inference"].pop("progress", None)
-    (folder / "spec.toml").write_text(
-        f"# resolved from {spec['_path']} on {stamp}\n" + tomli_w.dumps(_toml_safe(resolved))
-    )
-    (folder / "versions.json").write_text(json.dumps({**package_versions(), "device": str(est.device_)}, indent=2))
+    write_text(folder / "spec.toml",
+               f"# resolved from {spec['_path']} on {stamp}\n" + tomli_w.dumps(_toml_safe(resolved)))
+    write_json(folder / "versions.json", {**package_versions(), "device": str(est.device_)})
     run_info = {
         "name": name,
         "model": spec["run"]["model"],
@@ -614,8 +745,8 @@ def run_spec(
         "created": stamp,
         "diagnostic_warnings": diagnostics["warnings"],
     }
-    (folder / "run.json").write_text(json.dumps(run_info, indent=2))
-    return RunOutput(estimator=est, folder=folder, report=report, summary=table)
+    write_json(folder / "run.json", run_info)
+    return fitted, table
 
 
 def _data_path(spec: dict[str, Any]) -> str | None:
@@ -706,6 +837,7 @@ def reproduce(
     tolerance: float = 0.1,
     rtol: float = 0.05,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> ReproduceResult:
     """Re-run a run folder's resolved spec and compare the results with the original.
 
@@ -723,6 +855,9 @@ def reproduce(
     rtol : float, default 0.05
         Largest relative change of a report figure (timings are not compared).
     progress : bool, default False
+    overwrite : bool, default False
+        Replace an existing ``out``, once the re-run folder is complete
+        (it is written whole or not at all, as :func:`run_spec` writes).
 
     Returns
     -------
@@ -731,9 +866,12 @@ def reproduce(
     Raises
     ------
     ValueError
-        ``run_dir`` is not a run folder.
+        ``run_dir`` is not a run folder; ``out`` is the run folder, or exists
+        and ``overwrite`` is False.
     """
     import torch
+
+    from bayesgen.io import atomic_path, check_target, staged_folder, write_json
 
     check_real(tolerance, "tolerance", low=0.0, low_open=False)
     check_real(rtol, "rtol", low=0.0, low_open=False)
@@ -755,8 +893,9 @@ def reproduce(
     if device is None:
         device = "cuda" if str(run.get("device", "cpu")).startswith("cuda") and torch.cuda.is_available() else "cpu"
     folder = Path(out) if out is not None else run_dir / "reproduced"
-    if folder.resolve() == run_dir.resolve():
-        raise ValueError("the re-run needs its own folder: --out must not be the run folder itself")
+    if folder.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(folder.resolve()):
+        raise ValueError("the re-run needs its own folder: --out must not be the run folder itself or hold it")
+    check_target(folder, overwrite=overwrite)
     # Read the original's results before anything is written.
     old = pd.read_csv(run_dir / "summary.csv", index_col=0)
     old_rep = pd.read_csv(run_dir / "report.csv", index_col=0) if (run_dir / "report.csv").is_file() else None
@@ -764,12 +903,35 @@ def reproduce(
         before = json.loads((run_dir / "versions.json").read_text())
     except (OSError, ValueError):
         before = {}
-    rerun = run_spec(spec, folder, device=device, progress=progress)
-    new_run = json.loads((folder / "run.json").read_text())
+    with staged_folder(folder, overwrite=overwrite) as staging:
+        fitted, summary = _write_run(spec, staging, device=device, progress=progress, num_samples=1000)
+        new_run = json.loads((staging / "run.json").read_text())
+        result = _compare(run, old, old_rep, before, fitted, summary, new_run, folder,
+                          tolerance=tolerance, rtol=rtol)
+        with atomic_path(staging / "reproduce.csv") as tmp:
+            result.table.to_csv(tmp)
+        write_json(staging / "reproduce.json", {"original": str(run_dir), "match": result.match,
+                                                "data_match": result.data_match, "message": result.message()})
+    return result
+
+
+def _compare(
+    run: dict[str, Any],
+    old: pd.DataFrame,
+    old_rep: pd.DataFrame | None,
+    before: dict[str, Any],
+    rerun: _Fitted,
+    new: pd.DataFrame,
+    new_run: dict[str, Any],
+    folder: Path,
+    *,
+    tolerance: float,
+    rtol: float,
+) -> ReproduceResult:
+    """Compare a re-run's summary and report with the original's."""
     data_match = new_run["data_checksum"] == run.get("data_checksum")
 
     rows = []
-    new = rerun.summary
     for name in old.index:
         if name not in new.index or "mean" not in old.columns:
             rows.append({"figure": f"{name} mean", "original": old.loc[name].get("mean", np.nan), "rerun": np.nan,
@@ -807,9 +969,4 @@ def reproduce(
     now = {**package_versions(), "device": str(rerun.estimator.device_)}
     changes = {k: (str(before[k]), str(now[k])) for k in before if k in now and str(before[k]) != str(now[k])}
     match = bool(data_match and len(table) and table["ok"].all())
-    result = ReproduceResult(match=match, data_match=data_match, table=table, version_changes=changes, folder=folder)
-    table.to_csv(folder / "reproduce.csv")
-    (folder / "reproduce.json").write_text(json.dumps({"original": str(run_dir), "match": match,
-                                                        "data_match": data_match, "message": result.message()},
-                                                       indent=2))
-    return result
+    return ReproduceResult(match=match, data_match=data_match, table=table, version_changes=changes, folder=folder)

@@ -344,9 +344,11 @@ def write_ldac(corpus: Corpus, path: PathLikeStr, vocabulary_path: PathLikeStr |
         row = corpus.counts.getrow(i)
         pairs = " ".join(f"{j}:{c}" for j, c in zip(row.indices, row.data, strict=True))
         lines.append(f"{len(row.indices)} {pairs}".strip())
-    Path(path).write_text("\n".join(lines) + "\n")
+    from bayesgen.io import write_text
+
+    write_text(path, "\n".join(lines) + "\n")
     if vocabulary_path is not None:
-        Path(vocabulary_path).write_text("\n".join(corpus.vocabulary) + "\n")
+        write_text(vocabulary_path, "\n".join(corpus.vocabulary) + "\n")
 
 
 def read_text_folder(path: PathLikeStr, pattern: str = "*.txt", encoding: str = "utf-8") -> tuple[list[str], list[str]]:

@@ -19,7 +19,6 @@ that fails does not stop the others: its error is shown in the report.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -109,6 +108,7 @@ def run_tour(
     smoke: bool = False,
     progress: bool = True,
     on_event: Callable[[str, str, int, int, Any], None] | None = None,
+    overwrite: bool = False,
 ) -> TourResult:
     """Fit the tour's specs and write ``out/report.html``.
 
@@ -129,23 +129,52 @@ def run_tour(
         Called as ``on_event(kind, name, index, total, detail)`` with kind
         ``"start"``, ``"done"`` (detail: the RunOutput) or ``"failed"``
         (detail: the message); the CLI prints from it.
+    overwrite : bool, default False
+        Replace an existing ``out`` (a file, or a folder that is not empty).
+        The tour's folder is written whole or not at all: it is built next to
+        ``out`` and renamed into place after the report (see
+        :func:`bayesgen.io.staged_folder`), so an earlier tour there stays
+        until the new one is complete.
 
     Returns
     -------
     TourResult
     """
     from bayesgen._runtime import resolve_device
-    from bayesgen.report import write_report
-    from bayesgen.specs import load_spec, run_spec
+    from bayesgen.io import check_target, staged_folder
 
     resolve_device(device)  # a clear error now (e.g. cuda on a machine without a GPU), not five failures later
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_target(out, overwrite=overwrite)
     folder_of_specs = Path(specs) if specs is not None else specs_dir()
     unknown = [name for name in names if not (folder_of_specs / f"{name}.toml").is_file()]
     if unknown:
         known = sorted(p.stem for p in folder_of_specs.glob("*.toml"))
         raise ValueError(f"no spec named {unknown} in {folder_of_specs}; choose from {known}")
+    with staged_folder(out, overwrite=overwrite) as staging:
+        result = _tour_into(staging, out, device=device, folder_of_specs=folder_of_specs, names=names, smoke=smoke,
+                            progress=progress, on_event=on_event)
+    return result
+
+
+def _tour_into(
+    staging: Path,
+    out: Path,
+    *,
+    device: DeviceLike,
+    folder_of_specs: Path,
+    names: tuple[str, ...] | list[str],
+    smoke: bool,
+    progress: bool,
+    on_event: Callable[[str, str, int, int, Any], None] | None,
+) -> TourResult:
+    """Fit the tour into ``staging``; the result names the paths under ``out``, where it is moved next."""
+    import dataclasses
+
+    from bayesgen.io import write_json
+    from bayesgen.report import write_report
+    from bayesgen.specs import load_spec, run_spec
+
     result = TourResult(report=out / "report.html")
     started = time.perf_counter()
     for i, name in enumerate(names):
@@ -156,7 +185,7 @@ def run_tour(
             spec = load_spec(folder_of_specs / f"{name}.toml")
             if smoke:
                 spec = smoke_spec(spec)
-            run = run_spec(spec, out / name, device=device, progress=progress)
+            run = run_spec(spec, staging / name, device=device, progress=progress)
         except Exception as err:  # noqa: BLE001 - one model's failure must not lose the others' work
             message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             logger.warning("tour: %s failed: %s", name, message)
@@ -166,17 +195,17 @@ def run_tour(
             continue
         finally:
             result.seconds[name] = round(time.perf_counter() - t0, 2)
-        result.folders[name] = run.folder
+        result.folders[name] = out / name
         if on_event:
-            on_event("done", name, i, len(names), run)
+            on_event("done", name, i, len(names), dataclasses.replace(run, folder=out / name))
     fitting = time.perf_counter() - started
     intro = ("Five Bayesian generative models fitted with SVI on data every machine has"
              + (" (SMOKE RUN: a twentieth of the steps; a pipeline check, not results)" if smoke else "")
              + f"; {fitting:.0f} s of fitting in all.")
-    write_report(list(result.folders.values()), result.report, title="bayesgen tour", intro=intro,
-                 errors=result.errors)
+    write_report([staging / name for name in result.folders], staging / "report.html", title="bayesgen tour",
+                 intro=intro, errors=result.errors, locations=list(result.folders.values()))
     result.seconds["total"] = round(time.perf_counter() - started, 2)  # the report included
-    (out / "tour.json").write_text(json.dumps(
-        {"smoke": smoke, "device": str(device), "seconds": result.seconds, "errors": result.errors,
-         "folders": {k: str(v) for k, v in result.folders.items()}}, indent=2))
+    write_json(staging / "tour.json",
+               {"smoke": smoke, "device": str(device), "seconds": result.seconds, "errors": result.errors,
+                "folders": {k: str(v) for k, v in result.folders.items()}})
     return result

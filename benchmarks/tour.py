@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"), help="folder for the JSON")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name (e.g. the machine)")
     args = parser.parse_args()
-    result = run_tour(args.out, device=args.device, progress=False)
+    result = run_tour(args.out, device=args.device, progress=False, overwrite=True)
     record = {
         "device": args.device,
         "seconds": result.seconds,
