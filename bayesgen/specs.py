@@ -676,8 +676,10 @@ def _write_run(
     checkpoint = folder / CHECKPOINT_NAME
     if resume:  # what an interrupted run wrote after its fit is written again; only the checkpoint carries on
         for leftover in folder.iterdir():
-            if leftover != checkpoint:
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover != checkpoint:
+                leftover.unlink()
     name = spec["run"]["name"]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     started = time.perf_counter()
