@@ -1088,6 +1088,8 @@ def run_svi(
                     written = _save_checkpoint(checkpoint_path, snapshot())
                 if stop_reason != "max_steps":
                     break
+            if checkpoint_path is not None:  # inside the try: Ctrl-C during this write still leaves one
+                written = _save_checkpoint(checkpoint_path, snapshot())
         except KeyboardInterrupt:
             interrupted("interrupted")
             raise
@@ -1098,8 +1100,6 @@ def run_svi(
         finally:
             if bar is not None:
                 bar.close()
-        if checkpoint_path is not None:
-            written = _save_checkpoint(checkpoint_path, snapshot())
         if average_last and len(losses) == num_steps and average:
             store = pyro.get_param_store()
             with torch.no_grad():
