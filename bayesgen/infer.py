@@ -21,6 +21,18 @@ every model shares, so no model writes its own training loop:
 * checkpoints: every ``checkpoint_every`` steps, on a non-finite loss and on
   Ctrl-C; ``resume=`` continues a run exactly where it stopped.
 
+Each step changes the run's state in one commit. The loss and gradients are
+computed first, changing nothing a checkpoint holds but the RNG, the batch
+stream and ``extra_state``, which are marked at the step's start. Then the
+optimiser update, the loss record, the Polyak average and the learning-rate
+schedule are applied together, with Ctrl-C held until all are done. Last come
+the callback and the convergence check, marked at their start in turn. An
+interrupt before the update makes a resumed run redo the step from its mark;
+one during the callback makes it redo the callback from its mark; one between
+steps loses nothing. Whatever point a Ctrl-C hits, the checkpoint it leaves
+resumes to the same losses and parameters as an uninterrupted run (on the CPU,
+bit for bit; ``tests/test_resume.py`` interrupts every point of a step).
+
 References
 ----------
 Hoffman, Blei, Wang & Paisley (2013), Stochastic variational inference, JMLR 14.
@@ -33,12 +45,14 @@ import inspect
 import logging
 import math
 import re
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyro
@@ -73,6 +87,7 @@ __all__ = [
     "IndexBatches",
     "NonFiniteLossError",
     "SVIResult",
+    "StepState",
     "make_elbo",
     "make_optimizer",
     "param_scope",
@@ -116,6 +131,48 @@ class NonFiniteLossError(FloatingPointError):
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or belongs to another model."""
+
+
+class StepState(Protocol):
+    """State outside the param store that changes step by step, for :func:`run_svi`'s ``extra_state``.
+
+    Examples are a callback's per-epoch bookkeeping (history, best epoch so far)
+    and network buffers that the forward pass updates (batch-norm running
+    statistics). The runner takes :meth:`state_dict` at the start of every step
+    and of every callback, restores it when either is interrupted, and saves it
+    in every checkpoint; a resumed run hands it to :meth:`load_state_dict`.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current state: tensors, numbers, strings, and lists or dicts of them (what
+        ``torch.load(..., weights_only=True)`` reads back). Called before every step, so it must be cheap,
+        and it must not share anything that later steps change in place (copy such tensors and lists)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state returned by :meth:`state_dict`."""
+        ...
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it to the handler it was meant for.
+
+    The block's state changes are thereby all made or none: a KeyboardInterrupt
+    cannot land between two of them. Signals reach the main thread only, so in
+    any other thread there is nothing to hold.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # the restored handler raises KeyboardInterrupt here
 
 
 @dataclass
@@ -566,13 +623,14 @@ def _describe_invalid_values(text: str) -> str:
     return text.splitlines()[0]
 
 
-def _svi_step(
-    elbo: ELBO, model: ModelFn, guide: ModelFn, optim: pyro.optim.PyroOptim, args: tuple, kwargs: dict
-) -> tuple[float, bool, str]:
-    """One SVI step that refuses to apply a non-finite update.
+def _loss_and_grads(
+    elbo: ELBO, model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict
+) -> tuple[float, set[torch.Tensor], str]:
+    """The first half of :meth:`pyro.infer.SVI.step`: the loss and the parameters' gradients, no update.
 
-    Mirrors :meth:`pyro.infer.SVI.step`, with a finiteness check between the
-    gradient computation and the optimiser update.
+    Returns the loss, the unconstrained parameters that have gradients, and why
+    the update must not be applied ("" when it may: the loss and gradients are
+    finite). A refused update leaves no gradients behind.
     """
     with poutine.trace(param_only=True) as capture:
         try:
@@ -583,16 +641,14 @@ def _svi_step(
             if "invalid values" not in str(err):
                 raise
             zero_grads({site["value"].unconstrained() for site in capture.trace.nodes.values()})
-            return math.nan, False, _describe_invalid_values(str(err))
+            return math.nan, set(), _describe_invalid_values(str(err))
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     loss = float(loss)
     if not (math.isfinite(loss) and _grads_finite(params)):
         zero_grads(params)
         what = "loss" if not math.isfinite(loss) else "gradient"
-        return loss, False, f"non-finite {what}"
-    optim(params)
-    zero_grads(params)
-    return loss, True, ""
+        return loss, set(), f"non-finite {what}"
+    return loss, params, ""
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
@@ -672,7 +728,8 @@ def run_svi(
     checkpoint_every: int | None = None,
     resume: bool | PathLikeStr = False,
     callback: Callable[[int, float], bool | None] | None = None,
-    before_step: Callable[[int], None] | None = None,
+    before_step: Callable[[int], bool | None] | None = None,
+    extra_state: StepState | None = None,
     average_last: int = 0,
     device_scope: bool | None = None,
     **kwargs: Any,
@@ -725,17 +782,37 @@ def run_svi(
         Show a tqdm progress bar with the smoothed loss.
     checkpoint : str or os.PathLike, optional
         File to write checkpoints to (every ``checkpoint_every`` steps, at the
-        end, on a non-finite loss and on KeyboardInterrupt).
+        end, on a non-finite loss, on KeyboardInterrupt and on running out of
+        memory). A checkpoint holds a consistent state: a step's update is
+        applied whole or not at all, and an unfinished step or callback is redone
+        on resume from the state marked at its start (see the module
+        docstring). So a run resumed from it gives the same losses and
+        parameters as an uninterrupted run with the same seed, wherever the
+        interrupt came (on the CPU, bit for bit). An exception raised by the
+        code of the update itself (not Ctrl-C, which waits for the update to
+        finish) leaves that step partly applied: then the checkpoint is left as
+        last written, which still resumes exactly.
     checkpoint_every : int, optional
         Steps between checkpoints; None writes only at the end and on interruption.
     resume : bool or str or os.PathLike, default False
-        Continue from a checkpoint: True reads ``checkpoint``; a path reads that file.
+        Continue from a checkpoint: True reads ``checkpoint``; a path reads that
+        file. A run that stopped on ``convergence`` resumes as finished; one
+        stopped by ``callback`` or ``before_step`` continues (a pause).
     callback : callable, optional
-        ``callback(step, loss)`` after each step; returning True stops the fit.
+        ``callback(step, loss)`` after each step's update, as part of the step:
+        what it changes belongs to that step (keep it in ``extra_state`` to have
+        it checkpointed and rolled back: a resumed run calls it again for a step
+        whose callback was interrupted); returning True stops the fit.
     before_step : callable, optional
         ``before_step(step)`` before each step, with the step's index (a resumed
         run continues the count): the place for schedules that change the model,
         such as annealing a term in or out, so that a resumed fit repeats them.
+        Returning True stops the fit before that step.
+    extra_state : StepState, optional
+        State kept outside the param store that the steps change (a callback's
+        bookkeeping, network buffers): marked at the start of each step and
+        callback, rolled back with an interrupted one, saved in checkpoints and
+        restored on resume.
     average_last : int, default 0
         Polyak–Ruppert averaging: the fitted parameters are the mean of the
         unconstrained parameters over the last ``average_last`` steps, which
@@ -761,7 +838,8 @@ def run_svi(
     CheckpointError
         ``resume`` names a missing, corrupt or mismatched checkpoint.
     KeyboardInterrupt
-        Re-raised after writing a checkpoint (when ``checkpoint`` is set).
+        Re-raised after writing a checkpoint (when ``checkpoint`` is set). Ctrl-C
+        during a step's update takes effect once the update is complete.
 
     Examples
     --------
@@ -871,6 +949,8 @@ def run_svi(
         if device_scope is None:
             device_scope = _builds_tensors_off(dev, model, guide, args, init_kwargs)
         step_device = dev if device_scope else None  # tensors_on(None), like tensors_on("cpu"), does nothing
+        converged, stop_reason = False, "max_steps"
+        pending = False  # the checkpoint was written while the callback of its last step ran: redo that
         if saved is not None:
             _restore(saved, optim, batches, dev, resume_path)
             losses = [float(v) for v in saved["losses"]]
@@ -879,11 +959,26 @@ def run_svi(
                 raise CheckpointError(
                     f"{resume_path} already holds {len(losses)} steps, more than num_steps={num_steps}"
                 )
+            if extra_state is not None and saved.get("extra") is not None:
+                extra_state.load_state_dict(move_to_device(saved["extra"], dev))
+            if saved.get("stop_reason") == "converged":  # a finished run; a callback's stop is a pause
+                converged, stop_reason = True, "converged"
+            pending = bool(saved.get("callback_pending")) and bool(losses)
 
-        def snapshot(at: Mapping[str, Any] | None = None) -> dict[str, Any]:
-            """The checkpoint; ``at``: the RNG and batch state marked at the start of a step that did not finish
-            (Ctrl-C or out of memory inside it), so that a resumed run redoes that step with the same draws."""
+        def mark() -> dict[str, Any]:
+            """What a step's unfinished part may have changed: the RNG, the batch stream and ``extra_state``."""
+            return {
+                "rng": _rng_state(dev),
+                "batches": batches.mark() if batches is not None else None,
+                "extra": extra_state.state_dict() if extra_state is not None else None,
+            }
+
+        def snapshot(at: Mapping[str, Any] | None = None, *, callback_pending: bool = False) -> dict[str, Any]:
+            """The checkpoint. ``at``: the :func:`mark` taken where the step in progress was interrupted (Ctrl-C
+            or out of memory): at its start, or after its update with ``callback_pending``, so that a resumed
+            run redoes that part with the same draws."""
             store = pyro.get_param_store()
+            at = mark() if at is None else at
             return {
                 "format": _CHECKPOINT_FORMAT,
                 "version": _CHECKPOINT_VERSION,
@@ -894,26 +989,68 @@ def run_svi(
                     for name in store.keys()
                 },
                 "optim": optim.get_state(),
-                "rng": _rng_state(dev) if at is None else at["rng"],
-                "batches": None if batches is None else batches.state_dict(None if at is None else at["batches"]),
+                "rng": at["rng"],
+                "batches": None if batches is None else batches.state_dict(at["batches"]),
                 "average": {k: v.detach().cpu().clone() for k, v in average.items()},
+                "extra": at["extra"],
+                "stop_reason": None if stop_reason == "max_steps" or callback_pending else stop_reason,
+                "callback_pending": callback_pending,
             }
 
-        converged, stop_reason = False, "max_steps"
+        def after_update(step: int, value: float) -> str:
+            """The step's part after its update: the callback and the convergence check; returns the stop reason."""
+            nonlocal converged
+            if callback is not None and callback(step, value):
+                return "callback"
+            if (
+                convergence is not None
+                and (step + 1) % convergence.window == 0
+                and convergence.converged_at(np.asarray(losses)) is not None
+            ):
+                converged = True
+                if convergence.early_stop:
+                    return "converged"
+            return "max_steps"
+
+        def interrupted(what: str) -> None:
+            """Bring the state back to the last consistent point and write it to the checkpoint, if any."""
+            nonlocal written
+            if phase == "update":
+                # Only an exception raised by the update's own code gets here (Ctrl-C is held): the step is
+                # partly applied, so this state is not written; the last checkpoint stays as it is.
+                logger.warning("%s inside the update of step %d, which is partly applied; the checkpoint is "
+                               "left as last written (%s)", what, len(losses), written or "none")
+                return
+            if phase in ("step", "callback"):  # undo the unfinished part in memory too
+                store = pyro.get_param_store()
+                zero_grads({store.get_param(name).unconstrained() for name in store.keys()})
+                if extra_state is not None:
+                    extra_state.load_state_dict(started["extra"])
+            if checkpoint_path is not None:
+                written = _save_checkpoint(checkpoint_path, snapshot(started, callback_pending=phase == "callback"))
+                logger.warning("%s after %d steps; checkpoint written to %s", what, len(losses), written)
+
         bar = _progress_bar(progress, num_steps, len(losses))
-        started = None  # the RNG and batch state at the start of the step in progress; None between steps
+        # Where the run is, for an interrupt: "between" steps; in a "step" before its update (`started` marks
+        # its start); in the "update" (Ctrl-C held); in the "callback" after it (`started` marks its start).
+        phase, started = "between", None
         try:
-            for step in range(len(losses), num_steps):
-                if before_step is not None:
-                    before_step(step)
-                started = {"rng": _rng_state(dev), "batches": batches.mark() if batches is not None else None}
+            if pending:  # the checkpoint's last step is applied, its callback did not finish
+                started, phase = mark(), "callback"
+                stop_reason = after_update(len(losses) - 1, losses[-1])
+                phase, started = "between", None
+            for step in range(len(losses), num_steps if stop_reason == "max_steps" else 0):
+                started, phase = mark(), "step"
+                if before_step is not None and before_step(step):
+                    phase, started, stop_reason = "between", None, "callback"
+                    break
                 step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
                 with tensors_on(step_device):
-                    value, ok, why = _svi_step(elbo, model, guide, optim, step_a, step_kw)
-                if ok:
-                    losses.append(value)
-                    started = None
-                else:
+                    value, params, why = _loss_and_grads(elbo, model, guide, step_a, step_kw)
+                if why:
+                    if extra_state is not None:
+                        extra_state.load_state_dict(started["extra"])
+                    phase, started = "between", None
                     if checkpoint_path is not None:
                         written = _save_checkpoint(checkpoint_path, snapshot())
                     hist = np.asarray(losses)
@@ -928,43 +1065,40 @@ def run_svi(
                         losses=hist,
                         checkpoint=written,
                     )
-                if average_last and step >= num_steps - average_last:
-                    _accumulate_average(average, step - (num_steps - average_last) + 1)
-                if isinstance(optim, pyro.optim.PyroLRScheduler):
-                    optim.step()
+                # The update: everything the step changes in the runner's state, applied together with
+                # Ctrl-C held until it is complete.
+                with _interrupts_held():
+                    phase = "update"
+                    optim(params)
+                    zero_grads(params)
+                    losses.append(value)
+                    if average_last and step >= num_steps - average_last:
+                        _accumulate_average(average, step - (num_steps - average_last) + 1)
+                    if isinstance(optim, pyro.optim.PyroLRScheduler):
+                        optim.step()
+                    started, phase = mark(), "callback"
+                stop_reason = after_update(step, value)
+                phase, started = "between", None
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0:
                         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4g}")
                 if checkpoint_every and (step + 1) % checkpoint_every == 0:
                     written = _save_checkpoint(checkpoint_path, snapshot())
-                if callback is not None and callback(step, value):
-                    stop_reason = "callback"
+                if stop_reason != "max_steps":
                     break
-                if (
-                    convergence is not None
-                    and (step + 1) % convergence.window == 0
-                    and convergence.converged_at(np.asarray(losses)) is not None
-                ):
-                    converged = True
-                    if convergence.early_stop:
-                        stop_reason = "converged"
-                        break
+            if checkpoint_path is not None:  # inside the try: Ctrl-C during this write still leaves one
+                written = _save_checkpoint(checkpoint_path, snapshot())
         except KeyboardInterrupt:
-            if checkpoint_path is not None:
-                written = _save_checkpoint(checkpoint_path, snapshot(started))
-                logger.warning("interrupted after %d steps; checkpoint written to %s", len(losses), written)
+            interrupted("interrupted")
             raise
         except (RuntimeError, MemoryError) as err:
-            if checkpoint_path is not None and is_out_of_memory(err):  # the steps done so far are kept
-                written = _save_checkpoint(checkpoint_path, snapshot(started))
-                logger.warning("out of memory after %d steps; checkpoint written to %s", len(losses), written)
+            if is_out_of_memory(err):  # the steps done so far are kept
+                interrupted("out of memory")
             raise
         finally:
             if bar is not None:
                 bar.close()
-        if checkpoint_path is not None:
-            written = _save_checkpoint(checkpoint_path, snapshot())
         if average_last and len(losses) == num_steps and average:
             store = pyro.get_param_store()
             with torch.no_grad():

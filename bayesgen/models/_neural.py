@@ -5,14 +5,17 @@ The VAE and ProdLDA train by epochs of minibatch SVI through the shared runner
 ELBO, stop early on the validation ELBO and keep the best epoch's weights. The
 networks' weights live in the estimator's own parameter state (registered with
 ``pyro.module``), and their buffers (batch-norm running statistics) are saved
-with the model.
+with the model. The per-epoch bookkeeping and the buffers are part of each
+step's state in the runner's checkpoints, so a fit resumed after an interrupt
+anywhere in a step gives the same history, weights and buffers as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,40 @@ from bayesgen.infer import param_scope
 from bayesgen.models._base import BayesianEstimator
 
 __all__ = ["NeuralEstimator"]
+
+
+class _EpochBook:
+    """The per-epoch bookkeeping of :meth:`NeuralEstimator._train_epochs` and the networks' buffers.
+
+    A :class:`bayesgen.infer.StepState`: the runner checkpoints it with the step
+    it belongs to and rolls it back with an interrupted step.
+    """
+
+    def __init__(self, estimator: NeuralEstimator) -> None:
+        self.estimator = estimator
+        self.history: list[dict[str, float]] = []  # one row per epoch; a row is never changed once added
+        self.best: dict[str, Any] = {"elbo": -math.inf, "epoch": 0, "state": None}
+        self.recent: list[float] = []  # this epoch's losses so far
+        self.stopped = False  # early stopping ended the fit
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": list(self.history),
+            "best_elbo": float(self.best["elbo"]),
+            "best_epoch": int(self.best["epoch"]),
+            "best_state": self.best["state"],  # replaced, never changed in place
+            "recent": list(self.recent),
+            "stopped": self.stopped,
+            "buffers": {k: v.clone() for k, v in self.estimator._buffers().items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = [dict(row) for row in state["history"]]
+        self.best = {"elbo": float(state["best_elbo"]), "epoch": int(state["best_epoch"]),
+                     "state": state["best_state"]}
+        self.recent = [float(v) for v in state["recent"]]
+        self.stopped = bool(state["stopped"])
+        self.estimator._load_buffers(state["buffers"])
 
 
 class NeuralEstimator(BayesianEstimator):
@@ -141,9 +178,7 @@ class NeuralEstimator(BayesianEstimator):
         """
         steps_per_epoch = n_train // int(self.batch_size)
         num_steps = steps_per_epoch * int(self.num_epochs)
-        history: list[dict[str, float]] = []
-        best: dict[str, Any] = {"elbo": -math.inf, "epoch": 0, "state": None}
-        recent: list[float] = []
+        book = _EpochBook(self)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -152,11 +187,12 @@ class NeuralEstimator(BayesianEstimator):
         start = time.perf_counter()
 
         def end_of_epoch(step: int, loss: float) -> bool:
-            recent.append(loss)
+            book.recent.append(loss)
             if (step + 1) % steps_per_epoch:
                 return False
             epoch = (step + 1) // steps_per_epoch
-            row = {"epoch": epoch, "train_elbo": -float(np.mean(recent[-steps_per_epoch:])) / n_train}
+            row = {"epoch": epoch, "train_elbo": -float(np.mean(book.recent)) / n_train}
+            best = book.best
             stop = False
             if validate is not None:
                 self._set_training(False)
@@ -165,11 +201,12 @@ class NeuralEstimator(BayesianEstimator):
                 finally:
                     self._set_training(True)
                 if row["val_elbo"] > best["elbo"]:
-                    best.update(elbo=row["val_elbo"], epoch=epoch, state=self._snapshot())
+                    book.best = {"elbo": row["val_elbo"], "epoch": epoch, "state": self._snapshot()}
                 elif self.patience is not None and epoch - best["epoch"] >= int(self.patience):
                     stop = True
             row["seconds"] = time.perf_counter() - start
-            history.append(row)
+            book.history.append(row)
+            book.recent, book.stopped = [], stop
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("elbo")})
@@ -185,7 +222,9 @@ class NeuralEstimator(BayesianEstimator):
                 checkpoint_every=checkpoint_every,
                 resume=resume,
                 callback=end_of_epoch,
-                before_step=lambda step: self._before_step(step, num_steps),
+                # A resumed fit that early stopping had ended stays ended.
+                before_step=lambda step: book.stopped or self._before_step(step, num_steps),
+                extra_state=book,
                 **(model_kwargs or {}),
             )
         finally:
@@ -193,6 +232,7 @@ class NeuralEstimator(BayesianEstimator):
             if bar is not None:
                 bar.close()
         self._sync_networks()
+        history, best = book.history, book.best
         last = history[-1]["epoch"] if history else 0
         if best["state"] is not None and best["epoch"] != last:
             self._restore(best["state"])
