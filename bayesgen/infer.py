@@ -61,6 +61,7 @@ from bayesgen._runtime import (
     check_count,
     fresh_seed,
     is_out_of_memory,
+    load_tensor_file,
     move_to_device,
     seeded,
     target_device,
@@ -623,10 +624,7 @@ def load_checkpoint(path: PathLikeStr) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path} is not a readable bayesgen checkpoint: {err}") from err
+    payload = load_tensor_file(path, CheckpointError, "bayesgen checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a bayesgen SVI checkpoint")
     if payload.get("version") != _CHECKPOINT_VERSION:

@@ -114,3 +114,27 @@ def test_array_pickles_load_and_anything_else_is_refused(tmp_path):
         plain.write_bytes(data)
         with pytest.raises(ValueError, match=fragment):
             load_mnist(plain)
+
+
+def test_a_model_file_holding_objects_is_refused_in_one_line(tmp_path, capsys):
+    from bayesgen.infer import CheckpointError, load_checkpoint
+    from bayesgen.models import BayesianEstimator, ModelFileError
+    from bayesgen.models.ab_test import BetaBinomialTest
+
+    marker = tmp_path / "marker"
+    folder = BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(tmp_path / "run" / "model")
+    torch.save({"params": {"rate": Payload(marker)}, "losses": torch.zeros(1)}, folder / "tensors.pt")
+    with pytest.raises(ModelFileError) as info:
+        BayesianEstimator.load(folder)
+    message = str(info.value)
+    assert message == (f"{folder / 'tensors.pt'} is not a bayesgen model file (it holds objects other than "
+                       "tensors); it was not loaded")
+    code, err = run_cli(["diagnose", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, "is not a bayesgen model file (it holds objects other than tensors)")
+
+    checkpoint = tmp_path / "svi.ckpt"
+    torch.save({"format": "bayesgen-svi-checkpoint", "state": Payload(marker)}, checkpoint)
+    with pytest.raises(CheckpointError, match="holds objects other than tensors") as info:
+        load_checkpoint(checkpoint)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+    assert not marker.exists()

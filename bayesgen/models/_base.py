@@ -32,6 +32,7 @@ from bayesgen._runtime import (
     check_real,
     fresh_seed,
     is_out_of_memory,
+    load_tensor_file,
     resolve_device,
     to_numpy,
 )
@@ -453,9 +454,13 @@ class BayesianEstimator:
         Raises
         ------
         ModelFileError
-            If the folder is missing, a file is corrupt, or it holds a
-            different kind of model than ``cls``.
+            If the folder is missing, a file is corrupt, it holds objects
+            other than tensors (it is not loaded), or it holds a different
+            kind of model than ``cls``.
+        ValueError
+            If ``device`` is not available here or not one bayesgen computes on.
         """
+        resolved_device = resolve_device(device)  # a device error is the device's, not the file's
         folder = Path(path)
         meta_path, tensor_path = folder / "meta.json", folder / "tensors.pt"
         if not meta_path.is_file() or not tensor_path.is_file():
@@ -476,12 +481,7 @@ class BayesianEstimator:
         target = getattr(importlib.import_module(BayesianEstimator._registry[class_name]), class_name)
         if not issubclass(target, cls):
             raise ModelFileError(f"{folder} holds a {class_name}, not a {cls.__name__}")
-        try:
-            tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for corrupt or foreign files
-            if is_out_of_memory(err):
-                raise
-            raise ModelFileError(f"{tensor_path} is corrupt or not a tensor file: {err}") from err
+        tensors = load_tensor_file(tensor_path, ModelFileError, "bayesgen model file")
         if not isinstance(tensors, dict) or not isinstance(tensors.get("params"), dict):
             raise ModelFileError(f"{tensor_path} does not hold bayesgen model tensors")
         bad = [k for k, v in tensors["params"].items() if not isinstance(v, torch.Tensor) or not bool(v.isfinite().all())]
@@ -496,7 +496,7 @@ class BayesianEstimator:
             est.device = saved_device
             for key, value in meta["fitted"].items():
                 setattr(est, key, value)
-            est.device_ = resolve_device(device)
+            est.device_ = resolved_device
             est.losses_ = to_numpy(tensors["losses"])
             est._set_extra_state(meta["extra"], tensors)
             est._param_state = est._rebuild_param_state(tensors["params"])
