@@ -19,7 +19,11 @@ import torch
 
 from bayesgen._typing import DeviceLike
 
-__all__ = ["resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag", "check_ci_prob", "match_columns", "check_labels", "as_feature_matrix", "load_tensor_file"]
+__all__ = [
+    "resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag",
+    "check_ci_prob", "match_columns", "check_labels", "as_feature_matrix", "load_tensor_file", "check_seed",
+    "MAX_SEED", "available_memory", "format_bytes",
+]
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
@@ -239,6 +243,51 @@ def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+#: The largest seed: seeds are integers in [0, 2**32 - 1], the range NumPy, scikit-learn and torch all accept
+#: (offsets a method adds to a seed stay within torch's 64 bits).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Return ``value`` as a seed, an int in [0, :data:`MAX_SEED`], or raise ValueError naming ``name``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}] (or None for fresh randomness), got {value!r}")
+    return int(value)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the smaller of the machine's available memory and the
+    room left under a cgroup (container) limit; None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = "/sys/fs/cgroup/"
+        with open(cgroup + "memory.max") as fh:
+            text = fh.read().strip()
+        if text != "max":
+            with open(cgroup + "memory.current") as fh:
+                limits.append(max(0, int(text) - int(fh.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in decimal units, as ``"5.1 TB"``."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2g} {unit}" if n < 10 else f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.0f} PB"
 
 
 def check_real(

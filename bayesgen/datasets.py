@@ -77,15 +77,22 @@ def read_csv(path: PathLikeStr) -> pd.DataFrame:
     FileNotFoundError
         The file does not exist.
     ValueError
-        The file is empty or not parseable as CSV.
+        The file is empty, not parseable as CSV, or its header names a column
+        twice (pandas would rename the second ``name.1``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
     try:
+        header = pd.read_csv(path, comment="#", header=None, nrows=1, dtype=str).iloc[0]
         table = pd.read_csv(path, comment="#")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a readable CSV file: {err}") from err
+    names = header.dropna().tolist()
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{path} names columns more than once in its header: {repeated}; give every column "
+                         "its own name")
     if table.empty:
         raise ValueError(f"{path} has no data rows")
     return table
@@ -210,7 +217,7 @@ class _ForbiddenGlobal(pickle.UnpicklingError):
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that builds NumPy arrays and plain values (tuples, lists, numbers...), and refuses any other object."""
+    """An unpickler that builds NumPy arrays and plain values (tuples, lists, numbers), refusing any other object."""
 
     def find_class(self, module: str, name: str) -> Any:
         try:

@@ -16,7 +16,6 @@ import importlib
 import inspect
 import json
 import math
-import numbers
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -30,6 +29,7 @@ from bayesgen._runtime import (
     check_count,
     check_flag,
     check_real,
+    check_seed,
     fresh_seed,
     is_out_of_memory,
     load_tensor_file,
@@ -128,7 +128,7 @@ class BayesianEstimator:
         "num_samples": check_count,
         "patience": check_count,
         "average_last": lambda v, name: check_count(v, name, minimum=0),
-        "seed": lambda v, name: _check_seed(v, name),
+        "seed": check_seed,
         "learning_rate": lambda v, name: check_real(v, name, low=0.0),
         "final_lr_factor": lambda v, name: check_real(v, name, low=0.0, high=1.0, high_open=False),
         "convergence_rtol": lambda v, name: check_real(v, name, low=0.0, low_open=False),
@@ -181,7 +181,7 @@ class BayesianEstimator:
         call), and a fresh one when that is None too."""
         if seed is None:
             return fresh_seed() if self.seed is None else int(self.seed)
-        return _check_seed(seed, "seed")
+        return check_seed(seed, "seed")
 
     # ---------------------------------------------------------------- fitting
     def _check_fitted(self) -> None:
@@ -544,10 +544,6 @@ class BayesianEstimator:
 _explain_out_of_memory_in(BayesianEstimator)
 
 
-def _check_seed(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0 (or None for fresh randomness), got {value!r}")
-    return int(value)
 
 
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
