@@ -138,3 +138,201 @@ def test_a_model_file_holding_objects_is_refused_in_one_line(tmp_path, capsys):
         load_checkpoint(checkpoint)
     assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ one clear line, exit status 2
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """The files the table's commands read: a run folder, CSVs, specs and pickles, some of them hostile."""
+    from sklearn.datasets import load_digits
+
+    from bayesgen.models.ab_test import BetaBinomialTest
+
+    root = tmp_path_factory.mktemp("hostile")
+    run = root / "run"
+    BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(run / "model")
+    evil_run = root / "evil_run"
+    folder = BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(evil_run / "model")
+    torch.save({"params": {"rate": Payload(root / "marker")}, "losses": torch.zeros(1)}, folder / "tensors.pt")
+    shared = root / "shared_run"
+    shared.mkdir()
+    write_evil_pickle(shared / "evil.pkl.gz", root / "marker")
+    write_vae_spec(shared / "spec.toml", "mnist:evil.pkl.gz")
+    (shared / "run.json").write_text(json.dumps({"device": "cpu"}))
+    (shared / "summary.csv").write_text(",mean,sd\nz,0.0,1.0\n")
+    write_evil_pickle(root / "evil.pkl.gz", root / "marker")
+    (root / "dup.csv").write_text(CSV_DUPLICATE_HEADER)
+    X, y = load_digits(return_X_y=True)
+    digits = root / "digits.csv"
+    np.savetxt(digits, np.c_[X, y], delimiter=",", fmt="%g", comments="",
+               header=",".join([f"p{j}" for j in range(64)] + ["digit"]))
+    (root / "small.csv").write_text("a,b,label\n" + "".join(f"{i % 7},{i % 5},{i % 2}\n" for i in range(20)))
+    deep = 100_000
+    (root / "deep.toml").write_text('[run]\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
+                                    f"[model]\nprior = {'[' * deep}{']' * deep}\n")
+    return {"root": root, "run": run, "evil_run": evil_run, "shared": shared, "digits": digits,
+            "small": root / "small.csv", "dup": root / "dup.csv", "deep": root / "deep.toml",
+            "evil_spec": write_vae_spec(root / "evil.toml", "mnist:evil.pkl.gz")}
+
+
+AB = ["abtest", "5/10", "3/10", "--quiet", "--method", "exact"]
+AUGMENT = ["augment", "--csv", "{small}", "--label", "label", "--out", "{root}/never.csv", "--quiet"]
+ANOMALY = ["anomaly", "--csv", "{small}", "--out", "{root}/never.csv", "--quiet"]
+DIAGNOSE = ["diagnose", "{run}"]
+REPRODUCE = ["reproduce", "{run}", "--out", "{root}/never"]
+HUGE_SEED = "99999999999999999999999"
+
+CLI_ROWS = [
+    # section 1: code execution
+    (["fit", "{evil_spec}", "--out", "{root}/never", "--quiet"], "holds a pickled pathlib"),
+    (["reproduce", "{shared}", "--out", "{root}/never", "--quiet"], "which bayesgen will not load"),
+    (["diagnose", "{evil_run}"], "is not a bayesgen model file (it holds objects other than tensors)"),
+    # section 4: one clear line
+    (["fit", "{deep}", "--out", "{root}/never"], "nested too deeply"),
+    ([*AB, "--prior", "1e-300,1e-300"], "prior parameters must be in [0.001, 1e+06]"),
+    ([*DIAGNOSE, "--device", "meta"], "device='meta' is not supported"),
+    pytest.param([*DIAGNOSE, "--device", "cuda"], "no CUDA GPU is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available here")),
+    ([*AB, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
+    ([*AUGMENT, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
+    ([*ANOMALY, "--seed", "-1"], "--seed must be an integer in [0, 4294967295]"),
+    ([*DIAGNOSE, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
+    ([*AB, "--names", ",b"], "variant names must not be blank"),
+    ([*AB, "--names", "a,a"], "variant names must be unique"),
+    (["abtest", "--csv", "{dup}", "--variant-col", "arm", "--outcome-col", "clicked", "--quiet"],
+     "names columns more than once in its header: ['arm']"),
+    (["anomaly", "--csv", "{dup}", "--out", "{root}/never.csv"], "names columns more than once"),
+    ([*DIAGNOSE, "--sbc", "-1"], "--sbc must be an integer >= 0"),
+    ([*DIAGNOSE, "--nuts-samples", "0"], "--nuts-samples must be an integer >= 2"),
+    ([*DIAGNOSE, "--nuts-warmup", "-1"], "--nuts-warmup must be an integer >= 0"),
+    ([*DIAGNOSE, "--num-samples", "1"], "--num-samples must be an integer >= 2"),
+    ([*DIAGNOSE, "--sbc-steps", "0"], "--sbc-steps must be an integer >= 1"),
+    ([*AB, "--num-steps", "0"], "--num-steps must be an integer >= 1"),
+    ([*AB, "--batch-size", "2.5"], "--batch-size must be an integer >= 1"),
+    ([*AB, "--ci", "1"], "--ci must be a number in (0, 1)"),
+    ([*AB, "--ci", "nan"], "--ci must be a number in (0, 1)"),
+    ([*AUGMENT, "--n-per-class", "-1"], "--n-per-class must be an integer >= 0"),
+    ([*AUGMENT, "--rank", "0"], "--rank must be an integer >= 1"),
+    ([*AUGMENT, "--subspace", "0"], "--subspace must be an integer >= 1"),
+    ([*AUGMENT, "--num-steps", "-5"], "--num-steps must be an integer >= 1"),
+    ([*ANOMALY, "--components", "0"], "--components must be an integer >= 1"),
+    ([*ANOMALY, "--threshold", "1"], "--threshold must be a number in (0, 1)"),
+    ([*ANOMALY, "--num-steps", "x"], "--num-steps must be an integer >= 1"),
+    ([*REPRODUCE, "--tolerance", "-1"], "--tolerance must be a finite number >= 0"),
+    ([*REPRODUCE, "--rtol", "inf"], "--rtol must be a finite number >= 0"),
+    (["abtest", "--method", "nope"], "invalid choice: 'nope'"),
+    (["augment", "--csv", "{digits}", "--label", "digit", "--out", "{root}/never.csv", "--n-per-class",
+      "1000000000", "--quiet"], "--n-per-class 1000000000 asks for 10 classes × 1e+09 rows × 64 columns"),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragment"), CLI_ROWS)
+def test_hostile_command_lines_get_one_clear_line(argv, fragment, files, capsys):
+    code, err = run_cli([a.format(**files) for a in argv], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not (files["root"] / "marker").exists()
+    assert not (files["root"] / "never.csv").exists()
+
+
+def _nan_initial_parameter() -> None:
+    import pyro
+    import pyro.distributions as dist
+
+    from bayesgen.infer import run_svi
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    def guide(y):
+        pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(float("nan"))), 1.0))
+
+    run_svi(model, guide, torch.zeros(5), num_steps=3)
+
+
+def _zero_scale_initial_parameter() -> None:
+    import pyro
+    import pyro.distributions as dist
+
+    from bayesgen.infer import run_svi
+
+    def model():
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+    def guide():
+        scale = pyro.param("scale", torch.tensor(0.0), constraint=dist.constraints.positive)
+        pyro.sample("mu", dist.Normal(0.0, scale + 1.0))
+
+    run_svi(model, guide, num_steps=3)
+
+
+def _load_on(device: str):
+    def load(files: dict[str, pathlib.Path]) -> None:
+        from bayesgen.models import BayesianEstimator
+
+        BayesianEstimator.load(files["run"] / "model", device=device)
+
+    return load
+
+
+def _ab(**settings):
+    def fit(files: dict[str, pathlib.Path]) -> None:
+        from bayesgen.models.ab_test import BetaBinomialTest
+
+        names = settings.pop("names", None)
+        BetaBinomialTest(method="exact", **settings).fit([5, 3], [10, 10], names=names)
+
+    return fit
+
+
+def _augment_huge(files: dict[str, pathlib.Path]) -> None:
+    from bayesgen.augment import augment
+    from bayesgen.models import GaussianGenerator
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    augment(X, np.arange(20) % 2, GaussianGenerator(covariance="diag", method="exact"), n_per_class=10**12)
+
+
+API_ROWS = [
+    (lambda files: _nan_initial_parameter(), ValueError, "initial values of parameters ['loc'] are NaN or infinite"),
+    (lambda files: _zero_scale_initial_parameter(), ValueError, "parameters ['scale']"),
+    (_load_on("meta"), ValueError, "device='meta' is not supported"),
+    (_ab(prior=(1e-300, 1e-300)), ValueError, "prior parameters must be in"),
+    (_ab(prior=(1.0, float("nan"))), ValueError, "prior parameters must be in"),
+    (_ab(seed=10**23), ValueError, "seed must be an integer in [0, 4294967295]"),
+    (_ab(names=[" ", "b"]), ValueError, "variant names must not be blank"),
+    (_augment_huge, MemoryError, "n_per_class=1000000000000 asks for 2 classes"),
+    (lambda files: __import__("bayesgen.datasets").datasets.read_csv(files["dup"]), ValueError,
+     "names columns more than once"),
+    (lambda files: __import__("bayesgen.specs").specs.load_spec(files["deep"]), ValueError, "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "fragment"), API_ROWS)
+def test_hostile_api_calls_raise_a_clear_error(call, error, fragment, files):
+    from bayesgen.models import ModelFileError
+
+    with pytest.raises(error) as info:
+        call(files)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert not isinstance(info.value, ModelFileError)  # an intact model file is never blamed
+
+
+def test_the_command_line_seed_limit_is_the_library_one():
+    from bayesgen._runtime import MAX_SEED
+
+    assert cli._MAX_SEED == MAX_SEED
+
+
+@pytest.mark.parametrize(("setting", "fragment"), [({"sbc_simulations": -1}, "sbc_simulations must be an integer >= 0"),
+                                                   ({"nuts_samples": 0}, "nuts_samples must be an integer >= 2"),
+                                                   ({"sbc_steps": 0}, "sbc_steps must be an integer >= 1")])
+def test_write_diagnostics_refuses_bad_counts_before_writing(setting, fragment, files, tmp_path):
+    from bayesgen.diagnostics import write_diagnostics
+    from bayesgen.models import BayesianEstimator
+
+    est = BayesianEstimator.load(files["run"] / "model")
+    with pytest.raises(ValueError, match=fragment):
+        write_diagnostics(est, tmp_path / "out", **setting)
+    assert not (tmp_path / "out").exists()
