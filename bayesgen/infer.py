@@ -74,6 +74,7 @@ from bayesgen._runtime import (
     check_count,
     fresh_seed,
     is_out_of_memory,
+    load_tensor_file,
     move_to_device,
     seeded,
     target_device,
@@ -609,6 +610,19 @@ def _builds_tensors_off(dev: torch.device, model: ModelFn, guide: ModelFn, args:
     return True
 
 
+def _check_initial_params(cause: BaseException | None = None) -> None:
+    """Raise a ValueError naming the parameters of the active param store whose initial values are NaN or
+    infinite, or sit on the edge of their constraint (a positive scale of 0: its unconstrained value is -inf)."""
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        bad = [name for name in store.keys()
+               if not (torch.isfinite(store[name]).all() and torch.isfinite(store[name].unconstrained()).all())]
+    if bad:
+        raise ValueError(f"the initial values of parameters {bad[:10]} are NaN or infinite (or on the edge of their "
+                         "constraint, such as a scale of 0); give pyro.param a finite initial value inside its "
+                         "constraint") from cause
+
+
 def _describe_invalid_values(text: str) -> str:
     """Pyro's "found invalid values" error in one line, without its tensor dumps."""
     site = re.search(r"at site '([^']+)'", text)
@@ -678,10 +692,7 @@ def load_checkpoint(path: PathLikeStr) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path} is not a readable bayesgen checkpoint: {err}") from err
+    payload = load_tensor_file(path, CheckpointError, "bayesgen checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a bayesgen SVI checkpoint")
     if payload.get("version") != _CHECKPOINT_VERSION:
@@ -942,6 +953,10 @@ def run_svi(
                         f"batch_size needs a model and guide that accept a subsample keyword and pass it to "
                         f"their data plate, pyro.plate(name, data_size, subsample=subsample) ({err})") from err
                 raise
+            except ValueError as err:  # Pyro's argument checks meet a NaN parameter first: name it instead
+                _check_initial_params(err)
+                raise
+        _check_initial_params()
         if batches is not None:
             _check_subsampled_plate(model_trace, int(data_size), int(batch_size))
         # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix

@@ -46,7 +46,7 @@ import pandas as pd
 import tomli_w
 
 import bayesgen
-from bayesgen._runtime import check_count, check_real
+from bayesgen._runtime import MAX_SEED, check_count, check_real
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.datasets import (
     array_checksum,
@@ -89,6 +89,22 @@ REPORT_MODEL = {"control": "ab_test", "image_shape": "gaussian_generator", "iwae
 logger = logging.getLogger(__name__)
 
 
+#: Levels of tables and arrays a spec may nest: a section, a key, a list (``hidden_dims = [256]``) is three.
+MAX_SPEC_DEPTH = 8
+
+
+def _depth(value: Any) -> int:
+    """Levels of tables and arrays in a parsed TOML value (0 for a number or string), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def load_spec(path: PathLikeStr) -> dict[str, Any]:
     """Read and check a run spec.
 
@@ -115,6 +131,10 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
         spec = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid TOML: {err}") from err
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise ValueError(f"{path} is nested too deeply (a spec nests at most {MAX_SPEC_DEPTH} levels)") from None
+    if _depth(spec) > MAX_SPEC_DEPTH:
+        raise ValueError(f"{path} is nested too deeply (a spec nests at most {MAX_SPEC_DEPTH} levels)")
     unknown = set(spec) - SECTIONS
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected {sorted(SECTIONS)}")
@@ -130,8 +150,9 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
     unknown = set(run) - RUN_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [run]; allowed are {sorted(RUN_KEYS)}")
-    if "seed" in run and (isinstance(run["seed"], bool) or not isinstance(run["seed"], int)):
-        raise ValueError(f"{path}: [run] seed must be an integer, got {run['seed']!r}")
+    if "seed" in run and (isinstance(run["seed"], bool) or not isinstance(run["seed"], int)
+                          or not 0 <= run["seed"] <= MAX_SEED):
+        raise ValueError(f"{path}: [run] seed must be an integer in [0, {MAX_SEED}], got {run['seed']!r}")
     if "name" in run:
         check_run_name(run["name"], f"{path}: [run] name")
     if "data" not in spec:

@@ -417,7 +417,8 @@ def load_news_articles(path: PathLikeStr | None = None) -> list[str]:
     except (zipfile.BadZipFile, OSError) as err:
         raise ValueError(f"{path} is not a readable zip file: {err}") from None
     with archive:
-        members = [n for n in archive.namelist() if n.lower().endswith((".pickle", ".pkl", ".csv", ".txt"))]
+        # CSV and text members only: a pickle inside an archive is never read (it could run code).
+        members = [n for n in archive.namelist() if n.lower().endswith((".csv", ".txt"))]
         csvs = [n for n in members if n.lower().endswith(".csv")]
         if csvs:
             import io
@@ -433,7 +434,7 @@ def load_news_articles(path: PathLikeStr | None = None) -> list[str]:
             return text.tolist()
         texts = [archive.read(n).decode("utf-8", errors="replace") for n in sorted(members) if n.endswith(".txt")]
     if not texts:
-        raise ValueError(f"{path}: no articles found")
+        raise ValueError(f"{path}: no articles found (a CSV member with a text column, or .txt members)")
     return texts
 
 

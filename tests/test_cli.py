@@ -245,7 +245,7 @@ def test_anomaly_command_rejects_a_threshold_outside_zero_one(tmp_path):
     csv = tmp_path / "data.csv"
     pd.DataFrame(np.random.default_rng(0).normal(size=(50, 2)), columns=["a", "b"]).to_csv(csv, index=False)
     proc = bayesgen("anomaly", "--csv", str(csv), "--out", str(tmp_path / "s.csv"), "--threshold", "2")
-    assert proc.returncode == 2 and "--threshold must be in (0, 1)" in proc.stderr
+    assert proc.returncode == 2 and "--threshold must be a number in (0, 1)" in proc.stderr
     proc = bayesgen("anomaly", "--csv", str(csv), "--columns", "a,a,b", "--out", str(tmp_path / "s.csv"))
     assert proc.returncode == 2 and "more than once" in proc.stderr
 

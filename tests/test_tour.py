@@ -154,7 +154,7 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path, capsy
         status = main(["reproduce", str(original), option, value, "--out", str(tmp_path / "never")])
         assert status == 2 and f"{option[2:]} must be a finite number >= 0" in capsys.readouterr().err
     status = main(["diagnose", str(original), "--num-samples", "0"])
-    assert status == 2 and "--num-samples must be at least 1" in capsys.readouterr().err
+    assert status == 2 and "--num-samples must be an integer >= 2" in capsys.readouterr().err
 
 
 def test_reproduce_a_neural_run_on_the_cpu(tour, tmp_path):

@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import math
-import numbers
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -31,8 +30,10 @@ from bayesgen._runtime import (
     check_count,
     check_flag,
     check_real,
+    check_seed,
     fresh_seed,
     is_out_of_memory,
+    load_tensor_file,
     resolve_device,
     to_numpy,
 )
@@ -133,7 +134,7 @@ class BayesianEstimator:
         "num_samples": check_count,
         "patience": check_count,
         "average_last": lambda v, name: check_count(v, name, minimum=0),
-        "seed": lambda v, name: _check_seed(v, name),
+        "seed": check_seed,
         "learning_rate": lambda v, name: check_real(v, name, low=0.0),
         "final_lr_factor": lambda v, name: check_real(v, name, low=0.0, high=1.0, high_open=False),
         "convergence_rtol": lambda v, name: check_real(v, name, low=0.0, low_open=False),
@@ -186,7 +187,7 @@ class BayesianEstimator:
         call), and a fresh one when that is None too."""
         if seed is None:
             return fresh_seed() if self.seed is None else int(self.seed)
-        return _check_seed(seed, "seed")
+        return check_seed(seed, "seed")
 
     # ---------------------------------------------------------------- fitting
     def _check_fitted(self) -> None:
@@ -476,9 +477,13 @@ class BayesianEstimator:
         Raises
         ------
         ModelFileError
-            If the folder is missing, a file is corrupt, or it holds a
-            different kind of model than ``cls``.
+            If the folder is missing, a file is corrupt, it holds objects
+            other than tensors (it is not loaded), or it holds a different
+            kind of model than ``cls``.
+        ValueError
+            If ``device`` is not available here or not one bayesgen computes on.
         """
+        resolved_device = resolve_device(device)  # a device error is the device's, not the file's
         folder = Path(path)
         meta_path, tensor_path = folder / "meta.json", folder / "tensors.pt"
         if not meta_path.is_file() or not tensor_path.is_file():
@@ -501,12 +506,7 @@ class BayesianEstimator:
         target = getattr(importlib.import_module(BayesianEstimator._registry[class_name]), class_name)
         if not issubclass(target, cls):
             raise ModelFileError(f"{folder} holds a {class_name}, not a {cls.__name__}")
-        try:
-            tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for corrupt or foreign files
-            if is_out_of_memory(err):
-                raise
-            raise ModelFileError(f"{tensor_path} is corrupt or not a tensor file: {err}") from err
+        tensors = load_tensor_file(tensor_path, ModelFileError, "bayesgen model file")
         if not isinstance(tensors, dict) or not isinstance(tensors.get("params"), dict):
             raise ModelFileError(f"{tensor_path} does not hold bayesgen model tensors")
         bad = [k for k, v in tensors["params"].items() if not isinstance(v, torch.Tensor) or not bool(v.isfinite().all())]
@@ -521,7 +521,7 @@ class BayesianEstimator:
             est.device = saved_device
             for key, value in meta["fitted"].items():
                 setattr(est, key, value)
-            est.device_ = resolve_device(device)
+            est.device_ = resolved_device
             est.losses_ = to_numpy(tensors["losses"])
             est._set_extra_state(meta["extra"], tensors)
             est._param_state = est._rebuild_param_state(tensors["params"])
@@ -588,12 +588,6 @@ def _check_tensors_checksum(meta: dict[str, Any], tensor_path: Path) -> None:
     if actual != expected:
         raise ModelFileError(f"{tensor_path} does not match its checksum: the file was changed or damaged; "
                              "not loaded")
-
-
-def _check_seed(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0 (or None for fresh randomness), got {value!r}")
-    return int(value)
 
 
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}

@@ -251,13 +251,18 @@ def _expected_loss_from_draws(draws: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- validation
+#: The range of a Beta prior's parameters: pseudo-counts from a thousandth (far vaguer than Jeffreys' 0.5)
+#: to a million. Smaller values underflow in float32 (the SVI guide starts from them), larger ones swamp any data.
+PRIOR_RANGE = (1e-3, 1e6)
+
+
 def validate_prior(prior: Any) -> tuple[float, float]:
-    """Check a ``(alpha, beta)`` prior: two finite positive numbers.
+    """Check a ``(alpha, beta)`` prior: two numbers in :data:`PRIOR_RANGE`.
 
     Raises
     ------
     ValueError
-        If it is not two numbers, or either is not finite and positive.
+        If it is not two numbers, or either is outside ``PRIOR_RANGE`` (NaN included).
     """
     try:
         values = [float(v) for v in prior]
@@ -265,8 +270,10 @@ def validate_prior(prior: Any) -> tuple[float, float]:
         raise ValueError(f"prior must be two positive numbers (alpha, beta), got {prior!r}") from err
     if len(values) != 2:
         raise ValueError(f"prior must be two positive numbers (alpha, beta), got {len(values)} values")
-    if not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"prior parameters must be finite and > 0, got alpha={values[0]}, beta={values[1]}")
+    low, high = PRIOR_RANGE
+    if not all(low <= v <= high for v in values):  # NaN fails too
+        raise ValueError(f"prior parameters must be in [{low:g}, {high:g}], got alpha={values[0]:g}, "
+                         f"beta={values[1]:g}")
     return values[0], values[1]
 
 
@@ -338,6 +345,8 @@ def validate_counts(
         raise ValueError(f"{len(names)} names given for {s.size} variants")
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
+    if any(not name.strip() for name in names):
+        raise ValueError(f"variant names must not be blank, got {names}")
     for what, arr in (("successes", s), ("trials", n)):
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -415,6 +424,8 @@ def events_to_counts(
             raise ValueError(f"column {outcome_col!r} must hold only 0/1 outcomes; found {list(bad)}")
         outcome = numeric.to_numpy(dtype=float)
     names = sorted(variants.astype(str).unique())
+    if any(not name.strip() for name in names):
+        raise ValueError(f"column {variant_col!r} has blank variant names; name every variant")
     if len(names) < 2:
         raise ValueError(f"an A/B test needs at least two variants; column {variant_col!r} has {names}")
     index = pd.Categorical(variants.astype(str), categories=names).codes.astype(np.int64)
@@ -430,7 +441,7 @@ class BetaBinomialTest(BayesianEstimator):
     Parameters
     ----------
     prior : (float, float), default (1.0, 1.0)
-        Beta(alpha, beta) prior of every variant's rate.
+        Beta(alpha, beta) prior of every variant's rate; both in [0.001, 1e6] (:data:`PRIOR_RANGE`).
     method : {"svi", "exact"}, default "svi"
         ``"svi"`` fits the Beta guide by SVI (Trace_ELBO); ``"exact"`` uses the
         conjugate posterior directly (no optimisation).

@@ -1,0 +1,338 @@
+"""Hostile and malformed inputs: nothing executes, and every refusal is one clear line with exit status 2.
+
+The table keeps the inputs of issue 26 (files that would run code, values at
+and past the edges of what an option means); the functions after it check
+what the table cannot: that a payload's side effect never happens, and the
+API's errors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+import pickle
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from bayesgen import cli
+
+CSV_DUPLICATE_HEADER = "arm,arm,clicked\na,b,1\na,b,0\n"
+
+
+class Payload:
+    """Pickled, it calls ``Path.touch(marker)`` when unpickled by a loader that runs code."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """``bayesgen ARGV`` in-process: (exit status, stderr). argparse's own errors exit through SystemExit."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, fragment: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "weights_only" not in err
+    assert lines[0].startswith("bayesgen: error:"), err
+    assert fragment in lines[0], err
+
+
+def write_evil_pickle(path: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
+    with gzip.open(path, "wb") as fh:
+        pickle.dump(((Payload(marker), np.zeros(2)), (np.zeros(2), np.zeros(2)), (np.zeros(2), np.zeros(2))), fh)
+    return path
+
+
+def write_vae_spec(path: pathlib.Path, source: str) -> pathlib.Path:
+    path.write_text(f'[run]\nmodel = "vae"\nname = "evil"\n[data]\nsource = "{source}"\n')
+    return path
+
+
+# ------------------------------------------------------------------ code execution
+def test_a_spec_naming_a_malicious_pickle_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    write_evil_pickle(tmp_path / "evil.pkl.gz", marker)
+    spec = write_vae_spec(tmp_path / "evil.toml", "mnist:evil.pkl.gz")
+    code, err = run_cli(["fit", spec, "--out", tmp_path / "run", "--quiet"], capsys)
+    assert_one_line_error(code, err, "holds a pickled pathlib")
+    assert "only NumPy arrays, tuples and lists are read from pickles" in err
+    assert not marker.exists()
+
+
+def test_reproduce_of_an_edited_run_folder_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "marker"
+    run_dir = tmp_path / "shared_run"
+    run_dir.mkdir()
+    write_evil_pickle(run_dir / "evil.pkl.gz", marker)
+    write_vae_spec(run_dir / "spec.toml", "mnist:evil.pkl.gz")
+    (run_dir / "run.json").write_text(json.dumps({"device": "cpu"}))
+    (run_dir / "summary.csv").write_text(",mean,sd\nz,0.0,1.0\n")
+    code, err = run_cli(["reproduce", run_dir, "--out", tmp_path / "rerun", "--quiet"], capsys)
+    assert_one_line_error(code, err, "which bayesgen will not load")
+    assert not marker.exists()
+
+
+def test_array_pickles_load_and_anything_else_is_refused(tmp_path):
+    from bayesgen.datasets import load_mnist, read_array_pickle
+
+    rng = np.random.default_rng(0)
+    splits = tuple((rng.random((4, 784)).astype(np.float32), rng.integers(0, 10, 4)) for _ in range(3))
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):  # every protocol names different NumPy helpers
+        path = tmp_path / f"mnist{protocol}.pkl.gz"
+        with gzip.open(path, "wb") as fh:
+            pickle.dump(splits, fh, protocol=protocol)
+        X_train, y_train, X_test, y_test = load_mnist(path)
+        np.testing.assert_array_equal(X_test, splits[2][0])
+        assert X_train.shape == (8, 784) and y_train.dtype == np.int64
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps([np.arange(3), ("a", 1.5)]))
+    assert read_array_pickle(plain)[1] == ("a", 1.5)
+
+    marker = tmp_path / "marker"
+    for payload in (Payload(marker), {"a": Fraction(1, 3)}, [torch.zeros(1)]):
+        plain.write_bytes(pickle.dumps(payload))
+        with pytest.raises(ValueError, match="which bayesgen will not load") as info:
+            read_array_pickle(plain)
+        assert "\n" not in str(info.value)
+    assert not marker.exists()
+    for data, fragment in ((b"\x1f\x8b" + b"\0" * 20, "not a readable pickle"), (b"garbage", "not a readable pickle"),
+                           (pickle.dumps([1, 2]), "not an MNIST pickle")):
+        plain.write_bytes(data)
+        with pytest.raises(ValueError, match=fragment):
+            load_mnist(plain)
+
+
+def test_a_model_file_holding_objects_is_refused_in_one_line(tmp_path, capsys):
+    from bayesgen.infer import CheckpointError, load_checkpoint
+    from bayesgen.models import BayesianEstimator, ModelFileError
+    from bayesgen.models.ab_test import BetaBinomialTest
+
+    marker = tmp_path / "marker"
+    folder = BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(tmp_path / "run" / "model")
+    torch.save({"params": {"rate": Payload(marker)}, "losses": torch.zeros(1)}, folder / "tensors.pt")
+    with pytest.raises(ModelFileError) as info:
+        BayesianEstimator.load(folder)
+    message = str(info.value)
+    assert message == (f"{folder / 'tensors.pt'} is not a bayesgen model file (it holds objects other than "
+                       "tensors); it was not loaded")
+    code, err = run_cli(["diagnose", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, "is not a bayesgen model file (it holds objects other than tensors)")
+
+    checkpoint = tmp_path / "svi.ckpt"
+    torch.save({"format": "bayesgen-svi-checkpoint", "state": Payload(marker)}, checkpoint)
+    with pytest.raises(CheckpointError, match="holds objects other than tensors") as info:
+        load_checkpoint(checkpoint)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ one clear line, exit status 2
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """The files the table's commands read: a run folder, CSVs, specs and pickles, some of them hostile."""
+    from sklearn.datasets import load_digits
+
+    from bayesgen.models.ab_test import BetaBinomialTest
+
+    root = tmp_path_factory.mktemp("hostile")
+    run = root / "run"
+    BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(run / "model")
+    evil_run = root / "evil_run"
+    folder = BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(evil_run / "model")
+    torch.save({"params": {"rate": Payload(root / "marker")}, "losses": torch.zeros(1)}, folder / "tensors.pt")
+    shared = root / "shared_run"
+    shared.mkdir()
+    write_evil_pickle(shared / "evil.pkl.gz", root / "marker")
+    write_vae_spec(shared / "spec.toml", "mnist:evil.pkl.gz")
+    (shared / "run.json").write_text(json.dumps({"device": "cpu"}))
+    (shared / "summary.csv").write_text(",mean,sd\nz,0.0,1.0\n")
+    write_evil_pickle(root / "evil.pkl.gz", root / "marker")
+    (root / "dup.csv").write_text(CSV_DUPLICATE_HEADER)
+    X, y = load_digits(return_X_y=True)
+    digits = root / "digits.csv"
+    np.savetxt(digits, np.c_[X, y], delimiter=",", fmt="%g", comments="",
+               header=",".join([f"p{j}" for j in range(64)] + ["digit"]))
+    (root / "small.csv").write_text("a,b,label\n" + "".join(f"{i % 7},{i % 5},{i % 2}\n" for i in range(20)))
+    deep = 100_000
+    (root / "deep.toml").write_text('[run]\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
+                                    f"[model]\nprior = {'[' * deep}{']' * deep}\n")
+    return {"root": root, "run": run, "evil_run": evil_run, "shared": shared, "digits": digits,
+            "small": root / "small.csv", "dup": root / "dup.csv", "deep": root / "deep.toml",
+            "evil_spec": write_vae_spec(root / "evil.toml", "mnist:evil.pkl.gz")}
+
+
+AB = ["abtest", "5/10", "3/10", "--quiet", "--method", "exact"]
+AUGMENT = ["augment", "--csv", "{small}", "--label", "label", "--out", "{root}/never.csv", "--quiet"]
+ANOMALY = ["anomaly", "--csv", "{small}", "--out", "{root}/never.csv", "--quiet"]
+DIAGNOSE = ["diagnose", "{run}"]
+REPRODUCE = ["reproduce", "{run}", "--out", "{root}/never"]
+HUGE_SEED = "99999999999999999999999"
+
+CLI_ROWS = [
+    # section 1: code execution
+    (["fit", "{evil_spec}", "--out", "{root}/never", "--quiet"], "holds a pickled pathlib"),
+    (["reproduce", "{shared}", "--out", "{root}/never", "--quiet"], "which bayesgen will not load"),
+    (["diagnose", "{evil_run}"], "is not a bayesgen model file (it holds objects other than tensors)"),
+    # section 4: one clear line
+    (["fit", "{deep}", "--out", "{root}/never"], "nested too deeply"),
+    ([*AB, "--prior", "1e-300,1e-300"], "prior parameters must be in [0.001, 1e+06]"),
+    ([*DIAGNOSE, "--device", "meta"], "device='meta' is not supported"),
+    pytest.param([*DIAGNOSE, "--device", "cuda"], "no CUDA GPU is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available here")),
+    ([*AB, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
+    ([*AUGMENT, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
+    ([*ANOMALY, "--seed", "-1"], "--seed must be an integer in [0, 4294967295]"),
+    ([*DIAGNOSE, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
+    ([*AB, "--names", ",b"], "variant names must not be blank"),
+    ([*AB, "--names", "a,a"], "variant names must be unique"),
+    (["abtest", "--csv", "{dup}", "--variant-col", "arm", "--outcome-col", "clicked", "--quiet"],
+     "names columns more than once in its header: ['arm']"),
+    (["anomaly", "--csv", "{dup}", "--out", "{root}/never.csv"], "names columns more than once"),
+    ([*DIAGNOSE, "--sbc", "-1"], "--sbc must be an integer >= 0"),
+    ([*DIAGNOSE, "--nuts-samples", "0"], "--nuts-samples must be an integer >= 2"),
+    ([*DIAGNOSE, "--nuts-warmup", "-1"], "--nuts-warmup must be an integer >= 0"),
+    ([*DIAGNOSE, "--num-samples", "1"], "--num-samples must be an integer >= 2"),
+    ([*DIAGNOSE, "--sbc-steps", "0"], "--sbc-steps must be an integer >= 1"),
+    ([*AB, "--num-steps", "0"], "--num-steps must be an integer >= 1"),
+    ([*AB, "--batch-size", "2.5"], "--batch-size must be an integer >= 1"),
+    ([*AB, "--ci", "1"], "--ci must be a number in (0, 1)"),
+    ([*AB, "--ci", "nan"], "--ci must be a number in (0, 1)"),
+    ([*AUGMENT, "--n-per-class", "-1"], "--n-per-class must be an integer >= 0"),
+    ([*AUGMENT, "--rank", "0"], "--rank must be an integer >= 1"),
+    ([*AUGMENT, "--subspace", "0"], "--subspace must be an integer >= 1"),
+    ([*AUGMENT, "--num-steps", "-5"], "--num-steps must be an integer >= 1"),
+    ([*ANOMALY, "--components", "0"], "--components must be an integer >= 1"),
+    ([*ANOMALY, "--threshold", "1"], "--threshold must be a number in (0, 1)"),
+    ([*ANOMALY, "--num-steps", "x"], "--num-steps must be an integer >= 1"),
+    ([*REPRODUCE, "--tolerance", "-1"], "--tolerance must be a finite number >= 0"),
+    ([*REPRODUCE, "--rtol", "inf"], "--rtol must be a finite number >= 0"),
+    (["abtest", "--method", "nope"], "invalid choice: 'nope'"),
+    (["augment", "--csv", "{digits}", "--label", "digit", "--out", "{root}/never.csv", "--n-per-class",
+      "1000000000", "--quiet"], "--n-per-class 1000000000 asks for 10 classes × 1e+09 rows × 64 columns"),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragment"), CLI_ROWS)
+def test_hostile_command_lines_get_one_clear_line(argv, fragment, files, capsys):
+    code, err = run_cli([a.format(**files) for a in argv], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert not (files["root"] / "marker").exists()
+    assert not (files["root"] / "never.csv").exists()
+
+
+def _nan_initial_parameter() -> None:
+    import pyro
+    import pyro.distributions as dist
+
+    from bayesgen.infer import run_svi
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    def guide(y):
+        pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(float("nan"))), 1.0))
+
+    run_svi(model, guide, torch.zeros(5), num_steps=3)
+
+
+def _zero_scale_initial_parameter() -> None:
+    import pyro
+    import pyro.distributions as dist
+
+    from bayesgen.infer import run_svi
+
+    def model():
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+    def guide():
+        scale = pyro.param("scale", torch.tensor(0.0), constraint=dist.constraints.positive)
+        pyro.sample("mu", dist.Normal(0.0, scale + 1.0))
+
+    run_svi(model, guide, num_steps=3)
+
+
+def _load_on(device: str):
+    def load(files: dict[str, pathlib.Path]) -> None:
+        from bayesgen.models import BayesianEstimator
+
+        BayesianEstimator.load(files["run"] / "model", device=device)
+
+    return load
+
+
+def _ab(**settings):
+    def fit(files: dict[str, pathlib.Path]) -> None:
+        from bayesgen.models.ab_test import BetaBinomialTest
+
+        names = settings.pop("names", None)
+        BetaBinomialTest(method="exact", **settings).fit([5, 3], [10, 10], names=names)
+
+    return fit
+
+
+def _augment_huge(files: dict[str, pathlib.Path]) -> None:
+    from bayesgen.augment import augment
+    from bayesgen.models import GaussianGenerator
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    augment(X, np.arange(20) % 2, GaussianGenerator(covariance="diag", method="exact"), n_per_class=10**12)
+
+
+API_ROWS = [
+    (lambda files: _nan_initial_parameter(), ValueError, "initial values of parameters ['loc'] are NaN or infinite"),
+    (lambda files: _zero_scale_initial_parameter(), ValueError, "parameters ['scale']"),
+    (_load_on("meta"), ValueError, "device='meta' is not supported"),
+    (_ab(prior=(1e-300, 1e-300)), ValueError, "prior parameters must be in"),
+    (_ab(prior=(1.0, float("nan"))), ValueError, "prior parameters must be in"),
+    (_ab(seed=10**23), ValueError, "seed must be an integer in [0, 4294967295]"),
+    (_ab(names=[" ", "b"]), ValueError, "variant names must not be blank"),
+    (_augment_huge, MemoryError, "n_per_class=1000000000000 asks for 2 classes"),
+    (lambda files: __import__("bayesgen.datasets").datasets.read_csv(files["dup"]), ValueError,
+     "names columns more than once"),
+    (lambda files: __import__("bayesgen.specs").specs.load_spec(files["deep"]), ValueError, "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "fragment"), API_ROWS)
+def test_hostile_api_calls_raise_a_clear_error(call, error, fragment, files):
+    from bayesgen.models import ModelFileError
+
+    with pytest.raises(error) as info:
+        call(files)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert not isinstance(info.value, ModelFileError)  # an intact model file is never blamed
+
+
+def test_the_command_line_seed_limit_is_the_library_one():
+    from bayesgen._runtime import MAX_SEED
+
+    assert cli._MAX_SEED == MAX_SEED
+
+
+@pytest.mark.parametrize(("setting", "fragment"), [({"sbc_simulations": -1}, "sbc_simulations must be an integer >= 0"),
+                                                   ({"nuts_samples": 0}, "nuts_samples must be an integer >= 2"),
+                                                   ({"sbc_steps": 0}, "sbc_steps must be an integer >= 1")])
+def test_write_diagnostics_refuses_bad_counts_before_writing(setting, fragment, files, tmp_path):
+    from bayesgen.diagnostics import write_diagnostics
+    from bayesgen.models import BayesianEstimator
+
+    est = BayesianEstimator.load(files["run"] / "model")
+    with pytest.raises(ValueError, match=fragment):
+        write_diagnostics(est, tmp_path / "out", **setting)
+    assert not (tmp_path / "out").exists()
