@@ -703,6 +703,10 @@ class BetaBinomialTest(BayesianEstimator):
     def _arviz_dims(self) -> tuple[dict, dict]:
         return DIMS, {"variant": list(self.names_)}
 
+    def _reference_moments(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+        a, b = self.exact_alpha_, self.exact_beta_
+        return {"rate": (stats.beta.mean(a, b), stats.beta.std(a, b))}, {}
+
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = {"names_": self.names_, "fitted_on": self._fitted_on}
         tensors = {"successes": torch.as_tensor(self.successes_), "trials": torch.as_tensor(self.trials_)}
