@@ -166,6 +166,10 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
     control = args.control if args.control is not None else 0
     table = est.summary(control=control)
     print(f"Beta-Binomial A/B test — prior Beta({prior[0]:g}, {prior[1]:g}), method {args.method}")
+    if args.csv:
+        print("fitted on the events' sufficient statistics (successes and trials per variant)"
+              if est.data_path_ == "counts" else
+              f"fitted on the events in minibatches of {args.batch_size} (--batch-size)")
     print(_format_ab_table(table, args.ci))
     if args.method == "svi":
         gap = est.exact_gap_
@@ -477,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--outcome-col", help="0/1 outcome column of --csv")
     ab.add_argument("--method", choices=["svi", "exact"], default="svi")
     ab.add_argument("--num-steps", type=_positive, default=3000)
-    ab.add_argument("--batch-size", type=_positive, default=None, help="events per SVI minibatch (--csv)")
+    ab.add_argument("--batch-size", type=_positive, default=None,
+                    help="fit --csv events in SVI minibatches of this size (default: sum them to counts per variant)")
     ab.add_argument("--ci", type=_probability, default=0.94, help="credible interval mass (default 0.94)")
     ab.add_argument("--device", default="auto")
     ab.add_argument("--seed", type=_seed, default=0)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["plot_image_grid", "plot_loss", "plot_rate_posteriors", "render_model_graph"]
+__all__ = ["describe_model", "plot_image_grid", "plot_loss", "plot_rate_posteriors", "render_model_graph"]
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -131,11 +131,54 @@ def plot_image_grid(
     return fig
 
 
+def describe_model(estimator: Any) -> str:
+    """A text rendering of a fitted estimator's model: one line per sample site.
+
+    Each line gives the site, its distribution with batch and event shapes, its
+    plates, and whether it is observed; needs no Graphviz.
+
+    Parameters
+    ----------
+    estimator : BayesianEstimator
+        Fitted.
+
+    Returns
+    -------
+    str
+    """
+    import torch
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    from bayesgen.infer import param_scope
+
+    estimator._check_fitted()
+    model, _ = estimator._model_and_guide(for_arviz=True)
+    args, kwargs = estimator._model_args(for_arviz=True)
+    with param_scope(estimator._param_state), torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    lines = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or name.startswith("_") or site_is_subsample(site):
+            continue
+        fn = site["fn"]
+        while hasattr(fn, "base_dist") and type(fn).__name__ == "Independent":
+            fn = fn.base_dist
+        shape = f"batch {tuple(site['fn'].batch_shape)}, event {tuple(site['fn'].event_shape)}"
+        plates = [f.name for f in site["cond_indep_stack"]]
+        where = f" in plates {', '.join(plates)}" if plates else ""
+        role = "observed" if site["is_observed"] else "latent"
+        lines.append(f"{name} ~ {type(fn).__name__} ({shape}){where}: {role}")
+    return "\n".join(lines)
+
+
 def render_model_graph(estimator: Any, path: Any) -> Any:
     """Draw a fitted estimator's model with Pyro's ``render_model`` and write it as SVG.
 
-    Needs the ``graphviz`` Python package and Graphviz's ``dot`` program; the
-    picture shows every sample site, its distribution and its plates.
+    Always writes the text rendering of :func:`describe_model` next to it
+    (``path`` with suffix ``.txt``). The SVG needs the ``graphviz`` Python
+    package and Graphviz's ``dot`` program; the picture shows every sample
+    site, its distribution and its plates.
 
     Parameters
     ----------
@@ -156,13 +199,14 @@ def render_model_graph(estimator: Any, path: Any) -> Any:
     import torch
 
     from bayesgen.infer import param_scope
-    from bayesgen.io import write_bytes
+    from bayesgen.io import write_bytes, write_text
 
+    path = Path(path)
+    write_text(path.with_suffix(".txt"), describe_model(estimator) + "\n")
     try:
         import graphviz
     except ImportError:
         return None
-    estimator._check_fitted()
     model, _ = estimator._model_and_guide(for_arviz=True)
     args, kwargs = estimator._model_args(for_arviz=True)
     with param_scope(estimator._param_state), torch.no_grad():
@@ -171,6 +215,5 @@ def render_model_graph(estimator: Any, path: Any) -> Any:
         svg = graph.pipe(format="svg")
     except (graphviz.ExecutableNotFound, graphviz.CalledProcessError, OSError):
         return None
-    path = Path(path)
     write_bytes(path, svg)
     return path

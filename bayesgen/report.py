@@ -193,8 +193,10 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     parts.append("<h3>Model graph</h3>")
     if (plots / "model_graph.svg").is_file():
         parts.append(_figure(plots / "model_graph.svg", "pyro.render_model of the model (sites, distributions, plates)"))
+    elif (plots / "model_graph.txt").is_file():
+        parts.append(f"<pre>{html.escape((plots / 'model_graph.txt').read_text(encoding='utf-8'))}</pre>")
     else:
-        parts.append('<p class="muted">not drawn: Graphviz (the <code>dot</code> program) is not installed</p>')
+        parts.append('<p class="muted">not available for this run</p>')
     ppc = sorted(plots.glob("ppc_posterior_predictive_*.png"))
     parts.append("<h3>Posterior predictive check</h3>")
     parts += [_figure(p, _caption(p.name)) for p in ppc] or ['<p class="muted">not available for this run</p>']
@@ -269,6 +271,10 @@ def write_report(
         sections.append(f'<section class="model" id="{anchor}"><h2>{html.escape(name)}</h2>'
                         f'<p class="error">this run failed: {html.escape(message)}</p></section>')
         contents.append(f'<a href="#{anchor}">{html.escape(name)} (failed)</a>')
+    graph_note = ""
+    if any(not (Path(f) / "plots" / "model_graph.svg").is_file() for f in folders):
+        graph_note = ('\n<p class="muted">Model graphs are shown as text: drawing them needs Graphviz (the '
+                      '<code>dot</code> program and the <code>graphviz</code> Python package).</p>')
     versions = package_versions()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html>
@@ -276,7 +282,7 @@ def write_report(
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
 <header><h1>{html.escape(title)}</h1>
-<p>{html.escape(intro)}</p>
+<p>{html.escape(intro)}</p>{graph_note}
 <p>written {stamp} · bayesgen {versions['bayesgen']} · torch {versions['torch']} · Pyro {versions['pyro']} ·
 ArviZ {versions['arviz']} · Python {versions['python']}</p></header>
 <nav>{''.join(contents)}</nav>

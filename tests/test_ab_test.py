@@ -304,3 +304,33 @@ def test_labelled_series_are_paired_by_label_and_name_the_variants():
     np.testing.assert_array_equal(fitted.trials_, [200, 100])
     with pytest.raises(ValueError, match="Series with different variants"):
         BetaBinomialTest(method="exact").fit(successes, pd.Series({"control": 100, "other": 100}))
+
+
+def test_events_without_batch_size_are_summed_to_counts_and_fit_like_counts():
+    rng = np.random.default_rng(3)
+    events = pd.DataFrame({"arm": rng.choice(["a", "b"], size=6000), "y": rng.random(6000) < 0.1})
+    from_events = BetaBinomialTest(seed=0, num_steps=300).fit_events(events, variant_col="arm", outcome_col="y")
+    counts = events.groupby("arm")["y"].agg(["sum", "count"])
+    from_counts = BetaBinomialTest(seed=0, num_steps=300).fit(counts["sum"], counts["count"], names=["a", "b"])
+    assert from_events.data_path_ == "counts" and from_counts.data_path_ == "counts"
+    # The same sufficient statistics, the same seed: the same fit, not a minibatch approximation of it.
+    np.testing.assert_array_equal(from_events.posterior_alpha_, from_counts.posterior_alpha_)
+    np.testing.assert_array_equal(from_events.losses_, from_counts.losses_)
+    minibatched = BetaBinomialTest(seed=0, num_steps=20, batch_size=500).fit_events(events, variant_col="arm",
+                                                                                    outcome_col="y")
+    assert minibatched.data_path_ == "events"
+
+
+def test_cli_abtest_csv_says_which_path_ran(tmp_path, capsys):
+    from bayesgen import cli
+
+    rng = np.random.default_rng(4)
+    path = tmp_path / "events.csv"
+    pd.DataFrame({"arm": rng.choice(["a", "b"], size=2000), "y": (rng.random(2000) < 0.2).astype(int)}).to_csv(
+        path, index=False)
+    assert cli.main(["abtest", "--csv", str(path), "--variant-col", "arm", "--outcome-col", "y", "--num-steps", "200",
+                     "--quiet"]) == 0
+    assert "sufficient statistics" in capsys.readouterr().out
+    assert cli.main(["abtest", "--csv", str(path), "--variant-col", "arm", "--outcome-col", "y", "--num-steps", "20",
+                     "--batch-size", "100", "--quiet"]) == 0
+    assert "minibatches of 100" in capsys.readouterr().out

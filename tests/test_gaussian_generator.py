@@ -69,7 +69,7 @@ def test_svi_posterior_means_match_closed_form(covariance):
     # The guide starts with every class at the pooled statistics, away from the answer.
     X, y, _ = simulated()
     svi = GaussianGenerator(covariance=covariance, num_steps=3000, learning_rate=0.05, batch_size=None,
-                            seed=0).fit(X, y)
+                            init="prior", seed=0).fit(X, y)
     z = (X - svi._shift) / svi._scale  # the model's standardised scale
     exact = exact_posterior(z, y, 3, covariance=covariance)
     p = svi.params_

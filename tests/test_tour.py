@@ -57,7 +57,12 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     for heading in ("Data", "Loss curve", "ArviZ summary", "Pictures", "Model graph", "Posterior predictive check"):
         assert page.count(f"<h3>{heading}</h3>") == len(TOUR_SPECS), heading
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) >= 4 * len(TOUR_SPECS)
+    graphs = page.count("pyro.render_model of the model")
+    # Each model's graph is a picture with Graphviz and a text rendering without it (optional system tool).
+    assert graphs + page.count("<pre>") == len(TOUR_SPECS)
+    assert graphs == (len(TOUR_SPECS) if shutil.which("dot") else 0)
+    assert "latent" in page and "observed" in page
+    assert len(sources) >= 3 * len(TOUR_SPECS) + graphs
     assert all(s.startswith("data:image/") for s in sources)  # nothing to fetch: it opens offline, mailed or archived
     assert not re.search(r'(src|href)="(https?:|file:|/)', page)
 

@@ -559,6 +559,25 @@ class BayesianEstimator:
     def _arviz_dims(self) -> tuple[dict, dict]:
         return {}, {}
 
+    def _reference_moments(self) -> tuple[dict[str, tuple[Any, Any]], dict[str, str]]:
+        """Exact posterior (mean, sd) of the global sites that have a closed form, and why the others have none.
+
+        Global sites are the guide's latent sites outside the row plate. Models
+        with conjugate sites override this (used by
+        :func:`bayesgen.diagnostics.reference_check`).
+        """
+        return {}, {name: "no closed-form posterior (compare with NUTS: nuts_check)" for name in self._global_sites()}
+
+    def _global_sites(self) -> list[str]:
+        """The guide's latent sites outside the row plate (those a reference can judge)."""
+        _, guide = self._model_and_guide(for_arviz=True)
+        args, kwargs = self._model_args(for_arviz=True)
+        with param_scope(self._param_state), torch.no_grad():
+            trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        return [name for name, site in trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and not name.startswith("_")
+                and not any(f.name == self._row_plate for f in site["cond_indep_stack"])]
+
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return {}, {}
 

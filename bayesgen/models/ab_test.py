@@ -456,7 +456,9 @@ class BetaBinomialTest(BayesianEstimator):
         Average the guide parameters over the last steps (Polyak–Ruppert; at
         most half of ``num_steps``); see :func:`bayesgen.infer.run_svi`.
     batch_size : int, optional
-        Events per minibatch when fitting raw events; None uses all events.
+        Events per minibatch when fitting raw events (:meth:`fit_events`).
+        None (default): the events are summed to successes and trials per
+        variant, the model's sufficient statistics, and the counts are fitted.
     convergence_rtol : float or None, default 1e-3
         Relative change of the 100-step mean loss below which the fit counts as
         converged (``converged_``); it stops the fit early only when
@@ -481,6 +483,9 @@ class BetaBinomialTest(BayesianEstimator):
         Beta parameters of the fitted posterior (the guide's, or the exact ones).
     exact_alpha_, exact_beta_ : numpy.ndarray
         Beta parameters of the conjugate posterior.
+    data_path_ : {"counts", "events"}
+        What the fit used: per-variant counts (:meth:`fit`, and
+        :meth:`fit_events` without ``batch_size``) or minibatches of events.
     exact_gap_ : dict
         How far the SVI posterior is from the exact one: ``max_mean_gap_sd``
         (largest |mean difference| in exact posterior sds) and
@@ -576,7 +581,12 @@ class BetaBinomialTest(BayesianEstimator):
         """
         self._validate_settings()
         s, n, names = validate_counts(successes, trials, names)
+        return self._fit_counts(s, n, names, checkpoint, checkpoint_every, resume)
+
+    def _fit_counts(self, s: np.ndarray, n: np.ndarray, names: list[str], checkpoint: PathLikeStr | None,
+                    checkpoint_every: int | None, resume: bool | PathLikeStr) -> BetaBinomialTest:
         self._set_data(s, n, names, events=None)
+        self.data_path_ = "counts"
         if self.method == "exact":
             self._fit_exact()
         else:
@@ -601,8 +611,13 @@ class BetaBinomialTest(BayesianEstimator):
     ) -> BetaBinomialTest:
         """Fit to raw events: one row per visitor with a variant and a 0/1 outcome.
 
-        With ``batch_size`` set, SVI subsamples events (``pyro.plate`` with
-        ``subsample``), which scales to millions of rows.
+        The Beta-Binomial posterior depends on the events only through each
+        variant's successes and trials, so by default (``batch_size=None``)
+        the events are summed to those counts and the counts are fitted, as by
+        :meth:`fit`. With ``batch_size`` set, SVI runs the per-event
+        Beta-Bernoulli model and subsamples events (``pyro.plate`` with
+        ``subsample``), the path a model without sufficient statistics
+        needs. ``data_path_`` says which ran: ``"counts"`` or ``"events"``.
 
         Parameters
         ----------
@@ -621,10 +636,10 @@ class BetaBinomialTest(BayesianEstimator):
         if variant_col == outcome_col:
             raise ValueError(f"variant_col and outcome_col must be different columns, got {variant_col!r} for both")
         index, outcome, s, n, names = events_to_counts(events, variant_col, outcome_col)
+        if self.method == "exact" or self.batch_size is None:
+            return self._fit_counts(s, n, names, checkpoint, checkpoint_every, resume)
         self._set_data(s, n, names, events=(index, outcome))
-        if self.method == "exact":
-            self._fit_exact()
-            return self
+        self.data_path_ = "events"
         if self.batch_size is not None and not 1 <= int(self.batch_size) <= len(index):
             raise ValueError(f"batch_size must be between 1 and the {len(index)} events, got {self.batch_size}")
         dev = self.device_
@@ -713,6 +728,10 @@ class BetaBinomialTest(BayesianEstimator):
 
     def _arviz_dims(self) -> tuple[dict, dict]:
         return DIMS, {"variant": list(self.names_)}
+
+    def _reference_moments(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+        a, b = self.exact_alpha_, self.exact_beta_
+        return {"rate": (stats.beta.mean(a, b), stats.beta.std(a, b))}, {}
 
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = {"names_": self.names_, "fitted_on": self._fitted_on}

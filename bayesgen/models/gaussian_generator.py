@@ -259,6 +259,11 @@ class ClassLowRankNormal(_ClassIndexed):
 
 
 # --------------------------------------------------------------------- model
+def class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Rows per class, shape (num_classes,), from class indices ``y`` (int64, shape (n_rows,))."""
+    return torch.bincount(y, minlength=num_classes)
+
+
 def model(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -349,22 +354,33 @@ def guide(
 ) -> None:
     """Mean-field guide for :func:`model` (same signature).
 
-    Every factor starts at the prior's centre (all classes equal to the pooled
-    statistics), away from the class-specific answer, unless ``init`` names a
-    starting value (the estimator passes :func:`lowrank_initial_params`).
+    The class weights start at their exact posterior, Dirichlet(class_concentration
+    + class counts). Every other factor starts at the prior's centre (all classes
+    equal to the pooled statistics), away from the class-specific answer, unless
+    ``init`` names a starting value (the estimator passes
+    :func:`lowrank_initial_params`).
     """
     init = init or {}
     C, d = num_classes, x.shape[-1]
-    conc = pyro.param("weights_concentration", lambda: x.new_ones(C), constraint=constraints.positive)
+    # The class weights' posterior is Dirichlet(class_concentration + class counts) whatever the other
+    # sites are (every row's label is observed): the factor starts at that exact answer.
+    conc = pyro.param(
+        "weights_concentration",
+        lambda: init.get("weights_concentration", hyper["class_concentration"] + class_counts(y, C).to(x.dtype)),
+        constraint=constraints.positive,
+    )
     pyro.sample("weights", dist.Dirichlet(conc))
     m0 = hyper["m0"]
     with pyro.plate("class", C):
         if covariance == "diag":
-            shape = pyro.param("precision_shape", lambda: hyper["shape"].expand(C, d).clone(), constraint=constraints.positive)
-            rate = pyro.param("precision_rate", lambda: hyper["rate"].expand(C, d).clone(), constraint=constraints.positive)
+            shape = pyro.param("precision_shape", lambda: init.get("precision_shape", hyper["shape"].expand(C, d)).clone(),
+                               constraint=constraints.positive)
+            rate = pyro.param("precision_rate", lambda: init.get("precision_rate", hyper["rate"].expand(C, d)).clone(),
+                              constraint=constraints.positive)
             pyro.sample("precision", dist.Gamma(shape, rate).to_event(1))
-            loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
-            scale = pyro.param("loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive)
+            loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
+            scale = pyro.param("loc_scale", lambda: init.get("loc_scale", 0.1 * hyper["sd0"].expand(C, d)).clone(),
+                               constraint=constraints.positive)
             pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
         elif covariance == "full":
             # df > d + 1 keeps draws non-singular and E[precision^-1] finite; the exact
@@ -816,9 +832,12 @@ class GaussianGenerator(BayesianEstimator):
         Shrinkage of the pooled covariance itself toward its diagonal
         (Ledoit-Wolf intensity by default; see :func:`pooled_statistics`).
     init : {"pca", "prior"}, default "pca"
-        Starting point of the "lowrank" guide: each class's probabilistic PCA
-        (:func:`lowrank_initial_params`; several times fewer steps) or the
-        prior's centre (every class equal to the pooled factors).
+        Starting point of the guide: the data's own answer or the prior's
+        centre (every class equal to the pooled statistics). "pca" starts the
+        "lowrank" guide at each class's probabilistic PCA
+        (:func:`lowrank_initial_params`; several times fewer steps) and the
+        "diag" guide at the exact conjugate posterior (:func:`exact_posterior`).
+        The class weights always start at their exact posterior.
     constant_features : {"error", "keep"}, default "error"
         What to do with features constant in the training data.
     clip : (float, float), optional
@@ -1138,6 +1157,15 @@ class GaussianGenerator(BayesianEstimator):
         # A batch as large as the data is no minibatch: fit on all rows every step.
         minibatch = self.batch_size is not None and int(self.batch_size) < len(xv)
         initial = None
+        if self.covariance == "diag" and self.init == "pca":
+            # Conjugate: the guide starts at the exact marginal posterior of every class's parameters.
+            post = exact_posterior(xv, index, len(found), covariance="diag",
+                                   class_concentration=float(self.class_concentration),
+                                   prior_strength=float(self.prior_strength), shrinkage=float(self.shrinkage),
+                                   pooled=self._pooled)
+            initial = {"precision_shape": post["shape"], "precision_rate": post["rate"], "loc_loc": post["loc"],
+                       "loc_scale": np.sqrt(post["loc_var"])}
+            initial = {k: self._x.new_tensor(v) for k, v in initial.items()}
         if self.covariance == "lowrank" and self.init == "pca":
             start = lowrank_initial_params(
                 xv, index, len(found), S0=S0, prior_strength=float(self.prior_strength),
@@ -1240,6 +1268,45 @@ class GaussianGenerator(BayesianEstimator):
         if getattr(self, "_x_unlabelled", None) is not None:
             kwargs["x_unlabelled"] = self._x_unlabelled
         return (self._x, self._y), kwargs
+
+    def _reference_moments(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+        from bayesgen.diagnostics import dirichlet_moments
+
+        if getattr(self, "_x_unlabelled", None) is not None:
+            why = "EM over unlabelled rows gives a conjugate update, not the mixture's exact posterior"
+            return {}, {name: why for name in self._global_sites()}
+        if self.method == "exact" or self.covariance == "lowrank":
+            counts = np.bincount(to_numpy(self._y), minlength=len(self.classes_)).astype(float)
+            exact = {"weights_concentration": float(self.class_concentration) + counts}
+        else:
+            exact = exact_posterior(
+                to_numpy(self._x).astype(float), to_numpy(self._y), len(self.classes_),
+                covariance=self.covariance,  # type: ignore[arg-type]
+                class_concentration=float(self.class_concentration), prior_strength=float(self.prior_strength),
+                shrinkage=float(self.shrinkage), pooled=getattr(self, "_pooled", None),
+                pooled_shrinkage=self.pooled_shrinkage,
+            )
+        if self.method == "exact":  # the guide holds the exact posterior itself; its class weights still check
+            exact = {"weights_concentration": exact["weights_concentration"]}
+        out = {"weights": dirichlet_moments(exact["weights_concentration"])}
+        unchecked: dict[str, str] = {}
+        if self.covariance == "lowrank":
+            unchecked = {"loc": "no closed form with a low-rank covariance",
+                         "cov_diag": "no closed form with a low-rank covariance",
+                         "cov_factor": "factors are identified only up to a rotation"}
+        elif self.method == "exact":
+            unchecked = {"loc": "the guide holds the exact marginal posterior", "precision": "the guide holds the "
+                         "exact marginal posterior"}
+        elif self.covariance == "diag":
+            shape, rate = exact["shape"], exact["rate"]
+            out["precision"] = (shape / rate, np.sqrt(shape) / rate)
+            out["loc"] = (exact["loc"], np.sqrt(exact["loc_var"]))
+        else:
+            df, scale = exact["df"][:, None, None], exact["scale"]
+            diag = np.diagonal(scale, axis1=-2, axis2=-1)
+            out["precision"] = (df * scale, np.sqrt(df * (scale**2 + diag[..., :, None] * diag[..., None, :])))
+            out["loc"] = (exact["loc"], np.sqrt(np.diagonal(exact["loc_cov"], axis1=-2, axis2=-1)))
+        return out, unchecked
 
     def _arviz_dims(self) -> tuple[dict, dict]:
         dims = {k: v for k, v in DIMS.items()}
