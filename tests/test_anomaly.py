@@ -261,7 +261,7 @@ def test_cli_writes_rows_with_probability_and_flag(tmp_path):
     assert list(scores.columns) == ["a", "b", "c", "d", "note", "anomaly_probability", "anomaly"]
     assert scores["anomaly"].to_numpy()[y].mean() >= 0.8
     bad = subprocess.run([sys.executable, "-m", "bayesgen", "anomaly", "--csv", str(tmp_path / "data.csv"),
-                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+                          "--out", str(out), "--overwrite"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "non-numeric columns ['note']" in bad.stderr
 
 
@@ -376,6 +376,7 @@ def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, scores["anomaly_probability"]) > 0.95
+    args.append("--overwrite")  # the runs below write (or refuse to write) the same --out
     proc = subprocess.run(args + ["--labels", "nope"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no --labels column 'nope'" in proc.stderr
     proc = subprocess.run(args + ["--labels", "incident", "--columns", "a,b,incident"], capture_output=True,

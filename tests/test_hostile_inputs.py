@@ -116,6 +116,18 @@ def test_array_pickles_load_and_anything_else_is_refused(tmp_path):
             load_mnist(plain)
 
 
+
+def _plant_payload(folder: pathlib.Path, marker: pathlib.Path) -> None:
+    """Replace a saved model's tensors.pt with a payload, and its recorded checksum with the payload's, as an
+    attacker who edits both files would (a changed tensors.pt alone fails the checksum before it is read)."""
+    from bayesgen.io import file_sha256
+
+    torch.save({"params": {"rate": Payload(marker)}, "losses": torch.zeros(1)}, folder / "tensors.pt")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["tensors_sha256"] = file_sha256(folder / "tensors.pt")
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
 def test_a_model_file_holding_objects_is_refused_in_one_line(tmp_path, capsys):
     from bayesgen.infer import CheckpointError, load_checkpoint
     from bayesgen.models import BayesianEstimator, ModelFileError
@@ -123,7 +135,7 @@ def test_a_model_file_holding_objects_is_refused_in_one_line(tmp_path, capsys):
 
     marker = tmp_path / "marker"
     folder = BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(tmp_path / "run" / "model")
-    torch.save({"params": {"rate": Payload(marker)}, "losses": torch.zeros(1)}, folder / "tensors.pt")
+    _plant_payload(folder, marker)
     with pytest.raises(ModelFileError) as info:
         BayesianEstimator.load(folder)
     message = str(info.value)
@@ -153,7 +165,7 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
     BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(run / "model")
     evil_run = root / "evil_run"
     folder = BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(evil_run / "model")
-    torch.save({"params": {"rate": Payload(root / "marker")}, "losses": torch.zeros(1)}, folder / "tensors.pt")
+    _plant_payload(folder, root / "marker")
     shared = root / "shared_run"
     shared.mkdir()
     write_evil_pickle(shared / "evil.pkl.gz", root / "marker")

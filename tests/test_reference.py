@@ -22,7 +22,7 @@ SPECS = Path(__file__).resolve().parents[1] / "models"
 
 def _fit_spec(name: str):
     spec = load_spec(SPECS / f"{name}.toml")
-    return MODELS[spec["run"]["model"]](spec, "cpu", False).estimator
+    return MODELS[spec["run"]["model"]](spec, "cpu", False, {}).estimator
 
 
 @pytest.mark.parametrize("name", ["ab_resume_callbacks", "gaussian_digits"])
