@@ -182,6 +182,13 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
     deep = 100_000
     (root / "deep.toml").write_text('[run]\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
                                     f"[model]\nprior = {'[' * deep}{']' * deep}\n")
+    ab_spec = ('[run]\nname = "{name}"\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
+               'format = "counts"\nvariant_col = "variant"\nsuccesses_col = "successes"\ntrials_col = "trials"\n'
+               '[inference]\nmethod = "exact"\n')
+    (root / "ab.toml").write_text(ab_spec.format(name="ab"))
+    (root / "outside.toml").write_text(ab_spec.format(name="../../../outside"))
+    (root / "absolute.toml").write_text(ab_spec.format(name=str(root / "abs")))
+    (root / "taken.csv").write_text("already here\n")
     return {"root": root, "run": run, "evil_run": evil_run, "shared": shared, "digits": digits,
             "small": root / "small.csv", "dup": root / "dup.csv", "deep": root / "deep.toml",
             "evil_spec": write_vae_spec(root / "evil.toml", "mnist:evil.pkl.gz")}
@@ -199,6 +206,14 @@ CLI_ROWS = [
     (["fit", "{evil_spec}", "--out", "{root}/never", "--quiet"], "holds a pickled pathlib"),
     (["reproduce", "{shared}", "--out", "{root}/never", "--quiet"], "which bayesgen will not load"),
     (["diagnose", "{evil_run}"], "is not a bayesgen model file (it holds objects other than tensors)"),
+    # section 2: nothing lost or half-written (the full-disk, concurrent-writer and interrupt cases are in test_io.py)
+    (["fit", "{root}/ab.toml", "--out", "{run}", "--quiet"], "is a folder that is not empty"),
+    ([*AB, "--plot", "{root}/taken.csv"], "already exists; choose another or pass --overwrite"),
+    (["augment", "--csv", "{small}", "--label", "label", "--out", "{small}", "--quiet"], "is the input"),
+    (["anomaly", "--csv", "{small}", "--out", "{small}", "--quiet", "--overwrite"], "is the input"),
+    (["fit", "{root}/outside.toml", "--quiet"], "is not a plain folder name"),
+    (["fit", "{root}/absolute.toml", "--quiet"], "is not a plain folder name"),
+    (["fit", "{root}/ab.toml", "--resume", "--quiet"], "--resume"),
     # section 4: one clear line
     (["fit", "{deep}", "--out", "{root}/never"], "nested too deeply"),
     ([*AB, "--prior", "1e-300,1e-300"], "prior parameters must be in [0.001, 1e+06]"),
