@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Self
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 import bayesgen
 from bayesgen._runtime import (
@@ -576,6 +577,7 @@ class BayesianEstimator:
             trace = poutine.trace(guide).get_trace(*args, **kwargs)
         return [name for name, site in trace.nodes.items()
                 if site["type"] == "sample" and not site["is_observed"] and not name.startswith("_")
+                and not site_is_subsample(site)
                 and not any(f.name == self._row_plate for f in site["cond_indep_stack"])]
 
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
