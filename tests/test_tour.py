@@ -57,7 +57,7 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     for heading in ("Data", "Loss curve", "ArviZ summary", "Pictures", "Model graph", "Posterior predictive check"):
         assert page.count(f"<h3>{heading}</h3>") == len(TOUR_SPECS), heading
     sources = re.findall(r'<img src="([^"]+)"', page)
-    graphs = page.count("pyro.render_model of the model")
+    graphs = page.count("<figcaption>pyro.render_model of the model")
     # Each model's graph is a picture with Graphviz and a text rendering without it (optional system tool).
     assert graphs + page.count("<pre>") == len(TOUR_SPECS)
     assert graphs == (len(TOUR_SPECS) if shutil.which("dot") else 0)
