@@ -49,7 +49,9 @@ __all__ = [
     "convergence_report",
     "diagnose",
     "nuts_compare",
+    "PredictiveCheck",
     "plot_predictive_checks",
+    "predictive_check",
     "psis_expectation",
     "psis_summary",
     "reference_check",
@@ -643,6 +645,133 @@ def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 10
     return out
 
 
+# ------------------------------------------------------ predictive statistics
+@dataclass
+class PredictiveCheck:
+    """Posterior predictive check of named statistics of the data.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per statistic (``count[white]``, ``mean[x, p12]``): ``observed``,
+        the replicated data sets' ``replicated_mean`` and ``replicated_sd``,
+        ``z`` = (observed − replicated mean) / replicated sd and the two-sided
+        posterior predictive ``p_value`` (normal approximation of the
+        replicated statistic), and ``ok``.
+    alpha : float
+        Family-wise level: a statistic fails when its p-value is below
+        ``alpha`` / (number of statistics) (Bonferroni).
+    replicated : dict
+        Statistic → its values in every replicated data set (for plots).
+    """
+
+    table: Any
+    alpha: float = 0.01
+    replicated: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        """No statistic outside what the fitted model replicates."""
+        return bool(self.table["ok"].all()) if len(self.table) else True
+
+    def message(self) -> str:
+        """One line: the statistics checked, the smallest p-value, and those that fail."""
+        if not len(self.table):
+            return "posterior predictive check: no statistic to check"
+        bad = self.table[~self.table["ok"]]
+        worst = self.table["p_value"].idxmin()
+        text = (f"posterior predictive check of {len(self.table)} statistics: smallest p-value "
+                f"{self.table.loc[worst, 'p_value']:.3g} ({worst})")
+        if len(bad):
+            return (text + f"; {len(bad)} outside what the model replicates (p < {self.alpha:g}/"
+                    f"{len(self.table)}): " + ", ".join(map(str, bad.index[:5]))
+                    + " — the model does not reproduce these features of the data")
+        return text + ": the data look like the model's replicates"
+
+    def plot(self, max_panels: int = 6) -> Any:
+        """The statistics with the smallest p-values: replicated histogram, observed value, p-value."""
+        from matplotlib.figure import Figure
+
+        names = list(self.table.sort_values("p_value").index[:max_panels])
+        cols = min(3, max(1, len(names)))
+        rows = max(1, math.ceil(len(names) / cols))
+        fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax, name in zip(axes, names, strict=False):
+            row = self.table.loc[name]
+            ax.hist(self.replicated[name], bins=30, color="#9db4cc", label="replicated data sets")
+            ax.axvline(row["observed"], color="#c0392b", lw=2, label="observed")
+            ax.set_title(f"{name}: p = {row['p_value']:.3g}", fontsize="small",
+                         color="black" if row["ok"] else "#c0392b")
+            ax.set_xlabel(name, fontsize="small")
+            ax.set_ylabel("replicates")
+        for ax in axes[len(names):]:
+            ax.set_visible(False)
+        if names:
+            axes[0].legend(fontsize="x-small")
+        return fig
+
+
+def _default_statistics(data: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean and sd of every observed site's values."""
+    out = {}
+    for site, values in data.items():
+        out[f"mean[{site}]"] = float(np.mean(values))
+        out[f"sd[{site}]"] = float(np.std(values))
+    return out
+
+
+def predictive_check(
+    estimator: Any, *, num_samples: int = 200, seed: int | None = 0, alpha: float = 0.01
+) -> PredictiveCheck:
+    """Posterior predictive check of the statistics an analyst expects of the estimator's data.
+
+    Each estimator names its statistics (``_ppc_statistics``: A/B counts per
+    variant; the generator's class counts and per-feature means and sds; the
+    anomaly detector's per-feature means, sds and Mahalanobis distances; by
+    default the mean and sd of every observed site). Each is computed on the
+    observed data and on ``num_samples`` data sets replicated from the
+    posterior predictive; its p-value is two-sided.
+
+    Parameters
+    ----------
+    estimator : BayesianEstimator
+        Fitted.
+    num_samples : int, default 200
+        Replicated data sets.
+    seed : int or None, default 0
+    alpha : float, default 0.01
+        Family-wise level (Bonferroni over the statistics).
+
+    Returns
+    -------
+    PredictiveCheck
+    """
+    import pandas as pd
+    from scipy import stats as sps
+
+    num_samples = check_count(num_samples, "num_samples", minimum=20)
+    tree = estimator.to_arviz(num_samples, seed=seed)
+    observed = {k: np.asarray(tree["observed_data"][k].values, dtype=float) for k in tree["observed_data"].data_vars}
+    pp = tree["posterior_predictive"]
+    replicated = {k: np.asarray(pp[k].values, dtype=float).reshape(-1, *observed[k].shape) for k in observed}
+    statistic = getattr(estimator, "_ppc_statistics", None) or _default_statistics
+    obs = statistic(observed)
+    reps = [statistic({k: v[i] for k, v in replicated.items()}) for i in range(len(next(iter(replicated.values()))))]
+    rows, draws = [], {}
+    for name, value in obs.items():
+        values = np.array([r[name] for r in reps], dtype=float)
+        mean, sd = values.mean(), values.std(ddof=1)
+        z = (value - mean) / sd if sd > 0 else (0.0 if value == mean else np.inf)
+        p = float(2 * sps.norm.sf(abs(z)))
+        rows.append({"statistic": name, "observed": value, "replicated_mean": mean, "replicated_sd": sd, "z": z,
+                     "p_value": p})
+        draws[name] = values
+    table = pd.DataFrame(rows).set_index("statistic")
+    table["ok"] = table["p_value"] >= alpha / max(len(table), 1)
+    return PredictiveCheck(table=table, alpha=alpha, replicated=draws)
+
+
 def write_diagnostics(
     estimator: Any,
     folder: Any,
@@ -708,13 +837,28 @@ def write_diagnostics(
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     # Results of an earlier call must not survive next to a new diagnostics.json that does not list them.
-    for stale in ("psis_summary.csv", "nuts_comparison.csv", "nuts.nc", "sbc_ranks.csv", "plots/sbc_ecdf.png"):
+    for stale in ("psis_summary.csv", "nuts_comparison.csv", "nuts.nc", "sbc_ranks.csv", "plots/sbc_ecdf.png",
+                  "ppc_statistics.csv", "plots/ppc_statistics.png"):
         (folder / stale).unlink(missing_ok=True)
     report, table = _diagnose(estimator, num_samples=num_samples, seed=seed)
     if table is not None and len(table):
         with atomic_path(folder / "psis_summary.csv") as tmp:
             table.to_csv(tmp)
     report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed)
+    try:
+        ppc = predictive_check(estimator, seed=seed)
+        with atomic_path(folder / "ppc_statistics.csv") as tmp:
+            ppc.table.to_csv(tmp)
+        with atomic_path(folder / "plots" / "ppc_statistics.png") as tmp:
+            ppc.plot().savefig(tmp, dpi=110)
+        report["predictive"] = {"passed": ppc.passed, "statistics": len(ppc.table),
+                                "smallest_p_value": _finite_or_none(ppc.table["p_value"].min()),
+                                "failed": [str(v) for v in ppc.table.index[~ppc.table["ok"]]],
+                                "message": ppc.message()}
+        if not ppc.passed:
+            report["warnings"].append(ppc.message())
+    except (ValueError, RuntimeError, TypeError, KeyError) as err:
+        report["predictive"] = {"error": str(err).splitlines()[0] if str(err) else type(err).__name__}
     if nuts:
         try:
             cmp = estimator.nuts_check(num_samples=int(nuts_samples), num_warmup=int(nuts_warmup),

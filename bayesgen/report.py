@@ -126,6 +126,9 @@ def _table(frame: pd.DataFrame, max_rows: int) -> str:
 
 def _caption(name: str) -> str:
     stem = Path(name).stem
+    if stem == "ppc_statistics":
+        return ("posterior predictive check of the statistics with the smallest p-values: each statistic over the "
+                "replicated data sets (histogram) and in the data (red line)")
     if stem.startswith("ppc_"):
         group, _, var = stem[4:].partition("_predictive_")
         return f"{group} predictive check of '{var}' (ArviZ plot_ppc_dist)"
@@ -165,7 +168,7 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
              f"{html.escape(str(run.get('fit_seconds')))} s on "
              f"<code>{html.escape(str(run.get('device')))}</code>.</p>"]
     lines = []
-    for key in ("convergence", "psis", "psis_rows", "psis_means", "reference", "nuts", "sbc"):
+    for key in ("convergence", "psis", "psis_rows", "psis_means", "reference", "predictive", "nuts", "sbc"):
         part = diag.get(key)
         if isinstance(part, dict):
             lines.append(part.get("message") or f"{key}: {part.get('error', '')}")
@@ -197,7 +200,7 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
         parts.append(f"<pre>{html.escape((plots / 'model_graph.txt').read_text(encoding='utf-8'))}</pre>")
     else:
         parts.append('<p class="muted">not available for this run</p>')
-    ppc = sorted(plots.glob("ppc_posterior_predictive_*.png"))
+    ppc = sorted(plots.glob("ppc_statistics.png")) + sorted(plots.glob("ppc_posterior_predictive_*.png"))
     parts.append("<h3>Posterior predictive check</h3>")
     parts += [_figure(p, _caption(p.name)) for p in ppc] or ['<p class="muted">not available for this run</p>']
     parts.append(f'<p class="muted">run folder: <code>{html.escape(str(shown))}</code></p></section>')

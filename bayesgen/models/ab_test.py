@@ -729,6 +729,10 @@ class BetaBinomialTest(BayesianEstimator):
     def _arviz_dims(self) -> tuple[dict, dict]:
         return DIMS, {"variant": list(self.names_)}
 
+    def _ppc_statistics(self, data: dict[str, np.ndarray]) -> dict[str, float]:
+        """The successes of every variant."""
+        return {f"successes[{name}]": float(v) for name, v in zip(self.names_, data["successes"], strict=True)}
+
     def _reference_moments(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
         a, b = self.exact_alpha_, self.exact_beta_
         return {"rate": (stats.beta.mean(a, b), stats.beta.std(a, b))}, {}

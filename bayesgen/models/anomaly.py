@@ -657,6 +657,24 @@ class MixtureAnomalyDetector(BayesianEstimator):
         # The bridge needs a per-row log-likelihood: always the marginalised model there.
         return (self._x,), self._kwargs(marginal=True if for_arviz else None)
 
+    def _ppc_statistics(self, data: dict[str, np.ndarray]) -> dict[str, float]:
+        """Every feature's mean and sd, and the median and 95th percentile of the rows' squared Mahalanobis
+        distances from the observed rows' mean and covariance (standardised scale)."""
+        if getattr(self, "_ppc_reference", None) is None:
+            x = to_numpy(self._x).astype(float)
+            cov = np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])
+            self._ppc_reference = (x.mean(axis=0), np.linalg.cholesky(cov))
+        centre, tril = self._ppc_reference
+        x = data["x"]
+        out = {}
+        for j, name in enumerate(self.feature_names_):
+            out[f"mean[{name}]"] = float(x[:, j].mean())
+            out[f"sd[{name}]"] = float(x[:, j].std())
+        d2 = (np.linalg.solve(tril, (x - centre).T) ** 2).sum(axis=0)
+        out["mahalanobis²[median]"] = float(np.median(d2))
+        out["mahalanobis²[95%]"] = float(np.quantile(d2, 0.95))
+        return out
+
     def _arviz_dims(self) -> tuple[dict, dict]:
         dims = {"loc": ["component", "feature"], "scale": ["component", "feature"], "x": ["row", "feature"],
                 "weights": ["component"], "anomaly_loc": ["feature"],

@@ -1269,6 +1269,19 @@ class GaussianGenerator(BayesianEstimator):
             kwargs["x_unlabelled"] = self._x_unlabelled
         return (self._x, self._y), kwargs
 
+    def _ppc_statistics(self, data: dict[str, np.ndarray]) -> dict[str, float]:
+        """Rows per class, the sd of the rows' totals within each class (it tests the features' covariances), and
+        every modelled feature's mean and sd (standardised scale)."""
+        out = {f"count[{c}]": float(np.sum(data["y"] == k)) for k, c in enumerate(self.classes_)}
+        labels = to_numpy(self._y)  # a replicated row i is drawn from the class of observed row i
+        for k, c in enumerate(self.classes_):
+            rows = data["x"][labels == k]
+            out[f"sd of row totals[{c}]"] = float(rows.sum(axis=1).std()) if len(rows) > 1 else 0.0
+        for j, name in enumerate(self._modelled_names()):
+            out[f"mean[{name}]"] = float(data["x"][:, j].mean())
+            out[f"sd[{name}]"] = float(data["x"][:, j].std())
+        return out
+
     def _reference_moments(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
         from bayesgen.diagnostics import dirichlet_moments
 
