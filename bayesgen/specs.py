@@ -564,7 +564,9 @@ def _fit_anomaly(
                        "roc_auc_score": float(roc_auc_score(labels, score)),
                        "average_precision_score": float(average_precision_score(labels, score)),
                        "roc_auc_probability": float(roc_auc_score(labels, probs)),
-                       "brier_probability": float(brier_score_loss(labels, probs))})
+                       "brier_probability": float(brier_score_loss(labels, probs)),
+                       # what predicting the labelled share for every row scores: the Brier score to beat
+                       "brier_constant_baseline": float(labels.mean() * (1.0 - labels.mean()))})
     report = pd.DataFrame({"value": values})
     return _Fitted(est, array_checksum(table.to_numpy(float)), report, {"scores": est.plot(table, labels)})
 

@@ -43,6 +43,10 @@ def test_tour_fits_every_model_and_writes_run_folders(tour):
         run = json.loads((folder / "run.json").read_text())
         assert run["name"] == name and run["data_checksum"].startswith("sha256:") and run["seed"] == 0
         assert len(pd.read_csv(folder / "summary.csv", index_col=0)) > 0
+    anomaly = pd.read_csv(out / "anomaly_breast_cancer" / "report.csv", index_col=0)["value"]
+    share = anomaly["labelled_anomaly_share"]  # 212 malignant of 569
+    assert share == pytest.approx(212 / 569)
+    assert anomaly["brier_constant_baseline"] == pytest.approx(share * (1 - share))
     record = json.loads((out / "tour.json").read_text())
     assert record["errors"] == {} and set(record["folders"]) == set(TOUR_SPECS) and record["smoke"] is True
 
