@@ -53,6 +53,7 @@ __all__ = [
     "plot_predictive_checks",
     "predictive_check",
     "psis_expectation",
+    "element_labels",
     "psis_summary",
     "reference_check",
     "sbc",
@@ -423,7 +424,24 @@ def vi_khat_rows(
     return result
 
 
-def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500) -> Any:
+def element_labels(estimator: Any, name: str, shape: tuple[int, ...]) -> list[str]:
+    """Labels of a site's scalars as ArviZ's summary writes them: ``rate[white]``, ``loc[3, p12]``.
+
+    Uses the estimator's dims and coords where they fit the shape, else indices.
+    """
+    dims, coords = estimator._arviz_dims() if estimator is not None else ({}, {})
+    site_dims = list(dims.get(name, []))[-len(shape):] if shape else []
+    axes = []
+    for size, dim in zip(shape, [None] * (len(shape) - len(site_dims)) + site_dims, strict=True):
+        values = coords.get(dim) if dim is not None else None
+        axes.append([str(v) for v in values] if values is not None and len(values) == size else
+                    [str(i) for i in range(size)])
+    if not shape:
+        return [name]
+    return [f"{name}[{', '.join(axes[k][i] for k, i in enumerate(index))}]" for index in np.ndindex(*shape)]
+
+
+def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500, estimator: Any = None) -> Any:
     """PSIS-corrected posterior means next to the guide's, one row per scalar parameter.
 
     Parameters
@@ -432,6 +450,9 @@ def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500) -> Any:
         With k-hat ≤ 0.7 (else ValueError: the correction would not be reliable).
     max_rows : int, default 500
         At most this many scalars (the first ones of each site, in order).
+    estimator : BayesianEstimator, optional
+        Names the scalars by its coords (``rate[white]``, as in the ArviZ
+        summary); without it, by index.
 
     Returns
     -------
@@ -447,6 +468,9 @@ def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500) -> Any:
     rows = []
     for name, draws in diag.draws.items():
         flat = np.asarray(draws, dtype=float).reshape(diag.num_samples, -1)
+        shape = np.shape(draws)[1:]
+        labels = (element_labels(estimator, name, shape) if estimator is not None else
+                  [name if flat.shape[1] == 1 else f"{name}[{j}]" for j in range(flat.shape[1])])
         for j in range(flat.shape[1]):
             if len(rows) >= max_rows:
                 break
@@ -454,7 +478,7 @@ def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500) -> Any:
             m, sd = v.mean(), v.std(ddof=1)
             pm = float(w @ v)
             psd = float(np.sqrt(max(w @ (v - pm) ** 2, 0.0)))
-            rows.append({"parameter": name if flat.shape[1] == 1 else f"{name}[{j}]", "guide_mean": m,
+            rows.append({"parameter": labels[j], "guide_mean": m,
                          "guide_sd": sd, "psis_mean": pm, "psis_sd": psd,
                          "shift_sd": (pm - m) / sd if sd > 0 else 0.0})
     return pd.DataFrame(rows).set_index("parameter") if rows else pd.DataFrame()
@@ -567,7 +591,7 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
         elif diag.verdict == "unreliable":
             report["warnings"].append(diag.message())
         if diag.khat <= KHAT_USABLE:
-            table = psis_summary(diag)
+            table = psis_summary(diag, estimator=estimator)
             if len(table):
                 worst = table["shift_sd"].abs()
                 report["psis_means"] = {
@@ -1006,8 +1030,8 @@ def reference_check(
         values = np.stack(draws[name])
         mean, sd = values.mean(axis=0), values.std(axis=0, ddof=1)
         ref_mean, ref_sd = np.broadcast_to(ref_mean, mean.shape), np.broadcast_to(ref_sd, mean.shape)
-        for index in np.ndindex(mean.shape):
-            label = f"{name}[{','.join(map(str, index))}]" if index else name
+        labels = element_labels(estimator, name, mean.shape)
+        for index, label in zip(np.ndindex(mean.shape), labels, strict=True):
             smd, ratio = (mean[index] - ref_mean[index]) / ref_sd[index], sd[index] / ref_sd[index]
             smd_allowed = mean_tolerance + 3.0 * ratio / np.sqrt(num_samples)
             ratio_allowed = sd_tolerance + 3.0 * ratio / np.sqrt(2.0 * (num_samples - 1))

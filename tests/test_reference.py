@@ -77,3 +77,20 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     assert set(check.unchecked) == {"loc", "cov_factor", "cov_diag"}
     assert "rotation" in check.unchecked["cov_factor"]
     assert "no closed form for cov_diag, cov_factor, loc" in check.message()
+
+
+def test_tables_name_parameters_as_the_arviz_summary_does():
+    from bayesgen.arviz import summary
+    from bayesgen.diagnostics import psis_summary
+
+    test = BetaBinomialTest(method="exact").fit([235, 157], [2435, 2435], names=["white", "black"])
+    names = list(summary(test.to_arviz(200)).index)
+    assert names == ["rate[white]", "rate[black]"]
+    assert list(reference_check(test, num_samples=200).table.index) == names
+    assert list(psis_summary(test.vi_diagnostic(num_samples=200), estimator=test).index) == names
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, size=(30, 2)) for c in range(2)])
+    gen = GaussianGenerator(covariance="diag", num_steps=20, seed=0).fit(X, np.repeat(["a", "b"], 30))
+    table = reference_check(gen, num_samples=200).table
+    tree_names = set(summary(gen.to_arviz(100)).index)
+    assert set(table.index) <= tree_names and "loc[b, x1]" in table.index
