@@ -116,6 +116,15 @@ def _figure(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _readable_report(path: Path) -> pd.DataFrame:
+    """A run's report.csv for people: a pass/fail figure (``*_passed``, stored as 1/0) reads "passed"/"failed"."""
+    frame = pd.read_csv(path, index_col=0).astype(object)
+    for name in frame.index:
+        if str(name).endswith("_passed"):
+            frame.loc[name] = ["passed" if float(v) == 1.0 else "failed" for v in frame.loc[name]]
+    return frame
+
+
 def _table(frame: pd.DataFrame, max_rows: int) -> str:
     shown = frame.head(max_rows)
     text = '<div class="scroll">' + shown.to_html(float_format=lambda v: f"{v:.4g}", border=0, escape=True) + "</div>"
@@ -186,7 +195,7 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
                   '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)</p>',
                   _table(summary, 12)]
     if (folder / "report.csv").is_file():
-        parts += ["<h3>The model's own figures</h3>", _table(pd.read_csv(folder / "report.csv", index_col=0), 40)]
+        parts += ["<h3>The model's own figures</h3>", _table(_readable_report(folder / "report.csv"), 40)]
     order = {name: i for i, name in enumerate(_PICTURE_ORDER)}
     pictures = sorted((p for p in plots.glob("*.png") if p.name not in _SPECIAL and not p.name.startswith("ppc_")),
                       key=lambda p: (order.get(p.stem, len(order)), p.name))

@@ -67,6 +67,7 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     assert graphs == (len(TOUR_SPECS) if shutil.which("dot") else 0)
     assert "latent" in page and "observed" in page
     assert page.count("SVI vs exact posterior of") >= 2  # the A/B rates and the generator's class weights
+    assert re.search(r"memorization_passed</th>\s*<td>(passed|failed)</td>", page)
     assert len(sources) >= 3 * len(TOUR_SPECS) + graphs
     assert all(s.startswith("data:image/") for s in sources)  # nothing to fetch: it opens offline, mailed or archived
     assert not re.search(r'(src|href)="(https?:|file:|/)', page)
