@@ -627,12 +627,15 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
     return report, table
 
 
-def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 100, seed: int | None = 0) -> dict:
+def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 100, seed: int | None = 0,
+                           tree: Any = None) -> dict:
     """Prior and posterior predictive check plots (ArviZ's ``plot_ppc_dist``) of every observed site.
 
     Each plot overlays the distribution of the observed values (all rows and
     features pooled) on that of ``num_samples`` predictive draws. Written as
-    ``ppc_<group>_<site>.png``; returns {file name: "ok" or the error}.
+    ``ppc_<group>_<site>.png``; returns {file name: "ok" or the error}. A
+    ``tree`` from ``estimator.to_arviz(..., prior=True)`` is used instead of
+    drawing one.
     """
     from pathlib import Path
 
@@ -644,7 +647,7 @@ def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 10
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, str] = {}
     try:
-        tree = estimator.to_arviz(num_samples, seed=seed, prior=True)
+        tree = tree if tree is not None else estimator.to_arviz(num_samples, seed=seed, prior=True)
     except (ValueError, RuntimeError, TypeError) as err:
         return {"error": str(err).splitlines()[0]}
     for group in ("prior_predictive", "posterior_predictive"):
@@ -746,7 +749,7 @@ def _default_statistics(data: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def predictive_check(
-    estimator: Any, *, num_samples: int = 200, seed: int | None = 0, alpha: float = 0.01
+    estimator: Any, *, num_samples: int = 200, seed: int | None = 0, alpha: float = 0.01, tree: Any = None
 ) -> PredictiveCheck:
     """Posterior predictive check of the statistics an analyst expects of the estimator's data.
 
@@ -766,6 +769,9 @@ def predictive_check(
     seed : int or None, default 0
     alpha : float, default 0.01
         Family-wise level (Bonferroni over the statistics).
+    tree : xarray.DataTree, optional
+        ``estimator.to_arviz(...)`` output to use instead of drawing one
+        (its posterior predictive draws are the replicates).
 
     Returns
     -------
@@ -775,7 +781,8 @@ def predictive_check(
     from scipy import stats as sps
 
     num_samples = check_count(num_samples, "num_samples", minimum=20)
-    tree = estimator.to_arviz(num_samples, seed=seed)
+    if tree is None:
+        tree = estimator.to_arviz(num_samples, seed=seed)
     observed = {k: np.asarray(tree["observed_data"][k].values, dtype=float) for k in tree["observed_data"].data_vars}
     pp = tree["posterior_predictive"]
     replicated = {k: np.asarray(pp[k].values, dtype=float).reshape(-1, *observed[k].shape) for k in observed}
@@ -868,9 +875,10 @@ def write_diagnostics(
     if table is not None and len(table):
         with atomic_path(folder / "psis_summary.csv") as tmp:
             table.to_csv(tmp)
-    report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed)
-    try:
-        ppc = predictive_check(estimator, seed=seed)
+    try:  # one set of predictive draws serves the plots and the statistics
+        tree = estimator.to_arviz(200, seed=seed, prior=True)
+        report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed, tree=tree)
+        ppc = predictive_check(estimator, seed=seed, tree=tree)
         with atomic_path(folder / "ppc_statistics.csv") as tmp:
             ppc.table.to_csv(tmp)
         with atomic_path(folder / "plots" / "ppc_statistics.png") as tmp:
@@ -882,7 +890,9 @@ def write_diagnostics(
         if not ppc.passed:
             report["warnings"].append(ppc.message())
     except (ValueError, RuntimeError, TypeError, KeyError) as err:
-        report["predictive"] = {"error": str(err).splitlines()[0] if str(err) else type(err).__name__}
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        report.setdefault("predictive_checks", {"error": message})
+        report["predictive"] = {"error": message}
     if nuts:
         try:
             cmp = estimator.nuts_check(num_samples=int(nuts_samples), num_warmup=int(nuts_warmup),
