@@ -49,6 +49,9 @@ import numpy as np
 import pandas as pd
 import pyro
 import pyro.distributions as dist
+import scipy.linalg
+import scipy.special
+import scipy.stats
 import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
@@ -123,6 +126,11 @@ class ComponentMixture(dist.TorchDistribution):
 
 
 # ------------------------------------------------------------ model / guide
+_START_ROWS = 10_000  # rows of a larger table that EM and the curvature see when they place the guide's start
+_SITE_SUPPORT = {"loc": constraints.real, "scale": constraints.positive, "corr_tril": constraints.corr_cholesky,
+                 "cov_factor": constraints.real, "anomaly_loc": constraints.real, "anomaly_excess": constraints.positive}
+
+
 def _component_params(hyper: dict[str, torch.Tensor], covariance: Covariance, d: int, rank: int) -> dict:
     """Sample the normal components' parameters (inside the component plate)."""
     loc = pyro.sample("loc", dist.Normal(hyper["loc_center"].expand(d), hyper["loc_scale"]).to_event(1))
@@ -308,44 +316,56 @@ def guide(
     rank: int = 2,
     marginal: bool = True,
     anomaly: AnomalyKind = "inflated",
-    init_loc: torch.Tensor | None = None,
-    init_scale: torch.Tensor | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Mean-field guide for :func:`model` (same signature, plus starting centres ``init_loc`` and
-    per-feature scales ``init_scale``, both (K, d); default: zeros and 0.7)."""
+    """Mean-field guide for :func:`model` (same signature, plus ``init``: starting values of its
+    parameters by name, e.g. from :func:`em_start`; the others start at the defaults below).
+
+    A centre ``<name>`` given in ``init`` together with ``<name>_unit`` (a spread per
+    element) is preconditioned: the guide learns ``<name>_offset`` and uses
+    ``init[<name>] + init[<name>_unit] * offset``, so one optimiser step moves each
+    element by about the learning rate in units of its starting spread, however
+    different the sites' posterior widths are.
+    """
     K, d = num_components, x.shape[-1]
     pos = constraints.positive
-    a = pyro.param("anomaly_fraction_a", lambda: hyper["frac_a"].clone(), constraint=pos)
-    b = pyro.param("anomaly_fraction_b", lambda: hyper["frac_b"].clone(), constraint=pos)
+    init = init or {}
+
+    def param(name: str, default: Callable[[], torch.Tensor], **kw: Any) -> torch.Tensor:
+        start, unit = init.get(name), init.get(f"{name}_unit")
+        if start is not None and unit is not None:
+            return start + unit * pyro.param(f"{name}_offset", lambda: torch.zeros_like(start))
+        return pyro.param(name, default if start is None else (lambda: start.clone()), **kw)
+
+    a = param("anomaly_fraction_a", lambda: hyper["frac_a"].clone(), constraint=pos)
+    b = param("anomaly_fraction_b", lambda: hyper["frac_b"].clone(), constraint=pos)
     pyro.sample("anomaly_fraction", dist.Beta(a, b))
     if K > 1:
-        conc = pyro.param("weights_concentration", lambda: x.new_full((K,), 10.0), constraint=pos)
+        conc = param("weights_concentration", lambda: x.new_full((K,), 10.0), constraint=pos)
         pyro.sample("weights", dist.Dirichlet(conc))
     if anomaly == "inflated":
-        a_loc = pyro.param("anomaly_loc_loc", lambda: x.new_zeros(d))
-        a_sd = pyro.param("anomaly_loc_scale", lambda: x.new_full((d,), 0.1), constraint=pos)
+        a_loc = param("anomaly_loc_loc", lambda: x.new_zeros(d))
+        a_sd = param("anomaly_loc_scale", lambda: x.new_full((d,), 0.1), constraint=pos)
         pyro.sample("anomaly_loc", dist.Normal(a_loc, a_sd).to_event(1))
-        e_loc = pyro.param("anomaly_excess_loc", lambda: hyper["excess_center"].clone())
-        e_sd = pyro.param("anomaly_excess_scale", lambda: x.new_tensor(0.1), constraint=pos)
+        e_loc = param("anomaly_excess_loc", lambda: hyper["excess_center"].clone())
+        e_sd = param("anomaly_excess_scale", lambda: x.new_tensor(0.1), constraint=pos)
         pyro.sample("anomaly_excess", dist.LogNormal(e_loc, e_sd))
     with pyro.plate("component", K):
-        start = init_loc if init_loc is not None else x.new_zeros(K, d)
-        loc = pyro.param("loc_loc", lambda: start.clone())
-        loc_sd = pyro.param("loc_scale", lambda: x.new_full((K, d), 0.1), constraint=pos)
+        loc = param("loc_loc", lambda: x.new_zeros(K, d))
+        loc_sd = param("loc_scale", lambda: x.new_full((K, d), 0.1), constraint=pos)
         pyro.sample("loc", dist.Normal(loc, loc_sd).to_event(1))
-        s_loc = pyro.param("scale_loc", lambda: x.new_full((K, d), math.log(0.7)) if init_scale is None
-                           else init_scale.log())
-        s_sd = pyro.param("scale_scale", lambda: x.new_full((K, d), 0.1), constraint=pos)
+        s_loc = param("scale_loc", lambda: x.new_full((K, d), math.log(0.7)))
+        s_sd = param("scale_scale", lambda: x.new_full((K, d), 0.1), constraint=pos)
         pyro.sample("scale", dist.LogNormal(s_loc, s_sd).to_event(1))
         if covariance == "full":
             m = d * (d - 1) // 2
-            c_loc = pyro.param("corr_tril_loc", lambda: x.new_zeros(K, m))
-            c_sd = pyro.param("corr_tril_scale", lambda: x.new_full((K, m), 0.1), constraint=pos)
+            c_loc = param("corr_tril_loc", lambda: x.new_zeros(K, m))
+            c_sd = param("corr_tril_scale", lambda: x.new_full((K, m), 0.1), constraint=pos)
             base = dist.Normal(c_loc, c_sd).to_event(1)
             pyro.sample("corr_tril", dist.TransformedDistribution(base, biject_to(constraints.corr_cholesky)))
         elif covariance == "lowrank":
-            f_loc = pyro.param("cov_factor_loc", lambda: 0.1 * torch.randn(K, d, rank, dtype=x.dtype, device=x.device))
-            f_sd = pyro.param("cov_factor_scale", lambda: x.new_full((K, d, rank), 0.05), constraint=pos)
+            f_loc = param("cov_factor_loc", lambda: 0.1 * torch.randn(K, d, rank, dtype=x.dtype, device=x.device))
+            f_sd = param("cov_factor_scale", lambda: x.new_full((K, d, rank), 0.05), constraint=pos)
             pyro.sample("cov_factor", dist.Normal(f_loc, f_sd).to_event(2))
 
 
@@ -363,6 +383,298 @@ def _lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 25, floor: floa
     scales = np.array([np.maximum(x[label == k].std(0), floor) if (label == k).sum() > 1 else np.ones(x.shape[1])
                        for k in range(len(centres))])
     return centres, scales
+
+
+def _mvn_logpdf(x: np.ndarray, loc: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log N(x | loc, cov) per row, and each row's squared Mahalanobis distance (float64)."""
+    tril = np.linalg.cholesky(cov)
+    z = scipy.linalg.solve_triangular(tril, (x - loc).T, lower=True)
+    maha = (z**2).sum(0)
+    return -0.5 * maha - np.log(np.diag(tril)).sum() - 0.5 * x.shape[1] * math.log(2 * math.pi), maha
+
+
+def _lowrank_approx(cov: np.ndarray, rank: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``factor`` (d, rank) and ``diag`` (d,) with ``factor @ factor.T + diag(diag)`` close to ``cov``
+    (the leading eigenvectors, and the rest of the diagonal)."""
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1][:rank], vectors[:, ::-1][:, :rank]
+    factor = vectors * np.sqrt(np.maximum(values - floor, 0.0))
+    return factor, np.maximum(np.diag(cov) - (factor**2).sum(1), floor)
+
+
+def em_start(
+    x: np.ndarray,
+    centres: np.ndarray,
+    *,
+    hyper: dict[str, float],
+    covariance: Covariance,
+    rank: int,
+    anomaly: AnomalyKind,
+    max_iterations: int = 300,
+    tol: float = 1e-8,
+    floor: float = 1e-6,
+    shares: tuple[float, ...] | None = None,
+) -> dict[str, np.ndarray]:
+    """Maximum a posteriori fit of :func:`model` by expectation-maximisation, as the guide's starting values.
+
+    Starts with every row in the normal component of its nearest centre, except
+    the rows farthest from every centre, which start as anomalies: the prior
+    mean's share of them, and in a second run half the rows; the run with the
+    higher log posterior is kept. Each
+    iteration computes the rows' responsibilities for the K + 1 components (E
+    step), then sets the anomaly fraction (Beta prior), the weights, each
+    component's mean and covariance (weighted moments; ``floor`` added to the
+    variances), and for ``anomaly="inflated"`` its centre and inflation (the
+    anomaly rows' mean squared Mahalanobis distance under the normal part's
+    covariance, per feature); it stops when the log posterior changes by less
+    than ``tol`` per row.
+
+    The returned guide parameters centre each site at that fit and give it the
+    spread of its approximate posterior given the responsibilities: the Beta and
+    Dirichlet posteriors of the expected counts, the mean-field variances
+    ``1 / (n_k Σ⁻¹_jj)`` of the means and ``1 / (n_k (1 + R⁻¹_jj))`` of the log
+    scales (R the correlation matrix), ``1 / n_k`` for the unconstrained
+    correlations and factors. SVI then refines them.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, d)
+        Standardised rows.
+    centres : ndarray, shape (K, d)
+        Starting centres of the normal components.
+    hyper : dict of float
+        ``frac_a``, ``frac_b``, ``anomaly_df``, ``anomaly_scale`` (as in :func:`model`).
+    covariance, rank, anomaly
+        As in :func:`model`.
+
+    Returns
+    -------
+    dict of ndarray
+        Unconstrained-free starting values keyed by the guide's parameter names
+        (constrained values for positive parameters), plus ``responsibility``
+        (n, K + 1) and ``iterations``.
+    """
+    n, d = x.shape
+    K = len(centres)
+    a0, b0 = float(hyper["frac_a"]), float(hyper["frac_b"])
+    sq = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+    nearest, far = sq.argmin(1), np.argsort(-sq.min(1))
+    if anomaly == "student_t":
+        t_log = scipy.stats.t.logpdf(x, df=float(hyper["anomaly_df"]), scale=float(hyper["anomaly_scale"])).sum(1)
+
+    def run(resp: np.ndarray) -> dict[str, Any]:
+        a_loc = excess = total = None
+        previous, it = -np.inf, 0
+        for it in range(1, max_iterations + 1):  # noqa: B007
+            # M step
+            counts = resp.sum(0) + 1e-9
+            frac = min(max((counts[K] + a0 - 1) / (n + a0 + b0 - 2), 1e-6), 1 - 1e-6)
+            weights = counts[:K] / counts[:K].sum()
+            loc = (resp[:, :K].T @ x) / counts[:K, None]
+            covs = []
+            for k in range(K):
+                c = x - loc[k]
+                cov = (resp[:, k, None] * c).T @ c / counts[k]
+                if covariance == "diag":
+                    cov = np.diag(np.diag(cov))
+                elif covariance == "lowrank":
+                    f, dg = _lowrank_approx(cov, rank, floor)
+                    cov = f @ f.T + np.diag(dg)
+                covs.append(cov + floor * np.eye(d))
+            covs = np.array(covs)
+            # E step, with the anomaly component built from the new normal part
+            normal = np.empty((n, K))
+            for k in range(K):
+                normal[:, k] = _mvn_logpdf(x, loc[k], covs[k])[0]
+            if anomaly == "inflated":
+                centre = weights @ loc
+                between = (loc - centre).T * np.sqrt(weights)
+                total = np.einsum("k,kij->ij", weights, covs) + between @ between.T
+                a_loc = resp[:, K] @ x / counts[K]
+                maha = _mvn_logpdf(x, a_loc, total)[1]
+                excess = max(float(resp[:, K] @ maha) / (d * counts[K]) - 1.0, 0.05)
+                broad = _mvn_logpdf(x, a_loc, (1 + excess) * total)[0]
+            else:
+                broad = t_log
+            joint = np.column_stack([normal + np.log1p(-frac) + np.log(weights), broad + math.log(frac)])
+            norm = scipy.special.logsumexp(joint, axis=1)
+            resp = np.exp(joint - norm[:, None])
+            objective = float(norm.sum()) + (a0 - 1) * math.log(frac) + (b0 - 1) * math.log1p(-frac)
+            if abs(objective - previous) < tol * n:
+                break
+            previous = objective
+        return {"objective": objective, "resp": resp, "covs": covs, "loc": loc, "iterations": it,
+                "a_loc": a_loc, "excess": excess, "total": total}
+
+    # Two starts, the farthest rows from the centres as anomalies: the prior's share, and half the rows
+    # (where normal behaviour is multi-modal, the better fit can give the anomaly component whole modes).
+    best: dict[str, Any] = {"objective": -np.inf}
+    for share in sorted({a0 / (a0 + b0), 0.5}) if shares is None else shares:
+        resp = np.zeros((n, K + 1))
+        resp[np.arange(n), nearest] = 1.0
+        resp[far[: max(int(share * n), 2)]] = np.eye(K + 1)[K]
+        found = run(resp)
+        if found["objective"] > best["objective"]:
+            best = found
+    resp, covs, loc, it = best["resp"], best["covs"], best["loc"], best["iterations"]
+    a_loc, excess, total = best["a_loc"], best["excess"], best["total"]
+    counts = resp.sum(0)
+    out: dict[str, np.ndarray] = {"responsibility": resp, "iterations": np.array(it),
+                                  "objective": np.array(best["objective"])}
+    out["anomaly_fraction_a"] = np.array(a0 + counts[K])
+    out["anomaly_fraction_b"] = np.array(b0 + n - counts[K])
+    if K > 1:
+        out["weights_concentration"] = 1.0 + counts[:K]
+    nk = np.maximum(counts[:K], 1.0)[:, None]
+    sd = np.sqrt(np.einsum("kii->ki", covs))
+    corr = covs / (sd[:, :, None] * sd[:, None, :])
+    out["loc_loc"] = loc
+    out["loc_scale"] = 1.0 / np.sqrt(nk * np.einsum("kii->ki", np.linalg.inv(covs)))
+    out["scale_loc"] = np.log(sd)
+    out["scale_scale"] = 1.0 / np.sqrt(nk * (1.0 + np.einsum("kii->ki", np.linalg.inv(corr))))
+    if covariance == "full":
+        bij = biject_to(constraints.corr_cholesky)
+        out["corr_tril_loc"] = bij.inv(torch.as_tensor(np.linalg.cholesky(corr))).numpy()
+        out["corr_tril_scale"] = np.broadcast_to(1.0 / np.sqrt(nk), out["corr_tril_loc"].shape).copy()
+    elif covariance == "lowrank":
+        parts = [_lowrank_approx(c, rank, floor) for c in covs]
+        out["cov_factor_loc"] = np.array([f for f, _ in parts])
+        out["cov_factor_scale"] = np.broadcast_to(1.0 / np.sqrt(nk[..., None]), (K, d, rank)).copy()
+        out["scale_loc"] = 0.5 * np.log(np.array([g for _, g in parts]))
+    if anomaly == "inflated":
+        na = max(float(counts[K]), 1.0)
+        prec = np.diag(np.linalg.inv((1 + excess) * total))
+        out["anomaly_loc_loc"] = a_loc
+        out["anomaly_loc_scale"] = np.minimum(1.0 / np.sqrt(na * prec), 3.0)
+        out["anomaly_excess_loc"] = np.array(math.log(excess))
+        out["anomaly_excess_scale"] = np.array(min(math.sqrt(2.0 / (d * na)), 1.5))
+    return out
+
+
+_GUIDE_LOCS = {"loc": "loc_loc", "scale": "scale_loc", "corr_tril": "corr_tril_loc", "cov_factor": "cov_factor_loc",
+               "anomaly_loc": "anomaly_loc_loc", "anomaly_excess": "anomaly_excess_loc"}
+
+
+def unconstrained_mode(
+    x: torch.Tensor, start: dict[str, torch.Tensor], model_kwargs: dict[str, Any], *, max_iterations: int = 500
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The mode of :func:`model`'s log density in the guide's unconstrained coordinates, by L-BFGS from ``start``.
+
+    The guide's Normal sites (means, log scales, unconstrained correlations or
+    factors, the anomaly centre and log inflation) are Gaussian in those
+    coordinates, so their best centres sit near this mode rather than at the
+    maximum a posteriori point of :func:`em_start` (which ignores the change of
+    variables: on highly correlated columns the two differ by many posterior
+    standard deviations). The fraction and weights stay at their starting means.
+
+    Returns
+    -------
+    (dict of Tensor, int)
+        ``start`` with the Normal sites' centres replaced, and the L-BFGS iterations.
+    """
+    from pyro.infer.autoguide import init_to_value
+    from pyro.infer.mcmc.util import initialize_model
+
+    frac = start["anomaly_fraction_a"] / (start["anomaly_fraction_a"] + start["anomaly_fraction_b"])
+    values: dict[str, torch.Tensor] = {"anomaly_fraction": frac}
+    if "weights_concentration" in start:
+        values["weights"] = start["weights_concentration"] / start["weights_concentration"].sum()
+    for site, name in _GUIDE_LOCS.items():
+        if name in start:
+            values[site] = biject_to(_SITE_SUPPORT[site])(start[name])
+    fixed = {k: values.pop(k) for k in ("anomaly_fraction", "weights") if k in values}
+    conditioned = poutine.condition(model, data=fixed)
+    _, potential_fn, transforms, _ = initialize_model(conditioned, model_args=(x,), model_kwargs=model_kwargs,
+                                                      init_strategy=init_to_value(values=values))
+    u = {k: transforms[k](v).detach().clone().requires_grad_() for k, v in values.items()}
+    opt = torch.optim.LBFGS(list(u.values()), max_iter=max_iterations, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-5, tolerance_change=1e-9, history_size=20)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        energy = potential_fn(u)
+        energy.backward()
+        return energy
+
+    before = {k: v.detach().clone() for k, v in u.items()}
+    opt.step(closure)
+    iterations = int(opt.state[opt._params[0]].get("n_iter", 0))
+    out = dict(start)
+    if all(torch.isfinite(v).all() for v in u.values()) and torch.isfinite(potential_fn(u)):
+        out.update({_GUIDE_LOCS[k]: v.detach() for k, v in u.items()})
+    else:
+        out.update({_GUIDE_LOCS[k]: v for k, v in before.items()})
+    return out, iterations
+
+
+def curvature_spreads(
+    x: torch.Tensor,
+    start: dict[str, torch.Tensor],
+    *,
+    hyper: dict[str, torch.Tensor],
+    covariance: Covariance,
+    anomaly: AnomalyKind,
+    data_size: int | None = None,
+    chunk: int = 4096,
+) -> dict[str, torch.Tensor]:
+    """Mean-field spreads of the guide's Normal sites at ``start``: ``1 / sqrt(F_jj + prior precision)``.
+
+    F is the diagonal of the empirical Fisher information (the sum over rows of each
+    row's squared log-likelihood gradient, by ``torch.func``), in the guide's
+    unconstrained coordinates: the means, log scales, unconstrained correlations or
+    factors, the anomaly centre and log inflation. The fraction and weights stay
+    fixed at their starting means. With ``data_size`` (x a random subsample of
+    that many rows) the information is scaled up to the whole table.
+
+    Returns
+    -------
+    dict of Tensor
+        Spreads keyed by the guide's ``*_scale`` parameter names.
+    """
+    from torch.func import grad, vmap
+
+    frac = start["anomaly_fraction_a"] / (start["anomaly_fraction_a"] + start["anomaly_fraction_b"])
+    conc = start.get("weights_concentration")
+    weights = x.new_ones(1) if conc is None else conc / conc.sum()
+    log_w = mixture_log_weights(frac, weights)
+    theta = {"loc": start["loc_loc"], "log_scale": start["scale_loc"]}
+    prior = {"loc": 1 / hyper["loc_scale"] ** 2, "log_scale": 1 / hyper["log_scale_sd"] ** 2}
+    names = {"loc": "loc_scale", "log_scale": "scale_scale"}
+    if covariance == "full":
+        theta["corr"], prior["corr"], names["corr"] = start["corr_tril_loc"], x.new_tensor(1.0), "corr_tril_scale"
+    elif covariance == "lowrank":
+        theta["factor"], names["factor"] = start["cov_factor_loc"], "cov_factor_scale"
+        prior["factor"] = 1 / hyper["factor_scale"] ** 2
+    if anomaly == "inflated":
+        theta["a_loc"], prior["a_loc"], names["a_loc"] = start["anomaly_loc_loc"], prior["loc"], "anomaly_loc_scale"
+        theta["a_log_excess"], names["a_log_excess"] = start["anomaly_excess_loc"], "anomaly_excess_scale"
+        prior["a_log_excess"] = 1 / hyper["excess_sd"] ** 2
+    to_corr = biject_to(constraints.corr_cholesky)
+
+    def row_log_lik(th: dict[str, torch.Tensor], row: torch.Tensor) -> torch.Tensor:
+        params = {"loc": th["loc"], "scale": th["log_scale"].exp()}
+        if "corr" in th:
+            params["corr_tril"] = to_corr(th["corr"])
+        if "factor" in th:
+            params["cov_factor"] = th["factor"]
+        broad = anomaly_distribution(anomaly, hyper, params, weights, covariance, th.get("a_loc"),
+                                     th["a_log_excess"].exp() if "a_log_excess" in th else None)
+        normal = normal_log_prob(row.unsqueeze(0), params, covariance)[0]
+        table = torch.cat([normal, broad.log_prob(row).reshape(1)])
+        return torch.logsumexp(table + log_w, -1)
+
+    fisher = {k: torch.zeros_like(v) for k, v in theta.items()}
+    per_row = vmap(grad(row_log_lik), in_dims=(None, 0))
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)  # value checks cannot run under vmap
+    try:
+        for i in range(0, x.shape[0], chunk):
+            for k, g in per_row(theta, x[i : i + chunk]).items():
+                fisher[k] += g.pow(2).sum(0)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    factor = 1.0 if data_size is None else data_size / x.shape[0]
+    return {names[k]: (factor * fisher[k] + prior[k]).rsqrt() for k in theta}
 
 
 # ----------------------------------------------------------------- estimator
@@ -434,13 +746,21 @@ class MixtureAnomalyDetector(BayesianEstimator):
     enumerate : bool, default False
         Enumerate the assignment with ``TraceEnum_ELBO`` instead of summing it
         out in the likelihood with ``Trace_ELBO`` (same ELBO, both tested).
-    num_steps : int, default 1500
+    init : {"em", "kmeans"}, default "em"
+        Where the guide starts. "em": at the maximum a posteriori fit found by
+        expectation-maximisation (:func:`em_start`), with each site's spread
+        from its approximate posterior given that fit, so SVI only refines it.
+        "kmeans": the components' centres (and, with several, spreads) from
+        k-means, everything else at fixed defaults.
+    num_steps : int, default 300
+        With ``init="em"`` the guide starts near its optimum and SVI only
+        refines it; from ``init="kmeans"``, give it 1500 or more.
     learning_rate : float, default 0.05
     lr_schedule : {"exponential", "cosine"} or None, default "cosine"
     final_lr_factor : float, default 0.01
-    batch_size : int, optional
-        Rows per minibatch (None: all rows every step).
-    average_last : int, default 200
+    batch_size : int or None, default 4096
+        Rows per minibatch for tables with more rows (None: all rows every step).
+    average_last : int, default 100
     num_samples : int, default 100
         Guide draws averaged in ``predict_proba`` and ``score_samples``.
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
@@ -495,12 +815,13 @@ class MixtureAnomalyDetector(BayesianEstimator):
         anomaly_prior: tuple[float, float] = (1.0, 19.0),
         anomaly_scale: float = 3.0,
         enumerate: bool = False,
-        num_steps: int = 1500,
+        init: Literal["em", "kmeans"] = "em",
+        num_steps: int = 300,
         learning_rate: float = 0.05,
         lr_schedule: Literal["exponential", "cosine"] | None = "cosine",
         final_lr_factor: float = 0.01,
-        batch_size: int | None = None,
-        average_last: int = 200,
+        batch_size: int | None = 4096,
+        average_last: int = 100,
         num_samples: int = 100,
         device: DeviceLike = "auto",
         seed: int = 0,
@@ -513,6 +834,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self.anomaly_prior = anomaly_prior
         self.anomaly_scale = anomaly_scale
         self.enumerate = enumerate
+        self.init = init
         self.num_steps = num_steps
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
@@ -536,6 +858,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
             raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
         if self.anomaly not in ("inflated", "student_t"):
             raise ValueError(f"anomaly must be 'inflated' or 'student_t', got {self.anomaly!r}")
+        if self.init not in ("em", "kmeans"):
+            raise ValueError(f"init must be 'em' or 'kmeans', got {self.init!r}")
         super()._validate_settings()  # shared settings and device
         check_count(self.num_components, "num_components")
         check_count(self.rank, "rank")
@@ -619,15 +943,39 @@ class MixtureAnomalyDetector(BayesianEstimator):
             dist2 = np.min(((x_np[:, None, :] - x_np[start][None]) ** 2).sum(-1), axis=1)
             dist2 = np.minimum(dist2, np.quantile(dist2, 0.9))  # do not start on an outlier
             start.append(int(rng.choice(len(x_np), p=dist2 / dist2.sum())))
-        self._init_loc, self._init_scale = self._x[start].clone(), None
+        centres, scales = x_np[start], None
         if K > 1:
             # Lloyd's iterations from those starts, and each cluster's spread as its starting scale. Started
             # on single rows at scale 0.7, several components can fit the data worse than the anomaly
             # component (the whole normal part's covariance, inflated) at step 0 and then lose every row to
-            # it: on scikit-learn's digits, K = 3 put 99% of the rows there; started here, 4%.
-            centres, scales = _lloyd(x_np, x_np[start])
-            self._init_loc = torch.as_tensor(centres, dtype=self._x.dtype, device=self.device_)
-            self._init_scale = torch.as_tensor(scales, dtype=self._x.dtype, device=self.device_)
+            # it (on scikit-learn's digits with K = 3, 99% of the rows).
+            centres, scales = _lloyd(x_np, centres)
+        as_tensor = functools.partial(torch.as_tensor, dtype=self._x.dtype, device=self.device_)
+        if self.init == "em":
+            # EM only finds the starting point: on a large table a random 10,000 rows place it as well.
+            rows = rng.choice(n, _START_ROWS, replace=False) if n > _START_ROWS else slice(None)
+            found = em_start(x_np[rows].astype(float), centres,
+                             hyper={k: float(v) for k, v in self._hyper.items()},
+                             covariance=self.covariance, rank=int(self.rank), anomaly=self.anomaly)
+            found["anomaly_fraction_a"] = (found["anomaly_fraction_a"] - a) * (n / len(x_np[rows])) + a
+            found["anomaly_fraction_b"] = (found["anomaly_fraction_b"] - b) * (n / len(x_np[rows])) + b
+            if "weights_concentration" in found:
+                found["weights_concentration"] = (found["weights_concentration"] - 1) * (n / len(x_np[rows])) + 1
+            self.em_iterations_ = int(found.pop("iterations"))
+            found.pop("objective")
+            found.pop("responsibility")
+            self._init = {k: as_tensor(v) for k, v in found.items()}
+            self._init, self.map_iterations_ = unconstrained_mode(self._x, self._init, self._kwargs(marginal=True))
+            rows = torch.as_tensor(rows if n > _START_ROWS else np.arange(n), device=self.device_)
+            spreads = curvature_spreads(self._x[rows], self._init, hyper=self._hyper, covariance=self.covariance,
+                                        anomaly=self.anomaly, data_size=n)
+            self._init.update(spreads)
+            self._init.update({f"{name[:-6]}_loc_unit": v for name, v in spreads.items()})
+        else:
+            self.em_iterations_ = self.map_iterations_ = None
+            self._init = {"loc_loc": as_tensor(centres)}
+            if scales is not None:
+                self._init["scale_loc"] = as_tensor(np.log(scales))
         minibatch = self.batch_size is not None and int(self.batch_size) < n
         self._run_svi(self._x, data_size=n if minibatch else None, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume, **self._kwargs())
@@ -648,8 +996,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     def _model_and_guide(self, for_arviz: bool = False) -> tuple:
         m = config_enumerate(model) if self.enumerate and not for_arviz else model
-        g = functools.partial(guide, init_loc=getattr(self, "_init_loc", None),
-                              init_scale=getattr(self, "_init_scale", None))
+        g = functools.partial(guide, init=getattr(self, "_init", None))
         functools.update_wrapper(g, guide)
         return m, g
 
@@ -898,10 +1245,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
         meta = {"feature_names_": self.feature_names_, "fitted_on_frame_": self.fitted_on_frame_,
                 "calibration_": getattr(self, "calibration_", None)}
         tensors = {"x": self._x.detach().cpu(), "shift": torch.as_tensor(self._shift),
-                   "scale": torch.as_tensor(self._scale), "init_loc": self._init_loc.detach().cpu(),
-                   **{f"hyper.{k}": v.detach().cpu() for k, v in self._hyper.items()}}
-        if getattr(self, "_init_scale", None) is not None:  # several components: where sbc_check's refits start
-            tensors["init_scale"] = self._init_scale.detach().cpu()
+                   "scale": torch.as_tensor(self._scale),
+                   **{f"hyper.{k}": v.detach().cpu() for k, v in self._hyper.items()},
+                   # Where the guide started: sbc_check's refits start there too.
+                   **{f"init.{k}": v.detach().cpu() for k, v in self._init.items()}}
         return meta, tensors
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -922,9 +1269,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._x = tensors["x"].to(self.device_)
         self._shift = to_numpy(tensors["shift"])
         self._scale = to_numpy(tensors["scale"])
-        self._init_loc = tensors["init_loc"].to(self.device_)
-        scale = tensors.get("init_scale")  # absent for one component, and in files saved before session 15
-        self._init_scale = None if scale is None else scale.to(self.device_)
+        self._init = {k[5:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("init.")}
         self._hyper = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("hyper.")}
         if "excess_center" not in self._hyper:  # saved before the inflated anomaly component existed
             self.anomaly = "student_t"
