@@ -39,6 +39,8 @@ from bayesgen._runtime import check_count, is_out_of_memory, seeded, target_devi
 from bayesgen._typing import DeviceLike, ModelFn
 
 __all__ = [
+    "CHECKS",
+    "CheckVerdict",
     "KHAT_GOOD",
     "KHAT_USABLE",
     "NUTSComparison",
@@ -46,9 +48,11 @@ __all__ = [
     "RowDiagnostic",
     "SBCResult",
     "VIDiagnostic",
+    "check_verdicts",
     "convergence_report",
     "diagnose",
     "nuts_compare",
+    "overall_verdicts",
     "PredictiveCheck",
     "plot_predictive_checks",
     "predictive_check",
@@ -323,8 +327,9 @@ class RowDiagnostic:
         """One line for a report or the CLI."""
         s = self.shares
         return (f"per-row PSIS k-hat over {len(self.khat)} {self.plate}s ({self.num_samples} draws each): median "
-                f"{self._quantile(0.5):.2f}, 90th percentile {self._quantile(0.9):.2f}; "
-                f"{s['good']:.0%} good, {s['usable']:.0%} usable, {s['unreliable']:.0%} unreliable ({self.verdict})")
+                f"{self._quantile(0.5):.2f}, 90th percentile {self._quantile(0.9):.2f}; share of rows with k-hat "
+                f"< {KHAT_GOOD}: {s['good']:.0%}, {KHAT_GOOD}–{KHAT_USABLE}: {s['usable']:.0%}, > {KHAT_USABLE}: "
+                f"{s['unreliable']:.0%} (verdict: {self.verdict})")
 
 
 def vi_khat_rows(
@@ -495,7 +500,9 @@ def convergence_report(
     error of a window mean). Verdicts: ``"converged"`` (the runner's check
     passed), ``"flat"`` (the last windows differ by less than three standard
     errors), ``"still improving"`` (it stopped at the step limit while the loss
-    was still falling: fit longer) and ``"too short"`` (fewer than two windows).
+    was still falling: fit longer), ``"getting worse"`` (the loss rose over the
+    last window), ``"not finite"`` (NaN or infinite losses in the last two
+    windows) and ``"too short"`` (fewer than two windows).
 
     Parameters
     ----------
@@ -522,6 +529,12 @@ def convergence_report(
                    last_change_se=None, message=f"only {n} steps: no verdict")
         return out
     last, prev = y[-window:], y[-2 * window : -window]
+    if not (np.isfinite(last).all() and np.isfinite(prev).all()):
+        out.update(verdict="not finite", final_loss=float(last[np.isfinite(last)].mean()) if np.isfinite(last).any()
+                   else None, last_change=None, last_change_se=None,
+                   message=f"optimisation failed: the loss is NaN or infinite in {int((~np.isfinite(y)).sum())} of "
+                           f"{n} steps, the last {2 * window} included")
+        return out
     change = float(last.mean() - prev.mean())
     se = float(np.sqrt(last.var(ddof=1) / len(last) + prev.var(ddof=1) / len(prev)))
     out.update(final_loss=float(last.mean()), last_change=change, last_change_se=se)
@@ -543,6 +556,236 @@ def convergence_report(
     return out
 
 
+# ------------------------------------------------------------------ verdicts
+#: The checks of a ``diagnostics.json`` report, in the order a report shows them.
+CHECKS: tuple[str, ...] = ("convergence", "psis", "psis_rows", "psis_means", "reference", "predictive", "nuts", "sbc")
+
+_STATUS_RANK = {"info": 0, "ok": 1, "caution": 2, "fail": 3}
+
+
+@dataclass(frozen=True)
+class CheckVerdict:
+    """What one diagnostic says, in the words of a report.
+
+    Attributes
+    ----------
+    status : {"ok", "caution", "fail", "info"}
+        ``"info"``: a figure that is no verdict by itself (an amortised
+        model's joint k-hat, the PSIS-corrected means), or a check that did not
+        run or does not apply to the model.
+    label : str
+        A few words for a table cell ("converged", "k-hat 0.12 good").
+    message : str
+        The diagnostic's one-line message.
+    advice : str
+        For ``"caution"`` and ``"fail"``: one plain sentence saying why the
+        check flags this run and what to do about it; empty otherwise.
+    """
+
+    status: str
+    label: str
+    message: str
+    advice: str = ""
+
+    def warning(self) -> str:
+        """The message followed by the advice: one line for ``diagnostics.json`` warnings and the CLI."""
+        return f"{self.message.rstrip('.')}. {self.advice}" if self.advice else self.message
+
+
+def _convergence_verdict(part: dict[str, Any]) -> CheckVerdict:
+    verdict, message = part.get("verdict"), part.get("message", "")
+    if verdict in ("converged", "flat", "exact"):
+        label = {"converged": "converged", "flat": "loss flat", "exact": "exact posterior (no optimisation)"}[verdict]
+        return CheckVerdict("ok", label, message)
+    advice = {
+        "still improving": "The loss was still falling when the fit stopped, so the fitted posterior may not have "
+                           "settled yet: raise num_steps (or num_epochs) in the spec's [inference] table and fit "
+                           "again.",
+        "getting worse": "The loss rose at the end of the fit, which usually means the step size is too large for "
+                         "this model: lower learning_rate in the spec's [inference] table and fit again.",
+        "too short": "The fit ran too few steps to tell whether the optimisation settled: fit for at least a few "
+                     "hundred steps.",
+        "not finite": "A NaN or infinite loss means the fitted parameters are meaningless: lower learning_rate and "
+                      "check the data for missing, infinite or extreme values.",
+    }
+    if verdict not in advice:
+        return CheckVerdict("info", "no verdict", message or str(part.get("error", "")))
+    label = "NaN or infinite loss" if verdict == "not finite" else str(verdict)
+    return CheckVerdict("fail" if verdict == "not finite" else "caution", label, message, advice[verdict])
+
+
+def _khat_verdict(part: dict[str, Any]) -> CheckVerdict:
+    message = part.get("message", "")
+    if part.get("scope") == "joint":
+        return CheckVerdict("info", f"joint k-hat {part.get('khat', float('nan')):.2f} (no verdict)", message)
+    verdict, khat = part.get("verdict"), part.get("khat", float("nan"))
+    ess, draws = part.get("ess"), part.get("num_samples")
+    if verdict in ("good", "usable") and ess is not None and draws and ess < 0.5 * draws:
+        # k-hat cannot see a guide that is too wide (its ratios are bounded); a low ESS can.
+        return CheckVerdict("caution", f"k-hat {khat:.2f} {verdict}, but ESS {ess / draws:.0%} of draws", message,
+                            "Only a small share of the guide's draws carry weight, which k-hat cannot flag, so the "
+                            "guide may be too wide or off-centre: fit for more steps and compare with the "
+                            "PSIS-corrected means in psis_summary.csv.")
+    if verdict == "good":
+        return CheckVerdict("ok", f"k-hat {khat:.2f} good", message)
+    if verdict == "usable":
+        return CheckVerdict("caution", f"k-hat {khat:.2f} usable", message,
+                            "A k-hat between 0.5 and 0.7 means the guide is close to the posterior but not exact, so "
+                            "its raw means and intervals are slightly off: use the PSIS-corrected means in "
+                            "psis_summary.csv, or fit for more steps.")
+    if verdict == "unreliable":
+        return CheckVerdict("fail", f"k-hat {khat:.2f} unreliable", message,
+                            "A k-hat above 0.7 means the guide's draws miss part of the posterior, so its intervals "
+                            "are too narrow to trust: fit for more steps, or cross-check the posterior with NUTS "
+                            "(bayesgen diagnose RUN_DIR --nuts).")
+    return CheckVerdict("info", "k-hat not computed", message or str(part.get("error", "")))
+
+
+def _rows_verdict(part: dict[str, Any]) -> CheckVerdict:
+    message, verdict = part.get("message", ""), part.get("verdict")
+    if verdict == "good":
+        return CheckVerdict("ok", f"per-row k-hat good ({part.get('good', 0.0):.0%} of rows below 0.5)", message)
+    if verdict == "usable":
+        return CheckVerdict("caution", f"per-row k-hat usable (90th percentile {part.get('khat_p90', 0.0):.2f})",
+                            message,
+                            "For some rows the encoder's posterior is close to the exact one but not equal to it, so "
+                            "their uncertainty is slightly off: train for more epochs if per-row uncertainty matters.")
+    if verdict == "unreliable":
+        return CheckVerdict("fail", f"per-row k-hat: {part.get('unreliable', 0.0):.0%} of rows above 0.7", message,
+                            "For more than a tenth of the rows the encoder's approximate posterior misses part of the "
+                            "exact one, so per-row uncertainty is understated: train for more epochs or give the "
+                            "encoder more capacity, and compare the IWAE bound with the ELBO.")
+    return CheckVerdict("info", "per-row k-hat not computed", message or str(part.get("error", "")))
+
+
+def _reference_verdict(part: dict[str, Any]) -> CheckVerdict:
+    message = part.get("message", "")
+    if "error" in part or not part.get("checked"):
+        return CheckVerdict("info", "no exact posterior to compare", message or str(part.get("error", "")))
+    if part.get("agree"):
+        return CheckVerdict("ok", "agrees with the exact posterior", message)
+    return CheckVerdict("fail", "differs from the exact posterior", message,
+                        "The fitted posterior is away from the exact closed-form posterior of the same model, so the "
+                        "fit has not reached the answer: fit for more steps or lower learning_rate (the A/B test also "
+                        "offers method='exact').")
+
+
+def _predictive_verdict(part: dict[str, Any]) -> CheckVerdict:
+    message = part.get("message", "")
+    if "error" in part:
+        return CheckVerdict("caution", "not run", f"predictive check not run: {part['error']}",
+                            "The predictive check could not run, so nothing here says whether the model reproduces "
+                            "the data: run bayesgen diagnose RUN_DIR to see the full error.")
+    n = part.get("statistics", 0)
+    if part.get("passed"):
+        return CheckVerdict("ok", f"passed ({n} statistics)", message)
+    return CheckVerdict("fail", f"failed: {len(part.get('failed', []))} of {n} statistics", message,
+                        "The fitted model does not reproduce the statistics named, so conclusions that depend on "
+                        "them are suspect: look at them in ppc_statistics.png and consider a model that can express "
+                        "them (more components, another likelihood).")
+
+
+def _nuts_verdict(part: dict[str, Any]) -> CheckVerdict:
+    message = part.get("message", "")
+    if "error" in part:
+        return CheckVerdict("info", "NUTS not run", f"NUTS cross-check not run: {part['error']}")
+    if not part.get("reliable"):
+        return CheckVerdict("caution", "NUTS did not mix", message,
+                            "NUTS itself did not mix (divergences, R-hat above 1.05 or a small ESS), so the "
+                            "comparison is no evidence either way yet: run it with more warm-up steps and draws "
+                            "(--nuts-warmup, --nuts-samples).")
+    if part.get("agree"):
+        return CheckVerdict("ok", "NUTS agrees", message)
+    return CheckVerdict("fail", "NUTS disagrees", message,
+                        "NUTS samples the exact posterior and disagrees with the SVI posterior, so the guide is off: "
+                        "fit for more steps, and use the NUTS draws in nuts.nc meanwhile.")
+
+
+def _sbc_verdict(part: dict[str, Any]) -> CheckVerdict:
+    message = part.get("message", "")
+    if "error" in part:
+        return CheckVerdict("info", "SBC not run", f"simulation-based calibration not run: {part['error']}")
+    if part.get("calibrated"):
+        return CheckVerdict("ok", "SBC calibrated", message)
+    return CheckVerdict("fail", "SBC miscalibrated", message,
+                        "On data simulated from the prior the fitted posteriors are systematically off, so credible "
+                        "intervals do not have their stated coverage: fit each refit for more steps (--sbc-steps).")
+
+
+def _means_verdict(part: dict[str, Any]) -> CheckVerdict:
+    shift = part.get("largest_shift_sd")
+    label = "PSIS-corrected means" if shift is None else f"PSIS-corrected means move ≤ {shift:.2f} sd"
+    return CheckVerdict("info", label, part.get("message", ""))
+
+
+_VERDICTS: dict[str, Callable[[dict[str, Any]], CheckVerdict]] = {
+    "convergence": _convergence_verdict, "psis": _khat_verdict, "psis_rows": _rows_verdict,
+    "psis_means": _means_verdict, "reference": _reference_verdict, "predictive": _predictive_verdict,
+    "nuts": _nuts_verdict, "sbc": _sbc_verdict,
+}
+
+
+def check_verdicts(report: dict[str, Any]) -> dict[str, CheckVerdict]:
+    """The verdict of every check in a ``diagnostics.json`` report (see :data:`CHECKS`).
+
+    This is the one rule that turns the diagnostics' numbers into ok /
+    caution / fail: the report's colours, its overall table and the
+    ``warnings`` of :func:`diagnose` all come from it.
+
+    Parameters
+    ----------
+    report : dict
+        What :func:`diagnose` or :func:`write_diagnostics` returns (or a
+        ``diagnostics.json`` read back).
+
+    Returns
+    -------
+    dict
+        Check name → :class:`CheckVerdict`, for the checks the report holds,
+        in the order of :data:`CHECKS`.
+    """
+    return {key: _VERDICTS[key](report[key]) for key in CHECKS if isinstance(report.get(key), dict)}
+
+
+def overall_verdicts(report: dict[str, Any]) -> dict[str, CheckVerdict]:
+    """Three verdicts for a report's summary table: optimisation, posterior quality, predictive check.
+
+    ``posterior`` is the worst of the k-hat, exact-reference, NUTS and SBC
+    checks that gave a verdict (their labels joined); a part with nothing to
+    judge is a caution ("not checked").
+
+    Parameters
+    ----------
+    report : dict
+        A ``diagnostics.json`` report.
+
+    Returns
+    -------
+    dict
+        ``"optimisation"``, ``"posterior"`` and ``"predictive"`` → :class:`CheckVerdict`.
+    """
+    checks = check_verdicts(report)
+
+    def combine(keys: tuple[str, ...], missing: str) -> CheckVerdict:
+        parts = [checks[k] for k in keys if k in checks and checks[k].status != "info"]
+        if not parts:
+            return CheckVerdict("caution", missing, "; ".join(checks[k].message for k in keys if k in checks),
+                                "Nothing checked this part of the fit, so it is unknown whether it can be trusted: "
+                                "run bayesgen diagnose RUN_DIR (with --nuts or --sbc where the model allows).")
+        worst = max(parts, key=lambda v: _STATUS_RANK[v.status])
+        return CheckVerdict(worst.status, "; ".join(v.label for v in parts), "; ".join(v.message for v in parts),
+                            worst.advice)
+
+    return {"optimisation": combine(("convergence",), "not recorded"),
+            "posterior": combine(("psis", "psis_rows", "reference", "nuts", "sbc"), "not checked"),
+            "predictive": combine(("predictive",), "not run")}
+
+
+def _warnings(report: dict[str, Any]) -> list[str]:
+    """The messages an analyst must read: every check that is a caution or a failure, with what to do."""
+    return [v.warning() for v in check_verdicts(report).values() if v.status in ("caution", "fail")]
+
+
 def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -> dict[str, Any]:
     """Every quick diagnostic of a fitted estimator, as a JSON-ready dict (what ``diagnostics.json`` holds).
 
@@ -558,9 +801,10 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
         PSIS-corrected mean, where k-hat ≤ 0.7; the table is :func:`psis_summary`
         and ``psis_summary.csv`` in a run folder); ``reference`` (every global
         site with a closed-form posterior against it, :func:`reference_check`,
-        and the sites without one); and ``warnings`` (the
-        messages an analyst must read). The slow cross-checks, NUTS and SBC,
-        are options of :func:`write_diagnostics`.
+        and the sites without one); and ``warnings`` (the messages an analyst
+        must read: every check that :func:`check_verdicts` calls a caution or
+        a failure, each followed by one sentence on why and what to do). The
+        slow cross-checks, NUTS and SBC, are options of :func:`write_diagnostics`.
     """
     return _diagnose(estimator, num_samples=num_samples, seed=seed)[0]
 
@@ -574,22 +818,20 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
         max_steps = None  # epoch-based fits stop by epochs or early stopping
     conv = convergence_report(estimator.losses_, converged=estimator.converged_, max_steps=max_steps)
     report: dict[str, Any] = {"model": type(estimator).__name__, "convergence": conv, "warnings": []}
-    if conv["verdict"] in ("still improving", "getting worse"):
-        report["warnings"].append(conv["message"])
     if len(estimator.losses_) == 0:
         report["convergence"]["message"] = "exact posterior: no optimisation"
         report["convergence"]["verdict"] = "exact"
-        report["warnings"] = []
     amortised = getattr(estimator, "_row_plate", None) is not None
     try:
         diag = estimator.vi_diagnostic(num_samples=num_samples, seed=seed, warn=False)
         report["psis"] = {"khat": diag.khat, "verdict": diag.verdict, "ess": diag.ess,
                           "num_samples": diag.num_samples, "message": diag.message()}
         if amortised:
+            # The joint k-hat over many rows grows with their number whatever the guide: a figure, not a verdict.
             report["psis"]["scope"] = "joint"
-            report["psis"]["message"] = "joint over all checked rows (grows with their number): " + diag.message()
-        elif diag.verdict == "unreliable":
-            report["warnings"].append(diag.message())
+            report["psis"]["message"] = (f"joint over all checked rows (grows with their number, so the per-row "
+                                         f"k-hat is the verdict): PSIS k-hat = {diag.khat:.2f} "
+                                         f"({diag.num_samples} draws, ESS {diag.ess:.0f})")
         if diag.khat <= KHAT_USABLE:
             table = psis_summary(diag, estimator=estimator)
             if len(table):
@@ -608,8 +850,6 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
             report["psis_rows"] = {"verdict": rows.verdict, **rows.shares, "num_rows": len(rows.khat),
                                    "khat_median": rows._quantile(0.5), "khat_p90": rows._quantile(0.9),
                                    "message": rows.message()}
-            if rows.verdict == "unreliable":
-                report["warnings"].append(rows.message())
         except (ValueError, RuntimeError) as err:
             report["psis_rows"] = {"error": str(err).splitlines()[0]}
     try:
@@ -620,10 +860,9 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
             report["reference"]["largest_abs_smd"] = _finite_or_none(ref.table["smd"].abs().max())
             report["reference"]["sd_ratio_range"] = [_finite_or_none(ref.table["sd_ratio"].min()),
                                                      _finite_or_none(ref.table["sd_ratio"].max())]
-        if not ref.agree:
-            report["warnings"].append(ref.message())
     except (ValueError, RuntimeError) as err:
         report["reference"] = {"error": str(err).splitlines()[0]}
+    report["warnings"] = _warnings(report)
     return report, table
 
 
@@ -887,8 +1126,6 @@ def write_diagnostics(
                                 "smallest_p_value": _finite_or_none(ppc.table["p_value"].min()),
                                 "failed": [str(v) for v in ppc.table.index[~ppc.table["ok"]]],
                                 "message": ppc.message()}
-        if not ppc.passed:
-            report["warnings"].append(ppc.message())
     except (ValueError, RuntimeError, TypeError, KeyError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         report.setdefault("predictive_checks", {"error": message})
@@ -905,8 +1142,6 @@ def write_diagnostics(
                               "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
                               "max_r_hat": _finite_or_none(cmp.max_r_hat),
                               "min_ess_bulk": cmp.min_ess_bulk, "message": cmp.message()}
-            if not (cmp.agree and cmp.reliable):
-                report["warnings"].append(cmp.message())
         except (ValueError, RuntimeError) as err:
             report["nuts"] = {"error": str(err).splitlines()[0]}
     if sbc_simulations:
@@ -918,10 +1153,9 @@ def write_diagnostics(
                 res.plot().savefig(tmp, dpi=110)
             report["sbc"] = {"calibrated": res.calibrated, "simulations": len(res.ranks),
                              "p_values": res.p_values.to_dict(), "message": res.message()}
-            if not res.calibrated:
-                report["warnings"].append(res.message())
         except (ValueError, RuntimeError) as err:
             report["sbc"] = {"error": str(err).splitlines()[0]}
+    report["warnings"] = _warnings(report)
     write_json(folder / "diagnostics.json", report, default=float)
     if len(estimator.losses_):
         fig = plot_loss(estimator.losses_, window=max(2, min(100, len(estimator.losses_) // 10)))

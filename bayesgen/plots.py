@@ -95,6 +95,7 @@ def plot_image_grid(
     image_shape: tuple[int, int],
     *,
     row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
     cmap: str = "gray_r",
 ) -> Any:
     """Rows of images, e.g. generated samples per class.
@@ -105,6 +106,9 @@ def plot_image_grid(
     image_shape : (int, int)
         Height and width of one image.
     row_labels : sequence of str, optional
+        Written left of each row, right-aligned to the row's first image.
+    col_labels : sequence of str, optional
+        Written above each column of the first row.
     cmap : str, default "gray_r"
 
     Returns
@@ -117,7 +121,12 @@ def plot_image_grid(
     if images.ndim == 2:
         images = images[None]
     n_rows, n_cols = images.shape[:2]
-    fig = Figure(figsize=(0.8 * n_cols + 0.6, 0.8 * n_rows), layout="constrained")
+    for labels, n, what in ((row_labels, n_rows, "row"), (col_labels, n_cols, "column")):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{what}_labels names {len(labels)} {what}s, the grid has {n}")
+    label_width = 0.0 if row_labels is None else 0.09 * max(len(str(label)) for label in row_labels)
+    height = 0.8 * n_rows + (0.25 if col_labels is not None else 0.0)
+    fig = Figure(figsize=(0.8 * n_cols + 0.6 + label_width, height), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     lo, hi = np.nanmin(images), np.nanmax(images)
     for r in range(n_rows):
@@ -127,7 +136,11 @@ def plot_image_grid(
             ax.set_xticks([])
             ax.set_yticks([])
         if row_labels is not None:
-            axes[r, 0].set_ylabel(row_labels[r], rotation=0, labelpad=12, va="center")
+            # Right-aligned, so a long label ends left of its row instead of running over the first image.
+            axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", labelpad=6)
+    if col_labels is not None:
+        for c in range(n_cols):
+            axes[0, c].set_title(col_labels[c], fontsize="small")
     return fig
 
 

@@ -2,11 +2,16 @@
 
 :func:`write_report` reads run folders written by :func:`bayesgen.specs.run_spec`
 and writes a single HTML file with everything inlined (CSS, PNG/SVG pictures as
-``data:`` URIs), so it can be mailed, archived or opened offline. For each run:
-what the model is, the data, the fit (steps, time, device, the diagnostics'
-verdicts and warnings), the loss curve, the ArviZ summary table, the model's own
-figures and table, the model graph (Pyro's ``render_model``, when Graphviz was
-installed) and the posterior predictive check.
+``data:`` URIs), so it can be mailed, archived or opened offline. It opens with a
+table of verdicts, one row per run: optimisation, posterior quality and the
+predictive check, each coloured green (ok), amber (caution) or red (fail) by
+:func:`bayesgen.diagnostics.overall_verdicts` and linking to the run's checks.
+Then, for each run: what the model is, the data, the fit (steps, time, device,
+one coloured box per diagnostic, with one sentence on why and what to do where
+it is not ok), the loss curve, the ArviZ summary table, the model's own figures
+and table, the model graph (Pyro's ``render_model``, when Graphviz was
+installed) and the posterior predictive check. Every picture has a caption in
+words; tables scroll sideways inside the page rather than widen it.
 
 A small script at the end of the page records, once the page has loaded, how
 many sections and pictures rendered (``data-sections``, ``data-images``,
@@ -66,6 +71,27 @@ MODEL_DESCRIPTIONS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# Captions of the figures a run folder holds, by file stem.
+_CAPTIONS: dict[str, str] = {
+    "loss": "Loss (−ELBO) per optimisation step, with its moving average.",
+    "diagnostics_loss": "Loss per step with its moving average, titled with the optimisation verdict.",
+    "posterior": "Posterior density of each variant's conversion rate; the legend gives the probability that each "
+                 "variant is the best.",
+    "samples": "New images drawn from the fitted model (one row per class when the model knows the labels).",
+    "reconstructions": "Held-out images (top row, 'original') and the model's reconstruction of each one below it "
+                       "(bottom row, 'reconstructed'): encoded to the posterior mean of the latent code and decoded.",
+    "latent": "Posterior means of the latent code of held-out images, coloured by class (the first two latent "
+              "dimensions, or a 2-D PCA projection when there are more).",
+    "interpolation": "Images decoded along the straight line in latent space between two held-out images; the two "
+                     "real images stand at the ends, labelled.",
+    "topics": "The top words of each topic and each word's weight in the topic.",
+    "scores": "Left: each row's posterior probability of being an anomaly, rows ranked by it (labelled anomalies in "
+              "red); right: the rows in a 2-D PCA projection, coloured by that probability.",
+    "sbc_ecdf": "Simulation-based calibration: the ECDF of each parameter's rank minus the uniform CDF, with an "
+                "approximate 95 % band; a curve leaving the band is miscalibrated.",
+    "model_graph": "The model drawn by pyro.render_model: its sample sites, their distributions and plates.",
+}
+
 # Figures with their own section, or already shown elsewhere.
 _SPECIAL = ("loss.png", "diagnostics_loss.png", "model_graph.svg")
 _PICTURE_ORDER = ("posterior", "samples", "reconstructions", "latent", "interpolation", "topics", "scores")
@@ -84,12 +110,18 @@ td,th{border:1px solid #cfdbe8;padding:3px 8px;text-align:right} th{background:#
 td:first-child,th:first-child{text-align:left}
 figure{display:inline-block;margin:6px 12px 6px 0;vertical-align:top;max-width:100%}
 figure img{max-width:100%;border:1px solid #e3e8ee}
-figcaption{font-size:12px;color:#5b6b7c}
-.ok{background:#e8f5e9;border-left:4px solid #2e7d32;padding:6px 10px;margin:6px 0}
-.note{background:#eef3f8;border-left:4px solid #1f3b5c;padding:6px 10px;margin:6px 0}
-.scroll{overflow-x:auto}
-.warn{background:#fff4e5;border-left:4px solid #ef6c00;padding:6px 10px;margin:6px 0}
-.error{background:#fdecea;border-left:4px solid #c62828;padding:6px 10px;margin:6px 0}
+figcaption{font-size:12px;color:#5b6b7c;max-width:48em}
+th{overflow-wrap:anywhere} td{white-space:nowrap}
+div.ok,div.note,div.caution,div.fail,p.fail{padding:6px 10px;margin:6px 0;border-left-width:4px;border-left-style:solid}
+.ok{background:#e8f5e9} div.ok{border-left-color:#2e7d32}
+.note{background:#eef3f8} div.note{border-left-color:#1f3b5c}
+.caution{background:#fff4e5} div.caution{border-left-color:#ef6c00}
+.fail{background:#fdecea} div.fail,p.fail{border-left-color:#c62828}
+.advice{display:block;margin-top:3px}
+table.verdicts td{white-space:normal;text-align:left;min-width:9em}
+table.verdicts td a{color:inherit}
+table.verdicts td.ok{color:#1b5e20} table.verdicts td.caution{color:#8a4500} table.verdicts td.fail{color:#b71c1c}
+.scroll{overflow-x:auto;max-width:100%}
 .muted{color:#5b6b7c;font-size:13px}
 """
 
@@ -125,23 +157,78 @@ def _readable_report(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _table(frame: pd.DataFrame, max_rows: int) -> str:
+# A table with more columns than this, and fewer rows than columns, is shown transposed.
+_MAX_COLUMNS = 6
+
+
+def _table(frame: pd.DataFrame, max_rows: int, source: str) -> str:
+    """A table in a sideways-scrolling box; a wide, short one (the A/B table) turned so its columns are rows."""
+    note = ""
+    if frame.shape[1] > _MAX_COLUMNS and len(frame) < frame.shape[1]:
+        frame = frame.T
+        note = f'<p class="muted">shown turned: each column of {source} is a row here</p>'
     shown = frame.head(max_rows)
     text = '<div class="scroll">' + shown.to_html(float_format=lambda v: f"{v:.4g}", border=0, escape=True) + "</div>"
     if len(frame) > max_rows:
-        text += f'<p class="muted">… {len(frame) - max_rows} more rows in summary.csv</p>'
-    return text
+        text += f'<p class="muted">… {len(frame) - max_rows} more rows in {source}</p>'
+    return text + note
 
 
-def _caption(name: str) -> str:
+def _caption(name: str, *, conditional: bool = False) -> str:
+    """A sentence saying what a run folder's figure shows (a readable one for a figure of unknown name)."""
     stem = Path(name).stem
     if stem == "ppc_statistics":
-        return ("posterior predictive check of the statistics with the smallest p-values: each statistic over the "
-                "replicated data sets (histogram) and in the data (red line)")
+        return ("Posterior predictive check of the statistics with the smallest p-values: each statistic over the "
+                "replicated data sets (histogram) and in the data (red line).")
     if stem.startswith("ppc_"):
         group, _, var = stem[4:].partition("_predictive_")
-        return f"{group} predictive check of '{var}' (ArviZ plot_ppc_dist)"
-    return stem.replace("_", " ")
+        return (f"{group.capitalize()} predictive check of '{var}': the data's distribution against data sets "
+                f"drawn from the {group} predictive (ArviZ plot_ppc_dist).")
+    if stem in _CAPTIONS:
+        text = _CAPTIONS[stem]
+        if stem == "latent" and conditional:
+            from bayesgen.models.vae import CONDITIONAL_LATENT_NOTE
+
+            text += " " + CONDITIONAL_LATENT_NOTE
+        return text
+    return f"Figure '{stem.replace('_', ' ')}' written by the run (plots/{Path(name).name})."
+
+
+_CHECK_TITLES = {"convergence": "Optimisation", "psis": "PSIS k-hat", "psis_rows": "Per-row PSIS k-hat",
+                 "psis_means": "PSIS-corrected means", "reference": "Exact posterior",
+                 "predictive": "Posterior predictive check", "nuts": "NUTS cross-check",
+                 "sbc": "Simulation-based calibration"}
+_STATUS_CLASS = {"ok": "ok", "caution": "caution", "fail": "fail", "info": "note"}
+
+
+# Said in a box that passed its check but whose message names unreliable parts (as older run folders word it).
+_MIXED_ADVICE = ("The check passed as a whole, but its message names parts that are unreliable, so it is shown in "
+                 "amber: read its figures before relying on those parts.")
+
+
+def _status_class(status: str, text: str) -> str:
+    """The CSS class of a verdict; a green box never says "unreliable" (it is amber then)."""
+    cls = _STATUS_CLASS.get(status, "note")
+    return "caution" if cls == "ok" and "unreliable" in text.lower() else cls
+
+
+def _check_boxes(diag: dict[str, Any]) -> list[str]:
+    """One coloured box per diagnostic; where it is not ok, one sentence on why and what to do."""
+    from bayesgen.diagnostics import check_verdicts
+
+    boxes, said = [], []
+    for key, verdict in check_verdicts(diag).items():
+        text = f"<strong>{html.escape(_CHECK_TITLES[key])}:</strong> {html.escape(verdict.message)}"
+        cls = _status_class(verdict.status, verdict.message)
+        advice = verdict.advice or (_MIXED_ADVICE if cls != _STATUS_CLASS.get(verdict.status) else "")
+        if advice:
+            text += f'<span class="advice"><em>Why and what to do:</em> {html.escape(advice)}</span>'
+        boxes.append(f'<div class="{cls}">{text}</div>')
+        said += [verdict.message, verdict.warning()]
+    for warning in diag.get("warnings", []):
+        if not any(str(warning).startswith(m) for m in said if m):
+            boxes.append(f'<div class="caution"><strong>Warning:</strong> {html.escape(str(warning))}</div>')
+    return boxes
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -157,13 +244,14 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     run = _read_json(folder / "run.json")
     if not run:
         return (f'<section class="model" id="{anchor}"><h2>{html.escape(folder.name)}</h2>'
-                f'<p class="error">not a complete run folder (no run.json)</p></section>', folder.name)
+                f'<p class="fail">not a complete run folder (no run.json)</p></section>', folder.name)
     try:
         spec = tomllib.loads((folder / "spec.toml").read_text())
     except (OSError, tomllib.TOMLDecodeError):
         spec = {}
     model = run.get("model", "")
     title, what = MODEL_DESCRIPTIONS.get(model, (model, ""))
+    conditional = bool(spec.get("model", {}).get("conditional", False)) if model == "vae" else False
     data = spec.get("data", {})
     diag = _read_json(folder / "diagnostics.json")
     parts = [f'<section class="model" id="{anchor}">', f"<h2>{html.escape(title)} — {html.escape(str(run.get('name', folder.name)))}</h2>",
@@ -176,35 +264,28 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
              f"<p>{html.escape(str(run.get('num_steps')))} optimisation steps in "
              f"{html.escape(str(run.get('fit_seconds')))} s on "
              f"<code>{html.escape(str(run.get('device')))}</code>.</p>"]
-    lines = []
-    for key in ("convergence", "psis", "psis_rows", "psis_means", "reference", "predictive", "nuts", "sbc"):
-        part = diag.get(key)
-        if isinstance(part, dict):
-            lines.append(part.get("message") or f"{key}: {part.get('error', '')}")
-    if lines:
-        style = "note" if diag.get("warnings") else "ok"
-        parts.append(f'<div class="{style}">' + "<br>".join(html.escape(line) for line in lines) + "</div>")
-    for warning in diag.get("warnings", []):
-        parts.append(f'<div class="warn">warning: {html.escape(warning)}</div>')
+    parts.append(f'<div id="{anchor}-checks">')
+    parts += _check_boxes(diag) or ['<p class="muted">no diagnostics.json in this run folder</p>']
+    parts.append("</div>")
     plots = folder / "plots"
     if (plots / "loss.png").is_file():
-        parts += ["<h3>Loss curve</h3>", _figure(plots / "loss.png", "loss (−ELBO) per step and its moving average")]
+        parts += ["<h3>Loss curve</h3>", _figure(plots / "loss.png", _caption("loss.png"))]
     if (folder / "summary.csv").is_file():
         summary = pd.read_csv(folder / "summary.csv", index_col=0)
         parts += ["<h3>ArviZ summary</h3>",
                   '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)</p>',
-                  _table(summary, 12)]
+                  _table(summary, 12, "summary.csv")]
     if (folder / "report.csv").is_file():
-        parts += ["<h3>The model's own figures</h3>", _table(_readable_report(folder / "report.csv"), 40)]
+        parts += ["<h3>The model's own figures</h3>", _table(_readable_report(folder / "report.csv"), 40, "report.csv")]
     order = {name: i for i, name in enumerate(_PICTURE_ORDER)}
     pictures = sorted((p for p in plots.glob("*.png") if p.name not in _SPECIAL and not p.name.startswith("ppc_")),
                       key=lambda p: (order.get(p.stem, len(order)), p.name))
     if pictures:
         parts.append("<h3>Pictures</h3>")
-        parts += [_figure(p, _caption(p.name)) for p in pictures]
+        parts += [_figure(p, _caption(p.name, conditional=conditional)) for p in pictures]
     parts.append("<h3>Model graph</h3>")
     if (plots / "model_graph.svg").is_file():
-        parts.append(_figure(plots / "model_graph.svg", "pyro.render_model of the model (sites, distributions, plates)"))
+        parts.append(_figure(plots / "model_graph.svg", _caption("model_graph.svg")))
     elif (plots / "model_graph.txt").is_file():
         parts.append(f"<pre>{html.escape((plots / 'model_graph.txt').read_text(encoding='utf-8'))}</pre>")
     else:
@@ -214,6 +295,26 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     parts += [_figure(p, _caption(p.name)) for p in ppc] or ['<p class="muted">not available for this run</p>']
     parts.append(f'<p class="muted">run folder: <code>{html.escape(str(shown))}</code></p></section>')
     return "\n".join(parts), title
+
+
+def _verdict_row(folder: Path, anchor: str, name: str) -> str:
+    """One row of the verdict table: the run, then its three verdicts, each linking to the run's checks."""
+    from bayesgen.diagnostics import overall_verdicts
+
+    cells = [f'<td><a href="#{anchor}">{html.escape(name)}</a></td>']
+    for verdict in overall_verdicts(_read_json(folder / "diagnostics.json")).values():
+        tip = verdict.message + (f" — {verdict.advice}" if verdict.advice else "")
+        cells.append(f'<td class="{_status_class(verdict.status, verdict.label)}" title="{html.escape(tip)}">'
+                     f'<a href="#{anchor}-checks">{html.escape(verdict.label)}</a></td>')
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _verdict_table(rows: list[str]) -> str:
+    return ('<h2 id="verdicts">Verdicts</h2>\n<p class="muted">One row per run: green ok, amber caution, red fail. '
+            "Each verdict links to the run's diagnostics, where a sentence says why and what to do.</p>\n"
+            '<div class="scroll"><table class="verdicts"><thead><tr><th>run</th><th>optimisation</th>'
+            "<th>posterior quality</th><th>predictive check</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table></div>")
 
 
 def write_report(
@@ -272,17 +373,21 @@ def write_report(
     check_target(path, overwrite=overwrite)
     if locations is not None and len(locations) != len(folders):
         raise ValueError(f"locations names {len(locations)} folders, folders holds {len(folders)}")
-    sections, contents = [], []
+    sections, contents, rows = [], [], []
     for i, folder in enumerate(folders):
         anchor = f"model-{i}"
         body, name = _section(Path(folder), anchor, Path(locations[i] if locations is not None else folder))
         sections.append(body)
         contents.append(f'<a href="#{anchor}">{html.escape(name)}</a>')
+        run_name = str(_read_json(Path(folder) / "run.json").get("name", Path(folder).name))
+        rows.append(_verdict_row(Path(folder), anchor, f"{name} — {run_name}" if name != run_name else name))
     for j, (name, message) in enumerate((errors or {}).items()):
         anchor = f"failed-{j}"
         sections.append(f'<section class="model" id="{anchor}"><h2>{html.escape(name)}</h2>'
-                        f'<p class="error">this run failed: {html.escape(message)}</p></section>')
+                        f'<p class="fail">this run failed: {html.escape(message)}</p></section>')
         contents.append(f'<a href="#{anchor}">{html.escape(name)} (failed)</a>')
+        rows.append(f'<tr><td><a href="#{anchor}">{html.escape(name)}</a></td><td class="fail" colspan="3">'
+                    f'<a href="#{anchor}">the run failed: {html.escape(message)}</a></td></tr>')
     graph_note = ""
     if any(not (Path(f) / "plots" / "model_graph.svg").is_file() for f in folders):
         graph_note = ('\n<p class="muted">Model graphs are shown as text: drawing them needs Graphviz (the '
@@ -297,8 +402,9 @@ def write_report(
 <p>{html.escape(intro)}</p>{graph_note}
 <p>written {stamp} · bayesgen {versions['bayesgen']} · torch {versions['torch']} · Pyro {versions['pyro']} ·
 ArviZ {versions['arviz']} · Python {versions['python']}</p></header>
-<nav>{''.join(contents)}</nav>
+<nav><a href="#verdicts">Verdicts</a>{''.join(contents)}</nav>
 <main>
+{_verdict_table(rows)}
 {''.join(sections)}
 </main>
 {_CHECK_SCRIPT}

@@ -71,6 +71,7 @@ def test_per_row_khat_finds_the_rows_an_amortised_guide_gets_wrong():
     x = torch.tensor(np.random.default_rng(1).normal(0.0, 1.4, size=40), dtype=torch.float32)
     exact = vi_khat_rows(local_model, make_local_guide(1.0), x, plate="row", num_samples=400, seed=0)
     assert exact.khat.shape == (40,) and exact.shares["good"] == 1.0 and exact.verdict == "good"
+    assert "unreliable" not in exact.message()  # a good verdict is said without the word (a report shows it green)
     with pytest.warns(UserWarning, match="unreliable"):
         # A guide 5x too narrow: the ratios' tail has shape 1 - 0.2² ≈ 0.96 (Yao et al. 2018).
         mixed = vi_khat_rows(local_model, make_local_guide(0.2, wrong_rows=10), x, plate="row", num_samples=1000,
@@ -127,6 +128,9 @@ def test_convergence_report_reads_the_loss_trace():
     assert convergence_report(falling, converged=True)["verdict"] == "converged"
     assert convergence_report(flat[:3])["verdict"] == "too short"
     assert convergence_report(100 + steps * 0.01)["verdict"] == "getting worse"
+    broken = np.concatenate([falling[:300], np.full(300, np.nan)])
+    assert convergence_report(broken)["verdict"] == "not finite"
+    assert "NaN" in convergence_report(broken)["message"]
 
 
 def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
@@ -319,6 +323,9 @@ def test_amortised_model_gets_per_row_khat_and_refuses_nuts_with_a_reason(tmp_pa
     assert rows["num_rows"] > 10 and rows["verdict"] in ("good", "usable"), rows
     # The joint k-hat over many rows is high whatever the guide; it is reported but does not raise a warning.
     assert report["psis"]["message"].startswith("joint over all checked rows")
+    from bayesgen.diagnostics import check_verdicts
+
+    assert check_verdicts(report)["psis"].status == "info" and "unreliable" not in report["psis"]["message"]
     assert not any("joint" in w for w in report["warnings"])
     assert "amortised" in report["nuts"]["error"] and "amortised" in report["sbc"]["error"]
     assert json.loads((tmp_path / "diagnostics.json").read_text())["psis_rows"]["verdict"] == rows["verdict"]
@@ -360,3 +367,60 @@ def test_nuts_comparison_counts_undefined_r_hat_and_ess_as_the_worst_case():
     assert "min bulk ESS 0" in cmp.message() and "unreliable" in cmp.message()
     table.loc["b", "smd"] = np.nan
     assert "difference| nan" in NUTSComparison(table=table, divergences=0, tree=None, agree=False).message()
+
+
+def test_verdicts_colour_each_check_by_one_rule():
+    from bayesgen.diagnostics import check_verdicts, overall_verdicts
+
+    good = {"convergence": {"verdict": "converged", "message": "converged"},
+            "psis": {"khat": 0.2, "verdict": "good", "ess": 900.0, "num_samples": 1000, "message": "k-hat 0.2"},
+            "psis_means": {"largest_shift_sd": 0.01, "message": "means move 0.01 sd"},
+            "reference": {"agree": True, "checked": ["rate"], "message": "agree"},
+            "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "ok"}}
+    checks = check_verdicts(good)
+    assert list(checks) == ["convergence", "psis", "psis_means", "reference", "predictive"]
+    assert {k: v.status for k, v in checks.items()} == {"convergence": "ok", "psis": "ok", "psis_means": "info",
+                                                        "reference": "ok", "predictive": "ok"}
+    assert all(v.advice == "" for v in checks.values())
+    assert {k: v.status for k, v in overall_verdicts(good).items()} == {"optimisation": "ok", "posterior": "ok",
+                                                                        "predictive": "ok"}
+    cases = [  # (check, part, status): cautions and failures, each with one sentence of why and what to do
+        ("convergence", {"verdict": "still improving", "message": "m"}, "caution"),
+        ("convergence", {"verdict": "getting worse", "message": "m"}, "caution"),
+        ("convergence", {"verdict": "not finite", "message": "m"}, "fail"),
+        ("psis", {"khat": 0.6, "verdict": "usable", "ess": 900.0, "num_samples": 1000, "message": "m"}, "caution"),
+        ("psis", {"khat": 0.2, "verdict": "good", "ess": 100.0, "num_samples": 1000, "message": "m"}, "caution"),
+        ("psis", {"khat": 1.4, "verdict": "unreliable", "ess": 3.0, "num_samples": 1000, "message": "m"}, "fail"),
+        ("psis_rows", {"verdict": "unreliable", "unreliable": 0.4, "message": "m"}, "fail"),
+        ("reference", {"agree": False, "checked": ["rate"], "message": "m"}, "fail"),
+        ("predictive", {"passed": False, "statistics": 5, "failed": ["sd[x]"], "message": "m"}, "fail"),
+        ("predictive", {"error": "no observed data"}, "caution"),
+        ("nuts", {"agree": True, "reliable": False, "message": "m"}, "caution"),
+        ("nuts", {"agree": False, "reliable": True, "message": "m"}, "fail"),
+        ("sbc", {"calibrated": False, "message": "m"}, "fail"),
+    ]
+    for key, part, status in cases:
+        verdict = check_verdicts({**good, key: part})[key]
+        assert verdict.status == status, (key, part)
+        assert verdict.advice.endswith(".") and ": " in verdict.advice, verdict.advice  # why: what to do.
+        assert verdict.warning().startswith(verdict.message) and verdict.warning().endswith(verdict.advice)
+    # No figure to judge is no verdict: a joint k-hat over many rows, a check that does not apply to the model.
+    joint = {"khat": 3.0, "verdict": "unreliable", "ess": 1.0, "num_samples": 200, "scope": "joint", "message": "m"}
+    assert check_verdicts({**good, "psis": joint})["psis"].status == "info"
+    assert check_verdicts({**good, "nuts": {"error": "amortised"}})["nuts"].status == "info"
+    worst = overall_verdicts({**good, "psis_rows": {"verdict": "unreliable", "unreliable": 0.4, "message": "m"}})
+    assert worst["posterior"].status == "fail" and "40% of rows above 0.7" in worst["posterior"].label
+    assert {v.status for v in overall_verdicts({}).values()} == {"caution"}  # nothing recorded: nothing known
+
+
+def test_warnings_of_a_short_fit_say_what_to_do():
+    from bayesgen.diagnostics import diagnose
+
+    # 60 steps from the default start: the loss still falls and the rates are off the exact posterior.
+    est = BetaBinomialTest(seed=0, num_steps=60, learning_rate=0.01).fit([235, 157], [2435, 2435])
+    report = diagnose(est, num_samples=200)
+    assert report["convergence"]["verdict"] == "still improving"
+    assert not report["reference"]["agree"]
+    assert any(w.startswith("optimisation still improving") and "raise num_steps" in w for w in report["warnings"])
+    assert any(w.startswith("SVI vs exact posterior") and "method='exact'" in w for w in report["warnings"])
+

@@ -420,3 +420,21 @@ def test_settings_that_json_cannot_hold_and_older_files_load(tmp_path, make_olde
     assert ProdLDA.load(words.save(tmp_path / "words")).stop_words == ["nan", "inf"]
     with pytest.raises(ValueError, match="stop_words must be 'english', None or a list of words"):
         ProdLDA(stop_words=("the", "a")).fit(counts)
+
+
+def test_topic_bars_have_readable_ticks():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    X, _, _ = planted_corpus(D=200)
+    lda = ProdLDA(num_topics=5, num_epochs=2, batch_size=20, seed=0).fit(X)
+    fig = lda.plot_topics(10)
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        words = [t for t in ax.get_yticklabels() if t.get_text()]
+        assert len(words) == 10 and min(t.get_fontsize() for t in words) >= 8  # points: readable at 110 dpi
+        ticks = [t for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        assert 2 <= len(ticks) <= 4
+        boxes = sorted((t.get_window_extent(renderer) for t in ticks), key=lambda b: b.x0)
+        gap = 0.5 * ticks[0].get_fontsize() * fig.dpi / 72  # half a character's height, in pixels
+        assert all(right.x0 - left.x1 >= gap for left, right in zip(boxes, boxes[1:], strict=False))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import html
 import json
 import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +63,7 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     for heading in ("Data", "Loss curve", "ArviZ summary", "Pictures", "Model graph", "Posterior predictive check"):
         assert page.count(f"<h3>{heading}</h3>") == len(TOUR_SPECS), heading
     sources = re.findall(r'<img src="([^"]+)"', page)
-    graphs = page.count("<figcaption>pyro.render_model of the model")
+    graphs = page.count("<figcaption>The model drawn by pyro.render_model")
     # Each model's graph is a picture with Graphviz and a text rendering without it (optional system tool).
     assert graphs + page.count("<pre>") == len(TOUR_SPECS)
     assert graphs == (len(TOUR_SPECS) if shutil.which("dot") else 0)
@@ -71,7 +73,129 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     assert len(sources) >= 3 * len(TOUR_SPECS) + graphs
     assert all(s.startswith("data:image/") for s in sources)  # nothing to fetch: it opens offline, mailed or archived
     assert not re.search(r'(src|href)="(https?:|file:|/)', page)
+    check_report_page(page, len(TOUR_SPECS))
+    # The A/B table's last column is on the page: the wide, two-row table is shown turned.
+    assert re.search(r"<th>lift_94%_upper</th>\s*<td>", page)
+    # The conditional VAE's latent plot says why its classes mix.
+    assert "the decoder is given the label" in page
 
+
+# ------------------------------------------------------------- reading the page
+_VOID = {"img", "br", "meta", "wbr", "hr", "input", "link"}
+
+
+class _Elements(HTMLParser):
+    """Every element of a page as (tag, attributes, text content with its descendants', ancestors' tags)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[list] = []
+        self.found: list[tuple[str, dict, str, tuple[str, ...]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in _VOID:
+            self.stack.append([tag, dict(attrs), []])
+
+    def handle_endtag(self, tag):
+        if tag in _VOID:
+            return
+        while self.stack:
+            el = self.stack.pop()
+            text = "".join(el[2])
+            if self.stack:
+                self.stack[-1][2].append(text)
+            ancestors = tuple(f"{a[0]}.{a[1].get('class', '')}" for a in self.stack)
+            self.found.append((el[0], el[1], text, ancestors))
+            if el[0] == tag:
+                break
+
+    def handle_data(self, data):
+        if self.stack:
+            self.stack[-1][2].append(data)
+
+
+def elements(page: str) -> list[tuple[str, dict, str, tuple[str, ...]]]:
+    parser = _Elements()
+    parser.feed(page)
+    return parser.found
+
+
+def with_class(page: str, cls: str) -> list[tuple[str, dict, str, tuple[str, ...]]]:
+    return [e for e in elements(page) if cls in e[1].get("class", "").split()]
+
+
+def table_cells(table_html: str) -> list[list[str]]:
+    rows = re.findall(r"<tr.*?</tr>", table_html, flags=re.S)
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, flags=re.S)]
+            for r in rows]
+
+
+def estimated_width(rows: list[list[str]]) -> int:
+    """Pixels a table of unbreakable cells needs: 13 px text averages under 7 px a character, plus padding."""
+    n = max(len(r) for r in rows)
+    return sum(max((len(r[i]) for r in rows if i < len(r)), default=0) * 7 + 17 for i in range(n))
+
+
+# The page's <main> is at most 1200 px wide with 32 px padding each side: what a 1400 px window shows.
+PAGE_WIDTH = 1200 - 2 * 32
+
+
+def check_verdict_table(page: str, runs: int) -> list[list[str]]:
+    """The verdict table leads the page: one row per run, three coloured verdicts each, linking into the page.
+
+    Returns the colour classes of each row's cells.
+    """
+    assert page.index('<table class="verdicts">') < page.index('<section class="model"')
+    table = re.search(r'<table class="verdicts">.*?</table>', page, flags=re.S).group(0)
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], flags=re.S)
+    assert len(rows) == runs
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    classes = []
+    for row in rows:
+        cells = re.findall(r'<td class="(ok|caution|fail)"[^>]*><a href="#([^"]+)">', row)
+        assert len(cells) == 3 or (len(cells) == 1 and 'colspan="3"' in row), row
+        assert all(target in ids for _, target in cells)
+        classes.append([cls for cls, _ in cells])
+    return classes
+
+
+def check_green_never_unreliable(page: str) -> None:
+    for tag, _, text, _ in with_class(page, "ok"):
+        assert "unreliable" not in text.lower(), (tag, text)
+
+
+def check_advice(page: str) -> None:
+    """Every amber or red box (outside the verdict table) says why and what to do."""
+    boxes = [e for e in with_class(page, "caution") + with_class(page, "fail")
+             if not any(a.startswith("table") for a in e[3])]
+    for _, _, text, _ in boxes:
+        assert "Why and what to do:" in text or "failed" in text or text.startswith("Warning:"), text
+    return boxes
+
+
+def check_tables(page: str) -> None:
+    """Every table scrolls inside the page, and none needs more than the page's width."""
+    for match in re.finditer(r"<table", page):
+        assert page[:match.start()].rstrip().endswith('<div class="scroll">')
+    for table_html in re.findall(r'<table class="dataframe">.*?</table>', page, flags=re.S):
+        assert estimated_width(table_cells(table_html)) <= PAGE_WIDTH, table_cells(table_html)[:2]
+
+
+def check_captions(page: str) -> list[str]:
+    """Every picture has a caption in words (a sentence), not its file's stem."""
+    captions = [html.unescape(c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S)]
+    for caption in captions:
+        assert len(caption.split()) >= 5 and caption.endswith("."), caption
+    return captions
+
+
+def check_report_page(page: str, runs: int) -> None:
+    """What every report promises, whatever its runs."""
+    check_verdict_table(page, runs)
+    check_green_never_unreliable(page)
+    check_advice(page)
+    check_tables(page)
+    check_captions(page)
 
 @functools.cache
 def _chromium() -> str | None:
@@ -216,3 +340,109 @@ def test_every_smoke_spec_is_a_valid_spec(tmp_path):
         path.write_text(tomli_w.dumps({k: v for k, v in spec.items() if not k.startswith("_")}))
         again = load_spec(path)
         assert again["report"] == spec["report"] and again["run"]["model"] == spec["run"]["model"]
+
+
+# ------------------------------------------------ the report of hand-made run folders
+def _run_folder(folder: Path, *, model: str, diag: dict, conditional: bool = False, report: pd.DataFrame | None = None,
+                pictures: tuple[str, ...] = ()) -> Path:
+    """A run folder as `bayesgen fit` leaves it, with only what the report reads (no fit: milliseconds)."""
+    from matplotlib.figure import Figure
+
+    (folder / "plots").mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"name": folder.name, "model": model, "seed": 0, "num_steps": 10,
+                                                 "fit_seconds": 0.1, "device": "cpu", "data_checksum": "sha256:0"}))
+    (folder / "spec.toml").write_text(f'[run]\nname = "{folder.name}"\nmodel = "{model}"\n[data]\nsource = "x"\n'
+                                      f"[model]\nconditional = {str(conditional).lower()}\n")
+    (folder / "diagnostics.json").write_text(json.dumps(diag))
+    if report is not None:
+        report.to_csv(folder / "report.csv")
+    for name in pictures:
+        fig = Figure(figsize=(1, 1))
+        fig.add_subplot().plot([0, 1])
+        fig.savefig(folder / "plots" / f"{name}.png", dpi=20)
+    return folder
+
+
+CONVERGED = {"verdict": "converged", "message": "optimisation converged: the runner's convergence check passed"}
+
+
+@pytest.fixture
+def handmade(tmp_path):
+    """Three run folders (an A/B test that passes everything; a conditional VAE as the full tour writes it, with
+    the messages an older bayesgen wrote; an anomaly run that fails everything), a failed run, and their report."""
+    from bayesgen.report import write_report
+
+    ab_columns = ["successes", "trials", "observed_rate", "rate_mean", "rate_sd", "rate_94%_lower", "rate_94%_upper",
+                  "prob_best", "expected_loss", "lift_mean", "lift_94%_lower", "lift_94%_upper"]
+    ab_table = pd.DataFrame([[235, 2435, *np.linspace(0.01, 0.9, 10)], [157, 2435, *np.linspace(0.02, 0.8, 10)]],
+                            columns=ab_columns, index=pd.Index(["white", "black"], name="variant"))
+    ab = _run_folder(tmp_path / "ab", model="ab_test", report=ab_table, pictures=("posterior",), diag={
+        "convergence": CONVERGED, "warnings": [],
+        "psis": {"khat": 0.1, "verdict": "good", "ess": 950.0, "num_samples": 1000, "message": "PSIS k-hat = 0.10"},
+        "reference": {"agree": True, "checked": ["rate"], "message": "SVI vs exact posterior: agree"},
+        "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "posterior predictive check: ok"}})
+    vae = _run_folder(tmp_path / "vae", model="vae", conditional=True,
+                      pictures=("reconstructions", "latent", "interpolation", "my_extra_plot"), diag={
+        "convergence": CONVERGED, "warnings": [],
+        "psis": {"khat": 3.1, "verdict": "unreliable", "ess": 1.0, "num_samples": 200, "scope": "joint",
+                 "message": "joint over all checked rows (grows with their number): PSIS k-hat = 3.10 (unreliable: "
+                            "the guide misses posterior mass; do not trust its uncertainty; 200 draws, ESS 1)"},
+        "psis_rows": {"verdict": "good", "good": 1.0, "usable": 0.0, "unreliable": 0.0, "num_rows": 64,
+                      "message": "per-row PSIS k-hat over 64 rows (200 draws each): median 0.10, 90th percentile "
+                                 "0.30; 100% good, 0% usable, 0% unreliable (good)"},
+        "reference": {"agree": True, "checked": [], "message": "no global site has a closed-form posterior"},
+        "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "posterior predictive check: ok"}})
+    bad_rows = "PSIS k-hat = 43.54 (unreliable: the guide misses posterior mass; do not trust its uncertainty)"
+    anomaly = _run_folder(tmp_path / "anomaly", model="anomaly", pictures=("scores",), diag={
+        "convergence": {"verdict": "not finite", "message": "optimisation failed: the loss is NaN"},
+        "psis": {"khat": 43.5, "verdict": "unreliable", "ess": 1.0, "num_samples": 200, "message": bad_rows},
+        "predictive": {"passed": False, "statistics": 62, "failed": ["sd[x1]"],
+                       "message": "posterior predictive check of 62 statistics: 1 outside"},
+        "warnings": [bad_rows, "posterior predictive check of 62 statistics: 1 outside", "a warning of its own"]})
+    path = write_report([ab, vae, anomaly], tmp_path / "report.html", errors={"topic_python_help": "boom"})
+    return path.read_text()
+
+
+def test_report_leads_with_a_verdict_table_coloured_by_the_diagnostics(handmade):
+    classes = check_verdict_table(handmade, 4)
+    assert classes == [["ok", "ok", "ok"],  # A/B: converged, k-hat good and exact posterior agree, PPC passed
+                       ["ok", "ok", "ok"],  # VAE: the joint k-hat is no verdict; the per-row one is good
+                       ["fail", "fail", "fail"],  # anomaly: NaN loss, k-hat unreliable, PPC failed
+                       ["fail"]]  # the run that failed
+    table = re.search(r'<table class="verdicts">.*?</table>', handmade, flags=re.S).group(0)
+    for words in ("optimisation", "posterior quality", "predictive check", "NaN or infinite loss",
+                  "k-hat 43.50 unreliable", "failed: 1 of 62 statistics", "the run failed: boom"):
+        assert words in table
+
+
+def test_report_green_boxes_never_say_unreliable(handmade):
+    check_green_never_unreliable(handmade)
+    assert with_class(handmade, "ok")  # there are green boxes to check
+    # The VAE's joint k-hat is a neutral note; its per-row verdict box, written in older words, is amber, not green.
+    notes = [text for _, _, text, _ in with_class(handmade, "note")]
+    assert any(text.startswith("PSIS k-hat: joint over all checked rows") for text in notes)
+
+
+def test_report_warnings_say_why_and_what_to_do(handmade):
+    boxes = check_advice(handmade)
+    texts = [text for _, _, text, _ in boxes]
+    assert any("Why and what to do:" in t and "lower learning_rate" in t for t in texts)  # the NaN loss
+    assert any("Why and what to do:" in t and "--nuts" in t for t in texts)  # the unreliable k-hat
+    # A warning that no check accounts for is shown once, on its own.
+    assert sum("a warning of its own" in t for t in texts) == 1
+    assert sum(bad in t for t in texts for bad in ("PSIS k-hat = 43.54",)) == 1
+
+
+def test_report_tables_fit_the_page_or_scroll(handmade):
+    check_tables(handmade)
+    # The A/B table's last column, lift_94%_upper, is on the page: the wide two-row table is shown turned.
+    assert re.search(r"<th>lift_94%_upper</th>\s*<td>", handmade)
+
+
+def test_report_captions_are_sentences_not_file_stems(handmade):
+    captions = check_captions(handmade)
+    for stem in ("posterior", "reconstructions", "latent", "interpolation", "scores", "my extra plot"):
+        assert stem not in captions
+    latent = next(c for c in captions if c.startswith("Posterior means of the latent code"))
+    assert "the decoder is given the label" in latent  # why a conditional VAE's classes mix
+    assert any("'my extra plot'" in c and "plots/my_extra_plot.png" in c for c in captions)  # the fallback

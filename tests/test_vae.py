@@ -325,3 +325,52 @@ def test_conditional_labels_with_gaps_or_mixed_types_are_clear():
         VAE(conditional=True, num_epochs=1, batch_size=20).fit(X, [None] + [0, 1] * 19 + [1])
     with pytest.raises(TypeError, match="mixes label types"):
         VAE(conditional=True, num_epochs=1, batch_size=20).fit(X, ["a"] + [0, 1] * 19 + [1])
+
+
+def _drawn(fig):
+    """The figure laid out and drawn off-screen, so text extents are known."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+@pytest.fixture(scope="module")
+def tiny_cvae(digits):
+    X, y = digits
+    return VAE(latent_dim=4, hidden_dims=(32,), conditional=True, num_epochs=2, seed=0).fit(X[:400], y[:400])
+
+
+def test_reconstruction_labels_sit_left_of_their_own_row(tiny_cvae, digits):
+    X, y = digits
+    fig = tiny_cvae.plot_reconstructions(X[400:408], y[400:408])
+    renderer = _drawn(fig)
+    rows = [fig.axes[0], fig.axes[8]]  # the first image of each row
+    for ax, label in zip(rows, ("original", "reconstructed"), strict=True):
+        assert ax.get_ylabel() == label
+        text, box = ax.yaxis.label.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert text.x1 <= box.x0  # ends left of the row's first image, never over it
+        assert box.y0 <= (text.y0 + text.y1) / 2 <= box.y1  # beside its own row
+
+
+def test_interpolation_shows_the_real_endpoints(tiny_cvae, digits):
+    X, y = digits
+    fig = tiny_cvae.plot_interpolation(X[400], X[401], 6, y=y[400])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 6 + 2 and titles[0] == "real x1" and titles[-1] == "real x2"
+    assert titles[1] == "t=0" and titles[-2] == "t=1"
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()).ravel(), X[400])
+    np.testing.assert_allclose(np.asarray(fig.axes[-1].images[0].get_array()).ravel(), X[401])
+    decoded = tiny_cvae.interpolate(X[400], X[401], 6, y=y[400])
+    np.testing.assert_allclose(np.asarray(fig.axes[1].images[0].get_array()).ravel(), decoded[0], rtol=1e-6)
+
+
+def test_conditional_latent_plot_says_why_the_classes_mix(tiny_cvae, digits):
+    X, y = digits
+    plain_vae = VAE(latent_dim=4, hidden_dims=(32,), num_epochs=2, seed=0).fit(X[:400])
+    texts = " ".join(t.get_text() for t in tiny_cvae.plot_latent(X[:200], y[:200], y=y[:200]).findobj(
+        lambda o: hasattr(o, "get_text")))
+    assert "decoder is given the label" in texts
+    plain = " ".join(t.get_text() for t in plain_vae.plot_latent(X[:200], y[:200]).findobj(
+        lambda o: hasattr(o, "get_text")))
+    assert "decoder is given the label" not in plain  # an unconditional VAE's latent code does carry the class

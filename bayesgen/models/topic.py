@@ -919,16 +919,23 @@ class ProdLDA(NeuralEstimator):
                or not 0 <= k < int(self.num_topics)]
         if bad or not chosen:
             raise ValueError(f"topics must be topic numbers in 0..{int(self.num_topics) - 1}, got {list(topics)}")
+        from matplotlib.ticker import MaxNLocator, PercentFormatter
+
         nrows = math.ceil(len(chosen) / ncols)
-        fig = Figure(figsize=(3.0 * min(ncols, len(chosen)), 0.28 * top_n * nrows + 0.8 * nrows), layout="constrained")
+        fig = Figure(figsize=(3.2 * min(ncols, len(chosen)), 0.3 * top_n * nrows + 1.0 * nrows), layout="constrained")
         axes = fig.subplots(nrows, min(ncols, len(chosen)), squeeze=False)
         for ax in axes.ravel()[len(chosen):]:
             ax.set_visible(False)
         for ax, k in zip(axes.ravel(), chosen, strict=False):
             rows = table[table["topic"] == k].iloc[::-1]
             ax.barh(rows["word"], rows["weight"], color="tab:blue")
-            ax.set_title(f"topic {k}", fontsize="small")
-            ax.tick_params(labelsize="x-small")
+            ax.set_title(f"topic {k}", fontsize="medium")
+            ax.tick_params(axis="y", labelsize="small")
+            # Three weight ticks as percentages ("0.25%"), not seven crowded decimals ("0.0025").
+            ax.tick_params(axis="x", labelsize="small")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=3, min_n_ticks=2))
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+            ax.set_xlabel("weight in topic", fontsize="small")
         return fig
 
     # ------------------------------------------------------------ save/load

@@ -65,6 +65,11 @@ Likelihood = Literal["bernoulli", "continuous_bernoulli", "gaussian"]
 Architecture = Literal["mlp", "conv"]
 _LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 
+#: Why a conditional VAE's latent plot shows the classes mixed (said under the plot and in the report).
+CONDITIONAL_LATENT_NOTE = ("The classes mix here by design: in a conditional VAE the decoder is given the label, so "
+                           "the latent code need not separate the classes and describes style (slant, thickness) "
+                           "instead.")
+
 
 # ------------------------------------------------------------------ networks
 class MLPEncoder(nn.Module):
@@ -993,8 +998,25 @@ class VAE(NeuralEstimator):
         return plot_image_grid(np.stack([flat, rec]), self._plot_shape(), row_labels=["original", "reconstructed"])
 
     def plot_latent(self, X: Any, labels: Any = None, *, y: Any = None) -> Any:
-        """Scatter of the posterior means (first two latents, or a 2-D PCA projection)."""
-        import matplotlib.pyplot as plt
+        """Scatter of the posterior means (first two latents, or a 2-D PCA projection).
+
+        For a conditional VAE the figure says, under the plot, why the classes
+        overlap: the decoder is given the label, so the latent code need not
+        separate the classes.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_rows, n_pixels)
+        labels : array_like, shape (n_rows,), optional
+            Colours the points.
+        y : array_like, shape (n_rows,), optional
+            The labels the encoder is given (conditional VAE).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+        """
+        from matplotlib.figure import Figure
 
         loc, _ = self.encode(X, y)
         if labels is not None and np.shape(labels) != (len(loc),):
@@ -1007,7 +1029,8 @@ class VAE(NeuralEstimator):
             pts, names = loc, ("z[0]", "z[1]")
         else:
             pts, names = np.column_stack([loc[:, 0], np.zeros(len(loc))]), ("z[0]", "")
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig = Figure(figsize=(5, 5.6 if self.conditional else 5), layout="constrained")
+        ax = fig.add_subplot()
         if labels is None:
             ax.scatter(pts[:, 0], pts[:, 1], s=4)
         else:
@@ -1019,13 +1042,41 @@ class VAE(NeuralEstimator):
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         ax.set_title("Latent posterior means")
+        if self.conditional:
+            fig.supxlabel(CONDITIONAL_LATENT_NOTE, fontsize="small", wrap=True)
         return fig
 
     def plot_interpolation(self, x1: Any, x2: Any, steps: int = 10, *, y: Any = None) -> Any:
-        """A strip of images decoded along the latent line from ``x1`` to ``x2``."""
+        """A strip of images decoded along the latent line from ``x1`` to ``x2``, the two real images at its ends.
+
+        Parameters
+        ----------
+        x1, x2 : array_like, shape (n_pixels,) or an image
+        steps : int, default 10
+            Decoded points, both ends of the line included (see :meth:`interpolate`).
+        y : label, optional
+            Class to decode with (conditional VAE).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            One row of ``steps + 2`` images: ``x1`` (titled "real x1", framed
+            in red), the decoded points titled by their position t on the
+            line, then ``x2`` ("real x2").
+        """
         from bayesgen.plots import plot_image_grid
 
-        return plot_image_grid(self.interpolate(x1, x2, steps, y=y)[None], self._plot_shape())
+        shape = self._plot_shape()
+        path = self.interpolate(x1, x2, steps, y=y)
+        ends = [np.asarray(x, dtype=np.float32).reshape(-1) for x in (x1, x2)]
+        strip = np.concatenate([ends[0][None], path, ends[1][None]])
+        labels = ["real x1", *(f"t={t:.2g}" for t in np.linspace(0.0, 1.0, len(path))), "real x2"]
+        fig = plot_image_grid(strip[None], shape, col_labels=labels)
+        for ax in (fig.axes[0], fig.axes[-1]):
+            for spine in ax.spines.values():
+                spine.set_color("#c0392b")
+                spine.set_linewidth(2)
+        return fig
 
     def _plot_shape(self) -> tuple[int, int]:
         if self.image_shape_ is None:
