@@ -554,7 +554,10 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
         models (VAE, ProdLDA) ``psis_rows`` (:func:`vi_khat_rows`: per-row
         k-hat, which then sets the verdict, since the joint k-hat over many rows
         grows with their number: ``psis`` then has ``scope: "joint"`` and only
-        ``psis_rows`` raises a warning); ``psis_means`` (the largest shift of a
+        ``psis_rows`` raises a warning) and ``amortised`` (the estimator's
+        ``reliability_notes``: plain sentences on what the fit gives as point
+        estimates, the share of rows whose approximate posterior is unreliable,
+        and what to do); ``psis_means`` (the largest shift of a
         PSIS-corrected mean, where k-hat ≤ 0.7; the table is :func:`psis_summary`
         and ``psis_summary.csv`` in a run folder); ``reference`` (every global
         site with a closed-form posterior against it, :func:`reference_check`,
@@ -586,8 +589,12 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
         report["psis"] = {"khat": diag.khat, "verdict": diag.verdict, "ess": diag.ess,
                           "num_samples": diag.num_samples, "message": diag.message()}
         if amortised:
+            plate = estimator._row_plate
             report["psis"]["scope"] = "joint"
-            report["psis"]["message"] = "joint over all checked rows (grows with their number): " + diag.message()
+            report["psis"]["message"] = (
+                f"The joint PSIS k-hat over all checked {plate}s together ({diag.khat:.2f}) is not a verdict: it grows "
+                f"with the number of {plate}s even when each {plate}'s guide is good; the per-{plate} k-hat is the "
+                "check.")
         elif diag.verdict == "unreliable":
             report["warnings"].append(diag.message())
         if diag.khat <= KHAT_USABLE:
@@ -608,8 +615,10 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
             report["psis_rows"] = {"verdict": rows.verdict, **rows.shares, "num_rows": len(rows.khat),
                                    "khat_median": rows._quantile(0.5), "khat_p90": rows._quantile(0.9),
                                    "message": rows.message()}
+            notes = estimator.reliability_notes(rows)
+            report["amortised"] = notes
             if rows.verdict == "unreliable":
-                report["warnings"].append(rows.message())
+                report["warnings"].append(f"{notes['local_posterior']} {notes['advice']}")
         except (ValueError, RuntimeError) as err:
             report["psis_rows"] = {"error": str(err).splitlines()[0]}
     try:

@@ -177,7 +177,8 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
              f"{html.escape(str(run.get('fit_seconds')))} s on "
              f"<code>{html.escape(str(run.get('device')))}</code>.</p>"]
     lines = []
-    for key in ("convergence", "psis", "psis_rows", "psis_means", "reference", "predictive", "nuts", "sbc"):
+    for key in ("convergence", "psis", "psis_rows", "amortised", "psis_means", "reference", "predictive", "nuts",
+                "sbc"):
         part = diag.get(key)
         if isinstance(part, dict):
             lines.append(part.get("message") or f"{key}: {part.get('error', '')}")
