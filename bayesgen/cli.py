@@ -227,7 +227,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _diagnostic_lines(report: dict) -> list[str]:
     """One line per diagnostic of a diagnostics.json report."""
     lines = [report["convergence"]["message"]]
-    for key, what in (("psis", "PSIS k-hat"), ("psis_rows", "per-row PSIS k-hat"), ("psis_means", "PSIS means"),
+    for key, what in (("psis", "PSIS k-hat"), ("psis_rows", "per-row PSIS k-hat"),
+                      ("amortised", "amortised guide"), ("psis_means", "PSIS means"),
                       ("nuts", "NUTS cross-check"), ("sbc", "SBC")):
         part = report.get(key)
         if part is not None:

@@ -652,7 +652,7 @@ def _rows_verdict(part: dict[str, Any]) -> CheckVerdict:
                             "their uncertainty is slightly off: train for more epochs if per-row uncertainty matters.")
     if verdict == "unreliable":
         return CheckVerdict("fail", f"per-row k-hat: {part.get('unreliable', 0.0):.0%} of rows above 0.7", message,
-                            "For more than a tenth of the rows the encoder's approximate posterior misses part of the "
+                            part.get("advice") or "For more than a tenth of the rows the encoder's approximate posterior misses part of the "
                             "exact one, so per-row uncertainty is understated: train for more epochs or give the "
                             "encoder more capacity, and compare the IWAE bound with the ELBO.")
     return CheckVerdict("info", "per-row k-hat not computed", message or str(part.get("error", "")))
@@ -797,7 +797,10 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
         models (VAE, ProdLDA) ``psis_rows`` (:func:`vi_khat_rows`: per-row
         k-hat, which then sets the verdict, since the joint k-hat over many rows
         grows with their number: ``psis`` then has ``scope: "joint"`` and only
-        ``psis_rows`` raises a warning); ``psis_means`` (the largest shift of a
+        ``psis_rows`` raises a warning) and ``amortised`` (the estimator's
+        ``reliability_notes``: plain sentences on what the fit gives as point
+        estimates, the share of rows whose approximate posterior is unreliable,
+        and what to do); ``psis_means`` (the largest shift of a
         PSIS-corrected mean, where k-hat ≤ 0.7; the table is :func:`psis_summary`
         and ``psis_summary.csv`` in a run folder); ``reference`` (every global
         site with a closed-form posterior against it, :func:`reference_check`,
@@ -827,11 +830,12 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
         report["psis"] = {"khat": diag.khat, "verdict": diag.verdict, "ess": diag.ess,
                           "num_samples": diag.num_samples, "message": diag.message()}
         if amortised:
-            # The joint k-hat over many rows grows with their number whatever the guide: a figure, not a verdict.
+            plate = estimator._row_plate
             report["psis"]["scope"] = "joint"
-            report["psis"]["message"] = (f"joint over all checked rows (grows with their number, so the per-row "
-                                         f"k-hat is the verdict): PSIS k-hat = {diag.khat:.2f} "
-                                         f"({diag.num_samples} draws, ESS {diag.ess:.0f})")
+            report["psis"]["message"] = (
+                f"The joint PSIS k-hat over all checked {plate}s together ({diag.khat:.2f}) is not a verdict: it grows "
+                f"with the number of {plate}s even when each {plate}'s guide is good; the per-{plate} k-hat is the "
+                "check.")
         if diag.khat <= KHAT_USABLE:
             table = psis_summary(diag, estimator=estimator)
             if len(table):
@@ -850,6 +854,9 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
             report["psis_rows"] = {"verdict": rows.verdict, **rows.shares, "num_rows": len(rows.khat),
                                    "khat_median": rows._quantile(0.5), "khat_p90": rows._quantile(0.9),
                                    "message": rows.message()}
+            notes = estimator.reliability_notes(rows)
+            report["amortised"] = notes
+            report["psis_rows"]["advice"] = notes["advice"]
         except (ValueError, RuntimeError) as err:
             report["psis_rows"] = {"error": str(err).splitlines()[0]}
     try:

@@ -225,6 +225,9 @@ def _check_boxes(diag: dict[str, Any]) -> list[str]:
             text += f'<span class="advice"><em>Why and what to do:</em> {html.escape(advice)}</span>'
         boxes.append(f'<div class="{cls}">{text}</div>')
         said += [verdict.message, verdict.warning()]
+    notes = diag.get("amortised")
+    if isinstance(notes, dict) and notes.get("message"):
+        boxes.append(f'<div class="note"><strong>What the fit gives:</strong> {html.escape(str(notes["message"]))}</div>')
     for warning in diag.get("warnings", []):
         if not any(str(warning).startswith(m) for m in said if m):
             boxes.append(f'<div class="caution"><strong>Warning:</strong> {html.escape(str(warning))}</div>')

@@ -321,14 +321,47 @@ def test_amortised_model_gets_per_row_khat_and_refuses_nuts_with_a_reason(tmp_pa
     report = write_diagnostics(vae, tmp_path, num_samples=300, nuts=True, sbc_simulations=5)
     rows = report["psis_rows"]
     assert rows["num_rows"] > 10 and rows["verdict"] in ("good", "usable"), rows
-    # The joint k-hat over many rows is high whatever the guide; it is reported but does not raise a warning.
-    assert report["psis"]["message"].startswith("joint over all checked rows")
+    # The joint k-hat over many rows is high whatever the guide; it is reported, said not to be a verdict, and
+    # raises no warning.
+    joint = report["psis"]["message"]
+    assert "is not a verdict" in joint and "the per-row k-hat is the check" in joint
     from bayesgen.diagnostics import check_verdicts
 
-    assert check_verdicts(report)["psis"].status == "info" and "unreliable" not in report["psis"]["message"]
+    assert check_verdicts(report)["psis"].status == "info" and "unreliable" not in joint
     assert not any("joint" in w for w in report["warnings"])
+    # What the fit gives, and how far each row's posterior holds, in plain sentences.
+    notes = report["amortised"]
+    assert notes["point_estimates"].startswith("The decoder's weights (the generative model) are point estimates")
+    assert f"for {rows['unreliable']:.0%} of the {rows['num_rows']} rows checked" in notes["local_posterior"]
+    assert notes["message"] == " ".join([notes["point_estimates"], notes["local_posterior"], notes["advice"]])
     assert "amortised" in report["nuts"]["error"] and "amortised" in report["sbc"]["error"]
     assert json.loads((tmp_path / "diagnostics.json").read_text())["psis_rows"]["verdict"] == rows["verdict"]
+
+
+def test_topic_model_diagnostics_say_what_is_reliable_and_what_to_do():
+    from bayesgen.diagnostics import diagnose
+    from bayesgen.models.topic import ProdLDA
+
+    # Long documents and a short fit: the encoder alone misses most documents' posteriors.
+    rng = np.random.default_rng(2)
+    beta = rng.dirichlet(np.full(40, 0.1), size=4)
+    theta = rng.dirichlet(np.full(4, 0.3), size=120)
+    X = np.stack([rng.multinomial(400, t @ beta) for t in theta])
+    lda = ProdLDA(num_topics=4, hidden_dim=32, num_epochs=10, batch_size=32, refine_steps=0, seed=0).fit(X)
+    plain = diagnose(lda, num_samples=200)
+    assert plain["psis_rows"]["verdict"] == "unreliable", plain["psis_rows"]
+    notes = plain["amortised"]
+    assert notes["point_estimates"].startswith("The topics (the decoder's topic-word weights) are point estimates")
+    assert "not refined: refine_steps = 0" in notes["local_posterior"]
+    share = f"{plain['psis_rows']['unreliable']:.0%} of the {plain['psis_rows']['num_rows']} documents checked"
+    assert share in notes["local_posterior"]
+    # The warning is the sentence on the documents' posteriors and what to do about it.
+    assert f"{notes['local_posterior']} {notes['advice']}" in plain["warnings"]
+    assert notes["advice"].startswith("Set refine_steps")
+    lda.refine_steps = 100
+    refined = diagnose(lda, num_samples=200)
+    assert "refined for 100 steps on each document" in refined["amortised"]["local_posterior"]
+    assert refined["psis_rows"]["unreliable"] < plain["psis_rows"]["unreliable"]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -11,12 +12,16 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from scipy.optimize import linear_sum_assignment
 
+from bayesgen._runtime import seeded
+from bayesgen.diagnostics import vi_khat_rows
 from bayesgen.models.topic import (
     DocumentMultinomial,
     ProdLDA,
     TopicDecoder,
     TopicEncoder,
+    dirichlet_laplace_prior,
     guide,
+    local_guide,
     log_multinomial_coef,
     model,
     word_ranking,
@@ -24,7 +29,7 @@ from bayesgen.models.topic import (
 from bayesgen.text import build_corpus
 
 
-def planted_corpus(seed=0, K=4, V=40, D=800):
+def planted_corpus(seed=0, K=4, V=40, D=800, length=80):
     """Documents from a known LDA process: topic k puts its mass on words 10k..10k+9."""
     rng = np.random.default_rng(seed)
     beta = np.full((K, V), 0.002)
@@ -32,7 +37,7 @@ def planted_corpus(seed=0, K=4, V=40, D=800):
         beta[k, 10 * k : 10 * k + 10] = rng.dirichlet(np.full(10, 2.0))
     beta /= beta.sum(1, keepdims=True)
     theta = rng.dirichlet(np.full(K, 0.3), size=D)
-    lengths = rng.poisson(80, size=D) + 5
+    lengths = rng.poisson(length, size=D) + 5
     X = np.stack([rng.multinomial(n, t @ beta) for n, t in zip(lengths, theta, strict=True)])
     return X, theta, beta
 
@@ -115,6 +120,77 @@ def test_uncertainty_shrinks_with_document_length(planted):
     assert np.all(short.low <= short.mean + 1e-9) and np.all(short.mean <= short.high + 1e-9)
     assert long.sd.mean() < short.sd.mean()
     assert len(short.to_frame()) == 50 * 4
+
+
+def _matched_topics(lda):
+    """Fitted topic → planted topic, matched by their top-10 words."""
+    top = lda._top_indices(10)
+    overlap = np.array([[len(set(t) & set(range(10 * k, 10 * k + 10))) for k in range(4)] for t in top])
+    return linear_sum_assignment(-overlap)
+
+
+def _elbo_per_document(lda, x, loc, scale, num_samples=400):
+    """Monte Carlo ELBO of each document under Normal(loc, scale), from the model's own densities."""
+    loc0, scale0 = dirichlet_laplace_prior(int(lda.num_topics), float(lda.concentration))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        z = loc + scale * torch.randn((num_samples, *loc.shape), generator=gen)
+        log_w = (DocumentMultinomial(lda.decoder_(torch.softmax(z, -1)), x.sum(-1)).log_prob(x)
+                 + torch.distributions.Normal(loc0, scale0).log_prob(z).sum(-1)
+                 - torch.distributions.Normal(loc, scale).log_prob(z).sum(-1))
+    return log_w.mean(0).numpy(), log_w.std(0).numpy() / math.sqrt(num_samples)
+
+
+def test_refining_each_document_raises_its_elbo_and_moves_its_mixture_toward_the_planted_one(planted):
+    lda, X, theta, _ = planted
+    x = torch.as_tensor(X[:200], dtype=torch.float32)
+    lda._set_training(False)
+    with seeded(0):
+        encoder = lda._local_posterior(x, 0)
+    with seeded(0):
+        refined = lda._local_posterior(x, 100)
+    before, se_before = _elbo_per_document(lda, x, *encoder)
+    after, se_after = _elbo_per_document(lda, x, *refined)
+    gain, se = after - before, np.sqrt(se_before**2 + se_after**2)
+    assert gain.mean() > 3 * gain.std() / math.sqrt(len(gain)), gain.mean()
+    # No document loses ELBO beyond three Monte Carlo standard errors of the two estimates.
+    assert (gain > -3 * se).all(), gain.min()
+    # The reported mixtures (transform's default refine_steps) are closer to the planted proportions.
+    rows, cols = _matched_topics(lda)
+    tv = {steps: 0.5 * np.abs(lda.transform(X[:200], refine_steps=steps).mean[:, rows] - theta[:200][:, cols]).sum(1)
+          for steps in (0, None)}
+    assert tv[None].mean() < tv[0].mean() - 3 * np.std(tv[0] - tv[None]) / math.sqrt(200), \
+        (tv[0].mean(), tv[None].mean())
+
+
+def test_refinement_lowers_the_per_document_khat_where_the_encoder_is_far_off():
+    # Long documents and a short fit: sharp posteriors that the encoder misses for most documents.
+    X, _, _ = planted_corpus(seed=2, D=200, length=400)
+    lda = ProdLDA(num_topics=4, hidden_dim=50, num_epochs=10, batch_size=32, seed=0).fit(X)
+    x = torch.as_tensor(X, dtype=torch.float32)
+    m, _ = lda._model_and_guide()
+    shares, medians = {}, {}
+    for steps in (0, 100):
+        with seeded(0):
+            loc, scale = lda._local_posterior(x, steps)
+        rows = vi_khat_rows(m, functools.partial(local_guide, loc=loc, scale=scale), x, plate="document",
+                            num_samples=500, param_state=lda._param_state, seed=1, warn=False)
+        shares[steps], medians[steps] = rows.shares["unreliable"], float(np.median(rows.khat))
+    assert shares[0] > 0.5 and medians[0] > 0.7, (shares, medians)
+    # 200 documents: a binomial share's sd is at most 0.035, so a drop of 0.2 is far beyond noise.
+    assert shares[100] < shares[0] - 0.2 and medians[100] < medians[0], (shares, medians)
+
+
+def test_a_documents_refined_guide_does_not_depend_on_the_other_documents(planted):
+    lda, X, _, _ = planted
+    x = torch.as_tensor(X[:40], dtype=torch.float32)
+    with seeded(3):
+        alone = lda._local_posterior(x[:5], 30)
+    with seeded(3):
+        together = lda._local_posterior(x, 30)
+    for a, b in zip(alone, together, strict=True):
+        torch.testing.assert_close(a, b[:5], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(alone[0], lda._local_posterior(x[:5], 0)[0])  # the steps did move it
 
 
 def test_real_corpus_gives_readable_topics(real_corpus):
@@ -312,6 +388,10 @@ def test_bad_input_is_clear(planted):
         ProdLDA(num_epochs=1, batch_norm_anneal=None).fit(X)
     with pytest.raises(TypeError, match="background must be True or False"):
         ProdLDA(num_epochs=1, background="yes").fit(X)
+    with pytest.raises(ValueError, match="refine_steps must be an integer >= 0"):
+        ProdLDA(num_epochs=1, refine_steps=-1).fit(X)
+    with pytest.raises(ValueError, match="refine_steps must be an integer >= 0"):
+        lda.transform(X[:3], refine_steps=2.5)
 
 
 

@@ -45,7 +45,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -402,6 +402,15 @@ class VAE(NeuralEstimator):
     _model_name = "vae"
     _max_plate_nesting = 1
     _row_plate = "row"
+    _point_estimates: ClassVar[str] = "The decoder's weights (the generative model)"
+    _local_quantity: ClassVar[str] = "latent z"
+    _given: ClassVar[str] = "the decoder"
+
+    def _local_advice(self, reliable: bool) -> str:
+        if reliable:
+            return "Their spreads (encode, posterior) can be read as posterior spreads given the decoder."
+        return ("For those rows, read the latent means and treat the spreads as rough; log_likelihood's importance "
+                "weighting still gives a valid lower bound on log p(x).")
 
     def __init__(
         self,
