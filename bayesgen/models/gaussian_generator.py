@@ -901,11 +901,11 @@ class GaussianGenerator(BayesianEstimator):
         the class model is fitted to the labelled rows alone and ``fit`` warns.
         It costs about 16 EM runs. When every class has a single labelled row
         nothing can be held out, and EM runs at weight 1. A number forces EM
-        at that weight. On scikit-learn's digits and MNIST (20 labelled rows
-        per class) "auto" kept EM in every split, at 0.1 on MNIST (accuracy
-        0.92-0.94 against 0.89-0.92 at weight 1); with unlabelled MNIST images
-        moved 4 pixels it kept the labelled rows alone (0.83 against
-        0.43-0.55; ``benchmarks/RESULTS.md``).
+        at that weight. On scikit-learn's digits (5 or 20 labelled rows per
+        class) and MNIST (20) "auto" kept EM in every split, at 0.1 on MNIST
+        (accuracy 0.92-0.94 against 0.89-0.92 at weight 1); with the
+        unlabelled MNIST images moved 4 pixels it kept the labelled rows alone
+        (0.83 against 0.43-0.55 at weight 1; ``benchmarks/RESULTS.md``).
     num_steps : int, default 2000
     learning_rate : float, optional
         Default: 0.002 for "lowrank" started at its PCA (a larger step
