@@ -1282,15 +1282,16 @@ class GaussianGenerator(BayesianEstimator):
         if scores is not None and scores.loc[1.0, "worse"]:
             accuracy = scores["accuracy"]
             kept = (f"so EM ran with each unlabelled row counting {weight:g} of a labelled one (unlabelled_weight_), "
-                    "which did not" if weight else "so the class model is fitted to the labelled rows alone (with "
-                    "subspace, the unlabelled rows still find the principal subspace)")
+                    "which did not" if weight else "so the class model is fitted to the labelled rows alone" + (
+                        "" if self._subspace is None else " (they still find the principal subspace; pass "
+                        "unlabelled_iterations=0 or leave them out to choose)"))
             warnings.warn(
                 f"EM over the {len(xu)} unlabelled rows classified held-out labelled rows worse than the labelled "
                 f"rows alone (cross-validated accuracy {accuracy.loc[1.0]:.3f} at unlabelled_weight=1, "
                 f"{accuracy.iloc[0]:.3f} without them), {kept}: the Gaussian classes do not fit the unlabelled rows "
                 "(another distribution, or classes that are not Gaussian). unlabelled_scores_ has the figures; "
                 "unlabelled_weight=1.0 forces EM",
-                UserWarning, stacklevel=3)
+                UserWarning, stacklevel=4)  # the caller of fit (through its wrapper)
         if weight == 0.0:  # the guard kept the labelled-only fit
             return
         _, extra, history, self.unlabelled_converged_ = self._em(xv, index, xu, x, weight)
@@ -1312,7 +1313,7 @@ class GaussianGenerator(BayesianEstimator):
                 f"labelled rows from their own class to another (and {gained} the other way): the Gaussian classes "
                 "drift from the labels. Check the accuracy on labelled test rows, or set a smaller "
                 "unlabelled_weight (\"auto\" picks it by cross-validation)",
-                UserWarning, stacklevel=3)
+                UserWarning, stacklevel=4)
 
     def _em(self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray, x: torch.Tensor,
             weight: float) -> tuple[dict[str, torch.Tensor], tuple[np.ndarray, np.ndarray] | None, list[float], bool]:
