@@ -951,10 +951,10 @@ class GaussianGenerator(BayesianEstimator):
         (``lost``) and the reverse (``gained``), ``worse`` (the paired test)
         and the number of held-out ``rows``.
     unlabelled_moved_ : float or None
-        After EM (None without), the share of labelled rows that the labelled-only fit
-        classifies as their label and the EM fit does not. ``fit`` warns when
-        these outnumber the rows moved the other way by over two standard
-        errors.
+        After EM (None without), the share of labelled rows that the
+        labelled-only fit classifies as their label and the EM fit does not.
+        ``fit`` warns when these outnumber the rows moved the other way by
+        over two standard errors.
     losses_, converged_, n_steps_
         From the SVI fit.
 
@@ -1339,8 +1339,8 @@ class GaussianGenerator(BayesianEstimator):
 
     def _choose_unlabelled_weight(self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray,
                                   x: torch.Tensor) -> tuple[float, pd.DataFrame | None]:
-        """The weight of unlabelled rows (0: labelled rows only) whose fits give held-out labelled rows the
-        highest mean log p(y | x), by stratified K-fold cross-validation of the labelled rows, and the scores.
+        """The weight of unlabelled rows (0: labelled rows only) that ``unlabelled_weight="auto"`` keeps, by
+        stratified K-fold cross-validation of the labelled rows, and the table of ``unlabelled_scores_``.
 
         A class with a single labelled row is never held out; when every class has one, nothing can be held
         out and EM keeps weight 1. The folds share the standardisation and the pooled prior of all labelled
