@@ -357,9 +357,13 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     n_syn = int(data.synthetic.sum())
     print(f"wrote {args.out}: {len(out) - n_syn} real rows + {n_syn} synthetic rows "
           f"({args.n_per_class} per class, column 'synthetic' marks them)")
-    if unlabelled is not None:
+    if unlabelled is not None and gen.unlabelled_history_ is None:
+        print(f"the generator did not learn from the {len(unlabelled)} unlabelled rows: EM classified held-out "
+              "labelled rows worse (see the warning); they are not in the output")
+    elif unlabelled is not None:
         print(f"the generator also learnt from {len(unlabelled)} unlabelled rows (EM, "
-              f"{len(gen.unlabelled_history_) - 1} passes); they are not in the output")
+              f"{len(gen.unlabelled_history_) - 1} passes, each row weighted {gen.unlabelled_weight_:g}); "
+              "they are not in the output")
     return 0
 
 

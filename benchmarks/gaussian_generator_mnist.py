@@ -115,8 +115,8 @@ def main() -> None:
     parser.add_argument("--lowdata-generators", default=None,
                         help="comma-separated generator names to run in the low-data experiment (default: all)")
     parser.add_argument("--lowdata-unlabelled", type=int, default=0,
-                        help="also run subspace=30 with this many unlabelled training images, three ways: for the "
-                             "subspace only, and with EM at unlabelled_weight 1 and 0.1 (0: not run)")
+                        help="also run subspace=30 with this many unlabelled training images, four ways: for the "
+                             "subspace only, with EM at unlabelled_weight 1 and 0.1, and at 'auto' (0: not run)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     unknown = parts - {"fit", "tstr", "lowdata"}
@@ -180,8 +180,9 @@ def main() -> None:
             tag = f"bayesgen_subspace30_unlabelled{args.lowdata_unlabelled}"
             makers[-1:-1] = [
                 (f"{tag}_subspace_only_exact", lambda: make_subspace(unlabelled_iterations=0), pool),
-                (f"{tag}_em_exact", make_subspace, pool),
+                (f"{tag}_em_exact", lambda: make_subspace(unlabelled_weight=1.0), pool),
                 (f"{tag}_em_weight0.1_exact", lambda: make_subspace(unlabelled_weight=0.1), pool),
+                (f"{tag}_auto_exact", make_subspace, pool),  # unlabelled_weight="auto"
             ]
         if args.lowdata_generators:
             wanted = args.lowdata_generators.split(",")

