@@ -530,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a 0/1 column (1 = anomaly; empty where unknown): not a feature; its labelled rows "
                          "calibrate the probability (Platt scaling, see MixtureAnomalyDetector.calibrate)")
     an.add_argument("--threshold", type=_probability, default=0.5, help="flag rows with P(anomaly) above this")
-    an.add_argument("--num-steps", type=_positive, default=1500)
+    an.add_argument("--num-steps", type=_positive, default=300,
+                    help="SVI steps after the EM start (default 300)")
     an.add_argument("--device", default="auto")
     an.add_argument("--seed", type=_seed, default=0)
     an.add_argument("--quiet", action="store_true", help="no progress bar")

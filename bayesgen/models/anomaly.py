@@ -419,8 +419,9 @@ def em_start(
 
     Starts with every row in the normal component of its nearest centre, except
     the rows farthest from every centre, which start as anomalies: the prior
-    mean's share of them, and in a second run half the rows; the run with the
-    higher log posterior is kept. Each
+    mean's share of them (or each share in ``shares``, keeping the run with the
+    highest log posterior; a large share lets a normal component collapse onto
+    a tight subset, which the maximum a posteriori objective rewards). Each
     iteration computes the rows' responsibilities for the K + 1 components (E
     step), then sets the anomaly fraction (Beta prior), the weights, each
     component's mean and covariance (weighted moments; ``floor`` added to the
@@ -506,10 +507,10 @@ def em_start(
         return {"objective": objective, "resp": resp, "covs": covs, "loc": loc, "iterations": it,
                 "a_loc": a_loc, "excess": excess, "total": total}
 
-    # Two starts, the farthest rows from the centres as anomalies: the prior's share, and half the rows
-    # (where normal behaviour is multi-modal, the better fit can give the anomaly component whole modes).
+    # Each start puts the rows farthest from the centres in the anomaly component (by default the prior
+    # mean's share of them); the start with the highest log posterior is kept.
     best: dict[str, Any] = {"objective": -np.inf}
-    for share in sorted({a0 / (a0 + b0), 0.5}) if shares is None else shares:
+    for share in (a0 / (a0 + b0),) if shares is None else shares:
         resp = np.zeros((n, K + 1))
         resp[np.arange(n), nearest] = 1.0
         resp[far[: max(int(share * n), 2)]] = np.eye(K + 1)[K]
