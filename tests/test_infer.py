@@ -26,22 +26,7 @@ N = 400
 Y = torch.linspace(-1.0, 5.0, N)
 
 
-def normal_model(y, subsample=None):
-    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-    with pyro.plate("obs", y.shape[0], subsample=subsample) as idx:
-        pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
-
-
-def normal_guide(y, subsample=None):
-    loc = pyro.param("loc", torch.tensor(-3.0))
-    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
-    pyro.sample("mu", dist.Normal(loc, scale))
-
-
-def exact_normal_posterior(y):
-    # Normal(0, 10^2) prior, unit-variance likelihood: conjugate.
-    precision = 1 / 100 + len(y)
-    return float(y.sum() / precision), math.sqrt(1 / precision)
+from normal_models import exact_normal_posterior, normal_guide, normal_model  # noqa: E402
 
 
 def test_loss_falls_and_reaches_exact_posterior():

@@ -121,20 +121,13 @@ def assert_same(resumed: dict[str, Any], straight: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- run_svi
+from normal_models import normal_guide, normal_model  # noqa: E402
+
 N = 64
 Y = torch.linspace(-1.0, 5.0, N)
 
 
-def model(y, subsample=None):
-    mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 10.0))
-    with pyro.plate("obs", y.shape[0], subsample=subsample) as idx:
-        pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
-
-
-def guide(y, subsample=None):
-    loc = pyro.param("loc", y.new_tensor(-3.0))
-    scale = pyro.param("scale", y.new_tensor(1.0), constraint=constraints.positive)
-    pyro.sample("mu", dist.Normal(loc, scale))
+model, guide = normal_model, normal_guide
 
 
 def runner_fit(*, monkeypatch: pytest.MonkeyPatch | None = None, **opts: Any) -> dict[str, Any]:
