@@ -981,10 +981,13 @@ def run_svi(
             pending = bool(saved.get("callback_pending")) and bool(losses)
 
         def mark() -> dict[str, Any]:
-            """What a step's unfinished part may have changed: the RNG, the batch stream and ``extra_state``."""
+            """What a step's unfinished part may have changed: ``extra_state`` (restored in memory after an
+            interrupt or a non-finite loss) and, for a checkpoint to redo it exactly, the RNG and the batch
+            stream (not copied without one: this runs on every step)."""
+            saving = checkpoint_path is not None
             return {
-                "rng": _rng_state(dev),
-                "batches": batches.mark() if batches is not None else None,
+                "rng": _rng_state(dev) if saving else None,
+                "batches": batches.mark() if batches is not None and saving else None,
                 "extra": extra_state.state_dict() if extra_state is not None else None,
             }
 
