@@ -1,6 +1,6 @@
 """bayesgen: Bayesian generative models in Pyro, with ArviZ 1.x output.
 
-The public API is re-exported here; see the README for a tour.
+The public API is re-exported here; see the README for a tour and docs/ for the user's guide.
 """
 
 __version__ = "0.1.0"

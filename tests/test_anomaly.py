@@ -483,8 +483,8 @@ def test_several_components_start_from_k_means_clusters(tmp_path):
 
 @pytest.mark.slow
 def test_three_components_on_digits_do_not_collapse_into_the_anomaly_component():
-    """scikit-learn's digits with K = 3 full-covariance components (README): 99% of the rows went to the
-    anomaly component with the old start (session 12); started from k-means, about 4%."""
+    """scikit-learn's digits with K = 3 full-covariance components started from k-means: the anomaly component
+    takes about 4% of the rows (started on single rows it took 99%; benchmarks/RESULTS.md)."""
     from sklearn.datasets import load_digits
 
     X = load_digits().data

@@ -372,7 +372,7 @@ def test_bad_input_is_clear(planted):
         ProdLDA(num_epochs=1).fit(["the and", "of the"])
     with pytest.raises(ValueError, match="relevance must be a number in \\[0, 1\\]"):
         ProdLDA(num_epochs=1, relevance=1.5).fit(X)
-    lda.relevance = 5  # set on a fitted model, as the README suggests for re-ranking
+    lda.relevance = 5  # set on a fitted model, as docs/models.md suggests for re-ranking
     with pytest.raises(ValueError, match="relevance must be a number in \\[0, 1\\]"):
         lda.topics()
     lda.relevance = 0.7

@@ -1046,7 +1046,7 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError("method='exact' needs a conjugate structure: covariance='diag' or 'full'")
         if self.method == "svi" and self.covariance == "full":
             # Known limitation: Adam on a Wishart guide over a d x d precision diverges
-            # within tens of steps even at d = 60 (measured on digits; see the README).
+            # within tens of steps even at d = 60 (measured on digits; see docs/models.md).
             raise ValueError(
                 "covariance='full' is fitted with its exact conjugate posterior: use method='exact' "
                 "(SVI with a Wishart guide is numerically unstable), or covariance='lowrank' for SVI"

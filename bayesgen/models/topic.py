@@ -821,7 +821,7 @@ class ProdLDA(NeuralEstimator):
 
     def _word_scores(self) -> np.ndarray:
         """Word scores per topic (see ``relevance``, ``exclusivity`` and :func:`word_ranking`)."""
-        # Checked here too: the README suggests setting the attributes on a fitted model to re-rank.
+        # Checked here too: docs/models.md suggests setting the attributes on a fitted model to re-rank.
         self._check_ranking()
         self._set_training(False)
         with torch.no_grad():
