@@ -67,7 +67,7 @@ from bayesgen._runtime import (
 )
 from bayesgen._typing import DeviceLike, ModelFn
 
-__all__ = ["to_datatree", "summary", "draw_sites"]
+__all__ = ["to_datatree", "summary", "draw_sites", "draw_guide"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,36 @@ def _vectorize(fn: ModelFn, num: int, dim: int) -> ModelFn:
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def draw_guide(
+    guide: ModelFn, *args: Any, num_samples: int, max_plate_nesting: int | None = None, **kwargs: Any
+) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws of every latent site of ``guide``, each of shape ``(num_samples, *site_shape)``.
+
+    One vectorised pass (a plate over draws outside the guide's own plates, at
+    ``-(max_plate_nesting + 1)``; None: found from a plain pass). A guide that
+    does not broadcast over that plate is drawn in a loop instead. No gradients.
+    """
+    def latent(trace: poutine.Trace) -> dict[str, torch.Tensor]:
+        return {name: site["value"] for name, site in trace.nodes.items()
+                if site["type"] == "sample" and not site["is_observed"] and name != _DRAW_PLATE
+                and not site_is_subsample(site)}
+
+    with torch.no_grad():
+        plain_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        plain = latent(plain_trace)
+        if max_plate_nesting is None:
+            max_plate_nesting = max((-f.dim for s in plain_trace.nodes.values() if s["type"] == "sample"
+                                     for f in s["cond_indep_stack"] if f.vectorized and f.dim is not None),
+                                    default=0)
+        try:
+            trace = poutine.trace(_vectorize(guide, num_samples, -(max_plate_nesting + 1))).get_trace(
+                *args, **kwargs)
+            return {name: value.reshape(num_samples, *plain[name].shape) for name, value in latent(trace).items()}
+        except (RuntimeError, ValueError):  # a guide whose shapes do not broadcast over the draws
+            loop = [latent(poutine.trace(guide).get_trace(*args, **kwargs)) for _ in range(num_samples - 1)]
+            return {name: torch.stack([value] + [d[name] for d in loop]) for name, value in plain.items()}
 
 
 def _site_log_lik(site: Mapping[str, Any]) -> torch.Tensor:

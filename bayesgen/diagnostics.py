@@ -1269,16 +1269,14 @@ def reference_check(
         return ReferenceCheck(pd.DataFrame(columns=columns), dict(unchecked), mean_tolerance, sd_tolerance)
     _, guide = estimator._model_and_guide(for_arviz=True)
     args, kwargs = estimator._model_args(for_arviz=True)
-    draws: dict[str, list[np.ndarray]] = {name: [] for name in exact}
-    with param_scope(estimator._param_state), seeded(estimator._method_seed(seed), estimator.device_), \
-            torch.no_grad():
-        for _ in range(num_samples):
-            trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            for name in exact:
-                draws[name].append(to_numpy(trace.nodes[name]["value"]).astype(float))
+    from bayesgen.arviz import draw_guide
+
+    nesting = getattr(estimator, "_max_plate_nesting", None)
+    with param_scope(estimator._param_state), seeded(estimator._method_seed(seed), estimator.device_):
+        draws = draw_guide(guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs)
     rows = []
     for name, (ref_mean, ref_sd) in exact.items():
-        values = np.stack(draws[name])
+        values = to_numpy(draws[name]).astype(float)
         mean, sd = values.mean(axis=0), values.std(axis=0, ddof=1)
         ref_mean, ref_sd = np.broadcast_to(ref_mean, mean.shape), np.broadcast_to(ref_sd, mean.shape)
         labels = element_labels(estimator, name, mean.shape)

@@ -422,3 +422,29 @@ def test_a_point_estimate_guide_and_an_unplated_observation_are_warned_about(cap
     assert "observed site 'y' is masked (poutine.mask): 2 of its 6 values are not in the likelihood" in caplog.text
     np.testing.assert_array_equal(tree.log_likelihood["y"].values[..., -2:], 0.0)  # what the warning is about
     assert (tree.log_likelihood["y"].values[..., :-2] != 0).all()
+
+
+def test_draw_guide_vectorises_and_falls_back_to_a_loop_for_guides_that_do_not_broadcast():
+    """Every latent site as (num_samples, *site_shape), with the guide's own moments, both ways."""
+    import pyro.distributions as dist
+
+    from bayesgen.arviz import draw_guide
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(torch.tensor([1.0, -2.0]), 0.5).to_event(1))
+        with pyro.plate("k", 3):
+            pyro.sample("s", dist.LogNormal(0.0, 0.1))
+
+    def stubborn(x):  # reshapes a draw to a fixed shape: cannot broadcast over a draws plate
+        mu = pyro.sample("mu", dist.Normal(torch.tensor([1.0, -2.0]), 0.5).to_event(1))
+        mu.reshape(2)
+        with pyro.plate("k", 3):
+            pyro.sample("s", dist.LogNormal(0.0, 0.1))
+
+    pyro.set_rng_seed(0)
+    for fn in (guide, stubborn):
+        draws = draw_guide(fn, torch.zeros(4), num_samples=4000)
+        assert draws["mu"].shape == (4000, 2) and draws["s"].shape == (4000, 3)
+        np.testing.assert_allclose(draws["mu"].mean(0).numpy(), [1.0, -2.0], atol=0.03)
+        np.testing.assert_allclose(draws["mu"].std(0).numpy(), [0.5, 0.5], rtol=0.05)
+        assert "k" not in draws

@@ -1034,16 +1034,13 @@ class MixtureAnomalyDetector(BayesianEstimator):
     # ------------------------------------------------------------- draws
     def _draws(self, num: int | None, seed: int | None) -> dict[str, torch.Tensor]:
         """``num`` guide draws of the parameters (None: the estimator's ``num_samples``)."""
-        from bayesgen.arviz import _vectorize
+        from bayesgen.arviz import draw_guide
         from bayesgen.infer import param_scope
 
         num = check_count(self.num_samples if num is None else num, "num_samples")
-        kwargs = self._kwargs(marginal=True)
-        with param_scope(self._param_state), seeded(self._method_seed(seed), self.device_), torch.no_grad():
-            tr = poutine.trace(_vectorize(self._model_and_guide()[1], num, -2)).get_trace(
-                self._x[:2], **kwargs)
-        out = {name: site["value"] for name, site in tr.nodes.items()
-               if site["type"] == "sample" and name not in ("_bayesgen_draws", "component")}
+        with param_scope(self._param_state), seeded(self._method_seed(seed), self.device_):
+            out = draw_guide(self._model_and_guide()[1], self._x[:2], num_samples=num,
+                             max_plate_nesting=self._max_plate_nesting, **self._kwargs(marginal=True))
         K = int(self.num_components)
         out["anomaly_fraction"] = out["anomaly_fraction"].reshape(num, 1)
         out["weights"] = out["weights"].reshape(num, 1, K) if K > 1 else torch.ones(num, 1, 1, device=self.device_)
