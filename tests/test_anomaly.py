@@ -431,7 +431,8 @@ def test_probabilities_are_calibrated_when_the_inflated_model_holds():
     post = det.anomaly_fraction()
     assert post["low"] <= z.mean() <= post["high"]
     # The learnt breadth: (1 + excess) near the true inflation (LogNormal guide: its median).
-    assert 0.6 * inflation < 1 + np.median(det.posterior(2000)["anomaly_excess"]) < 1.5 * inflation
+    assert 0.6 * inflation < 1 + np.exp(float(det.params_["anomaly_excess_loc"])) < 1.5 * inflation
+    assert "anomaly_excess_loc_offset" not in det.params_
 
 
 def test_fit_warns_when_the_anomaly_component_takes_most_rows():

@@ -995,6 +995,17 @@ class MixtureAnomalyDetector(BayesianEstimator):
                 "rank": int(self.rank), "marginal": (not self.enumerate) if marginal is None else marginal,
                 "anomaly": self.anomaly}
 
+    @property
+    def params_(self) -> dict[str, Any]:
+        """Fitted variational parameters (constrained), by the guide's names; a preconditioned centre
+        (see :func:`guide`) is given as its value ``<name>``, not as the offset the optimiser moves."""
+        out = BayesianEstimator.params_.fget(self)
+        for key in [k for k in out if k.endswith("_offset")]:
+            name = key[: -len("_offset")]
+            out[name] = to_numpy(self._init[name] + self._init[f"{name}_unit"] * torch.as_tensor(
+                out.pop(key), dtype=self._init[name].dtype, device=self._init[name].device))
+        return out
+
     def _model_and_guide(self, for_arviz: bool = False) -> tuple:
         m = config_enumerate(model) if self.enumerate and not for_arviz else model
         g = functools.partial(guide, init=getattr(self, "_init", None))
