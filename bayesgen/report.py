@@ -201,7 +201,7 @@ _CHECK_TITLES = {"convergence": "Optimisation", "psis": "PSIS k-hat", "psis_rows
 _STATUS_CLASS = {"ok": "ok", "caution": "caution", "fail": "fail", "info": "note"}
 
 
-# Said in a box that passed its check but whose message names unreliable parts (as older run folders word it).
+# Said in a box that passed its check but whose message names unreliable parts.
 _MIXED_ADVICE = ("The check passed as a whole, but its message names parts that are unreliable, so it is shown in "
                  "amber: read its figures before relying on those parts.")
 

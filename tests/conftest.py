@@ -8,6 +8,7 @@ import os
 import pyro
 import pytest
 import torch
+from saved_models import resign
 
 logging.getLogger("pyro").setLevel(logging.WARNING)
 
@@ -31,12 +32,10 @@ def _fresh_pyro_state():
 
 
 def _make_older(folder, *, settings=(), extra=(), tensors=()) -> None:
-    """Edit a saved model folder to look like one from an older bayesgen: drop these
-    hyperparameters, fitted entries and tensors (as they did not exist then)."""
+    """Edit a saved model folder into one without these hyperparameters, fitted entries and tensors
+    (a file from before they existed, which the loaders still read)."""
     import json
     from pathlib import Path
-
-    from bayesgen.io import file_sha256
 
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
@@ -44,18 +43,18 @@ def _make_older(folder, *, settings=(), extra=(), tensors=()) -> None:
         del meta["hyperparameters"][key]
     for key in extra:
         del meta["extra"][key]
+    (folder / "meta.json").write_text(json.dumps(meta))
     if tensors:
         saved = torch.load(folder / "tensors.pt", weights_only=True)
         for key in tensors:
             del saved[key]
         torch.save(saved, folder / "tensors.pt")
-        meta["tensors_sha256"] = file_sha256(folder / "tensors.pt")  # the checksum goes with the tensors
-    (folder / "meta.json").write_text(json.dumps(meta))
+        resign(folder)  # the checksum goes with the tensors
 
 
 @pytest.fixture
 def make_older():
-    """``make_older(folder, settings=..., extra=..., tensors=...)``: a saved model as an older version wrote it."""
+    """``make_older(folder, settings=..., extra=..., tensors=...)``: a saved model without those entries."""
     return _make_older
 
 

@@ -341,7 +341,7 @@ def test_more_bad_input_is_clear():
 
 
 def test_a_curved_classifier_inherits_the_generators_quadratic_rule_and_a_linear_one_cannot():
-    """Why labelled-only augmentation helps an MLP and not logistic regression (RESULTS, issue 3).
+    """Why labelled-only augmentation helps an MLP and not logistic regression (benchmarks/RESULTS.md).
 
     Two classes with one centre and covariances I and 9I: the Bayes rule is a sphere, which no
     linear rule can draw. With 10 rows per class the generator's own rule (its class covariances)

@@ -59,7 +59,7 @@ def test_seed_none_is_fresh_randomness_and_leaves_caller_rng_alone():
         first = torch.rand(5)
     with seeded(None):
         second = torch.rand(5)
-    assert not torch.equal(first, second)  # was: both blocks replayed the caller's state
+    assert not torch.equal(first, second)  # neither block replays the caller's state
     np.testing.assert_array_equal(torch.rand(5), expected_next)
     # The runner, minibatch order included: two unseeded fits differ.
     a = run_svi(normal_model, normal_guide, Y, num_steps=5, seed=None, data_size=N, batch_size=10)
@@ -337,7 +337,7 @@ def test_learning_rate_schedule_decays():
 def test_runs_on_cuda_tensors():
     # normal_model/normal_guide are written as in Pyro's tutorials: dist.Normal(0.0, 10.0) and
     # torch.tensor(-3.0) name no device. The runner creates such tensors on the data's GPU for the run
-    # (on an H200 this model first failed with "found at least two devices, cuda:0 and cpu").
+    # (without that, this model fails with "found at least two devices, cuda:0 and cpu": checked below).
     result = run_svi(normal_model, normal_guide, Y, num_steps=1500, learning_rate=0.1, lr_schedule="cosine",
                      final_lr_factor=0.01, device="cuda", batch_size=40, data_size=N, seed=0)
     assert result.device.type == "cuda"
@@ -365,7 +365,7 @@ def test_runs_on_cuda_tensors():
 def test_device_probe_skips_plate_indices_but_not_values():
     # The probe's check on site values, run against the "meta" device so that it can be exercised on
     # the CPU: a plate's own index (on the CPU unless given device=) is not a stray tensor, a value is.
-    # (Counting plate indices made every bayesgen model run in the device scope on an H200.)
+    # (Counting plate indices would put every bayesgen model on a GPU in the device scope.)
     from bayesgen.infer import _stray_sites
 
     def model(y):

@@ -1,5 +1,5 @@
 """Files are written whole or not at all: full disks, failed fits, reused --out, concurrent writers,
-run names, model checksums and resumable fits (issue 26, sections 2 and 3)."""
+run names, model checksums and resumable fits."""
 
 from __future__ import annotations
 

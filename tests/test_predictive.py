@@ -44,3 +44,11 @@ def test_anomaly_check_includes_mahalanobis_distances_and_flags_a_missed_cluster
     check = predictive_check(det, num_samples=100, seed=0)
     assert {"mahalanobis²[median]", "mahalanobis²[95%]"} <= set(check.table.index)
     assert check.passed, check.table[~check.table["ok"]]
+    # One normal component and a fixed Student-t anomaly component cannot hold the second cluster: the
+    # replicates lie much farther from the data's centre than the rows do.
+    one = MixtureAnomalyDetector(num_components=1, covariance="diag", anomaly="student_t", num_steps=400,
+                                 seed=0).fit(X)
+    missed = predictive_check(one, num_samples=100, seed=0)
+    assert not missed.passed
+    assert set(missed.table.index[~missed.table["ok"]]) == {"mahalanobis²[median]", "mahalanobis²[95%]"}
+    assert "does not reproduce" in missed.message() and "mahalanobis²" in missed.message()

@@ -1,4 +1,4 @@
-"""Every global site of every shipped spec's fit against its exact posterior (issue: trusted posteriors).
+"""Every global site of every shipped spec's fit against its exact posterior.
 
 The default tier fits the specs that are quick as shipped; the `slow` tier fits every spec under
 ``models/`` as shipped. A check that cannot say "no" is no check: a fit stopped early must disagree.

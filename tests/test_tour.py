@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import json
@@ -67,7 +68,8 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     # Each model's graph is a picture with Graphviz and a text rendering without it (optional system tool).
     assert graphs + page.count("<pre>") == len(TOUR_SPECS)
     assert graphs == (len(TOUR_SPECS) if shutil.which("dot") else 0)
-    assert "latent" in page and "observed" in page
+    for name in TOUR_SPECS:
+        check_model_graph(page, out / name, graphs > 0)
     assert page.count("SVI vs exact posterior of") >= 2  # the A/B rates and the generator's class weights
     assert re.search(r"memorization_passed</th>\s*<td>(passed|failed)</td>", page)
     assert len(sources) >= 3 * len(TOUR_SPECS) + graphs
@@ -78,6 +80,30 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     assert re.search(r"<th>lift_94%_upper</th>\s*<td>", page)
     # The conditional VAE's latent plot says why its classes mix.
     assert "the decoder is given the label" in page
+
+
+# One line per sample site, as bayesgen.plots.describe_model writes it.
+_SITE_LINE = re.compile(r"^(\w+) ~ \w+ \(batch \([\d, ]*\), event \([\d, ]*\)\)(?: in plates [\w, ]+)?: "
+                        r"(latent|observed)$")
+
+
+def check_model_graph(page: str, folder: Path, drawn: bool) -> None:
+    """The run folder holds the model's text rendering (latent and observed sites), and the report's section of the
+    run shows the model: as a picture naming every site (``drawn``, with Graphviz) or as that text."""
+    text = (folder / "plots" / "model_graph.txt").read_text(encoding="utf-8")
+    lines = [_SITE_LINE.match(line) for line in text.strip().splitlines()]
+    assert lines and all(lines), text
+    roles = {m.group(1): m.group(2) for m in lines}
+    assert set(roles.values()) == {"latent", "observed"}, text
+    section = re.search(rf'<section class="model"[^>]*>\s*<h2>[^<]* — {re.escape(folder.name)}</h2>.*?</section>',
+                        page, flags=re.S)
+    assert section, folder.name
+    graph = section.group(0).split("<h3>Model graph</h3>", 1)[1].split("<h3>", 1)[0]
+    if drawn:
+        svg = base64.b64decode(re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', graph).group(1)).decode()
+        assert all(f"<title>{site}</title>" in svg for site in roles), (folder.name, sorted(roles))
+    else:
+        assert f"<pre>{html.escape(text)}</pre>" in graph, folder.name
 
 
 # ------------------------------------------------------------- reading the page
@@ -327,8 +353,8 @@ def test_tour_runs_on_the_gpu(tmp_path):
 
 
 def test_every_smoke_spec_is_a_valid_spec(tmp_path):
-    # A run folder's spec.toml is read back by `bayesgen reproduce`: the tour's cuts must pass load_spec
-    # (session 14: the VAE's report keys, added to every spec, made the others' run folders unreadable).
+    # A run folder's spec.toml is read back by `bayesgen reproduce`: the tour's cuts (each model's own report keys
+    # included) must pass load_spec.
     import tomli_w
 
     from bayesgen.specs import load_spec
@@ -368,8 +394,9 @@ CONVERGED = {"verdict": "converged", "message": "optimisation converged: the run
 
 @pytest.fixture
 def handmade(tmp_path):
-    """Three run folders (an A/B test that passes everything; a conditional VAE as the full tour writes it, with
-    the messages an older bayesgen wrote; an anomaly run that fails everything), a failed run, and their report."""
+    """Three run folders (an A/B test that passes everything; a conditional VAE as the full tour writes it, with a
+    passing per-row box whose message names "unreliable"; an anomaly run that fails everything), a failed run, and
+    their report."""
     from bayesgen.report import write_report
 
     ab_columns = ["successes", "trials", "observed_rate", "rate_mean", "rate_sd", "rate_94%_lower", "rate_94%_upper",
@@ -399,6 +426,9 @@ def handmade(tmp_path):
         "predictive": {"passed": False, "statistics": 62, "failed": ["sd[x1]"],
                        "message": "posterior predictive check of 62 statistics: 1 outside"},
         "warnings": [bad_rows, "posterior predictive check of 62 statistics: 1 outside", "a warning of its own"]})
+    # The VAE's model as a run without Graphviz leaves it: the text rendering, no picture.
+    (vae / "plots" / "model_graph.txt").write_text("z ~ Normal (batch (64,), event (8,)) in plates row: latent\n"
+                                                   "x ~ Bernoulli (batch (64,), event (64,)) in plates row: observed\n")
     path = write_report([ab, vae, anomaly], tmp_path / "report.html", errors={"topic_python_help": "boom"})
     return path.read_text()
 
@@ -418,7 +448,7 @@ def test_report_leads_with_a_verdict_table_coloured_by_the_diagnostics(handmade)
 def test_report_green_boxes_never_say_unreliable(handmade):
     check_green_never_unreliable(handmade)
     assert with_class(handmade, "ok")  # there are green boxes to check
-    # The VAE's joint k-hat is a neutral note; its per-row verdict box, written in older words, is amber, not green.
+    # The VAE's joint k-hat is a neutral note; its passing per-row box names "unreliable" (0%), so it is amber.
     notes = [text for _, _, text, _ in with_class(handmade, "note")]
     assert any(text.startswith("PSIS k-hat: joint over all checked rows") for text in notes)
 
@@ -437,6 +467,12 @@ def test_report_tables_fit_the_page_or_scroll(handmade):
     check_tables(handmade)
     # The A/B table's last column, lift_94%_upper, is on the page: the wide two-row table is shown turned.
     assert re.search(r"<th>lift_94%_upper</th>\s*<td>", handmade)
+
+
+def test_report_shows_a_model_as_text_without_its_picture(handmade, tmp_path):
+    check_model_graph(handmade, tmp_path / "vae", drawn=False)
+    assert handmade.count("<pre>") == 1  # the other runs have neither picture nor text: "not available"
+    assert handmade.count('<h3>Model graph</h3>\n<p class="muted">not available for this run</p>') == 2
 
 
 def test_report_captions_are_sentences_not_file_stems(handmade):

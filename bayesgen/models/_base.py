@@ -595,8 +595,8 @@ def _check_tensors_checksum(meta: dict[str, Any], tensor_path: Path) -> None:
     from bayesgen.io import file_sha256
 
     expected = meta.get("tensors_sha256")
-    if meta.get("format_version") == 1:  # written before models carried a checksum
-        logger.warning("%s comes from an older bayesgen and has no checksum: its tensors cannot be checked for "
+    if meta.get("format_version") == 1:  # format version 1 has no checksum
+        logger.warning("%s is in model format version 1, which has no checksum: its tensors cannot be checked for "
                        "damage (save it again to add one)", tensor_path.parent)
         return
     if not isinstance(expected, str):

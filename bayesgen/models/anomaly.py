@@ -737,8 +737,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         Factors of "lowrank".
     anomaly : {"inflated", "student_t"}, default "inflated"
         The anomaly component: a Gaussian with a learnt centre and a learnt
-        multiple (> 1) of the normal part's overall covariance, or the fixed Student-t
-        of earlier versions (files saved before this setting load with it).
+        multiple (> 1) of the normal part's overall covariance, or a fixed
+        Student-t (a saved file that records no ``anomaly`` loads with it).
     anomaly_prior : (float, float), default (1.0, 19.0)
         Beta prior on the anomaly fraction (mean 5 %).
     anomaly_scale : float, default 3.0
@@ -1270,7 +1270,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if not isinstance(on_frame, bool):
             raise ValueError(f"fitted_on_frame_ must be true or false, got {on_frame!r}")
         self.fitted_on_frame_ = on_frame
-        cal = meta.get("calibration_")  # absent in files saved before calibrate existed
+        cal = meta.get("calibration_")  # absent from a file that records no calibration
         if cal is not None and not (isinstance(cal, dict) and all(
                 isinstance(cal.get(k), int | float) and math.isfinite(cal[k]) for k in ("slope", "intercept"))):
             raise ValueError(f"calibration_ must hold a finite slope and intercept, got {cal!r}")
@@ -1280,5 +1280,5 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._scale = to_numpy(tensors["scale"])
         self._init = {k[5:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("init.")}
         self._hyper = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("hyper.")}
-        if "excess_center" not in self._hyper:  # saved before the inflated anomaly component existed
+        if "excess_center" not in self._hyper:  # a file without it has the Student-t component
             self.anomaly = "student_t"

@@ -901,11 +901,9 @@ class GaussianGenerator(BayesianEstimator):
         the class model is fitted to the labelled rows alone and ``fit`` warns.
         It costs about 16 EM runs. When every class has a single labelled row
         nothing can be held out, and EM runs at weight 1. A number forces EM
-        at that weight. On scikit-learn's digits (5 or 20 labelled rows per
-        class) and MNIST (20) "auto" kept EM in every split, at 0.1 on MNIST
-        (accuracy 0.92-0.94 against 0.89-0.92 at weight 1); with the
-        unlabelled MNIST images moved 4 pixels it kept the labelled rows alone
-        (0.83 against 0.43-0.55 at weight 1; ``benchmarks/RESULTS.md``).
+        at that weight. With unlabelled MNIST images moved 4 pixels, "auto"
+        keeps the labelled rows alone (accuracy 0.83 against 0.43-0.55 at
+        weight 1); the other benchmarks are in ``benchmarks/RESULTS.md``.
     num_steps : int, default 2000
     learning_rate : float, optional
         Default: 0.002 for "lowrank" started at its PCA (a larger step
@@ -1107,10 +1105,9 @@ class GaussianGenerator(BayesianEstimator):
             unlabelled ones). ``unlabelled_weight="auto"`` checks by
             cross-validation that EM does not classify labelled rows worse.
             With 20 labelled MNIST digits per class, 10,000 unlabelled ones
-            and ``subspace=30``, EM at weight 1 raised logistic regression's
-            accuracy from its samples by 4.4-5.7 points (labelled rows only:
-            about 0) and the generator's own from 0.85-0.86 to 0.89-0.92, and
-            "auto" (weight 0.1 there) to 0.92-0.94 (``benchmarks/RESULTS.md``).
+            and ``subspace=30``, EM at weight 1 raises logistic regression's
+            accuracy from the samples by 4.4-5.7 points
+            (``benchmarks/RESULTS.md``).
         checkpoint, checkpoint_every, resume
             See :func:`bayesgen.infer.run_svi`.
 
@@ -1551,7 +1548,7 @@ class GaussianGenerator(BayesianEstimator):
         self.classes_ = np.asarray(meta["classes_"])
         self.feature_names_ = list(meta["feature_names_"])
         self.class_counts_ = np.asarray(meta["class_counts_"])
-        history = meta.get("unlabelled_history_")  # files from before session 14 lack it
+        history = meta.get("unlabelled_history_")  # a file may not record it
         self.unlabelled_history_ = None if history is None else np.asarray(history, dtype=float)
         self.unlabelled_converged_ = meta.get("unlabelled_converged_")
         self.unlabelled_weight_ = meta.get("unlabelled_weight_")
@@ -1567,7 +1564,7 @@ class GaussianGenerator(BayesianEstimator):
         self._scale = to_numpy(tensors["scale"])
         self._prior = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("prior.")}
         self._predictive = {k[11:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("predictive.")}
-        self._subspace = None  # files from before ``subspace`` have neither the setting nor its tensors
+        self._subspace = None  # a file may have neither the ``subspace`` setting nor its tensors
         saved = "subspace.basis" in tensors
         if saved != (self.subspace is not None):
             raise ValueError(f"the setting subspace={self.subspace!r} does not match the saved tensors, which "

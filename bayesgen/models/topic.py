@@ -20,7 +20,7 @@ batch-normalised outputs, as in the paper. β is a point estimate.
 A document's reported proportions come from the encoder's Normal refined on
 that document's own ELBO, β fixed (``refine_steps`` Adam steps, semi-amortised
 VI as in Kim et al. 2018): the encoder alone can sit far from a document's
-posterior (per-document PSIS k-hat; benchmarks/RESULTS.md, issue 27).
+posterior (per-document PSIS k-hat in benchmarks/RESULTS.md).
 
 Training is minibatch SVI (Trace_ELBO) over documents through the shared
 runner, with the counts resident on the device — dense, or sparse with each
@@ -417,8 +417,8 @@ class ProdLDA(NeuralEstimator):
         γ ≥ 0: lowers a word's score in topic k by γ times how much more
         probable (in log) it is in its most probable other topic, so a word
         shared by near-duplicate topics heads the one that uses it most. 0
-        ranks by relevance alone (as earlier versions did, with λ = 0.15; a
-        model saved by them loads with 0). Has no effect without
+        ranks by relevance alone (a saved model whose file records no word
+        ranking loads with 0). Has no effect without
         ``background``. The defaults were chosen on the benchmark's tuning
         seeds, news and Reuters at K = 20 and 50 (see benchmarks/RESULTS.md);
         set either on a fitted model to re-rank.
@@ -1057,18 +1057,18 @@ class ProdLDA(NeuralEstimator):
         self.vocabulary_ = list(meta["vocabulary_"])
         self.sparse_ = bool(meta["sparse_"])
         self.dropped_documents_ = int(meta["dropped_documents_"])
-        if "decoder_learning_rate_" not in meta:  # saved before the decoder had its own rate: it had the encoder's
+        if "decoder_learning_rate_" not in meta:  # a file without it gives the decoder the encoder's rate
             self.decoder_learning_rate = self.learning_rate
         self.decoder_learning_rate_ = float(meta.get("decoder_learning_rate_", self.learning_rate))
-        if "word_ranking" not in meta:  # saved before the exclusivity term: ranked by relevance alone
+        if "word_ranking" not in meta:  # a file without it ranks by relevance alone
             self.exclusivity = 0.0
         self._set_history_meta(meta)
         self._x = tensors["x"].to(self.device_)
         self._arviz_rows = torch.arange(min(50, self._x.shape[0]))
         self._local_cache = None
         if "decoder$$$background" not in tensors["params"]:
-            self.background = False  # saved before the decoder had a background term
+            self.background = False  # a file without the background term
         if "buffer.decoder.bn_weight" not in tensors:
-            self.batch_norm_anneal = float("inf")  # saved before batch norm could fade out: it never did
+            self.batch_norm_anneal = float("inf")  # a file without the buffer keeps batch norm throughout
         self._build_networks()
         self._load_network_state(tensors)
