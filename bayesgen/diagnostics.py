@@ -1001,8 +1001,11 @@ def predictive_check(
 
     Each estimator names its statistics (``_ppc_statistics``: A/B counts per
     variant; the generator's class counts and per-feature means and sds; the
-    anomaly detector's per-feature means, sds and Mahalanobis distances; by
-    default the mean and sd of every observed site). Each is computed on the
+    anomaly detector's per-feature means, sds and Mahalanobis distances;
+    ProdLDA's top words' shares of tokens and of documents and the distinct
+    words per document; the VAE's mean intensity, within-image sd, share of
+    "on" pixels and its most variable pixels' means; by default the mean and
+    sd of every observed site). Each is computed on the
     observed data and on ``num_samples`` data sets replicated from the
     posterior predictive; its p-value is two-sided.
 

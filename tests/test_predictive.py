@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bayesgen.diagnostics import predictive_check
 from bayesgen.models.ab_test import BetaBinomialTest
@@ -52,3 +53,141 @@ def test_anomaly_check_includes_mahalanobis_distances_and_flags_a_missed_cluster
     assert not missed.passed
     assert set(missed.table.index[~missed.table["ok"]]) == {"mahalanobis²[median]", "mahalanobis²[95%]"}
     assert "does not reproduce" in missed.message() and "mahalanobis²" in missed.message()
+
+
+def _prodlda(X):
+    from bayesgen.models.topic import ProdLDA
+
+    return ProdLDA(num_topics=4, hidden_dim=32, num_epochs=40, batch_size=50, seed=0).fit(X)
+
+
+def test_prodlda_check_names_word_statistics_and_passes_on_a_corpus_simulated_from_a_fitted_prodlda():
+    import torch
+    import torch.nn.functional as F
+
+    from bayesgen.models.topic import DocumentMultinomial, dirichlet_laplace_prior
+    from test_topic import planted_corpus
+
+    X, _, _ = planted_corpus(D=300, length=60)
+    source = _prodlda(X)
+    # New documents from the fitted model's own generative story, with the planted documents' lengths.
+    _, scale = dirichlet_laplace_prior(4, 1.0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        source.decoder_.eval()
+        theta = F.softmax(scale * torch.randn(len(X), 4, generator=gen), dim=-1)
+        torch.manual_seed(2)
+        lengths = torch.as_tensor(X.sum(1), dtype=torch.float32)
+        simulated = DocumentMultinomial(source.decoder_(theta), lengths).sample().numpy().astype(int)
+    check = predictive_check(_prodlda(simulated), num_samples=100, seed=0)
+    totals = simulated.sum(0)
+    top = [f"w{j}" for j in np.argsort(-totals, kind="stable")[:10]]
+    assert list(check.table.index) == ([f"share of tokens[{w}]" for w in top]
+                                       + [f"documents containing[{w}]" for w in top]
+                                       + ["distinct words per document[mean]"])
+    # Observed values are the statistics of the documents in the check (the first 50).
+    first = simulated[:50]
+    np.testing.assert_allclose(check.table.loc[f"share of tokens[{top[0]}]", "observed"],
+                               first[:, int(top[0][1:])].sum() / first.sum())
+    np.testing.assert_allclose(check.table.loc["distinct words per document[mean]", "observed"],
+                               np.count_nonzero(first, axis=1).mean())
+    assert check.passed, check.table[~check.table["ok"]]
+    assert check.table["p_value"].min() > 1e-3
+
+
+def test_prodlda_check_fails_documents_far_burstier_than_any_four_topics_allow():
+    # Every document repeats the words of its own random 3-word set: four shared topics cannot reproduce that.
+    rng = np.random.default_rng(3)
+    X = np.zeros((300, 40), dtype=int)
+    for d in range(len(X)):
+        X[d, rng.choice(40, 3, replace=False)] = rng.multinomial(60, [1 / 3] * 3)
+    check = predictive_check(_prodlda(X), num_samples=100, seed=0)
+    assert not check.passed
+    failed = set(check.table.index[~check.table["ok"]])
+    assert "distinct words per document[mean]" in failed
+    assert sum(name.startswith("documents containing[") for name in failed) == 10
+    row = check.table.loc["distinct words per document[mean]"]
+    assert row["observed"] == 3.0 and row["replicated_mean"] > 10
+
+
+def _vae(X):
+    from bayesgen.models.vae import VAE
+
+    return VAE(latent_dim=4, hidden_dims=(64,), num_epochs=30, batch_size=64, seed=0).fit(X)
+
+
+@pytest.fixture(scope="module")
+def digit_vae():
+    from bayesgen.datasets import load_digits
+
+    X, _ = load_digits()
+    return _vae((X[:600] > 0.5).astype(np.float32))
+
+
+def test_vae_check_names_pixel_statistics_and_passes_on_images_simulated_from_a_fitted_vae(digit_vae):
+    simulated, _ = digit_vae.sample(600, seed=1, mean=False)  # binary draws from the pixel likelihood
+    check = predictive_check(_vae(simulated), num_samples=100, seed=0)
+    pixels = np.argsort(-simulated.var(axis=0), kind="stable")[:3]
+    assert list(check.table.index) == ["mean intensity", "sd within image[mean]", "share of pixels > 0.5",
+                                       *(f"mean[pixel {j}]" for j in pixels)]
+    first = simulated[:64]  # the rows in the check
+    np.testing.assert_allclose(check.table["observed"].iloc[:3],
+                               [first.mean(), first.std(axis=1).mean(), (first > 0.5).mean()], rtol=1e-6)
+    assert check.passed, check.table[~check.table["ok"]]
+    assert check.table["p_value"].min() > 1e-3
+
+
+def test_vae_check_fails_a_bernoulli_vae_on_grey_images(digit_vae):
+    # The same model's mean images are smooth grey; a Bernoulli VAE replicates them as binary images.
+    grey, _ = digit_vae.sample(600, seed=1, mean=True)
+    check = predictive_check(_vae(grey), num_samples=100, seed=0)
+    assert not check.passed
+    row = check.table.loc["sd within image[mean]"]
+    assert not row["ok"] and row["replicated_mean"] > row["observed"]
+
+
+def _edit_meta(folder, **extra):
+    import json
+
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["extra"].update(extra)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _statistics(estimator):
+    return list(predictive_check(estimator, num_samples=20, seed=0).table.index)
+
+
+def test_saved_models_keep_the_checks_statistics_chosen_on_all_training_rows(digit_vae, tmp_path, make_older):
+    from bayesgen.datasets import load_digits
+    from bayesgen.models.topic import ProdLDA
+    from bayesgen.models.vae import VAE
+    from test_topic import planted_corpus
+
+    X, _ = load_digits()
+    binary = (X[:600] > 0.5).astype(np.float32)
+    names = _statistics(digit_vae)
+    assert names[3:] == [f"mean[pixel {j}]" for j in np.argsort(-binary.var(axis=0), kind="stable")[:3]]
+    folder = digit_vae.save(tmp_path / "vae")  # keeps 256 of the 600 rows
+    assert _statistics(VAE.load(folder)) == names
+    _edit_meta(folder, ppc_pixels=[64])
+    with pytest.raises(ValueError, match="ppc_pixels must be a non-empty list of pixel indices below 64"):
+        VAE.load(folder)
+    make_older(folder, extra=["ppc_pixels", "ppc_threshold"])
+    older = _statistics(VAE.load(folder))  # a file without them: chosen on the rows it keeps
+    assert older[3:] == [f"mean[pixel {j}]" for j in np.argsort(-binary[:256].var(axis=0), kind="stable")[:3]]
+    assert older != names
+
+    counts, _, _ = planted_corpus(D=300, length=60)
+    lda = ProdLDA(num_topics=4, hidden_dim=8, num_epochs=1, batch_size=50, refine_steps=0, seed=0).fit(counts)
+    names = _statistics(lda)
+    assert names[:10] == [f"share of tokens[w{j}]" for j in np.argsort(-counts.sum(0), kind="stable")[:10]]
+    folder = lda.save(tmp_path / "lda")  # keeps 200 of the 300 documents
+    assert _statistics(ProdLDA.load(folder)) == names
+    _edit_meta(folder, ppc_words=[-1])
+    with pytest.raises(ValueError, match="ppc_words must be a non-empty list of word indices below 40"):
+        ProdLDA.load(folder)
+    make_older(folder, extra=["ppc_words"])
+    older = _statistics(ProdLDA.load(folder))
+    assert older[:10] == [f"share of tokens[w{j}]" for j in np.argsort(-counts[:200].sum(0), kind="stable")[:10]]
+    assert older != names

@@ -223,6 +223,11 @@ def _rows(counts: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return counts.index_select(0, idx)
 
 
+def _top_words(totals: np.ndarray, top_n: int = 10) -> np.ndarray:
+    """Indices of the ``top_n`` largest word totals, most frequent first (ties by vocabulary order)."""
+    return np.argsort(-totals, kind="stable")[:top_n].astype(np.int64)
+
+
 def dirichlet_laplace_prior(num_topics: int, concentration: float) -> tuple[float, float]:
     """(loc, scale) of the Laplace approximation to symmetric Dirichlet(α) in the softmax basis."""
     var = (1.0 / concentration) * (1.0 - 1.0 / num_topics)
@@ -764,6 +769,7 @@ class ProdLDA(NeuralEstimator):
         self._x = self._tensor(train, self.sparse_)
         self._arviz_rows = torch.arange(min(50, train.num_docs))
         self._local_cache = None
+        self._ppc_words = _top_words(np.asarray(train.counts.sum(axis=0), dtype=float).ravel())
         with seeded(self.seed, self.device_):
             self._build_networks()
         if self.decoder_.background is not None:
@@ -1015,6 +1021,28 @@ class ProdLDA(NeuralEstimator):
         dims = {"logtheta": ["document", "topic"], "theta": ["document", "topic"], "words": ["document", "word"]}
         return dims, {"topic": np.arange(int(self.num_topics)), "word": self.vocabulary_}
 
+    def _ppc_statistics(self, data: dict[str, np.ndarray]) -> dict[str, float]:
+        """The ten most frequent words of the training corpus: each one's share of all tokens and share of
+        documents containing it; and the mean number of distinct words per document.
+
+        Document lengths are not among them: the model conditions on each document's length, so every replicate
+        has the observed lengths. The distinct words per document test burstiness (a document's words repeat
+        more than one shared word distribution would make them); the document frequencies test how topics
+        spread the top words over the documents.
+        """
+        x = data["words"]  # (n_docs, n_words)
+        top = self._ppc_words
+        counts = x[:, top]
+        shares = counts.sum(axis=0) / max(float(x.sum()), 1.0)
+        present = (counts > 0).mean(axis=0)
+        out = {}
+        for j, share in zip(top, shares, strict=True):
+            out[f"share of tokens[{self.vocabulary_[j]}]"] = float(share)
+        for j, share in zip(top, present, strict=True):
+            out[f"documents containing[{self.vocabulary_[j]}]"] = float(share)
+        out["distinct words per document[mean]"] = float(np.count_nonzero(x, axis=1).mean())
+        return out
+
     def plot_topics(self, top_n: int = 10, *, topics: Sequence[int] | None = None, ncols: int = 5) -> Any:
         """Bar charts of the top words of each topic (weights from :meth:`topic_word`)."""
         from matplotlib.figure import Figure
@@ -1049,7 +1077,8 @@ class ProdLDA(NeuralEstimator):
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = {"vocabulary_": self.vocabulary_, "sparse_": bool(self.sparse_),
                 "decoder_learning_rate_": float(self.decoder_learning_rate_),
-                "dropped_documents_": int(self.dropped_documents_), "word_ranking": 2, **self._history_meta()}
+                "dropped_documents_": int(self.dropped_documents_), "word_ranking": 2,
+                "ppc_words": [int(j) for j in self._ppc_words], **self._history_meta()}
         x = _rows(self._x, torch.arange(min(self._x.shape[0], 200), device=self.device_))
         return meta, {"x": x.detach().cpu(), **self._network_state()}
 
@@ -1066,6 +1095,17 @@ class ProdLDA(NeuralEstimator):
         self._x = tensors["x"].to(self.device_)
         self._arviz_rows = torch.arange(min(50, self._x.shape[0]))
         self._local_cache = None
+        if "ppc_words" in meta:
+            words = meta["ppc_words"]
+            if (not isinstance(words, list) or not words
+                    or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < len(self.vocabulary_)
+                           for j in words)):
+                raise ValueError(f"ppc_words must be a non-empty list of word indices below "
+                                 f"{len(self.vocabulary_)}, got {words!r}")
+            self._ppc_words = np.asarray(words, dtype=np.int64)
+        else:  # a file without them: the most frequent words of the documents it keeps
+            kept = _rows(self._x, torch.arange(self._x.shape[0], device=self.device_))
+            self._ppc_words = _top_words(to_numpy(kept.sum(0)).astype(float))
         if "decoder$$$background" not in tensors["params"]:
             self.background = False  # a file without the background term
         if "buffer.decoder.bn_weight" not in tensors:

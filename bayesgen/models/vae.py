@@ -651,6 +651,7 @@ class VAE(NeuralEstimator):
             np.bincount(y_tr.cpu().numpy(), minlength=self.num_classes_) if y_tr is not None else None
         )
         self._arviz_rows = slice(0, min(64, len(x_tr)))
+        self._ppc_pixels, self._ppc_threshold = self._ppc_reference(x_tr)
         with seeded(self.seed, self.device_):
             self._build_networks()
 
@@ -698,6 +699,7 @@ class VAE(NeuralEstimator):
             "image_shape_": list(self.image_shape_) if self.image_shape_ else None,
             "classes_": self.classes_.tolist() if self.classes_ is not None else None,
             "class_counts_": self.class_counts_.tolist() if self.class_counts_ is not None else None,
+            "ppc_pixels": [int(j) for j in self._ppc_pixels], "ppc_threshold": float(self._ppc_threshold),
             **self._history_meta(),
         }
         n = min(len(self._x), 256)  # a few rows for to_arviz after loading, not the data set
@@ -716,6 +718,18 @@ class VAE(NeuralEstimator):
         self._x = tensors["x"].to(self.device_)
         self._y = tensors["y"].to(self.device_) if "y" in tensors else None
         self._arviz_rows = slice(0, min(64, len(self._x)))
+        if "ppc_pixels" in meta:
+            pixels, threshold = meta["ppc_pixels"], meta.get("ppc_threshold")
+            if (not isinstance(pixels, list) or not pixels
+                    or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.n_features_
+                           for j in pixels)):
+                raise ValueError(f"ppc_pixels must be a non-empty list of pixel indices below {self.n_features_}, "
+                                 f"got {pixels!r}")
+            if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+                raise ValueError(f"ppc_threshold must be a finite number, got {threshold!r}")
+            self._ppc_pixels, self._ppc_threshold = np.asarray(pixels, dtype=np.int64), float(threshold)
+        else:  # a file without them: chosen from the rows it keeps
+            self._ppc_pixels, self._ppc_threshold = self._ppc_reference(self._x)
         self._build_networks()
 
     # -------------------------------------------------------------- verbs
@@ -984,6 +998,30 @@ class VAE(NeuralEstimator):
     def _arviz_dims(self) -> tuple[dict, dict]:
         dims = {"z": ["row", "latent"], "x": ["row", "pixel"]}
         return dims, {"latent": np.arange(int(self.latent_dim)), "pixel": np.arange(self.n_features_)}
+
+    def _ppc_reference(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        """The predictive check's pixels (the 3 that vary most over ``x``) and "on" threshold (0.5 for pixels in
+        [0, 1]; the mean of ``x`` for the Gaussian likelihood, whose values are not bounded)."""
+        values = x.float()  # on the device: no host copy of the training set
+        variance = to_numpy(values.var(dim=0, unbiased=False)).astype(float)
+        pixels = np.argsort(-variance, kind="stable")[:3].astype(np.int64)
+        threshold = float(values.mean()) if self.likelihood == "gaussian" else 0.5
+        return pixels, threshold
+
+    def _ppc_statistics(self, data: dict[str, np.ndarray]) -> dict[str, float]:
+        """Mean intensity, the sd of intensity within an image (mean over images), the share of pixels "on"
+        (above 0.5; above the training mean for the Gaussian likelihood), and the mean of each of the 3 pixels
+        that vary most in the training data."""
+        x = data["x"]  # (n_rows, n_pixels)
+        t = self._ppc_threshold
+        out = {
+            "mean intensity": float(x.mean()),
+            "sd within image[mean]": float(x.std(axis=1).mean()),
+            f"share of pixels > {t:.3g}": float((x > t).mean()),
+        }
+        for j in self._ppc_pixels:
+            out[f"mean[pixel {j}]"] = float(x[:, j].mean())
+        return out
 
     # --------------------------------------------------------------- plots
     def plot_samples(self, num_per_class: int = 8, *, seed: int = 0) -> Any:
