@@ -199,15 +199,17 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+_np_core = getattr(np, "_core", None) or np.core  # numpy._core from NumPy 2, numpy.core before
+
 # What a pickle of NumPy arrays in tuples and lists names, across pickle protocols 0-5, NumPy 1 and 2 and
 # Python 2 (whose pickles name numpy.core): everything else is refused, so loading runs no code of the file's.
 _PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+    ("numpy.core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_core.multiarray._reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _np_core.numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_core.numeric._frombuffer,
     ("_codecs", "encode"): _latin1_encode,
 }
 

@@ -553,3 +553,20 @@ def test_em_start_recovers_the_simulated_parameters_and_the_spec_converges():
         verdicts[init] = convergence_report(det.losses_, converged=det.converged_, max_steps=300)["verdict"]
     assert verdicts["em"] in ("flat", "converged"), verdicts
     assert verdicts["kmeans"] == "still improving", verdicts
+
+
+def test_a_refit_checks_its_predictions_against_the_new_rows():
+    """The predictive check's Mahalanobis reference (centre and covariance of the fitted rows) follows a refit."""
+    from bayesgen.diagnostics import predictive_check
+
+    X, _ = planted(n_normal=150, n_anomalies=5)
+    det = MixtureAnomalyDetector(num_steps=50, seed=0).fit(X)
+    predictive_check(det, num_samples=20, seed=0)
+    det.fit(X * 3.0 + 10.0)  # same standardised rows, other raw units: the check must still pass
+    det.fit(np.vstack([X[:80], X[:80] + 8.0]))  # two clusters now
+    check = predictive_check(det, num_samples=20, seed=0)
+    x = det._x.cpu().numpy().astype(float)
+    np.testing.assert_allclose(det._ppc_reference[0], x.mean(axis=0))
+    assert check.table.loc["mahalanobis²[median]", "observed"] == pytest.approx(
+        np.median(((np.linalg.solve(np.linalg.cholesky(np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])),
+                                    (x - x.mean(0)).T)) ** 2).sum(0)))

@@ -378,3 +378,19 @@ def test_shared_feature_matrix_check():
         as_feature_matrix(np.ones((2, 3)), n_features=2)
     with pytest.raises(ValueError, match="no rows"):
         as_feature_matrix(np.ones((0, 3)))
+
+
+def test_seed_none_means_fresh_randomness_not_a_crash():
+    """seed=None is accepted by every estimator; the paths that draw with the estimator's seed take a fresh one."""
+    from bayesgen.models.gaussian_generator import GaussianGenerator
+    from bayesgen.models.topic import ProdLDA
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (30, 3)), rng.normal(3, 1, (30, 3))])
+    y = np.repeat([0, 1], 30)
+    gen = GaussianGenerator(method="exact", covariance="full", seed=None).fit(X[::2], y[::2], unlabelled=X[1::2])
+    assert gen.predict(X).shape == (60,)
+    counts = rng.poisson(2.0, size=(80, 30))
+    lda = ProdLDA(num_topics=2, hidden_dim=8, num_epochs=2, batch_size=40, seed=None).fit(counts)
+    tree = lda.to_arviz(num_samples=5)
+    assert "posterior" in tree.children

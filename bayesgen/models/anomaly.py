@@ -899,6 +899,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         """
         self._validate_settings()
         self.calibration_ = None  # a refit needs new labels
+        self._ppc_reference = None  # the predictive check's centre and covariance are the new rows'
         arr, names = as_feature_matrix(X)
         n, d = arr.shape
         if n <= d:
@@ -1019,7 +1020,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def _ppc_statistics(self, data: dict[str, np.ndarray]) -> dict[str, float]:
         """Every feature's mean and sd, and the median and 95th percentile of the rows' squared Mahalanobis
         distances from the observed rows' mean and covariance (standardised scale)."""
-        if getattr(self, "_ppc_reference", None) is None:
+        if getattr(self, "_ppc_reference", None) is None:  # once per fit (reset by fit): it runs per replicate
             x = to_numpy(self._x).astype(float)
             cov = np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])
             self._ppc_reference = (x.mean(axis=0), np.linalg.cholesky(cov))

@@ -1343,7 +1343,7 @@ class GaussianGenerator(BayesianEstimator):
         out and EM keeps weight 1. The folds share the standardisation and the pooled prior of all labelled
         rows (both found without the unlabelled rows' classes).
         """
-        rng = np.random.default_rng(int(self.seed))
+        rng = np.random.default_rng(self._method_seed(None))
         folds = np.full(len(index), -1)
         for c in range(len(self.classes_)):
             rows = np.flatnonzero(index == c)

@@ -660,10 +660,10 @@ class ProdLDA(NeuralEstimator):
     def _arviz_local(self) -> dict[str, torch.Tensor]:
         """Refined (loc, scale) of the documents stored for ArviZ, computed once per set of rows."""
         rows = self._arviz_rows
-        key = (tuple(rows.tolist()), int(self.refine_steps), int(self.seed))
+        key = (tuple(rows.tolist()), int(self.refine_steps), self.seed)
         cache = getattr(self, "_local_cache", None)
         if cache is None or cache[0] != key:
-            with seeded(int(self.seed), self.device_):
+            with seeded(self._method_seed(None), self.device_):
                 loc, scale = self._local_posterior(_rows(self._x, rows.to(self.device_)), int(self.refine_steps))
             self._local_cache = cache = (key, {"loc": loc, "scale": scale})
         return cache[1]
