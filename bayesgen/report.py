@@ -201,17 +201,6 @@ _CHECK_TITLES = {"convergence": "Optimisation", "psis": "PSIS k-hat", "psis_rows
 _STATUS_CLASS = {"ok": "ok", "caution": "caution", "fail": "fail", "info": "note"}
 
 
-# Said in a box that passed its check but whose message names unreliable parts.
-_MIXED_ADVICE = ("The check passed as a whole, but its message names parts that are unreliable, so it is shown in "
-                 "amber: read its figures before relying on those parts.")
-
-
-def _status_class(status: str, text: str) -> str:
-    """The CSS class of a verdict; a green box never says "unreliable" (it is amber then)."""
-    cls = _STATUS_CLASS.get(status, "note")
-    return "caution" if cls == "ok" and "unreliable" in text.lower() else cls
-
-
 def _check_boxes(diag: dict[str, Any]) -> list[str]:
     """One coloured box per diagnostic; where it is not ok, one sentence on why and what to do."""
     from bayesgen.diagnostics import check_verdicts
@@ -219,11 +208,9 @@ def _check_boxes(diag: dict[str, Any]) -> list[str]:
     boxes, said = [], []
     for key, verdict in check_verdicts(diag).items():
         text = f"<strong>{html.escape(_CHECK_TITLES[key])}:</strong> {html.escape(verdict.message)}"
-        cls = _status_class(verdict.status, verdict.message)
-        advice = verdict.advice or (_MIXED_ADVICE if cls != _STATUS_CLASS.get(verdict.status) else "")
-        if advice:
-            text += f'<span class="advice"><em>Why and what to do:</em> {html.escape(advice)}</span>'
-        boxes.append(f'<div class="{cls}">{text}</div>')
+        if verdict.advice:
+            text += f'<span class="advice"><em>Why and what to do:</em> {html.escape(verdict.advice)}</span>'
+        boxes.append(f'<div class="{_STATUS_CLASS.get(verdict.status, "note")}">{text}</div>')
         said += [verdict.message, verdict.warning()]
     notes = diag.get("amortised")
     if isinstance(notes, dict) and notes.get("message"):
@@ -307,7 +294,7 @@ def _verdict_row(folder: Path, anchor: str, name: str) -> str:
     cells = [f'<td><a href="#{anchor}">{html.escape(name)}</a></td>']
     for verdict in overall_verdicts(_read_json(folder / "diagnostics.json")).values():
         tip = verdict.message + (f" — {verdict.advice}" if verdict.advice else "")
-        cells.append(f'<td class="{_status_class(verdict.status, verdict.label)}" title="{html.escape(tip)}">'
+        cells.append(f'<td class="{_STATUS_CLASS.get(verdict.status, "note")}" title="{html.escape(tip)}">'
                      f'<a href="#{anchor}-checks">{html.escape(verdict.label)}</a></td>')
     return "<tr>" + "".join(cells) + "</tr>"
 

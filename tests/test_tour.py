@@ -394,9 +394,9 @@ CONVERGED = {"verdict": "converged", "message": "optimisation converged: the run
 
 @pytest.fixture
 def handmade(tmp_path):
-    """Three run folders (an A/B test that passes everything; a conditional VAE as the full tour writes it, with a
-    passing per-row box whose message names "unreliable"; an anomaly run that fails everything), a failed run, and
-    their report."""
+    """Three run folders (an A/B test that passes everything; a conditional VAE as the full tour writes it, whose
+    joint k-hat says "unreliable" but is no verdict; an anomaly run that fails everything), a failed run, and their
+    report."""
     from bayesgen.report import write_report
 
     ab_columns = ["successes", "trials", "observed_rate", "rate_mean", "rate_sd", "rate_94%_lower", "rate_94%_upper",
@@ -416,7 +416,7 @@ def handmade(tmp_path):
                             "the guide misses posterior mass; do not trust its uncertainty; 200 draws, ESS 1)"},
         "psis_rows": {"verdict": "good", "good": 1.0, "usable": 0.0, "unreliable": 0.0, "num_rows": 64,
                       "message": "per-row PSIS k-hat over 64 rows (200 draws each): median 0.10, 90th percentile "
-                                 "0.30; 100% good, 0% usable, 0% unreliable (good)"},
+                                 "0.30; share of rows with k-hat < 0.5: 100%, 0.5–0.7: 0%, > 0.7: 0% (verdict: good)"},
         "reference": {"agree": True, "checked": [], "message": "no global site has a closed-form posterior"},
         "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "posterior predictive check: ok"}})
     bad_rows = "PSIS k-hat = 43.54 (unreliable: the guide misses posterior mass; do not trust its uncertainty)"
