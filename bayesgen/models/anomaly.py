@@ -49,9 +49,6 @@ import numpy as np
 import pandas as pd
 import pyro
 import pyro.distributions as dist
-import scipy.linalg
-import scipy.special
-import scipy.stats
 import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
@@ -385,21 +382,27 @@ def _lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 25, floor: floa
     return centres, scales
 
 
-def _mvn_logpdf(x: np.ndarray, loc: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """log N(x | loc, cov) per row, and each row's squared Mahalanobis distance (float64)."""
-    tril = np.linalg.cholesky(cov)
-    z = scipy.linalg.solve_triangular(tril, (x - loc).T, lower=True)
-    maha = (z**2).sum(0)
-    return -0.5 * maha - np.log(np.diag(tril)).sum() - 0.5 * x.shape[1] * math.log(2 * math.pi), maha
-
-
-def _lowrank_approx(cov: np.ndarray, rank: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """``factor`` (d, rank) and ``diag`` (d,) with ``factor @ factor.T + diag(diag)`` close to ``cov``
+def _lowrank_approx(cov: torch.Tensor, rank: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``factor`` (..., d, rank) and ``diag`` (..., d) with ``factor @ factor.T + diag(diag)`` close to ``cov``
     (the leading eigenvectors, and the rest of the diagonal)."""
-    values, vectors = np.linalg.eigh(cov)
-    values, vectors = values[::-1][:rank], vectors[:, ::-1][:, :rank]
-    factor = vectors * np.sqrt(np.maximum(values - floor, 0.0))
-    return factor, np.maximum(np.diag(cov) - (factor**2).sum(1), floor)
+    values, vectors = torch.linalg.eigh(cov)
+    values, vectors = values.flip(-1)[..., :rank], vectors.flip(-1)[..., :rank].contiguous()
+    factor = vectors * (values - floor).clamp(min=0.0).sqrt().unsqueeze(-2)
+    return factor, (torch.diagonal(cov, dim1=-2, dim2=-1) - factor.pow(2).sum(-1)).clamp(min=floor)
+
+
+def _component_moments(loc: torch.Tensor, cov: torch.Tensor, covariance: Covariance, rank: int,
+                       floor: float) -> dict[str, torch.Tensor]:
+    """The model's component parameters (``loc``, ``scale`` and ``corr_tril`` or ``cov_factor``) closest to
+    the covariance matrices ``cov`` (K, d, d) that ``covariance`` can express."""
+    if covariance == "lowrank":
+        factor, diag = _lowrank_approx(cov, rank, floor)
+        return {"loc": loc, "scale": diag.sqrt(), "cov_factor": factor.contiguous()}
+    sd = torch.diagonal(cov, dim1=-2, dim2=-1).sqrt()
+    params = {"loc": loc, "scale": sd}
+    if covariance == "full":
+        params["corr_tril"] = torch.linalg.cholesky(cov / (sd.unsqueeze(-1) * sd.unsqueeze(-2)))
+    return params
 
 
 def em_start(
@@ -413,29 +416,20 @@ def em_start(
     max_iterations: int = 300,
     tol: float = 1e-8,
     floor: float = 1e-6,
-    shares: tuple[float, ...] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Maximum a posteriori fit of :func:`model` by expectation-maximisation, as the guide's starting values.
+    """Maximum a posteriori fit of :func:`model` by expectation-maximisation: where the guide starts.
 
     Starts with every row in the normal component of its nearest centre, except
-    the rows farthest from every centre, which start as anomalies: the prior
-    mean's share of them (or each share in ``shares``, keeping the run with the
-    highest log posterior; a large share lets a normal component collapse onto
-    a tight subset, which the maximum a posteriori objective rewards). Each
-    iteration computes the rows' responsibilities for the K + 1 components (E
-    step), then sets the anomaly fraction (Beta prior), the weights, each
-    component's mean and covariance (weighted moments; ``floor`` added to the
-    variances), and for ``anomaly="inflated"`` its centre and inflation (the
-    anomaly rows' mean squared Mahalanobis distance under the normal part's
-    covariance, per feature); it stops when the log posterior changes by less
-    than ``tol`` per row.
-
-    The returned guide parameters centre each site at that fit and give it the
-    spread of its approximate posterior given the responsibilities: the Beta and
-    Dirichlet posteriors of the expected counts, the mean-field variances
-    ``1 / (n_k Σ⁻¹_jj)`` of the means and ``1 / (n_k (1 + R⁻¹_jj))`` of the log
-    scales (R the correlation matrix), ``1 / n_k`` for the unconstrained
-    correlations and factors. SVI then refines them.
+    the prior mean's share of the rows farthest from every centre, which start
+    as anomalies. Each iteration sets the anomaly fraction (Beta prior), the
+    weights, each component's mean and covariance (weighted moments, ``floor``
+    added to the variances, then the nearest parameters ``covariance`` allows),
+    and for ``anomaly="inflated"`` the anomaly centre and inflation (the anomaly
+    rows' mean squared Mahalanobis distance under the normal part's covariance,
+    per feature); then the rows' responsibilities for the K + 1 components,
+    from the model's own densities (:func:`normal_log_prob`,
+    :func:`anomaly_distribution`, :func:`mixture_log_weights`) in float64. It
+    stops when the log posterior changes by less than ``tol`` per row.
 
     Parameters
     ----------
@@ -451,105 +445,57 @@ def em_start(
     Returns
     -------
     dict of ndarray
-        Unconstrained-free starting values keyed by the guide's parameter names
-        (constrained values for positive parameters), plus ``responsibility``
-        (n, K + 1) and ``iterations``.
+        The guide's centres at that fit, keyed by its parameter names (the Beta's
+        and Dirichlet's concentrations from the expected counts; log scales;
+        unconstrained correlations), plus ``responsibility`` (n, K + 1) and
+        ``iterations``. Their spreads come from :func:`curvature_spreads`.
     """
-    n, d = x.shape
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    n, d = xt.shape
     K = len(centres)
     a0, b0 = float(hyper["frac_a"]), float(hyper["frac_b"])
-    sq = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
-    nearest, far = sq.argmin(1), np.argsort(-sq.min(1))
-    if anomaly == "student_t":
-        t_log = scipy.stats.t.logpdf(x, df=float(hyper["anomaly_df"]), scale=float(hyper["anomaly_scale"])).sum(1)
-
-    def run(resp: np.ndarray) -> dict[str, Any]:
-        a_loc = excess = total = None
-        previous, it = -np.inf, 0
-        for it in range(1, max_iterations + 1):  # noqa: B007
-            # M step
-            counts = resp.sum(0) + 1e-9
-            frac = min(max((counts[K] + a0 - 1) / (n + a0 + b0 - 2), 1e-6), 1 - 1e-6)
-            weights = counts[:K] / counts[:K].sum()
-            loc = (resp[:, :K].T @ x) / counts[:K, None]
-            covs = []
-            for k in range(K):
-                c = x - loc[k]
-                cov = (resp[:, k, None] * c).T @ c / counts[k]
-                if covariance == "diag":
-                    cov = np.diag(np.diag(cov))
-                elif covariance == "lowrank":
-                    f, dg = _lowrank_approx(cov, rank, floor)
-                    cov = f @ f.T + np.diag(dg)
-                covs.append(cov + floor * np.eye(d))
-            covs = np.array(covs)
-            # E step, with the anomaly component built from the new normal part
-            normal = np.empty((n, K))
-            for k in range(K):
-                normal[:, k] = _mvn_logpdf(x, loc[k], covs[k])[0]
-            if anomaly == "inflated":
-                centre = weights @ loc
-                between = (loc - centre).T * np.sqrt(weights)
-                total = np.einsum("k,kij->ij", weights, covs) + between @ between.T
-                a_loc = resp[:, K] @ x / counts[K]
-                maha = _mvn_logpdf(x, a_loc, total)[1]
-                excess = max(float(resp[:, K] @ maha) / (d * counts[K]) - 1.0, 0.05)
-                broad = _mvn_logpdf(x, a_loc, (1 + excess) * total)[0]
-            else:
-                broad = t_log
-            joint = np.column_stack([normal + np.log1p(-frac) + np.log(weights), broad + math.log(frac)])
-            norm = scipy.special.logsumexp(joint, axis=1)
-            resp = np.exp(joint - norm[:, None])
-            objective = float(norm.sum()) + (a0 - 1) * math.log(frac) + (b0 - 1) * math.log1p(-frac)
-            if abs(objective - previous) < tol * n:
-                break
-            previous = objective
-        return {"objective": objective, "resp": resp, "covs": covs, "loc": loc, "iterations": it,
-                "a_loc": a_loc, "excess": excess, "total": total}
-
-    # Each start puts the rows farthest from the centres in the anomaly component (by default the prior
-    # mean's share of them); the start with the highest log posterior is kept.
-    best: dict[str, Any] = {"objective": -np.inf}
-    for share in (a0 / (a0 + b0),) if shares is None else shares:
-        resp = np.zeros((n, K + 1))
-        resp[np.arange(n), nearest] = 1.0
-        resp[far[: max(int(share * n), 2)]] = np.eye(K + 1)[K]
-        found = run(resp)
-        if found["objective"] > best["objective"]:
-            best = found
-    resp, covs, loc, it = best["resp"], best["covs"], best["loc"], best["iterations"]
-    a_loc, excess, total = best["a_loc"], best["excess"], best["total"]
+    hyper_t = {k: xt.new_tensor(float(v)) for k, v in hyper.items()}
+    sq = torch.cdist(xt, torch.as_tensor(centres, dtype=torch.float64)).pow(2)
+    resp = xt.new_zeros(n, K + 1)
+    resp[torch.arange(n), sq.argmin(1)] = 1.0
+    far = torch.argsort(sq.min(1).values, descending=True)[: max(int(a0 / (a0 + b0) * n), 2)]
+    resp[far] = torch.eye(K + 1, dtype=torch.float64)[K]
+    eye, a_loc, excess, previous, it = torch.eye(d, dtype=torch.float64), None, None, -math.inf, 0
+    for it in range(1, max_iterations + 1):  # noqa: B007
+        counts = resp.sum(0) + 1e-9
+        frac = ((counts[K] + a0 - 1) / (n + a0 + b0 - 2)).clamp(1e-6, 1 - 1e-6)
+        weights = counts[:K] / counts[:K].sum()
+        loc = resp[:, :K].T @ xt / counts[:K, None]
+        centred = xt.unsqueeze(0) - loc.unsqueeze(1)  # (K, n, d)
+        cov = torch.einsum("nk,kni,knj->kij", resp[:, :K], centred, centred) / counts[:K, None, None] + floor * eye
+        params = _component_moments(loc, cov, covariance, rank, floor)
+        if anomaly == "inflated":
+            a_loc = resp[:, K] @ xt / counts[K]
+            spread = anomaly_distribution(anomaly, hyper_t, params, weights, covariance, a_loc, xt.new_tensor(0.0))
+            maha = -2.0 * (spread.log_prob(xt) - spread.log_prob(a_loc))  # squared Mahalanobis distances
+            excess = (resp[:, K] @ maha / (d * counts[K]) - 1.0).clamp(min=0.05)
+        broad = anomaly_distribution(anomaly, hyper_t, params, weights, covariance, a_loc, excess)
+        joint = torch.cat([normal_log_prob(xt, params, covariance), broad.log_prob(xt).unsqueeze(-1)], -1)
+        joint = joint + mixture_log_weights(frac, weights)
+        norm = torch.logsumexp(joint, -1)
+        resp = (joint - norm.unsqueeze(-1)).exp()
+        objective = float(norm.sum() + (a0 - 1) * frac.log() + (b0 - 1) * torch.log1p(-frac))
+        if abs(objective - previous) < tol * n:
+            break
+        previous = objective
     counts = resp.sum(0)
-    out: dict[str, np.ndarray] = {"responsibility": resp, "iterations": np.array(it),
-                                  "objective": np.array(best["objective"])}
-    out["anomaly_fraction_a"] = np.array(a0 + counts[K])
-    out["anomaly_fraction_b"] = np.array(b0 + n - counts[K])
+    out = {"responsibility": resp, "iterations": torch.tensor(it),
+           "anomaly_fraction_a": a0 + counts[K], "anomaly_fraction_b": b0 + n - counts[K],
+           "loc_loc": params["loc"], "scale_loc": params["scale"].log()}
     if K > 1:
         out["weights_concentration"] = 1.0 + counts[:K]
-    nk = np.maximum(counts[:K], 1.0)[:, None]
-    sd = np.sqrt(np.einsum("kii->ki", covs))
-    corr = covs / (sd[:, :, None] * sd[:, None, :])
-    out["loc_loc"] = loc
-    out["loc_scale"] = 1.0 / np.sqrt(nk * np.einsum("kii->ki", np.linalg.inv(covs)))
-    out["scale_loc"] = np.log(sd)
-    out["scale_scale"] = 1.0 / np.sqrt(nk * (1.0 + np.einsum("kii->ki", np.linalg.inv(corr))))
     if covariance == "full":
-        bij = biject_to(constraints.corr_cholesky)
-        out["corr_tril_loc"] = bij.inv(torch.as_tensor(np.linalg.cholesky(corr))).numpy()
-        out["corr_tril_scale"] = np.broadcast_to(1.0 / np.sqrt(nk), out["corr_tril_loc"].shape).copy()
+        out["corr_tril_loc"] = biject_to(constraints.corr_cholesky).inv(params["corr_tril"])
     elif covariance == "lowrank":
-        parts = [_lowrank_approx(c, rank, floor) for c in covs]
-        out["cov_factor_loc"] = np.array([f for f, _ in parts])
-        out["cov_factor_scale"] = np.broadcast_to(1.0 / np.sqrt(nk[..., None]), (K, d, rank)).copy()
-        out["scale_loc"] = 0.5 * np.log(np.array([g for _, g in parts]))
+        out["cov_factor_loc"] = params["cov_factor"]
     if anomaly == "inflated":
-        na = max(float(counts[K]), 1.0)
-        prec = np.diag(np.linalg.inv((1 + excess) * total))
-        out["anomaly_loc_loc"] = a_loc
-        out["anomaly_loc_scale"] = np.minimum(1.0 / np.sqrt(na * prec), 3.0)
-        out["anomaly_excess_loc"] = np.array(math.log(excess))
-        out["anomaly_excess_scale"] = np.array(min(math.sqrt(2.0 / (d * na)), 1.5))
-    return out
+        out["anomaly_loc_loc"], out["anomaly_excess_loc"] = a_loc, excess.log()
+    return {k: v.numpy() for k, v in out.items()}
 
 
 _GUIDE_LOCS = {"loc": "loc_loc", "scale": "scale_loc", "corr_tril": "corr_tril_loc", "cov_factor": "cov_factor_loc",
@@ -964,7 +910,6 @@ class MixtureAnomalyDetector(BayesianEstimator):
             if "weights_concentration" in found:
                 found["weights_concentration"] = (found["weights_concentration"] - 1) * (n / len(x_np[rows])) + 1
             self.em_iterations_ = int(found.pop("iterations"))
-            found.pop("objective")
             found.pop("responsibility")
             self._init = {k: as_tensor(v) for k, v in found.items()}
             self._init, self.map_iterations_ = unconstrained_mode(self._x, self._init, self._kwargs(marginal=True))
