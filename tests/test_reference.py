@@ -77,6 +77,15 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     assert set(check.unchecked) == {"loc", "cov_factor", "cov_diag"}
     assert "rotation" in check.unchecked["cov_factor"]
     assert "no closed form for cov_diag, cov_factor, loc" in check.message()
+    # The anomaly detector's sites say what the guide misses against NUTS.
+    from bayesgen.models.anomaly import MixtureAnomalyDetector
+
+    det = MixtureAnomalyDetector(num_components=2, num_steps=20, seed=0).fit(X)
+    reasons = reference_check(det, num_samples=200, seed=0).unchecked
+    assert set(reasons) == {"anomaly_fraction", "weights", "loc", "scale", "corr_tril", "anomaly_loc",
+                            "anomaly_excess"}
+    assert all("nuts_check" in why for why in reasons.values())
+    assert "understates the posterior sd" in reasons["loc"] and "anomaly_excess near 0" in reasons["anomaly_fraction"]
 
 
 def test_tables_name_parameters_as_the_arviz_summary_does():

@@ -980,6 +980,20 @@ class MixtureAnomalyDetector(BayesianEstimator):
         out["mahalanobis²[95%]"] = float(np.quantile(d2, 0.95))
         return out
 
+    def _reference_moments(self) -> tuple[dict[str, tuple[Any, Any]], dict[str, str]]:
+        """No site of a mixture has a closed-form posterior; each site's reason says what NUTS found."""
+        component = ("no closed form (a mixture); the mean-field guide understates the posterior sd of what the "
+                     "rows correlate (each component's means and scales; its means agree with NUTS): "
+                     "compare with nuts_check on a few columns (benchmarks/RESULTS.md)")
+        anomaly = ("no closed form (a mixture); the mean-field guide understates the posterior sd of the anomaly "
+                   "fraction and centre, and the posterior also has a mode where the anomaly component copies the "
+                   "normal one (anomaly_excess near 0), which the guide does not cover: compare with nuts_check "
+                   "on a few columns (benchmarks/RESULTS.md)")
+        reasons = {"loc": component, "scale": component, "corr_tril": component, "cov_factor": component,
+                   "weights": component, "anomaly_fraction": anomaly, "anomaly_excess": anomaly,
+                   "anomaly_loc": anomaly}
+        return {}, {name: reasons.get(name, component) for name in self._global_sites()}
+
     def _arviz_dims(self) -> tuple[dict, dict]:
         dims = {"loc": ["component", "feature"], "scale": ["component", "feature"], "x": ["row", "feature"],
                 "weights": ["component"], "anomaly_loc": ["feature"],
