@@ -123,7 +123,7 @@ class ComponentMixture(dist.TorchDistribution):
 
 
 # ------------------------------------------------------------ model / guide
-_START_ROWS = 10_000  # rows of a larger table that EM and the curvature see when they place the guide's start
+_START_ROWS = 10_000  # rows of a larger table that EM, L-BFGS and the curvature see when they place the start
 _SITE_SUPPORT = {"loc": constraints.real, "scale": constraints.positive, "corr_tril": constraints.corr_cholesky,
                  "cov_factor": constraints.real, "anomaly_loc": constraints.real, "anomaly_excess": constraints.positive}
 
@@ -912,8 +912,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
             self.em_iterations_ = int(found.pop("iterations"))
             found.pop("responsibility")
             self._init = {k: as_tensor(v) for k, v in found.items()}
-            self._init, self.map_iterations_ = unconstrained_mode(self._x, self._init, self._kwargs(marginal=True))
             rows = torch.as_tensor(rows if n > _START_ROWS else np.arange(n), device=self.device_)
+            self._init, self.map_iterations_ = unconstrained_mode(self._x[rows], self._init,
+                                                                  self._kwargs(marginal=True))
             spreads = curvature_spreads(self._x[rows], self._init, hyper=self._hyper, covariance=self.covariance,
                                         anomaly=self.anomaly, data_size=n)
             self._init.update(spreads)
