@@ -7,12 +7,75 @@ given ``ax`` when one is passed; none of them calls ``plt.show``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-__all__ = ["describe_model", "plot_image_grid", "plot_loss", "plot_rate_posteriors", "render_model_graph"]
+__all__ = ["describe_model", "plot_image_grid", "plot_loss", "plot_rate_posteriors", "render_model_graph", "show_figure"]
+
+
+def _in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel (a notebook, or a page executed by MyST-NB)."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_figure(fig: Any, name: str, *, folder: Any, dpi: int = 100) -> Path | None:
+    """Show a figure inline in a notebook, or save it as a PNG when run as a script.
+
+    Tutorials call this for every figure, so a tutorial run as a notebook (or rendered
+    into the documentation) shows its figures, and one run as a script writes them to
+    ``folder`` (and can print the path returned).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    name : str
+        File name without extension, e.g. ``"samples"``: letters, digits, ``-`` and ``_``.
+    folder : str or path-like
+        Where a script run writes ``<name>.png`` (created if missing; an earlier
+        figure of the same name is replaced).
+    dpi : int, default 100
+
+    Returns
+    -------
+    pathlib.Path or None
+        The PNG written, or None when the figure was shown in a notebook.
+
+    Examples
+    --------
+    >>> from matplotlib.figure import Figure
+    >>> fig = Figure(); _ = fig.add_subplot().plot([0, 1])
+    >>> import tempfile; folder = tempfile.mkdtemp()
+    >>> show_figure(fig, "line", folder=folder).name
+    'line.png'
+    """
+    import io
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"figure name {name!r}: use letters, digits, '-' and '_' only")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    if _in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(data=buffer.getvalue(), format="png"))
+        return None
+    from bayesgen.io import write_bytes
+
+    target = Path(folder) / f"{name}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(target, buffer.getvalue(), overwrite=True)
+    return target
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:

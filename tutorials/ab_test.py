@@ -28,10 +28,22 @@ import pandas as pd
 
 from bayesgen import BetaBinomialTest
 from bayesgen.datasets import load_ab_counts
+from bayesgen.plots import show_figure
 from bayesgen.specs import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
-ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "ab_test"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
+
+
 spec = load_spec(ROOT / "models" / "ab_resume_callbacks.toml")
 successes, trials, names = load_ab_counts(spec["data"]["source"])
 print(pd.DataFrame({"successes": successes, "trials": trials}, index=names))
@@ -95,7 +107,7 @@ print(events_test.summary(control="white")[["rate_mean", "rate_sd", "prob_best"]
 # ## Posterior plot, ArviZ, save and load
 
 # %%
-fig = test.plot()
+show(test.plot(), "rate_posteriors")
 tree = test.to_arviz(num_samples=1000)
 from bayesgen.arviz import summary  # noqa: E402
 

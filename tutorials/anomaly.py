@@ -28,10 +28,22 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import roc_auc_score
 
 from bayesgen import MixtureAnomalyDetector
+from bayesgen.plots import show_figure
 from bayesgen.specs import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
-ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "anomaly"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
+
+
 spec = load_spec(ROOT / "models" / "anomaly_breast_cancer.toml")
 seed = spec["run"]["seed"]
 data = load_breast_cancer(as_frame=True)
@@ -61,7 +73,7 @@ print(probs.sort_values("probability", ascending=False).head().round(3))
 score = -det.score_samples(X)
 print("ROC-AUC against the labels: density score", round(roc_auc_score(malignant, score), 3),
       " probability", round(roc_auc_score(malignant, probs["probability"]), 3))
-fig = det.plot(X, malignant)
+show(det.plot(X, malignant), "anomaly_probability")
 
 # %% [markdown]
 # ## When a few labels exist: calibrate

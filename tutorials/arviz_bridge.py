@@ -20,6 +20,7 @@
 
 # %%
 import os
+from pathlib import Path
 
 import arviz_stats
 import pyro
@@ -29,8 +30,21 @@ from pyro.infer.autoguide import AutoNormal
 
 from bayesgen.arviz import summary, to_datatree
 from bayesgen.infer import ConvergenceCheck, run_svi
+from bayesgen.plots import show_figure
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "arviz_bridge"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
+
+
 effects = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 std_errors = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
 schools = ["Choate", "Deerfield", "Phillips Andover", "Phillips Exeter", "Hotchkiss", "Lawrenceville",
@@ -97,9 +111,8 @@ print(loo)
 # %%
 import arviz_plots as azp  # noqa: E402
 
-azp.plot_dist(tree, var_names=["mu", "tau"], backend="matplotlib")
-azp.plot_ppc_dist(tree, num_samples=50, backend="matplotlib")
-print("plots drawn")
+show(azp.plot_dist(tree, var_names=["mu", "tau"], backend="matplotlib").viz["figure"].item(), "posterior")
+show(azp.plot_ppc_dist(tree, num_samples=50, backend="matplotlib").viz["figure"].item(), "ppc")
 
 # %% [markdown]
 # ## A mixture with an enumerated assignment

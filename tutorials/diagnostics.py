@@ -28,10 +28,22 @@ import torch
 from bayesgen import BetaBinomialTest
 from bayesgen.datasets import load_ab_counts, resolve_source
 from bayesgen.diagnostics import convergence_report, sbc, vi_khat
+from bayesgen.plots import show_figure
 from bayesgen.specs import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
-ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "diagnostics"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
+
+
 spec = load_spec(ROOT / "models" / "ab_resume_callbacks.toml")
 seed = spec["run"]["seed"]
 successes, trials, names = load_ab_counts(resolve_source(spec["data"]["source"], ROOT / "models"))
@@ -116,7 +128,7 @@ for guide in (good_guide, narrow_guide):
     res = sbc(model, guide, y, num_simulations=sims, num_steps=200, learning_rate=0.1,
               fit_kwargs={"lr_schedule": "cosine", "average_last": 50}, seed=seed)
     print(guide.__name__, "→", res.message())
-fig = res.plot()
+show(res.plot(), "nuts_vs_svi")
 
 # %% [markdown]
 # ## 5. When k-hat is usable: PSIS-corrected expectations

@@ -25,10 +25,22 @@ from sklearn.model_selection import train_test_split
 from bayesgen import GaussianGenerator, augment
 from bayesgen.augment import default_classifier, low_data_experiment, memorization_check, tstr
 from bayesgen.datasets import load_digits
+from bayesgen.plots import show_figure
 from bayesgen.specs import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
-ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "gaussian_generator"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
+
+
 spec = load_spec(ROOT / "models" / "gaussian_digits.toml")
 seed = spec["run"]["seed"]
 X, y = load_digits()  # pixels in [0, 1]
@@ -59,7 +71,7 @@ print(gen.class_weights().round(3).to_dict())
 # `y=k` generates one class.
 
 # %%
-fig = gen.plot_samples(8, image_shape=(8, 8), seed=seed)
+show(gen.plot_samples(8, image_shape=(8, 8), seed=seed), "samples")
 X_new, y_new = gen.sample(5, y=7, seed=seed)
 print(y_new)
 

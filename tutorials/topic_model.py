@@ -25,11 +25,23 @@ from pathlib import Path
 import numpy as np
 
 from bayesgen import ProdLDA
+from bayesgen.plots import show_figure
 from bayesgen.specs import load_spec
 from bayesgen.text import build_corpus
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
-ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "topic_model"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
+
+
 spec = load_spec(ROOT / "models" / "topic_python_help.toml")
 seed = spec["run"]["seed"]
 names = list(pydoc_data.topics.topics)
@@ -76,7 +88,7 @@ print(lda.history_.tail(2).round(2).to_string(index=False))
 top = lda.topics(spec["report"]["top_n"])
 for k, words in top.groupby("topic")["word"]:
     print(k, " ".join(words))
-fig = lda.plot_topics(spec["report"]["top_n"])
+show(lda.plot_topics(spec["report"]["top_n"]), "topics")
 
 # %% [markdown]
 # ## Document mixtures, with uncertainty

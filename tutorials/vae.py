@@ -26,10 +26,22 @@ from sklearn.model_selection import train_test_split
 
 from bayesgen import VAE, augment, summary
 from bayesgen.datasets import load_digits
+from bayesgen.plots import show_figure
 from bayesgen.specs import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
-ROOT = Path(__file__).resolve().parents[1] if "__file__" in globals() else Path.cwd().parent
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "vae"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
+
+
 spec = load_spec(ROOT / "models" / "vae_digits.toml")
 seed = spec["run"]["seed"]
 X, y = load_digits()  # pixels in [0, 1]
@@ -59,7 +71,7 @@ print(f"best epoch {vae.best_epoch_}, {vae.seconds_per_epoch_:.2f} s per epoch")
 # tells us whether the samples are the digit we asked for.
 
 # %%
-fig = vae.plot_samples(8, seed=seed)
+show(vae.plot_samples(8, seed=seed), "samples")
 clf = LogisticRegression(max_iter=2000).fit(X_train, y_train)
 xs, ys = vae.sample(500, y="uniform", seed=seed)
 print("classifier agrees with the requested digit:", round(float(np.mean(clf.predict(xs) == ys)), 3))
@@ -71,10 +83,10 @@ print("classifier agrees with the requested digit:", round(float(np.mean(clf.pre
 # digit's identity, so z is free to encode style (slant, thickness) rather than class.
 
 # %%
-fig = vae.plot_reconstructions(X_test[:10], y_test[:10])
+show(vae.plot_reconstructions(X_test[:10], y_test[:10]), "reconstructions")
 mse = np.mean((vae.reconstruct(X_test, y_test) - X_test) ** 2)
 print(f"reconstruction MSE {mse:.4f} vs {np.mean((X_train.mean(0) - X_test) ** 2):.4f} for the mean image")
-fig = vae.plot_latent(X_test, y_test, y=y_test)
+show(vae.plot_latent(X_test, y_test, y=y_test), "latent")
 
 # %% [markdown]
 # ## Interpolation
@@ -83,7 +95,7 @@ fig = vae.plot_latent(X_test, y_test, y=y_test)
 
 # %%
 threes = np.nonzero(y_test == 3)[0]
-fig = vae.plot_interpolation(X_test[threes[0]], X_test[threes[1]], 10, y=3)
+show(vae.plot_interpolation(X_test[threes[0]], X_test[threes[1]], 10, y=3), "interpolation")
 
 # %% [markdown]
 # ## The honest number: log p(x)
