@@ -427,6 +427,8 @@ def _parse_pair(text: str, flag: str) -> tuple[float, float]:
 
 
 _OVERWRITE_HELP = "replace an existing --out (only once the new output is complete)"
+_DEVICE_HELP = "auto, cpu or cuda (default auto: a GPU when one is present)"
+_SEED_HELP = "random seed: the same seed repeats the fit on the CPU (default 0)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     hr = sub.add_parser("report", help="one self-contained HTML report of run folders")
     hr.add_argument("run_dirs", nargs="+", help="folders written by 'bayesgen fit'")
     hr.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
-    hr.add_argument("--title", default="bayesgen report")
+    hr.add_argument("--title", default="bayesgen report", help="the page's title and heading (default 'bayesgen report')")
     hr.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     hr.set_defaults(func=_cmd_report)
 
@@ -484,13 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--csv", help="CSV of raw events (one row per visitor)")
     ab.add_argument("--variant-col", help="variant column of --csv")
     ab.add_argument("--outcome-col", help="0/1 outcome column of --csv")
-    ab.add_argument("--method", choices=["svi", "exact"], default="svi")
-    ab.add_argument("--num-steps", type=_positive, default=3000)
+    ab.add_argument("--method", choices=["svi", "exact"], default="svi",
+                    help="svi: fit by SVI and compare with the exact posterior; exact: the conjugate Beta posterior "
+                         "(default svi)")
+    ab.add_argument("--num-steps", type=_positive, default=3000, help="SVI steps (default 3000; ignored by --method exact)")
     ab.add_argument("--batch-size", type=_positive, default=None,
                     help="fit --csv events in SVI minibatches of this size (default: sum them to counts per variant)")
     ab.add_argument("--ci", type=_probability, default=0.94, help="credible interval mass (default 0.94)")
-    ab.add_argument("--device", default="auto")
-    ab.add_argument("--seed", type=_seed, default=0)
+    ab.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    ab.add_argument("--seed", type=_seed, default=0, help=_SEED_HELP)
     ab.add_argument("--plot", help="write the posterior plot to this file (PNG, PDF, SVG)")
     ab.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     ab.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -501,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--label", required=True, help="label column")
     aug.add_argument("--n-per-class", type=_integer(0), default=100, help="synthetic rows per class (default 100)")
     aug.add_argument("--out", required=True, help="output CSV: real + synthetic rows, with a 'synthetic' column")
-    aug.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="lowrank")
+    aug.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="lowrank",
+                     help="per-class covariance: diagonal, full, or low rank plus diagonal (default lowrank)")
     aug.add_argument("--rank", type=_positive, default=10, help="factors of the lowrank covariance")
     aug.add_argument("--subspace", type=_positive, default=None,
                      help="model the classes in this many principal components (pixels with few rows per class)")
@@ -511,9 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--unlabelled", action="store_true",
                      help="rows with an empty label are unlabelled data: the generator learns from them too "
                           "(semi-supervised EM; needs --method exact); they are not written out")
-    aug.add_argument("--num-steps", type=_positive, default=2000)
-    aug.add_argument("--device", default="auto")
-    aug.add_argument("--seed", type=_seed, default=0)
+    aug.add_argument("--num-steps", type=_positive, default=2000, help="SVI steps (default 2000; ignored by --method exact)")
+    aug.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    aug.add_argument("--seed", type=_seed, default=0, help=_SEED_HELP)
     aug.add_argument("--quiet", action="store_true", help="no progress bar")
     aug.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     aug.set_defaults(func=_cmd_augment)
@@ -523,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--columns", help="comma-separated columns to model (default: all)")
     an.add_argument("--out", required=True, help="output CSV: the rows plus anomaly_probability and anomaly (0/1)")
     an.add_argument("--components", type=_positive, default=1, help="Gaussian components of normal behaviour")
-    an.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="full")
+    an.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="full",
+                    help="covariance of each normal component: diagonal, full, or low rank plus diagonal (default full)")
     an.add_argument("--anomaly", choices=["inflated", "student_t"], default="inflated",
                     help="the anomaly component: a learnt, inflated Gaussian or a fixed Student-t")
     an.add_argument("--labels", metavar="COLUMN",
@@ -532,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--threshold", type=_probability, default=0.5, help="flag rows with P(anomaly) above this")
     an.add_argument("--num-steps", type=_positive, default=300,
                     help="SVI steps after the EM start (default 300)")
-    an.add_argument("--device", default="auto")
-    an.add_argument("--seed", type=_seed, default=0)
+    an.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    an.add_argument("--seed", type=_seed, default=0, help=_SEED_HELP)
     an.add_argument("--quiet", action="store_true", help="no progress bar")
     an.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     an.set_defaults(func=_cmd_anomaly)
@@ -547,8 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--sbc", type=_integer(0), default=0, metavar="N",
                     help="simulation-based calibration with N refits")
     dg.add_argument("--sbc-steps", type=_positive, default=None, help="SVI steps per SBC refit")
-    dg.add_argument("--device", default="auto")
-    dg.add_argument("--seed", type=_seed, default=0)
+    dg.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    dg.add_argument("--seed", type=_seed, default=0,
+                    help="seed of the guide draws, NUTS chains and SBC simulations (default 0)")
     dg.set_defaults(func=_cmd_diagnose)
     return parser
 
