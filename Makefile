@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 $$(ls -d $$(pyenv root 2>/dev/n
             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { command -v $$p; break; }; \
           done)
 
-.PHONY: install demo test test-slow test-all clean
+.PHONY: install demo test test-slow test-all docs clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "bayesgen needs Python >= 3.12 (ArviZ 1.x requires it); none found" >&2; exit 1; }
@@ -33,5 +33,14 @@ test-slow: install
 test-all: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slow or not slow"
 
+# The documentation site (docs/_build/html): the tutorials executed into the gallery.
+# DOCS_SMOKE=1 executes them in their fast smoke mode. Sphinx warnings are errors.
+$(BIN)/.docs-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $@
+
+docs: $(BIN)/.docs-installed
+	cd docs && ../$(BIN)/python -m sphinx -b html -W --keep-going . _build/html
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/_build docs/gallery docs/jupyter_execute

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import json
 import re
@@ -18,6 +17,7 @@ import pandas as pd
 import pytest
 
 from bayesgen.tour import TOUR_SPECS
+from browser import headless
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,41 +223,12 @@ def check_report_page(page: str, runs: int) -> None:
     check_tables(page)
     check_captions(page)
 
-@functools.cache
-def _chromium() -> str | None:
-    """A headless Chromium that starts (a half-installed one skips the browser tests rather than failing them)."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        return None
-    try:
-        probe = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                "--dump-dom", "about:blank"], capture_output=True, text=True, timeout=120)
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    return exe if probe.returncode == 0 and "<html" in probe.stdout else None
-
-
-def _headless(*args: str) -> subprocess.CompletedProcess:
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no working headless Chromium (Debian: apt-get install chromium)")
-    # --disable-dev-shm-usage: containers give /dev/shm 64 MB, too little for a page of inlined pictures.
-    command = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-               *args]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    except subprocess.TimeoutExpired:
-        pytest.fail("headless Chromium did not finish within 180 s")
-    assert proc.returncode == 0, f"Chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
-    return proc
-
-
 @pytest.mark.browser
 def test_report_renders_every_section_and_picture_in_a_browser(tour):
     out, _ = tour
     page = out / "report.html"
     # The page's own script counts, after load, the sections and the pictures that decoded.
-    proc = _headless("--virtual-time-budget=10000", "--dump-dom", page.as_uri())
+    proc = headless("--virtual-time-budget=10000", "--dump-dom", page.as_uri())
     body = re.search(r"<body([^>]*)>", proc.stdout)
     assert body, proc.stderr[-2000:]
     attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body.group(1)))
@@ -271,7 +242,7 @@ def test_report_screenshot_shows_the_header_and_the_first_loss_curve(tour, tmp_p
 
     out, _ = tour
     shot = tmp_path / "shot.png"
-    proc = _headless("--window-size=1280,1600", f"--screenshot={shot}", (out / "report.html").as_uri())
+    proc = headless("--window-size=1280,1600", f"--screenshot={shot}", (out / "report.html").as_uri())
     assert shot.is_file(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape[:2] == (1600, 1280)
