@@ -132,6 +132,20 @@ def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
     return pd.DataFrame(rows).to_string(index=False)
 
 
+def _ab_monte_carlo_note(table: pd.DataFrame, ci_prob: float, method: str) -> str:
+    """Which printed figures are exact and which are Monte Carlo, with the Monte Carlo standard error."""
+    pct = f"{100 * ci_prob:g}%"
+    largest = float(table[[f"lift_{pct}_lower_mcse", f"lift_{pct}_upper_mcse"]].max().max())
+    worst = "n/a" if math.isnan(largest) else f"{100 * largest:.2f}"
+    draws = f"{table.attrs['num_draws']:,}"
+    if method == "exact":
+        return (f"exact (conjugate Beta posterior): rate, its {pct} interval, P(best), expected loss, mean lift\n"
+                f"Monte Carlo ({draws} posterior draws): the lift intervals; "
+                f"standard error of their ends at most {worst} (percentage points of lift)")
+    return (f"Monte Carlo ({draws} draws of the SVI posterior): every posterior figure; "
+            f"standard error of the lift interval ends at most {worst} (percentage points of lift)")
+
+
 def _cmd_abtest(args: argparse.Namespace) -> int:
     from bayesgen.datasets import read_csv
     from bayesgen.io import atomic_path, check_not_input, check_target
@@ -171,6 +185,7 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
               if est.data_path_ == "counts" else
               f"fitted on the events in minibatches of {args.batch_size} (--batch-size)")
     print(_format_ab_table(table, args.ci))
+    print(_ab_monte_carlo_note(table, args.ci, args.method))
     if args.method == "svi":
         gap = est.exact_gap_
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from scipy import special, stats
+from scipy import integrate, optimize, special, stats
 
 from bayesgen.models.ab_test import (
     BetaBinomialTest,
@@ -334,3 +335,126 @@ def test_cli_abtest_csv_says_which_path_ran(tmp_path, capsys):
     assert cli.main(["abtest", "--csv", str(path), "--variant-col", "arm", "--outcome-col", "y", "--num-steps", "20",
                      "--batch-size", "100", "--quiet"]) == 0
     assert "minibatches of 100" in capsys.readouterr().out
+
+
+# ------------------------------------------- exact summaries: closed forms and labelled Monte Carlo
+EXACT_CASES = [
+    dict(successes=[235, 157], trials=[2435, 2435], prior=(1.0, 1.0)),
+    dict(successes=[0, 7, 40], trials=[30, 30, 40], prior=(0.5, 0.5)),  # HDIs touching 0 and 1
+    dict(successes=[1_000_003, 998_731], trials=[10**7, 10**7], prior=(1.0, 1.0)),
+]
+
+
+def grid_hdi(a, b, prob, points=2001):
+    """Brute force: the narrowest of many intervals [ppf(t), ppf(t + prob)] over a grid of lower tail masses t,
+    then over a grid 1000 times finer around the narrowest."""
+    lo, hi = 0.0, 1.0 - prob
+    for _ in range(2):
+        t = np.linspace(lo, hi, points)
+        lower, upper = stats.beta.ppf(t, a, b), stats.beta.isf(1.0 - prob - t, a, b)
+        i = int(np.argmin(upper - lower))
+        step = t[1] - t[0]
+        lo, hi = max(t[i] - step, 0.0), min(t[i] + step, 1.0 - prob)
+    return lower[i], upper[i]
+
+
+@pytest.mark.parametrize("case", EXACT_CASES, ids=["resume", "boundaries", "huge"])
+def test_exact_summary_rate_figures_are_the_closed_form(case):
+    test = BetaBinomialTest(method="exact", prior=case["prior"], ci_prob=0.9).fit(case["successes"], case["trials"])
+    table = test.summary()
+    a = case["prior"][0] + np.array(case["successes"], float)
+    b = case["prior"][1] + np.array(case["trials"], float) - case["successes"]
+    for column, truth in (("rate_mean", stats.beta.mean(a, b)), ("rate_sd", stats.beta.std(a, b)),
+                          ("rate_90%_lower", stats.beta.ppf(0.05, a, b)),
+                          ("rate_90%_upper", stats.beta.ppf(0.95, a, b))):
+        np.testing.assert_allclose(table[column], truth, rtol=1e-10, atol=1e-14, err_msg=column)
+    np.testing.assert_allclose(table["prob_best"], prob_best_exact(a, b), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(table["expected_loss"], expected_loss_exact(a, b), rtol=1e-10, atol=1e-14)
+    for k in range(len(a)):
+        lower, upper = table["rate_90%_hdi_lower"].iloc[k], table["rate_90%_hdi_upper"].iloc[k]
+        grid_lower, grid_upper = grid_hdi(a[k], b[k], 0.9)
+        sd = stats.beta.std(a[k], b[k])
+        # The fine grid's step in t is 5e-7 of the mass: its interval ends are that close in probability.
+        assert lower == pytest.approx(grid_lower, abs=1e-5 * sd) and upper == pytest.approx(grid_upper, abs=1e-5 * sd)
+        assert stats.beta.cdf(upper, a[k], b[k]) - stats.beta.cdf(lower, a[k], b[k]) == pytest.approx(0.9, abs=1e-9)
+        assert upper - lower <= grid_upper - grid_lower + 1e-12
+    assert table.attrs["monte_carlo"] == ["lift_90%_lower", "lift_90%_upper"]
+
+
+def test_beta_hdi_handles_the_boundary_shapes_and_checks_its_input():
+    from bayesgen.models.ab_test import beta_hdi
+
+    lower, upper = beta_hdi([0.5, 1.0, 4.0, 1.0, 1.0, 0.5], [30.0, 5.0, 0.8, 1.0, 1.0 + 1e-9, 0.5], 0.8)
+    np.testing.assert_allclose(lower[:4], [0.0, 0.0, stats.beta.isf(0.8, 4.0, 0.8), 0.1], rtol=1e-12)
+    np.testing.assert_allclose(upper[:4], [stats.beta.ppf(0.8, 0.5, 30.0), stats.beta.ppf(0.8, 1.0, 5.0), 1.0, 0.9],
+                               rtol=1e-12)
+    assert lower[4] == 0.0 and upper[4] == pytest.approx(0.8, abs=1e-8)  # nearly uniform, falling
+    assert np.isnan(lower[5]) and np.isnan(upper[5])  # U-shaped: two pieces, no interval
+    with pytest.raises(ValueError, match="must be > 0"):
+        beta_hdi([0.0], [1.0], 0.9)
+    with pytest.raises(ValueError, match="prob must be a number in"):
+        beta_hdi([2.0], [2.0], 1.0)
+
+
+def test_exact_lift_mean_and_prob_positive_are_exact():
+    test = BetaBinomialTest(method="exact", num_samples=2000).fit([60, 75, 52], [400, 410, 395])
+    a, b = test.exact_alpha_, test.exact_beta_
+    lift = test.lift(0)
+    table = test.summary(control=0)
+    for k, name in ((1, "B"), (2, "C")):
+        # E[rate_k / rate_A] by quadrature over both posteriors' independence: E[rate_k] * E[1 / rate_A].
+        inverse = integrate.quad(lambda x: stats.beta.pdf(x, a[0], b[0]) / x, 0, 1, epsabs=1e-13)[0]
+        truth = stats.beta.mean(a[k], b[k]) * inverse - 1
+        assert lift.loc[name, "mean"] == pytest.approx(truth, rel=1e-9)
+        assert table.loc[name, "lift_mean"] == pytest.approx(truth, rel=1e-9)
+        p_pos = evan_miller_prob_b_beats_a(a[0], b[0], a[k], b[k])
+        assert lift.loc[name, "prob_positive"] == pytest.approx(p_pos, abs=1e-8)
+    assert lift.attrs["monte_carlo"] == ["lower", "upper"]
+
+
+def lift_quantile(a_k, b_k, a_c, b_c, q):
+    """Quantile of rate_k / rate_c - 1 from its CDF, P(rate_k <= (1 + l) rate_c) = ∫ f_c(y) F_k((1 + l) y) dy."""
+    def cdf(lift):
+        return integrate.quad(lambda y: stats.beta.pdf(y, a_c, b_c) * stats.beta.cdf((1 + lift) * y, a_k, b_k),
+                              0, 1, epsabs=1e-12, limit=200)[0]
+    return optimize.brentq(lambda lift: cdf(lift) - q, -0.9, 5.0, xtol=1e-10)
+
+
+def test_monte_carlo_lift_interval_is_labelled_and_its_mcse_matches_the_spread_across_seeds():
+    test = BetaBinomialTest(method="exact", num_samples=4000, ci_prob=0.9).fit([60, 75], [400, 410])
+    a, b = test.exact_alpha_, test.exact_beta_
+    columns = ["lift_90%_lower", "lift_90%_upper"]
+    mc = columns + [f"{c}_mcse" for c in columns]
+    first = None
+    for seed in range(3):
+        test.seed = seed
+        table = test.summary()
+        assert table.attrs["monte_carlo"] == columns and table.attrs["num_draws"] == 4000
+        first = table.drop(columns=mc) if first is None else first
+        pd.testing.assert_frame_equal(table.drop(columns=mc), first)  # the exact figures do not move with the seed
+        np.testing.assert_array_equal(table.loc["B", mc].to_numpy(float),
+                                      test.lift().loc["B", ["lower", "upper", "lower_mcse", "upper_mcse"]])
+    runs = []
+    for seed in range(60):
+        test.seed = seed
+        runs.append(test.lift().loc["B", ["lower", "upper", "lower_mcse", "upper_mcse"]].to_numpy(float))
+    runs = np.array(runs)
+    spread, stated = runs[:, :2].std(axis=0, ddof=1), runs[:, 2:].mean(axis=0)
+    # 60 seeds estimate the spread to about 9 %; the stated standard error must match it.
+    assert np.all((0.75 < stated / spread) & (stated / spread < 1.33)), (stated, spread)
+    truth = [lift_quantile(a[1], b[1], a[0], b[0], q) for q in (0.05, 0.95)]
+    assert np.all(np.abs(runs[:, :2].mean(axis=0) - truth) < 4 * spread / np.sqrt(60) + 2e-4)
+
+
+def test_cli_abtest_prints_closed_form_rates_and_names_the_monte_carlo_figures(capsys):
+    from bayesgen import cli
+
+    assert cli.main(["abtest", "235/2435", "157/2435", "--method", "exact", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    a, b = np.array([236.0, 158.0]), np.array([2201.0, 2279.0])
+    for k in range(2):
+        mean, lower, upper = stats.beta.mean(a[k], b[k]), *stats.beta.ppf([0.03, 0.97], a[k], b[k])
+        assert f"{100 * mean:.2f}% [{100 * lower:.2f}%, {100 * upper:.2f}%]" in out
+    assert "exact (conjugate Beta posterior): rate" in out
+    note = re.search(r"Monte Carlo \(20,000 posterior draws\): the lift intervals; .* at most ([0-9.]+)", out)
+    assert note and 0.05 < float(note.group(1)) < 0.3  # percentage points of lift

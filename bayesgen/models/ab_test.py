@@ -37,7 +37,7 @@ import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
-from scipy import integrate, stats
+from scipy import integrate, optimize, stats
 from torch.distributions import constraints
 
 from bayesgen._runtime import check_ci_prob, check_count, seeded, to_numpy
@@ -53,6 +53,8 @@ __all__ = [
     "exact_posterior",
     "prob_best_exact",
     "expected_loss_exact",
+    "beta_hdi",
+    "lift_mean_exact",
     "validate_counts",
     "validate_prior",
     "events_to_counts",
@@ -238,6 +240,129 @@ def expected_loss_exact(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     all_below = np.exp(stats.beta.logcdf(x[:, None], alpha, beta).sum(axis=1))
     expected_max = x[0] + integrate.simpson(1.0 - all_below, x=x)
     return expected_max - alpha / (alpha + beta)
+
+
+def beta_hdi(alpha: Any, beta: Any, prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """Highest-density interval of Beta distributions: the shortest interval holding ``prob`` of the mass.
+
+    For ``alpha > 1`` and ``beta > 1`` (an interior mode) the interval ``[ppf(t), ppf(t + prob)]`` is
+    shortest where its width's derivative in the lower tail mass ``t`` vanishes, i.e. where the density
+    is the same at both ends; that one-dimensional condition is solved by Brent's method. A density
+    that falls from 0 (``alpha <= 1 <= beta``) gives ``[0, ppf(prob)]``, one that rises to 1
+    (``beta <= 1 <= alpha``) ``[isf(prob), 1]``; the uniform Beta(1, 1) has no unique shortest
+    interval and gets the equal-tailed one. A U-shaped Beta (both below 1) has a highest-density
+    region of two pieces, not an interval: NaN.
+
+    Parameters
+    ----------
+    alpha, beta : array_like, shape (n,)
+        Beta parameters, > 0.
+    prob : float
+        Interval mass, in (0, 1).
+
+    Returns
+    -------
+    lower, upper : numpy.ndarray, shape (n,)
+
+    Examples
+    --------
+    >>> lower, upper = beta_hdi([2.0, 1.0], [5.0, 3.0], 0.9)
+    >>> [round(float(v), 4) for v in (*lower, *upper)]
+    [0.0302, 0.0, 0.5253, 0.5358]
+    """
+    prob = check_ci_prob(prob, "prob")
+    a_all, b_all = np.broadcast_arrays(np.asarray(alpha, float), np.asarray(beta, float))
+    if not (np.all(a_all > 0) and np.all(b_all > 0)):
+        raise ValueError("Beta parameters alpha and beta must be > 0")
+    lower, upper = np.full(a_all.shape, np.nan), np.full(a_all.shape, np.nan)
+    for i, (a, b) in enumerate(zip(a_all.ravel(), b_all.ravel(), strict=True)):
+        if a == 1 and b == 1:
+            lo, hi = (1 - prob) / 2, (1 + prob) / 2
+        elif a <= 1 <= b:
+            lo, hi = 0.0, stats.beta.ppf(prob, a, b)
+        elif b <= 1 <= a:
+            lo, hi = stats.beta.isf(prob, a, b), 1.0
+        elif a < 1 and b < 1:
+            continue
+        else:
+            lo, hi = _interior_hdi(a, b, prob)
+        lower.flat[i], upper.flat[i] = lo, hi
+    return lower, upper
+
+
+def _interior_hdi(a: float, b: float, prob: float) -> tuple[float, float]:
+    # The lower end from the lower tail mass t, the upper end from the upper tail mass 1 - prob - t
+    # (isf keeps an upper end near 1 from rounding to 1).
+    def ends(t: float) -> tuple[float, float]:
+        return stats.beta.ppf(t, a, b), stats.beta.isf(1.0 - prob - t, a, b)
+
+    def gap(t: float) -> float:  # log density at the lower end minus at the upper end; rises with t
+        lo, hi = ends(t)
+        return float(stats.beta.logpdf(lo, a, b) - stats.beta.logpdf(hi, a, b))
+
+    edge = 1e-14 * (1.0 - prob)
+    first, last = edge, 1.0 - prob - edge
+    # The shortest interval leaves less than 1e-14 of the mass below (above) it: it starts at 0 (ends at 1).
+    if gap(first) >= 0:
+        return 0.0, float(stats.beta.ppf(prob, a, b))
+    if gap(last) <= 0:
+        return float(stats.beta.isf(prob, a, b)), 1.0
+    t = optimize.brentq(gap, first, last, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
+    lo, hi = ends(t)
+    return float(lo), float(hi)
+
+
+def lift_mean_exact(alpha: Any, beta: Any, control: int) -> np.ndarray:
+    """Exact mean relative lift ``E[rate_k / rate_c] - 1`` of every variant over the control c.
+
+    The posteriors are independent, so ``E[rate_k / rate_c] = E[rate_k] E[1 / rate_c]`` with
+    ``E[1 / rate_c] = (alpha_c + beta_c - 1) / (alpha_c - 1)``, infinite for ``alpha_c <= 1``.
+
+    Parameters
+    ----------
+    alpha, beta : array_like, shape (n_variants,)
+    control : int
+        Position of the control.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_variants,)
+        0 for the control itself.
+    """
+    alpha, beta = np.asarray(alpha, float), np.asarray(beta, float)
+    ac, bc = alpha[control], beta[control]
+    inverse_mean = (ac + bc - 1.0) / (ac - 1.0) if ac > 1 else np.inf
+    lift = alpha / (alpha + beta) * inverse_mean - 1.0
+    lift[control] = 0.0
+    return lift
+
+
+def _quantiles_with_mcse(values: np.ndarray, probs: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles of independent draws and their Monte Carlo standard errors.
+
+    The number of draws below the true q-quantile is Binomial(n, q); the order statistics at its mean
+    plus and minus one binomial sd bracket the quantile with about 68 % probability, so half their
+    distance is the standard error (the order-statistic method; needs no density estimate).
+    """
+    n = len(values)
+    ordered = np.sort(values)
+    est = np.quantile(values, probs)
+    mcse = np.empty(len(probs))
+    for j, q in enumerate(probs):
+        spread = np.sqrt(n * q * (1 - q))
+        lo = int(np.clip(np.floor(n * q - spread), 0, n - 1))
+        hi = int(np.clip(np.ceil(n * q + spread), 0, n - 1))
+        mcse[j] = (ordered[hi] - ordered[lo]) / 2
+    return est, mcse
+
+
+def _hdi_from_draws(values: np.ndarray, prob: float) -> tuple[float, float]:
+    """Shortest interval holding ``ceil(prob * n)`` of the draws."""
+    ordered = np.sort(values)
+    k = min(int(np.ceil(prob * len(ordered))), len(ordered)) - 1
+    widths = ordered[k:] - ordered[: len(ordered) - k]
+    i = int(np.argmin(widths))
+    return float(ordered[i]), float(ordered[i + k])
 
 
 def _prob_best_from_draws(draws: np.ndarray) -> np.ndarray:
@@ -464,7 +589,8 @@ class BetaBinomialTest(BayesianEstimator):
         converged (``converged_``); it stops the fit early only when
         ``lr_schedule`` is None. None skips the check (``converged_`` is None).
     num_samples : int, default 20000
-        Posterior draws behind P(best), expected loss and lift for SVI fits.
+        Posterior draws behind every posterior figure of :meth:`summary` for SVI fits, and behind the lift
+        interval for exact ones.
     ci_prob : float, default 0.94
         Credible-interval mass.
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
@@ -830,6 +956,11 @@ class BetaBinomialTest(BayesianEstimator):
     def lift(self, control: str | int = 0, *, ci_prob: float | None = None) -> pd.DataFrame:
         """Relative lift ``(rate_k - rate_control) / rate_control`` with a credible interval.
 
+        For ``method="exact"`` the mean (:func:`lift_mean_exact`) and ``prob_positive`` (a
+        one-dimensional integral, as in :func:`prob_best_exact`) are exact; the interval ends are
+        quantiles of ``num_samples`` posterior draws, with their Monte Carlo standard errors. For
+        ``method="svi"`` every column comes from draws of the fitted posterior.
+
         Parameters
         ----------
         control : str or int, default 0
@@ -841,28 +972,52 @@ class BetaBinomialTest(BayesianEstimator):
         -------
         pandas.DataFrame
             One row per other variant: ``mean``, ``lower``, ``upper`` (equal-tailed),
-            ``prob_positive`` (P(lift > 0)).
+            ``prob_positive`` (P(lift > 0)), and ``lower_mcse``, ``upper_mcse`` (Monte Carlo
+            standard errors of the interval ends). ``attrs["monte_carlo"]`` names the columns
+            computed from draws.
         """
         self._check_fitted()
-        return self._lift_from_draws(self.posterior(), control, ci_prob)
+        return self._lift_table(self.posterior(), control, ci_prob)
 
-    def _lift_from_draws(self, draws: pd.DataFrame, control: str | int, ci_prob: float | None) -> pd.DataFrame:
+    def _lift_table(self, draws: pd.DataFrame, control: str | int, ci_prob: float | None) -> pd.DataFrame:
         ctrl = self._variant_name(control)
+        c = self.names_.index(ctrl)
         prob = check_ci_prob(self.ci_prob if ci_prob is None else ci_prob)
+        exact = self._use_exact(None)
+        a, b = self.exact_alpha_, self.exact_beta_
+        means = lift_mean_exact(a, b, c) if exact else None
         base = draws[ctrl].to_numpy()
         rows = {}
-        for name in self.names_:
+        for k, name in enumerate(self.names_):
             if name == ctrl:
                 continue
             rel = draws[name].to_numpy() / base - 1.0
-            lo, hi = np.quantile(rel, [(1 - prob) / 2, (1 + prob) / 2])
-            rows[name] = {"mean": rel.mean(), "lower": lo, "upper": hi, "prob_positive": (rel > 0).mean()}
+            (lo, hi), (lo_se, hi_se) = _quantiles_with_mcse(rel, [(1 - prob) / 2, (1 + prob) / 2])
+            rows[name] = {
+                "mean": means[k] if exact else rel.mean(),
+                "lower": lo,
+                "upper": hi,
+                "prob_positive": prob_best_exact(a[[k, c]], b[[k, c]])[0] if exact else (rel > 0).mean(),
+                "lower_mcse": lo_se,
+                "upper_mcse": hi_se,
+            }
         table = pd.DataFrame.from_dict(rows, orient="index")
         table.index.name = f"vs {ctrl}"
+        table.attrs["monte_carlo"] = ["lower", "upper"] if exact else ["mean", "lower", "upper", "prob_positive"]
+        table.attrs["num_draws"] = len(draws)
         return table
 
     def summary(self, control: str | int = 0) -> pd.DataFrame:
         """One row per variant: data, posterior of the rate, P(best), expected loss, lift.
+
+        With ``method="exact"`` every figure with a closed form or a one-dimensional integral comes
+        from the conjugate posterior Beta(``exact_alpha_``, ``exact_beta_``): the rate's mean, sd,
+        equal-tailed interval (``scipy.stats.beta.ppf``) and highest-density interval
+        (:func:`beta_hdi`), P(best), expected loss and the mean lift. The ends of the lift interval,
+        quantiles of a ratio of Beta variables, have no closed form; they are quantiles of
+        ``num_samples`` posterior draws, and the ``*_mcse`` columns are their Monte Carlo standard
+        errors. With ``method="svi"`` every posterior figure comes from ``num_samples`` draws of the
+        fitted guide.
 
         Parameters
         ----------
@@ -872,6 +1027,20 @@ class BetaBinomialTest(BayesianEstimator):
         Returns
         -------
         pandas.DataFrame
+            Indexed by variant: ``successes``, ``trials``, ``observed_rate``, ``rate_mean``,
+            ``rate_sd``, ``rate_{pct}%_lower``/``_upper`` (equal-tailed, ``pct = 100 * ci_prob``),
+            ``rate_{pct}%_hdi_lower``/``_upper``, ``prob_best``, ``expected_loss``, ``lift_mean``,
+            ``lift_{pct}%_lower``/``_upper`` and their Monte Carlo standard errors
+            ``lift_{pct}%_lower_mcse``/``_upper_mcse`` (NaN for the control).
+            ``attrs["monte_carlo"]`` names the columns computed from draws and
+            ``attrs["num_draws"]`` their number.
+
+        Examples
+        --------
+        >>> test = BetaBinomialTest(method="exact").fit([235, 157], [2435, 2435], names=["white", "black"])
+        >>> table = test.summary()
+        >>> round(float(table.loc["black", "rate_mean"]), 5), table.attrs["monte_carlo"]
+        (0.06483, ['lift_94%_lower', 'lift_94%_upper'])
         """
         self._check_fitted()
         draws = self.posterior()
@@ -879,32 +1048,58 @@ class BetaBinomialTest(BayesianEstimator):
         prob = float(self.ci_prob)
         lo, hi = (1 - prob) / 2, (1 + prob) / 2
         pct = f"{100 * prob:g}"
+        exact = self._use_exact(None)
+        if exact:
+            a, b = self.exact_alpha_, self.exact_beta_
+            rate = {
+                "rate_mean": stats.beta.mean(a, b),
+                "rate_sd": stats.beta.std(a, b),
+                f"rate_{pct}%_lower": stats.beta.ppf(lo, a, b),
+                f"rate_{pct}%_upper": stats.beta.ppf(hi, a, b),
+            }
+            hdi = beta_hdi(a, b, prob)
+            decision = {"prob_best": self.prob_best().to_numpy(), "expected_loss": self.expected_loss().to_numpy()}
+        else:
+            rate = {
+                "rate_mean": draws.mean().to_numpy(),
+                "rate_sd": draws.std().to_numpy(),
+                f"rate_{pct}%_lower": draws.quantile(lo).to_numpy(),
+                f"rate_{pct}%_upper": draws.quantile(hi).to_numpy(),
+            }
+            hdi = np.array([_hdi_from_draws(values[:, k], prob) for k in range(values.shape[1])]).T
+            # One set of draws serves every column (prob_best() etc. would redraw the same seeded draws).
+            decision = {"prob_best": _prob_best_from_draws(values), "expected_loss": _expected_loss_from_draws(values)}
         table = pd.DataFrame(
             {
                 "successes": self.successes_.astype(int),
                 "trials": self.trials_.astype(int),
                 "observed_rate": self.successes_ / self.trials_,
-                "rate_mean": draws.mean().to_numpy(),
-                "rate_sd": draws.std().to_numpy(),
-                f"rate_{pct}%_lower": draws.quantile(lo).to_numpy(),
-                f"rate_{pct}%_upper": draws.quantile(hi).to_numpy(),
-                # One set of draws serves every column (prob_best() etc. would redraw
-                # the same seeded draws); the exact method keeps its quadrature.
-                "prob_best": (
-                    self.prob_best().to_numpy() if self._use_exact(None) else _prob_best_from_draws(values)
-                ),
-                "expected_loss": (
-                    self.expected_loss().to_numpy() if self._use_exact(None) else _expected_loss_from_draws(values)
-                ),
+                **rate,
+                f"rate_{pct}%_hdi_lower": hdi[0],
+                f"rate_{pct}%_hdi_upper": hdi[1],
+                **decision,
             },
             index=pd.Index(self.names_, name="variant"),
         )
-        lift = self._lift_from_draws(draws, control, None)
+        lift = self._lift_table(draws, control, None)
         ctrl = self._variant_name(control)
-        table["lift_mean"] = lift["mean"].reindex(self.names_).to_numpy()
-        table[f"lift_{pct}%_lower"] = lift["lower"].reindex(self.names_).to_numpy()
-        table[f"lift_{pct}%_upper"] = lift["upper"].reindex(self.names_).to_numpy()
+        columns = {
+            "mean": "lift_mean",
+            "lower": f"lift_{pct}%_lower",
+            "upper": f"lift_{pct}%_upper",
+            "lower_mcse": f"lift_{pct}%_lower_mcse",
+            "upper_mcse": f"lift_{pct}%_upper_mcse",
+        }
+        for source, column in columns.items():
+            table[column] = lift[source].reindex(self.names_).to_numpy()
         table.loc[ctrl, ["lift_mean"]] = 0.0
+        if exact:
+            table.attrs["monte_carlo"] = [columns["lower"], columns["upper"]]
+        else:
+            table.attrs["monte_carlo"] = [c for c in table.columns if c.startswith(("rate_", "lift_", "prob_best",
+                                                                                  "expected_loss"))
+                                          and not c.endswith("_mcse")]
+        table.attrs["num_draws"] = len(draws)
         return table
 
     def exact_summary(self) -> pd.DataFrame:
