@@ -253,6 +253,34 @@ def _log_weights(
     return torch.stack(out), draws
 
 
+def _psis(raw: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed, normalised log weights and k-hat of each row of ``raw`` (rows, draws).
+
+    Rows whose ratios are equal up to the rounding of their dtype (machine epsilon ``eps``) are the
+    posterior up to a constant: equal weights and k-hat −inf, since the Pareto fit is degenerate there
+    (ArviZ's gives NaN, or refuses a tail of equal values).
+    """
+    from arviz_stats.base import array_stats
+
+    rows, n = raw.shape
+    flat = np.ptp(raw, axis=1) < np.maximum(1e-4, 64 * eps * np.abs(raw).max(axis=1))
+    smoothed, khat = raw - np.logaddexp.reduce(raw, axis=1, keepdims=True), np.full(rows, -np.inf)
+    smoothed[flat] = -np.log(n)
+    live = np.flatnonzero(~flat)
+    # arviz_stats' psislw takes a log-likelihood (LOO's ratios are 1 / p(y_i | θ)), so negate.
+    ratios = -(raw[live] - raw[live].max(axis=1, keepdims=True))
+    try:
+        parts = [(live, *array_stats.psislw(ratios, r_eff=1.0, axis=-1))] if len(live) else []
+    except ValueError:  # some row's tail values are all the same: fit row by row
+        parts = []
+        for i, row in zip(live, ratios, strict=True):
+            with contextlib.suppress(ValueError):
+                parts.append((np.array([i]), *array_stats.psislw(row[None], r_eff=1.0, axis=-1)))
+    for index, part_smoothed, part_khat in parts:
+        smoothed[index], khat[index] = part_smoothed, np.asarray(part_khat, dtype=float)
+    return smoothed, khat
+
+
 def vi_khat(
     model: ModelFn,
     guide: ModelFn,
@@ -270,8 +298,9 @@ def vi_khat(
     Parameters
     ----------
     model, guide : callable
-        The pair as fitted (minibatch models are evaluated on all their data).
-        Discrete sites the model enumerates and the guide does not draw are
+        The pair as fitted, evaluated on all the rows of their plates (a
+        plate that subsamples is refused: give the model its subsample as an
+        argument and pass None). Discrete sites the model enumerates and the guide does not draw are
         summed out of log p(y, θ), as ``TraceEnum_ELBO`` does in training
         (one draw at a time).
     *args, **kwargs
@@ -293,6 +322,13 @@ def vi_khat(
     -------
     VIDiagnostic
 
+    Raises
+    ------
+    ValueError
+        Where the ratios cannot judge the guide: a point-mass guide site
+        (AutoDelta: every draw the same), a plate that evaluates fewer rows
+        than its size; or non-finite ratios, or fewer than 100 draws.
+
     Examples
     --------
     >>> from bayesgen import BetaBinomialTest
@@ -301,8 +337,6 @@ def vi_khat(
     'good'
     """
     num_samples = check_count(num_samples, "num_samples", minimum=2)
-    from arviz_stats.base import array_stats
-
     from bayesgen.infer import param_scope
 
     if int(num_samples) < 100:
@@ -316,13 +350,8 @@ def vi_khat(
         bad = int((~np.isfinite(raw)).sum())
         raise ValueError(f"{bad} of {len(raw)} importance ratios are not finite; the guide puts mass where the "
                          "model has none (or the model fails for some draws)")
-    if np.ptp(raw) < 1e-4:
-        # Constant ratios: the guide is the posterior up to rounding; the Pareto fit is degenerate.
-        smoothed, khat = np.full_like(raw, -np.log(len(raw))), -np.inf
-    else:
-        # arviz_stats' psislw takes a log-likelihood (LOO's ratios are 1 / p(y_i | θ)), so negate.
-        smoothed, khat = array_stats.psislw(-(raw - raw.max()), r_eff=1.0)
-        khat = float(np.asarray(khat))
+    smoothed, khats = _psis(raw[None], torch.finfo(log_w.dtype).eps)
+    smoothed, khat = smoothed[0], float(khats[0])
     diag = VIDiagnostic(khat=khat, verdict=_verdict(khat), num_samples=int(num_samples),
                         log_weights=np.asarray(smoothed, dtype=float), raw_log_weights=raw,
                         draws={k: to_numpy(v) for k, v in draws.items()})
@@ -409,6 +438,10 @@ def _row_log_ratios(model_trace: poutine.Trace, guide_trace: poutine.Trace, plat
             if frame is None:
                 raise ValueError(f"site {name!r} is outside the plate {plate!r}: per-row k-hat needs every "
                                  "latent and observed site to be local to a row; use vi_khat for this model")
+            if trace is model_trace and not site["is_observed"] and name not in guide_trace.nodes:
+                raise ValueError(f"latent site {name!r} is in the model and not the guide (an enumerated site?): "
+                                 "per-row k-hat needs the guide to draw every latent site; use vi_khat, which "
+                                 "sums enumerated sites out")
             lp = site["log_prob"]
             while lp.dim() < nesting:
                 lp = lp.unsqueeze(0)
@@ -464,10 +497,16 @@ def vi_khat_rows(
     ------
     ValueError
         A sample site outside the plate (a global latent: the ratios do not
-        factorise over rows), or too few draws.
+        factorise over rows), a latent site the guide does not draw, a
+        point-mass guide site, a plate that evaluates fewer rows than its
+        size, or too few draws.
+
+    Notes
+    -----
+    A pair whose shapes do not broadcast over a plate of draws (``torch.mm``,
+    a reshape to the rows) is evaluated one draw at a time.
     """
     num_samples = check_count(num_samples, "num_samples", minimum=2)
-    from arviz_stats.base import array_stats
     from pyro.infer.enum import get_importance_trace
 
     from bayesgen.infer import param_scope
@@ -509,10 +548,7 @@ def vi_khat_rows(
     log_w = to_numpy(total.expand(int(num_samples), -1)).astype(float).T  # (rows, draws)
     if not np.isfinite(log_w).all():
         raise ValueError("some importance ratios are not finite; the guide puts mass where the model has none")
-    _, khat = array_stats.psislw(-(log_w - log_w.max(axis=1, keepdims=True)), r_eff=1.0, axis=-1)
-    khat = np.asarray(khat, dtype=float)
-    flat = np.ptp(log_w, axis=1) < 1e-4  # constant ratios: the guide is exact for that row
-    khat[flat] = -np.inf
+    _, khat = _psis(log_w, torch.finfo(total.dtype).eps)
     result = RowDiagnostic(khat=khat, num_samples=int(num_samples), plate=plate)
     if warn and result.verdict == "unreliable":
         warnings.warn(result.message(), UserWarning, stacklevel=2)
