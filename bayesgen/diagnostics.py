@@ -537,7 +537,10 @@ def vi_khat_rows(
         else:
             first, ratios, draws = None, [], []
             for _ in range(int(num_samples)):
-                m, g = get_importance_trace("flat", nesting - 1, model, guide, args, kwargs)
+                g = poutine.trace(guide).get_trace(*args, **kwargs)
+                m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+                m.compute_log_prob()
+                g.compute_log_prob()
                 if first is None:
                     first = (m, g)
                     _check_judgeable(m, g, {})  # the plates now; point masses once the draws are in
