@@ -455,6 +455,20 @@ def _row_log_ratios(model_trace: poutine.Trace, guide_trace: poutine.Trace, plat
     return total
 
 
+def _first_draw_agrees(model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict, draws: dict[str, torch.Tensor],
+                      ratios: torch.Tensor, plate: str, nesting: int) -> bool:
+    """Do the first vectorised draw's per-row ratios (``ratios``, shape (rows,)) match a plain pass on it?"""
+    natural = poutine.trace(guide).get_trace(*args, **kwargs)
+    first = {name: value[0].reshape(natural.nodes[name]["value"].shape) for name, value in draws.items()
+             if name in natural.nodes}
+    g = poutine.trace(poutine.condition(guide, data=first)).get_trace(*args, **kwargs)
+    m = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
+    m.compute_log_prob()
+    g.compute_log_prob()
+    plain = _row_log_ratios(m, g, plate, nesting)[0]
+    return plain.shape == ratios.shape and bool(torch.allclose(plain.double(), ratios.double(), rtol=1e-4, atol=1e-3))
+
+
 def vi_khat_rows(
     model: ModelFn,
     guide: ModelFn,
@@ -504,7 +518,9 @@ def vi_khat_rows(
     Notes
     -----
     A pair whose shapes do not broadcast over a plate of draws (``torch.mm``,
-    a reshape to the rows) is evaluated one draw at a time.
+    a reshape to the rows) is evaluated one draw at a time, and so is one
+    whose first vectorised draw gives other ratios than a plain pass on it
+    (a reduction over a plate, such as ``z.mean(0)``, would span the draws).
     """
     num_samples = check_count(num_samples, "num_samples", minimum=2)
     from pyro.infer.enum import get_importance_trace
@@ -532,9 +548,15 @@ def vi_khat_rows(
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "", int(num_samples))
             traces = None
         if traces is not None:
-            _check_judgeable(*traces, _guide_draws(traces[1], nesting))
+            draws = _guide_draws(traces[1], nesting)
+            _check_judgeable(*traces, draws)
             total = _row_log_ratios(*traces, plate, nesting)
-        else:
+            if not _first_draw_agrees(model, guide, args, kwargs, draws, total[0], plate, nesting):
+                logger.warning("vectorised per-row importance ratios disagree with a plain pass on the same draw "
+                               "(the model or guide reduces over a plate, which in a vectorised pass also spans the "
+                               "draws); drawing %d samples one at a time", int(num_samples))
+                traces = None
+        if traces is None:
             first, ratios, draws = None, [], []
             for _ in range(int(num_samples)):
                 g = poutine.trace(guide).get_trace(*args, **kwargs)

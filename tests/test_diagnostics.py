@@ -637,3 +637,19 @@ def test_per_row_khat_refuses_a_latent_site_the_guide_does_not_draw():
     # c would be drawn from its prior inside the ratio, not summed out.
     with pytest.raises(ValueError, match="latent site 'c' is in the model and not the guide"):
         vi_khat_rows(mixture, guide, torch.randn(20), plate="row", num_samples=100)
+
+
+def test_per_row_khat_draws_one_at_a_time_when_the_vectorised_pass_mixes_the_draws(caplog):
+    def centred(x):  # z.mean(0) is over the rows in a plain pass, over draws and rows in a vectorised one
+        with pyro.plate("row", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z - 0.1 * z.mean(0), 1.0), obs=x)
+
+    x = torch.randn(40)
+    with caplog.at_level("WARNING", logger="bayesgen.diagnostics"):
+        rows = vi_khat_rows(centred, make_local_guide(1.0), x, plate="row", num_samples=100, warn=False)
+    assert "disagree with a plain pass on the same draw" in caplog.text and rows.khat.shape == (40,)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bayesgen.diagnostics"):
+        vi_khat_rows(local_model, make_local_guide(1.0), x, plate="row", num_samples=100)
+    assert "disagree" not in caplog.text
