@@ -22,6 +22,7 @@ Vehtari, Simpson, Gelman, Yao & Gabry (2024), Pareto smoothed importance samplin
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import warnings
@@ -150,6 +151,51 @@ def psis_expectation(values: np.ndarray, log_weights: np.ndarray, *, khat: float
     return np.tensordot(w, values, axes=(0, 0))
 
 
+def _point_mass_sites(guide_trace: poutine.Trace, draws: dict[str, torch.Tensor]) -> list[str]:
+    """Latent sites the guide draws from a Delta (under any wrapper) whose draws are all the same.
+
+    AutoDelta's sites; not AutoNormal's, whose Deltas carry the transformed draws of an auxiliary site.
+    """
+    names = []
+    for name, site in guide_trace.nodes.items():
+        if (site["type"] != "sample" or site["is_observed"] or site_is_subsample(site)
+                or site["infer"].get("_deterministic") or name not in draws):
+            continue
+        fn = site["fn"]
+        while not isinstance(fn, pyro.distributions.Delta) and hasattr(fn, "base_dist"):
+            fn = fn.base_dist  # Independent, masked, expanded or transformed
+        if isinstance(fn, pyro.distributions.Delta) and bool((draws[name] == draws[name][:1]).all()):
+            names.append(name)
+    return names
+
+
+def _check_judgeable(model_trace: poutine.Trace, guide_trace: poutine.Trace, draws: dict[str, torch.Tensor]) -> None:
+    """Refuse a pair whose importance ratios cannot judge the guide against the posterior given all the data.
+
+    ``draws``: the guide's draws by site, shape (num_samples, ...). A point-mass site makes every draw of it
+    the same, so the ratios are constant in it and k-hat calls any point "good". A subsampled plate makes
+    each ratio a random minibatch's, scaled up to the full size.
+    """
+    points = _point_mass_sites(guide_trace, draws)
+    if points:
+        raise ValueError(
+            f"cannot judge the guide: the guide is a point mass at {points} (a Delta, as AutoDelta draws), so its "
+            "draws have no spread for the importance ratios to weigh and k-hat would call any point good; fit a "
+            "guide with spread (e.g. AutoNormal) to check the posterior, or compare with NUTS (nuts_compare)")
+    for trace in (model_trace, guide_trace):
+        for site in trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            for frame in site["cond_indep_stack"]:
+                size, full = frame.size, frame.full_size
+                if isinstance(size, int) and isinstance(full, int) and 0 <= size < full:
+                    raise ValueError(
+                        f"plate {frame.name!r} evaluates {size} of its {full} rows (subsample_size or subsample), so "
+                        "each importance ratio would see a random minibatch, not all the data; evaluate on all rows: "
+                        f"give the model its subsample as an argument (pyro.plate({frame.name!r}, {full}, "
+                        "subsample=subsample), or subsample_size=batch_size) and check it with that argument None")
+
+
 def _log_weights(
     model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict, num_samples: int, max_plate_nesting: int | None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -158,12 +204,13 @@ def _log_weights(
 
     from bayesgen.arviz import _enumerated_sites, _max_plate_nesting
 
-    enumerated = None
+    enumerated, traces, first = None, None, None
     try:
         log_w, model_trace, guide_trace = vectorized_importance_weights(
             model, guide, *args, num_samples=num_samples, max_plate_nesting=max_plate_nesting or 4,
             normalized=False, **kwargs,
         )
+        traces = (model_trace, guide_trace)
         enumerated = _enumerated_sites(model_trace, guide_trace)
         draws = {}
         for n, s in guide_trace.nodes.items():
@@ -173,9 +220,9 @@ def _log_weights(
                 draws[n] = v.reshape(num_samples, *batch, *v.shape[v.dim() - event :])
     except (RuntimeError, ValueError, NotImplementedError) as err:
         logger.info("vectorised importance weights failed (%s); drawing one at a time", err)
-    else:
-        if not enumerated and log_w.shape == (num_samples,):
-            return log_w, draws
+    if traces is not None and enumerated is not None and not enumerated and log_w.shape == (num_samples,):
+        _check_judgeable(*traces, draws)
+        return log_w, draws
     # One draw at a time. A site the model enumerates and the guide does not draw is summed out of
     # log p(y, θ), as TraceEnum_ELBO sums it out in training: one particle's -loss is log p(y, θ) - log q(θ).
     out, draws_list, elbo, names = [], [], None, []
@@ -183,6 +230,9 @@ def _log_weights(
         g = poutine.trace(guide).get_trace(*args, **kwargs)
         if elbo is None:
             m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+            if i == 0:
+                _check_judgeable(m, g, {})  # the plates now; point masses once the draws are in
+                first = (m, g)
             names = _enumerated_sites(m, g) if i == 0 else []
             if names:
                 elbo = TraceEnum_ELBO(max_plate_nesting=max_plate_nesting or _max_plate_nesting(m))
@@ -199,7 +249,36 @@ def _log_weights(
         draws_list.append({n: s["value"] for n, s in g.nodes.items()
                            if s["type"] == "sample" and not s["is_observed"]})
     draws = {k: torch.stack([d[k] for d in draws_list]) for k in draws_list[0]}
+    _check_judgeable(*first, draws)
     return torch.stack(out), draws
+
+
+def _psis(raw: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed, normalised log weights and k-hat of each row of ``raw`` (rows, draws).
+
+    Rows whose ratios are equal up to the rounding of their dtype (machine epsilon ``eps``) are the
+    posterior up to a constant: equal weights and k-hat −inf, since the Pareto fit is degenerate there
+    (ArviZ's gives NaN, or refuses a tail of equal values).
+    """
+    from arviz_stats.base import array_stats
+
+    rows, n = raw.shape
+    flat = np.ptp(raw, axis=1) < np.maximum(1e-4, 64 * eps * np.abs(raw).max(axis=1))
+    smoothed, khat = raw - np.logaddexp.reduce(raw, axis=1, keepdims=True), np.full(rows, -np.inf)
+    smoothed[flat] = -np.log(n)
+    live = np.flatnonzero(~flat)
+    # arviz_stats' psislw takes a log-likelihood (LOO's ratios are 1 / p(y_i | θ)), so negate.
+    ratios = -(raw[live] - raw[live].max(axis=1, keepdims=True))
+    try:
+        parts = [(live, *array_stats.psislw(ratios, r_eff=1.0, axis=-1))] if len(live) else []
+    except ValueError:  # some row's tail values are all the same: fit row by row
+        parts = []
+        for i, row in zip(live, ratios, strict=True):
+            with contextlib.suppress(ValueError):
+                parts.append((np.array([i]), *array_stats.psislw(row[None], r_eff=1.0, axis=-1)))
+    for index, part_smoothed, part_khat in parts:
+        smoothed[index], khat[index] = part_smoothed, np.asarray(part_khat, dtype=float)
+    return smoothed, khat
 
 
 def vi_khat(
@@ -219,8 +298,9 @@ def vi_khat(
     Parameters
     ----------
     model, guide : callable
-        The pair as fitted (minibatch models are evaluated on all their data).
-        Discrete sites the model enumerates and the guide does not draw are
+        The pair as fitted, evaluated on all the rows of their plates (a
+        plate that subsamples is refused: give the model its subsample as an
+        argument and pass None). Discrete sites the model enumerates and the guide does not draw are
         summed out of log p(y, θ), as ``TraceEnum_ELBO`` does in training
         (one draw at a time).
     *args, **kwargs
@@ -242,6 +322,13 @@ def vi_khat(
     -------
     VIDiagnostic
 
+    Raises
+    ------
+    ValueError
+        Where the ratios cannot judge the guide: a point-mass guide site
+        (AutoDelta: every draw the same), a plate that evaluates fewer rows
+        than its size; or non-finite ratios, or fewer than 100 draws.
+
     Examples
     --------
     >>> from bayesgen import BetaBinomialTest
@@ -250,8 +337,6 @@ def vi_khat(
     'good'
     """
     num_samples = check_count(num_samples, "num_samples", minimum=2)
-    from arviz_stats.base import array_stats
-
     from bayesgen.infer import param_scope
 
     if int(num_samples) < 100:
@@ -265,13 +350,8 @@ def vi_khat(
         bad = int((~np.isfinite(raw)).sum())
         raise ValueError(f"{bad} of {len(raw)} importance ratios are not finite; the guide puts mass where the "
                          "model has none (or the model fails for some draws)")
-    if np.ptp(raw) < 1e-4:
-        # Constant ratios: the guide is the posterior up to rounding; the Pareto fit is degenerate.
-        smoothed, khat = np.full_like(raw, -np.log(len(raw))), -np.inf
-    else:
-        # arviz_stats' psislw takes a log-likelihood (LOO's ratios are 1 / p(y_i | θ)), so negate.
-        smoothed, khat = array_stats.psislw(-(raw - raw.max()), r_eff=1.0)
-        khat = float(np.asarray(khat))
+    smoothed, khats = _psis(raw[None], torch.finfo(log_w.dtype).eps)
+    smoothed, khat = smoothed[0], float(khats[0])
     diag = VIDiagnostic(khat=khat, verdict=_verdict(khat), num_samples=int(num_samples),
                         log_weights=np.asarray(smoothed, dtype=float), raw_log_weights=raw,
                         draws={k: to_numpy(v) for k, v in draws.items()})
@@ -332,6 +412,63 @@ class RowDiagnostic:
                 f"{s['unreliable']:.0%} (verdict: {self.verdict})")
 
 
+def _guide_draws(guide_trace: poutine.Trace, nesting: int) -> dict[str, torch.Tensor]:
+    """The guide's latent values, batch dims padded to ``nesting`` so that dim 0 is the draws' (size 1 or all)."""
+    out = {}
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
+            v = site["value"]
+            for _ in range(nesting - (v.dim() - len(site["fn"].event_shape))):
+                v = v.unsqueeze(0)
+            out[name] = v
+    return out
+
+
+def _row_log_ratios(model_trace: poutine.Trace, guide_trace: poutine.Trace, plate: str, nesting: int) -> torch.Tensor:
+    """log p(x_i, z_i) − log q(z_i | x_i) per row of ``plate``, shape (draws or 1, rows).
+
+    ``nesting``: batch dims of the traces' log-densities, the leftmost for the draws (absent in a plain trace).
+    """
+    total = None
+    for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+            if frame is None:
+                raise ValueError(f"site {name!r} is outside the plate {plate!r}: per-row k-hat needs every "
+                                 "latent and observed site to be local to a row; use vi_khat for this model")
+            if trace is model_trace and not site["is_observed"] and name not in guide_trace.nodes:
+                raise ValueError(f"latent site {name!r} is in the model and not the guide (an enumerated site?): "
+                                 "per-row k-hat needs the guide to draw every latent site; use vi_khat, which "
+                                 "sums enumerated sites out")
+            lp = site["log_prob"]
+            while lp.dim() < nesting:
+                lp = lp.unsqueeze(0)
+            keep = (0, nesting + frame.dim)
+            other = [d for d in range(lp.dim()) if d not in keep]
+            if other:  # torch sums every dim when given an empty list
+                lp = lp.sum(dim=other)
+            total = sign * lp if total is None else total + sign * lp
+    if total is None:
+        raise ValueError("the model has no sample sites")
+    return total
+
+
+def _first_draw_agrees(model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict, draws: dict[str, torch.Tensor],
+                      ratios: torch.Tensor, plate: str, nesting: int) -> bool:
+    """Do the first vectorised draw's per-row ratios (``ratios``, shape (rows,)) match a plain pass on it?"""
+    natural = poutine.trace(guide).get_trace(*args, **kwargs)
+    first = {name: value[0].reshape(natural.nodes[name]["value"].shape) for name, value in draws.items()
+             if name in natural.nodes}
+    g = poutine.trace(poutine.condition(guide, data=first)).get_trace(*args, **kwargs)
+    m = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
+    m.compute_log_prob()
+    g.compute_log_prob()
+    plain = _row_log_ratios(m, g, plate, nesting)[0]
+    return plain.shape == ratios.shape and bool(torch.allclose(plain.double(), ratios.double(), rtol=1e-4, atol=1e-3))
+
+
 def vi_khat_rows(
     model: ModelFn,
     guide: ModelFn,
@@ -374,10 +511,18 @@ def vi_khat_rows(
     ------
     ValueError
         A sample site outside the plate (a global latent: the ratios do not
-        factorise over rows), or too few draws.
+        factorise over rows), a latent site the guide does not draw, a
+        point-mass guide site, a plate that evaluates fewer rows than its
+        size, or too few draws.
+
+    Notes
+    -----
+    A pair whose shapes do not broadcast over a plate of draws (``torch.mm``,
+    a reshape to the rows) is evaluated one draw at a time, and so is one
+    whose first vectorised draw gives other ratios than a plain pass on it
+    (a reduction over a plate, such as ``z.mean(0)``, would span the draws).
     """
     num_samples = check_count(num_samples, "num_samples", minimum=2)
-    from arviz_stats.base import array_stats
     from pyro.infer.enum import get_importance_trace
 
     from bayesgen.infer import param_scope
@@ -395,34 +540,40 @@ def vi_khat_rows(
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     dev = target_device(device, args, kwargs)
     with scope, seeded(seed, dev), tensors_on(dev), torch.no_grad():
-        model_trace, guide_trace = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide),
-                                                        args, kwargs)
-        total = None
-        for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample" or site_is_subsample(site):
-                    continue
-                frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
-                if frame is None:
-                    raise ValueError(f"site {name!r} is outside the plate {plate!r}: per-row k-hat needs every "
-                                     "latent and observed site to be local to a row; use vi_khat for this model")
-                lp = site["log_prob"]
-                while lp.dim() < nesting:
-                    lp = lp.unsqueeze(0)
-                keep = (0, nesting + frame.dim)
-                other = [d for d in range(lp.dim()) if d not in keep]
-                if other:  # torch sums every dim when given an empty list
-                    lp = lp.sum(dim=other)
-                total = sign * lp if total is None else total + sign * lp
-    if total is None:
-        raise ValueError("the model has no sample sites")
+        try:
+            traces = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide), args, kwargs)
+        except (RuntimeError, ValueError, IndexError, NotImplementedError) as err:
+            # A model or guide whose shapes do not broadcast over the draws (torch.mm, a reshape to the rows).
+            logger.info("vectorised per-row importance ratios failed (%s: %s); drawing %d samples one at a time",
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "", int(num_samples))
+            traces = None
+        if traces is not None:
+            draws = _guide_draws(traces[1], nesting)
+            _check_judgeable(*traces, draws)
+            total = _row_log_ratios(*traces, plate, nesting)
+            if not _first_draw_agrees(model, guide, args, kwargs, draws, total[0], plate, nesting):
+                logger.warning("vectorised per-row importance ratios disagree with a plain pass on the same draw "
+                               "(the model or guide reduces over a plate, which in a vectorised pass also spans the "
+                               "draws); drawing %d samples one at a time", int(num_samples))
+                traces = None
+        if traces is None:
+            first, ratios, draws = None, [], []
+            for _ in range(int(num_samples)):
+                g = poutine.trace(guide).get_trace(*args, **kwargs)
+                m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+                m.compute_log_prob()
+                g.compute_log_prob()
+                if first is None:
+                    first = (m, g)
+                    _check_judgeable(m, g, {})  # the plates now; point masses once the draws are in
+                ratios.append(_row_log_ratios(m, g, plate, nesting))
+                draws.append(_guide_draws(g, nesting))
+            _check_judgeable(*first, {k: torch.cat([d[k] for d in draws]) for k in draws[0]})
+            total = torch.cat(ratios)
     log_w = to_numpy(total.expand(int(num_samples), -1)).astype(float).T  # (rows, draws)
     if not np.isfinite(log_w).all():
         raise ValueError("some importance ratios are not finite; the guide puts mass where the model has none")
-    _, khat = array_stats.psislw(-(log_w - log_w.max(axis=1, keepdims=True)), r_eff=1.0, axis=-1)
-    khat = np.asarray(khat, dtype=float)
-    flat = np.ptp(log_w, axis=1) < 1e-4  # constant ratios: the guide is exact for that row
-    khat[flat] = -np.inf
+    _, khat = _psis(log_w, torch.finfo(total.dtype).eps)
     result = RowDiagnostic(khat=khat, num_samples=int(num_samples), plate=plate)
     if warn and result.verdict == "unreliable":
         warnings.warn(result.message(), UserWarning, stacklevel=2)
@@ -1513,6 +1664,31 @@ class SBCResult:
         return fig
 
 
+def _unfitted_copy(guide: ModelFn) -> ModelFn:
+    """A copy of a module guide to start a refit from; a plain function as it is (its ``pyro.param`` sites
+    start afresh in each fit's param scope).
+
+    An autoguide in it is reset to be set up again on its first call, so it starts from its ``init_loc_fn``
+    and ``init_scale``, not from an earlier fit; other modules start from their state as passed.
+    """
+    from pyro.infer.autoguide import AutoGuide
+
+    if not isinstance(guide, torch.nn.Module):
+        return guide
+    autoguides = [m for m in guide.modules() if isinstance(m, AutoGuide)]
+    refs = [(m._model, m.master) for m in autoguides]
+    try:
+        copied = copy.deepcopy(guide)
+    finally:  # AutoGuide.__getstate__ drops its model and master (for pickling), on the original too
+        for module, (model_ref, master) in zip(autoguides, refs, strict=True):
+            module._model, module.master = model_ref, master
+    copies = [m for m in copied.modules() if isinstance(m, AutoGuide)]
+    for module, (model_ref, _) in zip(copies, refs, strict=True):
+        module._model = model_ref
+        module.prototype_trace = None
+    return copied
+
+
 def sbc(
     model: ModelFn,
     guide: ModelFn,
@@ -1531,7 +1707,9 @@ def sbc(
 
     Each simulation draws parameters θ* and data from the model's prior (its
     observed sites re-sampled), fits the guide to those data with
-    :func:`bayesgen.infer.run_svi` (fresh parameters each time), draws
+    :func:`bayesgen.infer.run_svi` (fresh parameters each time: a fresh
+    param scope, and a copy of a module guide such as an autoguide, reset to
+    its initial values; ``guide`` itself is left as passed), draws
     ``num_posterior_samples`` from the fitted guide and records the rank of θ*
     among them. A calibrated procedure gives uniform ranks; a guide that is too
     narrow piles them at both ends, a biased one at one end.
@@ -1576,10 +1754,12 @@ def sbc(
                  if s["type"] == "sample" and n not in observed and not site_is_subsample(s)}
         data = {n: prior.nodes[n]["value"] for n in observed}
         conditioned = poutine.condition(model, data=data)
-        fit = run_svi(conditioned, guide, *args, num_steps=num_steps, learning_rate=learning_rate, seed=seed + i,
+        # A module guide keeps its parameters in itself (run_svi's scope is fresh, the module is not).
+        fresh = _unfitted_copy(guide)
+        fit = run_svi(conditioned, fresh, *args, num_steps=num_steps, learning_rate=learning_rate, seed=seed + i,
                       **(fit_kwargs or {}), **kwargs)
         with param_scope(fit.param_state), seeded(seed + 10_000 + i, torch.device("cpu")), torch.no_grad():
-            post = Predictive(conditioned, guide=guide, num_samples=int(num_posterior_samples),
+            post = Predictive(conditioned, guide=fresh, num_samples=int(num_posterior_samples),
                               return_sites=list(truth))(*args, **kwargs)
         row = {}
         for name, value in truth.items():

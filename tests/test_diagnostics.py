@@ -457,3 +457,199 @@ def test_warnings_of_a_short_fit_say_what_to_do():
     assert any(w.startswith("optimisation still improving") and "raise num_steps" in w for w in report["warnings"])
     assert any(w.startswith("SVI vs exact posterior") and "method='exact'" in w for w in report["warnings"])
 
+
+
+def _two_site_model(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("obs", len(y)):
+        pyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def test_khat_refuses_to_judge_a_point_mass_guide():
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
+
+    from bayesgen.infer import run_svi
+
+    delta = AutoDelta(_two_site_model)
+    fit = run_svi(_two_site_model, delta, Y, num_steps=100, learning_rate=0.1)
+    # Every draw of a point mass is the same, so the ratios are constant: k-hat -inf, "good", whatever the point.
+    with pytest.raises(ValueError, match=r"cannot judge the guide: the guide is a point mass at \['mu', 'sigma'\]"):
+        vi_khat(_two_site_model, delta, Y, param_state=fit.param_state, num_samples=200)
+    # A point mass at some sites is refused too, naming them; AutoNormal's Delta sites (its transformed draws) are not.
+    mixed = AutoGuideList(_two_site_model)
+    mixed.append(AutoDelta(poutine.block(_two_site_model, expose=["mu"])))
+    mixed.append(AutoNormal(poutine.block(_two_site_model, hide=["mu"])))
+    fit = run_svi(_two_site_model, mixed, Y, num_steps=100, learning_rate=0.1)
+    with pytest.raises(ValueError, match=r"point mass at \['mu'\]"):
+        vi_khat(_two_site_model, mixed, Y, param_state=fit.param_state, num_samples=200)
+    normal = AutoNormal(_two_site_model)
+    fit = run_svi(_two_site_model, normal, Y, num_steps=100, learning_rate=0.1)
+    assert np.isfinite(vi_khat(_two_site_model, normal, Y, param_state=fit.param_state, num_samples=200,
+                               warn=False).khat)
+    # Per row as well: a point-mass amortised guide would give every row constant ratios.
+    x = torch.tensor(np.random.default_rng(1).normal(0.0, 1.4, size=40), dtype=torch.float32)
+
+    def point_guide(x):
+        with pyro.plate("row", len(x)):
+            pyro.sample("z", dist.Delta(x / 2))
+
+    with pytest.raises(ValueError, match=r"point mass at \['z'\]"):
+        vi_khat_rows(local_model, point_guide, x, plate="row", num_samples=200)
+
+
+def test_khat_refuses_a_subsampled_plate_and_judges_all_rows_without_it():
+    from pyro.infer.autoguide import AutoNormal
+    from normal_models import normal_model
+
+    y = torch.tensor(np.random.default_rng(4).normal(2.0, 1.0, size=200), dtype=torch.float32)
+
+    def minibatch_model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("obs", len(y), subsample_size=20) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    post_var = 1.0 / (1.0 / 100.0 + len(y))
+
+    def guide(y, subsample=None):  # the exact posterior, 1.2x too wide: ratios vary, k-hat stays small
+        pyro.sample("mu", dist.Normal(post_var * y.sum(), 1.2 * math.sqrt(post_var)))
+
+    # Each draw's ratio would be a random 20 of the 200 rows, scaled up 10x: not the posterior given all the data.
+    with pytest.raises(ValueError, match="plate 'obs' evaluates 20 of its 200 rows"):
+        vi_khat(minibatch_model, guide, y, num_samples=200)
+    with pytest.raises(ValueError, match="plate 'obs' evaluates 20 of its 200 rows"):
+        vi_khat(normal_model, guide, y, torch.arange(20), num_samples=200)
+    # With the subsample left out the model sees every row, and a guide close to the posterior is judged good.
+    diag = vi_khat(normal_model, guide, y, num_samples=1000)
+    assert diag.verdict == "good" and diag.ess > 800
+    # The per-row check refuses it too (its log-densities would be scaled up by 200 / 20).
+
+    def minibatch_local(x):
+        with pyro.plate("row", len(x), subsample_size=10) as idx:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
+
+    with pytest.raises(ValueError, match="plate 'row' evaluates 10 of its 200 rows"):
+        vi_khat_rows(minibatch_local, AutoNormal(minibatch_local), y, plate="row", num_samples=200)
+
+
+def test_sbc_refits_a_module_guide_from_its_initial_values():
+    from pyro.infer.autoguide import AutoNormal
+
+    from bayesgen.diagnostics import sbc
+    from bayesgen.infer import run_svi
+
+    y = torch.randn(20)
+    guide = AutoNormal(_sbc_model)
+    run_svi(_sbc_model, guide, y + 5.0, num_steps=200, learning_rate=0.1)  # the user's guide is already fitted
+    fitted = float(guide.locs.mu.detach())
+    after_first_step = []
+
+    def record(step, loss):
+        if step == 0:
+            after_first_step.append(float(pyro.param("AutoNormal.locs.mu")))
+
+    sbc(_sbc_model, guide, y, num_simulations=4, num_posterior_samples=19, num_steps=30, learning_rate=0.1,
+        fit_kwargs={"callback": record}, seed=0)
+    # AutoNormal starts each loc at 0 (init_to_feasible) and Adam's first step moves it by the learning rate:
+    # every refit starts where the first did, not from the previous simulation's (or the user's) fit.
+    assert len(after_first_step) == 4 and abs(fitted) > 2
+    np.testing.assert_allclose(np.abs(after_first_step), 0.1, atol=1e-4)
+    # The guide passed in is left as it was, and still works.
+    assert float(guide.locs.mu.detach()) == fitted and guide(y)["mu"].shape == ()
+
+
+# A linear-Gaussian factor model written with torch.mm, which takes matrices only: it does not broadcast over a
+# plate of draws. z_i ~ Normal(0, I_2), x_i ~ Normal(z_i W, I_3); exact posterior Normal(x_i W' S, S) with
+# S = (I + W W')^-1.
+W_MM = torch.tensor([[1.0, -0.5, 0.3], [0.2, 0.8, -1.0]])
+S_MM = torch.linalg.inv(torch.eye(2) + W_MM @ W_MM.T)
+
+
+def mm_model(x):
+    with pyro.plate("row", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(torch.mm(z, W_MM), 1.0).to_event(1), obs=x)
+
+
+def make_mm_guide(scale_factor: float, wrong_rows: int = 0):
+    def guide(x):
+        scale_tril = torch.linalg.cholesky(S_MM).expand(x.shape[0], 2, 2).clone()
+        scale_tril[:wrong_rows] *= scale_factor
+        with pyro.plate("row", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(torch.mm(x, W_MM.T @ S_MM), scale_tril=scale_tril))
+
+    return guide
+
+
+def test_per_row_khat_draws_one_at_a_time_for_a_model_that_does_not_broadcast():
+    x = torch.mm(torch.randn(30, 2), W_MM) + torch.randn(30, 3)
+    exact = vi_khat_rows(mm_model, make_mm_guide(1.0), x, plate="row", num_samples=100, seed=0)
+    assert exact.khat.shape == (30,) and exact.verdict == "good" and exact.shares["good"] == 1.0
+    with pytest.warns(UserWarning, match="unreliable"):
+        # The first 10 rows' guide is 5x too narrow (tail shape 0.96); with 300 draws their median k-hat was
+        # 0.80-0.92 over seeds 0-5 of the vectorised z @ W form of this model.
+        mixed = vi_khat_rows(mm_model, make_mm_guide(0.2, wrong_rows=10), x, plate="row", num_samples=300, seed=0)
+    assert np.median(mixed.khat[:10]) > 0.7 and (mixed.khat[10:] < 0.5).all()
+
+
+def test_ratios_equal_up_to_float32_rounding_are_an_exact_guide():
+    from normal_models import normal_model
+
+    y = torch.tensor(np.random.default_rng(4).normal(2.0, 1.0, size=200), dtype=torch.float32)
+    post_var = 1.0 / (1.0 / 100.0 + len(y))
+
+    def exact(y, subsample=None):
+        pyro.sample("mu", dist.Normal(post_var * y.sum(), math.sqrt(post_var)))
+
+    # log w = log p(y) for every draw; float32 rounds it (at -288) to a few values 3e-5 apart.
+    diag = vi_khat(normal_model, exact, y, num_samples=1000, seed=0)
+    assert 0 < np.ptp(diag.raw_log_weights) < 1e-3
+    assert diag.khat == -np.inf and diag.verdict == "good" and diag.ess > 999
+
+    def mm_free_model(x):  # mm_model in a form that broadcasts over the draws
+        with pyro.plate("row", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W_MM, 1.0).to_event(1), obs=x)
+
+    x = torch.mm(torch.randn(30, 2), W_MM) + torch.randn(30, 3)
+    # Here some exact row's rounded ratios have a tail of equal values, which ArviZ's Pareto fit refuses.
+    rows = vi_khat_rows(mm_free_model, make_mm_guide(0.2, wrong_rows=10), x, plate="row", num_samples=200, seed=4,
+                        warn=False)
+    assert (rows.khat[10:] == -np.inf).all() and np.median(rows.khat[:10]) > 0.7
+
+
+def test_per_row_khat_refuses_a_latent_site_the_guide_does_not_draw():
+    from pyro.infer import config_enumerate
+
+    @config_enumerate
+    def mixture(x):
+        with pyro.plate("row", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(z + 3 * c, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("row", len(x)):
+            pyro.sample("z", dist.Normal(x / 2, 1.0))
+
+    # c would be drawn from its prior inside the ratio, not summed out.
+    with pytest.raises(ValueError, match="latent site 'c' is in the model and not the guide"):
+        vi_khat_rows(mixture, guide, torch.randn(20), plate="row", num_samples=100)
+
+
+def test_per_row_khat_draws_one_at_a_time_when_the_vectorised_pass_mixes_the_draws(caplog):
+    def centred(x):  # z.mean(0) is over the rows in a plain pass, over draws and rows in a vectorised one
+        with pyro.plate("row", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z - 0.1 * z.mean(0), 1.0), obs=x)
+
+    x = torch.randn(40)
+    with caplog.at_level("WARNING", logger="bayesgen.diagnostics"):
+        rows = vi_khat_rows(centred, make_local_guide(1.0), x, plate="row", num_samples=100, warn=False)
+    assert "disagree with a plain pass on the same draw" in caplog.text and rows.khat.shape == (40,)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bayesgen.diagnostics"):
+        vi_khat_rows(local_model, make_local_guide(1.0), x, plate="row", num_samples=100)
+    assert "disagree" not in caplog.text
