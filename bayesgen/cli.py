@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     hr.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     hr.set_defaults(func=_cmd_report)
 
-    fit = sub.add_parser("fit", help="fit a run spec (models/*.toml) and write a run folder")
+    fit = sub.add_parser("fit", help="fit a run spec (a TOML file, as in models/) and write a run folder")
     fit.add_argument("spec", help="path to a TOML run spec")
     fit.add_argument("--device", default=None, help="auto, cpu or cuda (overrides the spec)")
     fit.add_argument("--out", default=None, help="run folder (default runs/<name>-<time>)")

@@ -51,7 +51,7 @@ nb_execution_timeout = 1800
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
-myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_enable_extensions = ["colon_fence"]  # no math: MathJax would be fetched from a CDN
 myst_heading_anchors = 3
 
 autodoc_typehints = "none"
@@ -68,3 +68,23 @@ html_theme_options = {
 }
 html_static_path = ["_static"]
 html_js_files = ["page-check.js"]
+
+
+def _docstring_to_rst(app, what, name, obj, options, lines):
+    """Two plain-text habits of the docstrings, made valid reStructuredText for the pages.
+
+    A module docstring's ``References`` heading becomes a rubric (section titles inside
+    docstrings would collide across pages), and ``|x|`` meaning an absolute value is
+    escaped (reStructuredText reads it as a substitution).
+    """
+    import re
+
+    for i, line in enumerate(lines):
+        if what == "module" and line.strip() == "References" and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
+            lines[i], lines[i + 1] = ".. rubric:: References", ""
+        elif not line.lstrip().startswith(("|", "+")):
+            lines[i] = re.sub(r"(?<![\w`\\])\|([^|`\n]+?)\|(?![\w`])", r"\\|\1\\|", line)
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _docstring_to_rst)

@@ -52,7 +52,7 @@ print(pd.DataFrame({"successes": successes, "trials": trials}, index=names))
 # ## The model
 # Each variant's callback rate gets a Beta(1, 1) (uniform) prior; callbacks are Binomial:
 #
-# $$\text{rate}_k \sim \text{Beta}(1, 1), \qquad \text{successes}_k \sim \text{Binomial}(\text{trials}_k, \text{rate}_k).$$
+# `rate_k ~ Beta(1, 1)`, `successes_k ~ Binomial(trials_k, rate_k)` for each variant k.
 #
 # bayesgen fits the posterior by SVI with a Beta guide that starts at Beta(1, 1). Because the
 # prior is conjugate, the exact posterior is known, and every fit is checked against it.
