@@ -27,16 +27,28 @@ per group of enumerated sites; other models get a ``ValueError`` saying which.
 ``prior``, ``prior_predictive``
     Optional: draws from the model with observations removed.
 
-Guide draws are independent, unlike MCMC draws. They are stored as one chain
-(``chain`` of length 1, ``draw`` of length ``num_samples``) so every ArviZ
-function accepts them, and the root attributes record ``inference_method =
-"svi"``. :func:`summary` therefore reports statistics and the exact Monte
-Carlo standard error of independent draws (``sd / sqrt(n)``) rather than
-R-hat, which means nothing for independent draws.
+Guide draws are independent, unlike MCMC draws. By default they are split
+into equal chains (4 where ``num_samples`` allows chains of at least 4 draws,
+else 2, else 1), so ArviZ's summary and diagnostics accept them as they are;
+``sample_dims="sample"`` stores them along one ``sample`` dimension instead
+(ArviZ's layout for NumPyro SVI). The root attributes record
+``inference_method = "svi"``, and :func:`summary` reports statistics and the
+exact Monte Carlo standard error of independent draws (``sd / sqrt(n)``)
+rather than R-hat, which diagnoses Markov chains. A point-mass guide (every
+site a ``Delta``, as ``AutoDelta``) is drawn once and stored as one draw.
 
-Sample-site names become variable names. Name the dimensions with ``dims``
+Log-likelihoods are computed and stored in float64 (the observed site's
+distribution is rebuilt with float64 parameters): float32 rounds the
+log-density of a confidently predicted row to exactly 0, which PSIS-LOO
+refuses. Observed and replicated values of discrete sites (Binomial, Poisson,
+Bernoulli, Categorical) are stored as integers.
+
+Dimensions are named after the ``pyro.plate`` each site sits in; other
+dimensions get ArviZ's ``{site}_dim_{i}``. Rename them with ``dims``
 (``{"rate": ["variant"]}``) and label them with ``coords``
-(``{"variant": ["A", "B"]}``).
+(``{"variant": ["A", "B"]}``). ``predictions={...}`` adds a ``predictions``
+group for new inputs, and ``joint_log_likelihood="plate"`` a per-row
+log-likelihood summed over every observed site in that plate.
 """
 
 from __future__ import annotations
@@ -668,7 +680,8 @@ def _check_layout(sample_dims: str | Sequence[str], num_chains: int | None, num_
         raise ValueError(f"num_chains must be an integer >= 1 or None, got {num_chains!r}")
     if layout == ("sample",):
         if num_chains not in (None, 1):
-            raise ValueError(f"num_chains={num_chains} needs sample_dims=('chain', 'draw'); a 'sample' dim has no chains")
+            raise ValueError(f"num_chains={num_chains} needs sample_dims=('chain', 'draw'); "
+                             "a 'sample' dim has no chains")
         return "sample", 1
     if num_chains is None:
         # ArviZ's diagnostics want at least 2 chains of 4 draws; independent draws split into equal chains.
@@ -788,7 +801,8 @@ def to_datatree(
     if unknown_dims not in ("raise", "ignore"):
         raise ValueError(f"unknown_dims must be 'raise' or 'ignore', got {unknown_dims!r}")
     if predictions is not None and not isinstance(predictions, Mapping):
-        raise TypeError(f"predictions must be a dict of the model's keyword arguments, got {type(predictions).__name__}")
+        raise TypeError("predictions must be a dict of the model's keyword arguments, "
+                        f"got {type(predictions).__name__}")
     if joint_log_likelihood is not None and not isinstance(joint_log_likelihood, str):
         raise TypeError(f"joint_log_likelihood must be a plate name, got {joint_log_likelihood!r}")
     from arviz_base import from_dict
@@ -855,11 +869,11 @@ def to_datatree(
                 raise ValueError(f"the model has a site named {joint_name!r}; it cannot hold the joint log-likelihood")
             post["log_lik"][joint_name] = _joint_log_lik(model_trace, post["log_lik"], joint_log_likelihood)
 
-    def draws(values: Mapping[str, torch.Tensor], per_chain: int) -> dict[str, np.ndarray]:
+    def draws(values: Mapping[str, torch.Tensor], n_chains: int) -> dict[str, np.ndarray]:
         out = {name: to_numpy(v) for name, v in values.items()}
         if layout == "sample":
             return out
-        return {name: v.reshape(per_chain, v.shape[0] // per_chain, *v.shape[1:]) for name, v in out.items()}
+        return {name: v.reshape(n_chains, v.shape[0] // n_chains, *v.shape[1:]) for name, v in out.items()}
 
     post_chains = 1 if point_mass else chains
     groups: dict[str, dict[str, np.ndarray]] = {
@@ -898,7 +912,7 @@ def to_datatree(
         pred = {"predictions": groups["predictions"]} if "predictions" in groups else {}
         pred_inferred = _plate_dims(predicted_trace, taken)
         pred_dims = {**_fit_dims(pred, pred_inferred, strict=False, sample_ndim=sample_ndim),
-                     **_fit_dims(pred, {k: v for k, v in (dims or {}).items()}, strict=False, sample_ndim=sample_ndim)}
+                     **_fit_dims(pred, dict(dims or {}), strict=False, sample_ndim=sample_ndim)}
         pred_coords = _fit_coords(pred, pred_dims, coords or {}, sample_ndim=sample_ndim, drop_misfits=True)
     return from_dict(
         groups,
