@@ -27,16 +27,28 @@ per group of enumerated sites; other models get a ``ValueError`` saying which.
 ``prior``, ``prior_predictive``
     Optional: draws from the model with observations removed.
 
-Guide draws are independent, unlike MCMC draws. They are stored as one chain
-(``chain`` of length 1, ``draw`` of length ``num_samples``) so every ArviZ
-function accepts them, and the root attributes record ``inference_method =
-"svi"``. :func:`summary` therefore reports statistics and the exact Monte
-Carlo standard error of independent draws (``sd / sqrt(n)``) rather than
-R-hat, which means nothing for independent draws.
+Guide draws are independent, unlike MCMC draws. By default they are split
+into equal chains (4 where ``num_samples`` allows chains of at least 4 draws,
+else 2, else 1), so ArviZ's summary and diagnostics accept them as they are;
+``sample_dims="sample"`` stores them along one ``sample`` dimension instead
+(ArviZ's layout for NumPyro SVI). The root attributes record
+``inference_method = "svi"``, and :func:`summary` reports statistics and the
+exact Monte Carlo standard error of independent draws (``sd / sqrt(n)``)
+rather than R-hat, which diagnoses Markov chains. A point-mass guide (every
+site a ``Delta``, as ``AutoDelta``) is drawn once and stored as one draw.
 
-Sample-site names become variable names. Name the dimensions with ``dims``
+Log-likelihoods are computed and stored in float64 (the observed site's
+distribution is rebuilt with float64 parameters): float32 rounds the
+log-density of a confidently predicted row to exactly 0, which PSIS-LOO
+refuses. Observed and replicated values of discrete sites (Binomial, Poisson,
+Bernoulli, Categorical) are stored as integers.
+
+Dimensions are named after the ``pyro.plate`` each site sits in; other
+dimensions get ArviZ's ``{site}_dim_{i}``. Rename them with ``dims``
 (``{"rate": ["variant"]}``) and label them with ``coords``
-(``{"variant": ["A", "B"]}``).
+(``{"variant": ["A", "B"]}``). ``predictions={...}`` adds a ``predictions``
+group for new inputs, and ``joint_log_likelihood="plate"`` a per-row
+log-likelihood summed over every observed site in that plate.
 """
 
 from __future__ import annotations
@@ -159,8 +171,84 @@ def draw_guide(
             return {name: torch.stack([value] + [d[name] for d in loop]) for name, value in plain.items()}
 
 
+class _LogitBernoulli(pyro.distributions.Bernoulli):
+    """Bernoulli whose log-density keeps its digits for confident predictions.
+
+    ``log p(y) = -softplus((1 - 2y) logit)``; torch's ``log(1 + exp(-|logit|))`` rounds to exactly 0 once
+    ``exp(-|logit|)`` is below the float64 epsilon (``|logit| > 37``).
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        return -torch.nn.functional.softplus((1 - 2 * value) * logits)
+
+
+def _float64(fn: Any) -> Any:
+    """``fn`` rebuilt with float64 parameters, or None where it cannot be rebuilt faithfully.
+
+    Wrappers (``Independent``, ``expand``, ``mask``) are unwrapped; a leaf distribution is rebuilt from the
+    constructor arguments it validates (``arg_constraints``), preferring logits to probabilities, which
+    round to exactly 1 in float32 for a confident prediction.
+    """
+    import inspect
+
+    from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+
+    if isinstance(fn, torch.distributions.Independent):
+        base = _float64(fn.base_dist)
+        return None if base is None else type(fn)(base, fn.reinterpreted_batch_ndims)
+    if isinstance(fn, ExpandedDistribution):
+        base = _float64(fn.base_dist)
+        return None if base is None else base.expand(fn.batch_shape)
+    if isinstance(fn, MaskedDistribution):
+        base = _float64(fn.base_dist)
+        return None if base is None else type(fn)(base, fn._mask)
+    if not isinstance(fn, torch.distributions.Distribution) or not fn.arg_constraints:
+        return None
+    params = list(inspect.signature(type(fn).__init__).parameters)
+    names = [name for name in params if name in fn.arg_constraints]
+    if "probs" in names and "logits" in names:
+        names.remove("probs" if "logits" in fn.__dict__ else "logits")
+    try:
+        values = {name: getattr(fn, name) for name in names}
+        values = {name: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                  for name, v in values.items()}
+        if isinstance(fn, torch.distributions.Bernoulli) and "logits" in values:
+            rebuilt = _LogitBernoulli(logits=values["logits"], validate_args=False)
+        else:
+            rebuilt = type(fn)(**values, validate_args=False)
+    except (TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError):
+        return None
+    if rebuilt.batch_shape != fn.batch_shape or rebuilt.event_shape != fn.event_shape:
+        return None
+    return rebuilt
+
+
 def _site_log_lik(site: Mapping[str, Any]) -> torch.Tensor:
-    log_lik = site["fn"].log_prob(site["value"])
+    """``log p(value | θ)`` of a sample site, in float64.
+
+    The site's distribution is evaluated with float64 parameters and value: a float32 log-density rounds a
+    confidently predicted observation's ``log p`` to exactly 0 (PSIS-LOO then refuses the draws) and
+    loses digits in the tails that LOO's importance ratios amplify. A distribution that cannot be rebuilt
+    in float64, or whose rebuilt log-density disagrees with its own, is evaluated as given and widened.
+    """
+    fn, value = site["fn"], site["value"]
+    log_lik = fn.log_prob(value)
+    if value.dtype != torch.float64 or log_lik.dtype != torch.float64:
+        own = log_lik.double()
+        rebuilt = _float64(fn) if fn.batch_shape == log_lik.shape else None
+        wide = None
+        if rebuilt is not None:
+            try:
+                wide = rebuilt.log_prob(value.double() if value.is_floating_point() else value)
+            except (ValueError, RuntimeError):
+                wide = None
+        # the float32 log-density has about 7 digits; a rebuilt distribution that misses a parameter is off by more
+        if wide is not None and wide.shape == own.shape and bool(
+                ((wide - own).abs() <= 1e-3 + 1e-4 * own.abs()).logical_or(own == wide).all()):
+            log_lik = wide
+        else:
+            log_lik = own
     if site.get("mask") is not None:
         log_lik = log_lik.masked_fill(~site["mask"].expand_as(log_lik), 0.0)
     return log_lik
@@ -361,7 +449,19 @@ def draw_sites(
     dict
         ``{"latent": {...}, "log_lik": {...}, "predictive": {...}, "observed": {...}}``;
         each value has shape ``(num_samples, *site_shape)`` except "observed".
+        Log-likelihoods are float64; observed and replicated values of sites
+        with a discrete support (Binomial, Poisson, Bernoulli, Categorical) are
+        int64 where they are integer-valued.
     """
+    return _draw_sites(model, guide, args, kwargs, num_samples=num_samples, predictive=predictive,
+                       parallel=parallel)[0]
+
+
+def _draw_sites(
+    model: ModelFn, guide: ModelFn | None, args: tuple, kwargs: dict, *, num_samples: int, predictive: bool,
+    parallel: bool,
+) -> tuple[dict[str, dict[str, torch.Tensor]], poutine.Trace, poutine.Trace | None]:
+    """:func:`draw_sites`, and the plain model and guide traces (each site's natural shape, plates, distribution)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     # One plain pass gives the natural shape of every site and the plate depth.
@@ -436,7 +536,159 @@ def draw_sites(
             for group in passes[0]
         }
     draws["observed"] = observed
-    return draws
+    _keep_integers(model_trace, draws)
+    return draws, model_trace, guide_trace
+
+
+def _is_discrete(site: Mapping[str, Any]) -> bool:
+    support = getattr(site["fn"], "support", None)
+    return bool(getattr(support, "is_discrete", False))
+
+
+def _keep_integers(trace: poutine.Trace, draws: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Observed and replicated values of discrete sites (counts, categories) as int64, where integer-valued.
+
+    Pyro's Binomial, Poisson and Bernoulli return floats; ArviZ's count plots (rootograms) want integers.
+    """
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not _is_discrete(site):
+            continue
+        for group in ("observed", "predictive"):
+            value = draws.get(group, {}).get(name)
+            if (isinstance(value, torch.Tensor) and value.is_floating_point()
+                    and bool(torch.isfinite(value).all()) and bool((value == value.round()).all())):
+                draws[group][name] = value.long()
+
+
+def _is_point_mass(guide_trace: poutine.Trace) -> bool:
+    """Every latent site of the guide is a Delta (AutoDelta, AutoMAP-style guides): all draws are equal."""
+    from pyro.distributions import Delta
+
+    def leaf(fn: Any) -> Any:
+        while hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        return fn
+
+    sites = [site for name, site in guide_trace.nodes.items()
+             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
+    return bool(sites) and all(isinstance(leaf(site["fn"]), Delta) for site in sites)
+
+
+def _plate_dims(trace: poutine.Trace, taken: set[str]) -> dict[str, list[str]]:
+    """Dimension names of each sample site from the ``pyro.plate`` it sits in, as ArviZ's NumPyro converter does.
+
+    A batch dimension takes the name of the plate at that dim (when the sizes agree); other dimensions get
+    ArviZ's default ``{site}_dim_{i}``. A ``pyro.deterministic`` value has no batch shape of its own: its
+    trailing dimensions are matched against the plates. A plate named like a variable is not used (xarray
+    cannot hold a variable with a dimension of its own name).
+    """
+    out: dict[str, list[str]] = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or name == _DRAW_PLATE:
+            continue
+        value, fn = site["value"], site["fn"]
+        if not isinstance(value, torch.Tensor):
+            continue
+        batch, event = tuple(getattr(fn, "batch_shape", ())), tuple(getattr(fn, "event_shape", ()))
+        batch_ndim = len(batch) if tuple(value.shape) == batch + event else value.dim()
+        frames = {f.dim: f for f in site["cond_indep_stack"]
+                  if f.vectorized and f.dim is not None and f.name != _DRAW_PLATE and f.name not in taken}
+        names = [None] * value.dim()
+        for i in range(batch_ndim):
+            frame = frames.get(i - batch_ndim)
+            if frame is not None and frame.size == value.shape[i]:
+                names[i] = frame.name
+        if any(names):
+            out[name] = [n if n is not None else f"{name}_dim_{i}" for i, n in enumerate(names)]
+    return out
+
+
+def _predict(
+    model: ModelFn, new_kwargs: Mapping[str, Any], draws: Mapping[str, torch.Tensor], guide_sites: set[str],
+    num_samples: int, parallel: bool,
+) -> tuple[dict[str, torch.Tensor], poutine.Trace]:
+    """Every site of ``model(**new_kwargs)`` under each posterior draw, bar the guide's sites that it takes
+    from ``draws``: the guide sites whose shape the new inputs leave unchanged (global parameters). Observed
+    sites are drawn, not conditioned. Returns the draws, shape ``(num_samples, *site_shape)``, and a plain trace.
+    """
+    def wanted(site: Mapping[str, Any]) -> bool:
+        return site["type"] == "sample" and not site_is_subsample(site) and not site["infer"].get("_do_not_trace")
+
+    free = poutine.trace(_UnconditionData()(model)).get_trace(**new_kwargs)
+    fixed = {name for name in guide_sites if name in free.nodes and name in draws
+             and tuple(free.nodes[name]["value"].shape) == tuple(draws[name].shape[1:])}
+    names = [name for name, site in free.nodes.items() if wanted(site) and name not in fixed]
+
+    def one(i: int) -> poutine.Trace:
+        data = {name: draws[name][i] for name in fixed}
+        return poutine.trace(poutine.condition(_UnconditionData()(model), data=data)).get_trace(**new_kwargs)
+
+    first = one(0)
+    if parallel and num_samples > 1:
+        dim = -max(_max_plate_nesting(free), _max_plate_nesting(first)) - 1
+        try:
+            data = {}
+            for name in fixed:
+                natural = draws[name].shape[1:]
+                batch = len(getattr(free.nodes[name]["fn"], "batch_shape", ()))
+                data[name] = draws[name].reshape(num_samples, *[1] * (-dim - 1 - batch), *natural)
+            vmodel = _vectorize(poutine.condition(_UnconditionData()(model), data=data), num_samples, dim)
+            vtrace = poutine.trace(vmodel).get_trace(**new_kwargs)
+            out = {name: vtrace.nodes[name]["value"].reshape(num_samples, *first.nodes[name]["value"].shape)
+                   for name in names}
+            agree = all(torch.allclose(out[name][0].double(), first.nodes[name]["value"].double(),
+                                       rtol=1e-4, atol=1e-4)
+                        for name in names if _is_deterministic(first.nodes[name]))
+            if agree:
+                return out, first
+        except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+            if is_out_of_memory(err):
+                raise
+    traces = [first] + [one(i) for i in range(1, num_samples)]
+    return {name: torch.stack([t.nodes[name]["value"] for t in traces]) for name in names}, first
+
+
+def _joint_log_lik(trace: poutine.Trace, log_lik: Mapping[str, torch.Tensor], plate: str) -> torch.Tensor:
+    """Sum over every observed site inside ``plate`` of its log-likelihood, per draw and row of the plate."""
+    total = None
+    sites = []
+    for name, value in log_lik.items():
+        frame = next((f for f in trace.nodes[name]["cond_indep_stack"] if f.name == plate and f.vectorized), None)
+        if frame is None:
+            continue
+        axis = value.dim() + frame.dim  # the plate's dim counts from the right of the batch shape
+        if axis < 1 or value.shape[axis] != frame.size:
+            raise ValueError(f"observed site {name!r} is in plate {plate!r} but its log-likelihood has shape "
+                             f"{tuple(value.shape[1:])}, without the plate's {frame.size} rows")
+        rows = value.movedim(axis, 1).reshape(value.shape[0], frame.size, -1).sum(-1)
+        total = rows if total is None else total + rows
+        sites.append(name)
+    if total is None:
+        plates = sorted({f.name for name in log_lik for f in trace.nodes[name]["cond_indep_stack"] if f.vectorized})
+        raise ValueError(f"joint_log_likelihood={plate!r} names no plate that an observed site is in; "
+                         f"the observed sites' plates: {plates}")
+    logger.info("joint log-likelihood over plate %r sums observed sites %s", plate, sites)
+    return total
+
+
+def _check_layout(sample_dims: str | Sequence[str], num_chains: int | None, num_samples: int) -> tuple[str, int]:
+    """``("sample", 1)`` or ``("chain", number of chains)`` for ``num_samples`` independent draws."""
+    layout = (sample_dims,) if isinstance(sample_dims, str) else tuple(sample_dims)
+    if layout not in (("chain", "draw"), ("sample",)):
+        raise ValueError(f"sample_dims must be ('chain', 'draw') or 'sample', got {sample_dims!r}")
+    if num_chains is not None and (isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1):
+        raise ValueError(f"num_chains must be an integer >= 1 or None, got {num_chains!r}")
+    if layout == ("sample",):
+        if num_chains not in (None, 1):
+            raise ValueError(f"num_chains={num_chains} needs sample_dims=('chain', 'draw'); "
+                             "a 'sample' dim has no chains")
+        return "sample", 1
+    if num_chains is None:
+        # ArviZ's diagnostics want at least 2 chains of 4 draws; independent draws split into equal chains.
+        num_chains = next((c for c in (4, 2) if num_samples % c == 0 and num_samples // c >= 4), 1)
+    elif num_samples % num_chains:
+        raise ValueError(f"num_samples={num_samples} does not split into num_chains={num_chains} equal chains")
+    return "chain", num_chains
 
 
 def to_datatree(
@@ -449,10 +701,14 @@ def to_datatree(
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Sequence[Any]] | None = None,
     prior: bool = False,
+    predictions: Mapping[str, Any] | None = None,
+    joint_log_likelihood: str | None = None,
+    sample_dims: str | Sequence[str] = ("chain", "draw"),
+    num_chains: int | None = None,
     parallel: bool = True,
     device: DeviceLike | None = None,
     attrs: Mapping[str, Any] | None = None,
-    unknown_dims: str = "raise",
+    unknown_dims: str = "ignore",
     **kwargs: Any,
 ) -> Any:
     """Convert a fitted Pyro model/guide pair to an ArviZ DataTree.
@@ -465,7 +721,8 @@ def to_datatree(
     *args, **kwargs
         The model's arguments, observed data included.
     num_samples : int, default 1000
-        Guide draws (stored as 1 chain × ``num_samples`` draws).
+        Guide draws. A point-mass guide (every site a ``Delta``, as
+        ``AutoDelta`` gives) is drawn once and stored as one draw.
     param_state : dict, optional
         The param-store state holding the guide's parameters (an estimator's,
         or ``SVIResult.param_state``). None reads the global param store, as
@@ -474,26 +731,52 @@ def to_datatree(
         Seed for the draws; the caller's RNG is left alone.
     dims : dict of {str: list of str}, optional
         Names of each variable's dimensions, e.g. ``{"rate": ["variant"]}``.
-        Applies to every group holding that variable.
+        Applies to every group holding that variable and overrides the names
+        taken from the model's ``pyro.plate`` names. Entries naming no site
+        of the model are ignored (one table serves several variants of a model).
     coords : dict of {str: list}, optional
         Coordinate values of named dimensions, e.g. ``{"variant": ["A", "B"]}``.
     prior : bool, default False
         Add ``prior`` and ``prior_predictive`` groups drawn from the model.
+    predictions : dict, optional
+        The model's keyword arguments for new inputs, e.g. ``{"x": x_new}``
+        (the model is called as ``model(**predictions)``; leave the
+        observations out or None). Adds a ``predictions`` group: each site of
+        that call under each posterior draw, the guide's sites that the new
+        inputs leave unchanged in shape taken from the draws, the observed
+        sites and the rest drawn from the model. ``coords`` apply where their
+        length fits the new inputs.
+    joint_log_likelihood : str, optional
+        A plate name: add ``log_likelihood["{plate}_joint"]``, per row of the
+        plate the summed log-likelihood of every observed site in it (and of
+        their other dimensions), for leave-one-group-out with
+        ``arviz_stats.loo(tree, var_name="{plate}_joint")``.
+    sample_dims : ("chain", "draw") or "sample", default ("chain", "draw")
+        How the independent draws are stored: split into ``num_chains``
+        chains, or along one ``sample`` dimension (ArviZ's layout for NumPyro
+        SVI; pass ``sample_dims="sample"`` to ArviZ functions that take it;
+        ``arviz_stats.loo`` needs chains).
+    num_chains : int, optional
+        Chains to split the draws into. None: 4 where ``num_samples`` splits
+        into 4 chains of at least 4 draws, else 2, else 1, so that ArviZ's
+        summary and diagnostics accept the tree.
     parallel : bool, default True
         Vectorise the draws (falls back to a loop for models that do not broadcast).
     device : {"auto", "cpu", "cuda"} or torch.device, optional
         Move tensor arguments there first; None leaves them where they are.
     attrs : dict, optional
         Extra attributes for the root of the tree.
-    unknown_dims : {"raise", "ignore"}, default "raise"
-        What to do with ``dims`` entries that name no site of the model (a
-        typo, usually); "ignore" lets one table serve several model variants.
+    unknown_dims : {"ignore", "raise"}, default "ignore"
+        What to do with ``dims`` entries that name no site of the model;
+        "raise" catches typos.
 
     Returns
     -------
     xarray.DataTree
         Groups ``posterior``, ``posterior_predictive``, ``log_likelihood``,
-        ``observed_data`` (and ``prior``, ``prior_predictive``).
+        ``observed_data`` (and ``prior``, ``prior_predictive``, ``predictions``).
+        Log-likelihoods are float64; observed and replicated values of
+        discrete sites are integers.
 
     Examples
     --------
@@ -507,16 +790,28 @@ def to_datatree(
     ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
     >>> guide = AutoNormal(model)
     >>> fit = run_svi(model, guide, y, num_steps=300, learning_rate=0.05)
-    >>> tree = to_datatree(model, guide, y, param_state=fit.param_state, dims={"y": ["obs"]})
+    >>> tree = to_datatree(model, guide, y, param_state=fit.param_state)
     >>> sorted(tree.children)
     ['log_likelihood', 'observed_data', 'posterior', 'posterior_predictive']
+    >>> tree.log_likelihood["y"].dims
+    ('chain', 'draw', 'obs')
     """
     num_samples = check_count(num_samples, "num_samples")
+    layout, chains = _check_layout(sample_dims, num_chains, num_samples)
+    if unknown_dims not in ("raise", "ignore"):
+        raise ValueError(f"unknown_dims must be 'raise' or 'ignore', got {unknown_dims!r}")
+    if predictions is not None and not isinstance(predictions, Mapping):
+        raise TypeError("predictions must be a dict of the model's keyword arguments, "
+                        f"got {type(predictions).__name__}")
+    if joint_log_likelihood is not None and not isinstance(joint_log_likelihood, str):
+        raise TypeError(f"joint_log_likelihood must be a plate name, got {joint_log_likelihood!r}")
     from arviz_base import from_dict
 
     rng_device = target_device(device, args, kwargs)
     if device is not None:
         args, kwargs = move_to_device(args, rng_device), move_to_device(kwargs, rng_device)
+        if predictions is not None:
+            predictions = move_to_device(dict(predictions), rng_device)
 
     from bayesgen.infer import param_scope
 
@@ -529,62 +824,114 @@ def to_datatree(
     # tensors_on: a user's model that builds constants without a device still draws on the data's GPU.
     with scope, seeded(seed, rng_device), tensors_on(rng_device), torch.no_grad():
         before = set(pyro.get_param_store().keys())
-        post = draw_sites(model, guide, *args, num_samples=num_samples, parallel=parallel, **kwargs)
+        point_mass = guide is not None and _is_point_mass(poutine.trace(guide).get_trace(*args, **kwargs))
+        drawn = 1 if point_mass else num_samples
+        post, model_trace, guide_trace = _draw_sites(model, guide, args, kwargs, num_samples=drawn,
+                                                     predictive=True, parallel=parallel)
         created = sorted(set(pyro.get_param_store().keys()) - before)
         if created and guide is not None:
             logger.warning(
                 "the guide created parameters %s that %s did not hold, so these draws use their initial "
                 "values; pass the fit's param_state (run_svi keeps parameters out of the global store)",
                 created[:5], "param_state" if param_state is not None else "the global param store")
-        latents = [v for v in post["latent"].values() if v.is_floating_point()]
-        if guide is not None and num_samples > 1 and latents and all(bool((v == v[:1]).all()) for v in latents):
+        if point_mass:
             logger.warning(
-                "every guide draw is the same (a point-estimate guide such as AutoDelta): the posterior has no "
-                "spread, summary sds are 0, and LOO treats the fitted values as certain")
+                "the guide is a point mass (every site a Delta, as AutoDelta gives): the tree holds its one draw "
+                "instead of %d equal copies; it has no posterior spread (summary sds are NaN), and "
+                "arviz_stats.loo and compare cannot use it (PSIS-LOO needs log-likelihoods that vary over draws); "
+                "fit a guide with spread (AutoNormal) to compare models by LOO", num_samples)
+        else:
+            latents = [v for v in post["latent"].values() if v.is_floating_point()]
+            if guide is not None and drawn > 1 and latents and all(bool((v == v[:1]).all()) for v in latents):
+                logger.warning(
+                    "every guide draw is the same: the posterior has no spread, summary sds are 0, and "
+                    "arviz_stats.loo and compare cannot use this tree (PSIS-LOO needs log-likelihoods that vary "
+                    "over draws)")
         prior_draws = (
-            draw_sites(model, None, *args, num_samples=num_samples, parallel=parallel, **kwargs)
+            _draw_sites(model, None, args, kwargs, num_samples=num_samples, predictive=True, parallel=parallel)
             if prior
             else None
         )
+        if predictions is not None:
+            guide_sites = set() if guide_trace is None else {
+                name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
+                and not site["is_observed"] and not site_is_subsample(site)}
+            predicted, predicted_trace = _predict(model, predictions, post["latent"], guide_sites, drawn, parallel)
+            observed_names = set(post["observed"])
+            for name, site in predicted_trace.nodes.items():
+                if name in predicted and name in observed_names and _is_discrete(site):
+                    value = predicted[name]
+                    if value.is_floating_point() and bool((value == value.round()).all()):
+                        predicted[name] = value.long()
+        if joint_log_likelihood is not None:
+            joint_name = f"{joint_log_likelihood}_joint"
+            if joint_name in post["log_lik"]:
+                raise ValueError(f"the model has a site named {joint_name!r}; it cannot hold the joint log-likelihood")
+            post["log_lik"][joint_name] = _joint_log_lik(model_trace, post["log_lik"], joint_log_likelihood)
 
-    def chain(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        return {name: to_numpy(v)[None, ...] for name, v in values.items()}
+    def draws(values: Mapping[str, torch.Tensor], n_chains: int) -> dict[str, np.ndarray]:
+        out = {name: to_numpy(v) for name, v in values.items()}
+        if layout == "sample":
+            return out
+        return {name: v.reshape(n_chains, v.shape[0] // n_chains, *v.shape[1:]) for name, v in out.items()}
 
+    post_chains = 1 if point_mass else chains
     groups: dict[str, dict[str, np.ndarray]] = {
-        "posterior": chain(post["latent"]),
-        "posterior_predictive": chain(post["predictive"]),
-        "log_likelihood": chain(post["log_lik"]),
+        "posterior": draws(post["latent"], post_chains),
+        "posterior_predictive": draws(post["predictive"], post_chains),
+        "log_likelihood": draws(post["log_lik"], post_chains),
         "observed_data": {name: to_numpy(v) for name, v in post["observed"].items()},
     }
     if prior_draws is not None:
-        groups["prior"] = chain(prior_draws["latent"])
-        groups["prior_predictive"] = chain(prior_draws["predictive"])
+        groups["prior"] = draws(prior_draws[0]["latent"], chains)
+        groups["prior_predictive"] = draws(prior_draws[0]["predictive"], chains)
+    if predictions is not None:
+        groups["predictions"] = draws(predicted, post_chains)
     groups = {k: v for k, v in groups.items() if v}
     root_attrs = {
         "inference_library": "pyro",
         "inference_library_version": pyro.__version__,
         "inference_method": "svi",
         "draws_are_independent": 1,
-        "num_samples": int(num_samples),
+        "num_samples": int(drawn),
+        "point_estimate": int(point_mass),
         **(dict(attrs) if attrs else {}),
     }
-    if unknown_dims not in ("raise", "ignore"):
-        raise ValueError(f"unknown_dims must be 'raise' or 'ignore', got {unknown_dims!r}")
-    dims_clean = _fit_dims(groups, dims or {}, strict=unknown_dims == "raise")
+    sample_ndim = 1 if layout == "sample" else 2
+    taken = {name for values in groups.values() for name in values}
+    inferred = _plate_dims(model_trace, taken)
+    if prior_draws is not None:
+        inferred = {**_plate_dims(prior_draws[1], taken), **inferred}
+    if joint_log_likelihood is not None:
+        inferred[f"{joint_log_likelihood}_joint"] = [joint_log_likelihood]
+    main = {k: v for k, v in groups.items() if k != "predictions"}
+    user = _fit_dims(main, dims or {}, strict=unknown_dims == "raise", sample_ndim=sample_ndim)
+    dims_clean = {**_fit_dims(main, inferred, strict=False, sample_ndim=sample_ndim), **user}
+    pred_dims = pred_coords = None
+    if predictions is not None:
+        pred = {"predictions": groups["predictions"]} if "predictions" in groups else {}
+        pred_inferred = _plate_dims(predicted_trace, taken)
+        pred_dims = {**_fit_dims(pred, pred_inferred, strict=False, sample_ndim=sample_ndim),
+                     **_fit_dims(pred, dict(dims or {}), strict=False, sample_ndim=sample_ndim)}
+        pred_coords = _fit_coords(pred, pred_dims, coords or {}, sample_ndim=sample_ndim, drop_misfits=True)
     return from_dict(
         groups,
+        sample_dims=["sample"] if layout == "sample" else ["chain", "draw"],
         dims=dims_clean,
-        coords=_fit_coords(groups, dims_clean, coords or {}),
+        coords=_fit_coords(main, dims_clean, coords or {}, sample_ndim=sample_ndim),
+        pred_dims=pred_dims,
+        pred_coords=pred_coords,
         attrs={"/": root_attrs},
     )
 
 
 def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]],
-              strict: bool = True) -> dict:
-    """Check user dims against the variables' ranks, and say clearly when they cannot fit.
+              strict: bool = True, sample_ndim: int = 2) -> dict:
+    """Check dims against the variables' ranks, and say clearly when they cannot fit.
 
     A site's log-likelihood has its event dims summed away, so it may use only
     the leading names (ArviZ does that); the dims must fit the largest rank.
+    With ``strict=False`` entries naming no variable are dropped.
     """
     out: dict[str, list[str]] = {}
     known = {name for values in groups.values() for name in values}
@@ -596,7 +943,7 @@ def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str,
         if name not in known:
             continue
         ranks = {
-            group: values[name].ndim - (0 if group == "observed_data" else 2)
+            group: values[name].ndim - (0 if group == "observed_data" else sample_ndim)
             for group, values in groups.items()
             if name in values
         }
@@ -611,13 +958,18 @@ def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str,
 
 
 def _fit_coords(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]],
-                coords: Mapping[str, Sequence[Any]]) -> dict[str, list]:
-    """Check each coordinate's length against the dimension it labels (xarray's own error names neither)."""
+                coords: Mapping[str, Sequence[Any]], sample_ndim: int = 2, drop_misfits: bool = False,
+                ) -> dict[str, list]:
+    """Check each coordinate's length against the dimension it labels (xarray's own error names neither).
+
+    ``drop_misfits``: leave out coordinates whose length does not fit (new inputs of another size) instead.
+    """
     out = {}
     for dim, values in coords.items():
         if isinstance(values, str) or not hasattr(values, "__len__"):
             raise ValueError(f"coords[{dim!r}] must be a sequence of labels, got {values!r}")
-        out[dim] = list(values)
+        labels = list(values)
+        fits = True
         for name, names in dims.items():
             if dim not in names:
                 continue
@@ -625,10 +977,14 @@ def _fit_coords(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[st
             for group, variables in groups.items():
                 if name not in variables:
                     continue
-                shape = variables[name].shape[(0 if group == "observed_data" else 2):]
-                if axis < len(shape) and shape[axis] != len(out[dim]):
-                    raise ValueError(f"coords[{dim!r}] has {len(out[dim])} labels, but dimension {dim!r} of "
-                                     f"{name!r} ({group}) has size {shape[axis]}")
+                shape = variables[name].shape[(0 if group == "observed_data" else sample_ndim):]
+                if axis < len(shape) and shape[axis] != len(labels):
+                    if not drop_misfits:
+                        raise ValueError(f"coords[{dim!r}] has {len(labels)} labels, but dimension {dim!r} of "
+                                         f"{name!r} ({group}) has size {shape[axis]}")
+                    fits = False
+        if fits:
+            out[dim] = labels
     return out
 
 
@@ -679,14 +1035,16 @@ def summary(
     import arviz
 
     independent = bool(data.attrs.get("draws_are_independent", 0))
+    ds = data[group]
+    sample_dims = ["sample"] if "sample" in ds.dims and "chain" not in ds.dims else ["chain", "draw"]
     kind = "stats" if independent else "all"
     table = arviz.summary(
-        data, var_names=var_names, group=group, kind=kind, ci_prob=ci_prob, ci_kind=ci_kind, round_to=round_to
+        data, var_names=var_names, group=group, sample_dims=sample_dims, kind=kind, ci_prob=ci_prob,
+        ci_kind=ci_kind, round_to=round_to,
     )
     table = pd.DataFrame(table)
     if independent:
-        ds = data[group]
-        n = int(np.prod([ds.sizes[d] for d in ("chain", "draw") if d in ds.sizes]))
+        n = int(np.prod([ds.sizes[d] for d in sample_dims]))
         table["mcse_mean"] = table["sd"].astype(float) / math.sqrt(n)
         table["n_draws"] = n
     return table

@@ -169,7 +169,7 @@ def test_to_arviz_log_likelihood_per_row_and_loo(fitted):
 
     det, X, _ = fitted
     tree = det.to_arviz(200)
-    assert tree.log_likelihood["x"].shape == (1, 200, len(X))
+    assert tree.log_likelihood["x"].shape == (4, 50, len(X))  # 200 independent draws in 4 chains
     loo = arviz_stats.loo(tree)
     assert np.isfinite(loo.elpd)
 

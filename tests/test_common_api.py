@@ -270,7 +270,7 @@ class TestEstimatorContract:
         assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(tree.children)
         for name, expected in dims.items():
             assert tree.posterior[name].dims == ("chain", "draw", *expected)
-        assert tree.posterior.sizes["draw"] == 200
+        assert tree.posterior.sizes["chain"] * tree.posterior.sizes["draw"] == 200
 
     def test_bad_input_is_a_clear_error(self, make, fit, bad, dims):
         with pytest.raises((ValueError, TypeError)) as info:

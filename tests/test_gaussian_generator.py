@@ -678,12 +678,12 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
 
     tree = em.to_arviz(num_samples=10)
     post, xu = tree.posterior, tree.observed_data["x_unlabelled"].values
-    assert xu.shape == (len(rest), 2) and tree.posterior_predictive["x_unlabelled"].shape == (1, 10, len(rest), 2)
-    w, loc, prec = (post[k].values[0] for k in ("weights", "loc", "precision"))
+    assert xu.shape == (len(rest), 2) and tree.posterior_predictive["x_unlabelled"].shape == (2, 5, len(rest), 2)
+    w, loc, prec = (post[k].values.reshape(10, *post[k].shape[2:]) for k in ("weights", "loc", "precision"))
     comp = np.stack([[stats.multivariate_normal(loc[s, c], np.linalg.inv(prec[s, c])).logpdf(xu) for c in (0, 1)]
                      for s in range(10)])
     truth = logsumexp(np.log(w)[:, :, None] + comp, axis=1)
-    np.testing.assert_allclose(tree.log_likelihood["x_unlabelled"].values[0], truth, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(tree.log_likelihood["x_unlabelled"].values.reshape(10, -1), truth, rtol=1e-9, atol=1e-9)
     assert np.isfinite(em.vi_diagnostic(num_samples=100, warn=False).khat)
     loaded = GaussianGenerator.load(em.save(tmp_path / "em"))
     np.testing.assert_array_equal(loaded.unlabelled_history_, history)

@@ -349,7 +349,7 @@ def test_runs_on_cuda_tensors():
 
     tree = to_datatree(normal_model, normal_guide, Y, param_state=result.param_state, device="cuda",
                        num_samples=500)
-    assert tree["log_likelihood"]["y"].shape == (1, 500, N)
+    assert tree["log_likelihood"]["y"].shape == (4, 125, N)
     assert float(tree["posterior"]["mu"].mean()) == pytest.approx(mean, abs=0.5 * sd)
     # Without the scope (device_scope=False, for models known to be device-clean) the same model fails.
     with pytest.raises(RuntimeError, match="device"):

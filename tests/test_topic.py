@@ -278,7 +278,7 @@ def test_to_arviz_has_document_topics_and_topic_word(planted):
     assert tree.posterior["theta"].dims == ("chain", "draw", "document", "topic")
     np.testing.assert_allclose(tree.posterior["theta"].sum("topic"), 1.0, atol=1e-5)
     assert tree["topic_word"]["topic_word"].shape == (4, 40)
-    assert tree.log_likelihood["words"].shape == (1, 40, 3)
+    assert tree.log_likelihood["words"].shape == (4, 10, 3)
     assert tree.posterior_predictive["words"].sum("word").values[0, 0].tolist() == \
         tree.observed_data["words"].sum("word").values.tolist()
 

@@ -204,12 +204,12 @@ def test_to_arviz_holds_latents_and_loss_history(fitted):
     tree = fitted.to_arviz(50, rows=[0, 5, 9])
     assert tree.posterior["z"].dims == ("chain", "draw", "row", "latent")
     assert tree.posterior.sizes["row"] == 3 and tree.posterior.sizes["latent"] == 8
-    assert tree.log_likelihood["x"].shape == (1, 50, 3)
+    assert tree.log_likelihood["x"].shape == (2, 25, 3)
     assert len(tree["loss_history"]["loss"]) == len(fitted.losses_)
     assert "train_elbo" in tree["loss_history"]
     # The guide's draws center on the encoder's posterior mean.
     loc, scale = fitted.encode(fitted._x[[0, 5, 9]].cpu().numpy())
-    z = tree.posterior["z"].values[0]
+    z = tree.posterior["z"].values.reshape(50, 3, 8)
     assert np.all(np.abs(z.mean(0) - loc) < 4 * scale / np.sqrt(50) + 1e-3)
 
 

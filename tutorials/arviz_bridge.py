@@ -155,6 +155,6 @@ for k in (1, 2):
         mixture, mix_guide, y_mix, param_state=mix_fit.param_state, num_samples=50 if SMOKE else 1000,
         dims={"y": ["obs"], "z": ["obs"]})
 print(arviz_stats.compare(trees)[["rank", "elpd", "elpd_diff"]].round(1))
-z = trees["2 components"].posterior["z"].values[0]
+z = trees["2 components"].posterior["z"].stack(sample=("chain", "draw")).transpose("sample", ...).values
 print("P(z = 1) for the first rows (left group) and the last rows (right group):",
       z[:, :3].mean(0).round(2), z[:, -3:].mean(0).round(2))

@@ -278,7 +278,7 @@ class BayesianEstimator:
         Parameters
         ----------
         num_samples : int, default 1000
-            Guide draws (one chain).
+            Guide draws, split into chains as :func:`bayesgen.arviz.to_datatree` does.
         seed : int or None, default 0
             None: the estimator's ``seed``.
         prior : bool, default False
