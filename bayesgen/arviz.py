@@ -13,6 +13,11 @@ returns an :class:`xarray.DataTree` with the groups ArviZ expects:
     ``log p(y_i | θ)`` per observation for every observed site, read from the
     model trace, so ``arviz_stats.loo``/``compare`` work.
 
+``observed_data``
+    The observed values.
+``prior``, ``prior_predictive``
+    Optional: draws from the model with observations removed.
+
 Discrete sites that the model enumerates (``config_enumerate``, trained with
 ``TraceEnum_ELBO``) and the guide does not draw, as in Pyro's Gaussian-mixture
 tutorial, are summed out of ``log_likelihood`` (``log Σ_z p(z | θ) p(y_i | z, θ)``
@@ -22,10 +27,6 @@ Such models are drawn one guide draw at a time (about 15 ms per draw for a
 100-row mixture on a CPU). A per-row likelihood needs every enumerated site to
 be local to the rows (inside the observation's plates) and one observed site
 per group of enumerated sites; other models get a ``ValueError`` saying which.
-``observed_data``
-    The observed values.
-``prior``, ``prior_predictive``
-    Optional: draws from the model with observations removed.
 
 Guide draws are independent, unlike MCMC draws. By default they are split
 into equal chains (4 where ``num_samples`` allows chains of at least 4 draws,
