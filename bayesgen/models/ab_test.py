@@ -40,6 +40,7 @@ import torch
 from scipy import integrate, optimize, stats
 from torch.distributions import constraints
 
+from bayesgen._checks import PRIOR_RANGE, validate_prior
 from bayesgen._runtime import check_ci_prob, check_count, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
@@ -57,6 +58,7 @@ __all__ = [
     "lift_mean_exact",
     "validate_counts",
     "validate_prior",
+    "PRIOR_RANGE",
     "events_to_counts",
 ]
 
@@ -376,32 +378,6 @@ def _expected_loss_from_draws(draws: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- validation
-#: The range of a Beta prior's parameters: pseudo-counts from a thousandth (far vaguer than Jeffreys' 0.5)
-#: to a million. Smaller values underflow in float32 (the SVI guide starts from them), larger ones swamp any data.
-PRIOR_RANGE = (1e-3, 1e6)
-
-
-def validate_prior(prior: Any) -> tuple[float, float]:
-    """Check a ``(alpha, beta)`` prior: two numbers in :data:`PRIOR_RANGE`.
-
-    Raises
-    ------
-    ValueError
-        If it is not two numbers, or either is outside ``PRIOR_RANGE`` (NaN included).
-    """
-    try:
-        values = [float(v) for v in prior]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"prior must be two positive numbers (alpha, beta), got {prior!r}") from err
-    if len(values) != 2:
-        raise ValueError(f"prior must be two positive numbers (alpha, beta), got {len(values)} values")
-    low, high = PRIOR_RANGE
-    if not all(low <= v <= high for v in values):  # NaN fails too
-        raise ValueError(f"prior parameters must be in [{low:g}, {high:g}], got alpha={values[0]:g}, "
-                         f"beta={values[1]:g}")
-    return values[0], values[1]
-
-
 MAX_COUNT = 2.0**53  # above it, float64 cannot tell n from n + 1, so trials - successes loses its meaning
 
 
