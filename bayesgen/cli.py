@@ -19,16 +19,13 @@ and a bad argument answer at once. Every output is written whole or not at all
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import re
-import shlex
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from bayesgen._checks import MAX_SEED, validate_prior
+from bayesgen._checks import MAX_SEED, validate_counts, validate_prior
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -162,7 +159,8 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
     elif not args.counts:
         raise ValueError("give counts as SUCCESSES/TRIALS per variant (e.g. 235/2435 157/2435) or --csv")
     else:
-        successes, trials = _parse_counts(args.counts)
+        names = args.names.split(",") if args.names else None
+        successes, trials, names = validate_counts(*_parse_counts(args.counts), names)
     if args.plot:  # before the fit, so a refused --plot costs no work
         check_target(args.plot, overwrite=args.overwrite, what="--plot")
         check_not_input(args.plot, args.csv)
@@ -183,7 +181,6 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
     if args.csv:
         est.fit_events(read_csv(args.csv), variant_col=args.variant_col, outcome_col=args.outcome_col)
     else:
-        names = args.names.split(",") if args.names else None
         est.fit(successes, trials, names=names)
     control = args.control if args.control is not None else 0
     table = est.summary(control=control)
@@ -219,6 +216,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                        checkpoint_every=args.checkpoint_every, resume=args.resume)
     except RunInterrupted as err:
         if err.resumable:
+            import shlex
+
             command = ["bayesgen", "fit", args.spec, "--out", str(err.folder), "--resume"]
             if args.device is not None:
                 command += ["--device", args.device]
@@ -598,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, or a bad argument (already reported in one line)
         return stop.code if isinstance(stop.code, int) else 2
+    import logging  # after parsing: --help and argument errors need neither logging nor what it imports
+    import warnings
+
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # font fallbacks are not the user's business
     warnings.simplefilter("default", UserWarning)

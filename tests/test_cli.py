@@ -29,10 +29,11 @@ import contextlib, io, json, sys
 from bayesgen.cli import main
 
 cases = [["--help"], ["abtest", "--help"], ["abtest", "--ci", "2", "1/10", "2/10"], ["abtest", "5/x", "1/2"],
+         ["abtest", "5/3", "1/2"], ["abtest", "5/10"], ["abtest", "1/10", "2/10", "--names", "a,a"],
          ["abtest", "--prior", "0,1", "1/10", "2/10"], ["abtest", "--seed", "-1", "1/10", "2/10"], ["abtest"],
          ["fit", "spec.toml", "--resume"], ["diagnose", "no/such/run"], ["report", "no/such/run"],
-         ["anomaly", "--csv", "a.csv", "--out", "a.csv"], ["augment", "--csv", "a.csv", "--label", "y",
-         "--out", "b.csv", "--clip", "0"]]
+         ["anomaly", "--csv", "a.csv", "--out", "a.csv"],
+         ["augment", "--csv", "a.csv", "--label", "y", "--out", "b.csv", "--clip", "0"]]
 report = []
 for argv in cases:
     out, err = io.StringIO(), io.StringIO()
