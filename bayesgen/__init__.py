@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for --help
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,8 @@ _SUBMODULES = frozenset(
 )
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from bayesgen.arviz import summary, to_datatree
     from bayesgen.augment import augment
     from bayesgen.infer import (

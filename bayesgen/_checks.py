@@ -9,10 +9,12 @@ re-exports :data:`MAX_SEED`, :mod:`bayesgen.models.ab_test` re-exports :func:`va
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for --help
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     import numpy as np
 
 __all__ = ["MAX_COUNT", "MAX_SEED", "PRIOR_RANGE", "validate_counts", "validate_prior"]

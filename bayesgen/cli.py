@@ -22,12 +22,14 @@ import argparse
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
 
 from bayesgen._checks import MAX_SEED, validate_counts, validate_prior
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for --help
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
+
     import pandas as pd
 
 __all__ = ["main"]
