@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bayesgen._checks import MAX_SEED
 from bayesgen._typing import DeviceLike
 
 __all__ = [
@@ -243,11 +244,6 @@ def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-#: The largest seed: seeds are integers in [0, 2**32 - 1], the range NumPy, scikit-learn and torch all accept
-#: (offsets a method adds to a seed stay within torch's 64 bits).
-MAX_SEED = 2**32 - 1
 
 
 def check_seed(value: Any, name: str = "seed") -> int:

@@ -9,7 +9,9 @@
 ``bayesgen augment ...``   add synthetic rows from a Gaussian class-conditional generator.
 
 Bad input ends with a one-line ``bayesgen: error: ...`` on stderr and exit
-status 2, never a traceback. Every output is written whole or not at all
+status 2, never a traceback. The parser and the argument checks import no torch,
+Pyro, pandas or matplotlib (each command imports what it uses), so ``--help``
+and a bad argument answer at once. Every output is written whole or not at all
 (see :mod:`bayesgen.io`); an existing ``--out`` is replaced only with
 ``--overwrite``.
 """
@@ -17,16 +19,18 @@ status 2, never a traceback. Every output is written whole or not at all
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import re
-import shlex
 import sys
-import warnings
-from collections.abc import Callable, Sequence
-from typing import NoReturn
 
-import pandas as pd
+from bayesgen._checks import MAX_SEED, validate_counts, validate_prior
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for --help
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
+
+    import pandas as pd
 
 __all__ = ["main"]
 
@@ -63,10 +67,6 @@ class _Parser(argparse.ArgumentParser):
         # "argument --seed: must be ..." (a type function's refusal) reads as "--seed must be ...".
         message = re.sub(r"^argument ([^:]+): must ", r"\1 must ", message)
         self.exit(2, f"bayesgen: error: {message} (see '{self.prog} --help')\n")
-
-
-#: The largest seed (:data:`bayesgen._runtime.MAX_SEED`, spelt out here: argument errors import no torch).
-_MAX_SEED = 2**32 - 1
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -107,12 +107,14 @@ def _real(
 
 
 _positive = _integer(1)
-_seed = _integer(0, _MAX_SEED)
+_seed = _integer(0, MAX_SEED)
 _probability = _real(0.0, 1.0, low_open=True, high_open=True)
 _tolerance = _real(0.0)
 
 
 def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
+    import pandas as pd
+
     pct = f"{100 * ci_prob:g}%"
     lower, upper = f"rate_{pct}_lower", f"rate_{pct}_upper"
     llo, lhi = f"lift_{pct}_lower", f"lift_{pct}_upper"
@@ -147,14 +149,27 @@ def _ab_monte_carlo_note(table: pd.DataFrame, ci_prob: float, method: str) -> st
 
 
 def _cmd_abtest(args: argparse.Namespace) -> int:
-    from bayesgen.datasets import read_csv
     from bayesgen.io import atomic_path, check_not_input, check_target
-    from bayesgen.models.ab_test import BetaBinomialTest, validate_prior
 
+    # The arguments are checked before the model's module (torch, Pyro) is imported.
     prior = validate_prior(_parse_prior(args.prior))
+    if args.csv:
+        if args.counts:
+            raise ValueError("give either counts or --csv, not both")
+        if not args.variant_col or not args.outcome_col:
+            raise ValueError("--csv needs --variant-col and --outcome-col")
+    elif not args.counts:
+        raise ValueError("give counts as SUCCESSES/TRIALS per variant (e.g. 235/2435 157/2435) or --csv")
+    else:
+        names = args.names.split(",") if args.names else None
+        successes, trials, names = validate_counts(*_parse_counts(args.counts), names)
     if args.plot:  # before the fit, so a refused --plot costs no work
         check_target(args.plot, overwrite=args.overwrite, what="--plot")
         check_not_input(args.plot, args.csv)
+
+    from bayesgen.datasets import read_csv
+    from bayesgen.models.ab_test import BetaBinomialTest
+
     est = BetaBinomialTest(
         prior=prior,
         method=args.method,
@@ -166,16 +181,8 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     if args.csv:
-        if args.counts:
-            raise ValueError("give either counts or --csv, not both")
-        if not args.variant_col or not args.outcome_col:
-            raise ValueError("--csv needs --variant-col and --outcome-col")
         est.fit_events(read_csv(args.csv), variant_col=args.variant_col, outcome_col=args.outcome_col)
     else:
-        if not args.counts:
-            raise ValueError("give counts as SUCCESSES/TRIALS per variant (e.g. 235/2435 157/2435) or --csv")
-        successes, trials = _parse_counts(args.counts)
-        names = args.names.split(",") if args.names else None
         est.fit(successes, trials, names=names)
     control = args.control if args.control is not None else 0
     table = est.summary(control=control)
@@ -200,15 +207,19 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from bayesgen.specs import RunInterrupted, run_spec
-
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the run folder of the interrupted fit")
+    import pandas as pd
+
+    from bayesgen.specs import RunInterrupted, run_spec
+
     try:
         out = run_spec(args.spec, args.out, device=args.device, progress=not args.quiet, overwrite=args.overwrite,
                        checkpoint_every=args.checkpoint_every, resume=args.resume)
     except RunInterrupted as err:
         if err.resumable:
+            import shlex
+
             command = ["bayesgen", "fit", args.spec, "--out", str(err.folder), "--resume"]
             if args.device is not None:
                 command += ["--device", args.device]
@@ -254,12 +265,12 @@ def _diagnostic_lines(report: dict) -> list[str]:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bayesgen.diagnostics import write_diagnostics
-    from bayesgen.models import BayesianEstimator
-
     folder = Path(args.run_dir)
     if not (folder / "model").is_dir():
         raise ValueError(f"{folder} is not a run folder (no model/ inside); make one with 'bayesgen fit SPEC'")
+    from bayesgen.diagnostics import write_diagnostics
+    from bayesgen.models import BayesianEstimator
+
     est = BayesianEstimator.load(folder / "model", device=args.device)
     report = write_diagnostics(est, folder, num_samples=args.num_samples, seed=args.seed, nuts=args.nuts,
                                nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup,
@@ -294,6 +305,8 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from bayesgen.specs import reproduce
 
     result = reproduce(args.run_dir, args.out, device=args.device, tolerance=args.tolerance, rtol=args.rtol,
@@ -310,24 +323,28 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bayesgen.report import write_report
-
     for folder in args.run_dirs:
         if not (Path(folder) / "run.json").is_file():
             raise ValueError(f"{folder} is not a run folder (no run.json inside)")
+    from bayesgen.report import write_report
+
     path = write_report(args.run_dirs, args.out, title=args.title, overwrite=args.overwrite)
     print(f"report: {path}")
     return 0
 
 
 def _cmd_augment(args: argparse.Namespace) -> int:
-    from bayesgen.augment import augment, check_output_memory
-    from bayesgen.datasets import read_csv
     from bayesgen.io import atomic_path, check_not_input, check_target
-    from bayesgen.models.gaussian_generator import GaussianGenerator, validate_xy
 
     check_not_input(args.out, args.csv)
     check_target(args.out, overwrite=args.overwrite)
+    clip = _parse_pair(args.clip, "--clip") if args.clip else None
+    import pandas as pd
+
+    from bayesgen.augment import augment, check_output_memory
+    from bayesgen.datasets import read_csv
+    from bayesgen.models.gaussian_generator import GaussianGenerator, validate_xy
+
     table = read_csv(args.csv)
     unlabelled = None
     if args.label in table.columns:
@@ -352,7 +369,6 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     features = pd.DataFrame(X, columns=names)
     if unlabelled is not None:
         unlabelled = unlabelled[names]  # the labelled rows' feature columns, so a stray column is no feature
-    clip = _parse_pair(args.clip, "--clip") if args.clip else None
     gen = GaussianGenerator(
         covariance=args.covariance,
         rank=args.rank,
@@ -383,12 +399,13 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
 
 def _cmd_anomaly(args: argparse.Namespace) -> int:
-    from bayesgen.datasets import read_csv
     from bayesgen.io import atomic_path, check_not_input, check_target
-    from bayesgen.models.anomaly import MixtureAnomalyDetector, binary_labels
 
     check_not_input(args.out, args.csv)
     check_target(args.out, overwrite=args.overwrite)
+    from bayesgen.datasets import read_csv
+    from bayesgen.models.anomaly import MixtureAnomalyDetector, binary_labels
+
     table = read_csv(args.csv)
     if args.labels is not None and args.labels not in table.columns:
         raise ValueError(f"{args.csv} has no --labels column {args.labels!r}; columns are {list(table.columns)[:20]}")
@@ -582,6 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, or a bad argument (already reported in one line)
         return stop.code if isinstance(stop.code, int) else 2
+    import logging  # after parsing: --help and argument errors need neither logging nor what it imports
+    import warnings
+
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # font fallbacks are not the user's business
     warnings.simplefilter("default", UserWarning)

@@ -21,6 +21,50 @@ def bayesgen(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+#: Modules a help text or an argument error has no use for: each takes from a tenth of a second to seconds to import.
+HEAVY = ("torch", "pyro", "arviz", "xarray", "pandas", "scipy", "matplotlib")
+
+_ARGUMENT_ERRORS = r"""
+import contextlib, io, json, sys
+from bayesgen.cli import main
+
+cases = [["--help"], ["abtest", "--help"], ["abtest", "--ci", "2", "1/10", "2/10"], ["abtest", "5/x", "1/2"],
+         ["abtest", "5/3", "1/2"], ["abtest", "5/10"], ["abtest", "1/10", "2/10", "--names", "a,a"],
+         ["abtest", "--prior", "0,1", "1/10", "2/10"], ["abtest", "--seed", "-1", "1/10", "2/10"], ["abtest"],
+         ["fit", "spec.toml", "--resume"], ["diagnose", "no/such/run"], ["report", "no/such/run"],
+         ["anomaly", "--csv", "a.csv", "--out", "a.csv"],
+         ["augment", "--csv", "a.csv", "--label", "y", "--out", "b.csv", "--clip", "0"]]
+report = []
+for argv in cases:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    report.append([argv, status, err.getvalue()])
+report.append(sorted(name for name in HEAVY if name in sys.modules))
+print(json.dumps(report))
+"""
+
+
+def test_help_and_argument_errors_import_no_torch():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bayesgen", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and "usage: bayesgen" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "bayesgen.cli" in imported
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+    proc = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + _ARGUMENT_ERRORS], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    *runs, heavy = json.loads(proc.stdout)
+    for argv, status, stderr in runs:
+        if "--help" in argv:
+            assert status == 0, argv
+        else:
+            assert status == 2 and stderr.startswith("bayesgen: error: "), (argv, stderr)
+    assert heavy == [], f"argument checks imported {heavy}"
+
+
 def test_abtest_counts_prints_table_and_writes_plot(tmp_path):
     plot = tmp_path / "ab.png"
     proc = bayesgen("abtest", "235/2435", "157/2435", "--names", "white,black", "--num-steps", "1500",

@@ -319,10 +319,12 @@ def test_hostile_api_calls_raise_a_clear_error(call, error, fragment, files):
     assert not isinstance(info.value, ModelFileError)  # an intact model file is never blamed
 
 
-def test_the_command_line_seed_limit_is_the_library_one():
-    from bayesgen._runtime import MAX_SEED
+def test_the_command_line_seed_limit_is_the_library_one(capsys):
+    from bayesgen._runtime import MAX_SEED, check_seed
 
-    assert cli._MAX_SEED == MAX_SEED
+    assert check_seed(MAX_SEED) == MAX_SEED
+    assert cli.main(["abtest", "--seed", str(MAX_SEED + 1), "1/2", "1/2"]) == 2
+    assert f"--seed must be an integer in [0, {MAX_SEED}]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("setting", "fragment"), [({"sbc_simulations": -1}, "sbc_simulations must be an integer >= 0"),

@@ -1,0 +1,49 @@
+"""Importing bayesgen is cheap: public names load their modules on first use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_LAZY = r"""
+import json, sys
+heavy = ("torch", "pyro", "arviz", "pandas", "matplotlib")
+report = {}
+import bayesgen
+report["import bayesgen"] = sorted(m for m in heavy if m in sys.modules)
+report["dir"] = sorted(set(bayesgen.__all__) - set(dir(bayesgen)))
+from bayesgen.models import BetaBinomialTest
+models = ("ab_test", "anomaly", "gaussian_generator", "topic", "vae")
+report["from bayesgen.models import BetaBinomialTest"] = sorted(
+    m for m in models if f"bayesgen.models.{m}" in sys.modules)
+import bayesgen.augment  # binds the module bayesgen.augment as an attribute of the package
+from bayesgen import augment
+report["augment"] = [callable(augment), bayesgen.augment is augment, augment.__module__]
+from bayesgen import VAE, run_svi, to_datatree
+report["names"] = [VAE.__module__, run_svi.__module__, to_datatree.__module__]
+report["unresolved"] = [name for name in bayesgen.__all__ if getattr(bayesgen, name, None) is None]
+report["submodule"] = getattr(getattr(bayesgen, "plots", None), "__name__", None)
+try:
+    bayesgen.no_such_name
+except AttributeError as err:
+    report["missing"] = str(err)
+print(json.dumps(report))
+"""
+
+
+def test_import_bayesgen_loads_no_torch_until_a_name_is_used():
+    proc = subprocess.run([sys.executable, "-c", _LAZY], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["import bayesgen"] == [], f"import bayesgen imported {report['import bayesgen']}"
+    assert report["dir"] == []
+    assert report["from bayesgen.models import BetaBinomialTest"] == ["ab_test"]
+    assert report["augment"] == [True, True, "bayesgen.augment"]
+    assert report["names"] == ["bayesgen.models.vae", "bayesgen.infer", "bayesgen.arviz"]
+    assert report["unresolved"] == []
+    assert report["submodule"] == "bayesgen.plots"
+    assert report["missing"] == "module 'bayesgen' has no attribute 'no_such_name'"
