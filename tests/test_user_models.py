@@ -21,7 +21,7 @@ import arviz_stats
 import numpy as np
 import pytest
 import torch
-from user_models import UserCase, make_cases
+from user_models import LINREG_NOISE, LINREG_PRIOR_SCALE, UserCase, make_cases
 
 from bayesgen.arviz import to_datatree
 from bayesgen.diagnostics import nuts_compare, vi_khat
@@ -31,7 +31,8 @@ CASES = make_cases()
 POINT = [name for name, case in CASES.items() if case.point_estimate]
 SPREAD = [name for name, case in CASES.items() if not case.point_estimate]
 # Enumerated mixtures and the EasyGuide convert one draw at a time: fewer draws keep them quick.
-NUM_DRAWS = {"mixture_delta": 200, "mixture_normal": 200, "local_level": 400}
+NUM_DRAWS = {"mixture_delta": 200, "mixture_normal": 200, "local_level": 200}
+KHAT_DRAWS = {"mixture_normal": 100, "local_level": 100}
 PLATE = {"rats": "group", "rats_conjugate": "group", "schools": "school", "linreg_diag": "data",
          "linreg_mvn": "data", "logistic": "data", "logistic_minibatch": "data", "mixture_normal": "data",
          "mixture_delta": "data", "horseshoe": "data", "local_level": "time"}
@@ -84,7 +85,7 @@ def test_user_model_runs_through_fit_tree_loo_and_khat(name):
     assert np.isfinite(fit.losses).all()
     assert fit.losses[-50:].mean() < fit.losses[:50].mean()
     assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(tree.children)
-    num_rows = len(case.args[0]) if name != "local_level" else case.args[0].shape[-1]
+    num_rows = case.args[0].shape[0]
     assert tree.log_likelihood["y"].shape[-1] == num_rows
     assert np.isfinite(tree.log_likelihood["y"].values).all()
     for site in case.truth:
@@ -95,10 +96,11 @@ def test_user_model_runs_through_fit_tree_loo_and_khat(name):
     loo = arviz_stats.loo(tree)
     assert np.isfinite(loo.elpd) and np.isfinite(loo.se)
     assert 0 < loo.p < 3 * sum(int(np.prod(v.shape[2:])) for v in tree.posterior.data_vars.values())
-    diag = vi_khat(case.model, guide, *case.args, param_state=fit.param_state, num_samples=300, seed=0, warn=False,
-                   **full_kwargs(case))
+    num_samples = KHAT_DRAWS.get(name, 300)
+    diag = vi_khat(case.model, guide, *case.args, param_state=fit.param_state, num_samples=num_samples, seed=0,
+                   warn=False, **full_kwargs(case))
     assert diag.verdict in {"good", "usable", "unreliable"} and not math.isnan(diag.khat)
-    assert diag.raw_log_weights.shape == (300,) and np.isfinite(diag.raw_log_weights).all()
+    assert diag.raw_log_weights.shape == (num_samples,) and np.isfinite(diag.raw_log_weights).all()
 
 
 @pytest.mark.parametrize("name", SPREAD)
@@ -148,15 +150,13 @@ def test_linear_regression_multivariate_guide_matches_the_exact_posterior():
     case, _, _, tree = fitted("linreg_mvn")
     mean, sd = case.exact["w"]
     assert_matches(draws(tree, "w"), mean, sd, mean_tol=0.1, sd_tol=0.1, what="w")
-    w = draws(tree, "w")
-    exact_corr = (lambda c: c[1, 2] / math.sqrt(c[1, 1] * c[2, 2]))(
-        np.linalg.inv(np.asarray(_precision(case))))
+    w, cov = draws(tree, "w"), np.linalg.inv(_precision(case).numpy())
+    exact_corr = cov[1, 2] / math.sqrt(cov[1, 1] * cov[2, 2])
     assert abs(np.corrcoef(w[:, 1], w[:, 2])[0, 1] - exact_corr) < 0.1
 
 
 def _precision(case: UserCase) -> torch.Tensor:
-    from user_models import LINREG_NOISE, LINREG_PRIOR_SCALE
-
+    """Posterior precision of the regression weights, Λ = I / 2² + XᵀX / 0.5²."""
     X = case.args[0].double()
     return torch.eye(X.shape[-1], dtype=torch.float64) / LINREG_PRIOR_SCALE**2 + X.T @ X / LINREG_NOISE**2
 
@@ -204,7 +204,8 @@ def test_posterior_covers_the_simulated_parameters(name):
             continue
         d = draws(tree, site)
         z = np.abs(d.mean(0) - value.numpy()) / d.std(0, ddof=1)
-        assert np.all(z < 3.5), f"{site}: truth {value.numpy().round(2)}, posterior {d.mean(0).round(2)} ± {d.std(0).round(2)}"
+        assert np.all(z < 3.5), (f"{site}: truth {value.numpy().round(2)}, "
+                                 f"posterior {d.mean(0).round(2)} ± {d.std(0).round(2)}")
 
 
 def test_minibatched_fit_matches_the_full_data_fit():
@@ -274,7 +275,7 @@ def test_vi_khat_on_a_subsampling_plate_refuses_or_uses_every_row():
         return
     full = vi_khat(case.model, guide, *case.args, param_state=fit.param_state, num_samples=200, seed=0,
                    warn=False, **full_kwargs(case))
-    np.testing.assert_allclose(sub.raw_log_weights, full.raw_log_weights, rtol=1e-6)
+    np.testing.assert_allclose(sub.raw_log_weights, full.raw_log_weights, rtol=1e-4)
 
 
 def test_to_datatree_refuses_a_subsampling_plate():
