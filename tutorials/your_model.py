@@ -83,7 +83,8 @@ for name, auto in [("AutoNormal", AutoNormal), ("AutoMultivariateNormal", AutoMu
 
 # %% [markdown]
 # `draw_guide` draws from a fitted guide alone (inside the fit's parameter scope), one array
-# per latent site with the draws first:
+# per latent site of the guide with the draws first (`AutoNormal` also samples each site in
+# its unconstrained space, as `*_unconstrained`):
 
 # %%
 from bayesgen.infer import param_scope  # noqa: E402
