@@ -285,8 +285,10 @@ def test_to_datatree_refuses_a_subsampling_plate():
 
 
 # ------------------------------------------------------------------ NUTS
+# The enumerated mixture is checked against its simulated parameters only: NUTS (two chains of 300 + 500)
+# does not mix on it (R-hat 1.8, bulk ESS 3), so it is no reference there.
 NUTS_TOLERANCE = {"rats": 0.25, "schools": 0.25, "linreg_mvn": 0.1, "logistic": 0.1, "logistic_minibatch": 0.15,
-                  "mixture_normal": 0.2, "local_level": 0.2, "rats_conjugate": 0.15}
+                  "local_level": 0.2, "rats_conjugate": 0.15}
 
 
 @pytest.mark.slow
