@@ -21,6 +21,7 @@
 # %%
 import logging
 import os
+from pathlib import Path
 
 import arviz_stats
 import pyro
@@ -31,10 +32,21 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 from bayesgen.arviz import draw_guide, summary, to_datatree
 from bayesgen.diagnostics import nuts_compare, vi_khat
 from bayesgen.infer import run_svi
+from bayesgen.plots import show_figure
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
 NUM_STEPS = 150 if SMOKE else 2000
 NUM_DRAWS = 200 if SMOKE else 2000
+HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+FIGURES = ROOT / "runs" / "tutorials" / "your_model"
+
+
+def show(fig, name):
+    """Inline in a notebook; as a script, a PNG under FIGURES."""
+    path = show_figure(fig, name, folder=FIGURES)
+    if path is not None:
+        print(f"figure written to {path.relative_to(ROOT)}")
 
 # %% [markdown]
 # ## Data: two strongly correlated predictors
@@ -194,9 +206,8 @@ for name, t in trees.items():
 # %%
 import arviz_plots as azp  # noqa: E402
 
-azp.plot_dist(tree, var_names=["w", "sigma"], backend="matplotlib")
-azp.plot_ppc_dist(tree, num_samples=50, backend="matplotlib")
-print("plots drawn")
+show(azp.plot_dist(tree, var_names=["w", "sigma"], backend="matplotlib").viz["figure"].item(), "posterior")
+show(azp.plot_ppc_dist(tree, num_samples=50, backend="matplotlib").viz["figure"].item(), "ppc")
 
 # %% [markdown]
 # ## Is the guide good enough? PSIS k-hat
