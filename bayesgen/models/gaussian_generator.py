@@ -788,8 +788,8 @@ def _student_t_predictive(post: dict[str, np.ndarray], covariance: str, like: to
     return out
 
 
-# Rows are scored in chunks of at most this many row x class x feature elements (16 MB in float64),
-# so the memory of a prediction grows with the rows only through its (n_rows, n_classes) result.
+# Rows are scored in chunks of at most this many row x class x feature elements (16 MB in float64), so
+# a prediction needs this much working memory besides its (n_rows, d) input and (n_rows, n_classes) result.
 _CHUNK_ELEMENTS = 2_000_000
 
 
