@@ -227,26 +227,10 @@ class ClassLowRankNormal(_ClassIndexed):
         lead = torch.broadcast_shapes(loc.shape[:-2], cov_factor.shape[:-3], cov_diag.shape[:-2])
         super().__init__(loc, lead, index)
 
-    def _per_class(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d_inv = self.cov_diag.reciprocal()
-        wt_dinv = self.cov_factor.transpose(-1, -2) * d_inv.unsqueeze(-2)  # (..., C, r, d)
-        r = self.cov_factor.shape[-1]
-        eye = torch.eye(r, dtype=self.loc.dtype, device=self.loc.device)
-        chol = torch.linalg.cholesky(eye + wt_dinv @ self.cov_factor)  # (..., C, r, r)
-        logdet = self.cov_diag.log().sum(-1) + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return wt_dinv, chol, logdet
-
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        wt_dinv, chol, logdet = self._per_class()
-        d_inv = self.cov_diag.reciprocal()
-        whiten = torch.linalg.solve_triangular(chol, wt_dinv, upper=False)  # L⁻¹ Wᵀ D⁻¹, (..., C, r, d)
-        const = value.shape[-1] * math.log(2 * math.pi)
-        parts = []
-        for c, rows in self._by_class(value):
-            diff = rows - self.loc[..., c, None, :]  # (..., n_c, d)
-            z = whiten[..., c, :, :] @ diff.transpose(-1, -2)  # (..., r, n_c)
-            maha = (diff.pow(2) * d_inv[..., c, None, :]).sum(-1) - z.pow(2).sum(-2)
-            parts.append(-0.5 * (const + logdet[..., c, None] + maha))
+        d_inv, whiten, logdet = _lowrank_whitening(self.cov_factor, self.cov_diag)
+        parts = [_lowrank_log_prob(rows, self.loc[..., c, :], d_inv[..., c, :], whiten[..., c, :, :],
+                                   logdet[..., c, None]) for c, rows in self._by_class(value)]
         return self._in_row_order(parts, -1)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
@@ -257,6 +241,36 @@ class ClassLowRankNormal(_ClassIndexed):
         eps_d = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
         factor = [e @ self.cov_factor[..., c, :, :].transpose(-1, -2) for c, e in self._by_class(eps_w)]
         return self.loc[..., idx, :] + self._in_row_order(factor, -2) + self.cov_diag[..., idx, :].sqrt() * eps_d
+
+
+def _lowrank_whitening(
+    cov_factor: torch.Tensor, cov_diag: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class pieces of the Woodbury identity for W Wᵀ + diag(D): D⁻¹, L⁻¹ Wᵀ D⁻¹ and log |W Wᵀ + D|.
+
+    L is the Cholesky factor of the r x r capacitance matrix I + Wᵀ D⁻¹ W, factorised once per class.
+    Shapes: cov_factor (..., C, d, r), cov_diag (..., C, d) -> (..., C, d), (..., C, r, d), (..., C).
+    """
+    d_inv = cov_diag.reciprocal()
+    wt_dinv = cov_factor.transpose(-1, -2) * d_inv.unsqueeze(-2)  # (..., C, r, d)
+    eye = torch.eye(cov_factor.shape[-1], dtype=cov_factor.dtype, device=cov_factor.device)
+    chol = torch.linalg.cholesky(eye + wt_dinv @ cov_factor)  # (..., C, r, r)
+    logdet = cov_diag.log().sum(-1) + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return d_inv, torch.linalg.solve_triangular(chol, wt_dinv, upper=False), logdet
+
+
+def _lowrank_log_prob(
+    rows: torch.Tensor, loc: torch.Tensor, d_inv: torch.Tensor, whiten: torch.Tensor, logdet: torch.Tensor
+) -> torch.Tensor:
+    """log N(rows; loc, W Wᵀ + D) of one class, from that class's :func:`_lowrank_whitening` pieces.
+
+    rows (..., n, d), loc and d_inv (..., d), whiten (..., r, d), logdet broadcastable to (..., n) -> (..., n).
+    One O(n d r) product; the factor is never copied per row.
+    """
+    diff = rows - loc.unsqueeze(-2)
+    z = whiten @ diff.transpose(-1, -2)  # (..., r, n)
+    maha = (diff.pow(2) * d_inv.unsqueeze(-2)).sum(-1) - z.pow(2).sum(-2)
+    return -0.5 * (rows.shape[-1] * math.log(2 * math.pi) + logdet + maha)
 
 
 # --------------------------------------------------------------------- model
@@ -774,35 +788,64 @@ def _student_t_predictive(post: dict[str, np.ndarray], covariance: str, like: to
     return out
 
 
+# Rows are scored in chunks of at most this many row x class x feature elements (16 MB in float64), so
+# a prediction needs this much working memory besides its (n_rows, d) input and (n_rows, n_classes) result.
+_CHUNK_ELEMENTS = 2_000_000
+
+
+def _row_chunks(x: torch.Tensor, num_classes: int) -> Iterator[torch.Tensor]:
+    """Consecutive row blocks of ``x`` (n_rows, d), each small enough to compare with every class at once."""
+    size = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1] * num_classes))
+    for start in range(0, len(x), size):
+        yield x[start : start + size]
+
+
 def _predictive_joint_log_prob(pred: dict[str, torch.Tensor], covariance: str, x: torch.Tensor) -> torch.Tensor:
     """log p(x, y = c) under a posterior predictive from :func:`_student_t_predictive`, (n_rows, n_classes)."""
     log_w = (pred["weights"] / pred["weights"].sum()).log()
     out = []
-    chunk = max(1, 2_000_000 // max(1, x.shape[1] * len(log_w)))
     with torch.no_grad():
         if covariance != "full":
-            fn = _student_t(pred, covariance)
-            for start in range(0, len(x), chunk):
-                out.append(fn.log_prob(x[start : start + chunk].unsqueeze(-2)) + log_w)
-            return torch.cat(out)
-        # The multivariate t by hand: one triangular solve per class for all rows (MultivariateStudentT
-        # broadcasts each class's d x d factor to every row, hundreds of times slower).
-        tril, df, d = pred["scale_tril"], pred["df"][:, None], x.shape[1]
+            fn = _student_t(pred)
+            return torch.cat([fn.log_prob(xb.unsqueeze(-2)) + log_w for xb in _row_chunks(x, len(log_w))])
+        # The multivariate t by hand (MultivariateStudentT would broadcast each class's d x d factor to every
+        # row). The Mahalanobis term is ‖L_c⁻¹ x − L_c⁻¹ m_c‖²: every class's whitening L_c⁻¹ is inverted once
+        # and stacked into one (d, C d) matrix, so a block of rows meets all classes in a single product.
+        tril, df, (C, d) = pred["scale_tril"], pred["df"], pred["loc"].shape
+        eye = torch.eye(d, dtype=tril.dtype, device=tril.device)
+        whiten = torch.linalg.solve_triangular(tril, eye, upper=False)  # (C, d, d): L_c⁻¹
+        stacked = whiten.permute(2, 0, 1).reshape(d, C * d)  # column block c is L_c⁻ᵀ
+        shift = (whiten @ pred["loc"].unsqueeze(-1)).squeeze(-1)  # (C, d): L_c⁻¹ m_c
         const = (torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi)
-                 - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1, keepdim=True))
-        for start in range(0, len(x), chunk):
-            diff = (x[start : start + chunk].unsqueeze(0) - pred["loc"].unsqueeze(1)).transpose(-1, -2)  # (C, d, n)
-            maha = torch.linalg.solve_triangular(tril, diff, upper=False).pow(2).sum(-2)  # (C, n)
-            out.append((const - 0.5 * (df + d) * torch.log1p(maha / df)).T + log_w)
+                 - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)) + log_w
+        for xb in _row_chunks(x, C):
+            maha = ((xb @ stacked).reshape(-1, C, d) - shift).pow(2).sum(-1)  # (n, C)
+            out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
     return torch.cat(out)
 
 
-def _student_t(pred: dict[str, torch.Tensor], covariance: str, labels: torch.Tensor | None = None) -> Any:
-    """The predictive Student-t of every class (or of the class of each row in ``labels``)."""
+def _student_t(pred: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> dist.Distribution:
+    """The per-feature ("diag") predictive Student-t of every class (or of the class of each row in ``labels``)."""
     pick = (lambda v: v) if labels is None else (lambda v: v[labels])  # noqa: E731
-    if covariance == "full":
-        return dist.MultivariateStudentT(pick(pred["df"]), pick(pred["loc"]), pick(pred["scale_tril"]))
     return dist.StudentT(pick(pred["df"]), pick(pred["loc"]), pick(pred["scale"])).to_event(1)
+
+
+def _sample_student_t(pred: dict[str, torch.Tensor], covariance: str, labels: torch.Tensor) -> torch.Tensor:
+    """One draw from the predictive Student-t of each row's class, shape (n_rows, d).
+
+    Full covariance: ``loc + L ε / sqrt(χ² / df)``, each class's factor L applied to that class's rows
+    together, so no row gets its own copy of a d x d factor (1,000 rows of 784 features would need 4.9 GB).
+    """
+    if covariance != "full":
+        return _student_t(pred, labels).sample()
+    loc, tril, df = pred["loc"], pred["scale_tril"], pred["df"][labels]
+    eps = torch.empty(len(labels), loc.shape[-1], dtype=loc.dtype, device=loc.device).normal_()
+    eps = eps * torch.rsqrt(dist.Chi2(df).sample() / df).unsqueeze(-1)
+    out = loc[labels]
+    for c in torch.unique(labels).tolist():
+        rows = (labels == c).nonzero().squeeze(-1)
+        out[rows] += eps[rows] @ tril[c].T
+    return out
 
 
 @contextlib.contextmanager
@@ -973,7 +1016,7 @@ class GaussianGenerator(BayesianEstimator):
 
     @property
     def _arviz_parallel(self) -> bool:
-        # A vectorised full-covariance draw holds a d x d matrix per row and draw.
+        # Vectorised, a full-covariance model holds every draw's d x d matrices (several per class) at once.
         return self.covariance != "full"
 
     def __init__(
@@ -1602,13 +1645,21 @@ class GaussianGenerator(BayesianEstimator):
             draws["cov_diag"] = psi.reshape(num, C, d)
         return draws
 
-    def _class_dist(self, draws: dict[str, torch.Tensor], s: int) -> dist.Distribution:
+    def _class_log_prob(self, draws: dict[str, torch.Tensor], s: int, x: torch.Tensor,
+                        whitening: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        """log N(x_i; class c of draw ``s``) for every row and class, (n_rows, n_classes).
+
+        Each class's factor is applied to all rows at once (never copied per row); ``whitening``
+        holds the low-rank classes' :func:`_lowrank_whitening` pieces for every draw.
+        """
         loc = draws["loc"][s]
         if self.covariance == "diag":
-            return dist.Normal(loc, draws["scale"][s]).to_event(1)
+            return dist.Normal(loc, draws["scale"][s]).to_event(1).log_prob(x.unsqueeze(-2))
         if self.covariance == "full":
-            return dist.MultivariateNormal(loc, scale_tril=draws["scale_tril"][s])
-        return dist.LowRankMultivariateNormal(loc, draws["cov_factor"][s], draws["cov_diag"][s])
+            # torch's MultivariateNormal solves against the (n, C, d) differences without copying the factor.
+            return dist.MultivariateNormal(loc, scale_tril=draws["scale_tril"][s]).log_prob(x.unsqueeze(-2))
+        d_inv, whiten, logdet = (w[s] for w in whitening)
+        return _lowrank_log_prob(x.unsqueeze(0), loc, d_inv, whiten, logdet.unsqueeze(-1)).T
 
     def _joint_log_prob(self, xv: np.ndarray, num_samples: int | None, seed: int | None) -> torch.Tensor:
         """log p(z, y = c) of model-space rows under the posterior predictive, (n_rows, n_classes)."""
@@ -1618,16 +1669,13 @@ class GaussianGenerator(BayesianEstimator):
         num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
         draws = self._draw_parameters(num, self._method_seed(seed))
         out = []
-        chunk = max(1, 2_000_000 // max(1, x.shape[1] * len(self.classes_)))
         with torch.no_grad():
-            for start in range(0, len(x), chunk):
-                xb = x[start : start + chunk].unsqueeze(-2)  # (rows, 1, d) against C classes
-                per_draw = torch.stack(
-                    [
-                        self._class_dist(draws, s).log_prob(xb) + draws["weights"][s].log()
-                        for s in range(num)
-                    ]
-                )
+            whitening = None
+            if self.covariance == "lowrank":
+                whitening = _lowrank_whitening(draws["cov_factor"], draws["cov_diag"])
+            log_w = draws["weights"].log()
+            for xb in _row_chunks(x, len(self.classes_)):
+                per_draw = torch.stack([self._class_log_prob(draws, s, xb, whitening) + log_w[s] for s in range(num)])
                 out.append(torch.logsumexp(per_draw, dim=0) - math.log(num))
         return torch.cat(out)
 
@@ -1775,7 +1823,7 @@ class GaussianGenerator(BayesianEstimator):
                 labels = torch.as_tensor(idx, device=self.device_)
             if exact:
                 # The exact posterior predictive: a (multivariate) Student-t per class.
-                xs = _student_t(self._predictive, self.covariance, labels).sample()
+                xs = _sample_student_t(self._predictive, self.covariance, labels)
             else:
                 xs = self._sample_from_draws(draws, owner, labels)
             modelled = to_numpy(xs) * self._scale + self._shift
@@ -1879,7 +1927,7 @@ class GaussianGenerator(BayesianEstimator):
         Everything is on the standardised feature scale (see the module notes); with
         ``subspace``, on the standardised principal-component scores (``pc1``, ...).
         Full-covariance models draw one sample at a time (each draw holds a
-        d × d matrix per row); the others are vectorised. After a semi-supervised
+        d × d matrix per class); the others are vectorised. After a semi-supervised
         fit the model holds the unlabelled rows too, at site ``x_unlabelled``
         (their class summed out), so the log-likelihood, the predictive checks
         and :meth:`vi_diagnostic` judge EM's posterior against the whole model.
