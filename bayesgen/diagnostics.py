@@ -491,68 +491,70 @@ def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500, estimator: Any = No
 
 # --------------------------------------------------------------- convergence
 def convergence_report(
-    losses: Any, *, converged: bool | None = None, max_steps: int | None = None, window: int = 100
+    losses: Any,
+    *,
+    converged: bool | None = None,
+    max_steps: int | None = None,
+    window: int = 100,
+    check: Any = None,
 ) -> dict[str, Any]:
-    """Verdict on the optimisation from its loss trace.
+    """Verdict on the optimisation from its loss trace, by the runner's own rule.
 
-    Compares the mean loss of the last ``window`` steps with the window before,
-    relative to the loss and to the Monte Carlo noise of the ELBO (the standard
-    error of a window mean). Verdicts: ``"converged"`` (the runner's check
-    passed), ``"flat"`` (the last windows differ by less than three standard
-    errors), ``"still improving"`` (it stopped at the step limit while the loss
-    was still falling: fit longer), ``"getting worse"`` (the loss rose over the
-    last window), ``"not finite"`` (NaN or infinite losses in the last two
-    windows) and ``"too short"`` (fewer than two windows).
+    The verdict is :meth:`bayesgen.infer.ConvergenceCheck.assess`, the rule
+    that sets :func:`~bayesgen.infer.run_svi`'s ``converged`` flag: each of the
+    last ``patience`` windows is compared with the last one, relative to the
+    loss and to the Monte Carlo noise of the ELBO. Verdicts: ``"converged"``,
+    ``"still improving"`` (the loss still falls by more than its noise: fit
+    longer), ``"getting worse"`` (it rises: lower the learning rate),
+    ``"not finite"`` (NaN or infinite losses at the end) and ``"too short"``.
 
     Parameters
     ----------
     losses : array_like
     converged : bool, optional
-        The runner's own verdict (``converged_``), when known.
+        The runner's flag (``SVIResult.converged``, an estimator's ``converged_``), computed by the same rule
+        with the fit's own settings; it decides between ``"converged"`` and not when given. A fit the rule did
+        not pass while the report's settings would have is ``"still improving"`` or ``"getting worse"`` by the
+        sign of the change, never ``"converged"``.
     max_steps : int, optional
         The step limit; says whether the fit stopped by it.
     window : int, default 100
+        Window of the default rule; shortened to fit ``patience + 1`` windows into a shorter trace.
+    check : bayesgen.infer.ConvergenceCheck, optional
+        The rule's settings (the fit's own, to judge exactly as its runner did); ``window`` is then unused.
 
     Returns
     -------
     dict
-        ``verdict``, ``steps``, ``stopped_by_step_limit``, ``final_loss``,
-        ``last_change`` (mean of the last window minus the one before),
-        ``last_change_se`` and ``message``.
+        ``verdict``, ``steps``, ``stopped_by_step_limit``, ``final_loss`` (mean of the last window),
+        ``last_change`` (mean of the last window minus that of the window ``patience`` windows before),
+        ``last_change_se``, ``converged_at`` and ``message``.
     """
-    y = np.asarray(losses, dtype=float)
+    from bayesgen.infer import ConvergenceCheck
+
+    y = np.asarray(losses, dtype=float).ravel()
     n = len(y)
-    window = max(2, min(int(window), n // 2)) if n >= 4 else max(n, 1)
-    out: dict[str, Any] = {"steps": n, "stopped_by_step_limit": None if max_steps is None else n >= int(max_steps)}
-    if n < 4:
-        out.update(verdict="too short", final_loss=float(y[-1]) if n else None, last_change=None,
-                   last_change_se=None, message=f"only {n} steps: no verdict")
-        return out
-    last, prev = y[-window:], y[-2 * window : -window]
-    if not (np.isfinite(last).all() and np.isfinite(prev).all()):
-        out.update(verdict="not finite", final_loss=float(last[np.isfinite(last)].mean()) if np.isfinite(last).any()
-                   else None, last_change=None, last_change_se=None,
-                   message=f"optimisation failed: the loss is NaN or infinite in {int((~np.isfinite(y)).sum())} of "
-                           f"{n} steps, the last {2 * window} included")
-        return out
-    change = float(last.mean() - prev.mean())
-    se = float(np.sqrt(last.var(ddof=1) / len(last) + prev.var(ddof=1) / len(prev)))
-    out.update(final_loss=float(last.mean()), last_change=change, last_change_se=se)
-    if converged:
-        verdict = "converged"
-    elif abs(change) <= 3 * se or abs(change) <= 1e-4 * abs(last.mean()):
-        verdict = "flat"
-    else:
-        verdict = "still improving" if change < 0 else "getting worse"
+    if check is None:
+        patience = ConvergenceCheck.patience
+        check = ConvergenceCheck(window=max(2, min(int(window), n // (patience + 1))), early_stop=False)
+    result = check.assess(y)
+    out: dict[str, Any] = {"steps": n, "stopped_by_step_limit": None if max_steps is None else n >= int(max_steps),
+                           "last_change": result.change, "last_change_se": result.change_se,
+                           "converged_at": result.converged_at}
+    tail = y[-check.window :]
+    out["final_loss"] = float(tail[np.isfinite(tail)].mean()) if np.isfinite(tail).any() else None
+    verdict, message = result.verdict, result.message
+    if converged is not None and verdict in ("converged", "still improving", "getting worse"):
+        if converged and verdict != "converged":
+            verdict = "converged"
+            message = f"optimisation converged: the runner's convergence check passed (at its own settings; {message})"
+        elif not converged and verdict == "converged":
+            verdict = "still improving" if (result.change or 0.0) <= 0 else "getting worse"
+            message = (f"optimisation {verdict}: the runner's convergence check was not met with the fit's own "
+                       f"window and patience, although {message.split(': ', 1)[1]}")
     out["verdict"] = verdict
-    words = {
-        "converged": "the runner's convergence check passed",
-        "flat": "the loss is flat within its Monte Carlo noise over the last two windows",
-        "still improving": "the loss was still falling when the fit stopped: fit for more steps",
-        "getting worse": "the loss rose over the last window: lower the learning rate",
-    }[verdict]
-    stop = " (stopped by the step limit)" if out["stopped_by_step_limit"] else ""
-    out["message"] = f"optimisation {verdict}{stop}: {words}; last change {change:+.4g} ± {se:.2g} per window"
+    stop = " (stopped by the step limit)" if out["stopped_by_step_limit"] and verdict != "converged" else ""
+    out["message"] = message.replace(f"optimisation {verdict}", f"optimisation {verdict}{stop}", 1)
     return out
 
 

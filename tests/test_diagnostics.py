@@ -124,13 +124,32 @@ def test_convergence_report_reads_the_loss_trace():
     flat = 100 + rng.normal(0, 5, 2000)
     assert convergence_report(falling, max_steps=2000)["verdict"] == "still improving"
     assert convergence_report(falling, max_steps=2000)["stopped_by_step_limit"] is True
-    assert convergence_report(flat)["verdict"] == "flat"
+    assert convergence_report(flat)["verdict"] == "converged"
     assert convergence_report(falling, converged=True)["verdict"] == "converged"
+    assert convergence_report(flat, converged=False)["verdict"] in ("still improving", "getting worse")
     assert convergence_report(flat[:3])["verdict"] == "too short"
     assert convergence_report(100 + steps * 0.01)["verdict"] == "getting worse"
     broken = np.concatenate([falling[:300], np.full(300, np.nan)])
     assert convergence_report(broken)["verdict"] == "not finite"
     assert "NaN" in convergence_report(broken)["message"]
+
+
+def test_runner_and_report_give_one_verdict_on_a_slow_drift():
+    from bayesgen.diagnostics import convergence_report
+    from bayesgen.infer import ConvergenceCheck
+
+    # 0.4 nats per window of 100 steps under noise sd 2 (window mean se 0.2): each change between neighbouring
+    # windows hides in the noise, but the last 300 steps fell 1.2 nats, 4 standard errors.
+    y = 100 - 0.004 * np.arange(1200) + np.random.default_rng(0).normal(0, 2, 1200)
+    check = ConvergenceCheck()
+    report = convergence_report(y, max_steps=1200, check=check)
+    assert check.assess(y).verdict == report["verdict"] == "still improving"
+    assert not check.assess(y).converged and check.converged_at(y) is None
+    assert report["last_change"] == pytest.approx(-1.2, abs=4 * report["last_change_se"])
+    # One rule: the default report (window 100) agrees with the default check on the same history.
+    assert convergence_report(y)["verdict"] == "still improving"
+    flat = 100 + np.random.default_rng(1).normal(0, 2, 1200)
+    assert check.assess(flat).verdict == convergence_report(flat, check=check)["verdict"] == "converged"
 
 
 def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):

@@ -165,6 +165,7 @@ def test_non_finite_stops_with_step_and_keeps_last_good_params(tmp_path, bad_val
     err = info.value
     # the runner traces the model once to create parameters, so the 7th call is step 5
     assert err.step == 5 and len(err.losses) == 5
+    assert (err.site, err.origin) == ("boom", "model") and f"pyro.factor at site 'boom' is {bad_value}" in str(err)
     assert np.isfinite(err.losses).all()
     assert err.checkpoint == ckpt and ckpt.exists()
     from bayesgen.infer import load_checkpoint
@@ -440,11 +441,35 @@ def test_minibatch_settings_that_do_not_match_the_model_are_named():
 def test_non_finite_data_and_parameters_are_named_in_the_error():
     bad = Y.clone()
     bad[7] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"the value at site 'y' is outside the distribution's support "
-                                                 r"Real\(\).*keep the values they started with"):
+    with pytest.raises(NonFiniteLossError, match=r"the observed data at site 'y' are not finite \(1 of 400 entries, "
+                                                 r"e.g. nan\).*keep the values they started with.*Check the data") as info:
         run_svi(normal_model, normal_guide, bad, num_steps=5)
-    with pytest.raises(NonFiniteLossError, match=r"parameter 'scale' of a distribution.* left its constraint GreaterThan"):
+    assert (info.value.site, info.value.origin) == ("y", "data")
+    with pytest.raises(NonFiniteLossError, match=r"the guide's distribution at site 'mu' has parameter\(s\) \['scale'\]"
+                                                 r".*smaller learning_rate") as info:
         run_svi(normal_model, normal_guide, Y, num_steps=20, learning_rate=1e30)
+    assert (info.value.site, info.value.origin) == ("mu", "guide")
+
+
+def test_a_guide_draw_outside_the_model_support_is_blamed_on_the_guide_not_the_data():
+    # A Normal guide for a HalfNormal latent: its draws go negative within a few steps, and the model's
+    # Normal(0, sigma) then has a negative scale. The data are fine.
+    y = torch.linspace(-1.0, 1.0, 50)
+
+    def model(y):
+        sigma = pyro.sample("sigma", dist.HalfNormal(y.new_tensor(1.0)))
+        with pyro.plate("obs", len(y)):
+            pyro.sample("y", dist.Normal(0.0, sigma), obs=y)
+
+    def guide(y):
+        pyro.sample("sigma", dist.Normal(pyro.param("sigma_loc", y.new_tensor(0.5)), 0.3))
+
+    with pytest.raises(NonFiniteLossError) as info:
+        run_svi(model, guide, y, num_steps=200, seed=0)
+    err = info.value
+    assert (err.site, err.origin) == ("sigma", "guide")
+    assert "the guide's draw at site 'sigma' is outside the support GreaterThanEq" in str(err)
+    assert "model's distribution" in str(err) and "data" not in str(err)
 
 
 def test_resuming_with_another_schedule_is_a_checkpoint_error(tmp_path):
