@@ -1040,6 +1040,7 @@ def run_svi(
     extra_state: StepState | None = None,
     average_last: int = 0,
     device_scope: bool | None = None,
+    batch_args: Callable[[torch.Tensor], tuple] | None = None,
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI.
@@ -1071,7 +1072,17 @@ def run_svi(
     data_size : int, optional
         Size of the data dimension to minibatch over. Required with ``batch_size``.
     batch_size : int, optional
-        Minibatch size; None uses all data every step.
+        Minibatch size; None uses all data every step. A model whose plate draws its own minibatch
+        (``pyro.plate(name, n, subsample_size=b)``, Pyro's own idiom) needs neither: it runs as it is,
+        and ``batch_size`` with it is refused with a ``ValueError`` saying so.
+    batch_args : callable, optional
+        For a model that takes a pre-sliced batch, as in Pyro's EasyGuide tutorial
+        (``model(batch, subsample, full_size)``): ``batch_args(index)`` returns the step's positional
+        arguments for the minibatch ``index`` (shape ``(batch_size,)``), e.g.
+        ``lambda idx: (data[idx], idx)``; keyword arguments (``full_size=n``) are passed as usual. Needs
+        ``batch_size`` and ``data_size``, and no positional arguments of its own. The model's plate must
+        still be told the full size and the index (``pyro.plate(name, full_size, subsample=subsample)``)
+        so that Pyro scales the batch.
     device : {"auto", "cpu", "cuda"} or torch.device, optional
         Where to fit. None leaves the arguments where they are (and uses the CPU
         for the RNG and indices unless a tensor argument is on a GPU).
@@ -1180,6 +1191,14 @@ def run_svi(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if not 0 <= int(average_last) <= int(num_steps):
         raise ValueError(f"average_last must be between 0 and num_steps, got {average_last}")
+    if batch_args is not None:
+        if not callable(batch_args):
+            raise TypeError(f"batch_args must be a callable index -> tuple of arguments, got {batch_args!r}")
+        if batch_size is None:
+            raise ValueError("batch_args needs batch_size and data_size (the minibatch to slice)")
+        if args:
+            raise ValueError("with batch_args, the model's positional arguments come from batch_args(index): "
+                             "pass none to run_svi")
 
     dev = target_device(device, args, kwargs)
     if device is not None:
@@ -1218,9 +1237,19 @@ def run_svi(
     # JIT the batch index travels as the last positional argument instead.
     jit = isinstance(elbo, JitTrace_ELBO | JitTraceEnum_ELBO)
 
+    def sliced(index: torch.Tensor) -> tuple:
+        """``batch_args(index)``: the step's positional arguments, on the fitting device."""
+        out = batch_args(index)
+        if not isinstance(out, tuple):
+            raise TypeError(f"batch_args must return a tuple of the model's positional arguments, got "
+                            f"{type(out).__name__}")
+        return move_to_device(out, dev) if device is not None else out
+
     def step_args() -> tuple[tuple, dict[str, Any]]:
         if batches is None:
             return args, kwargs
+        if batch_args is not None:
+            return sliced(next(batches)), kwargs
         if jit:
             return (*args, next(batches)), kwargs
         return args, {**kwargs, "subsample": next(batches)}
@@ -1237,18 +1266,28 @@ def run_svi(
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
         # Create every parameter once (guide and model), so that a resumed run can
         # overwrite them in place and the optimiser state can be matched by name.
-        init_kwargs = kwargs
-        if batches is not None:
+        init_args, init_kwargs = args, kwargs
+        if batch_args is not None:
+            init_args = sliced(torch.arange(int(batch_size), device=dev))
+        elif batches is not None:
             init_kwargs = {**kwargs, "subsample": torch.arange(int(batch_size), device=dev)}
         with poutine.block(), tensors_on(dev):
             try:
-                guide_trace = poutine.trace(guide).get_trace(*args, **init_kwargs)
-                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **init_kwargs)
+                guide_trace = poutine.trace(guide).get_trace(*init_args, **init_kwargs)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                    *init_args, **init_kwargs)
             except TypeError as err:
-                if batches is not None and "subsample" in str(err):
+                if batches is not None and batch_args is None and "subsample" in str(err):
+                    own = _self_subsampling_plates(model, args, kwargs)
+                    if own:
+                        raise ValueError(
+                            f"the model's plate(s) {own} draw their own minibatch (pyro.plate(..., "
+                            f"subsample_size=...)): run it without batch_size and data_size") from err
                     raise TypeError(
                         f"batch_size needs a model and guide that accept a subsample keyword and pass it to "
-                        f"their data plate, pyro.plate(name, data_size, subsample=subsample) ({err})") from err
+                        f"their data plate, pyro.plate(name, data_size, subsample=subsample), or, for a model "
+                        f"that takes a pre-sliced batch and its index, batch_args=lambda idx: (data[idx], idx) "
+                        f"({err})") from err
                 raise
             except ValueError as err:  # Pyro's argument checks meet a NaN parameter first: name it instead
                 _check_initial_params(err)
@@ -1259,7 +1298,7 @@ def run_svi(
         # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix
         # CPU and GPU tensors: run it with such tensors created on the data's device instead.
         if device_scope is None:
-            device_scope = _builds_tensors_off(dev, model, guide, args, init_kwargs)
+            device_scope = _builds_tensors_off(dev, model, guide, init_args, init_kwargs)
         step_device = dev if device_scope else None  # tensors_on(None), like tensors_on("cpu"), does nothing
         converged, stop_reason = False, "max_steps"
         pending = False  # the checkpoint was written while the callback of its last step ran: redo that
@@ -1460,6 +1499,17 @@ def _accumulate_average(average: dict[str, torch.Tensor], count: int) -> None:
                 average[name] = value.clone()
             else:
                 average[name] += (value - average[name]) / count
+
+
+def _self_subsampling_plates(model: ModelFn, args: tuple, kwargs: dict) -> list[str]:
+    """Names of the model's plates that draw their own subsample (``subsample_size``), from one trace."""
+    try:
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - only a hint for an error that is raised anyway
+        return []
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size]
 
 
 def _check_subsampled_plate(trace: poutine.Trace, data_size: int, batch_size: int) -> None:
