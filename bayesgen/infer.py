@@ -344,13 +344,13 @@ class ConvergenceCheck:
         settings = f"{self.patience + 1} windows of {self.window} steps"
         if len(y) < span:
             return LossVerdict("too short", None, None, None, self.window, self.patience,
-                               f"optimisation too short: only {len(y)} steps, and the convergence rule needs {settings}")
+                               f"optimisation too short: only {len(y)} steps, and the convergence rule needs "
+                               f"{settings}")
         tail = y[len(y) - span :]  # windows counted back from the end: the state the fit ended in
         if not np.isfinite(tail).all():
             return LossVerdict("not finite", None, None, None, self.window, self.patience,
-                               f"optimisation not finite: the loss is NaN or infinite in {int((~np.isfinite(y)).sum())} of "
-                               f"{len(y)} steps, "
-                               f"the last {span} included")
+                               f"optimisation not finite: the loss is NaN or infinite in "
+                               f"{int((~np.isfinite(y)).sum())} of {len(y)} steps, the last {span} included")
         means, sems = self._windows(tail)
         last = self.patience
         deviations = self._deviations(means, sems, last)

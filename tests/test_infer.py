@@ -441,8 +441,9 @@ def test_minibatch_settings_that_do_not_match_the_model_are_named():
 def test_non_finite_data_and_parameters_are_named_in_the_error():
     bad = Y.clone()
     bad[7] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"the observed data at site 'y' are not finite \(1 of 400 entries, "
-                                                 r"e.g. nan\).*keep the values they started with.*Check the data") as info:
+    with pytest.raises(NonFiniteLossError, match=r"the observed data at site 'y' are not finite \(1 of 400 "
+                                                 r"entries, e.g. nan\).*keep the values they started with.*"
+                                                 r"Check the data") as info:
         run_svi(normal_model, normal_guide, bad, num_steps=5)
     assert (info.value.site, info.value.origin) == ("y", "data")
     with pytest.raises(NonFiniteLossError, match=r"the guide's distribution at site 'mu' has parameter\(s\) \['scale'\]"
