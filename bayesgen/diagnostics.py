@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -37,6 +37,9 @@ from pyro.poutine.util import site_is_subsample
 
 from bayesgen._runtime import check_count, is_out_of_memory, seeded, target_device, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
+
+if TYPE_CHECKING:
+    from bayesgen.infer import ConvergenceCheck
 
 __all__ = [
     "CHECKS",
@@ -496,7 +499,7 @@ def convergence_report(
     converged: bool | None = None,
     max_steps: int | None = None,
     window: int = 100,
-    check: Any = None,
+    check: ConvergenceCheck | None = None,
 ) -> dict[str, Any]:
     """Verdict on the optimisation from its loss trace, by the runner's own rule.
 
