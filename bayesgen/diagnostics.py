@@ -28,7 +28,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
@@ -38,6 +38,9 @@ from pyro.poutine.util import site_is_subsample
 
 from bayesgen._runtime import check_count, is_out_of_memory, seeded, target_device, tensors_on, to_numpy
 from bayesgen._typing import DeviceLike, ModelFn
+
+if TYPE_CHECKING:
+    from bayesgen.infer import ConvergenceCheck
 
 __all__ = [
     "CHECKS",
@@ -642,68 +645,70 @@ def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500, estimator: Any = No
 
 # --------------------------------------------------------------- convergence
 def convergence_report(
-    losses: Any, *, converged: bool | None = None, max_steps: int | None = None, window: int = 100
+    losses: Any,
+    *,
+    converged: bool | None = None,
+    max_steps: int | None = None,
+    window: int = 100,
+    check: ConvergenceCheck | None = None,
 ) -> dict[str, Any]:
-    """Verdict on the optimisation from its loss trace.
+    """Verdict on the optimisation from its loss trace, by the runner's own rule.
 
-    Compares the mean loss of the last ``window`` steps with the window before,
-    relative to the loss and to the Monte Carlo noise of the ELBO (the standard
-    error of a window mean). Verdicts: ``"converged"`` (the runner's check
-    passed), ``"flat"`` (the last windows differ by less than three standard
-    errors), ``"still improving"`` (it stopped at the step limit while the loss
-    was still falling: fit longer), ``"getting worse"`` (the loss rose over the
-    last window), ``"not finite"`` (NaN or infinite losses in the last two
-    windows) and ``"too short"`` (fewer than two windows).
+    The verdict is :meth:`bayesgen.infer.ConvergenceCheck.assess`, the rule
+    that sets :func:`~bayesgen.infer.run_svi`'s ``converged`` flag: each of the
+    last ``patience`` windows is compared with the last one, relative to the
+    loss and to the Monte Carlo noise of the ELBO. Verdicts: ``"converged"``,
+    ``"still improving"`` (the loss still falls by more than its noise: fit
+    longer), ``"getting worse"`` (it rises: lower the learning rate),
+    ``"not finite"`` (NaN or infinite losses at the end) and ``"too short"``.
 
     Parameters
     ----------
     losses : array_like
     converged : bool, optional
-        The runner's own verdict (``converged_``), when known.
+        The runner's flag (``SVIResult.converged``, an estimator's ``converged_``), computed by the same rule
+        with the fit's own settings; it decides between ``"converged"`` and not when given. A fit the rule did
+        not pass while the report's settings would have is ``"still improving"`` or ``"getting worse"`` by the
+        sign of the change, never ``"converged"``.
     max_steps : int, optional
         The step limit; says whether the fit stopped by it.
     window : int, default 100
+        Window of the default rule; shortened to fit ``patience + 1`` windows into a shorter trace.
+    check : bayesgen.infer.ConvergenceCheck, optional
+        The rule's settings (the fit's own, to judge exactly as its runner did); ``window`` is then unused.
 
     Returns
     -------
     dict
-        ``verdict``, ``steps``, ``stopped_by_step_limit``, ``final_loss``,
-        ``last_change`` (mean of the last window minus the one before),
-        ``last_change_se`` and ``message``.
+        ``verdict``, ``steps``, ``stopped_by_step_limit``, ``final_loss`` (mean of the last window),
+        ``last_change`` (mean of the last window minus that of the window ``patience`` windows before),
+        ``last_change_se``, ``converged_at`` and ``message``.
     """
-    y = np.asarray(losses, dtype=float)
+    from bayesgen.infer import ConvergenceCheck
+
+    y = np.asarray(losses, dtype=float).ravel()
     n = len(y)
-    window = max(2, min(int(window), n // 2)) if n >= 4 else max(n, 1)
-    out: dict[str, Any] = {"steps": n, "stopped_by_step_limit": None if max_steps is None else n >= int(max_steps)}
-    if n < 4:
-        out.update(verdict="too short", final_loss=float(y[-1]) if n else None, last_change=None,
-                   last_change_se=None, message=f"only {n} steps: no verdict")
-        return out
-    last, prev = y[-window:], y[-2 * window : -window]
-    if not (np.isfinite(last).all() and np.isfinite(prev).all()):
-        out.update(verdict="not finite", final_loss=float(last[np.isfinite(last)].mean()) if np.isfinite(last).any()
-                   else None, last_change=None, last_change_se=None,
-                   message=f"optimisation failed: the loss is NaN or infinite in {int((~np.isfinite(y)).sum())} of "
-                           f"{n} steps, the last {2 * window} included")
-        return out
-    change = float(last.mean() - prev.mean())
-    se = float(np.sqrt(last.var(ddof=1) / len(last) + prev.var(ddof=1) / len(prev)))
-    out.update(final_loss=float(last.mean()), last_change=change, last_change_se=se)
-    if converged:
-        verdict = "converged"
-    elif abs(change) <= 3 * se or abs(change) <= 1e-4 * abs(last.mean()):
-        verdict = "flat"
-    else:
-        verdict = "still improving" if change < 0 else "getting worse"
+    if check is None:
+        patience = ConvergenceCheck.patience
+        check = ConvergenceCheck(window=max(2, min(int(window), n // (patience + 1))), early_stop=False)
+    result = check.assess(y)
+    out: dict[str, Any] = {"steps": n, "stopped_by_step_limit": None if max_steps is None else n >= int(max_steps),
+                           "last_change": result.change, "last_change_se": result.change_se,
+                           "converged_at": result.converged_at}
+    tail = y[-check.window :]
+    out["final_loss"] = float(tail[np.isfinite(tail)].mean()) if np.isfinite(tail).any() else None
+    verdict, message = result.verdict, result.message
+    if converged is not None and verdict in ("converged", "still improving", "getting worse"):
+        if converged and verdict != "converged":
+            verdict = "converged"
+            message = f"optimisation converged: the runner's convergence check passed (at its own settings; {message})"
+        elif not converged and verdict == "converged":
+            verdict = "still improving" if (result.change or 0.0) <= 0 else "getting worse"
+            message = (f"optimisation {verdict}: the runner's convergence check was not met with the fit's own "
+                       f"window and patience, although {message.split(': ', 1)[1]}")
     out["verdict"] = verdict
-    words = {
-        "converged": "the runner's convergence check passed",
-        "flat": "the loss is flat within its Monte Carlo noise over the last two windows",
-        "still improving": "the loss was still falling when the fit stopped: fit for more steps",
-        "getting worse": "the loss rose over the last window: lower the learning rate",
-    }[verdict]
-    stop = " (stopped by the step limit)" if out["stopped_by_step_limit"] else ""
-    out["message"] = f"optimisation {verdict}{stop}: {words}; last change {change:+.4g} ± {se:.2g} per window"
+    stop = " (stopped by the step limit)" if out["stopped_by_step_limit"] and verdict != "converged" else ""
+    out["message"] = message.replace(f"optimisation {verdict}", f"optimisation {verdict}{stop}", 1)
     return out
 
 
@@ -841,10 +846,19 @@ def _nuts_verdict(part: dict[str, Any]) -> CheckVerdict:
     if "error" in part:
         return CheckVerdict("info", "NUTS not run", f"NUTS cross-check not run: {part['error']}")
     if not part.get("reliable"):
-        return CheckVerdict("caution", "NUTS did not mix", message,
-                            "NUTS itself did not mix (divergences, R-hat above 1.05 or a small ESS), so the "
-                            "comparison is no evidence either way yet: run it with more warm-up steps and draws "
-                            "(--nuts-warmup, --nuts-samples).")
+        cause = part.get("cause") or ("divergences" if part.get("divergences") else "mixing")
+        label = {"divergences": "NUTS diverged", "label switching": "NUTS chains switched labels"}.get(
+            cause, "NUTS did not mix")
+        advice = {
+            "divergences": "NUTS hit divergent transitions, so its draws are biased and the comparison is no "
+                           "evidence either way: reparameterise the model (non-centred scales) or raise "
+                           "target_accept_prob toward 0.95; more draws do not help.",
+            "label switching": "The NUTS chains settled on different labellings of the same components, so R-hat "
+                               "is high although each chain may be fine: compare with nuts_compare(..., "
+                               "relabel=...) in one labelling, or break the symmetry in the model.",
+        }.get(cause, "NUTS itself did not mix (R-hat above 1.05 or a small ESS), so the comparison is no evidence "
+                     "either way yet: run it with more warm-up steps and draws (--nuts-warmup, --nuts-samples).")
+        return CheckVerdict("caution", label, message, advice)
     if part.get("agree"):
         return CheckVerdict("ok", "NUTS agrees", message)
     return CheckVerdict("fail", "NUTS disagrees", message,
@@ -1302,7 +1316,8 @@ def write_diagnostics(
             report["nuts"] = {"agree": cmp.agree, "reliable": cmp.reliable, "divergences": cmp.divergences,
                               "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
                               "max_r_hat": _finite_or_none(cmp.max_r_hat),
-                              "min_ess_bulk": cmp.min_ess_bulk, "message": cmp.message()}
+                              "min_ess_bulk": cmp.min_ess_bulk, "cause": cmp.cause,
+                              "label_switching": cmp.label_switching, "message": cmp.message()}
         except (ValueError, RuntimeError) as err:
             report["nuts"] = {"error": str(err).splitlines()[0]}
     if sbc_simulations:
@@ -1468,13 +1483,20 @@ class NUTSComparison:
         agreement (the tolerance plus three Monte Carlo standard errors).
     divergences : int
     tree : xarray.DataTree
-        The NUTS draws with chain and draw dims.
+        The NUTS draws with chain and draw dims (after ``relabel``, when given).
     agree : bool
         Every |smd| ≤ ``smd_allowed`` and every |sd ratio − 1| ≤ ``sd_ratio_allowed``.
+    label_switching : list of str
+        Sites whose chains settled on different orderings of exchangeable components (a mixture's
+        components swapped between chains): their R-hat is high, and falls to at most 1.05 once each
+        chain's components are put in the order of their means. Pass ``relabel=`` to
+        :func:`nuts_compare` to compare them in one labelling.
     reliable : bool
         Whether NUTS itself can be trusted as the reference: no divergences,
         every R-hat ≤ 1.05 and every bulk ESS ≥ 100. The Monte Carlo allowance
         grows as the ESS falls, so ``agree`` means little when this is False.
+    cause : {"divergences", "label switching", "mixing"} or None
+        Why NUTS is not reliable, which decides the advice (:meth:`advice`).
     """
 
     table: Any
@@ -1482,6 +1504,7 @@ class NUTSComparison:
     tree: Any = field(repr=False)
     agree: bool = True
     tolerance: float = 0.1
+    label_switching: list[str] = field(default_factory=list)
 
     @property
     def max_r_hat(self) -> float:
@@ -1497,6 +1520,23 @@ class NUTSComparison:
     def reliable(self) -> bool:
         return bool(self.divergences == 0 and self.max_r_hat <= 1.05 and self.min_ess_bulk >= 100)
 
+    @property
+    def cause(self) -> str | None:
+        """Why NUTS is unreliable: divergences first (they bias the draws whatever else holds), then label
+        switching, then plain poor mixing (high R-hat or low ESS); None when it is reliable."""
+        if self.reliable:
+            return None
+        if self.divergences:
+            return "divergences"
+        if self.label_switching:
+            return "label switching"
+        return "mixing"
+
+    def advice(self) -> str:
+        """What to do about an unreliable NUTS run, by its :attr:`cause` (empty when reliable)."""
+        return _NUTS_ADVICE.get(self.cause, "").format(
+            divergences=self.divergences, sites=", ".join(repr(s) for s in self.label_switching))
+
     def message(self) -> str:
         # skipna=False: an undefined difference prints as nan (agree is False then), not as the largest defined one
         worst = self.table["smd"].abs().max(skipna=False)
@@ -1506,9 +1546,60 @@ class NUTSComparison:
                 f"min bulk ESS {self.min_ess_bulk:.0f}, {self.divergences} divergences: "
                 + ("agree" if self.agree else "DISAGREE"))
         if not self.reliable:
-            text += (" — but NUTS itself is unreliable here (divergences, R-hat > 1.05 or bulk ESS < 100): "
-                     "run it longer before trusting either verdict")
+            text += f" — but NUTS itself is unreliable here: {self.advice()}"
         return text
+
+
+_NUTS_ADVICE: dict[str | None, str] = {
+    "divergences": "{divergences} divergent transitions mean NUTS could not follow the posterior's geometry "
+                   "(a funnel or a sharp ridge), and more draws do not remove that bias: reparameterise the "
+                   "model (non-centred scales, e.g. pyro.infer.reparam.LocScaleReparam) or raise "
+                   "target_accept_prob (0.9-0.99)",
+    "label switching": "the chains settled on different labellings of exchangeable components at {sites}, so "
+                       "R-hat is high while each chain may be fine: compare in one labelling with relabel= (e.g. "
+                       "order each chain's components by their mean), or break the symmetry in the model (an "
+                       "ordered prior); a longer run does not help",
+    "mixing": "R-hat above 1.05 or a bulk ESS under 100 means the chains have not explored the posterior "
+              "enough: run it longer (more warm-up steps and draws) or with more chains",
+}
+
+
+def _r_hat(draws: np.ndarray) -> np.ndarray:
+    """Split R-hat of each element of ``draws``, shape (chain, draw, ...)."""
+    half = draws.shape[1] // 2
+    split = np.concatenate([draws[:, :half], draws[:, half : 2 * half]], axis=0)
+    n = split.shape[1]
+    within = split.var(axis=1, ddof=1).mean(axis=0)
+    between = split.mean(axis=1).var(axis=0, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(((n - 1) / n * within + between) / within)
+
+
+def _label_switched_sites(samples: dict[str, np.ndarray]) -> list[str]:
+    """Sites whose chains disagree (R-hat > 1.05) only because their components are ordered differently.
+
+    For each axis of a site's element shape, each chain's components are put in the order of their mean
+    (averaged over the other axes) and R-hat is computed again; a site is label-switched when that brings
+    every R-hat to at most 1.05 and the chains needed different orders.
+    """
+    found = []
+    for name, draws in samples.items():
+        if draws.ndim < 3 or draws.shape[0] < 2 or draws.shape[1] < 4:
+            continue
+        if not np.nanmax(_r_hat(draws)) > 1.05:
+            continue
+        for axis in range(2, draws.ndim):
+            if draws.shape[axis] < 2:
+                continue
+            others = tuple(a for a in range(1, draws.ndim) if a != axis)
+            order = np.argsort(draws.mean(axis=others), axis=-1)  # (chain, K): each chain's components by mean
+            if (order == order[0]).all():
+                continue
+            ordered = np.stack([np.take(draws[c], order[c], axis=axis - 1) for c in range(draws.shape[0])])
+            if np.nanmax(_r_hat(ordered)) <= 1.05:
+                found.append(name)
+                break
+    return found
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -1529,12 +1620,19 @@ def nuts_compare(
     tolerance: float = 0.1,
     seed: int = 0,
     warn: bool = True,
+    target_accept_prob: float = 0.8,
+    relabel: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> NUTSComparison:
     """Run NUTS on the same model and compare its posterior with the guide's.
 
     Chains run one after another (no multiprocessing), each seeded. Only for
-    models small enough for NUTS: a few hundred latent numbers at most.
+    models small enough for NUTS: a few hundred latent numbers at most. When
+    NUTS itself is unreliable, :attr:`NUTSComparison.cause` says why and the
+    message gives the advice that fits it: divergences (reparameterise, raise
+    ``target_accept_prob``), label switching (``relabel``), or poor mixing
+    (run longer).
 
     Parameters
     ----------
@@ -1555,6 +1653,18 @@ def nuts_compare(
         draws "disagrees" by chance alone.
     seed : int, default 0
     warn : bool, default True
+    target_accept_prob : float, default 0.8
+        NUTS's step-size adaptation target; 0.9–0.99 takes smaller steps, the usual cure for a few
+        divergences.
+    relabel : callable, optional
+        ``relabel(draws) -> draws``, applied to each NUTS chain's draws and to the guide's draws before
+        they are compared: a dict of site name → array of shape ``(num_draws, *site_shape)`` in, the
+        same sites and shapes out. For mixtures, whose components NUTS chains may label differently,
+        e.g. ``lambda d: {**d, "locs": np.sort(d["locs"], axis=-1)}`` (sort the draws of every site
+        that shares the component axis by the same order).
+    progress : bool, optional
+        Show a tqdm progress bar over all chains' warm-up and sampling steps, as ``run_svi(progress=True)``
+        does for SVI. None: show it when standard error is a terminal.
 
     Returns
     -------
@@ -1564,6 +1674,12 @@ def nuts_compare(
     num_warmup = check_count(num_warmup, "num_warmup", minimum=0)
     num_chains = check_count(num_chains, "num_chains")
     svi_samples = check_count(svi_samples, "svi_samples", minimum=2)
+    if not 0 < float(target_accept_prob) < 1:
+        raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
+    if relabel is not None and not callable(relabel):
+        raise TypeError(f"relabel must be a callable draws -> draws, got {relabel!r}")
+    import sys
+
     import arviz as az
     import pandas as pd
     from arviz_base import from_dict
@@ -1571,22 +1687,51 @@ def nuts_compare(
 
     from bayesgen.infer import param_scope
 
+    def relabelled(draws: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+        if relabel is None:
+            return draws
+        out = relabel({k: v.copy() for k, v in draws.items()})
+        if not isinstance(out, dict) or set(out) != set(draws) or any(
+                np.shape(out[k]) != draws[k].shape for k in draws):
+            raise ValueError(f"relabel must return the same sites with the same shapes ({what}: "
+                             f"{ {k: v.shape for k, v in draws.items()} })")
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(num_chains) * (int(num_warmup) + int(num_samples)), desc="NUTS", unit="step",
+                   dynamic_ncols=True)
     chains, divergences = [], 0
-    for c in range(int(num_chains)):
-        with seeded(seed + 1000 * c, torch.device("cpu")), param_scope({"params": {}, "constraints": {}}):
-            mcmc = MCMC(NUTS(model, jit_compile=False), num_samples=int(num_samples), warmup_steps=int(num_warmup),
-                        num_chains=1, disable_progbar=True)
-            mcmc.run(*args, **kwargs)
-            chains.append({k: to_numpy(v) for k, v in mcmc.get_samples().items()})
-            div = mcmc.diagnostics().get("divergences", {})
-            divergences += int(sum(len(v) for v in div.values()))
+    try:
+        for c in range(int(num_chains)):
+            def hook(kernel: Any, params: Any, stage: str, i: int, chain: int = c) -> None:
+                bar.update(1)
+                if i % 20 == 0:
+                    bar.set_postfix(chain=f"{chain + 1}/{num_chains}", stage=stage.lower())
+
+            with seeded(seed + 1000 * c, torch.device("cpu")), param_scope({"params": {}, "constraints": {}}):
+                kernel = NUTS(model, jit_compile=False, target_accept_prob=float(target_accept_prob))
+                mcmc = MCMC(kernel, num_samples=int(num_samples), warmup_steps=int(num_warmup), num_chains=1,
+                            disable_progbar=True, hook_fn=hook if bar is not None else None)
+                mcmc.run(*args, **kwargs)
+                chains.append(relabelled({k: to_numpy(v) for k, v in mcmc.get_samples().items()}, f"chain {c}"))
+                div = mcmc.diagnostics().get("divergences", {})
+                divergences += int(sum(len(v) for v in div.values()))
+    finally:
+        if bar is not None:
+            bar.close()
     samples = {k: np.stack([ch[k] for ch in chains]) for k in chains[0]}
+    switched = _label_switched_sites(samples)
     tree = from_dict({"posterior": samples})
     nuts = az.summary(tree, kind="all", round_to="none")
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     with scope, seeded(seed, torch.device("cpu")), torch.no_grad():
         pred = Predictive(model, guide=guide, num_samples=int(svi_samples), return_sites=list(samples))
         svi = {k: to_numpy(v).reshape(int(svi_samples), *samples[k].shape[2:]) for k, v in pred(*args, **kwargs).items()}
+    svi = relabelled(svi, "guide draws")
     rows = []
     for name, draws in samples.items():
         flat_nuts = draws.reshape(draws.shape[0] * draws.shape[1], -1)
@@ -1610,7 +1755,8 @@ def nuts_compare(
     table["sd_ratio_allowed"] = 2 * tolerance + 3.0 * table["sd_ratio"] * np.sqrt(1 / (2 * ess) + 1 / (2 * n_svi))
     agree = bool((table["smd"].abs() <= table["smd_allowed"]).all()
                  and (np.abs(table["sd_ratio"] - 1) <= table["sd_ratio_allowed"]).all())
-    result = NUTSComparison(table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance)
+    result = NUTSComparison(table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance,
+                            label_switching=switched)
     if warn and not (agree and result.reliable):
         warnings.warn(result.message(), UserWarning, stacklevel=2)
     return result

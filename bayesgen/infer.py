@@ -86,6 +86,7 @@ __all__ = [
     "CheckpointError",
     "ConvergenceCheck",
     "IndexBatches",
+    "LossVerdict",
     "NonFiniteLossError",
     "SVIResult",
     "StepState",
@@ -119,15 +120,33 @@ class NonFiniteLossError(FloatingPointError):
         Loss history of the good steps before it.
     checkpoint : pathlib.Path or None
         Where the last good state was saved, when checkpointing was on.
+    site : str or None
+        The first sample site whose value or log-density is NaN, infinite or outside its distribution's
+        support when the failing step is traced again with the same random draws; None when no site is
+        (the gradient overflowed while every log-density stayed finite).
+    origin : {"data", "guide", "model"} or None
+        Where the bad number came from: ``"data"``, the observed values at ``site``; ``"guide"``, a value
+        the guide sampled (outside the support of the model's distribution at ``site``, or not finite) or
+        a guide parameter; ``"model"``, a parameter of the model's distribution at ``site`` (a model
+        ``pyro.param`` or a value computed from the latents) or a ``pyro.factor``.
     """
 
     def __init__(
-        self, message: str, *, step: int, losses: np.ndarray, checkpoint: Path | None
+        self,
+        message: str,
+        *,
+        step: int,
+        losses: np.ndarray,
+        checkpoint: Path | None,
+        site: str | None = None,
+        origin: str | None = None,
     ) -> None:
         super().__init__(message)
         self.step = step
         self.losses = losses
         self.checkpoint = checkpoint
+        self.site = site
+        self.origin = origin
 
 
 class CheckpointError(ValueError):
@@ -176,36 +195,93 @@ def _interrupts_held() -> Iterator[None]:
             signal.raise_signal(signal.SIGINT)  # the restored handler raises KeyboardInterrupt here
 
 
+@dataclass(frozen=True)
+class LossVerdict:
+    """What a loss history says about the optimisation, by the rule of :meth:`ConvergenceCheck.assess`.
+
+    The runner's ``converged`` flag and :func:`bayesgen.diagnostics.convergence_report` both come from
+    this one rule, so they never disagree on the same history and settings.
+
+    Attributes
+    ----------
+    verdict : {"converged", "still improving", "getting worse", "not finite", "too short"}
+        ``"converged"``: the last ``patience + 1`` windows agree (each earlier window's mean is within the
+        allowance of the last one's). Otherwise the window that is furthest outside the allowance says which
+        way the loss is moving: down (``"still improving"``: fit longer) or up (``"getting worse"``: lower
+        the learning rate). ``"not finite"``: NaN or inf among those windows; ``"too short"``: fewer than
+        ``patience + 1`` windows.
+    converged_at : int or None
+        Steps after which the rule was first met (windows counted from the start), or None.
+    change : float or None
+        Mean loss of the last window minus that of the window ``patience`` windows before it.
+    change_se : float or None
+        Monte Carlo standard error of ``change``.
+    window, patience : int
+        The rule's settings.
+    message : str
+        One line for a log or a report.
+    """
+
+    verdict: str
+    converged_at: int | None
+    change: float | None
+    change_se: float | None
+    window: int
+    patience: int
+    message: str
+
+    @property
+    def converged(self) -> bool:
+        """Whether the verdict is ``"converged"``."""
+        return self.verdict == "converged"
+
+
 @dataclass
 class ConvergenceCheck:
     """Stop when the smoothed loss has stopped changing.
 
-    Every ``window`` steps the mean loss of the latest window is compared with
-    the previous window's mean. A window counts as flat when the change is
-    below ``rtol`` relative to the loss, or below ``noise`` standard errors of
-    the difference of the two means (the ELBO is a Monte Carlo estimate, so a
-    change inside its own noise is no evidence of progress). The fit has
-    converged once ``patience`` consecutive windows are flat; if that never
-    happens, the fit runs to ``num_steps`` and reports that it did not converge.
+    The loss history is cut into windows of ``window`` steps. At the end of a
+    window, each of the ``patience`` windows before it is compared with it: a
+    pair agrees when their means differ by less than ``rtol`` relative to the
+    loss, or by at most ``noise`` standard errors of the difference (the ELBO
+    is a Monte Carlo estimate, so a change inside its own noise is no evidence
+    of progress). The fit has converged once all ``patience`` pairs agree.
+    Comparing every earlier window with the last one, not only neighbours,
+    catches a slow drift whose steps each hide in the noise but add up over
+    the span. If that never happens, the fit runs to ``num_steps`` and
+    reports that it did not converge. :meth:`assess` turns a whole history
+    into a :class:`LossVerdict` by the same rule; the runner's ``converged``
+    flag and :func:`bayesgen.diagnostics.convergence_report` both use it.
 
     Parameters
     ----------
     window : int, default 100
         Steps per smoothing window.
     rtol : float, default 1e-4
-        Relative change of the windowed mean below which a window is flat.
+        Relative change of the windowed mean below which two windows agree.
     patience : int, default 3
-        Consecutive flat windows needed.
-    noise : float, default 2.0
-        A change within this many standard errors counts as flat; 0 disables.
+        Earlier windows that must agree with the last one.
+    noise : float, default 3.0
+        A change within this many standard errors counts as no change; 0 disables. Three keeps a loss
+        that is flat but noisy from failing one of the ``patience`` comparisons by chance (with two, about
+        one flat history in eight does).
     early_stop : bool, default True
         Stop the fit at convergence; if False, keep going but still report it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check = ConvergenceCheck(window=50, noise=0.0)
+    >>> check.assess(np.r_[np.linspace(100, 10, 300), np.full(400, 10.0)]).verdict
+    'converged'
+    >>> check.assess(np.linspace(100, 10, 700)).verdict
+    'still improving'
     """
 
     window: int = 100
     rtol: float = 1e-4
     patience: int = 3
-    noise: float = 2.0
+    noise: float = 3.0
     early_stop: bool = True
 
     def __post_init__(self) -> None:
@@ -213,6 +289,24 @@ class ConvergenceCheck:
             raise ValueError("ConvergenceCheck needs window >= 1 and patience >= 1")
         if not self.rtol > 0:
             raise ValueError(f"ConvergenceCheck.rtol must be > 0, got {self.rtol}")
+
+    def _windows(self, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Means and standard errors of consecutive windows of ``losses`` (a whole number of them)."""
+        n_windows = len(losses) // self.window
+        blocks = np.asarray(losses[: n_windows * self.window], dtype=float).reshape(n_windows, self.window)
+        means = blocks.mean(axis=1)
+        sems = blocks.std(axis=1, ddof=1) / np.sqrt(self.window) if self.window > 1 else np.zeros(n_windows)
+        return means, sems
+
+    def _deviations(self, means: np.ndarray, sems: np.ndarray, i: int) -> np.ndarray:
+        """How far each of the ``patience`` windows before window ``i`` lies from it, in allowances
+        (a value of at most 1 means the pair agrees)."""
+        earlier = np.arange(i - self.patience, i)
+        change = np.abs(means[i] - means[earlier])
+        allowed = np.maximum(self.rtol * np.maximum(np.abs(means[earlier]), 1e-12),
+                             self.noise * np.hypot(sems[i], sems[earlier]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(change == 0, 0.0, change / allowed)
 
     def converged_at(self, losses: np.ndarray) -> int | None:
         """Return the step count at which ``losses`` first met the criterion, or None.
@@ -226,20 +320,58 @@ class ConvergenceCheck:
         int or None
             Number of steps after which the criterion was first met.
         """
-        n_windows = len(losses) // self.window
-        if n_windows < self.patience + 1:
+        if len(losses) // self.window < self.patience + 1:
             return None
-        blocks = np.asarray(losses[: n_windows * self.window], dtype=float).reshape(n_windows, self.window)
-        means = blocks.mean(axis=1)
-        sems = blocks.std(axis=1, ddof=1) / np.sqrt(self.window) if self.window > 1 else np.zeros(n_windows)
-        flat = 0
-        for i in range(1, n_windows):
-            change = abs(means[i] - means[i - 1])
-            within_noise = change <= self.noise * math.hypot(sems[i], sems[i - 1])
-            flat = flat + 1 if change < self.rtol * max(abs(means[i - 1]), 1e-12) or within_noise else 0
-            if flat >= self.patience:
+        means, sems = self._windows(losses)
+        for i in range(self.patience, len(means)):
+            if np.isfinite(means[i - self.patience : i + 1]).all() and (self._deviations(means, sems, i) <= 1).all():
                 return (i + 1) * self.window
         return None
+
+    def assess(self, losses: Any) -> LossVerdict:
+        """The verdict on a loss history: the state of its last ``patience + 1`` windows.
+
+        Parameters
+        ----------
+        losses : array_like, shape (num_steps,)
+
+        Returns
+        -------
+        LossVerdict
+        """
+        y = np.asarray(losses, dtype=float).ravel()
+        span = (self.patience + 1) * self.window
+        settings = f"{self.patience + 1} windows of {self.window} steps"
+        if len(y) < span:
+            return LossVerdict("too short", None, None, None, self.window, self.patience,
+                               f"optimisation too short: only {len(y)} steps, and the convergence rule needs "
+                               f"{settings}")
+        tail = y[len(y) - span :]  # windows counted back from the end: the state the fit ended in
+        if not np.isfinite(tail).all():
+            return LossVerdict("not finite", None, None, None, self.window, self.patience,
+                               f"optimisation not finite: the loss is NaN or infinite in "
+                               f"{int((~np.isfinite(y)).sum())} of {len(y)} steps, the last {span} included")
+        means, sems = self._windows(tail)
+        last = self.patience
+        deviations = self._deviations(means, sems, last)
+        change = float(means[last] - means[0])
+        change_se = float(np.hypot(sems[last], sems[0]))
+        at = self.converged_at(y)
+        if (deviations <= 1).all():
+            verdict, words = "converged", f"the last {settings} agree within their Monte Carlo noise"
+        else:
+            worst = int(np.argmax(deviations))
+            if means[last] < means[worst]:
+                verdict = "still improving"
+                words = (f"the loss fell by {means[worst] - means[last]:.4g} between windows {last - worst} apart, "
+                         "more than its noise allows: fit for more steps")
+            else:
+                verdict = "getting worse"
+                words = (f"the loss rose by {means[last] - means[worst]:.4g} between windows {last - worst} apart, "
+                         "more than its noise allows: lower the learning rate")
+        message = (f"optimisation {verdict}: {words}; change over the last {self.patience} windows "
+                   f"{change:+.4g} ± {change_se:.2g}")
+        return LossVerdict(verdict, at, change, change_se, self.window, self.patience, message)
 
 
 @dataclass
@@ -253,7 +385,8 @@ class SVIResult:
     num_steps : int
         Steps completed in total.
     converged : bool
-        Whether the convergence check was met.
+        Whether the loss history ends converged by the rule of ``convergence`` (the default
+        :class:`ConvergenceCheck` when the fit had none): ``loss_verdict.converged``.
     stop_reason : {"converged", "max_steps", "callback"}
         Why the loop ended.
     elapsed_s : float
@@ -266,6 +399,13 @@ class SVIResult:
         The last checkpoint written, if any.
     seed : int or None
         The seed the fit ran with (the one drawn for ``seed=None``, so such a fit can be repeated).
+    loss_verdict : LossVerdict or None
+        The verdict on ``losses`` (:meth:`ConvergenceCheck.assess`), the same that
+        :func:`bayesgen.diagnostics.convergence_report` gives for these losses and settings.
+    params : dict of {str: numpy.ndarray}
+        The fitted parameters' *constrained* values (a positive scale as a positive number), by Pyro
+        param name, as NumPy arrays on the CPU. ``param_state`` holds the unconstrained tensors the
+        optimiser works on; ``params`` is computed from them on each access.
     """
 
     losses: np.ndarray
@@ -277,6 +417,19 @@ class SVIResult:
     param_state: dict = field(repr=False)
     checkpoint: Path | None = None
     seed: int | None = None
+    loss_verdict: LossVerdict | None = None
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Constrained values of the fitted parameters, by Pyro param name (NumPy, CPU)."""
+        from torch.distributions import constraints, transform_to
+
+        out = {}
+        with torch.no_grad():
+            for name, unconstrained in self.param_state["params"].items():
+                constraint = self.param_state["constraints"].get(name, constraints.real)
+                out[name] = transform_to(constraint)(unconstrained).detach().cpu().numpy()
+        return out
 
 
 class IndexBatches:
@@ -629,12 +782,156 @@ def _describe_invalid_values(text: str) -> str:
     where = f" at site {site.group(1)!r}" if site else ""
     param = re.search(r"Expected parameter (\w+) .*?to satisfy the constraint (.+?), but found invalid", text, re.S)
     if param:
-        return f"parameter {param.group(1)!r} of a distribution{where} left its constraint {param.group(2)} (NaN or inf)"
+        return f"parameter {param.group(1)!r} of a distribution{where} left its constraint {param.group(2)}"
     value = re.search(r"Expected value argument .*?to be within the support \((.+?)\) of the distribution", text, re.S)
     if value:
-        return (f"the value{where} is outside the distribution's support {value.group(1)}: the data hold NaN, inf "
-                "or impossible values")
+        return f"a value{where} is outside its distribution's support {value.group(1)}"
     return text.splitlines()[0]
+
+
+@dataclass(frozen=True)
+class _Blame:
+    """The first site with a NaN, infinite or impossible number, where it came from, and what to do."""
+
+    site: str | None
+    origin: str | None
+    text: str
+    advice: str
+
+
+_ADVICE = {
+    "data": "Check the data at that site for NaN, inf or values its distribution cannot take.",
+    "guide": "Give the guide the model's support at that site (a positive or bounded latent needs a guide on "
+             "the same support, such as LogNormal or Beta, or an autoguide, which transforms to it).",
+    "guide parameter": "Try a smaller learning_rate or optimizer='clipped_adam'.",
+    "model": "Try a smaller learning_rate or optimizer='clipped_adam', and check how the model computes that "
+             "distribution's parameters.",
+    None: "Try a smaller learning_rate or optimizer='clipped_adam'.",
+}
+
+
+def _summarise(value: torch.Tensor, bad: torch.Tensor | None = None) -> str:
+    """A value for a message: the number itself, or how many entries are ``bad`` and the first of them."""
+    value = value.detach()
+    if value.numel() == 1:
+        return f"{value.item():.4g}"
+    if bad is None or not bool(bad.any()):
+        return f"shape {tuple(value.shape)}"
+    bad = bad.expand(value.shape) if bad.shape != value.shape else bad
+    return f"{int(bad.sum())} of {value.numel()} entries, e.g. {value[bad].flatten()[0].item():.4g}"
+
+
+def _bad_arguments(fn: Any) -> list[str]:
+    """Names of a distribution's parameters that are NaN, infinite or outside their constraint."""
+    while not getattr(fn, "arg_constraints", None) and hasattr(fn, "base_dist"):  # Independent, masked, ...
+        fn = fn.base_dist
+    bad = []
+    for key, constraint in getattr(fn, "arg_constraints", {}).items():
+        if key not in fn.__dict__:  # probs/logits: only the one given is stored; the other is derived
+            continue
+        value = fn.__dict__[key]
+        if not isinstance(value, torch.Tensor):
+            continue
+        try:
+            ok = bool(torch.isfinite(value).all()) and bool(constraint.check(value).all())
+        except (NotImplementedError, RuntimeError, TypeError, ValueError):
+            ok = bool(torch.isfinite(value).all())
+        if not ok:
+            bad.append(key)
+    return bad
+
+
+def _first_bad_site(trace: poutine.Trace, part: str, from_guide: set[str]) -> _Blame | None:
+    """The first sample site of ``trace`` (the ``part``, "guide" or "model") whose value is not finite, is
+    outside its distribution's support, or has a non-finite log-density."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        fn, value = site["fn"], site["value"]
+        if not isinstance(value, torch.Tensor):
+            continue
+        bad_value = value.is_floating_point() and not bool(torch.isfinite(value).all())
+        try:
+            inside = fn.support.check(value)
+            outside = not bool(inside.all())
+        except (NotImplementedError, RuntimeError, TypeError, ValueError):
+            inside, outside = None, False
+        try:
+            log_prob = fn.log_prob(value)
+            mask = site.get("mask")
+            if isinstance(mask, torch.Tensor):
+                log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
+            bad_density = not bool(torch.isfinite(log_prob).all())
+        except (RuntimeError, ValueError):
+            bad_density = True
+        if not (bad_value or outside or bad_density):
+            continue
+        arguments = _bad_arguments(fn)
+        if bad_value:
+            what = f"not finite ({_summarise(value, ~torch.isfinite(value))})"
+        elif outside and inside is not None and inside.shape == value.shape[value.dim() - inside.dim():]:
+            what = f"outside the support {fn.support} of its distribution ({_summarise(value, ~inside)})"
+        else:
+            what = f"outside the support {fn.support} of its distribution" if outside else ""
+        if isinstance(fn, pyro.distributions.Unit):
+            return _Blame(name, "model", f"the pyro.factor at site {name!r} is {_summarise(fn.log_factor)}",
+                          _ADVICE["model"])
+        if part == "guide":
+            if arguments:
+                return _Blame(name, "guide", f"the guide's distribution at site {name!r} has parameter(s) "
+                              f"{arguments} NaN, infinite or outside their constraint", _ADVICE["guide parameter"])
+            return _Blame(name, "guide", f"the guide's draw at site {name!r} is {what or 'of density 0'}",
+                          _ADVICE["guide"])
+        if what and site["is_observed"]:
+            return _Blame(name, "data", f"the observed data at site {name!r} are {what}", _ADVICE["data"])
+        if what and name in from_guide:
+            what = what.replace("of its distribution", "of the model's distribution")
+            return _Blame(name, "guide", f"the guide's draw at site {name!r} is {what}",
+                          _ADVICE["guide"])
+        if arguments:
+            return _Blame(name, "model", f"the model's distribution at site {name!r} has parameter(s) {arguments} "
+                          "NaN, infinite or outside their constraint", _ADVICE["model"])
+        kind = "observed data" if site["is_observed"] else "draw"
+        return _Blame(name, "model", f"the model's log-density of the {kind} at site {name!r} is not finite",
+                      _ADVICE["model"])
+    return None
+
+
+def _blame_non_finite(model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict) -> _Blame:
+    """Trace the guide, and the model replayed on its draws, once (with the RNG where the failing step began),
+    and name the first site whose value or log-density is NaN, infinite or impossible."""
+    store = pyro.get_param_store()
+    bad_params = [name for name in store.keys() if not bool(torch.isfinite(store[name]).all())]
+    params = f"; pyro.param(s) {bad_params[:5]} hold NaN or inf" if bad_params else ""
+    with poutine.block(), torch.no_grad(), pyro.validation_enabled(False):
+        guide_capture = poutine.trace()
+        try:
+            with guide_capture:
+                guide(*args, **kwargs)
+        except (ValueError, RuntimeError) as err:
+            found = _first_bad_site(guide_capture.trace, "guide", set())
+            return found or _Blame(None, "guide", f"the guide raised {type(err).__name__}: "
+                                   f"{_describe_invalid_values(str(err))}{params}", _ADVICE["guide parameter"])
+        found = _first_bad_site(guide_capture.trace, "guide", set())
+        if found is not None:
+            return _Blame(found.site, found.origin, found.text + params, found.advice)
+        drawn = {name for name, site in guide_capture.trace.nodes.items()
+                 if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
+        model_capture = poutine.trace()
+        failed: BaseException | None = None
+        try:
+            with model_capture:
+                poutine.replay(model, trace=guide_capture.trace)(*args, **kwargs)
+        except (ValueError, RuntimeError) as err:
+            failed = err
+        found = _first_bad_site(model_capture.trace, "model", drawn)
+    if found is not None:
+        return _Blame(found.site, found.origin, found.text + params, found.advice)
+    if failed is not None:
+        return _Blame(None, "model", f"the model raised {type(failed).__name__}: "
+                      f"{_describe_invalid_values(str(failed))}{params}", _ADVICE["model"])
+    return _Blame(None, None, "every site's value and log-density is finite when the step is traced again, so a "
+                  f"gradient overflowed{params}", _ADVICE[None])
 
 
 def _loss_and_grads(
@@ -743,6 +1040,7 @@ def run_svi(
     extra_state: StepState | None = None,
     average_last: int = 0,
     device_scope: bool | None = None,
+    batch_args: Callable[[torch.Tensor], tuple] | None = None,
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI.
@@ -774,7 +1072,17 @@ def run_svi(
     data_size : int, optional
         Size of the data dimension to minibatch over. Required with ``batch_size``.
     batch_size : int, optional
-        Minibatch size; None uses all data every step.
+        Minibatch size; None uses all data every step. A model whose plate draws its own minibatch
+        (``pyro.plate(name, n, subsample_size=b)``, Pyro's own idiom) needs neither: it runs as it is,
+        and ``batch_size`` with it is refused with a ``ValueError`` saying so.
+    batch_args : callable, optional
+        For a model that takes a pre-sliced batch, as in Pyro's EasyGuide tutorial
+        (``model(batch, subsample, full_size)``): ``batch_args(index)`` returns the step's positional
+        arguments for the minibatch ``index`` (shape ``(batch_size,)``), e.g.
+        ``lambda idx: (data[idx], idx)``; keyword arguments (``full_size=n``) are passed as usual. Needs
+        ``batch_size`` and ``data_size``, and no positional arguments of its own. The model's plate must
+        still be told the full size and the index (``pyro.plate(name, full_size, subsample=subsample)``)
+        so that Pyro scales the batch.
     device : {"auto", "cpu", "cuda"} or torch.device, optional
         Where to fit. None leaves the arguments where they are (and uses the CPU
         for the RNG and indices unless a tensor argument is on a GPU).
@@ -883,6 +1191,14 @@ def run_svi(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     if not 0 <= int(average_last) <= int(num_steps):
         raise ValueError(f"average_last must be between 0 and num_steps, got {average_last}")
+    if batch_args is not None:
+        if not callable(batch_args):
+            raise TypeError(f"batch_args must be a callable index -> tuple of arguments, got {batch_args!r}")
+        if batch_size is None:
+            raise ValueError("batch_args needs batch_size and data_size (the minibatch to slice)")
+        if args:
+            raise ValueError("with batch_args, the model's positional arguments come from batch_args(index): "
+                             "pass none to run_svi")
 
     dev = target_device(device, args, kwargs)
     if device is not None:
@@ -921,9 +1237,19 @@ def run_svi(
     # JIT the batch index travels as the last positional argument instead.
     jit = isinstance(elbo, JitTrace_ELBO | JitTraceEnum_ELBO)
 
+    def sliced(index: torch.Tensor) -> tuple:
+        """``batch_args(index)``: the step's positional arguments, on the fitting device."""
+        out = batch_args(index)
+        if not isinstance(out, tuple):
+            raise TypeError(f"batch_args must return a tuple of the model's positional arguments, got "
+                            f"{type(out).__name__}")
+        return move_to_device(out, dev) if device is not None else out
+
     def step_args() -> tuple[tuple, dict[str, Any]]:
         if batches is None:
             return args, kwargs
+        if batch_args is not None:
+            return sliced(next(batches)), kwargs
         if jit:
             return (*args, next(batches)), kwargs
         return args, {**kwargs, "subsample": next(batches)}
@@ -940,18 +1266,28 @@ def run_svi(
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
         # Create every parameter once (guide and model), so that a resumed run can
         # overwrite them in place and the optimiser state can be matched by name.
-        init_kwargs = kwargs
-        if batches is not None:
+        init_args, init_kwargs = args, kwargs
+        if batch_args is not None:
+            init_args = sliced(torch.arange(int(batch_size), device=dev))
+        elif batches is not None:
             init_kwargs = {**kwargs, "subsample": torch.arange(int(batch_size), device=dev)}
         with poutine.block(), tensors_on(dev):
             try:
-                guide_trace = poutine.trace(guide).get_trace(*args, **init_kwargs)
-                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **init_kwargs)
+                guide_trace = poutine.trace(guide).get_trace(*init_args, **init_kwargs)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                    *init_args, **init_kwargs)
             except TypeError as err:
-                if batches is not None and "subsample" in str(err):
+                if batches is not None and batch_args is None and "subsample" in str(err):
+                    own = _self_subsampling_plates(model, args, kwargs)
+                    if own:
+                        raise ValueError(
+                            f"the model's plate(s) {own} draw their own minibatch (pyro.plate(..., "
+                            f"subsample_size=...)): run it without batch_size and data_size") from err
                     raise TypeError(
                         f"batch_size needs a model and guide that accept a subsample keyword and pass it to "
-                        f"their data plate, pyro.plate(name, data_size, subsample=subsample) ({err})") from err
+                        f"their data plate, pyro.plate(name, data_size, subsample=subsample), or, for a model "
+                        f"that takes a pre-sliced batch and its index, batch_args=lambda idx: (data[idx], idx) "
+                        f"({err})") from err
                 raise
             except ValueError as err:  # Pyro's argument checks meet a NaN parameter first: name it instead
                 _check_initial_params(err)
@@ -962,7 +1298,7 @@ def run_svi(
         # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix
         # CPU and GPU tensors: run it with such tensors created on the data's device instead.
         if device_scope is None:
-            device_scope = _builds_tensors_off(dev, model, guide, args, init_kwargs)
+            device_scope = _builds_tensors_off(dev, model, guide, init_args, init_kwargs)
         step_device = dev if device_scope else None  # tensors_on(None), like tensors_on("cpu"), does nothing
         converged, stop_reason = False, "max_steps"
         pending = False  # the checkpoint was written while the callback of its last step ran: redo that
@@ -1063,6 +1399,7 @@ def run_svi(
                     phase, started, stop_reason = "between", None, "callback"
                     break
                 step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
+                rng_at_step = _rng_state(dev)  # a few kB: lets a failed step be traced again with its own draws
                 with tensors_on(step_device):
                     value, params, why = _loss_and_grads(elbo, model, guide, step_a, step_kw)
                 if why:
@@ -1071,17 +1408,21 @@ def run_svi(
                     phase, started = "between", None
                     if checkpoint_path is not None:
                         written = _save_checkpoint(checkpoint_path, snapshot())
+                    _set_rng_state(rng_at_step, dev)
+                    with tensors_on(step_device):
+                        blame = _blame_non_finite(model, guide, step_a, step_kw)
                     hist = np.asarray(losses)
                     kept = f"from step {step - 1}" if step else "they started with"
                     raise NonFiniteLossError(
-                        f"SVI stopped at step {step}: {why} (loss={value}); "
-                        f"the update was not applied, so the parameters keep the values {kept}"
+                        f"SVI stopped at step {step}: {why} (loss={value}); {blame.text}. "
+                        f"The update was not applied, so the parameters keep the values {kept}"
                         + (f" (checkpoint: {written})" if written else "")
-                        + ". Try a smaller learning_rate, optimizer='clipped_adam', or check "
-                        "the data for NaN, inf or extreme values.",
+                        + f". {blame.advice}",
                         step=step,
                         losses=hist,
                         checkpoint=written,
+                        site=blame.site,
+                        origin=blame.origin,
                     )
                 # The update: everything the step changes in the runner's state, applied together with
                 # Ctrl-C held until it is complete.
@@ -1129,12 +1470,11 @@ def run_svi(
         state["params"] = {name: value.detach().clone().requires_grad_(value.requires_grad)
                            for name, value in state["params"].items()}
     hist = np.asarray(losses, dtype=float)
+    verdict = (convergence or ConvergenceCheck()).assess(hist)
+    converged = verdict.converged
     if convergence is not None and not converged:
-        converged = convergence.converged_at(hist) is not None
-    if convergence is not None and not converged:
-        logger.warning(
-            "SVI stopped at the step limit (%d steps) without meeting the convergence check", len(hist)
-        )
+        logger.warning("SVI stopped after %d steps without meeting the convergence check: %s", len(hist),
+                       verdict.message)
     return SVIResult(
         losses=hist,
         num_steps=len(hist),
@@ -1145,6 +1485,7 @@ def run_svi(
         param_state=state,
         checkpoint=written,
         seed=seed,
+        loss_verdict=verdict,
     )
 
 
@@ -1158,6 +1499,17 @@ def _accumulate_average(average: dict[str, torch.Tensor], count: int) -> None:
                 average[name] = value.clone()
             else:
                 average[name] += (value - average[name]) / count
+
+
+def _self_subsampling_plates(model: ModelFn, args: tuple, kwargs: dict) -> list[str]:
+    """Names of the model's plates that draw their own subsample (``subsample_size``), from one trace."""
+    try:
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - only a hint for an error that is raised anyway
+        return []
+    return [name for name, site in trace.nodes.items()
+            if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size]
 
 
 def _check_subsampled_plate(trace: poutine.Trace, data_size: int, batch_size: int) -> None:

@@ -124,13 +124,32 @@ def test_convergence_report_reads_the_loss_trace():
     flat = 100 + rng.normal(0, 5, 2000)
     assert convergence_report(falling, max_steps=2000)["verdict"] == "still improving"
     assert convergence_report(falling, max_steps=2000)["stopped_by_step_limit"] is True
-    assert convergence_report(flat)["verdict"] == "flat"
+    assert convergence_report(flat)["verdict"] == "converged"
     assert convergence_report(falling, converged=True)["verdict"] == "converged"
+    assert convergence_report(flat, converged=False)["verdict"] in ("still improving", "getting worse")
     assert convergence_report(flat[:3])["verdict"] == "too short"
     assert convergence_report(100 + steps * 0.01)["verdict"] == "getting worse"
     broken = np.concatenate([falling[:300], np.full(300, np.nan)])
     assert convergence_report(broken)["verdict"] == "not finite"
     assert "NaN" in convergence_report(broken)["message"]
+
+
+def test_runner_and_report_give_one_verdict_on_a_slow_drift():
+    from bayesgen.diagnostics import convergence_report
+    from bayesgen.infer import ConvergenceCheck
+
+    # 0.4 nats per window of 100 steps under noise sd 2 (window mean se 0.2): each change between neighbouring
+    # windows hides in the noise, but the last 300 steps fell 1.2 nats, 4 standard errors.
+    y = 100 - 0.004 * np.arange(1200) + np.random.default_rng(0).normal(0, 2, 1200)
+    check = ConvergenceCheck()
+    report = convergence_report(y, max_steps=1200, check=check)
+    assert check.assess(y).verdict == report["verdict"] == "still improving"
+    assert not check.assess(y).converged and check.converged_at(y) is None
+    assert report["last_change"] == pytest.approx(-1.2, abs=4 * report["last_change_se"])
+    # One rule: the default report (window 100) agrees with the default check on the same history.
+    assert convergence_report(y)["verdict"] == "still improving"
+    flat = 100 + np.random.default_rng(1).normal(0, 2, 1200)
+    assert check.assess(flat).verdict == convergence_report(flat, check=check)["verdict"] == "converged"
 
 
 def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
@@ -248,6 +267,64 @@ def test_nuts_reliability_rule():
     assert not reliable([1.00, 1.00], [400.0, 400.0], divergences=1)
     assert not reliable([1.00, float("nan")], [400.0, 400.0])  # unknown counts as unreliable
     assert not reliable([1.00, 1.00], [400.0, float("nan")])
+
+
+def test_nuts_advice_follows_the_cause():
+    import pandas as pd
+
+    from bayesgen.diagnostics import NUTSComparison, check_verdicts
+
+    def comparison(r_hat, ess, divergences=0, switched=()):
+        table = pd.DataFrame({"smd": [0.01, 0.02], "sd_ratio": [1.0, 1.01], "nuts_r_hat": r_hat,
+                              "nuts_ess_bulk": ess}, index=["locs[0]", "locs[1]"])
+        return NUTSComparison(table=table, divergences=divergences, tree=None, label_switching=list(switched))
+
+    one_divergence = comparison([1.0, 1.0], [800.0, 800.0], divergences=1)
+    assert one_divergence.cause == "divergences"
+    assert "target_accept_prob" in one_divergence.message() and "run it longer" not in one_divergence.message()
+    switched = comparison([1.9, 1.9], [5.0, 5.0], switched=["locs"])
+    assert switched.cause == "label switching"
+    assert "relabel=" in switched.message() and "'locs'" in switched.message()
+    assert "run it longer" not in switched.message()
+    short = comparison([1.0, 1.0], [40.0, 800.0])
+    assert short.cause == "mixing" and "run it longer" in short.message()
+    assert comparison([1.0, 1.0], [800.0, 800.0]).cause is None
+    for cmp, words in [(one_divergence, "target_accept_prob"), (switched, "relabel="), (short, "--nuts-samples")]:
+        part = {"agree": True, "reliable": False, "divergences": cmp.divergences, "cause": cmp.cause,
+                "message": cmp.message()}
+        assert words in check_verdicts({"nuts": part})["nuts"].advice
+
+
+def test_label_switching_between_chains_is_told_from_chains_that_did_not_mix():
+    from bayesgen.diagnostics import _label_switched_sites
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.1, size=(2, 300, 2))
+    swapped = np.stack([[-3.0, 3.0], [3.0, -3.0]])[:, None, :] + noise  # chain 1 labels the components the other way
+    apart = np.stack([[-3.0, 3.0], [-2.0, 3.0]])[:, None, :] + noise  # chain 1 sits elsewhere: no relabelling helps
+    scalar = rng.normal(size=(2, 300))
+    assert _label_switched_sites({"locs": swapped, "sigma": scalar}) == ["locs"]
+    assert _label_switched_sites({"locs": apart}) == []
+
+
+def test_nuts_compare_relabels_each_chain_and_the_guide_draws_and_shows_progress(capsys):
+    from bayesgen.diagnostics import nuts_compare
+
+    seen = []
+
+    def relabel(draws):
+        seen.append({k: v.shape for k, v in draws.items()})
+        return draws
+
+    cmp = nuts_compare(model, make_guide(0.0, 1.0), Y, num_samples=30, num_warmup=20, num_chains=2, svi_samples=50,
+                       seed=0, warn=False, relabel=relabel, progress=True)
+    assert seen == [{"mu": (30,)}, {"mu": (30,)}, {"mu": (50,)}]
+    assert cmp.tree.posterior.sizes["chain"] == 2
+    err = capsys.readouterr().err
+    assert "NUTS" in err and "100/100" in err  # two chains of 20 warm-up steps and 30 draws
+    with pytest.raises(ValueError, match="relabel must return the same sites"):
+        nuts_compare(model, make_guide(0.0, 1.0), Y, num_samples=5, num_warmup=5, num_chains=1, warn=False,
+                     relabel=lambda d: {}, progress=False)
 
 
 def _sbc_model(y):

@@ -165,6 +165,7 @@ def test_non_finite_stops_with_step_and_keeps_last_good_params(tmp_path, bad_val
     err = info.value
     # the runner traces the model once to create parameters, so the 7th call is step 5
     assert err.step == 5 and len(err.losses) == 5
+    assert (err.site, err.origin) == ("boom", "model") and f"pyro.factor at site 'boom' is {bad_value}" in str(err)
     assert np.isfinite(err.losses).all()
     assert err.checkpoint == ckpt and ckpt.exists()
     from bayesgen.infer import load_checkpoint
@@ -440,11 +441,36 @@ def test_minibatch_settings_that_do_not_match_the_model_are_named():
 def test_non_finite_data_and_parameters_are_named_in_the_error():
     bad = Y.clone()
     bad[7] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"the value at site 'y' is outside the distribution's support "
-                                                 r"Real\(\).*keep the values they started with"):
+    with pytest.raises(NonFiniteLossError, match=r"the observed data at site 'y' are not finite \(1 of 400 "
+                                                 r"entries, e.g. nan\).*keep the values they started with.*"
+                                                 r"Check the data") as info:
         run_svi(normal_model, normal_guide, bad, num_steps=5)
-    with pytest.raises(NonFiniteLossError, match=r"parameter 'scale' of a distribution.* left its constraint GreaterThan"):
+    assert (info.value.site, info.value.origin) == ("y", "data")
+    with pytest.raises(NonFiniteLossError, match=r"the guide's distribution at site 'mu' has parameter\(s\) \['scale'\]"
+                                                 r".*smaller learning_rate") as info:
         run_svi(normal_model, normal_guide, Y, num_steps=20, learning_rate=1e30)
+    assert (info.value.site, info.value.origin) == ("mu", "guide")
+
+
+def test_a_guide_draw_outside_the_model_support_is_blamed_on_the_guide_not_the_data():
+    # A Normal guide for a HalfNormal latent: its draws go negative within a few steps, and the model's
+    # Normal(0, sigma) then has a negative scale. The data are fine.
+    y = torch.linspace(-1.0, 1.0, 50)
+
+    def model(y):
+        sigma = pyro.sample("sigma", dist.HalfNormal(y.new_tensor(1.0)))
+        with pyro.plate("obs", len(y)):
+            pyro.sample("y", dist.Normal(0.0, sigma), obs=y)
+
+    def guide(y):
+        pyro.sample("sigma", dist.Normal(pyro.param("sigma_loc", y.new_tensor(0.5)), 0.3))
+
+    with pytest.raises(NonFiniteLossError) as info:
+        run_svi(model, guide, y, num_steps=200, seed=0)
+    err = info.value
+    assert (err.site, err.origin) == ("sigma", "guide")
+    assert "the guide's draw at site 'sigma' is outside the support GreaterThanEq" in str(err)
+    assert "model's distribution" in str(err) and "data" not in str(err)
 
 
 def test_resuming_with_another_schedule_is_a_checkpoint_error(tmp_path):
@@ -456,3 +482,63 @@ def test_resuming_with_another_schedule_is_a_checkpoint_error(tmp_path):
     run_svi(normal_model, normal_guide, Y, num_steps=5, checkpoint=plain)
     with pytest.raises(CheckpointError, match="written without an lr_schedule and this run has one"):
         run_svi(normal_model, normal_guide, Y, num_steps=10, lr_schedule="cosine", checkpoint=plain, resume=True)
+
+
+def test_result_params_are_the_constrained_values():
+    result = run_svi(normal_model, normal_guide, Y, num_steps=300, learning_rate=0.05, seed=0)
+    params = result.params
+    assert set(params) == {"loc", "scale"} and isinstance(params["scale"], np.ndarray)
+    unconstrained = result.param_state["params"]["scale"].item()
+    assert params["scale"] == pytest.approx(math.exp(unconstrained)) and params["scale"] > 0
+    assert params["loc"] == pytest.approx(result.param_state["params"]["loc"].item())
+    with param_scope(result.param_state):
+        assert params["scale"] == pytest.approx(pyro.param("scale").item())
+
+
+def test_a_plate_that_draws_its_own_minibatch_runs_as_it_is_and_refuses_batch_size():
+    # Pyro's own idiom: the plate subsamples itself and scales the batch; the runner adds nothing.
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("obs", len(y), subsample_size=40) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    def guide(y):
+        normal_guide(y)
+
+    result = run_svi(model, guide, Y, num_steps=600, learning_rate=0.1, lr_schedule="cosine",
+                     final_lr_factor=0.01, average_last=200, seed=0)
+    mean, sd = exact_normal_posterior(Y)
+    # 40 of 400 rows per step: the row sampling moves each step's optimum by several posterior sds, and the
+    # average of the last 200 iterates keeps it within one.
+    assert result.params["loc"] == pytest.approx(mean, abs=sd)
+    again = run_svi(model, guide, Y, num_steps=20, seed=0)  # the plate's draws follow the seed
+    np.testing.assert_array_equal(run_svi(model, guide, Y, num_steps=20, seed=0).losses, again.losses)
+    with pytest.raises(ValueError, match=r"plate\(s\) \['obs'\] draw their own minibatch .* without batch_size"):
+        run_svi(model, guide, Y, num_steps=2, data_size=N, batch_size=40)
+
+
+def test_a_model_of_pre_sliced_batches_runs_with_batch_args():
+    # The EasyGuide tutorial's pattern: the model takes the batch, its index and the full size.
+    def model(batch, subsample, full_size):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        with pyro.plate("obs", full_size, subsample=subsample):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=batch)
+
+    def guide(batch, subsample, full_size):
+        normal_guide(batch)
+
+    seen = []
+
+    def batch_args(idx):
+        seen.append(idx)
+        return Y[idx], idx
+
+    result = run_svi(model, guide, num_steps=600, learning_rate=0.1, lr_schedule="cosine", final_lr_factor=0.01,
+                     batch_size=40, data_size=N, batch_args=batch_args, full_size=N, average_last=200, seed=0)
+    mean, sd = exact_normal_posterior(Y)
+    assert result.params["loc"] == pytest.approx(mean, abs=0.3 * sd)
+    assert all(len(idx) == 40 for idx in seen) and sorted(torch.cat(seen[1:11]).tolist()) == list(range(N))
+    with pytest.raises(TypeError, match=r"batch_args=lambda idx: \(data\[idx\], idx\)"):
+        run_svi(lambda y: normal_model(y), lambda y: normal_guide(y), Y, num_steps=2, data_size=N, batch_size=40)
+    with pytest.raises(ValueError, match="batch_args needs batch_size"):
+        run_svi(model, guide, num_steps=2, batch_args=batch_args, full_size=N)
