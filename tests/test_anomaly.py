@@ -519,9 +519,9 @@ def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_stu
     assert 'anomaly = "student_t"' in (tmp_path / "again" / "spec.toml").read_text()
 
 
-def test_em_start_recovers_the_simulated_parameters_and_the_spec_converges():
-    """em_start on rows drawn from the inflated model finds its parameters; from there 300 SVI steps on the
-    shipped breast-cancer spec end flat or converged (from the k-means start the same budget is still improving)."""
+def test_em_start_recovers_the_simulated_parameters_and_the_spec_fit_ends_below_the_k_means_one():
+    """em_start on rows drawn from the inflated model finds its parameters; from there (the structured guide) 300
+    SVI steps on the shipped breast-cancer spec end hundreds of nats below the mean-field fit from k-means."""
     from bayesgen.diagnostics import convergence_report
     from bayesgen.models.anomaly import em_start
     from sklearn.datasets import load_breast_cancer
@@ -547,11 +547,12 @@ def test_em_start_recovers_the_simulated_parameters_and_the_spec_converges():
 
     X = load_breast_cancer().data
     spec = {"num_components": 2, "covariance": "full", "num_steps": 300, "learning_rate": 0.05, "seed": 0}
-    verdicts = {}
+    verdicts, final = {}, {}
     for init in ("em", "kmeans"):
         det = MixtureAnomalyDetector(init=init, **spec).fit(X)
         verdicts[init] = convergence_report(det.losses_, converged=det.converged_, max_steps=300)["verdict"]
-    assert verdicts["em"] in ("flat", "converged"), verdicts
+        final[init] = float(np.mean(det.losses_[-100:]))
+    assert final["em"] < final["kmeans"] - 200, final
     assert verdicts["kmeans"] == "still improving", verdicts
 
 

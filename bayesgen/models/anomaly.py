@@ -328,8 +328,9 @@ def guide(
     site's value is its part of ``u`` mapped to its support.
 
     Otherwise it is mean-field (a Beta, Dirichlet, Normal or LogNormal per site), its
-    parameters starting at the values in ``init`` or the defaults below. A centre ``<name>`` given in ``init`` together with ``<name>_unit`` (a spread per
-    element) is preconditioned: the guide learns ``<name>_offset`` and uses
+    parameters starting at the values in ``init`` or the defaults below. A centre
+    ``<name>`` given in ``init`` together with ``<name>_unit`` (a spread per element)
+    is preconditioned: the guide learns ``<name>_offset`` and uses
     ``init[<name>] + init[<name>_unit] * offset``, so one optimiser step moves each
     element by about the learning rate in units of its starting spread, however
     different the sites' posterior widths are.
@@ -677,13 +678,16 @@ def laplace_start(
     curvature, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.T))
     # A direction where the optimiser stopped short of the mode (curving down or flat) keeps its curvature's size.
     curvature = curvature.abs().clamp(min=float(curvature.abs().max()) * 1e-10)
-    # One Newton step from where L-BFGS stopped, kept if it lowers the energy.
+    # One Newton step from where L-BFGS stopped, halved until it lowers the energy.
     with torch.no_grad():
         g = full_grad.double()
         step = (vectors @ ((vectors.T @ g) / curvature)).to(u.dtype)
-        moved = u.detach() - step
-        if torch.isfinite(moved).all() and energy(moved) < value:
-            u = moved
+        for _ in range(6):
+            moved = u.detach() - step
+            if torch.isfinite(moved).all() and energy(moved) < value:
+                u = moved
+                break
+            step = step / 2
     cov = (vectors / curvature) @ vectors.T
     tril = torch.linalg.cholesky(0.5 * (cov + cov.T))
     return {"latent_loc": u.detach(), "latent_tril": tril.to(u.dtype)}, iterations
@@ -1263,7 +1267,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         return to_numpy(dens) - float(np.log(self._scale).sum())
 
     def anomaly_fraction(self, ci_prob: float = 0.94) -> pd.Series:
-        """Posterior of the anomaly fraction: mean, sd and central interval (the guide's Beta)."""
+        """Posterior of the anomaly fraction: mean, sd and central interval (the guide's logit-normal or Beta)."""
         from scipy import stats
 
         self._check_fitted()
@@ -1277,8 +1281,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
             values, weights = expit(m + s * nodes), weights / weights.sum()
             mean = float(weights @ values)
             return pd.Series({"mean": mean, "sd": math.sqrt(max(float(weights @ (values - mean) ** 2), 0.0)),
-                              "low": expit(m + s * stats.norm.ppf(tail)), "high": expit(m + s * stats.norm.ppf(1 - tail)),
-                              "ci_prob": ci_prob})
+                              "low": expit(m + s * stats.norm.ppf(tail)),
+                              "high": expit(m + s * stats.norm.ppf(1 - tail)), "ci_prob": ci_prob})
         a, b = float(p["anomaly_fraction_a"]), float(p["anomaly_fraction_b"])
         return pd.Series({"mean": a / (a + b), "sd": math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))),
                           "low": stats.beta.ppf(tail, a, b), "high": stats.beta.ppf(1 - tail, a, b),
