@@ -13,6 +13,10 @@ chains in the mode SVI reports (``anomaly_excess`` above 0.1) are compared, and 
 were is printed. With two normal components the components can also swap labels between
 chains, which is why this uses one.
 
+The NUTS draws are cached in benchmarks/results/anomaly_nuts_draws_<columns>_<rows>.npz (with the
+settings that made them); a later run with the same settings reuses them (``--rerun-nuts`` to redraw),
+so only the SVI side is refitted.
+
 Run:  python benchmarks/anomaly_nuts_reference.py [--columns "weakly correlated"] [--rows 569] [--chains 4]
 Output: benchmarks/results/anomaly_nuts_reference.csv and a summary per site on stdout.
 """
@@ -55,22 +59,39 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--rerun-nuts", action="store_true", help="redraw NUTS even where a cache exists")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     X = load_breast_cancer().data[: args.rows, COLUMNS[args.columns]]
-    det = MixtureAnomalyDetector(num_components=1, covariance="full", seed=0).fit(X)
-    model, _ = det._model_and_guide(for_arviz=True)
-    margs, mkwargs = det._model_args(for_arviz=True)
-    chains = []
+    cache = Path(__file__).parent / "results" / f"anomaly_nuts_draws_{args.columns.replace(' ', '_')}_{len(X)}.npz"
+    settings = np.array([args.chains, args.warmup, args.samples])
     started = time.perf_counter()
-    for chain in range(args.chains):
-        torch.manual_seed(chain)
-        mcmc = MCMC(NUTS(model, max_plate_nesting=1), num_samples=args.samples, warmup_steps=args.warmup,
-                    disable_progbar=True)
-        mcmc.run(*margs, **mkwargs)
-        chains.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
-    seconds = time.perf_counter() - started
+    det = MixtureAnomalyDetector(num_components=1, covariance="full", seed=0).fit(X)
+    fit_seconds = time.perf_counter() - started
+    print(f"SVI fit {fit_seconds:.1f} s")
+    chains = []
+    if cache.is_file() and not args.rerun_nuts:
+        with np.load(cache) as stored:
+            if np.array_equal(stored["settings"], settings):
+                names = sorted({k.split(".", 1)[1] for k in stored.files if k.startswith("chain")})
+                chains = [{k: stored[f"chain{c}.{k}"] for k in names} for c in range(args.chains)]
+                seconds = float(stored["seconds"])
+                print(f"NUTS draws from {cache} ({seconds:.0f} s when drawn)")
+    if not chains:
+        model, _ = det._model_and_guide(for_arviz=True)
+        margs, mkwargs = det._model_args(for_arviz=True)
+        started = time.perf_counter()
+        for chain in range(args.chains):
+            torch.manual_seed(chain)
+            mcmc = MCMC(NUTS(model, max_plate_nesting=1), num_samples=args.samples, warmup_steps=args.warmup,
+                        disable_progbar=True)
+            mcmc.run(*margs, **mkwargs)
+            chains.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
+        seconds = time.perf_counter() - started
+        cache.parent.mkdir(exist_ok=True)
+        np.savez_compressed(cache, settings=settings, seconds=seconds,
+                            **{f"chain{c}.{k}": v for c, draws in enumerate(chains) for k, v in draws.items()})
     in_mode = [bool(np.median(c["anomaly_excess"]) > 0.1) for c in chains]
     kept = [c for c, ok in zip(chains, in_mode, strict=True) if ok]
     print(f"{args.columns}, {len(X)} rows: NUTS {seconds:.0f} s; chains in SVI's mode (anomaly_excess > 0.1): "

@@ -169,7 +169,7 @@ def test_to_arviz_log_likelihood_per_row_and_loo(fitted):
 
     det, X, _ = fitted
     tree = det.to_arviz(200)
-    assert tree.log_likelihood["x"].shape == (4, 50, len(X))  # 200 independent draws in 4 chains
+    assert tree.log_likelihood["x"].shape == (1, 200, len(X))
     loo = arviz_stats.loo(tree)
     assert np.isfinite(loo.elpd)
 
@@ -519,10 +519,9 @@ def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_stu
     assert 'anomaly = "student_t"' in (tmp_path / "again" / "spec.toml").read_text()
 
 
-def test_em_start_recovers_the_simulated_parameters_and_the_spec_converges():
-    """em_start on rows drawn from the inflated model finds its parameters; from there 300 SVI steps on the
-    shipped breast-cancer spec end nearer the optimum than from the k-means start: the loss still falls, but by
-    less over the last windows."""
+def test_em_start_recovers_the_simulated_parameters_and_the_spec_fit_ends_below_the_k_means_one():
+    """em_start on rows drawn from the inflated model finds its parameters; from there (the structured guide) 300
+    SVI steps on the shipped breast-cancer spec end hundreds of nats below the mean-field fit from k-means."""
     from bayesgen.diagnostics import convergence_report
     from bayesgen.models.anomaly import em_start
     from sklearn.datasets import load_breast_cancer
@@ -548,13 +547,13 @@ def test_em_start_recovers_the_simulated_parameters_and_the_spec_converges():
 
     X = load_breast_cancer().data
     spec = {"num_components": 2, "covariance": "full", "num_steps": 300, "learning_rate": 0.05, "seed": 0}
-    reports = {}
+    verdicts, final = {}, {}
     for init in ("em", "kmeans"):
         det = MixtureAnomalyDetector(init=init, **spec).fit(X)
-        reports[init] = convergence_report(det.losses_, converged=det.converged_, max_steps=300)
-    assert reports["kmeans"]["verdict"] == "still improving", reports
-    assert reports["em"]["verdict"] in ("converged", "still improving"), reports
-    assert abs(reports["em"]["last_change"]) < abs(reports["kmeans"]["last_change"]), reports
+        verdicts[init] = convergence_report(det.losses_, converged=det.converged_, max_steps=300)["verdict"]
+        final[init] = float(np.mean(det.losses_[-100:]))
+    assert final["em"] < final["kmeans"] - 200, final
+    assert verdicts["kmeans"] == "still improving", verdicts
 
 
 def test_a_refit_checks_its_predictions_against_the_new_rows():
@@ -572,3 +571,28 @@ def test_a_refit_checks_its_predictions_against_the_new_rows():
     assert check.table.loc["mahalanobis²[median]", "observed"] == pytest.approx(
         np.median(((np.linalg.solve(np.linalg.cholesky(np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])),
                                     (x - x.mean(0)).T)) ** 2).sum(0)))
+
+
+def test_posterior_matches_nuts_on_six_breast_cancer_columns():
+    """Every scalar of every global site against NUTS (benchmarks/anomaly_nuts_reference.py, its stored summary):
+    means within 0.25 NUTS sd and sds within 20 %. A mean-field guide's sds are 20-45 % short here."""
+    from pathlib import Path
+
+    from sklearn.datasets import load_breast_cancer
+
+    table = pd.read_csv(Path(__file__).parents[1] / "benchmarks" / "results" / "anomaly_nuts_reference.csv")
+    reference = table[(table["columns"] == "weakly correlated") & (table["rows"] == 569)].set_index("parameter")
+    X = load_breast_cancer().data[:, [1, 4, 8, 9, 11, 14]]
+    det = MixtureAnomalyDetector(num_components=1, covariance="full", seed=0).fit(X)
+    draws = det.posterior(4000, seed=0)
+    checked = 0
+    for name, row in reference.iterrows():
+        site, _, index = name.partition("[")
+        value = draws[site][:, 0] if site.startswith("anomaly") else draws[site]  # (4000, 1, ...) outside the plate
+        if index:
+            value = value[(slice(None), *(int(i) for i in index.rstrip("]").split(", ")))]
+        gap = (value.mean() - row["nuts_mean"]) / row["nuts_sd"]
+        ratio = value.std() / row["nuts_sd"]
+        assert abs(gap) <= 0.25 and abs(ratio - 1) <= 0.2, (name, gap, ratio)
+        checked += 1
+    assert checked == len(reference) >= 40

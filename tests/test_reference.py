@@ -85,6 +85,9 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     assert set(reasons) == {"anomaly_fraction", "weights", "loc", "scale", "corr_tril", "anomaly_loc",
                             "anomaly_excess"}
     assert all("nuts_check" in why for why in reasons.values())
+    assert "matched NUTS" in reasons["loc"] and "anomaly_excess near 0" in reasons["anomaly_fraction"]
+    det = MixtureAnomalyDetector(init="kmeans", num_steps=20, seed=0).fit(X)
+    reasons = reference_check(det, num_samples=200, seed=0).unchecked
     assert "understates the posterior sd" in reasons["loc"] and "anomaly_excess near 0" in reasons["anomaly_fraction"]
 
 
