@@ -23,7 +23,10 @@ and the seed. :func:`run_spec` fits it and writes a run folder::
 Spec sections: ``[run]`` (``name``, ``model``, ``seed``), ``[data]``,
 ``[model]`` (priors and structure), ``[inference]`` (SVI settings, device) and
 an optional ``[report]``. Keys of ``[model]`` and ``[inference]`` are the
-estimator's ``__init__`` parameters; unknown keys are errors.
+estimator's ``__init__`` parameters; unknown keys are errors. ``[run] model``
+is a name in :mod:`bayesgen.registry`, whose entry lists the ``[data]`` and
+``[report]`` keys that model's specs may hold and names its spec recipe (one
+``fit_<model>_spec`` function here, called by :func:`fit_spec`).
 """
 
 from __future__ import annotations

@@ -174,3 +174,12 @@ def test_importing_the_registry_loads_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_the_common_api_suite_runs_every_registered_model():
+    from test_common_api import ESTIMATORS
+
+    made = {param.id: param.values[0]() for param in ESTIMATORS}
+    assert set(made) == set(MODELS)
+    for name, estimator in made.items():
+        assert registry.entry_for(estimator) is MODELS[name], name
