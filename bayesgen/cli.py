@@ -1,6 +1,6 @@
 """The ``bayesgen`` command line.
 
-``bayesgen tour``          fit all five models on offline data; one HTML report.
+``bayesgen tour``          fit every registered model on offline data; one HTML report.
 ``bayesgen fit SPEC``      fit a run spec from ``models/`` and write a run folder.
 ``bayesgen reproduce DIR`` re-run a run folder and compare its summaries.
 ``bayesgen report DIR...`` one self-contained HTML report of run folders.
@@ -24,6 +24,7 @@ import re
 import sys
 
 from bayesgen._checks import MAX_SEED, validate_counts, validate_prior
+from bayesgen.registry import MODELS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for --help
 if TYPE_CHECKING:
@@ -469,11 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tour = sub.add_parser("tour", help="fit all five models on offline data and write an HTML report")
+    tour = sub.add_parser("tour", help=f"fit all {len(MODELS)} models ({', '.join(MODELS)}) on offline data and write "
+                                       "an HTML report")
     tour.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     tour.add_argument("--out", default="runs/tour", help="folder for the run folders and report.html")
     tour.add_argument("--specs", default=None, help="folder of the run specs (default: the checkout's models/)")
-    tour.add_argument("--only", default=None, help="comma-separated spec names to fit (default: all five)")
+    tour.add_argument("--only", default=None, help=f"comma-separated spec names to fit (default: all {len(MODELS)})")
     tour.add_argument("--smoke", action="store_true", help="a twentieth of the steps: checks the setup, not results")
     tour.add_argument("--quiet", action="store_true", help="no progress bars")
     tour.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
@@ -498,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     hr.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     hr.set_defaults(func=_cmd_report)
 
-    fit = sub.add_parser("fit", help="fit a run spec (a TOML file, as in models/) and write a run folder")
+    fit = sub.add_parser("fit", help="fit a run spec (a TOML file, as in models/) and write a run folder; its [run] "
+                                     f"model is one of {', '.join(MODELS)}")
     fit.add_argument("spec", help="path to a TOML run spec")
     fit.add_argument("--device", default=None, help="auto, cpu or cuda (overrides the spec)")
     fit.add_argument("--out", default=None, help="run folder (default runs/<name>-<time>)")

@@ -982,7 +982,9 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
     estimator._check_fitted()
     table = None
     max_steps = getattr(estimator, "num_steps", None)
-    if hasattr(estimator, "num_epochs"):
+    from bayesgen.registry import entry_for
+
+    if getattr(entry_for(estimator), "amortised", False):
         max_steps = None  # epoch-based fits stop by epochs or early stopping
     conv = convergence_report(estimator.losses_, converged=estimator.converged_, max_steps=max_steps)
     report: dict[str, Any] = {"model": type(estimator).__name__, "convergence": conv, "warnings": []}

@@ -6,9 +6,10 @@ and writes a single HTML file with everything inlined (CSS, PNG/SVG pictures as
 table of verdicts, one row per run: optimisation, posterior quality and the
 predictive check, each coloured green (ok), amber (caution) or red (fail) by
 :func:`bayesgen.diagnostics.overall_verdicts` and linking to the run's checks.
-Then, for each run: what the model is, the data, the fit (steps, time, device,
-one coloured box per diagnostic, with one sentence on why and what to do where
-it is not ok), the loss curve, the ArviZ summary table, the model's own figures
+Then, for each run: what the model is (its title and description in
+:mod:`bayesgen.registry`), the data, the fit (steps, time, device, one coloured
+box per diagnostic, with one sentence on why and what to do where it is not
+ok), the loss curve, the ArviZ summary table, the model's own figures
 and table, the model graph (Pyro's ``render_model``, when Graphviz was
 installed) and the posterior predictive check. Every picture has a caption in
 words; tables scroll sideways inside the page rather than widen it.
@@ -32,44 +33,9 @@ from typing import Any
 import pandas as pd
 
 from bayesgen._typing import PathLikeStr
+from bayesgen.registry import MODELS
 
-__all__ = ["MODEL_DESCRIPTIONS", "write_report"]
-
-MODEL_DESCRIPTIONS: dict[str, tuple[str, str]] = {
-    "ab_test": (
-        "Beta-Binomial A/B(/n) test",
-        "Each variant's conversion rate gets a Beta prior and a Binomial likelihood. The posterior gives "
-        "the probability that each variant is best, the expected loss of choosing it, and the lift over "
-        "the control with a credible interval. The model is conjugate, so SVI is checked against the "
-        "exact posterior.",
-    ),
-    "gaussian_generator": (
-        "Gaussian class-conditional generator",
-        "The Bayes classifier used generatively: class proportions p(y) with a Dirichlet prior and one "
-        "Gaussian p(x | y) per class, here with a low-rank-plus-noise covariance shrunk toward the pooled "
-        "one. It samples new labelled rows (generative data augmentation) and classifies by p(y | x). "
-        "TSTR = trained on synthetic, tested on real.",
-    ),
-    "vae": (
-        "Variational autoencoder",
-        "A latent z ~ Normal(0, I) per image, decoded by a network into pixel probabilities; an encoder "
-        "network gives the amortised guide q(z | x). Conditional on the digit label, so it samples a "
-        "chosen class. Pictures: samples, reconstructions of held-out images, the latent space and an "
-        "interpolation.",
-    ),
-    "topic": (
-        "Neural topic model (ProdLDA)",
-        "Each document mixes topics with proportions from a logistic-normal approximation of a Dirichlet; "
-        "each topic is a distribution over words (a product of experts in ProdLDA). An encoder network "
-        "gives the amortised guide. Scores: held-out NPMI coherence, topic diversity and perplexity.",
-    ),
-    "anomaly": (
-        "Mixture anomaly detector",
-        "Normal behaviour is a mixture of Gaussian components; a broad anomaly component with a small "
-        "prior weight absorbs rows that fit none of them. The posterior probability of the anomaly "
-        "component is each row's anomaly probability; the anomaly fraction has its own posterior.",
-    ),
-}
+__all__ = ["write_report"]
 
 # Captions of the figures a run folder holds, by file stem.
 _CAPTIONS: dict[str, str] = {
@@ -240,7 +206,8 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     except (OSError, tomllib.TOMLDecodeError):
         spec = {}
     model = run.get("model", "")
-    title, what = MODEL_DESCRIPTIONS.get(model, (model, ""))
+    entry = MODELS.get(model)
+    title, what = (entry.title, entry.description) if entry is not None else (model, "")
     conditional = bool(spec.get("model", {}).get("conditional", False)) if model == "vae" else False
     data = spec.get("data", {})
     diag = _read_json(folder / "diagnostics.json")

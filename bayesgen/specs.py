@@ -23,7 +23,10 @@ and the seed. :func:`run_spec` fits it and writes a run folder::
 Spec sections: ``[run]`` (``name``, ``model``, ``seed``), ``[data]``,
 ``[model]`` (priors and structure), ``[inference]`` (SVI settings, device) and
 an optional ``[report]``. Keys of ``[model]`` and ``[inference]`` are the
-estimator's ``__init__`` parameters; unknown keys are errors.
+estimator's ``__init__`` parameters; unknown keys are errors. ``[run] model``
+is a name in :mod:`bayesgen.registry`, whose entry lists the ``[data]`` and
+``[report]`` keys that model's specs may hold and names its spec recipe (one
+``fit_<model>_spec`` function here, called by :func:`fit_spec`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,7 @@ import pandas as pd
 import tomli_w
 
 import bayesgen
+from bayesgen import registry
 from bayesgen._runtime import MAX_SEED, check_count, check_real
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.datasets import (
@@ -60,20 +63,12 @@ from bayesgen.datasets import (
 from bayesgen.models._base import BayesianEstimator, ModelFileError
 from bayesgen.models.gaussian_generator import validate_xy
 
-__all__ = ["load_spec", "check_run_name", "run_spec", "RunOutput", "RunInterrupted", "default_run_folder",
-           "package_versions", "reproduce", "ReproduceResult"]
+__all__ = ["load_spec", "check_run_name", "fit_spec", "SpecFit", "run_spec", "RunOutput", "RunInterrupted",
+           "default_run_folder", "package_versions", "reproduce", "ReproduceResult"]
 
 SECTIONS = {"run", "data", "model", "inference", "report"}
 RUN_KEYS = {"name", "model", "seed"}
-# Keys each model's [data] reads; a key outside these is a typo, not a setting.
-DATA_KEYS = {
-    "ab_test": {"format", "variant_col", "successes_col", "trials_col", "outcome_col"},
-    "gaussian_generator": {"scale", "label", "test_fraction"},
-    "vae": {"scale", "label", "test_fraction", "max_train_rows"},
-    "topic": {"format", "text_column", "pattern", "vocabulary", "stop_words", "min_df", "max_df", "max_features",
-              "test_fraction"},
-    "anomaly": {"label", "anomaly_value", "columns"},
-}
+# [data] keys every spec may hold; each model's own are its registry entry's data_keys.
 DATA_COMMON_KEYS = {"source", "description"}
 # [report] keys that hold a count, with the smallest allowed; "nuts" is a flag, "control" a variant name or
 # index and "image_shape" (rows, columns). They are checked when the spec is read, so a bad one stops the run
@@ -82,10 +77,6 @@ REPORT_COUNTS = {"arviz_samples": 1, "diagnostic_samples": 1, "nuts_samples": 1,
                  "sbc_simulations": 0, "sbc_steps": 1, "iwae_samples": 1, "iwae_rows": 1, "elbo_samples": 1,
                  "top_n": 1}
 REPORT_KEYS = set(REPORT_COUNTS) | {"nuts", "control", "image_shape"}
-# Report keys that one model reads; in another model's spec they would be ignored, so they are refused.
-REPORT_MODEL = {"control": "ab_test", "image_shape": "gaussian_generator", "iwae_samples": "vae",
-                "iwae_rows": "vae", "elbo_samples": "vae", "top_n": "topic"}
-
 logger = logging.getLogger(__name__)
 
 
@@ -145,8 +136,10 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
     run = spec.get("run")
     if not isinstance(run, dict) or "model" not in run:
         raise ValueError(f"{path}: a [run] section with a 'model' key is required")
-    if not isinstance(run["model"], str) or run["model"] not in MODELS:
-        raise ValueError(f"{path}: unknown model {run['model']!r}; known models are {sorted(MODELS)}")
+    try:
+        entry = registry.get(run["model"])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     unknown = set(run) - RUN_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [run]; allowed are {sorted(RUN_KEYS)}")
@@ -157,7 +150,7 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
         check_run_name(run["name"], f"{path}: [run] name")
     if "data" not in spec:
         raise ValueError(f"{path}: a [data] section is required")
-    allowed = DATA_KEYS[run["model"]] | DATA_COMMON_KEYS
+    allowed = entry.data_keys | DATA_COMMON_KEYS
     unknown = set(spec["data"]) - allowed
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [data] for model {run['model']!r}; "
@@ -209,9 +202,10 @@ def _check_report(report: dict[str, Any], model: str, path: Path) -> None:
     unknown = set(report) - REPORT_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [report]; allowed are {sorted(REPORT_KEYS)}")
-    foreign = sorted(k for k in report if REPORT_MODEL.get(k, model) != model)
+    owner = {key: entry.name for entry in registry.MODELS.values() for key in entry.report_keys}
+    foreign = sorted(k for k in report if owner.get(k, model) != model)
     if foreign:
-        raise ValueError(f"{path}: [report] {foreign[0]} is read by model {REPORT_MODEL[foreign[0]]!r} only, "
+        raise ValueError(f"{path}: [report] {foreign[0]} is read by model {owner[foreign[0]]!r} only, "
                          f"not by {model!r}")
     for key, value in report.items():
         if key in REPORT_COUNTS:
@@ -273,17 +267,23 @@ def _estimator_kwargs(cls: type[BayesianEstimator], spec: dict[str, Any], device
 
 
 # ------------------------------------------------------------------ per model
+# The spec recipes: each model's registry entry names its own (``spec_fit``). A recipe is called as
+# ``recipe(spec, device, progress, fit_kwargs)``: it loads the spec's data, fits the estimator (``fit_kwargs``
+# go to its ``fit``) and builds the model's report table and figures.
 @dataclass
-class _Fitted:
+class SpecFit:
+    """What a spec recipe returns: the fitted estimator, the data checksum, the model's report table and figures."""
+
     estimator: BayesianEstimator
     data_checksum: str
     report: pd.DataFrame
     figures: dict[str, Any]
 
 
-def _fit_ab_test(
+def fit_ab_test_spec(
     spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
-) -> _Fitted:
+) -> SpecFit:
+    """The A/B test's spec recipe: counts or raw events from a CSV; report: P(best), loss, lift."""
     from bayesgen.models.ab_test import BetaBinomialTest, events_to_counts
 
     data = dict(spec["data"])
@@ -318,7 +318,7 @@ def _fit_ab_test(
         est.fit_events(events, variant_col=data["variant_col"], outcome_col=data["outcome_col"], **fit_kwargs)
     else:
         raise ValueError(f"{spec['_path']}: [data] format must be 'counts' or 'events', got {fmt!r}")
-    return _Fitted(est, file_checksum(source), est.summary(control=control), {"posterior": est.plot()})
+    return SpecFit(est, file_checksum(source), est.summary(control=control), {"posterior": est.plot()})
 
 
 def _load_labelled_table(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -336,9 +336,10 @@ def _load_labelled_table(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, 
     return X, y, array_checksum(X, y)
 
 
-def _fit_gaussian_generator(
+def fit_gaussian_generator_spec(
     spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
-) -> _Fitted:
+) -> SpecFit:
+    """The generator's spec recipe: a labelled table or digits; report: TRTR/TSTR and memorisation."""
     from sklearn.model_selection import train_test_split
 
     from bayesgen.augment import memorization_check, tstr
@@ -375,7 +376,7 @@ def _fit_gaussian_generator(
     figures = {}
     if shape:
         figures["samples"] = est.plot_samples(8, image_shape=tuple(shape), seed=seed)
-    return _Fitted(est, checksum, report, figures)
+    return SpecFit(est, checksum, report, figures)
 
 
 def _load_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
@@ -402,9 +403,10 @@ def _load_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return X_tr.astype(np.float32), y_tr, X_te.astype(np.float32), y_te, checksum
 
 
-def _fit_vae(
+def fit_vae_spec(
     spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
-) -> _Fitted:
+) -> SpecFit:
+    """The VAE's spec recipe: images with a held-out split; report: held-out ELBO and IWAE bound."""
     from bayesgen.models.vae import VAE
 
     X_tr, y_tr, X_te, y_te, checksum = _load_images(spec)
@@ -445,7 +447,7 @@ def _fit_vae(
         figures["interpolation"] = est.plot_interpolation(
             X_te[i], X_te[j], 10, y=None if test_labels is None else test_labels[i]
         )
-    return _Fitted(est, checksum, report, figures)
+    return SpecFit(est, checksum, report, figures)
 
 
 def _load_corpus(spec: dict[str, Any]) -> tuple[Any, str]:
@@ -485,9 +487,10 @@ def _load_corpus(spec: dict[str, Any]) -> tuple[Any, str]:
     return corpus, array_checksum(corpus.counts.toarray())
 
 
-def _fit_topic(
+def fit_topic_spec(
     spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
-) -> _Fitted:
+) -> SpecFit:
+    """The topic model's spec recipe: a corpus with a held-out split; report: NPMI, diversity, perplexity."""
     from bayesgen.models.topic import ProdLDA
 
     corpus, checksum = _load_corpus(spec)
@@ -513,12 +516,13 @@ def _fit_topic(
     }
     report = pd.DataFrame({"value": values})
     figures = {"topics": est.plot_topics(top_n)}
-    return _Fitted(est, checksum, report, figures)
+    return SpecFit(est, checksum, report, figures)
 
 
-def _fit_anomaly(
+def fit_anomaly_spec(
     spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
-) -> _Fitted:
+) -> SpecFit:
+    """The anomaly detector's spec recipe: a table (labels optional); report: flagged rows and scores."""
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
     from bayesgen.models.anomaly import MixtureAnomalyDetector
@@ -568,16 +572,31 @@ def _fit_anomaly(
                        # what predicting the labelled share for every row scores: the Brier score to beat
                        "brier_constant_baseline": float(labels.mean() * (1.0 - labels.mean()))})
     report = pd.DataFrame({"value": values})
-    return _Fitted(est, array_checksum(table.to_numpy(float)), report, {"scores": est.plot(table, labels)})
+    return SpecFit(est, array_checksum(table.to_numpy(float)), report, {"scores": est.plot(table, labels)})
 
 
-MODELS: dict[str, Callable[[dict[str, Any], DeviceLike | None, bool, dict[str, Any]], _Fitted]] = {
-    "ab_test": _fit_ab_test,
-    "gaussian_generator": _fit_gaussian_generator,
-    "vae": _fit_vae,
-    "topic": _fit_topic,
-    "anomaly": _fit_anomaly,
-}
+def fit_spec(
+    spec: dict[str, Any], device: DeviceLike | None = None, progress: bool = False,
+    fit_kwargs: dict[str, Any] | None = None,
+) -> SpecFit:
+    """Fit a spec with its model's recipe (the registry entry's ``spec_fit``), writing nothing.
+
+    Parameters
+    ----------
+    spec : dict
+        A spec from :func:`load_spec`.
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        Overrides the spec's ``[inference] device``.
+    progress : bool, default False
+    fit_kwargs : dict, optional
+        Passed to the estimator's ``fit`` (``checkpoint``, ``checkpoint_every``, ``resume``).
+
+    Returns
+    -------
+    SpecFit
+    """
+    recipe = registry.get(spec["run"]["model"]).fit_recipe()
+    return recipe(spec, device, progress, {} if fit_kwargs is None else fit_kwargs)
 
 
 # ------------------------------------------------------------------- running
@@ -690,7 +709,7 @@ def _write_run(
     num_samples: int,
     checkpoint_every: int | None = None,
     resume: bool = False,
-) -> tuple[_Fitted, pd.DataFrame]:
+) -> tuple[SpecFit, pd.DataFrame]:
     """Fit ``spec`` and write every file of its run folder into ``folder`` (a staging folder)."""
     from bayesgen.arviz import summary as arviz_summary
     from bayesgen.io import atomic_path, write_json, write_text
@@ -708,7 +727,7 @@ def _write_run(
     started = time.perf_counter()
     fit_kwargs = {"checkpoint": checkpoint, "checkpoint_every": checkpoint_every,
                   "resume": resume and checkpoint.is_file()}
-    fitted = MODELS[spec["run"]["model"]](spec, device, progress, fit_kwargs)
+    fitted = fit_spec(spec, device, progress, fit_kwargs)
     checkpoint.unlink(missing_ok=True)  # the fit is complete: nothing is left to resume
     est, checksum, report = fitted.estimator, fitted.data_checksum, fitted.report
     fit_seconds = time.perf_counter() - started
@@ -945,7 +964,7 @@ def _compare(
     old: pd.DataFrame,
     old_rep: pd.DataFrame | None,
     before: dict[str, Any],
-    rerun: _Fitted,
+    rerun: SpecFit,
     new: pd.DataFrame,
     new_run: dict[str, Any],
     folder: Path,

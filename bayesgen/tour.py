@@ -1,7 +1,8 @@
 """The tour: fit all five models from their specs on offline data and write one HTML report.
 
 :func:`run_tour` fits, one after another, the specs in :data:`TOUR_SPECS`
-(``models/*.toml``), each on data that every machine has:
+(``models/*.toml``; each registered model's ``tour_spec``, see :mod:`bayesgen.registry`),
+each on data that every machine has:
 
 * A/B test — real published counts bundled with the package
   (``bayesgen/data/resume_callbacks.csv``, Bertrand & Mullainathan 2004);
@@ -27,18 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from bayesgen._typing import DeviceLike, PathLikeStr
+from bayesgen.registry import MODELS
 
 __all__ = ["TOUR_SPECS", "TourResult", "run_tour", "smoke_spec", "specs_dir"]
 
 logger = logging.getLogger(__name__)
 
-TOUR_SPECS: tuple[str, ...] = (
-    "ab_resume_callbacks",
-    "gaussian_digits",
-    "vae_digits",
-    "topic_python_help",
-    "anomaly_breast_cancer",
-)
+#: The tour's specs (stems of ``models/*.toml``): one per registered model, in the registry's order.
+TOUR_SPECS: tuple[str, ...] = tuple(entry.tour_spec for entry in MODELS.values())
 
 
 def specs_dir() -> Path:
@@ -69,9 +66,8 @@ def smoke_spec(spec: dict[str, Any]) -> dict[str, Any]:
         inf["num_epochs"] = max(2, int(inf["num_epochs"]) // 20)
     rep["arviz_samples"] = min(int(rep.get("arviz_samples", 100)), 100)
     rep["diagnostic_samples"] = 200
-    if spec["run"]["model"] == "vae":  # report keys another model's spec may not hold
-        rep["iwae_samples"] = min(int(rep.get("iwae_samples", 20)), 20)
-        rep["iwae_rows"] = min(int(rep.get("iwae_rows", 100)), 100)
+    for key, cap in MODELS[spec["run"]["model"]].smoke_report.items():  # counts only this model's spec holds
+        rep[key] = min(int(rep.get(key, cap)), cap)
     rep["nuts"] = False
     rep["sbc_simulations"] = 0
     return spec

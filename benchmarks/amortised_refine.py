@@ -86,10 +86,10 @@ def topic(seeds: list[int]) -> dict:
     import torch.nn.functional as F
 
     from bayesgen.models.topic import DocumentMultinomial, dirichlet_laplace_prior, log_multinomial_coef
-    from bayesgen.specs import MODELS, load_spec
+    from bayesgen.specs import fit_spec, load_spec
 
     spec = load_spec(ROOT / "models" / "topic_python_help.toml")
-    fitted = MODELS["topic"](spec, "cpu", False, {})
+    fitted = fit_spec(spec, "cpu")
     est = fitted.estimator
     est._set_training(False)
     x = est._x.to_dense() if est._x.is_sparse else est._x
@@ -120,10 +120,10 @@ def topic(seeds: list[int]) -> dict:
 
 def vae(seeds: list[int]) -> dict:
     from bayesgen.models.vae import _onehot, likelihood_dist
-    from bayesgen.specs import MODELS, load_spec
+    from bayesgen.specs import fit_spec, load_spec
 
     spec = load_spec(ROOT / "models" / "vae_digits.toml")
-    est = MODELS["vae"](spec, "cpu", False, {}).estimator
+    est = fit_spec(spec, "cpu").estimator
     est._set_training(False)
     x, y = est._x, est._y
     onehot = _onehot(y, est.num_classes_, x)

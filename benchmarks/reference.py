@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bayesgen.diagnostics import reference_check
-from bayesgen.specs import MODELS, load_spec
+from bayesgen.specs import fit_spec, load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "models"
 
@@ -36,7 +36,7 @@ def main() -> None:
         spec = load_spec(SPECS / f"{name}.toml")
         started = time.perf_counter()
         try:
-            est = MODELS[spec["run"]["model"]](spec, args.device, False, {}).estimator
+            est = fit_spec(spec, args.device).estimator
         except (ValueError, OSError, ImportError) as err:
             notes.append(f"| {name} | skipped: {str(err).splitlines()[0]} |")
             continue

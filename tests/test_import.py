@@ -17,9 +17,9 @@ import bayesgen
 report["import bayesgen"] = sorted(m for m in heavy if m in sys.modules)
 report["dir"] = sorted(set(bayesgen.__all__) - set(dir(bayesgen)))
 from bayesgen.models import BetaBinomialTest
-models = ("ab_test", "anomaly", "gaussian_generator", "topic", "vae")
+from bayesgen.registry import MODELS
 report["from bayesgen.models import BetaBinomialTest"] = sorted(
-    m for m in models if f"bayesgen.models.{m}" in sys.modules)
+    entry.name for entry in MODELS.values() if entry.module in sys.modules)
 import bayesgen.augment  # binds the module bayesgen.augment as an attribute of the package
 from bayesgen import augment
 report["augment"] = [callable(augment), bayesgen.augment is augment, augment.__module__]

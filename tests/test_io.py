@@ -128,7 +128,7 @@ def test_a_failed_fit_leaves_no_run_folder(spec, tmp_path, monkeypatch, capsys):
     def broken(*args):
         raise ValueError("the data broke")
 
-    monkeypatch.setitem(specs.MODELS, "ab_test", broken)
+    monkeypatch.setattr(specs, "fit_ab_test_spec", broken)
     assert fit(spec, tmp_path / "run") == 2
     assert "the data broke" in error_line(capsys)
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []
@@ -136,7 +136,7 @@ def test_a_failed_fit_leaves_no_run_folder(spec, tmp_path, monkeypatch, capsys):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(specs.MODELS, "ab_test", interrupted)
+    monkeypatch.setattr(specs, "fit_ab_test_spec", interrupted)
     assert fit(spec, tmp_path / "run") == 130
     assert "nothing was written" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []

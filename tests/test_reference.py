@@ -15,14 +15,14 @@ from scipy import stats
 from bayesgen.diagnostics import dirichlet_moments, reference_check
 from bayesgen.models.ab_test import BetaBinomialTest
 from bayesgen.models.gaussian_generator import GaussianGenerator
-from bayesgen.specs import MODELS, load_spec
+from bayesgen.specs import fit_spec, load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "models"
 
 
 def _fit_spec(name: str):
     spec = load_spec(SPECS / f"{name}.toml")
-    return MODELS[spec["run"]["model"]](spec, "cpu", False, {}).estimator
+    return fit_spec(spec, "cpu").estimator
 
 
 @pytest.mark.parametrize("name", ["ab_resume_callbacks", "gaussian_digits"])

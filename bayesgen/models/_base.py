@@ -114,7 +114,7 @@ class BayesianEstimator:
     A public method (``load`` too) that runs out of memory raises :class:`NotEnoughMemoryError` (a ``MemoryError``)
     saying which method and what to ask for instead.
 
-    Subclasses set ``_model_name`` and implement:
+    Subclasses set ``_model_name`` (the model's key in :mod:`bayesgen.registry`) and implement:
 
     * ``_model_and_guide()`` → ``(model, guide)`` used for SVI and ArviZ;
     * ``_model_args()`` → ``(args, kwargs)`` for the fitted data;

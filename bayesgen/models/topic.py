@@ -470,7 +470,7 @@ class ProdLDA(NeuralEstimator):
     (9, 4)
     """
 
-    _model_name = "prodlda"
+    _model_name = "topic"
     _max_plate_nesting = 1
     _row_plate = "document"
     _point_estimates: ClassVar[str] = "The topics (the decoder's topic-word weights)"
