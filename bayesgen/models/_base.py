@@ -502,9 +502,14 @@ class BayesianEstimator:
             )
         _check_tensors_checksum(meta, tensor_path)
         class_name = meta.get("class")
-        if class_name not in BayesianEstimator._registry:
+        # Estimator modules load lazily: the model registry names each estimator's module before it is imported.
+        from bayesgen.registry import MODELS
+
+        modules = {e.estimator.partition(":")[2]: e.module for e in MODELS.values()}
+        modules.update(BayesianEstimator._registry)
+        if not isinstance(class_name, str) or class_name not in modules:
             raise ModelFileError(f"{folder} holds an unknown model class {class_name!r}")
-        target = getattr(importlib.import_module(BayesianEstimator._registry[class_name]), class_name)
+        target = getattr(importlib.import_module(modules[class_name]), class_name)
         if not issubclass(target, cls):
             raise ModelFileError(f"{folder} holds a {class_name}, not a {cls.__name__}")
         tensors = load_tensor_file(tensor_path, ModelFileError, "bayesgen model file")
