@@ -234,8 +234,8 @@ def test_summary_and_converter_arguments_are_checked():
         to_datatree(user_model, user_guide, Y, num_samples=5, param_state={"foo": 1})
     bad = Y.clone()
     bad[2] = float("nan")
-    with pytest.raises(ValueError, match=r"cannot be evaluated on these data: the value at site 'y' is outside "
-                                         r"the distribution's support Real\(\)") as caught:
+    with pytest.raises(ValueError, match=r"cannot be evaluated on these data: a value at site 'y' is outside "
+                                         r"its distribution's support Real\(\)") as caught:
         to_datatree(user_model, user_guide, bad, num_samples=5, param_state=set_exact_guide())
     assert "tensor(" not in str(caught.value)  # no tensor dump
 
