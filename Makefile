@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 $$(ls -d $$(pyenv root 2>/dev/n
             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { command -v $$p; break; }; \
           done)
 
-.PHONY: install demo test test-slow test-all docs clean
+.PHONY: install demo lint test test-slow test-all docs clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "bayesgen needs Python >= 3.12 (ArviZ 1.x requires it); none found" >&2; exit 1; }
@@ -24,7 +24,14 @@ demo: install
 # Test workers (pytest-xdist): one per core by default; TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= auto
 
-test: install
+# ruff (lint + format check, configured in pyproject.toml) first: a style error fails before the slow tests.
+LINT_PATHS := bayesgen tests tutorials benchmarks docs/conf.py
+
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install

@@ -40,8 +40,22 @@ _SOURCES = {
 
 #: Submodules that ``bayesgen.<name>`` reaches after a plain ``import bayesgen``.
 _SUBMODULES = frozenset(
-    {"arviz", "augment", "cli", "datasets", "diagnostics", "infer", "io", "models", "plots", "registry", "report",
-     "specs", "text", "tour"}
+    {
+        "arviz",
+        "augment",
+        "cli",
+        "datasets",
+        "diagnostics",
+        "infer",
+        "io",
+        "models",
+        "plots",
+        "registry",
+        "report",
+        "specs",
+        "text",
+        "tour",
+    }
 )
 
 if TYPE_CHECKING:

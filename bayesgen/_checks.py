@@ -59,8 +59,9 @@ def validate_prior(prior: Any) -> tuple[float, float]:
         raise ValueError(f"prior must be two positive numbers (alpha, beta), got {len(values)} values")
     low, high = PRIOR_RANGE
     if not all(low <= v <= high for v in values):  # NaN fails too
-        raise ValueError(f"prior parameters must be in [{low:g}, {high:g}], got alpha={values[0]:g}, "
-                         f"beta={values[1]:g}")
+        raise ValueError(
+            f"prior parameters must be in [{low:g}, {high:g}], got alpha={values[0]:g}, beta={values[1]:g}"
+        )
     return values[0], values[1]
 
 
@@ -119,15 +120,25 @@ def validate_counts(
     import numpy as np
 
     pd = sys.modules.get("pandas")  # a pandas Series can only have been given once pandas is imported
-    if pd is not None and isinstance(successes, pd.Series) and isinstance(trials, pd.Series) \
-            and not successes.index.equals(trials.index):
+    if (
+        pd is not None
+        and isinstance(successes, pd.Series)
+        and isinstance(trials, pd.Series)
+        and not successes.index.equals(trials.index)
+    ):
         # Two labelled Series are paired by label, never by position.
         if set(successes.index) != set(trials.index) or not successes.index.is_unique:
-            raise ValueError(f"successes and trials are Series with different variants: {list(successes.index)} "
-                             f"vs {list(trials.index)}")
+            raise ValueError(
+                f"successes and trials are Series with different variants: {list(successes.index)} "
+                f"vs {list(trials.index)}"
+            )
         trials = trials.reindex(successes.index)
-    if names is None and pd is not None and isinstance(successes, pd.Series) \
-            and not isinstance(successes.index, pd.RangeIndex):
+    if (
+        names is None
+        and pd is not None
+        and isinstance(successes, pd.Series)
+        and not isinstance(successes.index, pd.RangeIndex)
+    ):
         names = [str(v) for v in successes.index]  # a labelled Series names its variants
     s = _as_count_array(successes, "successes")
     n = _as_count_array(trials, "trials")
@@ -158,8 +169,9 @@ def validate_counts(
             raise ValueError(f"{what} of variant {names[k]!r} is not a whole number ({arr[k]:g})")
         if (arr > MAX_COUNT).any():
             k = int(np.argmax(arr > MAX_COUNT))
-            raise ValueError(f"{what} of variant {names[k]!r} ({arr[k]:.3g}) is above 2**53, the largest count "
-                             "a float holds exactly")
+            raise ValueError(
+                f"{what} of variant {names[k]!r} ({arr[k]:.3g}) is above 2**53, the largest count a float holds exactly"
+            )
     if (n == 0).any():
         raise ValueError(f"variant {names[int(np.argmax(n == 0))]!r} has zero trials")
     if (s > n).any():

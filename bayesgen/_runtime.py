@@ -21,9 +21,23 @@ from bayesgen._checks import MAX_SEED
 from bayesgen._typing import DeviceLike
 
 __all__ = [
-    "resolve_device", "seeded", "fresh_seed", "to_numpy", "move_to_device", "check_count", "check_real", "check_flag",
-    "check_ci_prob", "match_columns", "check_labels", "as_feature_matrix", "load_tensor_file", "check_seed",
-    "MAX_SEED", "available_memory", "format_bytes",
+    "resolve_device",
+    "seeded",
+    "fresh_seed",
+    "to_numpy",
+    "move_to_device",
+    "check_count",
+    "check_real",
+    "check_flag",
+    "check_ci_prob",
+    "match_columns",
+    "check_labels",
+    "as_feature_matrix",
+    "load_tensor_file",
+    "check_seed",
+    "MAX_SEED",
+    "available_memory",
+    "format_bytes",
 ]
 
 
@@ -57,21 +71,23 @@ def resolve_device(device: DeviceLike = "auto") -> torch.device:
         try:
             resolved = torch.device(device)
         except RuntimeError as err:
-            raise ValueError(
-                f"device={device!r} is not a device name; use 'auto', 'cpu' or 'cuda'"
-            ) from err
+            raise ValueError(f"device={device!r} is not a device name; use 'auto', 'cpu' or 'cuda'") from err
     else:
         raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
     if resolved.type not in _COMPUTE_DEVICES:
-        raise ValueError(f"device={str(resolved)!r} is not supported: bayesgen computes on 'cpu' or 'cuda' "
-                         "('mps', 'xpu' where available); use device='auto' or 'cpu'")
+        raise ValueError(
+            f"device={str(resolved)!r} is not supported: bayesgen computes on 'cpu' or 'cuda' "
+            "('mps', 'xpu' where available); use device='auto' or 'cpu'"
+        )
     backend = _COMPUTE_DEVICES[resolved.type]
     if backend is not None and not backend.is_available():
         what = "no CUDA GPU is" if resolved.type == "cuda" else f"the {resolved.type} backend is not"
         raise ValueError(f"device={str(resolved)!r} was requested but {what} available; use device='auto' or 'cpu'")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"device={str(resolved)!r} was requested but this machine has "
-                         f"{torch.cuda.device_count()} CUDA GPU(s); use device='cuda' or 'auto'")
+        raise ValueError(
+            f"device={str(resolved)!r} was requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA GPU(s); use device='cuda' or 'auto'"
+        )
     return resolved
 
 
@@ -175,7 +191,6 @@ def move_to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, list) and not isinstance(obj, str | bytes):
         return [move_to_device(v, device) for v in obj]
     return obj
-
 
 
 def load_tensor_file(path: Any, error: type[Exception], what: str) -> Any:
@@ -287,7 +302,12 @@ def format_bytes(n: float) -> str:
 
 
 def check_real(
-    value: Any, name: str, *, low: float = -math.inf, high: float = math.inf, low_open: bool = True,
+    value: Any,
+    name: str,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = True,
     high_open: bool = True,
 ) -> float:
     """Return ``value`` as a float in the interval from ``low`` to ``high``, or raise naming ``name``.
@@ -335,12 +355,14 @@ def match_columns(frame: Any, names: list[str], against: str, hint: str = "") ->
     missing = [c for c in names if c not in given_set]
     extra = [c for c in given if c not in names_set]
     if missing or extra or len(given_set) != len(given):
+
         def listed(values: list[str]) -> str:
             return f"{values[:10]}" + (f" (+{len(values) - 10} more)" if len(values) > 10 else "")
 
-        raise ValueError(f"the DataFrame's columns do not match {against}: missing {listed(missing)}, unexpected "
-                         f"{listed(extra)}" + ("; duplicate column names" if len(given_set) != len(given) else "")
-                         + hint)
+        raise ValueError(
+            f"the DataFrame's columns do not match {against}: missing {listed(missing)}, unexpected "
+            f"{listed(extra)}" + ("; duplicate column names" if len(given_set) != len(given) else "") + hint
+        )
     return frame.set_axis(given, axis=1)[list(names)]
 
 
@@ -375,8 +397,9 @@ def as_feature_matrix(X: Any, what: str = "X", *, n_features: int | None = None)
         raise ValueError(f"{what} has {arr.shape[1]} feature columns, expected {n_features}")
     if not np.isfinite(arr).all():
         rows, cols = np.nonzero(~np.isfinite(arr))
-        raise ValueError(f"{what} has {len(rows)} NaN or infinite values (first at row {rows[0]}, column "
-                         f"{names[cols[0]]!r})")
+        raise ValueError(
+            f"{what} has {len(rows)} NaN or infinite values (first at row {rows[0]}, column {names[cols[0]]!r})"
+        )
     return arr, names
 
 
@@ -401,6 +424,7 @@ def check_labels(y: Any, n_rows: int, what: str = "y") -> np.ndarray:
         mixed = True
     if mixed:
         kinds = sorted({type(v).__name__ for v in (y if not hasattr(y, "dtype") else labels.tolist())})
-        raise TypeError(f"{what} mixes label types {kinds}; use labels of one type (all strings or all numbers)") \
-            from None
+        raise TypeError(
+            f"{what} mixes label types {kinds}; use labels of one type (all strings or all numbers)"
+        ) from None
     return labels

@@ -151,21 +151,33 @@ def draw_guide(
     ``-(max_plate_nesting + 1)``; None: found from a plain pass). A guide that
     does not broadcast over that plate is drawn in a loop instead. No gradients.
     """
+
     def latent(trace: poutine.Trace) -> dict[str, torch.Tensor]:
-        return {name: site["value"] for name, site in trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"] and name != _DRAW_PLATE
-                and not site_is_subsample(site)}
+        return {
+            name: site["value"]
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and name != _DRAW_PLATE
+            and not site_is_subsample(site)
+        }
 
     with torch.no_grad():
         plain_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         plain = latent(plain_trace)
         if max_plate_nesting is None:
-            max_plate_nesting = max((-f.dim for s in plain_trace.nodes.values() if s["type"] == "sample"
-                                     for f in s["cond_indep_stack"] if f.vectorized and f.dim is not None),
-                                    default=0)
+            max_plate_nesting = max(
+                (
+                    -f.dim
+                    for s in plain_trace.nodes.values()
+                    if s["type"] == "sample"
+                    for f in s["cond_indep_stack"]
+                    if f.vectorized and f.dim is not None
+                ),
+                default=0,
+            )
         try:
-            trace = poutine.trace(_vectorize(guide, num_samples, -(max_plate_nesting + 1))).get_trace(
-                *args, **kwargs)
+            trace = poutine.trace(_vectorize(guide, num_samples, -(max_plate_nesting + 1))).get_trace(*args, **kwargs)
             return {name: value.reshape(num_samples, *plain[name].shape) for name, value in latent(trace).items()}
         except (RuntimeError, ValueError):  # a guide whose shapes do not broadcast over the draws
             loop = [latent(poutine.trace(guide).get_trace(*args, **kwargs)) for _ in range(num_samples - 1)]
@@ -212,8 +224,10 @@ def _float64(fn: Any) -> Any:
         names.remove("probs" if "logits" in fn.__dict__ else "logits")
     try:
         values = {name: getattr(fn, name) for name in names}
-        values = {name: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                  for name, v in values.items()}
+        values = {
+            name: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for name, v in values.items()
+        }
         if isinstance(fn, torch.distributions.Bernoulli) and "logits" in values:
             rebuilt = _LogitBernoulli(logits=values["logits"], validate_args=False)
         else:
@@ -245,8 +259,11 @@ def _site_log_lik(site: Mapping[str, Any]) -> torch.Tensor:
             except (ValueError, RuntimeError):
                 wide = None
         # the float32 log-density has about 7 digits; a rebuilt distribution that misses a parameter is off by more
-        if wide is not None and wide.shape == own.shape and bool(
-                ((wide - own).abs() <= 1e-3 + 1e-4 * own.abs()).logical_or(own == wide).all()):
+        if (
+            wide is not None
+            and wide.shape == own.shape
+            and bool(((wide - own).abs() <= 1e-3 + 1e-4 * own.abs()).logical_or(own == wide).all())
+        ):
             log_lik = wide
         else:
             log_lik = own
@@ -256,7 +273,11 @@ def _site_log_lik(site: Mapping[str, Any]) -> torch.Tensor:
 
 
 def _one_pass(
-    model: ModelFn, guide: ModelFn | None, args: tuple, kwargs: dict, predictive: bool,
+    model: ModelFn,
+    guide: ModelFn | None,
+    args: tuple,
+    kwargs: dict,
+    predictive: bool,
     enumerated: tuple[list[str], int] | None = None,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], poutine.Trace | None, poutine.Trace]:
     """Trace guide → model once; return latents, log-likelihoods, predictive draws and the traces.
@@ -293,14 +314,18 @@ def _enumerated_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) ->
     Raises ValueError for sequential enumeration, which Pyro's TraceEnum_ELBO does not implement on the
     model side either: such a site would be drawn from its prior, giving conditional likelihoods.
     """
-    names = [name for name, site in model_trace.nodes.items()
-             if _is_latent(site) and site["infer"].get("enumerate") and name not in guide_trace.nodes]
+    names = [
+        name
+        for name, site in model_trace.nodes.items()
+        if _is_latent(site) and site["infer"].get("enumerate") and name not in guide_trace.nodes
+    ]
     sequential = [name for name in names if model_trace.nodes[name]["infer"]["enumerate"] != "parallel"]
     if sequential:
         raise ValueError(
             f"sites {sequential} are enumerated sequentially in the model, which is summed out neither here nor "
             "by TraceEnum_ELBO; enumerate them in parallel (config_enumerate(model) or "
-            "infer={'enumerate': 'parallel'})")
+            "infer={'enumerate': 'parallel'})"
+        )
     return names
 
 
@@ -309,8 +334,12 @@ def _plates(site: Mapping[str, Any]) -> set[str]:
 
 
 def _sum_out_enumerated(
-    conditioned: ModelFn, args: tuple, kwargs: dict, out: dict[str, dict[str, torch.Tensor]],
-    names: list[str], nesting: int,
+    conditioned: ModelFn,
+    args: tuple,
+    kwargs: dict,
+    out: dict[str, dict[str, torch.Tensor]],
+    names: list[str],
+    nesting: int,
 ) -> None:
     """Replace ``out``'s log-likelihoods by ones with the enumerated sites summed out, and their prior
     draws by draws from p(z | y, θ) (Pyro's ``infer_discrete``), for the parameters ``conditioned`` replays.
@@ -325,10 +354,12 @@ def _sum_out_enumerated(
     first_dim = -nesting - 1
     try:
         trace = poutine.trace(poutine.enum(conditioned, first_available_dim=first_dim)).get_trace(*args, **kwargs)
-        terms = {name: _site_log_lik(site) for name, site in trace.nodes.items()
-                 if name in names or (name in out["log_lik"])}
+        terms = {
+            name: _site_log_lik(site) for name, site in trace.nodes.items() if name in names or (name in out["log_lik"])
+        }
         posterior_trace = poutine.trace(
-            infer_discrete(conditioned, first_available_dim=first_dim, temperature=1)).get_trace(*args, **kwargs)
+            infer_discrete(conditioned, first_available_dim=first_dim, temperature=1)
+        ).get_trace(*args, **kwargs)
     except (RuntimeError, ValueError, IndexError) as err:
         if is_out_of_memory(err):
             raise
@@ -336,7 +367,8 @@ def _sum_out_enumerated(
             f"summing out the enumerated sites {names} failed ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); under enumeration each site's value gets an "
             "extra dimension left of the plates, so the model must broadcast (index with z as in Pyro's "
-            "Gaussian-mixture tutorial, and give plates their dim or let Pyro assign them)") from err
+            "Gaussian-mixture tutorial, and give plates their dim or let Pyro assign them)"
+        ) from err
 
     def enum_dims(name: str) -> set[int]:
         t = terms[name]
@@ -362,7 +394,8 @@ def _sum_out_enumerated(
             raise ValueError(
                 f"observed sites {observed} depend on the same enumerated sites "
                 f"{sorted(m for m in members if m in names)}, so their per-row likelihoods are joint, not "
-                "one per site; observe them in one site (e.g. with .to_event) to convert this model")
+                "one per site; observe them in one site (e.g. with .to_event) to convert this model"
+            )
         obs = observed[0]
         for z in sorted(m for m in members if m in names):
             outside = _plates(trace.nodes[obs]) - _plates(trace.nodes[z])
@@ -370,7 +403,8 @@ def _sum_out_enumerated(
                 raise ValueError(
                     f"enumerated site {z!r} is outside plate(s) {sorted(outside)} that observed site {obs!r} is "
                     f"in, so {obs!r}'s rows are not independent given the parameters and a per-row "
-                    "log-likelihood is not defined")
+                    "log-likelihood is not defined"
+                )
         total = sum(terms[m] for m in members)
         total = total.logsumexp(dim=tuple(range(total.dim() + first_dim + 1)))
         out["log_lik"][obs] = total.reshape(out["log_lik"][obs].shape)
@@ -387,11 +421,16 @@ def _check_not_subsampled(trace: poutine.Trace) -> None:
             raise ValueError(
                 f"plate {name!r} subsamples {len(site['value'])} of its {site['fn'].size} rows, so every draw "
                 "would see different observations; convert with the full data (no subsample_size, or "
-                "subsample=None)")
+                "subsample=None)"
+            )
 
 
 def _first_draw_agrees(
-    model: ModelFn, args: tuple, kwargs: dict, vtrace: poutine.Trace, plain_trace: poutine.Trace,
+    model: ModelFn,
+    args: tuple,
+    kwargs: dict,
+    vtrace: poutine.Trace,
+    plain_trace: poutine.Trace,
     draws: Mapping[str, Mapping[str, torch.Tensor]],
 ) -> bool:
     """Replay the first vectorised draw through the plain model: same log-likelihoods and deterministic sites?"""
@@ -409,7 +448,8 @@ def _first_draw_agrees(
         else:
             continue
         if mine.shape != theirs.shape or not torch.allclose(
-                mine.double(), theirs.double(), rtol=1e-4, atol=1e-4, equal_nan=True):
+            mine.double(), theirs.double(), rtol=1e-4, atol=1e-4, equal_nan=True
+        ):
             return False
     return True
 
@@ -454,12 +494,17 @@ def draw_sites(
         with a discrete support (Binomial, Poisson, Bernoulli, Categorical) are
         int64 where they are integer-valued.
     """
-    return _draw_sites(model, guide, args, kwargs, num_samples=num_samples, predictive=predictive,
-                       parallel=parallel)[0]
+    return _draw_sites(model, guide, args, kwargs, num_samples=num_samples, predictive=predictive, parallel=parallel)[0]
 
 
 def _draw_sites(
-    model: ModelFn, guide: ModelFn | None, args: tuple, kwargs: dict, *, num_samples: int, predictive: bool,
+    model: ModelFn,
+    guide: ModelFn | None,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_samples: int,
+    predictive: bool,
     parallel: bool,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], poutine.Trace, poutine.Trace | None]:
     """:func:`draw_sites`, and the plain model and guide traces (each site's natural shape, plates, distribution)."""
@@ -484,7 +529,10 @@ def _draw_sites(
             logger.warning(
                 "observed site %r gives one log-likelihood for all its %d values (no pyro.plate over its rows, "
                 "or .to_event over them): LOO and compare need one per observation; observe the rows inside a "
-                "pyro.plate", name, observed[name].numel())
+                "pyro.plate",
+                name,
+                observed[name].numel(),
+            )
     for name, site in model_trace.nodes.items():
         mask = site.get("mask") if name in plain["log_lik"] else None
         if isinstance(mask, torch.Tensor) and not bool(mask.all()):
@@ -492,7 +540,11 @@ def _draw_sites(
             logger.warning(
                 "observed site %r is masked (poutine.mask): %d of its %d values are not in the likelihood and get "
                 "log-likelihood 0, which LOO counts as observations with elpd 0; to compare models by LOO, drop "
-                "those rows from the data instead", name, left_out, plain["log_lik"][name].numel())
+                "those rows from the data instead",
+                name,
+                left_out,
+                plain["log_lik"][name].numel(),
+            )
     draws: dict[str, dict[str, torch.Tensor]] | None = None
     # Enumerated sites are summed out draw by draw, in the loop below: in one vectorised pass the
     # enumeration dimensions and the draws' plate would have to be told apart in every log-density.
@@ -508,17 +560,16 @@ def _draw_sites(
             # A vectorised value is (num_samples, 1, ..., 1, *natural shape); the plain
             # pass gives the natural shape, so a reshape drops the broadcast padding.
             draws = {
-                group: {
-                    name: value.reshape(num_samples, *plain[group][name].shape)
-                    for name, value in sites.items()
-                }
+                group: {name: value.reshape(num_samples, *plain[group][name].shape) for name, value in sites.items()}
                 for group, sites in raw.items()
             }
             if not _first_draw_agrees(model, args, kwargs, vtrace, model_trace, draws):
                 logger.warning(
                     "vectorised draws disagree with a plain pass of the model on the same draw (the model "
                     "reduces over a plate, e.g. theta.mean() or a softmax over a plate's values, which in a "
-                    "vectorised pass also spans the draws); drawing %d samples one at a time", num_samples)
+                    "vectorised pass also spans the draws); drawing %d samples one at a time",
+                    num_samples,
+                )
                 draws = None
         except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError) as err:
             logger.warning(
@@ -556,8 +607,12 @@ def _keep_integers(trace: poutine.Trace, draws: dict[str, dict[str, torch.Tensor
             continue
         for group in ("observed", "predictive"):
             value = draws.get(group, {}).get(name)
-            if (isinstance(value, torch.Tensor) and value.is_floating_point()
-                    and bool(torch.isfinite(value).all()) and bool((value == value.round()).all())):
+            if (
+                isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and bool(torch.isfinite(value).all())
+                and bool((value == value.round()).all())
+            ):
                 draws[group][name] = value.long()
 
 
@@ -570,8 +625,11 @@ def _is_point_mass(guide_trace: poutine.Trace) -> bool:
             fn = fn.base_dist
         return fn
 
-    sites = [site for name, site in guide_trace.nodes.items()
-             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
+    sites = [
+        site
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
     return bool(sites) and all(isinstance(leaf(site["fn"]), Delta) for site in sites)
 
 
@@ -592,8 +650,11 @@ def _plate_dims(trace: poutine.Trace, taken: set[str]) -> dict[str, list[str]]:
             continue
         batch, event = tuple(getattr(fn, "batch_shape", ())), tuple(getattr(fn, "event_shape", ()))
         batch_ndim = len(batch) if tuple(value.shape) == batch + event else value.dim()
-        frames = {f.dim: f for f in site["cond_indep_stack"]
-                  if f.vectorized and f.dim is not None and f.name != _DRAW_PLATE and f.name not in taken}
+        frames = {
+            f.dim: f
+            for f in site["cond_indep_stack"]
+            if f.vectorized and f.dim is not None and f.name != _DRAW_PLATE and f.name not in taken
+        }
         names = [None] * value.dim()
         for i in range(batch_ndim):
             frame = frames.get(i - batch_ndim)
@@ -605,19 +666,29 @@ def _plate_dims(trace: poutine.Trace, taken: set[str]) -> dict[str, list[str]]:
 
 
 def _predict(
-    model: ModelFn, new_kwargs: Mapping[str, Any], draws: Mapping[str, torch.Tensor], guide_sites: set[str],
-    num_samples: int, parallel: bool,
+    model: ModelFn,
+    new_kwargs: Mapping[str, Any],
+    draws: Mapping[str, torch.Tensor],
+    guide_sites: set[str],
+    num_samples: int,
+    parallel: bool,
 ) -> tuple[dict[str, torch.Tensor], poutine.Trace]:
     """Every site of ``model(**new_kwargs)`` under each posterior draw, bar the guide's sites that it takes
     from ``draws``: the guide sites whose shape the new inputs leave unchanged (global parameters). Observed
     sites are drawn, not conditioned. Returns the draws, shape ``(num_samples, *site_shape)``, and a plain trace.
     """
+
     def wanted(site: Mapping[str, Any]) -> bool:
         return site["type"] == "sample" and not site_is_subsample(site) and not site["infer"].get("_do_not_trace")
 
     free = poutine.trace(_UnconditionData()(model)).get_trace(**new_kwargs)
-    fixed = {name for name in guide_sites if name in free.nodes and name in draws
-             and tuple(free.nodes[name]["value"].shape) == tuple(draws[name].shape[1:])}
+    fixed = {
+        name
+        for name in guide_sites
+        if name in free.nodes
+        and name in draws
+        and tuple(free.nodes[name]["value"].shape) == tuple(draws[name].shape[1:])
+    }
     names = [name for name, site in free.nodes.items() if wanted(site) and name not in fixed]
 
     def one(i: int) -> poutine.Trace:
@@ -635,11 +706,15 @@ def _predict(
                 data[name] = draws[name].reshape(num_samples, *[1] * (-dim - 1 - batch), *natural)
             vmodel = _vectorize(poutine.condition(_UnconditionData()(model), data=data), num_samples, dim)
             vtrace = poutine.trace(vmodel).get_trace(**new_kwargs)
-            out = {name: vtrace.nodes[name]["value"].reshape(num_samples, *first.nodes[name]["value"].shape)
-                   for name in names}
-            agree = all(torch.allclose(out[name][0].double(), first.nodes[name]["value"].double(),
-                                       rtol=1e-4, atol=1e-4)
-                        for name in names if _is_deterministic(first.nodes[name]))
+            out = {
+                name: vtrace.nodes[name]["value"].reshape(num_samples, *first.nodes[name]["value"].shape)
+                for name in names
+            }
+            agree = all(
+                torch.allclose(out[name][0].double(), first.nodes[name]["value"].double(), rtol=1e-4, atol=1e-4)
+                for name in names
+                if _is_deterministic(first.nodes[name])
+            )
             if agree:
                 return out, first
         except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError) as err:
@@ -659,15 +734,19 @@ def _joint_log_lik(trace: poutine.Trace, log_lik: Mapping[str, torch.Tensor], pl
             continue
         axis = value.dim() + frame.dim  # the plate's dim counts from the right of the batch shape
         if axis < 1 or value.shape[axis] != frame.size:
-            raise ValueError(f"observed site {name!r} is in plate {plate!r} but its log-likelihood has shape "
-                             f"{tuple(value.shape[1:])}, without the plate's {frame.size} rows")
+            raise ValueError(
+                f"observed site {name!r} is in plate {plate!r} but its log-likelihood has shape "
+                f"{tuple(value.shape[1:])}, without the plate's {frame.size} rows"
+            )
         rows = value.movedim(axis, 1).reshape(value.shape[0], frame.size, -1).sum(-1)
         total = rows if total is None else total + rows
         sites.append(name)
     if total is None:
         plates = sorted({f.name for name in log_lik for f in trace.nodes[name]["cond_indep_stack"] if f.vectorized})
-        raise ValueError(f"joint_log_likelihood={plate!r} names no plate that an observed site is in; "
-                         f"the observed sites' plates: {plates}")
+        raise ValueError(
+            f"joint_log_likelihood={plate!r} names no plate that an observed site is in; "
+            f"the observed sites' plates: {plates}"
+        )
     logger.info("joint log-likelihood over plate %r sums observed sites %s", plate, sites)
     return total
 
@@ -681,8 +760,9 @@ def _check_layout(sample_dims: str | Sequence[str], num_chains: int | None, num_
         raise ValueError(f"num_chains must be an integer >= 1 or None, got {num_chains!r}")
     if layout == ("sample",):
         if num_chains not in (None, 1):
-            raise ValueError(f"num_chains={num_chains} needs sample_dims=('chain', 'draw'); "
-                             "a 'sample' dim has no chains")
+            raise ValueError(
+                f"num_chains={num_chains} needs sample_dims=('chain', 'draw'); a 'sample' dim has no chains"
+            )
         return "sample", 1
     if num_chains is None:
         # ArviZ's diagnostics want at least 2 chains of 4 draws; independent draws split into equal chains.
@@ -802,8 +882,9 @@ def to_datatree(
     if unknown_dims not in ("raise", "ignore"):
         raise ValueError(f"unknown_dims must be 'raise' or 'ignore', got {unknown_dims!r}")
     if predictions is not None and not isinstance(predictions, Mapping):
-        raise TypeError("predictions must be a dict of the model's keyword arguments, "
-                        f"got {type(predictions).__name__}")
+        raise TypeError(
+            f"predictions must be a dict of the model's keyword arguments, got {type(predictions).__name__}"
+        )
     if joint_log_likelihood is not None and not isinstance(joint_log_likelihood, str):
         raise TypeError(f"joint_log_likelihood must be a plate name, got {joint_log_likelihood!r}")
     from arviz_base import from_dict
@@ -816,47 +897,62 @@ def to_datatree(
 
     from bayesgen.infer import param_scope
 
-    if param_state is not None and not (isinstance(param_state, Mapping)
-                                        and set(param_state) == {"params", "constraints"}):
-        raise TypeError("param_state must be a param-store state, {'params': ..., 'constraints': ...} "
-                        f"(e.g. SVIResult.param_state), got {type(param_state).__name__} "
-                        f"{sorted(param_state) if isinstance(param_state, Mapping) else ''}")
+    if param_state is not None and not (
+        isinstance(param_state, Mapping) and set(param_state) == {"params", "constraints"}
+    ):
+        raise TypeError(
+            "param_state must be a param-store state, {'params': ..., 'constraints': ...} "
+            f"(e.g. SVIResult.param_state), got {type(param_state).__name__} "
+            f"{sorted(param_state) if isinstance(param_state, Mapping) else ''}"
+        )
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     # tensors_on: a user's model that builds constants without a device still draws on the data's GPU.
     with scope, seeded(seed, rng_device), tensors_on(rng_device), torch.no_grad():
         before = set(pyro.get_param_store().keys())
         point_mass = guide is not None and _is_point_mass(poutine.trace(guide).get_trace(*args, **kwargs))
         drawn = 1 if point_mass else num_samples
-        post, model_trace, guide_trace = _draw_sites(model, guide, args, kwargs, num_samples=drawn,
-                                                     predictive=True, parallel=parallel)
+        post, model_trace, guide_trace = _draw_sites(
+            model, guide, args, kwargs, num_samples=drawn, predictive=True, parallel=parallel
+        )
         created = sorted(set(pyro.get_param_store().keys()) - before)
         if created and guide is not None:
             logger.warning(
                 "the guide created parameters %s that %s did not hold, so these draws use their initial "
                 "values; pass the fit's param_state (run_svi keeps parameters out of the global store)",
-                created[:5], "param_state" if param_state is not None else "the global param store")
+                created[:5],
+                "param_state" if param_state is not None else "the global param store",
+            )
         if point_mass:
             logger.warning(
                 "the guide is a point mass (every site a Delta, as AutoDelta gives): the tree holds its one draw "
                 "instead of %d equal copies; it has no posterior spread (summary sds are NaN), and "
                 "arviz_stats.loo and compare cannot use it (PSIS-LOO needs log-likelihoods that vary over draws); "
-                "fit a guide with spread (AutoNormal) to compare models by LOO", num_samples)
+                "fit a guide with spread (AutoNormal) to compare models by LOO",
+                num_samples,
+            )
         else:
             latents = [v for v in post["latent"].values() if v.is_floating_point()]
             if guide is not None and drawn > 1 and latents and all(bool((v == v[:1]).all()) for v in latents):
                 logger.warning(
                     "every guide draw is the same: the posterior has no spread, summary sds are 0, and "
                     "arviz_stats.loo and compare cannot use this tree (PSIS-LOO needs log-likelihoods that vary "
-                    "over draws)")
+                    "over draws)"
+                )
         prior_draws = (
             _draw_sites(model, None, args, kwargs, num_samples=num_samples, predictive=True, parallel=parallel)
             if prior
             else None
         )
         if predictions is not None:
-            guide_sites = set() if guide_trace is None else {
-                name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
-                and not site["is_observed"] and not site_is_subsample(site)}
+            guide_sites = (
+                set()
+                if guide_trace is None
+                else {
+                    name
+                    for name, site in guide_trace.nodes.items()
+                    if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+                }
+            )
             predicted, predicted_trace = _predict(model, predictions, post["latent"], guide_sites, drawn, parallel)
             observed_names = set(post["observed"])
             for name, site in predicted_trace.nodes.items():
@@ -912,8 +1008,10 @@ def to_datatree(
     if predictions is not None:
         pred = {"predictions": groups["predictions"]} if "predictions" in groups else {}
         pred_inferred = _plate_dims(predicted_trace, taken)
-        pred_dims = {**_fit_dims(pred, pred_inferred, strict=False, sample_ndim=sample_ndim),
-                     **_fit_dims(pred, dict(dims or {}), strict=False, sample_ndim=sample_ndim)}
+        pred_dims = {
+            **_fit_dims(pred, pred_inferred, strict=False, sample_ndim=sample_ndim),
+            **_fit_dims(pred, dict(dims or {}), strict=False, sample_ndim=sample_ndim),
+        }
         pred_coords = _fit_coords(pred, pred_dims, coords or {}, sample_ndim=sample_ndim, drop_misfits=True)
     return from_dict(
         groups,
@@ -926,8 +1024,12 @@ def to_datatree(
     )
 
 
-def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]],
-              strict: bool = True, sample_ndim: int = 2) -> dict:
+def _fit_dims(
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+    dims: Mapping[str, Sequence[str]],
+    strict: bool = True,
+    sample_ndim: int = 2,
+) -> dict:
     """Check dims against the variables' ranks, and say clearly when they cannot fit.
 
     A site's log-likelihood has its event dims summed away, so it may use only
@@ -938,8 +1040,10 @@ def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str,
     known = {name for values in groups.values() for name in values}
     unknown = sorted(set(dims) - known)
     if unknown and strict:
-        raise ValueError(f"dims names {unknown}, which are not sites of the model (a typo?); its sites: "
-                         f"{sorted(known)}; unknown_dims='ignore' allows it")
+        raise ValueError(
+            f"dims names {unknown}, which are not sites of the model (a typo?); its sites: "
+            f"{sorted(known)}; unknown_dims='ignore' allows it"
+        )
     for name, names in dims.items():
         if name not in known:
             continue
@@ -958,9 +1062,13 @@ def _fit_dims(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str,
     return out
 
 
-def _fit_coords(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[str, Sequence[str]],
-                coords: Mapping[str, Sequence[Any]], sample_ndim: int = 2, drop_misfits: bool = False,
-                ) -> dict[str, list]:
+def _fit_coords(
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+    dims: Mapping[str, Sequence[str]],
+    coords: Mapping[str, Sequence[Any]],
+    sample_ndim: int = 2,
+    drop_misfits: bool = False,
+) -> dict[str, list]:
     """Check each coordinate's length against the dimension it labels (xarray's own error names neither).
 
     ``drop_misfits``: leave out coordinates whose length does not fit (new inputs of another size) instead.
@@ -978,11 +1086,13 @@ def _fit_coords(groups: Mapping[str, Mapping[str, np.ndarray]], dims: Mapping[st
             for group, variables in groups.items():
                 if name not in variables:
                     continue
-                shape = variables[name].shape[(0 if group == "observed_data" else sample_ndim):]
+                shape = variables[name].shape[(0 if group == "observed_data" else sample_ndim) :]
                 if axis < len(shape) and shape[axis] != len(labels):
                     if not drop_misfits:
-                        raise ValueError(f"coords[{dim!r}] has {len(labels)} labels, but dimension {dim!r} of "
-                                         f"{name!r} ({group}) has size {shape[axis]}")
+                        raise ValueError(
+                            f"coords[{dim!r}] has {len(labels)} labels, but dimension {dim!r} of "
+                            f"{name!r} ({group}) has size {shape[axis]}"
+                        )
                     fits = False
         if fits:
             out[dim] = labels
@@ -1032,7 +1142,9 @@ def summary(
         names = [var_names] if isinstance(var_names, str) else list(var_names)
         missing = [v for v in names if v.lstrip("~") not in data[group].data_vars]
         if missing:
-            raise ValueError(f"var_names {missing} are not in the {group} group; it has {sorted(data[group].data_vars)}")
+            raise ValueError(
+                f"var_names {missing} are not in the {group} group; it has {sorted(data[group].data_vars)}"
+            )
     import arviz
 
     independent = bool(data.attrs.get("draws_are_independent", 0))
@@ -1040,8 +1152,14 @@ def summary(
     sample_dims = ["sample"] if "sample" in ds.dims and "chain" not in ds.dims else ["chain", "draw"]
     kind = "stats" if independent else "all"
     table = arviz.summary(
-        data, var_names=var_names, group=group, sample_dims=sample_dims, kind=kind, ci_prob=ci_prob,
-        ci_kind=ci_kind, round_to=round_to,
+        data,
+        var_names=var_names,
+        group=group,
+        sample_dims=sample_dims,
+        kind=kind,
+        ci_prob=ci_prob,
+        ci_kind=ci_kind,
+        round_to=round_to,
     )
     table = pd.DataFrame(table)
     if independent:
@@ -1049,4 +1167,3 @@ def summary(
         table["mcse_mean"] = table["sd"].astype(float) / math.sqrt(n)
         table["n_draws"] = n
     return table
-

@@ -42,9 +42,16 @@ from bayesgen._runtime import (
     fresh_seed,
 )
 
-__all__ = ["AugmentedData", "augment", "check_output_memory",
-           "tstr", "memorization_check", "low_data_experiment", "default_classifier",
-           "mlp_classifier"]
+__all__ = [
+    "AugmentedData",
+    "augment",
+    "check_output_memory",
+    "tstr",
+    "memorization_check",
+    "low_data_experiment",
+    "default_classifier",
+    "mlp_classifier",
+]
 
 
 @dataclass
@@ -81,8 +88,10 @@ def _check_known(labels: np.ndarray, classes: Sequence[Any], what: str) -> None:
     """Every label in ``labels`` is one of the generator's ``classes``, or a ValueError naming the others."""
     unknown = sorted({str(v) for v in labels.tolist()} - {str(c) for c in classes})
     if unknown:
-        raise ValueError(f"{what} has labels {unknown[:10]} that the generator does not know "
-                         f"(its classes: {np.asarray(classes[:20]).tolist()})")
+        raise ValueError(
+            f"{what} has labels {unknown[:10]} that the generator does not know "
+            f"(its classes: {np.asarray(classes[:20]).tolist()})"
+        )
 
 
 def _per_class(n_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> dict[Any, int]:
@@ -289,7 +298,11 @@ def tstr(
     classes = list(getattr(generator, "classes_", np.unique(labels)))
     _check_known(test_labels, classes, "y_test")
     seed = fresh_seed() if seed is None else seed
-    parts = [generator.sample(n, y=c, seed=seed + i) for i, (c, n) in enumerate(_per_class(n_per_class, classes).items()) if n]
+    parts = [
+        generator.sample(n, y=c, seed=seed + i)
+        for i, (c, n) in enumerate(_per_class(n_per_class, classes).items())
+        if n
+    ]
     if not parts:
         raise ValueError("n_per_class asks for no synthetic rows; TSTR needs some")
     Xs = np.concatenate([np.asarray(p[0], dtype=float) for p in parts])

@@ -72,6 +72,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [minimum, maximum]."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -89,6 +90,7 @@ def _real(
     low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = True
 ) -> Callable[[str], float]:
     """An argparse type: a number between ``low`` and ``high`` (NaN never)."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -121,7 +123,11 @@ def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
     llo, lhi = f"lift_{pct}_lower", f"lift_{pct}_upper"
     rows = []
     for name, r in table.iterrows():
-        lift = "control" if pd.isna(r[llo]) else f"{100 * r['lift_mean']:+.1f}% [{100 * r[llo]:+.1f}%, {100 * r[lhi]:+.1f}%]"
+        lift = (
+            "control"
+            if pd.isna(r[llo])
+            else f"{100 * r['lift_mean']:+.1f}% [{100 * r[llo]:+.1f}%, {100 * r[lhi]:+.1f}%]"
+        )
         rows.append(
             {
                 "variant": name,
@@ -142,11 +148,15 @@ def _ab_monte_carlo_note(table: pd.DataFrame, ci_prob: float, method: str) -> st
     worst = "n/a" if math.isnan(largest) else f"{100 * largest:.2f}"
     draws = f"{table.attrs['num_draws']:,}"
     if method == "exact":
-        return (f"exact (conjugate Beta posterior): rate, its {pct} interval, P(best), expected loss, mean lift\n"
-                f"Monte Carlo ({draws} posterior draws): the lift intervals; "
-                f"standard error of their ends at most {worst} (percentage points of lift)")
-    return (f"Monte Carlo ({draws} draws of the SVI posterior): every posterior figure; "
-            f"standard error of the lift interval ends at most {worst} (percentage points of lift)")
+        return (
+            f"exact (conjugate Beta posterior): rate, its {pct} interval, P(best), expected loss, mean lift\n"
+            f"Monte Carlo ({draws} posterior draws): the lift intervals; "
+            f"standard error of their ends at most {worst} (percentage points of lift)"
+        )
+    return (
+        f"Monte Carlo ({draws} draws of the SVI posterior): every posterior figure; "
+        f"standard error of the lift interval ends at most {worst} (percentage points of lift)"
+    )
 
 
 def _cmd_abtest(args: argparse.Namespace) -> int:
@@ -189,9 +199,11 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
     table = est.summary(control=control)
     print(f"Beta-Binomial A/B test — prior Beta({prior[0]:g}, {prior[1]:g}), method {args.method}")
     if args.csv:
-        print("fitted on the events' sufficient statistics (successes and trials per variant)"
-              if est.data_path_ == "counts" else
-              f"fitted on the events in minibatches of {args.batch_size} (--batch-size)")
+        print(
+            "fitted on the events' sufficient statistics (successes and trials per variant)"
+            if est.data_path_ == "counts"
+            else f"fitted on the events in minibatches of {args.batch_size} (--batch-size)"
+        )
     print(_format_ab_table(table, args.ci))
     print(_ab_monte_carlo_note(table, args.ci, args.method))
     if args.method == "svi":
@@ -215,8 +227,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from bayesgen.specs import RunInterrupted, run_spec
 
     try:
-        out = run_spec(args.spec, args.out, device=args.device, progress=not args.quiet, overwrite=args.overwrite,
-                       checkpoint_every=args.checkpoint_every, resume=args.resume)
+        out = run_spec(
+            args.spec,
+            args.out,
+            device=args.device,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+        )
     except RunInterrupted as err:
         if err.resumable:
             import shlex
@@ -226,8 +245,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 command += ["--device", args.device]
             if args.checkpoint_every is not None:
                 command += ["--checkpoint-every", str(args.checkpoint_every)]
-            print(f"bayesgen: interrupted; the fit is saved: continue it with {shlex.join(command)}",
-                  file=sys.stderr)
+            print(f"bayesgen: interrupted; the fit is saved: continue it with {shlex.join(command)}", file=sys.stderr)
         else:
             print(f"bayesgen: interrupted; nothing was written to {err.folder}", file=sys.stderr)
         return 130
@@ -254,9 +272,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _diagnostic_lines(report: dict) -> list[str]:
     """One line per diagnostic of a diagnostics.json report."""
     lines = [report["convergence"]["message"]]
-    for key, what in (("psis", "PSIS k-hat"), ("psis_rows", "per-row PSIS k-hat"),
-                      ("amortised", "amortised guide"), ("psis_means", "PSIS means"),
-                      ("nuts", "NUTS cross-check"), ("sbc", "SBC")):
+    for key, what in (
+        ("psis", "PSIS k-hat"),
+        ("psis_rows", "per-row PSIS k-hat"),
+        ("amortised", "amortised guide"),
+        ("psis_means", "PSIS means"),
+        ("nuts", "NUTS cross-check"),
+        ("sbc", "SBC"),
+    ):
         part = report.get(key)
         if part is not None:
             lines.append(part.get("message", f"{what} not available: {part.get('error')}"))
@@ -273,9 +296,17 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from bayesgen.models import BayesianEstimator
 
     est = BayesianEstimator.load(folder / "model", device=args.device)
-    report = write_diagnostics(est, folder, num_samples=args.num_samples, seed=args.seed, nuts=args.nuts,
-                               nuts_samples=args.nuts_samples, nuts_warmup=args.nuts_warmup,
-                               sbc_simulations=args.sbc, sbc_steps=args.sbc_steps)
+    report = write_diagnostics(
+        est,
+        folder,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        nuts=args.nuts,
+        nuts_samples=args.nuts_samples,
+        nuts_warmup=args.nuts_warmup,
+        sbc_simulations=args.sbc,
+        sbc_steps=args.sbc_steps,
+    )
     print(f"{report['model']} in {folder}")
     for line in _diagnostic_lines(report):
         print("  " + line)
@@ -299,8 +330,16 @@ def _cmd_tour(args: argparse.Namespace) -> int:
         else:
             print(f"bayesgen: error: {name} failed: {detail}", file=sys.stderr, flush=True)
 
-    result = run_tour(args.out, device=args.device, specs=args.specs, names=names, smoke=args.smoke,
-                      progress=not args.quiet, on_event=on_event, overwrite=args.overwrite)
+    result = run_tour(
+        args.out,
+        device=args.device,
+        specs=args.specs,
+        names=names,
+        smoke=args.smoke,
+        progress=not args.quiet,
+        on_event=on_event,
+        overwrite=args.overwrite,
+    )
     print(f"tour finished in {result.seconds['total']:.1f} s; report: {result.report}")
     return 1 if result.errors else 0
 
@@ -310,8 +349,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     from bayesgen.specs import reproduce
 
-    result = reproduce(args.run_dir, args.out, device=args.device, tolerance=args.tolerance, rtol=args.rtol,
-                       progress=not args.quiet, overwrite=args.overwrite)
+    result = reproduce(
+        args.run_dir,
+        args.out,
+        device=args.device,
+        tolerance=args.tolerance,
+        rtol=args.rtol,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     bad = result.table[~result.table["ok"]]
     with pd.option_context("display.width", 140):
         shown = bad if len(bad) else result.table.head(10)
@@ -352,8 +398,10 @@ def _cmd_augment(args: argparse.Namespace) -> int:
         column = table[args.label]
         blank = (column.isna() | column.astype(str).str.strip().eq("")).to_numpy()
         if blank.any() and not args.unlabelled:
-            raise ValueError(f"{int(blank.sum())} rows have no label in column {args.label!r}; pass --unlabelled "
-                             "to fit semi-supervised with them (EM; needs --method exact), or drop them")
+            raise ValueError(
+                f"{int(blank.sum())} rows have no label in column {args.label!r}; pass --unlabelled "
+                "to fit semi-supervised with them (EM; needs --method exact), or drop them"
+            )
         if blank.all():
             raise ValueError(f"no row has a label in column {args.label!r}")
         if blank.any():
@@ -387,15 +435,21 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
         out.to_csv(tmp, index=False)
     n_syn = int(data.synthetic.sum())
-    print(f"wrote {args.out}: {len(out) - n_syn} real rows + {n_syn} synthetic rows "
-          f"({args.n_per_class} per class, column 'synthetic' marks them)")
+    print(
+        f"wrote {args.out}: {len(out) - n_syn} real rows + {n_syn} synthetic rows "
+        f"({args.n_per_class} per class, column 'synthetic' marks them)"
+    )
     if unlabelled is not None and gen.unlabelled_history_ is None:
-        print(f"the generator did not learn from the {len(unlabelled)} unlabelled rows: EM classified held-out "
-              "labelled rows worse (see the warning); they are not in the output")
+        print(
+            f"the generator did not learn from the {len(unlabelled)} unlabelled rows: EM classified held-out "
+            "labelled rows worse (see the warning); they are not in the output"
+        )
     elif unlabelled is not None:
-        print(f"the generator also learnt from {len(unlabelled)} unlabelled rows (EM, "
-              f"{len(gen.unlabelled_history_) - 1} passes, each row weighted {gen.unlabelled_weight_:g}); "
-              "they are not in the output")
+        print(
+            f"the generator also learnt from {len(unlabelled)} unlabelled rows (EM, "
+            f"{len(gen.unlabelled_history_) - 1} passes, each row weighted {gen.unlabelled_weight_:g}); "
+            "they are not in the output"
+        )
     return 0
 
 
@@ -410,8 +464,9 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     table = read_csv(args.csv)
     if args.labels is not None and args.labels not in table.columns:
         raise ValueError(f"{args.csv} has no --labels column {args.labels!r}; columns are {list(table.columns)[:20]}")
-    columns = ([c.strip() for c in args.columns.split(",")] if args.columns
-               else [c for c in table.columns if c != args.labels])
+    columns = (
+        [c.strip() for c in args.columns.split(",")] if args.columns else [c for c in table.columns if c != args.labels]
+    )
     if len(set(columns)) != len(columns):
         raise ValueError(f"--columns names a column more than once: {columns}")
     if args.labels in columns:
@@ -423,8 +478,9 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
         known = table[args.labels].notna().to_numpy()
         if not known.any():
             raise ValueError(f"--labels column {args.labels!r} has no labelled rows (all empty)")
-        labels = binary_labels(table.loc[known, args.labels].to_numpy(), int(known.sum()),
-                               f"--labels column {args.labels!r}")
+        labels = binary_labels(
+            table.loc[known, args.labels].to_numpy(), int(known.sum()), f"--labels column {args.labels!r}"
+        )
     det = MixtureAnomalyDetector(
         num_components=args.components,
         covariance=args.covariance,
@@ -436,16 +492,20 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     ).fit(table[columns])
     if args.labels is not None:
         det.calibrate(table.loc[known, columns], labels)
-        print(f"calibrated on {int(known.sum())} labelled rows ({det.calibration_['anomalies']} anomalies): "
-              f"slope {det.calibration_['slope']:.3g}, intercept {det.calibration_['intercept']:.3g}")
+        print(
+            f"calibrated on {int(known.sum())} labelled rows ({det.calibration_['anomalies']} anomalies): "
+            f"slope {det.calibration_['slope']:.3g}, intercept {det.calibration_['intercept']:.3g}"
+        )
     out = table.copy()
     out["anomaly_probability"] = det.predict_proba(table[columns])
     out["anomaly"] = (out["anomaly_probability"] > args.threshold).astype(int)
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
         out.to_csv(tmp, index=False)
     frac = det.anomaly_fraction()
-    print(f"wrote {args.out}: {int(out['anomaly'].sum())} of {len(out)} rows flagged (P(anomaly) > {args.threshold}); "
-          f"anomaly fraction {frac['mean']:.3f} [{frac['low']:.3f}, {frac['high']:.3f}]")
+    print(
+        f"wrote {args.out}: {int(out['anomaly'].sum())} of {len(out)} rows flagged (P(anomaly) > {args.threshold}); "
+        f"anomaly fraction {frac['mean']:.3f} [{frac['low']:.3f}, {frac['high']:.3f}]"
+    )
     return 0
 
 
@@ -470,8 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tour = sub.add_parser("tour", help=f"fit all {len(MODELS)} models ({', '.join(MODELS)}) on offline data and write "
-                                       "an HTML report")
+    tour = sub.add_parser(
+        "tour", help=f"fit all {len(MODELS)} models ({', '.join(MODELS)}) on offline data and write an HTML report"
+    )
     tour.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     tour.add_argument("--out", default="runs/tour", help="folder for the run folders and report.html")
     tour.add_argument("--specs", default=None, help="folder of the run specs (default: the checkout's models/)")
@@ -485,10 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a folder written by 'bayesgen fit' or 'bayesgen tour'")
     rep.add_argument("--out", default=None, help="re-run folder (default RUN_DIR/reproduced)")
     rep.add_argument("--device", default=None, help="default: the original's device when available, else cpu")
-    rep.add_argument("--tolerance", type=_tolerance, default=0.1,
-                     help="allowed change of a mean, in posterior sds (default 0.1)")
-    rep.add_argument("--rtol", type=_tolerance, default=0.05,
-                     help="allowed relative change of a report figure (default 0.05)")
+    rep.add_argument(
+        "--tolerance", type=_tolerance, default=0.1, help="allowed change of a mean, in posterior sds (default 0.1)"
+    )
+    rep.add_argument(
+        "--rtol", type=_tolerance, default=0.05, help="allowed relative change of a report figure (default 0.05)"
+    )
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     rep.set_defaults(func=_cmd_reproduce)
@@ -496,21 +559,32 @@ def build_parser() -> argparse.ArgumentParser:
     hr = sub.add_parser("report", help="one self-contained HTML report of run folders")
     hr.add_argument("run_dirs", nargs="+", help="folders written by 'bayesgen fit'")
     hr.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
-    hr.add_argument("--title", default="bayesgen report", help="the page's title and heading (default 'bayesgen report')")
+    hr.add_argument(
+        "--title", default="bayesgen report", help="the page's title and heading (default 'bayesgen report')"
+    )
     hr.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     hr.set_defaults(func=_cmd_report)
 
-    fit = sub.add_parser("fit", help="fit a run spec (a TOML file, as in models/) and write a run folder; its [run] "
-                                     f"model is one of {', '.join(MODELS)}")
+    fit = sub.add_parser(
+        "fit",
+        help="fit a run spec (a TOML file, as in models/) and write a run folder; its [run] "
+        f"model is one of {', '.join(MODELS)}",
+    )
     fit.add_argument("spec", help="path to a TOML run spec")
     fit.add_argument("--device", default=None, help="auto, cpu or cuda (overrides the spec)")
     fit.add_argument("--out", default=None, help="run folder (default runs/<name>-<time>)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
-    fit.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                     help="write a checkpoint every N SVI steps (one is always written on Ctrl-C)")
-    fit.add_argument("--resume", action="store_true",
-                     help="continue the fit that Ctrl-C interrupted in --out DIR (needs --out)")
+    fit.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write a checkpoint every N SVI steps (one is always written on Ctrl-C)",
+    )
+    fit.add_argument(
+        "--resume", action="store_true", help="continue the fit that Ctrl-C interrupted in --out DIR (needs --out)"
+    )
     fit.set_defaults(func=_cmd_fit)
 
     ab = sub.add_parser("abtest", help="Bayesian A/B(/n) test of conversion rates")
@@ -521,12 +595,21 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--csv", help="CSV of raw events (one row per visitor)")
     ab.add_argument("--variant-col", help="variant column of --csv")
     ab.add_argument("--outcome-col", help="0/1 outcome column of --csv")
-    ab.add_argument("--method", choices=["svi", "exact"], default="svi",
-                    help="svi: fit by SVI and compare with the exact posterior; exact: the conjugate Beta posterior "
-                         "(default svi)")
-    ab.add_argument("--num-steps", type=_positive, default=3000, help="SVI steps (default 3000; ignored by --method exact)")
-    ab.add_argument("--batch-size", type=_positive, default=None,
-                    help="fit --csv events in SVI minibatches of this size (default: sum them to counts per variant)")
+    ab.add_argument(
+        "--method",
+        choices=["svi", "exact"],
+        default="svi",
+        help="svi: fit by SVI and compare with the exact posterior; exact: the conjugate Beta posterior (default svi)",
+    )
+    ab.add_argument(
+        "--num-steps", type=_positive, default=3000, help="SVI steps (default 3000; ignored by --method exact)"
+    )
+    ab.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help="fit --csv events in SVI minibatches of this size (default: sum them to counts per variant)",
+    )
     ab.add_argument("--ci", type=_probability, default=0.94, help="credible interval mass (default 0.94)")
     ab.add_argument("--device", default="auto", help=_DEVICE_HELP)
     ab.add_argument("--seed", type=_seed, default=0, help=_SEED_HELP)
@@ -540,18 +623,31 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--label", required=True, help="label column")
     aug.add_argument("--n-per-class", type=_integer(0), default=100, help="synthetic rows per class (default 100)")
     aug.add_argument("--out", required=True, help="output CSV: real + synthetic rows, with a 'synthetic' column")
-    aug.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="lowrank",
-                     help="per-class covariance: diagonal, full, or low rank plus diagonal (default lowrank)")
+    aug.add_argument(
+        "--covariance",
+        choices=["diag", "full", "lowrank"],
+        default="lowrank",
+        help="per-class covariance: diagonal, full, or low rank plus diagonal (default lowrank)",
+    )
     aug.add_argument("--rank", type=_positive, default=10, help="factors of the lowrank covariance")
-    aug.add_argument("--subspace", type=_positive, default=None,
-                     help="model the classes in this many principal components (pixels with few rows per class)")
+    aug.add_argument(
+        "--subspace",
+        type=_positive,
+        default=None,
+        help="model the classes in this many principal components (pixels with few rows per class)",
+    )
     aug.add_argument("--method", choices=["svi", "exact"], default="svi", help="exact: diag/full only")
     aug.add_argument("--clip", help="clip samples to LOW,HIGH (e.g. 0,1 for pixels)")
     aug.add_argument("--keep-constant", action="store_true", help="hold constant features fixed instead of failing")
-    aug.add_argument("--unlabelled", action="store_true",
-                     help="rows with an empty label are unlabelled data: the generator learns from them too "
-                          "(semi-supervised EM; needs --method exact); they are not written out")
-    aug.add_argument("--num-steps", type=_positive, default=2000, help="SVI steps (default 2000; ignored by --method exact)")
+    aug.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="rows with an empty label are unlabelled data: the generator learns from them too "
+        "(semi-supervised EM; needs --method exact); they are not written out",
+    )
+    aug.add_argument(
+        "--num-steps", type=_positive, default=2000, help="SVI steps (default 2000; ignored by --method exact)"
+    )
     aug.add_argument("--device", default="auto", help=_DEVICE_HELP)
     aug.add_argument("--seed", type=_seed, default=0, help=_SEED_HELP)
     aug.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -563,16 +659,26 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--columns", help="comma-separated columns to model (default: all)")
     an.add_argument("--out", required=True, help="output CSV: the rows plus anomaly_probability and anomaly (0/1)")
     an.add_argument("--components", type=_positive, default=1, help="Gaussian components of normal behaviour")
-    an.add_argument("--covariance", choices=["diag", "full", "lowrank"], default="full",
-                    help="covariance of each normal component: diagonal, full, or low rank plus diagonal (default full)")
-    an.add_argument("--anomaly", choices=["inflated", "student_t"], default="inflated",
-                    help="the anomaly component: a learnt, inflated Gaussian or a fixed Student-t")
-    an.add_argument("--labels", metavar="COLUMN",
-                    help="a 0/1 column (1 = anomaly; empty where unknown): not a feature; its labelled rows "
-                         "calibrate the probability (Platt scaling, see MixtureAnomalyDetector.calibrate)")
+    an.add_argument(
+        "--covariance",
+        choices=["diag", "full", "lowrank"],
+        default="full",
+        help="covariance of each normal component: diagonal, full, or low rank plus diagonal (default full)",
+    )
+    an.add_argument(
+        "--anomaly",
+        choices=["inflated", "student_t"],
+        default="inflated",
+        help="the anomaly component: a learnt, inflated Gaussian or a fixed Student-t",
+    )
+    an.add_argument(
+        "--labels",
+        metavar="COLUMN",
+        help="a 0/1 column (1 = anomaly; empty where unknown): not a feature; its labelled rows "
+        "calibrate the probability (Platt scaling, see MixtureAnomalyDetector.calibrate)",
+    )
     an.add_argument("--threshold", type=_probability, default=0.5, help="flag rows with P(anomaly) above this")
-    an.add_argument("--num-steps", type=_positive, default=300,
-                    help="SVI steps after the EM start (default 300)")
+    an.add_argument("--num-steps", type=_positive, default=300, help="SVI steps after the EM start (default 300)")
     an.add_argument("--device", default="auto", help=_DEVICE_HELP)
     an.add_argument("--seed", type=_seed, default=0, help=_SEED_HELP)
     an.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -585,12 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--nuts", action="store_true", help="cross-check with NUTS (small models only)")
     dg.add_argument("--nuts-samples", type=_integer(2), default=1000, help="NUTS draws per chain (default 1000)")
     dg.add_argument("--nuts-warmup", type=_integer(0), default=500, help="NUTS warm-up steps per chain (default 500)")
-    dg.add_argument("--sbc", type=_integer(0), default=0, metavar="N",
-                    help="simulation-based calibration with N refits")
+    dg.add_argument(
+        "--sbc", type=_integer(0), default=0, metavar="N", help="simulation-based calibration with N refits"
+    )
     dg.add_argument("--sbc-steps", type=_positive, default=None, help="SVI steps per SBC refit")
     dg.add_argument("--device", default="auto", help=_DEVICE_HELP)
-    dg.add_argument("--seed", type=_seed, default=0,
-                    help="seed of the guide draws, NUTS chains and SBC simulations (default 0)")
+    dg.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the guide draws, NUTS chains and SBC simulations (default 0)"
+    )
     dg.set_defaults(func=_cmd_diagnose)
     return parser
 

@@ -91,8 +91,9 @@ def read_csv(path: PathLikeStr) -> pd.DataFrame:
     names = header.dropna().tolist()
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"{path} names columns more than once in its header: {repeated}; give every column "
-                         "its own name")
+        raise ValueError(
+            f"{path} names columns more than once in its header: {repeated}; give every column its own name"
+        )
     if table.empty:
         raise ValueError(f"{path} has no data rows")
     return table
@@ -267,17 +268,29 @@ def read_array_pickle(path: PathLikeStr) -> Any:
     with path.open("rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
     try:
-        with (gzip.open(path, "rb") if compressed else path.open("rb")) as fh:
+        with gzip.open(path, "rb") if compressed else path.open("rb") as fh:
             # latin1: how NumPy reads the array data of a Python 2 pickle (mnist.pkl.gz is one).
             return _ArrayUnpickler(fh, encoding="latin1").load()
     except _ForbiddenGlobal as err:
-        raise ValueError(f"{path} holds a pickled {err}, which bayesgen will not load: only NumPy arrays, "
-                         "tuples and lists are read from pickles") from None
-    except (pickle.UnpicklingError, EOFError, gzip.BadGzipFile, zlib.error, ValueError, TypeError,
-            AttributeError, IndexError, KeyError) as err:
+        raise ValueError(
+            f"{path} holds a pickled {err}, which bayesgen will not load: only NumPy arrays, "
+            "tuples and lists are read from pickles"
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        gzip.BadGzipFile,
+        zlib.error,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    ) as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path} is not a readable pickle of NumPy arrays (damaged or another format): "
-                         f"{detail}") from None
+        raise ValueError(
+            f"{path} is not a readable pickle of NumPy arrays (damaged or another format): {detail}"
+        ) from None
 
 
 def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -306,6 +319,7 @@ def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray,
             ) from err
     path = Path(path)
     if path.is_dir():
+
         def find(stem: str) -> Path:
             for name in (stem, stem + ".gz"):
                 if (path / name).is_file():
@@ -325,12 +339,13 @@ def load_mnist(path: PathLikeStr | None = None) -> tuple[np.ndarray, np.ndarray,
         if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in (X_tr, y_tr, X_va, y_va, X_te, y_te)):
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"{path} is not an MNIST pickle: expected three (images, labels) pairs of numeric "
-                         "arrays (train, validation, test)") from None
+        raise ValueError(
+            f"{path} is not an MNIST pickle: expected three (images, labels) pairs of numeric "
+            "arrays (train, validation, test)"
+        ) from None
     X_train = np.concatenate([X_tr, X_va]).astype(float)
     y_train = np.concatenate([y_tr, y_va]).astype(np.int64)
     return X_train, y_train, X_te.astype(float), y_te.astype(np.int64)
-
 
 
 MLBENCH_DIRS = ("/usr/lib/R/site-library/mlbench/data", "/usr/local/lib/R/site-library/mlbench/data")
@@ -360,7 +375,11 @@ def load_mlbench(name: str, path: PathLikeStr | None = None) -> pd.DataFrame:
     candidates = []
     if path is not None:
         p = Path(path)
-        candidates = [p] if p.suffix == ".rda" else [p / f"{name}.rda", p / "usr/lib/R/site-library/mlbench/data" / f"{name}.rda"]
+        candidates = (
+            [p]
+            if p.suffix == ".rda"
+            else [p / f"{name}.rda", p / "usr/lib/R/site-library/mlbench/data" / f"{name}.rda"]
+        )
     else:
         candidates = [Path(d) / f"{name}.rda" for d in MLBENCH_DIRS]
     for c in candidates:

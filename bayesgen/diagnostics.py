@@ -117,7 +117,9 @@ class VIDiagnostic:
         text = f"PSIS k-hat = {self.khat:.2f} ({self.verdict}: {meaning}; {self.num_samples} draws, ESS {self.ess:.0f})"
         if self.verdict != "unreliable" and self.ess < 0.5 * self.num_samples:
             # k-hat cannot see a guide that is too wide (bounded ratios); a low ESS can.
-            text += f"; but only {self.ess / self.num_samples:.0%} effective draws: the guide may be too wide or off-centre"
+            text += (
+                f"; but only {self.ess / self.num_samples:.0%} effective draws: the guide may be too wide or off-centre"
+            )
         return text
 
     def expectation(self, fn: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
@@ -161,8 +163,13 @@ def _point_mass_sites(guide_trace: poutine.Trace, draws: dict[str, torch.Tensor]
     """
     names = []
     for name, site in guide_trace.nodes.items():
-        if (site["type"] != "sample" or site["is_observed"] or site_is_subsample(site)
-                or site["infer"].get("_deterministic") or name not in draws):
+        if (
+            site["type"] != "sample"
+            or site["is_observed"]
+            or site_is_subsample(site)
+            or site["infer"].get("_deterministic")
+            or name not in draws
+        ):
             continue
         fn = site["fn"]
         while not isinstance(fn, pyro.distributions.Delta) and hasattr(fn, "base_dist"):
@@ -184,7 +191,8 @@ def _check_judgeable(model_trace: poutine.Trace, guide_trace: poutine.Trace, dra
         raise ValueError(
             f"cannot judge the guide: the guide is a point mass at {points} (a Delta, as AutoDelta draws), so its "
             "draws have no spread for the importance ratios to weigh and k-hat would call any point good; fit a "
-            "guide with spread (e.g. AutoNormal) to check the posterior, or compare with NUTS (nuts_compare)")
+            "guide with spread (e.g. AutoNormal) to check the posterior, or compare with NUTS (nuts_compare)"
+        )
     for trace in (model_trace, guide_trace):
         for site in trace.nodes.values():
             if site["type"] != "sample":
@@ -196,7 +204,8 @@ def _check_judgeable(model_trace: poutine.Trace, guide_trace: poutine.Trace, dra
                         f"plate {frame.name!r} evaluates {size} of its {full} rows (subsample_size or subsample), so "
                         "each importance ratio would see a random minibatch, not all the data; evaluate on all rows: "
                         f"give the model its subsample as an argument (pyro.plate({frame.name!r}, {full}, "
-                        "subsample=subsample), or subsample_size=batch_size) and check it with that argument None")
+                        "subsample=subsample), or subsample_size=batch_size) and check it with that argument None"
+                    )
 
 
 def _log_weights(
@@ -210,8 +219,13 @@ def _log_weights(
     enumerated, traces, first = None, None, None
     try:
         log_w, model_trace, guide_trace = vectorized_importance_weights(
-            model, guide, *args, num_samples=num_samples, max_plate_nesting=max_plate_nesting or 4,
-            normalized=False, **kwargs,
+            model,
+            guide,
+            *args,
+            num_samples=num_samples,
+            max_plate_nesting=max_plate_nesting or 4,
+            normalized=False,
+            **kwargs,
         )
         traces = (model_trace, guide_trace)
         enumerated = _enumerated_sites(model_trace, guide_trace)
@@ -247,10 +261,11 @@ def _log_weights(
             except (RuntimeError, ValueError) as err:
                 if is_out_of_memory(err):
                     raise
-                raise ValueError(f"summing out the enumerated sites {names} with TraceEnum_ELBO failed: "
-                                 f"{str(err).splitlines()[0] if str(err) else repr(err)}") from err
-        draws_list.append({n: s["value"] for n, s in g.nodes.items()
-                           if s["type"] == "sample" and not s["is_observed"]})
+                raise ValueError(
+                    f"summing out the enumerated sites {names} with TraceEnum_ELBO failed: "
+                    f"{str(err).splitlines()[0] if str(err) else repr(err)}"
+                ) from err
+        draws_list.append({n: s["value"] for n, s in g.nodes.items() if s["type"] == "sample" and not s["is_observed"]})
     draws = {k: torch.stack([d[k] for d in draws_list]) for k in draws_list[0]}
     _check_judgeable(*first, draws)
     return torch.stack(out), draws
@@ -351,13 +366,20 @@ def vi_khat(
     raw = to_numpy(log_w).astype(float)
     if not np.isfinite(raw).all():
         bad = int((~np.isfinite(raw)).sum())
-        raise ValueError(f"{bad} of {len(raw)} importance ratios are not finite; the guide puts mass where the "
-                         "model has none (or the model fails for some draws)")
+        raise ValueError(
+            f"{bad} of {len(raw)} importance ratios are not finite; the guide puts mass where the "
+            "model has none (or the model fails for some draws)"
+        )
     smoothed, khats = _psis(raw[None], torch.finfo(log_w.dtype).eps)
     smoothed, khat = smoothed[0], float(khats[0])
-    diag = VIDiagnostic(khat=khat, verdict=_verdict(khat), num_samples=int(num_samples),
-                        log_weights=np.asarray(smoothed, dtype=float), raw_log_weights=raw,
-                        draws={k: to_numpy(v) for k, v in draws.items()})
+    diag = VIDiagnostic(
+        khat=khat,
+        verdict=_verdict(khat),
+        num_samples=int(num_samples),
+        log_weights=np.asarray(smoothed, dtype=float),
+        raw_log_weights=raw,
+        draws={k: to_numpy(v) for k, v in draws.items()},
+    )
     if warn and diag.verdict == "unreliable":
         warnings.warn(diag.message(), UserWarning, stacklevel=2)
     return diag
@@ -395,13 +417,15 @@ class RowDiagnostic:
     def shares(self) -> dict[str, float]:
         """Share of rows whose k-hat is good (< 0.5), usable (0.5–0.7) and unreliable (> 0.7)."""
         k = np.asarray(self.khat, dtype=float)
-        return {"good": float(np.mean(k < KHAT_GOOD)),
-                "usable": float(np.mean((k >= KHAT_GOOD) & (k <= KHAT_USABLE))),
-                "unreliable": float(np.mean(k > KHAT_USABLE))}
+        return {
+            "good": float(np.mean(k < KHAT_GOOD)),
+            "usable": float(np.mean((k >= KHAT_GOOD) & (k <= KHAT_USABLE))),
+            "unreliable": float(np.mean(k > KHAT_USABLE)),
+        }
 
     @property
     def verdict(self) -> str:
-        """"unreliable" when more than 10 % of rows are, else the verdict of the 90th-percentile row."""
+        """ "unreliable" when more than 10 % of rows are, else the verdict of the 90th-percentile row."""
         if self.shares["unreliable"] > 0.1:
             return "unreliable"
         return _verdict(self._quantile(0.9))
@@ -409,10 +433,12 @@ class RowDiagnostic:
     def message(self) -> str:
         """One line for a report or the CLI."""
         s = self.shares
-        return (f"per-row PSIS k-hat over {len(self.khat)} {self.plate}s ({self.num_samples} draws each): median "
-                f"{self._quantile(0.5):.2f}, 90th percentile {self._quantile(0.9):.2f}; share of rows with k-hat "
-                f"< {KHAT_GOOD}: {s['good']:.0%}, {KHAT_GOOD}–{KHAT_USABLE}: {s['usable']:.0%}, > {KHAT_USABLE}: "
-                f"{s['unreliable']:.0%} (verdict: {self.verdict})")
+        return (
+            f"per-row PSIS k-hat over {len(self.khat)} {self.plate}s ({self.num_samples} draws each): median "
+            f"{self._quantile(0.5):.2f}, 90th percentile {self._quantile(0.9):.2f}; share of rows with k-hat "
+            f"< {KHAT_GOOD}: {s['good']:.0%}, {KHAT_GOOD}–{KHAT_USABLE}: {s['usable']:.0%}, > {KHAT_USABLE}: "
+            f"{s['unreliable']:.0%} (verdict: {self.verdict})"
+        )
 
 
 def _guide_draws(guide_trace: poutine.Trace, nesting: int) -> dict[str, torch.Tensor]:
@@ -439,12 +465,16 @@ def _row_log_ratios(model_trace: poutine.Trace, guide_trace: poutine.Trace, plat
                 continue
             frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
             if frame is None:
-                raise ValueError(f"site {name!r} is outside the plate {plate!r}: per-row k-hat needs every "
-                                 "latent and observed site to be local to a row; use vi_khat for this model")
+                raise ValueError(
+                    f"site {name!r} is outside the plate {plate!r}: per-row k-hat needs every "
+                    "latent and observed site to be local to a row; use vi_khat for this model"
+                )
             if trace is model_trace and not site["is_observed"] and name not in guide_trace.nodes:
-                raise ValueError(f"latent site {name!r} is in the model and not the guide (an enumerated site?): "
-                                 "per-row k-hat needs the guide to draw every latent site; use vi_khat, which "
-                                 "sums enumerated sites out")
+                raise ValueError(
+                    f"latent site {name!r} is in the model and not the guide (an enumerated site?): "
+                    "per-row k-hat needs the guide to draw every latent site; use vi_khat, which "
+                    "sums enumerated sites out"
+                )
             lp = site["log_prob"]
             while lp.dim() < nesting:
                 lp = lp.unsqueeze(0)
@@ -458,12 +488,23 @@ def _row_log_ratios(model_trace: poutine.Trace, guide_trace: poutine.Trace, plat
     return total
 
 
-def _first_draw_agrees(model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict, draws: dict[str, torch.Tensor],
-                      ratios: torch.Tensor, plate: str, nesting: int) -> bool:
+def _first_draw_agrees(
+    model: ModelFn,
+    guide: ModelFn,
+    args: tuple,
+    kwargs: dict,
+    draws: dict[str, torch.Tensor],
+    ratios: torch.Tensor,
+    plate: str,
+    nesting: int,
+) -> bool:
     """Do the first vectorised draw's per-row ratios (``ratios``, shape (rows,)) match a plain pass on it?"""
     natural = poutine.trace(guide).get_trace(*args, **kwargs)
-    first = {name: value[0].reshape(natural.nodes[name]["value"].shape) for name, value in draws.items()
-             if name in natural.nodes}
+    first = {
+        name: value[0].reshape(natural.nodes[name]["value"].shape)
+        for name, value in draws.items()
+        if name in natural.nodes
+    }
     g = poutine.trace(poutine.condition(guide, data=first)).get_trace(*args, **kwargs)
     m = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
     m.compute_log_prob()
@@ -538,6 +579,7 @@ def vi_khat_rows(
         def _fn(*a: Any, **k: Any) -> Any:
             with pyro.plate("_particles", int(num_samples), dim=-nesting):
                 return fn(*a, **k)
+
         return _fn
 
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
@@ -547,17 +589,24 @@ def vi_khat_rows(
             traces = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide), args, kwargs)
         except (RuntimeError, ValueError, IndexError, NotImplementedError) as err:
             # A model or guide whose shapes do not broadcast over the draws (torch.mm, a reshape to the rows).
-            logger.info("vectorised per-row importance ratios failed (%s: %s); drawing %d samples one at a time",
-                        type(err).__name__, str(err).splitlines()[0] if str(err) else "", int(num_samples))
+            logger.info(
+                "vectorised per-row importance ratios failed (%s: %s); drawing %d samples one at a time",
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+                int(num_samples),
+            )
             traces = None
         if traces is not None:
             draws = _guide_draws(traces[1], nesting)
             _check_judgeable(*traces, draws)
             total = _row_log_ratios(*traces, plate, nesting)
             if not _first_draw_agrees(model, guide, args, kwargs, draws, total[0], plate, nesting):
-                logger.warning("vectorised per-row importance ratios disagree with a plain pass on the same draw "
-                               "(the model or guide reduces over a plate, which in a vectorised pass also spans the "
-                               "draws); drawing %d samples one at a time", int(num_samples))
+                logger.warning(
+                    "vectorised per-row importance ratios disagree with a plain pass on the same draw "
+                    "(the model or guide reduces over a plate, which in a vectorised pass also spans the "
+                    "draws); drawing %d samples one at a time",
+                    int(num_samples),
+                )
                 traces = None
         if traces is None:
             first, ratios, draws = None, [], []
@@ -589,12 +638,13 @@ def element_labels(estimator: Any, name: str, shape: tuple[int, ...]) -> list[st
     Uses the estimator's dims and coords where they fit the shape, else indices.
     """
     dims, coords = estimator._arviz_dims() if estimator is not None else ({}, {})
-    site_dims = list(dims.get(name, []))[-len(shape):] if shape else []
+    site_dims = list(dims.get(name, []))[-len(shape) :] if shape else []
     axes = []
     for size, dim in zip(shape, [None] * (len(shape) - len(site_dims)) + site_dims, strict=True):
         values = coords.get(dim) if dim is not None else None
-        axes.append([str(v) for v in values] if values is not None and len(values) == size else
-                    [str(i) for i in range(size)])
+        axes.append(
+            [str(v) for v in values] if values is not None and len(values) == size else [str(i) for i in range(size)]
+        )
     if not shape:
         return [name]
     return [f"{name}[{', '.join(axes[k][i] for k, i in enumerate(index))}]" for index in np.ndindex(*shape)]
@@ -628,8 +678,11 @@ def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500, estimator: Any = No
     for name, draws in diag.draws.items():
         flat = np.asarray(draws, dtype=float).reshape(diag.num_samples, -1)
         shape = np.shape(draws)[1:]
-        labels = (element_labels(estimator, name, shape) if estimator is not None else
-                  [name if flat.shape[1] == 1 else f"{name}[{j}]" for j in range(flat.shape[1])])
+        labels = (
+            element_labels(estimator, name, shape)
+            if estimator is not None
+            else [name if flat.shape[1] == 1 else f"{name}[{j}]" for j in range(flat.shape[1])]
+        )
         for j in range(flat.shape[1]):
             if len(rows) >= max_rows:
                 break
@@ -637,9 +690,16 @@ def psis_summary(diag: VIDiagnostic, *, max_rows: int = 500, estimator: Any = No
             m, sd = v.mean(), v.std(ddof=1)
             pm = float(w @ v)
             psd = float(np.sqrt(max(w @ (v - pm) ** 2, 0.0)))
-            rows.append({"parameter": labels[j], "guide_mean": m,
-                         "guide_sd": sd, "psis_mean": pm, "psis_sd": psd,
-                         "shift_sd": (pm - m) / sd if sd > 0 else 0.0})
+            rows.append(
+                {
+                    "parameter": labels[j],
+                    "guide_mean": m,
+                    "guide_sd": sd,
+                    "psis_mean": pm,
+                    "psis_sd": psd,
+                    "shift_sd": (pm - m) / sd if sd > 0 else 0.0,
+                }
+            )
     return pd.DataFrame(rows).set_index("parameter") if rows else pd.DataFrame()
 
 
@@ -692,9 +752,13 @@ def convergence_report(
         patience = ConvergenceCheck.patience
         check = ConvergenceCheck(window=max(2, min(int(window), n // (patience + 1))), early_stop=False)
     result = check.assess(y)
-    out: dict[str, Any] = {"steps": n, "stopped_by_step_limit": None if max_steps is None else n >= int(max_steps),
-                           "last_change": result.change, "last_change_se": result.change_se,
-                           "converged_at": result.converged_at}
+    out: dict[str, Any] = {
+        "steps": n,
+        "stopped_by_step_limit": None if max_steps is None else n >= int(max_steps),
+        "last_change": result.change,
+        "last_change_se": result.change_se,
+        "converged_at": result.converged_at,
+    }
     tail = y[-check.window :]
     out["final_loss"] = float(tail[np.isfinite(tail)].mean()) if np.isfinite(tail).any() else None
     verdict, message = result.verdict, result.message
@@ -704,8 +768,10 @@ def convergence_report(
             message = f"optimisation converged: the runner's convergence check passed (at its own settings; {message})"
         elif not converged and verdict == "converged":
             verdict = "still improving" if (result.change or 0.0) <= 0 else "getting worse"
-            message = (f"optimisation {verdict}: the runner's convergence check was not met with the fit's own "
-                       f"window and patience, although {message.split(': ', 1)[1]}")
+            message = (
+                f"optimisation {verdict}: the runner's convergence check was not met with the fit's own "
+                f"window and patience, although {message.split(': ', 1)[1]}"
+            )
     out["verdict"] = verdict
     stop = " (stopped by the step limit)" if out["stopped_by_step_limit"] and verdict != "converged" else ""
     out["message"] = message.replace(f"optimisation {verdict}", f"optimisation {verdict}{stop}", 1)
@@ -755,14 +821,14 @@ def _convergence_verdict(part: dict[str, Any]) -> CheckVerdict:
         return CheckVerdict("ok", label, message)
     advice = {
         "still improving": "The loss was still falling when the fit stopped, so the fitted posterior may not have "
-                           "settled yet: raise num_steps (or num_epochs) in the spec's [inference] table and fit "
-                           "again.",
+        "settled yet: raise num_steps (or num_epochs) in the spec's [inference] table and fit "
+        "again.",
         "getting worse": "The loss rose at the end of the fit, which usually means the step size is too large for "
-                         "this model: lower learning_rate in the spec's [inference] table and fit again.",
+        "this model: lower learning_rate in the spec's [inference] table and fit again.",
         "too short": "The fit ran too few steps to tell whether the optimisation settled: fit for at least a few "
-                     "hundred steps.",
+        "hundred steps.",
         "not finite": "A NaN or infinite loss means the fitted parameters are meaningless: lower learning_rate and "
-                      "check the data for missing, infinite or extreme values.",
+        "check the data for missing, infinite or extreme values.",
     }
     if verdict not in advice:
         return CheckVerdict("info", "no verdict", message or str(part.get("error", "")))
@@ -778,22 +844,34 @@ def _khat_verdict(part: dict[str, Any]) -> CheckVerdict:
     ess, draws = part.get("ess"), part.get("num_samples")
     if verdict in ("good", "usable") and ess is not None and draws and ess < 0.5 * draws:
         # k-hat cannot see a guide that is too wide (its ratios are bounded); a low ESS can.
-        return CheckVerdict("caution", f"k-hat {khat:.2f} {verdict}, but ESS {ess / draws:.0%} of draws", message,
-                            "Only a small share of the guide's draws carry weight, which k-hat cannot flag, so the "
-                            "guide may be too wide or off-centre: fit for more steps and compare with the "
-                            "PSIS-corrected means in psis_summary.csv.")
+        return CheckVerdict(
+            "caution",
+            f"k-hat {khat:.2f} {verdict}, but ESS {ess / draws:.0%} of draws",
+            message,
+            "Only a small share of the guide's draws carry weight, which k-hat cannot flag, so the "
+            "guide may be too wide or off-centre: fit for more steps and compare with the "
+            "PSIS-corrected means in psis_summary.csv.",
+        )
     if verdict == "good":
         return CheckVerdict("ok", f"k-hat {khat:.2f} good", message)
     if verdict == "usable":
-        return CheckVerdict("caution", f"k-hat {khat:.2f} usable", message,
-                            "A k-hat between 0.5 and 0.7 means the guide is close to the posterior but not exact, so "
-                            "its raw means and intervals are slightly off: use the PSIS-corrected means in "
-                            "psis_summary.csv, or fit for more steps.")
+        return CheckVerdict(
+            "caution",
+            f"k-hat {khat:.2f} usable",
+            message,
+            "A k-hat between 0.5 and 0.7 means the guide is close to the posterior but not exact, so "
+            "its raw means and intervals are slightly off: use the PSIS-corrected means in "
+            "psis_summary.csv, or fit for more steps.",
+        )
     if verdict == "unreliable":
-        return CheckVerdict("fail", f"k-hat {khat:.2f} unreliable", message,
-                            "A k-hat above 0.7 means the guide's draws miss part of the posterior, so its intervals "
-                            "are too narrow to trust: fit for more steps, or cross-check the posterior with NUTS "
-                            "(bayesgen diagnose RUN_DIR --nuts).")
+        return CheckVerdict(
+            "fail",
+            f"k-hat {khat:.2f} unreliable",
+            message,
+            "A k-hat above 0.7 means the guide's draws miss part of the posterior, so its intervals "
+            "are too narrow to trust: fit for more steps, or cross-check the posterior with NUTS "
+            "(bayesgen diagnose RUN_DIR --nuts).",
+        )
     return CheckVerdict("info", "k-hat not computed", message or str(part.get("error", "")))
 
 
@@ -802,15 +880,23 @@ def _rows_verdict(part: dict[str, Any]) -> CheckVerdict:
     if verdict == "good":
         return CheckVerdict("ok", f"per-row k-hat good ({part.get('good', 0.0):.0%} of rows below 0.5)", message)
     if verdict == "usable":
-        return CheckVerdict("caution", f"per-row k-hat usable (90th percentile {part.get('khat_p90', 0.0):.2f})",
-                            message,
-                            "For some rows the encoder's posterior is close to the exact one but not equal to it, so "
-                            "their uncertainty is slightly off: train for more epochs if per-row uncertainty matters.")
+        return CheckVerdict(
+            "caution",
+            f"per-row k-hat usable (90th percentile {part.get('khat_p90', 0.0):.2f})",
+            message,
+            "For some rows the encoder's posterior is close to the exact one but not equal to it, so "
+            "their uncertainty is slightly off: train for more epochs if per-row uncertainty matters.",
+        )
     if verdict == "unreliable":
-        return CheckVerdict("fail", f"per-row k-hat: {part.get('unreliable', 0.0):.0%} of rows above 0.7", message,
-                            part.get("advice") or "For more than a tenth of the rows the encoder's approximate posterior misses part of the "
-                            "exact one, so per-row uncertainty is understated: train for more epochs or give the "
-                            "encoder more capacity, and compare the IWAE bound with the ELBO.")
+        return CheckVerdict(
+            "fail",
+            f"per-row k-hat: {part.get('unreliable', 0.0):.0%} of rows above 0.7",
+            message,
+            part.get("advice")
+            or "For more than a tenth of the rows the encoder's approximate posterior misses part of the "
+            "exact one, so per-row uncertainty is understated: train for more epochs or give the "
+            "encoder more capacity, and compare the IWAE bound with the ELBO.",
+        )
     return CheckVerdict("info", "per-row k-hat not computed", message or str(part.get("error", "")))
 
 
@@ -820,25 +906,37 @@ def _reference_verdict(part: dict[str, Any]) -> CheckVerdict:
         return CheckVerdict("info", "no exact posterior to compare", message or str(part.get("error", "")))
     if part.get("agree"):
         return CheckVerdict("ok", "agrees with the exact posterior", message)
-    return CheckVerdict("fail", "differs from the exact posterior", message,
-                        "The fitted posterior is away from the exact closed-form posterior of the same model, so the "
-                        "fit has not reached the answer: fit for more steps or lower learning_rate (the A/B test also "
-                        "offers method='exact').")
+    return CheckVerdict(
+        "fail",
+        "differs from the exact posterior",
+        message,
+        "The fitted posterior is away from the exact closed-form posterior of the same model, so the "
+        "fit has not reached the answer: fit for more steps or lower learning_rate (the A/B test also "
+        "offers method='exact').",
+    )
 
 
 def _predictive_verdict(part: dict[str, Any]) -> CheckVerdict:
     message = part.get("message", "")
     if "error" in part:
-        return CheckVerdict("caution", "not run", f"predictive check not run: {part['error']}",
-                            "The predictive check could not run, so nothing here says whether the model reproduces "
-                            "the data: run bayesgen diagnose RUN_DIR to see the full error.")
+        return CheckVerdict(
+            "caution",
+            "not run",
+            f"predictive check not run: {part['error']}",
+            "The predictive check could not run, so nothing here says whether the model reproduces "
+            "the data: run bayesgen diagnose RUN_DIR to see the full error.",
+        )
     n = part.get("statistics", 0)
     if part.get("passed"):
         return CheckVerdict("ok", f"passed ({n} statistics)", message)
-    return CheckVerdict("fail", f"failed: {len(part.get('failed', []))} of {n} statistics", message,
-                        "The fitted model does not reproduce the statistics named, so conclusions that depend on "
-                        "them are suspect: look at them in ppc_statistics.png and consider a model that can express "
-                        "them (more components, another likelihood).")
+    return CheckVerdict(
+        "fail",
+        f"failed: {len(part.get('failed', []))} of {n} statistics",
+        message,
+        "The fitted model does not reproduce the statistics named, so conclusions that depend on "
+        "them are suspect: look at them in ppc_statistics.png and consider a model that can express "
+        "them (more components, another likelihood).",
+    )
 
 
 def _nuts_verdict(part: dict[str, Any]) -> CheckVerdict:
@@ -848,22 +946,30 @@ def _nuts_verdict(part: dict[str, Any]) -> CheckVerdict:
     if not part.get("reliable"):
         cause = part.get("cause") or ("divergences" if part.get("divergences") else "mixing")
         label = {"divergences": "NUTS diverged", "label switching": "NUTS chains switched labels"}.get(
-            cause, "NUTS did not mix")
+            cause, "NUTS did not mix"
+        )
         advice = {
             "divergences": "NUTS hit divergent transitions, so its draws are biased and the comparison is no "
-                           "evidence either way: reparameterise the model (non-centred scales) or raise "
-                           "target_accept_prob toward 0.95; more draws do not help.",
+            "evidence either way: reparameterise the model (non-centred scales) or raise "
+            "target_accept_prob toward 0.95; more draws do not help.",
             "label switching": "The NUTS chains settled on different labellings of the same components, so R-hat "
-                               "is high although each chain may be fine: compare with nuts_compare(..., "
-                               "relabel=...) in one labelling, or break the symmetry in the model.",
-        }.get(cause, "NUTS itself did not mix (R-hat above 1.05 or a small ESS), so the comparison is no evidence "
-                     "either way yet: run it with more warm-up steps and draws (--nuts-warmup, --nuts-samples).")
+            "is high although each chain may be fine: compare with nuts_compare(..., "
+            "relabel=...) in one labelling, or break the symmetry in the model.",
+        }.get(
+            cause,
+            "NUTS itself did not mix (R-hat above 1.05 or a small ESS), so the comparison is no evidence "
+            "either way yet: run it with more warm-up steps and draws (--nuts-warmup, --nuts-samples).",
+        )
         return CheckVerdict("caution", label, message, advice)
     if part.get("agree"):
         return CheckVerdict("ok", "NUTS agrees", message)
-    return CheckVerdict("fail", "NUTS disagrees", message,
-                        "NUTS samples the exact posterior and disagrees with the SVI posterior, so the guide is off: "
-                        "fit for more steps, and use the NUTS draws in nuts.nc meanwhile.")
+    return CheckVerdict(
+        "fail",
+        "NUTS disagrees",
+        message,
+        "NUTS samples the exact posterior and disagrees with the SVI posterior, so the guide is off: "
+        "fit for more steps, and use the NUTS draws in nuts.nc meanwhile.",
+    )
 
 
 def _sbc_verdict(part: dict[str, Any]) -> CheckVerdict:
@@ -872,9 +978,13 @@ def _sbc_verdict(part: dict[str, Any]) -> CheckVerdict:
         return CheckVerdict("info", "SBC not run", f"simulation-based calibration not run: {part['error']}")
     if part.get("calibrated"):
         return CheckVerdict("ok", "SBC calibrated", message)
-    return CheckVerdict("fail", "SBC miscalibrated", message,
-                        "On data simulated from the prior the fitted posteriors are systematically off, so credible "
-                        "intervals do not have their stated coverage: fit each refit for more steps (--sbc-steps).")
+    return CheckVerdict(
+        "fail",
+        "SBC miscalibrated",
+        message,
+        "On data simulated from the prior the fitted posteriors are systematically off, so credible "
+        "intervals do not have their stated coverage: fit each refit for more steps (--sbc-steps).",
+    )
 
 
 def _means_verdict(part: dict[str, Any]) -> CheckVerdict:
@@ -884,9 +994,14 @@ def _means_verdict(part: dict[str, Any]) -> CheckVerdict:
 
 
 _VERDICTS: dict[str, Callable[[dict[str, Any]], CheckVerdict]] = {
-    "convergence": _convergence_verdict, "psis": _khat_verdict, "psis_rows": _rows_verdict,
-    "psis_means": _means_verdict, "reference": _reference_verdict, "predictive": _predictive_verdict,
-    "nuts": _nuts_verdict, "sbc": _sbc_verdict,
+    "convergence": _convergence_verdict,
+    "psis": _khat_verdict,
+    "psis_rows": _rows_verdict,
+    "psis_means": _means_verdict,
+    "reference": _reference_verdict,
+    "predictive": _predictive_verdict,
+    "nuts": _nuts_verdict,
+    "sbc": _sbc_verdict,
 }
 
 
@@ -934,16 +1049,23 @@ def overall_verdicts(report: dict[str, Any]) -> dict[str, CheckVerdict]:
     def combine(keys: tuple[str, ...], missing: str) -> CheckVerdict:
         parts = [checks[k] for k in keys if k in checks and checks[k].status != "info"]
         if not parts:
-            return CheckVerdict("caution", missing, "; ".join(checks[k].message for k in keys if k in checks),
-                                "Nothing checked this part of the fit, so it is unknown whether it can be trusted: "
-                                "run bayesgen diagnose RUN_DIR (with --nuts or --sbc where the model allows).")
+            return CheckVerdict(
+                "caution",
+                missing,
+                "; ".join(checks[k].message for k in keys if k in checks),
+                "Nothing checked this part of the fit, so it is unknown whether it can be trusted: "
+                "run bayesgen diagnose RUN_DIR (with --nuts or --sbc where the model allows).",
+            )
         worst = max(parts, key=lambda v: _STATUS_RANK[v.status])
-        return CheckVerdict(worst.status, "; ".join(v.label for v in parts), "; ".join(v.message for v in parts),
-                            worst.advice)
+        return CheckVerdict(
+            worst.status, "; ".join(v.label for v in parts), "; ".join(v.message for v in parts), worst.advice
+        )
 
-    return {"optimisation": combine(("convergence",), "not recorded"),
-            "posterior": combine(("psis", "psis_rows", "reference", "nuts", "sbc"), "not checked"),
-            "predictive": combine(("predictive",), "not run")}
+    return {
+        "optimisation": combine(("convergence",), "not recorded"),
+        "posterior": combine(("psis", "psis_rows", "reference", "nuts", "sbc"), "not checked"),
+        "predictive": combine(("predictive",), "not run"),
+    }
 
 
 def _warnings(report: dict[str, Any]) -> list[str]:
@@ -994,33 +1116,46 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
     amortised = getattr(estimator, "_row_plate", None) is not None
     try:
         diag = estimator.vi_diagnostic(num_samples=num_samples, seed=seed, warn=False)
-        report["psis"] = {"khat": diag.khat, "verdict": diag.verdict, "ess": diag.ess,
-                          "num_samples": diag.num_samples, "message": diag.message()}
+        report["psis"] = {
+            "khat": diag.khat,
+            "verdict": diag.verdict,
+            "ess": diag.ess,
+            "num_samples": diag.num_samples,
+            "message": diag.message(),
+        }
         if amortised:
             plate = estimator._row_plate
             report["psis"]["scope"] = "joint"
             report["psis"]["message"] = (
                 f"The joint PSIS k-hat over all checked {plate}s together ({diag.khat:.2f}) is not a verdict: it grows "
                 f"with the number of {plate}s even when each {plate}'s guide is good; the per-{plate} k-hat is the "
-                "check.")
+                "check."
+            )
         if diag.khat <= KHAT_USABLE:
             table = psis_summary(diag, estimator=estimator)
             if len(table):
                 worst = table["shift_sd"].abs()
                 report["psis_means"] = {
-                    "largest_shift_sd": float(worst.max()), "parameter": str(worst.idxmax()),
-                    "message": (f"PSIS-corrected means move at most {worst.max():.2f} guide sds "
-                                f"({worst.idxmax()}); table in psis_summary.csv"),
+                    "largest_shift_sd": float(worst.max()),
+                    "parameter": str(worst.idxmax()),
+                    "message": (
+                        f"PSIS-corrected means move at most {worst.max():.2f} guide sds "
+                        f"({worst.idxmax()}); table in psis_summary.csv"
+                    ),
                 }
     except (ValueError, RuntimeError) as err:
         report["psis"] = {"error": str(err).splitlines()[0]}
     if amortised:
         try:
-            rows = estimator.vi_diagnostic_rows(num_samples=max(100, min(int(num_samples), 500)), seed=seed,
-                                                warn=False)
-            report["psis_rows"] = {"verdict": rows.verdict, **rows.shares, "num_rows": len(rows.khat),
-                                   "khat_median": rows._quantile(0.5), "khat_p90": rows._quantile(0.9),
-                                   "message": rows.message()}
+            rows = estimator.vi_diagnostic_rows(num_samples=max(100, min(int(num_samples), 500)), seed=seed, warn=False)
+            report["psis_rows"] = {
+                "verdict": rows.verdict,
+                **rows.shares,
+                "num_rows": len(rows.khat),
+                "khat_median": rows._quantile(0.5),
+                "khat_p90": rows._quantile(0.9),
+                "message": rows.message(),
+            }
             notes = estimator.reliability_notes(rows)
             report["amortised"] = notes
             report["psis_rows"]["advice"] = notes["advice"]
@@ -1028,20 +1163,27 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
             report["psis_rows"] = {"error": str(err).splitlines()[0]}
     try:
         ref = reference_check(estimator, num_samples=max(100, min(int(num_samples), 2000)), seed=seed)
-        report["reference"] = {"agree": ref.agree, "checked": sorted(set(ref.table["site"])) if len(ref.table) else [],
-                               "unchecked": ref.unchecked, "message": ref.message()}
+        report["reference"] = {
+            "agree": ref.agree,
+            "checked": sorted(set(ref.table["site"])) if len(ref.table) else [],
+            "unchecked": ref.unchecked,
+            "message": ref.message(),
+        }
         if len(ref.table):
             report["reference"]["largest_abs_smd"] = _finite_or_none(ref.table["smd"].abs().max())
-            report["reference"]["sd_ratio_range"] = [_finite_or_none(ref.table["sd_ratio"].min()),
-                                                     _finite_or_none(ref.table["sd_ratio"].max())]
+            report["reference"]["sd_ratio_range"] = [
+                _finite_or_none(ref.table["sd_ratio"].min()),
+                _finite_or_none(ref.table["sd_ratio"].max()),
+            ]
     except (ValueError, RuntimeError) as err:
         report["reference"] = {"error": str(err).splitlines()[0]}
     report["warnings"] = _warnings(report)
     return report, table
 
 
-def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 100, seed: int | None = 0,
-                           tree: Any = None) -> dict:
+def plot_predictive_checks(
+    estimator: Any, folder: Any, *, num_samples: int = 100, seed: int | None = 0, tree: Any = None
+) -> dict:
     """Prior and posterior predictive check plots (ArviZ's ``plot_ppc_dist``) of every observed site.
 
     Each plot overlays the distribution of the observed values (all rows and
@@ -1072,8 +1214,9 @@ def plot_predictive_checks(estimator: Any, folder: Any, *, num_samples: int = 10
                 with warnings.catch_warnings():
                     # ArviZ advises other plots for binary/discrete data; the pooled distribution still reads.
                     warnings.filterwarnings("ignore", message=".*look (binary|discrete)", category=UserWarning)
-                    pc = azp.plot_ppc_dist(tree, var_names=[var], group=group, num_samples=min(50, num_samples),
-                                           backend="matplotlib")
+                    pc = azp.plot_ppc_dist(
+                        tree, var_names=[var], group=group, num_samples=min(50, num_samples), backend="matplotlib"
+                    )
                 with atomic_path(folder / name) as tmp:
                     pc.savefig(tmp)
                 import matplotlib.pyplot as plt
@@ -1120,12 +1263,17 @@ class PredictiveCheck:
             return "posterior predictive check: no statistic to check"
         bad = self.table[~self.table["ok"]]
         worst = self.table["p_value"].idxmin()
-        text = (f"posterior predictive check of {len(self.table)} statistics: smallest p-value "
-                f"{self.table.loc[worst, 'p_value']:.3g} ({worst})")
+        text = (
+            f"posterior predictive check of {len(self.table)} statistics: smallest p-value "
+            f"{self.table.loc[worst, 'p_value']:.3g} ({worst})"
+        )
         if len(bad):
-            return (text + f"; {len(bad)} outside what the model replicates (p < {self.alpha:g}/"
-                    f"{len(self.table)}): " + ", ".join(map(str, bad.index[:5]))
-                    + " — the model does not reproduce these features of the data")
+            return (
+                text + f"; {len(bad)} outside what the model replicates (p < {self.alpha:g}/"
+                f"{len(self.table)}): "
+                + ", ".join(map(str, bad.index[:5]))
+                + " — the model does not reproduce these features of the data"
+            )
         return text + ": the data look like the model's replicates"
 
     def plot(self, max_panels: int = 6) -> Any:
@@ -1141,11 +1289,12 @@ class PredictiveCheck:
             row = self.table.loc[name]
             ax.hist(self.replicated[name], bins=30, color="#9db4cc", label="replicated data sets")
             ax.axvline(row["observed"], color="#c0392b", lw=2, label="observed")
-            ax.set_title(f"{name}: p = {row['p_value']:.3g}", fontsize="small",
-                         color="black" if row["ok"] else "#c0392b")
+            ax.set_title(
+                f"{name}: p = {row['p_value']:.3g}", fontsize="small", color="black" if row["ok"] else "#c0392b"
+            )
             ax.set_xlabel(name, fontsize="small")
             ax.set_ylabel("replicates")
-        for ax in axes[len(names):]:
+        for ax in axes[len(names) :]:
             ax.set_visible(False)
         if names:
             axes[0].legend(fontsize="x-small")
@@ -1211,8 +1360,9 @@ def predictive_check(
         mean, sd = values.mean(), values.std(ddof=1)
         z = (value - mean) / sd if sd > 0 else (0.0 if value == mean else np.inf)
         p = float(2 * sps.norm.sf(abs(z)))
-        rows.append({"statistic": name, "observed": value, "replicated_mean": mean, "replicated_sd": sd, "z": z,
-                     "p_value": p})
+        rows.append(
+            {"statistic": name, "observed": value, "replicated_mean": mean, "replicated_sd": sd, "z": z, "p_value": p}
+        )
         draws[name] = values
     table = pd.DataFrame(rows).set_index("statistic")
     table["ok"] = table["p_value"] >= alpha / max(len(table), 1)
@@ -1284,8 +1434,15 @@ def write_diagnostics(
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     # Results of an earlier call must not survive next to a new diagnostics.json that does not list them.
-    for stale in ("psis_summary.csv", "nuts_comparison.csv", "nuts.nc", "sbc_ranks.csv", "plots/sbc_ecdf.png",
-                  "ppc_statistics.csv", "plots/ppc_statistics.png"):
+    for stale in (
+        "psis_summary.csv",
+        "nuts_comparison.csv",
+        "nuts.nc",
+        "sbc_ranks.csv",
+        "plots/sbc_ecdf.png",
+        "ppc_statistics.csv",
+        "plots/ppc_statistics.png",
+    ):
         (folder / stale).unlink(missing_ok=True)
     report, table = _diagnose(estimator, num_samples=num_samples, seed=seed)
     if table is not None and len(table):
@@ -1299,27 +1456,37 @@ def write_diagnostics(
             ppc.table.to_csv(tmp)
         with atomic_path(folder / "plots" / "ppc_statistics.png") as tmp:
             ppc.plot().savefig(tmp, dpi=110)
-        report["predictive"] = {"passed": ppc.passed, "statistics": len(ppc.table),
-                                "smallest_p_value": _finite_or_none(ppc.table["p_value"].min()),
-                                "failed": [str(v) for v in ppc.table.index[~ppc.table["ok"]]],
-                                "message": ppc.message()}
+        report["predictive"] = {
+            "passed": ppc.passed,
+            "statistics": len(ppc.table),
+            "smallest_p_value": _finite_or_none(ppc.table["p_value"].min()),
+            "failed": [str(v) for v in ppc.table.index[~ppc.table["ok"]]],
+            "message": ppc.message(),
+        }
     except (ValueError, RuntimeError, TypeError, KeyError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         report.setdefault("predictive_checks", {"error": message})
         report["predictive"] = {"error": message}
     if nuts:
         try:
-            cmp = estimator.nuts_check(num_samples=int(nuts_samples), num_warmup=int(nuts_warmup),
-                                       seed=0 if seed is None else int(seed))
+            cmp = estimator.nuts_check(
+                num_samples=int(nuts_samples), num_warmup=int(nuts_warmup), seed=0 if seed is None else int(seed)
+            )
             with atomic_path(folder / "nuts_comparison.csv") as tmp:
                 cmp.table.to_csv(tmp)
             with atomic_path(folder / "nuts.nc") as tmp:
                 cmp.tree.to_netcdf(tmp, engine="netcdf4")
-            report["nuts"] = {"agree": cmp.agree, "reliable": cmp.reliable, "divergences": cmp.divergences,
-                              "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
-                              "max_r_hat": _finite_or_none(cmp.max_r_hat),
-                              "min_ess_bulk": cmp.min_ess_bulk, "cause": cmp.cause,
-                              "label_switching": cmp.label_switching, "message": cmp.message()}
+            report["nuts"] = {
+                "agree": cmp.agree,
+                "reliable": cmp.reliable,
+                "divergences": cmp.divergences,
+                "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
+                "max_r_hat": _finite_or_none(cmp.max_r_hat),
+                "min_ess_bulk": cmp.min_ess_bulk,
+                "cause": cmp.cause,
+                "label_switching": cmp.label_switching,
+                "message": cmp.message(),
+            }
         except (ValueError, RuntimeError) as err:
             report["nuts"] = {"error": str(err).splitlines()[0]}
     if sbc_simulations:
@@ -1329,8 +1496,12 @@ def write_diagnostics(
                 res.ranks.to_csv(tmp, index=False)
             with atomic_path(folder / "plots" / "sbc_ecdf.png") as tmp:
                 res.plot().savefig(tmp, dpi=110)
-            report["sbc"] = {"calibrated": res.calibrated, "simulations": len(res.ranks),
-                             "p_values": res.p_values.to_dict(), "message": res.message()}
+            report["sbc"] = {
+                "calibrated": res.calibrated,
+                "simulations": len(res.ranks),
+                "p_values": res.p_values.to_dict(),
+                "message": res.message(),
+            }
         except (ValueError, RuntimeError) as err:
             report["sbc"] = {"error": str(err).splitlines()[0]}
     report["warnings"] = _warnings(report)
@@ -1379,11 +1550,16 @@ class ReferenceCheck:
             text = "no global site has a closed-form posterior to compare with"
         else:
             bad = self.table[~self.table["ok"]]
-            text = (f"SVI vs exact posterior of {self.table['site'].nunique()} global sites: largest |mean gap| "
-                    f"{self.table['smd'].abs().max():.3f} sd, sd ratio {self.table['sd_ratio'].min():.2f}–"
-                    f"{self.table['sd_ratio'].max():.2f}: "
-                    + ("agree" if not len(bad) else
-                       f"DISAGREE at {len(bad)} parameters ({', '.join(map(str, bad.index[:5]))})"))
+            text = (
+                f"SVI vs exact posterior of {self.table['site'].nunique()} global sites: largest |mean gap| "
+                f"{self.table['smd'].abs().max():.3f} sd, sd ratio {self.table['sd_ratio'].min():.2f}–"
+                f"{self.table['sd_ratio'].max():.2f}: "
+                + (
+                    "agree"
+                    if not len(bad)
+                    else f"DISAGREE at {len(bad)} parameters ({', '.join(map(str, bad.index[:5]))})"
+                )
+            )
         if self.unchecked:
             text += "; no closed form for " + ", ".join(sorted(self.unchecked))
         return text
@@ -1434,8 +1610,18 @@ def reference_check(
     num_samples = check_count(num_samples, "num_samples", minimum=100)
     estimator._check_fitted()
     exact, unchecked = estimator._reference_moments()
-    columns = ["site", "ref_mean", "ref_sd", "svi_mean", "svi_sd", "smd", "sd_ratio", "smd_allowed",
-               "sd_ratio_allowed", "ok"]
+    columns = [
+        "site",
+        "ref_mean",
+        "ref_sd",
+        "svi_mean",
+        "svi_sd",
+        "smd",
+        "sd_ratio",
+        "smd_allowed",
+        "sd_ratio_allowed",
+        "ok",
+    ]
     if not exact:
         return ReferenceCheck(pd.DataFrame(columns=columns), dict(unchecked), mean_tolerance, sd_tolerance)
     _, guide = estimator._model_and_guide(for_arviz=True)
@@ -1455,10 +1641,21 @@ def reference_check(
             smd, ratio = (mean[index] - ref_mean[index]) / ref_sd[index], sd[index] / ref_sd[index]
             smd_allowed = mean_tolerance + 3.0 * ratio / np.sqrt(num_samples)
             ratio_allowed = sd_tolerance + 3.0 * ratio / np.sqrt(2.0 * (num_samples - 1))
-            rows.append({"parameter": label, "site": name, "ref_mean": ref_mean[index], "ref_sd": ref_sd[index],
-                         "svi_mean": mean[index], "svi_sd": sd[index], "smd": smd, "sd_ratio": ratio,
-                         "smd_allowed": smd_allowed, "sd_ratio_allowed": ratio_allowed,
-                         "ok": bool(abs(smd) <= smd_allowed and abs(ratio - 1.0) <= ratio_allowed)})
+            rows.append(
+                {
+                    "parameter": label,
+                    "site": name,
+                    "ref_mean": ref_mean[index],
+                    "ref_sd": ref_sd[index],
+                    "svi_mean": mean[index],
+                    "svi_sd": sd[index],
+                    "smd": smd,
+                    "sd_ratio": ratio,
+                    "smd_allowed": smd_allowed,
+                    "sd_ratio_allowed": ratio_allowed,
+                    "ok": bool(abs(smd) <= smd_allowed and abs(ratio - 1.0) <= ratio_allowed),
+                }
+            )
     table = pd.DataFrame(rows).set_index("parameter")
     return ReferenceCheck(table, dict(unchecked), mean_tolerance, sd_tolerance)
 
@@ -1537,16 +1734,19 @@ class NUTSComparison:
     def advice(self) -> str:
         """What to do about an unreliable NUTS run, by its :attr:`cause` (empty when reliable)."""
         return _NUTS_ADVICE.get(self.cause, "").format(
-            divergences=self.divergences, sites=", ".join(repr(s) for s in self.label_switching))
+            divergences=self.divergences, sites=", ".join(repr(s) for s in self.label_switching)
+        )
 
     def message(self) -> str:
         # skipna=False: an undefined difference prints as nan (agree is False then), not as the largest defined one
         worst = self.table["smd"].abs().max(skipna=False)
         ratio = self.table["sd_ratio"]
-        text = (f"NUTS vs SVI: largest |standardised mean difference| {worst:.3f}, sd ratio "
-                f"{ratio.min(skipna=False):.2f}–{ratio.max(skipna=False):.2f}, max R-hat {self.max_r_hat:.3f}, "
-                f"min bulk ESS {self.min_ess_bulk:.0f}, {self.divergences} divergences: "
-                + ("agree" if self.agree else "DISAGREE"))
+        text = (
+            f"NUTS vs SVI: largest |standardised mean difference| {worst:.3f}, sd ratio "
+            f"{ratio.min(skipna=False):.2f}–{ratio.max(skipna=False):.2f}, max R-hat {self.max_r_hat:.3f}, "
+            f"min bulk ESS {self.min_ess_bulk:.0f}, {self.divergences} divergences: "
+            + ("agree" if self.agree else "DISAGREE")
+        )
         if not self.reliable:
             text += f" — but NUTS itself is unreliable here: {self.advice()}"
         return text
@@ -1554,15 +1754,15 @@ class NUTSComparison:
 
 _NUTS_ADVICE: dict[str | None, str] = {
     "divergences": "{divergences} divergent transitions mean NUTS could not follow the posterior's geometry "
-                   "(a funnel or a sharp ridge), and more draws do not remove that bias: reparameterise the "
-                   "model (non-centred scales, e.g. pyro.infer.reparam.LocScaleReparam) or raise "
-                   "target_accept_prob (0.9-0.99)",
+    "(a funnel or a sharp ridge), and more draws do not remove that bias: reparameterise the "
+    "model (non-centred scales, e.g. pyro.infer.reparam.LocScaleReparam) or raise "
+    "target_accept_prob (0.9-0.99)",
     "label switching": "the chains settled on different labellings of exchangeable components at {sites}, so "
-                       "R-hat is high while each chain may be fine: compare in one labelling with relabel= (e.g. "
-                       "order each chain's components by their mean), or break the symmetry in the model (an "
-                       "ordered prior); a longer run does not help",
+    "R-hat is high while each chain may be fine: compare in one labelling with relabel= (e.g. "
+    "order each chain's components by their mean), or break the symmetry in the model (an "
+    "ordered prior); a longer run does not help",
     "mixing": "R-hat above 1.05 or a bulk ESS under 100 means the chains have not explored the posterior "
-              "enough: run it longer (more warm-up steps and draws) or with more chains",
+    "enough: run it longer (more warm-up steps and draws) or with more chains",
 }
 
 
@@ -1693,10 +1893,15 @@ def nuts_compare(
         if relabel is None:
             return draws
         out = relabel({k: v.copy() for k, v in draws.items()})
-        if not isinstance(out, dict) or set(out) != set(draws) or any(
-                np.shape(out[k]) != draws[k].shape for k in draws):
-            raise ValueError(f"relabel must return the same sites with the same shapes ({what}: "
-                             f"{ {k: v.shape for k, v in draws.items()} })")
+        if (
+            not isinstance(out, dict)
+            or set(out) != set(draws)
+            or any(np.shape(out[k]) != draws[k].shape for k in draws)
+        ):
+            raise ValueError(
+                f"relabel must return the same sites with the same shapes ({what}: "
+                f"{ {k: v.shape for k, v in draws.items()} })"
+            )
         return {k: np.asarray(v) for k, v in out.items()}
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -1704,11 +1909,13 @@ def nuts_compare(
     if show:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(num_chains) * (int(num_warmup) + int(num_samples)), desc="NUTS", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=int(num_chains) * (int(num_warmup) + int(num_samples)), desc="NUTS", unit="step", dynamic_ncols=True
+        )
     chains, divergences = [], 0
     try:
         for c in range(int(num_chains)):
+
             def hook(kernel: Any, params: Any, stage: str, i: int, chain: int = c) -> None:
                 bar.update(1)
                 if i % 20 == 0:
@@ -1716,8 +1923,14 @@ def nuts_compare(
 
             with seeded(seed + 1000 * c, torch.device("cpu")), param_scope({"params": {}, "constraints": {}}):
                 kernel = NUTS(model, jit_compile=False, target_accept_prob=float(target_accept_prob))
-                mcmc = MCMC(kernel, num_samples=int(num_samples), warmup_steps=int(num_warmup), num_chains=1,
-                            disable_progbar=True, hook_fn=hook if bar is not None else None)
+                mcmc = MCMC(
+                    kernel,
+                    num_samples=int(num_samples),
+                    warmup_steps=int(num_warmup),
+                    num_chains=1,
+                    disable_progbar=True,
+                    hook_fn=hook if bar is not None else None,
+                )
                 mcmc.run(*args, **kwargs)
                 chains.append(relabelled({k: to_numpy(v) for k, v in mcmc.get_samples().items()}, f"chain {c}"))
                 div = mcmc.diagnostics().get("divergences", {})
@@ -1732,7 +1945,9 @@ def nuts_compare(
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     with scope, seeded(seed, torch.device("cpu")), torch.no_grad():
         pred = Predictive(model, guide=guide, num_samples=int(svi_samples), return_sites=list(samples))
-        svi = {k: to_numpy(v).reshape(int(svi_samples), *samples[k].shape[2:]) for k, v in pred(*args, **kwargs).items()}
+        svi = {
+            k: to_numpy(v).reshape(int(svi_samples), *samples[k].shape[2:]) for k, v in pred(*args, **kwargs).items()
+        }
     svi = relabelled(svi, "guide draws")
     rows = []
     for name, draws in samples.items():
@@ -1744,21 +1959,34 @@ def nuts_compare(
             m, sd = flat_nuts[:, j].mean(), flat_nuts[:, j].std(ddof=1)
             sm, ssd = flat_svi[:, j].mean(), flat_svi[:, j].std(ddof=1)
             stats = nuts.loc[label] if label in nuts.index else {}
-            rows.append({"parameter": label, "nuts_mean": m, "nuts_sd": sd,
-                         "nuts_r_hat": float(stats.get("r_hat", np.nan)), "nuts_ess_bulk": float(stats.get("ess_bulk", np.nan)),
-                         "nuts_ess_tail": float(stats.get("ess_tail", np.nan)), "nuts_mcse_mean": float(stats.get("mcse_mean", np.nan)),
-                         "svi_mean": sm, "svi_sd": ssd, "smd": (sm - m) / sd if sd > 0 else np.nan,
-                         "sd_ratio": ssd / sd if sd > 0 else np.nan})
+            rows.append(
+                {
+                    "parameter": label,
+                    "nuts_mean": m,
+                    "nuts_sd": sd,
+                    "nuts_r_hat": float(stats.get("r_hat", np.nan)),
+                    "nuts_ess_bulk": float(stats.get("ess_bulk", np.nan)),
+                    "nuts_ess_tail": float(stats.get("ess_tail", np.nan)),
+                    "nuts_mcse_mean": float(stats.get("mcse_mean", np.nan)),
+                    "svi_mean": sm,
+                    "svi_sd": ssd,
+                    "smd": (sm - m) / sd if sd > 0 else np.nan,
+                    "sd_ratio": ssd / sd if sd > 0 else np.nan,
+                }
+            )
     table = pd.DataFrame(rows).set_index("parameter")
     n_svi = float(svi_samples)
     mcse = (table["nuts_mcse_mean"] / table["nuts_sd"]).fillna(1.0 / np.sqrt(num_samples * num_chains))
     ess = table["nuts_ess_bulk"].fillna(float(num_samples * num_chains)).clip(lower=2.0)
     table["smd_allowed"] = tolerance + 3.0 * np.sqrt(mcse**2 + table["sd_ratio"] ** 2 / n_svi)
     table["sd_ratio_allowed"] = 2 * tolerance + 3.0 * table["sd_ratio"] * np.sqrt(1 / (2 * ess) + 1 / (2 * n_svi))
-    agree = bool((table["smd"].abs() <= table["smd_allowed"]).all()
-                 and (np.abs(table["sd_ratio"] - 1) <= table["sd_ratio_allowed"]).all())
-    result = NUTSComparison(table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance,
-                            label_switching=switched)
+    agree = bool(
+        (table["smd"].abs() <= table["smd_allowed"]).all()
+        and (np.abs(table["sd_ratio"] - 1) <= table["sd_ratio_allowed"]).all()
+    )
+    result = NUTSComparison(
+        table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance, label_switching=switched
+    )
     if warn and not (agree and result.reliable):
         warnings.warn(result.message(), UserWarning, stacklevel=2)
     return result
@@ -1789,8 +2017,10 @@ class SBCResult:
 
     def message(self) -> str:
         worst = self.p_values.idxmin()
-        return (f"SBC over {len(self.ranks)} simulations: smallest uniformity p-value {self.p_values.min():.3g} "
-                f"({worst}); " + ("ranks consistent with calibration" if self.calibrated else "MISCALIBRATED"))
+        return (
+            f"SBC over {len(self.ranks)} simulations: smallest uniformity p-value {self.p_values.min():.3g} "
+            f"({worst}); " + ("ranks consistent with calibration" if self.calibrated else "MISCALIBRATED")
+        )
 
     def plot(self) -> Any:
         """ECDF of the normalised ranks minus the uniform CDF, with a 95 % simultaneous band (approximate)."""
@@ -1892,23 +2122,38 @@ def sbc(
 
     # The model's structure is static: find its observed sites once.
     with torch.no_grad():
-        observed = {n for n, s in poutine.trace(model).get_trace(*args, **kwargs).nodes.items()
-                    if s["type"] == "sample" and s["is_observed"]}
+        observed = {
+            n
+            for n, s in poutine.trace(model).get_trace(*args, **kwargs).nodes.items()
+            if s["type"] == "sample" and s["is_observed"]
+        }
     rows = []
     for i in range(int(num_simulations)):
         with seeded(seed + i, torch.device("cpu")), torch.no_grad():
             prior = poutine.trace(_UnconditionData()(model)).get_trace(*args, **kwargs)
-        truth = {n: s["value"] for n, s in prior.nodes.items()
-                 if s["type"] == "sample" and n not in observed and not site_is_subsample(s)}
+        truth = {
+            n: s["value"]
+            for n, s in prior.nodes.items()
+            if s["type"] == "sample" and n not in observed and not site_is_subsample(s)
+        }
         data = {n: prior.nodes[n]["value"] for n in observed}
         conditioned = poutine.condition(model, data=data)
         # A module guide keeps its parameters in itself (run_svi's scope is fresh, the module is not).
         fresh = _unfitted_copy(guide)
-        fit = run_svi(conditioned, fresh, *args, num_steps=num_steps, learning_rate=learning_rate, seed=seed + i,
-                      **(fit_kwargs or {}), **kwargs)
+        fit = run_svi(
+            conditioned,
+            fresh,
+            *args,
+            num_steps=num_steps,
+            learning_rate=learning_rate,
+            seed=seed + i,
+            **(fit_kwargs or {}),
+            **kwargs,
+        )
         with param_scope(fit.param_state), seeded(seed + 10_000 + i, torch.device("cpu")), torch.no_grad():
-            post = Predictive(conditioned, guide=fresh, num_samples=int(num_posterior_samples),
-                              return_sites=list(truth))(*args, **kwargs)
+            post = Predictive(
+                conditioned, guide=fresh, num_samples=int(num_posterior_samples), return_sites=list(truth)
+            )(*args, **kwargs)
         row = {}
         for name, value in truth.items():
             draws = to_numpy(post[name]).reshape(int(num_posterior_samples), -1)
@@ -1923,5 +2168,10 @@ def sbc(
         counts, _ = np.histogram(ranks[col].to_numpy(), bins=edges)
         p_values[col] = float(stats.chisquare(counts).pvalue)
     p = pd.Series(p_values)
-    return SBCResult(ranks=ranks, num_posterior_samples=int(num_posterior_samples), p_values=p,
-                     calibrated=bool((p > alpha / len(p)).all()), alpha=alpha)
+    return SBCResult(
+        ranks=ranks,
+        num_posterior_samples=int(num_posterior_samples),
+        p_values=p,
+        calibrated=bool((p > alpha / len(p)).all()),
+        alpha=alpha,
+    )

@@ -303,8 +303,9 @@ class ConvergenceCheck:
         (a value of at most 1 means the pair agrees)."""
         earlier = np.arange(i - self.patience, i)
         change = np.abs(means[i] - means[earlier])
-        allowed = np.maximum(self.rtol * np.maximum(np.abs(means[earlier]), 1e-12),
-                             self.noise * np.hypot(sems[i], sems[earlier]))
+        allowed = np.maximum(
+            self.rtol * np.maximum(np.abs(means[earlier]), 1e-12), self.noise * np.hypot(sems[i], sems[earlier])
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(change == 0, 0.0, change / allowed)
 
@@ -343,14 +344,27 @@ class ConvergenceCheck:
         span = (self.patience + 1) * self.window
         settings = f"{self.patience + 1} windows of {self.window} steps"
         if len(y) < span:
-            return LossVerdict("too short", None, None, None, self.window, self.patience,
-                               f"optimisation too short: only {len(y)} steps, and the convergence rule needs "
-                               f"{settings}")
+            return LossVerdict(
+                "too short",
+                None,
+                None,
+                None,
+                self.window,
+                self.patience,
+                f"optimisation too short: only {len(y)} steps, and the convergence rule needs {settings}",
+            )
         tail = y[len(y) - span :]  # windows counted back from the end: the state the fit ended in
         if not np.isfinite(tail).all():
-            return LossVerdict("not finite", None, None, None, self.window, self.patience,
-                               f"optimisation not finite: the loss is NaN or infinite in "
-                               f"{int((~np.isfinite(y)).sum())} of {len(y)} steps, the last {span} included")
+            return LossVerdict(
+                "not finite",
+                None,
+                None,
+                None,
+                self.window,
+                self.patience,
+                f"optimisation not finite: the loss is NaN or infinite in "
+                f"{int((~np.isfinite(y)).sum())} of {len(y)} steps, the last {span} included",
+            )
         means, sems = self._windows(tail)
         last = self.patience
         deviations = self._deviations(means, sems, last)
@@ -363,14 +377,20 @@ class ConvergenceCheck:
             worst = int(np.argmax(deviations))
             if means[last] < means[worst]:
                 verdict = "still improving"
-                words = (f"the loss fell by {means[worst] - means[last]:.4g} between windows {last - worst} apart, "
-                         "more than its noise allows: fit for more steps")
+                words = (
+                    f"the loss fell by {means[worst] - means[last]:.4g} between windows {last - worst} apart, "
+                    "more than its noise allows: fit for more steps"
+                )
             else:
                 verdict = "getting worse"
-                words = (f"the loss rose by {means[last] - means[worst]:.4g} between windows {last - worst} apart, "
-                         "more than its noise allows: lower the learning rate")
-        message = (f"optimisation {verdict}: {words}; change over the last {self.patience} windows "
-                   f"{change:+.4g} ± {change_se:.2g}")
+                words = (
+                    f"the loss rose by {means[last] - means[worst]:.4g} between windows {last - worst} apart, "
+                    "more than its noise allows: lower the learning rate"
+                )
+        message = (
+            f"optimisation {verdict}: {words}; change over the last {self.patience} windows "
+            f"{change:+.4g} ± {change_se:.2g}"
+        )
         return LossVerdict(verdict, at, change, change_se, self.window, self.patience, message)
 
 
@@ -483,9 +503,7 @@ class IndexBatches:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         shard = len(range(rank, size, world_size))
         if not 1 <= batch_size <= shard:
-            raise ValueError(
-                f"batch_size must be between 1 and the {shard} rows of this shard, got {batch_size}"
-            )
+            raise ValueError(f"batch_size must be between 1 and the {shard} rows of this shard, got {batch_size}")
         self.size, self.batch_size = size, batch_size
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
@@ -758,7 +776,9 @@ def _builds_tensors_off(dev: torch.device, model: ModelFn, guide: ModelFn, args:
     logger.info(
         "the model or guide creates tensors without a device, e.g. dist.Normal(0.0, 1.0) (%s); for this "
         "run they are created on %s, which costs a little time per step. Build constants from the data "
-        "(y.new_tensor(0.0)) to avoid it.", where, dev,
+        "(y.new_tensor(0.0)) to avoid it.",
+        where,
+        dev,
     )
     return True
 
@@ -768,12 +788,17 @@ def _check_initial_params(cause: BaseException | None = None) -> None:
     infinite, or sit on the edge of their constraint (a positive scale of 0: its unconstrained value is -inf)."""
     store = pyro.get_param_store()
     with torch.no_grad():
-        bad = [name for name in store.keys()
-               if not (torch.isfinite(store[name]).all() and torch.isfinite(store[name].unconstrained()).all())]
+        bad = [
+            name
+            for name in store.keys()
+            if not (torch.isfinite(store[name]).all() and torch.isfinite(store[name].unconstrained()).all())
+        ]
     if bad:
-        raise ValueError(f"the initial values of parameters {bad[:10]} are NaN or infinite (or on the edge of their "
-                         "constraint, such as a scale of 0); give pyro.param a finite initial value inside its "
-                         "constraint") from cause
+        raise ValueError(
+            f"the initial values of parameters {bad[:10]} are NaN or infinite (or on the edge of their "
+            "constraint, such as a scale of 0); give pyro.param a finite initial value inside its "
+            "constraint"
+        ) from cause
 
 
 def _describe_invalid_values(text: str) -> str:
@@ -802,10 +827,10 @@ class _Blame:
 _ADVICE = {
     "data": "Check the data at that site for NaN, inf or values its distribution cannot take.",
     "guide": "Give the guide the model's support at that site (a positive or bounded latent needs a guide on "
-             "the same support, such as LogNormal or Beta, or an autoguide, which transforms to it).",
+    "the same support, such as LogNormal or Beta, or an autoguide, which transforms to it).",
     "guide parameter": "Try a smaller learning_rate or optimizer='clipped_adam'.",
     "model": "Try a smaller learning_rate or optimizer='clipped_adam', and check how the model computes that "
-             "distribution's parameters.",
+    "distribution's parameters.",
     None: "Try a smaller learning_rate or optimizer='clipped_adam'.",
 }
 
@@ -869,31 +894,43 @@ def _first_bad_site(trace: poutine.Trace, part: str, from_guide: set[str]) -> _B
         arguments = _bad_arguments(fn)
         if bad_value:
             what = f"not finite ({_summarise(value, ~torch.isfinite(value))})"
-        elif outside and inside is not None and inside.shape == value.shape[value.dim() - inside.dim():]:
+        elif outside and inside is not None and inside.shape == value.shape[value.dim() - inside.dim() :]:
             what = f"outside the support {fn.support} of its distribution ({_summarise(value, ~inside)})"
         else:
             what = f"outside the support {fn.support} of its distribution" if outside else ""
         if isinstance(fn, pyro.distributions.Unit):
-            return _Blame(name, "model", f"the pyro.factor at site {name!r} is {_summarise(fn.log_factor)}",
-                          _ADVICE["model"])
+            return _Blame(
+                name, "model", f"the pyro.factor at site {name!r} is {_summarise(fn.log_factor)}", _ADVICE["model"]
+            )
         if part == "guide":
             if arguments:
-                return _Blame(name, "guide", f"the guide's distribution at site {name!r} has parameter(s) "
-                              f"{arguments} NaN, infinite or outside their constraint", _ADVICE["guide parameter"])
-            return _Blame(name, "guide", f"the guide's draw at site {name!r} is {what or 'of density 0'}",
-                          _ADVICE["guide"])
+                return _Blame(
+                    name,
+                    "guide",
+                    f"the guide's distribution at site {name!r} has parameter(s) "
+                    f"{arguments} NaN, infinite or outside their constraint",
+                    _ADVICE["guide parameter"],
+                )
+            return _Blame(
+                name, "guide", f"the guide's draw at site {name!r} is {what or 'of density 0'}", _ADVICE["guide"]
+            )
         if what and site["is_observed"]:
             return _Blame(name, "data", f"the observed data at site {name!r} are {what}", _ADVICE["data"])
         if what and name in from_guide:
             what = what.replace("of its distribution", "of the model's distribution")
-            return _Blame(name, "guide", f"the guide's draw at site {name!r} is {what}",
-                          _ADVICE["guide"])
+            return _Blame(name, "guide", f"the guide's draw at site {name!r} is {what}", _ADVICE["guide"])
         if arguments:
-            return _Blame(name, "model", f"the model's distribution at site {name!r} has parameter(s) {arguments} "
-                          "NaN, infinite or outside their constraint", _ADVICE["model"])
+            return _Blame(
+                name,
+                "model",
+                f"the model's distribution at site {name!r} has parameter(s) {arguments} "
+                "NaN, infinite or outside their constraint",
+                _ADVICE["model"],
+            )
         kind = "observed data" if site["is_observed"] else "draw"
-        return _Blame(name, "model", f"the model's log-density of the {kind} at site {name!r} is not finite",
-                      _ADVICE["model"])
+        return _Blame(
+            name, "model", f"the model's log-density of the {kind} at site {name!r} is not finite", _ADVICE["model"]
+        )
     return None
 
 
@@ -910,13 +947,20 @@ def _blame_non_finite(model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict)
                 guide(*args, **kwargs)
         except (ValueError, RuntimeError) as err:
             found = _first_bad_site(guide_capture.trace, "guide", set())
-            return found or _Blame(None, "guide", f"the guide raised {type(err).__name__}: "
-                                   f"{_describe_invalid_values(str(err))}{params}", _ADVICE["guide parameter"])
+            return found or _Blame(
+                None,
+                "guide",
+                f"the guide raised {type(err).__name__}: {_describe_invalid_values(str(err))}{params}",
+                _ADVICE["guide parameter"],
+            )
         found = _first_bad_site(guide_capture.trace, "guide", set())
         if found is not None:
             return _Blame(found.site, found.origin, found.text + params, found.advice)
-        drawn = {name for name, site in guide_capture.trace.nodes.items()
-                 if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
+        drawn = {
+            name
+            for name, site in guide_capture.trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        }
         model_capture = poutine.trace()
         failed: BaseException | None = None
         try:
@@ -928,10 +972,18 @@ def _blame_non_finite(model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict)
     if found is not None:
         return _Blame(found.site, found.origin, found.text + params, found.advice)
     if failed is not None:
-        return _Blame(None, "model", f"the model raised {type(failed).__name__}: "
-                      f"{_describe_invalid_values(str(failed))}{params}", _ADVICE["model"])
-    return _Blame(None, None, "every site's value and log-density is finite when the step is traced again, so a "
-                  f"gradient overflowed{params}", _ADVICE[None])
+        return _Blame(
+            None,
+            "model",
+            f"the model raised {type(failed).__name__}: {_describe_invalid_values(str(failed))}{params}",
+            _ADVICE["model"],
+        )
+    return _Blame(
+        None,
+        None,
+        f"every site's value and log-density is finite when the step is traced again, so a gradient overflowed{params}",
+        _ADVICE[None],
+    )
 
 
 def _loss_and_grads(
@@ -1197,8 +1249,9 @@ def run_svi(
         if batch_size is None:
             raise ValueError("batch_args needs batch_size and data_size (the minibatch to slice)")
         if args:
-            raise ValueError("with batch_args, the model's positional arguments come from batch_args(index): "
-                             "pass none to run_svi")
+            raise ValueError(
+                "with batch_args, the model's positional arguments come from batch_args(index): pass none to run_svi"
+            )
 
     dev = target_device(device, args, kwargs)
     if device is not None:
@@ -1241,8 +1294,9 @@ def run_svi(
         """``batch_args(index)``: the step's positional arguments, on the fitting device."""
         out = batch_args(index)
         if not isinstance(out, tuple):
-            raise TypeError(f"batch_args must return a tuple of the model's positional arguments, got "
-                            f"{type(out).__name__}")
+            raise TypeError(
+                f"batch_args must return a tuple of the model's positional arguments, got {type(out).__name__}"
+            )
         return move_to_device(out, dev) if device is not None else out
 
     def step_args() -> tuple[tuple, dict[str, Any]]:
@@ -1275,19 +1329,22 @@ def run_svi(
             try:
                 guide_trace = poutine.trace(guide).get_trace(*init_args, **init_kwargs)
                 model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                    *init_args, **init_kwargs)
+                    *init_args, **init_kwargs
+                )
             except TypeError as err:
                 if batches is not None and batch_args is None and "subsample" in str(err):
                     own = _self_subsampling_plates(model, args, kwargs)
                     if own:
                         raise ValueError(
                             f"the model's plate(s) {own} draw their own minibatch (pyro.plate(..., "
-                            f"subsample_size=...)): run it without batch_size and data_size") from err
+                            f"subsample_size=...)): run it without batch_size and data_size"
+                        ) from err
                     raise TypeError(
                         f"batch_size needs a model and guide that accept a subsample keyword and pass it to "
                         f"their data plate, pyro.plate(name, data_size, subsample=subsample), or, for a model "
                         f"that takes a pre-sliced batch and its index, batch_args=lambda idx: (data[idx], idx) "
-                        f"({err})") from err
+                        f"({err})"
+                    ) from err
                 raise
             except ValueError as err:  # Pyro's argument checks meet a NaN parameter first: name it instead
                 _check_initial_params(err)
@@ -1338,10 +1395,7 @@ def run_svi(
                 "version": _CHECKPOINT_VERSION,
                 "step": len(losses),
                 "losses": torch.tensor(losses, dtype=torch.float64),
-                "params": {
-                    name: store.get_param(name).unconstrained().detach().cpu().clone()
-                    for name in store.keys()
-                },
+                "params": {name: store.get_param(name).unconstrained().detach().cpu().clone() for name in store.keys()},
                 "optim": optim.get_state(),
                 "rng": at["rng"],
                 "batches": None if batches is None else batches.state_dict(at["batches"]),
@@ -1372,8 +1426,13 @@ def run_svi(
             if phase == "update":
                 # Only an exception raised by the update's own code gets here (Ctrl-C is held): the step is
                 # partly applied, so this state is not written; the last checkpoint stays as it is.
-                logger.warning("%s inside the update of step %d, which is partly applied; the checkpoint is "
-                               "left as last written (%s)", what, len(losses), written or "none")
+                logger.warning(
+                    "%s inside the update of step %d, which is partly applied; the checkpoint is "
+                    "left as last written (%s)",
+                    what,
+                    len(losses),
+                    written or "none",
+                )
                 return
             if phase in ("step", "callback"):  # undo the unfinished part in memory too
                 store = pyro.get_param_store()
@@ -1467,14 +1526,16 @@ def run_svi(
     if own_state:
         # The store's tensors are the guide's own parameters (an autoguide keeps them), which a later
         # fit with the same guide object would change in place: hand back a copy of this fit's values.
-        state["params"] = {name: value.detach().clone().requires_grad_(value.requires_grad)
-                           for name, value in state["params"].items()}
+        state["params"] = {
+            name: value.detach().clone().requires_grad_(value.requires_grad) for name, value in state["params"].items()
+        }
     hist = np.asarray(losses, dtype=float)
     verdict = (convergence or ConvergenceCheck()).assess(hist)
     converged = verdict.converged
     if convergence is not None and not converged:
-        logger.warning("SVI stopped after %d steps without meeting the convergence check: %s", len(hist),
-                       verdict.message)
+        logger.warning(
+            "SVI stopped after %d steps without meeting the convergence check: %s", len(hist), verdict.message
+        )
     return SVIResult(
         losses=hist,
         num_steps=len(hist),
@@ -1508,20 +1569,25 @@ def _self_subsampling_plates(model: ModelFn, args: tuple, kwargs: dict) -> list[
             trace = poutine.trace(model).get_trace(*args, **kwargs)
     except Exception:  # noqa: BLE001 - only a hint for an error that is raised anyway
         return []
-    return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size]
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size
+    ]
 
 
 def _check_subsampled_plate(trace: poutine.Trace, data_size: int, batch_size: int) -> None:
     """With ``batch_size``, some plate of the model must have ``data_size`` rows and take the minibatch."""
-    plates = {name: site["fn"] for name, site in trace.nodes.items()
-              if site["type"] == "sample" and site_is_subsample(site)}
+    plates = {
+        name: site["fn"] for name, site in trace.nodes.items() if site["type"] == "sample" and site_is_subsample(site)
+    }
     if any(fn.size == data_size and len(trace.nodes[name]["value"]) == batch_size for name, fn in plates.items()):
         return
     sizes = ", ".join(f"{name!r} ({fn.size} rows)" for name, fn in plates.items()) or "none"
     raise ValueError(
         f"batch_size={batch_size} needs a plate of data_size={data_size} rows that takes the minibatch "
-        f"(pyro.plate(name, {data_size}, subsample=subsample)); the model's plates: {sizes}")
+        f"(pyro.plate(name, {data_size}, subsample=subsample)); the model's plates: {sizes}"
+    )
 
 
 def _restore(
@@ -1546,8 +1612,7 @@ def _restore(
             target = store.get_param(name).unconstrained()
             if target.shape != value.shape:
                 raise CheckpointError(
-                    f"{path}: parameter {name!r} has shape {tuple(value.shape)}, "
-                    f"the guide makes {tuple(target.shape)}"
+                    f"{path}: parameter {name!r} has shape {tuple(value.shape)}, the guide makes {tuple(target.shape)}"
                 )
             target.copy_(value.to(device))
     # Pyro loads a parameter's optimiser state only at its first step: check the kind now.
@@ -1555,7 +1620,8 @@ def _restore(
     if any(("scheduler" in state) != scheduled for state in saved["optim"].values()):
         raise CheckpointError(
             f"{path} was written {'without' if scheduled else 'with'} an lr_schedule and this run has "
-            f"{'one' if scheduled else 'none'}: resume with the optimizer settings that wrote it")
+            f"{'one' if scheduled else 'none'}: resume with the optimizer settings that wrote it"
+        )
     optim.set_state(move_to_device(saved["optim"], device))
     if batches is not None:
         if saved.get("batches") is None:

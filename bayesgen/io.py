@@ -91,8 +91,11 @@ def _write_error(target: Path, err: BaseException, folder: Path) -> WriteError:
         what = "no space left on device" if code != errno.EDQUOT else "disk quota exceeded"
         return WriteError(f"{what} writing {target}; nothing was written", code=errno.ENOSPC, filename=target)
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return WriteError(f"no permission to write {target}: {getattr(err, 'strerror', None) or err}; "
-                          "nothing was written", code=code, filename=target)
+        return WriteError(
+            f"no permission to write {target}: {getattr(err, 'strerror', None) or err}; nothing was written",
+            code=code,
+            filename=target,
+        )
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     cause = getattr(err, "strerror", None) or text
     return WriteError(f"could not write {target}: {cause}; nothing was written", code=code, filename=target)
@@ -147,10 +150,11 @@ def check_target(path: PathLikeStr, *, overwrite: bool = False, what: str = "--o
     if path.is_dir():
         if next(path.iterdir(), None) is None:
             return path
-        raise ValueError(f"{what} {path} is a folder that is not empty; choose another or pass --overwrite "
-                         "(overwrite=True) to replace it")
-    raise ValueError(f"{what} {path} already exists; choose another or pass --overwrite (overwrite=True) to "
-                     "replace it")
+        raise ValueError(
+            f"{what} {path} is a folder that is not empty; choose another or pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+    raise ValueError(f"{what} {path} already exists; choose another or pass --overwrite (overwrite=True) to replace it")
 
 
 def check_not_input(out: PathLikeStr, *inputs: PathLikeStr | None) -> None:
@@ -218,14 +222,18 @@ def atomic_path(path: PathLikeStr, *, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         if not tmp.is_file():
-            raise WriteError(f"could not write {target}: the writer produced no file; nothing was written",
-                             filename=target)
+            raise WriteError(
+                f"could not write {target}: the writer produced no file; nothing was written", filename=target
+            )
         _fsync_file(tmp)
         os.replace(tmp, target)
     except (OSError, RuntimeError) as err:
         # netCDF/HDF5 report a failed write as a RuntimeError; other RuntimeErrors are the writer's own.
-        io_error = isinstance(err, OSError) or _disk_full(folder) or any(
-            word in str(err).lower() for word in ("netcdf", "hdf"))
+        io_error = (
+            isinstance(err, OSError)
+            or _disk_full(folder)
+            or any(word in str(err).lower() for word in ("netcdf", "hdf"))
+        )
         failure = _write_error(target, err, folder) if io_error and not isinstance(err, WriteError) else err
         tmp.unlink(missing_ok=True)
         if failure is err:
@@ -321,8 +329,9 @@ def _writer_lock(target: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ValueError(f"another process is writing {target} (it holds {path}); wait for it to finish "
-                             "or choose another --out") from None
+            raise ValueError(
+                f"another process is writing {target} (it holds {path}); wait for it to finish or choose another --out"
+            ) from None
         # The holder before us may have removed the file after we opened it: then our lock guards nothing.
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -405,8 +414,10 @@ def staged_folder(
                 raise ValueError(f"nothing to resume for {target}: no interrupted run in {staging}")
         elif staging.exists() or staging.is_symlink():
             if keep is not None and staging.is_dir() and keep(staging, None) and not overwrite:
-                raise ValueError(f"{staging} holds an interrupted write of {target} that can be resumed: pass "
-                                 "--resume to continue it, or --overwrite to discard it and start again")
+                raise ValueError(
+                    f"{staging} holds an interrupted write of {target} that can be resumed: pass "
+                    "--resume to continue it, or --overwrite to discard it and start again"
+                )
             logger.warning("removing %s, left by a write of %s that did not finish", staging, target)
             _remove(staging)
         if not staging.is_dir():

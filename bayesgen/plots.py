@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["describe_model", "plot_image_grid", "plot_loss", "plot_rate_posteriors", "render_model_graph", "show_figure"]
+__all__ = [
+    "describe_model",
+    "plot_image_grid",
+    "plot_loss",
+    "plot_rate_posteriors",
+    "render_model_graph",
+    "show_figure",
+]
 
 
 def _in_notebook() -> bool:

@@ -71,8 +71,19 @@ class ModelEntry:
     'bayesgen.models.topic:ProdLDA'
     """
 
-    __slots__ = ("name", "estimator", "spec_fit", "title", "description", "data_keys", "report_keys",
-                 "smoke_report", "amortised", "tour_spec", "tutorial")
+    __slots__ = (
+        "name",
+        "estimator",
+        "spec_fit",
+        "title",
+        "description",
+        "data_keys",
+        "report_keys",
+        "smoke_report",
+        "amortised",
+        "tour_spec",
+        "tutorial",
+    )
 
     def __init__(
         self,
@@ -133,7 +144,8 @@ MODELS: dict[str, ModelEntry] = _entries(
             "Each variant's conversion rate gets a Beta prior and a Binomial likelihood. The posterior gives "
             "the probability that each variant is best, the expected loss of choosing it, and the lift over "
             "the control with a credible interval. The model is conjugate, so SVI is checked against the "
-            "exact posterior."),
+            "exact posterior."
+        ),
         data_keys={"format", "variant_col", "successes_col", "trials_col", "outcome_col"},
         report_keys={"control"},
         tour_spec="ab_resume_callbacks",
@@ -147,7 +159,8 @@ MODELS: dict[str, ModelEntry] = _entries(
             "The Bayes classifier used generatively: class proportions p(y) with a Dirichlet prior and one "
             "Gaussian p(x | y) per class, here with a low-rank-plus-noise covariance shrunk toward the pooled "
             "one. It samples new labelled rows (generative data augmentation) and classifies by p(y | x). "
-            "TSTR = trained on synthetic, tested on real."),
+            "TSTR = trained on synthetic, tested on real."
+        ),
         data_keys={"scale", "label", "test_fraction"},
         report_keys={"image_shape"},
         tour_spec="gaussian_digits",
@@ -161,7 +174,8 @@ MODELS: dict[str, ModelEntry] = _entries(
             "A latent z ~ Normal(0, I) per image, decoded by a network into pixel probabilities; an encoder "
             "network gives the amortised guide q(z | x). Conditional on the digit label, so it samples a "
             "chosen class. Pictures: samples, reconstructions of held-out images, the latent space and an "
-            "interpolation."),
+            "interpolation."
+        ),
         data_keys={"scale", "label", "test_fraction", "max_train_rows"},
         report_keys={"iwae_samples", "iwae_rows", "elbo_samples"},
         smoke_report={"iwae_samples": 20, "iwae_rows": 100},
@@ -176,9 +190,19 @@ MODELS: dict[str, ModelEntry] = _entries(
         description=(
             "Each document mixes topics with proportions from a logistic-normal approximation of a Dirichlet; "
             "each topic is a distribution over words (a product of experts in ProdLDA). An encoder network "
-            "gives the amortised guide. Scores: held-out NPMI coherence, topic diversity and perplexity."),
-        data_keys={"format", "text_column", "pattern", "vocabulary", "stop_words", "min_df", "max_df",
-                   "max_features", "test_fraction"},
+            "gives the amortised guide. Scores: held-out NPMI coherence, topic diversity and perplexity."
+        ),
+        data_keys={
+            "format",
+            "text_column",
+            "pattern",
+            "vocabulary",
+            "stop_words",
+            "min_df",
+            "max_df",
+            "max_features",
+            "test_fraction",
+        },
         report_keys={"top_n"},
         amortised=True,
         tour_spec="topic_python_help",
@@ -192,7 +216,8 @@ MODELS: dict[str, ModelEntry] = _entries(
         description=(
             "Normal behaviour is a mixture of Gaussian components; a broad anomaly component with a small "
             "prior weight absorbs rows that fit none of them. The posterior probability of the anomaly "
-            "component is each row's anomaly probability; the anomaly fraction has its own posterior."),
+            "component is each row's anomaly probability; the anomaly fraction has its own posterior."
+        ),
         data_keys={"label", "anomaly_value", "columns"},
         tour_spec="anomaly_breast_cancer",
     ),

@@ -42,19 +42,19 @@ _CAPTIONS: dict[str, str] = {
     "loss": "Loss (−ELBO) per optimisation step, with its moving average.",
     "diagnostics_loss": "Loss per step with its moving average, titled with the optimisation verdict.",
     "posterior": "Posterior density of each variant's conversion rate; the legend gives the probability that each "
-                 "variant is the best.",
+    "variant is the best.",
     "samples": "New images drawn from the fitted model (one row per class when the model knows the labels).",
     "reconstructions": "Held-out images (top row, 'original') and the model's reconstruction of each one below it "
-                       "(bottom row, 'reconstructed'): encoded to the posterior mean of the latent code and decoded.",
+    "(bottom row, 'reconstructed'): encoded to the posterior mean of the latent code and decoded.",
     "latent": "Posterior means of the latent code of held-out images, coloured by class (the first two latent "
-              "dimensions, or a 2-D PCA projection when there are more).",
+    "dimensions, or a 2-D PCA projection when there are more).",
     "interpolation": "Images decoded along the straight line in latent space between two held-out images; the two "
-                     "real images stand at the ends, labelled.",
+    "real images stand at the ends, labelled.",
     "topics": "The top words of each topic and each word's weight in the topic.",
     "scores": "Left: each row's posterior probability of being an anomaly, rows ranked by it (labelled anomalies in "
-              "red); right: the rows in a 2-D PCA projection, coloured by that probability.",
+    "red); right: the rows in a 2-D PCA projection, coloured by that probability.",
     "sbc_ecdf": "Simulation-based calibration: the ECDF of each parameter's rank minus the uniform CDF, with an "
-                "approximate 95 % band; a curve leaving the band is miscalibrated.",
+    "approximate 95 % band; a curve leaving the band is miscalibrated.",
     "model_graph": "The model drawn by pyro.render_model: its sample sites, their distributions and plates.",
 }
 
@@ -110,8 +110,10 @@ def _data_uri(path: Path) -> str:
 
 
 def _figure(path: Path, caption: str) -> str:
-    return (f'<figure><img src="{_data_uri(path)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{_data_uri(path)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _readable_report(path: Path) -> pd.DataFrame:
@@ -144,12 +146,16 @@ def _caption(name: str, *, conditional: bool = False) -> str:
     """A sentence saying what a run folder's figure shows (a readable one for a figure of unknown name)."""
     stem = Path(name).stem
     if stem == "ppc_statistics":
-        return ("Posterior predictive check of the statistics with the smallest p-values: each statistic over the "
-                "replicated data sets (histogram) and in the data (red line).")
+        return (
+            "Posterior predictive check of the statistics with the smallest p-values: each statistic over the "
+            "replicated data sets (histogram) and in the data (red line)."
+        )
     if stem.startswith("ppc_"):
         group, _, var = stem[4:].partition("_predictive_")
-        return (f"{group.capitalize()} predictive check of '{var}': the data's distribution against data sets "
-                f"drawn from the {group} predictive (ArviZ plot_ppc_dist).")
+        return (
+            f"{group.capitalize()} predictive check of '{var}': the data's distribution against data sets "
+            f"drawn from the {group} predictive (ArviZ plot_ppc_dist)."
+        )
     if stem in _CAPTIONS:
         text = _CAPTIONS[stem]
         if stem == "latent" and conditional:
@@ -160,10 +166,16 @@ def _caption(name: str, *, conditional: bool = False) -> str:
     return f"Figure '{stem.replace('_', ' ')}' written by the run (plots/{Path(name).name})."
 
 
-_CHECK_TITLES = {"convergence": "Optimisation", "psis": "PSIS k-hat", "psis_rows": "Per-row PSIS k-hat",
-                 "psis_means": "PSIS-corrected means", "reference": "Exact posterior",
-                 "predictive": "Posterior predictive check", "nuts": "NUTS cross-check",
-                 "sbc": "Simulation-based calibration"}
+_CHECK_TITLES = {
+    "convergence": "Optimisation",
+    "psis": "PSIS k-hat",
+    "psis_rows": "Per-row PSIS k-hat",
+    "psis_means": "PSIS-corrected means",
+    "reference": "Exact posterior",
+    "predictive": "Posterior predictive check",
+    "nuts": "NUTS cross-check",
+    "sbc": "Simulation-based calibration",
+}
 _STATUS_CLASS = {"ok": "ok", "caution": "caution", "fail": "fail", "info": "note"}
 
 
@@ -180,7 +192,9 @@ def _check_boxes(diag: dict[str, Any]) -> list[str]:
         said += [verdict.message, verdict.warning()]
     notes = diag.get("amortised")
     if isinstance(notes, dict) and notes.get("message"):
-        boxes.append(f'<div class="note"><strong>What the fit gives:</strong> {html.escape(str(notes["message"]))}</div>')
+        boxes.append(
+            f'<div class="note"><strong>What the fit gives:</strong> {html.escape(str(notes["message"]))}</div>'
+        )
     for warning in diag.get("warnings", []):
         if not any(str(warning).startswith(m) for m in said if m):
             boxes.append(f'<div class="caution"><strong>Warning:</strong> {html.escape(str(warning))}</div>')
@@ -199,8 +213,11 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     """HTML of one run folder's section (naming it ``shown``), and its title for the contents."""
     run = _read_json(folder / "run.json")
     if not run:
-        return (f'<section class="model" id="{anchor}"><h2>{html.escape(folder.name)}</h2>'
-                f'<p class="fail">not a complete run folder (no run.json)</p></section>', folder.name)
+        return (
+            f'<section class="model" id="{anchor}"><h2>{html.escape(folder.name)}</h2>'
+            f'<p class="fail">not a complete run folder (no run.json)</p></section>',
+            folder.name,
+        )
     try:
         spec = tomllib.loads((folder / "spec.toml").read_text())
     except (OSError, tomllib.TOMLDecodeError):
@@ -211,16 +228,20 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     conditional = bool(spec.get("model", {}).get("conditional", False)) if model == "vae" else False
     data = spec.get("data", {})
     diag = _read_json(folder / "diagnostics.json")
-    parts = [f'<section class="model" id="{anchor}">', f"<h2>{html.escape(title)} — {html.escape(str(run.get('name', folder.name)))}</h2>",
-             f"<p>{html.escape(what)}</p>", "<h3>Data</h3>",
-             f"<p>{html.escape(str(data.get('description', data.get('source', ''))))}</p>",
-             f'<p class="muted">source <code>{html.escape(str(data.get("source", "")))}</code>, data checksum '
-             f'<code>{html.escape(str(run.get("data_checksum", ""))[:16])}</code>, seed '
-             f'{html.escape(str(run.get("seed")))}</p>',
-             "<h3>Fit</h3>",
-             f"<p>{html.escape(str(run.get('num_steps')))} optimisation steps in "
-             f"{html.escape(str(run.get('fit_seconds')))} s on "
-             f"<code>{html.escape(str(run.get('device')))}</code>.</p>"]
+    parts = [
+        f'<section class="model" id="{anchor}">',
+        f"<h2>{html.escape(title)} — {html.escape(str(run.get('name', folder.name)))}</h2>",
+        f"<p>{html.escape(what)}</p>",
+        "<h3>Data</h3>",
+        f"<p>{html.escape(str(data.get('description', data.get('source', ''))))}</p>",
+        f'<p class="muted">source <code>{html.escape(str(data.get("source", "")))}</code>, data checksum '
+        f"<code>{html.escape(str(run.get('data_checksum', ''))[:16])}</code>, seed "
+        f"{html.escape(str(run.get('seed')))}</p>",
+        "<h3>Fit</h3>",
+        f"<p>{html.escape(str(run.get('num_steps')))} optimisation steps in "
+        f"{html.escape(str(run.get('fit_seconds')))} s on "
+        f"<code>{html.escape(str(run.get('device')))}</code>.</p>",
+    ]
     parts.append(f'<div id="{anchor}-checks">')
     parts += _check_boxes(diag) or ['<p class="muted">no diagnostics.json in this run folder</p>']
     parts.append("</div>")
@@ -229,14 +250,18 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
         parts += ["<h3>Loss curve</h3>", _figure(plots / "loss.png", _caption("loss.png"))]
     if (folder / "summary.csv").is_file():
         summary = pd.read_csv(folder / "summary.csv", index_col=0)
-        parts += ["<h3>ArviZ summary</h3>",
-                  '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)</p>',
-                  _table(summary, 12, "summary.csv")]
+        parts += [
+            "<h3>ArviZ summary</h3>",
+            '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)</p>',
+            _table(summary, 12, "summary.csv"),
+        ]
     if (folder / "report.csv").is_file():
         parts += ["<h3>The model's own figures</h3>", _table(_readable_report(folder / "report.csv"), 40, "report.csv")]
     order = {name: i for i, name in enumerate(_PICTURE_ORDER)}
-    pictures = sorted((p for p in plots.glob("*.png") if p.name not in _SPECIAL and not p.name.startswith("ppc_")),
-                      key=lambda p: (order.get(p.stem, len(order)), p.name))
+    pictures = sorted(
+        (p for p in plots.glob("*.png") if p.name not in _SPECIAL and not p.name.startswith("ppc_")),
+        key=lambda p: (order.get(p.stem, len(order)), p.name),
+    )
     if pictures:
         parts.append("<h3>Pictures</h3>")
         parts += [_figure(p, _caption(p.name, conditional=conditional)) for p in pictures]
@@ -261,17 +286,22 @@ def _verdict_row(folder: Path, anchor: str, name: str) -> str:
     cells = [f'<td><a href="#{anchor}">{html.escape(name)}</a></td>']
     for verdict in overall_verdicts(_read_json(folder / "diagnostics.json")).values():
         tip = verdict.message + (f" — {verdict.advice}" if verdict.advice else "")
-        cells.append(f'<td class="{_STATUS_CLASS.get(verdict.status, "note")}" title="{html.escape(tip)}">'
-                     f'<a href="#{anchor}-checks">{html.escape(verdict.label)}</a></td>')
+        cells.append(
+            f'<td class="{_STATUS_CLASS.get(verdict.status, "note")}" title="{html.escape(tip)}">'
+            f'<a href="#{anchor}-checks">{html.escape(verdict.label)}</a></td>'
+        )
     return "<tr>" + "".join(cells) + "</tr>"
 
 
 def _verdict_table(rows: list[str]) -> str:
-    return ('<h2 id="verdicts">Verdicts</h2>\n<p class="muted">One row per run: green ok, amber caution, red fail. '
-            "Each verdict links to the run's diagnostics, where a sentence says why and what to do.</p>\n"
-            '<div class="scroll"><table class="verdicts"><thead><tr><th>run</th><th>optimisation</th>'
-            "<th>posterior quality</th><th>predictive check</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table></div>")
+    return (
+        '<h2 id="verdicts">Verdicts</h2>\n<p class="muted">One row per run: green ok, amber caution, red fail. '
+        "Each verdict links to the run's diagnostics, where a sentence says why and what to do.</p>\n"
+        '<div class="scroll"><table class="verdicts"><thead><tr><th>run</th><th>optimisation</th>'
+        "<th>posterior quality</th><th>predictive check</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></div>"
+    )
 
 
 def write_report(
@@ -340,15 +370,21 @@ def write_report(
         rows.append(_verdict_row(Path(folder), anchor, f"{name} — {run_name}" if name != run_name else name))
     for j, (name, message) in enumerate((errors or {}).items()):
         anchor = f"failed-{j}"
-        sections.append(f'<section class="model" id="{anchor}"><h2>{html.escape(name)}</h2>'
-                        f'<p class="fail">this run failed: {html.escape(message)}</p></section>')
+        sections.append(
+            f'<section class="model" id="{anchor}"><h2>{html.escape(name)}</h2>'
+            f'<p class="fail">this run failed: {html.escape(message)}</p></section>'
+        )
         contents.append(f'<a href="#{anchor}">{html.escape(name)} (failed)</a>')
-        rows.append(f'<tr><td><a href="#{anchor}">{html.escape(name)}</a></td><td class="fail" colspan="3">'
-                    f'<a href="#{anchor}">the run failed: {html.escape(message)}</a></td></tr>')
+        rows.append(
+            f'<tr><td><a href="#{anchor}">{html.escape(name)}</a></td><td class="fail" colspan="3">'
+            f'<a href="#{anchor}">the run failed: {html.escape(message)}</a></td></tr>'
+        )
     graph_note = ""
     if any(not (Path(f) / "plots" / "model_graph.svg").is_file() for f in folders):
-        graph_note = ('\n<p class="muted">Model graphs are shown as text: drawing them needs Graphviz (the '
-                      '<code>dot</code> program and the <code>graphviz</code> Python package).</p>')
+        graph_note = (
+            '\n<p class="muted">Model graphs are shown as text: drawing them needs Graphviz (the '
+            "<code>dot</code> program and the <code>graphviz</code> Python package).</p>"
+        )
     versions = package_versions()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!DOCTYPE html>
@@ -357,12 +393,12 @@ def write_report(
 <body>
 <header><h1>{html.escape(title)}</h1>
 <p>{html.escape(intro)}</p>{graph_note}
-<p>written {stamp} · bayesgen {versions['bayesgen']} · torch {versions['torch']} · Pyro {versions['pyro']} ·
-ArviZ {versions['arviz']} · Python {versions['python']}</p></header>
-<nav><a href="#verdicts">Verdicts</a>{''.join(contents)}</nav>
+<p>written {stamp} · bayesgen {versions["bayesgen"]} · torch {versions["torch"]} · Pyro {versions["pyro"]} ·
+ArviZ {versions["arviz"]} · Python {versions["python"]}</p></header>
+<nav><a href="#verdicts">Verdicts</a>{"".join(contents)}</nav>
 <main>
 {_verdict_table(rows)}
-{''.join(sections)}
+{"".join(sections)}
 </main>
 {_CHECK_SCRIPT}
 </body></html>

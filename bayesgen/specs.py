@@ -63,8 +63,19 @@ from bayesgen.datasets import (
 from bayesgen.models._base import BayesianEstimator, ModelFileError
 from bayesgen.models.gaussian_generator import validate_xy
 
-__all__ = ["load_spec", "check_run_name", "fit_spec", "SpecFit", "run_spec", "RunOutput", "RunInterrupted",
-           "default_run_folder", "package_versions", "reproduce", "ReproduceResult"]
+__all__ = [
+    "load_spec",
+    "check_run_name",
+    "fit_spec",
+    "SpecFit",
+    "run_spec",
+    "RunOutput",
+    "RunInterrupted",
+    "default_run_folder",
+    "package_versions",
+    "reproduce",
+    "ReproduceResult",
+]
 
 SECTIONS = {"run", "data", "model", "inference", "report"}
 RUN_KEYS = {"name", "model", "seed"}
@@ -73,9 +84,18 @@ DATA_COMMON_KEYS = {"source", "description"}
 # [report] keys that hold a count, with the smallest allowed; "nuts" is a flag, "control" a variant name or
 # index and "image_shape" (rows, columns). They are checked when the spec is read, so a bad one stops the run
 # before the fit, not after it.
-REPORT_COUNTS = {"arviz_samples": 1, "diagnostic_samples": 1, "nuts_samples": 1, "nuts_warmup": 0,
-                 "sbc_simulations": 0, "sbc_steps": 1, "iwae_samples": 1, "iwae_rows": 1, "elbo_samples": 1,
-                 "top_n": 1}
+REPORT_COUNTS = {
+    "arviz_samples": 1,
+    "diagnostic_samples": 1,
+    "nuts_samples": 1,
+    "nuts_warmup": 0,
+    "sbc_simulations": 0,
+    "sbc_steps": 1,
+    "iwae_samples": 1,
+    "iwae_rows": 1,
+    "elbo_samples": 1,
+    "top_n": 1,
+}
 REPORT_KEYS = set(REPORT_COUNTS) | {"nuts", "control", "image_shape"}
 logger = logging.getLogger(__name__)
 
@@ -131,8 +151,10 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)}; expected {sorted(SECTIONS)}")
     not_tables = [name for name, value in spec.items() if not isinstance(value, dict)]
     if not_tables:
-        raise ValueError(f"{path}: {', '.join(repr(n) for n in not_tables)} must be a section ([{not_tables[0]}] "
-                         f"with keys under it), not a single value")
+        raise ValueError(
+            f"{path}: {', '.join(repr(n) for n in not_tables)} must be a section ([{not_tables[0]}] "
+            f"with keys under it), not a single value"
+        )
     run = spec.get("run")
     if not isinstance(run, dict) or "model" not in run:
         raise ValueError(f"{path}: a [run] section with a 'model' key is required")
@@ -143,8 +165,9 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
     unknown = set(run) - RUN_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [run]; allowed are {sorted(RUN_KEYS)}")
-    if "seed" in run and (isinstance(run["seed"], bool) or not isinstance(run["seed"], int)
-                          or not 0 <= run["seed"] <= MAX_SEED):
+    if "seed" in run and (
+        isinstance(run["seed"], bool) or not isinstance(run["seed"], int) or not 0 <= run["seed"] <= MAX_SEED
+    ):
         raise ValueError(f"{path}: [run] seed must be an integer in [0, {MAX_SEED}], got {run['seed']!r}")
     if "name" in run:
         check_run_name(run["name"], f"{path}: [run] name")
@@ -153,8 +176,10 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
     allowed = entry.data_keys | DATA_COMMON_KEYS
     unknown = set(spec["data"]) - allowed
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} in [data] for model {run['model']!r}; "
-                         f"allowed are {sorted(allowed)}")
+        raise ValueError(
+            f"{path}: unknown keys {sorted(unknown)} in [data] for model {run['model']!r}; "
+            f"allowed are {sorted(allowed)}"
+        )
     if "source" not in spec["data"]:
         raise ValueError(f"{path}: [data] needs source = <a file path or a built-in data set>")
     _check_report(spec.get("report", {}), run["model"], path)
@@ -192,8 +217,10 @@ def check_run_name(name: Any, what: str = "run name") -> str:
         raise ValueError(f"{what} must be a string, got {name!r}")
     bad = [c for c in name if c in "/\\:" or ord(c) < 32 or ord(c) == 127]
     if not name.strip() or name.startswith(".") or bad or name != name.strip():
-        raise ValueError(f"{what} {name!r} is not a plain folder name: use letters, digits, '-' and '_' (no "
-                         "path separators, no leading dot or spaces); runs go to runs/<name>-<time>")
+        raise ValueError(
+            f"{what} {name!r} is not a plain folder name: use letters, digits, '-' and '_' (no "
+            "path separators, no leading dot or spaces); runs go to runs/<name>-<time>"
+        )
     return name
 
 
@@ -205,8 +232,7 @@ def _check_report(report: dict[str, Any], model: str, path: Path) -> None:
     owner = {key: entry.name for entry in registry.MODELS.values() for key in entry.report_keys}
     foreign = sorted(k for k in report if owner.get(k, model) != model)
     if foreign:
-        raise ValueError(f"{path}: [report] {foreign[0]} is read by model {owner[foreign[0]]!r} only, "
-                         f"not by {model!r}")
+        raise ValueError(f"{path}: [report] {foreign[0]} is read by model {owner[foreign[0]]!r} only, not by {model!r}")
     for key, value in report.items():
         if key in REPORT_COUNTS:
             check_count(value, f"{path}: [report] {key}", minimum=REPORT_COUNTS[key])
@@ -214,10 +240,14 @@ def _check_report(report: dict[str, Any], model: str, path: Path) -> None:
             raise ValueError(f"{path}: [report] nuts must be true or false, got {value!r}")
         elif key == "control" and (isinstance(value, bool) or not isinstance(value, str | int)):
             raise ValueError(f"{path}: [report] control must be a variant name or a 0-based index, got {value!r}")
-        elif key == "image_shape" and not (isinstance(value, list) and len(value) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-            raise ValueError(f"{path}: [report] image_shape must be [rows, columns] of positive integers, "
-                             f"got {value!r}")
+        elif key == "image_shape" and not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ):
+            raise ValueError(
+                f"{path}: [report] image_shape must be [rows, columns] of positive integers, got {value!r}"
+            )
 
 
 def package_versions() -> dict[str, str]:
@@ -297,8 +327,10 @@ def fit_ab_test_spec(
     def check_control(names: list[str]) -> None:  # before the fit, so a typo costs no work
         n = len(names)
         if (control not in names) if isinstance(control, str) else not -n <= control < n:
-            raise ValueError(f"{spec['_path']}: [report] control {control!r} is not a variant; the variants "
-                             f"are {list(names)} (or an index below {n})")
+            raise ValueError(
+                f"{spec['_path']}: [report] control {control!r} is not a variant; the variants "
+                f"are {list(names)} (or an index below {n})"
+            )
 
     if fmt == "counts":
         s, n, names = load_ab_counts(
@@ -350,8 +382,10 @@ def fit_gaussian_generator_spec(
     test_fraction = float(spec["data"].get("test_fraction", 0.3))
     shape = spec["report"].get("image_shape")
     if shape and shape[0] * shape[1] != X.shape[1]:
-        raise ValueError(f"{spec['_path']}: [report] image_shape {shape} holds {shape[0] * shape[1]} pixels, "
-                         f"but the data have {X.shape[1]} features")
+        raise ValueError(
+            f"{spec['_path']}: [report] image_shape {shape} holds {shape[0] * shape[1]} pixels, "
+            f"but the data have {X.shape[1]} features"
+        )
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
     est = GaussianGenerator(**_estimator_kwargs(GaussianGenerator, spec, device))
     est.progress = progress
@@ -441,8 +475,12 @@ def fit_vae_spec(
     figures: dict[str, Any] = {}
     if est.image_shape_ is not None:
         figures["samples"] = est.plot_samples(8, seed=int(spec["run"]["seed"]))
-        figures["reconstructions"] = est.plot_reconstructions(X_te[:10], test_labels[:10] if test_labels is not None else None)
-        figures["latent"] = est.plot_latent(X_te[:2000], y_te[:2000], y=None if test_labels is None else test_labels[:2000])
+        figures["reconstructions"] = est.plot_reconstructions(
+            X_te[:10], test_labels[:10] if test_labels is not None else None
+        )
+        figures["latent"] = est.plot_latent(
+            X_te[:2000], y_te[:2000], y=None if test_labels is None else test_labels[:2000]
+        )
         i, j = 0, int(np.nonzero(y_te != y_te[0])[0][0])
         figures["interpolation"] = est.plot_interpolation(
             X_te[i], X_te[j], 10, y=None if test_labels is None else test_labels[i]
@@ -544,39 +582,53 @@ def fit_anomaly_spec(
                 raise ValueError(f"{spec['_path']}: [data] label {label!r} is not a column")
             labels = (table.pop(label).astype(str) == str(data.get("anomaly_value", "1"))).to_numpy()
             if labels.all() or not labels.any():
-                raise ValueError(f"{spec['_path']}: [data] anomaly_value {str(data.get('anomaly_value', '1'))!r} "
-                                 f"matches {'every' if labels.all() else 'no'} row of column {label!r}; "
-                                 "scoring needs both kinds")
+                raise ValueError(
+                    f"{spec['_path']}: [data] anomaly_value {str(data.get('anomaly_value', '1'))!r} "
+                    f"matches {'every' if labels.all() else 'no'} row of column {label!r}; "
+                    "scoring needs both kinds"
+                )
         if data.get("columns"):
             columns = [data["columns"]] if isinstance(data["columns"], str) else list(data["columns"])
             missing = [c for c in columns if c not in table.columns]
             if missing:
-                raise ValueError(f"{spec['_path']}: [data] columns {missing} are not in the table; it has "
-                                 f"{list(table.columns)[:20]}")
+                raise ValueError(
+                    f"{spec['_path']}: [data] columns {missing} are not in the table; it has {list(table.columns)[:20]}"
+                )
             table = table[columns]
     est = MixtureAnomalyDetector(**_estimator_kwargs(MixtureAnomalyDetector, spec, device))
     est.progress = progress
     est.fit(table, **fit_kwargs)
     probs = est.predict_proba(table)
     frac = est.anomaly_fraction()
-    values = {"rows": len(table), "features": table.shape[1], "flagged": int((probs > 0.5).sum()),
-              "anomaly_fraction_mean": frac["mean"], "anomaly_fraction_low": frac["low"],
-              "anomaly_fraction_high": frac["high"]}
+    values = {
+        "rows": len(table),
+        "features": table.shape[1],
+        "flagged": int((probs > 0.5).sum()),
+        "anomaly_fraction_mean": frac["mean"],
+        "anomaly_fraction_low": frac["low"],
+        "anomaly_fraction_high": frac["high"],
+    }
     if labels is not None:
         score = -est.score_samples(table)
-        values.update({"labelled_anomaly_share": float(labels.mean()),
-                       "roc_auc_score": float(roc_auc_score(labels, score)),
-                       "average_precision_score": float(average_precision_score(labels, score)),
-                       "roc_auc_probability": float(roc_auc_score(labels, probs)),
-                       "brier_probability": float(brier_score_loss(labels, probs)),
-                       # what predicting the labelled share for every row scores: the Brier score to beat
-                       "brier_constant_baseline": float(labels.mean() * (1.0 - labels.mean()))})
+        values.update(
+            {
+                "labelled_anomaly_share": float(labels.mean()),
+                "roc_auc_score": float(roc_auc_score(labels, score)),
+                "average_precision_score": float(average_precision_score(labels, score)),
+                "roc_auc_probability": float(roc_auc_score(labels, probs)),
+                "brier_probability": float(brier_score_loss(labels, probs)),
+                # what predicting the labelled share for every row scores: the Brier score to beat
+                "brier_constant_baseline": float(labels.mean() * (1.0 - labels.mean())),
+            }
+        )
     report = pd.DataFrame({"value": values})
     return SpecFit(est, array_checksum(table.to_numpy(float)), report, {"scores": est.plot(table, labels)})
 
 
 def fit_spec(
-    spec: dict[str, Any], device: DeviceLike | None = None, progress: bool = False,
+    spec: dict[str, Any],
+    device: DeviceLike | None = None,
+    progress: bool = False,
     fit_kwargs: dict[str, Any] | None = None,
 ) -> SpecFit:
     """Fit a spec with its model's recipe (the registry entry's ``spec_fit``), writing nothing.
@@ -693,8 +745,15 @@ def run_spec(
     folder = Path(out) if out is not None else default_run_folder(spec)
     try:
         with staged_folder(folder, overwrite=overwrite, keep=_interrupted_fit, reuse=resume) as staging:
-            fitted, table = _write_run(spec, staging, device=device, progress=progress, num_samples=num_samples,
-                                       checkpoint_every=checkpoint_every, resume=resume)
+            fitted, table = _write_run(
+                spec,
+                staging,
+                device=device,
+                progress=progress,
+                num_samples=num_samples,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+            )
     except KeyboardInterrupt as err:
         raise RunInterrupted(folder, (staging_path(folder) / CHECKPOINT_NAME).is_file()) from err
     return RunOutput(estimator=fitted.estimator, folder=folder, report=fitted.report, summary=table)
@@ -725,8 +784,11 @@ def _write_run(
     name = spec["run"]["name"]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     started = time.perf_counter()
-    fit_kwargs = {"checkpoint": checkpoint, "checkpoint_every": checkpoint_every,
-                  "resume": resume and checkpoint.is_file()}
+    fit_kwargs = {
+        "checkpoint": checkpoint,
+        "checkpoint_every": checkpoint_every,
+        "resume": resume and checkpoint.is_file(),
+    }
     fitted = fit_spec(spec, device, progress, fit_kwargs)
     checkpoint.unlink(missing_ok=True)  # the fit is complete: nothing is left to resume
     est, checksum, report = fitted.estimator, fitted.data_checksum, fitted.report
@@ -758,12 +820,17 @@ def _write_run(
     from bayesgen.diagnostics import write_diagnostics
 
     rep = spec["report"]
-    diagnostics = write_diagnostics(est, folder, num_samples=int(rep.get("diagnostic_samples", 1000)),
-                                    seed=spec["run"]["seed"], nuts=bool(rep.get("nuts", False)),
-                                    nuts_samples=int(rep.get("nuts_samples", 1000)),
-                                    nuts_warmup=int(rep.get("nuts_warmup", 500)),
-                                    sbc_simulations=int(rep.get("sbc_simulations", 0)),
-                                    sbc_steps=rep.get("sbc_steps"))
+    diagnostics = write_diagnostics(
+        est,
+        folder,
+        num_samples=int(rep.get("diagnostic_samples", 1000)),
+        seed=spec["run"]["seed"],
+        nuts=bool(rep.get("nuts", False)),
+        nuts_samples=int(rep.get("nuts_samples", 1000)),
+        nuts_warmup=int(rep.get("nuts_warmup", 500)),
+        sbc_simulations=int(rep.get("sbc_simulations", 0)),
+        sbc_steps=rep.get("sbc_steps"),
+    )
 
     resolved = {k: v for k, v in spec.items() if not k.startswith("_")}
     params = est.get_params()
@@ -771,8 +838,9 @@ def _write_run(
     resolved["inference"] = {k: v for k, v in params.items() if k not in resolved["model"] and k != "seed"}
     resolved["inference"]["device"] = str(resolved["inference"]["device"])
     resolved["inference"].pop("progress", None)
-    write_text(folder / "spec.toml",
-               f"# resolved from {spec['_path']} on {stamp}\n" + tomli_w.dumps(_toml_safe(resolved)))
+    write_text(
+        folder / "spec.toml", f"# resolved from {spec['_path']} on {stamp}\n" + tomli_w.dumps(_toml_safe(resolved))
+    )
     write_json(folder / "versions.json", {**package_versions(), "device": str(est.device_)})
     run_info = {
         "name": name,
@@ -812,7 +880,6 @@ def _toml_safe(value: Any) -> Any:
     return value
 
 
-
 # ---------------------------------------------------------------- reproduce
 @dataclass
 class ReproduceResult:
@@ -841,8 +908,9 @@ class ReproduceResult:
     def message(self) -> str:
         """One line for the CLI."""
         bad = self.table[~self.table["ok"]] if len(self.table) else self.table
-        text = (f"{len(self.table) - len(bad)} of {len(self.table)} figures match within tolerance; data checksum "
-                + ("matches" if self.data_match else "DIFFERS (the data changed)"))
+        text = f"{len(self.table) - len(bad)} of {len(self.table)} figures match within tolerance; data checksum " + (
+            "matches" if self.data_match else "DIFFERS (the data changed)"
+        )
         if self.version_changes:
             text += "; versions changed: " + ", ".join(f"{k} {a} → {b}" for k, (a, b) in self.version_changes.items())
         return ("REPRODUCED: " if self.match else "NOT REPRODUCED: ") + text
@@ -950,12 +1018,18 @@ def reproduce(
     with staged_folder(folder, overwrite=overwrite) as staging:
         fitted, summary = _write_run(spec, staging, device=device, progress=progress, num_samples=1000)
         new_run = json.loads((staging / "run.json").read_text())
-        result = _compare(run, old, old_rep, before, fitted, summary, new_run, folder,
-                          tolerance=tolerance, rtol=rtol)
+        result = _compare(run, old, old_rep, before, fitted, summary, new_run, folder, tolerance=tolerance, rtol=rtol)
         with atomic_path(staging / "reproduce.csv") as tmp:
             result.table.to_csv(tmp)
-        write_json(staging / "reproduce.json", {"original": str(run_dir), "match": result.match,
-                                                "data_match": result.data_match, "message": result.message()})
+        write_json(
+            staging / "reproduce.json",
+            {
+                "original": str(run_dir),
+                "match": result.match,
+                "data_match": result.data_match,
+                "message": result.message(),
+            },
+        )
     return result
 
 
@@ -978,8 +1052,16 @@ def _compare(
     rows = []
     for name in old.index:
         if name not in new.index or "mean" not in old.columns:
-            rows.append({"figure": f"{name} mean", "original": old.loc[name].get("mean", np.nan), "rerun": np.nan,
-                         "difference": np.nan, "allowed": np.nan, "ok": False})
+            rows.append(
+                {
+                    "figure": f"{name} mean",
+                    "original": old.loc[name].get("mean", np.nan),
+                    "rerun": np.nan,
+                    "difference": np.nan,
+                    "allowed": np.nan,
+                    "ok": False,
+                }
+            )
             continue
         sd = float(old.loc[name, "sd"]) if "sd" in old.columns else 0.0
         for col, allowed in (("mean", tolerance * sd), ("sd", 2 * tolerance * sd)):
@@ -987,8 +1069,16 @@ def _compare(
                 continue
             a, b = float(old.loc[name, col]), float(new.loc[name, col])
             allowed = max(allowed, 1e-9 * max(abs(a), 1.0))
-            rows.append({"figure": f"{name} {col}", "original": a, "rerun": b, "difference": b - a,
-                         "allowed": allowed, "ok": bool(abs(b - a) <= allowed)})
+            rows.append(
+                {
+                    "figure": f"{name} {col}",
+                    "original": a,
+                    "rerun": b,
+                    "difference": b - a,
+                    "allowed": allowed,
+                    "ok": bool(abs(b - a) <= allowed),
+                }
+            )
     if old_rep is not None:
         new_rep = rerun.report.copy()
         new_rep.index = new_rep.index.astype(str)
@@ -1006,8 +1096,16 @@ def _compare(
                     b = np.nan
                 ok = bool(np.isclose(b, a, rtol=rtol, atol=1e-12, equal_nan=True))
                 label = f"report: {name}" if len(old_rep.columns) == 1 else f"report: {name} {col}"
-                rows.append({"figure": label, "original": a, "rerun": b, "difference": b - a,
-                             "allowed": rtol * abs(a), "ok": ok})
+                rows.append(
+                    {
+                        "figure": label,
+                        "original": a,
+                        "rerun": b,
+                        "difference": b - a,
+                        "allowed": rtol * abs(a),
+                        "ok": ok,
+                    }
+                )
     table = pd.DataFrame(rows, columns=["figure", "original", "rerun", "difference", "allowed", "ok"])
     table = table.set_index("figure")
     now = {**package_versions(), "device": str(rerun.estimator.device_)}

@@ -93,8 +93,11 @@ class Corpus:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.nonzero(rows)[0] if rows.shape == (self.num_docs,) else rows
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or (
-                rows.size and (rows.min() < -self.num_docs or rows.max() >= self.num_docs)):
+        if (
+            rows.ndim != 1
+            or not np.issubdtype(rows.dtype, np.integer)
+            or (rows.size and (rows.min() < -self.num_docs or rows.max() >= self.num_docs))
+        ):
             raise ValueError(f"rows must be document positions in 0..{self.num_docs - 1} (or a boolean mask)")
         return Corpus(self.counts[rows], self.vocabulary, self.doc_ids[rows], 0)
 
@@ -208,8 +211,10 @@ def build_corpus(
             raise ValueError(
                 f"the vocabulary is empty after filtering (stop_words, min_df={min_df}, max_df={max_df}): {err}"
             ) from None
-        raise ValueError(f"could not build the document-term matrix (check stop_words, min_df, max_df, "
-                         f"max_features and vocabulary): {err}") from None
+        raise ValueError(
+            f"could not build the document-term matrix (check stop_words, min_df, max_df, "
+            f"max_features and vocabulary): {err}"
+        ) from None
     vocab = list(vec.get_feature_names_out()) if vocabulary is None else list(vocabulary)
     if not vocab:
         raise ValueError("the vocabulary is empty after filtering")
@@ -242,8 +247,11 @@ def corpus_from_counts(counts: Any, vocabulary: Sequence[str] | None = None, *, 
         values = mat.data
     else:
         arr = np.asarray(counts)
-        if (arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
-                or np.issubdtype(arr.dtype, np.complexfloating)):
+        if (
+            arr.dtype == object
+            or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool)
+            or np.issubdtype(arr.dtype, np.complexfloating)
+        ):
             raise TypeError(f"counts must be numeric (real-valued), got dtype {arr.dtype}")
         if arr.ndim != 2:
             raise ValueError(f"counts must be 2-D (documents x words), got shape {arr.shape}")
@@ -378,7 +386,9 @@ def read_text_csv(path: PathLikeStr, column: str) -> list[str]:
     return table[column].fillna("").astype(str).tolist()
 
 
-def read_text_zip(path: PathLikeStr, pattern: str = r".*\.txt$", encoding: str = "utf-8") -> tuple[list[str], list[str]]:
+def read_text_zip(
+    path: PathLikeStr, pattern: str = r".*\.txt$", encoding: str = "utf-8"
+) -> tuple[list[str], list[str]]:
     """Text files inside a zip archive whose names match ``pattern``: (texts, names)."""
     try:
         archive = zipfile.ZipFile(path)
@@ -505,8 +515,9 @@ def npmi_coherence(top_words: Sequence[Sequence[int]], reference: Any) -> np.nda
     for k, words in enumerate(top_words):
         bad = [w for w in words if not isinstance(w, int | np.integer) or not 0 <= w < presence.shape[1]]
         if bad:
-            raise ValueError(f"topic {k}'s word ids {bad[:5]} are not column indices of the "
-                             f"{presence.shape[1]}-word reference")
+            raise ValueError(
+                f"topic {k}'s word ids {bad[:5]} are not column indices of the {presence.shape[1]}-word reference"
+            )
     out = []
     for words in top_words:
         words = list(words)

@@ -46,8 +46,10 @@ def specs_dir() -> Path:
     cwd = Path.cwd() / "models"
     if cwd.is_dir():
         return cwd
-    raise FileNotFoundError("no models/ folder of run specs found next to bayesgen or in the working directory; "
-                            "pass specs=DIR (CLI: --specs DIR)")
+    raise FileNotFoundError(
+        "no models/ folder of run specs found next to bayesgen or in the working directory; "
+        "pass specs=DIR (CLI: --specs DIR)"
+    )
 
 
 def smoke_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +150,16 @@ def run_tour(
         known = sorted(p.stem for p in folder_of_specs.glob("*.toml"))
         raise ValueError(f"no spec named {unknown} in {folder_of_specs}; choose from {known}")
     with staged_folder(out, overwrite=overwrite) as staging:
-        result = _tour_into(staging, out, device=device, folder_of_specs=folder_of_specs, names=names, smoke=smoke,
-                            progress=progress, on_event=on_event)
+        result = _tour_into(
+            staging,
+            out,
+            device=device,
+            folder_of_specs=folder_of_specs,
+            names=names,
+            smoke=smoke,
+            progress=progress,
+            on_event=on_event,
+        )
     return result
 
 
@@ -195,13 +205,28 @@ def _tour_into(
         if on_event:
             on_event("done", name, i, len(names), dataclasses.replace(run, folder=out / name))
     fitting = time.perf_counter() - started
-    intro = ("Five Bayesian generative models fitted with SVI on data every machine has"
-             + (" (SMOKE RUN: a twentieth of the steps; a pipeline check, not results)" if smoke else "")
-             + f"; {fitting:.0f} s of fitting in all.")
-    write_report([staging / name for name in result.folders], staging / "report.html", title="bayesgen tour",
-                 intro=intro, errors=result.errors, locations=list(result.folders.values()))
+    intro = (
+        "Five Bayesian generative models fitted with SVI on data every machine has"
+        + (" (SMOKE RUN: a twentieth of the steps; a pipeline check, not results)" if smoke else "")
+        + f"; {fitting:.0f} s of fitting in all."
+    )
+    write_report(
+        [staging / name for name in result.folders],
+        staging / "report.html",
+        title="bayesgen tour",
+        intro=intro,
+        errors=result.errors,
+        locations=list(result.folders.values()),
+    )
     result.seconds["total"] = round(time.perf_counter() - started, 2)  # the report included
-    write_json(staging / "tour.json",
-               {"smoke": smoke, "device": str(device), "seconds": result.seconds, "errors": result.errors,
-                "folders": {k: str(v) for k, v in result.folders.items()}})
+    write_json(
+        staging / "tour.json",
+        {
+            "smoke": smoke,
+            "device": str(device),
+            "seconds": result.seconds,
+            "errors": result.errors,
+            "folders": {k: str(v) for k, v in result.folders.items()},
+        },
+    )
     return result

@@ -34,8 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def khat_summary(khat: np.ndarray) -> dict:
     k = np.maximum(np.asarray(khat, float), -1.0)
-    return {"khat_median": float(np.median(k)), "khat_p90": float(np.quantile(k, 0.9)),
-            "share_above_0.7": float(np.mean(k > 0.7)), "share_below_0.5": float(np.mean(k < 0.5))}
+    return {
+        "khat_median": float(np.median(k)),
+        "khat_p90": float(np.quantile(k, 0.9)),
+        "share_above_0.7": float(np.mean(k > 0.7)),
+        "share_below_0.5": float(np.mean(k < 0.5)),
+    }
 
 
 def log_weights(log_joint, loc, scale, num_samples, seed):
@@ -66,9 +70,14 @@ def sweep(name, log_joint, loc, scale, seed, mean_of=None):
         m, s = refine_local(log_joint, loc, scale, num_steps=steps)
         seconds = time.perf_counter() - start
         elbo = log_weights(log_joint, m, s, 200, seed + 1).mean(1)
-        row = {"model": name, "seed": seed, "refine_steps": steps, "seconds": round(seconds, 3),
-               **khat_summary(row_khat(log_weights(log_joint, m, s, 500, seed + 2))),
-               "elbo_mean": float(elbo.mean())}
+        row = {
+            "model": name,
+            "seed": seed,
+            "refine_steps": steps,
+            "seconds": round(seconds, 3),
+            **khat_summary(row_khat(log_weights(log_joint, m, s, 500, seed + 2))),
+            "elbo_mean": float(elbo.mean()),
+        }
         if base_elbo is None:
             base_elbo = elbo
         row["elbo_gain_mean"] = float((elbo - base_elbo).mean())
@@ -114,8 +123,14 @@ def topic(seeds: list[int]) -> dict:
         for steps in (0, 100):
             est.refine_steps = steps
             joint[steps] = est.vi_diagnostic(num_samples=1000, seed=0, warn=False).khat
-    return {"fit_seconds": est.fit_seconds_, "documents": int(x.shape[0]), "vocabulary": int(x.shape[1]),
-            "document_length_median": float(n.median()), "joint_khat_first_50": joint, "sweep": rows}
+    return {
+        "fit_seconds": est.fit_seconds_,
+        "documents": int(x.shape[0]),
+        "vocabulary": int(x.shape[1]),
+        "document_length_median": float(n.median()),
+        "joint_khat_first_50": joint,
+        "sweep": rows,
+    }
 
 
 def vae(seeds: list[int]) -> dict:
@@ -172,12 +187,26 @@ def planted(seeds: list[int]) -> list[dict]:
             for seed in seeds:
                 with seeded(seed):
                     loc, scale = lda._local_posterior(x, steps)
-                diag = vi_khat_rows(m, functools.partial(local_guide, loc=loc, scale=scale), x, plate="document",
-                                    num_samples=500, param_state=lda._param_state, seed=seed + 1, warn=False)
+                diag = vi_khat_rows(
+                    m,
+                    functools.partial(local_guide, loc=loc, scale=scale),
+                    x,
+                    plate="document",
+                    num_samples=500,
+                    param_state=lda._param_state,
+                    seed=seed + 1,
+                    warn=False,
+                )
                 mean = lda.transform(X, refine_steps=steps, seed=seed).mean
-                row = {"documents": docs, "length": length, "epochs": epochs, "refine_steps": steps, "seed": seed,
-                       **khat_summary(diag.khat),
-                       "tv_to_planted": float(0.5 * np.abs(mean[:, rows] - theta[:, cols]).sum(1).mean())}
+                row = {
+                    "documents": docs,
+                    "length": length,
+                    "epochs": epochs,
+                    "refine_steps": steps,
+                    "seed": seed,
+                    **khat_summary(diag.khat),
+                    "tv_to_planted": float(0.5 * np.abs(mean[:, rows] - theta[:, cols]).sum(1).mean()),
+                }
                 out.append(row)
                 print(json.dumps(row))
     return out
@@ -193,8 +222,13 @@ def main() -> None:
     result = {"torch_threads": 1, "prodlda": topic(seeds), "vae": vae(seeds), "planted": planted(seeds)}
     for name in ("prodlda", "vae"):
         r = result[name]
-        print(name, "fit", round(r["fit_seconds"], 2), "s; joint k-hat",
-              r.get("joint_khat_first_50", r.get("joint_khat_first_64")))
+        print(
+            name,
+            "fit",
+            round(r["fit_seconds"], 2),
+            "s; joint k-hat",
+            r.get("joint_khat_first_50", r.get("joint_khat_first_64")),
+        )
     from bayesgen.io import write_json
 
     write_json(Path(args.out), result, default=float)

@@ -84,19 +84,29 @@ def main() -> None:
         started = time.perf_counter()
         for chain in range(args.chains):
             torch.manual_seed(chain)
-            mcmc = MCMC(NUTS(model, max_plate_nesting=1), num_samples=args.samples, warmup_steps=args.warmup,
-                        disable_progbar=True)
+            mcmc = MCMC(
+                NUTS(model, max_plate_nesting=1),
+                num_samples=args.samples,
+                warmup_steps=args.warmup,
+                disable_progbar=True,
+            )
             mcmc.run(*margs, **mkwargs)
             chains.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
         seconds = time.perf_counter() - started
         cache.parent.mkdir(exist_ok=True)
-        np.savez_compressed(cache, settings=settings, seconds=seconds,
-                            **{f"chain{c}.{k}": v for c, draws in enumerate(chains) for k, v in draws.items()})
+        np.savez_compressed(
+            cache,
+            settings=settings,
+            seconds=seconds,
+            **{f"chain{c}.{k}": v for c, draws in enumerate(chains) for k, v in draws.items()},
+        )
     in_mode = [bool(np.median(c["anomaly_excess"]) > 0.1) for c in chains]
     kept = [c for c, ok in zip(chains, in_mode, strict=True) if ok]
-    print(f"{args.columns}, {len(X)} rows: NUTS {seconds:.0f} s; chains in SVI's mode (anomaly_excess > 0.1): "
-          f"{len(kept)} of {len(chains)}; the others' median anomaly_excess "
-          f"{[round(float(np.median(c['anomaly_excess'])), 3) for c, ok in zip(chains, in_mode, strict=True) if not ok]}")
+    print(
+        f"{args.columns}, {len(X)} rows: NUTS {seconds:.0f} s; chains in SVI's mode (anomaly_excess > 0.1): "
+        f"{len(kept)} of {len(chains)}; the others' median anomaly_excess "
+        f"{[round(float(np.median(c['anomaly_excess'])), 3) for c, ok in zip(chains, in_mode, strict=True) if not ok]}"
+    )
     if not kept:
         return
     nuts = flat({k: np.concatenate([c[k] for c in kept]) for k in kept[0]}, 1)
@@ -108,14 +118,34 @@ def main() -> None:
             continue
         gap = (svi[name].mean() - ref.mean()) / ref.std()
         ratio = svi[name].std() / ref.std()
-        rows.append({"columns": args.columns, "rows": len(X), "parameter": name, "svi_mean": svi[name].mean(),
-                     "svi_sd": svi[name].std(), "nuts_mean": ref.mean(), "nuts_sd": ref.std(), "gap_sd": gap,
-                     "sd_ratio": ratio, "meets_goal": abs(gap) <= 0.25 and abs(ratio - 1) <= 0.2})
+        rows.append(
+            {
+                "columns": args.columns,
+                "rows": len(X),
+                "parameter": name,
+                "svi_mean": svi[name].mean(),
+                "svi_sd": svi[name].std(),
+                "nuts_mean": ref.mean(),
+                "nuts_sd": ref.std(),
+                "gap_sd": gap,
+                "sd_ratio": ratio,
+                "meets_goal": abs(gap) <= 0.25 and abs(ratio - 1) <= 0.2,
+            }
+        )
     table = pd.DataFrame(rows)
     site = table["parameter"].map(lambda s: re.sub(r"\[.*", "", s))
-    summary = table.assign(site=site).groupby("site").agg(
-        parameters=("meets_goal", "size"), meet=("meets_goal", "sum"), worst_gap=("gap_sd", lambda v: v.abs().max()),
-        sd_ratio_min=("sd_ratio", "min"), sd_ratio_median=("sd_ratio", "median"), sd_ratio_max=("sd_ratio", "max"))
+    summary = (
+        table.assign(site=site)
+        .groupby("site")
+        .agg(
+            parameters=("meets_goal", "size"),
+            meet=("meets_goal", "sum"),
+            worst_gap=("gap_sd", lambda v: v.abs().max()),
+            sd_ratio_min=("sd_ratio", "min"),
+            sd_ratio_median=("sd_ratio", "median"),
+            sd_ratio_max=("sd_ratio", "max"),
+        )
+    )
     print(summary.round(3).to_string())
     out = Path(__file__).parent / "results" / "anomaly_nuts_reference.csv"
     out.parent.mkdir(exist_ok=True)

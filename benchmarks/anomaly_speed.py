@@ -53,9 +53,16 @@ def compare(X: np.ndarray, y: np.ndarray, seed: int, **settings: object) -> dict
     prob = det.predict_proba(X)
     t_bg = time.perf_counter() - t
     conv = convergence_report(det.losses_, converged=det.converged_, max_steps=det.num_steps)["verdict"]
-    return {"isolation_forest_s": t_iso, "bayesgen_s": t_bg, "ratio": t_bg / t_iso,
-            "isolation_forest_auc": roc_auc_score(y, iso_score), "bayesgen_auc": roc_auc_score(y, prob),
-            "optimisation": conv, "em_iterations": det.em_iterations_, "map_iterations": det.map_iterations_}
+    return {
+        "isolation_forest_s": t_iso,
+        "bayesgen_s": t_bg,
+        "ratio": t_bg / t_iso,
+        "isolation_forest_auc": roc_auc_score(y, iso_score),
+        "bayesgen_auc": roc_auc_score(y, prob),
+        "optimisation": conv,
+        "em_iterations": det.em_iterations_,
+        "map_iterations": det.map_iterations_,
+    }
 
 
 def main() -> None:
@@ -72,13 +79,23 @@ def main() -> None:
         out.append({"data": f"simulated {args.rows}x{args.features}", "seed": seed, **compare(X, y, seed)})
         print(out[-1], flush=True)
         bc = load_breast_cancer()
-        out.append({"data": "sklearn breast cancer (spec settings)", "seed": seed,
-                    **compare(bc.data, (bc.target == 0).astype(float), seed, num_components=2)})
+        out.append(
+            {
+                "data": "sklearn breast cancer (spec settings)",
+                "seed": seed,
+                **compare(bc.data, (bc.target == 0).astype(float), seed, num_components=2),
+            }
+        )
         print(out[-1], flush=True)
     path = Path(__file__).parent / "results" / "anomaly_speed.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"machine": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                                "results": out}, indent=1, default=float))
+    path.write_text(
+        json.dumps(
+            {"machine": platform.platform(), "torch": torch.__version__, "threads": args.threads, "results": out},
+            indent=1,
+            default=float,
+        )
+    )
     print(f"wrote {path}")
 
 

@@ -57,8 +57,10 @@ def tables(mlbench):
     X = bc.drop(columns=["Id", "Class"]).apply(lambda c: pd.to_numeric(c.astype(str)))
     out["BreastCancer"] = (X.to_numpy(float), (bc["Class"].astype(str) == "malignant").to_numpy())
     pima = load_mlbench("PimaIndiansDiabetes", mlbench)
-    out["PimaIndiansDiabetes"] = (pima.drop(columns=["diabetes"]).to_numpy(float),
-                                  (pima["diabetes"].astype(str) == "pos").to_numpy())
+    out["PimaIndiansDiabetes"] = (
+        pima.drop(columns=["diabetes"]).to_numpy(float),
+        (pima["diabetes"].astype(str) == "pos").to_numpy(),
+    )
     ion = load_mlbench("Ionosphere", mlbench)
     Xi = ion.drop(columns=["Class"]).apply(lambda c: pd.to_numeric(c.astype(str)))
     Xi = Xi.loc[:, Xi.std() > 0]
@@ -85,15 +87,25 @@ def calibration_with_labels(det, X, y, n_labelled, repeats, seed=0):
         det.calibrate(X[idx], y[idx])
         p = det.predict_proba(X[rest])
         raw = det.predict_proba(X[rest], calibrated=False)
-        rows.append({"brier": float(brier_score_loss(y[rest], p)),
-                     "brier_uncalibrated": float(brier_score_loss(y[rest], raw)),
-                     "brier_labelled_share": float(brier_score_loss(y[rest], np.full(len(rest), y[idx].mean()))),
-                     "slope": det.calibration_["slope"], "intercept": det.calibration_["intercept"]})
+        rows.append(
+            {
+                "brier": float(brier_score_loss(y[rest], p)),
+                "brier_uncalibrated": float(brier_score_loss(y[rest], raw)),
+                "brier_labelled_share": float(brier_score_loss(y[rest], np.full(len(rest), y[idx].mean()))),
+                "slope": det.calibration_["slope"],
+                "intercept": det.calibration_["intercept"],
+            }
+        )
     det.calibration_ = None
     table = pd.DataFrame(rows)
     beats = int((table["brier"] < table["brier_labelled_share"]).sum())
-    return {"labelled_rows": n_labelled, "repeats": repeats, "mean": table.mean().to_dict(),
-            "sd": table.std().to_dict(), "calibrated_beats_share": beats}
+    return {
+        "labelled_rows": n_labelled,
+        "repeats": repeats,
+        "mean": table.mean().to_dict(),
+        "sd": table.std().to_dict(),
+        "calibrated_beats_share": beats,
+    }
 
 
 def main() -> None:
@@ -114,33 +126,50 @@ def main() -> None:
         row = {"rows": len(X), "features": X.shape[1], "anomaly_share": float(y.mean())}
         # The Brier score of a constant prediction at the true share: a calibrated score must beat it.
         row["brier_base_rate"] = float(y.mean() * (1 - y.mean()))
-        for key, settings, seeds in (("bayesgen", {}, args.seeds),
-                                     ("bayesgen_previous", {"num_components": 2, "anomaly": "student_t"}, [0])):
+        for key, settings, seeds in (
+            ("bayesgen", {}, args.seeds),
+            ("bayesgen_previous", {"num_components": 2, "anomaly": "student_t"}, [0]),
+        ):
             for seed in seeds:
                 start = time.perf_counter()
                 det = MixtureAnomalyDetector(seed=seed, **settings).fit(X)
                 fit_seconds = time.perf_counter() - start
                 p = det.predict_proba(X)
-                row.setdefault(key, []).append({
-                    "seed": seed, "settings": settings, "fit_seconds": fit_seconds,
-                    **scores(y, -det.score_samples(X)),
-                    "probability": {**scores(y, p), "brier": float(brier_score_loss(y, p)), "mean": float(p.mean())},
-                    "anomaly_fraction": det.anomaly_fraction().round(4).to_dict()})
+                row.setdefault(key, []).append(
+                    {
+                        "seed": seed,
+                        "settings": settings,
+                        "fit_seconds": fit_seconds,
+                        **scores(y, -det.score_samples(X)),
+                        "probability": {
+                            **scores(y, p),
+                            "brier": float(brier_score_loss(y, p)),
+                            "mean": float(p.mean()),
+                        },
+                        "anomaly_fraction": det.anomaly_fraction().round(4).to_dict(),
+                    }
+                )
                 if key == "bayesgen" and seed == seeds[0] and args.labelled:
                     row["calibration_with_labels"] = calibration_with_labels(det, X, y, args.labelled, args.repeats)
         for seed in range(5):
             start = time.perf_counter()
             iso = IsolationForest(random_state=seed).fit(X)
             row.setdefault("isolation_forest", []).append(
-                {"seed": seed, "fit_seconds": time.perf_counter() - start, **scores(y, -iso.score_samples(X))})
+                {"seed": seed, "fit_seconds": time.perf_counter() - start, **scores(y, -iso.score_samples(X))}
+            )
         Z = StandardScaler().fit_transform(X)
         start = time.perf_counter()
         gm = GaussianMixture(n_components=1, covariance_type="full", random_state=0).fit(Z)
         row["gaussian_mixture_fit_seconds"] = time.perf_counter() - start
         row["gaussian_mixture"] = scores(y, -gm.score_samples(Z))
         results["sets"][name] = row
-        print(name, json.dumps({k: row.get(k) for k in ("bayesgen", "isolation_forest", "gaussian_mixture",
-                                                         "calibration_with_labels")}), flush=True)
+        print(
+            name,
+            json.dumps(
+                {k: row.get(k) for k in ("bayesgen", "isolation_forest", "gaussian_mixture", "calibration_with_labels")}
+            ),
+            flush=True,
+        )
     (out / f"anomaly_uci{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps(results, indent=2))
 
 

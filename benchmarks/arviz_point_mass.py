@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/arviz_point_mass.py NUM_SAMPLES
 """
+
 import sys
 import time
 
@@ -11,11 +12,17 @@ import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
 from pyro.infer.autoguide import AutoDelta
+
 from bayesgen.arviz import to_datatree
 from bayesgen.infer import run_svi
 
-y = torch.cat([torch.randn(60, generator=torch.Generator().manual_seed(0)) - 2.5,
-               torch.randn(40, generator=torch.Generator().manual_seed(1)) * 0.7 + 2.0])
+y = torch.cat(
+    [
+        torch.randn(60, generator=torch.Generator().manual_seed(0)) - 2.5,
+        torch.randn(40, generator=torch.Generator().manual_seed(1)) * 0.7 + 2.0,
+    ]
+)
+
 
 @config_enumerate
 def mixture(y):
@@ -25,8 +32,11 @@ def mixture(y):
         z = pyro.sample("z", dist.Categorical(w))
         pyro.sample("y", dist.Normal(mu[z], 1.0), obs=y)
 
+
 guide = AutoDelta(poutine.block(mixture, hide=["z"]))
 fit = run_svi(mixture, guide, y, num_steps=100, learning_rate=0.05, loss="trace_enum", max_plate_nesting=1, seed=0)
 start = time.perf_counter()
 tree = to_datatree(mixture, guide, y, param_state=fit.param_state, num_samples=int(sys.argv[1]))
-print(f"{sys.argv[1]} draws requested: {time.perf_counter() - start:.2f} s, posterior sizes {dict(tree.posterior.sizes)}")
+print(
+    f"{sys.argv[1]} draws requested: {time.perf_counter() - start:.2f} s, posterior sizes {dict(tree.posterior.sizes)}"
+)

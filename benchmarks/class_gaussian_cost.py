@@ -54,14 +54,21 @@ def main() -> None:
         precision = A @ A.transpose(-1, -2) + torch.eye(d)
         W, D = torch.randn(S, C, d, r) * 0.3, torch.rand(S, C, d) + 0.1
         cases = {
-            "full": (lambda: ClassMultivariateNormal(loc, precision, index),
-                     lambda: dist.MultivariateNormal(loc[..., index, :], scale_tril=torch.linalg.cholesky(
-                         torch.cholesky_inverse(torch.linalg.cholesky(precision)))[..., index, :, :]),
-                     S * n * d * d),
-            "lowrank": (lambda: ClassLowRankNormal(loc, W, D, index),
-                        lambda: dist.LowRankMultivariateNormal(loc[..., index, :], W[..., index, :, :],
-                                                               D[..., index, :]),
-                        S * n * d * r),
+            "full": (
+                lambda: ClassMultivariateNormal(loc, precision, index),
+                lambda: dist.MultivariateNormal(
+                    loc[..., index, :],
+                    scale_tril=torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(precision)))[
+                        ..., index, :, :
+                    ],
+                ),
+                S * n * d * d,
+            ),
+            "lowrank": (
+                lambda: ClassLowRankNormal(loc, W, D, index),
+                lambda: dist.LowRankMultivariateNormal(loc[..., index, :], W[..., index, :, :], D[..., index, :]),
+                S * n * d * r,
+            ),
         }
         for name, (ours, reference, copied) in cases.items():
             if name == "full" and S > 200:

@@ -12,7 +12,8 @@ fit time on CPU (and CUDA when available). bayesgen is measured four ways: low-r
 covariance fitted by SVI (isotropic or per-pixel noise), full covariance with the exact
 conjugate posterior, and the same in 30 principal components (``subspace=30``; the low-data
 experiment runs the two exact ones, and with ``--lowdata-unlabelled N`` the subspace model fitted
-semi-supervised with N unlabelled training images). On CUDA the same fits are timed after one warm-up fit (CUDA context and
+semi-supervised with N unlabelled training images). On CUDA the same fits are timed after one warm-up fit
+(CUDA context and
 kernel loading stay out of the figure), and the CUDA fit's held-out log density is compared
 with the CPU fit's, so a fast GPU fit that learnt something else would show.
 
@@ -70,26 +71,52 @@ CLASSIFIERS = {"logistic": default_classifier, "mlp": mlp_classifier}
 
 def make_lowrank(device="cpu"):
     """SVI, rank-20 factors plus isotropic noise per class, started at each class's PCA (the defaults)."""
-    return GaussianGenerator(covariance="lowrank", rank=20, num_steps=300, batch_size=512,
-                             constant_features="keep", clip=(0.0, 1.0), device=device, seed=0)
+    return GaussianGenerator(
+        covariance="lowrank",
+        rank=20,
+        num_steps=300,
+        batch_size=512,
+        constant_features="keep",
+        clip=(0.0, 1.0),
+        device=device,
+        seed=0,
+    )
 
 
 def make_lowrank_diagonal(device="cpu"):
     """As make_lowrank, with a noise variance per pixel (factor analysis)."""
-    return GaussianGenerator(covariance="lowrank", rank=20, noise="diagonal", num_steps=300, batch_size=512,
-                             constant_features="keep", clip=(0.0, 1.0), device=device, seed=0)
+    return GaussianGenerator(
+        covariance="lowrank",
+        rank=20,
+        noise="diagonal",
+        num_steps=300,
+        batch_size=512,
+        constant_features="keep",
+        clip=(0.0, 1.0),
+        device=device,
+        seed=0,
+    )
 
 
 def make_full_exact(device="cpu"):
     """Exact Normal-Wishart posterior, full covariance shrunk toward the pooled one."""
-    return GaussianGenerator(covariance="full", method="exact", constant_features="keep", clip=(0.0, 1.0),
-                             device=device, seed=0)
+    return GaussianGenerator(
+        covariance="full", method="exact", constant_features="keep", clip=(0.0, 1.0), device=device, seed=0
+    )
 
 
 def make_subspace(device="cpu", dim=30, **settings):
     """Exact full covariance in the first ``dim`` principal components, PPCA residual noise."""
-    return GaussianGenerator(covariance="full", method="exact", subspace=dim, constant_features="keep",
-                             clip=(0.0, 1.0), device=device, seed=0, **settings)
+    return GaussianGenerator(
+        covariance="full",
+        method="exact",
+        subspace=dim,
+        constant_features="keep",
+        clip=(0.0, 1.0),
+        device=device,
+        seed=0,
+        **settings,
+    )
 
 
 def timed_fit(make, X, y):
@@ -104,19 +131,36 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", default="fit,tstr,lowdata", help="comma-separated: fit, tstr, lowdata")
-    parser.add_argument("--lowdata-subspaces", default="30",
-                        help="comma-separated principal-subspace sizes run in the low-data experiment")
+    parser.add_argument(
+        "--lowdata-subspaces",
+        default="30",
+        help="comma-separated principal-subspace sizes run in the low-data experiment",
+    )
     parser.add_argument("--tag", default="", help="suffix of the output file names")
-    parser.add_argument("--lowdata-classifier", default="logistic", choices=sorted(CLASSIFIERS),
-                        help="the classifier the low-data experiment trains (default: standardised logistic "
-                             "regression; mlp: scikit-learn's MLPClassifier with its defaults, standardised)")
-    parser.add_argument("--lowdata-synthetic", default="100,500",
-                        help="comma-separated synthetic rows per class in the low-data experiment")
-    parser.add_argument("--lowdata-generators", default=None,
-                        help="comma-separated generator names to run in the low-data experiment (default: all)")
-    parser.add_argument("--lowdata-unlabelled", type=int, default=0,
-                        help="also run subspace=30 with this many unlabelled training images, four ways: for the "
-                             "subspace only, with EM at unlabelled_weight 1 and 0.1, and at 'auto' (0: not run)")
+    parser.add_argument(
+        "--lowdata-classifier",
+        default="logistic",
+        choices=sorted(CLASSIFIERS),
+        help="the classifier the low-data experiment trains (default: standardised logistic "
+        "regression; mlp: scikit-learn's MLPClassifier with its defaults, standardised)",
+    )
+    parser.add_argument(
+        "--lowdata-synthetic",
+        default="100,500",
+        help="comma-separated synthetic rows per class in the low-data experiment",
+    )
+    parser.add_argument(
+        "--lowdata-generators",
+        default=None,
+        help="comma-separated generator names to run in the low-data experiment (default: all)",
+    )
+    parser.add_argument(
+        "--lowdata-unlabelled",
+        type=int,
+        default=0,
+        help="also run subspace=30 with this many unlabelled training images, four ways: for the "
+        "subspace only, with EM at unlabelled_weight 1 and 0.1, and at 'auto' (0: not run)",
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     unknown = parts - {"fit", "tstr", "lowdata"}
@@ -131,28 +175,41 @@ def main() -> None:
     X_train, y_train, X_test, y_test = load_mnist(args.mnist)
     rng = np.random.default_rng(0)
     clf_rows = rng.choice(len(X_train), 10_000, replace=False)  # rows for the TRTR classifier
-    results: dict = {"machine": platform.platform(), "cpu_count": torch.get_num_threads(),
-                     "torch": torch.__version__}
+    results: dict = {"machine": platform.platform(), "cpu_count": torch.get_num_threads(), "torch": torch.__version__}
 
     # Fit time on the full 60,000 x 784 training set.
     models, fit_seconds = {}, {}
-    for name, make in () if "fit" not in parts else (("bayesgen_lowrank_svi", make_lowrank), ("bayesgen_lowrank_diagonal_svi", make_lowrank_diagonal),
-                       ("bayesgen_full_exact", make_full_exact), ("bayesgen_subspace30_exact", make_subspace),
-                       ("plain_numpy", PlainGaussianSampler)):
+    for name, make in (
+        ()
+        if "fit" not in parts
+        else (
+            ("bayesgen_lowrank_svi", make_lowrank),
+            ("bayesgen_lowrank_diagonal_svi", make_lowrank_diagonal),
+            ("bayesgen_full_exact", make_full_exact),
+            ("bayesgen_subspace30_exact", make_subspace),
+            ("plain_numpy", PlainGaussianSampler),
+        )
+    ):
         models[name], fit_seconds[f"{name}_cpu"] = timed_fit(make, X_train, y_train)
     if torch.cuda.is_available() and "fit" in parts:
         results["gpu"] = torch.cuda.get_device_name(0)
         # Warm-up: CUDA context, cuBLAS/cuSOLVER handles and kernel loading, on a small fit.
-        GaussianGenerator(covariance="lowrank", rank=20, num_steps=5, batch_size=512, constant_features="keep",
-                          device="cuda", seed=0).fit(X_train[:2000], y_train[:2000])
+        GaussianGenerator(
+            covariance="lowrank", rank=20, num_steps=5, batch_size=512, constant_features="keep", device="cuda", seed=0
+        ).fit(X_train[:2000], y_train[:2000])
         make_full_exact("cuda").fit(X_train[:2000], y_train[:2000])
         heldout = {}
-        for name, make in (("bayesgen_lowrank_svi", make_lowrank), ("bayesgen_lowrank_diagonal_svi", make_lowrank_diagonal),
-                           ("bayesgen_full_exact", make_full_exact)):
+        for name, make in (
+            ("bayesgen_lowrank_svi", make_lowrank),
+            ("bayesgen_lowrank_diagonal_svi", make_lowrank_diagonal),
+            ("bayesgen_full_exact", make_full_exact),
+        ):
             gpu_model, fit_seconds[f"{name}_cuda"] = timed_fit(lambda make=make: make("cuda"), X_train, y_train)
             fit_seconds[f"{name}_cpu_over_cuda"] = fit_seconds[f"{name}_cpu"] / fit_seconds[f"{name}_cuda"]
-            heldout[name] = {device: float(np.mean(model.score_samples(X_test[:2000], seed=0)))
-                             for device, model in (("cpu", models[name]), ("cuda", gpu_model))}
+            heldout[name] = {
+                device: float(np.mean(model.score_samples(X_test[:2000], seed=0)))
+                for device, model in (("cpu", models[name]), ("cuda", gpu_model))
+            }
         results["heldout_mean_log_density_first_2000_test_rows"] = heldout
     if fit_seconds:
         results["fit_seconds"] = fit_seconds
@@ -161,8 +218,9 @@ def main() -> None:
     per_class = {int(c): 1000 for c in np.unique(y_train)}
     for name, model in models.items() if "tstr" in parts else ():
         start = time.perf_counter()
-        results[f"tstr_{name}"] = tstr(model, X_train[clf_rows], y_train[clf_rows], X_test, y_test,
-                                       n_per_class=per_class, seed=0)
+        results[f"tstr_{name}"] = tstr(
+            model, X_train[clf_rows], y_train[clf_rows], X_test, y_test, n_per_class=per_class, seed=0
+        )
         results[f"tstr_{name}"]["seconds"] = time.perf_counter() - start
         synth = np.concatenate([model.sample(200, y=int(c), seed=7)[0] for c in np.unique(y_train)])
         results[f"memorization_{name}"] = memorization_check(synth, X_train, X_test[:2000])
@@ -171,8 +229,10 @@ def main() -> None:
     if "lowdata" in parts:
         tables = []
         makers = [("bayesgen_full_exact", make_full_exact, None), ("plain_numpy", PlainGaussianSampler, None)]
-        makers[1:1] = [(f"bayesgen_subspace{dim}_exact", lambda dim=int(dim): make_subspace(dim=dim), None)
-                       for dim in args.lowdata_subspaces.split(",")]
+        makers[1:1] = [
+            (f"bayesgen_subspace{dim}_exact", lambda dim=int(dim): make_subspace(dim=dim), None)
+            for dim in args.lowdata_subspaces.split(",")
+        ]
         if args.lowdata_unlabelled:
             # A fixed pool of training images without their labels (it may include some of the k rows'
             # images: they are unlabelled copies, which a semi-supervised analyst would also have).
@@ -193,9 +253,19 @@ def main() -> None:
         results["low_data_classifier"] = args.lowdata_classifier
         for name, make, unlabelled in makers:
             for n_syn in (int(n) for n in args.lowdata_synthetic.split(",")):
-                table = low_data_experiment(make, X_train, y_train, X_test, y_test, k_per_class=(20, 100),
-                                            n_synthetic_per_class=n_syn, repeats=args.repeats, seed=0,
-                                            unlabelled=unlabelled, classifier=CLASSIFIERS[args.lowdata_classifier])
+                table = low_data_experiment(
+                    make,
+                    X_train,
+                    y_train,
+                    X_test,
+                    y_test,
+                    k_per_class=(20, 100),
+                    n_synthetic_per_class=n_syn,
+                    repeats=args.repeats,
+                    seed=0,
+                    unlabelled=unlabelled,
+                    classifier=CLASSIFIERS[args.lowdata_classifier],
+                )
                 table["generator"], table["synthetic_per_class"] = name, n_syn
                 table["classifier"] = args.lowdata_classifier
                 tables.append(table)

@@ -43,14 +43,23 @@ def main() -> None:
             real = default_classifier().fit(X_train[few], y_train[few]).score(X_test, y_test)
             for name, weight in (("labelled_only", None), ("em_weight1", 1.0), ("em_weight0.1", 0.1)):
                 settings = {} if weight is None else {"unlabelled_weight": weight}
-                gen = GaussianGenerator(covariance="full", method="exact", constant_features="keep", clip=(0, 1),
-                                        **settings)
+                gen = GaussianGenerator(
+                    covariance="full", method="exact", constant_features="keep", clip=(0, 1), **settings
+                )
                 gen.fit(X_train[few], y_train[few], **({} if weight is None else {"unlabelled": X_train[rest]}))
                 data = augment(X_train[few], y_train[few], gen, n_per_class=100, seed=rep)
                 augmented = default_classifier().fit(data.X, data.y).score(X_test, y_test)
-                rows.append({"k": k, "repeat": rep, "generator": name, "real_only": real,
-                             "generator_accuracy": float(np.mean(gen.predict(X_test) == y_test)),
-                             "augmented": augmented, "gain": augmented - real})
+                rows.append(
+                    {
+                        "k": k,
+                        "repeat": rep,
+                        "generator": name,
+                        "real_only": real,
+                        "generator_accuracy": float(np.mean(gen.predict(X_test) == y_test)),
+                        "augmented": augmented,
+                        "gain": augmented - real,
+                    }
+                )
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

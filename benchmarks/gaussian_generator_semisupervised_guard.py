@@ -96,10 +96,17 @@ def main() -> None:
                     else:
                         gen = GaussianGenerator(**settings, unlabelled_weight=weight).fit(X_l, y_l, unlabelled=X_u)
                 seconds = time.perf_counter() - start
-                row = {"data": name, "k": k, "repeat": rep, "generator": generator,
-                       "accuracy": float(np.mean(gen.predict(X_test) == y_test)), "fit_seconds": seconds,
-                       "weight_kept": gen.unlabelled_weight_, "moved": gen.unlabelled_moved_,
-                       "warned": any("EM" in str(w.message) for w in caught)}
+                row = {
+                    "data": name,
+                    "k": k,
+                    "repeat": rep,
+                    "generator": generator,
+                    "accuracy": float(np.mean(gen.predict(X_test) == y_test)),
+                    "fit_seconds": seconds,
+                    "weight_kept": gen.unlabelled_weight_,
+                    "moved": gen.unlabelled_moved_,
+                    "warned": any("EM" in str(w.message) for w in caught),
+                }
                 if gen.unlabelled_scores_ is not None:
                     for w, score in gen.unlabelled_scores_.iterrows():
                         row[f"cv_log_lik[{w:g}]"] = score["log_lik"]

@@ -54,8 +54,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, argv in COMMANDS.items():
             times[name].append(run_once(argv, env))
-    median = {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t))
-              for name, t in times.items()}
+    median = {
+        name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()
+    }
     base_wall, base_cpu = median["python -c pass"]
     print(f"{sys.executable} (Python {sys.version.split()[0]}), median of {args.repeats} runs")
     print(f"{'command':32} {'wall s':>8} {'x pass':>7} {'CPU s':>7} {'x pass':>7}")

@@ -2,7 +2,8 @@
 
 Every case runs in its own subprocess, which builds the data (seeded) and fits both the
 case's model and the reference, ``QuadraticDiscriminantAnalysis(solver="eigen",
-shrinkage="auto")`` (0.1 where "auto" leaves a class's covariance singular), then predicts ``--rows`` rows with each, alternately, ``--repeats``
+shrinkage="auto")`` (0.1 where "auto" leaves a class's covariance singular), then predicts ``--rows`` rows
+with each, alternately, ``--repeats``
 times. Before each call the process's peak resident set size is reset
 (``/proc/self/clear_refs``, Linux); "extra memory" is the peak during the call minus the
 resident size just before it (the largest over repeats). Times are medians; the ratio is
@@ -74,8 +75,15 @@ def estimator(case: str, num_samples: int) -> object:
     if case == "exact-diag":
         return GaussianGenerator(covariance="diag", method="exact", **common)
     covariance = case.split("-")[1]
-    return GaussianGenerator(covariance=covariance, method="svi", num_steps=20, average_last=5,
-                             convergence_rtol=None, num_samples=num_samples, **common)
+    return GaussianGenerator(
+        covariance=covariance,
+        method="svi",
+        num_steps=20,
+        average_last=5,
+        convergence_rtol=None,
+        num_samples=num_samples,
+        **common,
+    )
 
 
 def measure(call) -> tuple[float, float]:
@@ -116,12 +124,23 @@ def worker(args: argparse.Namespace) -> dict:
             times[case].append(seconds)
             extra[case].append(mb)
     ours, qda = args.case, "qda"
-    return {"case": ours, "data": args.data, "rows": len(Xp), "features": Xp.shape[1], "repeats": args.repeats,
-            "fit_s": fitted[ours][1], "predict_s": float(np.median(times[ours])), "extra_mb": max(extra[ours]),
-            "qda_fit_s": fitted[qda][1], "qda_predict_s": float(np.median(times[qda])), "qda_extra_mb": max(extra[qda]),
-            "qda_shrinkage": qda_shrinkage,
-            "time_ratio": float(np.median(times[ours]) / np.median(times[qda])), "times_s": times[ours],
-            "qda_times_s": times[qda]}
+    return {
+        "case": ours,
+        "data": args.data,
+        "rows": len(Xp),
+        "features": Xp.shape[1],
+        "repeats": args.repeats,
+        "fit_s": fitted[ours][1],
+        "predict_s": float(np.median(times[ours])),
+        "extra_mb": max(extra[ours]),
+        "qda_fit_s": fitted[qda][1],
+        "qda_predict_s": float(np.median(times[qda])),
+        "qda_extra_mb": max(extra[qda]),
+        "qda_shrinkage": qda_shrinkage,
+        "time_ratio": float(np.median(times[ours]) / np.median(times[qda])),
+        "times_s": times[ours],
+        "qda_times_s": times[qda],
+    }
 
 
 def main() -> None:
@@ -146,14 +165,17 @@ def main() -> None:
         if case not in CASES or case == "qda":
             parser.error(f"unknown case {case!r}; cases are {', '.join(CASES[1:])}")
         cmd = [sys.executable, __file__, "--case", case] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("case", "cases", "out")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("case", "cases", "out")
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps(row), flush=True)
-        print(f"{case}: {row['time_ratio']:.2f}x QDA's predict time ({row['predict_s']:.2f} s vs "
-              f"{row['qda_predict_s']:.2f} s), {row['extra_mb']:.0f} MB extra (QDA {row['qda_extra_mb']:.0f} MB)",
-              flush=True)
+        print(
+            f"{case}: {row['time_ratio']:.2f}x QDA's predict time ({row['predict_s']:.2f} s vs "
+            f"{row['qda_predict_s']:.2f} s), {row['extra_mb']:.0f} MB extra (QDA {row['qda_extra_mb']:.0f} MB)",
+            flush=True,
+        )
     result = {"machine": platform.platform(), "python": platform.python_version(), "args": vars(args), "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

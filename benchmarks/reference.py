@@ -53,8 +53,10 @@ def main() -> None:
     print("\n| spec | parameter | SVI mean | SVI sd | exact mean | exact sd | mean gap (sd) | sd ratio | ok |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['spec']} | `{r['parameter']}` | {r['svi_mean']:.4g} | {r['svi_sd']:.3g} | {r['ref_mean']:.4g} | "
-              f"{r['ref_sd']:.3g} | {r['smd']:+.3f} | {r['sd_ratio']:.3f} | {'yes' if r['ok'] else 'NO'} |")
+        print(
+            f"| {r['spec']} | `{r['parameter']}` | {r['svi_mean']:.4g} | {r['svi_sd']:.3g} | {r['ref_mean']:.4g} | "
+            f"{r['ref_sd']:.3g} | {r['smd']:+.3f} | {r['sd_ratio']:.3f} | {'yes' if r['ok'] else 'NO'} |"
+        )
     print("\n| spec | site without a closed form |\n|---|---|")
     print("\n".join(notes))
 

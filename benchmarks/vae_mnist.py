@@ -160,9 +160,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     X_train, y_train, X_test, y_test = load_mnist(args.mnist)
     X_train, X_test = X_train.astype(np.float32), X_test.astype(np.float32)
-    results = {"machine": platform.platform(), "torch": torch.__version__, "pyro": pyro.__version__,
-               "cpu_threads": torch.get_num_threads(), "epochs": args.epochs, "batch_size": args.batch_size,
-               "lr": args.lr, "runs": []}
+    results = {
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "runs": [],
+    }
     devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
     path = out / f"vae_mnist{'_' + args.tag if args.tag else ''}.json"
 
@@ -173,34 +180,59 @@ def main() -> None:
         device = torch.device(dev_name)
         if dev_name == "cuda":
             results["gpu"] = torch.cuda.get_device_name(0)
-        ref, times = train_tutorial(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                    device=device, seed=0)
-        row = {"impl": "pyro_tutorial", "device": dev_name, "sec_per_epoch": float(np.median(times)),
-               "epoch_seconds": times, **evaluate(ref.bound, X_test, args.iwae_k, args.iwae_rows, device)}
+        ref, times = train_tutorial(
+            X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device, seed=0
+        )
+        row = {
+            "impl": "pyro_tutorial",
+            "device": dev_name,
+            "sec_per_epoch": float(np.median(times)),
+            "epoch_seconds": times,
+            **evaluate(ref.bound, X_test, args.iwae_k, args.iwae_rows, device),
+        }
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
         save()
         variants = {"bayesgen": {}, "bayesgen_jit": {"jit": True}, "bayesgen_amp": {"amp": True}}
         for impl, extra in variants.items():
-            vae = VAE(latent_dim=50, hidden_dims=(400,), num_epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.lr, device=device, seed=0, **extra).fit(X_train)
+            vae = VAE(
+                latent_dim=50,
+                hidden_dims=(400,),
+                num_epochs=args.epochs,
+                batch_size=args.batch_size,
+                learning_rate=args.lr,
+                device=device,
+                seed=0,
+                **extra,
+            ).fit(X_train)
             epoch_seconds = np.diff(np.concatenate([[0.0], vae.history_["seconds"].to_numpy()])).tolist()
 
             def bound(x, k, vae=vae):
                 return vae._bound(x, None, k)
 
-            row = {"impl": impl, "device": dev_name,
-                   "sec_per_epoch": float(np.median(epoch_seconds)), "epoch_seconds": epoch_seconds,
-                   **evaluate(bound, X_test, args.iwae_k, args.iwae_rows, device)}
+            row = {
+                "impl": impl,
+                "device": dev_name,
+                "sec_per_epoch": float(np.median(epoch_seconds)),
+                "epoch_seconds": epoch_seconds,
+                **evaluate(bound, X_test, args.iwae_k, args.iwae_rows, device),
+            }
             results["runs"].append(row)
             print(json.dumps(row), flush=True)
             save()
         ref_sec = results["runs"][-1 - len(variants)]["sec_per_epoch"]
-        for r in results["runs"][-len(variants):]:
+        for r in results["runs"][-len(variants) :]:
             r["speedup_vs_tutorial"] = ref_sec / r["sec_per_epoch"]
         save()
-    print(json.dumps({r["impl"] + "/" + r["device"]: {k: r[k] for k in ("sec_per_epoch", "test_elbo", "test_iwae")}
-                      for r in results["runs"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                r["impl"] + "/" + r["device"]: {k: r[k] for k in ("sec_per_epoch", "test_elbo", "test_iwae")}
+                for r in results["runs"]
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -80,7 +80,12 @@ def _docstring_to_rst(app, what, name, obj, options, lines):
     import re
 
     for i, line in enumerate(lines):
-        if what == "module" and line.strip() == "References" and i + 1 < len(lines) and set(lines[i + 1].strip()) == {"-"}:
+        if (
+            what == "module"
+            and line.strip() == "References"
+            and i + 1 < len(lines)
+            and set(lines[i + 1].strip()) == {"-"}
+        ):
             lines[i], lines[i + 1] = ".. rubric:: References", ""
         elif not line.lstrip().startswith(("|", "+")):
             lines[i] = re.sub(r"(?<![\w`\\])\|([^|`\n]+?)\|(?![\w`])", r"\\|\1\\|", line)

@@ -21,8 +21,7 @@ def chromium() -> str | None:
     if exe is None:
         return None
     try:
-        probe = subprocess.run([exe, *FLAGS, "--dump-dom", "about:blank"], capture_output=True, text=True,
-                               timeout=120)
+        probe = subprocess.run([exe, *FLAGS, "--dump-dom", "about:blank"], capture_output=True, text=True, timeout=120)
     except (subprocess.TimeoutExpired, OSError):
         return None
     return exe if probe.returncode == 0 and "<html" in probe.stdout else None

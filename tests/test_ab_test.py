@@ -45,9 +45,11 @@ def test_model_and_guide_share_latent_sites_and_shapes():
     trials, successes = torch.tensor([100.0, 120.0, 90.0]), torch.tensor([10.0, 15.0, 5.0])
     gtr = poutine.trace(guide).get_trace(trials, successes)
     mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(trials, successes)
+
     def latent(tr):
         return {
-            n for n, s in tr.nodes.items()
+            n
+            for n, s in tr.nodes.items()
             if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
         }
 
@@ -102,8 +104,9 @@ def test_exact_quadrature_handles_huge_and_far_apart_posteriors():
     assert prob_best_exact(a2, b2)[1] == pytest.approx(stats.norm.cdf(z), abs=1e-3)
 
 
-@pytest.mark.parametrize(("successes", "trials"), [([50_000, 1], [100_000, 10]),
-                                                    ([5_000_000, 4_950_000], [10**7, 10**7])])
+@pytest.mark.parametrize(
+    ("successes", "trials"), [([50_000, 1], [100_000, 10]), ([5_000_000, 4_950_000], [10**7, 10**7])]
+)
 def test_exact_prob_best_is_finite_when_the_posteriors_barely_overlap(successes, trials):
     # Where one posterior's CDF underflows to 0 on the grid, the others' product must still be finite.
     test = BetaBinomialTest(method="exact").fit(successes, trials)
@@ -281,9 +284,12 @@ def test_summary_columns_agree_with_the_individual_verbs(method):
 
 def test_draw_counts_interval_masses_and_column_names_are_checked():
     fitted = BetaBinomialTest(method="exact").fit([10, 20], [100, 100])
-    for call in (lambda: fitted.posterior(-1), lambda: fitted.sample(0),
-                 lambda: BetaBinomialTest(num_samples=0).fit([1, 2], [10, 10]),
-                 lambda: BetaBinomialTest(num_particles=0).fit([1, 2], [10, 10])):
+    for call in (
+        lambda: fitted.posterior(-1),
+        lambda: fitted.sample(0),
+        lambda: BetaBinomialTest(num_samples=0).fit([1, 2], [10, 10]),
+        lambda: BetaBinomialTest(num_particles=0).fit([1, 2], [10, 10]),
+    ):
         with pytest.raises(ValueError, match=r"(num_samples|num_particles) must be an integer >= 1"):
             call()
     for prob in (-0.5, 0, 1.5):
@@ -317,8 +323,9 @@ def test_events_without_batch_size_are_summed_to_counts_and_fit_like_counts():
     # The same sufficient statistics, the same seed: the same fit, not a minibatch approximation of it.
     np.testing.assert_array_equal(from_events.posterior_alpha_, from_counts.posterior_alpha_)
     np.testing.assert_array_equal(from_events.losses_, from_counts.losses_)
-    minibatched = BetaBinomialTest(seed=0, num_steps=20, batch_size=500).fit_events(events, variant_col="arm",
-                                                                                    outcome_col="y")
+    minibatched = BetaBinomialTest(seed=0, num_steps=20, batch_size=500).fit_events(
+        events, variant_col="arm", outcome_col="y"
+    )
     assert minibatched.data_path_ == "events"
 
 
@@ -328,12 +335,45 @@ def test_cli_abtest_csv_says_which_path_ran(tmp_path, capsys):
     rng = np.random.default_rng(4)
     path = tmp_path / "events.csv"
     pd.DataFrame({"arm": rng.choice(["a", "b"], size=2000), "y": (rng.random(2000) < 0.2).astype(int)}).to_csv(
-        path, index=False)
-    assert cli.main(["abtest", "--csv", str(path), "--variant-col", "arm", "--outcome-col", "y", "--num-steps", "200",
-                     "--quiet"]) == 0
+        path, index=False
+    )
+    assert (
+        cli.main(
+            [
+                "abtest",
+                "--csv",
+                str(path),
+                "--variant-col",
+                "arm",
+                "--outcome-col",
+                "y",
+                "--num-steps",
+                "200",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "sufficient statistics" in capsys.readouterr().out
-    assert cli.main(["abtest", "--csv", str(path), "--variant-col", "arm", "--outcome-col", "y", "--num-steps", "20",
-                     "--batch-size", "100", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "abtest",
+                "--csv",
+                str(path),
+                "--variant-col",
+                "arm",
+                "--outcome-col",
+                "y",
+                "--num-steps",
+                "20",
+                "--batch-size",
+                "100",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "minibatches of 100" in capsys.readouterr().out
 
 
@@ -364,9 +404,12 @@ def test_exact_summary_rate_figures_are_the_closed_form(case):
     table = test.summary()
     a = case["prior"][0] + np.array(case["successes"], float)
     b = case["prior"][1] + np.array(case["trials"], float) - case["successes"]
-    for column, truth in (("rate_mean", stats.beta.mean(a, b)), ("rate_sd", stats.beta.std(a, b)),
-                          ("rate_90%_lower", stats.beta.ppf(0.05, a, b)),
-                          ("rate_90%_upper", stats.beta.ppf(0.95, a, b))):
+    for column, truth in (
+        ("rate_mean", stats.beta.mean(a, b)),
+        ("rate_sd", stats.beta.std(a, b)),
+        ("rate_90%_lower", stats.beta.ppf(0.05, a, b)),
+        ("rate_90%_upper", stats.beta.ppf(0.95, a, b)),
+    ):
         np.testing.assert_allclose(table[column], truth, rtol=1e-10, atol=1e-14, err_msg=column)
     np.testing.assert_allclose(table["prob_best"], prob_best_exact(a, b), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(table["expected_loss"], expected_loss_exact(a, b), rtol=1e-10, atol=1e-14)
@@ -386,8 +429,9 @@ def test_beta_hdi_handles_the_boundary_shapes_and_checks_its_input():
 
     lower, upper = beta_hdi([0.5, 1.0, 4.0, 1.0, 1.0, 0.5], [30.0, 5.0, 0.8, 1.0, 1.0 + 1e-9, 0.5], 0.8)
     np.testing.assert_allclose(lower[:4], [0.0, 0.0, stats.beta.isf(0.8, 4.0, 0.8), 0.1], rtol=1e-12)
-    np.testing.assert_allclose(upper[:4], [stats.beta.ppf(0.8, 0.5, 30.0), stats.beta.ppf(0.8, 1.0, 5.0), 1.0, 0.9],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        upper[:4], [stats.beta.ppf(0.8, 0.5, 30.0), stats.beta.ppf(0.8, 1.0, 5.0), 1.0, 0.9], rtol=1e-12
+    )
     assert lower[4] == 0.0 and upper[4] == pytest.approx(0.8, abs=1e-8)  # nearly uniform, falling
     assert np.isnan(lower[5]) and np.isnan(upper[5])  # U-shaped: two pieces, no interval
     with pytest.raises(ValueError, match="must be > 0"):
@@ -414,9 +458,16 @@ def test_exact_lift_mean_and_prob_positive_are_exact():
 
 def lift_quantile(a_k, b_k, a_c, b_c, q):
     """Quantile of rate_k / rate_c - 1 from its CDF, P(rate_k <= (1 + l) rate_c) = ∫ f_c(y) F_k((1 + l) y) dy."""
+
     def cdf(lift):
-        return integrate.quad(lambda y: stats.beta.pdf(y, a_c, b_c) * stats.beta.cdf((1 + lift) * y, a_k, b_k),
-                              0, 1, epsabs=1e-12, limit=200)[0]
+        return integrate.quad(
+            lambda y: stats.beta.pdf(y, a_c, b_c) * stats.beta.cdf((1 + lift) * y, a_k, b_k),
+            0,
+            1,
+            epsabs=1e-12,
+            limit=200,
+        )[0]
+
     return optimize.brentq(lambda lift: cdf(lift) - q, -0.9, 5.0, xtol=1e-10)
 
 
@@ -432,8 +483,9 @@ def test_monte_carlo_lift_interval_is_labelled_and_its_mcse_matches_the_spread_a
         assert table.attrs["monte_carlo"] == columns and table.attrs["num_draws"] == 4000
         first = table.drop(columns=mc) if first is None else first
         pd.testing.assert_frame_equal(table.drop(columns=mc), first)  # the exact figures do not move with the seed
-        np.testing.assert_array_equal(table.loc["B", mc].to_numpy(float),
-                                      test.lift().loc["B", ["lower", "upper", "lower_mcse", "upper_mcse"]])
+        np.testing.assert_array_equal(
+            table.loc["B", mc].to_numpy(float), test.lift().loc["B", ["lower", "upper", "lower_mcse", "upper_mcse"]]
+        )
     runs = []
     for seed in range(60):
         test.seed = seed

@@ -523,9 +523,10 @@ def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_stu
 def test_em_start_recovers_the_simulated_parameters_and_the_spec_fit_ends_below_the_k_means_one():
     """em_start on rows drawn from the inflated model finds its parameters; from there (the structured guide) 300
     SVI steps on the shipped breast-cancer spec end hundreds of nats below the mean-field fit from k-means."""
+    from sklearn.datasets import load_breast_cancer
+
     from bayesgen.diagnostics import convergence_report
     from bayesgen.models.anomaly import em_start
-    from sklearn.datasets import load_breast_cancer
 
     rng = np.random.default_rng(1)
     n, d, frac, inflation = 4000, 4, 0.1, 6.0

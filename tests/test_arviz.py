@@ -65,12 +65,23 @@ def set_exact_guide():
 def test_groups_dims_coords_and_values_for_a_user_model():
     state = set_exact_guide()
     tree = to_datatree(
-        user_model, user_guide, Y, num_samples=4000, param_state=state, seed=1,
+        user_model,
+        user_guide,
+        Y,
+        num_samples=4000,
+        param_state=state,
+        seed=1,
         dims={"offset": ["group"], "mu_plus_offsets": ["group"], "y": ["obs"]},
-        coords={"group": ["a", "b", "c"]}, prior=True,
+        coords={"group": ["a", "b", "c"]},
+        prior=True,
     )
     assert set(tree.children) == {
-        "posterior", "posterior_predictive", "log_likelihood", "observed_data", "prior", "prior_predictive"
+        "posterior",
+        "posterior_predictive",
+        "log_likelihood",
+        "observed_data",
+        "prior",
+        "prior_predictive",
     }
     post = tree.posterior
     assert dict(post["mu"].sizes) == {"chain": 4, "draw": 1000}
@@ -98,8 +109,7 @@ def test_groups_dims_coords_and_values_for_a_user_model():
 
 
 def test_loo_runs_on_the_bridge_log_likelihood():
-    tree = to_datatree(user_model, user_guide, Y, num_samples=2000, param_state=set_exact_guide(),
-                       dims={"y": ["obs"]})
+    tree = to_datatree(user_model, user_guide, Y, num_samples=2000, param_state=set_exact_guide(), dims={"y": ["obs"]})
     result = arviz_stats.loo(tree)
     assert np.isfinite(result.elpd) and result.n_data_points == len(Y)
     # elpd_loo is below the in-sample log predictive density
@@ -109,10 +119,12 @@ def test_loo_runs_on_the_bridge_log_likelihood():
 
 def test_autoguide_fitted_with_the_runner_converts():
     guide = AutoNormal(user_model)
-    fit = run_svi(user_model, guide, Y, num_steps=1500, learning_rate=0.05, lr_schedule="cosine",
-                  final_lr_factor=0.01, seed=0)
-    tree = to_datatree(user_model, guide, Y, param_state=fit.param_state, num_samples=2000,
-                       dims={"y": ["obs"], "offset": ["group"]})
+    fit = run_svi(
+        user_model, guide, Y, num_steps=1500, learning_rate=0.05, lr_schedule="cosine", final_lr_factor=0.01, seed=0
+    )
+    tree = to_datatree(
+        user_model, guide, Y, param_state=fit.param_state, num_samples=2000, dims={"y": ["obs"], "offset": ["group"]}
+    )
     mean, sd = exact_mu()
     assert float(tree.posterior["mu"].mean()) == pytest.approx(mean, abs=0.2 * sd)
     assert float(tree.posterior["mu"].std()) == pytest.approx(sd, rel=0.2)
@@ -155,8 +167,9 @@ def test_same_seed_same_draws_and_callers_rng_untouched():
 
 
 def test_summary_reports_statistics_and_exact_mcse_for_guide_draws():
-    tree = to_datatree(user_model, user_guide, Y, num_samples=1000, param_state=set_exact_guide(),
-                       dims={"offset": ["group"]})
+    tree = to_datatree(
+        user_model, user_guide, Y, num_samples=1000, param_state=set_exact_guide(), dims={"offset": ["group"]}
+    )
     table = summary(tree, var_names=["mu", "offset"])
     assert "r_hat" not in table.columns and "ess_bulk" not in table.columns
     assert {"mean", "sd", "eti94_lb", "eti94_ub", "mcse_mean", "n_draws"} <= set(table.columns)
@@ -167,14 +180,23 @@ def test_summary_reports_statistics_and_exact_mcse_for_guide_draws():
 
 def test_bad_dims_name_the_variable():
     with pytest.raises(ValueError, match="dims\\['mu'\\]"):
-        to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(),
-                    dims={"mu": ["too", "many"]})
+        to_datatree(
+            user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(), dims={"mu": ["too", "many"]}
+        )
     with pytest.raises(ValueError, match=r"dims names \['yy'\], which are not sites of the model"):
-        to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(), dims={"yy": ["obs"]},
-                    unknown_dims="raise")
+        to_datatree(
+            user_model,
+            user_guide,
+            Y,
+            num_samples=10,
+            param_state=set_exact_guide(),
+            dims={"yy": ["obs"]},
+            unknown_dims="raise",
+        )
     # By default an entry for a site that this variant of the model lacks is ignored.
-    tree = to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(),
-                       dims={"yy": ["rows"], "y": ["rows"]})
+    tree = to_datatree(
+        user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(), dims={"yy": ["rows"], "y": ["rows"]}
+    )
     assert tree.log_likelihood["y"].dims == ("chain", "draw", "rows")
 
 
@@ -189,11 +211,20 @@ def test_a_guide_whose_parameters_are_not_in_the_state_is_reported(caplog):
 
 
 def test_coords_of_the_wrong_length_name_the_dimension():
-    for labels, match in ((["a", "b"], "coords\\['group'\\] has 2 labels.*'offset'.*size 3"),
-                          ("abc", "sequence of labels")):
+    for labels, match in (
+        (["a", "b"], "coords\\['group'\\] has 2 labels.*'offset'.*size 3"),
+        ("abc", "sequence of labels"),
+    ):
         with pytest.raises(ValueError, match=match):
-            to_datatree(user_model, user_guide, Y, num_samples=10, param_state=set_exact_guide(),
-                        dims={"offset": ["group"]}, coords={"group": labels})
+            to_datatree(
+                user_model,
+                user_guide,
+                Y,
+                num_samples=10,
+                param_state=set_exact_guide(),
+                dims={"offset": ["group"]},
+                coords={"group": labels},
+            )
 
 
 def test_deterministic_sites_do_not_distort_predictive_shapes():
@@ -209,12 +240,23 @@ def test_deterministic_sites_do_not_distort_predictive_shapes():
     guide = AutoNormal(model_with_det)
     fit = run_svi(model_with_det, guide, Y, num_steps=20, seed=0)
     for parallel in (True, False):
-        tree = to_datatree(model_with_det, guide, Y, param_state=fit.param_state, num_samples=30,
-                           parallel=parallel, dims={"y": ["obs"], "z": ["obs"], "theta": ["obs"]}, prior=True)
+        tree = to_datatree(
+            model_with_det,
+            guide,
+            Y,
+            param_state=fit.param_state,
+            num_samples=30,
+            parallel=parallel,
+            dims={"y": ["obs"], "z": ["obs"], "theta": ["obs"]},
+            prior=True,
+        )
         assert tree.posterior_predictive["y"].dims == ("chain", "draw", "obs")
         assert tree.prior_predictive["y"].dims == ("chain", "draw", "obs")
-        np.testing.assert_allclose(tree.posterior["theta"].values,
-                                   tree.posterior["mu"].values[..., None] + tree.posterior["z"].values, rtol=1e-5)
+        np.testing.assert_allclose(
+            tree.posterior["theta"].values,
+            tree.posterior["mu"].values[..., None] + tree.posterior["z"].values,
+            rtol=1e-5,
+        )
 
 
 def test_summary_and_converter_arguments_are_checked():
@@ -234,8 +276,11 @@ def test_summary_and_converter_arguments_are_checked():
         to_datatree(user_model, user_guide, Y, num_samples=5, param_state={"foo": 1})
     bad = Y.clone()
     bad[2] = float("nan")
-    with pytest.raises(ValueError, match=r"cannot be evaluated on these data: a value at site 'y' is outside "
-                                         r"its distribution's support Real\(\)") as caught:
+    with pytest.raises(
+        ValueError,
+        match=r"cannot be evaluated on these data: a value at site 'y' is outside "
+        r"its distribution's support Real\(\)",
+    ) as caught:
         to_datatree(user_model, user_guide, bad, num_samples=5, param_state=set_exact_guide())
     assert "tensor(" not in str(caught.value)  # no tensor dump
 
@@ -273,8 +318,12 @@ def test_subsampling_plates_are_refused():
 
 
 # Pyro's Gaussian-mixture pattern: config_enumerate on the model, the guide blocks the assignment z.
-MIX_Y = torch.cat([torch.randn(30, generator=torch.Generator().manual_seed(0)) - 2.5,
-                   torch.randn(20, generator=torch.Generator().manual_seed(1)) * 0.7 + 2.0])
+MIX_Y = torch.cat(
+    [
+        torch.randn(30, generator=torch.Generator().manual_seed(0)) - 2.5,
+        torch.randn(20, generator=torch.Generator().manual_seed(1)) * 0.7 + 2.0,
+    ]
+)
 
 
 def _mixture(y):
@@ -304,10 +353,19 @@ def fitted_mixture():
     from pyro.infer.autoguide import init_to_value
 
     # Started apart (the symmetric start can settle on one broad component; that is the fit's business).
-    guide = AutoNormal(poutine.block(gaussian_mixture, hide=["z"]),
-                       init_loc_fn=init_to_value(values={"mu": torch.tensor([-2.0, 2.0])}))
-    fit = run_svi(gaussian_mixture, guide, MIX_Y, num_steps=120, learning_rate=0.05, loss="trace_enum",
-                  max_plate_nesting=1, seed=0)
+    guide = AutoNormal(
+        poutine.block(gaussian_mixture, hide=["z"]), init_loc_fn=init_to_value(values={"mu": torch.tensor([-2.0, 2.0])})
+    )
+    fit = run_svi(
+        gaussian_mixture,
+        guide,
+        MIX_Y,
+        num_steps=120,
+        learning_rate=0.05,
+        loss="trace_enum",
+        max_plate_nesting=1,
+        seed=0,
+    )
     return guide, fit.param_state
 
 
@@ -321,8 +379,15 @@ def test_vi_khat_sums_enumerated_sites_out_of_the_importance_ratios(fitted_mixtu
     _, marginal, prior = mixture_log_joint(d["w"], d["mu"], d["sd"], MIX_Y.numpy())
     # log q(θ) of each stored draw, from the guide conditioned on it.
     with param_scope(state), torch.no_grad():
-        log_q = np.array([poutine.trace(poutine.condition(guide, data={k: torch.as_tensor(v[i]) for k, v in d.items()}))
-                          .get_trace(MIX_Y).log_prob_sum().item() for i in range(150)])
+        log_q = np.array(
+            [
+                poutine.trace(poutine.condition(guide, data={k: torch.as_tensor(v[i]) for k, v in d.items()}))
+                .get_trace(MIX_Y)
+                .log_prob_sum()
+                .item()
+                for i in range(150)
+            ]
+        )
     np.testing.assert_allclose(diag.raw_log_weights, prior + marginal.sum(1) - log_q, atol=1e-3)
     assert diag.verdict in ("good", "usable")
     # Model-side sequential enumeration is summed out by nobody (TraceEnum_ELBO neither): refused by name.
@@ -333,8 +398,9 @@ def test_vi_khat_sums_enumerated_sites_out_of_the_importance_ratios(fitted_mixtu
 def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_their_posterior(fitted_mixture):
     guide, state = fitted_mixture
     y = MIX_Y
-    tree = to_datatree(gaussian_mixture, guide, y, param_state=state, num_samples=250,
-                       dims={"y": ["obs"], "z": ["obs"]})
+    tree = to_datatree(
+        gaussian_mixture, guide, y, param_state=state, num_samples=250, dims={"y": ["obs"], "z": ["obs"]}
+    )
     post = tree.posterior
     w, mu, sd = (flat(post[k]) for k in ("w", "mu", "sd"))
     joint, marginal, _ = mixture_log_joint(w, mu, sd, y.numpy())  # from the stored parameter draws
@@ -355,6 +421,7 @@ def test_enumerated_sites_are_summed_out_of_the_log_likelihood_and_drawn_from_th
     # enumeration only; a sequential site would otherwise come from its prior.
     with pytest.raises(ValueError, match="sites \\['z'\\] are enumerated sequentially"):
         to_datatree(config_enumerate(_mixture, default="sequential"), guide, y, num_samples=3)
+
     @config_enumerate
     def shared_component(y):
         mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 5.0).to_event(1))
@@ -496,11 +563,15 @@ def test_log_likelihood_is_float64_so_loo_works_on_confidently_predicted_rows():
     result = arviz_stats.loo(tree)
     from arviz_base import from_dict
 
-    reference = arviz_stats.loo(from_dict({
-        "posterior": {"a": tree.posterior["a"].values},
-        "log_likelihood": {"y": by_hand.reshape(ll.shape)},
-        "observed_data": {"y": LOGIT_Y.numpy()},
-    }))
+    reference = arviz_stats.loo(
+        from_dict(
+            {
+                "posterior": {"a": tree.posterior["a"].values},
+                "log_likelihood": {"y": by_hand.reshape(ll.shape)},
+                "observed_data": {"y": LOGIT_Y.numpy()},
+            }
+        )
+    )
     assert result.elpd == pytest.approx(reference.elpd, rel=1e-6)
     assert np.isfinite(result.elpd_i).all() and result.n_data_points == len(LOGIT_X)
 
@@ -535,9 +606,16 @@ def test_dims_are_named_after_the_plates_and_user_dims_win():
     assert tree.log_likelihood["y"].dims == ("chain", "draw", "row")
     assert tree.posterior_predictive["y"].dims == ("chain", "draw", "row")
     assert tree.observed_data["y"].dims == ("row",)
-    tree = to_datatree(logistic, logistic_guide, LOGIT_X, LOGIT_Y, num_samples=40, seed=0,
-                       dims={"y": ["patient"], "eta": ["patient"], "absent_site": ["x"]},
-                       coords={"patient": [f"p{i}" for i in range(len(LOGIT_X))]})
+    tree = to_datatree(
+        logistic,
+        logistic_guide,
+        LOGIT_X,
+        LOGIT_Y,
+        num_samples=40,
+        seed=0,
+        dims={"y": ["patient"], "eta": ["patient"], "absent_site": ["x"]},
+        coords={"patient": [f"p{i}" for i in range(len(LOGIT_X))]},
+    )
     assert tree.posterior["eta"].dims == ("chain", "draw", "patient")
     assert tree.observed_data["y"].coords["patient"].values[0] == "p0"
     # an event dimension and an unplated site keep ArviZ's default names
@@ -549,8 +627,7 @@ def test_dims_are_named_after_the_plates_and_user_dims_win():
 
 def test_predictions_group_holds_draws_for_new_inputs():
     x_new = torch.tensor([-0.5, 0.0, 0.25, 40.0])
-    tree = to_datatree(logistic, logistic_guide, LOGIT_X, LOGIT_Y, num_samples=2000, seed=0,
-                       predictions={"x": x_new})
+    tree = to_datatree(logistic, logistic_guide, LOGIT_X, LOGIT_Y, num_samples=2000, seed=0, predictions={"x": x_new})
     assert "predictions" in tree.children
     assert set(tree.posterior.data_vars) == {"a", "b", "eta"}  # the new rows are not posterior sites
     pred = tree.predictions
@@ -558,18 +635,29 @@ def test_predictions_group_holds_draws_for_new_inputs():
     assert np.issubdtype(pred["y"].dtype, np.integer)
     # eta under the same draws as the posterior; y ~ Bernoulli(sigmoid(eta)) per draw.
     a, b = flat(tree.posterior["a"]), flat(tree.posterior["b"])
-    np.testing.assert_allclose(flat(pred["eta"]), a[:, None] + b[:, None] * x_new.numpy()[None, :], rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        flat(pred["eta"]), a[:, None] + b[:, None] * x_new.numpy()[None, :], rtol=1e-5, atol=1e-5
+    )
     p = (1 / (1 + np.exp(-(a[:, None] + b[:, None] * x_new.numpy()[None, :])))).mean(0)
     se = np.sqrt(p * (1 - p) / 2000)
     assert (np.abs(flat(pred["y"]).mean(0) - p) < 4 * se + 1e-9).all()
     for parallel in (False,):  # the loop gives the same draws' deterministic values
-        looped = to_datatree(logistic, logistic_guide, LOGIT_X, LOGIT_Y, num_samples=50, seed=0,
-                             predictions={"x": x_new}, parallel=parallel)
+        looped = to_datatree(
+            logistic,
+            logistic_guide,
+            LOGIT_X,
+            LOGIT_Y,
+            num_samples=50,
+            seed=0,
+            predictions={"x": x_new},
+            parallel=parallel,
+        )
         np.testing.assert_allclose(
             flat(looped.predictions["eta"]),
             flat(looped.posterior["a"])[:, None] + flat(looped.posterior["b"])[:, None] * x_new.numpy()[None, :],
-            rtol=1e-5, atol=1e-5)
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_joint_log_likelihood_sums_the_observed_sites_of_a_plate_per_row():
@@ -590,8 +678,11 @@ def test_joint_log_likelihood_sums_the_observed_sites_of_a_plate_per_row():
     joint = tree.log_likelihood["school_joint"]
     assert joint.dims == ("chain", "draw", "school")
     mu = tree.posterior["mu"].values[..., None]
-    by_hand = (stats.norm(mu[..., None], 1.0).logpdf(scores.T.numpy()[None, None]).sum(-2)
-               + flags.numpy() * mu - np.logaddexp(0.0, mu))
+    by_hand = (
+        stats.norm(mu[..., None], 1.0).logpdf(scores.T.numpy()[None, None]).sum(-2)
+        + flags.numpy() * mu
+        - np.logaddexp(0.0, mu)
+    )
     np.testing.assert_allclose(joint.values, by_hand, rtol=1e-6)
     assert np.isfinite(arviz_stats.loo(tree, var_name="school_joint").elpd)
     with pytest.raises(ValueError, match="joint_log_likelihood='nope' names no plate.*\\['school', 'test'\\]"):
@@ -611,8 +702,9 @@ def test_draws_split_into_chains_so_arviz_summary_accepts_them(caplog):
     two = to_datatree(user_model, user_guide, Y, num_samples=1000, param_state=set_exact_guide(), num_chains=2)
     assert dict(two.posterior.sizes)["chain"] == 2
     # ArviZ's layout for NumPyro SVI: one 'sample' dimension.
-    flat_tree = to_datatree(user_model, user_guide, Y, num_samples=1000, param_state=set_exact_guide(),
-                            sample_dims="sample")
+    flat_tree = to_datatree(
+        user_model, user_guide, Y, num_samples=1000, param_state=set_exact_guide(), sample_dims="sample"
+    )
     assert flat_tree.posterior["offset"].dims == ("sample", "group")
     assert flat_tree.log_likelihood["y"].dims == ("sample", "obs")
     np.testing.assert_array_equal(flat_tree.posterior["mu"].values, flat(tree.posterior["mu"]))

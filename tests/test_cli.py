@@ -46,15 +46,25 @@ print(json.dumps(report))
 
 
 def test_help_and_argument_errors_import_no_torch():
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bayesgen", "--help"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bayesgen", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "usage: bayesgen" in proc.stdout
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "bayesgen.cli" in imported
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
-    proc = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + _ARGUMENT_ERRORS], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n" + _ARGUMENT_ERRORS],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     *runs, heavy = json.loads(proc.stdout)
     for argv, status, stderr in runs:
@@ -67,8 +77,18 @@ def test_help_and_argument_errors_import_no_torch():
 
 def test_abtest_counts_prints_table_and_writes_plot(tmp_path):
     plot = tmp_path / "ab.png"
-    proc = bayesgen("abtest", "235/2435", "157/2435", "--names", "white,black", "--num-steps", "1500",
-                    "--quiet", "--plot", str(plot))
+    proc = bayesgen(
+        "abtest",
+        "235/2435",
+        "157/2435",
+        "--names",
+        "white,black",
+        "--num-steps",
+        "1500",
+        "--quiet",
+        "--plot",
+        str(plot),
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "P(best)" in out and "expected loss" in out and "lift vs control" in out
@@ -79,8 +99,21 @@ def test_abtest_counts_prints_table_and_writes_plot(tmp_path):
 
 
 def test_abtest_exact_with_prior_and_control():
-    proc = bayesgen("abtest", "50/1000", "65/1000", "58/1000", "--names", "a,b,c", "--prior", "2,20",
-                    "--control", "b", "--method", "exact", "--quiet")
+    proc = bayesgen(
+        "abtest",
+        "50/1000",
+        "65/1000",
+        "58/1000",
+        "--names",
+        "a,b,c",
+        "--prior",
+        "2,20",
+        "--control",
+        "b",
+        "--method",
+        "exact",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Beta(2, 20)" in proc.stdout
     assert "control" in [line.split()[-1] for line in proc.stdout.splitlines() if line.strip().startswith("b ")]
@@ -90,8 +123,9 @@ def test_abtest_from_csv_of_events(tmp_path):
     csv = tmp_path / "events.csv"
     rows = ["arm,clicked"] + [f"{'A' if i % 2 else 'B'},{int(i % 7 == 0)}" for i in range(2000)]
     csv.write_text("\n".join(rows))
-    proc = bayesgen("abtest", "--csv", str(csv), "--variant-col", "arm", "--outcome-col", "clicked",
-                    "--method", "exact", "--quiet")
+    proc = bayesgen(
+        "abtest", "--csv", str(csv), "--variant-col", "arm", "--outcome-col", "clicked", "--method", "exact", "--quiet"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "/1000" in proc.stdout
 
@@ -132,12 +166,25 @@ def test_fit_spec_writes_a_complete_run_folder(tmp_path):
     text = (ROOT / "models" / "ab_resume_callbacks.toml").read_text()
     assert "num_steps = 3000" in text and "average_last = 500" in text
     spec = tmp_path / "ab.toml"
-    spec.write_text(text.replace("num_steps = 3000", "num_steps = 600").replace("average_last = 500", "average_last = 100"))
+    spec.write_text(
+        text.replace("num_steps = 3000", "num_steps = 600").replace("average_last = 500", "average_last = 100")
+    )
     out = tmp_path / "run"
     proc = bayesgen("fit", str(spec), "--out", str(out), "--device", "cpu", "--quiet")
     assert proc.returncode == 0, proc.stderr
-    for name in ("spec.toml", "versions.json", "run.json", "losses.csv", "posterior.nc", "summary.csv",
-                 "report.csv", "plots/loss.png", "plots/posterior.png", "model/meta.json", "model/tensors.pt"):
+    for name in (
+        "spec.toml",
+        "versions.json",
+        "run.json",
+        "losses.csv",
+        "posterior.nc",
+        "summary.csv",
+        "report.csv",
+        "plots/loss.png",
+        "plots/posterior.png",
+        "model/meta.json",
+        "model/tensors.pt",
+    ):
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 0 and run["data_checksum"].startswith("sha256:") and run["num_steps"] == 600
@@ -155,8 +202,9 @@ def test_fit_spec_writes_a_complete_run_folder(tmp_path):
 
 def test_fit_rejects_bad_specs(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[run]\nmodel = 'ab_test'\n[data]\nsource = 'bundled:resume_callbacks.csv'\n"
-                   "[inference]\nnum_stepz = 10\n")
+    bad.write_text(
+        "[run]\nmodel = 'ab_test'\n[data]\nsource = 'bundled:resume_callbacks.csv'\n[inference]\nnum_stepz = 10\n"
+    )
     proc = bayesgen("fit", str(bad), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "unknown settings ['num_stepz']" in proc.stderr
     bad.write_text("[run\nmodel=")
@@ -176,26 +224,90 @@ def test_augment_writes_real_and_synthetic_rows(tmp_path):
     frame["digit"] = y[:400]
     frame.to_csv(csv, index=False)
     out = tmp_path / "augmented.csv"
-    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "20", "--out", str(out),
-                    "--covariance", "diag", "--method", "exact", "--keep-constant", "--clip", "0,1", "--quiet")
+    proc = bayesgen(
+        "augment",
+        "--csv",
+        str(csv),
+        "--label",
+        "digit",
+        "--n-per-class",
+        "20",
+        "--out",
+        str(out),
+        "--covariance",
+        "diag",
+        "--method",
+        "exact",
+        "--keep-constant",
+        "--clip",
+        "0,1",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     result = __import__("pandas").read_csv(out)
     assert len(result) == 400 + 200 and result["synthetic"].sum() == 200
     assert result.loc[result["synthetic"] == 1, "p20"].between(0, 1).all()
-    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "5", "--out",
-                    str(tmp_path / "x.csv"), "--method", "exact", "--covariance", "diag", "--quiet")
+    proc = bayesgen(
+        "augment",
+        "--csv",
+        str(csv),
+        "--label",
+        "digit",
+        "--n-per-class",
+        "5",
+        "--out",
+        str(tmp_path / "x.csv"),
+        "--method",
+        "exact",
+        "--covariance",
+        "diag",
+        "--quiet",
+    )
     assert proc.returncode == 2 and "constant" in proc.stderr and "Traceback" not in proc.stderr
     proc = bayesgen("augment", "--csv", str(csv), "--label", "nope", "--out", str(tmp_path / "y.csv"))
     assert proc.returncode == 2 and "label column 'nope'" in proc.stderr
     # In a principal subspace: residual noise reaches every modelled pixel, clipped to the bounds.
-    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "30", "--out",
-                    str(tmp_path / "s.csv"), "--covariance", "full", "--method", "exact", "--subspace", "10",
-                    "--keep-constant", "--clip", "0,1", "--quiet")
+    proc = bayesgen(
+        "augment",
+        "--csv",
+        str(csv),
+        "--label",
+        "digit",
+        "--n-per-class",
+        "30",
+        "--out",
+        str(tmp_path / "s.csv"),
+        "--covariance",
+        "full",
+        "--method",
+        "exact",
+        "--subspace",
+        "10",
+        "--keep-constant",
+        "--clip",
+        "0,1",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     synthetic = __import__("pandas").read_csv(tmp_path / "s.csv").query("synthetic == 1")
     assert len(synthetic) == 300 and synthetic["p20"].between(0, 1).all() and synthetic["p20"].std() > 0
-    proc = bayesgen("augment", "--csv", str(csv), "--label", "digit", "--out", str(tmp_path / "z.csv"),
-                    "--covariance", "full", "--method", "exact", "--subspace", "100", "--keep-constant", "--quiet")
+    proc = bayesgen(
+        "augment",
+        "--csv",
+        str(csv),
+        "--label",
+        "digit",
+        "--out",
+        str(tmp_path / "z.csv"),
+        "--covariance",
+        "full",
+        "--method",
+        "exact",
+        "--subspace",
+        "100",
+        "--keep-constant",
+        "--quiet",
+    )
     assert proc.returncode == 2 and "subspace=100" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -211,8 +323,23 @@ def test_augment_learns_from_rows_without_a_label(tmp_path, capsys):
     frame.loc[50:, "digit"] = None  # 50 labelled rows (5 per class or so), 550 without a label
     csv, out = tmp_path / "partly.csv", tmp_path / "augmented.csv"
     frame.to_csv(csv, index=False)
-    common = ["augment", "--csv", str(csv), "--label", "digit", "--n-per-class", "10", "--out", str(out),
-              "--covariance", "full", "--keep-constant", "--clip", "0,1", "--quiet"]
+    common = [
+        "augment",
+        "--csv",
+        str(csv),
+        "--label",
+        "digit",
+        "--n-per-class",
+        "10",
+        "--out",
+        str(out),
+        "--covariance",
+        "full",
+        "--keep-constant",
+        "--clip",
+        "0,1",
+        "--quiet",
+    ]
     assert main(common + ["--method", "exact"]) == 2
     assert "550 rows have no label in column 'digit'; pass --unlabelled" in capsys.readouterr().err
     assert main(common + ["--unlabelled"]) == 2  # SVI by default
@@ -226,10 +353,13 @@ def test_augment_learns_from_rows_without_a_label(tmp_path, capsys):
     # The unlabelled rows changed the generator: its samples differ from a labelled-only fit's.
     alone = tmp_path / "alone.csv"
     labelled.to_csv(tmp_path / "labelled.csv", index=False)
-    assert main([*common[:2], str(tmp_path / "labelled.csv"), *common[3:8], str(alone), *common[9:],
-                 "--method", "exact"]) == 0
-    assert not np.allclose(pd.read_csv(alone).query("synthetic == 1").iloc[:, :64],
-                           result.query("synthetic == 1").iloc[:, :64])
+    assert (
+        main([*common[:2], str(tmp_path / "labelled.csv"), *common[3:8], str(alone), *common[9:], "--method", "exact"])
+        == 0
+    )
+    assert not np.allclose(
+        pd.read_csv(alone).query("synthetic == 1").iloc[:, :64], result.query("synthetic == 1").iloc[:, :64]
+    )
 
 
 def test_fit_gaussian_digits_spec(tmp_path):
@@ -251,31 +381,26 @@ def test_fit_names_typos_and_malformed_sections(tmp_path, capsys):
 
     bad = tmp_path / "bad.toml"
     head = "[run]\nmodel = 'ab_test'\n"
+    src = "[data]\nsource = 'bundled:resume_callbacks.csv'\n"
+    digits = "[run]\nmodel = 'gaussian_generator'\n[data]\nsource = 'sklearn:digits'\n[report]\n"
     cases = {
-        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\nvariant_coll = 'x'\n":
-            "unknown keys ['variant_coll'] in [data]",
-        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\ncontroll = 'white'\n":
-            "unknown keys ['controll'] in [report]",
-        head + "sead = 1\n[data]\nsource = 'bundled:resume_callbacks.csv'\n": "unknown keys ['sead'] in [run]",
+        head + src + "variant_coll = 'x'\n": "unknown keys ['variant_coll'] in [data]",
+        head + src + "[report]\ncontroll = 'white'\n": "unknown keys ['controll'] in [report]",
+        head + "sead = 1\n" + src: "unknown keys ['sead'] in [run]",
         "data = 'x.csv'\n" + head: "'data' must be a section",
         "[run]\nmodel = ['ab_test']\n[data]\nsource = 'x'\n": "unknown model ['ab_test']",
-        head + "seed = 'abc'\n[data]\nsource = 'bundled:resume_callbacks.csv'\n": "seed must be an integer",
+        head + "seed = 'abc'\n" + src: "seed must be an integer",
         head + "[data]\nformat = 'counts'\n": "[data] needs source",
         # [report] values are checked before the fit too, not when the report is written after it.
-        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\narviz_samples = 'lots'\n":
-            "[report] arviz_samples must be an integer >= 1, got 'lots'",
-        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\nnuts = 'yes'\n":
-            "[report] nuts must be true or false",
-        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\nimage_shape = [8, 8]\n":
-            "[report] image_shape is read by model 'gaussian_generator' only",
-        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\ncontrol = 'whte'\n":
-            "[report] control 'whte' is not a variant",
-        head + "[data]\nsource = 'bundled:resume_callbacks.csv'\n[report]\ncontrol = 9\n":
-            "[report] control 9 is not a variant",
-        "[run]\nmodel = 'gaussian_generator'\n[data]\nsource = 'sklearn:digits'\n[report]\nimage_shape = [8, 9]\n":
-            "image_shape [8, 9] holds 72 pixels, but the data have 64 features",
-        "[run]\nmodel = 'gaussian_generator'\n[data]\nsource = 'sklearn:digits'\n[report]\nimage_shape = [8]\n":
-            "image_shape must be [rows, columns]",
+        head + src + "[report]\narviz_samples = 'lots'\n": "[report] arviz_samples must be an integer >= 1, got 'lots'",
+        head + src + "[report]\nnuts = 'yes'\n": "[report] nuts must be true or false",
+        head
+        + src
+        + "[report]\nimage_shape = [8, 8]\n": "[report] image_shape is read by model 'gaussian_generator' only",
+        head + src + "[report]\ncontrol = 'whte'\n": "[report] control 'whte' is not a variant",
+        head + src + "[report]\ncontrol = 9\n": "[report] control 9 is not a variant",
+        digits + "image_shape = [8, 9]\n": "image_shape [8, 9] holds 72 pixels, but the data have 64 features",
+        digits + "image_shape = [8]\n": "image_shape must be [rows, columns]",
     }
     for text, message in cases.items():
         bad.write_text(text)
@@ -297,9 +422,12 @@ def test_anomaly_command_rejects_a_threshold_outside_zero_one(tmp_path):
 def test_anomaly_spec_whose_anomaly_value_matches_no_row_is_an_error(tmp_path):
     rng = np.random.default_rng(0)
     pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60), "kind": "benign"}).to_csv(
-        tmp_path / "t.csv", index=False)
+        tmp_path / "t.csv", index=False
+    )
     spec = tmp_path / "an.toml"
-    spec.write_text("[run]\nmodel = 'anomaly'\n[data]\nsource = 't.csv'\nlabel = 'kind'\n"
-                    "anomaly_value = 'malignant'\n[inference]\nnum_steps = 20\n")
+    spec.write_text(
+        "[run]\nmodel = 'anomaly'\n[data]\nsource = 't.csv'\nlabel = 'kind'\n"
+        "anomaly_value = 'malignant'\n[inference]\nnum_steps = 20\n"
+    )
     proc = bayesgen("fit", str(spec), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "matches no row of column 'kind'" in proc.stderr, proc.stderr

@@ -13,6 +13,7 @@ import pandas as pd
 import pyro
 import pytest
 import torch
+from saved_models import resign
 
 from bayesgen import (
     VAE,
@@ -27,7 +28,6 @@ from bayesgen import (
 )
 from bayesgen._runtime import TorchOutOfMemoryError
 from bayesgen.datasets import load_digits
-from saved_models import resign
 
 
 def _ab_fit(est):
@@ -91,8 +91,15 @@ ESTIMATORS = [
         id="ab_test",
     ),
     pytest.param(
-        lambda seed=0: GaussianGenerator(covariance="lowrank", rank=3, num_steps=60, batch_size=128,
-                                         average_last=10, constant_features="keep", seed=seed),
+        lambda seed=0: GaussianGenerator(
+            covariance="lowrank",
+            rank=3,
+            num_steps=60,
+            batch_size=128,
+            average_last=10,
+            constant_features="keep",
+            seed=seed,
+        ),
         _gen_fit,
         _gen_bad,
         {"loc": ("class", "feature"), "cov_factor": ("class", "feature", "factor")},
@@ -301,11 +308,16 @@ def test_running_out_of_memory_names_the_method_not_the_allocator(make, fit, bad
     est = make()
 
     def no_memory(*args, **kwargs):
-        raise TorchOutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB")
+        raise TorchOutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB"
+        )
 
     monkeypatch.setattr(est, "_run_svi", no_memory)
-    with pytest.raises(NotEnoughMemoryError, match=rf"{type(est).__name__}\.fit: not enough memory on .*"
-                       r"\(CUDA out of memory\. Tried to allocate 20\.00 GiB.*Ask for less at once") as info:
+    with pytest.raises(
+        NotEnoughMemoryError,
+        match=rf"{type(est).__name__}\.fit: not enough memory on .*"
+        r"\(CUDA out of memory\. Tried to allocate 20\.00 GiB.*Ask for less at once",
+    ) as info:
         fit(est)
     assert isinstance(info.value, MemoryError) and isinstance(info.value.__cause__, TorchOutOfMemoryError)
 
@@ -333,8 +345,11 @@ def test_an_absurd_request_is_a_clear_memory_error():
 
     X, y = load_digits()
     gen = GaussianGenerator(covariance="diag", method="exact", constant_features="keep").fit(X[:300], y[:300])
-    with pytest.raises(NotEnoughMemoryError, match=r"GaussianGenerator\.sample: not enough memory on cpu "
-                       r"\(it asked for [\d,]+\.\d GiB\)"):
+    with pytest.raises(
+        NotEnoughMemoryError,
+        match=r"GaussianGenerator\.sample: not enough memory on cpu "
+        r"\(it asked for [\d,]+\.\d GiB\)",
+    ):
         gen.sample(10**12)
     assert list(inspect.signature(GaussianGenerator.sample).parameters)[:2] == ["self", "num_samples"]  # same API
     X_new, y_new = gen.sample(5, seed=0)  # and still works
@@ -354,8 +369,11 @@ def test_every_plate_whose_index_is_used_names_its_device():
                 continue
             for item in node.items:
                 call = item.context_expr
-                if item.optional_vars is not None and isinstance(call, ast.Call) and \
-                        getattr(call.func, "attr", "") == "plate":
+                if (
+                    item.optional_vars is not None
+                    and isinstance(call, ast.Call)
+                    and getattr(call.func, "attr", "") == "plate"
+                ):
                     checked.append(f"{path.name}:{call.lineno}")
                     assert any(k.arg == "device" for k in call.keywords), f"{checked[-1]}: plate without device="
     assert len(checked) >= 6, checked

@@ -74,8 +74,9 @@ def test_per_row_khat_finds_the_rows_an_amortised_guide_gets_wrong():
     assert "unreliable" not in exact.message()  # a good verdict is said without the word (a report shows it green)
     with pytest.warns(UserWarning, match="unreliable"):
         # A guide 5x too narrow: the ratios' tail has shape 1 - 0.2² ≈ 0.96 (Yao et al. 2018).
-        mixed = vi_khat_rows(local_model, make_local_guide(0.2, wrong_rows=10), x, plate="row", num_samples=1000,
-                             seed=0)
+        mixed = vi_khat_rows(
+            local_model, make_local_guide(0.2, wrong_rows=10), x, plate="row", num_samples=1000, seed=0
+        )
     # k-hat from 1000 draws of a heavy tail scatters (and is biased low): test the wrong rows' median.
     assert np.median(mixed.khat[:10]) > 0.7 and (mixed.khat[10:] < 0.5).all()
     assert mixed.verdict == "unreliable" and 0.15 <= mixed.shares["unreliable"] <= 0.25
@@ -179,9 +180,30 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
     assert len(psis) == len(exact_mean)
     assert np.all(np.abs(psis["psis_mean"].to_numpy() - exact_mean) < 0.15 * exact_sd)
     (out.folder / "diagnostics.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(out.folder), "--num-samples", "300",
-                           "--nuts", "--nuts-samples", "300", "--nuts-warmup", "200", "--sbc", "8",
-                           "--sbc-steps", "200"], capture_output=True, text=True, timeout=600, cwd=root)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bayesgen",
+            "diagnose",
+            str(out.folder),
+            "--num-samples",
+            "300",
+            "--nuts",
+            "--nuts-samples",
+            "300",
+            "--nuts-warmup",
+            "200",
+            "--sbc",
+            "8",
+            "--sbc-steps",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "PSIS k-hat" in proc.stdout and "NUTS vs SVI" in proc.stdout and "SBC over 8" in proc.stdout
     report = json.loads((out.folder / "diagnostics.json").read_text())
@@ -190,8 +212,13 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
     assert np.all(np.abs(nuts["nuts_mean"].to_numpy() - exact_mean) < 0.3 * exact_sd)
     assert len(pd.read_csv(out.folder / "sbc_ranks.csv")) == 8 and (out.folder / "plots" / "sbc_ecdf.png").is_file()
     assert (out.folder / "nuts.nc").is_file()
-    bad = subprocess.run([sys.executable, "-m", "bayesgen", "diagnose", str(tmp_path)], capture_output=True,
-                         text=True, timeout=300, cwd=root)
+    bad = subprocess.run(
+        [sys.executable, "-m", "bayesgen", "diagnose", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
     assert bad.returncode == 2 and "not a run folder" in bad.stderr
 
 
@@ -275,8 +302,10 @@ def test_nuts_advice_follows_the_cause():
     from bayesgen.diagnostics import NUTSComparison, check_verdicts
 
     def comparison(r_hat, ess, divergences=0, switched=()):
-        table = pd.DataFrame({"smd": [0.01, 0.02], "sd_ratio": [1.0, 1.01], "nuts_r_hat": r_hat,
-                              "nuts_ess_bulk": ess}, index=["locs[0]", "locs[1]"])
+        table = pd.DataFrame(
+            {"smd": [0.01, 0.02], "sd_ratio": [1.0, 1.01], "nuts_r_hat": r_hat, "nuts_ess_bulk": ess},
+            index=["locs[0]", "locs[1]"],
+        )
         return NUTSComparison(table=table, divergences=divergences, tree=None, label_switching=list(switched))
 
     one_divergence = comparison([1.0, 1.0], [800.0, 800.0], divergences=1)
@@ -290,8 +319,13 @@ def test_nuts_advice_follows_the_cause():
     assert short.cause == "mixing" and "run it longer" in short.message()
     assert comparison([1.0, 1.0], [800.0, 800.0]).cause is None
     for cmp, words in [(one_divergence, "target_accept_prob"), (switched, "relabel="), (short, "--nuts-samples")]:
-        part = {"agree": True, "reliable": False, "divergences": cmp.divergences, "cause": cmp.cause,
-                "message": cmp.message()}
+        part = {
+            "agree": True,
+            "reliable": False,
+            "divergences": cmp.divergences,
+            "cause": cmp.cause,
+            "message": cmp.message(),
+        }
         assert words in check_verdicts({"nuts": part})["nuts"].advice
 
 
@@ -316,15 +350,35 @@ def test_nuts_compare_relabels_each_chain_and_the_guide_draws_and_shows_progress
         seen.append({k: v.shape for k, v in draws.items()})
         return draws
 
-    cmp = nuts_compare(model, make_guide(0.0, 1.0), Y, num_samples=30, num_warmup=20, num_chains=2, svi_samples=50,
-                       seed=0, warn=False, relabel=relabel, progress=True)
+    cmp = nuts_compare(
+        model,
+        make_guide(0.0, 1.0),
+        Y,
+        num_samples=30,
+        num_warmup=20,
+        num_chains=2,
+        svi_samples=50,
+        seed=0,
+        warn=False,
+        relabel=relabel,
+        progress=True,
+    )
     assert seen == [{"mu": (30,)}, {"mu": (30,)}, {"mu": (50,)}]
     assert cmp.tree.posterior.sizes["chain"] == 2
     err = capsys.readouterr().err
     assert "NUTS" in err and "100/100" in err  # two chains of 20 warm-up steps and 30 draws
     with pytest.raises(ValueError, match="relabel must return the same sites"):
-        nuts_compare(model, make_guide(0.0, 1.0), Y, num_samples=5, num_warmup=5, num_chains=1, warn=False,
-                     relabel=lambda d: {}, progress=False)
+        nuts_compare(
+            model,
+            make_guide(0.0, 1.0),
+            Y,
+            num_samples=5,
+            num_warmup=5,
+            num_chains=1,
+            warn=False,
+            relabel=lambda d: {},
+            progress=False,
+        )
 
 
 def _sbc_model(y):
@@ -351,12 +405,21 @@ def test_sbc_ranks_are_uniform_for_a_calibrated_guide_and_not_for_a_narrow_one()
     from bayesgen.diagnostics import sbc
 
     y = torch.randn(20)
-    good = sbc(_sbc_model, _sbc_good_guide, y, num_simulations=60, num_steps=100, learning_rate=0.1,
-               fit_kwargs=SBC_FIT, seed=0)
+    good = sbc(
+        _sbc_model, _sbc_good_guide, y, num_simulations=60, num_steps=100, learning_rate=0.1, fit_kwargs=SBC_FIT, seed=0
+    )
     assert good.calibrated, good.message()
     assert good.ranks["mu"].between(0, 99).all() and len(good.ranks) == 60
-    narrow = sbc(_sbc_model, _sbc_narrow_guide, y, num_simulations=30, num_steps=100, learning_rate=0.1,
-                 fit_kwargs=SBC_FIT, seed=0)
+    narrow = sbc(
+        _sbc_model,
+        _sbc_narrow_guide,
+        y,
+        num_simulations=30,
+        num_steps=100,
+        learning_rate=0.1,
+        fit_kwargs=SBC_FIT,
+        seed=0,
+    )
     assert not narrow.calibrated and narrow.p_values["mu"] < 1e-4
     # Too narrow: ranks pile up at both ends.
     ends = ((narrow.ranks["mu"] < 10) | (narrow.ranks["mu"] > 89)).mean()
@@ -371,9 +434,17 @@ def test_sbc_of_the_ab_test_is_calibrated():
     from bayesgen.models.ab_test import model as ab_model
 
     trials = torch.tensor([500.0, 500.0])
-    result = sbc(ab_model, ab_guide, trials, torch.tensor([50.0, 40.0]), num_simulations=100, num_steps=800,
-                 learning_rate=0.3, fit_kwargs={"lr_schedule": "cosine", "average_last": 200, "num_particles": 8,
-                                                "vectorize_particles": True}, seed=0)
+    result = sbc(
+        ab_model,
+        ab_guide,
+        trials,
+        torch.tensor([50.0, 40.0]),
+        num_simulations=100,
+        num_steps=800,
+        learning_rate=0.3,
+        fit_kwargs={"lr_schedule": "cosine", "average_last": 200, "num_particles": 8, "vectorize_particles": True},
+        seed=0,
+    )
     assert result.calibrated, result.message()
 
 
@@ -469,8 +540,10 @@ def test_nuts_comparison_counts_undefined_r_hat_and_ess_as_the_worst_case():
 
     from bayesgen.diagnostics import NUTSComparison
 
-    table = pd.DataFrame({"smd": [0.01, 0.02], "sd_ratio": [1.0, 1.01], "nuts_r_hat": [1.001, np.nan],
-                          "nuts_ess_bulk": [800.0, np.nan]}, index=["a", "b"])
+    table = pd.DataFrame(
+        {"smd": [0.01, 0.02], "sd_ratio": [1.0, 1.01], "nuts_r_hat": [1.001, np.nan], "nuts_ess_bulk": [800.0, np.nan]},
+        index=["a", "b"],
+    )
     cmp = NUTSComparison(table=table, divergences=0, tree=None)
     # pandas' min/max skip NaN, which printed "min bulk ESS 800" for a run judged unreliable
     assert cmp.min_ess_bulk == 0.0 and cmp.max_r_hat == float("inf") and not cmp.reliable
@@ -482,18 +555,28 @@ def test_nuts_comparison_counts_undefined_r_hat_and_ess_as_the_worst_case():
 def test_verdicts_colour_each_check_by_one_rule():
     from bayesgen.diagnostics import check_verdicts, overall_verdicts
 
-    good = {"convergence": {"verdict": "converged", "message": "converged"},
-            "psis": {"khat": 0.2, "verdict": "good", "ess": 900.0, "num_samples": 1000, "message": "k-hat 0.2"},
-            "psis_means": {"largest_shift_sd": 0.01, "message": "means move 0.01 sd"},
-            "reference": {"agree": True, "checked": ["rate"], "message": "agree"},
-            "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "ok"}}
+    good = {
+        "convergence": {"verdict": "converged", "message": "converged"},
+        "psis": {"khat": 0.2, "verdict": "good", "ess": 900.0, "num_samples": 1000, "message": "k-hat 0.2"},
+        "psis_means": {"largest_shift_sd": 0.01, "message": "means move 0.01 sd"},
+        "reference": {"agree": True, "checked": ["rate"], "message": "agree"},
+        "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "ok"},
+    }
     checks = check_verdicts(good)
     assert list(checks) == ["convergence", "psis", "psis_means", "reference", "predictive"]
-    assert {k: v.status for k, v in checks.items()} == {"convergence": "ok", "psis": "ok", "psis_means": "info",
-                                                        "reference": "ok", "predictive": "ok"}
+    assert {k: v.status for k, v in checks.items()} == {
+        "convergence": "ok",
+        "psis": "ok",
+        "psis_means": "info",
+        "reference": "ok",
+        "predictive": "ok",
+    }
     assert all(v.advice == "" for v in checks.values())
-    assert {k: v.status for k, v in overall_verdicts(good).items()} == {"optimisation": "ok", "posterior": "ok",
-                                                                        "predictive": "ok"}
+    assert {k: v.status for k, v in overall_verdicts(good).items()} == {
+        "optimisation": "ok",
+        "posterior": "ok",
+        "predictive": "ok",
+    }
     cases = [  # (check, part, status): cautions and failures, each with one sentence of why and what to do
         ("convergence", {"verdict": "still improving", "message": "m"}, "caution"),
         ("convergence", {"verdict": "getting worse", "message": "m"}, "caution"),
@@ -535,7 +618,6 @@ def test_warnings_of_a_short_fit_say_what_to_do():
     assert any(w.startswith("SVI vs exact posterior") and "method='exact'" in w for w in report["warnings"])
 
 
-
 def _two_site_model(y):
     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
     sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
@@ -563,8 +645,9 @@ def test_khat_refuses_to_judge_a_point_mass_guide():
         vi_khat(_two_site_model, mixed, Y, param_state=fit.param_state, num_samples=200)
     normal = AutoNormal(_two_site_model)
     fit = run_svi(_two_site_model, normal, Y, num_steps=100, learning_rate=0.1)
-    assert np.isfinite(vi_khat(_two_site_model, normal, Y, param_state=fit.param_state, num_samples=200,
-                               warn=False).khat)
+    assert np.isfinite(
+        vi_khat(_two_site_model, normal, Y, param_state=fit.param_state, num_samples=200, warn=False).khat
+    )
     # Per row as well: a point-mass amortised guide would give every row constant ratios.
     x = torch.tensor(np.random.default_rng(1).normal(0.0, 1.4, size=40), dtype=torch.float32)
 
@@ -577,8 +660,8 @@ def test_khat_refuses_to_judge_a_point_mass_guide():
 
 
 def test_khat_refuses_a_subsampled_plate_and_judges_all_rows_without_it():
-    from pyro.infer.autoguide import AutoNormal
     from normal_models import normal_model
+    from pyro.infer.autoguide import AutoNormal
 
     y = torch.tensor(np.random.default_rng(4).normal(2.0, 1.0, size=200), dtype=torch.float32)
 
@@ -627,8 +710,17 @@ def test_sbc_refits_a_module_guide_from_its_initial_values():
         if step == 0:
             after_first_step.append(float(pyro.param("AutoNormal.locs.mu")))
 
-    sbc(_sbc_model, guide, y, num_simulations=4, num_posterior_samples=19, num_steps=30, learning_rate=0.1,
-        fit_kwargs={"callback": record}, seed=0)
+    sbc(
+        _sbc_model,
+        guide,
+        y,
+        num_simulations=4,
+        num_posterior_samples=19,
+        num_steps=30,
+        learning_rate=0.1,
+        fit_kwargs={"callback": record},
+        seed=0,
+    )
     # AutoNormal starts each loc at 0 (init_to_feasible) and Adam's first step moves it by the learning rate:
     # every refit starts where the first did, not from the previous simulation's (or the user's) fit.
     assert len(after_first_step) == 4 and abs(fitted) > 2
@@ -692,8 +784,9 @@ def test_ratios_equal_up_to_float32_rounding_are_an_exact_guide():
 
     x = torch.mm(torch.randn(30, 2), W_MM) + torch.randn(30, 3)
     # Here some exact row's rounded ratios have a tail of equal values, which ArviZ's Pareto fit refuses.
-    rows = vi_khat_rows(mm_free_model, make_mm_guide(0.2, wrong_rows=10), x, plate="row", num_samples=200, seed=4,
-                        warn=False)
+    rows = vi_khat_rows(
+        mm_free_model, make_mm_guide(0.2, wrong_rows=10), x, plate="row", num_samples=200, seed=4, warn=False
+    )
     assert (rows.khat[10:] == -np.inf).all() and np.median(rows.khat[:10]) > 0.7
 
 

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
+from browser import headless
 
 from bayesgen.cli import build_parser
-from browser import headless
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "docs" / "_build" / "html"
@@ -67,8 +67,8 @@ def test_cli_reference_lists_every_command_and_option_of_the_parser(site):
         assert start >= 0, f"the CLI reference has no section for 'bayesgen {name}'"
         starts.append(start)
     bounds = sorted(starts) + [len(text)]
-    for (name, sub), start in zip(commands, starts):
-        section = text[start:bounds[bounds.index(start) + 1]]
+    for (name, sub), start in zip(commands, starts, strict=True):
+        section = text[start : bounds[bounds.index(start) + 1]]
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
                 continue  # -h/--help is on every command; the reference leaves it out
@@ -95,8 +95,10 @@ def test_the_site_fetches_nothing_from_the_network(site):
                 continue  # a plain hyperlink-like <link> (canonical, search) loads nothing
             offenders.append(f"{path.relative_to(site)}: {tag[:80]}")
     for path in site.rglob("*.css"):
-        offenders += [f"{path.relative_to(site)}: {m}" for m in re.findall(r"url\(['\"]?(?:https?:)?//[^)]*\)",
-                                                                            path.read_text(errors="replace"))]
+        offenders += [
+            f"{path.relative_to(site)}: {m}"
+            for m in re.findall(r"url\(['\"]?(?:https?:)?//[^)]*\)", path.read_text(errors="replace"))
+        ]
     assert not offenders, offenders[:10]
 
 
@@ -104,8 +106,9 @@ def test_the_site_fetches_nothing_from_the_network(site):
 @pytest.mark.parametrize("page", ["index.html", "gallery/vae.html"])
 def test_pages_render_with_their_figures_in_a_browser_without_network(site, page):
     # The resolver maps every host to nowhere: a page that needed the network would lose pictures.
-    proc = headless("--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--dump-dom",
-                    (site / page).as_uri())
+    proc = headless(
+        "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000", "--dump-dom", (site / page).as_uri()
+    )
     body = re.search(r"<body([^>]*)>", proc.stdout)
     assert body, proc.stderr[-2000:]
     attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body.group(1)))

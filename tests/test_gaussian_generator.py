@@ -40,16 +40,20 @@ def digits_split():
 @pytest.mark.parametrize("covariance", ["diag", "full", "lowrank"])
 def test_model_and_guide_share_sites_and_log_prob_is_finite(covariance):
     X, y, _ = simulated(d=4)
-    gen = GaussianGenerator(covariance=covariance, rank=2, method="exact" if covariance == "full" else "svi",
-                            num_steps=2, average_last=0)
+    gen = GaussianGenerator(
+        covariance=covariance, rank=2, method="exact" if covariance == "full" else "svi", num_steps=2, average_last=0
+    )
     gen.fit(X, y)
     args, kwargs = gen._model_args()
     gtr = poutine.trace(guide).get_trace(*args, **kwargs)
     mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(*args, **kwargs)
 
     def latent(tr):
-        return {n for n, s in tr.nodes.items()
-                if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+        return {
+            n
+            for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        }
 
     assert latent(mtr) == latent(gtr)
     assert torch.isfinite(mtr.log_prob_sum()) and torch.isfinite(gtr.log_prob_sum())
@@ -68,8 +72,9 @@ def test_exact_posterior_concentrates_on_the_simulated_means():
 def test_svi_posterior_means_match_closed_form(covariance):
     # The guide starts with every class at the pooled statistics, away from the answer.
     X, y, _ = simulated()
-    svi = GaussianGenerator(covariance=covariance, num_steps=3000, learning_rate=0.05, batch_size=None,
-                            init="prior", seed=0).fit(X, y)
+    svi = GaussianGenerator(
+        covariance=covariance, num_steps=3000, learning_rate=0.05, batch_size=None, init="prior", seed=0
+    ).fit(X, y)
     z = (X - svi._shift) / svi._scale  # the model's standardised scale
     exact = exact_posterior(z, y, 3, covariance=covariance)
     p = svi.params_
@@ -78,8 +83,9 @@ def test_svi_posterior_means_match_closed_form(covariance):
     prec_svi = p["precision_shape"] / p["precision_rate"]
     np.testing.assert_allclose(prec_svi, exact["precision_mean"], rtol=0.08)
     weights = p["weights_concentration"] / p["weights_concentration"].sum()
-    np.testing.assert_allclose(weights, exact["weights_concentration"] / exact["weights_concentration"].sum(),
-                               atol=0.02)
+    np.testing.assert_allclose(
+        weights, exact["weights_concentration"] / exact["weights_concentration"].sum(), atol=0.02
+    )
 
 
 def test_shrinkage_lets_a_tiny_class_borrow_strength():
@@ -151,8 +157,9 @@ def test_digits_tstr_close_to_trtr_and_no_memorization(digits_split):
 
 def test_digits_lowrank_svi_fits_and_samples_look_like_their_class(digits_split):
     X_tr, X_te, y_tr, y_te = digits_split
-    gen = GaussianGenerator(covariance="lowrank", rank=8, num_steps=600, constant_features="keep", clip=(0, 1),
-                            seed=0).fit(X_tr, y_tr)
+    gen = GaussianGenerator(
+        covariance="lowrank", rank=8, num_steps=600, constant_features="keep", clip=(0, 1), seed=0
+    ).fit(X_tr, y_tr)
     assert gen.losses_[-50:].mean() < gen.losses_[:50].mean()
     # a classifier trained on real digits recognises the generated digits
     clf = default_classifier().fit(X_tr, y_tr)
@@ -186,8 +193,7 @@ def test_save_load_round_trip_and_gpu_free_load(tmp_path, digits_split):
     on_cpu = GaussianGenerator.load(tmp_path / "g", device="cpu")
     for name in gen.params_:
         np.testing.assert_allclose(on_cpu.params_[name], gen.params_[name], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(on_cpu.predict_proba(X_te[:20], seed=1), gen.predict_proba(X_te[:20], seed=1),
-                               atol=0.1)
+    np.testing.assert_allclose(on_cpu.predict_proba(X_te[:20], seed=1), gen.predict_proba(X_te[:20], seed=1), atol=0.1)
 
 
 # -------------------------------------------------------------- bad input
@@ -249,8 +255,9 @@ def test_class_low_rank_normal_matches_torch_low_rank_mvn():
     for i in range(n):
         c = idx[i]
         torch.testing.assert_close(rows[:, i].mean(0), loc[0, c], rtol=0, atol=0.06)
-        torch.testing.assert_close(torch.cov(rows[:, i].T), W[0, c] @ W[0, c].T + torch.diag(D[0, c]), rtol=0.05,
-                                   atol=0.08)
+        torch.testing.assert_close(
+            torch.cov(rows[:, i].T), W[0, c] @ W[0, c].T + torch.diag(D[0, c]), rtol=0.05, atol=0.08
+        )
 
 
 def test_class_multivariate_normal_matches_torch_mvn_from_precision():
@@ -415,8 +422,9 @@ def test_augmentation_helpers_check_their_inputs():
     with pytest.raises(ValueError, match="unlabelled has 3 feature columns, expected 4"):
         low_data_experiment(make, X, y, X, y, k_per_class=(5,), repeats=2, unlabelled=X[:, :3])
     assert fitted_with == []
-    table = low_data_experiment(make, X, y, X, y, k_per_class=(5,), n_synthetic_per_class=5, repeats=2,
-                                unlabelled=X[:30])
+    table = low_data_experiment(
+        make, X, y, X, y, k_per_class=(5,), n_synthetic_per_class=5, repeats=2, unlabelled=X[:30]
+    )
     assert len(table) == 2 and len(fitted_with) == 2
     assert all(u is not None and u.shape == (30, 4) for u in fitted_with)
 
@@ -463,8 +471,13 @@ def true_subspace_log_density(X, truth, weights=(1 / 3, 1 / 3, 1 / 3)):
     centred = X - truth["centre"]
     z = centred @ truth["basis"]
     r = centred - z @ truth["basis"].T
-    per_class = np.stack([np.log(w) + multivariate_normal(m, S).logpdf(z)
-                          for w, m, S in zip(weights, truth["means"], truth["covs"], strict=True)], axis=1)
+    per_class = np.stack(
+        [
+            np.log(w) + multivariate_normal(m, S).logpdf(z)
+            for w, m, S in zip(weights, truth["means"], truth["covs"], strict=True)
+        ],
+        axis=1,
+    )
     k = X.shape[1] - truth["basis"].shape[1]
     resid = -0.5 * ((r**2).sum(axis=1) / truth["noise_var"] + k * np.log(2 * np.pi * truth["noise_var"]))
     return logsumexp(per_class, axis=1) + resid
@@ -506,9 +519,21 @@ def test_subspace_model_recovers_the_simulated_parameters_and_density():
     gap = gen.score_samples(X_new) - true_subspace_log_density(X_new, truth)
     assert abs(gap.mean()) < 0.05 and np.abs(gap).max() < 1.0
     # Classification as good as the Bayes rule under the true parameters.
-    bayes = np.mean(np.argmax(np.stack([true_subspace_log_density(X_new, {**truth, "means": truth["means"][[c]],
-                                                                           "covs": truth["covs"][[c]]}, (1.0,))
-                                        for c in range(3)], axis=1), axis=1) == y_new)
+    bayes = np.mean(
+        np.argmax(
+            np.stack(
+                [
+                    true_subspace_log_density(
+                        X_new, {**truth, "means": truth["means"][[c]], "covs": truth["covs"][[c]]}, (1.0,)
+                    )
+                    for c in range(3)
+                ],
+                axis=1,
+            ),
+            axis=1,
+        )
+        == y_new
+    )
     assert np.mean(gen.predict(X_new) == y_new) >= bayes - 0.01
 
 
@@ -561,8 +586,9 @@ def test_subspace_with_other_covariances_and_svi_classifies(covariance):
 
 def test_subspace_save_load_and_older_files(tmp_path, digits_split, make_older):
     X_tr, X_te, y_tr, _ = digits_split
-    gen = GaussianGenerator(covariance="full", method="exact", subspace=20, constant_features="keep",
-                            clip=(0, 16)).fit(X_tr, y_tr)
+    gen = GaussianGenerator(covariance="full", method="exact", subspace=20, constant_features="keep", clip=(0, 16)).fit(
+        X_tr, y_tr
+    )
     gen.save(tmp_path / "g")
     loaded = GaussianGenerator.load(tmp_path / "g", device=gen.device_)
     assert loaded.subspace == 20
@@ -588,7 +614,8 @@ def test_subspace_errors_are_clear():
         GaussianGenerator(covariance="full", method="exact", subspace=8).fit(X, y)
     with pytest.raises(ValueError, match="subspace=5 .*4 training rows"):
         GaussianGenerator(covariance="diag", method="exact", subspace=5, constant_features="keep").fit(
-            np.c_[X[[0, 1, 10, 11]], X[[0, 1, 10, 11]]][:, :16], y[[0, 1, 10, 11]])
+            np.c_[X[[0, 1, 10, 11]], X[[0, 1, 10, 11]]][:, :16], y[[0, 1, 10, 11]]
+        )
     with pytest.raises(ValueError, match="rank=3 must be below the 3 principal components"):
         GaussianGenerator(covariance="lowrank", rank=3, subspace=3).fit(X, y)
     flat = np.c_[X[:, :2], X[:, :2] * 2, X[:, :2] - 1]  # rank 2 in 6 features
@@ -625,7 +652,8 @@ def test_unlabelled_rows_find_the_subspace_that_few_labelled_rows_miss():
 
     alone = GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X[few], y[few])
     helped = GaussianGenerator(covariance="diag", method="exact", subspace=3, unlabelled_iterations=0).fit(
-        X[few], y[few], unlabelled=X[rest])
+        X[few], y[few], unlabelled=X[rest]
+    )
     assert error(helped) < 0.2 and error(helped) < error(alone) / 3
     assert helped.subspace_["residual_variance"] == pytest.approx(0.5, rel=0.05)
     assert helped.class_counts_.tolist() == [5, 5, 5]
@@ -680,8 +708,12 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
     post, xu = tree.posterior, tree.observed_data["x_unlabelled"].values
     assert xu.shape == (len(rest), 2) and tree.posterior_predictive["x_unlabelled"].shape == (2, 5, len(rest), 2)
     w, loc, prec = (post[k].values.reshape(10, *post[k].shape[2:]) for k in ("weights", "loc", "precision"))
-    comp = np.stack([[stats.multivariate_normal(loc[s, c], np.linalg.inv(prec[s, c])).logpdf(xu) for c in (0, 1)]
-                     for s in range(10)])
+    comp = np.stack(
+        [
+            [stats.multivariate_normal(loc[s, c], np.linalg.inv(prec[s, c])).logpdf(xu) for c in (0, 1)]
+            for s in range(10)
+        ]
+    )
     truth = logsumexp(np.log(w)[:, :, None] + comp, axis=1)
     np.testing.assert_allclose(tree.log_likelihood["x_unlabelled"].values.reshape(10, -1), truth, rtol=1e-9, atol=1e-9)
     assert np.isfinite(em.vi_diagnostic(num_samples=100, warn=False).khat)
@@ -691,7 +723,8 @@ def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
     assert loaded._model_args()[1]["x_unlabelled"].shape == (len(rest), 2)
     # A smaller weight keeps the fit closer to the labelled rows; 0 passes use the rows for nothing.
     light = GaussianGenerator(covariance="full", method="exact", unlabelled_weight=0.001).fit(
-        X[few], y[few], unlabelled=X[rest])
+        X[few], y[few], unlabelled=X[rest]
+    )
     assert mean_error(em) < mean_error(light) < mean_error(alone) + 1e-9
 
 
@@ -706,12 +739,16 @@ def test_full_predictive_log_prob_is_the_multivariate_t():
     c, d = 3, 5
     a = torch.randn(c, d, d, generator=gen, dtype=torch.float64)
     tril = torch.linalg.cholesky(a @ a.transpose(-1, -2) + torch.eye(d, dtype=torch.float64))
-    pred = {"weights": torch.tensor([2.0, 5.0, 3.0], dtype=torch.float64),
-            "loc": torch.randn(c, d, generator=gen, dtype=torch.float64),
-            "df": torch.tensor([1.5, 4.0, 30.0], dtype=torch.float64), "scale_tril": tril}
+    pred = {
+        "weights": torch.tensor([2.0, 5.0, 3.0], dtype=torch.float64),
+        "loc": torch.randn(c, d, generator=gen, dtype=torch.float64),
+        "df": torch.tensor([1.5, 4.0, 30.0], dtype=torch.float64),
+        "scale_tril": tril,
+    }
     x = 3.0 * torch.randn(40, d, generator=gen, dtype=torch.float64)
     truth = dist.MultivariateStudentT(pred["df"], pred["loc"], tril).log_prob(x.unsqueeze(-2)) + torch.log(
-        pred["weights"] / 10.0)
+        pred["weights"] / 10.0
+    )
     torch.testing.assert_close(_predictive_joint_log_prob(pred, "full", x), truth, rtol=1e-10, atol=1e-10)
 
 
@@ -791,13 +828,15 @@ def test_one_labelled_row_per_class():
         warnings.simplefilter("error")  # two rows in one class: no warning
         GaussianGenerator(covariance="full", method="exact").fit(X[[0, 1, 1500]], y[[0, 1, 1500]])
         em = GaussianGenerator(covariance="full", method="exact", unlabelled_iterations=300).fit(
-            X[few], y[few], unlabelled=X[rest])
+            X[few], y[few], unlabelled=X[rest]
+        )
     assert em.unlabelled_converged_ and np.abs(em.class_means().to_numpy() - means).max() < 0.1
     X_test, y_test, _, _ = two_gaussian_classes(2000, seed=2)
     bayes = np.argmax([stats.multivariate_normal(m, cov).logpdf(X_test) for m in means], axis=0)
     assert np.mean(em.predict(X_test) == y_test) > np.mean(bayes == y_test) - 0.01
     short = GaussianGenerator(covariance="full", method="exact", unlabelled_iterations=3).fit(
-        X[few], y[few], unlabelled=X[rest])
+        X[few], y[few], unlabelled=X[rest]
+    )
     assert short.unlabelled_converged_ is False and len(short.unlabelled_history_) == 4
 
 
@@ -810,8 +849,9 @@ def test_soft_rows_with_one_hot_weights_are_labelled_rows():
     pooled = pooled_statistics(X, y, 2)
     for covariance in ("diag", "full"):
         hard = exact_posterior(X, y, 2, covariance=covariance, pooled=pooled)
-        soft = exact_posterior(X[first], y[first], 2, covariance=covariance, pooled=pooled,
-                               extra=(X[second], np.eye(2)[y[second]]))
+        soft = exact_posterior(
+            X[first], y[first], 2, covariance=covariance, pooled=pooled, extra=(X[second], np.eye(2)[y[second]])
+        )
         for key in hard:
             np.testing.assert_allclose(soft[key], hard[key], rtol=1e-9, atol=1e-12, err_msg=f"{covariance} {key}")
 
@@ -823,8 +863,14 @@ def test_unlabelled_rows_are_checked():
         GaussianGenerator(covariance="diag", method="exact", unlabelled_iterations=0).fit(X, y, unlabelled=X)
     with pytest.raises(ValueError, match="learning from unlabelled rows \\(EM\\) needs method='exact'"):
         GaussianGenerator(covariance="lowrank", rank=2, num_steps=5).fit(X, y, unlabelled=X)
-    for name, value in (("unlabelled_iterations", -1), ("unlabelled_iterations", 2.5), ("unlabelled_weight", 0.0),
-                        ("unlabelled_weight", "high"), ("unlabelled_weight", -1.0), ("unlabelled_weight", None)):
+    for name, value in (
+        ("unlabelled_iterations", -1),
+        ("unlabelled_iterations", 2.5),
+        ("unlabelled_weight", 0.0),
+        ("unlabelled_weight", "high"),
+        ("unlabelled_weight", -1.0),
+        ("unlabelled_weight", None),
+    ):
         with pytest.raises((ValueError, TypeError), match=name):
             GaussianGenerator(covariance="diag", method="exact", **{name: value}).fit(X, y, unlabelled=X)
     with pytest.raises(ValueError, match="unlabelled"):
@@ -835,9 +881,11 @@ def test_unlabelled_rows_are_checked():
         GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(X, y, unlabelled=bad)
     with pytest.raises(ValueError, match="unlabelled lacks feature columns"):
         GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(
-            frame.assign(y=y), label="y", unlabelled=frame.drop(columns="c"))
+            frame.assign(y=y), label="y", unlabelled=frame.drop(columns="c")
+        )
     gen = GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(
-        frame.assign(y=y), label="y", unlabelled=frame[list("hgfedcba")])  # columns matched by name
+        frame.assign(y=y), label="y", unlabelled=frame[list("hgfedcba")]
+    )  # columns matched by name
     ref = GaussianGenerator(covariance="diag", method="exact", subspace=2).fit(X, y, unlabelled=X)
     np.testing.assert_allclose(np.abs(gen.subspace_["basis"]), np.abs(ref.subspace_["basis"]), atol=1e-10)
 
@@ -871,8 +919,9 @@ def test_chunked_full_predictive_equals_the_per_row_multivariate_t(monkeypatch):
     monkeypatch.setattr(gg, "_CHUNK_ELEMENTS", 4 * x.shape[1] * 3)
     chunked = gg._predictive_joint_log_prob(pred, "full", x)
     log_w = torch.log(pred["weights"] / pred["weights"].sum())
-    truth = torch.stack([dist.MultivariateStudentT(pred["df"], pred["loc"], pred["scale_tril"]).log_prob(row) + log_w
-                         for row in x])
+    truth = torch.stack(
+        [dist.MultivariateStudentT(pred["df"], pred["loc"], pred["scale_tril"]).log_prob(row) + log_w for row in x]
+    )
     assert chunked.dtype == torch.float64
     torch.testing.assert_close(chunked, truth, rtol=1e-12, atol=1e-12)
 
@@ -892,8 +941,9 @@ def test_chunked_lowrank_draws_equal_the_per_row_low_rank_normal(monkeypatch):
     x = torch.as_tensor(xv, dtype=torch.float64)
     per_draw = []
     for s in range(4):
-        fn = dist.LowRankMultivariateNormal(draws["loc"][s].double(), draws["cov_factor"][s].double(),
-                                            draws["cov_diag"][s].double())
+        fn = dist.LowRankMultivariateNormal(
+            draws["loc"][s].double(), draws["cov_factor"][s].double(), draws["cov_diag"][s].double()
+        )
         per_draw.append(torch.stack([fn.log_prob(row) for row in x]) + draws["weights"][s].double().log())
     truth = torch.logsumexp(torch.stack(per_draw), 0) - np.log(4)
     torch.testing.assert_close(joint.double(), truth, rtol=1e-5, atol=1e-4)

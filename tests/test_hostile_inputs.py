@@ -17,9 +17,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from saved_models import resign
 
 from bayesgen import cli
-from saved_models import resign
 
 CSV_DUPLICATE_HEADER = "arm,arm,clicked\na,b,1\na,b,0\n"
 
@@ -85,12 +85,14 @@ def test_array_pickles_load_and_anything_else_is_refused(tmp_path):
             read_array_pickle(plain)
         assert "\n" not in str(info.value)
     assert not marker.exists()
-    for data, fragment in ((b"\x1f\x8b" + b"\0" * 20, "not a readable pickle"), (b"garbage", "not a readable pickle"),
-                           (pickle.dumps([1, 2]), "not an MNIST pickle")):
+    for data, fragment in (
+        (b"\x1f\x8b" + b"\0" * 20, "not a readable pickle"),
+        (b"garbage", "not a readable pickle"),
+        (pickle.dumps([1, 2]), "not an MNIST pickle"),
+    ):
         plain.write_bytes(data)
         with pytest.raises(ValueError, match=fragment):
             load_mnist(plain)
-
 
 
 def _plant_payload(folder: pathlib.Path, marker: pathlib.Path) -> None:
@@ -111,8 +113,9 @@ def test_a_model_file_holding_objects_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(ModelFileError) as info:
         BayesianEstimator.load(folder)
     message = str(info.value)
-    assert message == (f"{folder / 'tensors.pt'} is not a bayesgen model file (it holds objects other than "
-                       "tensors); it was not loaded")
+    assert message == (
+        f"{folder / 'tensors.pt'} is not a bayesgen model file (it holds objects other than tensors); it was not loaded"
+    )
     code, err = run_cli(["diagnose", tmp_path / "run"], capsys)
     assert_one_line_error(code, err, "is not a bayesgen model file (it holds objects other than tensors)")
 
@@ -148,22 +151,40 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
     (root / "dup.csv").write_text(CSV_DUPLICATE_HEADER)
     X, y = load_digits(return_X_y=True)
     digits = root / "digits.csv"
-    np.savetxt(digits, np.c_[X, y], delimiter=",", fmt="%g", comments="",
-               header=",".join([f"p{j}" for j in range(64)] + ["digit"]))
+    np.savetxt(
+        digits,
+        np.c_[X, y],
+        delimiter=",",
+        fmt="%g",
+        comments="",
+        header=",".join([f"p{j}" for j in range(64)] + ["digit"]),
+    )
     (root / "small.csv").write_text("a,b,label\n" + "".join(f"{i % 7},{i % 5},{i % 2}\n" for i in range(20)))
     deep = 100_000
-    (root / "deep.toml").write_text('[run]\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
-                                    f"[model]\nprior = {'[' * deep}{']' * deep}\n")
-    ab_spec = ('[run]\nname = "{name}"\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
-               'format = "counts"\nvariant_col = "variant"\nsuccesses_col = "successes"\ntrials_col = "trials"\n'
-               '[inference]\nmethod = "exact"\n')
+    (root / "deep.toml").write_text(
+        '[run]\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
+        f"[model]\nprior = {'[' * deep}{']' * deep}\n"
+    )
+    ab_spec = (
+        '[run]\nname = "{name}"\nmodel = "ab_test"\n[data]\nsource = "bundled:resume_callbacks.csv"\n'
+        'format = "counts"\nvariant_col = "variant"\nsuccesses_col = "successes"\ntrials_col = "trials"\n'
+        '[inference]\nmethod = "exact"\n'
+    )
     (root / "ab.toml").write_text(ab_spec.format(name="ab"))
     (root / "outside.toml").write_text(ab_spec.format(name="../../../outside"))
     (root / "absolute.toml").write_text(ab_spec.format(name=str(root / "abs")))
     (root / "taken.csv").write_text("already here\n")
-    return {"root": root, "run": run, "evil_run": evil_run, "shared": shared, "digits": digits,
-            "small": root / "small.csv", "dup": root / "dup.csv", "deep": root / "deep.toml",
-            "evil_spec": write_vae_spec(root / "evil.toml", "mnist:evil.pkl.gz")}
+    return {
+        "root": root,
+        "run": run,
+        "evil_run": evil_run,
+        "shared": shared,
+        "digits": digits,
+        "small": root / "small.csv",
+        "dup": root / "dup.csv",
+        "deep": root / "deep.toml",
+        "evil_spec": write_vae_spec(root / "evil.toml", "mnist:evil.pkl.gz"),
+    }
 
 
 AB = ["abtest", "5/10", "3/10", "--quiet", "--method", "exact"]
@@ -175,8 +196,11 @@ HUGE_SEED = "99999999999999999999999"
 
 CLI_ROWS = [
     # code execution
-    (["fit", "{evil_spec}", "--out", "{root}/never", "--quiet"], "holds a pickled pathlib.Path.touch, which bayesgen "
-     "will not load: only NumPy arrays, tuples and lists are read from pickles"),
+    (
+        ["fit", "{evil_spec}", "--out", "{root}/never", "--quiet"],
+        "holds a pickled pathlib.Path.touch, which bayesgen "
+        "will not load: only NumPy arrays, tuples and lists are read from pickles",
+    ),
     (["reproduce", "{shared}", "--out", "{root}/never", "--quiet"], "which bayesgen will not load"),
     (["diagnose", "{evil_run}"], "is not a bayesgen model file (it holds objects other than tensors)"),
     # nothing lost or half-written (the full-disk, concurrent-writer and interrupt cases are in test_io.py)
@@ -191,16 +215,21 @@ CLI_ROWS = [
     (["fit", "{deep}", "--out", "{root}/never"], "nested too deeply"),
     ([*AB, "--prior", "1e-300,1e-300"], "prior parameters must be in [0.001, 1e+06]"),
     ([*DIAGNOSE, "--device", "meta"], "device='meta' is not supported"),
-    pytest.param([*DIAGNOSE, "--device", "cuda"], "no CUDA GPU is available",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available here")),
+    pytest.param(
+        [*DIAGNOSE, "--device", "cuda"],
+        "no CUDA GPU is available",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is available here"),
+    ),
     ([*AB, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
     ([*AUGMENT, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
     ([*ANOMALY, "--seed", "-1"], "--seed must be an integer in [0, 4294967295]"),
     ([*DIAGNOSE, "--seed", HUGE_SEED], "--seed must be an integer in [0, 4294967295]"),
     ([*AB, "--names", ",b"], "variant names must not be blank"),
     ([*AB, "--names", "a,a"], "variant names must be unique"),
-    (["abtest", "--csv", "{dup}", "--variant-col", "arm", "--outcome-col", "clicked", "--quiet"],
-     "names columns more than once in its header: ['arm']"),
+    (
+        ["abtest", "--csv", "{dup}", "--variant-col", "arm", "--outcome-col", "clicked", "--quiet"],
+        "names columns more than once in its header: ['arm']",
+    ),
     (["anomaly", "--csv", "{dup}", "--out", "{root}/never.csv"], "names columns more than once"),
     ([*DIAGNOSE, "--sbc", "-1"], "--sbc must be an integer >= 0"),
     ([*DIAGNOSE, "--nuts-samples", "0"], "--nuts-samples must be an integer >= 2"),
@@ -221,8 +250,21 @@ CLI_ROWS = [
     ([*REPRODUCE, "--tolerance", "-1"], "--tolerance must be a finite number >= 0"),
     ([*REPRODUCE, "--rtol", "inf"], "--rtol must be a finite number >= 0"),
     (["abtest", "--method", "nope"], "invalid choice: 'nope'"),
-    (["augment", "--csv", "{digits}", "--label", "digit", "--out", "{root}/never.csv", "--n-per-class",
-      "1000000000", "--quiet"], "--n-per-class 1000000000 asks for 10 classes × 1e+09 rows × 64 columns"),
+    (
+        [
+            "augment",
+            "--csv",
+            "{digits}",
+            "--label",
+            "digit",
+            "--out",
+            "{root}/never.csv",
+            "--n-per-class",
+            "1000000000",
+            "--quiet",
+        ],
+        "--n-per-class 1000000000 asks for 10 classes × 1e+09 rows × 64 columns",
+    ),
 ]
 
 
@@ -303,8 +345,11 @@ API_ROWS = [
     (_ab(seed=10**23), ValueError, "seed must be an integer in [0, 4294967295]"),
     (_ab(names=[" ", "b"]), ValueError, "variant names must not be blank"),
     (_augment_huge, MemoryError, "n_per_class=1000000000000 asks for 2 classes"),
-    (lambda files: __import__("bayesgen.datasets").datasets.read_csv(files["dup"]), ValueError,
-     "names columns more than once"),
+    (
+        lambda files: __import__("bayesgen.datasets").datasets.read_csv(files["dup"]),
+        ValueError,
+        "names columns more than once",
+    ),
     (lambda files: __import__("bayesgen.specs").specs.load_spec(files["deep"]), ValueError, "nested too deeply"),
 ]
 
@@ -327,9 +372,14 @@ def test_the_command_line_seed_limit_is_the_library_one(capsys):
     assert f"--seed must be an integer in [0, {MAX_SEED}]" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("setting", "fragment"), [({"sbc_simulations": -1}, "sbc_simulations must be an integer >= 0"),
-                                                   ({"nuts_samples": 0}, "nuts_samples must be an integer >= 2"),
-                                                   ({"sbc_steps": 0}, "sbc_steps must be an integer >= 1")])
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ({"sbc_simulations": -1}, "sbc_simulations must be an integer >= 0"),
+        ({"nuts_samples": 0}, "nuts_samples must be an integer >= 2"),
+        ({"sbc_steps": 0}, "sbc_steps must be an integer >= 1"),
+    ],
+)
 def test_write_diagnostics_refuses_bad_counts_before_writing(setting, fragment, files, tmp_path):
     from bayesgen.diagnostics import write_diagnostics
     from bayesgen.models import BayesianEstimator

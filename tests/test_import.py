@@ -51,10 +51,17 @@ def test_import_bayesgen_loads_no_torch_until_a_name_is_used():
 
 def test_a_saved_model_loads_before_its_module_is_imported(tmp_path):
     # BayesianEstimator.load in a fresh interpreter: the estimator's module has not been imported yet.
-    save = f"from bayesgen import BetaBinomialTest; BetaBinomialTest(method='exact').fit([3, 4], [10, 10]).save({str(tmp_path / 'm')!r})"
+    folder = str(tmp_path / "m")
+    save = (
+        "from bayesgen import BetaBinomialTest; "
+        f"BetaBinomialTest(method='exact').fit([3, 4], [10, 10]).save({folder!r})"
+    )
     subprocess.run([sys.executable, "-c", save], check=True, cwd=ROOT, timeout=300, capture_output=True)
-    load = ("import sys; from bayesgen.models import BayesianEstimator; "
-            f"m = BayesianEstimator.load({str(tmp_path / 'm')!r}); print(type(m).__name__, 'bayesgen.models.ab_test' in sys.modules)")
+    load = (
+        "import sys; from bayesgen.models import BayesianEstimator; "
+        f"m = BayesianEstimator.load({folder!r}); "
+        "print(type(m).__name__, 'bayesgen.models.ab_test' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["BetaBinomialTest", "True"]

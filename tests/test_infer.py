@@ -30,8 +30,16 @@ from normal_models import exact_normal_posterior, normal_guide, normal_model  # 
 
 
 def test_loss_falls_and_reaches_exact_posterior():
-    result = run_svi(normal_model, normal_guide, Y, num_steps=1500, learning_rate=0.1,
-                     lr_schedule="cosine", final_lr_factor=0.01, seed=0)
+    result = run_svi(
+        normal_model,
+        normal_guide,
+        Y,
+        num_steps=1500,
+        learning_rate=0.1,
+        lr_schedule="cosine",
+        final_lr_factor=0.01,
+        seed=0,
+    )
     assert result.losses[-100:].mean() < result.losses[:100].mean()
     mean, sd = exact_normal_posterior(Y)
     with param_scope(result.param_state):
@@ -104,8 +112,18 @@ def test_minibatch_elbo_scaling_is_unbiased():
 
 
 def test_minibatch_fit_matches_full_batch_posterior():
-    result = run_svi(normal_model, normal_guide, Y, num_steps=1500, learning_rate=0.1,
-                     lr_schedule="cosine", final_lr_factor=0.01, batch_size=40, data_size=N, seed=0)
+    result = run_svi(
+        normal_model,
+        normal_guide,
+        Y,
+        num_steps=1500,
+        learning_rate=0.1,
+        lr_schedule="cosine",
+        final_lr_factor=0.01,
+        batch_size=40,
+        data_size=N,
+        seed=0,
+    )
     mean, sd = exact_normal_posterior(Y)
     loc = result.param_state["params"]["loc"].item()
     assert loc == pytest.approx(mean, abs=0.3 * sd)
@@ -124,8 +142,7 @@ def test_index_batches_cover_every_row_once_per_epoch_and_shard_disjointly():
 
 def test_convergence_check_stops_early():
     check = ConvergenceCheck(window=50, rtol=1e-3, patience=2, noise=0.0)
-    result = run_svi(normal_model, normal_guide, Y, num_steps=5000, learning_rate=0.05,
-                     convergence=check, seed=0)
+    result = run_svi(normal_model, normal_guide, Y, num_steps=5000, learning_rate=0.05, convergence=check, seed=0)
     assert result.converged and result.stop_reason == "converged"
     assert result.num_steps < 5000
     flat = np.r_[np.linspace(100, 10, 300), np.full(400, 10.0)]
@@ -160,8 +177,7 @@ def test_non_finite_stops_with_step_and_keeps_last_good_params(tmp_path, bad_val
 
     ckpt = tmp_path / "fit.ckpt"
     with pytest.raises(NonFiniteLossError, match="step 5") as info:
-        run_svi(exploding_model, normal_guide, Y, num_steps=100, seed=0, callback=remember,
-                checkpoint=ckpt)
+        run_svi(exploding_model, normal_guide, Y, num_steps=100, seed=0, callback=remember, checkpoint=ckpt)
     err = info.value
     # the runner traces the model once to create parameters, so the 7th call is step 5
     assert err.step == 5 and len(err.losses) == 5
@@ -182,14 +198,14 @@ def test_stop_and_resume_reproduces_a_straight_run(tmp_path, schedule):
     ckpt = tmp_path / "run.ckpt"
     opts = dict(num_steps=60, seed=5, batch_size=40, data_size=N, lr_schedule=schedule)
     straight = run_svi(normal_model, normal_guide, Y, **opts)
-    first = run_svi(normal_model, normal_guide, Y, **opts, checkpoint=ckpt,
-                    callback=lambda step, loss: step == 29)
+    first = run_svi(normal_model, normal_guide, Y, **opts, checkpoint=ckpt, callback=lambda step, loss: step == 29)
     assert first.stop_reason == "callback" and first.num_steps == 30
     resumed = run_svi(normal_model, normal_guide, Y, **opts, checkpoint=ckpt, resume=True)
     assert resumed.num_steps == 60
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
-    np.testing.assert_allclose(resumed.param_state["params"]["loc"].item(),
-                               straight.param_state["params"]["loc"].item(), rtol=1e-6)
+    np.testing.assert_allclose(
+        resumed.param_state["params"]["loc"].item(), straight.param_state["params"]["loc"].item(), rtol=1e-6
+    )
 
 
 def test_keyboard_interrupt_leaves_a_usable_checkpoint(tmp_path):
@@ -207,8 +223,11 @@ def test_keyboard_interrupt_leaves_a_usable_checkpoint(tmp_path):
     np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-6)
 
 
-@pytest.mark.parametrize("error", [TorchOutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   KeyboardInterrupt()], ids=["out_of_memory", "ctrl_c"])
+@pytest.mark.parametrize(
+    "error",
+    [TorchOutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), KeyboardInterrupt()],
+    ids=["out_of_memory", "ctrl_c"],
+)
 @pytest.mark.parametrize("minibatch", [False, True], ids=["full_batch", "minibatch"])
 def test_a_step_stopped_halfway_is_redone_exactly_on_resume(tmp_path, error, minibatch):
     """Out of memory (or Ctrl-C) inside a step, after the guide's draw and the batch were taken: the
@@ -246,8 +265,15 @@ def test_out_of_memory_between_steps_keeps_every_step_and_other_errors_write_not
     # Any other error is not about memory: no checkpoint is written for it.
     other = tmp_path / "other.ckpt"
     with pytest.raises(RuntimeError, match="unrelated"):
-        run_svi(normal_model, normal_guide, Y, num_steps=100, seed=0, checkpoint=other,
-                callback=lambda step, loss: (_ for _ in ()).throw(RuntimeError("unrelated")))
+        run_svi(
+            normal_model,
+            normal_guide,
+            Y,
+            num_steps=100,
+            seed=0,
+            checkpoint=other,
+            callback=lambda step, loss: (_ for _ in ()).throw(RuntimeError("unrelated")),
+        )
     assert not other.exists()
 
 
@@ -264,8 +290,16 @@ def test_before_step_sees_every_step_index_and_a_resumed_run_continues_the_count
         run_svi(normal_model, normal_guide, Y, num_steps=12, seed=0, checkpoint=ckpt, before_step=record_and_stop_at_7)
     assert seen == list(range(8))  # steps 0-6 ran; step 7 was interrupted before it started
     resumed_steps = []
-    result = run_svi(normal_model, normal_guide, Y, num_steps=12, seed=0, checkpoint=ckpt, resume=True,
-                     before_step=resumed_steps.append)
+    result = run_svi(
+        normal_model,
+        normal_guide,
+        Y,
+        num_steps=12,
+        seed=0,
+        checkpoint=ckpt,
+        resume=True,
+        before_step=resumed_steps.append,
+    )
     assert resumed_steps == list(range(7, 12)) and result.num_steps == 12
 
 
@@ -291,8 +325,17 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
 
 
 def test_jit_and_enum_losses_and_bad_options():
-    result = run_svi(normal_model, normal_guide, Y, num_steps=200, learning_rate=0.05, loss="jit_trace",
-                     batch_size=50, data_size=N, seed=0)
+    result = run_svi(
+        normal_model,
+        normal_guide,
+        Y,
+        num_steps=200,
+        learning_rate=0.05,
+        loss="jit_trace",
+        batch_size=50,
+        data_size=N,
+        seed=0,
+    )
     assert result.losses[-20:].mean() < result.losses[:20].mean()
     with pytest.raises(ValueError, match="max_plate_nesting"):
         run_svi(normal_model, normal_guide, Y, num_steps=1, loss="trace_enum")
@@ -318,8 +361,9 @@ def test_enumerated_discrete_site_runs_with_trace_enum():
         conc = pyro.param("conc", torch.ones(2), constraint=constraints.positive)
         pyro.sample("weights", dist.Dirichlet(conc))
 
-    result = run_svi(mix_model, mix_guide, data, num_steps=300, learning_rate=0.05, loss="trace_enum",
-                     max_plate_nesting=1, seed=0)
+    result = run_svi(
+        mix_model, mix_guide, data, num_steps=300, learning_rate=0.05, loss="trace_enum", max_plate_nesting=1, seed=0
+    )
     locs = sorted(result.param_state["params"]["locs"].tolist())
     assert locs[0] == pytest.approx(-2.0, abs=0.2) and locs[1] == pytest.approx(2.0, abs=0.2)
 
@@ -327,8 +371,7 @@ def test_enumerated_discrete_site_runs_with_trace_enum():
 def test_learning_rate_schedule_decays():
     from bayesgen.infer import make_optimizer
 
-    optim = make_optimizer("adam", learning_rate=0.1, lr_schedule="exponential", final_lr_factor=0.01,
-                           num_steps=100)
+    optim = make_optimizer("adam", learning_rate=0.1, lr_schedule="exponential", final_lr_factor=0.01, num_steps=100)
     run_svi(normal_model, normal_guide, Y, num_steps=100, optimizer=optim, seed=0)
     lrs = [s.get_last_lr()[0] for s in optim.optim_objs.values()]
     assert lrs and all(lr == pytest.approx(0.001, rel=1e-3) for lr in lrs)
@@ -339,8 +382,19 @@ def test_runs_on_cuda_tensors():
     # normal_model/normal_guide are written as in Pyro's tutorials: dist.Normal(0.0, 10.0) and
     # torch.tensor(-3.0) name no device. The runner creates such tensors on the data's GPU for the run
     # (without that, this model fails with "found at least two devices, cuda:0 and cpu": checked below).
-    result = run_svi(normal_model, normal_guide, Y, num_steps=1500, learning_rate=0.1, lr_schedule="cosine",
-                     final_lr_factor=0.01, device="cuda", batch_size=40, data_size=N, seed=0)
+    result = run_svi(
+        normal_model,
+        normal_guide,
+        Y,
+        num_steps=1500,
+        learning_rate=0.1,
+        lr_schedule="cosine",
+        final_lr_factor=0.01,
+        device="cuda",
+        batch_size=40,
+        data_size=N,
+        seed=0,
+    )
     assert result.device.type == "cuda"
     assert result.param_state["params"]["loc"].device.type == "cuda"
     mean, sd = exact_normal_posterior(Y)
@@ -348,8 +402,7 @@ def test_runs_on_cuda_tensors():
     # The ArviZ bridge draws from the same model on the GPU.
     from bayesgen.arviz import to_datatree
 
-    tree = to_datatree(normal_model, normal_guide, Y, param_state=result.param_state, device="cuda",
-                       num_samples=500)
+    tree = to_datatree(normal_model, normal_guide, Y, param_state=result.param_state, device="cuda", num_samples=500)
     assert tree["log_likelihood"]["y"].shape == (4, 125, N)
     assert float(tree["posterior"]["mu"].mean()) == pytest.approx(mean, abs=0.5 * sd)
     # Without the scope (device_scope=False, for models known to be device-clean) the same model fails.
@@ -358,8 +411,9 @@ def test_runs_on_cuda_tensors():
     # So do the k-hat diagnostics, on the data's device by default.
     from bayesgen.diagnostics import vi_khat
 
-    diag = vi_khat(normal_model, normal_guide, Y.to("cuda"), param_state=result.param_state, num_samples=500,
-                   warn=False)
+    diag = vi_khat(
+        normal_model, normal_guide, Y.to("cuda"), param_state=result.param_state, num_samples=500, warn=False
+    )
     assert diag.verdict in ("good", "usable"), diag.message()
 
 
@@ -441,13 +495,19 @@ def test_minibatch_settings_that_do_not_match_the_model_are_named():
 def test_non_finite_data_and_parameters_are_named_in_the_error():
     bad = Y.clone()
     bad[7] = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"the observed data at site 'y' are not finite \(1 of 400 "
-                                                 r"entries, e.g. nan\).*keep the values they started with.*"
-                                                 r"Check the data") as info:
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the observed data at site 'y' are not finite \(1 of 400 "
+        r"entries, e.g. nan\).*keep the values they started with.*"
+        r"Check the data",
+    ) as info:
         run_svi(normal_model, normal_guide, bad, num_steps=5)
     assert (info.value.site, info.value.origin) == ("y", "data")
-    with pytest.raises(NonFiniteLossError, match=r"the guide's distribution at site 'mu' has parameter\(s\) \['scale'\]"
-                                                 r".*smaller learning_rate") as info:
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"the guide's distribution at site 'mu' has parameter\(s\) \['scale'\]"
+        r".*smaller learning_rate",
+    ) as info:
         run_svi(normal_model, normal_guide, Y, num_steps=20, learning_rate=1e30)
     assert (info.value.site, info.value.origin) == ("mu", "guide")
 
@@ -505,8 +565,17 @@ def test_a_plate_that_draws_its_own_minibatch_runs_as_it_is_and_refuses_batch_si
     def guide(y):
         normal_guide(y)
 
-    result = run_svi(model, guide, Y, num_steps=600, learning_rate=0.1, lr_schedule="cosine",
-                     final_lr_factor=0.01, average_last=200, seed=0)
+    result = run_svi(
+        model,
+        guide,
+        Y,
+        num_steps=600,
+        learning_rate=0.1,
+        lr_schedule="cosine",
+        final_lr_factor=0.01,
+        average_last=200,
+        seed=0,
+    )
     mean, sd = exact_normal_posterior(Y)
     # 40 of 400 rows per step: the row sampling moves each step's optimum by several posterior sds, and the
     # average of the last 200 iterates keeps it within one.
@@ -533,8 +602,20 @@ def test_a_model_of_pre_sliced_batches_runs_with_batch_args():
         seen.append(idx)
         return Y[idx], idx
 
-    result = run_svi(model, guide, num_steps=600, learning_rate=0.1, lr_schedule="cosine", final_lr_factor=0.01,
-                     batch_size=40, data_size=N, batch_args=batch_args, full_size=N, average_last=200, seed=0)
+    result = run_svi(
+        model,
+        guide,
+        num_steps=600,
+        learning_rate=0.1,
+        lr_schedule="cosine",
+        final_lr_factor=0.01,
+        batch_size=40,
+        data_size=N,
+        batch_args=batch_args,
+        full_size=N,
+        average_last=200,
+        seed=0,
+    )
     mean, sd = exact_normal_posterior(Y)
     assert result.params["loc"] == pytest.approx(mean, abs=0.3 * sd)
     assert all(len(idx) == 40 for idx in seen) and sorted(torch.cat(seen[1:11]).tolist()) == list(range(N))

@@ -152,6 +152,7 @@ def test_a_full_disk_during_fit_keeps_the_earlier_run(spec, tmp_path, monkeypatc
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     if where == "netcdf":
+
         def hdf_error(self, path, *args, **kwargs):
             Path(path).write_bytes(b"\x89HDF\r\n")
             raise RuntimeError("NetCDF: HDF error")
@@ -203,14 +204,21 @@ def test_out_is_refused_when_it_holds_something_and_replaced_whole_with_overwrit
 def test_a_writer_holding_the_lock_refuses_a_second_one(spec, tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import fcntl, os, sys, time
             fd = os.open({str(lock_path(out))!r}, os.O_RDWR | os.O_CREAT)
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.mkdir({str(staging_path(out))!r})
             print("locked", flush=True)
             time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert fit(spec, out) == 2
@@ -237,8 +245,9 @@ def test_a_lock_held_in_this_process_refuses_the_api_too(spec, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["../../../outside", "a/b", "a\\b", "/abs/olute", "", " ", ".", "..", ".hidden",
-                                  "tab\there"])
+@pytest.mark.parametrize(
+    "name", ["../../../outside", "a/b", "a\\b", "/abs/olute", "", " ", ".", "..", ".hidden", "tab\there"]
+)
 def test_a_run_name_never_chooses_a_path(tmp_path, name):
     path = tmp_path / "s.toml"
     path.write_text(SPEC.format(method="exact").replace('name = "ab"', f"name = {json.dumps(name)}"))
@@ -260,8 +269,11 @@ def test_a_flipped_bit_in_a_model_file_is_refused_and_diagnose_keeps_its_report(
     data = bytearray(tensors.read_bytes())
     data[len(data) // 2] ^= 0x01
     tensors.write_bytes(bytes(data))
-    with pytest.raises(ModelFileError, match=r"tensors.pt does not match its checksum: the file was changed or "
-                                             r"damaged; not loaded") as info:
+    with pytest.raises(
+        ModelFileError,
+        match=r"tensors.pt does not match its checksum: the file was changed or "
+        r"damaged; not loaded",
+    ) as info:
         BayesianEstimator.load(out / "model")
     assert "\n" not in str(info.value)
     report = (out / "diagnostics.json").read_bytes()
@@ -313,13 +325,45 @@ def table_csv(tmp_path):
 
 
 def _augment(csv, out, *extra):
-    return main(["augment", "--csv", str(csv), "--label", "y", "--n-per-class", "5", "--out", str(out),
-                 "--covariance", "diag", "--method", "exact", "--quiet", *extra])
+    return main(
+        [
+            "augment",
+            "--csv",
+            str(csv),
+            "--label",
+            "y",
+            "--n-per-class",
+            "5",
+            "--out",
+            str(out),
+            "--covariance",
+            "diag",
+            "--method",
+            "exact",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def _anomaly(csv, out, *extra):
-    return main(["anomaly", "--csv", str(csv), "--columns", "a,b,c", "--out", str(out), "--num-steps", "20",
-                 "--device", "cpu", "--quiet", *extra])
+    return main(
+        [
+            "anomaly",
+            "--csv",
+            str(csv),
+            "--columns",
+            "a,b,c",
+            "--out",
+            str(out),
+            "--num-steps",
+            "20",
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("command", [_augment, _anomaly], ids=["augment", "anomaly"])

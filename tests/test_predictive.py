@@ -47,8 +47,7 @@ def test_anomaly_check_includes_mahalanobis_distances_and_flags_a_missed_cluster
     assert check.passed, check.table[~check.table["ok"]]
     # One normal component and a fixed Student-t anomaly component cannot hold the second cluster: the
     # replicates lie much farther from the data's centre than the rows do.
-    one = MixtureAnomalyDetector(num_components=1, covariance="diag", anomaly="student_t", num_steps=400,
-                                 seed=0).fit(X)
+    one = MixtureAnomalyDetector(num_components=1, covariance="diag", anomaly="student_t", num_steps=400, seed=0).fit(X)
     missed = predictive_check(one, num_samples=100, seed=0)
     assert not missed.passed
     assert set(missed.table.index[~missed.table["ok"]]) == {"mahalanobis²[median]", "mahalanobis²[95%]"}
@@ -64,9 +63,9 @@ def _prodlda(X):
 def test_prodlda_check_names_word_statistics_and_passes_on_a_corpus_simulated_from_a_fitted_prodlda():
     import torch
     import torch.nn.functional as F
+    from test_topic import planted_corpus
 
     from bayesgen.models.topic import DocumentMultinomial, dirichlet_laplace_prior
-    from test_topic import planted_corpus
 
     X, _, _ = planted_corpus(D=300, length=60)
     source = _prodlda(X)
@@ -82,15 +81,19 @@ def test_prodlda_check_names_word_statistics_and_passes_on_a_corpus_simulated_fr
     check = predictive_check(_prodlda(simulated), num_samples=100, seed=0)
     totals = simulated.sum(0)
     top = [f"w{j}" for j in np.argsort(-totals, kind="stable")[:10]]
-    assert list(check.table.index) == ([f"share of tokens[{w}]" for w in top]
-                                       + [f"documents containing[{w}]" for w in top]
-                                       + ["distinct words per document[mean]"])
+    assert list(check.table.index) == (
+        [f"share of tokens[{w}]" for w in top]
+        + [f"documents containing[{w}]" for w in top]
+        + ["distinct words per document[mean]"]
+    )
     # Observed values are the statistics of the documents in the check (the first 50).
     first = simulated[:50]
-    np.testing.assert_allclose(check.table.loc[f"share of tokens[{top[0]}]", "observed"],
-                               first[:, int(top[0][1:])].sum() / first.sum())
-    np.testing.assert_allclose(check.table.loc["distinct words per document[mean]", "observed"],
-                               np.count_nonzero(first, axis=1).mean())
+    np.testing.assert_allclose(
+        check.table.loc[f"share of tokens[{top[0]}]", "observed"], first[:, int(top[0][1:])].sum() / first.sum()
+    )
+    np.testing.assert_allclose(
+        check.table.loc["distinct words per document[mean]", "observed"], np.count_nonzero(first, axis=1).mean()
+    )
     assert check.passed, check.table[~check.table["ok"]]
     assert check.table["p_value"].min() > 1e-3
 
@@ -128,11 +131,16 @@ def test_vae_check_names_pixel_statistics_and_passes_on_images_simulated_from_a_
     simulated, _ = digit_vae.sample(600, seed=1, mean=False)  # binary draws from the pixel likelihood
     check = predictive_check(_vae(simulated), num_samples=100, seed=0)
     pixels = np.argsort(-simulated.var(axis=0), kind="stable")[:3]
-    assert list(check.table.index) == ["mean intensity", "sd within image[mean]", "share of pixels > 0.5",
-                                       *(f"mean[pixel {j}]" for j in pixels)]
+    assert list(check.table.index) == [
+        "mean intensity",
+        "sd within image[mean]",
+        "share of pixels > 0.5",
+        *(f"mean[pixel {j}]" for j in pixels),
+    ]
     first = simulated[:64]  # the rows in the check
-    np.testing.assert_allclose(check.table["observed"].iloc[:3],
-                               [first.mean(), first.std(axis=1).mean(), (first > 0.5).mean()], rtol=1e-6)
+    np.testing.assert_allclose(
+        check.table["observed"].iloc[:3], [first.mean(), first.std(axis=1).mean(), (first > 0.5).mean()], rtol=1e-6
+    )
     assert check.passed, check.table[~check.table["ok"]]
     assert check.table["p_value"].min() > 1e-3
 
@@ -159,10 +167,11 @@ def _statistics(estimator):
 
 
 def test_saved_models_keep_the_checks_statistics_chosen_on_all_training_rows(digit_vae, tmp_path, make_older):
+    from test_topic import planted_corpus
+
     from bayesgen.datasets import load_digits
     from bayesgen.models.topic import ProdLDA
     from bayesgen.models.vae import VAE
-    from test_topic import planted_corpus
 
     X, _ = load_digits()
     binary = (X[:600] > 0.5).astype(np.float32)

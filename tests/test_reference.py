@@ -52,8 +52,9 @@ def test_conjugate_generator_sites_agree_after_svi(init):
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal([0, 0], 1.0, size=(150, 2)), rng.normal([3, -1], 0.5, size=(100, 2))])
     y = np.repeat([0, 1], [150, 100])
-    gen = GaussianGenerator(covariance="diag", init=init, num_steps=6000 if init == "prior" else 300,
-                            learning_rate=0.05, seed=0).fit(X, y)
+    gen = GaussianGenerator(
+        covariance="diag", init=init, num_steps=6000 if init == "prior" else 300, learning_rate=0.05, seed=0
+    ).fit(X, y)
     check = reference_check(gen, num_samples=2000, seed=0)
     assert set(check.table["site"]) == {"weights", "loc", "precision"}
     assert check.agree, check.table[~check.table["ok"]]
@@ -82,8 +83,7 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
 
     det = MixtureAnomalyDetector(num_components=2, num_steps=20, seed=0).fit(X)
     reasons = reference_check(det, num_samples=200, seed=0).unchecked
-    assert set(reasons) == {"anomaly_fraction", "weights", "loc", "scale", "corr_tril", "anomaly_loc",
-                            "anomaly_excess"}
+    assert set(reasons) == {"anomaly_fraction", "weights", "loc", "scale", "corr_tril", "anomaly_loc", "anomaly_excess"}
     assert all("nuts_check" in why for why in reasons.values())
     assert "matched NUTS" in reasons["loc"] and "anomaly_excess near 0" in reasons["anomaly_fraction"]
     det = MixtureAnomalyDetector(init="kmeans", num_steps=20, seed=0).fit(X)

@@ -22,14 +22,22 @@ def missing_pieces(root: Path, models: dict[str, ModelEntry], tour_specs: tuple[
     Discovers the pieces on disk: ``models/*.toml`` (by their ``[run] model``), ``tutorials/*.py``,
     ``tests/test_*.py`` and the modules of ``bayesgen/models/``.
     """
-    specs = {path.stem: tomllib.loads(path.read_text()).get("run", {}).get("model")
-             for path in sorted((root / "models").glob("*.toml"))}
+    specs = {
+        path.stem: tomllib.loads(path.read_text()).get("run", {}).get("model")
+        for path in sorted((root / "models").glob("*.toml"))
+    }
     tutorials = {path.stem for path in (root / "tutorials").glob("*.py")}
     tests = {path.stem for path in (root / "tests").glob("test_*.py")}
-    modules = {f"bayesgen.models.{path.stem}" for path in (root / "bayesgen" / "models").glob("*.py")
-               if not path.stem.startswith("_")}
-    modules |= {f"bayesgen.models.{path.parent.name}" for path in (root / "bayesgen" / "models").glob("*/__init__.py")
-                if not path.parent.name.startswith("_")}
+    modules = {
+        f"bayesgen.models.{path.stem}"
+        for path in (root / "bayesgen" / "models").glob("*.py")
+        if not path.stem.startswith("_")
+    }
+    modules |= {
+        f"bayesgen.models.{path.parent.name}"
+        for path in (root / "bayesgen" / "models").glob("*/__init__.py")
+        if not path.parent.name.startswith("_")
+    }
     problems = []
     for name, entry in models.items():
         if entry.name != name:
@@ -68,8 +76,15 @@ def test_the_coverage_check_names_every_missing_piece(tmp_path):
     (tmp_path / "models" / "stray.toml").write_text('[run]\nmodel = "unregistered"\n')
     (tmp_path / "bayesgen" / "models" / "orphan.py").write_text("")
     (tmp_path / "bayesgen" / "models" / "_base.py").write_text("")
-    entry = ModelEntry("new", estimator="bayesgen.models.new:New", spec_fit="bayesgen.specs:fit_new_spec",
-                       title="New", description="", data_keys=(), tour_spec="new_demo")
+    entry = ModelEntry(
+        "new",
+        estimator="bayesgen.models.new:New",
+        spec_fit="bayesgen.specs:fit_new_spec",
+        title="New",
+        description="",
+        data_keys=(),
+        tour_spec="new_demo",
+    )
     problems = missing_pieces(tmp_path, {"new": entry}, ())
     assert problems == [
         "new: no test file tests/test_new.py",
@@ -168,9 +183,11 @@ def test_report_section_takes_the_title_and_description_from_the_entry(tmp_path)
 
 
 def test_importing_the_registry_loads_no_torch():
-    code = ("import json, sys\nfrom bayesgen import registry\n"
-            "entries = [(e.name, e.estimator, e.title) for e in registry.MODELS.values()]\n"
-            "print(json.dumps(sorted(m for m in ('torch', 'pyro', 'pandas', 'numpy') if m in sys.modules)))")
+    code = (
+        "import json, sys\nfrom bayesgen import registry\n"
+        "entries = [(e.name, e.estimator, e.title) for e in registry.MODELS.values()]\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'pyro', 'pandas', 'numpy') if m in sys.modules)))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []

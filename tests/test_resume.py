@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyro
-import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
-from torch.distributions import constraints
 
 import bayesgen.infer as infer
 from bayesgen.infer import load_checkpoint, param_scope, run_svi
@@ -69,8 +67,9 @@ class Injector:
         return wrapped
 
     @contextmanager
-    def installed(self, monkeypatch: pytest.MonkeyPatch, *, validation: tuple[type, str] | None = None,
-                  hook: type | None = None) -> Iterator[Injector]:
+    def installed(
+        self, monkeypatch: pytest.MonkeyPatch, *, validation: tuple[type, str] | None = None, hook: type | None = None
+    ) -> Iterator[Injector]:
         with monkeypatch.context() as mp:
             optim_call = pyro.optim.PyroOptim.__call__
 
@@ -83,10 +82,16 @@ class Injector:
 
             mp.setattr(pyro.optim.PyroOptim, "__call__", update)
             mp.setattr(Trace_ELBO, "loss_and_grads", self.wrap(Trace_ELBO.loss_and_grads, None, "loss", TARGET))
-            mp.setattr(infer, "_accumulate_average",
-                       self.wrap(infer._accumulate_average, "before_average", "after_average", TARGET + 1))
-            mp.setattr(pyro.optim.PyroLRScheduler, "step",
-                       self.wrap(pyro.optim.PyroLRScheduler.step, "before_schedule", "after_schedule", TARGET + 1))
+            mp.setattr(
+                infer,
+                "_accumulate_average",
+                self.wrap(infer._accumulate_average, "before_average", "after_average", TARGET + 1),
+            )
+            mp.setattr(
+                pyro.optim.PyroLRScheduler,
+                "step",
+                self.wrap(pyro.optim.PyroLRScheduler.step, "before_schedule", "after_schedule", TARGET + 1),
+            )
             save = infer._save_checkpoint
 
             def write(path: Any, payload: dict) -> Any:
@@ -140,9 +145,21 @@ def runner_fit(*, monkeypatch: pytest.MonkeyPatch | None = None, **opts: Any) ->
     def callback(step: int, loss: float) -> None:
         tally["callback"] += 1
 
-    result = run_svi(model, guide, Y, num_steps=NUM_STEPS, learning_rate=0.1, lr_schedule="exponential",
-                     batch_size=8, data_size=N, average_last=8, seed=3, before_step=before_step,
-                     callback=callback, **opts)
+    result = run_svi(
+        model,
+        guide,
+        Y,
+        num_steps=NUM_STEPS,
+        learning_rate=0.1,
+        lr_schedule="exponential",
+        batch_size=8,
+        data_size=N,
+        average_last=8,
+        seed=3,
+        before_step=before_step,
+        callback=callback,
+        **opts,
+    )
     with param_scope(result.param_state):
         params = {name: pyro.param(name).detach().clone() for name in ("loc", "scale")}
     return {"losses": result.losses, **params, "steps": result.num_steps}
@@ -163,9 +180,22 @@ def test_run_svi_resumes_exactly_after_ctrl_c_at_any_point_of_a_step(tmp_path, m
             fire("callback", step == TARGET)
 
         with pytest.raises(KeyboardInterrupt):
-            run_svi(model, guide, Y, num_steps=NUM_STEPS, learning_rate=0.1, lr_schedule="exponential",
-                    batch_size=8, data_size=N, average_last=8, seed=3, before_step=before_step,
-                    callback=callback, checkpoint=ckpt, checkpoint_every=EVERY)
+            run_svi(
+                model,
+                guide,
+                Y,
+                num_steps=NUM_STEPS,
+                learning_rate=0.1,
+                lr_schedule="exponential",
+                batch_size=8,
+                data_size=N,
+                average_last=8,
+                seed=3,
+                before_step=before_step,
+                callback=callback,
+                checkpoint=ckpt,
+                checkpoint_every=EVERY,
+            )
     assert injector.fired
     resumed = runner_fit(checkpoint=ckpt, resume=True)
     assert_same(resumed, straight)
@@ -228,8 +258,9 @@ def _anomaly() -> tuple[Callable, Callable, Callable]:
     X = np.vstack([rng.normal(size=(60, 3)), rng.normal(6.0, 1.0, size=(4, 3))])
 
     def make() -> MixtureAnomalyDetector:
-        return MixtureAnomalyDetector(num_components=2, covariance="diag", num_steps=NUM_STEPS, average_last=8,
-                                      num_samples=10, seed=0)
+        return MixtureAnomalyDetector(
+            num_components=2, covariance="diag", num_steps=NUM_STEPS, average_last=8, num_samples=10, seed=0
+        )
 
     return make, lambda est, **kw: est.fit(X, **kw), lambda est: {"proba": est.predict_proba(X)}
 
@@ -240,8 +271,15 @@ def _generator() -> tuple[Callable, Callable, Callable]:
     y = np.repeat([0, 1], 30)
 
     def make() -> GaussianGenerator:
-        return GaussianGenerator(covariance="diag", num_steps=NUM_STEPS, batch_size=20, average_last=8,
-                                 convergence_rtol=None, num_samples=5, seed=0)
+        return GaussianGenerator(
+            covariance="diag",
+            num_steps=NUM_STEPS,
+            batch_size=20,
+            average_last=8,
+            convergence_rtol=None,
+            num_samples=5,
+            seed=0,
+        )
 
     return make, lambda est, **kw: est.fit(X, y, **kw), lambda est: {"proba": est.predict_proba(X, seed=0)}
 
@@ -250,12 +288,22 @@ def _vae() -> tuple[Callable, Callable, Callable]:
     X = (np.random.default_rng(2).random((48, 16)) < 0.4).astype(np.float32)
 
     def make() -> VAE:  # 36 training rows in batches of 16: 2 steps an epoch, validated at its end
-        return VAE(latent_dim=2, hidden_dims=(8,), batch_size=16, num_epochs=NUM_STEPS // 2,
-                   validation_fraction=0.25, learning_rate=0.01, seed=0)
+        return VAE(
+            latent_dim=2,
+            hidden_dims=(8,),
+            batch_size=16,
+            num_epochs=NUM_STEPS // 2,
+            validation_fraction=0.25,
+            learning_rate=0.01,
+            seed=0,
+        )
 
     def predict(est: VAE) -> dict[str, Any]:
-        return {"encode": est.encode(X)[0], "history": est.history_.drop(columns="seconds"),
-                "best_epoch": est.best_epoch_}
+        return {
+            "encode": est.encode(X)[0],
+            "history": est.history_.drop(columns="seconds"),
+            "best_epoch": est.best_epoch_,
+        }
 
     return make, lambda est, **kw: est.fit(X, **kw), predict
 
@@ -265,12 +313,25 @@ def _prodlda() -> tuple[Callable, Callable, Callable]:
     vocabulary = [f"w{i}" for i in range(30)]
 
     def make() -> ProdLDA:  # 40 training documents in batches of 20: 2 steps an epoch
-        return ProdLDA(num_topics=3, hidden_dim=8, batch_size=20, num_epochs=NUM_STEPS // 2,
-                       validation_fraction=0.2, patience=None, min_df=1, max_df=1.0, stop_words=None, seed=0)
+        return ProdLDA(
+            num_topics=3,
+            hidden_dim=8,
+            batch_size=20,
+            num_epochs=NUM_STEPS // 2,
+            validation_fraction=0.2,
+            patience=None,
+            min_df=1,
+            max_df=1.0,
+            stop_words=None,
+            seed=0,
+        )
 
     def predict(est: ProdLDA) -> dict[str, Any]:
-        return {"transform": est.transform(X, vocabulary).mean, "history": est.history_.drop(columns="seconds"),
-                "best_epoch": est.best_epoch_}
+        return {
+            "transform": est.transform(X, vocabulary).mean,
+            "history": est.history_.drop(columns="seconds"),
+            "best_epoch": est.best_epoch_,
+        }
 
     return make, lambda est, **kw: est.fit(X, vocabulary, **kw), predict
 

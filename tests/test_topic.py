@@ -64,7 +64,11 @@ def test_model_and_guide_share_latent_sites_and_log_prob_is_finite():
     m = poutine.trace(poutine.replay(model, trace=g)).get_trace(x, decoder=dec, num_topics=3)
 
     def latent(tr):
-        return {n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+        return {
+            n
+            for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        }
 
     assert latent(m) == latent(g) == {"logtheta"}
     assert torch.isfinite(m.log_prob_sum()) and torch.isfinite(g.log_prob_sum())
@@ -77,8 +81,9 @@ def test_document_multinomial_matches_torch_and_samples_the_document_lengths():
     d = DocumentMultinomial(probs, totals)
     x = d.sample()
     assert torch.equal(x.sum(-1), totals)
-    expected = torch.stack([torch.distributions.Multinomial(int(n), p).log_prob(v) for n, p, v in zip(totals, probs, x,
-                                                                                                       strict=True)])
+    expected = torch.stack(
+        [torch.distributions.Multinomial(int(n), p).log_prob(v) for n, p, v in zip(totals, probs, x, strict=True)]
+    )
     assert torch.allclose(d.log_prob(x), expected, atol=1e-4)
     # The coefficient computed once (dense or sparse counts) gives the same log density.
     for counts in (x, x.to_sparse()):
@@ -135,9 +140,11 @@ def _elbo_per_document(lda, x, loc, scale, num_samples=400):
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
         z = loc + scale * torch.randn((num_samples, *loc.shape), generator=gen)
-        log_w = (DocumentMultinomial(lda.decoder_(torch.softmax(z, -1)), x.sum(-1)).log_prob(x)
-                 + torch.distributions.Normal(loc0, scale0).log_prob(z).sum(-1)
-                 - torch.distributions.Normal(loc, scale).log_prob(z).sum(-1))
+        log_w = (
+            DocumentMultinomial(lda.decoder_(torch.softmax(z, -1)), x.sum(-1)).log_prob(x)
+            + torch.distributions.Normal(loc0, scale0).log_prob(z).sum(-1)
+            - torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+        )
     return log_w.mean(0).numpy(), log_w.std(0).numpy() / math.sqrt(num_samples)
 
 
@@ -157,10 +164,14 @@ def test_refining_each_document_raises_its_elbo_and_moves_its_mixture_toward_the
     assert (gain > -3 * se).all(), gain.min()
     # The reported mixtures (transform's default refine_steps) are closer to the planted proportions.
     rows, cols = _matched_topics(lda)
-    tv = {steps: 0.5 * np.abs(lda.transform(X[:200], refine_steps=steps).mean[:, rows] - theta[:200][:, cols]).sum(1)
-          for steps in (0, None)}
-    assert tv[None].mean() < tv[0].mean() - 3 * np.std(tv[0] - tv[None]) / math.sqrt(200), \
-        (tv[0].mean(), tv[None].mean())
+    tv = {
+        steps: 0.5 * np.abs(lda.transform(X[:200], refine_steps=steps).mean[:, rows] - theta[:200][:, cols]).sum(1)
+        for steps in (0, None)
+    }
+    assert tv[None].mean() < tv[0].mean() - 3 * np.std(tv[0] - tv[None]) / math.sqrt(200), (
+        tv[0].mean(),
+        tv[None].mean(),
+    )
 
 
 def test_refinement_lowers_the_per_document_khat_where_the_encoder_is_far_off():
@@ -173,8 +184,16 @@ def test_refinement_lowers_the_per_document_khat_where_the_encoder_is_far_off():
     for steps in (0, 100):
         with seeded(0):
             loc, scale = lda._local_posterior(x, steps)
-        rows = vi_khat_rows(m, functools.partial(local_guide, loc=loc, scale=scale), x, plate="document",
-                            num_samples=500, param_state=lda._param_state, seed=1, warn=False)
+        rows = vi_khat_rows(
+            m,
+            functools.partial(local_guide, loc=loc, scale=scale),
+            x,
+            plate="document",
+            num_samples=500,
+            param_state=lda._param_state,
+            seed=1,
+            warn=False,
+        )
         shares[steps], medians[steps] = rows.shares["unreliable"], float(np.median(rows.khat))
     assert shares[0] > 0.5 and medians[0] > 0.7, (shares, medians)
     # 200 documents: a binomial share's sd is at most 0.035, so a drop of 0.2 is far beyond noise.
@@ -194,7 +213,9 @@ def test_a_documents_refined_guide_does_not_depend_on_the_other_documents(plante
 
 
 def test_real_corpus_gives_readable_topics(real_corpus):
-    lda = ProdLDA(num_topics=5, hidden_dim=64, num_epochs=100, batch_size=16, learning_rate=0.01, seed=0).fit(real_corpus)
+    lda = ProdLDA(num_topics=5, hidden_dim=64, num_epochs=100, batch_size=16, learning_rate=0.01, seed=0).fit(
+        real_corpus
+    )
     table = lda.topics(8)
     assert list(table.columns) == ["topic", "rank", "word", "weight"] and len(table) == 40
     assert set(table["word"]) <= set(real_corpus.vocabulary)
@@ -203,8 +224,9 @@ def test_real_corpus_gives_readable_topics(real_corpus):
     # Better than a uniform distribution over the vocabulary (a tiny corpus: 79 documents).
     assert lda.perplexity(real_corpus) < 0.8 * real_corpus.num_words
     # Raw strings go through the fitted vocabulary.
-    mix = lda.transform(["the for statement iterates over the items of a sequence",
-                         "an exception is raised when an error occurs"])
+    mix = lda.transform(
+        ["the for statement iterates over the items of a sequence", "an exception is raised when an error occurs"]
+    )
     assert mix.mean.shape == (2, 5)
     fig = lda.plot_topics(6)
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 5
@@ -220,8 +242,9 @@ def test_sparse_and_dense_batches_give_the_same_fit():
 
 def test_early_stopping_on_held_out_loss_and_resume(tmp_path):
     X, _, _ = planted_corpus(D=300)
-    lda = ProdLDA(num_topics=4, num_epochs=300, batch_size=30, learning_rate=0.01, validation_fraction=0.2,
-                  patience=3, seed=0).fit(X)
+    lda = ProdLDA(
+        num_topics=4, num_epochs=300, batch_size=30, learning_rate=0.01, validation_fraction=0.2, patience=3, seed=0
+    ).fit(X)
     hist = lda.history_
     assert len(hist) < 300 and "val_elbo" in hist
     assert lda.best_epoch_ == int(hist["epoch"][hist["val_elbo"].idxmax()])
@@ -268,8 +291,9 @@ def test_save_load_keeps_weights_and_batch_norm_statistics(planted, tmp_path):
     # mixtures are Monte Carlo means, equal up to the CPU's other random stream.
     on_cpu = ProdLDA.load(tmp_path / "lda", device="cpu")
     np.testing.assert_allclose(on_cpu.topics(5)["weight"], lda.topics(5)["weight"], rtol=1e-4)
-    np.testing.assert_allclose(on_cpu.transform(X[:20], num_samples=4000).mean,
-                               lda.transform(X[:20], num_samples=4000).mean, atol=0.03)
+    np.testing.assert_allclose(
+        on_cpu.transform(X[:20], num_samples=4000).mean, lda.transform(X[:20], num_samples=4000).mean, atol=0.03
+    )
 
 
 def test_to_arviz_has_document_topics_and_topic_word(planted):
@@ -279,8 +303,10 @@ def test_to_arviz_has_document_topics_and_topic_word(planted):
     np.testing.assert_allclose(tree.posterior["theta"].sum("topic"), 1.0, atol=1e-5)
     assert tree["topic_word"]["topic_word"].shape == (4, 40)
     assert tree.log_likelihood["words"].shape == (4, 10, 3)
-    assert tree.posterior_predictive["words"].sum("word").values[0, 0].tolist() == \
-        tree.observed_data["words"].sum("word").values.tolist()
+    assert (
+        tree.posterior_predictive["words"].sum("word").values[0, 0].tolist()
+        == tree.observed_data["words"].sum("word").values.tolist()
+    )
 
 
 def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(planted, tmp_path, make_older):
@@ -310,14 +336,24 @@ def test_relevance_ranks_between_topic_probability_and_lift_over_the_background(
         lda.relevance, lda.exclusivity = default
     # Without a background term the ranking is the topic's word probabilities, whatever relevance says.
     X, _, _ = planted_corpus(D=200)
-    plain = ProdLDA(num_topics=4, num_epochs=2, batch_size=20, background=False, batch_norm_anneal=float("inf"),
-                    relevance=0.0, seed=0).fit(X)
+    plain = ProdLDA(
+        num_topics=4,
+        num_epochs=2,
+        batch_size=20,
+        background=False,
+        batch_norm_anneal=float("inf"),
+        relevance=0.0,
+        seed=0,
+    ).fit(X)
     assert plain.decoder_.background is None
     assert plain._top_indices(10) == [list(np.argsort(-p, kind="stable")[:10]) for p in plain.topic_word().to_numpy()]
     # A model saved before the background term and batch-norm fading existed (no such hyperparameters,
     # weights or buffer) loads with the settings it was fitted with, not today's defaults.
-    make_older(plain.save(tmp_path / "old"), settings=["background", "batch_norm_anneal", "relevance"],
-               tensors=["buffer.decoder.bn_weight"])
+    make_older(
+        plain.save(tmp_path / "old"),
+        settings=["background", "batch_norm_anneal", "relevance"],
+        tensors=["buffer.decoder.bn_weight"],
+    )
     old = ProdLDA.load(tmp_path / "old", device="cpu")
     assert old.background is False and old.batch_norm_anneal == float("inf")
     assert old.topics(5).equals(plain.topics(5))
@@ -394,8 +430,6 @@ def test_bad_input_is_clear(planted):
         lda.transform(X[:3], refine_steps=2.5)
 
 
-
-
 def test_transform_keeps_one_row_per_document_and_matches_dataframe_columns_by_name():
     import pandas as pd
 
@@ -425,6 +459,8 @@ def test_transform_keeps_one_row_per_document_and_matches_dataframe_columns_by_n
         lda.transform(X[:4], ci_prob=1.5)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         lda.perplexity(X[:4], num_samples=-1)
+
+
 @pytest.mark.cuda
 def test_fit_on_cuda_dense_and_sparse():
     X, _, _ = planted_corpus(D=200)
@@ -487,16 +523,18 @@ def test_decoder_learning_rate_auto_raises_it_for_short_runs_only(tmp_path, monk
 def test_settings_that_json_cannot_hold_and_older_files_load(tmp_path, make_older):
 
     counts = np.random.default_rng(0).poisson(1.0, size=(120, 20))
-    kept = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, batch_norm_anneal=float("inf"),
-                   seed=0).fit(counts)
+    kept = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, batch_norm_anneal=float("inf"), seed=0).fit(
+        counts
+    )
     folder = kept.save(tmp_path / "inf")
     assert ProdLDA.load(folder).batch_norm_anneal == float("inf")  # saved as the string "inf"
     # A file from before decoder_learning_rate: it was trained with the encoder's rate, and loads so.
     make_older(folder, settings=["decoder_learning_rate"], extra=["decoder_learning_rate_"])
     old = ProdLDA.load(folder)
     assert old.decoder_learning_rate == old.decoder_learning_rate_ == 0.01
-    words = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, stop_words=["nan", "inf"],
-                    seed=0).fit(counts)  # words that look like non-finite numbers stay words
+    words = ProdLDA(num_topics=3, hidden_dim=8, num_epochs=1, batch_size=40, stop_words=["nan", "inf"], seed=0).fit(
+        counts
+    )  # words that look like non-finite numbers stay words
     assert ProdLDA.load(words.save(tmp_path / "words")).stop_words == ["nan", "inf"]
     with pytest.raises(ValueError, match="stop_words must be 'english', None or a list of words"):
         ProdLDA(stop_words=("the", "a")).fit(counts)

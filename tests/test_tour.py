@@ -15,17 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from browser import headless
 
 from bayesgen.registry import MODELS
 from bayesgen.tour import TOUR_SPECS
-from browser import headless
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bayesgen(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bayesgen", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "bayesgen", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,15 @@ def test_tour_fits_every_model_and_writes_run_folders(tour):
     for i, name in enumerate(TOUR_SPECS):
         assert f"[{i + 1}/{len(TOUR_SPECS)}] {name}" in proc.stdout
         folder = out / name
-        for f in ("spec.toml", "run.json", "versions.json", "summary.csv", "posterior.nc", "diagnostics.json",
-                  "plots/loss.png"):
+        for f in (
+            "spec.toml",
+            "run.json",
+            "versions.json",
+            "summary.csv",
+            "posterior.nc",
+            "diagnostics.json",
+            "plots/loss.png",
+        ):
             assert (folder / f).is_file(), f"{name}: {f} missing"
         run = json.loads((folder / "run.json").read_text())
         assert run["name"] == name and run["data_checksum"].startswith("sha256:") and run["seed"] == 0
@@ -83,8 +91,10 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
 
 
 # One line per sample site, as bayesgen.plots.describe_model writes it.
-_SITE_LINE = re.compile(r"^(\w+) ~ \w+ \(batch \([\d, ]*\), event \([\d, ]*\)\)(?: in plates [\w, ]+)?: "
-                        r"(latent|observed)$")
+_SITE_LINE = re.compile(
+    r"^(\w+) ~ \w+ \(batch \([\d, ]*\), event \([\d, ]*\)\)(?: in plates [\w, ]+)?: "
+    r"(latent|observed)$"
+)
 
 
 def check_model_graph(page: str, folder: Path, drawn: bool) -> None:
@@ -95,8 +105,9 @@ def check_model_graph(page: str, folder: Path, drawn: bool) -> None:
     assert lines and all(lines), text
     roles = {m.group(1): m.group(2) for m in lines}
     assert set(roles.values()) == {"latent", "observed"}, text
-    section = re.search(rf'<section class="model"[^>]*>\s*<h2>[^<]* — {re.escape(folder.name)}</h2>.*?</section>',
-                        page, flags=re.S)
+    section = re.search(
+        rf'<section class="model"[^>]*>\s*<h2>[^<]* — {re.escape(folder.name)}</h2>.*?</section>', page, flags=re.S
+    )
     assert section, folder.name
     graph = section.group(0).split("<h3>Model graph</h3>", 1)[1].split("<h3>", 1)[0]
     if drawn:
@@ -152,8 +163,10 @@ def with_class(page: str, cls: str) -> list[tuple[str, dict, str, tuple[str, ...
 
 def table_cells(table_html: str) -> list[list[str]]:
     rows = re.findall(r"<tr.*?</tr>", table_html, flags=re.S)
-    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, flags=re.S)]
-            for r in rows]
+    return [
+        [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, flags=re.S)]
+        for r in rows
+    ]
 
 
 def estimated_width(rows: list[list[str]]) -> int:
@@ -192,8 +205,11 @@ def check_green_never_unreliable(page: str) -> None:
 
 def check_advice(page: str) -> None:
     """Every amber or red box (outside the verdict table) says why and what to do."""
-    boxes = [e for e in with_class(page, "caution") + with_class(page, "fail")
-             if not any(a.startswith("table") for a in e[3])]
+    boxes = [
+        e
+        for e in with_class(page, "caution") + with_class(page, "fail")
+        if not any(a.startswith("table") for a in e[3])
+    ]
     for _, _, text, _ in boxes:
         assert "Why and what to do:" in text or "failed" in text or text.startswith("Warning:"), text
     return boxes
@@ -202,7 +218,7 @@ def check_advice(page: str) -> None:
 def check_tables(page: str) -> None:
     """Every table scrolls inside the page, and none needs more than the page's width."""
     for match in re.finditer(r"<table", page):
-        assert page[:match.start()].rstrip().endswith('<div class="scroll">')
+        assert page[: match.start()].rstrip().endswith('<div class="scroll">')
     for table_html in re.findall(r'<table class="dataframe">.*?</table>', page, flags=re.S):
         assert estimated_width(table_cells(table_html)) <= PAGE_WIDTH, table_cells(table_html)[:2]
 
@@ -222,6 +238,7 @@ def check_report_page(page: str, runs: int) -> None:
     check_advice(page)
     check_tables(page)
     check_captions(page)
+
 
 @pytest.mark.browser
 def test_report_renders_every_section_and_picture_in_a_browser(tour):
@@ -340,16 +357,36 @@ def test_every_smoke_spec_is_a_valid_spec(tmp_path):
 
 
 # ------------------------------------------------ the report of hand-made run folders
-def _run_folder(folder: Path, *, model: str, diag: dict, conditional: bool = False, report: pd.DataFrame | None = None,
-                pictures: tuple[str, ...] = ()) -> Path:
+def _run_folder(
+    folder: Path,
+    *,
+    model: str,
+    diag: dict,
+    conditional: bool = False,
+    report: pd.DataFrame | None = None,
+    pictures: tuple[str, ...] = (),
+) -> Path:
     """A run folder as `bayesgen fit` leaves it, with only what the report reads (no fit: milliseconds)."""
     from matplotlib.figure import Figure
 
     (folder / "plots").mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"name": folder.name, "model": model, "seed": 0, "num_steps": 10,
-                                                 "fit_seconds": 0.1, "device": "cpu", "data_checksum": "sha256:0"}))
-    (folder / "spec.toml").write_text(f'[run]\nname = "{folder.name}"\nmodel = "{model}"\n[data]\nsource = "x"\n'
-                                      f"[model]\nconditional = {str(conditional).lower()}\n")
+    (folder / "run.json").write_text(
+        json.dumps(
+            {
+                "name": folder.name,
+                "model": model,
+                "seed": 0,
+                "num_steps": 10,
+                "fit_seconds": 0.1,
+                "device": "cpu",
+                "data_checksum": "sha256:0",
+            }
+        )
+    )
+    (folder / "spec.toml").write_text(
+        f'[run]\nname = "{folder.name}"\nmodel = "{model}"\n[data]\nsource = "x"\n'
+        f"[model]\nconditional = {str(conditional).lower()}\n"
+    )
     (folder / "diagnostics.json").write_text(json.dumps(diag))
     if report is not None:
         report.to_csv(folder / "report.csv")
@@ -370,49 +407,112 @@ def handmade(tmp_path):
     report."""
     from bayesgen.report import write_report
 
-    ab_columns = ["successes", "trials", "observed_rate", "rate_mean", "rate_sd", "rate_94%_lower", "rate_94%_upper",
-                  "prob_best", "expected_loss", "lift_mean", "lift_94%_lower", "lift_94%_upper"]
-    ab_table = pd.DataFrame([[235, 2435, *np.linspace(0.01, 0.9, 10)], [157, 2435, *np.linspace(0.02, 0.8, 10)]],
-                            columns=ab_columns, index=pd.Index(["white", "black"], name="variant"))
-    ab = _run_folder(tmp_path / "ab", model="ab_test", report=ab_table, pictures=("posterior",), diag={
-        "convergence": CONVERGED, "warnings": [],
-        "psis": {"khat": 0.1, "verdict": "good", "ess": 950.0, "num_samples": 1000, "message": "PSIS k-hat = 0.10"},
-        "reference": {"agree": True, "checked": ["rate"], "message": "SVI vs exact posterior: agree"},
-        "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "posterior predictive check: ok"}})
-    vae = _run_folder(tmp_path / "vae", model="vae", conditional=True,
-                      pictures=("reconstructions", "latent", "interpolation", "my_extra_plot"), diag={
-        "convergence": CONVERGED, "warnings": [],
-        "psis": {"khat": 3.1, "verdict": "unreliable", "ess": 1.0, "num_samples": 200, "scope": "joint",
-                 "message": "joint over all checked rows (grows with their number): PSIS k-hat = 3.10 (unreliable: "
-                            "the guide misses posterior mass; do not trust its uncertainty; 200 draws, ESS 1)"},
-        "psis_rows": {"verdict": "good", "good": 1.0, "usable": 0.0, "unreliable": 0.0, "num_rows": 64,
-                      "message": "per-row PSIS k-hat over 64 rows (200 draws each): median 0.10, 90th percentile "
-                                 "0.30; share of rows with k-hat < 0.5: 100%, 0.5–0.7: 0%, > 0.7: 0% (verdict: good)"},
-        "reference": {"agree": True, "checked": [], "message": "no global site has a closed-form posterior"},
-        "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "posterior predictive check: ok"}})
+    ab_columns = [
+        "successes",
+        "trials",
+        "observed_rate",
+        "rate_mean",
+        "rate_sd",
+        "rate_94%_lower",
+        "rate_94%_upper",
+        "prob_best",
+        "expected_loss",
+        "lift_mean",
+        "lift_94%_lower",
+        "lift_94%_upper",
+    ]
+    ab_table = pd.DataFrame(
+        [[235, 2435, *np.linspace(0.01, 0.9, 10)], [157, 2435, *np.linspace(0.02, 0.8, 10)]],
+        columns=ab_columns,
+        index=pd.Index(["white", "black"], name="variant"),
+    )
+    ab = _run_folder(
+        tmp_path / "ab",
+        model="ab_test",
+        report=ab_table,
+        pictures=("posterior",),
+        diag={
+            "convergence": CONVERGED,
+            "warnings": [],
+            "psis": {"khat": 0.1, "verdict": "good", "ess": 950.0, "num_samples": 1000, "message": "PSIS k-hat = 0.10"},
+            "reference": {"agree": True, "checked": ["rate"], "message": "SVI vs exact posterior: agree"},
+            "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "posterior predictive check: ok"},
+        },
+    )
+    vae = _run_folder(
+        tmp_path / "vae",
+        model="vae",
+        conditional=True,
+        pictures=("reconstructions", "latent", "interpolation", "my_extra_plot"),
+        diag={
+            "convergence": CONVERGED,
+            "warnings": [],
+            "psis": {
+                "khat": 3.1,
+                "verdict": "unreliable",
+                "ess": 1.0,
+                "num_samples": 200,
+                "scope": "joint",
+                "message": "joint over all checked rows (grows with their number): PSIS k-hat = 3.10 (unreliable: "
+                "the guide misses posterior mass; do not trust its uncertainty; 200 draws, ESS 1)",
+            },
+            "psis_rows": {
+                "verdict": "good",
+                "good": 1.0,
+                "usable": 0.0,
+                "unreliable": 0.0,
+                "num_rows": 64,
+                "message": "per-row PSIS k-hat over 64 rows (200 draws each): median 0.10, 90th percentile "
+                "0.30; share of rows with k-hat < 0.5: 100%, 0.5–0.7: 0%, > 0.7: 0% (verdict: good)",
+            },
+            "reference": {"agree": True, "checked": [], "message": "no global site has a closed-form posterior"},
+            "predictive": {"passed": True, "statistics": 2, "failed": [], "message": "posterior predictive check: ok"},
+        },
+    )
     bad_rows = "PSIS k-hat = 43.54 (unreliable: the guide misses posterior mass; do not trust its uncertainty)"
-    anomaly = _run_folder(tmp_path / "anomaly", model="anomaly", pictures=("scores",), diag={
-        "convergence": {"verdict": "not finite", "message": "optimisation failed: the loss is NaN"},
-        "psis": {"khat": 43.5, "verdict": "unreliable", "ess": 1.0, "num_samples": 200, "message": bad_rows},
-        "predictive": {"passed": False, "statistics": 62, "failed": ["sd[x1]"],
-                       "message": "posterior predictive check of 62 statistics: 1 outside"},
-        "warnings": [bad_rows, "posterior predictive check of 62 statistics: 1 outside", "a warning of its own"]})
+    anomaly = _run_folder(
+        tmp_path / "anomaly",
+        model="anomaly",
+        pictures=("scores",),
+        diag={
+            "convergence": {"verdict": "not finite", "message": "optimisation failed: the loss is NaN"},
+            "psis": {"khat": 43.5, "verdict": "unreliable", "ess": 1.0, "num_samples": 200, "message": bad_rows},
+            "predictive": {
+                "passed": False,
+                "statistics": 62,
+                "failed": ["sd[x1]"],
+                "message": "posterior predictive check of 62 statistics: 1 outside",
+            },
+            "warnings": [bad_rows, "posterior predictive check of 62 statistics: 1 outside", "a warning of its own"],
+        },
+    )
     # The VAE's model as a run without Graphviz leaves it: the text rendering, no picture.
-    (vae / "plots" / "model_graph.txt").write_text("z ~ Normal (batch (64,), event (8,)) in plates row: latent\n"
-                                                   "x ~ Bernoulli (batch (64,), event (64,)) in plates row: observed\n")
+    (vae / "plots" / "model_graph.txt").write_text(
+        "z ~ Normal (batch (64,), event (8,)) in plates row: latent\n"
+        "x ~ Bernoulli (batch (64,), event (64,)) in plates row: observed\n"
+    )
     path = write_report([ab, vae, anomaly], tmp_path / "report.html", errors={"topic_python_help": "boom"})
     return path.read_text()
 
 
 def test_report_leads_with_a_verdict_table_coloured_by_the_diagnostics(handmade):
     classes = check_verdict_table(handmade, 4)
-    assert classes == [["ok", "ok", "ok"],  # A/B: converged, k-hat good and exact posterior agree, PPC passed
-                       ["ok", "ok", "ok"],  # VAE: the joint k-hat is no verdict; the per-row one is good
-                       ["fail", "fail", "fail"],  # anomaly: NaN loss, k-hat unreliable, PPC failed
-                       ["fail"]]  # the run that failed
+    assert classes == [
+        ["ok", "ok", "ok"],  # A/B: converged, k-hat good and exact posterior agree, PPC passed
+        ["ok", "ok", "ok"],  # VAE: the joint k-hat is no verdict; the per-row one is good
+        ["fail", "fail", "fail"],  # anomaly: NaN loss, k-hat unreliable, PPC failed
+        ["fail"],
+    ]  # the run that failed
     table = re.search(r'<table class="verdicts">.*?</table>', handmade, flags=re.S).group(0)
-    for words in ("optimisation", "posterior quality", "predictive check", "NaN or infinite loss",
-                  "k-hat 43.50 unreliable", "failed: 1 of 62 statistics", "the run failed: boom"):
+    for words in (
+        "optimisation",
+        "posterior quality",
+        "predictive check",
+        "NaN or infinite loss",
+        "k-hat 43.50 unreliable",
+        "failed: 1 of 62 statistics",
+        "the run failed: boom",
+    ):
         assert words in table
 
 

@@ -19,8 +19,7 @@ OUTPUTS: dict[str, str] = {}
 
 def run_smoke(path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "BAYESGEN_SMOKE": "1", "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, str(path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, str(path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
@@ -34,6 +33,7 @@ def test_tutorial_runs_in_smoke_mode(path):
 @pytest.mark.parametrize("name", ["arviz_bridge", "vae"])
 def test_tutorial_prints_the_same_numbers_on_a_second_run(name):
     path = ROOT / "tutorials" / f"{name}.py"
+
     # Timings ("0.50 s per epoch") measure the machine, not the model: masked.
     def numbers(text: str) -> str:
         return re.sub(r"\d+(\.\d+)? s\b", "<t> s", text)
@@ -48,8 +48,11 @@ def test_tutorial_prints_the_same_numbers_on_a_second_run(name):
 USER_MODEL_TUTORIALS = {"arviz_bridge", "your_model"}
 
 
-@pytest.mark.parametrize("path", [p for p in TUTORIALS if p.stem not in USER_MODEL_TUTORIALS],
-                         ids=[p.stem for p in TUTORIALS if p.stem not in USER_MODEL_TUTORIALS])
+@pytest.mark.parametrize(
+    "path",
+    [p for p in TUTORIALS if p.stem not in USER_MODEL_TUTORIALS],
+    ids=[p.stem for p in TUTORIALS if p.stem not in USER_MODEL_TUTORIALS],
+)
 def test_tutorial_is_pinned_to_a_spec_and_its_seed(path):
     import tomllib
 
@@ -67,12 +70,18 @@ def test_a_tutorial_runs_as_a_notebook(monkeypatch):
     monkeypatch.setenv("BAYESGEN_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = jupytext.read(ROOT / "tutorials" / "arviz_bridge.py")
-    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(ROOT / "tutorials")}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "tutorials")}}
+    )
     client.execute()
     text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors and "mu" in text
 
 

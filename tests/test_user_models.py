@@ -33,9 +33,19 @@ SPREAD = [name for name, case in CASES.items() if not case.point_estimate]
 # Enumerated mixtures and the EasyGuide convert one draw at a time: fewer draws keep them quick.
 NUM_DRAWS = {"mixture_delta": 200, "mixture_normal": 200, "local_level": 200}
 KHAT_DRAWS = {"mixture_normal": 100, "local_level": 100}
-PLATE = {"rats": "group", "rats_conjugate": "group", "schools": "school", "linreg_diag": "data",
-         "linreg_mvn": "data", "logistic": "data", "logistic_minibatch": "data", "mixture_normal": "data",
-         "mixture_delta": "data", "horseshoe": "data", "local_level": "time"}
+PLATE = {
+    "rats": "group",
+    "rats_conjugate": "group",
+    "schools": "school",
+    "linreg_diag": "data",
+    "linreg_mvn": "data",
+    "logistic": "data",
+    "logistic_minibatch": "data",
+    "mixture_normal": "data",
+    "mixture_delta": "data",
+    "horseshoe": "data",
+    "local_level": "time",
+}
 _FITTED: dict[str, tuple] = {}
 
 
@@ -50,8 +60,16 @@ def fitted(name: str) -> tuple[UserCase, object, object, object]:
         case = CASES[name]
         guide = case.make_guide()
         fit = run_svi(case.model, guide, *case.args, seed=0, **case.fit, **case.kwargs)
-        tree = to_datatree(case.model, guide, *case.args, param_state=fit.param_state, seed=0,
-                           num_samples=NUM_DRAWS.get(name, 1000), dims=case.dims, **full_kwargs(case))
+        tree = to_datatree(
+            case.model,
+            guide,
+            *case.args,
+            param_state=fit.param_state,
+            seed=0,
+            num_samples=NUM_DRAWS.get(name, 1000),
+            dims=case.dims,
+            **full_kwargs(case),
+        )
         _FITTED[name] = case, guide, fit, tree
     return _FITTED[name]
 
@@ -71,11 +89,13 @@ def assert_matches(values: np.ndarray, mean, sd, *, mean_tol: float, sd_tol: flo
     mean_allowed = mean_tol + 3 * got_sd / sd / math.sqrt(n)
     assert np.all(mean_err <= mean_allowed), (
         f"{what}: means {got_mean.round(3)} vs exact {mean.round(3)}; |error| in sds {mean_err.round(2)} > "
-        f"{np.round(mean_allowed, 2)}")
+        f"{np.round(mean_allowed, 2)}"
+    )
     ratio = got_sd / sd
     ratio_allowed = sd_tol + 3 / math.sqrt(2 * n)
     assert np.all(np.abs(ratio - 1) <= ratio_allowed), (
-        f"{what}: sds {got_sd.round(3)} vs exact {sd.round(3)}; ratio {ratio.round(2)} beyond 1 ± {ratio_allowed:.2f}")
+        f"{what}: sds {got_sd.round(3)} vs exact {sd.round(3)}; ratio {ratio.round(2)} beyond 1 ± {ratio_allowed:.2f}"
+    )
 
 
 # ------------------------------------------------------------------ the pipeline, every case
@@ -97,8 +117,16 @@ def test_user_model_runs_through_fit_tree_loo_and_khat(name):
     assert np.isfinite(loo.elpd) and np.isfinite(loo.se)
     assert 0 < loo.p < 3 * sum(int(np.prod(v.shape[2:])) for v in tree.posterior.data_vars.values())
     num_samples = KHAT_DRAWS.get(name, 300)
-    diag = vi_khat(case.model, guide, *case.args, param_state=fit.param_state, num_samples=num_samples, seed=0,
-                   warn=False, **full_kwargs(case))
+    diag = vi_khat(
+        case.model,
+        guide,
+        *case.args,
+        param_state=fit.param_state,
+        num_samples=num_samples,
+        seed=0,
+        warn=False,
+        **full_kwargs(case),
+    )
     assert diag.verdict in {"good", "usable", "unreliable"} and not math.isnan(diag.khat)
     assert diag.raw_log_weights.shape == (num_samples,) and np.isfinite(diag.raw_log_weights).all()
 
@@ -122,8 +150,9 @@ def test_count_observations_stay_integer(name):
 @pytest.mark.parametrize("name", ["rats_conjugate", "schools", "linreg_mvn", "local_level"])
 def test_dims_are_named_after_the_plates_without_a_dims_table(name):
     case, guide, fit, _ = fitted(name)
-    tree = to_datatree(case.model, guide, *case.args, param_state=fit.param_state, num_samples=50, seed=0,
-                       **full_kwargs(case))
+    tree = to_datatree(
+        case.model, guide, *case.args, param_state=fit.param_state, num_samples=50, seed=0, **full_kwargs(case)
+    )
     assert tree.log_likelihood["y"].dims == ("chain", "draw", PLATE[name])
     assert tree.observed_data["y"].dims == (PLATE[name],)
 
@@ -174,8 +203,9 @@ def test_khat_tells_the_too_narrow_diagonal_guide_from_the_full_rank_one():
     out = {}
     for name in ("linreg_diag", "linreg_mvn"):
         case, guide, fit, _ = fitted(name)
-        out[name] = vi_khat(case.model, guide, *case.args, param_state=fit.param_state, num_samples=2000, seed=0,
-                            warn=False)
+        out[name] = vi_khat(
+            case.model, guide, *case.args, param_state=fit.param_state, num_samples=2000, seed=0, warn=False
+        )
     assert out["linreg_mvn"].verdict == "good"
     assert out["linreg_diag"].khat > out["linreg_mvn"].khat + 0.2
 
@@ -204,8 +234,9 @@ def test_posterior_covers_the_simulated_parameters(name):
             continue
         d = draws(tree, site)
         z = np.abs(d.mean(0) - value.numpy()) / d.std(0, ddof=1)
-        assert np.all(z < 3.5), (f"{site}: truth {value.numpy().round(2)}, "
-                                 f"posterior {d.mean(0).round(2)} ± {d.std(0).round(2)}")
+        assert np.all(z < 3.5), (
+            f"{site}: truth {value.numpy().round(2)}, posterior {d.mean(0).round(2)} ± {d.std(0).round(2)}"
+        )
 
 
 def test_minibatched_fit_matches_the_full_data_fit():
@@ -214,8 +245,7 @@ def test_minibatched_fit_matches_the_full_data_fit():
     _, _, _, mini = fitted("logistic_minibatch")
     for site in ("b", "w"):
         full_draws, mini_draws = draws(full, site), draws(mini, site)
-        assert_matches(mini_draws, full_draws.mean(0), full_draws.std(0, ddof=1), mean_tol=0.25, sd_tol=0.25,
-                       what=site)
+        assert_matches(mini_draws, full_draws.mean(0), full_draws.std(0, ddof=1), mean_tol=0.25, sd_tol=0.25, what=site)
 
 
 @pytest.mark.parametrize("name", ["mixture_delta", "mixture_normal"])
@@ -243,8 +273,9 @@ def test_horseshoe_map_keeps_the_signals_and_shrinks_the_noise():
 def test_point_estimate_guide_is_flagged_when_converted(name, caplog):
     case, guide, fit, _ = fitted(name)
     with caplog.at_level(logging.WARNING, logger="bayesgen.arviz"):
-        tree = to_datatree(case.model, guide, *case.args, param_state=fit.param_state, num_samples=20, seed=0,
-                           dims=case.dims)
+        tree = to_datatree(
+            case.model, guide, *case.args, param_state=fit.param_state, num_samples=20, seed=0, dims=case.dims
+        )
     # The warning says what the tree is and what LOO will do with it.
     assert "point mass" in caplog.text and "LOO" in caplog.text
     assert tree.attrs.get("point_estimate") == 1
@@ -270,13 +301,29 @@ def test_vi_khat_does_not_call_a_point_estimate_good(name):
 def test_vi_khat_on_a_subsampling_plate_refuses_or_uses_every_row():
     case, guide, fit, _ = fitted("logistic_minibatch")
     try:
-        sub = vi_khat(case.model, guide, *case.args, param_state=fit.param_state, num_samples=200, seed=0,
-                      warn=False, **case.kwargs)
+        sub = vi_khat(
+            case.model,
+            guide,
+            *case.args,
+            param_state=fit.param_state,
+            num_samples=200,
+            seed=0,
+            warn=False,
+            **case.kwargs,
+        )
     except ValueError as err:
         assert "subsampl" in str(err).lower(), err
         return
-    full = vi_khat(case.model, guide, *case.args, param_state=fit.param_state, num_samples=200, seed=0,
-                   warn=False, **full_kwargs(case))
+    full = vi_khat(
+        case.model,
+        guide,
+        *case.args,
+        param_state=fit.param_state,
+        num_samples=200,
+        seed=0,
+        warn=False,
+        **full_kwargs(case),
+    )
     np.testing.assert_allclose(sub.raw_log_weights, full.raw_log_weights, rtol=1e-4)
 
 
@@ -289,17 +336,34 @@ def test_to_datatree_refuses_a_subsampling_plate():
 # ------------------------------------------------------------------ NUTS
 # The enumerated mixture is checked against its simulated parameters only: NUTS (two chains of 300 + 500)
 # does not mix on it (R-hat 1.8, bulk ESS 3), so it is no reference there.
-NUTS_TOLERANCE = {"rats": 0.25, "schools": 0.25, "linreg_mvn": 0.1, "logistic": 0.1, "logistic_minibatch": 0.15,
-                  "local_level": 0.2, "rats_conjugate": 0.15}
+NUTS_TOLERANCE = {
+    "rats": 0.25,
+    "schools": 0.25,
+    "linreg_mvn": 0.1,
+    "logistic": 0.1,
+    "logistic_minibatch": 0.15,
+    "local_level": 0.2,
+    "rats_conjugate": 0.15,
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(NUTS_TOLERANCE))
 def test_guide_agrees_with_nuts(name):
     case, guide, fit, _ = fitted(name)
-    result = nuts_compare(case.model, guide, *case.args, param_state=fit.param_state, num_warmup=300,
-                          num_samples=500, num_chains=2, svi_samples=2000, tolerance=NUTS_TOLERANCE[name],
-                          warn=False, **full_kwargs(case))
+    result = nuts_compare(
+        case.model,
+        guide,
+        *case.args,
+        param_state=fit.param_state,
+        num_warmup=300,
+        num_samples=500,
+        num_chains=2,
+        svi_samples=2000,
+        tolerance=NUTS_TOLERANCE[name],
+        warn=False,
+        **full_kwargs(case),
+    )
     assert result.reliable, result.message()
     assert result.agree, result.message() + "\n" + result.table.round(3).to_string()
 
@@ -309,7 +373,17 @@ def test_guide_agrees_with_nuts(name):
 def test_nuts_finds_a_guide_too_narrow(name):
     # The mean-field guide on correlated weights and the point estimates have sds below the posterior's.
     case, guide, fit, _ = fitted(name)
-    result = nuts_compare(case.model, guide, *case.args, param_state=fit.param_state, num_warmup=300,
-                          num_samples=500, num_chains=2, svi_samples=2000, warn=False, **full_kwargs(case))
+    result = nuts_compare(
+        case.model,
+        guide,
+        *case.args,
+        param_state=fit.param_state,
+        num_warmup=300,
+        num_samples=500,
+        num_chains=2,
+        svi_samples=2000,
+        warn=False,
+        **full_kwargs(case),
+    )
     assert not result.agree, result.message()
     assert result.table["sd_ratio"].min() < 0.8

@@ -43,15 +43,21 @@ def test_model_and_guide_share_latent_sites_and_log_prob_is_finite(likelihood):
     m = poutine.trace(poutine.replay(model, trace=g)).get_trace(
         x, decoder=dec, likelihood=likelihood, latent_dim=3, gaussian_scale=scale
     )
+
     def latent(tr):
-        return {n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+        return {
+            n
+            for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        }
 
     assert latent(m) == latent(g) == {"z"}
     assert m.nodes["z"]["value"].shape == (20, 3)
     assert torch.isfinite(m.log_prob_sum()) and torch.isfinite(g.log_prob_sum())
     # Without data the same model generates (prior predictive).
-    prior = poutine.trace(model).get_trace(None, decoder=dec, likelihood=likelihood, latent_dim=3, num_rows=5,
-                                            gaussian_scale=scale)
+    prior = poutine.trace(model).get_trace(
+        None, decoder=dec, likelihood=likelihood, latent_dim=3, num_rows=5, gaussian_scale=scale
+    )
     assert prior.nodes["x"]["value"].shape == (5, 64)
 
 
@@ -66,7 +72,9 @@ def test_iwae_bound_with_k1_is_the_elbo_and_grows_with_k():
         loc, scale = enc(x)
         z = torch.distributions.Normal(loc, scale).sample((4000,))
         rec = torch.distributions.Bernoulli(logits=dec(z)).log_prob(x).sum(-1).mean(0)
-        kl = torch.distributions.kl_divergence(torch.distributions.Normal(loc, scale), torch.distributions.Normal(0, 1)).sum(-1)
+        kl = torch.distributions.kl_divergence(
+            torch.distributions.Normal(loc, scale), torch.distributions.Normal(0, 1)
+        ).sum(-1)
         k100 = iwae_bound(x, None, encoder=enc, decoder=dec, likelihood="bernoulli", num_samples=100)
     se = k1.std(0) / np.sqrt(200)
     assert torch.all((k1.mean(0) - (rec - kl)).abs() < 5 * se + 0.05)
@@ -170,8 +178,16 @@ def test_jit_and_amp_give_the_same_kind_of_fit(digits):
 def test_early_stopping_keeps_the_best_epoch(digits):
     X, _ = digits
     # 150 rows and a big network overfit quickly, so the validation ELBO turns.
-    v = VAE(latent_dim=16, hidden_dims=(256,), num_epochs=200, batch_size=30, learning_rate=3e-3,
-            validation_fraction=0.2, patience=3, seed=0).fit(X[:150])
+    v = VAE(
+        latent_dim=16,
+        hidden_dims=(256,),
+        num_epochs=200,
+        batch_size=30,
+        learning_rate=3e-3,
+        validation_fraction=0.2,
+        patience=3,
+        seed=0,
+    ).fit(X[:150])
     hist = v.history_
     assert len(hist) < 200, "validation ELBO never stopped improving"
     best = int(hist["epoch"][hist["val_elbo"].idxmax()])
@@ -195,8 +211,12 @@ def test_interpolate_decode_and_plots(fitted, digits):
     assert path.shape == (6, 64)
     np.testing.assert_allclose(path[0], fitted.reconstruct(X[:1])[0], atol=1e-5)
     np.testing.assert_allclose(path[-1], fitted.reconstruct(X[1:2])[0], atol=1e-5)
-    for fig in (fitted.plot_samples(4), fitted.plot_reconstructions(X[:6]), fitted.plot_latent(X[:300], y[:300]),
-                fitted.plot_interpolation(X[0], X[1])):
+    for fig in (
+        fitted.plot_samples(4),
+        fitted.plot_reconstructions(X[:6]),
+        fitted.plot_latent(X[:300], y[:300]),
+        fitted.plot_interpolation(X[0], X[1]),
+    ):
         assert fig.axes
 
 
@@ -264,8 +284,9 @@ def test_save_load_keeps_the_networks(fitted, digits, tmp_path):
 @pytest.mark.cuda
 def test_fit_on_cuda_with_data_resident_on_the_gpu(digits):
     X, y = digits
-    v = VAE(latent_dim=4, hidden_dims=(64,), conditional=True, num_epochs=3, batch_size=64, device="cuda",
-            seed=0, amp=True).fit(X, y)
+    v = VAE(
+        latent_dim=4, hidden_dims=(64,), conditional=True, num_epochs=3, batch_size=64, device="cuda", seed=0, amp=True
+    ).fit(X, y)
     assert v._x.device.type == "cuda" and next(v.decoder_.parameters()).device.type == "cuda"
     assert np.isfinite(v.losses_).all()
     xs, _ = v.sample(10, y=3, seed=0)
@@ -368,9 +389,12 @@ def test_interpolation_shows_the_real_endpoints(tiny_cvae, digits):
 def test_conditional_latent_plot_says_why_the_classes_mix(tiny_cvae, digits):
     X, y = digits
     plain_vae = VAE(latent_dim=4, hidden_dims=(32,), num_epochs=2, seed=0).fit(X[:400])
-    texts = " ".join(t.get_text() for t in tiny_cvae.plot_latent(X[:200], y[:200], y=y[:200]).findobj(
-        lambda o: hasattr(o, "get_text")))
+    texts = " ".join(
+        t.get_text()
+        for t in tiny_cvae.plot_latent(X[:200], y[:200], y=y[:200]).findobj(lambda o: hasattr(o, "get_text"))
+    )
     assert "decoder is given the label" in texts
-    plain = " ".join(t.get_text() for t in plain_vae.plot_latent(X[:200], y[:200]).findobj(
-        lambda o: hasattr(o, "get_text")))
+    plain = " ".join(
+        t.get_text() for t in plain_vae.plot_latent(X[:200], y[:200]).findobj(lambda o: hasattr(o, "get_text"))
+    )
     assert "decoder is given the label" not in plain  # an unconditional VAE's latent code does carry the class

@@ -77,8 +77,9 @@ def _generator(seed: int) -> torch.Generator:
 
 
 # ------------------------------------------------------------ hierarchical Beta-Binomial (rats)
-def rats_model(trials: torch.Tensor, successes: torch.Tensor | None = None,
-               prior: tuple[float, float] | None = None) -> None:
+def rats_model(
+    trials: torch.Tensor, successes: torch.Tensor | None = None, prior: tuple[float, float] | None = None
+) -> None:
     """theta_j ~ Beta(phi kappa, (1 - phi) kappa); y_j ~ Binomial(n_j, theta_j) (Gelman et al., BDA3 5.3).
 
     ``prior=(a, b)`` fixes the Beta's parameters (conjugate: the exact posterior is Beta(a + y, b + n − y));
@@ -95,8 +96,9 @@ def rats_model(trials: torch.Tensor, successes: torch.Tensor | None = None,
         pyro.sample("y", dist.Binomial(trials, theta), obs=successes)
 
 
-def simulate_rats(num_groups: int = 12, phi: float = 0.2, kappa: float = 15.0,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def simulate_rats(
+    num_groups: int = 12, phi: float = 0.2, kappa: float = 15.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Trials, successes (whole-number floats, as Pyro's Binomial takes them) and the simulated parameters."""
     gen = _generator(seed)
     trials = torch.randint(20, 52, (num_groups,), generator=gen).double()
@@ -104,12 +106,16 @@ def simulate_rats(num_groups: int = 12, phi: float = 0.2, kappa: float = 15.0,
     rest = torch._standard_gamma(torch.full((num_groups,), (1 - phi) * kappa, dtype=torch.float64), generator=gen)
     theta = theta / (theta + rest)
     successes = torch.binomial(trials, theta, generator=gen)
-    return trials.float(), successes.float(), {"phi": torch.tensor(phi), "kappa": torch.tensor(kappa),
-                                               "theta": theta.float()}
+    return (
+        trials.float(),
+        successes.float(),
+        {"phi": torch.tensor(phi), "kappa": torch.tensor(kappa), "theta": theta.float()},
+    )
 
 
-def exact_beta_binomial(trials: torch.Tensor, successes: torch.Tensor,
-                        prior: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_beta_binomial(
+    trials: torch.Tensor, successes: torch.Tensor, prior: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and sd of each theta_j under a fixed Beta(a, b) prior: Beta(a + y_j, b + n_j − y_j)."""
     post = dist.Beta(prior[0] + successes.double(), prior[1] + (trials - successes).double())
     return post.mean, post.variance.sqrt()
@@ -162,9 +168,11 @@ def schools_quadrature(sigma: torch.Tensor, y: torch.Tensor, num_points: int = 2
     tau = torch.logspace(-4, 3, num_points, dtype=torch.float64)
     var = sigma**2 + tau[:, None] ** 2  # (T, J)
     cov = torch.diag_embed(var) + SCHOOLS_MU_SCALE**2
-    log_post = (dist.MultivariateNormal(torch.zeros_like(y), cov).log_prob(y)
-                + dist.HalfCauchy(torch.tensor(SCHOOLS_TAU_SCALE, dtype=torch.float64)).log_prob(tau)
-                + tau.log())  # integrating in log tau
+    log_post = (
+        dist.MultivariateNormal(torch.zeros_like(y), cov).log_prob(y)
+        + dist.HalfCauchy(torch.tensor(SCHOOLS_TAU_SCALE, dtype=torch.float64)).log_prob(tau)
+        + tau.log()
+    )  # integrating in log tau
     w = torch.softmax(log_post, 0)
     v_mu = 1 / (1 / SCHOOLS_MU_SCALE**2 + (1 / var).sum(-1))
     m_mu = v_mu * (y / var).sum(-1)
@@ -179,8 +187,7 @@ def schools_quadrature(sigma: torch.Tensor, y: torch.Tensor, num_points: int = 2
         second = (w.reshape(-1, *[1] * (mean.dim() - 1)) * (variance + mean**2)).sum(0)
         return first, (second - first**2).sqrt()
 
-    return {"mu": moments(m_mu, v_mu), "tau": moments(tau, torch.zeros_like(tau)),
-            "theta": moments(m_theta, v_theta)}
+    return {"mu": moments(m_mu, v_mu), "tau": moments(tau, torch.zeros_like(tau)), "theta": moments(m_theta, v_theta)}
 
 
 # ------------------------------------------------------------ linear regression with known noise
@@ -223,8 +230,7 @@ def logistic_model(X: torch.Tensor, y: torch.Tensor | None = None) -> None:
         pyro.sample("y", dist.Bernoulli(logits=b + (X * w).sum(-1)), obs=y)
 
 
-def minibatch_logistic_model(X: torch.Tensor, y: torch.Tensor | None = None,
-                             subsample_size: int | None = None) -> None:
+def minibatch_logistic_model(X: torch.Tensor, y: torch.Tensor | None = None, subsample_size: int | None = None) -> None:
     """The same model fitted on minibatches: ``pyro.plate(..., subsample_size=subsample_size)`` draws the rows and
     scales their log-likelihood by N / subsample_size; ``subsample_size=None`` uses every row."""
     b = pyro.sample("b", dist.Normal(X.new_tensor(0.0), 2.0))
@@ -261,8 +267,7 @@ def mixture_model(y: torch.Tensor) -> None:
 def simulate_mixture(seed: int = 0) -> tuple:
     gen = _generator(seed)
     y = torch.cat([torch.randn(60, generator=gen) * 0.8 - 2.5, torch.randn(40, generator=gen) * 0.6 + 2.0])
-    return y, {"weights": torch.tensor([0.6, 0.4]), "loc": torch.tensor([-2.5, 2.0]),
-               "scale": torch.tensor([0.8, 0.6])}
+    return y, {"weights": torch.tensor([0.6, 0.4]), "loc": torch.tensor([-2.5, 2.0]), "scale": torch.tensor([0.8, 0.6])}
 
 
 def mixture_guide(kind: str) -> Callable[[], Any]:
@@ -316,8 +321,9 @@ def local_level_guide(self: Any, y: torch.Tensor) -> None:
     """EasyGuide: one full-rank Gaussian over the innovations, given by its mean and a Cholesky factor."""
     group = self.group(match="eps")
     loc = pyro.param("eps_loc", y.new_zeros(group.event_shape))
-    scale_tril = pyro.param("eps_scale_tril", 0.5 * torch.eye(group.event_shape[0], dtype=y.dtype),
-                            constraint=constraints.lower_cholesky)
+    scale_tril = pyro.param(
+        "eps_scale_tril", 0.5 * torch.eye(group.event_shape[0], dtype=y.dtype), constraint=constraints.lower_cholesky
+    )
     group.sample("eps_joint", dist.MultivariateNormal(loc, scale_tril=scale_tril))
 
 
@@ -347,67 +353,139 @@ def make_cases() -> dict[str, UserCase]:
 
     trials, successes, truth = simulate_rats(seed=1)
     cases["rats"] = UserCase(
-        "rats", rats_model, lambda: AutoNormal(rats_model), (trials, successes), truth=truth,
+        "rats",
+        rats_model,
+        lambda: AutoNormal(rats_model),
+        (trials, successes),
+        truth=truth,
         fit=dict(num_steps=600, learning_rate=0.05, max_plate_nesting=1, average_last=200),
-        dims={"theta": ["group"], "y": ["group"]})
+        dims={"theta": ["group"], "y": ["group"]},
+    )
     prior = (3.0, 12.0)
     cases["rats_conjugate"] = UserCase(
-        "rats_conjugate", rats_model, lambda: AutoNormal(rats_model), (trials, successes), {"prior": prior},
+        "rats_conjugate",
+        rats_model,
+        lambda: AutoNormal(rats_model),
+        (trials, successes),
+        {"prior": prior},
         truth=truth,
-        fit=dict(num_steps=400, learning_rate=0.05, num_particles=4, vectorize_particles=True, max_plate_nesting=1,
-                 average_last=100),
+        fit=dict(
+            num_steps=400,
+            learning_rate=0.05,
+            num_particles=4,
+            vectorize_particles=True,
+            max_plate_nesting=1,
+            average_last=100,
+        ),
         dims={"theta": ["group"], "y": ["group"]},
-        exact={"theta": exact_beta_binomial(trials, successes, prior)})
+        exact={"theta": exact_beta_binomial(trials, successes, prior)},
+    )
 
     sigma, y, truth = simulate_schools(seed=2)
     cases["schools"] = UserCase(
-        "schools", schools_model, lambda: schools_guide, (sigma, y), truth=truth,
-        fit=dict(num_steps=800, learning_rate=0.05, num_particles=8, vectorize_particles=True, max_plate_nesting=1,
-                 average_last=200),
+        "schools",
+        schools_model,
+        lambda: schools_guide,
+        (sigma, y),
+        truth=truth,
+        fit=dict(
+            num_steps=800,
+            learning_rate=0.05,
+            num_particles=8,
+            vectorize_particles=True,
+            max_plate_nesting=1,
+            average_last=200,
+        ),
         dims={"eta": ["school"], "theta": ["school"], "y": ["school"]},
-        exact=schools_quadrature(sigma, y))
+        exact=schools_quadrature(sigma, y),
+    )
 
     X, y, truth = simulate_linreg(seed=3)
     mean, cov = exact_linreg(X, y)
     for auto in (AutoDiagonalNormal, AutoMultivariateNormal):
         name = f"linreg_{'diag' if auto is AutoDiagonalNormal else 'mvn'}"
         cases[name] = UserCase(
-            name, linreg_model, lambda auto=auto: auto(linreg_model, init_scale=0.05), (X, y), truth=truth,
-            fit=dict(num_steps=400, learning_rate=0.05, num_particles=4, vectorize_particles=True,
-                     max_plate_nesting=1, average_last=150),
+            name,
+            linreg_model,
+            lambda auto=auto: auto(linreg_model, init_scale=0.05),
+            (X, y),
+            truth=truth,
+            fit=dict(
+                num_steps=400,
+                learning_rate=0.05,
+                num_particles=4,
+                vectorize_particles=True,
+                max_plate_nesting=1,
+                average_last=150,
+            ),
             dims={"w": ["coef"], "y": ["data"]},
-            exact={"w": (mean, cov.diagonal().sqrt())})
+            exact={"w": (mean, cov.diagonal().sqrt())},
+        )
 
     X, y, truth = simulate_logistic(seed=4)
     cases["logistic"] = UserCase(
-        "logistic", logistic_model, lambda: AutoMultivariateNormal(logistic_model), (X, y), truth=truth,
-        fit=dict(num_steps=400, learning_rate=0.05, num_particles=2, vectorize_particles=True, max_plate_nesting=1,
-                 average_last=150),
-        dims={"w": ["coef"], "y": ["data"]})
+        "logistic",
+        logistic_model,
+        lambda: AutoMultivariateNormal(logistic_model),
+        (X, y),
+        truth=truth,
+        fit=dict(
+            num_steps=400,
+            learning_rate=0.05,
+            num_particles=2,
+            vectorize_particles=True,
+            max_plate_nesting=1,
+            average_last=150,
+        ),
+        dims={"w": ["coef"], "y": ["data"]},
+    )
     cases["logistic_minibatch"] = UserCase(
-        "logistic_minibatch", minibatch_logistic_model, lambda: AutoNormal(minibatch_logistic_model), (X, y),
-        {"subsample_size": 50}, truth=truth, full_kwargs={"subsample_size": None},
+        "logistic_minibatch",
+        minibatch_logistic_model,
+        lambda: AutoNormal(minibatch_logistic_model),
+        (X, y),
+        {"subsample_size": 50},
+        truth=truth,
+        full_kwargs={"subsample_size": None},
         fit=dict(num_steps=600, learning_rate=0.03, max_plate_nesting=1, average_last=300),
-        dims={"w": ["coef"], "y": ["data"]})
+        dims={"w": ["coef"], "y": ["data"]},
+    )
 
     y, truth = simulate_mixture(seed=5)
     for kind in ("delta", "normal"):
         cases[f"mixture_{kind}"] = UserCase(
-            f"mixture_{kind}", mixture_model, mixture_guide(kind), (y,), truth=truth,
+            f"mixture_{kind}",
+            mixture_model,
+            mixture_guide(kind),
+            (y,),
+            truth=truth,
             fit=dict(num_steps=300, learning_rate=0.05, loss="trace_enum", max_plate_nesting=1),
-            dims={"y": ["data"], "z": ["data"]}, point_estimate=kind == "delta")
+            dims={"y": ["data"], "z": ["data"]},
+            point_estimate=kind == "delta",
+        )
 
     X, y, truth = simulate_horseshoe(seed=6)
     cases["horseshoe"] = UserCase(
-        "horseshoe", horseshoe_model, lambda: AutoDelta(horseshoe_model), (X, y), truth=truth,
+        "horseshoe",
+        horseshoe_model,
+        lambda: AutoDelta(horseshoe_model),
+        (X, y),
+        truth=truth,
         fit=dict(num_steps=600, learning_rate=0.05, max_plate_nesting=1),
-        dims={"y": ["data"]}, point_estimate=True)
+        dims={"y": ["data"]},
+        point_estimate=True,
+    )
 
     y, truth = simulate_local_level(seed=7)
     cases["local_level"] = UserCase(
-        "local_level", local_level_model, lambda: local_level_guide, (y,), truth=truth,
+        "local_level",
+        local_level_model,
+        lambda: local_level_guide,
+        (y,),
+        truth=truth,
         # One particle: with vectorised particles this EasyGuide's fit lands far from the exact posterior.
         fit=dict(num_steps=800, learning_rate=0.05, max_plate_nesting=1, average_last=300),
         dims={"eps": ["time"], "level": ["time"], "y": ["time"]},
-        exact=exact_local_level(y))
+        exact=exact_local_level(y),
+    )
     return cases

@@ -95,8 +95,8 @@ print({k: round(v, 4) for k, v in test.exact_gap_.items()})
 # subsampled data.
 
 # %%
-rows = [(name, 1) for name, s in zip(names, successes) for _ in range(int(s))]
-rows += [(name, 0) for name, s, n in zip(names, successes, trials) for _ in range(int(n - s))]
+rows = [(name, 1) for name, s in zip(names, successes, strict=True) for _ in range(int(s))]
+rows += [(name, 0) for name, s, n in zip(names, successes, trials, strict=True) for _ in range(int(n - s))]
 events = pd.DataFrame(rows, columns=["name_group", "callback"])
 events_test = BetaBinomialTest(**{**settings, "batch_size": 500}).fit_events(
     events, variant_col="name_group", outcome_col="callback"

@@ -71,8 +71,12 @@ print(det.anomaly_fraction().round(3).to_dict())
 probs = det.predict_proba(X, ci_prob=0.9)
 print(probs.sort_values("probability", ascending=False).head().round(3))
 score = -det.score_samples(X)
-print("ROC-AUC against the labels: density score", round(roc_auc_score(malignant, score), 3),
-      " probability", round(roc_auc_score(malignant, probs["probability"]), 3))
+print(
+    "ROC-AUC against the labels: density score",
+    round(roc_auc_score(malignant, score), 3),
+    " probability",
+    round(roc_auc_score(malignant, probs["probability"]), 3),
+)
 show(det.plot(X, malignant), "anomaly_probability")
 
 # %% [markdown]
@@ -84,7 +88,7 @@ show(det.plot(X, malignant), "anomaly_probability")
 # leaves the fit unsupervised; scored here on the rows that were *not* labelled.
 
 # %%
-from sklearn.metrics import brier_score_loss
+from sklearn.metrics import brier_score_loss  # noqa: E402
 
 rng = np.random.default_rng(seed)
 labelled = rng.choice(len(X), size=50, replace=False)
@@ -93,10 +97,14 @@ raw = det.predict_proba(X.iloc[rest])
 det.calibrate(X.iloc[labelled], malignant[labelled])
 calibrated = det.predict_proba(X.iloc[rest])
 print(det.calibration_)
-print("Brier on the unlabelled rows: model", round(brier_score_loss(malignant[rest], raw), 3),
-      " calibrated", round(brier_score_loss(malignant[rest], calibrated), 3),
-      " constant at the labelled share", round(brier_score_loss(malignant[rest],
-                                                                 np.full(len(rest), malignant[labelled].mean())), 3))
+print(
+    "Brier on the unlabelled rows: model",
+    round(brier_score_loss(malignant[rest], raw), 3),
+    " calibrated",
+    round(brier_score_loss(malignant[rest], calibrated), 3),
+    " constant at the labelled share",
+    round(brier_score_loss(malignant[rest], np.full(len(rest), malignant[labelled].mean())), 3),
+)
 
 # %% [markdown]
 # ## How many normal components? Ask LOO

@@ -47,13 +47,22 @@ def show(fig, name):
 
 effects = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 std_errors = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-schools = ["Choate", "Deerfield", "Phillips Andover", "Phillips Exeter", "Hotchkiss", "Lawrenceville",
-           "St. Paul's", "Mt. Hermon"]
+schools = [
+    "Choate",
+    "Deerfield",
+    "Phillips Andover",
+    "Phillips Exeter",
+    "Hotchkiss",
+    "Lawrenceville",
+    "St. Paul's",
+    "Mt. Hermon",
+]
 
 # %% [markdown]
 # ## A plain Pyro model and guide
 # Non-centred parameterisation; the guide is Pyro's own `AutoNormal`. Nothing here is
 # bayesgen-specific.
+
 
 # %%
 def eight_schools(sigma, y=None):
@@ -73,9 +82,20 @@ guide = AutoNormal(eight_schools)
 # convergence check on the smoothed loss.
 
 # %%
-fit = run_svi(eight_schools, guide, std_errors, effects, num_steps=300 if SMOKE else 4000,
-              learning_rate=0.02, lr_schedule="cosine", num_particles=4, vectorize_particles=True,
-              max_plate_nesting=1, convergence=ConvergenceCheck(window=200, rtol=1e-4), seed=0)
+fit = run_svi(
+    eight_schools,
+    guide,
+    std_errors,
+    effects,
+    num_steps=300 if SMOKE else 4000,
+    learning_rate=0.02,
+    lr_schedule="cosine",
+    num_particles=4,
+    vectorize_particles=True,
+    max_plate_nesting=1,
+    convergence=ConvergenceCheck(window=200, rtol=1e-4),
+    seed=0,
+)
 print(f"{fit.num_steps} steps, converged={fit.converged}, final loss {fit.losses[-200:].mean():.2f}")
 
 # %% [markdown]
@@ -83,10 +103,18 @@ print(f"{fit.num_steps} steps, converged={fit.converged}, final loss {fit.losses
 # Name the dimensions and label them; add the prior for prior-vs-posterior plots.
 
 # %%
-tree = to_datatree(eight_schools, guide, std_errors, effects, param_state=fit.param_state,
-                   num_samples=2000, seed=0, prior=True,
-                   dims={"theta_std": ["school"], "theta": ["school"], "y": ["school"]},
-                   coords={"school": schools})
+tree = to_datatree(
+    eight_schools,
+    guide,
+    std_errors,
+    effects,
+    param_state=fit.param_state,
+    num_samples=2000,
+    seed=0,
+    prior=True,
+    dims={"theta_std": ["school"], "theta": ["school"], "y": ["school"]},
+    coords={"school": schools},
+)
 print(sorted(tree.children))
 print(summary(tree, var_names=["mu", "tau", "theta"]).round(2))
 
@@ -140,6 +168,7 @@ def make_mixture(k):
         with pyro.plate("obs", len(y)):
             z = pyro.sample("z", dist.Categorical(w))
             pyro.sample("y", dist.Normal(loc[z], scale[z]), obs=y)
+
     return mixture
 
 
@@ -149,12 +178,28 @@ for k in (1, 2):
     # Components started apart: from a symmetric start SVI can settle on one broad component.
     start = torch.linspace(-2.0, 2.0, k) if k > 1 else torch.zeros(1)
     mix_guide = AutoNormal(poutine.block(mixture, hide=["z"]), init_loc_fn=init_to_value(values={"loc": start}))
-    mix_fit = run_svi(mixture, mix_guide, y_mix, num_steps=50 if SMOKE else 2000, learning_rate=0.05,
-                      loss="trace_enum", max_plate_nesting=1, seed=0)
+    mix_fit = run_svi(
+        mixture,
+        mix_guide,
+        y_mix,
+        num_steps=50 if SMOKE else 2000,
+        learning_rate=0.05,
+        loss="trace_enum",
+        max_plate_nesting=1,
+        seed=0,
+    )
     trees[f"{k} component{'s' * (k > 1)}"] = to_datatree(
-        mixture, mix_guide, y_mix, param_state=mix_fit.param_state, num_samples=50 if SMOKE else 1000,
-        dims={"y": ["obs"], "z": ["obs"]})
+        mixture,
+        mix_guide,
+        y_mix,
+        param_state=mix_fit.param_state,
+        num_samples=50 if SMOKE else 1000,
+        dims={"y": ["obs"], "z": ["obs"]},
+    )
 print(arviz_stats.compare(trees)[["rank", "elpd", "elpd_diff"]].round(1))
 z = trees["2 components"].posterior["z"].stack(sample=("chain", "draw")).transpose("sample", ...).values
-print("P(z = 1) for the first rows (left group) and the last rows (right group):",
-      z[:, :3].mean(0).round(2), z[:, -3:].mean(0).round(2))
+print(
+    "P(z = 1) for the first rows (left group) and the last rows (right group):",
+    z[:, :3].mean(0).round(2),
+    z[:, -3:].mean(0).round(2),
+)

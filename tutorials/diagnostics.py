@@ -73,8 +73,10 @@ for label, est in (("default", good), ("60 steps", short)):
 for label, est in (("default", good), ("60 steps", short)):
     diag = est.vi_diagnostic(num_samples=1000, warn=False)
     gap = est.exact_gap_
-    print(f"{label} → {diag.message()}; ESS/draws {diag.ess / diag.num_samples:.0%}; exact gap: mean "
-          f"{gap['max_mean_gap_sd']:.2f} sd, sd error {100 * gap['max_sd_rel_error']:.0f}%")
+    print(
+        f"{label} → {diag.message()}; ESS/draws {diag.ess / diag.num_samples:.0%}; exact gap: mean "
+        f"{gap['max_mean_gap_sd']:.2f} sd, sd error {100 * gap['max_sd_rel_error']:.0f}%"
+    )
 
 # %% [markdown]
 # ## 3. The gold standard: NUTS on the same model
@@ -86,8 +88,11 @@ for label, est in (("default", good), ("60 steps", short)):
 # %%
 cmp = good.nuts_check(num_samples=150 if SMOKE else 1000, num_warmup=100 if SMOKE else 500, seed=seed)
 print(cmp.message())
-print(cmp.table[["nuts_mean", "svi_mean", "nuts_sd", "svi_sd", "smd", "smd_allowed", "nuts_r_hat",
-                 "nuts_ess_bulk"]].round(4))
+print(
+    cmp.table[
+        ["nuts_mean", "svi_mean", "nuts_sd", "svi_sd", "smd", "smd_allowed", "nuts_r_hat", "nuts_ess_bulk"]
+    ].round(4)
+)
 
 # %% [markdown]
 # ## 4. A guide that is too narrow, on your own model
@@ -125,8 +130,16 @@ for guide in (good_guide, narrow_guide):
 
 sims = 15 if SMOKE else 100
 for guide in (good_guide, narrow_guide):
-    res = sbc(model, guide, y, num_simulations=sims, num_steps=200, learning_rate=0.1,
-              fit_kwargs={"lr_schedule": "cosine", "average_last": 50}, seed=seed)
+    res = sbc(
+        model,
+        guide,
+        y,
+        num_simulations=sims,
+        num_steps=200,
+        learning_rate=0.1,
+        fit_kwargs={"lr_schedule": "cosine", "average_last": 50},
+        seed=seed,
+    )
     print(guide.__name__, "→", res.message())
 show(res.plot(), "nuts_vs_svi")
 

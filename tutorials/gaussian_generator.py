@@ -127,8 +127,14 @@ print(f"accuracy, trained on real + synthetic: {clf.score(X_test, y_test):.3f}")
 # %%
 table = low_data_experiment(
     lambda: GaussianGenerator(covariance="full", method="exact", constant_features="keep", clip=(0, 1)),
-    X_train, y_train, X_test, y_test,
-    k_per_class=(10,) if SMOKE else (10, 30), n_synthetic_per_class=200, repeats=1 if SMOKE else 3, seed=seed,
+    X_train,
+    y_train,
+    X_test,
+    y_test,
+    k_per_class=(10,) if SMOKE else (10, 30),
+    n_synthetic_per_class=200,
+    repeats=1 if SMOKE else 3,
+    seed=seed,
 )
 print(table.groupby("k")[["real_only", "augmented", "gain"]].mean().round(3))
 
@@ -152,8 +158,10 @@ for name, extra in (("labelled rows only", {}), ("with unlabelled rows", {"unlab
     small.fit(X_train[few], y_train[few], **extra)
     data = augment(X_train[few], y_train[few], small, n_per_class=100, seed=seed)
     augmented = default_classifier().fit(data.X, data.y).score(X_test, y_test)
-    print(f"{name}: the generator classifies at {np.mean(small.predict(X_test) == y_test):.3f}; logistic "
-          f"regression {real_only:.3f} on the 50 real rows, {augmented:.3f} with its samples")
+    print(
+        f"{name}: the generator classifies at {np.mean(small.predict(X_test) == y_test):.3f}; logistic "
+        f"regression {real_only:.3f} on the 50 real rows, {augmented:.3f} with its samples"
+    )
 print("weight of an unlabelled row kept by cross-validation:", small.unlabelled_weight_)
 print(small.unlabelled_scores_.round(3))
 if small.unlabelled_history_ is not None:
@@ -173,7 +181,6 @@ candidates = {
     "diag (exact)": GaussianGenerator(covariance="diag", method="exact", constant_features="keep"),
     "full (exact)": GaussianGenerator(covariance="full", method="exact", constant_features="keep"),
 }
-trees = {name: est.fit(X_train, y_train).to_arviz(100 if SMOKE else 400, seed=seed)
-         for name, est in candidates.items()}
+trees = {name: est.fit(X_train, y_train).to_arviz(100 if SMOKE else 400, seed=seed) for name, est in candidates.items()}
 trees["lowrank (SVI)"] = gen.to_arviz(100 if SMOKE else 400, seed=seed)
 print(arviz_stats.compare(trees, var_name="x")[["rank", "elpd", "se", "elpd_diff", "weight"]].round(1))

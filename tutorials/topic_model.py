@@ -96,8 +96,12 @@ show(lda.plot_topics(spec["report"]["top_n"]), "topics")
 # proportions. New text goes through the fitted vocabulary.
 
 # %%
-mix = lda.transform(["The for statement iterates over the items of any sequence, in order.",
-                     "An exception is raised when an error is detected; try and except handle it."])
+mix = lda.transform(
+    [
+        "The for statement iterates over the items of any sequence, in order.",
+        "An exception is raised when an error is detected; try and except handle it.",
+    ]
+)
 print(np.round(mix.mean, 2))
 print(np.round(mix.high - mix.low, 2))
 
@@ -109,7 +113,13 @@ print(np.round(mix.high - mix.low, 2))
 
 # %%
 print("NPMI per topic:", np.round(lda.coherence(test, top_n=spec["report"]["top_n"]), 3))
-print("diversity:", round(lda.diversity(25), 3), " held-out perplexity:", round(lda.perplexity(test), 1),
-      " vocabulary:", corpus.num_words)
+print(
+    "diversity:",
+    round(lda.diversity(25), 3),
+    " held-out perplexity:",
+    round(lda.perplexity(test), 1),
+    " vocabulary:",
+    corpus.num_words,
+)
 tree = lda.to_arviz(100, docs=range(5))
 print(tree.posterior["theta"].mean(("chain", "draw")).round(2).values)

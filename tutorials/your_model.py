@@ -48,6 +48,7 @@ def show(fig, name):
     if path is not None:
         print(f"figure written to {path.relative_to(ROOT)}")
 
+
 # %% [markdown]
 # ## Data: two strongly correlated predictors
 # 100 rows, an intercept and two predictors with correlation 0.9, so the posterior of their
@@ -71,6 +72,7 @@ print(f"corr(x1, x2) = {torch.corrcoef(X[:, 1:].T)[0, 1]:.2f}")
 # expression that broadcasts over leading dimensions keeps working; one that does not makes
 # the conversion fall back to drawing one sample at a time.
 
+
 # %%
 def regression(X, y=None):
     w = pyro.sample("w", dist.Normal(X.new_zeros(X.shape[-1]), 2.0).to_event(1))
@@ -88,9 +90,19 @@ def regression(X, y=None):
 guides, fits = {}, {}
 for name, auto in [("AutoNormal", AutoNormal), ("AutoMultivariateNormal", AutoMultivariateNormal)]:
     guides[name] = auto(regression)
-    fits[name] = run_svi(regression, guides[name], X, y, num_steps=NUM_STEPS, learning_rate=0.03,
-                         num_particles=4, vectorize_particles=True, max_plate_nesting=1,
-                         average_last=NUM_STEPS // 4, seed=0)
+    fits[name] = run_svi(
+        regression,
+        guides[name],
+        X,
+        y,
+        num_steps=NUM_STEPS,
+        learning_rate=0.03,
+        num_particles=4,
+        vectorize_particles=True,
+        max_plate_nesting=1,
+        average_last=NUM_STEPS // 4,
+        seed=0,
+    )
     print(f"{name}: final loss {fits[name].losses[-100:].mean():.2f}")
 
 # %% [markdown]
@@ -112,6 +124,7 @@ print({name: tuple(value.shape) for name, value in guide_draws.items()})
 # logging handler catches bayesgen's message when the vectorised pass fails and it falls back to
 # a loop. The first variant also records the shape of `w` in each pass the conversion makes.
 
+
 # %%
 class Fallbacks(logging.Handler):
     def __init__(self):
@@ -130,6 +143,7 @@ def variant(predictor, shapes=None):
             shapes.append(tuple(w.shape))
         with pyro.plate("data", X.shape[0]):
             pyro.sample("y", dist.Normal(predictor(X, w), sigma), obs=y)
+
     return model
 
 
@@ -156,8 +170,15 @@ handler = Fallbacks()
 logging.getLogger("bayesgen.arviz").addHandler(handler)
 for label, (predictor, record) in predictors.items():
     handler.messages.clear()
-    to_datatree(variant(predictor, record), guides["AutoNormal"], X, y, param_state=fits["AutoNormal"].param_state,
-                num_samples=100, seed=0)
+    to_datatree(
+        variant(predictor, record),
+        guides["AutoNormal"],
+        X,
+        y,
+        param_state=fits["AutoNormal"].param_state,
+        num_samples=100,
+        seed=0,
+    )
     loop = any("one at a time" in message for message in handler.messages)
     print(f"{label:46s} {'loop' if loop else 'vectorised'}")
 logging.getLogger("bayesgen.arviz").removeHandler(handler)
@@ -187,8 +208,17 @@ print("shapes of w in the passes of (X * w).sum(-1):", shapes)
 
 # %%
 trees = {
-    name: to_datatree(regression, guides[name], X, y, param_state=fits[name].param_state, num_samples=NUM_DRAWS,
-                      seed=0, dims={"w": ["coef"], "y": ["data"]}, coords={"coef": ["intercept", "x1", "x2"]})
+    name: to_datatree(
+        regression,
+        guides[name],
+        X,
+        y,
+        param_state=fits[name].param_state,
+        num_samples=NUM_DRAWS,
+        seed=0,
+        dims={"w": ["coef"], "y": ["data"]},
+        coords={"coef": ["intercept", "x1", "x2"]},
+    )
     for name in guides
 }
 tree = trees["AutoMultivariateNormal"]
@@ -217,8 +247,16 @@ show(azp.plot_ppc_dist(tree, num_samples=50, backend="matplotlib").viz["figure"]
 
 # %%
 for name in guides:
-    diag = vi_khat(regression, guides[name], X, y, param_state=fits[name].param_state,
-                   num_samples=500 if SMOKE else 4000, seed=0, warn=False)
+    diag = vi_khat(
+        regression,
+        guides[name],
+        X,
+        y,
+        param_state=fits[name].param_state,
+        num_samples=500 if SMOKE else 4000,
+        seed=0,
+        warn=False,
+    )
     print(f"{name}: {diag.message()}")
 
 # %% [markdown]
@@ -228,9 +266,19 @@ for name in guides:
 
 # %%
 for name in guides:
-    check = nuts_compare(regression, guides[name], X, y, param_state=fits[name].param_state,
-                         num_warmup=50 if SMOKE else 500, num_samples=50 if SMOKE else 1000,
-                         num_chains=1 if SMOKE else 2, svi_samples=NUM_DRAWS, seed=0, warn=False)
+    check = nuts_compare(
+        regression,
+        guides[name],
+        X,
+        y,
+        param_state=fits[name].param_state,
+        num_warmup=50 if SMOKE else 500,
+        num_samples=50 if SMOKE else 1000,
+        num_chains=1 if SMOKE else 2,
+        svi_samples=NUM_DRAWS,
+        seed=0,
+        warn=False,
+    )
     print(f"{name}: {check.message()}")
     print(check.table[["nuts_mean", "svi_mean", "nuts_sd", "svi_sd", "sd_ratio"]].round(3))
 

@@ -30,8 +30,17 @@ if TYPE_CHECKING:
     from bayesgen.models.topic import ProdLDA
     from bayesgen.models.vae import VAE
 
-__all__ = ["BayesianEstimator", "BetaBinomialTest", "GaussianGenerator", "MixtureAnomalyDetector", "ModelFileError",
-           "NotEnoughMemoryError", "NotFittedError", "ProdLDA", "VAE"]
+__all__ = [
+    "BayesianEstimator",
+    "BetaBinomialTest",
+    "GaussianGenerator",
+    "MixtureAnomalyDetector",
+    "ModelFileError",
+    "NotEnoughMemoryError",
+    "NotFittedError",
+    "ProdLDA",
+    "VAE",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -161,9 +161,7 @@ class BayesianEstimator:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def __repr__(self) -> str:
-        defaults = {
-            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
-        }
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
         return f"{type(self).__name__}({', '.join(changed)})"
 
@@ -320,12 +318,28 @@ class BayesianEstimator:
         self._check_fitted()
         model, guide = self._model_and_guide(for_arviz=True)
         args, kwargs = self._model_args(for_arviz=True)
-        return vi_khat(model, guide, *args, num_samples=num_samples, param_state=self._param_state,
-                       max_plate_nesting=getattr(self, "_max_plate_nesting", None), seed=self._method_seed(seed),
-                       device=self.device_, warn=warn, **kwargs)
+        return vi_khat(
+            model,
+            guide,
+            *args,
+            num_samples=num_samples,
+            param_state=self._param_state,
+            max_plate_nesting=getattr(self, "_max_plate_nesting", None),
+            seed=self._method_seed(seed),
+            device=self.device_,
+            warn=warn,
+            **kwargs,
+        )
 
-    def nuts_check(self, num_samples: int = 1000, *, num_warmup: int = 500, num_chains: int = 2,
-                   seed: int = 0, tolerance: float = 0.1) -> Any:
+    def nuts_check(
+        self,
+        num_samples: int = 1000,
+        *,
+        num_warmup: int = 500,
+        num_chains: int = 2,
+        seed: int = 0,
+        tolerance: float = 0.1,
+    ) -> Any:
         """Compare the fitted posterior with NUTS on the same model (see :func:`bayesgen.diagnostics.nuts_compare`).
 
         For small models only (the A/B test, a generator on a few features, an anomaly mixture on a small table).
@@ -337,10 +351,22 @@ class BayesianEstimator:
         args, kwargs = self._model_args(for_arviz=True)
         size = self._latent_size(guide, args, kwargs)
         if size > self._nuts_max_latents:
-            raise ValueError(f"{type(self).__name__} has {size} latent numbers; NUTS is offered for models with at "
-                             f"most {self._nuts_max_latents} (fit fewer features, rows or classes to cross-check)")
-        return nuts_compare(model, guide, *args, param_state=self._param_state, num_samples=num_samples,
-                            num_warmup=num_warmup, num_chains=num_chains, seed=self._method_seed(seed), tolerance=tolerance, **kwargs)
+            raise ValueError(
+                f"{type(self).__name__} has {size} latent numbers; NUTS is offered for models with at "
+                f"most {self._nuts_max_latents} (fit fewer features, rows or classes to cross-check)"
+            )
+        return nuts_compare(
+            model,
+            guide,
+            *args,
+            param_state=self._param_state,
+            num_samples=num_samples,
+            num_warmup=num_warmup,
+            num_chains=num_chains,
+            seed=self._method_seed(seed),
+            tolerance=tolerance,
+            **kwargs,
+        )
 
     _nuts_max_latents: ClassVar[int] = 1000
     _row_plate: ClassVar[str | None] = None
@@ -352,8 +378,9 @@ class BayesianEstimator:
 
         with param_scope(self._param_state), torch.no_grad():
             trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        return sum(int(s["value"].numel()) for s in trace.nodes.values()
-                   if s["type"] == "sample" and not s["is_observed"])
+        return sum(
+            int(s["value"].numel()) for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]
+        )
 
     def vi_diagnostic_rows(self, num_samples: int = 500, *, seed: int | None = 0, warn: bool = True) -> Any:
         """Per-row PSIS k-hat of an amortised guide (see :func:`bayesgen.diagnostics.vi_khat_rows`).
@@ -365,16 +392,35 @@ class BayesianEstimator:
 
         self._check_fitted()
         if self._row_plate is None:
-            raise ValueError(f"{type(self).__name__} has global latent variables: per-row k-hat does not apply; "
-                             "use vi_diagnostic()")
+            raise ValueError(
+                f"{type(self).__name__} has global latent variables: per-row k-hat does not apply; use vi_diagnostic()"
+            )
         model, guide = self._model_and_guide(for_arviz=True)
         args, kwargs = self._model_args(for_arviz=True)
-        return vi_khat_rows(model, guide, *args, plate=self._row_plate, num_samples=num_samples,
-                            param_state=self._param_state, max_plate_nesting=getattr(self, "_max_plate_nesting", 1),
-                            seed=self._method_seed(seed), device=self.device_, warn=warn, **kwargs)
+        return vi_khat_rows(
+            model,
+            guide,
+            *args,
+            plate=self._row_plate,
+            num_samples=num_samples,
+            param_state=self._param_state,
+            max_plate_nesting=getattr(self, "_max_plate_nesting", 1),
+            seed=self._method_seed(seed),
+            device=self.device_,
+            warn=warn,
+            **kwargs,
+        )
 
-    def sbc_check(self, num_simulations: int = 100, *, num_posterior_samples: int = 99, num_steps: int | None = None,
-                  learning_rate: float | None = None, seed: int = 0, alpha: float = 0.01) -> Any:
+    def sbc_check(
+        self,
+        num_simulations: int = 100,
+        *,
+        num_posterior_samples: int = 99,
+        num_steps: int | None = None,
+        learning_rate: float | None = None,
+        seed: int = 0,
+        alpha: float = 0.01,
+    ) -> Any:
         """Simulation-based calibration of this estimator's SVI procedure (see :func:`bayesgen.diagnostics.sbc`).
 
         Simulates data sets of the fitted data's shape from the prior and refits
@@ -390,11 +436,24 @@ class BayesianEstimator:
         if learning_rate is None:
             learning_rate = self._learning_rate() if hasattr(self, "_learning_rate") else self.learning_rate
         steps = int(num_steps if num_steps is not None else min(int(getattr(self, "num_steps", 1000)), 1000))
-        fit_kwargs = {"loss": getattr(self, "loss", "trace"), "optimizer": getattr(self, "optimizer", "adam"),
-                      "max_plate_nesting": getattr(self, "_max_plate_nesting", None)}
-        return sbc(model, guide, *args, num_simulations=num_simulations, num_posterior_samples=num_posterior_samples,
-                   num_steps=steps, learning_rate=float(learning_rate), fit_kwargs=fit_kwargs, alpha=alpha,
-                   seed=self._method_seed(seed), **kwargs)
+        fit_kwargs = {
+            "loss": getattr(self, "loss", "trace"),
+            "optimizer": getattr(self, "optimizer", "adam"),
+            "max_plate_nesting": getattr(self, "_max_plate_nesting", None),
+        }
+        return sbc(
+            model,
+            guide,
+            *args,
+            num_simulations=num_simulations,
+            num_posterior_samples=num_posterior_samples,
+            num_steps=steps,
+            learning_rate=float(learning_rate),
+            fit_kwargs=fit_kwargs,
+            alpha=alpha,
+            seed=self._method_seed(seed),
+            **kwargs,
+        )
 
     # -------------------------------------------------------------- save/load
     def save(self, path: PathLikeStr, *, overwrite: bool = False) -> Path:
@@ -432,9 +491,7 @@ class BayesianEstimator:
         self._check_fitted()
         folder = Path(path)
         extra_meta, extra_tensors = self._get_extra_state()
-        params = {
-            name: value.detach().cpu().clone() for name, value in self._param_state["params"].items()
-        }
+        params = {name: value.detach().cpu().clone() for name, value in self._param_state["params"].items()}
         tensors = {"params": params, **extra_tensors, "losses": torch.as_tensor(self.losses_)}
         meta = {
             "format": MODEL_FORMAT,
@@ -515,7 +572,9 @@ class BayesianEstimator:
         tensors = load_tensor_file(tensor_path, ModelFileError, "bayesgen model file")
         if not isinstance(tensors, dict) or not isinstance(tensors.get("params"), dict):
             raise ModelFileError(f"{tensor_path} does not hold bayesgen model tensors")
-        bad = [k for k, v in tensors["params"].items() if not isinstance(v, torch.Tensor) or not bool(v.isfinite().all())]
+        bad = [
+            k for k, v in tensors["params"].items() if not isinstance(v, torch.Tensor) or not bool(v.isfinite().all())
+        ]
         if bad:
             raise ModelFileError(f"{tensor_path} has missing or non-finite values in parameters {bad[:10]}")
         try:
@@ -580,10 +639,15 @@ class BayesianEstimator:
         args, kwargs = self._model_args(for_arviz=True)
         with param_scope(self._param_state), torch.no_grad():
             trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        return [name for name, site in trace.nodes.items()
-                if site["type"] == "sample" and not site["is_observed"] and not name.startswith("_")
-                and not site_is_subsample(site)
-                and not any(f.name == self._row_plate for f in site["cond_indep_stack"])]
+        return [
+            name
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and not name.startswith("_")
+            and not site_is_subsample(site)
+            and not any(f.name == self._row_plate for f in site["cond_indep_stack"])
+        ]
 
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         return {}, {}
@@ -601,19 +665,22 @@ def _check_tensors_checksum(meta: dict[str, Any], tensor_path: Path) -> None:
 
     expected = meta.get("tensors_sha256")
     if meta.get("format_version") == 1:  # format version 1 has no checksum
-        logger.warning("%s is in model format version 1, which has no checksum: its tensors cannot be checked for "
-                       "damage (save it again to add one)", tensor_path.parent)
+        logger.warning(
+            "%s is in model format version 1, which has no checksum: its tensors cannot be checked for "
+            "damage (save it again to add one)",
+            tensor_path.parent,
+        )
         return
     if not isinstance(expected, str):
-        raise ModelFileError(f"{tensor_path.parent / 'meta.json'} has no checksum of tensors.pt (an edited file?); "
-                             "not loaded")
+        raise ModelFileError(
+            f"{tensor_path.parent / 'meta.json'} has no checksum of tensors.pt (an edited file?); not loaded"
+        )
     try:
         actual = file_sha256(tensor_path)
     except OSError as err:
         raise ModelFileError(f"{tensor_path} could not be read: {err}; not loaded") from err
     if actual != expected:
-        raise ModelFileError(f"{tensor_path} does not match its checksum: the file was changed or damaged; "
-                             "not loaded")
+        raise ModelFileError(f"{tensor_path} does not match its checksum: the file was changed or damaged; not loaded")
 
 
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}

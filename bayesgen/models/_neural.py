@@ -125,8 +125,7 @@ class _EpochBook:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.history = [dict(row) for row in state["history"]]
-        self.best = {"elbo": float(state["best_elbo"]), "epoch": int(state["best_epoch"]),
-                     "state": state["best_state"]}
+        self.best = {"elbo": float(state["best_elbo"]), "epoch": int(state["best_epoch"]), "state": state["best_state"]}
         self.recent = [float(v) for v in state["recent"]]
         self.stopped = bool(state["stopped"])
         self.estimator._load_buffers(state["buffers"])
@@ -178,10 +177,10 @@ class NeuralEstimator(BayesianEstimator):
         share, n, plate = rows.shares["unreliable"], len(rows.khat), rows.plate
         notes = {
             "point_estimates": f"{self._point_estimates} are point estimates: the fit gives no posterior "
-                               "uncertainty for them.",
+            "uncertainty for them.",
             "local_posterior": f"The posterior of each {plate}'s {self._local_quantity} given {self._given} is "
-                               f"approximate ({self._local_guide_name()}): its PSIS k-hat is above 0.7, where the "
-                               f"approximation is unreliable, for {share:.0%} of the {n} {plate}s checked.",
+            f"approximate ({self._local_guide_name()}): its PSIS k-hat is above 0.7, where the "
+            f"approximation is unreliable, for {share:.0%} of the {n} {plate}s checked.",
             "advice": self._local_advice(rows.verdict != "unreliable"),
         }
         notes["message"] = " ".join(notes.values())
@@ -189,8 +188,10 @@ class NeuralEstimator(BayesianEstimator):
 
     def nuts_check(self, *args: Any, **kwargs: Any) -> Any:
         """Not offered: the networks' weights are point estimates, so NUTS has no posterior to compare with."""
-        raise ValueError(f"{type(self).__name__} is amortised (network weights are point estimates): NUTS and SBC "
-                         "cross-checks apply to the small models; use vi_diagnostic_rows() for per-row k-hat")
+        raise ValueError(
+            f"{type(self).__name__} is amortised (network weights are point estimates): NUTS and SBC "
+            "cross-checks apply to the small models; use vi_diagnostic_rows() for per-row k-hat"
+        )
 
     def sbc_check(self, *args: Any, **kwargs: Any) -> Any:
         """Not offered, for the same reason as :meth:`nuts_check`."""
@@ -203,7 +204,9 @@ class NeuralEstimator(BayesianEstimator):
         if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"{what} must be a non-empty sequence of integer row positions, got {rows!r}")
         if arr.min() < 0 or arr.max() >= n_rows:
-            raise ValueError(f"{what} must be positions in 0..{n_rows - 1} (the training rows), got {arr.min()}..{arr.max()}")
+            raise ValueError(
+                f"{what} must be positions in 0..{n_rows - 1} (the training rows), got {arr.min()}..{arr.max()}"
+            )
         if len(np.unique(arr)) != len(arr):
             raise ValueError(f"{what} repeats a row")
         return arr

@@ -588,8 +588,15 @@ class BetaBinomialTest(BayesianEstimator):
         s, n, names = validate_counts(successes, trials, names)
         return self._fit_counts(s, n, names, checkpoint, checkpoint_every, resume)
 
-    def _fit_counts(self, s: np.ndarray, n: np.ndarray, names: list[str], checkpoint: PathLikeStr | None,
-                    checkpoint_every: int | None, resume: bool | PathLikeStr) -> BetaBinomialTest:
+    def _fit_counts(
+        self,
+        s: np.ndarray,
+        n: np.ndarray,
+        names: list[str],
+        checkpoint: PathLikeStr | None,
+        checkpoint_every: int | None,
+        resume: bool | PathLikeStr,
+    ) -> BetaBinomialTest:
         self._set_data(s, n, names, events=None)
         self.data_path_ = "counts"
         if self.method == "exact":
@@ -975,9 +982,11 @@ class BetaBinomialTest(BayesianEstimator):
         if exact:
             table.attrs["monte_carlo"] = [columns["lower"], columns["upper"]]
         else:
-            table.attrs["monte_carlo"] = [c for c in table.columns if c.startswith(("rate_", "lift_", "prob_best",
-                                                                                  "expected_loss"))
-                                          and not c.endswith("_mcse")]
+            table.attrs["monte_carlo"] = [
+                c
+                for c in table.columns
+                if c.startswith(("rate_", "lift_", "prob_best", "expected_loss")) and not c.endswith("_mcse")
+            ]
         table.attrs["num_draws"] = len(draws)
         return table
 
@@ -1003,9 +1012,7 @@ class BetaBinomialTest(BayesianEstimator):
             index=pd.Index(self.names_, name="variant"),
         )
 
-    def sample(
-        self, num_samples: int = 1000, *, trials: Any = None, seed: int | None = None
-    ) -> pd.DataFrame:
+    def sample(self, num_samples: int = 1000, *, trials: Any = None, seed: int | None = None) -> pd.DataFrame:
         """Posterior predictive successes: what a repeat of the test could show.
 
         Parameters

@@ -52,7 +52,6 @@ import pandas as pd
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.infer import config_enumerate
 from torch.distributions import biject_to, constraints
 

@@ -229,8 +229,10 @@ class ClassLowRankNormal(_ClassIndexed):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         d_inv, whiten, logdet = _lowrank_whitening(self.cov_factor, self.cov_diag)
-        parts = [_lowrank_log_prob(rows, self.loc[..., c, :], d_inv[..., c, :], whiten[..., c, :, :],
-                                   logdet[..., c, None]) for c, rows in self._by_class(value)]
+        parts = [
+            _lowrank_log_prob(rows, self.loc[..., c, :], d_inv[..., c, :], whiten[..., c, :, :], logdet[..., c, None])
+            for c, rows in self._by_class(value)
+        ]
         return self._in_row_order(parts, -1)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
@@ -351,8 +353,7 @@ def model(
         else:
             raise ValueError("unlabelled rows are modelled with covariance 'diag' or 'full' only")
         with pyro.plate("unlabelled_row", x_unlabelled.shape[0], device=x_unlabelled.device):
-            pyro.sample("x_unlabelled", dist.MixtureSameFamily(dist.Categorical(weights), components),
-                        obs=x_unlabelled)
+            pyro.sample("x_unlabelled", dist.MixtureSameFamily(dist.Categorical(weights), components), obs=x_unlabelled)
 
 
 def guide(
@@ -388,19 +389,30 @@ def guide(
     m0 = hyper["m0"]
     with pyro.plate("class", C):
         if covariance == "diag":
-            shape = pyro.param("precision_shape", lambda: init.get("precision_shape", hyper["shape"].expand(C, d)).clone(),
-                               constraint=constraints.positive)
-            rate = pyro.param("precision_rate", lambda: init.get("precision_rate", hyper["rate"].expand(C, d)).clone(),
-                              constraint=constraints.positive)
+            shape = pyro.param(
+                "precision_shape",
+                lambda: init.get("precision_shape", hyper["shape"].expand(C, d)).clone(),
+                constraint=constraints.positive,
+            )
+            rate = pyro.param(
+                "precision_rate",
+                lambda: init.get("precision_rate", hyper["rate"].expand(C, d)).clone(),
+                constraint=constraints.positive,
+            )
             pyro.sample("precision", dist.Gamma(shape, rate).to_event(1))
             loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
-            scale = pyro.param("loc_scale", lambda: init.get("loc_scale", 0.1 * hyper["sd0"].expand(C, d)).clone(),
-                               constraint=constraints.positive)
+            scale = pyro.param(
+                "loc_scale",
+                lambda: init.get("loc_scale", 0.1 * hyper["sd0"].expand(C, d)).clone(),
+                constraint=constraints.positive,
+            )
             pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
         elif covariance == "full":
             # df > d + 1 keeps draws non-singular and E[precision^-1] finite; the exact
             # posterior has df = d + 1 + shrinkage + n, well inside.
-            df = pyro.param("precision_df", lambda: hyper["df"].expand(C).clone(), constraint=constraints.greater_than(d + 1.0))
+            df = pyro.param(
+                "precision_df", lambda: hyper["df"].expand(C).clone(), constraint=constraints.greater_than(d + 1.0)
+            )
             tril = pyro.param(
                 "precision_scale_tril",
                 lambda: hyper["scale_tril"].expand(C, d, d).clone(),
@@ -416,25 +428,35 @@ def guide(
             pyro.sample("loc", dist.MultivariateNormal(loc, scale_tril=loc_tril))
         else:
             loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
-            scale = pyro.param("loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive)
+            scale = pyro.param(
+                "loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive
+            )
             pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
             r = hyper["W0"].shape[-1]
-            w_loc = pyro.param("cov_factor_loc", lambda: init.get("cov_factor_loc", hyper["W0"].expand(C, d, r)).clone())
+            w_loc = pyro.param(
+                "cov_factor_loc", lambda: init.get("cov_factor_loc", hyper["W0"].expand(C, d, r)).clone()
+            )
             w_scale = pyro.param(
-                "cov_factor_scale", lambda: 0.1 * hyper["factor_scale"].expand(C, d, r).clone(), constraint=constraints.positive
+                "cov_factor_scale",
+                lambda: 0.1 * hyper["factor_scale"].expand(C, d, r).clone(),
+                constraint=constraints.positive,
             )
             pyro.sample("cov_factor", dist.Normal(w_loc, w_scale).to_event(2))
             if noise == "isotropic":
                 psi_loc = pyro.param(
                     "cov_diag_loc", lambda: init.get("noise_loc", hyper["log_psi0"].mean().expand(C)).clone()
                 )
-                psi_scale = pyro.param("cov_diag_scale", lambda: x.new_full((C,), 0.05), constraint=constraints.positive)
+                psi_scale = pyro.param(
+                    "cov_diag_scale", lambda: x.new_full((C,), 0.05), constraint=constraints.positive
+                )
                 pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale))
             else:
                 psi_loc = pyro.param(
                     "cov_diag_loc", lambda: init.get("cov_diag_loc", hyper["log_psi0"].expand(C, d)).clone()
                 )
-                psi_scale = pyro.param("cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive)
+                psi_scale = pyro.param(
+                    "cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive
+                )
                 pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale).to_event(1))
 
 
@@ -548,7 +570,14 @@ def pooled_statistics(
 
 
 def lowrank_initial_params(
-    x: np.ndarray, y: np.ndarray, num_classes: int, *, S0: np.ndarray, prior_strength: float, shrinkage: float, rank: int
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    S0: np.ndarray,
+    prior_strength: float,
+    shrinkage: float,
+    rank: int,
 ) -> dict[str, np.ndarray]:
     """Per-class probabilistic-PCA starting point for the low-rank guide.
 
@@ -727,9 +756,7 @@ def exact_posterior(
 
 
 # ---------------------------------------------------------------- validation
-def validate_xy(
-    X: Any, y: Any = None, *, label: str | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def validate_xy(X: Any, y: Any = None, *, label: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Check features and labels; return float features, raw labels and feature names.
 
     Parameters
@@ -816,8 +843,12 @@ def _predictive_joint_log_prob(pred: dict[str, torch.Tensor], covariance: str, x
         whiten = torch.linalg.solve_triangular(tril, eye, upper=False)  # (C, d, d): L_c⁻¹
         stacked = whiten.permute(2, 0, 1).reshape(d, C * d)  # column block c is L_c⁻ᵀ
         shift = (whiten @ pred["loc"].unsqueeze(-1)).squeeze(-1)  # (C, d): L_c⁻¹ m_c
-        const = (torch.lgamma((df + d) / 2) - torch.lgamma(df / 2) - 0.5 * d * torch.log(df * math.pi)
-                 - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)) + log_w
+        const = (
+            torch.lgamma((df + d) / 2)
+            - torch.lgamma(df / 2)
+            - 0.5 * d * torch.log(df * math.pi)
+            - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        ) + log_w
         for xb in _row_chunks(x, C):
             maha = ((xb @ stacked).reshape(-1, C, d) - shift).pow(2).sum(-1)  # (n, C)
             out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
@@ -1097,8 +1128,14 @@ class GaussianGenerator(BayesianEstimator):
         if self.init not in ("pca", "prior"):
             raise ValueError(f"init must be 'pca' or 'prior', got {self.init!r}")
         if not (isinstance(self.pooled_shrinkage, str) and self.pooled_shrinkage == "auto"):
-            check_real(self.pooled_shrinkage, "pooled_shrinkage ('auto' or a number)", low=0.0, high=1.0,
-                       low_open=False, high_open=False)
+            check_real(
+                self.pooled_shrinkage,
+                "pooled_shrinkage ('auto' or a number)",
+                low=0.0,
+                high=1.0,
+                low_open=False,
+                high_open=False,
+            )
         if self.constant_features not in ("error", "keep"):
             raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
         for name, zero_ok in (("class_concentration", False), ("prior_strength", False), ("shrinkage", True)):
@@ -1110,8 +1147,9 @@ class GaussianGenerator(BayesianEstimator):
         if self.clip is not None:
             if isinstance(self.clip, str) or not hasattr(self.clip, "__len__") or len(self.clip) != 2:
                 raise ValueError(f"clip must be (low, high), got {self.clip!r}")
-            lo, hi = (check_real(v, "clip", low=-math.inf, high=math.inf, low_open=False, high_open=False)
-                      for v in self.clip)  # one side may be open: (0, inf)
+            lo, hi = (
+                check_real(v, "clip", low=-math.inf, high=math.inf, low_open=False, high_open=False) for v in self.clip
+            )  # one side may be open: (0, inf)
             if not lo < hi:
                 raise ValueError(f"clip must be (low, high) with low < high, got {self.clip}")
 
@@ -1162,11 +1200,15 @@ class GaussianGenerator(BayesianEstimator):
         self._validate_settings()
         em = unlabelled is not None and int(self.unlabelled_iterations) > 0
         if em and self.method != "exact":
-            raise ValueError("learning from unlabelled rows (EM) needs method='exact'; or set "
-                             "unlabelled_iterations=0 to use them only to find the principal subspace")
+            raise ValueError(
+                "learning from unlabelled rows (EM) needs method='exact'; or set "
+                "unlabelled_iterations=0 to use them only to find the principal subspace"
+            )
         if unlabelled is not None and not em and self.subspace is None:
-            raise ValueError("with unlabelled_iterations=0, unlabelled rows are used only to find the principal "
-                             "subspace; set subspace=D (or unlabelled_iterations > 0 with method='exact')")
+            raise ValueError(
+                "with unlabelled_iterations=0, unlabelled rows are used only to find the principal "
+                "subspace; set subspace=D (or unlabelled_iterations > 0 with method='exact')"
+            )
         values, labels, names = validate_xy(X, y, label=label)
         found = np.unique(labels)
         if classes is not None:
@@ -1227,8 +1269,10 @@ class GaussianGenerator(BayesianEstimator):
             xv = (raw - self._shift) / self._scale
         if not (np.isfinite(self._scale).all() and np.isfinite(xv).all()):
             bad = np.nonzero(~(np.isfinite(self._scale) & np.isfinite(xv).all(axis=0)))[0]
-            raise ValueError(f"features {[self._modelled_names()[j] for j in bad[:5]]} are too large to standardise "
-                             "(their spread overflows float64); rescale them")
+            raise ValueError(
+                f"features {[self._modelled_names()[j] for j in bad[:5]]} are too large to standardise "
+                "(their spread overflows float64); rescale them"
+            )
         # Wishart draws of a d x d precision are often singular in float32.
         dtype = torch.float64 if self.covariance == "full" else torch.get_default_dtype()
         self._x = torch.as_tensor(xv, dtype=dtype, device=self.device_)
@@ -1239,8 +1283,9 @@ class GaussianGenerator(BayesianEstimator):
             # The unlabelled rows' total covariance (as one class): broader than the within-class one, a
             # cautious centre that the EM passes then refine.
             spread = (spread_from - self._shift) / self._scale
-            m0, S0 = pooled_statistics(spread, np.zeros(len(spread), dtype=int), 1,
-                                       pooled_shrinkage=self.pooled_shrinkage)
+            m0, S0 = pooled_statistics(
+                spread, np.zeros(len(spread), dtype=int), 1, pooled_shrinkage=self.pooled_shrinkage
+            )
             m0 = xv.mean(axis=0)
             self._pooled = (m0, S0)
         if one_each and not em:
@@ -1248,7 +1293,9 @@ class GaussianGenerator(BayesianEstimator):
                 "every class has a single labelled row, so there is no within-class variation to learn the "
                 "covariance from: the pooled covariance is its small floor, and p(y | x) and samples are "
                 "uninformative; give some classes two or more rows, or pass unlabelled rows (method='exact')",
-                UserWarning, stacklevel=2)
+                UserWarning,
+                stacklevel=2,
+            )
         self._prior = prior_parameters(
             m0,
             S0,
@@ -1270,17 +1317,32 @@ class GaussianGenerator(BayesianEstimator):
         initial = None
         if self.covariance == "diag" and self.init == "pca":
             # Conjugate: the guide starts at the exact marginal posterior of every class's parameters.
-            post = exact_posterior(xv, index, len(found), covariance="diag",
-                                   class_concentration=float(self.class_concentration),
-                                   prior_strength=float(self.prior_strength), shrinkage=float(self.shrinkage),
-                                   pooled=self._pooled)
-            initial = {"precision_shape": post["shape"], "precision_rate": post["rate"], "loc_loc": post["loc"],
-                       "loc_scale": np.sqrt(post["loc_var"])}
+            post = exact_posterior(
+                xv,
+                index,
+                len(found),
+                covariance="diag",
+                class_concentration=float(self.class_concentration),
+                prior_strength=float(self.prior_strength),
+                shrinkage=float(self.shrinkage),
+                pooled=self._pooled,
+            )
+            initial = {
+                "precision_shape": post["shape"],
+                "precision_rate": post["rate"],
+                "loc_loc": post["loc"],
+                "loc_scale": np.sqrt(post["loc_var"]),
+            }
             initial = {k: self._x.new_tensor(v) for k, v in initial.items()}
         if self.covariance == "lowrank" and self.init == "pca":
             start = lowrank_initial_params(
-                xv, index, len(found), S0=S0, prior_strength=float(self.prior_strength),
-                shrinkage=float(self.shrinkage), rank=int(self.rank),
+                xv,
+                index,
+                len(found),
+                S0=S0,
+                prior_strength=float(self.prior_strength),
+                shrinkage=float(self.shrinkage),
+                rank=int(self.rank),
             )
             initial = {k: self._x.new_tensor(v) for k, v in start.items()}
         with _quiet_wishart():
@@ -1321,17 +1383,27 @@ class GaussianGenerator(BayesianEstimator):
         scores = self.unlabelled_scores_
         if scores is not None and scores.loc[1.0, "worse"]:
             accuracy = scores["accuracy"]
-            kept = (f"so EM ran with each unlabelled row counting {weight:g} of a labelled one (unlabelled_weight_), "
-                    "which did not" if weight else "so the class model is fitted to the labelled rows alone" + (
-                        "" if self._subspace is None else " (they still find the principal subspace; pass "
-                        "unlabelled_iterations=0 or leave them out to choose)"))
+            kept = (
+                f"so EM ran with each unlabelled row counting {weight:g} of a labelled one (unlabelled_weight_), "
+                "which did not"
+                if weight
+                else "so the class model is fitted to the labelled rows alone"
+                + (
+                    ""
+                    if self._subspace is None
+                    else " (they still find the principal subspace; pass "
+                    "unlabelled_iterations=0 or leave them out to choose)"
+                )
+            )
             warnings.warn(
                 f"EM over the {len(xu)} unlabelled rows classified held-out labelled rows worse than the labelled "
                 f"rows alone (cross-validated accuracy {accuracy.loc[1.0]:.3f} at unlabelled_weight=1, "
                 f"{accuracy.iloc[0]:.3f} without them), {kept}: the Gaussian classes do not fit the unlabelled rows "
                 "(another distribution, or classes that are not Gaussian). unlabelled_scores_ has the figures; "
                 "unlabelled_weight=1.0 forces EM",
-                UserWarning, stacklevel=4)  # the caller of fit (through its wrapper)
+                UserWarning,
+                stacklevel=4,
+            )  # the caller of fit (through its wrapper)
         if weight == 0.0:  # the guard kept the labelled-only fit
             return
         _, extra, history, self.unlabelled_converged_ = self._em(xv, index, xu, x, weight)
@@ -1352,11 +1424,14 @@ class GaussianGenerator(BayesianEstimator):
                 f"EM over the unlabelled rows (unlabelled_weight={weight:g}) moved {lost} of the {len(self._y)} "
                 f"labelled rows from their own class to another (and {gained} the other way): the Gaussian classes "
                 "drift from the labels. Check the accuracy on labelled test rows, or set a smaller "
-                "unlabelled_weight (\"auto\" picks it by cross-validation)",
-                UserWarning, stacklevel=4)
+                'unlabelled_weight ("auto" picks it by cross-validation)',
+                UserWarning,
+                stacklevel=4,
+            )
 
-    def _em(self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray, x: torch.Tensor,
-            weight: float) -> tuple[dict[str, torch.Tensor], tuple[np.ndarray, np.ndarray] | None, list[float], bool]:
+    def _em(
+        self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray, x: torch.Tensor, weight: float
+    ) -> tuple[dict[str, torch.Tensor], tuple[np.ndarray, np.ndarray] | None, list[float], bool]:
         """EM from the fit of the labelled rows ``(xv, index)``: E-step p(y | x) of the unlabelled rows ``xu``
         (``x`` as a tensor) under the current posterior predictive, M-step the conjugate posterior of the
         labelled rows plus the unlabelled ones weighted by ``weight`` p(y | x).
@@ -1377,8 +1452,9 @@ class GaussianGenerator(BayesianEstimator):
         history.append(float(torch.logsumexp(_predictive_joint_log_prob(pred, self.covariance, x), dim=-1).mean()))
         return pred, extra, history, False
 
-    def _choose_unlabelled_weight(self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray,
-                                  x: torch.Tensor) -> tuple[float, pd.DataFrame | None]:
+    def _choose_unlabelled_weight(
+        self, xv: np.ndarray, index: np.ndarray, xu: np.ndarray, x: torch.Tensor
+    ) -> tuple[float, pd.DataFrame | None]:
         """The weight of unlabelled rows (0: labelled rows only) that ``unlabelled_weight="auto"`` keeps, by
         stratified K-fold cross-validation of the labelled rows, and the table of ``unlabelled_scores_``.
 
@@ -1414,10 +1490,17 @@ class GaussianGenerator(BayesianEstimator):
         held = folds >= 0
         correct = correct[:, held]
         lost, gained = (correct[0] & ~correct).sum(axis=1), (~correct[0] & correct).sum(axis=1)
-        scores = pd.DataFrame({"accuracy": correct.mean(axis=1), "log_lik": log_lik[:, held].mean(axis=1),
-                               "lost": lost, "gained": gained, "worse": _loses_rows(lost, gained),
-                               "rows": int(held.sum())},
-                              index=pd.Index(weights, name="unlabelled_weight"))
+        scores = pd.DataFrame(
+            {
+                "accuracy": correct.mean(axis=1),
+                "log_lik": log_lik[:, held].mean(axis=1),
+                "lost": lost,
+                "gained": gained,
+                "worse": _loses_rows(lost, gained),
+                "rows": int(held.sum()),
+            },
+            index=pd.Index(weights, name="unlabelled_weight"),
+        )
         # Of the EM weights not significantly worse, the one that classifies held-out rows best (ties: the higher
         # log p(y | x), which favours the less overconfident fit). Log p(y | x) alone is no judge: EM's tight
         # posteriors make a few confident mistakes that outweigh many more rows classified right.
@@ -1426,8 +1509,7 @@ class GaussianGenerator(BayesianEstimator):
             return 0.0, scores
         return float(fair.sort_values(["accuracy", "log_lik"], ascending=False, kind="stable").index[0]), scores
 
-    def _fit_exact(self, xv: np.ndarray, index: np.ndarray,
-                   extra: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def _fit_exact(self, xv: np.ndarray, index: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         from bayesgen.infer import param_scope
 
         post = self.exact_ = self._exact_posterior(xv, index, extra)
@@ -1444,8 +1526,12 @@ class GaussianGenerator(BayesianEstimator):
             else:
                 d = xv.shape[1]
                 pyro.param("precision_df", t(post["df"]), constraint=constraints.greater_than(d + 1.0))
-                pyro.param("precision_scale_tril", t(np.linalg.cholesky(post["scale"])), constraint=constraints.lower_cholesky)
-                pyro.param("loc_scale_tril", t(np.linalg.cholesky(post["loc_cov"])), constraint=constraints.lower_cholesky)
+                pyro.param(
+                    "precision_scale_tril", t(np.linalg.cholesky(post["scale"])), constraint=constraints.lower_cholesky
+                )
+                pyro.param(
+                    "loc_scale_tril", t(np.linalg.cholesky(post["loc_cov"])), constraint=constraints.lower_cholesky
+                )
         self._param_state = state
         self._predictive = _student_t_predictive(post, self.covariance, like=self._x)
         self.losses_ = np.zeros(0)
@@ -1453,8 +1539,9 @@ class GaussianGenerator(BayesianEstimator):
         self.n_steps_ = 0
         self.fit_seconds_ = 0.0
 
-    def _exact_posterior(self, xv: np.ndarray, index: np.ndarray,
-                         extra: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def _exact_posterior(
+        self, xv: np.ndarray, index: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """The conjugate posterior of rows ``xv`` (model space) of classes ``index``, plus weighted ``extra`` rows,
         under this fit's prior."""
         return exact_posterior(
@@ -1469,8 +1556,9 @@ class GaussianGenerator(BayesianEstimator):
             extra=extra,
         )
 
-    def _exact_predictive(self, xv: np.ndarray, index: np.ndarray,
-                          extra: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    def _exact_predictive(
+        self, xv: np.ndarray, index: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> dict[str, torch.Tensor]:
         """The Student-t posterior predictive of :meth:`_exact_posterior`."""
         return _student_t_predictive(self._exact_posterior(xv, index, extra), self.covariance, like=self._x)
 
@@ -1510,10 +1598,14 @@ class GaussianGenerator(BayesianEstimator):
             exact = {"weights_concentration": float(self.class_concentration) + counts}
         else:
             exact = exact_posterior(
-                to_numpy(self._x).astype(float), to_numpy(self._y), len(self.classes_),
+                to_numpy(self._x).astype(float),
+                to_numpy(self._y),
+                len(self.classes_),
                 covariance=self.covariance,  # type: ignore[arg-type]
-                class_concentration=float(self.class_concentration), prior_strength=float(self.prior_strength),
-                shrinkage=float(self.shrinkage), pooled=getattr(self, "_pooled", None),
+                class_concentration=float(self.class_concentration),
+                prior_strength=float(self.prior_strength),
+                shrinkage=float(self.shrinkage),
+                pooled=getattr(self, "_pooled", None),
                 pooled_shrinkage=self.pooled_shrinkage,
             )
         if self.method == "exact":  # the guide holds the exact posterior itself; its class weights still check
@@ -1521,12 +1613,16 @@ class GaussianGenerator(BayesianEstimator):
         out = {"weights": dirichlet_moments(exact["weights_concentration"])}
         unchecked: dict[str, str] = {}
         if self.covariance == "lowrank":
-            unchecked = {"loc": "no closed form with a low-rank covariance",
-                         "cov_diag": "no closed form with a low-rank covariance",
-                         "cov_factor": "factors are identified only up to a rotation"}
+            unchecked = {
+                "loc": "no closed form with a low-rank covariance",
+                "cov_diag": "no closed form with a low-rank covariance",
+                "cov_factor": "factors are identified only up to a rotation",
+            }
         elif self.method == "exact":
-            unchecked = {"loc": "the guide holds the exact marginal posterior", "precision": "the guide holds the "
-                         "exact marginal posterior"}
+            unchecked = {
+                "loc": "the guide holds the exact marginal posterior",
+                "precision": "the guide holds the exact marginal posterior",
+            }
         elif self.covariance == "diag":
             shape, rate = exact["shape"], exact["rate"]
             out["precision"] = (shape / rate, np.sqrt(shape) / rate)
@@ -1568,8 +1664,9 @@ class GaussianGenerator(BayesianEstimator):
             "unlabelled_converged_": getattr(self, "unlabelled_converged_", None),
             "unlabelled_weight_": getattr(self, "unlabelled_weight_", None),
             "unlabelled_moved_": getattr(self, "unlabelled_moved_", None),
-            "unlabelled_scores_": (None if scores is None
-                                   else json.loads(scores.reset_index().to_json(orient="records"))),
+            "unlabelled_scores_": (
+                None if scores is None else json.loads(scores.reset_index().to_json(orient="records"))
+            ),
         }
         tensors = {
             "x": self._x.detach().cpu(),
@@ -1610,14 +1707,21 @@ class GaussianGenerator(BayesianEstimator):
         self._subspace = None  # a file may have neither the ``subspace`` setting nor its tensors
         saved = "subspace.basis" in tensors
         if saved != (self.subspace is not None):
-            raise ValueError(f"the setting subspace={self.subspace!r} does not match the saved tensors, which "
-                             f"{'hold' if saved else 'lack'} a principal subspace (subspace.basis)")
+            raise ValueError(
+                f"the setting subspace={self.subspace!r} does not match the saved tensors, which "
+                f"{'hold' if saved else 'lack'} a principal subspace (subspace.basis)"
+            )
         if saved:
-            self._subspace = {"centre": to_numpy(tensors["subspace.centre"]), "basis": to_numpy(tensors["subspace.basis"]),
-                              "residual_variance": float(tensors["subspace.residual_variance"])}
+            self._subspace = {
+                "centre": to_numpy(tensors["subspace.centre"]),
+                "basis": to_numpy(tensors["subspace.basis"]),
+                "residual_variance": float(tensors["subspace.residual_variance"]),
+            }
             if self._subspace["basis"].shape != (int((~self._constant).sum()), self._x.shape[1]):
-                raise ValueError(f"subspace.basis has shape {tuple(self._subspace['basis'].shape)}, not "
-                                 f"(modelled features, components) = ({int((~self._constant).sum())}, {self._x.shape[1]})")
+                raise ValueError(
+                    f"subspace.basis has shape {tuple(self._subspace['basis'].shape)}, not "
+                    f"(modelled features, components) = ({int((~self._constant).sum())}, {self._x.shape[1]})"
+                )
 
     # --------------------------------------------------------- parameter draws
     def _draw_parameters(self, num: int, seed: int | None) -> dict[str, torch.Tensor]:
@@ -1645,8 +1749,9 @@ class GaussianGenerator(BayesianEstimator):
             draws["cov_diag"] = psi.reshape(num, C, d)
         return draws
 
-    def _class_log_prob(self, draws: dict[str, torch.Tensor], s: int, x: torch.Tensor,
-                        whitening: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+    def _class_log_prob(
+        self, draws: dict[str, torch.Tensor], s: int, x: torch.Tensor, whitening: tuple[torch.Tensor, ...] | None
+    ) -> torch.Tensor:
         """log N(x_i; class c of draw ``s``) for every row and class, (n_rows, n_classes).
 
         Each class's factor is applied to all rows at once (never copied per row); ``whitening``
@@ -1808,8 +1913,9 @@ class GaussianGenerator(BayesianEstimator):
             else:
                 wanted_arr = np.atleast_1d(np.asarray(y, dtype=object))
                 if wanted_arr.ndim != 1 or wanted_arr.size == 0:
-                    raise ValueError(f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape "
-                                     f"{wanted_arr.shape}")
+                    raise ValueError(
+                        f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape {wanted_arr.shape}"
+                    )
                 wanted = wanted_arr.tolist()
                 lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
                 try:
@@ -1875,7 +1981,10 @@ class GaussianGenerator(BayesianEstimator):
             the scores ``(x - centre) @ basis`` (see :attr:`subspace_`).
         """
         self._check_fitted()
-        draws = {k: to_numpy(v).astype(float) for k, v in self._draw_parameters(check_count(num_samples, "num_samples"), self._method_seed(seed)).items()}
+        draws = {
+            k: to_numpy(v).astype(float)
+            for k, v in self._draw_parameters(check_count(num_samples, "num_samples"), self._method_seed(seed)).items()
+        }
         scale = self._scale
         out = {"weights": draws["weights"], "loc": draws["loc"] * scale + self._shift}
         if self.covariance == "diag":
@@ -1961,6 +2070,8 @@ class GaussianGenerator(BayesianEstimator):
         side = int(round(math.sqrt(d)))
         shape = tuple(image_shape) if image_shape is not None else (side, side)
         if len(shape) != 2 or int(np.prod(shape)) != d:
-            raise ValueError(f"image_shape={shape} does not hold the {d} features of a row"
-                             + ("" if image_shape is not None else "; pass image_shape=(height, width)"))
+            raise ValueError(
+                f"image_shape={shape} does not hold the {d} features of a row"
+                + ("" if image_shape is not None else "; pass image_shape=(height, width)")
+            )
         return plot_image_grid(np.stack(rows), shape, row_labels=[str(c) for c in self.classes_])

@@ -69,8 +69,18 @@ from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator, refine_local
 from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
 
-__all__ = ["DocumentMultinomial", "DocumentTopics", "ProdLDA", "TopicDecoder", "TopicEncoder", "guide",
-           "local_guide", "log_multinomial_coef", "model", "word_ranking"]
+__all__ = [
+    "DocumentMultinomial",
+    "DocumentTopics",
+    "ProdLDA",
+    "TopicDecoder",
+    "TopicEncoder",
+    "guide",
+    "local_guide",
+    "log_multinomial_coef",
+    "model",
+    "word_ranking",
+]
 
 #: Keep counts dense on the device below this many matrix cells (else sparse).
 DENSE_CELL_LIMIT = 50_000_000
@@ -95,8 +105,13 @@ class DocumentMultinomial(dist.TorchDistribution):
     arg_constraints = {"probs": constraints.simplex}  # noqa: RUF012
     support = constraints.independent(constraints.nonnegative_integer, 1)
 
-    def __init__(self, probs: torch.Tensor, total_count: torch.Tensor, validate_args: bool | None = None,
-                 log_coef: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        probs: torch.Tensor,
+        total_count: torch.Tensor,
+        validate_args: bool | None = None,
+        log_coef: torch.Tensor | None = None,
+    ) -> None:
         self.probs = probs
         self.total_count = total_count.expand(probs.shape[:-1])
         self.log_coef = log_coef
@@ -105,7 +120,8 @@ class DocumentMultinomial(dist.TorchDistribution):
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> DocumentMultinomial:
         batch_shape = torch.Size(batch_shape)
         return DocumentMultinomial(
-            self.probs.expand(batch_shape + self.event_shape), self.total_count.expand(batch_shape),
+            self.probs.expand(batch_shape + self.event_shape),
+            self.total_count.expand(batch_shape),
             log_coef=None if self.log_coef is None else self.log_coef.expand(batch_shape),
         )
 
@@ -260,8 +276,10 @@ def model(
         :func:`log_multinomial_coef` of ``counts``, computed once instead of per step.
     """
     if log_coef is not None and log_coef.shape != counts.shape[:1]:
-        raise ValueError(f"log_coef must hold one value per document of counts ({counts.shape[0]}), "
-                         f"got shape {tuple(log_coef.shape)}")
+        raise ValueError(
+            f"log_coef must hold one value per document of counts ({counts.shape[0]}), "
+            f"got shape {tuple(log_coef.shape)}"
+        )
     pyro.module("decoder", decoder)
     with pyro.plate("document", counts.shape[0], subsample=subsample, device=counts.device) as idx:
         x = _rows(counts, idx)
@@ -304,8 +322,9 @@ def local_guide(
         pyro.sample("logtheta", dist.Normal(loc.index_select(0, idx), scale.index_select(0, idx)).to_event(1))
 
 
-def word_ranking(log_p: torch.Tensor, log_background: torch.Tensor, relevance: float,
-                 exclusivity: float) -> torch.Tensor:
+def word_ranking(
+    log_p: torch.Tensor, log_background: torch.Tensor, relevance: float, exclusivity: float
+) -> torch.Tensor:
     """Score of every word in every topic; higher ranks first (used by :meth:`ProdLDA.topics`).
 
     ``λ log p(w | k) + (1 − λ) log(p(w | k) / p_b(w)) − γ max(0, max_{j≠k} log p(w | j) − log p(w | k))``:
@@ -572,8 +591,12 @@ class ProdLDA(NeuralEstimator):
         from bayesgen.infer import make_optimizer
 
         decoder_rate = getattr(self, "decoder_learning_rate_", None) or self._resolve_decoder_learning_rate(None)
-        return make_optimizer("adam", learning_rate=float(self.learning_rate), betas=(float(self.beta1), 0.999),
-                              module_learning_rates={"decoder": decoder_rate})
+        return make_optimizer(
+            "adam",
+            learning_rate=float(self.learning_rate),
+            betas=(float(self.beta1), 0.999),
+            module_learning_rates={"decoder": decoder_rate},
+        )
 
     # ---------------------------------------------------------------- data
     def _to_corpus(self, docs: Any, vocabulary: Sequence[str] | None, *, fitted: bool) -> Corpus:
@@ -583,26 +606,41 @@ class ProdLDA(NeuralEstimator):
         elif isinstance(docs, str):
             raise TypeError("docs must be a list of documents, not one string")
         elif isinstance(docs, list | tuple | pd.Series) and len(docs) and isinstance(next(iter(docs)), str):
-            kwargs = {"vocabulary": self.vocabulary_} if fitted else {
-                "stop_words": self.stop_words, "min_df": self.min_df, "max_df": self.max_df,
-                "max_features": self.max_features,
-            }
+            kwargs = (
+                {"vocabulary": self.vocabulary_}
+                if fitted
+                else {
+                    "stop_words": self.stop_words,
+                    "min_df": self.min_df,
+                    "max_df": self.max_df,
+                    "max_features": self.max_features,
+                }
+            )
             corpus = build_corpus(list(docs), **kwargs)
         else:
-            if (isinstance(docs, pd.DataFrame) and vocabulary is None and fitted
-                    and not isinstance(docs.columns, pd.RangeIndex)):
+            if (
+                isinstance(docs, pd.DataFrame)
+                and vocabulary is None
+                and fitted
+                and not isinstance(docs.columns, pd.RangeIndex)
+            ):
                 # Named columns are words: match them by name (reordering), never by position.
                 # (Unnamed columns, pandas' default 0..n-1, are taken by position, like an array.)
-                docs = match_columns(docs, list(self.vocabulary_), "the model's vocabulary_",
-                                     hint=". Pass .to_numpy() to match columns by position instead")
+                docs = match_columns(
+                    docs,
+                    list(self.vocabulary_),
+                    "the model's vocabulary_",
+                    hint=". Pass .to_numpy() to match columns by position instead",
+                )
             width = getattr(docs, "shape", (0, None))[-1] if hasattr(docs, "shape") else None
             if fitted and vocabulary is None and width is not None and width != len(self.vocabulary_):
                 raise ValueError(
                     f"these counts have {width} columns; the model was fitted on a vocabulary of "
                     f"{len(self.vocabulary_)} words (vocabulary_). Pass raw strings, or counts over vocabulary_"
                 )
-            corpus = corpus_from_counts(docs, vocabulary if vocabulary is not None else
-                                        (self.vocabulary_ if fitted else None))
+            corpus = corpus_from_counts(
+                docs, vocabulary if vocabulary is not None else (self.vocabulary_ if fitted else None)
+            )
         if fitted and list(corpus.vocabulary) != list(self.vocabulary_):
             if len(corpus.vocabulary) != len(self.vocabulary_):
                 raise ValueError(
@@ -645,8 +683,9 @@ class ProdLDA(NeuralEstimator):
         import functools
 
         loc, scale = dirichlet_laplace_prior(int(self.num_topics), float(self.concentration))
-        m = functools.partial(model, decoder=self.decoder_, num_topics=int(self.num_topics), prior_loc=loc,
-                              prior_scale=scale)
+        m = functools.partial(
+            model, decoder=self.decoder_, num_topics=int(self.num_topics), prior_loc=loc, prior_scale=scale
+        )
         functools.update_wrapper(m, model)
         if for_arviz and int(self.refine_steps) > 0:
             # ArviZ draws and the diagnostics see the posterior a user gets: the guide refined per document.
@@ -679,13 +718,14 @@ class ProdLDA(NeuralEstimator):
         rows = max(1, int(2e7 // max(x.shape[1], 1)))
         locs, scales = [], []
         for start in range(0, x.shape[0], rows):
-            xb = x[start:start + rows]
+            xb = x[start : start + rows]
             with torch.no_grad():
                 loc, scale = self.encoder_(xb)
             n, coef = xb.sum(-1), log_multinomial_coef(xb)
 
-            def log_joint(z: torch.Tensor, xb: torch.Tensor = xb, n: torch.Tensor = n,
-                          coef: torch.Tensor = coef) -> torch.Tensor:
+            def log_joint(
+                z: torch.Tensor, xb: torch.Tensor = xb, n: torch.Tensor = n, coef: torch.Tensor = coef
+            ) -> torch.Tensor:
                 lik = DocumentMultinomial(self.decoder_(F.softmax(z, -1)), n, log_coef=coef).log_prob(xb)
                 return lik + dist.Normal(loc0, scale0).log_prob(z).sum(-1)
 
@@ -707,10 +747,14 @@ class ProdLDA(NeuralEstimator):
         if reliable:
             return "Their intervals (transform, posterior.nc) can be read as posterior intervals given the topics."
         if int(self.refine_steps) == 0:
-            return ("Set refine_steps (e.g. 100, the default) so that each document's guide is refined before "
-                    "its proportions are reported, and check again.")
-        return ("For those documents, use the proportions' means and treat their intervals as rough; the topics "
-                "are not affected.")
+            return (
+                "Set refine_steps (e.g. 100, the default) so that each document's guide is refined before "
+                "its proportions are reported, and check again."
+            )
+        return (
+            "For those documents, use the proportions' means and treat their intervals as rough; the topics "
+            "are not affected."
+        )
 
     def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
         rows = self._arviz_rows if for_arviz else torch.arange(min(int(self.batch_size), self._x.shape[0]))
@@ -764,7 +808,8 @@ class ProdLDA(NeuralEstimator):
         if int(self.batch_size) > train.num_docs:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {train.num_docs} training documents")
         self.decoder_learning_rate_ = self._resolve_decoder_learning_rate(
-            train.num_docs // int(self.batch_size) * int(self.num_epochs))
+            train.num_docs // int(self.batch_size) * int(self.num_epochs)
+        )
         self.sparse_ = self._use_sparse(train)
         self._x = self._tensor(train, self.sparse_)
         self._arviz_rows = torch.arange(min(50, train.num_docs))
@@ -810,8 +855,10 @@ class ProdLDA(NeuralEstimator):
             q = dist.Normal(loc, scale)
             kl = torch.distributions.kl_divergence(q, dist.Normal(torch.full_like(loc, loc0), scale0)).sum(-1)
             rec = torch.stack(
-                [DocumentMultinomial(self.decoder_(F.softmax(q.rsample(), -1)), xb.sum(-1)).log_prob(xb)
-                 for _ in range(num_samples)]
+                [
+                    DocumentMultinomial(self.decoder_(F.softmax(q.rsample(), -1)), xb.sum(-1)).log_prob(xb)
+                    for _ in range(num_samples)
+                ]
             ).mean(0)
             out.append(rec - kl)
         return torch.cat(out)
@@ -834,8 +881,9 @@ class ProdLDA(NeuralEstimator):
             h = self.decoder_.logits(torch.eye(int(self.num_topics), device=self.device_))
             b = self.decoder_.background
             if b is not None:
-                h = word_ranking(torch.log_softmax(h + b, -1), torch.log_softmax(b, -1), self.relevance,
-                                 self.exclusivity)
+                h = word_ranking(
+                    torch.log_softmax(h + b, -1), torch.log_softmax(b, -1), self.relevance, self.exclusivity
+                )
         return to_numpy(h)
 
     def _top_indices(self, top_n: int) -> list[list[int]]:
@@ -876,8 +924,14 @@ class ProdLDA(NeuralEstimator):
         return pd.DataFrame(rows)
 
     def transform(
-        self, docs: Any, vocabulary: Sequence[str] | None = None, *, num_samples: int = 200,
-        ci_prob: float = 0.9, seed: int | None = 0, refine_steps: int | None = None,
+        self,
+        docs: Any,
+        vocabulary: Sequence[str] | None = None,
+        *,
+        num_samples: int = 200,
+        ci_prob: float = 0.9,
+        seed: int | None = 0,
+        refine_steps: int | None = None,
     ) -> DocumentTopics:
         """Posterior topic proportions of documents, with uncertainty.
 
@@ -906,8 +960,12 @@ class ProdLDA(NeuralEstimator):
         # One row per input document: empty ones (no word of the vocabulary) get NaN, not a shifted row.
         pad = bool(corpus.dropped) and not isinstance(docs, Corpus)
         if pad:
-            warnings.warn(f"{corpus.dropped} of {corpus.num_docs + corpus.dropped} documents have no word of the "
-                          "model's vocabulary; their rows are NaN", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{corpus.dropped} of {corpus.num_docs + corpus.dropped} documents have no word of the "
+                "model's vocabulary; their rows are NaN",
+                UserWarning,
+                stacklevel=2,
+            )
         with torch.no_grad(), seeded(self._method_seed(seed), self.device_):
             loc, scale = self._local_posterior(x, refine_steps)
             theta = F.softmax(dist.Normal(loc, scale).sample((num_samples,)), dim=-1)
@@ -921,8 +979,9 @@ class ProdLDA(NeuralEstimator):
             stats = full
         return DocumentTopics(*stats, ci_prob)
 
-    def perplexity(self, docs: Any, vocabulary: Sequence[str] | None = None, *, num_samples: int = 5,
-                   seed: int | None = 0) -> float:
+    def perplexity(
+        self, docs: Any, vocabulary: Sequence[str] | None = None, *, num_samples: int = 5, seed: int | None = 0
+    ) -> float:
         """Held-out perplexity, exp(−Σ_d ELBO_d / Σ_d N_d) (an upper bound; lower is better).
 
         The ELBO uses the word-sequence likelihood Σ x_w log p_w (no multinomial
@@ -954,8 +1013,9 @@ class ProdLDA(NeuralEstimator):
         self._check_fitted()
         return topic_diversity(self._top_indices(top_n))
 
-    def posterior(self, num_samples: int = 100, docs: Any = None, *, seed: int | None = None,
-                  refine_steps: int | None = None) -> dict[str, np.ndarray]:
+    def posterior(
+        self, num_samples: int = 100, docs: Any = None, *, seed: int | None = None, refine_steps: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Draws of topic proportions theta for documents (default: the first 50 training documents).
 
         Parameters
@@ -1050,8 +1110,11 @@ class ProdLDA(NeuralEstimator):
         table = self.topics(top_n)
         ncols = check_count(ncols, "ncols")
         chosen = list(range(int(self.num_topics))) if topics is None else list(topics)
-        bad = [k for k in chosen if isinstance(k, bool) or not isinstance(k, int | np.integer)
-               or not 0 <= k < int(self.num_topics)]
+        bad = [
+            k
+            for k in chosen
+            if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k < int(self.num_topics)
+        ]
         if bad or not chosen:
             raise ValueError(f"topics must be topic numbers in 0..{int(self.num_topics) - 1}, got {list(topics)}")
         from matplotlib.ticker import MaxNLocator, PercentFormatter
@@ -1059,7 +1122,7 @@ class ProdLDA(NeuralEstimator):
         nrows = math.ceil(len(chosen) / ncols)
         fig = Figure(figsize=(3.2 * min(ncols, len(chosen)), 0.3 * top_n * nrows + 1.0 * nrows), layout="constrained")
         axes = fig.subplots(nrows, min(ncols, len(chosen)), squeeze=False)
-        for ax in axes.ravel()[len(chosen):]:
+        for ax in axes.ravel()[len(chosen) :]:
             ax.set_visible(False)
         for ax, k in zip(axes.ravel(), chosen, strict=False):
             rows = table[table["topic"] == k].iloc[::-1]
@@ -1075,10 +1138,15 @@ class ProdLDA(NeuralEstimator):
 
     # ------------------------------------------------------------ save/load
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        meta = {"vocabulary_": self.vocabulary_, "sparse_": bool(self.sparse_),
-                "decoder_learning_rate_": float(self.decoder_learning_rate_),
-                "dropped_documents_": int(self.dropped_documents_), "word_ranking": 2,
-                "ppc_words": [int(j) for j in self._ppc_words], **self._history_meta()}
+        meta = {
+            "vocabulary_": self.vocabulary_,
+            "sparse_": bool(self.sparse_),
+            "decoder_learning_rate_": float(self.decoder_learning_rate_),
+            "dropped_documents_": int(self.dropped_documents_),
+            "word_ranking": 2,
+            "ppc_words": [int(j) for j in self._ppc_words],
+            **self._history_meta(),
+        }
         x = _rows(self._x, torch.arange(min(self._x.shape[0], 200), device=self.device_))
         return meta, {"x": x.detach().cpu(), **self._network_state()}
 
@@ -1097,11 +1165,16 @@ class ProdLDA(NeuralEstimator):
         self._local_cache = None
         if "ppc_words" in meta:
             words = meta["ppc_words"]
-            if (not isinstance(words, list) or not words
-                    or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < len(self.vocabulary_)
-                           for j in words)):
-                raise ValueError(f"ppc_words must be a non-empty list of word indices below "
-                                 f"{len(self.vocabulary_)}, got {words!r}")
+            if (
+                not isinstance(words, list)
+                or not words
+                or any(
+                    isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < len(self.vocabulary_) for j in words
+                )
+            ):
+                raise ValueError(
+                    f"ppc_words must be a non-empty list of word indices below {len(self.vocabulary_)}, got {words!r}"
+                )
             self._ppc_words = np.asarray(words, dtype=np.int64)
         else:  # a file without them: the most frequent words of the documents it keeps
             kept = _rows(self._x, torch.arange(self._x.shape[0], device=self.device_))

@@ -66,9 +66,11 @@ Architecture = Literal["mlp", "conv"]
 _LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 
 #: Why a conditional VAE's latent plot shows the classes mixed (said under the plot and in the report).
-CONDITIONAL_LATENT_NOTE = ("The classes mix here by design: in a conditional VAE the decoder is given the label, so "
-                           "the latent code need not separate the classes and describes style (slant, thickness) "
-                           "instead.")
+CONDITIONAL_LATENT_NOTE = (
+    "The classes mix here by design: in a conditional VAE the decoder is given the label, so "
+    "the latent code need not separate the classes and describes style (slant, thickness) "
+    "instead."
+)
 
 
 # ------------------------------------------------------------------ networks
@@ -409,8 +411,10 @@ class VAE(NeuralEstimator):
     def _local_advice(self, reliable: bool) -> str:
         if reliable:
             return "Their spreads (encode, posterior) can be read as posterior spreads given the decoder."
-        return ("For those rows, read the latent means and treat the spreads as rough; log_likelihood's importance "
-                "weighting still gives a valid lower bound on log p(x).")
+        return (
+            "For those rows, read the latent means and treat the spreads as rough; log_likelihood's importance "
+            "weighting still gives a valid lower bound on log p(x)."
+        )
 
     def __init__(
         self,
@@ -466,8 +470,12 @@ class VAE(NeuralEstimator):
             raise ValueError(f"hidden_dims must be a non-empty sequence of positive integers, got {self.hidden_dims!r}")
         if self.image_shape is not None:
             shape = self.image_shape
-            if (isinstance(shape, str) or not hasattr(shape, "__len__") or len(shape) != 2
-                    or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in shape)):
+            if (
+                isinstance(shape, str)
+                or not hasattr(shape, "__len__")
+                or len(shape) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in shape)
+            ):
                 raise ValueError(f"image_shape must be two positive integers (height, width), got {shape!r}")
 
     def _as_images(self, X: Any, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -487,7 +495,9 @@ class VAE(NeuralEstimator):
         shape = None
         if arr.ndim == 4:
             if arr.shape[1] != 1:
-                raise ValueError(f"{what} has shape {arr.shape}; 4-D images must be (n, 1, height, width) (one channel)")
+                raise ValueError(
+                    f"{what} has shape {arr.shape}; 4-D images must be (n, 1, height, width) (one channel)"
+                )
             shape = arr.shape[2:]
         elif arr.ndim == 3:
             shape = arr.shape[1:]
@@ -522,8 +532,10 @@ class VAE(NeuralEstimator):
                 + (f" ({expect})" if expect else "")
             )
         if shape is not None and self.image_shape_ is not None and tuple(shape) != tuple(self.image_shape_):
-            raise ValueError(f"{what} holds {shape[0]} x {shape[1]} images; this model was fitted to "
-                             f"{self.image_shape_[0]} x {self.image_shape_[1]} images")
+            raise ValueError(
+                f"{what} holds {shape[0]} x {shape[1]} images; this model was fitted to "
+                f"{self.image_shape_[0]} x {self.image_shape_[1]} images"
+            )
         return torch.as_tensor(flat, device=self.device_)
 
     def _labels_to_index(self, y: Any, n: int, what: str = "y") -> torch.Tensor | None:
@@ -647,9 +659,7 @@ class VAE(NeuralEstimator):
         if int(self.batch_size) > len(x_tr):
             raise ValueError(f"batch_size={self.batch_size} exceeds the {len(x_tr)} training rows")
         self._x, self._y = x_tr, y_tr
-        self.class_counts_ = (
-            np.bincount(y_tr.cpu().numpy(), minlength=self.num_classes_) if y_tr is not None else None
-        )
+        self.class_counts_ = np.bincount(y_tr.cpu().numpy(), minlength=self.num_classes_) if y_tr is not None else None
         self._arviz_rows = slice(0, min(64, len(x_tr)))
         self._ppc_pixels, self._ppc_threshold = self._ppc_reference(x_tr)
         with seeded(self.seed, self.device_):
@@ -657,6 +667,7 @@ class VAE(NeuralEstimator):
 
         validate = None
         if x_val is not None:
+
             def validate() -> float:
                 return self._mean_elbo(x_val, y_val_t)
 
@@ -699,7 +710,8 @@ class VAE(NeuralEstimator):
             "image_shape_": list(self.image_shape_) if self.image_shape_ else None,
             "classes_": self.classes_.tolist() if self.classes_ is not None else None,
             "class_counts_": self.class_counts_.tolist() if self.class_counts_ is not None else None,
-            "ppc_pixels": [int(j) for j in self._ppc_pixels], "ppc_threshold": float(self._ppc_threshold),
+            "ppc_pixels": [int(j) for j in self._ppc_pixels],
+            "ppc_threshold": float(self._ppc_threshold),
             **self._history_meta(),
         }
         n = min(len(self._x), 256)  # a few rows for to_arviz after loading, not the data set
@@ -720,11 +732,14 @@ class VAE(NeuralEstimator):
         self._arviz_rows = slice(0, min(64, len(self._x)))
         if "ppc_pixels" in meta:
             pixels, threshold = meta["ppc_pixels"], meta.get("ppc_threshold")
-            if (not isinstance(pixels, list) or not pixels
-                    or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.n_features_
-                           for j in pixels)):
-                raise ValueError(f"ppc_pixels must be a non-empty list of pixel indices below {self.n_features_}, "
-                                 f"got {pixels!r}")
+            if (
+                not isinstance(pixels, list)
+                or not pixels
+                or any(isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < self.n_features_ for j in pixels)
+            ):
+                raise ValueError(
+                    f"ppc_pixels must be a non-empty list of pixel indices below {self.n_features_}, got {pixels!r}"
+                )
             if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
                 raise ValueError(f"ppc_threshold must be a finite number, got {threshold!r}")
             self._ppc_pixels, self._ppc_threshold = np.asarray(pixels, dtype=np.int64), float(threshold)
@@ -738,7 +753,9 @@ class VAE(NeuralEstimator):
         return float(self._bound(x, y, 1).mean())
 
     @torch.no_grad()
-    def _bound(self, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, batch_rows: int | None = None) -> torch.Tensor:
+    def _bound(
+        self, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, batch_rows: int | None = None
+    ) -> torch.Tensor:
         # Rows in chunks so that K x rows x pixels stays around 2e7 numbers.
         rows = batch_rows or max(1, int(2e7 // (num_samples * max(self.n_features_, 1))))
         out = []
@@ -785,9 +802,7 @@ class VAE(NeuralEstimator):
             vals = torch.stack([self._bound(x, yi, 1) for _ in range(num_samples)]).mean(0)
         return to_numpy(vals)
 
-    def log_likelihood(
-        self, X: Any, y: Any = None, *, num_samples: int = 500, seed: int | None = 0
-    ) -> np.ndarray:
+    def log_likelihood(self, X: Any, y: Any = None, *, num_samples: int = 500, seed: int | None = 0) -> np.ndarray:
         """Importance-weighted (IWAE) estimate of log p(x) for every row (nats).
 
         A lower bound that tightens as ``num_samples`` (K) grows; with K = 1 it
@@ -810,7 +825,9 @@ class VAE(NeuralEstimator):
         with seeded(self._method_seed(seed), self.device_):
             return to_numpy(self._bound(x, yi, num_samples))
 
-    def posterior(self, num_samples: int = 100, X: Any = None, y: Any = None, *, seed: int | None = None) -> dict[str, np.ndarray]:
+    def posterior(
+        self, num_samples: int = 100, X: Any = None, y: Any = None, *, seed: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Draws of every row's latent z from q(z | x).
 
         Parameters
@@ -913,7 +930,9 @@ class VAE(NeuralEstimator):
                         counts = torch.as_tensor(self.class_counts_, dtype=torch.float32)
                     else:
                         counts = torch.ones(self.num_classes_)
-                    idx = torch.multinomial(counts.cpu(), n, replacement=True) if n else torch.zeros(0, dtype=torch.int64)
+                    idx = (
+                        torch.multinomial(counts.cpu(), n, replacement=True) if n else torch.zeros(0, dtype=torch.int64)
+                    )
                     labels = self.classes_[idx.numpy()]
                 else:
                     labels = np.asarray(y)
@@ -954,7 +973,9 @@ class VAE(NeuralEstimator):
         steps = check_count(steps, "steps", minimum=2)
         ends = [np.asarray(x1, dtype=np.float32).reshape(-1), np.asarray(x2, dtype=np.float32).reshape(-1)]
         if ends[0].size != ends[1].size:
-            raise ValueError(f"x1 and x2 must be two rows of the same size, got {ends[0].size} and {ends[1].size} values")
+            raise ValueError(
+                f"x1 and x2 must be two rows of the same size, got {ends[0].size} and {ends[1].size} values"
+            )
         pair = np.stack(ends)
         labels = None if y is None else np.full(2, y)
         loc, _ = self.encode(pair, labels)
@@ -962,9 +983,7 @@ class VAE(NeuralEstimator):
         path = (1 - t) * loc[0] + t * loc[1]
         return self.decode(path, None if y is None else np.full(steps, y))
 
-    def to_arviz(
-        self, num_samples: int = 100, *, rows: Any = None, seed: int | None = 0, prior: bool = False
-    ) -> Any:
+    def to_arviz(self, num_samples: int = 100, *, rows: Any = None, seed: int | None = 0, prior: bool = False) -> Any:
         """Latent posteriors of chosen rows, their predictive, and the loss history.
 
         Groups: ``posterior`` (``z`` with dims row, latent), ``posterior_predictive``
@@ -986,8 +1005,13 @@ class VAE(NeuralEstimator):
         """
         self._check_fitted()
         if rows is not None:
-            self._arviz_rows = rows if isinstance(rows, slice) else torch.as_tensor(
-                self._check_row_index(rows, len(self._x), "rows"), dtype=torch.int64, device=self.device_)
+            self._arviz_rows = (
+                rows
+                if isinstance(rows, slice)
+                else torch.as_tensor(
+                    self._check_row_index(rows, len(self._x), "rows"), dtype=torch.int64, device=self.device_
+                )
+            )
         try:
             tree = super().to_arviz(num_samples, seed=seed, prior=prior)
         finally:
