@@ -30,7 +30,7 @@ from bayesgen.specs import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "pyproject.toml").is_file())  # the checkout
 FIGURES = ROOT / "runs" / "tutorials" / "gaussian_generator"
 
 

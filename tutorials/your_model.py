@@ -38,7 +38,7 @@ SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
 NUM_STEPS = 150 if SMOKE else 2000
 NUM_DRAWS = 200 if SMOKE else 2000
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-ROOT = next(p for p in (HERE, *HERE.parents) if (p / "models").is_dir())  # the checkout
+ROOT = next(p for p in (HERE, *HERE.parents) if (p / "pyproject.toml").is_file())  # the checkout
 FIGURES = ROOT / "runs" / "tutorials" / "your_model"
 
 
