@@ -558,6 +558,27 @@ def test_em_start_recovers_the_simulated_parameters_and_the_spec_fit_ends_below_
     assert verdicts["kmeans"] == "still improving", verdicts
 
 
+@pytest.mark.slow
+def test_the_breast_cancer_spec_fit_converges_under_the_convergence_rule():
+    """The shipped spec's settings end "converged" by the runner's one rule, and still rank malignant rows."""
+    import tomllib
+    from pathlib import Path
+
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.metrics import roc_auc_score
+
+    from bayesgen.diagnostics import convergence_report
+
+    spec = tomllib.loads((Path(__file__).parents[1] / "models" / "anomaly_breast_cancer.toml").read_text())
+    settings = {**spec["model"], **spec["inference"], "seed": spec["run"]["seed"], "device": "cpu"}
+    settings["anomaly_prior"] = tuple(settings["anomaly_prior"])
+    X, y = load_breast_cancer(return_X_y=True)
+    det = MixtureAnomalyDetector(**settings).fit(X)
+    report = convergence_report(det.losses_, converged=det.converged_, max_steps=settings["num_steps"])
+    assert report["verdict"] == "converged", report["message"]
+    assert roc_auc_score(y == 0, det.predict_proba(X)) > 0.8
+
+
 def test_a_refit_checks_its_predictions_against_the_new_rows():
     """The predictive check's Mahalanobis reference (centre and covariance of the fitted rows) follows a refit."""
     from bayesgen.diagnostics import predictive_check

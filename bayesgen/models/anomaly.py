@@ -776,6 +776,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
     learning_rate : float, default 0.05
     lr_schedule : {"exponential", "cosine"} or None, default "cosine"
     final_lr_factor : float, default 0.01
+        1.0 keeps the learning rate constant: with a decaying rate the loss keeps falling as the steps'
+        jitter about the optimum shrinks, which the convergence rule reads as still improving.
+    num_particles : int, default 1
+        Guide draws per ELBO estimate (vectorised); more make each step's gradient less noisy.
     batch_size : int or None, default 4096
         Rows per minibatch for tables with more rows (None: all rows every step).
     average_last : int, default 100
@@ -838,6 +842,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         learning_rate: float = 0.05,
         lr_schedule: Literal["exponential", "cosine"] | None = "cosine",
         final_lr_factor: float = 0.01,
+        num_particles: int = 1,
         batch_size: int | None = 4096,
         average_last: int = 100,
         num_samples: int = 100,
@@ -857,6 +862,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.final_lr_factor = final_lr_factor
+        self.num_particles = num_particles
         self.batch_size = batch_size
         self.average_last = average_last
         self.num_samples = num_samples
