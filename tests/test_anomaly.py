@@ -19,10 +19,12 @@ def planted(seed=0, n_normal=600, n_anomalies=30, d=4):
     """Two Gaussian clusters in raw units of very different scales, plus uniform anomalies."""
     rng = np.random.default_rng(seed)
     A = rng.normal(size=(d, d))
-    normal = np.vstack([
-        rng.multivariate_normal(np.zeros(d), A @ A.T + np.eye(d), n_normal // 2),
-        rng.multivariate_normal(np.full(d, 6.0), np.eye(d), n_normal - n_normal // 2),
-    ])
+    normal = np.vstack(
+        [
+            rng.multivariate_normal(np.zeros(d), A @ A.T + np.eye(d), n_normal // 2),
+            rng.multivariate_normal(np.full(d, 6.0), np.eye(d), n_normal - n_normal // 2),
+        ]
+    )
     anomalies = rng.uniform(-15, 20, size=(n_anomalies, d))
     X = np.vstack([normal, anomalies]) * np.array([1, 10, 100, 0.1])[:d] + np.array([5, 0, -3, 2])[:d]
     y = np.r_[np.zeros(len(normal)), np.ones(n_anomalies)].astype(bool)
@@ -64,8 +66,9 @@ def test_score_samples_is_a_raw_scale_density(fitted):
 @pytest.mark.parametrize(("anomaly", "num_components"), [("inflated", 1), ("inflated", 2), ("student_t", 2)])
 def test_enumerated_and_marginalised_elbos_are_equal(covariance, anomaly, num_components):
     X, _ = planted(n_normal=100, n_anomalies=5)
-    det = MixtureAnomalyDetector(covariance=covariance, anomaly=anomaly, num_components=num_components,
-                                 num_steps=5, seed=0).fit(X)
+    det = MixtureAnomalyDetector(
+        covariance=covariance, anomaly=anomaly, num_components=num_components, num_steps=5, seed=0
+    ).fit(X)
     kwargs = det._kwargs(marginal=True)
     x = det._x
     guide = det._model_and_guide()[1]  # the guide with the fit's starting point
@@ -74,10 +77,12 @@ def test_enumerated_and_marginalised_elbos_are_equal(covariance, anomaly, num_co
     with param_scope(det._param_state):
         torch.manual_seed(3)
         marg = Trace_ELBO(num_particles=200, vectorize_particles=True, max_plate_nesting=1).loss(
-            model, guide, x, **kwargs)
+            model, guide, x, **kwargs
+        )
         torch.manual_seed(3)
         enum = TraceEnum_ELBO(num_particles=200, vectorize_particles=True, max_plate_nesting=1).loss(
-            config_enumerate(model), guide, x, **{**kwargs, "marginal": False})
+            config_enumerate(model), guide, x, **{**kwargs, "marginal": False}
+        )
     assert enum == pytest.approx(marg, rel=1e-5)
 
 
@@ -92,11 +97,14 @@ def test_enumerated_fit_matches_the_marginalised_fit():
     np.testing.assert_array_equal(a.predict(X), b.predict(X))
 
 
-@pytest.mark.parametrize(("settings", "extra"), [
-    ({"num_components": 2}, {"weights", "anomaly_loc", "anomaly_excess"}),
-    ({"num_components": 1}, {"anomaly_loc", "anomaly_excess"}),
-    ({"num_components": 2, "anomaly": "student_t"}, {"weights"}),
-])
+@pytest.mark.parametrize(
+    ("settings", "extra"),
+    [
+        ({"num_components": 2}, {"weights", "anomaly_loc", "anomaly_excess"}),
+        ({"num_components": 1}, {"anomaly_loc", "anomaly_excess"}),
+        ({"num_components": 2, "anomaly": "student_t"}, {"weights"}),
+    ],
+)
 def test_model_and_guide_share_sites(settings, extra):
     X, _ = planted(n_normal=60, n_anomalies=3)
     det = MixtureAnomalyDetector(num_steps=2, seed=0, **settings).fit(X)
@@ -105,9 +113,13 @@ def test_model_and_guide_share_sites(settings, extra):
     with param_scope(det._param_state):
         g = poutine.trace(guide).get_trace(det._x, **det._kwargs())
         m = poutine.trace(poutine.replay(model, trace=g)).get_trace(det._x, **det._kwargs())
+
     def latent(tr):
-        return {n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"]
-                and not site_is_subsample(s)}
+        return {
+            n
+            for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        }
 
     assert latent(m) == latent(g) == {"anomaly_fraction", "loc", "scale", "corr_tril"} | extra
     assert torch.isfinite(m.log_prob_sum())
@@ -122,7 +134,7 @@ def test_inflated_component_is_the_normal_part_moment_matched_and_inflated(covar
     rng = np.random.default_rng(1)
     d, r = 4, 2
     params = {"loc": torch.tensor(rng.normal(size=(K, d))), "scale": torch.tensor(rng.uniform(0.5, 2, (K, d)))}
-    covs = np.stack([np.diag(s ** 2) for s in params["scale"].numpy()])
+    covs = np.stack([np.diag(s**2) for s in params["scale"].numpy()])
     if covariance == "full":
         a = rng.normal(size=(K, d, d))
         cov = np.einsum("kij,klj->kil", a, a) + np.eye(d)
@@ -144,8 +156,14 @@ def test_inflated_component_is_the_normal_part_moment_matched_and_inflated(covar
     np.testing.assert_allclose(broad.mean.numpy(), centre.numpy())
     # A batch of draws (S, 1) as the estimator's _tables and the vectorised model give them.
     batched = anomaly_distribution(
-        "inflated", {}, {k: v.expand(5, *v.shape) for k, v in params.items()},
-        torch.tensor(w).expand(5, 1, K), covariance, centre.expand(5, 1, d), excess.expand(5, 1))
+        "inflated",
+        {},
+        {k: v.expand(5, *v.shape) for k, v in params.items()},
+        torch.tensor(w).expand(5, 1, K),
+        covariance,
+        centre.expand(5, 1, d),
+        excess.expand(5, 1),
+    )
     x = torch.tensor(rng.normal(size=(7, d)))
     np.testing.assert_allclose(batched.log_prob(x).numpy(), broad.log_prob(x).expand(5, 7).numpy(), rtol=1e-10)
 
@@ -194,7 +212,6 @@ def test_dataframe_input_and_bad_input_are_clear():
         det.predict(X, threshold=1.5)
 
 
-
 def test_dataframe_columns_are_matched_by_name_and_bad_settings_are_clear():
     X, _ = planted(n_normal=100, n_anomalies=5)
     frame = pd.DataFrame(X, columns=list("abcd"))
@@ -237,6 +254,7 @@ def test_dataframe_columns_are_matched_by_name_and_bad_settings_are_clear():
     with pytest.raises(ValueError, match="too large to standardise"), np.errstate(over="ignore"):
         MixtureAnomalyDetector(num_steps=5).fit(X * 1e200)
 
+
 def test_save_load_round_trip(fitted, tmp_path):
     det, X, _ = fitted
     det.save(tmp_path / "det")
@@ -255,15 +273,45 @@ def test_cli_writes_rows_with_probability_and_flag(tmp_path):
     frame = pd.DataFrame(X, columns=list("abcd")).assign(note="row")
     frame.to_csv(tmp_path / "data.csv", index=False)
     out = tmp_path / "scores.csv"
-    proc = subprocess.run([sys.executable, "-m", "bayesgen", "anomaly", "--csv", str(tmp_path / "data.csv"),
-                           "--columns", "a,b,c,d", "--out", str(out), "--num-steps", "300"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bayesgen",
+            "anomaly",
+            "--csv",
+            str(tmp_path / "data.csv"),
+            "--columns",
+            "a,b,c,d",
+            "--out",
+            str(out),
+            "--num-steps",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["a", "b", "c", "d", "note", "anomaly_probability", "anomaly"]
     assert scores["anomaly"].to_numpy()[y].mean() >= 0.8
-    bad = subprocess.run([sys.executable, "-m", "bayesgen", "anomaly", "--csv", str(tmp_path / "data.csv"),
-                          "--out", str(out), "--overwrite"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bayesgen",
+            "anomaly",
+            "--csv",
+            str(tmp_path / "data.csv"),
+            "--out",
+            str(out),
+            "--overwrite",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "non-numeric columns ['note']" in bad.stderr
 
 
@@ -324,10 +372,13 @@ def test_mean_log_odds_is_exact_where_the_probability_rounds_to_one():
 
 def test_calibrate_rejects_bad_labels_and_warns_when_they_run_against_the_model(fitted):
     det, X, y = fitted
-    bad = [(y[:-1], ValueError, "one label per row"), (np.where(y, 2, 0), ValueError, "1/True .* or 0/False"),
-           (np.zeros(len(y)), ValueError, "only normal rows; calibrating needs both"),
-           (np.where(y, "yes", "no"), ValueError, "1/True .* or 0/False"),
-           (np.where(y, 1.0, np.nan), ValueError, "missing labels")]
+    bad = [
+        (y[:-1], ValueError, "one label per row"),
+        (np.where(y, 2, 0), ValueError, "1/True .* or 0/False"),
+        (np.zeros(len(y)), ValueError, "only normal rows; calibrating needs both"),
+        (np.where(y, "yes", "no"), ValueError, "1/True .* or 0/False"),
+        (np.where(y, 1.0, np.nan), ValueError, "missing labels"),
+    ]
     for labels, err, message in bad:
         with pytest.raises(err, match=message):
             det.calibrate(X, labels)
@@ -363,8 +414,18 @@ def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
     frame = pd.DataFrame(X, columns=list("abcd")).assign(incident=labels)
     frame.to_csv(tmp_path / "data.csv", index=False)
     out = tmp_path / "scores.csv"
-    args = [sys.executable, "-m", "bayesgen", "anomaly", "--csv", str(tmp_path / "data.csv"), "--out", str(out),
-            "--num-steps", "300"]
+    args = [
+        sys.executable,
+        "-m",
+        "bayesgen",
+        "anomaly",
+        "--csv",
+        str(tmp_path / "data.csv"),
+        "--out",
+        str(out),
+        "--num-steps",
+        "300",
+    ]
     proc = subprocess.run(args + ["--labels", "incident"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"calibrated on {int(np.isfinite(labels).sum())} labelled rows" in proc.stdout
@@ -381,22 +442,34 @@ def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
     args.append("--overwrite")  # the runs below write (or refuse to write) the same --out
     proc = subprocess.run(args + ["--labels", "nope"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no --labels column 'nope'" in proc.stderr
-    proc = subprocess.run(args + ["--labels", "incident", "--columns", "a,b,incident"], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        args + ["--labels", "incident", "--columns", "a,b,incident"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2 and "cannot also be a feature" in proc.stderr
     # Label problems are found before the fit: no labelled rows, or one class only.
-    for column, message in ((np.full(len(y), np.nan), "has no labelled rows"),
-                            (np.where(known, 0.0, np.nan), "has only normal rows")):
+    for column, message in (
+        (np.full(len(y), np.nan), "has no labelled rows"),
+        (np.where(known, 0.0, np.nan), "has only normal rows"),
+    ):
         frame.assign(incident=column).to_csv(tmp_path / "bad.csv", index=False)
-        proc = subprocess.run(args[:5] + [str(tmp_path / "bad.csv")] + args[6:] + ["--labels", "incident"],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            args[:5] + [str(tmp_path / "bad.csv")] + args[6:] + ["--labels", "incident"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "calibrated on" not in proc.stdout
     # A True/False column with blanks (object dtype in pandas) works.
     frame.assign(incident=np.where(known, np.where(labels == 1, "True", "False"), "")).to_csv(
-        tmp_path / "tf.csv", index=False)
-    proc = subprocess.run(args[:5] + [str(tmp_path / "tf.csv")] + args[6:] + ["--labels", "incident"],
-                          capture_output=True, text=True, timeout=300)
+        tmp_path / "tf.csv", index=False
+    )
+    proc = subprocess.run(
+        args[:5] + [str(tmp_path / "tf.csv")] + args[6:] + ["--labels", "incident"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "calibrated on" in proc.stdout, proc.stderr
 
 
@@ -417,8 +490,9 @@ def test_probabilities_are_calibrated_when_the_inflated_model_holds():
     cov = A @ A.T + 0.5 * np.eye(d)
     centre = np.array([1.0, -1.0, 0.5])
     z = rng.random(n) < frac
-    X = np.where(z[:, None], rng.multivariate_normal(centre, inflation * cov, n),
-                 rng.multivariate_normal(np.zeros(d), cov, n))
+    X = np.where(
+        z[:, None], rng.multivariate_normal(centre, inflation * cov, n), rng.multivariate_normal(np.zeros(d), cov, n)
+    )
     oracle_a = frac * multivariate_normal(centre, inflation * cov).pdf(X)
     oracle = oracle_a / (oracle_a + (1 - frac) * multivariate_normal(np.zeros(d), cov).pdf(X))
     units = np.array([0.01, 1.0, 100.0])  # raw columns of very different scales
@@ -472,11 +546,12 @@ def test_several_components_start_from_k_means_clusters(tmp_path):
     shift, scale = np.median(X, axis=0), np.median(np.abs(X - np.median(X, axis=0)), axis=0) * 1.4826
     order = np.argsort(det.params_["loc_loc"][:, 0] * 10 + det.params_["loc_loc"][:, 2])
     want = (centres * np.array([1.0, 10, 0.1]) + 3 - shift) / scale
-    np.testing.assert_allclose(det.params_["loc_loc"][order], want[np.argsort(want[:, 0] * 10 + want[:, 2])],
-                               atol=0.15)
-    np.testing.assert_allclose(np.exp(det.params_["scale_loc"][order]),
-                               (sds * np.array([1.0, 10, 0.1]) / scale)[np.argsort(want[:, 0] * 10 + want[:, 2])],
-                               rtol=0.15)
+    np.testing.assert_allclose(det.params_["loc_loc"][order], want[np.argsort(want[:, 0] * 10 + want[:, 2])], atol=0.15)
+    np.testing.assert_allclose(
+        np.exp(det.params_["scale_loc"][order]),
+        (sds * np.array([1.0, 10, 0.1]) / scale)[np.argsort(want[:, 0] * 10 + want[:, 2])],
+        rtol=0.15,
+    )
     # Saved with the model: a reloaded detector's refits (sbc_check) start where the fitted one's do.
     again = MixtureAnomalyDetector.load(det.save(tmp_path / "det"))
     assert again._init.keys() == det._init.keys()
@@ -508,7 +583,8 @@ def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_stu
     (tmp_path / "spec.toml").write_text(
         "[run]\nmodel = 'anomaly'\nseed = 0\n[data]\nsource = 'rows.csv'\n"
         "[model]\nanomaly = 'student_t'\nnum_components = 2\ncovariance = 'diag'\n"
-        "[inference]\nnum_steps = 150\naverage_last = 20\n[report]\narviz_samples = 50\ndiagnostic_samples = 50\n")
+        "[inference]\nnum_steps = 150\naverage_last = 20\n[report]\narviz_samples = 50\ndiagnostic_samples = 50\n"
+    )
     run_spec(tmp_path / "spec.toml", tmp_path / "run")
     # Make it look like a folder written before the setting existed.
     spec_text = (tmp_path / "run" / "spec.toml").read_text()
@@ -534,8 +610,9 @@ def test_em_start_recovers_the_simulated_parameters_and_the_spec_fit_ends_below_
     cov = A @ A.T / d + 0.3 * np.eye(d)
     centre = np.array([1.0, -0.5, 0.0, 0.5])
     z = rng.random(n) < frac
-    x = np.where(z[:, None], rng.multivariate_normal(centre, inflation * cov, n),
-                 rng.multivariate_normal(np.zeros(d), cov, n))
+    x = np.where(
+        z[:, None], rng.multivariate_normal(centre, inflation * cov, n), rng.multivariate_normal(np.zeros(d), cov, n)
+    )
     hyper = {"frac_a": 1.0, "frac_b": 19.0, "anomaly_df": 3.0, "anomaly_scale": 3.0}
     found = em_start(x, x[:1], hyper=hyper, covariance="full", rank=2, anomaly="inflated")
     a, b = float(found["anomaly_fraction_a"]), float(found["anomaly_fraction_b"])
@@ -592,8 +669,17 @@ def test_a_refit_checks_its_predictions_against_the_new_rows():
     x = det._x.cpu().numpy().astype(float)
     np.testing.assert_allclose(det._ppc_reference[0], x.mean(axis=0))
     assert check.table.loc["mahalanobis²[median]", "observed"] == pytest.approx(
-        np.median(((np.linalg.solve(np.linalg.cholesky(np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])),
-                                    (x - x.mean(0)).T)) ** 2).sum(0)))
+        np.median(
+            (
+                (
+                    np.linalg.solve(
+                        np.linalg.cholesky(np.cov(x, rowvar=False) + 1e-6 * np.eye(x.shape[1])), (x - x.mean(0)).T
+                    )
+                )
+                ** 2
+            ).sum(0)
+        )
+    )
 
 
 def test_posterior_matches_nuts_on_six_breast_cancer_columns():

@@ -69,8 +69,16 @@ from bayesgen._runtime import (
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
-__all__ = ["ComponentMixture", "MixtureAnomalyDetector", "anomaly_distribution", "guide", "mixture_log_weights",
-           "binary_labels", "model", "platt_scaling"]
+__all__ = [
+    "ComponentMixture",
+    "MixtureAnomalyDetector",
+    "anomaly_distribution",
+    "guide",
+    "mixture_log_weights",
+    "binary_labels",
+    "model",
+    "platt_scaling",
+]
 
 Covariance = Literal["diag", "full", "lowrank"]
 AnomalyKind = Literal["inflated", "student_t"]
@@ -103,8 +111,9 @@ class ComponentMixture(dist.TorchDistribution):
         super().__init__(batch_shape, event_shape, validate_args=False)
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> ComponentMixture:
-        return ComponentMixture(self.table_fn, self.sample_fn, self.log_weights, torch.Size(batch_shape),
-                                self.event_shape, self.index)
+        return ComponentMixture(
+            self.table_fn, self.sample_fn, self.log_weights, torch.Size(batch_shape), self.event_shape, self.index
+        )
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         table = self.table_fn(value)
@@ -126,16 +135,20 @@ class ComponentMixture(dist.TorchDistribution):
 # ------------------------------------------------------------ model / guide
 _START_ROWS = 10_000  # rows of a larger table that EM and L-BFGS see when they place the start
 _HESSIAN_ROWS = 1_000  # rows of a larger table whose curvature, scaled up, gives the Laplace covariance
-_SITE_SUPPORT = {"loc": constraints.real, "scale": constraints.positive, "corr_tril": constraints.corr_cholesky,
-                 "cov_factor": constraints.real, "anomaly_loc": constraints.real, "anomaly_excess": constraints.positive}
+_SITE_SUPPORT = {
+    "loc": constraints.real,
+    "scale": constraints.positive,
+    "corr_tril": constraints.corr_cholesky,
+    "cov_factor": constraints.real,
+    "anomaly_loc": constraints.real,
+    "anomaly_excess": constraints.positive,
+}
 
 
 def _component_params(hyper: dict[str, torch.Tensor], covariance: Covariance, d: int, rank: int) -> dict:
     """Sample the normal components' parameters (inside the component plate)."""
     loc = pyro.sample("loc", dist.Normal(hyper["loc_center"].expand(d), hyper["loc_scale"]).to_event(1))
-    scale = pyro.sample(
-        "scale", dist.LogNormal(hyper["log_scale_center"].expand(d), hyper["log_scale_sd"]).to_event(1)
-    )
+    scale = pyro.sample("scale", dist.LogNormal(hyper["log_scale_center"].expand(d), hyper["log_scale_sd"]).to_event(1))
     params = {"loc": loc, "scale": scale}
     if covariance == "full":
         params["corr_tril"] = pyro.sample("corr_tril", dist.LKJCholesky(d, hyper["lkj_concentration"]))
@@ -379,8 +392,9 @@ def guide(
             pyro.sample("cov_factor", dist.Normal(f_loc, f_sd).to_event(2))
 
 
-def _structured_guide(x: torch.Tensor, init: dict[str, torch.Tensor], K: int, covariance: Covariance, rank: int,
-                      anomaly: AnomalyKind) -> None:
+def _structured_guide(
+    x: torch.Tensor, init: dict[str, torch.Tensor], K: int, covariance: Covariance, rank: int, anomaly: AnomalyKind
+) -> None:
     """Multivariate normal over the global sites' joined unconstrained values (see :func:`guide`)."""
     m0, tril0 = init["latent_loc"], init["latent_tril"]
     offset = pyro.param("latent_offset", lambda: torch.zeros_like(m0))
@@ -422,8 +436,12 @@ def _lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 25, floor: floa
         if np.allclose(moved, centres):
             break
         centres = moved
-    scales = np.array([np.maximum(x[label == k].std(0), floor) if (label == k).sum() > 1 else np.ones(x.shape[1])
-                       for k in range(len(centres))])
+    scales = np.array(
+        [
+            np.maximum(x[label == k].std(0), floor) if (label == k).sum() > 1 else np.ones(x.shape[1])
+            for k in range(len(centres))
+        ]
+    )
     return centres, scales
 
 
@@ -436,8 +454,9 @@ def _lowrank_approx(cov: torch.Tensor, rank: int, floor: float) -> tuple[torch.T
     return factor, (torch.diagonal(cov, dim1=-2, dim2=-1) - factor.pow(2).sum(-1)).clamp(min=floor)
 
 
-def _component_moments(loc: torch.Tensor, cov: torch.Tensor, covariance: Covariance, rank: int,
-                       floor: float) -> dict[str, torch.Tensor]:
+def _component_moments(
+    loc: torch.Tensor, cov: torch.Tensor, covariance: Covariance, rank: int, floor: float
+) -> dict[str, torch.Tensor]:
     """The model's component parameters (``loc``, ``scale`` and ``corr_tril`` or ``cov_factor``) closest to
     the covariance matrices ``cov`` (K, d, d) that ``covariance`` can express."""
     if covariance == "lowrank":
@@ -529,9 +548,14 @@ def em_start(
             break
         previous = objective
     counts = resp.sum(0)
-    out = {"responsibility": resp, "iterations": torch.tensor(it),
-           "anomaly_fraction_a": a0 + counts[K], "anomaly_fraction_b": b0 + n - counts[K],
-           "loc_loc": params["loc"], "scale_loc": params["scale"].log()}
+    out = {
+        "responsibility": resp,
+        "iterations": torch.tensor(it),
+        "anomaly_fraction_a": a0 + counts[K],
+        "anomaly_fraction_b": b0 + n - counts[K],
+        "loc_loc": params["loc"],
+        "scale_loc": params["scale"].log(),
+    }
     if K > 1:
         out["weights_concentration"] = 1.0 + counts[:K]
     if covariance == "full":
@@ -543,17 +567,32 @@ def em_start(
     return {k: v.numpy() for k, v in out.items()}
 
 
-_GUIDE_LOCS = {"loc": "loc_loc", "scale": "scale_loc", "corr_tril": "corr_tril_loc", "cov_factor": "cov_factor_loc",
-               "anomaly_loc": "anomaly_loc_loc", "anomaly_excess": "anomaly_excess_loc"}
+_GUIDE_LOCS = {
+    "loc": "loc_loc",
+    "scale": "scale_loc",
+    "corr_tril": "corr_tril_loc",
+    "cov_factor": "cov_factor_loc",
+    "anomaly_loc": "anomaly_loc_loc",
+    "anomaly_excess": "anomaly_excess_loc",
+}
 
 
 _LATENT_SUPPORT = {"anomaly_fraction": constraints.unit_interval, "weights": constraints.simplex, **_SITE_SUPPORT}
-_EVENT_DIM = {"anomaly_fraction": 0, "weights": 1, "loc": 1, "scale": 1, "corr_tril": 2, "cov_factor": 2,
-              "anomaly_loc": 1, "anomaly_excess": 0}
+_EVENT_DIM = {
+    "anomaly_fraction": 0,
+    "weights": 1,
+    "loc": 1,
+    "scale": 1,
+    "corr_tril": 2,
+    "cov_factor": 2,
+    "anomaly_loc": 1,
+    "anomaly_excess": 0,
+}
 
 
-def latent_sites(num_components: int, d: int, covariance: Covariance, rank: int,
-                 anomaly: AnomalyKind) -> list[tuple[str, tuple[int, ...], bool]]:
+def latent_sites(
+    num_components: int, d: int, covariance: Covariance, rank: int, anomaly: AnomalyKind
+) -> list[tuple[str, tuple[int, ...], bool]]:
     """The global sites of :func:`model` in its order: (name, shape of the unconstrained value, in the component
     plate). Their unconstrained values, flattened and joined in this order, make the structured guide's vector."""
     K = num_components
@@ -629,8 +668,9 @@ def laplace_start(
     from pyro.infer.mcmc.util import initialize_model
 
     kwargs = {**model_kwargs, "marginal": True}
-    sites = latent_sites(int(kwargs["num_components"]), x.shape[-1], kwargs["covariance"], int(kwargs["rank"]),
-                         kwargs["anomaly"])
+    sites = latent_sites(
+        int(kwargs["num_components"]), x.shape[-1], kwargs["covariance"], int(kwargs["rank"]), kwargs["anomaly"]
+    )
     a, b = start["anomaly_fraction_a"], start["anomaly_fraction_b"]
     values: dict[str, torch.Tensor] = {"anomaly_fraction": a / (a + b)}
     if "weights_concentration" in start:
@@ -638,12 +678,14 @@ def laplace_start(
     for site, name in _GUIDE_LOCS.items():
         if name in start:
             values[site] = biject_to(_SITE_SUPPORT[site])(start[name])
-    _, potential_fn, transforms, _ = initialize_model(model, model_args=(x, subsample), model_kwargs=kwargs,
-                                                      init_strategy=init_to_value(values=values))
+    _, potential_fn, transforms, _ = initialize_model(
+        model, model_args=(x, subsample), model_kwargs=kwargs, init_strategy=init_to_value(values=values)
+    )
     hessian_fn = potential_fn
     if hessian_subsample is not None:
-        hessian_fn = initialize_model(model, model_args=(x, hessian_subsample), model_kwargs=kwargs,
-                                      init_strategy=init_to_value(values=values))[1]
+        hessian_fn = initialize_model(
+            model, model_args=(x, hessian_subsample), model_kwargs=kwargs, init_strategy=init_to_value(values=values)
+        )[1]
 
     def energy(v: torch.Tensor, fn: Callable = potential_fn) -> torch.Tensor:
         return fn(_split_latent(v, sites))
@@ -651,8 +693,14 @@ def laplace_start(
     u = torch.cat([transforms[name](values[name]).reshape(-1) for name, _, _ in sites]).detach()
     before = u.clone()
     u.requires_grad_()
-    opt = torch.optim.LBFGS([u], max_iter=max_iterations, line_search_fn="strong_wolfe", tolerance_grad=1e-5,
-                            tolerance_change=1e-9, history_size=20)
+    opt = torch.optim.LBFGS(
+        [u],
+        max_iter=max_iterations,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-5,
+        tolerance_change=1e-9,
+        history_size=20,
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -672,8 +720,12 @@ def laplace_start(
     eye = torch.eye(len(u), dtype=u.dtype, device=u.device)
     # Hessian-vector products, a chunk of basis vectors at a time (in x's dtype: float32 changes the sds by
     # about 1e-4 against float64 on the breast-cancer spec), then the decomposition in float64.
-    hessian = torch.cat([torch.autograd.grad(grad, u, grad_outputs=eye[i : i + chunk], is_grads_batched=True,
-                                             retain_graph=True)[0] for i in range(0, len(u), chunk)]).double()
+    hessian = torch.cat(
+        [
+            torch.autograd.grad(grad, u, grad_outputs=eye[i : i + chunk], is_grads_batched=True, retain_graph=True)[0]
+            for i in range(0, len(u), chunk)
+        ]
+    ).double()
     curvature, vectors = torch.linalg.eigh(0.5 * (hessian + hessian.T))
     # A direction where the optimiser stopped short of the mode (curving down or flat) keeps its curvature's size.
     curvature = curvature.abs().clamp(min=float(curvature.abs().max()) * 1e-10)
@@ -901,13 +953,21 @@ class MixtureAnomalyDetector(BayesianEstimator):
             X = match_columns(X, [str(c) for c in self.feature_names_], "the columns the detector was fitted on")
         arr, _ = as_feature_matrix(X)
         if arr.shape[1] != len(self.feature_names_):
-            raise ValueError(f"X has {arr.shape[1]} columns; the detector was fitted on {len(self.feature_names_)} "
-                             f"({self.feature_names_[:10]})")
+            raise ValueError(
+                f"X has {arr.shape[1]} columns; the detector was fitted on {len(self.feature_names_)} "
+                f"({self.feature_names_[:10]})"
+            )
         return torch.as_tensor((arr - self._shift) / self._scale, dtype=torch.get_default_dtype(), device=self.device_)
 
     # --------------------------------------------------------------- fit
-    def fit(self, X: Any, *, checkpoint: PathLikeStr | None = None, checkpoint_every: int | None = None,
-            resume: bool | PathLikeStr = False) -> MixtureAnomalyDetector:
+    def fit(
+        self,
+        X: Any,
+        *,
+        checkpoint: PathLikeStr | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | PathLikeStr = False,
+    ) -> MixtureAnomalyDetector:
         """Fit the mixture to unlabelled rows.
 
         Parameters
@@ -952,12 +1012,18 @@ class MixtureAnomalyDetector(BayesianEstimator):
         t = self._x.new_tensor
         a, b = (float(v) for v in self.anomaly_prior)
         self._hyper = {
-            "frac_a": t(a), "frac_b": t(b),
-            "loc_center": t(0.0), "loc_scale": t(3.0),
-            "log_scale_center": t(0.0), "log_scale_sd": t(1.0),
-            "lkj_concentration": t(1.0), "factor_scale": t(0.5),
-            "anomaly_df": t(3.0), "anomaly_scale": t(float(self.anomaly_scale)),
-            "excess_center": t(math.log(4.0)), "excess_sd": t(1.5),
+            "frac_a": t(a),
+            "frac_b": t(b),
+            "loc_center": t(0.0),
+            "loc_scale": t(3.0),
+            "log_scale_center": t(0.0),
+            "log_scale_sd": t(1.0),
+            "lkj_concentration": t(1.0),
+            "factor_scale": t(0.5),
+            "anomaly_df": t(3.0),
+            "anomaly_scale": t(float(self.anomaly_scale)),
+            "excess_center": t(math.log(4.0)),
+            "excess_sd": t(1.5),
         }
         K = int(self.num_components)
         # k-means++-style start: spread the centres over the data (the row nearest the middle first).
@@ -979,9 +1045,14 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if self.init == "em":
             # EM only finds the starting point: on a large table a random 10,000 rows place it as well.
             rows = rng.choice(n, _START_ROWS, replace=False) if n > _START_ROWS else slice(None)
-            found = em_start(x_np[rows].astype(float), centres,
-                             hyper={k: float(v) for k, v in self._hyper.items()},
-                             covariance=self.covariance, rank=int(self.rank), anomaly=self.anomaly)
+            found = em_start(
+                x_np[rows].astype(float),
+                centres,
+                hyper={k: float(v) for k, v in self._hyper.items()},
+                covariance=self.covariance,
+                rank=int(self.rank),
+                anomaly=self.anomaly,
+            )
             found["anomaly_fraction_a"] = (found["anomaly_fraction_a"] - a) * (n / len(x_np[rows])) + a
             found["anomaly_fraction_b"] = (found["anomaly_fraction_b"] - b) * (n / len(x_np[rows])) + b
             if "weights_concentration" in found:
@@ -991,19 +1062,30 @@ class MixtureAnomalyDetector(BayesianEstimator):
             subsample = torch.as_tensor(rows, device=self.device_) if n > _START_ROWS else None
             curvature_rows = None
             if n > _HESSIAN_ROWS:
-                curvature_rows = torch.as_tensor(np.sort(rng.choice(n, _HESSIAN_ROWS, replace=False)),
-                                                 device=self.device_)
-            self._init, self.map_iterations_ = laplace_start(self._x, {k: as_tensor(v) for k, v in found.items()},
-                                                             self._kwargs(marginal=True), subsample=subsample,
-                                                             hessian_subsample=curvature_rows)
+                curvature_rows = torch.as_tensor(
+                    np.sort(rng.choice(n, _HESSIAN_ROWS, replace=False)), device=self.device_
+                )
+            self._init, self.map_iterations_ = laplace_start(
+                self._x,
+                {k: as_tensor(v) for k, v in found.items()},
+                self._kwargs(marginal=True),
+                subsample=subsample,
+                hessian_subsample=curvature_rows,
+            )
         else:
             self.em_iterations_ = self.map_iterations_ = None
             self._init = {"loc_loc": as_tensor(centres)}
             if scales is not None:
                 self._init["scale_loc"] = as_tensor(np.log(scales))
         minibatch = self.batch_size is not None and int(self.batch_size) < n
-        self._run_svi(self._x, data_size=n if minibatch else None, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, resume=resume, **self._kwargs())
+        self._run_svi(
+            self._x,
+            data_size=n if minibatch else None,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            **self._kwargs(),
+        )
         frac = float(self.anomaly_fraction()["mean"])
         if frac > 0.5:
             other = " or anomaly='student_t'" if self.anomaly == "inflated" else ""
@@ -1011,13 +1093,20 @@ class MixtureAnomalyDetector(BayesianEstimator):
                 f"the anomaly component took {frac:.0%} of the rows, more than the normal part: normal behaviour "
                 f"is probably multi-modal or far from Gaussian for num_components={K}; try more components "
                 f"(compare fits with LOO via to_arviz){other}, and check the ranking you need on labelled rows",
-                UserWarning, stacklevel=2)
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
     def _kwargs(self, marginal: bool | None = None) -> dict[str, Any]:
-        return {"hyper": self._hyper, "num_components": int(self.num_components), "covariance": self.covariance,
-                "rank": int(self.rank), "marginal": (not self.enumerate) if marginal is None else marginal,
-                "anomaly": self.anomaly}
+        return {
+            "hyper": self._hyper,
+            "num_components": int(self.num_components),
+            "covariance": self.covariance,
+            "rank": int(self.rank),
+            "marginal": (not self.enumerate) if marginal is None else marginal,
+            "anomaly": self.anomaly,
+        }
 
     @property
     def params_(self) -> dict[str, Any]:
@@ -1028,8 +1117,11 @@ class MixtureAnomalyDetector(BayesianEstimator):
             return self._structured_params(out)
         for key in [k for k in out if k.endswith("_offset")]:
             name = key[: -len("_offset")]
-            out[name] = to_numpy(self._init[name] + self._init[f"{name}_unit"] * torch.as_tensor(
-                out.pop(key), dtype=self._init[name].dtype, device=self._init[name].device))
+            out[name] = to_numpy(
+                self._init[name]
+                + self._init[f"{name}_unit"]
+                * torch.as_tensor(out.pop(key), dtype=self._init[name].dtype, device=self._init[name].device)
+            )
         return out
 
     def _latent_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1046,8 +1138,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
     def _structured_params(self, out: dict[str, Any]) -> dict[str, Any]:
         loc, tril = self._latent_moments()
         sd = tril.pow(2).sum(-1).sqrt()
-        sites = latent_sites(int(self.num_components), len(self.feature_names_), self.covariance, int(self.rank),
-                             self.anomaly)
+        sites = latent_sites(
+            int(self.num_components), len(self.feature_names_), self.covariance, int(self.rank), self.anomaly
+        )
         out = {"latent_loc": to_numpy(loc), "latent_scale_tril": to_numpy(tril), **out}
         for name, part in _split_latent(loc, sites).items():
             out[f"{name}_loc"] = to_numpy(part)
@@ -1085,32 +1178,55 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     def _reference_moments(self) -> tuple[dict[str, tuple[Any, Any]], dict[str, str]]:
         """No site of a mixture has a closed-form posterior; each site's reason says what NUTS found."""
-        second_mode = ("the posterior also has a mode where the anomaly component copies the normal one "
-                       "(anomaly_excess near 0), which the guide does not cover")
+        second_mode = (
+            "the posterior also has a mode where the anomaly component copies the normal one "
+            "(anomaly_excess near 0), which the guide does not cover"
+        )
         if "latent_loc" in self._init:
-            component = anomaly = ("no closed form (a mixture); the multivariate normal guide matched NUTS on six "
-                                   "breast-cancer columns (every mean within 0.25 NUTS sd, every sd within 20 %), "
-                                   f"and {second_mode}: compare with nuts_check on a few columns "
-                                   "(benchmarks/RESULTS.md)")
+            component = anomaly = (
+                "no closed form (a mixture); the multivariate normal guide matched NUTS on six "
+                "breast-cancer columns (every mean within 0.25 NUTS sd, every sd within 20 %), "
+                f"and {second_mode}: compare with nuts_check on a few columns "
+                "(benchmarks/RESULTS.md)"
+            )
         else:
-            component = ("no closed form (a mixture); the mean-field guide (init='kmeans') understates the posterior "
-                         "sd of what the rows correlate (each component's means and scales; its means agree with "
-                         "NUTS): compare with nuts_check on a few columns (benchmarks/RESULTS.md)")
-            anomaly = ("no closed form (a mixture); the mean-field guide (init='kmeans') understates the posterior "
-                       f"sd of the anomaly fraction and centre, and {second_mode}: compare with nuts_check on a few "
-                       "columns (benchmarks/RESULTS.md)")
-        reasons = {"loc": component, "scale": component, "corr_tril": component, "cov_factor": component,
-                   "weights": component, "anomaly_fraction": anomaly, "anomaly_excess": anomaly,
-                   "anomaly_loc": anomaly}
+            component = (
+                "no closed form (a mixture); the mean-field guide (init='kmeans') understates the posterior "
+                "sd of what the rows correlate (each component's means and scales; its means agree with "
+                "NUTS): compare with nuts_check on a few columns (benchmarks/RESULTS.md)"
+            )
+            anomaly = (
+                "no closed form (a mixture); the mean-field guide (init='kmeans') understates the posterior "
+                f"sd of the anomaly fraction and centre, and {second_mode}: compare with nuts_check on a few "
+                "columns (benchmarks/RESULTS.md)"
+            )
+        reasons = {
+            "loc": component,
+            "scale": component,
+            "corr_tril": component,
+            "cov_factor": component,
+            "weights": component,
+            "anomaly_fraction": anomaly,
+            "anomaly_excess": anomaly,
+            "anomaly_loc": anomaly,
+        }
         return {}, {name: reasons.get(name, component) for name in self._global_sites()}
 
     def _arviz_dims(self) -> tuple[dict, dict]:
-        dims = {"loc": ["component", "feature"], "scale": ["component", "feature"], "x": ["row", "feature"],
-                "weights": ["component"], "anomaly_loc": ["feature"],
-                "corr_tril": ["component", "feature", "feature_bis"],
-                "cov_factor": ["component", "feature", "factor"]}
-        return dims, {"feature": self.feature_names_, "feature_bis": self.feature_names_,
-                      "component": np.arange(int(self.num_components))}
+        dims = {
+            "loc": ["component", "feature"],
+            "scale": ["component", "feature"],
+            "x": ["row", "feature"],
+            "weights": ["component"],
+            "anomaly_loc": ["feature"],
+            "corr_tril": ["component", "feature", "feature_bis"],
+            "cov_factor": ["component", "feature", "factor"],
+        }
+        return dims, {
+            "feature": self.feature_names_,
+            "feature_bis": self.feature_names_,
+            "component": np.arange(int(self.num_components)),
+        }
 
     # ------------------------------------------------------------- draws
     def _draws(self, num: int | None, seed: int | None) -> dict[str, torch.Tensor]:
@@ -1120,8 +1236,13 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
         num = check_count(self.num_samples if num is None else num, "num_samples")
         with param_scope(self._param_state), seeded(self._method_seed(seed), self.device_):
-            out = draw_guide(self._model_and_guide()[1], self._x[:2], num_samples=num,
-                             max_plate_nesting=self._max_plate_nesting, **self._kwargs(marginal=True))
+            out = draw_guide(
+                self._model_and_guide()[1],
+                self._x[:2],
+                num_samples=num,
+                max_plate_nesting=self._max_plate_nesting,
+                **self._kwargs(marginal=True),
+            )
         out.pop("_latent", None)
         K = int(self.num_components)
         out["anomaly_fraction"] = out["anomaly_fraction"].reshape(num, 1)
@@ -1137,8 +1258,15 @@ class MixtureAnomalyDetector(BayesianEstimator):
         weights = draws["weights"]  # (S, 1, K)
         params = {k: v for k, v in draws.items() if k in ("loc", "scale", "corr_tril", "cov_factor")}
         normal = normal_log_prob(x, params, self.covariance)  # (S, n, K)
-        broad = anomaly_distribution(self.anomaly, self._hyper, params, weights, self.covariance,
-                                     draws.get("anomaly_loc"), draws.get("anomaly_excess"))
+        broad = anomaly_distribution(
+            self.anomaly,
+            self._hyper,
+            params,
+            weights,
+            self.covariance,
+            draws.get("anomaly_loc"),
+            draws.get("anomaly_excess"),
+        )
         anomaly = broad.log_prob(x)  # (S, n); (n,) for "student_t"
         table = torch.cat([normal, anomaly.expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
         return mixture_log_weights(frac, weights), table
@@ -1162,8 +1290,15 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
         return logsumexp(log_expit(log_odds), axis=0) - logsumexp(log_expit(-log_odds), axis=0)
 
-    def predict_proba(self, X: Any, *, num_samples: int | None = None, seed: int | None = 0,
-                      ci_prob: float | None = None, calibrated: bool | None = None) -> Any:
+    def predict_proba(
+        self,
+        X: Any,
+        *,
+        num_samples: int | None = None,
+        seed: int | None = 0,
+        ci_prob: float | None = None,
+        calibrated: bool | None = None,
+    ) -> Any:
         """Posterior probability that each row is an anomaly.
 
         p(z_i = anomaly | x_i, θ) averaged over ``num_samples`` guide draws of θ.
@@ -1205,11 +1340,17 @@ class MixtureAnomalyDetector(BayesianEstimator):
             return expit(mean)
         tail = (1 - ci_prob) / 2
         probs = expit(lo)
-        return pd.DataFrame({"probability": expit(mean), "low": np.quantile(probs, tail, axis=0),
-                             "high": np.quantile(probs, 1 - tail, axis=0)})
+        return pd.DataFrame(
+            {
+                "probability": expit(mean),
+                "low": np.quantile(probs, tail, axis=0),
+                "high": np.quantile(probs, 1 - tail, axis=0),
+            }
+        )
 
-    def calibrate(self, X: Any, y: Any, *, num_samples: int | None = None,
-                  seed: int | None = 0) -> MixtureAnomalyDetector:
+    def calibrate(
+        self, X: Any, y: Any, *, num_samples: int | None = None, seed: int | None = 0
+    ) -> MixtureAnomalyDetector:
         """Map the anomaly probability onto labelled rows (Platt scaling); a few dozen suffice.
 
         The fit itself stays unsupervised. This fits ``P(y = 1) =
@@ -1243,11 +1384,18 @@ class MixtureAnomalyDetector(BayesianEstimator):
             raise ValueError("every labelled row has the same anomaly probability; there is nothing to calibrate")
         slope, intercept = platt_scaling(lo, labels)
         if slope <= 0:
-            warnings.warn(f"the labels run against the anomaly probability (calibration slope {slope:.3g} <= 0): "
-                          "the rows these labels mark are not the ones this model finds unusual", UserWarning,
-                          stacklevel=2)
-        self.calibration_ = {"slope": slope, "intercept": intercept, "rows": int(len(labels)),
-                             "anomalies": int(labels.sum())}
+            warnings.warn(
+                f"the labels run against the anomaly probability (calibration slope {slope:.3g} <= 0): "
+                "the rows these labels mark are not the ones this model finds unusual",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.calibration_ = {
+            "slope": slope,
+            "intercept": intercept,
+            "rows": int(len(labels)),
+            "anomalies": int(labels.sum()),
+        }
         return self
 
     def predict(self, X: Any, threshold: float = 0.5, **kwargs: Any) -> np.ndarray:
@@ -1285,13 +1433,25 @@ class MixtureAnomalyDetector(BayesianEstimator):
             nodes, weights = np.polynomial.hermite_e.hermegauss(60)
             values, weights = expit(m + s * nodes), weights / weights.sum()
             mean = float(weights @ values)
-            return pd.Series({"mean": mean, "sd": math.sqrt(max(float(weights @ (values - mean) ** 2), 0.0)),
-                              "low": expit(m + s * stats.norm.ppf(tail)),
-                              "high": expit(m + s * stats.norm.ppf(1 - tail)), "ci_prob": ci_prob})
+            return pd.Series(
+                {
+                    "mean": mean,
+                    "sd": math.sqrt(max(float(weights @ (values - mean) ** 2), 0.0)),
+                    "low": expit(m + s * stats.norm.ppf(tail)),
+                    "high": expit(m + s * stats.norm.ppf(1 - tail)),
+                    "ci_prob": ci_prob,
+                }
+            )
         a, b = float(p["anomaly_fraction_a"]), float(p["anomaly_fraction_b"])
-        return pd.Series({"mean": a / (a + b), "sd": math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))),
-                          "low": stats.beta.ppf(tail, a, b), "high": stats.beta.ppf(1 - tail, a, b),
-                          "ci_prob": ci_prob})
+        return pd.Series(
+            {
+                "mean": a / (a + b),
+                "sd": math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))),
+                "low": stats.beta.ppf(tail, a, b),
+                "high": stats.beta.ppf(1 - tail, a, b),
+                "ci_prob": ci_prob,
+            }
+        )
 
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Guide draws of the parameters (standardised scale)."""
@@ -1332,13 +1492,19 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     # ------------------------------------------------------------ save/load
     def _get_extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        meta = {"feature_names_": self.feature_names_, "fitted_on_frame_": self.fitted_on_frame_,
-                "calibration_": getattr(self, "calibration_", None)}
-        tensors = {"x": self._x.detach().cpu(), "shift": torch.as_tensor(self._shift),
-                   "scale": torch.as_tensor(self._scale),
-                   **{f"hyper.{k}": v.detach().cpu() for k, v in self._hyper.items()},
-                   # Where the guide started: sbc_check's refits start there too.
-                   **{f"init.{k}": v.detach().cpu() for k, v in self._init.items()}}
+        meta = {
+            "feature_names_": self.feature_names_,
+            "fitted_on_frame_": self.fitted_on_frame_,
+            "calibration_": getattr(self, "calibration_", None),
+        }
+        tensors = {
+            "x": self._x.detach().cpu(),
+            "shift": torch.as_tensor(self._shift),
+            "scale": torch.as_tensor(self._scale),
+            **{f"hyper.{k}": v.detach().cpu() for k, v in self._hyper.items()},
+            # Where the guide started: sbc_check's refits start there too.
+            **{f"init.{k}": v.detach().cpu() for k, v in self._init.items()},
+        }
         return meta, tensors
 
     def _set_extra_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -1352,8 +1518,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
             raise ValueError(f"fitted_on_frame_ must be true or false, got {on_frame!r}")
         self.fitted_on_frame_ = on_frame
         cal = meta.get("calibration_")  # absent from a file that records no calibration
-        if cal is not None and not (isinstance(cal, dict) and all(
-                isinstance(cal.get(k), int | float) and math.isfinite(cal[k]) for k in ("slope", "intercept"))):
+        if cal is not None and not (
+            isinstance(cal, dict)
+            and all(isinstance(cal.get(k), int | float) and math.isfinite(cal[k]) for k in ("slope", "intercept"))
+        ):
             raise ValueError(f"calibration_ must hold a finite slope and intercept, got {cal!r}")
         self.calibration_ = cal
         self._x = tensors["x"].to(self.device_)
