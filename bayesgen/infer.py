@@ -1,8 +1,11 @@
 """One SVI runner for every bayesgen model, and for a user's own model/guide pair.
 
 :func:`run_svi` fits any Pyro model/guide pair by stochastic variational
-inference and returns a small :class:`SVIResult`. It owns the concerns that
-every model shares, so no model writes its own training loop:
+inference and returns a small :class:`SVIResult`. It is a loop over an
+:class:`SVIRunner`, an object holding the fit's state that one can also step
+by hand (``init``, ``step``, ``state_dict``, ``load_state_dict``, as NumPyro's
+``SVI``). Together they own the concerns that every model shares, so no model
+writes its own training loop:
 
 * device: tensor arguments are moved to the device once, up front;
 * randomness: seeded inside a forked RNG, so a CPU run is repeatable and the
@@ -1099,8 +1102,6 @@ def run_svi(
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
 
-    (Long for its docstring, which documents every option in one place; the body is short.)
-
     Parameters
     ----------
     model, guide : callable
@@ -1238,6 +1239,7 @@ def run_svi(
     >>> bool(result.losses[-50:].mean() < result.losses[:50].mean())
     True
     """
+    # Over 80 lines only for the docstring, the one place that documents every option.
     if model_args is not None:
         if args:
             raise TypeError("pass the model's positional arguments either after guide or as model_args=, not both")
@@ -1790,6 +1792,9 @@ class SVIRunner:
         with self.active():
             store = pyro.get_param_store()
             params = {name: store.get_param(name).unconstrained().detach().cpu().clone() for name in store.keys()}
+            # Pyro names each parameter's state through the live param store; torch hands out its live
+            # moment tensors, which later steps change in place: copy them.
+            optim = _cloned(self.optim.get_state())
             if at is None:
                 at = self.mark()
                 at["rng"] = self._current_rng()
@@ -1802,7 +1807,7 @@ class SVIRunner:
             "step": len(self.losses),
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "params": params,
-            "optim": self.optim.get_state(),
+            "optim": optim,
             "rng": at["rng"],
             "batches": None if self.batches is None else self.batches.state_dict(at["batches"]),
             "average": {k: v.detach().cpu().clone() for k, v in self.average.items()},
@@ -1863,6 +1868,17 @@ class SVIRunner:
         if self.checkpoint_path is not None:
             self.save_checkpoint(self.started, callback_pending=self.phase == "callback")
             logger.warning("%s after %d steps; checkpoint written to %s", what, len(self.losses), self.written)
+
+
+def _cloned(value: Any) -> Any:
+    """A copy of nested dicts, lists and tuples whose tensors share no memory with ``value``'s."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cloned(v) for v in value)
+    return value
 
 
 def _cuda_indices(device: torch.device) -> list[int]:
