@@ -13,7 +13,7 @@ import torch
 from normal_models import normal_guide, normal_model
 from torch.distributions import constraints
 
-from bayesgen.infer import CheckpointError, SVIRunner, run_svi
+from bayesgen.infer import CheckpointError, IndexBatches, SVIRunner, run_svi
 
 Y = torch.linspace(-1.0, 5.0, 64)
 OPTIONS = {
@@ -124,3 +124,24 @@ def test_model_keywords_named_like_runner_options_pass_through_model_kwargs():
         run_svi(seeded_model, seeded_guide, y, model_args=(y,), num_steps=1)
     with pytest.raises(TypeError, match="both"):
         run_svi(seeded_model, seeded_guide, y, model_kwargs={"scale": 1.0}, num_steps=1, scale=2.0)
+
+
+def test_a_step_takes_its_rows_from_the_batches_object_it_is_given():
+    built = make_runner(batch_size=8, data_size=64)
+    given = make_runner(batches=IndexBatches(64, 8, seed=1))
+    np.testing.assert_array_equal([built.step() for _ in range(10)], [given.step() for _ in range(10)])
+    # One rank's shard: every index a step sees belongs to that rank.
+    seen: list[torch.Tensor] = []
+
+    class Recording(IndexBatches):
+        def __next__(self) -> torch.Tensor:
+            seen.append(super().__next__())
+            return seen[-1]
+
+    shard = Recording(64, 8, seed=1, rank=1, world_size=2)
+    runner = make_runner(batches=shard)
+    assert runner.batches is shard and runner.data_size == 64 and runner.batch_size == 8
+    for _ in range(4):
+        runner.step()
+    full = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    assert set(torch.cat(seen).tolist()) == set(full[1::2].tolist())
