@@ -1657,9 +1657,16 @@ class SVIRunner:
         """
         self._check_initialised()
         with self.active():
-            self.begin_step()
-            value = self.finish_step()
-            self.settle()
+            try:
+                self.begin_step()
+                value = self.finish_step()
+            except KeyboardInterrupt:
+                # Leave no half-accumulated gradients behind (and write the checkpoint, if any). The RNG and
+                # the batch stream have moved on in memory: the checkpoint holds the step's exact start.
+                self.interrupted("interrupted")
+                raise
+            finally:
+                self.settle()
         return value
 
     def mark(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from normal_models import normal_guide, normal_model
+from pyro.infer import Trace_ELBO
 from torch.distributions import constraints
 
 from bayesgen.infer import CheckpointError, IndexBatches, SVIRunner, run_svi
@@ -145,3 +146,23 @@ def test_a_step_takes_its_rows_from_the_batches_object_it_is_given():
         runner.step()
     full = torch.randperm(64, generator=torch.Generator().manual_seed(1))
     assert set(torch.cat(seen).tolist()) == set(full[1::2].tolist())
+
+
+def test_a_step_interrupted_before_its_update_leaves_no_gradients_behind(tmp_path, monkeypatch):
+    original, calls = Trace_ELBO.loss_and_grads, []
+
+    def interrupted_after_the_gradients(*args: Any, **kwargs: Any) -> float:
+        out = original(*args, **kwargs)
+        calls.append(out)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(Trace_ELBO, "loss_and_grads", interrupted_after_the_gradients)
+    runner = SVIRunner(normal_model, normal_guide, seed=1, checkpoint=tmp_path / "fit.ckpt").init(Y)
+    runner.step()
+    with pytest.raises(KeyboardInterrupt):
+        runner.step()
+    assert runner.step_count == 1 and runner.phase == "between"
+    assert all(p.grad is None or not p.grad.any() for p in runner.param_state["params"].values())
+    assert (tmp_path / "fit.ckpt").is_file()
