@@ -1067,341 +1067,6 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def run_svi(
-    model: ModelFn,
-    guide: ModelFn,
-    *args: Any,
-    num_steps: int = 1000,
-    learning_rate: float = 1e-2,
-    optimizer: OptimizerName | pyro.optim.PyroOptim = "adam",
-    lr_schedule: ScheduleName | None = None,
-    final_lr_factor: float = 0.1,
-    loss: LossName | ELBO = "trace",
-    num_particles: int = 1,
-    vectorize_particles: bool = False,
-    max_plate_nesting: int | None = None,
-    data_size: int | None = None,
-    batch_size: int | None = None,
-    device: DeviceLike | None = None,
-    seed: int | None = 0,
-    param_state: dict | None = None,
-    convergence: ConvergenceCheck | None = None,
-    progress: bool = False,
-    checkpoint: PathLikeStr | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool | PathLikeStr = False,
-    callback: Callable[[int, float], bool | None] | None = None,
-    before_step: Callable[[int], bool | None] | None = None,
-    extra_state: StepState | None = None,
-    average_last: int = 0,
-    device_scope: bool | None = None,
-    batch_args: Callable[[torch.Tensor], tuple] | None = None,
-    model_args: Sequence[Any] | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> SVIResult:
-    """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
-
-    Parameters
-    ----------
-    model, guide : callable
-        A Pyro model and guide with the same signature. With ``batch_size`` set
-        they must accept a ``subsample`` keyword (an index tensor or None) and
-        pass it to the data plate: ``pyro.plate("obs", n, subsample=subsample)``.
-        With a JIT loss the index is passed as the last positional argument
-        instead (JIT treats keywords as constants), so make ``subsample`` the
-        parameter right after the data.
-    *args, **kwargs
-        Passed to model and guide on every step; tensors are moved to ``device`` once.
-    model_args : sequence, optional
-        The model's positional arguments, instead of ``*args``.
-    model_kwargs : dict, optional
-        The model's keyword arguments, merged with ``**kwargs``: the way to pass one named like an
-        option of this function (``model_kwargs={"seed": 3}`` reaches the model; ``seed=3`` seeds the fit).
-    num_steps : int, default 1000
-        Total optimisation steps (a resumed run counts the steps already done).
-    learning_rate : float, default 0.01
-    optimizer : {"adam", "clipped_adam"} or pyro.optim.PyroOptim, default "adam"
-    lr_schedule : {"exponential", "cosine"}, optional
-        Decay to ``learning_rate * final_lr_factor`` over ``num_steps``.
-    final_lr_factor : float, default 0.1
-    loss : {"trace", "trace_enum", "trace_meanfield", "jit_trace", "jit_trace_enum"} or ELBO
-        See :func:`make_elbo`. Default ``Trace_ELBO``.
-    num_particles : int, default 1
-    vectorize_particles : bool, default False
-    max_plate_nesting : int, optional
-        Needed by the enumerating losses.
-    data_size : int, optional
-        Size of the data dimension to minibatch over. Required with ``batch_size``.
-    batch_size : int, optional
-        Minibatch size; None uses all data every step. A model whose plate draws its own minibatch
-        (``pyro.plate(name, n, subsample_size=b)``, Pyro's own idiom) needs neither: it runs as it is,
-        and ``batch_size`` with it is refused with a ``ValueError`` saying so.
-    batch_args : callable, optional
-        For a model that takes a pre-sliced batch, as in Pyro's EasyGuide tutorial
-        (``model(batch, subsample, full_size)``): ``batch_args(index)`` returns the step's positional
-        arguments for the minibatch ``index`` (shape ``(batch_size,)``), e.g.
-        ``lambda idx: (data[idx], idx)``; keyword arguments (``full_size=n``) are passed as usual. Needs
-        ``batch_size`` and ``data_size``, and no positional arguments of its own. The model's plate must
-        still be told the full size and the index (``pyro.plate(name, full_size, subsample=subsample)``)
-        so that Pyro scales the batch.
-    device : {"auto", "cpu", "cuda"} or torch.device, optional
-        Where to fit. None leaves the arguments where they are (and uses the CPU
-        for the RNG and indices unless a tensor argument is on a GPU).
-    seed : int or None, default 0
-        Seed for this fit (model, guide and minibatch order); None draws a fresh
-        one. The caller's RNG state is left untouched either way.
-    param_state : dict, optional
-        Param-store state to fit in, updated in place (see :func:`param_scope`).
-        When None, a new one is made and the result holds a copy of its values
-        at the end of the fit, so a later fit that reuses the same guide object
-        (an autoguide keeps its parameters, and a new fit starts from them)
-        does not change this result's.
-    convergence : ConvergenceCheck, optional
-        Convergence criterion; None never stops early.
-    progress : bool, default False
-        Show a tqdm progress bar with the smoothed loss.
-    checkpoint : str or os.PathLike, optional
-        File to write checkpoints to (every ``checkpoint_every`` steps, at the
-        end, on a non-finite loss, on KeyboardInterrupt and on running out of
-        memory). A checkpoint holds a consistent state: a step's update is
-        applied whole or not at all, and an unfinished step or callback is redone
-        on resume from the state marked at its start (see the module
-        docstring). So a run resumed from it gives the same losses and
-        parameters as an uninterrupted run with the same seed, wherever the
-        interrupt came (on the CPU, bit for bit). An exception raised by the
-        code of the update itself (not Ctrl-C, which waits for the update to
-        finish) leaves that step partly applied: then the checkpoint is left as
-        last written, which still resumes exactly.
-    checkpoint_every : int, optional
-        Steps between checkpoints; None writes only at the end and on interruption.
-    resume : bool or str or os.PathLike, default False
-        Continue from a checkpoint: True reads ``checkpoint``; a path reads that
-        file. A run that stopped on ``convergence`` resumes as finished; one
-        stopped by ``callback`` or ``before_step`` continues (a pause).
-    callback : callable, optional
-        ``callback(step, loss)`` after each step's update, as part of the step:
-        what it changes belongs to that step (keep it in ``extra_state`` to have
-        it checkpointed and rolled back: a resumed run calls it again for a step
-        whose callback was interrupted); returning True stops the fit.
-    before_step : callable, optional
-        ``before_step(step)`` before each step, with the step's index (a resumed
-        run continues the count): the place for schedules that change the model,
-        such as annealing a term in or out, so that a resumed fit repeats them.
-        Returning True stops the fit before that step.
-    extra_state : StepState, optional
-        State kept outside the param store that the steps change (a callback's
-        bookkeeping, network buffers): marked at the start of each step and
-        callback, rolled back with an interrupted one, saved in checkpoints and
-        restored on resume.
-    average_last : int, default 0
-        Polyak–Ruppert averaging: the fitted parameters are the mean of the
-        unconstrained parameters over the last ``average_last`` steps, which
-        removes most of the jitter that noisy ELBO gradients leave in the
-        final iterate. Applied only when the run reaches ``num_steps``.
-    device_scope : bool, optional
-        Run each step inside ``torch.device(device)``, so that tensors the model
-        or guide creates without a device (``dist.Normal(0.0, 1.0)``, as Pyro's
-        tutorials write them) land on the data's GPU. None (default): decided by
-        one probe trace of the model and guide, on a GPU only (logged when on);
-        False: never (models that build every tensor from the data, as
-        bayesgen's do; saves the probe); True: always. Parameters are created
-        on the device either way.
-
-    Returns
-    -------
-    SVIResult
-
-    Raises
-    ------
-    NonFiniteLossError
-        The loss or a gradient became NaN/inf; the update was not applied.
-    CheckpointError
-        ``resume`` names a missing, corrupt or mismatched checkpoint.
-    KeyboardInterrupt
-        Re-raised after writing a checkpoint (when ``checkpoint`` is set). Ctrl-C
-        during a step's update takes effect once the update is complete.
-
-    Examples
-    --------
-    >>> import torch, pyro, pyro.distributions as dist
-    >>> from torch.distributions import constraints
-    >>> y = torch.tensor([0.9, 1.1, 1.3])
-    >>> def model(y):
-    ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
-    ...     with pyro.plate("obs", len(y)):
-    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-    >>> def guide(y):
-    ...     loc = pyro.param("loc", torch.tensor(0.0))
-    ...     scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
-    ...     pyro.sample("mu", dist.Normal(loc, scale))
-    >>> result = run_svi(model, guide, y, num_steps=500, learning_rate=0.05, seed=0)
-    >>> bool(result.losses[-50:].mean() < result.losses[:50].mean())
-    True
-    """
-    # Over 80 lines only for the docstring, the one place that documents every option.
-    if model_args is not None:
-        if args:
-            raise TypeError("pass the model's positional arguments either after guide or as model_args=, not both")
-        args = tuple(model_args)
-    clash = sorted(set(model_kwargs or {}) & set(kwargs))
-    if clash:
-        raise TypeError(f"model keyword argument(s) {clash} given both in model_kwargs= and as keywords")
-    kwargs = {**(model_kwargs or {}), **kwargs}
-    if checkpoint_every is not None and checkpoint is None:
-        raise ValueError("checkpoint_every needs a checkpoint path")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    runner = SVIRunner(
-        model,
-        guide,
-        num_steps=num_steps,
-        learning_rate=learning_rate,
-        optimizer=optimizer,
-        lr_schedule=lr_schedule,
-        final_lr_factor=final_lr_factor,
-        loss=loss,
-        num_particles=num_particles,
-        vectorize_particles=vectorize_particles,
-        max_plate_nesting=max_plate_nesting,
-        data_size=data_size,
-        batch_size=batch_size,
-        batch_args=batch_args,
-        device=device,
-        seed=seed,
-        param_state=param_state,
-        extra_state=extra_state,
-        average_last=average_last,
-        device_scope=device_scope,
-        checkpoint=checkpoint,
-    )
-    resume_path: Path | None = None
-    if resume is True:
-        if checkpoint is None:
-            raise ValueError("resume=True needs checkpoint=<path>")
-        resume_path = Path(checkpoint)
-    elif resume:
-        resume_path = Path(resume)
-    saved = load_checkpoint(resume_path) if resume_path is not None else None
-    start = time.perf_counter()
-    runner.init(*args, **kwargs)
-    loop = _Loop(runner, callback, before_step, convergence, checkpoint_every)
-    with runner.active():
-        if saved is not None:
-            runner.load_state_dict(saved, source=resume_path)
-            if len(runner.losses) > runner.num_steps:
-                raise CheckpointError(
-                    f"{resume_path} already holds {len(runner.losses)} steps, more than num_steps={runner.num_steps}"
-                )
-        loop.run(
-            pending=saved is not None and bool(saved.get("callback_pending")) and bool(runner.losses), progress=progress
-        )
-        runner.apply_average()
-    return _result(runner, param_state is None, convergence, loop.stop_reason, time.perf_counter() - start)
-
-
-class _Loop:
-    """:func:`run_svi`'s loop over an :class:`SVIRunner`: hooks, callback, convergence, checkpoints, Ctrl-C."""
-
-    def __init__(
-        self,
-        runner: SVIRunner,
-        callback: Callable[[int, float], bool | None] | None,
-        before_step: Callable[[int], bool | None] | None,
-        convergence: ConvergenceCheck | None,
-        checkpoint_every: int | None,
-    ) -> None:
-        self.runner, self.callback, self.before_step = runner, callback, before_step
-        self.convergence, self.checkpoint_every = convergence, checkpoint_every
-        self.stop_reason = "max_steps"
-
-    def after_update(self, step: int, value: float) -> str:
-        """The step's part after its update: the callback and the convergence check; returns the stop reason."""
-        if self.callback is not None and self.callback(step, value):
-            return "callback"
-        check = self.convergence
-        if check is not None and (step + 1) % check.window == 0:
-            if check.converged_at(np.asarray(self.runner.losses)) is not None and check.early_stop:
-                return "converged"
-        return "max_steps"
-
-    def set_stop(self, reason: str) -> None:
-        """Record why the loop ends; the runner's state keeps it (a run that converged resumes as finished)."""
-        self.stop_reason = reason
-        self.runner.stop_reason = None if reason == "max_steps" else reason
-
-    def run(self, *, pending: bool, progress: bool) -> None:
-        runner = self.runner
-        # Re-read after a loaded state: a run that ended converged resumes as finished.
-        self.set_stop("converged" if runner.stop_reason == "converged" else "max_steps")
-        bar = _progress_bar(progress, runner.num_steps, len(runner.losses))
-        try:
-            if pending:  # the checkpoint's last step is applied, its callback did not finish
-                runner.started, runner.phase = runner.mark(), "callback"
-                self.set_stop(self.after_update(len(runner.losses) - 1, runner.losses[-1]))
-                runner.settle()
-            for step in range(len(runner.losses), runner.num_steps if self.stop_reason == "max_steps" else 0):
-                runner.begin_step()
-                if self.before_step is not None and self.before_step(step):
-                    runner.settle()
-                    self.set_stop("callback")
-                    break
-                value = runner.finish_step()
-                self.set_stop(self.after_update(step, value))
-                runner.settle()
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0:
-                        bar.set_postfix(loss=f"{np.mean(runner.losses[-50:]):.4g}")
-                if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
-                    runner.save_checkpoint()
-                if self.stop_reason != "max_steps":
-                    break
-            if runner.checkpoint_path is not None:  # inside the try: Ctrl-C during this write still leaves one
-                runner.save_checkpoint()
-        except KeyboardInterrupt:
-            runner.interrupted("interrupted")
-            raise
-        except (RuntimeError, MemoryError) as err:
-            if is_out_of_memory(err):  # the steps done so far are kept
-                runner.interrupted("out of memory")
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-
-
-def _result(
-    runner: SVIRunner, own_state: bool, convergence: ConvergenceCheck | None, stop_reason: str, elapsed: float
-) -> SVIResult:
-    """The :class:`SVIResult` of a finished loop."""
-    state = runner.param_state
-    if own_state:
-        # The store's tensors are the guide's own parameters (an autoguide keeps them), which a later
-        # fit with the same guide object would change in place: hand back a copy of this fit's values.
-        state["params"] = {
-            name: value.detach().clone().requires_grad_(value.requires_grad) for name, value in state["params"].items()
-        }
-    hist = np.asarray(runner.losses, dtype=float)
-    verdict = (convergence or ConvergenceCheck()).assess(hist)
-    if convergence is not None and not verdict.converged:
-        logger.warning(
-            "SVI stopped after %d steps without meeting the convergence check: %s", len(hist), verdict.message
-        )
-    return SVIResult(
-        losses=hist,
-        num_steps=len(hist),
-        converged=verdict.converged,
-        stop_reason=stop_reason,
-        elapsed_s=elapsed,
-        device=runner.device,
-        param_state=state,
-        checkpoint=runner.written,
-        seed=runner.seed,
-        loss_verdict=verdict,
-    )
-
-
 class SVIRunner:
     """SVI as an object you step: ``init`` once, then ``step()`` for each update, as NumPyro's ``SVI``.
 
@@ -1892,6 +1557,341 @@ def _cuda_indices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def run_svi(
+    model: ModelFn,
+    guide: ModelFn,
+    *args: Any,
+    num_steps: int = 1000,
+    learning_rate: float = 1e-2,
+    optimizer: OptimizerName | pyro.optim.PyroOptim = "adam",
+    lr_schedule: ScheduleName | None = None,
+    final_lr_factor: float = 0.1,
+    loss: LossName | ELBO = "trace",
+    num_particles: int = 1,
+    vectorize_particles: bool = False,
+    max_plate_nesting: int | None = None,
+    data_size: int | None = None,
+    batch_size: int | None = None,
+    device: DeviceLike | None = None,
+    seed: int | None = 0,
+    param_state: dict | None = None,
+    convergence: ConvergenceCheck | None = None,
+    progress: bool = False,
+    checkpoint: PathLikeStr | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool | PathLikeStr = False,
+    callback: Callable[[int, float], bool | None] | None = None,
+    before_step: Callable[[int], bool | None] | None = None,
+    extra_state: StepState | None = None,
+    average_last: int = 0,
+    device_scope: bool | None = None,
+    batch_args: Callable[[torch.Tensor], tuple] | None = None,
+    model_args: Sequence[Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> SVIResult:
+    """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro model and guide with the same signature. With ``batch_size`` set
+        they must accept a ``subsample`` keyword (an index tensor or None) and
+        pass it to the data plate: ``pyro.plate("obs", n, subsample=subsample)``.
+        With a JIT loss the index is passed as the last positional argument
+        instead (JIT treats keywords as constants), so make ``subsample`` the
+        parameter right after the data.
+    *args, **kwargs
+        Passed to model and guide on every step; tensors are moved to ``device`` once.
+    model_args : sequence, optional
+        The model's positional arguments, instead of ``*args``.
+    model_kwargs : dict, optional
+        The model's keyword arguments, merged with ``**kwargs``: the way to pass one named like an
+        option of this function (``model_kwargs={"seed": 3}`` reaches the model; ``seed=3`` seeds the fit).
+    num_steps : int, default 1000
+        Total optimisation steps (a resumed run counts the steps already done).
+    learning_rate : float, default 0.01
+    optimizer : {"adam", "clipped_adam"} or pyro.optim.PyroOptim, default "adam"
+    lr_schedule : {"exponential", "cosine"}, optional
+        Decay to ``learning_rate * final_lr_factor`` over ``num_steps``.
+    final_lr_factor : float, default 0.1
+    loss : {"trace", "trace_enum", "trace_meanfield", "jit_trace", "jit_trace_enum"} or ELBO
+        See :func:`make_elbo`. Default ``Trace_ELBO``.
+    num_particles : int, default 1
+    vectorize_particles : bool, default False
+    max_plate_nesting : int, optional
+        Needed by the enumerating losses.
+    data_size : int, optional
+        Size of the data dimension to minibatch over. Required with ``batch_size``.
+    batch_size : int, optional
+        Minibatch size; None uses all data every step. A model whose plate draws its own minibatch
+        (``pyro.plate(name, n, subsample_size=b)``, Pyro's own idiom) needs neither: it runs as it is,
+        and ``batch_size`` with it is refused with a ``ValueError`` saying so.
+    batch_args : callable, optional
+        For a model that takes a pre-sliced batch, as in Pyro's EasyGuide tutorial
+        (``model(batch, subsample, full_size)``): ``batch_args(index)`` returns the step's positional
+        arguments for the minibatch ``index`` (shape ``(batch_size,)``), e.g.
+        ``lambda idx: (data[idx], idx)``; keyword arguments (``full_size=n``) are passed as usual. Needs
+        ``batch_size`` and ``data_size``, and no positional arguments of its own. The model's plate must
+        still be told the full size and the index (``pyro.plate(name, full_size, subsample=subsample)``)
+        so that Pyro scales the batch.
+    device : {"auto", "cpu", "cuda"} or torch.device, optional
+        Where to fit. None leaves the arguments where they are (and uses the CPU
+        for the RNG and indices unless a tensor argument is on a GPU).
+    seed : int or None, default 0
+        Seed for this fit (model, guide and minibatch order); None draws a fresh
+        one. The caller's RNG state is left untouched either way.
+    param_state : dict, optional
+        Param-store state to fit in, updated in place (see :func:`param_scope`).
+        When None, a new one is made and the result holds a copy of its values
+        at the end of the fit, so a later fit that reuses the same guide object
+        (an autoguide keeps its parameters, and a new fit starts from them)
+        does not change this result's.
+    convergence : ConvergenceCheck, optional
+        Convergence criterion; None never stops early.
+    progress : bool, default False
+        Show a tqdm progress bar with the smoothed loss.
+    checkpoint : str or os.PathLike, optional
+        File to write checkpoints to (every ``checkpoint_every`` steps, at the
+        end, on a non-finite loss, on KeyboardInterrupt and on running out of
+        memory). A checkpoint holds a consistent state: a step's update is
+        applied whole or not at all, and an unfinished step or callback is redone
+        on resume from the state marked at its start (see the module
+        docstring). So a run resumed from it gives the same losses and
+        parameters as an uninterrupted run with the same seed, wherever the
+        interrupt came (on the CPU, bit for bit). An exception raised by the
+        code of the update itself (not Ctrl-C, which waits for the update to
+        finish) leaves that step partly applied: then the checkpoint is left as
+        last written, which still resumes exactly.
+    checkpoint_every : int, optional
+        Steps between checkpoints; None writes only at the end and on interruption.
+    resume : bool or str or os.PathLike, default False
+        Continue from a checkpoint: True reads ``checkpoint``; a path reads that
+        file. A run that stopped on ``convergence`` resumes as finished; one
+        stopped by ``callback`` or ``before_step`` continues (a pause).
+    callback : callable, optional
+        ``callback(step, loss)`` after each step's update, as part of the step:
+        what it changes belongs to that step (keep it in ``extra_state`` to have
+        it checkpointed and rolled back: a resumed run calls it again for a step
+        whose callback was interrupted); returning True stops the fit.
+    before_step : callable, optional
+        ``before_step(step)`` before each step, with the step's index (a resumed
+        run continues the count): the place for schedules that change the model,
+        such as annealing a term in or out, so that a resumed fit repeats them.
+        Returning True stops the fit before that step.
+    extra_state : StepState, optional
+        State kept outside the param store that the steps change (a callback's
+        bookkeeping, network buffers): marked at the start of each step and
+        callback, rolled back with an interrupted one, saved in checkpoints and
+        restored on resume.
+    average_last : int, default 0
+        Polyak–Ruppert averaging: the fitted parameters are the mean of the
+        unconstrained parameters over the last ``average_last`` steps, which
+        removes most of the jitter that noisy ELBO gradients leave in the
+        final iterate. Applied only when the run reaches ``num_steps``.
+    device_scope : bool, optional
+        Run each step inside ``torch.device(device)``, so that tensors the model
+        or guide creates without a device (``dist.Normal(0.0, 1.0)``, as Pyro's
+        tutorials write them) land on the data's GPU. None (default): decided by
+        one probe trace of the model and guide, on a GPU only (logged when on);
+        False: never (models that build every tensor from the data, as
+        bayesgen's do; saves the probe); True: always. Parameters are created
+        on the device either way.
+
+    Returns
+    -------
+    SVIResult
+
+    Raises
+    ------
+    NonFiniteLossError
+        The loss or a gradient became NaN/inf; the update was not applied.
+    CheckpointError
+        ``resume`` names a missing, corrupt or mismatched checkpoint.
+    KeyboardInterrupt
+        Re-raised after writing a checkpoint (when ``checkpoint`` is set). Ctrl-C
+        during a step's update takes effect once the update is complete.
+
+    Examples
+    --------
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> from torch.distributions import constraints
+    >>> y = torch.tensor([0.9, 1.1, 1.3])
+    >>> def model(y):
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    ...     with pyro.plate("obs", len(y)):
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> def guide(y):
+    ...     loc = pyro.param("loc", torch.tensor(0.0))
+    ...     scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    ...     pyro.sample("mu", dist.Normal(loc, scale))
+    >>> result = run_svi(model, guide, y, num_steps=500, learning_rate=0.05, seed=0)
+    >>> bool(result.losses[-50:].mean() < result.losses[:50].mean())
+    True
+    """
+    # Over 80 lines only for the docstring, the one place that documents every option.
+    if model_args is not None:
+        if args:
+            raise TypeError("pass the model's positional arguments either after guide or as model_args=, not both")
+        args = tuple(model_args)
+    clash = sorted(set(model_kwargs or {}) & set(kwargs))
+    if clash:
+        raise TypeError(f"model keyword argument(s) {clash} given both in model_kwargs= and as keywords")
+    kwargs = {**(model_kwargs or {}), **kwargs}
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every needs a checkpoint path")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    runner = SVIRunner(
+        model,
+        guide,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        final_lr_factor=final_lr_factor,
+        loss=loss,
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=max_plate_nesting,
+        data_size=data_size,
+        batch_size=batch_size,
+        batch_args=batch_args,
+        device=device,
+        seed=seed,
+        param_state=param_state,
+        extra_state=extra_state,
+        average_last=average_last,
+        device_scope=device_scope,
+        checkpoint=checkpoint,
+    )
+    resume_path: Path | None = None
+    if resume is True:
+        if checkpoint is None:
+            raise ValueError("resume=True needs checkpoint=<path>")
+        resume_path = Path(checkpoint)
+    elif resume:
+        resume_path = Path(resume)
+    saved = load_checkpoint(resume_path) if resume_path is not None else None
+    start = time.perf_counter()
+    runner.init(*args, **kwargs)
+    loop = _Loop(runner, callback, before_step, convergence, checkpoint_every)
+    with runner.active():
+        if saved is not None:
+            runner.load_state_dict(saved, source=resume_path)
+            if len(runner.losses) > runner.num_steps:
+                raise CheckpointError(
+                    f"{resume_path} already holds {len(runner.losses)} steps, more than num_steps={runner.num_steps}"
+                )
+        loop.run(
+            pending=saved is not None and bool(saved.get("callback_pending")) and bool(runner.losses), progress=progress
+        )
+        runner.apply_average()
+    return _result(runner, param_state is None, convergence, loop.stop_reason, time.perf_counter() - start)
+
+
+class _Loop:
+    """:func:`run_svi`'s loop over an :class:`SVIRunner`: hooks, callback, convergence, checkpoints, Ctrl-C."""
+
+    def __init__(
+        self,
+        runner: SVIRunner,
+        callback: Callable[[int, float], bool | None] | None,
+        before_step: Callable[[int], bool | None] | None,
+        convergence: ConvergenceCheck | None,
+        checkpoint_every: int | None,
+    ) -> None:
+        self.runner, self.callback, self.before_step = runner, callback, before_step
+        self.convergence, self.checkpoint_every = convergence, checkpoint_every
+        self.stop_reason = "max_steps"
+
+    def after_update(self, step: int, value: float) -> str:
+        """The step's part after its update: the callback and the convergence check; returns the stop reason."""
+        if self.callback is not None and self.callback(step, value):
+            return "callback"
+        check = self.convergence
+        if check is not None and (step + 1) % check.window == 0:
+            if check.converged_at(np.asarray(self.runner.losses)) is not None and check.early_stop:
+                return "converged"
+        return "max_steps"
+
+    def set_stop(self, reason: str) -> None:
+        """Record why the loop ends; the runner's state keeps it (a run that converged resumes as finished)."""
+        self.stop_reason = reason
+        self.runner.stop_reason = None if reason == "max_steps" else reason
+
+    def run(self, *, pending: bool, progress: bool) -> None:
+        runner = self.runner
+        # Re-read after a loaded state: a run that ended converged resumes as finished.
+        self.set_stop("converged" if runner.stop_reason == "converged" else "max_steps")
+        bar = _progress_bar(progress, runner.num_steps, len(runner.losses))
+        try:
+            if pending:  # the checkpoint's last step is applied, its callback did not finish
+                runner.started, runner.phase = runner.mark(), "callback"
+                self.set_stop(self.after_update(len(runner.losses) - 1, runner.losses[-1]))
+                runner.settle()
+            for step in range(len(runner.losses), runner.num_steps if self.stop_reason == "max_steps" else 0):
+                runner.begin_step()
+                if self.before_step is not None and self.before_step(step):
+                    runner.settle()
+                    self.set_stop("callback")
+                    break
+                value = runner.finish_step()
+                self.set_stop(self.after_update(step, value))
+                runner.settle()
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0:
+                        bar.set_postfix(loss=f"{np.mean(runner.losses[-50:]):.4g}")
+                if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
+                    runner.save_checkpoint()
+                if self.stop_reason != "max_steps":
+                    break
+            if runner.checkpoint_path is not None:  # inside the try: Ctrl-C during this write still leaves one
+                runner.save_checkpoint()
+        except KeyboardInterrupt:
+            runner.interrupted("interrupted")
+            raise
+        except (RuntimeError, MemoryError) as err:
+            if is_out_of_memory(err):  # the steps done so far are kept
+                runner.interrupted("out of memory")
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _result(
+    runner: SVIRunner, own_state: bool, convergence: ConvergenceCheck | None, stop_reason: str, elapsed: float
+) -> SVIResult:
+    """The :class:`SVIResult` of a finished loop."""
+    state = runner.param_state
+    if own_state:
+        # The store's tensors are the guide's own parameters (an autoguide keeps them), which a later
+        # fit with the same guide object would change in place: hand back a copy of this fit's values.
+        state["params"] = {
+            name: value.detach().clone().requires_grad_(value.requires_grad) for name, value in state["params"].items()
+        }
+    hist = np.asarray(runner.losses, dtype=float)
+    verdict = (convergence or ConvergenceCheck()).assess(hist)
+    if convergence is not None and not verdict.converged:
+        logger.warning(
+            "SVI stopped after %d steps without meeting the convergence check: %s", len(hist), verdict.message
+        )
+    return SVIResult(
+        losses=hist,
+        num_steps=len(hist),
+        converged=verdict.converged,
+        stop_reason=stop_reason,
+        elapsed_s=elapsed,
+        device=runner.device,
+        param_state=state,
+        checkpoint=runner.written,
+        seed=runner.seed,
+        loss_verdict=verdict,
+    )
 
 
 def _accumulate_average(average: dict[str, torch.Tensor], count: int) -> None:
