@@ -26,6 +26,7 @@ _SOURCES = {
     "IndexBatches": "bayesgen.infer",
     "NonFiniteLossError": "bayesgen.infer",
     "SVIResult": "bayesgen.infer",
+    "SVIRunner": "bayesgen.infer",
     "run_svi": "bayesgen.infer",
     "VAE": "bayesgen.models",
     "BayesianEstimator": "bayesgen.models",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
         IndexBatches,
         NonFiniteLossError,
         SVIResult,
+        SVIRunner,
         run_svi,
     )
     from bayesgen.models import (
@@ -97,6 +99,7 @@ __all__ = [
     "NotFittedError",
     "ProdLDA",
     "SVIResult",
+    "SVIRunner",
     "VAE",
     "__version__",
     "augment",

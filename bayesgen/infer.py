@@ -1,8 +1,11 @@
 """One SVI runner for every bayesgen model, and for a user's own model/guide pair.
 
 :func:`run_svi` fits any Pyro model/guide pair by stochastic variational
-inference and returns a small :class:`SVIResult`. It owns the concerns that
-every model shares, so no model writes its own training loop:
+inference and returns a small :class:`SVIResult`. It is a loop over an
+:class:`SVIRunner`, an object holding the fit's state that one can also step
+by hand (``init``, ``step``, ``state_dict``, ``load_state_dict``, as NumPyro's
+``SVI``). Together they own the concerns that every model shares, so no model
+writes its own training loop:
 
 * device: tensor arguments are moved to the device once, up front;
 * randomness: seeded inside a forked RNG, so a CPU run is repeatable and the
@@ -76,7 +79,6 @@ from bayesgen._runtime import (
     is_out_of_memory,
     load_tensor_file,
     move_to_device,
-    seeded,
     target_device,
     tensors_on,
 )
@@ -89,6 +91,7 @@ __all__ = [
     "LossVerdict",
     "NonFiniteLossError",
     "SVIResult",
+    "SVIRunner",
     "StepState",
     "make_elbo",
     "make_optimizer",
@@ -1064,6 +1067,498 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class SVIRunner:
+    """SVI as an object you step: ``init`` once, then ``step()`` for each update, as NumPyro's ``SVI``.
+
+    The runner holds everything a fit changes: the ELBO and the optimiser, the minibatch stream
+    (:class:`IndexBatches`), the RNG state, the param-store state, the loss history, the Polyak
+    average and ``extra_state``. :meth:`state_dict` captures all of it and :meth:`load_state_dict`
+    puts it back, so a run continued from a state dict gives the same losses and parameters as one
+    that never stopped (on the CPU, bit for bit). :func:`run_svi` is a loop over this object.
+
+    Runner options are keyword arguments of the constructor; the model's own arguments go to
+    :meth:`init` alone, so a model may take ``seed=``, ``device=`` or any other name.
+
+    Each step draws its minibatch index from ``batches`` (the step's only source of data rows), so a
+    data-parallel runner can hand each rank an :class:`IndexBatches` with its ``rank``/``world_size``.
+
+    Parameters
+    ----------
+    model, guide : callable
+        A Pyro model and guide with the same signature (see :func:`run_svi` for minibatching).
+    num_steps : int, default 1000
+        Planned length of the run: the horizon of ``lr_schedule`` and of ``average_last``.
+    learning_rate, optimizer, lr_schedule, final_lr_factor
+        See :func:`make_optimizer`.
+    loss, num_particles, vectorize_particles, max_plate_nesting
+        See :func:`make_elbo`.
+    data_size, batch_size, batch_args, device, seed, param_state, extra_state, average_last, device_scope
+        As in :func:`run_svi`.
+    batches : IndexBatches, optional
+        The minibatch stream to draw from instead of one built from ``data_size`` and ``batch_size``
+        (e.g. one rank's shard).
+    checkpoint : str or os.PathLike, optional
+        File that :meth:`save_checkpoint` writes and a non-finite step writes before raising.
+
+    Examples
+    --------
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> from torch.distributions import constraints
+    >>> def model(y):
+    ...     mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    ...     with pyro.plate("obs", len(y)):
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> def guide(y):
+    ...     loc = pyro.param("loc", torch.tensor(0.0))
+    ...     scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    ...     pyro.sample("mu", dist.Normal(loc, scale))
+    >>> runner = SVIRunner(model, guide, learning_rate=0.05, seed=0).init(torch.tensor([0.9, 1.1, 1.3]))
+    >>> losses = [runner.step() for _ in range(10)]
+    >>> state = runner.state_dict()  # load it into a fresh runner to continue exactly from here
+    >>> len(runner.losses)
+    10
+    """
+
+    def __init__(
+        self,
+        model: ModelFn,
+        guide: ModelFn,
+        *,
+        num_steps: int = 1000,
+        learning_rate: float = 1e-2,
+        optimizer: OptimizerName | pyro.optim.PyroOptim = "adam",
+        lr_schedule: ScheduleName | None = None,
+        final_lr_factor: float = 0.1,
+        loss: LossName | ELBO = "trace",
+        num_particles: int = 1,
+        vectorize_particles: bool = False,
+        max_plate_nesting: int | None = None,
+        data_size: int | None = None,
+        batch_size: int | None = None,
+        batch_args: Callable[[torch.Tensor], tuple] | None = None,
+        batches: IndexBatches | None = None,
+        device: DeviceLike | None = None,
+        seed: int | None = 0,
+        param_state: dict | None = None,
+        extra_state: StepState | None = None,
+        average_last: int = 0,
+        device_scope: bool | None = None,
+        checkpoint: PathLikeStr | None = None,
+    ) -> None:
+        self.num_steps = check_count(num_steps, "num_steps", minimum=0)
+        num_particles = check_count(num_particles, "num_particles")
+        if batches is not None:
+            data_size, batch_size = batches.size, batches.batch_size
+        if batch_size is not None:
+            batch_size = check_count(batch_size, "batch_size")
+        if not (isinstance(learning_rate, int | float | np.integer | np.floating) and 0 < learning_rate < math.inf):
+            raise ValueError(f"learning_rate must be a positive, finite number, got {learning_rate!r}")
+        if batch_size is not None and data_size is None:
+            raise ValueError("batch_size needs data_size (the number of rows to minibatch over)")
+        if not 0 <= int(average_last) <= self.num_steps:
+            raise ValueError(f"average_last must be between 0 and num_steps, got {average_last}")
+        if batch_args is not None:
+            if not callable(batch_args):
+                raise TypeError(f"batch_args must be a callable index -> tuple of arguments, got {batch_args!r}")
+            if batch_size is None:
+                raise ValueError("batch_args needs batch_size and data_size (the minibatch to slice)")
+        self.model, self.guide = model, guide
+        self.data_size, self.batch_size, self.batch_args = data_size, batch_size, batch_args
+        self.batches = batches
+        self.device_option, self.device_scope = device, device_scope
+        self.seed = fresh_seed() if seed is None else int(seed)
+        self.param_state = param_state if param_state is not None else {"params": {}, "constraints": {}}
+        self.extra_state, self.average_last = extra_state, int(average_last)
+        self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+        self.elbo = make_elbo(
+            loss,
+            num_particles=num_particles,
+            vectorize_particles=vectorize_particles,
+            max_plate_nesting=max_plate_nesting,
+        )
+        self.optim = make_optimizer(
+            optimizer,
+            learning_rate=learning_rate,
+            lr_schedule=lr_schedule,
+            final_lr_factor=final_lr_factor,
+            num_steps=self.num_steps,
+        )
+        # Pyro's JIT losses compile once per distinct set of keyword arguments, so under
+        # JIT the batch index travels as the last positional argument instead.
+        self._jit = isinstance(self.elbo, JitTrace_ELBO | JitTraceEnum_ELBO)
+        self.losses: list[float] = []
+        self.average: dict[str, torch.Tensor] = {}
+        self.stop_reason: str | None = None  # "converged" once a run is finished (kept by checkpoints)
+        self.written: Path | None = None
+        # Where the runner is, for an interrupt: "between" steps; in a "step" before its update (`started`
+        # marks its start); in the "update" (Ctrl-C held); in the "callback" after it (`started` marks its start).
+        self.phase, self.started = "between", None
+        self._rng: dict[str, Any] | None = None
+        self._active = 0
+        self._initialised = False
+
+    # ------------------------------------------------------------------ setup
+    def init(self, *args: Any, **kwargs: Any) -> SVIRunner:
+        """Take the model's arguments, move them to the device once, and create every parameter.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            The model's and guide's own arguments, passed on every step (any names, ``seed`` included).
+
+        Returns
+        -------
+        SVIRunner
+            ``self``, ready to :meth:`step`.
+        """
+        if self.batch_args is not None and args:
+            raise ValueError(
+                "with batch_args, the model's positional arguments come from batch_args(index): pass none to run_svi"
+            )
+        dev = target_device(self.device_option, args, kwargs)
+        if self.device_option is not None:
+            args, kwargs = move_to_device(args, dev), move_to_device(kwargs, dev)
+        self.device, self.args, self.kwargs = dev, args, kwargs
+        if self.batches is None and self.batch_size is not None:
+            self.batches = IndexBatches(int(self.data_size), int(self.batch_size), seed=self.seed, device=dev)
+        with torch.random.fork_rng(devices=_cuda_indices(dev)):
+            torch.default_generator.manual_seed(self.seed)
+            if dev.type == "cuda":
+                torch.cuda.default_generators[_cuda_indices(dev)[0]].manual_seed(self.seed)
+            self._rng = _rng_state(dev)
+        with self.active():
+            self._create_params()
+        self._initialised = True
+        return self
+
+    def _create_params(self) -> None:
+        """Create every parameter once (guide and model), so that a loaded state can overwrite them in place
+        and the optimiser state can be matched by name; check them and the model's plates."""
+        dev, args, kwargs = self.device, self.args, self.kwargs
+        init_args, init_kwargs = args, kwargs
+        if self.batch_args is not None:
+            init_args = self._sliced(torch.arange(int(self.batch_size), device=dev))
+        elif self.batches is not None:
+            init_kwargs = {**kwargs, "subsample": torch.arange(int(self.batch_size), device=dev)}
+        with poutine.block(), tensors_on(dev):
+            try:
+                guide_trace = poutine.trace(self.guide).get_trace(*init_args, **init_kwargs)
+                model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
+                    *init_args, **init_kwargs
+                )
+            except TypeError as err:
+                if self.batches is not None and self.batch_args is None and "subsample" in str(err):
+                    own = _self_subsampling_plates(self.model, args, kwargs)
+                    if own:
+                        raise ValueError(
+                            f"the model's plate(s) {own} draw their own minibatch (pyro.plate(..., "
+                            f"subsample_size=...)): run it without batch_size and data_size"
+                        ) from err
+                    raise TypeError(
+                        f"batch_size needs a model and guide that accept a subsample keyword and pass it to "
+                        f"their data plate, pyro.plate(name, data_size, subsample=subsample), or, for a model "
+                        f"that takes a pre-sliced batch and its index, batch_args=lambda idx: (data[idx], idx) "
+                        f"({err})"
+                    ) from err
+                raise
+            except ValueError as err:  # Pyro's argument checks meet a NaN parameter first: name it instead
+                _check_initial_params(err)
+                raise
+        _check_initial_params()
+        if self.batches is not None:
+            _check_subsampled_plate(model_trace, int(self.data_size), int(self.batch_size))
+        # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix
+        # CPU and GPU tensors: run it with such tensors created on the data's device instead.
+        if self.device_scope is None:
+            self.device_scope = _builds_tensors_off(dev, self.model, self.guide, init_args, init_kwargs)
+        self._step_device = dev if self.device_scope else None  # tensors_on(None) does nothing
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[SVIRunner]:
+        """The block in which the runner's param store and RNG are the live ones (re-entrant).
+
+        :meth:`step` enters it by itself; a loop of many steps enters it once around them, which
+        saves swapping the param store and RNG state in and out on every step. The caller's own
+        param store and RNG state are restored on exit.
+        """
+        if self._active:
+            yield self
+            return
+        dev = getattr(self, "device", torch.device("cpu"))
+        with (
+            param_scope(self.param_state),
+            torch.random.fork_rng(devices=_cuda_indices(dev)),
+            warnings.catch_warnings(),
+        ):
+            # torch deprecates jit.trace, which Pyro's JIT losses are built on; say it once, not per step.
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
+            if self._rng is not None:
+                _set_rng_state(self._rng, dev)
+            self._active += 1
+            try:
+                yield self
+            finally:
+                self._active -= 1
+                self._rng = _rng_state(dev)
+
+    # ------------------------------------------------------------------ stepping
+    @property
+    def step_count(self) -> int:
+        """Steps applied so far (resumed ones included)."""
+        return len(self.losses)
+
+    def step(self) -> float:
+        """One SVI update: draw the minibatch, compute the loss and gradients, apply the update.
+
+        Returns
+        -------
+        float
+            The step's loss (negative ELBO estimate), also appended to :attr:`losses`.
+
+        Raises
+        ------
+        NonFiniteLossError
+            The loss or a gradient is NaN/inf; the update is not applied (see :func:`run_svi`).
+        """
+        self._check_initialised()
+        with self.active():
+            try:
+                self.begin_step()
+                value = self.finish_step()
+            except KeyboardInterrupt:
+                # Leave no half-accumulated gradients behind (and write the checkpoint, if any). The RNG and
+                # the batch stream have moved on in memory: the checkpoint holds the step's exact start.
+                self.interrupted("interrupted")
+                raise
+            finally:
+                self.settle()
+        return value
+
+    def mark(self) -> dict[str, Any]:
+        """What a step's unfinished part may change: ``extra_state`` (restored in memory after an interrupt or a
+        non-finite loss) and, for a checkpoint to redo it exactly, the RNG and the batch stream (copied only when
+        the runner writes checkpoints: this runs on every step)."""
+        saving = self.checkpoint_path is not None
+        return {
+            "rng": self._current_rng() if saving else None,
+            "batches": self.batches.mark() if self.batches is not None and saving else None,
+            "extra": self.extra_state.state_dict() if self.extra_state is not None else None,
+        }
+
+    def begin_step(self) -> None:
+        """Mark the start of a step (a loop runs its per-step hook after this, as part of the step)."""
+        self.started, self.phase = self.mark(), "step"
+
+    def settle(self) -> None:
+        """End the step (or its callback): the runner is between steps."""
+        self.phase, self.started = "between", None
+
+    def finish_step(self) -> float:
+        """The step after :meth:`begin_step`: loss and gradients, then the update with Ctrl-C held.
+
+        Ends in phase ``"callback"``, marked, so a loop's callback belongs to the step; :meth:`settle` ends it.
+        """
+        step = len(self.losses)
+        step_a, step_kw = self._step_args()  # outside the device scope: the batch RNG lives on its own device
+        rng_at_step = _rng_state(self.device)  # a few kB: lets a failed step be traced again with its own draws
+        with tensors_on(self._step_device):
+            value, params, why = _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+        if why:
+            self._non_finite(step, value, why, step_a, step_kw, rng_at_step)
+        # The update: everything the step changes in the runner's state, applied together with
+        # Ctrl-C held until it is complete.
+        with _interrupts_held():
+            self.phase = "update"
+            self.optim(params)
+            zero_grads(params)
+            self.losses.append(value)
+            first_averaged = self.num_steps - self.average_last
+            if self.average_last and step >= first_averaged:
+                _accumulate_average(self.average, step - first_averaged + 1)
+            if isinstance(self.optim, pyro.optim.PyroLRScheduler):
+                self.optim.step()
+            self.started, self.phase = self.mark(), "callback"
+        return value
+
+    def _non_finite(
+        self, step: int, value: float, why: str, step_a: tuple, step_kw: dict, rng_at_step: dict[str, Any]
+    ) -> None:
+        """Roll the refused step back, write the checkpoint, name the culprit and raise."""
+        if self.extra_state is not None:
+            self.extra_state.load_state_dict(self.started["extra"])
+        self.settle()
+        if self.checkpoint_path is not None:
+            self.save_checkpoint()
+        _set_rng_state(rng_at_step, self.device)
+        with tensors_on(self._step_device):
+            blame = _blame_non_finite(self.model, self.guide, step_a, step_kw)
+        kept = f"from step {step - 1}" if step else "they started with"
+        written = self.written
+        raise NonFiniteLossError(
+            f"SVI stopped at step {step}: {why} (loss={value}); {blame.text}. "
+            f"The update was not applied, so the parameters keep the values {kept}"
+            + (f" (checkpoint: {written})" if written else "")
+            + f". {blame.advice}",
+            step=step,
+            losses=np.asarray(self.losses),
+            checkpoint=written,
+            site=blame.site,
+            origin=blame.origin,
+        )
+
+    def _sliced(self, index: torch.Tensor) -> tuple:
+        """``batch_args(index)``: the step's positional arguments, on the fitting device."""
+        out = self.batch_args(index)
+        if not isinstance(out, tuple):
+            raise TypeError(
+                f"batch_args must return a tuple of the model's positional arguments, got {type(out).__name__}"
+            )
+        return move_to_device(out, self.device) if self.device_option is not None else out
+
+    def _step_args(self) -> tuple[tuple, dict[str, Any]]:
+        """The step's arguments: the model's, with the next minibatch index from ``batches``."""
+        if self.batches is None:
+            return self.args, self.kwargs
+        if self.batch_args is not None:
+            return self._sliced(next(self.batches)), self.kwargs
+        if self._jit:
+            return (*self.args, next(self.batches)), self.kwargs
+        return self.args, {**self.kwargs, "subsample": next(self.batches)}
+
+    def apply_average(self) -> None:
+        """Set the parameters to their Polyak average, once the run has reached ``num_steps``."""
+        if not (self.average_last and len(self.losses) == self.num_steps and self.average):
+            return
+        with self.active():
+            store = pyro.get_param_store()
+            with torch.no_grad():
+                for name, value in self.average.items():
+                    store.get_param(name).unconstrained().copy_(value)
+
+    # ------------------------------------------------------------------ state
+    def _current_rng(self) -> dict[str, Any]:
+        return _rng_state(self.device) if self._active else dict(self._rng)
+
+    def _check_initialised(self) -> None:
+        if not self._initialised:
+            raise RuntimeError("call SVIRunner.init(*model_args, **model_kwargs) before stepping or loading a state")
+
+    def state_dict(self, at: Mapping[str, Any] | None = None, *, callback_pending: bool = False) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: params, optimiser, RNG, batch position, losses.
+
+        The same dict a checkpoint file holds (tensors on the CPU; ``torch.save`` writes it).
+
+        Parameters
+        ----------
+        at : dict, optional
+            A :meth:`mark` taken where a step in progress was interrupted: at its start, or after its
+            update with ``callback_pending``, so that a continued run redoes that part with the same draws.
+        callback_pending : bool, default False
+            The last step's callback did not finish: a run continued from this state redoes it.
+
+        Returns
+        -------
+        dict
+        """
+        self._check_initialised()
+        with self.active():
+            store = pyro.get_param_store()
+            params = {name: store.get_param(name).unconstrained().detach().cpu().clone() for name in store.keys()}
+            # Pyro names each parameter's state through the live param store; torch hands out its live
+            # moment tensors, which later steps change in place: copy them.
+            optim = _cloned(self.optim.get_state())
+            if at is None:
+                at = self.mark()
+                at["rng"] = self._current_rng()
+                if self.batches is not None:
+                    at["batches"] = self.batches.mark()
+        stop = None if callback_pending else self.stop_reason
+        return {
+            "format": _CHECKPOINT_FORMAT,
+            "version": _CHECKPOINT_VERSION,
+            "step": len(self.losses),
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "params": params,
+            "optim": optim,
+            "rng": at["rng"],
+            "batches": None if self.batches is None else self.batches.state_dict(at["batches"]),
+            "average": {k: v.detach().cpu().clone() for k, v in self.average.items()},
+            "extra": at["extra"],
+            "stop_reason": stop,
+            "callback_pending": callback_pending,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], *, source: PathLikeStr | None = None) -> None:
+        """Continue from a :meth:`state_dict` (or a checkpoint's contents): after :meth:`init`, before stepping.
+
+        Parameters
+        ----------
+        state : dict
+        source : str or os.PathLike, optional
+            Where ``state`` came from, named in errors.
+
+        Raises
+        ------
+        CheckpointError
+            ``state`` does not match this model/guide, optimiser or batching.
+        """
+        self._check_initialised()
+        dev = self.device
+        with self.active():
+            _restore(state, self.optim, self.batches, dev, Path(source) if source is not None else None)
+        self.losses = [float(v) for v in state["losses"]]
+        self.average = {k: v.to(dev) for k, v in (state.get("average") or {}).items()}
+        if self.extra_state is not None and state.get("extra") is not None:
+            self.extra_state.load_state_dict(move_to_device(state["extra"], dev))
+        self.stop_reason = state.get("stop_reason")
+
+    def save_checkpoint(self, at: Mapping[str, Any] | None = None, *, callback_pending: bool = False) -> Path:
+        """Write :meth:`state_dict` to the ``checkpoint`` file, atomically."""
+        if self.checkpoint_path is None:
+            raise ValueError("save_checkpoint needs a runner built with checkpoint=<path>")
+        self.written = _save_checkpoint(self.checkpoint_path, self.state_dict(at, callback_pending=callback_pending))
+        return self.written
+
+    def interrupted(self, what: str) -> None:
+        """Bring the state back to the last consistent point and write it to the checkpoint, if any."""
+        if self.phase == "update":
+            # Only an exception raised by the update's own code gets here (Ctrl-C is held): the step is
+            # partly applied, so this state is not written; the last checkpoint stays as it is.
+            logger.warning(
+                "%s inside the update of step %d, which is partly applied; the checkpoint is left as last written (%s)",
+                what,
+                len(self.losses),
+                self.written or "none",
+            )
+            return
+        if self.phase in ("step", "callback"):  # undo the unfinished part in memory too
+            with self.active():
+                store = pyro.get_param_store()
+                zero_grads({store.get_param(name).unconstrained() for name in store.keys()})
+            if self.extra_state is not None:
+                self.extra_state.load_state_dict(self.started["extra"])
+        if self.checkpoint_path is not None:
+            self.save_checkpoint(self.started, callback_pending=self.phase == "callback")
+            logger.warning("%s after %d steps; checkpoint written to %s", what, len(self.losses), self.written)
+
+
+def _cloned(value: Any) -> Any:
+    """A copy of nested dicts, lists and tuples whose tensors share no memory with ``value``'s."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cloned(v) for v in value)
+    return value
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def run_svi(
     model: ModelFn,
     guide: ModelFn,
@@ -1093,9 +1588,11 @@ def run_svi(
     average_last: int = 0,
     device_scope: bool | None = None,
     batch_args: Callable[[torch.Tensor], tuple] | None = None,
+    model_args: Sequence[Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> SVIResult:
-    """Fit a Pyro model/guide pair by SVI.
+    """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
 
     Parameters
     ----------
@@ -1108,6 +1605,11 @@ def run_svi(
         parameter right after the data.
     *args, **kwargs
         Passed to model and guide on every step; tensors are moved to ``device`` once.
+    model_args : sequence, optional
+        The model's positional arguments, instead of ``*args``.
+    model_kwargs : dict, optional
+        The model's keyword arguments, merged with ``**kwargs``: the way to pass one named like an
+        option of this function (``model_kwargs={"seed": 3}`` reaches the model; ``seed=3`` seeds the fit).
     num_steps : int, default 1000
         Total optimisation steps (a resumed run counts the steps already done).
     learning_rate : float, default 0.01
@@ -1229,35 +1731,42 @@ def run_svi(
     >>> bool(result.losses[-50:].mean() < result.losses[:50].mean())
     True
     """
-    num_steps = check_count(num_steps, "num_steps", minimum=0)
-    num_particles = check_count(num_particles, "num_particles")
-    if batch_size is not None:
-        batch_size = check_count(batch_size, "batch_size")
-    if not (isinstance(learning_rate, int | float | np.integer | np.floating) and 0 < learning_rate < math.inf):
-        raise ValueError(f"learning_rate must be a positive, finite number, got {learning_rate!r}")
-    if batch_size is not None and data_size is None:
-        raise ValueError("batch_size needs data_size (the number of rows to minibatch over)")
+    # Over 80 lines only for the docstring, the one place that documents every option.
+    if model_args is not None:
+        if args:
+            raise TypeError("pass the model's positional arguments either after guide or as model_args=, not both")
+        args = tuple(model_args)
+    clash = sorted(set(model_kwargs or {}) & set(kwargs))
+    if clash:
+        raise TypeError(f"model keyword argument(s) {clash} given both in model_kwargs= and as keywords")
+    kwargs = {**(model_kwargs or {}), **kwargs}
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("checkpoint_every needs a checkpoint path")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    if not 0 <= int(average_last) <= int(num_steps):
-        raise ValueError(f"average_last must be between 0 and num_steps, got {average_last}")
-    if batch_args is not None:
-        if not callable(batch_args):
-            raise TypeError(f"batch_args must be a callable index -> tuple of arguments, got {batch_args!r}")
-        if batch_size is None:
-            raise ValueError("batch_args needs batch_size and data_size (the minibatch to slice)")
-        if args:
-            raise ValueError(
-                "with batch_args, the model's positional arguments come from batch_args(index): pass none to run_svi"
-            )
-
-    dev = target_device(device, args, kwargs)
-    if device is not None:
-        args = move_to_device(args, dev)
-        kwargs = move_to_device(kwargs, dev)
-
+    runner = SVIRunner(
+        model,
+        guide,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        final_lr_factor=final_lr_factor,
+        loss=loss,
+        num_particles=num_particles,
+        vectorize_particles=vectorize_particles,
+        max_plate_nesting=max_plate_nesting,
+        data_size=data_size,
+        batch_size=batch_size,
+        batch_args=batch_args,
+        device=device,
+        seed=seed,
+        param_state=param_state,
+        extra_state=extra_state,
+        average_last=average_last,
+        device_scope=device_scope,
+        checkpoint=checkpoint,
+    )
     resume_path: Path | None = None
     if resume is True:
         if checkpoint is None:
@@ -1266,286 +1775,121 @@ def run_svi(
     elif resume:
         resume_path = Path(resume)
     saved = load_checkpoint(resume_path) if resume_path is not None else None
-    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
-
-    elbo = make_elbo(
-        loss,
-        num_particles=num_particles,
-        vectorize_particles=vectorize_particles,
-        max_plate_nesting=max_plate_nesting,
-    )
-    optim = make_optimizer(
-        optimizer,
-        learning_rate=learning_rate,
-        lr_schedule=lr_schedule,
-        final_lr_factor=final_lr_factor,
-        num_steps=num_steps,
-    )
-    seed = fresh_seed() if seed is None else int(seed)
-    batches = None
-    if batch_size is not None:
-        batches = IndexBatches(int(data_size), int(batch_size), seed=seed, device=dev)
-
-    # Pyro's JIT losses compile once per distinct set of keyword arguments, so under
-    # JIT the batch index travels as the last positional argument instead.
-    jit = isinstance(elbo, JitTrace_ELBO | JitTraceEnum_ELBO)
-
-    def sliced(index: torch.Tensor) -> tuple:
-        """``batch_args(index)``: the step's positional arguments, on the fitting device."""
-        out = batch_args(index)
-        if not isinstance(out, tuple):
-            raise TypeError(
-                f"batch_args must return a tuple of the model's positional arguments, got {type(out).__name__}"
-            )
-        return move_to_device(out, dev) if device is not None else out
-
-    def step_args() -> tuple[tuple, dict[str, Any]]:
-        if batches is None:
-            return args, kwargs
-        if batch_args is not None:
-            return sliced(next(batches)), kwargs
-        if jit:
-            return (*args, next(batches)), kwargs
-        return args, {**kwargs, "subsample": next(batches)}
-
-    losses: list[float] = []
-    average: dict[str, torch.Tensor] = {}
-    own_state = param_state is None
-    state = param_state if param_state is not None else {"params": {}, "constraints": {}}
     start = time.perf_counter()
-    written: Path | None = None
-
-    with param_scope(state), seeded(seed, dev), warnings.catch_warnings():
-        # torch deprecates jit.trace, which Pyro's JIT losses are built on; say it once, not per step.
-        warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
-        # Create every parameter once (guide and model), so that a resumed run can
-        # overwrite them in place and the optimiser state can be matched by name.
-        init_args, init_kwargs = args, kwargs
-        if batch_args is not None:
-            init_args = sliced(torch.arange(int(batch_size), device=dev))
-        elif batches is not None:
-            init_kwargs = {**kwargs, "subsample": torch.arange(int(batch_size), device=dev)}
-        with poutine.block(), tensors_on(dev):
-            try:
-                guide_trace = poutine.trace(guide).get_trace(*init_args, **init_kwargs)
-                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                    *init_args, **init_kwargs
-                )
-            except TypeError as err:
-                if batches is not None and batch_args is None and "subsample" in str(err):
-                    own = _self_subsampling_plates(model, args, kwargs)
-                    if own:
-                        raise ValueError(
-                            f"the model's plate(s) {own} draw their own minibatch (pyro.plate(..., "
-                            f"subsample_size=...)): run it without batch_size and data_size"
-                        ) from err
-                    raise TypeError(
-                        f"batch_size needs a model and guide that accept a subsample keyword and pass it to "
-                        f"their data plate, pyro.plate(name, data_size, subsample=subsample), or, for a model "
-                        f"that takes a pre-sliced batch and its index, batch_args=lambda idx: (data[idx], idx) "
-                        f"({err})"
-                    ) from err
-                raise
-            except ValueError as err:  # Pyro's argument checks meet a NaN parameter first: name it instead
-                _check_initial_params(err)
-                raise
-        _check_initial_params()
-        if batches is not None:
-            _check_subsampled_plate(model_trace, int(data_size), int(batch_size))
-        # A model/guide that builds constants without a device (as Pyro's tutorials do) would mix
-        # CPU and GPU tensors: run it with such tensors created on the data's device instead.
-        if device_scope is None:
-            device_scope = _builds_tensors_off(dev, model, guide, init_args, init_kwargs)
-        step_device = dev if device_scope else None  # tensors_on(None), like tensors_on("cpu"), does nothing
-        converged, stop_reason = False, "max_steps"
-        pending = False  # the checkpoint was written while the callback of its last step ran: redo that
+    runner.init(*args, **kwargs)
+    loop = _Loop(runner, callback, before_step, convergence, checkpoint_every)
+    with runner.active():
         if saved is not None:
-            _restore(saved, optim, batches, dev, resume_path)
-            losses = [float(v) for v in saved["losses"]]
-            average = {k: v.to(dev) for k, v in (saved.get("average") or {}).items()}
-            if len(losses) > num_steps:
+            runner.load_state_dict(saved, source=resume_path)
+            if len(runner.losses) > runner.num_steps:
                 raise CheckpointError(
-                    f"{resume_path} already holds {len(losses)} steps, more than num_steps={num_steps}"
+                    f"{resume_path} already holds {len(runner.losses)} steps, more than num_steps={runner.num_steps}"
                 )
-            if extra_state is not None and saved.get("extra") is not None:
-                extra_state.load_state_dict(move_to_device(saved["extra"], dev))
-            if saved.get("stop_reason") == "converged":  # a finished run; a callback's stop is a pause
-                converged, stop_reason = True, "converged"
-            pending = bool(saved.get("callback_pending")) and bool(losses)
+        loop.run(
+            pending=saved is not None and bool(saved.get("callback_pending")) and bool(runner.losses), progress=progress
+        )
+        runner.apply_average()
+    return _result(runner, param_state is None, convergence, loop.stop_reason, time.perf_counter() - start)
 
-        def mark() -> dict[str, Any]:
-            """What a step's unfinished part may have changed: ``extra_state`` (restored in memory after an
-            interrupt or a non-finite loss) and, for a checkpoint to redo it exactly, the RNG and the batch
-            stream (not copied without one: this runs on every step)."""
-            saving = checkpoint_path is not None
-            return {
-                "rng": _rng_state(dev) if saving else None,
-                "batches": batches.mark() if batches is not None and saving else None,
-                "extra": extra_state.state_dict() if extra_state is not None else None,
-            }
 
-        def snapshot(at: Mapping[str, Any] | None = None, *, callback_pending: bool = False) -> dict[str, Any]:
-            """The checkpoint. ``at``: the :func:`mark` taken where the step in progress was interrupted (Ctrl-C
-            or out of memory): at its start, or after its update with ``callback_pending``, so that a resumed
-            run redoes that part with the same draws."""
-            store = pyro.get_param_store()
-            at = mark() if at is None else at
-            return {
-                "format": _CHECKPOINT_FORMAT,
-                "version": _CHECKPOINT_VERSION,
-                "step": len(losses),
-                "losses": torch.tensor(losses, dtype=torch.float64),
-                "params": {name: store.get_param(name).unconstrained().detach().cpu().clone() for name in store.keys()},
-                "optim": optim.get_state(),
-                "rng": at["rng"],
-                "batches": None if batches is None else batches.state_dict(at["batches"]),
-                "average": {k: v.detach().cpu().clone() for k, v in average.items()},
-                "extra": at["extra"],
-                "stop_reason": None if stop_reason == "max_steps" or callback_pending else stop_reason,
-                "callback_pending": callback_pending,
-            }
+class _Loop:
+    """:func:`run_svi`'s loop over an :class:`SVIRunner`: hooks, callback, convergence, checkpoints, Ctrl-C."""
 
-        def after_update(step: int, value: float) -> str:
-            """The step's part after its update: the callback and the convergence check; returns the stop reason."""
-            nonlocal converged
-            if callback is not None and callback(step, value):
-                return "callback"
-            if (
-                convergence is not None
-                and (step + 1) % convergence.window == 0
-                and convergence.converged_at(np.asarray(losses)) is not None
-            ):
-                converged = True
-                if convergence.early_stop:
-                    return "converged"
-            return "max_steps"
+    def __init__(
+        self,
+        runner: SVIRunner,
+        callback: Callable[[int, float], bool | None] | None,
+        before_step: Callable[[int], bool | None] | None,
+        convergence: ConvergenceCheck | None,
+        checkpoint_every: int | None,
+    ) -> None:
+        self.runner, self.callback, self.before_step = runner, callback, before_step
+        self.convergence, self.checkpoint_every = convergence, checkpoint_every
+        self.stop_reason = "max_steps"
 
-        def interrupted(what: str) -> None:
-            """Bring the state back to the last consistent point and write it to the checkpoint, if any."""
-            nonlocal written
-            if phase == "update":
-                # Only an exception raised by the update's own code gets here (Ctrl-C is held): the step is
-                # partly applied, so this state is not written; the last checkpoint stays as it is.
-                logger.warning(
-                    "%s inside the update of step %d, which is partly applied; the checkpoint is "
-                    "left as last written (%s)",
-                    what,
-                    len(losses),
-                    written or "none",
-                )
-                return
-            if phase in ("step", "callback"):  # undo the unfinished part in memory too
-                store = pyro.get_param_store()
-                zero_grads({store.get_param(name).unconstrained() for name in store.keys()})
-                if extra_state is not None:
-                    extra_state.load_state_dict(started["extra"])
-            if checkpoint_path is not None:
-                written = _save_checkpoint(checkpoint_path, snapshot(started, callback_pending=phase == "callback"))
-                logger.warning("%s after %d steps; checkpoint written to %s", what, len(losses), written)
+    def after_update(self, step: int, value: float) -> str:
+        """The step's part after its update: the callback and the convergence check; returns the stop reason."""
+        if self.callback is not None and self.callback(step, value):
+            return "callback"
+        check = self.convergence
+        if check is not None and (step + 1) % check.window == 0:
+            if check.converged_at(np.asarray(self.runner.losses)) is not None and check.early_stop:
+                return "converged"
+        return "max_steps"
 
-        bar = _progress_bar(progress, num_steps, len(losses))
-        # Where the run is, for an interrupt: "between" steps; in a "step" before its update (`started` marks
-        # its start); in the "update" (Ctrl-C held); in the "callback" after it (`started` marks its start).
-        phase, started = "between", None
+    def set_stop(self, reason: str) -> None:
+        """Record why the loop ends; the runner's state keeps it (a run that converged resumes as finished)."""
+        self.stop_reason = reason
+        self.runner.stop_reason = None if reason == "max_steps" else reason
+
+    def run(self, *, pending: bool, progress: bool) -> None:
+        runner = self.runner
+        # Re-read after a loaded state: a run that ended converged resumes as finished.
+        self.set_stop("converged" if runner.stop_reason == "converged" else "max_steps")
+        bar = _progress_bar(progress, runner.num_steps, len(runner.losses))
         try:
             if pending:  # the checkpoint's last step is applied, its callback did not finish
-                started, phase = mark(), "callback"
-                stop_reason = after_update(len(losses) - 1, losses[-1])
-                phase, started = "between", None
-            for step in range(len(losses), num_steps if stop_reason == "max_steps" else 0):
-                started, phase = mark(), "step"
-                if before_step is not None and before_step(step):
-                    phase, started, stop_reason = "between", None, "callback"
+                runner.started, runner.phase = runner.mark(), "callback"
+                self.set_stop(self.after_update(len(runner.losses) - 1, runner.losses[-1]))
+                runner.settle()
+            for step in range(len(runner.losses), runner.num_steps if self.stop_reason == "max_steps" else 0):
+                runner.begin_step()
+                if self.before_step is not None and self.before_step(step):
+                    runner.settle()
+                    self.set_stop("callback")
                     break
-                step_a, step_kw = step_args()  # outside the device scope: the batch RNG lives on its own device
-                rng_at_step = _rng_state(dev)  # a few kB: lets a failed step be traced again with its own draws
-                with tensors_on(step_device):
-                    value, params, why = _loss_and_grads(elbo, model, guide, step_a, step_kw)
-                if why:
-                    if extra_state is not None:
-                        extra_state.load_state_dict(started["extra"])
-                    phase, started = "between", None
-                    if checkpoint_path is not None:
-                        written = _save_checkpoint(checkpoint_path, snapshot())
-                    _set_rng_state(rng_at_step, dev)
-                    with tensors_on(step_device):
-                        blame = _blame_non_finite(model, guide, step_a, step_kw)
-                    hist = np.asarray(losses)
-                    kept = f"from step {step - 1}" if step else "they started with"
-                    raise NonFiniteLossError(
-                        f"SVI stopped at step {step}: {why} (loss={value}); {blame.text}. "
-                        f"The update was not applied, so the parameters keep the values {kept}"
-                        + (f" (checkpoint: {written})" if written else "")
-                        + f". {blame.advice}",
-                        step=step,
-                        losses=hist,
-                        checkpoint=written,
-                        site=blame.site,
-                        origin=blame.origin,
-                    )
-                # The update: everything the step changes in the runner's state, applied together with
-                # Ctrl-C held until it is complete.
-                with _interrupts_held():
-                    phase = "update"
-                    optim(params)
-                    zero_grads(params)
-                    losses.append(value)
-                    if average_last and step >= num_steps - average_last:
-                        _accumulate_average(average, step - (num_steps - average_last) + 1)
-                    if isinstance(optim, pyro.optim.PyroLRScheduler):
-                        optim.step()
-                    started, phase = mark(), "callback"
-                stop_reason = after_update(step, value)
-                phase, started = "between", None
+                value = runner.finish_step()
+                self.set_stop(self.after_update(step, value))
+                runner.settle()
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0:
-                        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4g}")
-                if checkpoint_every and (step + 1) % checkpoint_every == 0:
-                    written = _save_checkpoint(checkpoint_path, snapshot())
-                if stop_reason != "max_steps":
+                        bar.set_postfix(loss=f"{np.mean(runner.losses[-50:]):.4g}")
+                if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0:
+                    runner.save_checkpoint()
+                if self.stop_reason != "max_steps":
                     break
-            if checkpoint_path is not None:  # inside the try: Ctrl-C during this write still leaves one
-                written = _save_checkpoint(checkpoint_path, snapshot())
+            if runner.checkpoint_path is not None:  # inside the try: Ctrl-C during this write still leaves one
+                runner.save_checkpoint()
         except KeyboardInterrupt:
-            interrupted("interrupted")
+            runner.interrupted("interrupted")
             raise
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):  # the steps done so far are kept
-                interrupted("out of memory")
+                runner.interrupted("out of memory")
             raise
         finally:
             if bar is not None:
                 bar.close()
-        if average_last and len(losses) == num_steps and average:
-            store = pyro.get_param_store()
-            with torch.no_grad():
-                for name, value in average.items():
-                    store.get_param(name).unconstrained().copy_(value)
 
+
+def _result(
+    runner: SVIRunner, own_state: bool, convergence: ConvergenceCheck | None, stop_reason: str, elapsed: float
+) -> SVIResult:
+    """The :class:`SVIResult` of a finished loop."""
+    state = runner.param_state
     if own_state:
         # The store's tensors are the guide's own parameters (an autoguide keeps them), which a later
         # fit with the same guide object would change in place: hand back a copy of this fit's values.
         state["params"] = {
             name: value.detach().clone().requires_grad_(value.requires_grad) for name, value in state["params"].items()
         }
-    hist = np.asarray(losses, dtype=float)
+    hist = np.asarray(runner.losses, dtype=float)
     verdict = (convergence or ConvergenceCheck()).assess(hist)
-    converged = verdict.converged
-    if convergence is not None and not converged:
+    if convergence is not None and not verdict.converged:
         logger.warning(
             "SVI stopped after %d steps without meeting the convergence check: %s", len(hist), verdict.message
         )
     return SVIResult(
         losses=hist,
         num_steps=len(hist),
-        converged=converged,
+        converged=verdict.converged,
         stop_reason=stop_reason,
-        elapsed_s=time.perf_counter() - start,
-        device=dev,
+        elapsed_s=elapsed,
+        device=runner.device,
         param_state=state,
-        checkpoint=written,
-        seed=seed,
+        checkpoint=runner.written,
+        seed=runner.seed,
         loss_verdict=verdict,
     )
 

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -204,12 +205,15 @@ class BayesianEstimator:
         data_size: int | None = None,
         num_steps: int | None = None,
         learning_rate: float | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> SVIResult:
         """Fit the estimator's model/guide with its inference hyperparameters.
 
         ``num_steps`` and ``learning_rate`` override the attributes of the same
         name (estimators that count epochs, or resolve an "auto" setting).
+        ``*args`` and ``model_kwargs`` go to the model and guide; ``**kwargs``
+        are further :func:`~bayesgen.infer.run_svi` options.
         """
         num_steps = int(self.num_steps if num_steps is None else num_steps)
         model, guide = self._model_and_guide()
@@ -248,6 +252,7 @@ class BayesianEstimator:
             checkpoint_every=checkpoint_every,
             resume=resume,
             average_last=min(int(getattr(self, "average_last", 0)), num_steps // 2),
+            model_kwargs=model_kwargs,
             **kwargs,
         )
         self._param_state = result.param_state

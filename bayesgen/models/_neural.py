@@ -339,7 +339,7 @@ class NeuralEstimator(BayesianEstimator):
                 # A resumed fit that early stopping had ended stays ended.
                 before_step=lambda step: book.stopped or self._before_step(step, num_steps),
                 extra_state=book,
-                **(model_kwargs or {}),
+                model_kwargs=model_kwargs,
             )
         finally:
             self._set_training(False)

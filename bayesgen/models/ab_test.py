@@ -658,9 +658,7 @@ class BetaBinomialTest(BayesianEstimator):
         self._run_svi(
             torch.as_tensor(index, device=dev),
             torch.as_tensor(outcome, dtype=torch.get_default_dtype(), device=dev),
-            num_variants=len(names),
-            prior_alpha=self._prior[0],
-            prior_beta=self._prior[1],
+            model_kwargs={"num_variants": len(names), "prior_alpha": self._prior[0], "prior_beta": self._prior[1]},
             data_size=len(index) if self.batch_size is not None else None,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,

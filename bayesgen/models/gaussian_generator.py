@@ -1349,11 +1349,13 @@ class GaussianGenerator(BayesianEstimator):
             self._run_svi(
                 self._x,
                 self._y,
-                hyper=self._prior,
-                covariance=self.covariance,
-                num_classes=len(found),
-                init=initial,
-                noise=self.noise,
+                model_kwargs={
+                    "hyper": self._prior,
+                    "covariance": self.covariance,
+                    "num_classes": len(found),
+                    "init": initial,
+                    "noise": self.noise,
+                },
                 learning_rate=self._learning_rate(),
                 data_size=len(xv) if minibatch else None,
                 checkpoint=checkpoint,
