@@ -83,6 +83,7 @@ from bayesgen._runtime import (
     tensors_on,
 )
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
+from bayesgen.distributed import DataParallel, DistributedError, data_fingerprint
 
 __all__ = [
     "CheckpointError",
@@ -107,6 +108,27 @@ ScheduleName = Literal["exponential", "cosine"]
 
 _CHECKPOINT_FORMAT = "bayesgen-svi-checkpoint"
 _CHECKPOINT_VERSION = 1
+
+# A rank's status in a data-parallel step's all-reduce (summed over ranks, one slot per rank).
+_RANK_OK, _RANK_NON_FINITE, _RANK_INTERRUPTED, _RANK_FAILED = 0, 1, 2, 3
+
+
+class _RanksStopped(Exception):
+    """A data-parallel step called off because some rank asked to stop (its callback or ``before_step``)."""
+
+
+def _data_parallel(distributed: bool | DataParallel | None, device: DeviceLike | None) -> DataParallel | None:
+    """The :class:`DataParallel` a runner's ``distributed=`` option asks for, or None."""
+    if distributed is None or distributed is False:
+        return None
+    if isinstance(distributed, DataParallel):
+        return distributed
+    if distributed is True:
+        from bayesgen._runtime import resolve_device
+
+        cuda = device is not None and resolve_device(device).type == "cuda"
+        return DataParallel.from_env(cuda=cuda)
+    raise TypeError(f"distributed must be True, False or a bayesgen.distributed.DataParallel, got {distributed!r}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -460,8 +482,10 @@ class IndexBatches:
 
     Each epoch draws a permutation of ``range(size)`` from a private
     generator, keeps this rank's shard (every ``world_size``-th index starting
-    at ``rank``, like ``torch.utils.data.DistributedSampler``) and yields it in
-    batches of ``batch_size``. The indices live on ``device`` so no host copy
+    at ``rank``, like ``torch.utils.data.DistributedSampler``, of the first
+    ``size - size % world_size`` indices, so that every rank's shard has the same
+    ``size // world_size`` rows and every rank takes the same number of steps per
+    epoch) and yields it in batches of ``batch_size``. The indices live on ``device`` so no host copy
     happens per step. The full ``size`` is what the model's plate is told, so
     Pyro scales each batch's log-likelihood by ``size / len(batch)``; under
     data parallelism each rank's estimate is unbiased and averaging gradients
@@ -504,7 +528,7 @@ class IndexBatches:
             raise ValueError(f"IndexBatches needs size >= 1, got {size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-        shard = len(range(rank, size, world_size))
+        shard = size // world_size
         if not 1 <= batch_size <= shard:
             raise ValueError(f"batch_size must be between 1 and the {shard} rows of this shard, got {batch_size}")
         self.size, self.batch_size = size, batch_size
@@ -517,7 +541,7 @@ class IndexBatches:
 
     def _new_epoch(self) -> None:
         perm = torch.randperm(self.size, generator=self._generator)
-        shard = perm[self.rank :: self.world_size].to(self.device)
+        shard = perm[: self.size - self.size % self.world_size][self.rank :: self.world_size].to(self.device)
         batches = list(shard.split(self.batch_size))
         if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size:
             batches.pop()
@@ -1144,6 +1168,7 @@ class SVIRunner:
         average_last: int = 0,
         device_scope: bool | None = None,
         checkpoint: PathLikeStr | None = None,
+        distributed: bool | DataParallel = False,
     ) -> None:
         self.num_steps = check_count(num_steps, "num_steps", minimum=0)
         num_particles = check_count(num_particles, "num_particles")
@@ -1162,6 +1187,16 @@ class SVIRunner:
                 raise TypeError(f"batch_args must be a callable index -> tuple of arguments, got {batch_args!r}")
             if batch_size is None:
                 raise ValueError("batch_args needs batch_size and data_size (the minibatch to slice)")
+        if distributed and batch_size is None:
+            raise ValueError(
+                "a data-parallel fit shards the minibatch over the ranks: set batch_size (rows per rank) and "
+                "data_size, with the data plate taking the subsample"
+            )
+        self.dp = _data_parallel(distributed, device)
+        if self.dp is not None and batches is not None and batches.world_size != self.dp.world_size:
+            raise ValueError(
+                f"batches are sharded for world_size={batches.world_size}, the fit has {self.dp.world_size} ranks"
+            )
         self.model, self.guide = model, guide
         self.data_size, self.batch_size, self.batch_args = data_size, batch_size, batch_args
         self.batches = batches
@@ -1196,6 +1231,14 @@ class SVIRunner:
         self._rng: dict[str, Any] | None = None
         self._active = 0
         self._initialised = False
+        # Data-parallel only: a stop asked for on this rank (decided with the others at the next step),
+        # a signal received, and whether the ranks have already handled the exception being raised.
+        self.stop_requested = False
+        self.signalled = False
+        self.pending_error: BaseException | None = None
+        self._ranks_handled = False
+        self._bad_ranks: list[int] = []
+        self._names: list[str] = []
 
     # ------------------------------------------------------------------ setup
     def init(self, *args: Any, **kwargs: Any) -> SVIRunner:
@@ -1216,20 +1259,70 @@ class SVIRunner:
                 "with batch_args, the model's positional arguments come from batch_args(index): pass none to run_svi"
             )
         dev = target_device(self.device_option, args, kwargs)
-        if self.device_option is not None:
+        if self.dp is not None and dev.type == "cuda":
+            dev = torch.device("cuda", self.dp.local_rank)  # one GPU per rank
+        if self.device_option is not None or dev != target_device(None, args, kwargs):
             args, kwargs = move_to_device(args, dev), move_to_device(kwargs, dev)
         self.device, self.args, self.kwargs = dev, args, kwargs
-        if self.batches is None and self.batch_size is not None:
-            self.batches = IndexBatches(int(self.data_size), int(self.batch_size), seed=self.seed, device=dev)
-        with torch.random.fork_rng(devices=_cuda_indices(dev)):
-            torch.default_generator.manual_seed(self.seed)
-            if dev.type == "cuda":
-                torch.cuda.default_generators[_cuda_indices(dev)[0]].manual_seed(self.seed)
-            self._rng = _rng_state(dev)
-        with self.active():
-            self._create_params()
+        if self.dp is None:
+            self._setup()
+        else:
+            self._setup_ranks()
         self._initialised = True
         return self
+
+    def _seed_rng(self, seed: int) -> None:
+        dev = self.device
+        with torch.random.fork_rng(devices=_cuda_indices(dev)):
+            torch.default_generator.manual_seed(seed)
+            if dev.type == "cuda":
+                torch.cuda.default_generators[_cuda_indices(dev)[0]].manual_seed(seed)
+            self._rng = _rng_state(dev)
+
+    def _setup(self) -> None:
+        """Build the batch stream, seed the RNG and create every parameter."""
+        dev = self.device
+        if self.batches is None and self.batch_size is not None:
+            rank, world = (0, 1) if self.dp is None else (self.dp.rank, self.dp.world_size)
+            self.batches = IndexBatches(
+                int(self.data_size), int(self.batch_size), seed=self.seed, rank=rank, world_size=world, device=dev
+            )
+        self._seed_rng(self.seed)
+        with self.active():
+            self._create_params()
+
+    def _setup_ranks(self) -> None:
+        """:meth:`_setup` on every rank together: check the ranks agree, then start them from rank 0's parameters.
+
+        Every rank creates the parameters under the shared seed (so lazily created ones exist everywhere),
+        the ranks compare their settings, data and parameters, and every rank takes rank 0's values.
+        Then each rank other than 0 moves to an RNG stream of its own.
+        """
+        dp = self.dp
+        dp.agree(
+            {
+                "data_size": self.data_size,
+                "batch_size": self.batch_size,
+                "num_steps": self.num_steps,
+                "seed": self.seed,
+                "data": data_fingerprint(self.args) + data_fingerprint(self.kwargs),
+            },
+            "settings and data",
+        )
+        dp.together("creating the parameters", self._setup)
+        store_state = self.param_state
+        self._names = sorted(store_state["params"])
+        with self.active():
+            store = pyro.get_param_store()
+            tensors = [store.get_param(name).unconstrained().detach() for name in self._names]
+        dp.agree(
+            {"parameters": [(n, list(t.shape), str(t.dtype)) for n, t in zip(self._names, tensors, strict=True)]},
+            "parameters (names, shapes and dtypes)",
+        )
+        with torch.no_grad():
+            dp.broadcast_tensors(tensors)
+        if dp.rank:  # rank 0 goes on with the seed's stream, as one process would
+            self._seed_rng(dp.rank_seed(self.seed))
 
     def _create_params(self) -> None:
         """Create every parameter once (guide and model), so that a loaded state can overwrite them in place
@@ -1338,7 +1431,8 @@ class SVIRunner:
         """What a step's unfinished part may change: ``extra_state`` (restored in memory after an interrupt or a
         non-finite loss) and, for a checkpoint to redo it exactly, the RNG and the batch stream (copied only when
         the runner writes checkpoints: this runs on every step)."""
-        saving = self.checkpoint_path is not None
+        # A data-parallel step may be called off by the ranks after its draws: it is then undone from this mark.
+        saving = self.checkpoint_path is not None or self.dp is not None
         return {
             "rng": self._current_rng() if saving else None,
             "batches": self.batches.mark() if self.batches is not None and saving else None,
@@ -1348,6 +1442,7 @@ class SVIRunner:
     def begin_step(self) -> None:
         """Mark the start of a step (a loop runs its per-step hook after this, as part of the step)."""
         self.started, self.phase = self.mark(), "step"
+        self._ranks_handled = False
 
     def settle(self) -> None:
         """End the step (or its callback): the runner is between steps."""
@@ -1361,8 +1456,11 @@ class SVIRunner:
         step = len(self.losses)
         step_a, step_kw = self._step_args()  # outside the device scope: the batch RNG lives on its own device
         rng_at_step = _rng_state(self.device)  # a few kB: lets a failed step be traced again with its own draws
-        with tensors_on(self._step_device):
-            value, params, why = _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+        if self.dp is None:
+            with tensors_on(self._step_device):
+                value, params, why = _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+        else:
+            value, params, why = self._reduced_loss_and_grads(step, step_a, step_kw, rng_at_step)
         if why:
             self._non_finite(step, value, why, step_a, step_kw, rng_at_step)
         # The update: everything the step changes in the runner's state, applied together with
@@ -1380,6 +1478,93 @@ class SVIRunner:
             self.started, self.phase = self.mark(), "callback"
         return value
 
+    def _reduced_loss_and_grads(
+        self, step: int, step_a: tuple, step_kw: dict, rng_at_step: dict[str, Any]
+    ) -> tuple[float, set[torch.Tensor], str]:
+        """:func:`_loss_and_grads` on this rank's shard, then the step's one all-reduce over the ranks.
+
+        The flat float64 buffer holds every parameter's gradient (parameters in sorted name order), a
+        flag per parameter for whether this rank's step touched it, the loss, a stop request and one
+        status slot per rank. The sums give every rank the same averaged gradients and loss, and the
+        same view of what went wrong where: a failure, a Ctrl-C or a stop on any rank ends the step on
+        all of them (the update is not applied). Returns as :func:`_loss_and_grads` does.
+        """
+        dp, world = self.dp, self.dp.world_size
+        store = pyro.get_param_store()
+        tensors = [store.get_param(name).unconstrained() for name in self._names]
+        status, error, value, params, why = _RANK_OK, None, math.nan, set(), ""
+        if self.pending_error is not None:  # the last step's callback failed on this rank
+            status, error, self.pending_error = _RANK_FAILED, self.pending_error, None
+        else:
+            try:
+                with tensors_on(self._step_device):
+                    value, params, why = _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+                status = _RANK_NON_FINITE if why else _RANK_OK
+            except KeyboardInterrupt:
+                status = _RANK_INTERRUPTED
+            except Exception as err:  # noqa: BLE001 - every rank raises after the exchange below
+                status, error = _RANK_FAILED, err
+        if status == _RANK_OK and self.signalled:
+            status = _RANK_INTERRUPTED
+        touched = {id(t) for t in params}
+        sizes = [t.numel() for t in tensors]
+        n_grad = sum(sizes)
+        buf = torch.zeros(n_grad + len(tensors) + 2 + world, dtype=torch.float64, device=self.device)
+        offset = 0
+        for i, (t, n) in enumerate(zip(tensors, sizes, strict=True)):
+            if id(t) in touched and t.grad is not None:
+                buf[offset : offset + n] = t.grad.reshape(-1)
+                buf[n_grad + i] = 1.0
+            offset += n
+        tail = n_grad + len(tensors)
+        buf[tail] = value if status == _RANK_OK else 0.0
+        buf[tail + 1] = float(self.stop_requested)
+        buf[tail + 2 + dp.rank] = float(status)
+        dp.all_reduce(buf)
+        statuses = [int(v) for v in buf[tail + 2 :].tolist()]
+        if any(statuses) or buf[tail + 1] > 0:
+            zero_grads(set(tensors))
+            return self._ranks_called_off(step, statuses, error, rng_at_step)
+        value = float(buf[tail]) / world
+        params = set()
+        with torch.no_grad():
+            offset = 0
+            for i, (t, n) in enumerate(zip(tensors, sizes, strict=True)):
+                if buf[n_grad + i] > 0:
+                    t.grad = (buf[offset : offset + n] / world).view_as(t).to(t.dtype)
+                    params.add(t)
+                offset += n
+        return value, params, ""
+
+    def _ranks_called_off(
+        self, step: int, statuses: list[int], error: BaseException | None, rng_at_step: dict[str, Any]
+    ) -> tuple[float, set[torch.Tensor], str]:
+        """Every rank's answer to a step that some rank could not finish (run on every rank together)."""
+        dp = self.dp
+        failed = [r for r, s in enumerate(statuses) if s == _RANK_FAILED]
+        non_finite = [r for r, s in enumerate(statuses) if s == _RANK_NON_FINITE]
+        if failed:
+            self.interrupted(f"rank {failed[0]} failed at step {step}")
+            texts = dp.gather(None if error is None else f"{type(error).__name__}: {error}", "reporting an error")
+            self._ranks_handled = True
+            if error is not None:
+                raise error
+            raise DistributedError(f"rank {failed[0]} failed at step {step}: {texts[failed[0]]}")
+        if non_finite:
+            self._bad_ranks = non_finite
+            return math.nan, set(), f"non-finite loss or gradient on rank(s) {non_finite}"
+        if _RANK_INTERRUPTED in statuses:
+            self.interrupted("interrupted")
+            self._ranks_handled = True
+            raise KeyboardInterrupt(f"data-parallel fit interrupted on rank(s) {statuses.index(_RANK_INTERRUPTED)}")
+        # A stop asked for on some rank: undo the step's draws, so that the state is the one after the last update.
+        _set_rng_state(self.started["rng"], self.device)
+        self.batches.load_state_dict(self.batches.state_dict(self.started["batches"]))
+        if self.extra_state is not None:
+            self.extra_state.load_state_dict(self.started["extra"])
+        self.stop_requested = False
+        raise _RanksStopped
+
     def _non_finite(
         self, step: int, value: float, why: str, step_a: tuple, step_kw: dict, rng_at_step: dict[str, Any]
     ) -> None:
@@ -1390,10 +1575,14 @@ class SVIRunner:
         if self.checkpoint_path is not None:
             self.save_checkpoint()
         _set_rng_state(rng_at_step, self.device)
-        with tensors_on(self._step_device):
-            blame = _blame_non_finite(self.model, self.guide, step_a, step_kw)
+        if self.dp is None:
+            with tensors_on(self._step_device):
+                blame = _blame_non_finite(self.model, self.guide, step_a, step_kw)
+        else:
+            blame = self._ranks_blame(step_a, step_kw)
         kept = f"from step {step - 1}" if step else "they started with"
         written = self.written
+        self._ranks_handled = self.dp is not None
         raise NonFiniteLossError(
             f"SVI stopped at step {step}: {why} (loss={value}); {blame.text}. "
             f"The update was not applied, so the parameters keep the values {kept}"
@@ -1405,6 +1594,17 @@ class SVIRunner:
             site=blame.site,
             origin=blame.origin,
         )
+
+    def _ranks_blame(self, step_a: tuple, step_kw: dict) -> _Blame:
+        """The culprit of a non-finite step, traced on the first rank that had one and told to every rank."""
+        mine = None
+        if self.dp.rank == self._bad_ranks[0]:
+            with tensors_on(self._step_device):
+                found = _blame_non_finite(self.model, self.guide, step_a, step_kw)
+            mine = (found.site, found.origin, found.text, found.advice)
+        told = self.dp.gather(mine, "reporting a non-finite loss")[self._bad_ranks[0]]
+        site, origin, text, advice = told
+        return _Blame(site, origin, f"on rank {self._bad_ranks[0]}'s minibatch, {text}", advice)
 
     def _sliced(self, index: torch.Tensor) -> tuple:
         """``batch_args(index)``: the step's positional arguments, on the fitting device."""
@@ -1473,15 +1673,20 @@ class SVIRunner:
                 if self.batches is not None:
                     at["batches"] = self.batches.mark()
         stop = None if callback_pending else self.stop_reason
+        rng, batches = at["rng"], None if self.batches is None else self.batches.state_dict(at["batches"])
+        if self.dp is not None:  # every rank's own RNG and shard position, in rank order
+            pairs = self.dp.gather((rng, batches), "collecting the checkpoint")
+            rng, batches = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
         return {
             "format": _CHECKPOINT_FORMAT,
             "version": _CHECKPOINT_VERSION,
+            "world_size": 1 if self.dp is None else self.dp.world_size,
             "step": len(self.losses),
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "params": params,
             "optim": optim,
-            "rng": at["rng"],
-            "batches": None if self.batches is None else self.batches.state_dict(at["batches"]),
+            "rng": rng,
+            "batches": batches,
             "average": {k: v.detach().cpu().clone() for k, v in self.average.items()},
             "extra": at["extra"],
             "stop_reason": stop,
@@ -1504,6 +1709,7 @@ class SVIRunner:
         """
         self._check_initialised()
         dev = self.device
+        state = self._own_part(state, source)
         with self.active():
             _restore(state, self.optim, self.batches, dev, Path(source) if source is not None else None)
         self.losses = [float(v) for v in state["losses"]]
@@ -1512,15 +1718,36 @@ class SVIRunner:
             self.extra_state.load_state_dict(move_to_device(state["extra"], dev))
         self.stop_reason = state.get("stop_reason")
 
+    def _own_part(self, state: Mapping[str, Any], source: PathLikeStr | None) -> Mapping[str, Any]:
+        """``state`` with this rank's RNG and batch position (a data-parallel state holds every rank's)."""
+        world = int(state.get("world_size", 1))
+        ours = 1 if self.dp is None else self.dp.world_size
+        if world != ours:
+            raise CheckpointError(
+                f"{source or 'the state'} was written by a fit on {world} rank(s) and this fit has {ours}: "
+                f"resume it with the same number of ranks (--nproc {world})"
+            )
+        if not isinstance(state.get("rng"), list):
+            return state
+        rank = 0 if self.dp is None else self.dp.rank
+        return {**state, "rng": state["rng"][rank], "batches": state["batches"][rank]}
+
     def save_checkpoint(self, at: Mapping[str, Any] | None = None, *, callback_pending: bool = False) -> Path:
-        """Write :meth:`state_dict` to the ``checkpoint`` file, atomically."""
+        """Write :meth:`state_dict` to the ``checkpoint`` file, atomically (data-parallel: every rank calls it,
+        rank 0 writes the file holding every rank's state)."""
         if self.checkpoint_path is None:
             raise ValueError("save_checkpoint needs a runner built with checkpoint=<path>")
-        self.written = _save_checkpoint(self.checkpoint_path, self.state_dict(at, callback_pending=callback_pending))
+        state = self.state_dict(at, callback_pending=callback_pending)
+        if self.dp is None or self.dp.rank == 0:
+            self.written = _save_checkpoint(self.checkpoint_path, state)
+        else:
+            self.written = self.checkpoint_path
         return self.written
 
     def interrupted(self, what: str) -> None:
         """Bring the state back to the last consistent point and write it to the checkpoint, if any."""
+        if self._ranks_handled:  # the ranks have done this together already
+            return
         if self.phase == "update":
             # Only an exception raised by the update's own code gets here (Ctrl-C is held): the step is
             # partly applied, so this state is not written; the last checkpoint stays as it is.
@@ -1590,6 +1817,7 @@ def run_svi(
     batch_args: Callable[[torch.Tensor], tuple] | None = None,
     model_args: Sequence[Any] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    distributed: bool | DataParallel = False,
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
@@ -1699,6 +1927,15 @@ def run_svi(
         False: never (models that build every tensor from the data, as
         bayesgen's do; saves the probe); True: always. Parameters are created
         on the device either way.
+    distributed : bool or bayesgen.distributed.DataParallel, default False
+        Fit data-parallel over the ranks of a ``torchrun`` launch (True reads
+        them from the environment; see :mod:`bayesgen.distributed`). Every rank
+        calls ``run_svi`` with the same arguments and the whole data;
+        ``batch_size`` is per rank, so a step sees ``world_size * batch_size``
+        rows. Every rank ends with the same parameters, losses and stop reason,
+        and with the same error when one rank fails; rank 0 writes the
+        checkpoint, which holds every rank's RNG state and resumes only with
+        the same number of ranks.
 
     Returns
     -------
@@ -1766,6 +2003,7 @@ def run_svi(
         average_last=average_last,
         device_scope=device_scope,
         checkpoint=checkpoint,
+        distributed=distributed,
     )
     resume_path: Path | None = None
     if resume is True:
@@ -1774,11 +2012,11 @@ def run_svi(
         resume_path = Path(checkpoint)
     elif resume:
         resume_path = Path(resume)
-    saved = load_checkpoint(resume_path) if resume_path is not None else None
+    saved = _read_checkpoint(resume_path, runner.dp) if resume_path is not None else None
     start = time.perf_counter()
     runner.init(*args, **kwargs)
     loop = _Loop(runner, callback, before_step, convergence, checkpoint_every)
-    with runner.active():
+    with runner.active(), _signals_noted(runner) if runner.dp is not None else contextlib.nullcontext():
         if saved is not None:
             runner.load_state_dict(saved, source=resume_path)
             if len(runner.losses) > runner.num_steps:
@@ -1822,24 +2060,45 @@ class _Loop:
         self.stop_reason = reason
         self.runner.stop_reason = None if reason == "max_steps" else reason
 
+    def after_update_ranks(self, step: int, value: float) -> str:
+        """:meth:`after_update` on one rank of a data-parallel fit: a stop it asks for, or an error it raises, is
+        told to the other ranks at the next step's all-reduce (the convergence check needs no telling: every
+        rank has the same losses)."""
+        try:
+            reason = self.after_update(step, value)
+        except Exception as err:  # noqa: BLE001 - raised on every rank at the next step
+            self.runner.pending_error, reason = err, "max_steps"
+        if reason == "callback":
+            self.runner.stop_requested, reason = True, "max_steps"
+        return reason
+
     def run(self, *, pending: bool, progress: bool) -> None:
         runner = self.runner
         # Re-read after a loaded state: a run that ended converged resumes as finished.
         self.set_stop("converged" if runner.stop_reason == "converged" else "max_steps")
         bar = _progress_bar(progress, runner.num_steps, len(runner.losses))
+        ranks = runner.dp is not None
+        after = self.after_update_ranks if ranks else self.after_update
         try:
             if pending:  # the checkpoint's last step is applied, its callback did not finish
                 runner.started, runner.phase = runner.mark(), "callback"
-                self.set_stop(self.after_update(len(runner.losses) - 1, runner.losses[-1]))
+                self.set_stop(after(len(runner.losses) - 1, runner.losses[-1]))
                 runner.settle()
             for step in range(len(runner.losses), runner.num_steps if self.stop_reason == "max_steps" else 0):
                 runner.begin_step()
                 if self.before_step is not None and self.before_step(step):
+                    if not ranks:
+                        runner.settle()
+                        self.set_stop("callback")
+                        break
+                    runner.stop_requested = True  # the ranks call the step off together
+                try:
+                    value = runner.finish_step()
+                except _RanksStopped:
                     runner.settle()
                     self.set_stop("callback")
                     break
-                value = runner.finish_step()
-                self.set_stop(self.after_update(step, value))
+                self.set_stop(after(step, value))
                 runner.settle()
                 if bar is not None:
                     bar.update(1)
@@ -1849,18 +2108,61 @@ class _Loop:
                     runner.save_checkpoint()
                 if self.stop_reason != "max_steps":
                     break
+            if ranks:  # a callback error of the last step has no next step to travel with
+                pending_error, runner.pending_error = runner.pending_error, None
+                runner.dp.together("finishing the run", lambda: _raise(pending_error))
             if runner.checkpoint_path is not None:  # inside the try: Ctrl-C during this write still leaves one
                 runner.save_checkpoint()
         except KeyboardInterrupt:
-            runner.interrupted("interrupted")
+            if not ranks:  # the ranks write their checkpoint together, before raising
+                runner.interrupted("interrupted")
             raise
         except (RuntimeError, MemoryError) as err:
-            if is_out_of_memory(err):  # the steps done so far are kept
+            if is_out_of_memory(err) and not ranks:  # the steps done so far are kept
                 runner.interrupted("out of memory")
             raise
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _raise(error: BaseException | None) -> None:
+    if error is not None:
+        raise error
+
+
+def _read_checkpoint(path: Path, dp: DataParallel | None) -> dict[str, Any]:
+    """:func:`load_checkpoint`; data-parallel, rank 0 reads it and hands it to the others (no shared disk needed)."""
+    if dp is None:
+        return load_checkpoint(path)
+    payload: Any = None
+    if dp.rank == 0:
+        try:
+            payload = load_checkpoint(path)
+        except CheckpointError as err:
+            payload = str(err)
+    payload = dp.broadcast(payload, "reading the checkpoint")
+    if isinstance(payload, str):
+        raise CheckpointError(payload)
+    return payload
+
+
+@contextlib.contextmanager
+def _signals_noted(runner: SVIRunner) -> Iterator[None]:
+    """Turn Ctrl-C and SIGTERM into a note the ranks act on together at the next step (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        runner.signalled = True
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _result(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -35,9 +35,13 @@ import pyro
 import torch
 from torch import nn
 
+from bayesgen._runtime import seeded
 from bayesgen._typing import PathLikeStr
 from bayesgen.infer import param_scope
 from bayesgen.models._base import BayesianEstimator
+
+if TYPE_CHECKING:
+    from bayesgen.distributed import DataParallel
 
 __all__ = ["NeuralEstimator", "refine_local"]
 
@@ -96,6 +100,22 @@ def refine_local(
             m.grad, log_s.grad = torch.autograd.grad(-elbo, [m, log_s])
             opt.step()
     return m.detach(), log_s.detach().exp()
+
+
+def _world_size(distributed: bool | DataParallel) -> int:
+    """The number of ranks a ``distributed=`` option fits on (1 when not data-parallel)."""
+    if not distributed:
+        return 1
+    if distributed is True:
+        import os
+
+        return int(os.environ.get("WORLD_SIZE", 1))
+    return int(distributed.world_size)
+
+
+def _epoch_seed(seed: int | None, epoch: int) -> int:
+    """The seed of an epoch's validation draws in a data-parallel fit (the same on every rank)."""
+    return int(np.random.SeedSequence([0 if seed is None else int(seed) % 2**63, int(epoch)]).generate_state(1)[0])
 
 
 class _EpochBook:
@@ -280,6 +300,7 @@ class NeuralEstimator(BayesianEstimator):
         resume: bool | PathLikeStr,
         desc: str,
         model_kwargs: dict[str, Any] | None = None,
+        distributed: bool | DataParallel = False,
     ) -> None:
         """Run ``num_epochs`` epochs of minibatch SVI with per-epoch bookkeeping.
 
@@ -288,9 +309,13 @@ class NeuralEstimator(BayesianEstimator):
         without improvement and the best epoch's weights are restored. Sets
         ``history_``, ``best_epoch_``, ``losses_`` (per row), ``fit_seconds_``
         and ``seconds_per_epoch_``. ``model_kwargs`` go to the model and guide
-        with ``args`` (whole-training-set tensors, like ``args``).
+        with ``args`` (whole-training-set tensors, like ``args``). With
+        ``distributed``, each epoch is one pass over every rank's shard, and the
+        validation ELBO is drawn from a stream seeded by the epoch, so that every
+        rank computes the same value and makes the same early-stopping decision.
         """
-        steps_per_epoch = n_train // int(self.batch_size)
+        world = _world_size(distributed)
+        steps_per_epoch = n_train // world // int(self.batch_size)
         num_steps = steps_per_epoch * int(self.num_epochs)
         book = _EpochBook(self)
         bar = None
@@ -311,7 +336,11 @@ class NeuralEstimator(BayesianEstimator):
             if validate is not None:
                 self._set_training(False)
                 try:
-                    row["val_elbo"] = float(validate())
+                    if distributed:
+                        with seeded(_epoch_seed(self.seed, epoch), self.device_):
+                            row["val_elbo"] = float(validate())
+                    else:
+                        row["val_elbo"] = float(validate())
                 finally:
                     self._set_training(True)
                 if row["val_elbo"] > best["elbo"]:
@@ -340,6 +369,7 @@ class NeuralEstimator(BayesianEstimator):
                 before_step=lambda step: book.stopped or self._before_step(step, num_steps),
                 extra_state=book,
                 model_kwargs=model_kwargs,
+                distributed=distributed,
             )
         finally:
             self._set_training(False)

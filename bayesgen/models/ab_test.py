@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,9 @@ from bayesgen._checks import PRIOR_RANGE, validate_counts, validate_prior
 from bayesgen._runtime import check_ci_prob, check_count, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
+
+if TYPE_CHECKING:
+    from bayesgen.distributed import DataParallel
 
 __all__ = [
     "BetaBinomialTest",
@@ -620,6 +623,7 @@ class BetaBinomialTest(BayesianEstimator):
         checkpoint: PathLikeStr | None = None,
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
+        distributed: bool | DataParallel = False,
     ) -> BetaBinomialTest:
         """Fit to raw events: one row per visitor with a variant and a 0/1 outcome.
 
@@ -636,8 +640,10 @@ class BetaBinomialTest(BayesianEstimator):
         events : pandas.DataFrame
         variant_col, outcome_col : str
             Column names; variants are named by their values (sorted).
-        checkpoint, checkpoint_every, resume
-            See :func:`bayesgen.infer.run_svi`.
+        checkpoint, checkpoint_every, resume, distributed
+            See :func:`bayesgen.infer.run_svi`. ``distributed=True`` fits the events path data-parallel
+            under ``torchrun`` (``batch_size`` events per rank); the counts path is two sums per variant
+            and runs whole on every rank.
 
         Returns
         -------
@@ -663,6 +669,7 @@ class BetaBinomialTest(BayesianEstimator):
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            distributed=distributed,
         )
         self._read_guide()
         return self

@@ -45,7 +45,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,9 @@ from bayesgen._runtime import (
 )
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
+
+if TYPE_CHECKING:
+    from bayesgen.distributed import DataParallel
 
 __all__ = [
     "ComponentMixture",
@@ -967,14 +970,16 @@ class MixtureAnomalyDetector(BayesianEstimator):
         checkpoint: PathLikeStr | None = None,
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
+        distributed: bool | DataParallel = False,
     ) -> MixtureAnomalyDetector:
         """Fit the mixture to unlabelled rows.
 
         Parameters
         ----------
         X : array_like, shape (n_rows, n_features), or a DataFrame of numeric columns
-        checkpoint, checkpoint_every, resume
-            See :func:`bayesgen.infer.run_svi`.
+        checkpoint, checkpoint_every, resume, distributed
+            See :func:`bayesgen.infer.run_svi`; ``distributed=True`` fits data-parallel under ``torchrun``
+            (``batch_size`` rows per rank).
 
         Returns
         -------
@@ -1084,6 +1089,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            distributed=distributed,
             **self._kwargs(),
         )
         frac = float(self.anomaly_fraction()["mean"])

@@ -45,7 +45,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -68,6 +68,9 @@ from bayesgen._runtime import (
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator, refine_local
 from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coherence, topic_diversity
+
+if TYPE_CHECKING:
+    from bayesgen.distributed import DataParallel
 
 __all__ = [
     "DocumentMultinomial",
@@ -770,6 +773,7 @@ class ProdLDA(NeuralEstimator):
         checkpoint: PathLikeStr | None = None,
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
+        distributed: bool | DataParallel = False,
     ) -> ProdLDA:
         """Fit topics to documents.
 
@@ -783,8 +787,9 @@ class ProdLDA(NeuralEstimator):
         validation : same kinds as ``docs``, optional
             Held-out documents for the per-epoch held-out ELBO and early
             stopping (else ``validation_fraction`` of ``docs``).
-        checkpoint, checkpoint_every, resume
-            See :func:`bayesgen.infer.run_svi`.
+        checkpoint, checkpoint_every, resume, distributed
+            See :func:`bayesgen.infer.run_svi`; ``distributed=True`` fits data-parallel under ``torchrun``
+            (``batch_size`` rows per rank).
 
         Returns
         -------
@@ -837,6 +842,7 @@ class ProdLDA(NeuralEstimator):
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            distributed=distributed,
             desc="ProdLDA",
             # The multinomial coefficients do not depend on the parameters: computed once, not per step.
             model_kwargs={"log_coef": log_multinomial_coef(self._x)},

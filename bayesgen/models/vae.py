@@ -45,7 +45,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,9 @@ from torch import nn
 from bayesgen._runtime import check_count, check_flag, check_labels, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
+
+if TYPE_CHECKING:
+    from bayesgen.distributed import DataParallel
 
 __all__ = ["VAE", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "model", "guide", "iwae_bound"]
 
@@ -600,6 +603,7 @@ class VAE(NeuralEstimator):
         checkpoint: PathLikeStr | None = None,
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
+        distributed: bool | DataParallel = False,
     ) -> VAE:
         """Train encoder and decoder by minibatch SVI.
 
@@ -611,8 +615,9 @@ class VAE(NeuralEstimator):
         X_val, y_val : array_like, optional
             Validation rows for the per-epoch validation ELBO and early
             stopping (else ``validation_fraction`` of ``X`` is held out).
-        checkpoint, checkpoint_every, resume
-            See :func:`bayesgen.infer.run_svi`; ``checkpoint_every`` counts steps.
+        checkpoint, checkpoint_every, resume, distributed
+            See :func:`bayesgen.infer.run_svi`; ``checkpoint_every`` counts steps; ``distributed=True`` fits
+            data-parallel under ``torchrun`` (``batch_size`` rows per rank).
 
         Returns
         -------
@@ -678,6 +683,7 @@ class VAE(NeuralEstimator):
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
+            distributed=distributed,
             desc="VAE",
         )
         return self

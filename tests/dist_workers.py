@@ -1,0 +1,268 @@
+"""Data-parallel fits run in spawned processes for tests/test_distributed.py (2 ranks, gloo, file rendezvous).
+
+:func:`run_ranks` starts ``world_size`` processes, each of which joins one process group and runs
+the named scenarios in order; every scenario returns a picklable result or the exception it raised
+(type name and message), per rank. A rank that does not finish in time is killed and reported, so
+a hang fails the test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing as mp
+import os
+import queue
+import signal
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+N_ROWS = 40  # rows of the regression data; each rank's shard is N_ROWS // world_size
+
+
+def regression_data(n: int = N_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small linear regression in float64 (x, y) with known slope 1.5 and intercept -0.5."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.linspace(-2.0, 2.0, n, dtype=torch.float64)
+    y = 1.5 * x - 0.5 + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def regression_model(x: torch.Tensor, y: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+    w = pyro.sample("w", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+    b = pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+    with pyro.plate("rows", len(x), subsample=subsample) as i:
+        pyro.sample("y", dist.Normal(w * x[i] + b, 0.3), obs=y[i])
+
+
+def delta_guide(x: torch.Tensor, y: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+    """A deterministic guide: the parameter path depends on the data and the update only."""
+    w = pyro.param("w_loc", torch.tensor(0.2, dtype=x.dtype))
+    b = pyro.param("b_loc", torch.tensor(-0.1, dtype=x.dtype))
+    pyro.sample("w", dist.Delta(w))
+    pyro.sample("b", dist.Delta(b))
+
+
+def normal_guide(x: torch.Tensor, y: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+    """A stochastic guide with created-on-first-use parameters."""
+    for name in ("w", "b"):
+        loc = pyro.param(f"{name}_loc", torch.tensor(0.0, dtype=x.dtype))
+        scale = pyro.param(f"{name}_scale", torch.tensor(0.5, dtype=x.dtype), constraint=constraints.positive)
+        pyro.sample(name, dist.Normal(loc, scale))
+
+
+def sgd_path(**options: Any) -> dict[str, Any]:
+    """Five SGD steps of the regression with the Delta guide: losses and the parameters after each step."""
+    from bayesgen.infer import run_svi
+
+    x, y = regression_data()
+    path: list[list[float]] = []
+
+    def record(step: int, loss: float) -> None:
+        path.append([float(pyro.param("w_loc").detach()), float(pyro.param("b_loc").detach())])
+
+    result = run_svi(
+        regression_model,
+        delta_guide,
+        x,
+        y,
+        num_steps=5,
+        optimizer=pyro.optim.SGD({"lr": 1e-4}),
+        data_size=N_ROWS,
+        callback=record,
+        seed=0,
+        **options,
+    )
+    return {"losses": result.losses.tolist(), "path": path}
+
+
+def adam_fit(num_steps: int = 20, **options: Any) -> dict[str, Any]:
+    """Adam on the regression with a stochastic guide: losses and the exact bytes of every parameter."""
+    from bayesgen.infer import run_svi
+
+    x, y = regression_data()
+    result = run_svi(
+        regression_model,
+        normal_guide,
+        x,
+        y,
+        num_steps=num_steps,
+        learning_rate=0.05,
+        data_size=N_ROWS,
+        seed=3,
+        **options,
+    )
+    raw = {k: v.detach().numpy().tobytes() for k, v in result.param_state["params"].items()}
+    return {"losses": result.losses.tolist(), "params": raw, "stop_reason": result.stop_reason}
+
+
+# ---------------------------------------------------------------- scenarios (one process group, in order)
+def _equivalence(dp: Any) -> Any:
+    return sgd_path(batch_size=5, distributed=dp)
+
+
+def _stochastic(dp: Any) -> Any:
+    return adam_fit(batch_size=5, distributed=dp)
+
+
+def _straight(dp: Any) -> Any:
+    return adam_fit(num_steps=12, batch_size=5, distributed=dp)
+
+
+def _early_stop(dp: Any) -> Any:
+    # Only rank 0's callback asks to stop, after step 3.
+    return adam_fit(batch_size=5, distributed=dp, callback=lambda step, loss: dp.rank == 0 and step == 3)
+
+
+def _non_finite(dp: Any) -> Any:
+    from bayesgen.infer import run_svi
+
+    x, y = regression_data()
+    y = y.clone()
+    y[5] = float("nan")  # rank 0's first shard holds it or rank 1's does: one rank only
+    run_svi(regression_model, normal_guide, x, y, num_steps=5, data_size=N_ROWS, batch_size=N_ROWS // 2, distributed=dp)
+
+
+def _model_error(dp: Any) -> Any:
+    from bayesgen.infer import run_svi
+
+    x, y = regression_data()
+    calls = {"n": 0}
+
+    def model(x: torch.Tensor, y: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+        calls["n"] += 1
+        if dp.rank == 1 and calls["n"] == 4:
+            raise RuntimeError("the model broke on rank 1")
+        regression_model(x, y, subsample)
+
+    run_svi(model, normal_guide, x, y, num_steps=6, data_size=N_ROWS, batch_size=5, distributed=dp)
+
+
+def _mismatch(dp: Any) -> Any:
+    from bayesgen.infer import run_svi
+
+    x, y = regression_data()
+    if dp.rank == 1:
+        y = y + 1.0
+    run_svi(regression_model, normal_guide, x, y, num_steps=3, data_size=N_ROWS, batch_size=5, distributed=dp)
+
+
+def _resume(dp: Any, folder: Path) -> Any:
+    """A pause by rank 1's callback after step 4, then resume: both written to one checkpoint file."""
+    ckpt = folder / "pause.pt"
+    first = adam_fit(
+        num_steps=12,
+        batch_size=5,
+        distributed=dp,
+        checkpoint=ckpt,
+        callback=lambda step, loss: dp.rank == 1 and step == 4,
+    )
+    second = adam_fit(num_steps=12, batch_size=5, distributed=dp, checkpoint=ckpt, resume=True)
+    return {"first": first, "second": second}
+
+
+def _interrupt(dp: Any, folder: Path) -> Any:
+    """Ctrl-C on rank 1 after step 6 (a real SIGINT), then resume from the checkpoint it leaves."""
+    ckpt = folder / "interrupt.pt"
+
+    def ctrl_c(step: int, loss: float) -> None:
+        if dp.rank == 1 and step == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        adam_fit(num_steps=12, batch_size=5, distributed=dp, checkpoint=ckpt, callback=ctrl_c)
+        interrupted = "no interrupt"
+    except KeyboardInterrupt:
+        interrupted = "KeyboardInterrupt"
+    resumed = adam_fit(num_steps=12, batch_size=5, distributed=dp, checkpoint=ckpt, resume=True)
+    return {"interrupted": interrupted, "resumed": resumed}
+
+
+def _ab_events(dp: Any) -> Any:
+    import pandas as pd
+
+    from bayesgen import BetaBinomialTest
+
+    rng = np.random.default_rng(11)
+    variant = np.repeat(["A", "B"], [1500, 1300])
+    outcome = np.concatenate([rng.random(1500) < 0.08, rng.random(1300) < 0.11]).astype(int)
+    events = pd.DataFrame({"variant": variant, "converted": outcome})
+    test = BetaBinomialTest(batch_size=200, num_steps=1500, device="cpu", seed=0)
+    test.fit_events(events, variant_col="variant", outcome_col="converted", distributed=dp)
+    return {
+        "data_path": test.data_path_,
+        "exact": [test.exact_alpha_.tolist(), test.exact_beta_.tolist()],
+        "svi": [test.posterior_alpha_.tolist(), test.posterior_beta_.tolist()],
+    }
+
+
+SCENARIOS = {
+    "equivalence": _equivalence,
+    "stochastic": _stochastic,
+    "straight": _straight,
+    "early_stop": _early_stop,
+    "non_finite": _non_finite,
+    "model_error": _model_error,
+    "mismatch": _mismatch,
+    "ab_events": _ab_events,
+}
+WITH_FOLDER = {"resume": _resume, "interrupt": _interrupt}
+
+
+def _worker(rank: int, world_size: int, folder: str, names: Sequence[str], out: Any) -> None:
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from bayesgen.distributed import DataParallel
+
+    tdist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    dp = DataParallel.from_env()
+    for name in names:
+        try:
+            fn = SCENARIOS.get(name)
+            result = fn(dp) if fn is not None else WITH_FOLDER[name](dp, Path(folder))
+            out.put((rank, name, "ok", result))
+        except BaseException as err:  # noqa: BLE001 - reported to the test
+            out.put((rank, name, "error", (type(err).__name__, str(err), traceback.format_exc())))
+    tdist.destroy_process_group()
+
+
+def run_ranks(names: Sequence[str], *, world_size: int = 2, timeout: float = 240.0) -> dict[str, list[Any]]:
+    """Run the scenarios ``names`` on ``world_size`` spawned ranks; ``{name: [per-rank (status, result)]}``."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    with tempfile.TemporaryDirectory() as folder:
+        procs = [ctx.Process(target=_worker, args=(r, world_size, folder, list(names), out)) for r in range(world_size)]
+        for p in procs:
+            p.start()
+        results: dict[str, list[Any]] = {name: [None] * world_size for name in names}
+        expected = len(names) * world_size
+        got = 0
+        try:
+            while got < expected:
+                rank, name, status, value = out.get(timeout=timeout)
+                results[name][rank] = (status, value)
+                got += 1
+        except queue.Empty:
+            missing = [(n, r) for n in names for r in range(world_size) if results[n][r] is None]
+            raise AssertionError(f"ranks did not finish within {timeout} s (hang?): missing {missing}") from None
+        finally:
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+    return results
