@@ -28,6 +28,7 @@ SCENARIOS = [
     "resume",
     "interrupt",
     "ab_events",
+    "vae",
 ]
 
 
@@ -192,8 +193,28 @@ def test_a_two_rank_checkpoint_does_not_resume_in_one_process(ranks: dict, tmp_p
 
 
 def test_distributed_needs_a_minibatch_and_a_launch() -> None:
+    import pandas as pd
+
+    from bayesgen import BetaBinomialTest
+
+    events = pd.DataFrame({"variant": ["A", "B"] * 20, "converted": [0, 1, 1, 0] * 10})
+    with pytest.raises(ValueError, match="batch_size"):
+        BetaBinomialTest().fit_events(events, variant_col="variant", outcome_col="converted", distributed=True)
     x, y = dw.regression_data()
     with pytest.raises(ValueError, match="batch_size"):
         run_svi(dw.regression_model, dw.normal_guide, x, y, num_steps=2, distributed=True)
     with pytest.raises(ValueError, match="torchrun"):
         run_svi(dw.regression_model, dw.normal_guide, x, y, num_steps=2, data_size=40, batch_size=5, distributed=True)
+
+
+def test_two_rank_vae_reaches_the_one_process_heldout_elbo(ranks: dict) -> None:
+    r0, r1 = ok(ranks["vae"])
+    assert r0 == r1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = [dw.vae_heldout_elbo(batch_size=64, seed=seed) for seed in (0, 1)]
+    finally:
+        torch.set_num_threads(threads)
+    noise = abs(one[0] - one[1])
+    assert abs(r0 - one[0]) < max(3 * noise, 0.02 * abs(one[0])), (r0, one)

@@ -642,8 +642,8 @@ class BetaBinomialTest(BayesianEstimator):
             Column names; variants are named by their values (sorted).
         checkpoint, checkpoint_every, resume, distributed
             See :func:`bayesgen.infer.run_svi`. ``distributed=True`` fits the events path data-parallel
-            under ``torchrun`` (``batch_size`` events per rank); the counts path is two sums per variant
-            and runs whole on every rank.
+            under ``torchrun`` (``batch_size`` events per rank); without ``batch_size`` it raises a
+            ``ValueError``, as the counts path has no rows to shard.
 
         Returns
         -------
@@ -654,6 +654,11 @@ class BetaBinomialTest(BayesianEstimator):
         if variant_col == outcome_col:
             raise ValueError(f"variant_col and outcome_col must be different columns, got {variant_col!r} for both")
         index, outcome, s, n, names = events_to_counts(events, variant_col, outcome_col)
+        if distributed and (self.method == "exact" or self.batch_size is None):
+            raise ValueError(
+                "a data-parallel fit shards events over the ranks: set batch_size (events per rank) with "
+                "method='svi'; the counts path is two sums per variant and needs no ranks"
+            )
         if self.method == "exact" or self.batch_size is None:
             return self._fit_counts(s, n, names, checkpoint, checkpoint_every, resume)
         self._set_data(s, n, names, events=(index, outcome))
