@@ -34,6 +34,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ __all__ = [
     "DataParallel",
     "DistributedError",
     "data_fingerprint",
+    "data_parallel",
     "in_torchrun",
     "launch",
 ]
@@ -137,6 +139,8 @@ class DataParallel:
         if not 0 <= int(rank) < int(world_size):
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.rank, self.world_size, self.local_rank, self.group = int(rank), int(world_size), int(local_rank), group
+        #: Seconds spent in :meth:`all_reduce` and its number of calls (a fit's communication cost).
+        self.reduce_seconds, self.reduce_calls = 0.0, 0
 
     def __repr__(self) -> str:
         return f"DataParallel(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank})"
@@ -218,7 +222,10 @@ class DataParallel:
         """Sum ``buffer`` over the ranks, in place (the step's one collective)."""
         import torch.distributed as dist
 
+        start = time.perf_counter()
         self._collective(what, lambda: dist.all_reduce(buffer, group=self.group))
+        self.reduce_seconds += time.perf_counter() - start
+        self.reduce_calls += 1
         return buffer
 
     def broadcast_tensors(self, tensors: Sequence[torch.Tensor], what: str = "sharing parameters") -> None:
@@ -261,11 +268,51 @@ class DataParallel:
                     + (f" (also differing: {differ[1:]})" if differ[1:] else "")
                 )
 
+    def average_tensors(self, tensors: Sequence[torch.Tensor], what: str = "averaging buffers") -> None:
+        """Replace each floating-point tensor of ``tensors`` by its mean over the ranks, in place (one collective).
+
+        For state that each rank updates from its own rows outside the gradients, such as batch-norm
+        running statistics, so that every rank evaluates the same network.
+        """
+        floats = [t for t in tensors if t.is_floating_point()]
+        if not floats:
+            return
+        flat = torch.cat([t.detach().reshape(-1).double() for t in floats])
+        self.all_reduce(flat, what)
+        flat /= self.world_size
+        offset = 0
+        with torch.no_grad():
+            for t in floats:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
     def rank_seed(self, seed: int) -> int:
         """The seed of this rank's own RNG stream: ``seed`` itself on rank 0, a distinct one on the others."""
         if self.rank == 0:
             return int(seed)
         return int(np.random.SeedSequence([int(seed) % 2**63, self.rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def data_parallel(distributed: bool | DataParallel | None, *, cuda: bool = False) -> DataParallel | None:
+    """The :class:`DataParallel` a ``distributed=`` option asks for: None for False, from the environment for True.
+
+    Parameters
+    ----------
+    distributed : bool or DataParallel or None
+    cuda : bool, default False
+        The fit runs on GPUs (NCCL), used when the process group is not initialised yet.
+
+    Returns
+    -------
+    DataParallel or None
+    """
+    if distributed is None or distributed is False:
+        return None
+    if isinstance(distributed, DataParallel):
+        return distributed
+    if distributed is True:
+        return DataParallel.from_env(cuda=cuda)
+    raise TypeError(f"distributed must be True, False or a bayesgen.distributed.DataParallel, got {distributed!r}")
 
 
 def launch(argv: Sequence[str], nproc: int, *, standalone: bool = True) -> int:

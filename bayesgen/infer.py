@@ -83,7 +83,7 @@ from bayesgen._runtime import (
     tensors_on,
 )
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
-from bayesgen.distributed import DataParallel, DistributedError, data_fingerprint
+from bayesgen.distributed import DataParallel, DistributedError, data_fingerprint, data_parallel
 
 __all__ = [
     "CheckpointError",
@@ -119,16 +119,10 @@ class _RanksStopped(Exception):
 
 def _data_parallel(distributed: bool | DataParallel | None, device: DeviceLike | None) -> DataParallel | None:
     """The :class:`DataParallel` a runner's ``distributed=`` option asks for, or None."""
-    if distributed is None or distributed is False:
-        return None
-    if isinstance(distributed, DataParallel):
-        return distributed
-    if distributed is True:
-        from bayesgen._runtime import resolve_device
+    from bayesgen._runtime import resolve_device
 
-        cuda = device is not None and resolve_device(device).type == "cuda"
-        return DataParallel.from_env(cuda=cuda)
-    raise TypeError(f"distributed must be True, False or a bayesgen.distributed.DataParallel, got {distributed!r}")
+    cuda = bool(distributed) and device is not None and resolve_device(device).type == "cuda"
+    return data_parallel(distributed, cuda=cuda)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -186,6 +180,12 @@ class StepState(Protocol):
     statistics). The runner takes :meth:`state_dict` at the start of every step
     and of every callback, restores it when either is interrupted, and saves it
     in every checkpoint; a resumed run hands it to :meth:`load_state_dict`.
+
+    In a data-parallel fit, an ``extra_state`` may also have a method
+    ``rank_averaged()`` returning the floating-point tensors that each rank
+    updates from its own rows (batch-norm running statistics): the runner sends
+    them in each step's all-reduce and leaves their mean over the ranks in
+    place, so every rank holds the same state.
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -1484,8 +1484,10 @@ class SVIRunner:
         """:func:`_loss_and_grads` on this rank's shard, then the step's one all-reduce over the ranks.
 
         The flat float64 buffer holds every parameter's gradient (parameters in sorted name order), a
-        flag per parameter for whether this rank's step touched it, the loss, a stop request and one
-        status slot per rank. The sums give every rank the same averaged gradients and loss, and the
+        flag per parameter for whether this rank's step touched it, the tensors ``extra_state`` lists in
+        its optional ``rank_averaged()`` (state each rank updates from its own rows, such as batch-norm
+        running statistics, which leave the step as their mean over the ranks), the loss, a stop request
+        and one status slot per rank. The sums give every rank the same averaged gradients and loss, and the
         same view of what went wrong where: a failure, a Ctrl-C or a stop on any rank ends the step on
         all of them (the update is not applied). Returns as :func:`_loss_and_grads` does.
         """
@@ -1509,14 +1511,20 @@ class SVIRunner:
         touched = {id(t) for t in params}
         sizes = [t.numel() for t in tensors]
         n_grad = sum(sizes)
-        buf = torch.zeros(n_grad + len(tensors) + 2 + world, dtype=torch.float64, device=self.device)
+        shared = getattr(self.extra_state, "rank_averaged", lambda: [])()  # e.g. batch-norm running statistics
+        n_shared = sum(t.numel() for t in shared)
+        buf = torch.zeros(n_grad + len(tensors) + n_shared + 2 + world, dtype=torch.float64, device=self.device)
         offset = 0
         for i, (t, n) in enumerate(zip(tensors, sizes, strict=True)):
             if id(t) in touched and t.grad is not None:
                 buf[offset : offset + n] = t.grad.reshape(-1)
                 buf[n_grad + i] = 1.0
             offset += n
-        tail = n_grad + len(tensors)
+        offset = n_grad + len(tensors)
+        for t in shared:
+            buf[offset : offset + t.numel()] = t.detach().reshape(-1)
+            offset += t.numel()
+        tail = offset
         buf[tail] = value if status == _RANK_OK else 0.0
         buf[tail + 1] = float(self.stop_requested)
         buf[tail + 2 + dp.rank] = float(status)
@@ -1528,6 +1536,10 @@ class SVIRunner:
         value = float(buf[tail]) / world
         params = set()
         with torch.no_grad():
+            offset = n_grad + len(tensors)
+            for t in shared:
+                t.copy_((buf[offset : offset + t.numel()] / world).view_as(t))
+                offset += t.numel()
             offset = 0
             for i, (t, n) in enumerate(zip(tensors, sizes, strict=True)):
                 if buf[n_grad + i] > 0:

@@ -226,7 +226,28 @@ def _vae(dp: Any) -> Any:
     return vae_heldout_elbo(batch_size=32, distributed=dp)  # 32 rows per rank: 64 per step, as one process
 
 
+def topic_counts() -> np.ndarray:
+    """400 documents of 40-80 words from 3 known topics over 60 words (a document-term matrix)."""
+    rng = np.random.default_rng(5)
+    topics = rng.dirichlet(np.full(60, 0.1), size=3)
+    theta = rng.dirichlet(np.full(3, 0.3), size=400)
+    return np.stack([rng.multinomial(rng.integers(40, 81), t @ topics) for t in theta])
+
+
+def _prodlda(dp: Any) -> Any:
+    """ProdLDA with batch norm, dropout, validation and early stopping: every rank must end identical."""
+    from bayesgen import ProdLDA
+
+    counts = topic_counts()
+    model = ProdLDA(num_topics=3, hidden_dim=32, num_epochs=8, batch_size=25, patience=2, device="cpu", seed=0)
+    model.fit(counts[:320], validation=counts[320:], distributed=dp)
+    raw = {k: v.detach().numpy().tobytes() for k, v in model._param_state["params"].items()}
+    buffers = {k: v.numpy().tobytes() for k, v in model._buffers().items()}
+    return {"params": raw, "buffers": buffers, "history": model.history_.drop(columns="seconds").to_dict("list")}
+
+
 SCENARIOS = {
+    "prodlda": _prodlda,
     "vae": _vae,
     "equivalence": _equivalence,
     "stochastic": _stochastic,

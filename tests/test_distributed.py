@@ -29,6 +29,7 @@ SCENARIOS = [
     "interrupt",
     "ab_events",
     "vae",
+    "prodlda",
 ]
 
 
@@ -218,3 +219,13 @@ def test_two_rank_vae_reaches_the_one_process_heldout_elbo(ranks: dict) -> None:
         torch.set_num_threads(threads)
     noise = abs(one[0] - one[1])
     assert abs(r0 - one[0]) < max(3 * noise, 0.02 * abs(one[0])), (r0, one)
+
+
+def test_two_rank_prodlda_ends_identical_on_every_rank(ranks: dict) -> None:
+    # Batch norm's running statistics are averaged over the ranks at each step, and the validation ELBO
+    # is drawn from a stream seeded by the epoch: the ranks make the same early-stopping decisions.
+    r0, r1 = ok(ranks["prodlda"])
+    assert r0["params"] == r1["params"]
+    assert r0["buffers"] == r1["buffers"]
+    assert r0["history"] == r1["history"]
+    assert len(r0["history"]["val_elbo"]) >= 2

@@ -37,6 +37,7 @@ from torch import nn
 
 from bayesgen._runtime import seeded
 from bayesgen._typing import PathLikeStr
+from bayesgen.distributed import data_parallel
 from bayesgen.infer import param_scope
 from bayesgen.models._base import BayesianEstimator
 
@@ -102,17 +103,6 @@ def refine_local(
     return m.detach(), log_s.detach().exp()
 
 
-def _world_size(distributed: bool | DataParallel) -> int:
-    """The number of ranks a ``distributed=`` option fits on (1 when not data-parallel)."""
-    if not distributed:
-        return 1
-    if distributed is True:
-        import os
-
-        return int(os.environ.get("WORLD_SIZE", 1))
-    return int(distributed.world_size)
-
-
 def _epoch_seed(seed: int | None, epoch: int) -> int:
     """The seed of an epoch's validation draws in a data-parallel fit (the same on every rank)."""
     return int(np.random.SeedSequence([0 if seed is None else int(seed) % 2**63, int(epoch)]).generate_state(1)[0])
@@ -142,6 +132,11 @@ class _EpochBook:
             "stopped": self.stopped,
             "buffers": {k: v.clone() for k, v in self.estimator._buffers().items()},
         }
+
+    def rank_averaged(self) -> list[torch.Tensor]:
+        """The networks' floating-point buffers (batch-norm running statistics): in a data-parallel fit each
+        rank updates them from its own rows, and the runner averages them over the ranks at every step."""
+        return [b for net in self.estimator._networks().values() for b in net.buffers() if b.is_floating_point()]
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.history = [dict(row) for row in state["history"]]
@@ -314,7 +309,8 @@ class NeuralEstimator(BayesianEstimator):
         validation ELBO is drawn from a stream seeded by the epoch, so that every
         rank computes the same value and makes the same early-stopping decision.
         """
-        world = _world_size(distributed)
+        dp = data_parallel(distributed, cuda=self.device_.type == "cuda")
+        world = 1 if dp is None else dp.world_size
         steps_per_epoch = n_train // world // int(self.batch_size)
         num_steps = steps_per_epoch * int(self.num_epochs)
         book = _EpochBook(self)
@@ -336,7 +332,7 @@ class NeuralEstimator(BayesianEstimator):
             if validate is not None:
                 self._set_training(False)
                 try:
-                    if distributed:
+                    if dp is not None:
                         with seeded(_epoch_seed(self.seed, epoch), self.device_):
                             row["val_elbo"] = float(validate())
                     else:
@@ -369,7 +365,7 @@ class NeuralEstimator(BayesianEstimator):
                 before_step=lambda step: book.stopped or self._before_step(step, num_steps),
                 extra_state=book,
                 model_kwargs=model_kwargs,
-                distributed=distributed,
+                distributed=dp or False,
             )
         finally:
             self._set_training(False)
