@@ -246,7 +246,29 @@ def _prodlda(dp: Any) -> Any:
     return {"params": raw, "buffers": buffers, "history": model.history_.drop(columns="seconds").to_dict("list")}
 
 
+def anomaly_table() -> np.ndarray:
+    """1,200 rows of a correlated 3-D Gaussian with 60 planted far rows (known anomaly share 0.05)."""
+    rng = np.random.default_rng(9)
+    normal = rng.multivariate_normal([0, 1, -1], [[1, 0.5, 0], [0.5, 1, 0.3], [0, 0.3, 1]], size=1140)
+    far = rng.uniform(-8, 8, size=(60, 3))
+    return np.vstack([normal, far])
+
+
+def anomaly_fraction(batch_size: int, distributed: Any = False) -> dict[str, Any]:
+    from bayesgen import MixtureAnomalyDetector
+
+    det = MixtureAnomalyDetector(batch_size=batch_size, num_steps=300, device="cpu", seed=0)
+    det.fit(anomaly_table(), distributed=distributed)
+    raw = {k: v.detach().numpy().tobytes() for k, v in det._param_state["params"].items()}
+    return {"fraction": float(det.anomaly_fraction()["mean"]), "params": raw}
+
+
+def _anomaly(dp: Any) -> Any:
+    return anomaly_fraction(batch_size=128, distributed=dp)
+
+
 SCENARIOS = {
+    "anomaly": _anomaly,
     "prodlda": _prodlda,
     "vae": _vae,
     "equivalence": _equivalence,

@@ -30,6 +30,7 @@ SCENARIOS = [
     "ab_events",
     "vae",
     "prodlda",
+    "anomaly",
 ]
 
 
@@ -229,3 +230,16 @@ def test_two_rank_prodlda_ends_identical_on_every_rank(ranks: dict) -> None:
     assert r0["buffers"] == r1["buffers"]
     assert r0["history"] == r1["history"]
     assert len(r0["history"]["val_elbo"]) >= 2
+
+
+def test_two_rank_anomaly_detector_agrees_with_one_process(ranks: dict) -> None:
+    r0, r1 = ok(ranks["anomaly"])
+    assert r0["params"] == r1["params"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = dw.anomaly_fraction(batch_size=256)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(r0["fraction"] - 0.05) < 0.02
+    assert abs(r0["fraction"] - one["fraction"]) < 0.015
