@@ -20,7 +20,8 @@ import bayesgen.models._base as base
 from bayesgen.cli import main
 from bayesgen.io import WriteError, atomic_path, lock_path, staged_folder, staging_path, write_json, write_text
 from bayesgen.models import BayesianEstimator, ModelFileError
-from bayesgen.specs import load_spec, run_spec
+from bayesgen.runs.folder import run_spec
+from bayesgen.runs.spec import load_spec
 
 SPEC = """
 [run]
@@ -123,12 +124,12 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
 
 # ------------------------------------------------------- run folders, --out
 def test_a_failed_fit_leaves_no_run_folder(spec, tmp_path, monkeypatch, capsys):
-    import bayesgen.specs as specs
+    import bayesgen.models.ab_test as ab_test
 
     def broken(*args):
         raise ValueError("the data broke")
 
-    monkeypatch.setattr(specs, "fit_ab_test_spec", broken)
+    monkeypatch.setattr(ab_test, "fit_ab_test_spec", broken)
     assert fit(spec, tmp_path / "run") == 2
     assert "the data broke" in error_line(capsys)
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []
@@ -136,7 +137,7 @@ def test_a_failed_fit_leaves_no_run_folder(spec, tmp_path, monkeypatch, capsys):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(specs, "fit_ab_test_spec", interrupted)
+    monkeypatch.setattr(ab_test, "fit_ab_test_spec", interrupted)
     assert fit(spec, tmp_path / "run") == 130
     assert "nothing was written" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []
