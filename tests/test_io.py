@@ -262,6 +262,24 @@ def test_a_plain_run_name_goes_under_runs(spec, tmp_path, monkeypatch):
     assert out.folder.parent == Path("runs") and out.folder.name.startswith("ab-") and out.folder.is_dir()
 
 
+def test_every_file_of_a_run_folder_comes_from_write_run_folder(spec, tmp_path, monkeypatch):
+    import bayesgen.runs.folder as folder
+
+    written = []
+
+    def only_run_json(staging, spec, fitted, **kwargs):
+        written.append((staging, kwargs))
+        (staging / "run.json").write_text("{}")
+        return pd.DataFrame()
+
+    monkeypatch.setattr(folder, "write_run_folder", only_run_json)
+    out = run_spec(spec, tmp_path / "run", num_samples=7)
+    assert sorted(p.name for p in out.folder.iterdir()) == ["run.json"]
+    ((staging, kwargs),) = written
+    assert staging != out.folder and not staging.exists()  # written in the staging folder, then renamed
+    assert kwargs["num_samples"] == 7 and kwargs["fit_seconds"] >= 0 and len(kwargs["created"]) == 16
+
+
 # --------------------------------------------------------- model checksums
 def test_a_flipped_bit_in_a_model_file_is_refused_and_diagnose_keeps_its_report(spec, tmp_path, capsys):
     out = tmp_path / "run"

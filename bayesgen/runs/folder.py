@@ -273,7 +273,7 @@ def write_run_folder(
     fit_seconds: float,
     created: str,
 ) -> pd.DataFrame:
-    """Write every file of a run folder for a finished fit; the one place a run's outputs are written.
+    """Write every file of a run folder for a finished fit: the posterior, tables, plots, model and records.
 
     Parameters
     ----------
