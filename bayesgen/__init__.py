@@ -53,6 +53,7 @@ _SUBMODULES = frozenset(
         "plots",
         "registry",
         "report",
+        "runs",
         "specs",
         "text",
         "tour",

@@ -224,7 +224,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         raise ValueError("--resume needs --out DIR, the run folder of the interrupted fit")
     import pandas as pd
 
-    from bayesgen.specs import RunInterrupted, run_spec
+    from bayesgen.runs.folder import RunInterrupted, run_spec
 
     try:
         out = run_spec(
@@ -347,7 +347,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from bayesgen.specs import reproduce
+    from bayesgen.runs.reproduce import reproduce
 
     result = reproduce(
         args.run_dir,

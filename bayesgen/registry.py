@@ -11,7 +11,7 @@ Importing this module loads no torch: the estimator class and the spec recipe ar
 ``"module:attribute"`` strings and imported the first time they are asked for.
 
 Adding a model is one module under ``bayesgen/models/`` (its estimator's ``_model_name`` the new
-name), one entry in :data:`MODELS`, its spec recipe in :mod:`bayesgen.specs`, one spec
+name, its spec recipe ``fit_<name>_spec`` next to the estimator), one entry in :data:`MODELS`, one spec
 ``models/<tour_spec>.toml``, one test file ``tests/test_<name>.py`` and one tutorial
 ``tutorials/<tutorial>.py``; ``tests/test_registry.py`` fails until each of them exists.
 """
@@ -45,7 +45,8 @@ class ModelEntry:
         The estimator class as ``"module:Class"`` (imported by :meth:`estimator_class`).
     spec_fit : str
         The spec recipe as ``"module:function"``: ``function(spec, device, progress, fit_kwargs)``
-        loads the spec's data, fits the estimator and returns a :class:`bayesgen.specs.SpecFit`.
+        loads the spec's data, fits the estimator and returns a :class:`bayesgen.runs.spec.SpecFit`.
+        It lives in the model's module, next to the estimator.
     title : str
         The heading of the model's section in the HTML report.
     description : str
@@ -138,7 +139,7 @@ MODELS: dict[str, ModelEntry] = _entries(
     ModelEntry(
         "ab_test",
         estimator="bayesgen.models.ab_test:BetaBinomialTest",
-        spec_fit="bayesgen.specs:fit_ab_test_spec",
+        spec_fit="bayesgen.models.ab_test:fit_ab_test_spec",
         title="Beta-Binomial A/B(/n) test",
         description=(
             "Each variant's conversion rate gets a Beta prior and a Binomial likelihood. The posterior gives "
@@ -153,7 +154,7 @@ MODELS: dict[str, ModelEntry] = _entries(
     ModelEntry(
         "gaussian_generator",
         estimator="bayesgen.models.gaussian_generator:GaussianGenerator",
-        spec_fit="bayesgen.specs:fit_gaussian_generator_spec",
+        spec_fit="bayesgen.models.gaussian_generator:fit_gaussian_generator_spec",
         title="Gaussian class-conditional generator",
         description=(
             "The Bayes classifier used generatively: class proportions p(y) with a Dirichlet prior and one "
@@ -168,7 +169,7 @@ MODELS: dict[str, ModelEntry] = _entries(
     ModelEntry(
         "vae",
         estimator="bayesgen.models.vae:VAE",
-        spec_fit="bayesgen.specs:fit_vae_spec",
+        spec_fit="bayesgen.models.vae:fit_vae_spec",
         title="Variational autoencoder",
         description=(
             "A latent z ~ Normal(0, I) per image, decoded by a network into pixel probabilities; an encoder "
@@ -185,7 +186,7 @@ MODELS: dict[str, ModelEntry] = _entries(
     ModelEntry(
         "topic",
         estimator="bayesgen.models.topic:ProdLDA",
-        spec_fit="bayesgen.specs:fit_topic_spec",
+        spec_fit="bayesgen.models.topic:fit_topic_spec",
         title="Neural topic model (ProdLDA)",
         description=(
             "Each document mixes topics with proportions from a logistic-normal approximation of a Dirichlet; "
@@ -211,7 +212,7 @@ MODELS: dict[str, ModelEntry] = _entries(
     ModelEntry(
         "anomaly",
         estimator="bayesgen.models.anomaly:MixtureAnomalyDetector",
-        spec_fit="bayesgen.specs:fit_anomaly_spec",
+        spec_fit="bayesgen.models.anomaly:fit_anomaly_spec",
         title="Mixture anomaly detector",
         description=(
             "Normal behaviour is a mixture of Gaussian components; a broad anomaly component with a small "

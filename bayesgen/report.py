@@ -1,6 +1,6 @@
 """One self-contained HTML report from run folders (the tour's report, or any runs).
 
-:func:`write_report` reads run folders written by :func:`bayesgen.specs.run_spec`
+:func:`write_report` reads run folders written by :func:`bayesgen.runs.folder.run_spec`
 and writes a single HTML file with everything inlined (CSS, PNG/SVG pictures as
 ``data:`` URIs), so it can be mailed, archived or opened offline. It opens with a
 table of verdicts, one row per run: optimisation, posterior quality and the
@@ -319,7 +319,7 @@ def write_report(
     Parameters
     ----------
     folders : list of str or os.PathLike
-        Run folders from ``bayesgen fit`` / :func:`bayesgen.specs.run_spec`.
+        Run folders from ``bayesgen fit`` / :func:`bayesgen.runs.folder.run_spec`.
     path : str or os.PathLike
         The HTML file to write.
     title : str, default "bayesgen report"
@@ -352,7 +352,7 @@ def write_report(
     >>> write_report(["runs/ab_resume_callbacks"], "report.html")  # doctest: +SKIP
     """
     from bayesgen.io import check_target, write_text
-    from bayesgen.specs import package_versions
+    from bayesgen.runs.folder import package_versions
 
     path = Path(path)
     if path.is_dir():

@@ -179,7 +179,8 @@ def _tour_into(
 
     from bayesgen.io import write_json
     from bayesgen.report import write_report
-    from bayesgen.specs import load_spec, run_spec
+    from bayesgen.runs.folder import run_spec
+    from bayesgen.runs.spec import load_spec
 
     result = TourResult(report=out / "report.html")
     started = time.perf_counter()

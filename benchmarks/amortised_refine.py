@@ -95,7 +95,7 @@ def topic(seeds: list[int]) -> dict:
     import torch.nn.functional as F
 
     from bayesgen.models.topic import DocumentMultinomial, dirichlet_laplace_prior, log_multinomial_coef
-    from bayesgen.specs import fit_spec, load_spec
+    from bayesgen.runs.spec import fit_spec, load_spec
 
     spec = load_spec(ROOT / "models" / "topic_python_help.toml")
     fitted = fit_spec(spec, "cpu")
@@ -135,7 +135,7 @@ def topic(seeds: list[int]) -> dict:
 
 def vae(seeds: list[int]) -> dict:
     from bayesgen.models.vae import _onehot, likelihood_dist
-    from bayesgen.specs import fit_spec, load_spec
+    from bayesgen.runs.spec import fit_spec, load_spec
 
     spec = load_spec(ROOT / "models" / "vae_digits.toml")
     est = fit_spec(spec, "cpu").estimator

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bayesgen.diagnostics import reference_check
-from bayesgen.specs import fit_spec, load_spec
+from bayesgen.runs.spec import fit_spec, load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "models"
 

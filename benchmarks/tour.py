@@ -16,7 +16,7 @@ import os
 import platform
 from pathlib import Path
 
-from bayesgen.specs import package_versions
+from bayesgen.runs.folder import package_versions
 from bayesgen.tour import run_tour
 
 

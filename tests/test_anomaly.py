@@ -576,7 +576,8 @@ def test_three_components_on_digits_do_not_collapse_into_the_anomaly_component()
 
 def test_reproducing_a_run_folder_from_before_the_anomaly_setting_refits_its_student_t(tmp_path, make_older):
     """An old folder's spec has no `anomaly`; the re-run must not silently switch to the new default."""
-    from bayesgen.specs import reproduce, run_spec
+    from bayesgen.runs.folder import run_spec
+    from bayesgen.runs.reproduce import reproduce
 
     X, _ = planted(n_normal=150, n_anomalies=8)
     pd.DataFrame(X, columns=list("abcd")).to_csv(tmp_path / "rows.csv", index=False)

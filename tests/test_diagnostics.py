@@ -159,11 +159,11 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path):
     import sys
     from pathlib import Path
 
-    from bayesgen.specs import run_spec
+    from bayesgen.runs.folder import run_spec
 
     root = Path(__file__).resolve().parents[1]
     spec_path = root / "models" / "ab_resume_callbacks.toml"
-    from bayesgen.specs import load_spec
+    from bayesgen.runs.spec import load_spec
 
     spec = load_spec(spec_path)
     spec["inference"]["num_steps"] = 400  # short: the verdict may say "still improving", which is the point

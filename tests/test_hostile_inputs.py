@@ -350,7 +350,11 @@ API_ROWS = [
         ValueError,
         "names columns more than once",
     ),
-    (lambda files: __import__("bayesgen.specs").specs.load_spec(files["deep"]), ValueError, "nested too deeply"),
+    (
+        lambda files: __import__("bayesgen.runs.spec").runs.spec.load_spec(files["deep"]),
+        ValueError,
+        "nested too deeply",
+    ),
 ]
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _LAZY = r"""
@@ -65,3 +67,34 @@ def test_a_saved_model_loads_before_its_module_is_imported(tmp_path):
     proc = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["BetaBinomialTest", "True"]
+
+
+def test_bayesgen_specs_keeps_every_name_it_re_exports_from_the_run_layer():
+    import bayesgen.runs.folder as folder
+    import bayesgen.runs.reproduce as reproduce
+    import bayesgen.runs.spec as spec
+    import bayesgen.specs as specs
+    from bayesgen.registry import MODELS
+
+    homes = {
+        spec: ["load_spec", "check_run_name", "fit_spec", "SpecFit", "SECTIONS", "RUN_KEYS", "DATA_COMMON_KEYS"]
+        + ["REPORT_COUNTS", "REPORT_KEYS", "MAX_SPEC_DEPTH"],
+        folder: [
+            "run_spec",
+            "RunOutput",
+            "RunInterrupted",
+            "default_run_folder",
+            "package_versions",
+            "CHECKPOINT_NAME",
+        ],
+        reproduce: ["reproduce", "ReproduceResult"],
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(specs, name) is getattr(module, name), name
+    assert set(specs.__all__) <= {name for names in homes.values() for name in names}
+    for entry in MODELS.values():  # each model's recipe, from its own module
+        name = entry.spec_fit.partition(":")[2]
+        assert getattr(specs, name) is entry.fit_recipe(), name
+    with pytest.raises(AttributeError, match="has no attribute 'fit_nothing_spec'"):
+        getattr(specs, "fit_nothing_spec")  # noqa: B009 - the attribute access is what is tested

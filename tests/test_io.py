@@ -20,7 +20,8 @@ import bayesgen.models._base as base
 from bayesgen.cli import main
 from bayesgen.io import WriteError, atomic_path, lock_path, staged_folder, staging_path, write_json, write_text
 from bayesgen.models import BayesianEstimator, ModelFileError
-from bayesgen.specs import load_spec, run_spec
+from bayesgen.runs.folder import run_spec
+from bayesgen.runs.spec import load_spec
 
 SPEC = """
 [run]
@@ -123,12 +124,12 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path):
 
 # ------------------------------------------------------- run folders, --out
 def test_a_failed_fit_leaves_no_run_folder(spec, tmp_path, monkeypatch, capsys):
-    import bayesgen.specs as specs
+    import bayesgen.models.ab_test as ab_test
 
     def broken(*args):
         raise ValueError("the data broke")
 
-    monkeypatch.setattr(specs, "fit_ab_test_spec", broken)
+    monkeypatch.setattr(ab_test, "fit_ab_test_spec", broken)
     assert fit(spec, tmp_path / "run") == 2
     assert "the data broke" in error_line(capsys)
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []
@@ -136,7 +137,7 @@ def test_a_failed_fit_leaves_no_run_folder(spec, tmp_path, monkeypatch, capsys):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(specs, "fit_ab_test_spec", interrupted)
+    monkeypatch.setattr(ab_test, "fit_ab_test_spec", interrupted)
     assert fit(spec, tmp_path / "run") == 130
     assert "nothing was written" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []
@@ -259,6 +260,24 @@ def test_a_plain_run_name_goes_under_runs(spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = run_spec(spec)
     assert out.folder.parent == Path("runs") and out.folder.name.startswith("ab-") and out.folder.is_dir()
+
+
+def test_every_file_of_a_run_folder_comes_from_write_run_folder(spec, tmp_path, monkeypatch):
+    import bayesgen.runs.folder as folder
+
+    written = []
+
+    def only_run_json(staging, spec, fitted, **kwargs):
+        written.append((staging, kwargs))
+        (staging / "run.json").write_text("{}")
+        return pd.DataFrame()
+
+    monkeypatch.setattr(folder, "write_run_folder", only_run_json)
+    out = run_spec(spec, tmp_path / "run", num_samples=7)
+    assert sorted(p.name for p in out.folder.iterdir()) == ["run.json"]
+    ((staging, kwargs),) = written
+    assert staging != out.folder and not staging.exists()  # written in the staging folder, then renamed
+    assert kwargs["num_samples"] == 7 and kwargs["fit_seconds"] >= 0 and len(kwargs["created"]) == 16
 
 
 # --------------------------------------------------------- model checksums

@@ -15,7 +15,7 @@ from scipy import stats
 from bayesgen.diagnostics import dirichlet_moments, reference_check
 from bayesgen.models.ab_test import BetaBinomialTest
 from bayesgen.models.gaussian_generator import GaussianGenerator
-from bayesgen.specs import fit_spec, load_spec
+from bayesgen.runs.spec import fit_spec, load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "models"
 

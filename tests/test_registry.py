@@ -79,7 +79,7 @@ def test_the_coverage_check_names_every_missing_piece(tmp_path):
     entry = ModelEntry(
         "new",
         estimator="bayesgen.models.new:New",
-        spec_fit="bayesgen.specs:fit_new_spec",
+        spec_fit="bayesgen.models.new:fit_new_spec",
         title="New",
         description="",
         data_keys=(),
@@ -117,10 +117,13 @@ def test_entry_names_its_estimator_whose_model_name_is_the_key(name):
     assert registry.entry_for(cls) is entry
     assert getattr(bayesgen.models, cls.__name__) is cls  # public, as bayesgen.models.<Class>
     assert callable(entry.fit_recipe())
+    # The spec recipe lives with its model: the estimator's module, not a module that lists every model.
+    assert entry.spec_fit.partition(":")[0] == entry.module
+    assert entry.fit_recipe().__module__ == entry.module
 
 
 def test_entries_agree_with_the_spec_checks_and_the_estimators():
-    from bayesgen.specs import DATA_COMMON_KEYS, REPORT_COUNTS, REPORT_KEYS
+    from bayesgen.runs.spec import DATA_COMMON_KEYS, REPORT_COUNTS, REPORT_KEYS
 
     owners: dict[str, str] = {}
     for name, entry in MODELS.items():
@@ -135,7 +138,7 @@ def test_entries_agree_with_the_spec_checks_and_the_estimators():
 
 
 def test_a_spec_naming_an_unregistered_model_is_refused_with_the_registered_ones(tmp_path):
-    from bayesgen.specs import load_spec
+    from bayesgen.runs.spec import load_spec
 
     path = tmp_path / "bad.toml"
     path.write_text('[run]\nmodel = "prodlda"\n[data]\nsource = "x.csv"\n')
@@ -148,7 +151,7 @@ def test_a_spec_naming_an_unregistered_model_is_refused_with_the_registered_ones
 
 
 def test_spec_keys_come_from_the_models_entry(tmp_path):
-    from bayesgen.specs import load_spec
+    from bayesgen.runs.spec import load_spec
 
     path = tmp_path / "s.toml"
     path.write_text('[run]\nmodel = "vae"\n[data]\nsource = "x.csv"\nmax_train_rows = 10\n[report]\niwae_rows = 5\n')
@@ -162,7 +165,7 @@ def test_spec_keys_come_from_the_models_entry(tmp_path):
 
 
 def test_smoke_spec_caps_only_the_counts_of_the_models_own_report_keys():
-    from bayesgen.specs import load_spec
+    from bayesgen.runs.spec import load_spec
     from bayesgen.tour import smoke_spec, specs_dir
 
     vae = smoke_spec(load_spec(specs_dir() / f"{MODELS['vae'].tour_spec}.toml"))["report"]

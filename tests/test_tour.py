@@ -308,7 +308,7 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path, capsy
 
 def test_reproduce_a_neural_run_on_the_cpu(tour, tmp_path):
     out, _ = tour
-    from bayesgen.specs import reproduce
+    from bayesgen.runs.reproduce import reproduce
 
     result = reproduce(out / "vae_digits", tmp_path / "vae")
     assert result.match, result.table[~result.table["ok"]]
@@ -345,7 +345,7 @@ def test_every_smoke_spec_is_a_valid_spec(tmp_path):
     # included) must pass load_spec.
     import tomli_w
 
-    from bayesgen.specs import load_spec
+    from bayesgen.runs.spec import load_spec
     from bayesgen.tour import smoke_spec, specs_dir
 
     for name in TOUR_SPECS:

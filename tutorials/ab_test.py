@@ -29,7 +29,7 @@ import pandas as pd
 from bayesgen import BetaBinomialTest
 from bayesgen.datasets import load_ab_counts
 from bayesgen.plots import show_figure
-from bayesgen.specs import load_spec
+from bayesgen.runs.spec import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

@@ -26,7 +26,7 @@ from bayesgen import GaussianGenerator, augment
 from bayesgen.augment import default_classifier, low_data_experiment, memorization_check, tstr
 from bayesgen.datasets import load_digits
 from bayesgen.plots import show_figure
-from bayesgen.specs import load_spec
+from bayesgen.runs.spec import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

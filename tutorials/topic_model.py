@@ -26,7 +26,7 @@ import numpy as np
 
 from bayesgen import ProdLDA
 from bayesgen.plots import show_figure
-from bayesgen.specs import load_spec
+from bayesgen.runs.spec import load_spec
 from bayesgen.text import build_corpus
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"

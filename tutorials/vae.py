@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 from bayesgen import VAE, augment, summary
 from bayesgen.datasets import load_digits
 from bayesgen.plots import show_figure
-from bayesgen.specs import load_spec
+from bayesgen.runs.spec import load_spec
 
 SMOKE = os.environ.get("BAYESGEN_SMOKE") == "1"
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()

@@ -47,6 +47,7 @@ from bayesgen.models._base import BayesianEstimator
 
 if TYPE_CHECKING:
     from bayesgen.distributed import DataParallel
+    from bayesgen.runs.spec import SpecFit
 
 __all__ = [
     "BetaBinomialTest",
@@ -63,6 +64,7 @@ __all__ = [
     "validate_prior",
     "PRIOR_RANGE",
     "events_to_counts",
+    "fit_ab_test_spec",
 ]
 
 #: ArviZ dimension names of every site.
@@ -1074,3 +1076,51 @@ class BetaBinomialTest(BayesianEstimator):
         if str(variant) not in self.names_:
             raise ValueError(f"unknown variant {variant!r}; variants are {self.names_}")
         return str(variant)
+
+
+# ------------------------------------------------------------------ spec recipe
+# How a run spec (bayesgen.runs.spec) fits this model; the registry entry names this function (``spec_fit``).
+def fit_ab_test_spec(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> SpecFit:
+    """The A/B test's spec recipe: counts or raw events from a CSV; report: P(best), loss, lift."""
+    from pathlib import Path
+
+    from bayesgen.datasets import file_checksum, load_ab_counts, read_csv, resolve_source
+    from bayesgen.runs.spec import SpecFit, estimator_kwargs
+
+    data = dict(spec["data"])
+    base = Path(spec["_path"]).parent
+    est = BetaBinomialTest(**estimator_kwargs(BetaBinomialTest, spec, device))
+    est.progress = progress
+    fmt = data.get("format", "counts")
+    source = resolve_source(str(data.get("source", "")), base)
+    control = spec["report"].get("control", 0)
+
+    def check_control(names: list[str]) -> None:  # before the fit, so a typo costs no work
+        n = len(names)
+        if (control not in names) if isinstance(control, str) else not -n <= control < n:
+            raise ValueError(
+                f"{spec['_path']}: [report] control {control!r} is not a variant; the variants "
+                f"are {list(names)} (or an index below {n})"
+            )
+
+    if fmt == "counts":
+        s, n, names = load_ab_counts(
+            source,
+            variant_col=data.get("variant_col", "variant"),
+            successes_col=data.get("successes_col", "successes"),
+            trials_col=data.get("trials_col", "trials"),
+        )
+        check_control(list(names))
+        est.fit(s, n, names=names, **fit_kwargs)
+    elif fmt == "events":
+        for key in ("variant_col", "outcome_col"):
+            if key not in data:
+                raise ValueError(f"{spec['_path']}: [data] format='events' needs {key}")
+        events = read_csv(source)
+        check_control(events_to_counts(events, data["variant_col"], data["outcome_col"])[-1])
+        est.fit_events(events, variant_col=data["variant_col"], outcome_col=data["outcome_col"], **fit_kwargs)
+    else:
+        raise ValueError(f"{spec['_path']}: [data] format must be 'counts' or 'events', got {fmt!r}")
+    return SpecFit(est, file_checksum(source), est.summary(control=control), {"posterior": est.plot()})

@@ -71,6 +71,7 @@ from bayesgen.models._base import BayesianEstimator
 
 if TYPE_CHECKING:
     from bayesgen.distributed import DataParallel
+    from bayesgen.runs.spec import SpecFit
 
 __all__ = [
     "ComponentMixture",
@@ -81,6 +82,7 @@ __all__ = [
     "binary_labels",
     "model",
     "platt_scaling",
+    "fit_anomaly_spec",
 ]
 
 Covariance = Literal["diag", "full", "lowrank"]
@@ -1537,3 +1539,84 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._hyper = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("hyper.")}
         if "excess_center" not in self._hyper:  # a file without it has the Student-t component
             self.anomaly = "student_t"
+
+
+# ------------------------------------------------------------------ spec recipe
+# How a run spec (bayesgen.runs.spec) fits this model; the registry entry names this function (``spec_fit``).
+def fit_anomaly_spec(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> SpecFit:
+    """The anomaly detector's spec recipe: a table (labels optional); report: flagged rows and scores."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+    from bayesgen.datasets import array_checksum
+    from bayesgen.runs.spec import SpecFit, estimator_kwargs
+
+    table, labels = _spec_table(spec)
+    est = MixtureAnomalyDetector(**estimator_kwargs(MixtureAnomalyDetector, spec, device))
+    est.progress = progress
+    est.fit(table, **fit_kwargs)
+    probs = est.predict_proba(table)
+    frac = est.anomaly_fraction()
+    values = {
+        "rows": len(table),
+        "features": table.shape[1],
+        "flagged": int((probs > 0.5).sum()),
+        "anomaly_fraction_mean": frac["mean"],
+        "anomaly_fraction_low": frac["low"],
+        "anomaly_fraction_high": frac["high"],
+    }
+    if labels is not None:
+        score = -est.score_samples(table)
+        values.update(
+            {
+                "labelled_anomaly_share": float(labels.mean()),
+                "roc_auc_score": float(roc_auc_score(labels, score)),
+                "average_precision_score": float(average_precision_score(labels, score)),
+                "roc_auc_probability": float(roc_auc_score(labels, probs)),
+                "brier_probability": float(brier_score_loss(labels, probs)),
+                # what predicting the labelled share for every row scores: the Brier score to beat
+                "brier_constant_baseline": float(labels.mean() * (1.0 - labels.mean())),
+            }
+        )
+    report = pd.DataFrame({"value": values})
+    return SpecFit(est, array_checksum(table.to_numpy(float)), report, {"scores": est.plot(table, labels)})
+
+
+def _spec_table(spec: dict[str, Any]) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """An anomaly spec's table (its ``[data] columns``) and, where it has them, its labels (True: an anomaly)."""
+    from pathlib import Path
+
+    from bayesgen.datasets import read_csv, resolve_source
+
+    data = spec["data"]
+    source = str(data.get("source", ""))
+    labels = None
+    if source == "sklearn:breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer(as_frame=True)
+        table = bunch.data
+        labels = (bunch.target == 0).to_numpy()  # malignant, scored as the anomaly
+    else:
+        table = read_csv(resolve_source(source, Path(spec["_path"]).parent))
+        if data.get("label"):
+            label = data["label"]
+            if label not in table.columns:
+                raise ValueError(f"{spec['_path']}: [data] label {label!r} is not a column")
+            labels = (table.pop(label).astype(str) == str(data.get("anomaly_value", "1"))).to_numpy()
+            if labels.all() or not labels.any():
+                raise ValueError(
+                    f"{spec['_path']}: [data] anomaly_value {str(data.get('anomaly_value', '1'))!r} "
+                    f"matches {'every' if labels.all() else 'no'} row of column {label!r}; "
+                    "scoring needs both kinds"
+                )
+        if data.get("columns"):
+            columns = [data["columns"]] if isinstance(data["columns"], str) else list(data["columns"])
+            missing = [c for c in columns if c not in table.columns]
+            if missing:
+                raise ValueError(
+                    f"{spec['_path']}: [data] columns {missing} are not in the table; it has {list(table.columns)[:20]}"
+                )
+            table = table[columns]
+    return table, labels

