@@ -219,24 +219,54 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch_fit(args: argparse.Namespace) -> int:
+    """``bayesgen fit --nproc N``: the same command in N ranks on this machine, into one run folder."""
+    from bayesgen.distributed import launch
+    from bayesgen.runs.folder import default_run_folder
+    from bayesgen.runs.spec import load_spec
+
+    out = args.out if args.out is not None else str(default_run_folder(load_spec(args.spec)))
+    argv = ["fit", args.spec, "--out", out]
+    for flag, value in (("--device", args.device), ("--checkpoint-every", args.checkpoint_every)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [
+        flag for flag, on in (("--quiet", args.quiet), ("--overwrite", args.overwrite), ("--resume", args.resume)) if on
+    ]
+    if args.verbose:
+        argv.insert(0, "--verbose")
+    return launch(argv, args.nproc)
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the run folder of the interrupted fit")
+    import os
+
+    ranks = int(os.environ.get("WORLD_SIZE", 0)) if "RANK" in os.environ else 0
+    if args.nproc is not None and not ranks:
+        return _launch_fit(args)
+    if args.nproc is not None and args.nproc != ranks:
+        raise ValueError(f"--nproc {args.nproc} inside a torchrun launch of {ranks} processes: drop --nproc")
     import pandas as pd
 
     from bayesgen.runs.folder import RunInterrupted, run_spec
 
+    rank = int(os.environ.get("RANK", 0)) if ranks else 0
     try:
         out = run_spec(
             args.spec,
             args.out,
             device=args.device,
-            progress=not args.quiet,
+            progress=not args.quiet and rank == 0,
             overwrite=args.overwrite,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,
+            distributed=bool(ranks),
         )
     except RunInterrupted as err:
+        if rank:
+            return 130
         if err.resumable:
             import shlex
 
@@ -245,10 +275,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 command += ["--device", args.device]
             if args.checkpoint_every is not None:
                 command += ["--checkpoint-every", str(args.checkpoint_every)]
+            if ranks:
+                command += ["--nproc", str(ranks)]
             print(f"bayesgen: interrupted; the fit is saved: continue it with {shlex.join(command)}", file=sys.stderr)
         else:
             print(f"bayesgen: interrupted; nothing was written to {err.folder}", file=sys.stderr)
         return 130
+    if out is None:  # a rank other than 0 of a data-parallel fit: rank 0 writes and reports
+        return 0
     est = out.estimator
     print(f"fitted {out.folder.name}: {est.n_steps_} steps, converged={est.converged_}, device={est.device_}")
     with pd.option_context("display.width", 140, "display.max_columns", 20):
@@ -585,6 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--resume", action="store_true", help="continue the fit that Ctrl-C interrupted in --out DIR (needs --out)"
     )
+    fit.add_argument(
+        "--nproc",
+        type=_integer(1),
+        default=None,
+        metavar="N",
+        help="fit data-parallel in N processes on this machine (as torchrun would; one GPU each with --device cuda); "
+        "the spec's batch_size is per process",
+    )
     fit.set_defaults(func=_cmd_fit)
 
     ab = sub.add_parser("abtest", help="Bayesian A/B(/n) test of conversion rates")
@@ -716,12 +758,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # font fallbacks are not the user's business
     warnings.simplefilter("default", UserWarning)
+    import os
+
+    # Under torchrun every rank reports; each line says which one.
+    who = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", 1)) > 1 and "RANK" in os.environ else ""
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, FloatingPointError, MemoryError) as err:
         # FloatingPointError: a fit whose loss became NaN/inf (e.g. a learning rate far too high);
         # MemoryError: estimators raise NotEnoughMemoryError, naming the method and what to ask for instead.
-        print(f"bayesgen: error: {err}", file=sys.stderr)
+        print(f"bayesgen: error{who}: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        if type(err).__name__ != "DistributedError":  # another rank failed: its own line says why
+            raise
+        print(f"bayesgen: error{who}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bayesgen: interrupted", file=sys.stderr)

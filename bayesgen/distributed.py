@@ -18,8 +18,8 @@ that died outright.
 
 :class:`DataParallel` is one process's place in such a fit; :func:`bayesgen.infer.run_svi`
 and the estimators' ``fit`` take ``distributed=True`` to build it from the environment that
-``torchrun`` sets, or a :class:`DataParallel` made by hand. :func:`launch` starts
-``torchrun`` on this machine for ``bayesgen fit --nproc N``.
+``torchrun`` sets, or a :class:`DataParallel` made by hand. :func:`launch` starts the ranks
+on this machine for ``bayesgen fit --nproc N``.
 
 References
 ----------
@@ -31,7 +31,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -315,8 +314,14 @@ def data_parallel(distributed: bool | DataParallel | None, *, cuda: bool = False
     raise TypeError(f"distributed must be True, False or a bayesgen.distributed.DataParallel, got {distributed!r}")
 
 
-def launch(argv: Sequence[str], nproc: int, *, standalone: bool = True) -> int:
-    """Run ``python -m bayesgen <argv>`` in ``nproc`` processes on this machine with ``torchrun``.
+def launch(argv: Sequence[str], nproc: int, *, grace_s: float = 30.0) -> int:
+    """Run ``python -m bayesgen <argv>`` as ``nproc`` ranks on this machine, as ``torchrun --standalone`` would.
+
+    Each rank is a child process with the environment ``torchrun`` sets (``RANK``, ``LOCAL_RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` on a free local port) and ``cores / nproc``
+    threads, writing to this terminal. Ctrl-C reaches every rank, which stop together and write
+    their checkpoint. When a rank fails, the others stop with it (they fail the same step); any
+    still running ``grace_s`` seconds later are terminated.
 
     Parameters
     ----------
@@ -324,23 +329,44 @@ def launch(argv: Sequence[str], nproc: int, *, standalone: bool = True) -> int:
         The ``bayesgen`` command line for each rank (without ``--nproc``).
     nproc : int
         Number of ranks (processes).
-    standalone : bool, default True
-        One machine, with torchrun's own local rendezvous.
+    grace_s : float, default 30
+        How long the other ranks may take to stop once one has failed.
 
     Returns
     -------
     int
-        torchrun's exit status (0 when every rank succeeded).
+        0 when every rank succeeded, else the first non-zero exit status.
     """
+    import socket
+
     if int(nproc) < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run"]
-    if standalone:
-        cmd.append("--standalone")
-    cmd += [f"--nproc_per_node={int(nproc)}", "-m", "bayesgen", *argv]
-    env = dict(os.environ)
-    # One thread per rank unless asked otherwise: ranks on one machine share its cores.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(nproc))))
-    if shutil.which(sys.executable) is None:  # pragma: no cover - sys.executable always exists
-        raise ValueError(f"cannot find the Python interpreter {sys.executable}")
-    return subprocess.call(cmd, env=env)
+    with socket.socket() as probe:  # a free port for the ranks' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = dict(os.environ)
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(nproc))))
+    base.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "bayesgen", *argv], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(int(nproc))
+    ]
+    status = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed and not status:
+                status = failed[0]
+                deadline = time.monotonic() + grace_s
+            if status and time.monotonic() > deadline:
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # the ranks got it too: let them write their checkpoint and stop
+        for p in procs:
+            p.wait()
+        return 130
+    return status or next((p.returncode for p in procs if p.returncode), 0)

@@ -565,6 +565,7 @@ class BetaBinomialTest(BayesianEstimator):
         checkpoint: PathLikeStr | None = None,
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
+        distributed: bool | DataParallel = False,
     ) -> BetaBinomialTest:
         """Fit to per-variant counts.
 
@@ -578,6 +579,9 @@ class BetaBinomialTest(BayesianEstimator):
             Variant names (default "A", "B", ...).
         checkpoint, checkpoint_every, resume
             See :func:`bayesgen.infer.run_svi`.
+        distributed : bool, default False
+            Counts have no rows to share between the ranks of a data-parallel fit: True raises a
+            ``ValueError`` pointing to :meth:`fit_events` with ``batch_size``.
 
         Returns
         -------
@@ -589,6 +593,11 @@ class BetaBinomialTest(BayesianEstimator):
         ValueError, TypeError
             Bad counts, names or settings (see :func:`validate_counts`).
         """
+        if distributed:
+            raise ValueError(
+                "a data-parallel fit shards rows over the ranks, and counts have none: fit the raw events "
+                "(fit_events, or a spec with events) with batch_size, or fit the counts in one process"
+            )
         self._validate_settings()
         s, n, names = validate_counts(successes, trials, names)
         return self._fit_counts(s, n, names, checkpoint, checkpoint_every, resume)

@@ -28,6 +28,9 @@ never half written and an earlier one is never overwritten without
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import platform
 import shutil
@@ -49,6 +52,7 @@ from bayesgen.datasets import resolve_source
 from bayesgen.runs.spec import SpecFit, check_run_name, fit_spec, load_spec
 
 if TYPE_CHECKING:
+    from bayesgen.distributed import DataParallel
     from bayesgen.models._base import BayesianEstimator
 
 __all__ = [
@@ -136,7 +140,8 @@ def run_spec(
     overwrite: bool = False,
     checkpoint_every: int | None = None,
     resume: bool = False,
-) -> RunOutput:
+    distributed: bool = False,
+) -> RunOutput | None:
     """Fit a spec and write its run folder, whole or not at all.
 
     The folder is built in a staging folder next to it (``.<name>.partial``,
@@ -165,10 +170,15 @@ def run_spec(
         SVI steps between checkpoints (one is always written on Ctrl-C).
     resume : bool, default False
         Continue the interrupted fit whose staging folder ``out`` left; needs ``out``.
+    distributed : bool, default False
+        Fit data-parallel over the ranks of a ``torchrun`` launch (:mod:`bayesgen.distributed`):
+        every rank runs this call with the same spec and ``out``; the ranks check that they agree,
+        fit together, and rank 0 alone writes the folder (and the checkpoint).
 
     Returns
     -------
-    RunOutput
+    RunOutput or None
+        None on the ranks other than 0 of a data-parallel fit.
 
     Raises
     ------
@@ -189,20 +199,57 @@ def run_spec(
     if resume and out is None:
         raise ValueError("resume needs the folder of the interrupted run (--out DIR)")
     folder = Path(out) if out is not None else default_run_folder(spec)
+    dp = _ranks(spec, device, folder, resume, checkpoint_every) if distributed else None
+    writer = dp is None or dp.rank == 0
     try:
-        with staged_folder(folder, overwrite=overwrite, keep=_interrupted_fit, reuse=resume) as staging:
+        with contextlib.ExitStack() as stack:
+
+            def open_folder() -> Path:
+                if not writer:  # the other ranks never write: the same checkpoint path, for the same collectives
+                    return staging_path(folder)
+                return stack.enter_context(
+                    staged_folder(folder, overwrite=overwrite, keep=_interrupted_fit, reuse=resume)
+                )
+
+            staging = open_folder() if dp is None else dp.together("opening the run folder", open_folder)
             fitted, table = fit_and_write(
                 spec,
                 staging,
                 device=device,
-                progress=progress,
+                progress=progress and writer,
                 num_samples=num_samples,
                 checkpoint_every=checkpoint_every,
                 resume=resume,
+                dp=dp,
             )
     except KeyboardInterrupt as err:
-        raise RunInterrupted(folder, (staging_path(folder) / CHECKPOINT_NAME).is_file()) from err
+        raise RunInterrupted(folder, writer and (staging_path(folder) / CHECKPOINT_NAME).is_file()) from err
+    if not writer:
+        return None
     return RunOutput(estimator=fitted.estimator, folder=folder, report=fitted.report, summary=table)
+
+
+def _ranks(
+    spec: dict[str, Any], device: DeviceLike | None, folder: Path, resume: bool, checkpoint_every: int | None
+) -> DataParallel:
+    """The process's place in a data-parallel run, once every rank has checked it runs the same spec and command."""
+    from bayesgen._runtime import resolve_device
+    from bayesgen.distributed import DataParallel
+
+    asked = device if device is not None else spec.get("inference", {}).get("device", "auto")
+    dp = DataParallel.from_env(cuda=resolve_device(asked).type == "cuda")
+    content = json.dumps({k: v for k, v in spec.items() if not k.startswith("_")}, sort_keys=True, default=str)
+    dp.agree(
+        {
+            "spec": hashlib.sha256(content.encode()).hexdigest(),
+            "out": str(folder),
+            "resume": bool(resume),
+            "checkpoint_every": checkpoint_every,
+            "device": str(asked),
+        },
+        "spec and command (run every rank with the same spec file and options)",
+    )
+    return dp
 
 
 def fit_and_write(
@@ -214,7 +261,8 @@ def fit_and_write(
     num_samples: int,
     checkpoint_every: int | None = None,
     resume: bool = False,
-) -> tuple[SpecFit, pd.DataFrame]:
+    dp: DataParallel | None = None,
+) -> tuple[SpecFit, pd.DataFrame | None]:
     """Fit ``spec`` and write every file of its run folder into ``folder`` (a staging folder).
 
     The SVI checkpoint (:data:`CHECKPOINT_NAME`) is kept in ``folder`` while the fit
@@ -236,15 +284,20 @@ def fit_and_write(
         SVI steps between checkpoints.
     resume : bool, default False
         Continue from the checkpoint in ``folder``; the other files an interrupted run left are removed first.
+    dp : bayesgen.distributed.DataParallel, optional
+        Fit data-parallel; rank 0 alone touches ``folder``, reads and writes the checkpoint and writes the files.
 
     Returns
     -------
     fitted : SpecFit
-    summary : pandas.DataFrame
-        The posterior summary written to ``summary.csv``.
+    summary : pandas.DataFrame or None
+        The posterior summary written to ``summary.csv`` (None on the other ranks).
     """
+    writer = dp is None or dp.rank == 0
     checkpoint = folder / CHECKPOINT_NAME
-    if resume:  # what an interrupted run wrote after its fit is written again; only the checkpoint carries on
+    if (
+        resume and writer
+    ):  # what an interrupted run wrote after its fit is written again; only the checkpoint carries on
         for leftover in folder.iterdir():
             if leftover.is_dir():
                 shutil.rmtree(leftover)
@@ -252,15 +305,28 @@ def fit_and_write(
                 leftover.unlink()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     started = time.perf_counter()
-    fit_kwargs = {
+    resume_now = resume and checkpoint.is_file() if writer else None
+    fit_kwargs: dict[str, Any] = {
         "checkpoint": checkpoint,
         "checkpoint_every": checkpoint_every,
-        "resume": resume and checkpoint.is_file(),
+        "resume": resume_now if dp is None else dp.broadcast(resume_now, "finding the checkpoint"),
     }
+    if dp is not None:
+        fit_kwargs["distributed"] = dp
     fitted = fit_spec(spec, device, progress, fit_kwargs)
+    if not writer:
+        return fitted, None
     checkpoint.unlink(missing_ok=True)  # the fit is complete: nothing is left to resume
     fit_seconds = time.perf_counter() - started
-    table = write_run_folder(folder, spec, fitted, num_samples=num_samples, fit_seconds=fit_seconds, created=stamp)
+    table = write_run_folder(
+        folder,
+        spec,
+        fitted,
+        num_samples=num_samples,
+        fit_seconds=fit_seconds,
+        created=stamp,
+        world_size=1 if dp is None else dp.world_size,
+    )
     return fitted, table
 
 
@@ -272,6 +338,7 @@ def write_run_folder(
     num_samples: int,
     fit_seconds: float,
     created: str,
+    world_size: int = 1,
 ) -> pd.DataFrame:
     """Write every file of a run folder for a finished fit: the posterior, tables, plots, model and records.
 
@@ -289,6 +356,8 @@ def write_run_folder(
         Wall time of the fit, for ``run.json``.
     created : str
         UTC time stamp of the run (``%Y%m%dT%H%M%SZ``), for ``run.json`` and ``spec.toml``.
+    world_size : int, default 1
+        Ranks of a data-parallel fit, for ``run.json`` (with the global batch: ``batch_size`` per rank times it).
 
     Returns
     -------
@@ -319,6 +388,10 @@ def write_run_folder(
         "final_loss": float(np.mean(est.losses_[-100:])) if len(est.losses_) else None,
         "fit_seconds": round(fit_seconds, 3),
         "device": str(est.device_),
+        "world_size": int(world_size),
+        "global_batch_size": None
+        if getattr(est, "batch_size", None) is None
+        else int(est.batch_size) * int(world_size),
         "created": created,
         "diagnostic_warnings": diagnostics["warnings"],
     }
