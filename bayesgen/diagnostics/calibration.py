@@ -148,11 +148,7 @@ def sbc(
     num_simulations = check_count(num_simulations, "num_simulations")
     num_posterior_samples = check_count(num_posterior_samples, "num_posterior_samples")
     import pandas as pd
-    from pyro.infer import Predictive
     from scipy import stats
-
-    from bayesgen.arviz import _UnconditionData
-    from bayesgen.infer import param_scope, run_svi
 
     # The model's structure is static: find its observed sites once.
     with torch.no_grad():
@@ -161,40 +157,21 @@ def sbc(
             for n, s in poutine.trace(model).get_trace(*args, **kwargs).nodes.items()
             if s["type"] == "sample" and s["is_observed"]
         }
-    rows = []
-    for i in range(int(num_simulations)):
-        with seeded(seed + i, torch.device("cpu")), torch.no_grad():
-            prior = poutine.trace(_UnconditionData()(model)).get_trace(*args, **kwargs)
-        truth = {
-            n: s["value"]
-            for n, s in prior.nodes.items()
-            if s["type"] == "sample" and n not in observed and not site_is_subsample(s)
-        }
-        data = {n: prior.nodes[n]["value"] for n in observed}
-        conditioned = poutine.condition(model, data=data)
-        # A module guide keeps its parameters in itself (run_svi's scope is fresh, the module is not).
-        fresh = _unfitted_copy(guide)
-        fit = run_svi(
-            conditioned,
-            fresh,
-            *args,
+    rows = [
+        _simulation_ranks(
+            model,
+            guide,
+            args,
+            kwargs,
+            observed,
+            seed=seed + i,
             num_steps=num_steps,
             learning_rate=learning_rate,
-            seed=seed + i,
-            **(fit_kwargs or {}),
-            **kwargs,
+            fit_kwargs=fit_kwargs,
+            num_posterior_samples=int(num_posterior_samples),
         )
-        with param_scope(fit.param_state), seeded(seed + 10_000 + i, torch.device("cpu")), torch.no_grad():
-            post = Predictive(
-                conditioned, guide=fresh, num_samples=int(num_posterior_samples), return_sites=list(truth)
-            )(*args, **kwargs)
-        row = {}
-        for name, value in truth.items():
-            draws = to_numpy(post[name]).reshape(int(num_posterior_samples), -1)
-            true = to_numpy(value).reshape(-1)
-            for j in range(len(true)):
-                row[f"{name}[{j}]" if len(true) > 1 else name] = int((draws[:, j] < true[j]).sum())
-        rows.append(row)
+        for i in range(int(num_simulations))
+    ]
     ranks = pd.DataFrame(rows)
     edges = np.linspace(0, num_posterior_samples + 1, num_bins + 1)
     p_values = {}
@@ -209,3 +186,60 @@ def sbc(
         calibrated=bool((p > alpha / len(p)).all()),
         alpha=alpha,
     )
+
+
+def _simulation_ranks(
+    model: ModelFn,
+    guide: ModelFn,
+    args: tuple,
+    kwargs: dict,
+    observed: set[str],
+    *,
+    seed: int,
+    num_steps: int,
+    learning_rate: float,
+    fit_kwargs: dict[str, Any] | None,
+    num_posterior_samples: int,
+) -> dict[str, int]:
+    """One simulation: θ* and data from the prior, a fresh fit to those data, and θ*'s rank among its draws.
+
+    Returns the rank of every scalar of every latent site (``name`` or ``name[j]``) among
+    ``num_posterior_samples`` draws of the fitted guide.
+    """
+    from pyro.infer import Predictive
+
+    from bayesgen.arviz import _UnconditionData
+    from bayesgen.infer import param_scope, run_svi
+
+    with seeded(seed, torch.device("cpu")), torch.no_grad():
+        prior = poutine.trace(_UnconditionData()(model)).get_trace(*args, **kwargs)
+    truth = {
+        n: s["value"]
+        for n, s in prior.nodes.items()
+        if s["type"] == "sample" and n not in observed and not site_is_subsample(s)
+    }
+    data = {n: prior.nodes[n]["value"] for n in observed}
+    conditioned = poutine.condition(model, data=data)
+    # A module guide keeps its parameters in itself (run_svi's scope is fresh, the module is not).
+    fresh = _unfitted_copy(guide)
+    fit = run_svi(
+        conditioned,
+        fresh,
+        *args,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        seed=seed,
+        **(fit_kwargs or {}),
+        **kwargs,
+    )
+    with param_scope(fit.param_state), seeded(seed + 10_000, torch.device("cpu")), torch.no_grad():
+        post = Predictive(conditioned, guide=fresh, num_samples=num_posterior_samples, return_sites=list(truth))(
+            *args, **kwargs
+        )
+    row = {}
+    for name, value in truth.items():
+        draws = to_numpy(post[name]).reshape(num_posterior_samples, -1)
+        true = to_numpy(value).reshape(-1)
+        for j in range(len(true)):
+            row[f"{name}[{j}]" if len(true) > 1 else name] = int((draws[:, j] < true[j]).sum())
+    return row

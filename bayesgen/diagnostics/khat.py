@@ -495,6 +495,67 @@ def _first_draw_agrees(
     return plain.shape == ratios.shape and bool(torch.allclose(plain.double(), ratios.double(), rtol=1e-4, atol=1e-3))
 
 
+def _row_log_ratios_vectorised(
+    model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict, plate: str, nesting: int, num_samples: int
+) -> torch.Tensor | None:
+    """Per-row log ratios of ``num_samples`` draws in one pass over a plate of draws, shape (draws or 1, rows).
+
+    None where that pass cannot be trusted: a model or guide whose shapes do not broadcast over the draws,
+    or whose first draw gives other ratios than a plain pass on it.
+    """
+    from pyro.infer.enum import get_importance_trace
+
+    def vectorize(fn: ModelFn) -> ModelFn:
+        def _fn(*a: Any, **k: Any) -> Any:
+            with pyro.plate("_particles", num_samples, dim=-nesting):
+                return fn(*a, **k)
+
+        return _fn
+
+    try:
+        traces = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide), args, kwargs)
+    except (RuntimeError, ValueError, IndexError, NotImplementedError) as err:
+        # A model or guide whose shapes do not broadcast over the draws (torch.mm, a reshape to the rows).
+        logger.info(
+            "vectorised per-row importance ratios failed (%s: %s); drawing %d samples one at a time",
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+            num_samples,
+        )
+        return None
+    draws = _guide_draws(traces[1], nesting)
+    _check_judgeable(*traces, draws)
+    total = _row_log_ratios(*traces, plate, nesting)
+    if not _first_draw_agrees(model, guide, args, kwargs, draws, total[0], plate, nesting):
+        logger.warning(
+            "vectorised per-row importance ratios disagree with a plain pass on the same draw "
+            "(the model or guide reduces over a plate, which in a vectorised pass also spans the "
+            "draws); drawing %d samples one at a time",
+            num_samples,
+        )
+        return None
+    return total
+
+
+def _row_log_ratios_one_at_a_time(
+    model: ModelFn, guide: ModelFn, args: tuple, kwargs: dict, plate: str, nesting: int, num_samples: int
+) -> torch.Tensor:
+    """Per-row log ratios of ``num_samples`` draws, one plain pass per draw, shape (draws, rows)."""
+    first, ratios, draws = None, [], []
+    for _ in range(num_samples):
+        g = poutine.trace(guide).get_trace(*args, **kwargs)
+        m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
+        m.compute_log_prob()
+        g.compute_log_prob()
+        if first is None:
+            first = (m, g)
+            _check_judgeable(m, g, {})  # the plates now; point masses once the draws are in
+        ratios.append(_row_log_ratios(m, g, plate, nesting))
+        draws.append(_guide_draws(g, nesting))
+    _check_judgeable(*first, {k: torch.cat([d[k] for d in draws]) for k in draws[0]})
+    return torch.cat(ratios)
+
+
 def vi_khat_rows(
     model: ModelFn,
     guide: ModelFn,
@@ -549,61 +610,17 @@ def vi_khat_rows(
     (a reduction over a plate, such as ``z.mean(0)``, would span the draws).
     """
     num_samples = check_count(num_samples, "num_samples", minimum=2)
-    from pyro.infer.enum import get_importance_trace
-
     from bayesgen.infer import param_scope
 
     if int(num_samples) < 100:
         raise ValueError(f"num_samples must be at least 100 for a k-hat estimate, got {num_samples}")
     nesting = int(max_plate_nesting) + 1
-
-    def vectorize(fn: ModelFn) -> ModelFn:
-        def _fn(*a: Any, **k: Any) -> Any:
-            with pyro.plate("_particles", int(num_samples), dim=-nesting):
-                return fn(*a, **k)
-
-        return _fn
-
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     dev = target_device(device, args, kwargs)
     with scope, seeded(seed, dev), tensors_on(dev), torch.no_grad():
-        try:
-            traces = get_importance_trace("flat", nesting, vectorize(model), vectorize(guide), args, kwargs)
-        except (RuntimeError, ValueError, IndexError, NotImplementedError) as err:
-            # A model or guide whose shapes do not broadcast over the draws (torch.mm, a reshape to the rows).
-            logger.info(
-                "vectorised per-row importance ratios failed (%s: %s); drawing %d samples one at a time",
-                type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "",
-                int(num_samples),
-            )
-            traces = None
-        if traces is not None:
-            draws = _guide_draws(traces[1], nesting)
-            _check_judgeable(*traces, draws)
-            total = _row_log_ratios(*traces, plate, nesting)
-            if not _first_draw_agrees(model, guide, args, kwargs, draws, total[0], plate, nesting):
-                logger.warning(
-                    "vectorised per-row importance ratios disagree with a plain pass on the same draw "
-                    "(the model or guide reduces over a plate, which in a vectorised pass also spans the "
-                    "draws); drawing %d samples one at a time",
-                    int(num_samples),
-                )
-                traces = None
-        if traces is None:
-            first, ratios, draws = None, [], []
-            for _ in range(int(num_samples)):
-                g = poutine.trace(guide).get_trace(*args, **kwargs)
-                m = poutine.trace(poutine.replay(model, trace=g)).get_trace(*args, **kwargs)
-                m.compute_log_prob()
-                g.compute_log_prob()
-                if first is None:
-                    first = (m, g)
-                    _check_judgeable(m, g, {})  # the plates now; point masses once the draws are in
-                ratios.append(_row_log_ratios(m, g, plate, nesting))
-                draws.append(_guide_draws(g, nesting))
-            _check_judgeable(*first, {k: torch.cat([d[k] for d in draws]) for k in draws[0]})
-            total = torch.cat(ratios)
+        total = _row_log_ratios_vectorised(model, guide, args, kwargs, plate, nesting, int(num_samples))
+        if total is None:
+            total = _row_log_ratios_one_at_a_time(model, guide, args, kwargs, plate, nesting, int(num_samples))
     log_w = to_numpy(total.expand(int(num_samples), -1)).astype(float).T  # (rows, draws)
     if not np.isfinite(log_w).all():
         raise ValueError("some importance ratios are not finite; the guide puts mass where the model has none")

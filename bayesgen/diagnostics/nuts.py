@@ -247,29 +247,90 @@ def nuts_compare(
         raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
     if relabel is not None and not callable(relabel):
         raise TypeError(f"relabel must be a callable draws -> draws, got {relabel!r}")
+    import arviz as az
+    from arviz_base import from_dict
+
+    samples, divergences = _run_chains(
+        model,
+        args,
+        kwargs,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        seed=seed,
+        target_accept_prob=float(target_accept_prob),
+        relabel=relabel,
+        progress=progress,
+    )
+    switched = label_switched_sites(samples)
+    tree = from_dict({"posterior": samples})
+    nuts = az.summary(tree, kind="all", round_to="none")
+    svi = _svi_draws(model, guide, args, kwargs, samples, param_state=param_state, svi_samples=svi_samples, seed=seed)
+    svi = _relabelled(relabel, svi, "guide draws")
+    table = _comparison_table(samples, svi, nuts)
+    agree = _allow_for_monte_carlo_error(
+        table, tolerance=tolerance, nuts_draws=num_samples * num_chains, svi_samples=svi_samples
+    )
+    result = NUTSComparison(
+        table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance, label_switching=switched
+    )
+    if warn and not (agree and result.reliable):
+        warnings.warn(result.message(), UserWarning, stacklevel=2)
+    return result
+
+
+def _allow_for_monte_carlo_error(table: Any, *, tolerance: float, nuts_draws: int, svi_samples: int) -> bool:
+    """Add the columns ``smd_allowed`` and ``sd_ratio_allowed`` to ``table``; do all parameters agree within them?
+
+    Each allowance is the tolerance plus three Monte Carlo standard errors of the difference: from NUTS's MCSE
+    of the mean (or, where undefined, that of ``nuts_draws`` independent draws) and the SVI draws for the means;
+    from the bulk ESS and the SVI draws for the sds.
+    """
+    n_svi = float(svi_samples)
+    mcse = (table["nuts_mcse_mean"] / table["nuts_sd"]).fillna(1.0 / np.sqrt(nuts_draws))
+    ess = table["nuts_ess_bulk"].fillna(float(nuts_draws)).clip(lower=2.0)
+    table["smd_allowed"] = tolerance + 3.0 * np.sqrt(mcse**2 + table["sd_ratio"] ** 2 / n_svi)
+    table["sd_ratio_allowed"] = 2 * tolerance + 3.0 * table["sd_ratio"] * np.sqrt(1 / (2 * ess) + 1 / (2 * n_svi))
+    return bool(
+        (table["smd"].abs() <= table["smd_allowed"]).all()
+        and (np.abs(table["sd_ratio"] - 1) <= table["sd_ratio_allowed"]).all()
+    )
+
+
+def _relabelled(
+    relabel: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None, draws: dict[str, np.ndarray], what: str
+) -> dict[str, np.ndarray]:
+    """``relabel(draws)`` (``draws`` as they are without one), checked to keep the sites and their shapes."""
+    if relabel is None:
+        return draws
+    out = relabel({k: v.copy() for k, v in draws.items()})
+    if not isinstance(out, dict) or set(out) != set(draws) or any(np.shape(out[k]) != draws[k].shape for k in draws):
+        raise ValueError(
+            f"relabel must return the same sites with the same shapes ({what}: "
+            f"{ {k: v.shape for k, v in draws.items()} })"
+        )
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _run_chains(
+    model: ModelFn,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_warmup: int,
+    num_samples: int,
+    num_chains: int,
+    seed: int,
+    target_accept_prob: float,
+    relabel: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None,
+    progress: bool | None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """NUTS chains one after another, each seeded: the draws by site, shape (chain, draw, ...), and the divergences."""
     import sys
 
-    import arviz as az
-    import pandas as pd
-    from arviz_base import from_dict
-    from pyro.infer import MCMC, NUTS, Predictive
+    from pyro.infer import MCMC, NUTS
 
     from bayesgen.infer import param_scope
-
-    def relabelled(draws: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
-        if relabel is None:
-            return draws
-        out = relabel({k: v.copy() for k, v in draws.items()})
-        if (
-            not isinstance(out, dict)
-            or set(out) != set(draws)
-            or any(np.shape(out[k]) != draws[k].shape for k in draws)
-        ):
-            raise ValueError(
-                f"relabel must return the same sites with the same shapes ({what}: "
-                f"{ {k: v.shape for k, v in draws.items()} })"
-            )
-        return {k: np.asarray(v) for k, v in out.items()}
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
     bar = None
@@ -289,7 +350,7 @@ def nuts_compare(
                     bar.set_postfix(chain=f"{chain + 1}/{num_chains}", stage=stage.lower())
 
             with seeded(seed + 1000 * c, torch.device("cpu")), param_scope({"params": {}, "constraints": {}}):
-                kernel = NUTS(model, jit_compile=False, target_accept_prob=float(target_accept_prob))
+                kernel = NUTS(model, jit_compile=False, target_accept_prob=target_accept_prob)
                 mcmc = MCMC(
                     kernel,
                     num_samples=int(num_samples),
@@ -299,23 +360,44 @@ def nuts_compare(
                     hook_fn=hook if bar is not None else None,
                 )
                 mcmc.run(*args, **kwargs)
-                chains.append(relabelled({k: to_numpy(v) for k, v in mcmc.get_samples().items()}, f"chain {c}"))
+                draws = {k: to_numpy(v) for k, v in mcmc.get_samples().items()}
+                chains.append(_relabelled(relabel, draws, f"chain {c}"))
                 div = mcmc.diagnostics().get("divergences", {})
                 divergences += int(sum(len(v) for v in div.values()))
     finally:
         if bar is not None:
             bar.close()
-    samples = {k: np.stack([ch[k] for ch in chains]) for k in chains[0]}
-    switched = label_switched_sites(samples)
-    tree = from_dict({"posterior": samples})
-    nuts = az.summary(tree, kind="all", round_to="none")
+    return {k: np.stack([ch[k] for ch in chains]) for k in chains[0]}, divergences
+
+
+def _svi_draws(
+    model: ModelFn,
+    guide: ModelFn,
+    args: tuple,
+    kwargs: dict,
+    samples: dict[str, np.ndarray],
+    *,
+    param_state: dict | None,
+    svi_samples: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """``svi_samples`` guide draws of the sites in ``samples`` (NUTS's, shape (chain, draw, ...)), by site."""
+    from pyro.infer import Predictive
+
+    from bayesgen.infer import param_scope
+
     scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
     with scope, seeded(seed, torch.device("cpu")), torch.no_grad():
         pred = Predictive(model, guide=guide, num_samples=int(svi_samples), return_sites=list(samples))
-        svi = {
+        return {
             k: to_numpy(v).reshape(int(svi_samples), *samples[k].shape[2:]) for k, v in pred(*args, **kwargs).items()
         }
-    svi = relabelled(svi, "guide draws")
+
+
+def _comparison_table(samples: dict[str, np.ndarray], svi: dict[str, np.ndarray], nuts: Any) -> Any:
+    """One row per scalar parameter: NUTS's moments and ArviZ diagnostics (``nuts``, its summary), SVI's moments."""
+    import pandas as pd
+
     rows = []
     for name, draws in samples.items():
         flat_nuts = draws.reshape(draws.shape[0] * draws.shape[1], -1)
@@ -341,19 +423,4 @@ def nuts_compare(
                     "sd_ratio": ssd / sd if sd > 0 else np.nan,
                 }
             )
-    table = pd.DataFrame(rows).set_index("parameter")
-    n_svi = float(svi_samples)
-    mcse = (table["nuts_mcse_mean"] / table["nuts_sd"]).fillna(1.0 / np.sqrt(num_samples * num_chains))
-    ess = table["nuts_ess_bulk"].fillna(float(num_samples * num_chains)).clip(lower=2.0)
-    table["smd_allowed"] = tolerance + 3.0 * np.sqrt(mcse**2 + table["sd_ratio"] ** 2 / n_svi)
-    table["sd_ratio_allowed"] = 2 * tolerance + 3.0 * table["sd_ratio"] * np.sqrt(1 / (2 * ess) + 1 / (2 * n_svi))
-    agree = bool(
-        (table["smd"].abs() <= table["smd_allowed"]).all()
-        and (np.abs(table["sd_ratio"] - 1) <= table["sd_ratio_allowed"]).all()
-    )
-    result = NUTSComparison(
-        table=table, divergences=divergences, tree=tree, agree=agree, tolerance=tolerance, label_switching=switched
-    )
-    if warn and not (agree and result.reliable):
-        warnings.warn(result.message(), UserWarning, stacklevel=2)
-    return result
+    return pd.DataFrame(rows).set_index("parameter")

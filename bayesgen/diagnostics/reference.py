@@ -137,30 +137,58 @@ def reference_check(
     rows = []
     for name, (ref_mean, ref_sd) in exact.items():
         values = to_numpy(draws[name]).astype(float)
-        mean, sd = values.mean(axis=0), values.std(axis=0, ddof=1)
-        ref_mean, ref_sd = np.broadcast_to(ref_mean, mean.shape), np.broadcast_to(ref_sd, mean.shape)
-        labels = element_labels(estimator, name, mean.shape)
-        for index, label in zip(np.ndindex(mean.shape), labels, strict=True):
-            smd, ratio = (mean[index] - ref_mean[index]) / ref_sd[index], sd[index] / ref_sd[index]
-            smd_allowed = mean_tolerance + 3.0 * ratio / np.sqrt(num_samples)
-            ratio_allowed = sd_tolerance + 3.0 * ratio / np.sqrt(2.0 * (num_samples - 1))
-            rows.append(
-                {
-                    "parameter": label,
-                    "site": name,
-                    "ref_mean": ref_mean[index],
-                    "ref_sd": ref_sd[index],
-                    "svi_mean": mean[index],
-                    "svi_sd": sd[index],
-                    "smd": smd,
-                    "sd_ratio": ratio,
-                    "smd_allowed": smd_allowed,
-                    "sd_ratio_allowed": ratio_allowed,
-                    "ok": bool(abs(smd) <= smd_allowed and abs(ratio - 1.0) <= ratio_allowed),
-                }
-            )
+        labels = element_labels(estimator, name, values.shape[1:])
+        rows += _site_rows(
+            name,
+            labels,
+            values,
+            ref_mean,
+            ref_sd,
+            num_samples=num_samples,
+            mean_tolerance=mean_tolerance,
+            sd_tolerance=sd_tolerance,
+        )
     table = pd.DataFrame(rows).set_index("parameter")
     return ReferenceCheck(table, dict(unchecked), mean_tolerance, sd_tolerance)
+
+
+def _site_rows(
+    name: str,
+    labels: list[str],
+    values: np.ndarray,
+    ref_mean: np.ndarray,
+    ref_sd: np.ndarray,
+    *,
+    num_samples: int,
+    mean_tolerance: float,
+    sd_tolerance: float,
+) -> list[dict[str, Any]]:
+    """One table row per scalar of a site: its ``num_samples`` guide draws ``values`` (shape (num_samples, ...))
+    against the exact posterior's mean and sd (broadcast to the site's shape), with allowances for the draws'
+    Monte Carlo error."""
+    mean, sd = values.mean(axis=0), values.std(axis=0, ddof=1)
+    ref_mean, ref_sd = np.broadcast_to(ref_mean, mean.shape), np.broadcast_to(ref_sd, mean.shape)
+    rows = []
+    for index, label in zip(np.ndindex(mean.shape), labels, strict=True):
+        smd, ratio = (mean[index] - ref_mean[index]) / ref_sd[index], sd[index] / ref_sd[index]
+        smd_allowed = mean_tolerance + 3.0 * ratio / np.sqrt(num_samples)
+        ratio_allowed = sd_tolerance + 3.0 * ratio / np.sqrt(2.0 * (num_samples - 1))
+        rows.append(
+            {
+                "parameter": label,
+                "site": name,
+                "ref_mean": ref_mean[index],
+                "ref_sd": ref_sd[index],
+                "svi_mean": mean[index],
+                "svi_sd": sd[index],
+                "smd": smd,
+                "sd_ratio": ratio,
+                "smd_allowed": smd_allowed,
+                "sd_ratio_allowed": ratio_allowed,
+                "ok": bool(abs(smd) <= smd_allowed and abs(ratio - 1.0) <= ratio_allowed),
+            }
+        )
+    return rows
 
 
 def dirichlet_moments(concentration: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -49,21 +49,42 @@ def diagnose(estimator: Any, *, num_samples: int = 1000, seed: int | None = 0) -
 def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[dict[str, Any], Any]:
     """:func:`diagnose`, plus the PSIS summary table (or None)."""
     estimator._check_fitted()
-    table = None
+    report: dict[str, Any] = {
+        "model": type(estimator).__name__,
+        "convergence": _convergence_part(estimator),
+        "warnings": [],
+    }
+    amortised = getattr(estimator, "_row_plate", None) is not None
+    psis, table = _psis_parts(estimator, num_samples=num_samples, seed=seed, amortised=amortised)
+    report.update(psis)
+    if amortised:
+        report.update(_rows_parts(estimator, num_samples=num_samples, seed=seed))
+    report["reference"] = _reference_part(estimator, num_samples=num_samples, seed=seed)
+    report["warnings"] = report_warnings(report)
+    return report, table
+
+
+def _convergence_part(estimator: Any) -> dict[str, Any]:
+    """The report's ``convergence``: the loss trace's verdict, or ``"exact"`` where nothing was optimised."""
     max_steps = getattr(estimator, "num_steps", None)
     from bayesgen.registry import entry_for
 
     if getattr(entry_for(estimator), "amortised", False):
         max_steps = None  # epoch-based fits stop by epochs or early stopping
     conv = convergence_report(estimator.losses_, converged=estimator.converged_, max_steps=max_steps)
-    report: dict[str, Any] = {"model": type(estimator).__name__, "convergence": conv, "warnings": []}
     if len(estimator.losses_) == 0:
-        report["convergence"]["message"] = "exact posterior: no optimisation"
-        report["convergence"]["verdict"] = "exact"
-    amortised = getattr(estimator, "_row_plate", None) is not None
+        conv["message"] = "exact posterior: no optimisation"
+        conv["verdict"] = "exact"
+    return conv
+
+
+def _psis_parts(estimator: Any, *, num_samples: int, seed: int | None, amortised: bool) -> tuple[dict[str, Any], Any]:
+    """The report's ``psis`` (joint k-hat, or its error) and ``psis_means``, and the PSIS summary table (or None)."""
+    parts: dict[str, Any] = {}
+    table = None
     try:
         diag = estimator.vi_diagnostic(num_samples=num_samples, seed=seed, warn=False)
-        report["psis"] = {
+        parts["psis"] = {
             "khat": diag.khat,
             "verdict": diag.verdict,
             "ess": diag.ess,
@@ -72,8 +93,8 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
         }
         if amortised:
             plate = estimator._row_plate
-            report["psis"]["scope"] = "joint"
-            report["psis"]["message"] = (
+            parts["psis"]["scope"] = "joint"
+            parts["psis"]["message"] = (
                 f"The joint PSIS k-hat over all checked {plate}s together ({diag.khat:.2f}) is not a verdict: it grows "
                 f"with the number of {plate}s even when each {plate}'s guide is good; the per-{plate} k-hat is the "
                 "check."
@@ -82,7 +103,7 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
             table = psis_summary(diag, estimator=estimator)
             if len(table):
                 worst = table["shift_sd"].abs()
-                report["psis_means"] = {
+                parts["psis_means"] = {
                     "largest_shift_sd": float(worst.max()),
                     "parameter": str(worst.idxmax()),
                     "message": (
@@ -91,41 +112,50 @@ def _diagnose(estimator: Any, *, num_samples: int, seed: int | None) -> tuple[di
                     ),
                 }
     except (ValueError, RuntimeError) as err:
-        report["psis"] = {"error": str(err).splitlines()[0]}
-    if amortised:
-        try:
-            rows = estimator.vi_diagnostic_rows(num_samples=max(100, min(int(num_samples), 500)), seed=seed, warn=False)
-            report["psis_rows"] = {
-                "verdict": rows.verdict,
-                **rows.shares,
-                "num_rows": len(rows.khat),
-                "khat_median": rows.quantile(0.5),
-                "khat_p90": rows.quantile(0.9),
-                "message": rows.message(),
-            }
-            notes = estimator.reliability_notes(rows)
-            report["amortised"] = notes
-            report["psis_rows"]["advice"] = notes["advice"]
-        except (ValueError, RuntimeError) as err:
-            report["psis_rows"] = {"error": str(err).splitlines()[0]}
+        parts["psis"] = {"error": str(err).splitlines()[0]}
+    return parts, table
+
+
+def _rows_parts(estimator: Any, *, num_samples: int, seed: int | None) -> dict[str, Any]:
+    """An amortised model's ``psis_rows`` (per-row k-hat, or its error) and ``amortised`` (its reliability notes)."""
+    parts: dict[str, Any] = {}
+    try:
+        rows = estimator.vi_diagnostic_rows(num_samples=max(100, min(int(num_samples), 500)), seed=seed, warn=False)
+        parts["psis_rows"] = {
+            "verdict": rows.verdict,
+            **rows.shares,
+            "num_rows": len(rows.khat),
+            "khat_median": rows.quantile(0.5),
+            "khat_p90": rows.quantile(0.9),
+            "message": rows.message(),
+        }
+        notes = estimator.reliability_notes(rows)
+        parts["amortised"] = notes
+        parts["psis_rows"]["advice"] = notes["advice"]
+    except (ValueError, RuntimeError) as err:
+        parts["psis_rows"] = {"error": str(err).splitlines()[0]}
+    return parts
+
+
+def _reference_part(estimator: Any, *, num_samples: int, seed: int | None) -> dict[str, Any]:
+    """The report's ``reference``: the exact-posterior check (:func:`reference_check`), or its error."""
     try:
         ref = reference_check(estimator, num_samples=max(100, min(int(num_samples), 2000)), seed=seed)
-        report["reference"] = {
+        part = {
             "agree": ref.agree,
             "checked": sorted(set(ref.table["site"])) if len(ref.table) else [],
             "unchecked": ref.unchecked,
             "message": ref.message(),
         }
         if len(ref.table):
-            report["reference"]["largest_abs_smd"] = _finite_or_none(ref.table["smd"].abs().max())
-            report["reference"]["sd_ratio_range"] = [
+            part["largest_abs_smd"] = _finite_or_none(ref.table["smd"].abs().max())
+            part["sd_ratio_range"] = [
                 _finite_or_none(ref.table["sd_ratio"].min()),
                 _finite_or_none(ref.table["sd_ratio"].max()),
             ]
     except (ValueError, RuntimeError) as err:
-        report["reference"] = {"error": str(err).splitlines()[0]}
-    report["warnings"] = report_warnings(report)
-    return report, table
+        part = {"error": str(err).splitlines()[0]}
+    return part
 
 
 def write_diagnostics(
@@ -180,7 +210,6 @@ def write_diagnostics(
     from pathlib import Path
 
     from bayesgen.io import atomic_path, write_json
-    from bayesgen.plots import plot_loss
 
     # Checked here, before any work: the checks themselves record their own errors instead of failing.
     check_count(num_samples, "num_samples", minimum=2)
@@ -193,29 +222,50 @@ def write_diagnostics(
     folder = Path(folder)
     (folder / "plots").mkdir(parents=True, exist_ok=True)
     # Results of an earlier call must not survive next to a new diagnostics.json that does not list them.
-    for stale in (
-        "psis_summary.csv",
-        "nuts_comparison.csv",
-        "nuts.nc",
-        "sbc_ranks.csv",
-        "plots/sbc_ecdf.png",
-        "ppc_statistics.csv",
-        "plots/ppc_statistics.png",
-    ):
+    for stale in _OPTIONAL_FILES:
         (folder / stale).unlink(missing_ok=True)
     report, table = _diagnose(estimator, num_samples=num_samples, seed=seed)
     if table is not None and len(table):
         with atomic_path(folder / "psis_summary.csv") as tmp:
             table.to_csv(tmp)
+    report.update(_write_predictive(estimator, folder, seed=seed))
+    if nuts:
+        report["nuts"] = _write_nuts(estimator, folder, num_samples=nuts_samples, num_warmup=nuts_warmup, seed=seed)
+    if sbc_simulations:
+        report["sbc"] = _write_sbc(estimator, folder, simulations=sbc_simulations, num_steps=sbc_steps, seed=seed)
+    report["warnings"] = report_warnings(report)
+    write_json(folder / "diagnostics.json", report, default=float)
+    if len(estimator.losses_):
+        _write_loss_plot(estimator.losses_, folder / "plots" / "diagnostics_loss.png", report["convergence"]["message"])
+    return report
+
+
+#: The files of a run folder that only some calls of :func:`write_diagnostics` write.
+_OPTIONAL_FILES = (
+    "psis_summary.csv",
+    "nuts_comparison.csv",
+    "nuts.nc",
+    "sbc_ranks.csv",
+    "plots/sbc_ecdf.png",
+    "ppc_statistics.csv",
+    "plots/ppc_statistics.png",
+)
+
+
+def _write_predictive(estimator: Any, folder: Any, *, seed: int | None) -> dict[str, Any]:
+    """Predictive check plots and statistics in ``folder``; the report's ``predictive_checks`` and ``predictive``."""
+    from bayesgen.io import atomic_path
+
+    parts: dict[str, Any] = {}
     try:  # one set of predictive draws serves the plots and the statistics
         tree = estimator.to_arviz(200, seed=seed, prior=True)
-        report["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed, tree=tree)
+        parts["predictive_checks"] = plot_predictive_checks(estimator, folder / "plots", seed=seed, tree=tree)
         ppc = predictive_check(estimator, seed=seed, tree=tree)
         with atomic_path(folder / "ppc_statistics.csv") as tmp:
             ppc.table.to_csv(tmp)
         with atomic_path(folder / "plots" / "ppc_statistics.png") as tmp:
             ppc.plot().savefig(tmp, dpi=110)
-        report["predictive"] = {
+        parts["predictive"] = {
             "passed": ppc.passed,
             "statistics": len(ppc.table),
             "smallest_p_value": _finite_or_none(ppc.table["p_value"].min()),
@@ -224,53 +274,69 @@ def write_diagnostics(
         }
     except (ValueError, RuntimeError, TypeError, KeyError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        report.setdefault("predictive_checks", {"error": message})
-        report["predictive"] = {"error": message}
-    if nuts:
-        try:
-            cmp = estimator.nuts_check(
-                num_samples=int(nuts_samples), num_warmup=int(nuts_warmup), seed=0 if seed is None else int(seed)
-            )
-            with atomic_path(folder / "nuts_comparison.csv") as tmp:
-                cmp.table.to_csv(tmp)
-            with atomic_path(folder / "nuts.nc") as tmp:
-                cmp.tree.to_netcdf(tmp, engine="netcdf4")
-            report["nuts"] = {
-                "agree": cmp.agree,
-                "reliable": cmp.reliable,
-                "divergences": cmp.divergences,
-                "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
-                "max_r_hat": _finite_or_none(cmp.max_r_hat),
-                "min_ess_bulk": cmp.min_ess_bulk,
-                "cause": cmp.cause,
-                "label_switching": cmp.label_switching,
-                "message": cmp.message(),
-            }
-        except (ValueError, RuntimeError) as err:
-            report["nuts"] = {"error": str(err).splitlines()[0]}
-    if sbc_simulations:
-        try:
-            res = estimator.sbc_check(int(sbc_simulations), num_steps=sbc_steps, seed=0 if seed is None else int(seed))
-            with atomic_path(folder / "sbc_ranks.csv") as tmp:
-                res.ranks.to_csv(tmp, index=False)
-            with atomic_path(folder / "plots" / "sbc_ecdf.png") as tmp:
-                res.plot().savefig(tmp, dpi=110)
-            report["sbc"] = {
-                "calibrated": res.calibrated,
-                "simulations": len(res.ranks),
-                "p_values": res.p_values.to_dict(),
-                "message": res.message(),
-            }
-        except (ValueError, RuntimeError) as err:
-            report["sbc"] = {"error": str(err).splitlines()[0]}
-    report["warnings"] = report_warnings(report)
-    write_json(folder / "diagnostics.json", report, default=float)
-    if len(estimator.losses_):
-        fig = plot_loss(estimator.losses_, window=max(2, min(100, len(estimator.losses_) // 10)))
-        fig.suptitle(report["convergence"]["message"][:110], fontsize="small")
-        with atomic_path(folder / "plots" / "diagnostics_loss.png") as tmp:
-            fig.savefig(tmp, dpi=110)
-    return report
+        parts.setdefault("predictive_checks", {"error": message})
+        parts["predictive"] = {"error": message}
+    return parts
+
+
+def _write_nuts(estimator: Any, folder: Any, *, num_samples: int, num_warmup: int, seed: int | None) -> dict[str, Any]:
+    """The NUTS cross-check's table and draws in ``folder``; the report's ``nuts`` (or its error)."""
+    from bayesgen.io import atomic_path
+
+    try:
+        cmp = estimator.nuts_check(
+            num_samples=int(num_samples), num_warmup=int(num_warmup), seed=0 if seed is None else int(seed)
+        )
+        with atomic_path(folder / "nuts_comparison.csv") as tmp:
+            cmp.table.to_csv(tmp)
+        with atomic_path(folder / "nuts.nc") as tmp:
+            cmp.tree.to_netcdf(tmp, engine="netcdf4")
+        return {
+            "agree": cmp.agree,
+            "reliable": cmp.reliable,
+            "divergences": cmp.divergences,
+            "largest_abs_smd": _finite_or_none(cmp.table["smd"].abs().max(skipna=False)),
+            "max_r_hat": _finite_or_none(cmp.max_r_hat),
+            "min_ess_bulk": cmp.min_ess_bulk,
+            "cause": cmp.cause,
+            "label_switching": cmp.label_switching,
+            "message": cmp.message(),
+        }
+    except (ValueError, RuntimeError) as err:
+        return {"error": str(err).splitlines()[0]}
+
+
+def _write_sbc(
+    estimator: Any, folder: Any, *, simulations: int, num_steps: int | None, seed: int | None
+) -> dict[str, Any]:
+    """Simulation-based calibration's ranks and ECDF plot in ``folder``; the report's ``sbc`` (or its error)."""
+    from bayesgen.io import atomic_path
+
+    try:
+        res = estimator.sbc_check(int(simulations), num_steps=num_steps, seed=0 if seed is None else int(seed))
+        with atomic_path(folder / "sbc_ranks.csv") as tmp:
+            res.ranks.to_csv(tmp, index=False)
+        with atomic_path(folder / "plots" / "sbc_ecdf.png") as tmp:
+            res.plot().savefig(tmp, dpi=110)
+        return {
+            "calibrated": res.calibrated,
+            "simulations": len(res.ranks),
+            "p_values": res.p_values.to_dict(),
+            "message": res.message(),
+        }
+    except (ValueError, RuntimeError) as err:
+        return {"error": str(err).splitlines()[0]}
+
+
+def _write_loss_plot(losses: Any, path: Any, verdict: str) -> None:
+    """The loss trace with its smoothed curve, titled by the convergence verdict, as a PNG at ``path``."""
+    from bayesgen.io import atomic_path
+    from bayesgen.plots import plot_loss
+
+    fig = plot_loss(losses, window=max(2, min(100, len(losses) // 10)))
+    fig.suptitle(verdict[:110], fontsize="small")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def _finite_or_none(value: float) -> float | None:
