@@ -15,7 +15,7 @@ and the seed. :func:`run_spec` fits it and writes a run folder::
                        PSIS-corrected means (psis_summary.csv), predictive checks,
                        and with ``[report] nuts = true`` / ``sbc_simulations = N``
                        the NUTS cross-check (nuts_comparison.csv, nuts.nc) and SBC
-                       (sbc_ranks.csv); see :func:`bayesgen.diagnostics.write_diagnostics`
+                       (sbc_ranks.csv); see :func:`bayesgen.diagnostics.report.write_diagnostics`
     plots/*.png        loss curve, model figures, predictive checks
     plots/model_graph.svg  Pyro's render_model of the model (when Graphviz is installed)
     model/             the fitted estimator (``Estimator.load`` reads it)

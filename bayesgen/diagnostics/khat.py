@@ -51,7 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: k-hat below this is "good": the guide is close to the posterior and importance sampling is reliable.
 KHAT_GOOD = 0.5
+#: k-hat up to this is "usable" (with PSIS-corrected expectations); above it, "unreliable".
 KHAT_USABLE = 0.7
 
 
