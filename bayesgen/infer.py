@@ -224,7 +224,7 @@ def _interrupts_held() -> Iterator[None]:
 class LossVerdict:
     """What a loss history says about the optimisation, by the rule of :meth:`ConvergenceCheck.assess`.
 
-    The runner's ``converged`` flag and :func:`bayesgen.diagnostics.convergence_report` both come from
+    The runner's ``converged`` flag and :func:`bayesgen.diagnostics.convergence.convergence_report` both come from
     this one rule, so they never disagree on the same history and settings.
 
     Attributes
@@ -276,7 +276,7 @@ class ConvergenceCheck:
     the span. If that never happens, the fit runs to ``num_steps`` and
     reports that it did not converge. :meth:`assess` turns a whole history
     into a :class:`LossVerdict` by the same rule; the runner's ``converged``
-    flag and :func:`bayesgen.diagnostics.convergence_report` both use it.
+    flag and :func:`bayesgen.diagnostics.convergence.convergence_report` both use it.
 
     Parameters
     ----------
@@ -446,7 +446,7 @@ class SVIResult:
         The seed the fit ran with (the one drawn for ``seed=None``, so such a fit can be repeated).
     loss_verdict : LossVerdict or None
         The verdict on ``losses`` (:meth:`ConvergenceCheck.assess`), the same that
-        :func:`bayesgen.diagnostics.convergence_report` gives for these losses and settings.
+        :func:`bayesgen.diagnostics.convergence.convergence_report` gives for these losses and settings.
     params : dict of {str: numpy.ndarray}
         The fitted parameters' *constrained* values (a positive scale as a positive number), by Pyro
         param name, as NumPy arrays on the CPU. ``param_state`` holds the unconstrained tensors the

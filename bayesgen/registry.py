@@ -4,7 +4,7 @@ A model's name is the ``[run] model`` of its specs, its estimator's ``_model_nam
 Its :class:`ModelEntry` says everything the rest of bayesgen needs to know about it: the estimator
 class, the spec recipe (which ``[data]`` and ``[report]`` keys a spec may hold, the function that
 fits a spec), the report's title and description, whether its guide is amortised, its tour spec and
-its tutorial. Specs, the tour, the report, :func:`bayesgen.diagnostics.diagnose`, the command line
+its tutorial. Specs, the tour, the report, :func:`bayesgen.diagnostics.report.diagnose`, the command line
 and the coverage tests read this registry; nothing else keeps a list of models.
 
 Importing this module loads no torch: the estimator class and the spec recipe are named by

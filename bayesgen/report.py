@@ -5,7 +5,7 @@ and writes a single HTML file with everything inlined (CSS, PNG/SVG pictures as
 ``data:`` URIs), so it can be mailed, archived or opened offline. It opens with a
 table of verdicts, one row per run: optimisation, posterior quality and the
 predictive check, each coloured green (ok), amber (caution) or red (fail) by
-:func:`bayesgen.diagnostics.overall_verdicts` and linking to the run's checks.
+:func:`bayesgen.diagnostics.verdict.overall_verdicts` and linking to the run's checks.
 Then, for each run: what the model is (its title and description in
 :mod:`bayesgen.registry`), the data, the fit (steps, time, device, one coloured
 box per diagnostic, with one sentence on why and what to do where it is not

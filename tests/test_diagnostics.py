@@ -330,15 +330,15 @@ def test_nuts_advice_follows_the_cause():
 
 
 def test_label_switching_between_chains_is_told_from_chains_that_did_not_mix():
-    from bayesgen.diagnostics import _label_switched_sites
+    from bayesgen.diagnostics import label_switched_sites
 
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.1, size=(2, 300, 2))
     swapped = np.stack([[-3.0, 3.0], [3.0, -3.0]])[:, None, :] + noise  # chain 1 labels the components the other way
     apart = np.stack([[-3.0, 3.0], [-2.0, 3.0]])[:, None, :] + noise  # chain 1 sits elsewhere: no relabelling helps
     scalar = rng.normal(size=(2, 300))
-    assert _label_switched_sites({"locs": swapped, "sigma": scalar}) == ["locs"]
-    assert _label_switched_sites({"locs": apart}) == []
+    assert label_switched_sites({"locs": swapped, "sigma": scalar}) == ["locs"]
+    assert label_switched_sites({"locs": apart}) == []
 
 
 def test_nuts_compare_relabels_each_chain_and_the_guide_draws_and_shows_progress(capsys):

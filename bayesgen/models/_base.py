@@ -314,7 +314,7 @@ class BayesianEstimator:
         )
 
     def vi_diagnostic(self, num_samples: int = 2000, *, seed: int | None = 0, warn: bool = True) -> Any:
-        """PSIS k-hat of the fitted guide against the model (see :func:`bayesgen.diagnostics.vi_khat`).
+        """PSIS k-hat of the fitted guide against the model (see :func:`~bayesgen.diagnostics.khat.vi_khat`).
 
         Models that store only some rows for ArviZ (VAE, ProdLDA) are checked on those rows.
         """
@@ -345,7 +345,7 @@ class BayesianEstimator:
         seed: int = 0,
         tolerance: float = 0.1,
     ) -> Any:
-        """Compare the fitted posterior with NUTS on the same model (see :func:`bayesgen.diagnostics.nuts_compare`).
+        """Compare the fitted posterior with NUTS on the same model (:func:`~bayesgen.diagnostics.nuts.nuts_compare`).
 
         For small models only (the A/B test, a generator on a few features, an anomaly mixture on a small table).
         """
@@ -388,7 +388,7 @@ class BayesianEstimator:
         )
 
     def vi_diagnostic_rows(self, num_samples: int = 500, *, seed: int | None = 0, warn: bool = True) -> Any:
-        """Per-row PSIS k-hat of an amortised guide (see :func:`bayesgen.diagnostics.vi_khat_rows`).
+        """Per-row PSIS k-hat of an amortised guide (see :func:`~bayesgen.diagnostics.khat.vi_khat_rows`).
 
         Offered by models whose latent variables are all local to a data row
         (VAE, ProdLDA); checked on the rows stored for ArviZ.
@@ -426,7 +426,7 @@ class BayesianEstimator:
         seed: int = 0,
         alpha: float = 0.01,
     ) -> Any:
-        """Simulation-based calibration of this estimator's SVI procedure (see :func:`bayesgen.diagnostics.sbc`).
+        """Simulation-based calibration of this estimator's SVI fits (:func:`~bayesgen.diagnostics.calibration.sbc`).
 
         Simulates data sets of the fitted data's shape from the prior and refits
         the guide to each with the estimator's optimiser settings
@@ -634,7 +634,7 @@ class BayesianEstimator:
 
         Global sites are the guide's latent sites outside the row plate. Models
         with conjugate sites override this (used by
-        :func:`bayesgen.diagnostics.reference_check`).
+        :func:`~bayesgen.diagnostics.reference.reference_check`).
         """
         return {}, {name: "no closed-form posterior (compare with NUTS: nuts_check)" for name in self._global_sites()}
 
