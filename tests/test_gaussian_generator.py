@@ -910,13 +910,14 @@ def test_chunked_full_predictive_equals_the_per_row_multivariate_t(monkeypatch):
     # Chunks of 4 rows (the last one short) against Pyro's MultivariateStudentT evaluated one row at a time.
     import pyro.distributions as dist
 
+    from bayesgen.models import _gaussian_distributions
     from bayesgen.models import gaussian_generator as gg
 
     X, y, _ = simulated(n_per_class=(60, 40, 30))
     gen = GaussianGenerator(covariance="full", method="exact").fit(X, y)
     pred = gen._predictive
     x = torch.as_tensor(gen._to_model_space(X[:23] + 0.5), dtype=torch.float64)
-    monkeypatch.setattr(gg, "_CHUNK_ELEMENTS", 4 * x.shape[1] * 3)
+    monkeypatch.setattr(_gaussian_distributions, "CHUNK_ELEMENTS", 4 * x.shape[1] * 3)
     chunked = gg._predictive_joint_log_prob(pred, "full", x)
     log_w = torch.log(pred["weights"] / pred["weights"].sum())
     truth = torch.stack(
@@ -930,12 +931,12 @@ def test_chunked_lowrank_draws_equal_the_per_row_low_rank_normal(monkeypatch):
     # The SVI path: per-draw class densities of chunks of 5 rows against torch's LowRankMultivariateNormal per row.
     import pyro.distributions as dist
 
-    from bayesgen.models import gaussian_generator as gg
+    from bayesgen.models import _gaussian_distributions
 
     X, y, _ = simulated(n_per_class=(60, 40, 30))
     gen = GaussianGenerator(covariance="lowrank", rank=2, noise="diagonal", num_steps=30, seed=0).fit(X, y)
     xv = gen._to_model_space(X[:17])
-    monkeypatch.setattr(gg, "_CHUNK_ELEMENTS", 5 * xv.shape[1] * 3)
+    monkeypatch.setattr(_gaussian_distributions, "CHUNK_ELEMENTS", 5 * xv.shape[1] * 3)
     joint = gen._joint_log_prob(xv, 4, 1)
     draws = gen._draw_parameters(4, gen._method_seed(1))
     x = torch.as_tensor(xv, dtype=torch.float64)

@@ -85,11 +85,10 @@ Tipping & Bishop (1999), Probabilistic principal component analysis, JRSS B 61(3
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -103,6 +102,23 @@ from torch.distributions import constraints
 from bayesgen._runtime import as_feature_matrix, check_count, check_labels, check_real, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
+
+# The distributions and the shared statistics live in their own modules; their public names are this module's too.
+from bayesgen.models._gaussian_algebra import (
+    ledoit_wolf_intensity,
+    lowrank_initial_params,
+    off_subspace,
+    pooled_statistics,
+    principal_subspace,
+)
+from bayesgen.models._gaussian_distributions import (
+    ClassLowRankNormal,
+    ClassMultivariateNormal,
+    lowrank_log_prob,
+    lowrank_whitening,
+    quiet_wishart,
+    row_chunks,
+)
 
 __all__ = [
     "ClassLowRankNormal",
@@ -130,149 +146,6 @@ DIMS = {
     "x": ["row"],
     "x_unlabelled": ["unlabelled_row"],
 }
-
-
-# ---------------------------------------------------------- distributions
-class _ClassIndexed(dist.TorchDistribution):
-    """Base of the per-class Gaussians: rows of ``index``'s classes, handled one class at a time.
-
-    Each class's rows are taken together, so no per-row copy of a class's
-    factor is ever made: with 1,000 posterior draws of 10 classes, a copy per
-    row of a 64 × 64 Cholesky factor would be gigabytes.
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, loc: torch.Tensor, lead: torch.Size, index: torch.Tensor) -> None:
-        self.loc, self.index = loc, index
-        super().__init__(lead + index.shape, loc.shape[-1:], validate_args=False)
-        self._order = torch.argsort(index, stable=True)
-        self._counts = torch.bincount(index, minlength=loc.shape[-2]).tolist()
-        self._inverse = torch.argsort(self._order)
-
-    def _by_class(self, rows: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        """``rows`` (..., n, k) split into (class, that class's rows), classes with rows only."""
-        parts = torch.split(rows.index_select(-2, self._order), self._counts, dim=-2)
-        return [(c, part) for c, part in enumerate(parts) if part.shape[-2]]
-
-    def _in_row_order(self, parts: list[torch.Tensor], dim: int) -> torch.Tensor:
-        """Per-class results (in class order, along ``dim``) put back in the rows' order."""
-        return torch.cat(parts, dim=dim).index_select(dim, self._inverse)
-
-
-class ClassMultivariateNormal(_ClassIndexed):
-    """Rows drawn from per-class full-covariance Gaussians given by their precision matrices.
-
-    ``x_i ~ MultivariateNormal(loc[c_i], precision[c_i]⁻¹)``: the same density as
-    ``MultivariateNormal(loc[c], precision_matrix=precision[c])`` indexed per
-    row, with one Cholesky factorisation ``L Lᵀ`` of each class's precision and
-    no inversion: the Mahalanobis term is ``‖Lᵀ (x − loc)‖²``.
-
-    Parameters
-    ----------
-    loc : Tensor, shape (..., n_classes, d)
-    precision : Tensor, shape (..., n_classes, d, d)
-    index : Tensor of int64, shape (n_rows,)
-    """
-
-    def __init__(self, loc: torch.Tensor, precision: torch.Tensor, index: torch.Tensor) -> None:
-        self.precision_tril = torch.linalg.cholesky(precision)
-        super().__init__(loc, torch.broadcast_shapes(loc.shape[:-2], precision.shape[:-3]), index)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        tril = self.precision_tril
-        half_logdet = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # log |precision|^(1/2)
-        const = 0.5 * value.shape[-1] * math.log(2 * math.pi)
-        parts = []
-        for c, rows in self._by_class(value):
-            z = (rows - self.loc[..., c, None, :]) @ tril[..., c, :, :]  # (..., n_c, d): Lᵀ(x − loc) per row
-            parts.append(half_logdet[..., c, None] - const - 0.5 * z.pow(2).sum(-1))
-        return self._in_row_order(parts, -1)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        eps = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
-        tril = self.precision_tril
-        eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
-        # z = L⁻ᵀ eps has covariance (L Lᵀ)⁻¹, the class covariance; as rows, z = eps L⁻¹.
-        inverse = torch.linalg.solve_triangular(tril, eye, upper=False)
-        parts = [e @ inverse[..., c, :, :] for c, e in self._by_class(eps)]
-        return self.loc[..., self.index, :] + self._in_row_order(parts, -2)
-
-
-class ClassLowRankNormal(_ClassIndexed):
-    """Rows drawn from per-class low-rank Gaussians, factorised once per class.
-
-    ``x_i ~ MultivariateNormal(loc[c_i], W[c_i] W[c_i]ᵀ + diag(D[c_i]))``. The same
-    density as ``LowRankMultivariateNormal(loc[c], W[c], D[c])`` indexed per row,
-    but the r × r capacitance matrix ``I + Wᵀ D⁻¹ W`` is factorised once per class
-    (C of them) instead of once per row, and each row costs one O(d r) Woodbury
-    solve. That is the difference between minutes and seconds on MNIST.
-
-    Parameters
-    ----------
-    loc : Tensor, shape (..., n_classes, d)
-    cov_factor : Tensor, shape (..., n_classes, d, r)
-    cov_diag : Tensor, shape (..., n_classes, d)
-    index : Tensor of int64, shape (n_rows,)
-        Class of every row.
-    """
-
-    def __init__(
-        self, loc: torch.Tensor, cov_factor: torch.Tensor, cov_diag: torch.Tensor, index: torch.Tensor
-    ) -> None:
-        self.cov_factor, self.cov_diag = cov_factor, cov_diag
-        lead = torch.broadcast_shapes(loc.shape[:-2], cov_factor.shape[:-3], cov_diag.shape[:-2])
-        super().__init__(loc, lead, index)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        d_inv, whiten, logdet = _lowrank_whitening(self.cov_factor, self.cov_diag)
-        parts = [
-            _lowrank_log_prob(rows, self.loc[..., c, :], d_inv[..., c, :], whiten[..., c, :, :], logdet[..., c, None])
-            for c, rows in self._by_class(value)
-        ]
-        return self._in_row_order(parts, -1)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        idx = self.index
-        shape = torch.Size(sample_shape) + self.batch_shape
-        r = self.cov_factor.shape[-1]
-        eps_w = torch.randn(shape + (r,), dtype=self.loc.dtype, device=self.loc.device)
-        eps_d = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
-        factor = [e @ self.cov_factor[..., c, :, :].transpose(-1, -2) for c, e in self._by_class(eps_w)]
-        return self.loc[..., idx, :] + self._in_row_order(factor, -2) + self.cov_diag[..., idx, :].sqrt() * eps_d
-
-
-def _lowrank_whitening(
-    cov_factor: torch.Tensor, cov_diag: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class pieces of the Woodbury identity for W Wᵀ + diag(D): D⁻¹, L⁻¹ Wᵀ D⁻¹ and log |W Wᵀ + D|.
-
-    L is the Cholesky factor of the r x r capacitance matrix I + Wᵀ D⁻¹ W, factorised once per class.
-    Shapes: cov_factor (..., C, d, r), cov_diag (..., C, d) -> (..., C, d), (..., C, r, d), (..., C).
-    """
-    d_inv = cov_diag.reciprocal()
-    wt_dinv = cov_factor.transpose(-1, -2) * d_inv.unsqueeze(-2)  # (..., C, r, d)
-    eye = torch.eye(cov_factor.shape[-1], dtype=cov_factor.dtype, device=cov_factor.device)
-    chol = torch.linalg.cholesky(eye + wt_dinv @ cov_factor)  # (..., C, r, r)
-    logdet = cov_diag.log().sum(-1) + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return d_inv, torch.linalg.solve_triangular(chol, wt_dinv, upper=False), logdet
-
-
-def _lowrank_log_prob(
-    rows: torch.Tensor, loc: torch.Tensor, d_inv: torch.Tensor, whiten: torch.Tensor, logdet: torch.Tensor
-) -> torch.Tensor:
-    """log N(rows; loc, W Wᵀ + D) of one class, from that class's :func:`_lowrank_whitening` pieces.
-
-    rows (..., n, d), loc and d_inv (..., d), whiten (..., r, d), logdet broadcastable to (..., n) -> (..., n).
-    One O(n d r) product; the factor is never copied per row.
-    """
-    diff = rows - loc.unsqueeze(-2)
-    z = whiten @ diff.transpose(-1, -2)  # (..., r, n)
-    maha = (diff.pow(2) * d_inv.unsqueeze(-2)).sum(-1) - z.pow(2).sum(-2)
-    return -0.5 * (rows.shape[-1] * math.log(2 * math.pi) + logdet + maha)
 
 
 # --------------------------------------------------------------------- model
@@ -458,165 +331,6 @@ def guide(
                     "cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive
                 )
                 pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale).to_event(1))
-
-
-# ------------------------------------------------------------ priors, exact
-def principal_subspace(raw: np.ndarray, dim: int) -> dict[str, np.ndarray | float]:
-    """The first ``dim`` principal components of ``raw`` and PPCA's residual variance.
-
-    Parameters
-    ----------
-    raw : numpy.ndarray, shape (n_rows, d)
-        Features on their own scale (not standardised).
-    dim : int
-        Components kept, 1 <= dim < min(n_rows, d). (Centred rows have rank
-        at most n_rows - 1, so dim = n_rows - 1 leaves no residual: an error.)
-
-    Returns
-    -------
-    dict
-        ``centre`` (d,), ``basis`` (d, dim) with orthonormal columns, and
-        ``residual_variance``: the mean of the d - dim discarded eigenvalues of
-        the sample covariance (the maximum-likelihood noise of probabilistic
-        PCA, Tipping & Bishop 1999).
-    """
-    n, d = raw.shape
-    if not 1 <= dim < min(n, d):
-        raise ValueError(
-            f"subspace={dim} must be at least 1 and below both the {n} training rows and the {d} modelled features"
-        )
-    centre = raw.mean(axis=0)
-    centred = raw - centre
-    # The d x d covariance, not an SVD of the rows: no n x d factor (344 MB for MNIST).
-    eig, vec = np.linalg.eigh(centred.T @ centred / (n - 1))
-    eig, vec = np.clip(eig[::-1], 0.0, None), vec[:, ::-1]  # descending
-    residual = float(eig[dim:].sum() / (d - dim))
-    if not residual > 1e-12 * max(float(eig.sum()), 1e-300):
-        raise ValueError(
-            f"subspace={dim} components hold all the variance of the training rows (their rank is "
-            f"{int((eig > 1e-12 * eig[0]).sum())}); choose a smaller subspace"
-        )
-    return {"centre": centre, "basis": vec[:, :dim].copy(), "residual_variance": residual}
-
-
-def _off_subspace(v: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """The part of each row of ``v`` orthogonal to the orthonormal columns of ``basis``."""
-    return v - (v @ basis) @ basis.T
-
-
-def ledoit_wolf_intensity(centred: np.ndarray, S: np.ndarray | None = None) -> float:
-    """Ledoit-Wolf shrinkage intensity of the covariance of centred rows.
-
-    The optimal weight a in ``(1 - a) S + a·μI`` (μ the mean variance) under
-    Frobenius loss, estimated from the data (Ledoit & Wolf 2004); 0 when rows
-    are plentiful, toward 1 when features outnumber rows.
-    """
-    n, d = centred.shape
-    if n < 2:
-        return 1.0
-    if S is None:  # the rows' second-moment matrix, divided by n
-        S = centred.T @ centred / n
-    mu = float(np.trace(S)) / d
-    delta = float(((S - mu * np.eye(d)) ** 2).sum()) / d
-    sq = centred**2
-    beta = float((sq.T @ sq).sum() / n - (S**2).sum()) / (d * n)
-    beta = min(beta, delta)
-    return 0.0 if delta <= 0 else float(beta / delta)
-
-
-def pooled_statistics(
-    x: np.ndarray, y: np.ndarray, num_classes: int, *, pooled_shrinkage: float | str = "auto"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled mean and pooled within-class covariance (what every class shrinks toward).
-
-    With few rows in many dimensions (200 digits in 717 pixels) the pooled
-    scatter is singular, and a prior centred on it would tell every class that
-    most directions have no variance. The pooled covariance is therefore itself
-    shrunk toward its diagonal, ``(1 - a) S + a diag(S)``, with the Ledoit-Wolf
-    intensity ``a`` (``pooled_shrinkage="auto"``; a float fixes ``a``; 0 turns
-    it off). With 60,000 MNIST rows ``a`` is below 0.01.
-
-    Parameters
-    ----------
-    x : numpy.ndarray, shape (n_rows, n_features)
-    y : numpy.ndarray of int, shape (n_rows,)
-    num_classes : int
-    pooled_shrinkage : "auto" or float in [0, 1], default "auto"
-
-    Returns
-    -------
-    m0 : numpy.ndarray, shape (n_features,)
-    S0 : numpy.ndarray, shape (n_features, n_features)
-    """
-    m0 = x.mean(axis=0)
-    centred = np.empty_like(x, dtype=float)
-    for c in range(num_classes):
-        rows = y == c
-        centred[rows] = x[rows] - x[rows].mean(axis=0)
-    dof = max(len(x) - num_classes, 1)
-    S0 = centred.T @ centred / dof
-    if pooled_shrinkage == "auto":
-        a = ledoit_wolf_intensity(centred, S0 * dof / len(x))
-    else:
-        a = float(pooled_shrinkage)
-        if not 0.0 <= a <= 1.0:
-            raise ValueError(f"pooled_shrinkage must be 'auto' or a number in [0, 1], got {pooled_shrinkage!r}")
-    if a > 0:
-        S0 = (1.0 - a) * S0 + a * np.diag(np.diag(S0))
-    # A floor keeps S0 positive definite when some features barely vary.
-    floor = 1e-3 * max(float(np.mean(np.diag(S0))), 1e-12)
-    S0[np.diag_indices_from(S0)] += floor
-    return m0, S0
-
-
-def lowrank_initial_params(
-    x: np.ndarray,
-    y: np.ndarray,
-    num_classes: int,
-    *,
-    S0: np.ndarray,
-    prior_strength: float,
-    shrinkage: float,
-    rank: int,
-) -> dict[str, np.ndarray]:
-    """Per-class probabilistic-PCA starting point for the low-rank guide.
-
-    Each class's covariance is estimated as ``(shrinkage·S0 + scatter_c) /
-    (shrinkage + n_c)`` (the same pull toward the pooled covariance as the
-    prior) and factorised as in Tipping & Bishop (1999): the top ``rank``
-    eigenvectors scaled by ``sqrt(λ - ψ̄)``, the remaining variance on the
-    diagonal. SVI then refines the posterior from there instead of walking
-    from the pooled factors, which cuts the steps needed by a factor of
-    several on images. Cost: one dense d × d eigendecomposition per class.
-
-    Returns
-    -------
-    dict
-        ``loc_loc`` (C, d), ``cov_factor_loc`` (C, d, r), ``cov_diag_loc``
-        (C, d, log scale) and ``noise_loc`` (C, the log of the isotropic noise
-        variance ψ̄): guide parameter values.
-    """
-    C, d = num_classes, x.shape[1]
-    m0 = x.mean(axis=0)
-    loc = np.empty((C, d))
-    W = np.empty((C, d, rank))
-    log_psi = np.empty((C, d))
-    log_noise = np.empty(C)
-    for c in range(C):
-        xc = x[y == c]
-        n = len(xc)
-        mean = xc.mean(axis=0) if n else m0
-        loc[c] = (prior_strength * m0 + n * mean) / (prior_strength + n)
-        scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
-        Sc = (shrinkage * S0 + scatter) / max(shrinkage + n, 1e-12)
-        evals, evecs = np.linalg.eigh(Sc)
-        evals, evecs = evals[::-1], evecs[:, ::-1]
-        psi = max(float(np.clip(evals[rank:], 0, None).mean()) if d > rank else 0.0, 1e-6)
-        W[c] = evecs[:, :rank] * np.sqrt(np.clip(evals[:rank] - psi, 1e-12, None))
-        log_noise[c] = np.log(psi)
-        var = np.diag(Sc)
-        log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
-    return {"loc_loc": loc, "cov_factor_loc": W, "cov_diag_loc": log_psi, "noise_loc": log_noise}
 
 
 def prior_parameters(
@@ -815,18 +529,6 @@ def _student_t_predictive(post: dict[str, np.ndarray], covariance: str, like: to
     return out
 
 
-# Rows are scored in chunks of at most this many row x class x feature elements (16 MB in float64), so
-# a prediction needs this much working memory besides its (n_rows, d) input and (n_rows, n_classes) result.
-_CHUNK_ELEMENTS = 2_000_000
-
-
-def _row_chunks(x: torch.Tensor, num_classes: int) -> Iterator[torch.Tensor]:
-    """Consecutive row blocks of ``x`` (n_rows, d), each small enough to compare with every class at once."""
-    size = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1] * num_classes))
-    for start in range(0, len(x), size):
-        yield x[start : start + size]
-
-
 def _predictive_joint_log_prob(pred: dict[str, torch.Tensor], covariance: str, x: torch.Tensor) -> torch.Tensor:
     """log p(x, y = c) under a posterior predictive from :func:`_student_t_predictive`, (n_rows, n_classes)."""
     log_w = (pred["weights"] / pred["weights"].sum()).log()
@@ -834,7 +536,7 @@ def _predictive_joint_log_prob(pred: dict[str, torch.Tensor], covariance: str, x
     with torch.no_grad():
         if covariance != "full":
             fn = _student_t(pred)
-            return torch.cat([fn.log_prob(xb.unsqueeze(-2)) + log_w for xb in _row_chunks(x, len(log_w))])
+            return torch.cat([fn.log_prob(xb.unsqueeze(-2)) + log_w for xb in row_chunks(x, len(log_w))])
         # The multivariate t by hand (MultivariateStudentT would broadcast each class's d x d factor to every
         # row). The Mahalanobis term is ‖L_c⁻¹ x − L_c⁻¹ m_c‖²: every class's whitening L_c⁻¹ is inverted once
         # and stacked into one (d, C d) matrix, so a block of rows meets all classes in a single product.
@@ -849,7 +551,7 @@ def _predictive_joint_log_prob(pred: dict[str, torch.Tensor], covariance: str, x
             - 0.5 * d * torch.log(df * math.pi)
             - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         ) + log_w
-        for xb in _row_chunks(x, C):
+        for xb in row_chunks(x, C):
             maha = ((xb @ stacked).reshape(-1, C, d) - shift).pow(2).sum(-1)  # (n, C)
             out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
     return torch.cat(out)
@@ -877,19 +579,6 @@ def _sample_student_t(pred: dict[str, torch.Tensor], covariance: str, labels: to
         rows = (labels == c).nonzero().squeeze(-1)
         out[rows] += eps[rows] @ tril[c].T
     return out
-
-
-@contextlib.contextmanager
-def _quiet_wishart() -> Iterator[None]:
-    """Silence torch's Wishart "Singular sample detected" warning.
-
-    torch (2.x) flags *valid* Bartlett draws as singular (it tests
-    ``support.check(sample)``, which is True for positive-definite samples),
-    so the warning fires on good draws; the samples themselves are fine.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Singular sample detected")
-        yield
 
 
 # ----------------------------------------------------------------- estimator
@@ -1345,7 +1034,7 @@ class GaussianGenerator(BayesianEstimator):
                 rank=int(self.rank),
             )
             initial = {k: self._x.new_tensor(v) for k, v in start.items()}
-        with _quiet_wishart():
+        with quiet_wishart():
             self._run_svi(
                 self._x,
                 self._y,
@@ -1646,7 +1335,7 @@ class GaussianGenerator(BayesianEstimator):
         return dims, {"class": [str(c) for c in self.classes_], "feature": names, "feature_bis": names}
 
     def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
-        with _quiet_wishart():  # loading traces the guide once (a Wishart draw for "full")
+        with quiet_wishart():  # loading traces the guide once (a Wishart draw for "full")
             return super()._rebuild_param_state(saved)
 
     def _modelled_names(self) -> list[str]:
@@ -1733,7 +1422,7 @@ class GaussianGenerator(BayesianEstimator):
 
         args, kwargs = self._model_args()
         small = (self._x[:1], self._y[:1])
-        with param_scope(self._param_state), seeded(seed, self.device_), torch.no_grad(), _quiet_wishart():
+        with param_scope(self._param_state), seeded(seed, self.device_), torch.no_grad(), quiet_wishart():
             tr = poutine.trace(_vectorize(guide, num, -2)).get_trace(*small, **kwargs)
         C, d = len(self.classes_), self._x.shape[1]
         draws = {"weights": tr.nodes["weights"]["value"].reshape(num, C)}
@@ -1757,7 +1446,7 @@ class GaussianGenerator(BayesianEstimator):
         """log N(x_i; class c of draw ``s``) for every row and class, (n_rows, n_classes).
 
         Each class's factor is applied to all rows at once (never copied per row); ``whitening``
-        holds the low-rank classes' :func:`_lowrank_whitening` pieces for every draw.
+        holds the low-rank classes' :func:`lowrank_whitening` pieces for every draw.
         """
         loc = draws["loc"][s]
         if self.covariance == "diag":
@@ -1766,7 +1455,7 @@ class GaussianGenerator(BayesianEstimator):
             # torch's MultivariateNormal solves against the (n, C, d) differences without copying the factor.
             return dist.MultivariateNormal(loc, scale_tril=draws["scale_tril"][s]).log_prob(x.unsqueeze(-2))
         d_inv, whiten, logdet = (w[s] for w in whitening)
-        return _lowrank_log_prob(x.unsqueeze(0), loc, d_inv, whiten, logdet.unsqueeze(-1)).T
+        return lowrank_log_prob(x.unsqueeze(0), loc, d_inv, whiten, logdet.unsqueeze(-1)).T
 
     def _joint_log_prob(self, xv: np.ndarray, num_samples: int | None, seed: int | None) -> torch.Tensor:
         """log p(z, y = c) of model-space rows under the posterior predictive, (n_rows, n_classes)."""
@@ -1779,9 +1468,9 @@ class GaussianGenerator(BayesianEstimator):
         with torch.no_grad():
             whitening = None
             if self.covariance == "lowrank":
-                whitening = _lowrank_whitening(draws["cov_factor"], draws["cov_diag"])
+                whitening = lowrank_whitening(draws["cov_factor"], draws["cov_diag"])
             log_w = draws["weights"].log()
-            for xb in _row_chunks(x, len(self.classes_)):
+            for xb in row_chunks(x, len(self.classes_)):
                 per_draw = torch.stack([self._class_log_prob(draws, s, xb, whitening) + log_w[s] for s in range(num)])
                 out.append(torch.logsumexp(per_draw, dim=0) - math.log(num))
         return torch.cat(out)
@@ -1816,7 +1505,7 @@ class GaussianGenerator(BayesianEstimator):
         if self._subspace is None:
             return np.zeros(len(arr))
         basis = self._subspace["basis"]
-        resid = _off_subspace(arr - self._subspace["centre"], basis)
+        resid = off_subspace(arr - self._subspace["centre"], basis)
         var = self._subspace["residual_variance"]
         k = basis.shape[0] - basis.shape[1]
         return -0.5 * ((resid**2).sum(axis=1) / var + k * math.log(2 * math.pi * var))
@@ -1939,7 +1628,7 @@ class GaussianGenerator(BayesianEstimator):
                 # Back from the scores, plus the residual noise orthogonal to the basis.
                 basis = self._subspace["basis"]
                 noise = to_numpy(torch.randn(n, basis.shape[0], device=self.device_, dtype=torch.float64))
-                noise = _off_subspace(noise, basis) * math.sqrt(self._subspace["residual_variance"])
+                noise = off_subspace(noise, basis) * math.sqrt(self._subspace["residual_variance"])
                 modelled = self._subspace["centre"] + modelled @ basis.T + noise
         full = np.empty((n, len(self.feature_names_)))
         full[:, ~self._constant] = modelled
@@ -2043,7 +1732,7 @@ class GaussianGenerator(BayesianEstimator):
         (their class summed out), so the log-likelihood, the predictive checks
         and :meth:`vi_diagnostic` judge EM's posterior against the whole model.
         """
-        with _quiet_wishart():
+        with quiet_wishart():
             return super().to_arviz(num_samples, seed=seed, prior=prior)
 
     def plot_samples(self, num_per_class: int = 8, *, image_shape: tuple[int, int] | None = None, seed: int = 0) -> Any:
