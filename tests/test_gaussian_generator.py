@@ -733,7 +733,7 @@ def test_full_predictive_log_prob_is_the_multivariate_t():
     # MultivariateStudentT plus the log class weights.
     import pyro.distributions as dist
 
-    from bayesgen.models.gaussian_generator import _predictive_joint_log_prob
+    from bayesgen.models._gaussian_covariance import predictive_joint_log_prob
 
     gen = torch.Generator().manual_seed(0)
     c, d = 3, 5
@@ -749,7 +749,7 @@ def test_full_predictive_log_prob_is_the_multivariate_t():
     truth = dist.MultivariateStudentT(pred["df"], pred["loc"], tril).log_prob(x.unsqueeze(-2)) + torch.log(
         pred["weights"] / 10.0
     )
-    torch.testing.assert_close(_predictive_joint_log_prob(pred, "full", x), truth, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(predictive_joint_log_prob(pred, "full", x), truth, rtol=1e-10, atol=1e-10)
 
 
 def shifted_gaussian_classes(n_per_class, shift, seed):
@@ -911,14 +911,14 @@ def test_chunked_full_predictive_equals_the_per_row_multivariate_t(monkeypatch):
     import pyro.distributions as dist
 
     from bayesgen.models import _gaussian_distributions
-    from bayesgen.models import gaussian_generator as gg
+    from bayesgen.models._gaussian_covariance import predictive_joint_log_prob
 
     X, y, _ = simulated(n_per_class=(60, 40, 30))
     gen = GaussianGenerator(covariance="full", method="exact").fit(X, y)
     pred = gen._predictive
     x = torch.as_tensor(gen._to_model_space(X[:23] + 0.5), dtype=torch.float64)
     monkeypatch.setattr(_gaussian_distributions, "CHUNK_ELEMENTS", 4 * x.shape[1] * 3)
-    chunked = gg._predictive_joint_log_prob(pred, "full", x)
+    chunked = predictive_joint_log_prob(pred, "full", x)
     log_w = torch.log(pred["weights"] / pred["weights"].sum())
     truth = torch.stack(
         [dist.MultivariateStudentT(pred["df"], pred["loc"], pred["scale_tril"]).log_prob(row) + log_w for row in x]

@@ -4,7 +4,8 @@ What every covariance structure starts from, computed with NumPy on the training
 pooled within-class covariance that the priors shrink toward (:func:`pooled_statistics`, itself shrunk toward
 its diagonal by the Ledoit-Wolf intensity, :func:`ledoit_wolf_intensity`), the principal subspace and
 probabilistic PCA's residual variance (:func:`principal_subspace`, :func:`off_subspace`), and per-class
-probabilistic PCA as the low-rank guide's starting point (:func:`lowrank_initial_params`).
+probabilistic PCA as the low-rank guide's starting point (:func:`lowrank_initial_params`). The conjugate
+updates of each covariance structure are in :mod:`bayesgen.models._gaussian_covariance`.
 
 References
 ----------

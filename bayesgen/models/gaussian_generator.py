@@ -103,7 +103,8 @@ from bayesgen._runtime import as_feature_matrix, check_count, check_labels, chec
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
 
-# The distributions and the shared statistics live in their own modules; their public names are this module's too.
+# The distributions, the shared statistics and the covariance structures live in their own modules;
+# their public names are this module's too.
 from bayesgen.models._gaussian_algebra import (
     ledoit_wolf_intensity,
     lowrank_initial_params,
@@ -111,11 +112,16 @@ from bayesgen.models._gaussian_algebra import (
     pooled_statistics,
     principal_subspace,
 )
+from bayesgen.models._gaussian_covariance import (
+    Covariance,
+    CovarianceStructure,
+    covariance_structure,
+    exact_posterior,
+    prior_parameters,
+)
 from bayesgen.models._gaussian_distributions import (
     ClassLowRankNormal,
     ClassMultivariateNormal,
-    lowrank_log_prob,
-    lowrank_whitening,
     quiet_wishart,
     row_chunks,
 )
@@ -133,8 +139,6 @@ __all__ = [
     "lowrank_initial_params",
     "validate_xy",
 ]
-
-Covariance = Literal["diag", "full", "lowrank"]
 
 DIMS = {
     "weights": ["class"],
@@ -189,42 +193,16 @@ def model(
         ``x_unlabelled`` with their class summed out,
         p(x) = Σ_c w_c N(x; loc_c, precision_c⁻¹).
     """
+    structure = covariance_structure(covariance, noise)
     weights = pyro.sample("weights", dist.Dirichlet(hyper["class_concentration"]))
     with pyro.plate("class", num_classes):
-        if covariance == "diag":
-            precision = pyro.sample("precision", dist.Gamma(hyper["shape"], hyper["rate"]).to_event(1))
-            loc = pyro.sample("loc", dist.Normal(hyper["m0"], (hyper["kappa0"] * precision).rsqrt()).to_event(1))
-        elif covariance == "full":
-            precision = pyro.sample("precision", dist.Wishart(hyper["df"], scale_tril=hyper["scale_tril"]))
-            loc = pyro.sample("loc", dist.MultivariateNormal(hyper["m0"], precision_matrix=hyper["kappa0"] * precision))
-        else:
-            loc = pyro.sample("loc", dist.Normal(hyper["m0"], hyper["loc_scale"]).to_event(1))
-            cov_factor = pyro.sample("cov_factor", dist.Normal(hyper["W0"], hyper["factor_scale"]).to_event(2))
-            if noise == "isotropic":
-                psi = pyro.sample("cov_diag", dist.LogNormal(hyper["log_psi0"].mean(), hyper["psi_scale"]))
-                cov_diag = psi.unsqueeze(-1).expand(*psi.shape, x.shape[-1])
-            else:
-                cov_diag = pyro.sample("cov_diag", dist.LogNormal(hyper["log_psi0"], hyper["psi_scale"]).to_event(1))
+        params = structure.sample_parameters(hyper, x.shape[-1])  # loc and the covariance's parts
     with pyro.plate("row", x.shape[0], subsample=subsample, device=x.device) as idx:
         yi = y.index_select(0, idx)
         pyro.sample("y", dist.Categorical(weights), obs=yi)
-        xi = x.index_select(0, idx)
-        if covariance == "diag":
-            fn = dist.Normal(loc[..., yi, :], precision[..., yi, :].rsqrt()).to_event(1)
-        elif covariance == "full":
-            # One factorisation per class, not per row.
-            fn = ClassMultivariateNormal(loc, precision, yi)
-        else:
-            fn = ClassLowRankNormal(loc, cov_factor, cov_diag, yi)
-        pyro.sample("x", fn, obs=xi)
+        pyro.sample("x", structure.likelihood(params, yi), obs=x.index_select(0, idx))
     if x_unlabelled is not None:
-        # Class components with one more batch dimension, left of the class one, for the rows' plate.
-        if covariance == "diag":
-            components = dist.Normal(loc.unsqueeze(-3), precision.unsqueeze(-3).rsqrt()).to_event(1)
-        elif covariance == "full":
-            components = dist.MultivariateNormal(loc.unsqueeze(-3), precision_matrix=precision.unsqueeze(-4))
-        else:
-            raise ValueError("unlabelled rows are modelled with covariance 'diag' or 'full' only")
+        components = structure.components(params)
         with pyro.plate("unlabelled_row", x_unlabelled.shape[0], device=x_unlabelled.device):
             pyro.sample("x_unlabelled", dist.MixtureSameFamily(dist.Categorical(weights), components), obs=x_unlabelled)
 
@@ -250,223 +228,18 @@ def guide(
     :func:`lowrank_initial_params`).
     """
     init = init or {}
-    C, d = num_classes, x.shape[-1]
     # The class weights' posterior is Dirichlet(class_concentration + class counts) whatever the other
     # sites are (every row's label is observed): the factor starts at that exact answer.
     conc = pyro.param(
         "weights_concentration",
-        lambda: init.get("weights_concentration", hyper["class_concentration"] + class_counts(y, C).to(x.dtype)),
+        lambda: init.get(
+            "weights_concentration", hyper["class_concentration"] + class_counts(y, num_classes).to(x.dtype)
+        ),
         constraint=constraints.positive,
     )
     pyro.sample("weights", dist.Dirichlet(conc))
-    m0 = hyper["m0"]
-    with pyro.plate("class", C):
-        if covariance == "diag":
-            shape = pyro.param(
-                "precision_shape",
-                lambda: init.get("precision_shape", hyper["shape"].expand(C, d)).clone(),
-                constraint=constraints.positive,
-            )
-            rate = pyro.param(
-                "precision_rate",
-                lambda: init.get("precision_rate", hyper["rate"].expand(C, d)).clone(),
-                constraint=constraints.positive,
-            )
-            pyro.sample("precision", dist.Gamma(shape, rate).to_event(1))
-            loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
-            scale = pyro.param(
-                "loc_scale",
-                lambda: init.get("loc_scale", 0.1 * hyper["sd0"].expand(C, d)).clone(),
-                constraint=constraints.positive,
-            )
-            pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
-        elif covariance == "full":
-            # df > d + 1 keeps draws non-singular and E[precision^-1] finite; the exact
-            # posterior has df = d + 1 + shrinkage + n, well inside.
-            df = pyro.param(
-                "precision_df", lambda: hyper["df"].expand(C).clone(), constraint=constraints.greater_than(d + 1.0)
-            )
-            tril = pyro.param(
-                "precision_scale_tril",
-                lambda: hyper["scale_tril"].expand(C, d, d).clone(),
-                constraint=constraints.lower_cholesky,
-            )
-            pyro.sample("precision", dist.Wishart(df, scale_tril=tril))
-            loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
-            loc_tril = pyro.param(
-                "loc_scale_tril",
-                lambda: torch.diag_embed(0.1 * hyper["sd0"]).expand(C, d, d).clone(),
-                constraint=constraints.lower_cholesky,
-            )
-            pyro.sample("loc", dist.MultivariateNormal(loc, scale_tril=loc_tril))
-        else:
-            loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
-            scale = pyro.param(
-                "loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive
-            )
-            pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
-            r = hyper["W0"].shape[-1]
-            w_loc = pyro.param(
-                "cov_factor_loc", lambda: init.get("cov_factor_loc", hyper["W0"].expand(C, d, r)).clone()
-            )
-            w_scale = pyro.param(
-                "cov_factor_scale",
-                lambda: 0.1 * hyper["factor_scale"].expand(C, d, r).clone(),
-                constraint=constraints.positive,
-            )
-            pyro.sample("cov_factor", dist.Normal(w_loc, w_scale).to_event(2))
-            if noise == "isotropic":
-                psi_loc = pyro.param(
-                    "cov_diag_loc", lambda: init.get("noise_loc", hyper["log_psi0"].mean().expand(C)).clone()
-                )
-                psi_scale = pyro.param(
-                    "cov_diag_scale", lambda: x.new_full((C,), 0.05), constraint=constraints.positive
-                )
-                pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale))
-            else:
-                psi_loc = pyro.param(
-                    "cov_diag_loc", lambda: init.get("cov_diag_loc", hyper["log_psi0"].expand(C, d)).clone()
-                )
-                psi_scale = pyro.param(
-                    "cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive
-                )
-                pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale).to_event(1))
-
-
-def prior_parameters(
-    m0: np.ndarray,
-    S0: np.ndarray,
-    *,
-    covariance: Covariance,
-    num_classes: int,
-    class_concentration: float,
-    prior_strength: float,
-    shrinkage: float,
-    rank: int,
-    like: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """Prior hyperparameters as tensors (on ``like``'s device and dtype)."""
-    d = len(m0)
-    t = lambda a: like.new_tensor(np.asarray(a, dtype=float))  # noqa: E731
-    var0 = np.diag(S0)
-    prior = {
-        "class_concentration": t(np.full(num_classes, class_concentration)),
-        "kappa0": t(prior_strength),
-        "m0": t(m0),
-        "sd0": t(np.sqrt(var0)),
-    }
-    if covariance == "diag":
-        shape = 1.0 + shrinkage / 2.0
-        prior["shape"] = t(np.full(d, shape))
-        prior["rate"] = t(var0 * (shape - 1.0))  # E[1 / precision] = S0_jj
-    elif covariance == "full":
-        df = d + 1.0 + shrinkage
-        V0_inv = S0 * (df - d - 1.0)  # E[precision^-1] = S0
-        prior["df"] = t(df)
-        prior["scale_tril"] = t(np.linalg.cholesky(np.linalg.inv(V0_inv)))
-    else:
-        evals, evecs = np.linalg.eigh(S0)
-        order = np.argsort(evals)[::-1][:rank]
-        top = np.clip(evals[order], 0.0, None)
-        psi0 = max(float(np.mean(np.clip(evals[np.argsort(evals)[::-1][rank:]], 0, None))) if d > rank else 0.0, 1e-6)
-        W0 = evecs[:, order] * np.sqrt(np.clip(top - psi0, 1e-12, None))
-        residual = np.clip(var0 - (W0**2).sum(axis=1), 1e-6 * var0.mean() + 1e-12, None)
-        prior["W0"] = t(W0)
-        prior["factor_scale"] = t(np.full((d, rank), 0.5 * np.sqrt(psi0) + 1e-6))
-        prior["log_psi0"] = t(np.log(residual))
-        prior["psi_scale"] = t(0.5)
-        prior["loc_scale"] = t(np.sqrt(var0 / prior_strength))
-    return prior
-
-
-def exact_posterior(
-    x: np.ndarray,
-    y: np.ndarray,
-    num_classes: int,
-    *,
-    covariance: Literal["diag", "full"],
-    class_concentration: float = 1.0,
-    prior_strength: float = 1.0,
-    shrinkage: float = 10.0,
-    pooled_shrinkage: float | str = "auto",
-    pooled: tuple[np.ndarray, np.ndarray] | None = None,
-    extra: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Closed-form posterior of the conjugate structures.
-
-    Parameters
-    ----------
-    x : numpy.ndarray, shape (n_rows, n_features)
-    y : numpy.ndarray of int, shape (n_rows,)
-    num_classes : int
-    covariance : {"diag", "full"}
-    class_concentration, prior_strength, shrinkage : float
-        As in :class:`GaussianGenerator`.
-    pooled_shrinkage : "auto" or float
-        As in :func:`pooled_statistics`.
-    pooled : (m0, S0), optional
-        Pooled statistics already computed by :func:`pooled_statistics`.
-    extra : (x_extra, weights), optional
-        More rows, shape (n_extra, n_features), each counted in class c with
-        weight ``weights[i, c]`` (n_extra, n_classes) — soft assignments of
-        unlabelled rows (the M-step of :meth:`GaussianGenerator.fit`'s EM).
-        Their weighted sufficient statistics join each class's own.
-
-    Returns
-    -------
-    dict
-        ``weights_concentration`` (C,), ``loc`` mean (C, d) and ``kappa`` (C,);
-        for "diag" ``shape``/``rate`` (C, d) of the Gamma posterior of the
-        precisions, with ``precision_mean`` = shape/rate and ``loc_var`` the
-        marginal variance of each location; for "full" ``df`` (C,) and
-        ``scale`` (C, d, d) of the Wishart posterior, ``precision_mean`` =
-        df·scale and ``loc_cov`` (C, d, d) the marginal covariance of each location.
-    """
-    m0, S0 = pooled if pooled is not None else pooled_statistics(x, y, num_classes, pooled_shrinkage=pooled_shrinkage)
-    d = x.shape[1]
-    counts = np.bincount(y, minlength=num_classes).astype(float)
-    if extra is not None:
-        counts = counts + extra[1].sum(axis=0)
-    out: dict[str, np.ndarray] = {"weights_concentration": class_concentration + counts}
-    kappa = prior_strength + counts
-    locs = np.empty((num_classes, d))
-    if covariance == "diag":
-        a0 = 1.0 + shrinkage / 2.0
-        b0 = np.diag(S0) * (a0 - 1.0)
-        shape, rate = np.empty((num_classes, d)), np.empty((num_classes, d))
-    else:
-        df0 = d + 1.0 + shrinkage
-        V0_inv = S0 * (df0 - d - 1.0)
-        dfs, scales = np.empty(num_classes), np.empty((num_classes, d, d))
-    for c in range(num_classes):
-        xc = x[y == c]
-        w = np.ones(len(xc))
-        if extra is not None:
-            xc, w = np.concatenate([xc, extra[0]]), np.concatenate([w, extra[1][:, c]])
-        n = counts[c]
-        mean = w @ xc / n if n > 0 else m0
-        locs[c] = (prior_strength * m0 + n * mean) / kappa[c]
-        dev = mean - m0
-        if covariance == "diag":
-            ss = w @ (xc - mean) ** 2 if n > 0 else np.zeros(d)
-            shape[c] = a0 + n / 2.0
-            rate[c] = b0 + ss / 2.0 + prior_strength * n * dev**2 / (2.0 * kappa[c])
-        else:
-            scatter = (xc - mean).T @ ((xc - mean) * w[:, None]) if n > 0 else np.zeros((d, d))
-            Vn_inv = V0_inv + scatter + prior_strength * n / kappa[c] * np.outer(dev, dev)
-            dfs[c] = df0 + n
-            scales[c] = np.linalg.inv(Vn_inv)
-    out["loc"], out["kappa"] = locs, kappa
-    if covariance == "diag":
-        out["shape"], out["rate"] = shape, rate
-        out["precision_mean"] = shape / rate
-        out["loc_var"] = rate / (kappa[:, None] * (shape - 1.0))
-    else:
-        out["df"], out["scale"] = dfs, scales
-        out["precision_mean"] = dfs[:, None, None] * scales
-        cov_mean = np.linalg.inv(scales) / (dfs - d - 1.0)[:, None, None]
-        out["loc_cov"] = cov_mean / kappa[:, None, None]
-    return out
+    with pyro.plate("class", num_classes):
+        covariance_structure(covariance, noise).guide_sites(hyper, init, num_classes, x)
 
 
 # ---------------------------------------------------------------- validation
@@ -506,79 +279,6 @@ def validate_xy(X: Any, y: Any = None, *, label: str | None = None) -> tuple[np.
     if len(found) < 2:
         raise ValueError(f"a class-conditional model needs at least two classes, got {found.tolist()}")
     return values, labels, names
-
-
-def _student_t_predictive(post: dict[str, np.ndarray], covariance: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Exact posterior predictive of the conjugate structures (Murphy 2007, sections 8 and 9).
-
-    Normal-Wishart: x | c ~ t_{ν_n - d + 1}(m_n, (κ_n + 1) / (κ_n (ν_n - d + 1)) · W_n⁻¹).
-    Normal-Gamma (per feature): x_j | c ~ t_{2 a_n}(m_n, b_n (κ_n + 1) / (a_n κ_n)).
-    """
-    t = like.new_tensor
-    kappa = post["kappa"]
-    out = {"weights": t(post["weights_concentration"]), "loc": t(post["loc"])}
-    if covariance == "full":
-        d = post["loc"].shape[1]
-        df = post["df"] - d + 1.0
-        cov = np.linalg.inv(post["scale"]) * ((kappa + 1.0) / (kappa * df))[:, None, None]
-        out["df"] = t(df)
-        out["scale_tril"] = t(np.linalg.cholesky(cov))
-    else:
-        out["df"] = t(2.0 * post["shape"])
-        out["scale"] = t(np.sqrt(post["rate"] * (kappa[:, None] + 1.0) / (post["shape"] * kappa[:, None])))
-    return out
-
-
-def _predictive_joint_log_prob(pred: dict[str, torch.Tensor], covariance: str, x: torch.Tensor) -> torch.Tensor:
-    """log p(x, y = c) under a posterior predictive from :func:`_student_t_predictive`, (n_rows, n_classes)."""
-    log_w = (pred["weights"] / pred["weights"].sum()).log()
-    out = []
-    with torch.no_grad():
-        if covariance != "full":
-            fn = _student_t(pred)
-            return torch.cat([fn.log_prob(xb.unsqueeze(-2)) + log_w for xb in row_chunks(x, len(log_w))])
-        # The multivariate t by hand (MultivariateStudentT would broadcast each class's d x d factor to every
-        # row). The Mahalanobis term is ‖L_c⁻¹ x − L_c⁻¹ m_c‖²: every class's whitening L_c⁻¹ is inverted once
-        # and stacked into one (d, C d) matrix, so a block of rows meets all classes in a single product.
-        tril, df, (C, d) = pred["scale_tril"], pred["df"], pred["loc"].shape
-        eye = torch.eye(d, dtype=tril.dtype, device=tril.device)
-        whiten = torch.linalg.solve_triangular(tril, eye, upper=False)  # (C, d, d): L_c⁻¹
-        stacked = whiten.permute(2, 0, 1).reshape(d, C * d)  # column block c is L_c⁻ᵀ
-        shift = (whiten @ pred["loc"].unsqueeze(-1)).squeeze(-1)  # (C, d): L_c⁻¹ m_c
-        const = (
-            torch.lgamma((df + d) / 2)
-            - torch.lgamma(df / 2)
-            - 0.5 * d * torch.log(df * math.pi)
-            - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        ) + log_w
-        for xb in row_chunks(x, C):
-            maha = ((xb @ stacked).reshape(-1, C, d) - shift).pow(2).sum(-1)  # (n, C)
-            out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
-    return torch.cat(out)
-
-
-def _student_t(pred: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> dist.Distribution:
-    """The per-feature ("diag") predictive Student-t of every class (or of the class of each row in ``labels``)."""
-    pick = (lambda v: v) if labels is None else (lambda v: v[labels])  # noqa: E731
-    return dist.StudentT(pick(pred["df"]), pick(pred["loc"]), pick(pred["scale"])).to_event(1)
-
-
-def _sample_student_t(pred: dict[str, torch.Tensor], covariance: str, labels: torch.Tensor) -> torch.Tensor:
-    """One draw from the predictive Student-t of each row's class, shape (n_rows, d).
-
-    Full covariance: ``loc + L ε / sqrt(χ² / df)``, each class's factor L applied to that class's rows
-    together, so no row gets its own copy of a d x d factor (1,000 rows of 784 features would need 4.9 GB).
-    """
-    if covariance != "full":
-        return _student_t(pred, labels).sample()
-    loc, tril, df = pred["loc"], pred["scale_tril"], pred["df"][labels]
-    eps = torch.empty(len(labels), loc.shape[-1], dtype=loc.dtype, device=loc.device).normal_()
-    eps = eps * torch.rsqrt(dist.Chi2(df).sample() / df).unsqueeze(-1)
-    out = loc[labels]
-    for c in torch.unique(labels).tolist():
-        rows = (labels == c).nonzero().squeeze(-1)
-        out[rows] += eps[rows] @ tril[c].T
-    return out
 
 
 # ----------------------------------------------------------------- estimator
@@ -736,8 +436,12 @@ class GaussianGenerator(BayesianEstimator):
 
     @property
     def _arviz_parallel(self) -> bool:
-        # Vectorised, a full-covariance model holds every draw's d x d matrices (several per class) at once.
-        return self.covariance != "full"
+        return self._structure.vectorised_draws
+
+    @property
+    def _structure(self) -> CovarianceStructure:
+        """The covariance structure named by ``covariance`` (with the low-rank ``noise``)."""
+        return covariance_structure(self.covariance, self.noise)
 
     def __init__(
         self,
@@ -797,21 +501,17 @@ class GaussianGenerator(BayesianEstimator):
     # ---------------------------------------------------------------- fit
     def _validate_settings(self) -> None:
         super()._validate_settings()  # shared settings and device
-        if self.covariance not in ("diag", "full", "lowrank"):
-            raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
+        structure = self._structure  # refuses an unknown covariance
         if self.method not in ("svi", "exact"):
             raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
         if self.subspace is not None:
             check_count(self.subspace, "subspace")
-        if self.method == "exact" and self.covariance == "lowrank":
+        if self.method == "exact" and not structure.conjugate:
             raise ValueError("method='exact' needs a conjugate structure: covariance='diag' or 'full'")
-        if self.method == "svi" and self.covariance == "full":
+        if self.method == "svi" and structure.svi_refusal is not None:
             # Known limitation: Adam on a Wishart guide over a d x d precision diverges
             # within tens of steps even at d = 60 (measured on digits; see docs/models.md).
-            raise ValueError(
-                "covariance='full' is fitted with its exact conjugate posterior: use method='exact' "
-                "(SVI with a Wishart guide is numerically unstable), or covariance='lowrank' for SVI"
-            )
+            raise ValueError(structure.svi_refusal)
         if self.noise not in ("isotropic", "diagonal"):
             raise ValueError(f"noise must be 'isotropic' or 'diagonal', got {self.noise!r}")
         if self.init not in ("pca", "prior"):
@@ -899,35 +599,9 @@ class GaussianGenerator(BayesianEstimator):
                 "subspace; set subspace=D (or unlabelled_iterations > 0 with method='exact')"
             )
         values, labels, names = validate_xy(X, y, label=label)
-        found = np.unique(labels)
-        if classes is not None:
-            if len(set(classes)) != len(list(classes)):
-                raise ValueError(f"classes has duplicate entries: {list(classes)}")
-            missing = [c for c in classes if c not in set(found.tolist())]
-            if missing:
-                raise ValueError(f"classes {missing} have no rows; every class needs at least one row")
-            unknown = [c for c in found.tolist() if c not in set(classes)]
-            if unknown:
-                raise ValueError(f"labels {unknown[:10]} are not among classes={list(classes)}")
-            found = np.asarray(list(classes))
-        self.classes_ = found
         self.feature_names_ = names
-        index = np.searchsorted(found, labels) if classes is None else np.array([list(found).index(v) for v in labels])
-        self.class_counts_ = np.bincount(index, minlength=len(found))
-        with np.errstate(over="ignore", invalid="ignore"):  # overflowing features are refused below
-            sd = values.std(axis=0)
-        constant = sd <= 1e-12 * (1.0 + np.abs(values).max(axis=0))
-        if constant.all():
-            raise ValueError("every feature is constant; there is nothing to model")
-        if constant.any() and self.constant_features == "error":
-            bad = [names[j] for j in np.nonzero(constant)[0]]
-            raise ValueError(
-                f"{len(bad)} features are constant in the training data ({bad[:10]}); drop them or pass "
-                "constant_features='keep' to hold them fixed"
-            )
-        self._constant = constant
-        self._constant_values = values[0, constant].copy()
-        raw = values[:, ~constant]
+        index = self._set_classes(labels, classes)
+        raw = self._drop_constant_features(values)
         unlabelled_raw = self._check_new_x(unlabelled, "unlabelled") if unlabelled is not None else None
         self._subspace = None
         self.unlabelled_history_ = self._x_unlabelled = self.unlabelled_converged_ = None
@@ -936,47 +610,18 @@ class GaussianGenerator(BayesianEstimator):
             rows = raw if unlabelled_raw is None else np.concatenate([raw, unlabelled_raw])
             self._subspace = principal_subspace(rows, int(self.subspace))
             raw = self._project(raw)
-        if self.covariance == "lowrank" and int(self.rank) >= raw.shape[1]:
-            what = "principal components" if self._subspace is not None else "modelled features"
-            raise ValueError(f"rank={self.rank} must be below the {raw.shape[1]} {what}")
-        # Standardise by the mean and the pooled within-class sd, so that learning
-        # rates and priors mean the same for pixels, dollars or z-scores. A feature
-        # constant within every class (but not overall) keeps its overall sd.
+        what = "principal components" if self._subspace is not None else "modelled features"
+        self._structure.check_rank(int(self.rank), raw.shape[1], what)
         # With one labelled row per class there is no within-class spread: EM then takes the scale and the
         # pooled covariance (its prior's centre) from the unlabelled rows' overall spread instead.
         one_each = bool((self.class_counts_ < 2).all())
-        spread_from = None
-        if one_each and em:
-            spread_from = self._project(unlabelled_raw)
-        with np.errstate(over="ignore", invalid="ignore"):
-            self._shift = raw.mean(axis=0)
-            class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(found))])
-            within = np.sqrt(((raw - class_means[index]) ** 2).sum(axis=0) / max(len(raw) - len(found), 1))
-            if spread_from is not None:
-                self._shift, within = spread_from.mean(axis=0), spread_from.std(axis=0)
-            self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
-            xv = (raw - self._shift) / self._scale
-        if not (np.isfinite(self._scale).all() and np.isfinite(xv).all()):
-            bad = np.nonzero(~(np.isfinite(self._scale) & np.isfinite(xv).all(axis=0)))[0]
-            raise ValueError(
-                f"features {[self._modelled_names()[j] for j in bad[:5]]} are too large to standardise "
-                "(their spread overflows float64); rescale them"
-            )
+        spread_from = self._project(unlabelled_raw) if one_each and em else None
+        xv = self._standardise(raw, index, spread_from)
         # Wishart draws of a d x d precision are often singular in float32.
-        dtype = torch.float64 if self.covariance == "full" else torch.get_default_dtype()
+        dtype = torch.float64 if self._structure.float64 else torch.get_default_dtype()
         self._x = torch.as_tensor(xv, dtype=dtype, device=self.device_)
         self._y = torch.as_tensor(index, dtype=torch.int64, device=self.device_)
-        if spread_from is None:
-            m0, S0 = self._pooled = pooled_statistics(xv, index, len(found), pooled_shrinkage=self.pooled_shrinkage)
-        else:
-            # The unlabelled rows' total covariance (as one class): broader than the within-class one, a
-            # cautious centre that the EM passes then refine.
-            spread = (spread_from - self._shift) / self._scale
-            m0, S0 = pooled_statistics(
-                spread, np.zeros(len(spread), dtype=int), 1, pooled_shrinkage=self.pooled_shrinkage
-            )
-            m0 = xv.mean(axis=0)
-            self._pooled = (m0, S0)
+        m0, S0 = self._pooled = self._pooled_statistics(xv, index, spread_from)
         if one_each and not em:
             warnings.warn(
                 "every class has a single labelled row, so there is no within-class variation to learn the "
@@ -989,7 +634,7 @@ class GaussianGenerator(BayesianEstimator):
             m0,
             S0,
             covariance=self.covariance,
-            num_classes=len(found),
+            num_classes=len(self.classes_),
             class_concentration=float(self.class_concentration),
             prior_strength=float(self.prior_strength),
             shrinkage=float(self.shrinkage),
@@ -1001,39 +646,108 @@ class GaussianGenerator(BayesianEstimator):
             if em:
                 self._fit_unlabelled(xv, index, unlabelled_raw)
             return self
+        self._fit_svi(xv, index, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+        return self
+
+    def _set_classes(self, labels: np.ndarray, classes: Sequence[Any] | None) -> np.ndarray:
+        """Set ``classes_`` and ``class_counts_`` from the labels (and the expected ``classes``); return the class
+        index of every row."""
+        found = np.unique(labels)
+        if classes is not None:
+            if len(set(classes)) != len(list(classes)):
+                raise ValueError(f"classes has duplicate entries: {list(classes)}")
+            missing = [c for c in classes if c not in set(found.tolist())]
+            if missing:
+                raise ValueError(f"classes {missing} have no rows; every class needs at least one row")
+            unknown = [c for c in found.tolist() if c not in set(classes)]
+            if unknown:
+                raise ValueError(f"labels {unknown[:10]} are not among classes={list(classes)}")
+            found = np.asarray(list(classes))
+        self.classes_ = found
+        index = np.searchsorted(found, labels) if classes is None else np.array([list(found).index(v) for v in labels])
+        self.class_counts_ = np.bincount(index, minlength=len(found))
+        return index
+
+    def _drop_constant_features(self, values: np.ndarray) -> np.ndarray:
+        """Find the features constant in the training rows (an error unless ``constant_features="keep"``), keep
+        their values, and return the other features."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing features are refused below
+            sd = values.std(axis=0)
+        constant = sd <= 1e-12 * (1.0 + np.abs(values).max(axis=0))
+        if constant.all():
+            raise ValueError("every feature is constant; there is nothing to model")
+        if constant.any() and self.constant_features == "error":
+            bad = [self.feature_names_[j] for j in np.nonzero(constant)[0]]
+            raise ValueError(
+                f"{len(bad)} features are constant in the training data ({bad[:10]}); drop them or pass "
+                "constant_features='keep' to hold them fixed"
+            )
+        self._constant = constant
+        self._constant_values = values[0, constant].copy()
+        return values[:, ~constant]
+
+    def _standardise(self, raw: np.ndarray, index: np.ndarray, spread_from: np.ndarray | None) -> np.ndarray:
+        """Set ``_shift`` and ``_scale`` and return the rows standardised by them.
+
+        Standardise by the mean and the pooled within-class sd, so that learning rates and priors mean the
+        same for pixels, dollars or z-scores. A feature constant within every class (but not overall) keeps
+        its overall sd. ``spread_from`` (unlabelled rows, when every class has one labelled row) gives the
+        mean and the sd instead.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._shift = raw.mean(axis=0)
+            class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(self.classes_))])
+            within = np.sqrt(((raw - class_means[index]) ** 2).sum(axis=0) / max(len(raw) - len(self.classes_), 1))
+            if spread_from is not None:
+                self._shift, within = spread_from.mean(axis=0), spread_from.std(axis=0)
+            self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
+            xv = (raw - self._shift) / self._scale
+        if not (np.isfinite(self._scale).all() and np.isfinite(xv).all()):
+            bad = np.nonzero(~(np.isfinite(self._scale) & np.isfinite(xv).all(axis=0)))[0]
+            raise ValueError(
+                f"features {[self._modelled_names()[j] for j in bad[:5]]} are too large to standardise "
+                "(their spread overflows float64); rescale them"
+            )
+        return xv
+
+    def _pooled_statistics(
+        self, xv: np.ndarray, index: np.ndarray, spread_from: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pooled mean and covariance that the prior centres every class on (standardised rows ``xv``)."""
+        if spread_from is None:
+            return pooled_statistics(xv, index, len(self.classes_), pooled_shrinkage=self.pooled_shrinkage)
+        # The unlabelled rows' total covariance (as one class): broader than the within-class one, a
+        # cautious centre that the EM passes then refine.
+        spread = (spread_from - self._shift) / self._scale
+        _, S0 = pooled_statistics(spread, np.zeros(len(spread), dtype=int), 1, pooled_shrinkage=self.pooled_shrinkage)
+        return xv.mean(axis=0), S0
+
+    def _fit_svi(
+        self,
+        xv: np.ndarray,
+        index: np.ndarray,
+        *,
+        checkpoint: PathLikeStr | None,
+        checkpoint_every: int | None,
+        resume: bool | PathLikeStr,
+    ) -> None:
+        """Fit the guide by SVI, started at the structure's own answer with ``init="pca"``."""
         # A batch as large as the data is no minibatch: fit on all rows every step.
         minibatch = self.batch_size is not None and int(self.batch_size) < len(xv)
         initial = None
-        if self.covariance == "diag" and self.init == "pca":
-            # Conjugate: the guide starts at the exact marginal posterior of every class's parameters.
-            post = exact_posterior(
+        if self.init == "pca":
+            start = self._structure.initial_guide_params(
                 xv,
                 index,
-                len(found),
-                covariance="diag",
-                class_concentration=float(self.class_concentration),
-                prior_strength=float(self.prior_strength),
-                shrinkage=float(self.shrinkage),
+                len(self.classes_),
                 pooled=self._pooled,
-            )
-            initial = {
-                "precision_shape": post["shape"],
-                "precision_rate": post["rate"],
-                "loc_loc": post["loc"],
-                "loc_scale": np.sqrt(post["loc_var"]),
-            }
-            initial = {k: self._x.new_tensor(v) for k, v in initial.items()}
-        if self.covariance == "lowrank" and self.init == "pca":
-            start = lowrank_initial_params(
-                xv,
-                index,
-                len(found),
-                S0=S0,
+                class_concentration=float(self.class_concentration),
                 prior_strength=float(self.prior_strength),
                 shrinkage=float(self.shrinkage),
                 rank=int(self.rank),
             )
-            initial = {k: self._x.new_tensor(v) for k, v in start.items()}
+            if start is not None:
+                initial = {k: self._x.new_tensor(v) for k, v in start.items()}
         with quiet_wishart():
             self._run_svi(
                 self._x,
@@ -1041,7 +755,7 @@ class GaussianGenerator(BayesianEstimator):
                 model_kwargs={
                     "hyper": self._prior,
                     "covariance": self.covariance,
-                    "num_classes": len(found),
+                    "num_classes": len(self.classes_),
                     "init": initial,
                     "noise": self.noise,
                 },
@@ -1051,12 +765,11 @@ class GaussianGenerator(BayesianEstimator):
                 checkpoint_every=checkpoint_every,
                 resume=resume,
             )
-        return self
 
     def _learning_rate(self) -> float:
         if self.learning_rate is not None:
             return float(self.learning_rate)
-        return 0.002 if self.covariance == "lowrank" and self.init == "pca" else 0.05
+        return self._structure.default_learning_rate(self.init)
 
     def _fit_unlabelled(self, xv: np.ndarray, index: np.ndarray, raw: np.ndarray) -> None:
         """Learn from unlabelled rows (modelled raw features) by EM, at ``unlabelled_weight`` or at the weight
@@ -1133,14 +846,14 @@ class GaussianGenerator(BayesianEstimator):
         pred = self._exact_predictive(xv, index)
         history, previous, extra = [], None, None
         for _ in range(int(self.unlabelled_iterations)):
-            joint = _predictive_joint_log_prob(pred, self.covariance, x)
+            joint = self._structure.predictive_joint_log_prob(pred, x)
             history.append(float(torch.logsumexp(joint, dim=-1).mean()))
             resp = to_numpy(torch.softmax(joint, dim=-1)).astype(float)
             if previous is not None and np.abs(resp - previous).max() < 1e-4:
                 return pred, extra, history, True
             previous, extra = resp, (xu, resp * weight)
             pred = self._exact_predictive(xv, index, extra)
-        history.append(float(torch.logsumexp(_predictive_joint_log_prob(pred, self.covariance, x), dim=-1).mean()))
+        history.append(float(torch.logsumexp(self._structure.predictive_joint_log_prob(pred, x), dim=-1).mean()))
         return pred, extra, history, False
 
     def _choose_unlabelled_weight(
@@ -1175,7 +888,7 @@ class GaussianGenerator(BayesianEstimator):
                     pred = self._exact_predictive(xv[train], index[train])
                 else:
                     pred = self._em(xv[train], index[train], xu, x, weight)[0]
-                joint = _predictive_joint_log_prob(pred, self.covariance, x_test).log_softmax(dim=-1)
+                joint = self._structure.predictive_joint_log_prob(pred, x_test).log_softmax(dim=-1)
                 log_lik[i, test] = to_numpy(joint.gather(-1, truth[:, None])[:, 0])
                 correct[i, test] = to_numpy(joint.argmax(dim=-1) == truth)
         held = folds >= 0
@@ -1210,21 +923,9 @@ class GaussianGenerator(BayesianEstimator):
         with param_scope(state):
             pyro.param("weights_concentration", t(post["weights_concentration"]), constraint=constraints.positive)
             pyro.param("loc_loc", t(post["loc"]))
-            if self.covariance == "diag":
-                pyro.param("precision_shape", t(post["shape"]), constraint=constraints.positive)
-                pyro.param("precision_rate", t(post["rate"]), constraint=constraints.positive)
-                pyro.param("loc_scale", t(np.sqrt(post["loc_var"])), constraint=constraints.positive)
-            else:
-                d = xv.shape[1]
-                pyro.param("precision_df", t(post["df"]), constraint=constraints.greater_than(d + 1.0))
-                pyro.param(
-                    "precision_scale_tril", t(np.linalg.cholesky(post["scale"])), constraint=constraints.lower_cholesky
-                )
-                pyro.param(
-                    "loc_scale_tril", t(np.linalg.cholesky(post["loc_cov"])), constraint=constraints.lower_cholesky
-                )
+            self._structure.set_guide_to_posterior(post, t)
         self._param_state = state
-        self._predictive = _student_t_predictive(post, self.covariance, like=self._x)
+        self._predictive = self._structure.predictive(post, like=self._x)
         self.losses_ = np.zeros(0)
         self.converged_ = True
         self.n_steps_ = 0
@@ -1251,7 +952,7 @@ class GaussianGenerator(BayesianEstimator):
         self, xv: np.ndarray, index: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None
     ) -> dict[str, torch.Tensor]:
         """The Student-t posterior predictive of :meth:`_exact_posterior`."""
-        return _student_t_predictive(self._exact_posterior(xv, index, extra), self.covariance, like=self._x)
+        return self._structure.predictive(self._exact_posterior(xv, index, extra), like=self._x)
 
     # ----------------------------------------------------------- base hooks
     def _model_and_guide(self, for_arviz: bool = False) -> tuple:
@@ -1259,8 +960,7 @@ class GaussianGenerator(BayesianEstimator):
 
     def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
         kwargs = {"hyper": self._prior, "covariance": self.covariance, "num_classes": len(self.classes_)}
-        if self.covariance == "lowrank":
-            kwargs["noise"] = self.noise
+        kwargs.update(self._structure.model_kwargs())
         if getattr(self, "_x_unlabelled", None) is not None:
             kwargs["x_unlabelled"] = self._x_unlabelled
         return (self._x, self._y), kwargs
@@ -1284,7 +984,8 @@ class GaussianGenerator(BayesianEstimator):
         if getattr(self, "_x_unlabelled", None) is not None:
             why = "EM over unlabelled rows gives a conjugate update, not the mixture's exact posterior"
             return {}, {name: why for name in self._global_sites()}
-        if self.method == "exact" or self.covariance == "lowrank":
+        structure = self._structure
+        if self.method == "exact" or not structure.conjugate:
             counts = np.bincount(to_numpy(self._y), minlength=len(self.classes_)).astype(float)
             exact = {"weights_concentration": float(self.class_concentration) + counts}
         else:
@@ -1302,35 +1003,18 @@ class GaussianGenerator(BayesianEstimator):
         if self.method == "exact":  # the guide holds the exact posterior itself; its class weights still check
             exact = {"weights_concentration": exact["weights_concentration"]}
         out = {"weights": dirichlet_moments(exact["weights_concentration"])}
-        unchecked: dict[str, str] = {}
-        if self.covariance == "lowrank":
-            unchecked = {
-                "loc": "no closed form with a low-rank covariance",
-                "cov_diag": "no closed form with a low-rank covariance",
-                "cov_factor": "factors are identified only up to a rotation",
-            }
-        elif self.method == "exact":
+        if self.method == "exact":
             unchecked = {
                 "loc": "the guide holds the exact marginal posterior",
                 "precision": "the guide holds the exact marginal posterior",
             }
-        elif self.covariance == "diag":
-            shape, rate = exact["shape"], exact["rate"]
-            out["precision"] = (shape / rate, np.sqrt(shape) / rate)
-            out["loc"] = (exact["loc"], np.sqrt(exact["loc_var"]))
         else:
-            df, scale = exact["df"][:, None, None], exact["scale"]
-            diag = np.diagonal(scale, axis1=-2, axis2=-1)
-            out["precision"] = (df * scale, np.sqrt(df * (scale**2 + diag[..., :, None] * diag[..., None, :])))
-            out["loc"] = (exact["loc"], np.sqrt(np.diagonal(exact["loc_cov"], axis1=-2, axis2=-1)))
+            moments, unchecked = structure.reference_moments(exact)
+            out.update(moments)
         return out, unchecked
 
     def _arviz_dims(self) -> tuple[dict, dict]:
-        dims = {k: v for k, v in DIMS.items()}
-        if self.covariance == "full":
-            dims["precision"] = ["class", "feature", "feature_bis"]
-        if self.covariance == "lowrank" and self.noise == "isotropic":
-            dims["cov_diag"] = ["class"]
+        dims = {**DIMS, **self._structure.dims()}
         names = self._modelled_names()
         return dims, {"class": [str(c) for c in self.classes_], "feature": names, "feature_bis": names}
 
@@ -1427,35 +1111,8 @@ class GaussianGenerator(BayesianEstimator):
         C, d = len(self.classes_), self._x.shape[1]
         draws = {"weights": tr.nodes["weights"]["value"].reshape(num, C)}
         draws["loc"] = tr.nodes["loc"]["value"].reshape(num, C, d)
-        if self.covariance == "diag":
-            draws["scale"] = tr.nodes["precision"]["value"].reshape(num, C, d).rsqrt()
-        elif self.covariance == "full":
-            prec = tr.nodes["precision"]["value"].reshape(num, C, d, d)
-            draws["scale_tril"] = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(prec)))
-        else:
-            draws["cov_factor"] = tr.nodes["cov_factor"]["value"].reshape(num, C, d, -1)
-            psi = tr.nodes["cov_diag"]["value"]
-            if self.noise == "isotropic":
-                psi = psi.reshape(num, C, 1).expand(num, C, d)
-            draws["cov_diag"] = psi.reshape(num, C, d)
+        draws.update(self._structure.draws_from_trace(tr.nodes, num, C, d))
         return draws
-
-    def _class_log_prob(
-        self, draws: dict[str, torch.Tensor], s: int, x: torch.Tensor, whitening: tuple[torch.Tensor, ...] | None
-    ) -> torch.Tensor:
-        """log N(x_i; class c of draw ``s``) for every row and class, (n_rows, n_classes).
-
-        Each class's factor is applied to all rows at once (never copied per row); ``whitening``
-        holds the low-rank classes' :func:`lowrank_whitening` pieces for every draw.
-        """
-        loc = draws["loc"][s]
-        if self.covariance == "diag":
-            return dist.Normal(loc, draws["scale"][s]).to_event(1).log_prob(x.unsqueeze(-2))
-        if self.covariance == "full":
-            # torch's MultivariateNormal solves against the (n, C, d) differences without copying the factor.
-            return dist.MultivariateNormal(loc, scale_tril=draws["scale_tril"][s]).log_prob(x.unsqueeze(-2))
-        d_inv, whiten, logdet = (w[s] for w in whitening)
-        return lowrank_log_prob(x.unsqueeze(0), loc, d_inv, whiten, logdet.unsqueeze(-1)).T
 
     def _joint_log_prob(self, xv: np.ndarray, num_samples: int | None, seed: int | None) -> torch.Tensor:
         """log p(z, y = c) of model-space rows under the posterior predictive, (n_rows, n_classes)."""
@@ -1465,19 +1122,18 @@ class GaussianGenerator(BayesianEstimator):
         num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
         draws = self._draw_parameters(num, self._method_seed(seed))
         out = []
+        structure = self._structure
         with torch.no_grad():
-            whitening = None
-            if self.covariance == "lowrank":
-                whitening = lowrank_whitening(draws["cov_factor"], draws["cov_diag"])
+            prepared = structure.prepare_draws(draws)
             log_w = draws["weights"].log()
             for xb in row_chunks(x, len(self.classes_)):
-                per_draw = torch.stack([self._class_log_prob(draws, s, xb, whitening) + log_w[s] for s in range(num)])
+                per_draw = torch.stack([structure.draw_log_prob(draws, s, xb, prepared) + log_w[s] for s in range(num)])
                 out.append(torch.logsumexp(per_draw, dim=0) - math.log(num))
         return torch.cat(out)
 
     def _exact_joint_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x, y = c) under the exact posterior predictive (Student-t), (n_rows, n_classes)."""
-        return _predictive_joint_log_prob(self._predictive, self.covariance, x)
+        return self._structure.predictive_joint_log_prob(self._predictive, x)
 
     def _check_new_x(self, X: Any, what: str = "X") -> np.ndarray:
         if isinstance(X, pd.DataFrame):
@@ -1602,27 +1258,12 @@ class GaussianGenerator(BayesianEstimator):
                 labels = torch.arange(n, device=self.device_) % C
                 labels = labels[torch.randperm(n, device=self.device_)]
             else:
-                wanted_arr = np.atleast_1d(np.asarray(y, dtype=object))
-                if wanted_arr.ndim != 1 or wanted_arr.size == 0:
-                    raise ValueError(
-                        f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape {wanted_arr.shape}"
-                    )
-                wanted = wanted_arr.tolist()
-                lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
-                try:
-                    idx = [lookup[v] for v in wanted]
-                except KeyError as err:
-                    raise ValueError(f"unknown class {err.args[0]!r}; classes are {self.classes_.tolist()}") from None
-                if len(idx) == 1:
-                    idx = idx * n
-                if len(idx) != n:
-                    raise ValueError(f"y has {len(idx)} labels for {n} samples")
-                labels = torch.as_tensor(idx, device=self.device_)
+                labels = self._class_index(y, n)
             if exact:
                 # The exact posterior predictive: a (multivariate) Student-t per class.
-                xs = _sample_student_t(self._predictive, self.covariance, labels)
+                xs = self._structure.sample_predictive(self._predictive, labels)
             else:
-                xs = self._sample_from_draws(draws, owner, labels)
+                xs = self._structure.sample_from_draws(draws, owner, labels)
             modelled = to_numpy(xs) * self._scale + self._shift
             if self._subspace is not None:
                 # Back from the scores, plus the residual noise orthogonal to the basis.
@@ -1640,18 +1281,24 @@ class GaussianGenerator(BayesianEstimator):
             return pd.DataFrame(full, columns=self.feature_names_), out_y
         return full, out_y
 
-    def _sample_from_draws(
-        self, draws: dict[str, torch.Tensor], owner: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        loc = draws["loc"][owner, labels]
-        eps = torch.randn_like(loc)
-        if self.covariance == "diag":
-            return loc + draws["scale"][owner, labels] * eps
-        if self.covariance == "full":
-            return loc + (draws["scale_tril"][owner, labels] @ eps.unsqueeze(-1)).squeeze(-1)
-        W = draws["cov_factor"][owner, labels]
-        z = torch.randn(len(loc), W.shape[-1], 1, device=loc.device, dtype=loc.dtype)
-        return loc + (W @ z).squeeze(-1) + draws["cov_diag"][owner, labels].sqrt() * eps
+    def _class_index(self, y: Any, n: int) -> torch.Tensor:
+        """The class index of each of ``n`` rows to sample, from one label or a sequence of ``n`` labels."""
+        wanted_arr = np.atleast_1d(np.asarray(y, dtype=object))
+        if wanted_arr.ndim != 1 or wanted_arr.size == 0:
+            raise ValueError(
+                f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape {wanted_arr.shape}"
+            )
+        wanted = wanted_arr.tolist()
+        lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
+        try:
+            idx = [lookup[v] for v in wanted]
+        except KeyError as err:
+            raise ValueError(f"unknown class {err.args[0]!r}; classes are {self.classes_.tolist()}") from None
+        if len(idx) == 1:
+            idx = idx * n
+        if len(idx) != n:
+            raise ValueError(f"y has {len(idx)} labels for {n} samples")
+        return torch.as_tensor(idx, device=self.device_)
 
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Draws of the class parameters on the raw feature scale (modelled features).
@@ -1678,13 +1325,7 @@ class GaussianGenerator(BayesianEstimator):
         }
         scale = self._scale
         out = {"weights": draws["weights"], "loc": draws["loc"] * scale + self._shift}
-        if self.covariance == "diag":
-            out["scale"] = draws["scale"] * scale
-        elif self.covariance == "full":
-            out["scale_tril"] = scale[:, None] * draws["scale_tril"]
-        else:
-            out["cov_factor"] = draws["cov_factor"] * scale[:, None]
-            out["cov_diag"] = draws["cov_diag"] * scale**2
+        out.update(self._structure.raw_scale_draws(draws, scale))
         return out
 
     def class_means(self) -> pd.DataFrame:
