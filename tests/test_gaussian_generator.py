@@ -347,6 +347,19 @@ def test_more_bad_input_is_clear():
     assert Xs.shape == (50, 4) and set(ys) <= {0, 1}
 
 
+def test_closed_forms_and_the_model_refuse_a_structure_they_do_not_have():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
+    with pytest.raises(ValueError, match="covariance='lowrank' has no closed-form posterior"):
+        exact_posterior(X, y, 2, covariance="lowrank")
+    with pytest.raises(ValueError, match="covariance must be 'diag', 'full' or 'lowrank', got 'tied'"):
+        exact_posterior(X, y, 2, covariance="tied")
+    args, kwargs = GaussianGenerator(covariance="diag", method="exact").fit(X, y)._model_args()
+    for fn in (model, guide):
+        with pytest.raises(ValueError, match="covariance must be 'diag', 'full' or 'lowrank', got 'tied'"):
+            fn(*args, **{**kwargs, "covariance": "tied"})
+
+
 def test_a_curved_classifier_inherits_the_generators_quadratic_rule_and_a_linear_one_cannot():
     """Why labelled-only augmentation helps an MLP and not logistic regression (benchmarks/RESULTS.md).
 
