@@ -76,6 +76,13 @@ Principal subspace (``subspace=D``)
     scores: its log-likelihood omits the residual's term, which is the same
     for every posterior draw, so compare models by LOO only at one ``subspace``.
 
+This module holds the story (``model``, ``guide``) and the estimator. What differs between the
+covariance structures (their priors, guide factors, conjugate updates, predictive densities and
+samplers) is one class per structure in ``bayesgen.models._gaussian_covariance``, looked up by name;
+the per-class distributions are in ``bayesgen.models._gaussian_distributions`` and the pooled
+statistics, Ledoit-Wolf shrinkage and principal subspace in ``bayesgen.models._gaussian_algebra``.
+Their public names are importable from here.
+
 References
 ----------
 Murphy (2007), Conjugate Bayesian analysis of the Gaussian distribution.
