@@ -347,6 +347,19 @@ def test_more_bad_input_is_clear():
     assert Xs.shape == (50, 4) and set(ys) <= {0, 1}
 
 
+def test_closed_forms_and_the_model_refuse_a_structure_they_do_not_have():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
+    with pytest.raises(ValueError, match="covariance='lowrank' has no closed-form posterior"):
+        exact_posterior(X, y, 2, covariance="lowrank")
+    with pytest.raises(ValueError, match="covariance must be 'diag', 'full' or 'lowrank', got 'tied'"):
+        exact_posterior(X, y, 2, covariance="tied")
+    args, kwargs = GaussianGenerator(covariance="diag", method="exact").fit(X, y)._model_args()
+    for fn in (model, guide):
+        with pytest.raises(ValueError, match="covariance must be 'diag', 'full' or 'lowrank', got 'tied'"):
+            fn(*args, **{**kwargs, "covariance": "tied"})
+
+
 def test_a_curved_classifier_inherits_the_generators_quadratic_rule_and_a_linear_one_cannot():
     """Why labelled-only augmentation helps an MLP and not logistic regression (benchmarks/RESULTS.md).
 
@@ -733,7 +746,7 @@ def test_full_predictive_log_prob_is_the_multivariate_t():
     # MultivariateStudentT plus the log class weights.
     import pyro.distributions as dist
 
-    from bayesgen.models.gaussian_generator import _predictive_joint_log_prob
+    from bayesgen.models._gaussian_covariance import predictive_joint_log_prob
 
     gen = torch.Generator().manual_seed(0)
     c, d = 3, 5
@@ -749,7 +762,7 @@ def test_full_predictive_log_prob_is_the_multivariate_t():
     truth = dist.MultivariateStudentT(pred["df"], pred["loc"], tril).log_prob(x.unsqueeze(-2)) + torch.log(
         pred["weights"] / 10.0
     )
-    torch.testing.assert_close(_predictive_joint_log_prob(pred, "full", x), truth, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(predictive_joint_log_prob(pred, "full", x), truth, rtol=1e-10, atol=1e-10)
 
 
 def shifted_gaussian_classes(n_per_class, shift, seed):
@@ -910,14 +923,15 @@ def test_chunked_full_predictive_equals_the_per_row_multivariate_t(monkeypatch):
     # Chunks of 4 rows (the last one short) against Pyro's MultivariateStudentT evaluated one row at a time.
     import pyro.distributions as dist
 
-    from bayesgen.models import gaussian_generator as gg
+    from bayesgen.models import _gaussian_distributions
+    from bayesgen.models._gaussian_covariance import predictive_joint_log_prob
 
     X, y, _ = simulated(n_per_class=(60, 40, 30))
     gen = GaussianGenerator(covariance="full", method="exact").fit(X, y)
     pred = gen._predictive
     x = torch.as_tensor(gen._to_model_space(X[:23] + 0.5), dtype=torch.float64)
-    monkeypatch.setattr(gg, "_CHUNK_ELEMENTS", 4 * x.shape[1] * 3)
-    chunked = gg._predictive_joint_log_prob(pred, "full", x)
+    monkeypatch.setattr(_gaussian_distributions, "CHUNK_ELEMENTS", 4 * x.shape[1] * 3)
+    chunked = predictive_joint_log_prob(pred, "full", x)
     log_w = torch.log(pred["weights"] / pred["weights"].sum())
     truth = torch.stack(
         [dist.MultivariateStudentT(pred["df"], pred["loc"], pred["scale_tril"]).log_prob(row) + log_w for row in x]
@@ -930,12 +944,12 @@ def test_chunked_lowrank_draws_equal_the_per_row_low_rank_normal(monkeypatch):
     # The SVI path: per-draw class densities of chunks of 5 rows against torch's LowRankMultivariateNormal per row.
     import pyro.distributions as dist
 
-    from bayesgen.models import gaussian_generator as gg
+    from bayesgen.models import _gaussian_distributions
 
     X, y, _ = simulated(n_per_class=(60, 40, 30))
     gen = GaussianGenerator(covariance="lowrank", rank=2, noise="diagonal", num_steps=30, seed=0).fit(X, y)
     xv = gen._to_model_space(X[:17])
-    monkeypatch.setattr(gg, "_CHUNK_ELEMENTS", 5 * xv.shape[1] * 3)
+    monkeypatch.setattr(_gaussian_distributions, "CHUNK_ELEMENTS", 5 * xv.shape[1] * 3)
     joint = gen._joint_log_prob(xv, 4, 1)
     draws = gen._draw_parameters(4, gen._method_seed(1))
     x = torch.as_tensor(xv, dtype=torch.float64)

@@ -76,6 +76,13 @@ Principal subspace (``subspace=D``)
     scores: its log-likelihood omits the residual's term, which is the same
     for every posterior draw, so compare models by LOO only at one ``subspace``.
 
+This module holds the story (``model``, ``guide``) and the estimator. What differs between the
+covariance structures (their priors, guide factors, conjugate updates, predictive densities and
+samplers) is one class per structure in ``bayesgen.models._gaussian_covariance``, looked up by name;
+the per-class distributions are in ``bayesgen.models._gaussian_distributions`` and the pooled
+statistics, Ledoit-Wolf shrinkage and principal subspace in ``bayesgen.models._gaussian_algebra``.
+Their public names are importable from here.
+
 References
 ----------
 Murphy (2007), Conjugate Bayesian analysis of the Gaussian distribution.
@@ -85,11 +92,10 @@ Tipping & Bishop (1999), Probabilistic principal component analysis, JRSS B 61(3
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -103,6 +109,29 @@ from torch.distributions import constraints
 from bayesgen._runtime import as_feature_matrix, check_count, check_labels, check_real, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
+
+# The distributions, the shared statistics and the covariance structures live in their own modules;
+# their public names are this module's too.
+from bayesgen.models._gaussian_algebra import (
+    ledoit_wolf_intensity,
+    lowrank_initial_params,
+    off_subspace,
+    pooled_statistics,
+    principal_subspace,
+)
+from bayesgen.models._gaussian_covariance import (
+    Covariance,
+    CovarianceStructure,
+    covariance_structure,
+    exact_posterior,
+    prior_parameters,
+)
+from bayesgen.models._gaussian_distributions import (
+    ClassLowRankNormal,
+    ClassMultivariateNormal,
+    quiet_wishart,
+    row_chunks,
+)
 
 if TYPE_CHECKING:
     from bayesgen.runs.spec import SpecFit
@@ -122,8 +151,6 @@ __all__ = [
     "fit_gaussian_generator_spec",
 ]
 
-Covariance = Literal["diag", "full", "lowrank"]
-
 DIMS = {
     "weights": ["class"],
     "loc": ["class", "feature"],
@@ -134,149 +161,6 @@ DIMS = {
     "x": ["row"],
     "x_unlabelled": ["unlabelled_row"],
 }
-
-
-# ---------------------------------------------------------- distributions
-class _ClassIndexed(dist.TorchDistribution):
-    """Base of the per-class Gaussians: rows of ``index``'s classes, handled one class at a time.
-
-    Each class's rows are taken together, so no per-row copy of a class's
-    factor is ever made: with 1,000 posterior draws of 10 classes, a copy per
-    row of a 64 × 64 Cholesky factor would be gigabytes.
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, loc: torch.Tensor, lead: torch.Size, index: torch.Tensor) -> None:
-        self.loc, self.index = loc, index
-        super().__init__(lead + index.shape, loc.shape[-1:], validate_args=False)
-        self._order = torch.argsort(index, stable=True)
-        self._counts = torch.bincount(index, minlength=loc.shape[-2]).tolist()
-        self._inverse = torch.argsort(self._order)
-
-    def _by_class(self, rows: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        """``rows`` (..., n, k) split into (class, that class's rows), classes with rows only."""
-        parts = torch.split(rows.index_select(-2, self._order), self._counts, dim=-2)
-        return [(c, part) for c, part in enumerate(parts) if part.shape[-2]]
-
-    def _in_row_order(self, parts: list[torch.Tensor], dim: int) -> torch.Tensor:
-        """Per-class results (in class order, along ``dim``) put back in the rows' order."""
-        return torch.cat(parts, dim=dim).index_select(dim, self._inverse)
-
-
-class ClassMultivariateNormal(_ClassIndexed):
-    """Rows drawn from per-class full-covariance Gaussians given by their precision matrices.
-
-    ``x_i ~ MultivariateNormal(loc[c_i], precision[c_i]⁻¹)``: the same density as
-    ``MultivariateNormal(loc[c], precision_matrix=precision[c])`` indexed per
-    row, with one Cholesky factorisation ``L Lᵀ`` of each class's precision and
-    no inversion: the Mahalanobis term is ``‖Lᵀ (x − loc)‖²``.
-
-    Parameters
-    ----------
-    loc : Tensor, shape (..., n_classes, d)
-    precision : Tensor, shape (..., n_classes, d, d)
-    index : Tensor of int64, shape (n_rows,)
-    """
-
-    def __init__(self, loc: torch.Tensor, precision: torch.Tensor, index: torch.Tensor) -> None:
-        self.precision_tril = torch.linalg.cholesky(precision)
-        super().__init__(loc, torch.broadcast_shapes(loc.shape[:-2], precision.shape[:-3]), index)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        tril = self.precision_tril
-        half_logdet = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # log |precision|^(1/2)
-        const = 0.5 * value.shape[-1] * math.log(2 * math.pi)
-        parts = []
-        for c, rows in self._by_class(value):
-            z = (rows - self.loc[..., c, None, :]) @ tril[..., c, :, :]  # (..., n_c, d): Lᵀ(x − loc) per row
-            parts.append(half_logdet[..., c, None] - const - 0.5 * z.pow(2).sum(-1))
-        return self._in_row_order(parts, -1)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
-        eps = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
-        tril = self.precision_tril
-        eye = torch.eye(tril.shape[-1], dtype=tril.dtype, device=tril.device)
-        # z = L⁻ᵀ eps has covariance (L Lᵀ)⁻¹, the class covariance; as rows, z = eps L⁻¹.
-        inverse = torch.linalg.solve_triangular(tril, eye, upper=False)
-        parts = [e @ inverse[..., c, :, :] for c, e in self._by_class(eps)]
-        return self.loc[..., self.index, :] + self._in_row_order(parts, -2)
-
-
-class ClassLowRankNormal(_ClassIndexed):
-    """Rows drawn from per-class low-rank Gaussians, factorised once per class.
-
-    ``x_i ~ MultivariateNormal(loc[c_i], W[c_i] W[c_i]ᵀ + diag(D[c_i]))``. The same
-    density as ``LowRankMultivariateNormal(loc[c], W[c], D[c])`` indexed per row,
-    but the r × r capacitance matrix ``I + Wᵀ D⁻¹ W`` is factorised once per class
-    (C of them) instead of once per row, and each row costs one O(d r) Woodbury
-    solve. That is the difference between minutes and seconds on MNIST.
-
-    Parameters
-    ----------
-    loc : Tensor, shape (..., n_classes, d)
-    cov_factor : Tensor, shape (..., n_classes, d, r)
-    cov_diag : Tensor, shape (..., n_classes, d)
-    index : Tensor of int64, shape (n_rows,)
-        Class of every row.
-    """
-
-    def __init__(
-        self, loc: torch.Tensor, cov_factor: torch.Tensor, cov_diag: torch.Tensor, index: torch.Tensor
-    ) -> None:
-        self.cov_factor, self.cov_diag = cov_factor, cov_diag
-        lead = torch.broadcast_shapes(loc.shape[:-2], cov_factor.shape[:-3], cov_diag.shape[:-2])
-        super().__init__(loc, lead, index)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        d_inv, whiten, logdet = _lowrank_whitening(self.cov_factor, self.cov_diag)
-        parts = [
-            _lowrank_log_prob(rows, self.loc[..., c, :], d_inv[..., c, :], whiten[..., c, :, :], logdet[..., c, None])
-            for c, rows in self._by_class(value)
-        ]
-        return self._in_row_order(parts, -1)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        idx = self.index
-        shape = torch.Size(sample_shape) + self.batch_shape
-        r = self.cov_factor.shape[-1]
-        eps_w = torch.randn(shape + (r,), dtype=self.loc.dtype, device=self.loc.device)
-        eps_d = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
-        factor = [e @ self.cov_factor[..., c, :, :].transpose(-1, -2) for c, e in self._by_class(eps_w)]
-        return self.loc[..., idx, :] + self._in_row_order(factor, -2) + self.cov_diag[..., idx, :].sqrt() * eps_d
-
-
-def _lowrank_whitening(
-    cov_factor: torch.Tensor, cov_diag: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class pieces of the Woodbury identity for W Wᵀ + diag(D): D⁻¹, L⁻¹ Wᵀ D⁻¹ and log |W Wᵀ + D|.
-
-    L is the Cholesky factor of the r x r capacitance matrix I + Wᵀ D⁻¹ W, factorised once per class.
-    Shapes: cov_factor (..., C, d, r), cov_diag (..., C, d) -> (..., C, d), (..., C, r, d), (..., C).
-    """
-    d_inv = cov_diag.reciprocal()
-    wt_dinv = cov_factor.transpose(-1, -2) * d_inv.unsqueeze(-2)  # (..., C, r, d)
-    eye = torch.eye(cov_factor.shape[-1], dtype=cov_factor.dtype, device=cov_factor.device)
-    chol = torch.linalg.cholesky(eye + wt_dinv @ cov_factor)  # (..., C, r, r)
-    logdet = cov_diag.log().sum(-1) + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return d_inv, torch.linalg.solve_triangular(chol, wt_dinv, upper=False), logdet
-
-
-def _lowrank_log_prob(
-    rows: torch.Tensor, loc: torch.Tensor, d_inv: torch.Tensor, whiten: torch.Tensor, logdet: torch.Tensor
-) -> torch.Tensor:
-    """log N(rows; loc, W Wᵀ + D) of one class, from that class's :func:`_lowrank_whitening` pieces.
-
-    rows (..., n, d), loc and d_inv (..., d), whiten (..., r, d), logdet broadcastable to (..., n) -> (..., n).
-    One O(n d r) product; the factor is never copied per row.
-    """
-    diff = rows - loc.unsqueeze(-2)
-    z = whiten @ diff.transpose(-1, -2)  # (..., r, n)
-    maha = (diff.pow(2) * d_inv.unsqueeze(-2)).sum(-1) - z.pow(2).sum(-2)
-    return -0.5 * (rows.shape[-1] * math.log(2 * math.pi) + logdet + maha)
 
 
 # --------------------------------------------------------------------- model
@@ -320,42 +204,16 @@ def model(
         ``x_unlabelled`` with their class summed out,
         p(x) = Σ_c w_c N(x; loc_c, precision_c⁻¹).
     """
+    structure = covariance_structure(covariance, noise)
     weights = pyro.sample("weights", dist.Dirichlet(hyper["class_concentration"]))
     with pyro.plate("class", num_classes):
-        if covariance == "diag":
-            precision = pyro.sample("precision", dist.Gamma(hyper["shape"], hyper["rate"]).to_event(1))
-            loc = pyro.sample("loc", dist.Normal(hyper["m0"], (hyper["kappa0"] * precision).rsqrt()).to_event(1))
-        elif covariance == "full":
-            precision = pyro.sample("precision", dist.Wishart(hyper["df"], scale_tril=hyper["scale_tril"]))
-            loc = pyro.sample("loc", dist.MultivariateNormal(hyper["m0"], precision_matrix=hyper["kappa0"] * precision))
-        else:
-            loc = pyro.sample("loc", dist.Normal(hyper["m0"], hyper["loc_scale"]).to_event(1))
-            cov_factor = pyro.sample("cov_factor", dist.Normal(hyper["W0"], hyper["factor_scale"]).to_event(2))
-            if noise == "isotropic":
-                psi = pyro.sample("cov_diag", dist.LogNormal(hyper["log_psi0"].mean(), hyper["psi_scale"]))
-                cov_diag = psi.unsqueeze(-1).expand(*psi.shape, x.shape[-1])
-            else:
-                cov_diag = pyro.sample("cov_diag", dist.LogNormal(hyper["log_psi0"], hyper["psi_scale"]).to_event(1))
+        params = structure.sample_parameters(hyper, x.shape[-1])  # loc and the covariance's parts
     with pyro.plate("row", x.shape[0], subsample=subsample, device=x.device) as idx:
         yi = y.index_select(0, idx)
         pyro.sample("y", dist.Categorical(weights), obs=yi)
-        xi = x.index_select(0, idx)
-        if covariance == "diag":
-            fn = dist.Normal(loc[..., yi, :], precision[..., yi, :].rsqrt()).to_event(1)
-        elif covariance == "full":
-            # One factorisation per class, not per row.
-            fn = ClassMultivariateNormal(loc, precision, yi)
-        else:
-            fn = ClassLowRankNormal(loc, cov_factor, cov_diag, yi)
-        pyro.sample("x", fn, obs=xi)
+        pyro.sample("x", structure.likelihood(params, yi), obs=x.index_select(0, idx))
     if x_unlabelled is not None:
-        # Class components with one more batch dimension, left of the class one, for the rows' plate.
-        if covariance == "diag":
-            components = dist.Normal(loc.unsqueeze(-3), precision.unsqueeze(-3).rsqrt()).to_event(1)
-        elif covariance == "full":
-            components = dist.MultivariateNormal(loc.unsqueeze(-3), precision_matrix=precision.unsqueeze(-4))
-        else:
-            raise ValueError("unlabelled rows are modelled with covariance 'diag' or 'full' only")
+        components = structure.components(params)
         with pyro.plate("unlabelled_row", x_unlabelled.shape[0], device=x_unlabelled.device):
             pyro.sample("x_unlabelled", dist.MixtureSameFamily(dist.Categorical(weights), components), obs=x_unlabelled)
 
@@ -381,382 +239,18 @@ def guide(
     :func:`lowrank_initial_params`).
     """
     init = init or {}
-    C, d = num_classes, x.shape[-1]
     # The class weights' posterior is Dirichlet(class_concentration + class counts) whatever the other
     # sites are (every row's label is observed): the factor starts at that exact answer.
     conc = pyro.param(
         "weights_concentration",
-        lambda: init.get("weights_concentration", hyper["class_concentration"] + class_counts(y, C).to(x.dtype)),
+        lambda: init.get(
+            "weights_concentration", hyper["class_concentration"] + class_counts(y, num_classes).to(x.dtype)
+        ),
         constraint=constraints.positive,
     )
     pyro.sample("weights", dist.Dirichlet(conc))
-    m0 = hyper["m0"]
-    with pyro.plate("class", C):
-        if covariance == "diag":
-            shape = pyro.param(
-                "precision_shape",
-                lambda: init.get("precision_shape", hyper["shape"].expand(C, d)).clone(),
-                constraint=constraints.positive,
-            )
-            rate = pyro.param(
-                "precision_rate",
-                lambda: init.get("precision_rate", hyper["rate"].expand(C, d)).clone(),
-                constraint=constraints.positive,
-            )
-            pyro.sample("precision", dist.Gamma(shape, rate).to_event(1))
-            loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
-            scale = pyro.param(
-                "loc_scale",
-                lambda: init.get("loc_scale", 0.1 * hyper["sd0"].expand(C, d)).clone(),
-                constraint=constraints.positive,
-            )
-            pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
-        elif covariance == "full":
-            # df > d + 1 keeps draws non-singular and E[precision^-1] finite; the exact
-            # posterior has df = d + 1 + shrinkage + n, well inside.
-            df = pyro.param(
-                "precision_df", lambda: hyper["df"].expand(C).clone(), constraint=constraints.greater_than(d + 1.0)
-            )
-            tril = pyro.param(
-                "precision_scale_tril",
-                lambda: hyper["scale_tril"].expand(C, d, d).clone(),
-                constraint=constraints.lower_cholesky,
-            )
-            pyro.sample("precision", dist.Wishart(df, scale_tril=tril))
-            loc = pyro.param("loc_loc", lambda: m0.expand(C, d).clone())
-            loc_tril = pyro.param(
-                "loc_scale_tril",
-                lambda: torch.diag_embed(0.1 * hyper["sd0"]).expand(C, d, d).clone(),
-                constraint=constraints.lower_cholesky,
-            )
-            pyro.sample("loc", dist.MultivariateNormal(loc, scale_tril=loc_tril))
-        else:
-            loc = pyro.param("loc_loc", lambda: init.get("loc_loc", m0.expand(C, d)).clone())
-            scale = pyro.param(
-                "loc_scale", lambda: 0.1 * hyper["sd0"].expand(C, d).clone(), constraint=constraints.positive
-            )
-            pyro.sample("loc", dist.Normal(loc, scale).to_event(1))
-            r = hyper["W0"].shape[-1]
-            w_loc = pyro.param(
-                "cov_factor_loc", lambda: init.get("cov_factor_loc", hyper["W0"].expand(C, d, r)).clone()
-            )
-            w_scale = pyro.param(
-                "cov_factor_scale",
-                lambda: 0.1 * hyper["factor_scale"].expand(C, d, r).clone(),
-                constraint=constraints.positive,
-            )
-            pyro.sample("cov_factor", dist.Normal(w_loc, w_scale).to_event(2))
-            if noise == "isotropic":
-                psi_loc = pyro.param(
-                    "cov_diag_loc", lambda: init.get("noise_loc", hyper["log_psi0"].mean().expand(C)).clone()
-                )
-                psi_scale = pyro.param(
-                    "cov_diag_scale", lambda: x.new_full((C,), 0.05), constraint=constraints.positive
-                )
-                pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale))
-            else:
-                psi_loc = pyro.param(
-                    "cov_diag_loc", lambda: init.get("cov_diag_loc", hyper["log_psi0"].expand(C, d)).clone()
-                )
-                psi_scale = pyro.param(
-                    "cov_diag_scale", lambda: x.new_full((C, d), 0.05), constraint=constraints.positive
-                )
-                pyro.sample("cov_diag", dist.LogNormal(psi_loc, psi_scale).to_event(1))
-
-
-# ------------------------------------------------------------ priors, exact
-def principal_subspace(raw: np.ndarray, dim: int) -> dict[str, np.ndarray | float]:
-    """The first ``dim`` principal components of ``raw`` and PPCA's residual variance.
-
-    Parameters
-    ----------
-    raw : numpy.ndarray, shape (n_rows, d)
-        Features on their own scale (not standardised).
-    dim : int
-        Components kept, 1 <= dim < min(n_rows, d). (Centred rows have rank
-        at most n_rows - 1, so dim = n_rows - 1 leaves no residual: an error.)
-
-    Returns
-    -------
-    dict
-        ``centre`` (d,), ``basis`` (d, dim) with orthonormal columns, and
-        ``residual_variance``: the mean of the d - dim discarded eigenvalues of
-        the sample covariance (the maximum-likelihood noise of probabilistic
-        PCA, Tipping & Bishop 1999).
-    """
-    n, d = raw.shape
-    if not 1 <= dim < min(n, d):
-        raise ValueError(
-            f"subspace={dim} must be at least 1 and below both the {n} training rows and the {d} modelled features"
-        )
-    centre = raw.mean(axis=0)
-    centred = raw - centre
-    # The d x d covariance, not an SVD of the rows: no n x d factor (344 MB for MNIST).
-    eig, vec = np.linalg.eigh(centred.T @ centred / (n - 1))
-    eig, vec = np.clip(eig[::-1], 0.0, None), vec[:, ::-1]  # descending
-    residual = float(eig[dim:].sum() / (d - dim))
-    if not residual > 1e-12 * max(float(eig.sum()), 1e-300):
-        raise ValueError(
-            f"subspace={dim} components hold all the variance of the training rows (their rank is "
-            f"{int((eig > 1e-12 * eig[0]).sum())}); choose a smaller subspace"
-        )
-    return {"centre": centre, "basis": vec[:, :dim].copy(), "residual_variance": residual}
-
-
-def _off_subspace(v: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """The part of each row of ``v`` orthogonal to the orthonormal columns of ``basis``."""
-    return v - (v @ basis) @ basis.T
-
-
-def ledoit_wolf_intensity(centred: np.ndarray, S: np.ndarray | None = None) -> float:
-    """Ledoit-Wolf shrinkage intensity of the covariance of centred rows.
-
-    The optimal weight a in ``(1 - a) S + a·μI`` (μ the mean variance) under
-    Frobenius loss, estimated from the data (Ledoit & Wolf 2004); 0 when rows
-    are plentiful, toward 1 when features outnumber rows.
-    """
-    n, d = centred.shape
-    if n < 2:
-        return 1.0
-    if S is None:  # the rows' second-moment matrix, divided by n
-        S = centred.T @ centred / n
-    mu = float(np.trace(S)) / d
-    delta = float(((S - mu * np.eye(d)) ** 2).sum()) / d
-    sq = centred**2
-    beta = float((sq.T @ sq).sum() / n - (S**2).sum()) / (d * n)
-    beta = min(beta, delta)
-    return 0.0 if delta <= 0 else float(beta / delta)
-
-
-def pooled_statistics(
-    x: np.ndarray, y: np.ndarray, num_classes: int, *, pooled_shrinkage: float | str = "auto"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled mean and pooled within-class covariance (what every class shrinks toward).
-
-    With few rows in many dimensions (200 digits in 717 pixels) the pooled
-    scatter is singular, and a prior centred on it would tell every class that
-    most directions have no variance. The pooled covariance is therefore itself
-    shrunk toward its diagonal, ``(1 - a) S + a diag(S)``, with the Ledoit-Wolf
-    intensity ``a`` (``pooled_shrinkage="auto"``; a float fixes ``a``; 0 turns
-    it off). With 60,000 MNIST rows ``a`` is below 0.01.
-
-    Parameters
-    ----------
-    x : numpy.ndarray, shape (n_rows, n_features)
-    y : numpy.ndarray of int, shape (n_rows,)
-    num_classes : int
-    pooled_shrinkage : "auto" or float in [0, 1], default "auto"
-
-    Returns
-    -------
-    m0 : numpy.ndarray, shape (n_features,)
-    S0 : numpy.ndarray, shape (n_features, n_features)
-    """
-    m0 = x.mean(axis=0)
-    centred = np.empty_like(x, dtype=float)
-    for c in range(num_classes):
-        rows = y == c
-        centred[rows] = x[rows] - x[rows].mean(axis=0)
-    dof = max(len(x) - num_classes, 1)
-    S0 = centred.T @ centred / dof
-    if pooled_shrinkage == "auto":
-        a = ledoit_wolf_intensity(centred, S0 * dof / len(x))
-    else:
-        a = float(pooled_shrinkage)
-        if not 0.0 <= a <= 1.0:
-            raise ValueError(f"pooled_shrinkage must be 'auto' or a number in [0, 1], got {pooled_shrinkage!r}")
-    if a > 0:
-        S0 = (1.0 - a) * S0 + a * np.diag(np.diag(S0))
-    # A floor keeps S0 positive definite when some features barely vary.
-    floor = 1e-3 * max(float(np.mean(np.diag(S0))), 1e-12)
-    S0[np.diag_indices_from(S0)] += floor
-    return m0, S0
-
-
-def lowrank_initial_params(
-    x: np.ndarray,
-    y: np.ndarray,
-    num_classes: int,
-    *,
-    S0: np.ndarray,
-    prior_strength: float,
-    shrinkage: float,
-    rank: int,
-) -> dict[str, np.ndarray]:
-    """Per-class probabilistic-PCA starting point for the low-rank guide.
-
-    Each class's covariance is estimated as ``(shrinkage·S0 + scatter_c) /
-    (shrinkage + n_c)`` (the same pull toward the pooled covariance as the
-    prior) and factorised as in Tipping & Bishop (1999): the top ``rank``
-    eigenvectors scaled by ``sqrt(λ - ψ̄)``, the remaining variance on the
-    diagonal. SVI then refines the posterior from there instead of walking
-    from the pooled factors, which cuts the steps needed by a factor of
-    several on images. Cost: one dense d × d eigendecomposition per class.
-
-    Returns
-    -------
-    dict
-        ``loc_loc`` (C, d), ``cov_factor_loc`` (C, d, r), ``cov_diag_loc``
-        (C, d, log scale) and ``noise_loc`` (C, the log of the isotropic noise
-        variance ψ̄): guide parameter values.
-    """
-    C, d = num_classes, x.shape[1]
-    m0 = x.mean(axis=0)
-    loc = np.empty((C, d))
-    W = np.empty((C, d, rank))
-    log_psi = np.empty((C, d))
-    log_noise = np.empty(C)
-    for c in range(C):
-        xc = x[y == c]
-        n = len(xc)
-        mean = xc.mean(axis=0) if n else m0
-        loc[c] = (prior_strength * m0 + n * mean) / (prior_strength + n)
-        scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
-        Sc = (shrinkage * S0 + scatter) / max(shrinkage + n, 1e-12)
-        evals, evecs = np.linalg.eigh(Sc)
-        evals, evecs = evals[::-1], evecs[:, ::-1]
-        psi = max(float(np.clip(evals[rank:], 0, None).mean()) if d > rank else 0.0, 1e-6)
-        W[c] = evecs[:, :rank] * np.sqrt(np.clip(evals[:rank] - psi, 1e-12, None))
-        log_noise[c] = np.log(psi)
-        var = np.diag(Sc)
-        log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
-    return {"loc_loc": loc, "cov_factor_loc": W, "cov_diag_loc": log_psi, "noise_loc": log_noise}
-
-
-def prior_parameters(
-    m0: np.ndarray,
-    S0: np.ndarray,
-    *,
-    covariance: Covariance,
-    num_classes: int,
-    class_concentration: float,
-    prior_strength: float,
-    shrinkage: float,
-    rank: int,
-    like: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """Prior hyperparameters as tensors (on ``like``'s device and dtype)."""
-    d = len(m0)
-    t = lambda a: like.new_tensor(np.asarray(a, dtype=float))  # noqa: E731
-    var0 = np.diag(S0)
-    prior = {
-        "class_concentration": t(np.full(num_classes, class_concentration)),
-        "kappa0": t(prior_strength),
-        "m0": t(m0),
-        "sd0": t(np.sqrt(var0)),
-    }
-    if covariance == "diag":
-        shape = 1.0 + shrinkage / 2.0
-        prior["shape"] = t(np.full(d, shape))
-        prior["rate"] = t(var0 * (shape - 1.0))  # E[1 / precision] = S0_jj
-    elif covariance == "full":
-        df = d + 1.0 + shrinkage
-        V0_inv = S0 * (df - d - 1.0)  # E[precision^-1] = S0
-        prior["df"] = t(df)
-        prior["scale_tril"] = t(np.linalg.cholesky(np.linalg.inv(V0_inv)))
-    else:
-        evals, evecs = np.linalg.eigh(S0)
-        order = np.argsort(evals)[::-1][:rank]
-        top = np.clip(evals[order], 0.0, None)
-        psi0 = max(float(np.mean(np.clip(evals[np.argsort(evals)[::-1][rank:]], 0, None))) if d > rank else 0.0, 1e-6)
-        W0 = evecs[:, order] * np.sqrt(np.clip(top - psi0, 1e-12, None))
-        residual = np.clip(var0 - (W0**2).sum(axis=1), 1e-6 * var0.mean() + 1e-12, None)
-        prior["W0"] = t(W0)
-        prior["factor_scale"] = t(np.full((d, rank), 0.5 * np.sqrt(psi0) + 1e-6))
-        prior["log_psi0"] = t(np.log(residual))
-        prior["psi_scale"] = t(0.5)
-        prior["loc_scale"] = t(np.sqrt(var0 / prior_strength))
-    return prior
-
-
-def exact_posterior(
-    x: np.ndarray,
-    y: np.ndarray,
-    num_classes: int,
-    *,
-    covariance: Literal["diag", "full"],
-    class_concentration: float = 1.0,
-    prior_strength: float = 1.0,
-    shrinkage: float = 10.0,
-    pooled_shrinkage: float | str = "auto",
-    pooled: tuple[np.ndarray, np.ndarray] | None = None,
-    extra: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Closed-form posterior of the conjugate structures.
-
-    Parameters
-    ----------
-    x : numpy.ndarray, shape (n_rows, n_features)
-    y : numpy.ndarray of int, shape (n_rows,)
-    num_classes : int
-    covariance : {"diag", "full"}
-    class_concentration, prior_strength, shrinkage : float
-        As in :class:`GaussianGenerator`.
-    pooled_shrinkage : "auto" or float
-        As in :func:`pooled_statistics`.
-    pooled : (m0, S0), optional
-        Pooled statistics already computed by :func:`pooled_statistics`.
-    extra : (x_extra, weights), optional
-        More rows, shape (n_extra, n_features), each counted in class c with
-        weight ``weights[i, c]`` (n_extra, n_classes) — soft assignments of
-        unlabelled rows (the M-step of :meth:`GaussianGenerator.fit`'s EM).
-        Their weighted sufficient statistics join each class's own.
-
-    Returns
-    -------
-    dict
-        ``weights_concentration`` (C,), ``loc`` mean (C, d) and ``kappa`` (C,);
-        for "diag" ``shape``/``rate`` (C, d) of the Gamma posterior of the
-        precisions, with ``precision_mean`` = shape/rate and ``loc_var`` the
-        marginal variance of each location; for "full" ``df`` (C,) and
-        ``scale`` (C, d, d) of the Wishart posterior, ``precision_mean`` =
-        df·scale and ``loc_cov`` (C, d, d) the marginal covariance of each location.
-    """
-    m0, S0 = pooled if pooled is not None else pooled_statistics(x, y, num_classes, pooled_shrinkage=pooled_shrinkage)
-    d = x.shape[1]
-    counts = np.bincount(y, minlength=num_classes).astype(float)
-    if extra is not None:
-        counts = counts + extra[1].sum(axis=0)
-    out: dict[str, np.ndarray] = {"weights_concentration": class_concentration + counts}
-    kappa = prior_strength + counts
-    locs = np.empty((num_classes, d))
-    if covariance == "diag":
-        a0 = 1.0 + shrinkage / 2.0
-        b0 = np.diag(S0) * (a0 - 1.0)
-        shape, rate = np.empty((num_classes, d)), np.empty((num_classes, d))
-    else:
-        df0 = d + 1.0 + shrinkage
-        V0_inv = S0 * (df0 - d - 1.0)
-        dfs, scales = np.empty(num_classes), np.empty((num_classes, d, d))
-    for c in range(num_classes):
-        xc = x[y == c]
-        w = np.ones(len(xc))
-        if extra is not None:
-            xc, w = np.concatenate([xc, extra[0]]), np.concatenate([w, extra[1][:, c]])
-        n = counts[c]
-        mean = w @ xc / n if n > 0 else m0
-        locs[c] = (prior_strength * m0 + n * mean) / kappa[c]
-        dev = mean - m0
-        if covariance == "diag":
-            ss = w @ (xc - mean) ** 2 if n > 0 else np.zeros(d)
-            shape[c] = a0 + n / 2.0
-            rate[c] = b0 + ss / 2.0 + prior_strength * n * dev**2 / (2.0 * kappa[c])
-        else:
-            scatter = (xc - mean).T @ ((xc - mean) * w[:, None]) if n > 0 else np.zeros((d, d))
-            Vn_inv = V0_inv + scatter + prior_strength * n / kappa[c] * np.outer(dev, dev)
-            dfs[c] = df0 + n
-            scales[c] = np.linalg.inv(Vn_inv)
-    out["loc"], out["kappa"] = locs, kappa
-    if covariance == "diag":
-        out["shape"], out["rate"] = shape, rate
-        out["precision_mean"] = shape / rate
-        out["loc_var"] = rate / (kappa[:, None] * (shape - 1.0))
-    else:
-        out["df"], out["scale"] = dfs, scales
-        out["precision_mean"] = dfs[:, None, None] * scales
-        cov_mean = np.linalg.inv(scales) / (dfs - d - 1.0)[:, None, None]
-        out["loc_cov"] = cov_mean / kappa[:, None, None]
-    return out
+    with pyro.plate("class", num_classes):
+        covariance_structure(covariance, noise).guide_sites(hyper, init, num_classes, x)
 
 
 # ---------------------------------------------------------------- validation
@@ -796,104 +290,6 @@ def validate_xy(X: Any, y: Any = None, *, label: str | None = None) -> tuple[np.
     if len(found) < 2:
         raise ValueError(f"a class-conditional model needs at least two classes, got {found.tolist()}")
     return values, labels, names
-
-
-def _student_t_predictive(post: dict[str, np.ndarray], covariance: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Exact posterior predictive of the conjugate structures (Murphy 2007, sections 8 and 9).
-
-    Normal-Wishart: x | c ~ t_{ν_n - d + 1}(m_n, (κ_n + 1) / (κ_n (ν_n - d + 1)) · W_n⁻¹).
-    Normal-Gamma (per feature): x_j | c ~ t_{2 a_n}(m_n, b_n (κ_n + 1) / (a_n κ_n)).
-    """
-    t = like.new_tensor
-    kappa = post["kappa"]
-    out = {"weights": t(post["weights_concentration"]), "loc": t(post["loc"])}
-    if covariance == "full":
-        d = post["loc"].shape[1]
-        df = post["df"] - d + 1.0
-        cov = np.linalg.inv(post["scale"]) * ((kappa + 1.0) / (kappa * df))[:, None, None]
-        out["df"] = t(df)
-        out["scale_tril"] = t(np.linalg.cholesky(cov))
-    else:
-        out["df"] = t(2.0 * post["shape"])
-        out["scale"] = t(np.sqrt(post["rate"] * (kappa[:, None] + 1.0) / (post["shape"] * kappa[:, None])))
-    return out
-
-
-# Rows are scored in chunks of at most this many row x class x feature elements (16 MB in float64), so
-# a prediction needs this much working memory besides its (n_rows, d) input and (n_rows, n_classes) result.
-_CHUNK_ELEMENTS = 2_000_000
-
-
-def _row_chunks(x: torch.Tensor, num_classes: int) -> Iterator[torch.Tensor]:
-    """Consecutive row blocks of ``x`` (n_rows, d), each small enough to compare with every class at once."""
-    size = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1] * num_classes))
-    for start in range(0, len(x), size):
-        yield x[start : start + size]
-
-
-def _predictive_joint_log_prob(pred: dict[str, torch.Tensor], covariance: str, x: torch.Tensor) -> torch.Tensor:
-    """log p(x, y = c) under a posterior predictive from :func:`_student_t_predictive`, (n_rows, n_classes)."""
-    log_w = (pred["weights"] / pred["weights"].sum()).log()
-    out = []
-    with torch.no_grad():
-        if covariance != "full":
-            fn = _student_t(pred)
-            return torch.cat([fn.log_prob(xb.unsqueeze(-2)) + log_w for xb in _row_chunks(x, len(log_w))])
-        # The multivariate t by hand (MultivariateStudentT would broadcast each class's d x d factor to every
-        # row). The Mahalanobis term is ‖L_c⁻¹ x − L_c⁻¹ m_c‖²: every class's whitening L_c⁻¹ is inverted once
-        # and stacked into one (d, C d) matrix, so a block of rows meets all classes in a single product.
-        tril, df, (C, d) = pred["scale_tril"], pred["df"], pred["loc"].shape
-        eye = torch.eye(d, dtype=tril.dtype, device=tril.device)
-        whiten = torch.linalg.solve_triangular(tril, eye, upper=False)  # (C, d, d): L_c⁻¹
-        stacked = whiten.permute(2, 0, 1).reshape(d, C * d)  # column block c is L_c⁻ᵀ
-        shift = (whiten @ pred["loc"].unsqueeze(-1)).squeeze(-1)  # (C, d): L_c⁻¹ m_c
-        const = (
-            torch.lgamma((df + d) / 2)
-            - torch.lgamma(df / 2)
-            - 0.5 * d * torch.log(df * math.pi)
-            - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        ) + log_w
-        for xb in _row_chunks(x, C):
-            maha = ((xb @ stacked).reshape(-1, C, d) - shift).pow(2).sum(-1)  # (n, C)
-            out.append(const - 0.5 * (df + d) * torch.log1p(maha / df))
-    return torch.cat(out)
-
-
-def _student_t(pred: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> dist.Distribution:
-    """The per-feature ("diag") predictive Student-t of every class (or of the class of each row in ``labels``)."""
-    pick = (lambda v: v) if labels is None else (lambda v: v[labels])  # noqa: E731
-    return dist.StudentT(pick(pred["df"]), pick(pred["loc"]), pick(pred["scale"])).to_event(1)
-
-
-def _sample_student_t(pred: dict[str, torch.Tensor], covariance: str, labels: torch.Tensor) -> torch.Tensor:
-    """One draw from the predictive Student-t of each row's class, shape (n_rows, d).
-
-    Full covariance: ``loc + L ε / sqrt(χ² / df)``, each class's factor L applied to that class's rows
-    together, so no row gets its own copy of a d x d factor (1,000 rows of 784 features would need 4.9 GB).
-    """
-    if covariance != "full":
-        return _student_t(pred, labels).sample()
-    loc, tril, df = pred["loc"], pred["scale_tril"], pred["df"][labels]
-    eps = torch.empty(len(labels), loc.shape[-1], dtype=loc.dtype, device=loc.device).normal_()
-    eps = eps * torch.rsqrt(dist.Chi2(df).sample() / df).unsqueeze(-1)
-    out = loc[labels]
-    for c in torch.unique(labels).tolist():
-        rows = (labels == c).nonzero().squeeze(-1)
-        out[rows] += eps[rows] @ tril[c].T
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_wishart() -> Iterator[None]:
-    """Silence torch's Wishart "Singular sample detected" warning.
-
-    torch (2.x) flags *valid* Bartlett draws as singular (it tests
-    ``support.check(sample)``, which is True for positive-definite samples),
-    so the warning fires on good draws; the samples themselves are fine.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Singular sample detected")
-        yield
 
 
 # ----------------------------------------------------------------- estimator
@@ -1051,8 +447,12 @@ class GaussianGenerator(BayesianEstimator):
 
     @property
     def _arviz_parallel(self) -> bool:
-        # Vectorised, a full-covariance model holds every draw's d x d matrices (several per class) at once.
-        return self.covariance != "full"
+        return self._structure.vectorised_draws
+
+    @property
+    def _structure(self) -> CovarianceStructure:
+        """The covariance structure named by ``covariance`` (with the low-rank ``noise``)."""
+        return covariance_structure(self.covariance, self.noise)
 
     def __init__(
         self,
@@ -1112,21 +512,17 @@ class GaussianGenerator(BayesianEstimator):
     # ---------------------------------------------------------------- fit
     def _validate_settings(self) -> None:
         super()._validate_settings()  # shared settings and device
-        if self.covariance not in ("diag", "full", "lowrank"):
-            raise ValueError(f"covariance must be 'diag', 'full' or 'lowrank', got {self.covariance!r}")
+        structure = self._structure  # refuses an unknown covariance
         if self.method not in ("svi", "exact"):
             raise ValueError(f"method must be 'svi' or 'exact', got {self.method!r}")
         if self.subspace is not None:
             check_count(self.subspace, "subspace")
-        if self.method == "exact" and self.covariance == "lowrank":
+        if self.method == "exact" and not structure.conjugate:
             raise ValueError("method='exact' needs a conjugate structure: covariance='diag' or 'full'")
-        if self.method == "svi" and self.covariance == "full":
+        if self.method == "svi" and structure.svi_refusal is not None:
             # Known limitation: Adam on a Wishart guide over a d x d precision diverges
             # within tens of steps even at d = 60 (measured on digits; see docs/models.md).
-            raise ValueError(
-                "covariance='full' is fitted with its exact conjugate posterior: use method='exact' "
-                "(SVI with a Wishart guide is numerically unstable), or covariance='lowrank' for SVI"
-            )
+            raise ValueError(structure.svi_refusal)
         if self.noise not in ("isotropic", "diagonal"):
             raise ValueError(f"noise must be 'isotropic' or 'diagonal', got {self.noise!r}")
         if self.init not in ("pca", "prior"):
@@ -1214,35 +610,9 @@ class GaussianGenerator(BayesianEstimator):
                 "subspace; set subspace=D (or unlabelled_iterations > 0 with method='exact')"
             )
         values, labels, names = validate_xy(X, y, label=label)
-        found = np.unique(labels)
-        if classes is not None:
-            if len(set(classes)) != len(list(classes)):
-                raise ValueError(f"classes has duplicate entries: {list(classes)}")
-            missing = [c for c in classes if c not in set(found.tolist())]
-            if missing:
-                raise ValueError(f"classes {missing} have no rows; every class needs at least one row")
-            unknown = [c for c in found.tolist() if c not in set(classes)]
-            if unknown:
-                raise ValueError(f"labels {unknown[:10]} are not among classes={list(classes)}")
-            found = np.asarray(list(classes))
-        self.classes_ = found
         self.feature_names_ = names
-        index = np.searchsorted(found, labels) if classes is None else np.array([list(found).index(v) for v in labels])
-        self.class_counts_ = np.bincount(index, minlength=len(found))
-        with np.errstate(over="ignore", invalid="ignore"):  # overflowing features are refused below
-            sd = values.std(axis=0)
-        constant = sd <= 1e-12 * (1.0 + np.abs(values).max(axis=0))
-        if constant.all():
-            raise ValueError("every feature is constant; there is nothing to model")
-        if constant.any() and self.constant_features == "error":
-            bad = [names[j] for j in np.nonzero(constant)[0]]
-            raise ValueError(
-                f"{len(bad)} features are constant in the training data ({bad[:10]}); drop them or pass "
-                "constant_features='keep' to hold them fixed"
-            )
-        self._constant = constant
-        self._constant_values = values[0, constant].copy()
-        raw = values[:, ~constant]
+        index = self._set_classes(labels, classes)
+        raw = self._drop_constant_features(values)
         unlabelled_raw = self._check_new_x(unlabelled, "unlabelled") if unlabelled is not None else None
         self._subspace = None
         self.unlabelled_history_ = self._x_unlabelled = self.unlabelled_converged_ = None
@@ -1251,47 +621,18 @@ class GaussianGenerator(BayesianEstimator):
             rows = raw if unlabelled_raw is None else np.concatenate([raw, unlabelled_raw])
             self._subspace = principal_subspace(rows, int(self.subspace))
             raw = self._project(raw)
-        if self.covariance == "lowrank" and int(self.rank) >= raw.shape[1]:
-            what = "principal components" if self._subspace is not None else "modelled features"
-            raise ValueError(f"rank={self.rank} must be below the {raw.shape[1]} {what}")
-        # Standardise by the mean and the pooled within-class sd, so that learning
-        # rates and priors mean the same for pixels, dollars or z-scores. A feature
-        # constant within every class (but not overall) keeps its overall sd.
+        what = "principal components" if self._subspace is not None else "modelled features"
+        self._structure.check_rank(int(self.rank), raw.shape[1], what)
         # With one labelled row per class there is no within-class spread: EM then takes the scale and the
         # pooled covariance (its prior's centre) from the unlabelled rows' overall spread instead.
         one_each = bool((self.class_counts_ < 2).all())
-        spread_from = None
-        if one_each and em:
-            spread_from = self._project(unlabelled_raw)
-        with np.errstate(over="ignore", invalid="ignore"):
-            self._shift = raw.mean(axis=0)
-            class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(found))])
-            within = np.sqrt(((raw - class_means[index]) ** 2).sum(axis=0) / max(len(raw) - len(found), 1))
-            if spread_from is not None:
-                self._shift, within = spread_from.mean(axis=0), spread_from.std(axis=0)
-            self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
-            xv = (raw - self._shift) / self._scale
-        if not (np.isfinite(self._scale).all() and np.isfinite(xv).all()):
-            bad = np.nonzero(~(np.isfinite(self._scale) & np.isfinite(xv).all(axis=0)))[0]
-            raise ValueError(
-                f"features {[self._modelled_names()[j] for j in bad[:5]]} are too large to standardise "
-                "(their spread overflows float64); rescale them"
-            )
+        spread_from = self._project(unlabelled_raw) if one_each and em else None
+        xv = self._standardise(raw, index, spread_from)
         # Wishart draws of a d x d precision are often singular in float32.
-        dtype = torch.float64 if self.covariance == "full" else torch.get_default_dtype()
+        dtype = torch.float64 if self._structure.float64 else torch.get_default_dtype()
         self._x = torch.as_tensor(xv, dtype=dtype, device=self.device_)
         self._y = torch.as_tensor(index, dtype=torch.int64, device=self.device_)
-        if spread_from is None:
-            m0, S0 = self._pooled = pooled_statistics(xv, index, len(found), pooled_shrinkage=self.pooled_shrinkage)
-        else:
-            # The unlabelled rows' total covariance (as one class): broader than the within-class one, a
-            # cautious centre that the EM passes then refine.
-            spread = (spread_from - self._shift) / self._scale
-            m0, S0 = pooled_statistics(
-                spread, np.zeros(len(spread), dtype=int), 1, pooled_shrinkage=self.pooled_shrinkage
-            )
-            m0 = xv.mean(axis=0)
-            self._pooled = (m0, S0)
+        m0, S0 = self._pooled = self._pooled_statistics(xv, index, spread_from)
         if one_each and not em:
             warnings.warn(
                 "every class has a single labelled row, so there is no within-class variation to learn the "
@@ -1304,7 +645,7 @@ class GaussianGenerator(BayesianEstimator):
             m0,
             S0,
             covariance=self.covariance,
-            num_classes=len(found),
+            num_classes=len(self.classes_),
             class_concentration=float(self.class_concentration),
             prior_strength=float(self.prior_strength),
             shrinkage=float(self.shrinkage),
@@ -1316,47 +657,116 @@ class GaussianGenerator(BayesianEstimator):
             if em:
                 self._fit_unlabelled(xv, index, unlabelled_raw)
             return self
+        self._fit_svi(xv, index, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+        return self
+
+    def _set_classes(self, labels: np.ndarray, classes: Sequence[Any] | None) -> np.ndarray:
+        """Set ``classes_`` and ``class_counts_`` from the labels (and the expected ``classes``); return the class
+        index of every row."""
+        found = np.unique(labels)
+        if classes is not None:
+            if len(set(classes)) != len(list(classes)):
+                raise ValueError(f"classes has duplicate entries: {list(classes)}")
+            missing = [c for c in classes if c not in set(found.tolist())]
+            if missing:
+                raise ValueError(f"classes {missing} have no rows; every class needs at least one row")
+            unknown = [c for c in found.tolist() if c not in set(classes)]
+            if unknown:
+                raise ValueError(f"labels {unknown[:10]} are not among classes={list(classes)}")
+            found = np.asarray(list(classes))
+        self.classes_ = found
+        index = np.searchsorted(found, labels) if classes is None else np.array([list(found).index(v) for v in labels])
+        self.class_counts_ = np.bincount(index, minlength=len(found))
+        return index
+
+    def _drop_constant_features(self, values: np.ndarray) -> np.ndarray:
+        """Find the features constant in the training rows (an error unless ``constant_features="keep"``), keep
+        their values, and return the other features."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing features are refused below
+            sd = values.std(axis=0)
+        constant = sd <= 1e-12 * (1.0 + np.abs(values).max(axis=0))
+        if constant.all():
+            raise ValueError("every feature is constant; there is nothing to model")
+        if constant.any() and self.constant_features == "error":
+            bad = [self.feature_names_[j] for j in np.nonzero(constant)[0]]
+            raise ValueError(
+                f"{len(bad)} features are constant in the training data ({bad[:10]}); drop them or pass "
+                "constant_features='keep' to hold them fixed"
+            )
+        self._constant = constant
+        self._constant_values = values[0, constant].copy()
+        return values[:, ~constant]
+
+    def _standardise(self, raw: np.ndarray, index: np.ndarray, spread_from: np.ndarray | None) -> np.ndarray:
+        """Set ``_shift`` and ``_scale`` and return the rows standardised by them.
+
+        Standardise by the mean and the pooled within-class sd, so that learning rates and priors mean the
+        same for pixels, dollars or z-scores. A feature constant within every class (but not overall) keeps
+        its overall sd. ``spread_from`` (unlabelled rows, when every class has one labelled row) gives the
+        mean and the sd instead.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._shift = raw.mean(axis=0)
+            class_means = np.stack([raw[index == c].mean(axis=0) for c in range(len(self.classes_))])
+            within = np.sqrt(((raw - class_means[index]) ** 2).sum(axis=0) / max(len(raw) - len(self.classes_), 1))
+            if spread_from is not None:
+                self._shift, within = spread_from.mean(axis=0), spread_from.std(axis=0)
+            self._scale = np.where(within > 1e-6 * raw.std(axis=0), within, raw.std(axis=0))
+            xv = (raw - self._shift) / self._scale
+        if not (np.isfinite(self._scale).all() and np.isfinite(xv).all()):
+            bad = np.nonzero(~(np.isfinite(self._scale) & np.isfinite(xv).all(axis=0)))[0]
+            raise ValueError(
+                f"features {[self._modelled_names()[j] for j in bad[:5]]} are too large to standardise "
+                "(their spread overflows float64); rescale them"
+            )
+        return xv
+
+    def _pooled_statistics(
+        self, xv: np.ndarray, index: np.ndarray, spread_from: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pooled mean and covariance that the prior centres every class on (standardised rows ``xv``)."""
+        if spread_from is None:
+            return pooled_statistics(xv, index, len(self.classes_), pooled_shrinkage=self.pooled_shrinkage)
+        # The unlabelled rows' total covariance (as one class): broader than the within-class one, a
+        # cautious centre that the EM passes then refine.
+        spread = (spread_from - self._shift) / self._scale
+        _, S0 = pooled_statistics(spread, np.zeros(len(spread), dtype=int), 1, pooled_shrinkage=self.pooled_shrinkage)
+        return xv.mean(axis=0), S0
+
+    def _fit_svi(
+        self,
+        xv: np.ndarray,
+        index: np.ndarray,
+        *,
+        checkpoint: PathLikeStr | None,
+        checkpoint_every: int | None,
+        resume: bool | PathLikeStr,
+    ) -> None:
+        """Fit the guide by SVI, started at the structure's own answer with ``init="pca"``."""
         # A batch as large as the data is no minibatch: fit on all rows every step.
         minibatch = self.batch_size is not None and int(self.batch_size) < len(xv)
         initial = None
-        if self.covariance == "diag" and self.init == "pca":
-            # Conjugate: the guide starts at the exact marginal posterior of every class's parameters.
-            post = exact_posterior(
+        if self.init == "pca":
+            start = self._structure.initial_guide_params(
                 xv,
                 index,
-                len(found),
-                covariance="diag",
-                class_concentration=float(self.class_concentration),
-                prior_strength=float(self.prior_strength),
-                shrinkage=float(self.shrinkage),
+                len(self.classes_),
                 pooled=self._pooled,
-            )
-            initial = {
-                "precision_shape": post["shape"],
-                "precision_rate": post["rate"],
-                "loc_loc": post["loc"],
-                "loc_scale": np.sqrt(post["loc_var"]),
-            }
-            initial = {k: self._x.new_tensor(v) for k, v in initial.items()}
-        if self.covariance == "lowrank" and self.init == "pca":
-            start = lowrank_initial_params(
-                xv,
-                index,
-                len(found),
-                S0=S0,
+                class_concentration=float(self.class_concentration),
                 prior_strength=float(self.prior_strength),
                 shrinkage=float(self.shrinkage),
                 rank=int(self.rank),
             )
-            initial = {k: self._x.new_tensor(v) for k, v in start.items()}
-        with _quiet_wishart():
+            if start is not None:
+                initial = {k: self._x.new_tensor(v) for k, v in start.items()}
+        with quiet_wishart():
             self._run_svi(
                 self._x,
                 self._y,
                 model_kwargs={
                     "hyper": self._prior,
                     "covariance": self.covariance,
-                    "num_classes": len(found),
+                    "num_classes": len(self.classes_),
                     "init": initial,
                     "noise": self.noise,
                 },
@@ -1366,12 +776,11 @@ class GaussianGenerator(BayesianEstimator):
                 checkpoint_every=checkpoint_every,
                 resume=resume,
             )
-        return self
 
     def _learning_rate(self) -> float:
         if self.learning_rate is not None:
             return float(self.learning_rate)
-        return 0.002 if self.covariance == "lowrank" and self.init == "pca" else 0.05
+        return self._structure.default_learning_rate(self.init)
 
     def _fit_unlabelled(self, xv: np.ndarray, index: np.ndarray, raw: np.ndarray) -> None:
         """Learn from unlabelled rows (modelled raw features) by EM, at ``unlabelled_weight`` or at the weight
@@ -1448,14 +857,14 @@ class GaussianGenerator(BayesianEstimator):
         pred = self._exact_predictive(xv, index)
         history, previous, extra = [], None, None
         for _ in range(int(self.unlabelled_iterations)):
-            joint = _predictive_joint_log_prob(pred, self.covariance, x)
+            joint = self._structure.predictive_joint_log_prob(pred, x)
             history.append(float(torch.logsumexp(joint, dim=-1).mean()))
             resp = to_numpy(torch.softmax(joint, dim=-1)).astype(float)
             if previous is not None and np.abs(resp - previous).max() < 1e-4:
                 return pred, extra, history, True
             previous, extra = resp, (xu, resp * weight)
             pred = self._exact_predictive(xv, index, extra)
-        history.append(float(torch.logsumexp(_predictive_joint_log_prob(pred, self.covariance, x), dim=-1).mean()))
+        history.append(float(torch.logsumexp(self._structure.predictive_joint_log_prob(pred, x), dim=-1).mean()))
         return pred, extra, history, False
 
     def _choose_unlabelled_weight(
@@ -1490,7 +899,7 @@ class GaussianGenerator(BayesianEstimator):
                     pred = self._exact_predictive(xv[train], index[train])
                 else:
                     pred = self._em(xv[train], index[train], xu, x, weight)[0]
-                joint = _predictive_joint_log_prob(pred, self.covariance, x_test).log_softmax(dim=-1)
+                joint = self._structure.predictive_joint_log_prob(pred, x_test).log_softmax(dim=-1)
                 log_lik[i, test] = to_numpy(joint.gather(-1, truth[:, None])[:, 0])
                 correct[i, test] = to_numpy(joint.argmax(dim=-1) == truth)
         held = folds >= 0
@@ -1525,21 +934,9 @@ class GaussianGenerator(BayesianEstimator):
         with param_scope(state):
             pyro.param("weights_concentration", t(post["weights_concentration"]), constraint=constraints.positive)
             pyro.param("loc_loc", t(post["loc"]))
-            if self.covariance == "diag":
-                pyro.param("precision_shape", t(post["shape"]), constraint=constraints.positive)
-                pyro.param("precision_rate", t(post["rate"]), constraint=constraints.positive)
-                pyro.param("loc_scale", t(np.sqrt(post["loc_var"])), constraint=constraints.positive)
-            else:
-                d = xv.shape[1]
-                pyro.param("precision_df", t(post["df"]), constraint=constraints.greater_than(d + 1.0))
-                pyro.param(
-                    "precision_scale_tril", t(np.linalg.cholesky(post["scale"])), constraint=constraints.lower_cholesky
-                )
-                pyro.param(
-                    "loc_scale_tril", t(np.linalg.cholesky(post["loc_cov"])), constraint=constraints.lower_cholesky
-                )
+            self._structure.set_guide_to_posterior(post, t)
         self._param_state = state
-        self._predictive = _student_t_predictive(post, self.covariance, like=self._x)
+        self._predictive = self._structure.predictive(post, like=self._x)
         self.losses_ = np.zeros(0)
         self.converged_ = True
         self.n_steps_ = 0
@@ -1566,7 +963,7 @@ class GaussianGenerator(BayesianEstimator):
         self, xv: np.ndarray, index: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None
     ) -> dict[str, torch.Tensor]:
         """The Student-t posterior predictive of :meth:`_exact_posterior`."""
-        return _student_t_predictive(self._exact_posterior(xv, index, extra), self.covariance, like=self._x)
+        return self._structure.predictive(self._exact_posterior(xv, index, extra), like=self._x)
 
     # ----------------------------------------------------------- base hooks
     def _model_and_guide(self, for_arviz: bool = False) -> tuple:
@@ -1574,8 +971,7 @@ class GaussianGenerator(BayesianEstimator):
 
     def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
         kwargs = {"hyper": self._prior, "covariance": self.covariance, "num_classes": len(self.classes_)}
-        if self.covariance == "lowrank":
-            kwargs["noise"] = self.noise
+        kwargs.update(self._structure.model_kwargs())
         if getattr(self, "_x_unlabelled", None) is not None:
             kwargs["x_unlabelled"] = self._x_unlabelled
         return (self._x, self._y), kwargs
@@ -1599,7 +995,8 @@ class GaussianGenerator(BayesianEstimator):
         if getattr(self, "_x_unlabelled", None) is not None:
             why = "EM over unlabelled rows gives a conjugate update, not the mixture's exact posterior"
             return {}, {name: why for name in self._global_sites()}
-        if self.method == "exact" or self.covariance == "lowrank":
+        structure = self._structure
+        if self.method == "exact" or not structure.conjugate:
             counts = np.bincount(to_numpy(self._y), minlength=len(self.classes_)).astype(float)
             exact = {"weights_concentration": float(self.class_concentration) + counts}
         else:
@@ -1617,40 +1014,23 @@ class GaussianGenerator(BayesianEstimator):
         if self.method == "exact":  # the guide holds the exact posterior itself; its class weights still check
             exact = {"weights_concentration": exact["weights_concentration"]}
         out = {"weights": dirichlet_moments(exact["weights_concentration"])}
-        unchecked: dict[str, str] = {}
-        if self.covariance == "lowrank":
-            unchecked = {
-                "loc": "no closed form with a low-rank covariance",
-                "cov_diag": "no closed form with a low-rank covariance",
-                "cov_factor": "factors are identified only up to a rotation",
-            }
-        elif self.method == "exact":
+        if self.method == "exact":
             unchecked = {
                 "loc": "the guide holds the exact marginal posterior",
                 "precision": "the guide holds the exact marginal posterior",
             }
-        elif self.covariance == "diag":
-            shape, rate = exact["shape"], exact["rate"]
-            out["precision"] = (shape / rate, np.sqrt(shape) / rate)
-            out["loc"] = (exact["loc"], np.sqrt(exact["loc_var"]))
         else:
-            df, scale = exact["df"][:, None, None], exact["scale"]
-            diag = np.diagonal(scale, axis1=-2, axis2=-1)
-            out["precision"] = (df * scale, np.sqrt(df * (scale**2 + diag[..., :, None] * diag[..., None, :])))
-            out["loc"] = (exact["loc"], np.sqrt(np.diagonal(exact["loc_cov"], axis1=-2, axis2=-1)))
+            moments, unchecked = structure.reference_moments(exact)
+            out.update(moments)
         return out, unchecked
 
     def _arviz_dims(self) -> tuple[dict, dict]:
-        dims = {k: v for k, v in DIMS.items()}
-        if self.covariance == "full":
-            dims["precision"] = ["class", "feature", "feature_bis"]
-        if self.covariance == "lowrank" and self.noise == "isotropic":
-            dims["cov_diag"] = ["class"]
+        dims = {**DIMS, **self._structure.dims()}
         names = self._modelled_names()
         return dims, {"class": [str(c) for c in self.classes_], "feature": names, "feature_bis": names}
 
     def _rebuild_param_state(self, saved: dict[str, torch.Tensor]) -> dict:
-        with _quiet_wishart():  # loading traces the guide once (a Wishart draw for "full")
+        with quiet_wishart():  # loading traces the guide once (a Wishart draw for "full")
             return super()._rebuild_param_state(saved)
 
     def _modelled_names(self) -> list[str]:
@@ -1737,40 +1117,13 @@ class GaussianGenerator(BayesianEstimator):
 
         args, kwargs = self._model_args()
         small = (self._x[:1], self._y[:1])
-        with param_scope(self._param_state), seeded(seed, self.device_), torch.no_grad(), _quiet_wishart():
+        with param_scope(self._param_state), seeded(seed, self.device_), torch.no_grad(), quiet_wishart():
             tr = poutine.trace(_vectorize(guide, num, -2)).get_trace(*small, **kwargs)
         C, d = len(self.classes_), self._x.shape[1]
         draws = {"weights": tr.nodes["weights"]["value"].reshape(num, C)}
         draws["loc"] = tr.nodes["loc"]["value"].reshape(num, C, d)
-        if self.covariance == "diag":
-            draws["scale"] = tr.nodes["precision"]["value"].reshape(num, C, d).rsqrt()
-        elif self.covariance == "full":
-            prec = tr.nodes["precision"]["value"].reshape(num, C, d, d)
-            draws["scale_tril"] = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(prec)))
-        else:
-            draws["cov_factor"] = tr.nodes["cov_factor"]["value"].reshape(num, C, d, -1)
-            psi = tr.nodes["cov_diag"]["value"]
-            if self.noise == "isotropic":
-                psi = psi.reshape(num, C, 1).expand(num, C, d)
-            draws["cov_diag"] = psi.reshape(num, C, d)
+        draws.update(self._structure.draws_from_trace(tr.nodes, num, C, d))
         return draws
-
-    def _class_log_prob(
-        self, draws: dict[str, torch.Tensor], s: int, x: torch.Tensor, whitening: tuple[torch.Tensor, ...] | None
-    ) -> torch.Tensor:
-        """log N(x_i; class c of draw ``s``) for every row and class, (n_rows, n_classes).
-
-        Each class's factor is applied to all rows at once (never copied per row); ``whitening``
-        holds the low-rank classes' :func:`_lowrank_whitening` pieces for every draw.
-        """
-        loc = draws["loc"][s]
-        if self.covariance == "diag":
-            return dist.Normal(loc, draws["scale"][s]).to_event(1).log_prob(x.unsqueeze(-2))
-        if self.covariance == "full":
-            # torch's MultivariateNormal solves against the (n, C, d) differences without copying the factor.
-            return dist.MultivariateNormal(loc, scale_tril=draws["scale_tril"][s]).log_prob(x.unsqueeze(-2))
-        d_inv, whiten, logdet = (w[s] for w in whitening)
-        return _lowrank_log_prob(x.unsqueeze(0), loc, d_inv, whiten, logdet.unsqueeze(-1)).T
 
     def _joint_log_prob(self, xv: np.ndarray, num_samples: int | None, seed: int | None) -> torch.Tensor:
         """log p(z, y = c) of model-space rows under the posterior predictive, (n_rows, n_classes)."""
@@ -1780,19 +1133,18 @@ class GaussianGenerator(BayesianEstimator):
         num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
         draws = self._draw_parameters(num, self._method_seed(seed))
         out = []
+        structure = self._structure
         with torch.no_grad():
-            whitening = None
-            if self.covariance == "lowrank":
-                whitening = _lowrank_whitening(draws["cov_factor"], draws["cov_diag"])
+            prepared = structure.prepare_draws(draws)
             log_w = draws["weights"].log()
-            for xb in _row_chunks(x, len(self.classes_)):
-                per_draw = torch.stack([self._class_log_prob(draws, s, xb, whitening) + log_w[s] for s in range(num)])
+            for xb in row_chunks(x, len(self.classes_)):
+                per_draw = torch.stack([structure.draw_log_prob(draws, s, xb, prepared) + log_w[s] for s in range(num)])
                 out.append(torch.logsumexp(per_draw, dim=0) - math.log(num))
         return torch.cat(out)
 
     def _exact_joint_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x, y = c) under the exact posterior predictive (Student-t), (n_rows, n_classes)."""
-        return _predictive_joint_log_prob(self._predictive, self.covariance, x)
+        return self._structure.predictive_joint_log_prob(self._predictive, x)
 
     def _check_new_x(self, X: Any, what: str = "X") -> np.ndarray:
         if isinstance(X, pd.DataFrame):
@@ -1820,7 +1172,7 @@ class GaussianGenerator(BayesianEstimator):
         if self._subspace is None:
             return np.zeros(len(arr))
         basis = self._subspace["basis"]
-        resid = _off_subspace(arr - self._subspace["centre"], basis)
+        resid = off_subspace(arr - self._subspace["centre"], basis)
         var = self._subspace["residual_variance"]
         k = basis.shape[0] - basis.shape[1]
         return -0.5 * ((resid**2).sum(axis=1) / var + k * math.log(2 * math.pi * var))
@@ -1917,33 +1269,18 @@ class GaussianGenerator(BayesianEstimator):
                 labels = torch.arange(n, device=self.device_) % C
                 labels = labels[torch.randperm(n, device=self.device_)]
             else:
-                wanted_arr = np.atleast_1d(np.asarray(y, dtype=object))
-                if wanted_arr.ndim != 1 or wanted_arr.size == 0:
-                    raise ValueError(
-                        f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape {wanted_arr.shape}"
-                    )
-                wanted = wanted_arr.tolist()
-                lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
-                try:
-                    idx = [lookup[v] for v in wanted]
-                except KeyError as err:
-                    raise ValueError(f"unknown class {err.args[0]!r}; classes are {self.classes_.tolist()}") from None
-                if len(idx) == 1:
-                    idx = idx * n
-                if len(idx) != n:
-                    raise ValueError(f"y has {len(idx)} labels for {n} samples")
-                labels = torch.as_tensor(idx, device=self.device_)
+                labels = self._class_index(y, n)
             if exact:
                 # The exact posterior predictive: a (multivariate) Student-t per class.
-                xs = _sample_student_t(self._predictive, self.covariance, labels)
+                xs = self._structure.sample_predictive(self._predictive, labels)
             else:
-                xs = self._sample_from_draws(draws, owner, labels)
+                xs = self._structure.sample_from_draws(draws, owner, labels)
             modelled = to_numpy(xs) * self._scale + self._shift
             if self._subspace is not None:
                 # Back from the scores, plus the residual noise orthogonal to the basis.
                 basis = self._subspace["basis"]
                 noise = to_numpy(torch.randn(n, basis.shape[0], device=self.device_, dtype=torch.float64))
-                noise = _off_subspace(noise, basis) * math.sqrt(self._subspace["residual_variance"])
+                noise = off_subspace(noise, basis) * math.sqrt(self._subspace["residual_variance"])
                 modelled = self._subspace["centre"] + modelled @ basis.T + noise
         full = np.empty((n, len(self.feature_names_)))
         full[:, ~self._constant] = modelled
@@ -1955,18 +1292,24 @@ class GaussianGenerator(BayesianEstimator):
             return pd.DataFrame(full, columns=self.feature_names_), out_y
         return full, out_y
 
-    def _sample_from_draws(
-        self, draws: dict[str, torch.Tensor], owner: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        loc = draws["loc"][owner, labels]
-        eps = torch.randn_like(loc)
-        if self.covariance == "diag":
-            return loc + draws["scale"][owner, labels] * eps
-        if self.covariance == "full":
-            return loc + (draws["scale_tril"][owner, labels] @ eps.unsqueeze(-1)).squeeze(-1)
-        W = draws["cov_factor"][owner, labels]
-        z = torch.randn(len(loc), W.shape[-1], 1, device=loc.device, dtype=loc.dtype)
-        return loc + (W @ z).squeeze(-1) + draws["cov_diag"][owner, labels].sqrt() * eps
+    def _class_index(self, y: Any, n: int) -> torch.Tensor:
+        """The class index of each of ``n`` rows to sample, from one label or a sequence of ``n`` labels."""
+        wanted_arr = np.atleast_1d(np.asarray(y, dtype=object))
+        if wanted_arr.ndim != 1 or wanted_arr.size == 0:
+            raise ValueError(
+                f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape {wanted_arr.shape}"
+            )
+        wanted = wanted_arr.tolist()
+        lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
+        try:
+            idx = [lookup[v] for v in wanted]
+        except KeyError as err:
+            raise ValueError(f"unknown class {err.args[0]!r}; classes are {self.classes_.tolist()}") from None
+        if len(idx) == 1:
+            idx = idx * n
+        if len(idx) != n:
+            raise ValueError(f"y has {len(idx)} labels for {n} samples")
+        return torch.as_tensor(idx, device=self.device_)
 
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Draws of the class parameters on the raw feature scale (modelled features).
@@ -1993,13 +1336,7 @@ class GaussianGenerator(BayesianEstimator):
         }
         scale = self._scale
         out = {"weights": draws["weights"], "loc": draws["loc"] * scale + self._shift}
-        if self.covariance == "diag":
-            out["scale"] = draws["scale"] * scale
-        elif self.covariance == "full":
-            out["scale_tril"] = scale[:, None] * draws["scale_tril"]
-        else:
-            out["cov_factor"] = draws["cov_factor"] * scale[:, None]
-            out["cov_diag"] = draws["cov_diag"] * scale**2
+        out.update(self._structure.raw_scale_draws(draws, scale))
         return out
 
     def class_means(self) -> pd.DataFrame:
@@ -2047,7 +1384,7 @@ class GaussianGenerator(BayesianEstimator):
         (their class summed out), so the log-likelihood, the predictive checks
         and :meth:`vi_diagnostic` judge EM's posterior against the whole model.
         """
-        with _quiet_wishart():
+        with quiet_wishart():
             return super().to_arviz(num_samples, seed=seed, prior=prior)
 
     def plot_samples(self, num_per_class: int = 8, *, image_shape: tuple[int, int] | None = None, seed: int = 0) -> Any:

@@ -1,0 +1,184 @@
+"""Statistics of the Gaussian class-conditional generator (:mod:`bayesgen.models.gaussian_generator`) in closed form.
+
+What every covariance structure starts from, computed with NumPy on the training rows: the pooled mean and
+pooled within-class covariance that the priors shrink toward (:func:`pooled_statistics`, itself shrunk toward
+its diagonal by the Ledoit-Wolf intensity, :func:`ledoit_wolf_intensity`), the principal subspace and
+probabilistic PCA's residual variance (:func:`principal_subspace`, :func:`off_subspace`), and per-class
+probabilistic PCA as the low-rank guide's starting point (:func:`lowrank_initial_params`). The conjugate
+updates of each covariance structure are in :mod:`bayesgen.models._gaussian_covariance`.
+
+References
+----------
+Ledoit & Wolf (2004), A well-conditioned estimator for large-dimensional covariance matrices, JMVA 88(2).
+Tipping & Bishop (1999), Probabilistic principal component analysis, JRSS B 61(3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "ledoit_wolf_intensity",
+    "lowrank_initial_params",
+    "off_subspace",
+    "pooled_statistics",
+    "principal_subspace",
+]
+
+
+def principal_subspace(raw: np.ndarray, dim: int) -> dict[str, np.ndarray | float]:
+    """The first ``dim`` principal components of ``raw`` and PPCA's residual variance.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray, shape (n_rows, d)
+        Features on their own scale (not standardised).
+    dim : int
+        Components kept, 1 <= dim < min(n_rows, d). (Centred rows have rank
+        at most n_rows - 1, so dim = n_rows - 1 leaves no residual: an error.)
+
+    Returns
+    -------
+    dict
+        ``centre`` (d,), ``basis`` (d, dim) with orthonormal columns, and
+        ``residual_variance``: the mean of the d - dim discarded eigenvalues of
+        the sample covariance (the maximum-likelihood noise of probabilistic
+        PCA, Tipping & Bishop 1999).
+    """
+    n, d = raw.shape
+    if not 1 <= dim < min(n, d):
+        raise ValueError(
+            f"subspace={dim} must be at least 1 and below both the {n} training rows and the {d} modelled features"
+        )
+    centre = raw.mean(axis=0)
+    centred = raw - centre
+    # The d x d covariance, not an SVD of the rows: no n x d factor (344 MB for MNIST).
+    eig, vec = np.linalg.eigh(centred.T @ centred / (n - 1))
+    eig, vec = np.clip(eig[::-1], 0.0, None), vec[:, ::-1]  # descending
+    residual = float(eig[dim:].sum() / (d - dim))
+    if not residual > 1e-12 * max(float(eig.sum()), 1e-300):
+        raise ValueError(
+            f"subspace={dim} components hold all the variance of the training rows (their rank is "
+            f"{int((eig > 1e-12 * eig[0]).sum())}); choose a smaller subspace"
+        )
+    return {"centre": centre, "basis": vec[:, :dim].copy(), "residual_variance": residual}
+
+
+def off_subspace(v: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """The part of each row of ``v`` orthogonal to the orthonormal columns of ``basis``."""
+    return v - (v @ basis) @ basis.T
+
+
+def ledoit_wolf_intensity(centred: np.ndarray, S: np.ndarray | None = None) -> float:
+    """Ledoit-Wolf shrinkage intensity of the covariance of centred rows.
+
+    The optimal weight a in ``(1 - a) S + a·μI`` (μ the mean variance) under
+    Frobenius loss, estimated from the data (Ledoit & Wolf 2004); 0 when rows
+    are plentiful, toward 1 when features outnumber rows.
+    """
+    n, d = centred.shape
+    if n < 2:
+        return 1.0
+    if S is None:  # the rows' second-moment matrix, divided by n
+        S = centred.T @ centred / n
+    mu = float(np.trace(S)) / d
+    delta = float(((S - mu * np.eye(d)) ** 2).sum()) / d
+    sq = centred**2
+    beta = float((sq.T @ sq).sum() / n - (S**2).sum()) / (d * n)
+    beta = min(beta, delta)
+    return 0.0 if delta <= 0 else float(beta / delta)
+
+
+def pooled_statistics(
+    x: np.ndarray, y: np.ndarray, num_classes: int, *, pooled_shrinkage: float | str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and pooled within-class covariance (what every class shrinks toward).
+
+    With few rows in many dimensions (200 digits in 717 pixels) the pooled
+    scatter is singular, and a prior centred on it would tell every class that
+    most directions have no variance. The pooled covariance is therefore itself
+    shrunk toward its diagonal, ``(1 - a) S + a diag(S)``, with the Ledoit-Wolf
+    intensity ``a`` (``pooled_shrinkage="auto"``; a float fixes ``a``; 0 turns
+    it off). With 60,000 MNIST rows ``a`` is below 0.01.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (n_rows, n_features)
+    y : numpy.ndarray of int, shape (n_rows,)
+    num_classes : int
+    pooled_shrinkage : "auto" or float in [0, 1], default "auto"
+
+    Returns
+    -------
+    m0 : numpy.ndarray, shape (n_features,)
+    S0 : numpy.ndarray, shape (n_features, n_features)
+    """
+    m0 = x.mean(axis=0)
+    centred = np.empty_like(x, dtype=float)
+    for c in range(num_classes):
+        rows = y == c
+        centred[rows] = x[rows] - x[rows].mean(axis=0)
+    dof = max(len(x) - num_classes, 1)
+    S0 = centred.T @ centred / dof
+    if pooled_shrinkage == "auto":
+        a = ledoit_wolf_intensity(centred, S0 * dof / len(x))
+    else:
+        a = float(pooled_shrinkage)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"pooled_shrinkage must be 'auto' or a number in [0, 1], got {pooled_shrinkage!r}")
+    if a > 0:
+        S0 = (1.0 - a) * S0 + a * np.diag(np.diag(S0))
+    # A floor keeps S0 positive definite when some features barely vary.
+    floor = 1e-3 * max(float(np.mean(np.diag(S0))), 1e-12)
+    S0[np.diag_indices_from(S0)] += floor
+    return m0, S0
+
+
+def lowrank_initial_params(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    S0: np.ndarray,
+    prior_strength: float,
+    shrinkage: float,
+    rank: int,
+) -> dict[str, np.ndarray]:
+    """Per-class probabilistic-PCA starting point for the low-rank guide.
+
+    Each class's covariance is estimated as ``(shrinkage·S0 + scatter_c) /
+    (shrinkage + n_c)`` (the same pull toward the pooled covariance as the
+    prior) and factorised as in Tipping & Bishop (1999): the top ``rank``
+    eigenvectors scaled by ``sqrt(λ - ψ̄)``, the remaining variance on the
+    diagonal. SVI then refines the posterior from there instead of walking
+    from the pooled factors, which cuts the steps needed by a factor of
+    several on images. Cost: one dense d × d eigendecomposition per class.
+
+    Returns
+    -------
+    dict
+        ``loc_loc`` (C, d), ``cov_factor_loc`` (C, d, r), ``cov_diag_loc``
+        (C, d, log scale) and ``noise_loc`` (C, the log of the isotropic noise
+        variance ψ̄): guide parameter values.
+    """
+    C, d = num_classes, x.shape[1]
+    m0 = x.mean(axis=0)
+    loc = np.empty((C, d))
+    W = np.empty((C, d, rank))
+    log_psi = np.empty((C, d))
+    log_noise = np.empty(C)
+    for c in range(C):
+        xc = x[y == c]
+        n = len(xc)
+        mean = xc.mean(axis=0) if n else m0
+        loc[c] = (prior_strength * m0 + n * mean) / (prior_strength + n)
+        scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
+        Sc = (shrinkage * S0 + scatter) / max(shrinkage + n, 1e-12)
+        evals, evecs = np.linalg.eigh(Sc)
+        evals, evecs = evals[::-1], evecs[:, ::-1]
+        psi = max(float(np.clip(evals[rank:], 0, None).mean()) if d > rank else 0.0, 1e-6)
+        W[c] = evecs[:, :rank] * np.sqrt(np.clip(evals[:rank] - psi, 1e-12, None))
+        log_noise[c] = np.log(psi)
+        var = np.diag(Sc)
+        log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
+    return {"loc_loc": loc, "cov_factor_loc": W, "cov_diag_loc": log_psi, "noise_loc": log_noise}
