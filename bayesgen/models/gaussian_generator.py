@@ -134,6 +134,7 @@ from bayesgen.models._gaussian_distributions import (
 )
 
 if TYPE_CHECKING:
+    from bayesgen.distributed import DataParallel
     from bayesgen.runs.spec import SpecFit
 
 __all__ = [
@@ -564,6 +565,7 @@ class GaussianGenerator(BayesianEstimator):
         checkpoint: PathLikeStr | None = None,
         checkpoint_every: int | None = None,
         resume: bool | PathLikeStr = False,
+        distributed: bool | DataParallel = False,
     ) -> GaussianGenerator:
         """Fit p(y) and p(x | y).
 
@@ -585,12 +587,12 @@ class GaussianGenerator(BayesianEstimator):
             labelled rows (with one labelled row per class, from the
             unlabelled ones). ``unlabelled_weight="auto"`` checks by
             cross-validation that EM does not classify labelled rows worse.
-            With 20 labelled MNIST digits per class, 10,000 unlabelled ones
-            and ``subspace=30``, EM at weight 1 raises logistic regression's
-            accuracy from the samples by 4.4-5.7 points
-            (``benchmarks/RESULTS.md``).
         checkpoint, checkpoint_every, resume
             See :func:`bayesgen.infer.run_svi`.
+        distributed : bool or bayesgen.distributed.DataParallel, default False
+            Fit the SVI path data-parallel under ``torchrun`` (``batch_size`` rows per rank, see
+            :func:`bayesgen.infer.run_svi`); ``method="exact"`` is a closed form with nothing to share
+            and raises a ``ValueError``.
 
         Returns
         -------
@@ -598,6 +600,11 @@ class GaussianGenerator(BayesianEstimator):
             ``self``, fitted.
         """
         self._validate_settings()
+        if distributed and self.method == "exact":
+            raise ValueError(
+                "method='exact' is a closed form with no steps to share between ranks: fit it in one process, "
+                "or use method='svi' with batch_size for a data-parallel fit"
+            )
         em = unlabelled is not None and int(self.unlabelled_iterations) > 0
         if em and self.method != "exact":
             raise ValueError(
@@ -657,7 +664,9 @@ class GaussianGenerator(BayesianEstimator):
             if em:
                 self._fit_unlabelled(xv, index, unlabelled_raw)
             return self
-        self._fit_svi(xv, index, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+        self._fit_svi(
+            xv, index, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, distributed=distributed
+        )
         return self
 
     def _set_classes(self, labels: np.ndarray, classes: Sequence[Any] | None) -> np.ndarray:
@@ -741,6 +750,7 @@ class GaussianGenerator(BayesianEstimator):
         checkpoint: PathLikeStr | None,
         checkpoint_every: int | None,
         resume: bool | PathLikeStr,
+        distributed: bool | DataParallel = False,
     ) -> None:
         """Fit the guide by SVI, started at the structure's own answer with ``init="pca"``."""
         # A batch as large as the data is no minibatch: fit on all rows every step.
@@ -775,6 +785,7 @@ class GaussianGenerator(BayesianEstimator):
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
                 resume=resume,
+                distributed=distributed,
             )
 
     def _learning_rate(self) -> float:
