@@ -31,6 +31,7 @@ SCENARIOS = [
     "vae",
     "prodlda",
     "anomaly",
+    "generator",
 ]
 
 
@@ -243,3 +244,11 @@ def test_two_rank_anomaly_detector_agrees_with_one_process(ranks: dict) -> None:
         torch.set_num_threads(threads)
     assert abs(r0["fraction"] - 0.05) < 0.02
     assert abs(r0["fraction"] - one["fraction"]) < 0.015
+
+
+def test_two_rank_generator_svi_classifies_as_one_process_does(ranks: dict) -> None:
+    r0, r1 = ok(ranks["generator"])
+    assert r0["params"] == r1["params"]
+    one = dw.generator_fit()
+    assert r0["accuracy"] > 0.85
+    assert abs(r0["accuracy"] - one["accuracy"]) < 0.03
