@@ -88,6 +88,7 @@ from bayesgen.distributed import DataParallel, DistributedError, data_fingerprin
 __all__ = [
     "CheckpointError",
     "ConvergenceCheck",
+    "Epochs",
     "IndexBatches",
     "LossVerdict",
     "NonFiniteLossError",
@@ -475,6 +476,151 @@ class SVIResult:
                 constraint = self.param_state["constraints"].get(name, constraints.real)
                 out[name] = transform_to(constraint)(unconstrained).detach().cpu().numpy()
         return out
+
+
+class Epochs:
+    """Epochs as a runner feature: per-epoch loss, validation, early stopping and the best epoch's state.
+
+    Give it to :func:`run_svi` (``epochs=``) with a minibatch run whose ``num_steps`` is a whole
+    number of epochs. After the last step of each epoch it records a row of :attr:`history`
+    (``epoch``, ``train_elbo`` = minus the epoch's mean loss per row, ``val_elbo`` from
+    ``validate()``, ``seconds``), keeps a copy of the parameters (and of ``state``) of the epoch
+    with the best validation ELBO, and with ``patience`` stops the run once that many epochs have
+    passed without improvement. When the run ends, the best epoch's parameters and ``state`` are
+    put back if a later epoch was worse. It is the run's ``extra_state``: checkpoints hold it, an
+    interrupted step rolls it back, and a resumed run goes on with the same history and best
+    epoch (a run that early stopping ended stays ended).
+
+    Parameters
+    ----------
+    steps_per_epoch : int
+        Steps in one pass over the data (``data_size // batch_size``; per rank, data-parallel).
+    rows : int, default 1
+        Rows the loss is summed over, to report ``train_elbo`` per row.
+    validate : callable, optional
+        ``validate() -> float``: the validation ELBO per row (higher is better), called with the
+        run's param store live. In a data-parallel run it is called under a random stream seeded by
+        the epoch, the same on every rank, so every rank makes the same decisions.
+    patience : int, optional
+        Stop after this many epochs without a better validation ELBO (needs ``validate``).
+    state : StepState, optional
+        Further state the steps change (network buffers), checkpointed and restored with the best epoch;
+        its ``rank_averaged()``, if any, is averaged over the ranks of a data-parallel run.
+    on_epoch : callable, optional
+        ``on_epoch(row)`` after each epoch's row is recorded (a progress bar).
+
+    Examples
+    --------
+    >>> epochs = Epochs(10, rows=640, validate=lambda: -1.0, patience=3)
+    >>> epochs.best_epoch, len(epochs.history)
+    (0, 0)
+    """
+
+    def __init__(
+        self,
+        steps_per_epoch: int,
+        *,
+        rows: int = 1,
+        validate: Callable[[], float] | None = None,
+        patience: int | None = None,
+        state: StepState | None = None,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.steps_per_epoch = check_count(steps_per_epoch, "steps_per_epoch")
+        if patience is not None and validate is None:
+            raise ValueError("patience needs validate (early stopping watches the validation ELBO)")
+        self.rows, self.validate, self.patience = int(rows), validate, patience
+        self.state, self.on_epoch = state, on_epoch
+        self.history: list[dict[str, float]] = []  # one row per epoch; a row is never changed once added
+        self.best: dict[str, Any] = {"elbo": -math.inf, "epoch": 0, "state": None}
+        self.recent: list[float] = []  # this epoch's losses so far
+        self.stopped = False  # early stopping ended the run
+        self._runner: SVIRunner | None = None
+        self._start = time.perf_counter()
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose parameters the run ends with: the best validated one, else the last."""
+        if self.best["state"] is not None:
+            return int(self.best["epoch"])
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+    # ------------------------------------------------------ StepState
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": list(self.history),
+            "best_elbo": float(self.best["elbo"]),
+            "best_epoch": int(self.best["epoch"]),
+            "best_state": self.best["state"],  # replaced, never changed in place
+            "recent": list(self.recent),
+            "stopped": self.stopped,
+            "state": None if self.state is None else self.state.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = [dict(row) for row in state["history"]]
+        self.best = {"elbo": float(state["best_elbo"]), "epoch": int(state["best_epoch"]), "state": state["best_state"]}
+        self.recent = [float(v) for v in state["recent"]]
+        self.stopped = bool(state["stopped"])
+        if self.state is not None and state.get("state") is not None:
+            self.state.load_state_dict(state["state"])
+
+    def rank_averaged(self) -> list[torch.Tensor]:
+        return list(getattr(self.state, "rank_averaged", lambda: [])())
+
+    # ------------------------------------------------------ the run's hooks
+    def bind(self, runner: SVIRunner) -> None:
+        """Attach to the run (called by :func:`run_svi` before its first step)."""
+        self._runner = runner
+        self._start = time.perf_counter()
+
+    def _snapshot(self) -> dict[str, Any]:
+        store = pyro.get_param_store()
+        params = {name: store.get_param(name).unconstrained().detach().clone() for name in store.keys()}
+        return {"params": params, "state": None if self.state is None else self.state.state_dict()}
+
+    def _validation_elbo(self, epoch: int) -> float:
+        runner = self._runner
+        if runner is None or runner.dp is None:
+            return float(self.validate())
+        seed = int(np.random.SeedSequence([runner.seed % 2**63, int(epoch)]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=_cuda_indices(runner.device)):
+            torch.manual_seed(seed)
+            return float(self.validate())
+
+    def after_step(self, step: int, loss: float) -> bool:
+        """Record the step's loss; at an epoch's end, add its row and say whether early stopping ends the run."""
+        self.recent.append(loss)
+        if (step + 1) % self.steps_per_epoch:
+            return False
+        epoch = (step + 1) // self.steps_per_epoch
+        row = {"epoch": epoch, "train_elbo": -float(np.mean(self.recent)) / self.rows}
+        stop = False
+        if self.validate is not None:
+            row["val_elbo"] = self._validation_elbo(epoch)
+            if row["val_elbo"] > self.best["elbo"]:
+                self.best = {"elbo": row["val_elbo"], "epoch": epoch, "state": self._snapshot()}
+            elif self.patience is not None and epoch - self.best["epoch"] >= int(self.patience):
+                stop = True
+        row["seconds"] = time.perf_counter() - self._start
+        self.history.append(row)
+        self.recent, self.stopped = [], stop
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+        return stop
+
+    def finish(self) -> None:
+        """Put back the best epoch's parameters and state when the run ended on a worse one (param store live)."""
+        last = self.history[-1]["epoch"] if self.history else 0
+        snap = self.best["state"]
+        if snap is None or self.best["epoch"] == last:
+            return
+        store = pyro.get_param_store()
+        with torch.no_grad():
+            for name, value in snap["params"].items():
+                store.get_param(name).unconstrained().copy_(value)
+        if self.state is not None and snap["state"] is not None:
+            self.state.load_state_dict(snap["state"])
 
 
 class IndexBatches:
@@ -1830,6 +1976,7 @@ def run_svi(
     model_args: Sequence[Any] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     distributed: bool | DataParallel = False,
+    epochs: Epochs | None = None,
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
@@ -1939,6 +2086,11 @@ def run_svi(
         False: never (models that build every tensor from the data, as
         bayesgen's do; saves the probe); True: always. Parameters are created
         on the device either way.
+    epochs : Epochs, optional
+        Count the run in epochs: per-epoch history, validation, early stopping
+        and the best epoch's parameters (see :class:`Epochs`). It is the run's
+        ``extra_state`` (give other state to ``Epochs(state=...)``); its
+        per-epoch step comes before ``callback``.
     distributed : bool or bayesgen.distributed.DataParallel, default False
         Fit data-parallel over the ranks of a ``torchrun`` launch (True reads
         them from the environment; see :mod:`bayesgen.distributed`). Every rank
@@ -1989,6 +2141,10 @@ def run_svi(
     if clash:
         raise TypeError(f"model keyword argument(s) {clash} given both in model_kwargs= and as keywords")
     kwargs = {**(model_kwargs or {}), **kwargs}
+    if epochs is not None:
+        if extra_state is not None:
+            raise TypeError("epochs= is the run's extra_state: pass other state as Epochs(state=...)")
+        callback, before_step, extra_state = _with_epochs(epochs, callback, before_step)
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("checkpoint_every needs a checkpoint path")
     if checkpoint_every is not None and checkpoint_every < 1:
@@ -2028,6 +2184,8 @@ def run_svi(
     start = time.perf_counter()
     runner.init(*args, **kwargs)
     loop = _Loop(runner, callback, before_step, convergence, checkpoint_every)
+    if epochs is not None:
+        epochs.bind(runner)
     with runner.active(), _signals_noted(runner) if runner.dp is not None else contextlib.nullcontext():
         if saved is not None:
             runner.load_state_dict(saved, source=resume_path)
@@ -2039,6 +2197,8 @@ def run_svi(
             pending=saved is not None and bool(saved.get("callback_pending")) and bool(runner.losses), progress=progress
         )
         runner.apply_average()
+        if epochs is not None:
+            epochs.finish()
     return _result(runner, param_state is None, convergence, loop.stop_reason, time.perf_counter() - start)
 
 
@@ -2141,6 +2301,23 @@ class _Loop:
 def _raise(error: BaseException | None) -> None:
     if error is not None:
         raise error
+
+
+def _with_epochs(
+    epochs: Epochs,
+    callback: Callable[[int, float], bool | None] | None,
+    before_step: Callable[[int], bool | None] | None,
+) -> tuple[Callable[[int, float], bool], Callable[[int], bool], Epochs]:
+    """The run's callback, ``before_step`` and ``extra_state`` with ``epochs`` in them."""
+
+    def after(step: int, loss: float) -> bool:
+        stop = epochs.after_step(step, loss)
+        return bool(callback is not None and callback(step, loss)) or stop
+
+    def before(step: int) -> bool:  # a run that early stopping ended stays ended when resumed
+        return epochs.stopped or bool(before_step is not None and before_step(step))
+
+    return after, before, epochs
 
 
 def _read_checkpoint(path: Path, dp: DataParallel | None) -> dict[str, Any]:

@@ -166,3 +166,48 @@ def test_a_step_interrupted_before_its_update_leaves_no_gradients_behind(tmp_pat
     assert runner.step_count == 1 and runner.phase == "between"
     assert all(p.grad is None or not p.grad.any() for p in runner.param_state["params"].values())
     assert (tmp_path / "fit.ckpt").is_file()
+
+
+# ------------------------------------------------------------------ epochs as a runner feature
+def test_epochs_record_history_stop_early_and_end_on_the_best_epoch() -> None:
+    from bayesgen.infer import Epochs
+
+    y = torch.linspace(-1.0, 3.0, 40)
+    scores = iter([-5.0, -2.0, -3.0, -4.0, -1.0, -1.0])  # best at epoch 2, then two worse: stop after epoch 4
+    at_epoch_end: dict[int, float] = {}
+
+    def record(step: int, loss: float) -> None:
+        if (step + 1) % 4 == 0:
+            at_epoch_end[(step + 1) // 4] = float(pyro.param("loc").detach())
+
+    epochs = Epochs(4, rows=40, validate=lambda: next(scores), patience=2)
+    result = run_svi(
+        normal_model,
+        normal_guide,
+        y,
+        num_steps=40,
+        learning_rate=0.1,
+        data_size=40,
+        batch_size=10,
+        epochs=epochs,
+        callback=record,
+        seed=0,
+    )
+    assert [row["epoch"] for row in epochs.history] == [1, 2, 3, 4]
+    assert [row["val_elbo"] for row in epochs.history] == [-5.0, -2.0, -3.0, -4.0]
+    assert result.num_steps == 16 and result.stop_reason == "callback"
+    assert epochs.best_epoch == 2
+    np.testing.assert_allclose(epochs.history[0]["train_elbo"], -np.mean(result.losses[:4]) / 40)
+    # The fit ends on epoch 2's parameters, not on epoch 4's.
+    assert at_epoch_end[2] != at_epoch_end[4]
+    assert float(result.params["loc"]) == pytest.approx(at_epoch_end[2], abs=0)
+
+
+def test_epochs_refuse_patience_without_validation_and_a_second_extra_state() -> None:
+    from bayesgen.infer import Epochs
+
+    with pytest.raises(ValueError, match="patience needs validate"):
+        Epochs(4, patience=2)
+    y = torch.linspace(-1.0, 3.0, 40)
+    with pytest.raises(TypeError, match="extra_state"):
+        run_svi(normal_model, normal_guide, y, num_steps=4, epochs=Epochs(4), extra_state=Epochs(4))

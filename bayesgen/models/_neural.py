@@ -1,7 +1,7 @@
 """Shared base of the estimators whose guide (and model) hold neural networks.
 
 The VAE and ProdLDA train by epochs of minibatch SVI through the shared runner
-(:func:`bayesgen.infer.run_svi`), report a per-epoch training and validation
+(:func:`bayesgen.infer.run_svi` with its :class:`bayesgen.infer.Epochs`), report a per-epoch training and validation
 ELBO, stop early on the validation ELBO and keep the best epoch's weights. The
 networks' weights live in the estimator's own parameter state (registered with
 ``pyro.module``), and their buffers (batch-norm running statistics) are saved
@@ -24,7 +24,6 @@ Yao, Vehtari, Simpson & Gelman (2018), Yes, but did it work?: Evaluating variati
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,10 +34,9 @@ import pyro
 import torch
 from torch import nn
 
-from bayesgen._runtime import seeded
 from bayesgen._typing import PathLikeStr
 from bayesgen.distributed import data_parallel
-from bayesgen.infer import param_scope
+from bayesgen.infer import Epochs, param_scope
 from bayesgen.models._base import BayesianEstimator
 
 if TYPE_CHECKING:
@@ -103,47 +101,24 @@ def refine_local(
     return m.detach(), log_s.detach().exp()
 
 
-def _epoch_seed(seed: int | None, epoch: int) -> int:
-    """The seed of an epoch's validation draws in a data-parallel fit (the same on every rank)."""
-    return int(np.random.SeedSequence([0 if seed is None else int(seed) % 2**63, int(epoch)]).generate_state(1)[0])
+class _NetworkBuffers:
+    """The networks' buffers (batch-norm running statistics) as a :class:`bayesgen.infer.StepState`.
 
-
-class _EpochBook:
-    """The per-epoch bookkeeping of :meth:`NeuralEstimator._train_epochs` and the networks' buffers.
-
-    A :class:`bayesgen.infer.StepState`: the runner checkpoints it with the step
-    it belongs to and rolls it back with an interrupted step.
+    The runner checkpoints them with each step, rolls them back with an interrupted one and, in a
+    data-parallel fit, averages their floating-point entries over the ranks at every step.
     """
 
     def __init__(self, estimator: NeuralEstimator) -> None:
         self.estimator = estimator
-        self.history: list[dict[str, float]] = []  # one row per epoch; a row is never changed once added
-        self.best: dict[str, Any] = {"elbo": -math.inf, "epoch": 0, "state": None}
-        self.recent: list[float] = []  # this epoch's losses so far
-        self.stopped = False  # early stopping ended the fit
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": list(self.history),
-            "best_elbo": float(self.best["elbo"]),
-            "best_epoch": int(self.best["epoch"]),
-            "best_state": self.best["state"],  # replaced, never changed in place
-            "recent": list(self.recent),
-            "stopped": self.stopped,
-            "buffers": {k: v.clone() for k, v in self.estimator._buffers().items()},
-        }
-
-    def rank_averaged(self) -> list[torch.Tensor]:
-        """The networks' floating-point buffers (batch-norm running statistics): in a data-parallel fit each
-        rank updates them from its own rows, and the runner averages them over the ranks at every step."""
-        return [b for net in self.estimator._networks().values() for b in net.buffers() if b.is_floating_point()]
+        return {k: v.clone() for k, v in self.estimator._buffers().items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.history = [dict(row) for row in state["history"]]
-        self.best = {"elbo": float(state["best_elbo"]), "epoch": int(state["best_epoch"]), "state": state["best_state"]}
-        self.recent = [float(v) for v in state["recent"]]
-        self.stopped = bool(state["stopped"])
-        self.estimator._load_buffers(state["buffers"])
+        self.estimator._load_buffers(dict(state))
+
+    def rank_averaged(self) -> list[torch.Tensor]:
+        return [b for net in self.estimator._networks().values() for b in net.buffers() if b.is_floating_point()]
 
 
 class NeuralEstimator(BayesianEstimator):
@@ -237,21 +212,6 @@ class NeuralEstimator(BayesianEstimator):
             for name, net in self._networks().items():
                 pyro.module(name, net)
 
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        store = pyro.get_param_store()
-        snap = {name: store.get_param(name).unconstrained().detach().clone() for name in store}
-        snap.update({f"buffer:{k}": v.clone() for k, v in self._buffers().items()})
-        return snap
-
-    def _restore(self, snap: dict[str, torch.Tensor]) -> None:
-        with param_scope(self._param_state), torch.no_grad():
-            store = pyro.get_param_store()
-            for name, value in snap.items():
-                if not name.startswith("buffer:"):
-                    store.get_param(name).unconstrained().copy_(value)
-        self._sync_networks()
-        self._load_buffers({k[7:]: v for k, v in snap.items() if k.startswith("buffer:")})
-
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {
             f"{name}.{key}": value.detach()
@@ -297,60 +257,47 @@ class NeuralEstimator(BayesianEstimator):
         model_kwargs: dict[str, Any] | None = None,
         distributed: bool | DataParallel = False,
     ) -> None:
-        """Run ``num_epochs`` epochs of minibatch SVI with per-epoch bookkeeping.
+        """Run ``num_epochs`` epochs of minibatch SVI with the runner's :class:`bayesgen.infer.Epochs`.
 
         ``validate()`` returns the mean validation ELBO per row (higher is
-        better); with ``patience`` set, training stops after that many epochs
-        without improvement and the best epoch's weights are restored. Sets
-        ``history_``, ``best_epoch_``, ``losses_`` (per row), ``fit_seconds_``
-        and ``seconds_per_epoch_``. ``model_kwargs`` go to the model and guide
-        with ``args`` (whole-training-set tensors, like ``args``). With
-        ``distributed``, each epoch is one pass over every rank's shard, and the
-        validation ELBO is drawn from a stream seeded by the epoch, so that every
-        rank computes the same value and makes the same early-stopping decision.
+        better), computed with the networks in evaluation mode; with ``patience``
+        set, training stops after that many epochs without improvement and the
+        best epoch's weights are restored. Sets ``history_``, ``best_epoch_``,
+        ``losses_`` (per row), ``fit_seconds_`` and ``seconds_per_epoch_``.
+        ``model_kwargs`` go to the model and guide with ``args``
+        (whole-training-set tensors, like ``args``). With ``distributed``, an
+        epoch is one pass over every rank's shard.
         """
         dp = data_parallel(distributed, cuda=self.device_.type == "cuda")
         world = 1 if dp is None else dp.world_size
         steps_per_epoch = n_train // world // int(self.batch_size)
         num_steps = steps_per_epoch * int(self.num_epochs)
-        book = _EpochBook(self)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=int(self.num_epochs), desc=desc, unit="epoch", dynamic_ncols=True)
+
+        def validate_in_eval_mode() -> float:
+            self._set_training(False)
+            try:
+                return float(validate())
+            finally:
+                self._set_training(True)
+
+        def show(row: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("elbo")})
+
+        epochs = Epochs(
+            steps_per_epoch,
+            rows=n_train,
+            validate=validate_in_eval_mode if validate is not None else None,
+            patience=self.patience if validate is not None else None,
+            state=_NetworkBuffers(self),
+            on_epoch=show if bar is not None else None,
+        )
         start = time.perf_counter()
-
-        def end_of_epoch(step: int, loss: float) -> bool:
-            book.recent.append(loss)
-            if (step + 1) % steps_per_epoch:
-                return False
-            epoch = (step + 1) // steps_per_epoch
-            row = {"epoch": epoch, "train_elbo": -float(np.mean(book.recent)) / n_train}
-            best = book.best
-            stop = False
-            if validate is not None:
-                self._set_training(False)
-                try:
-                    if dp is not None:
-                        with seeded(_epoch_seed(self.seed, epoch), self.device_):
-                            row["val_elbo"] = float(validate())
-                    else:
-                        row["val_elbo"] = float(validate())
-                finally:
-                    self._set_training(True)
-                if row["val_elbo"] > best["elbo"]:
-                    book.best = {"elbo": row["val_elbo"], "epoch": epoch, "state": self._snapshot()}
-                elif self.patience is not None and epoch - best["epoch"] >= int(self.patience):
-                    stop = True
-            row["seconds"] = time.perf_counter() - start
-            book.history.append(row)
-            book.recent, book.stopped = [], stop
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("elbo")})
-            return stop
-
         self._set_training(True)
         try:
             self._run_svi(
@@ -360,10 +307,8 @@ class NeuralEstimator(BayesianEstimator):
                 checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every,
                 resume=resume,
-                callback=end_of_epoch,
-                # A resumed fit that early stopping had ended stays ended.
-                before_step=lambda step: book.stopped or self._before_step(step, num_steps),
-                extra_state=book,
+                epochs=epochs,
+                before_step=lambda step: self._before_step(step, num_steps),
                 model_kwargs=model_kwargs,
                 distributed=dp or False,
             )
@@ -372,15 +317,11 @@ class NeuralEstimator(BayesianEstimator):
             if bar is not None:
                 bar.close()
         self._sync_networks()
-        history, best = book.history, book.best
-        last = history[-1]["epoch"] if history else 0
-        if best["state"] is not None and best["epoch"] != last:
-            self._restore(best["state"])
-        self.best_epoch_ = int(best["epoch"]) if best["state"] is not None else int(last)
-        self.history_ = pd.DataFrame(history)
+        self.best_epoch_ = epochs.best_epoch
+        self.history_ = pd.DataFrame(epochs.history)
         self.losses_ = self.losses_ / n_train
         self.fit_seconds_ = time.perf_counter() - start
-        self.seconds_per_epoch_ = self.fit_seconds_ / max(len(history), 1)
+        self.seconds_per_epoch_ = self.fit_seconds_ / max(len(epochs.history), 1)
 
     def _history_meta(self) -> dict[str, Any]:
         return {
