@@ -7,6 +7,8 @@ one-process fits computed here.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import dist_workers as dw
@@ -43,6 +45,16 @@ def ranks() -> dict[str, list[Any]]:
 @pytest.fixture(scope="module")
 def one_rank() -> dict[str, list[Any]]:
     return dw.run_ranks(["stochastic"], world_size=1)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def ok(results: list[Any]) -> list[Any]:
@@ -117,12 +129,8 @@ def test_ranks_hold_bitwise_identical_parameters_after_stochastic_steps(ranks: d
 
 def test_one_rank_through_the_distributed_path_equals_the_ordinary_path_bitwise(one_rank: dict) -> None:
     (dp,) = ok(one_rank["stochastic"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # as each rank runs
         plain = dw.adam_fit(batch_size=5)
-    finally:
-        torch.set_num_threads(threads)
     assert dp["losses"] == plain["losses"]
     assert dp["params"] == plain["params"]
 
@@ -213,12 +221,8 @@ def test_distributed_needs_a_minibatch_and_a_launch() -> None:
 def test_two_rank_vae_reaches_the_one_process_heldout_elbo(ranks: dict) -> None:
     r0, r1 = ok(ranks["vae"])
     assert r0 == r1
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # as each rank runs
         one = [dw.vae_heldout_elbo(batch_size=64, seed=seed) for seed in (0, 1)]
-    finally:
-        torch.set_num_threads(threads)
     noise = abs(one[0] - one[1])
     assert abs(r0 - one[0]) < max(3 * noise, 0.02 * abs(one[0])), (r0, one)
 
@@ -236,12 +240,8 @@ def test_two_rank_prodlda_ends_identical_on_every_rank(ranks: dict) -> None:
 def test_two_rank_anomaly_detector_agrees_with_one_process(ranks: dict) -> None:
     r0, r1 = ok(ranks["anomaly"])
     assert r0["params"] == r1["params"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # as each rank runs
         one = dw.anomaly_fraction(batch_size=256)
-    finally:
-        torch.set_num_threads(threads)
     assert abs(r0["fraction"] - 0.05) < 0.02
     assert abs(r0["fraction"] - one["fraction"]) < 0.015
 
