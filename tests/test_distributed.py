@@ -250,3 +250,13 @@ def test_two_rank_generator_svi_classifies_the_digits(ranks: dict) -> None:
     r0, r1 = ok(ranks["generator"])
     assert r0["params"] == r1["params"]
     assert r0["accuracy"] > 0.85  # a diagonal Gaussian per digit classifies its training digits this well
+
+
+@pytest.mark.cuda
+def test_one_nccl_rank_equals_the_ordinary_cuda_path() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    (dp,) = ok(dw.run_ranks(["stochastic_cuda"], world_size=1, backend="nccl")["stochastic_cuda"])
+    plain = dw.adam_fit(batch_size=5, device="cuda")
+    assert dp["losses"] == plain["losses"]
+    assert dp["params"] == plain["params"]
