@@ -34,7 +34,7 @@ left() { echo $(( DEADLINE - SECONDS )); }
 step() {  # step NAME MAX_SECONDS command...
   local name=$1 max=$2; shift 2
   local group=$name
-  case $name in generator_mnist|topic_news|vae_mnist) group=benchmarks;; full_suite) group=suite;;
+  case $name in generator_mnist|topic_news|vae_mnist|distributed) group=benchmarks;; full_suite) group=suite;;
     tour_cuda|tour_cpu) group=tour;; esac
   want "$group" || return 0
   local t; t=$(left); (( t > max )) && t=$max
@@ -74,11 +74,13 @@ fi
 # 1. The CUDA tests by name (cuda-marked ones, the GPU tour, the GPU-free load of a GPU fit).
 step cuda_tests 180 $PY -m pytest -p no:cacheprovider -q -rA -k "cuda or gpu" -o addopts="" -m "not slow" \
   tests/test_infer.py tests/test_ab_test.py tests/test_gaussian_generator.py tests/test_vae.py \
-  tests/test_topic.py tests/test_anomaly.py tests/test_tour.py
+  tests/test_topic.py tests/test_anomaly.py tests/test_tour.py tests/test_distributed.py
 # 2. GPU benchmarks, each against its CPU reference in the same run.
 step generator_mnist 150 $PY benchmarks/gaussian_generator_mnist.py --mnist $D/mnist.pkl.gz --out "$OUT" "${GEN[@]}"
 step topic_news 200 $PY benchmarks/topic_news.py --news $D/NewsArticles.zip --reuters $D --out "$OUT" --tag h200 "${TOP[@]}"
 step vae_mnist 110 $PY benchmarks/vae_mnist.py --mnist $D/mnist.pkl.gz --out "$OUT" --tag h200 "${VAE[@]}"
+# One NCCL rank against the ordinary CUDA fit (the data-parallel step's overhead on one GPU).
+step distributed 150 $PY benchmarks/distributed_throughput.py --models vae --epochs 2 --cuda --mnist $D/mnist.pkl.gz --out "$OUT"
 if [ -n "${DRY:-}" ]; then echo "### dry run: the test suite and the tours are not run" | tee -a "$LOG"; exit 0; fi
 # 3. The default test suite with CUDA visible: every estimator's device="auto" resolves to the GPU.
 #    (The notebook conversion test needs jupytext, which is not carried.)
