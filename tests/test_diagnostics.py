@@ -823,3 +823,19 @@ def test_per_row_khat_draws_one_at_a_time_when_the_vectorised_pass_mixes_the_dra
     with caplog.at_level("WARNING", logger="bayesgen.diagnostics"):
         vi_khat_rows(local_model, make_local_guide(1.0), x, plate="row", num_samples=100)
     assert "disagree" not in caplog.text
+
+
+def test_estimator_nuts_check_passes_the_advice_options_to_nuts_compare(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bayesgen.diagnostics as diagnostics
+    from bayesgen import BetaBinomialTest
+
+    seen: dict = {}
+    monkeypatch.setattr(diagnostics, "nuts_compare", lambda *a, **kw: seen.update(kw) or "compared")
+    test = BetaBinomialTest(method="exact", seed=0).fit([12, 20], [100, 100])
+
+    def relabel(draws: dict) -> dict:
+        return draws
+
+    out = test.nuts_check(num_samples=10, target_accept_prob=0.95, relabel=relabel, progress=False)
+    assert out == "compared"
+    assert seen["target_accept_prob"] == 0.95 and seen["relabel"] is relabel and seen["progress"] is False

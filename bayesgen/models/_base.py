@@ -344,10 +344,15 @@ class BayesianEstimator:
         num_chains: int = 2,
         seed: int = 0,
         tolerance: float = 0.1,
+        target_accept_prob: float = 0.8,
+        relabel: Any = None,
+        progress: bool | None = None,
     ) -> Any:
         """Compare the fitted posterior with NUTS on the same model (:func:`~bayesgen.diagnostics.nuts.nuts_compare`).
 
         For small models only (the A/B test, a generator on a few features, an anomaly mixture on a small table).
+        ``target_accept_prob``, ``relabel`` (a function of the draws that undoes label switching) and
+        ``progress`` are passed to :func:`~bayesgen.diagnostics.nuts.nuts_compare`, whose advice names them.
         """
         from bayesgen.diagnostics import nuts_compare
 
@@ -370,6 +375,9 @@ class BayesianEstimator:
             num_chains=num_chains,
             seed=self._method_seed(seed),
             tolerance=tolerance,
+            target_accept_prob=target_accept_prob,
+            relabel=relabel,
+            progress=progress,
             **kwargs,
         )
 
