@@ -296,6 +296,53 @@ def test_save_load_keeps_weights_and_batch_norm_statistics(planted, tmp_path):
     )
 
 
+def test_the_decoder_without_background_learns_batch_norm_shift_and_older_files_load_without_it(tmp_path):
+    from saved_models import resign
+
+    X, _, _ = planted_corpus(D=200)
+    plain = ProdLDA(num_topics=4, num_epochs=3, batch_size=20, background=False, seed=0).fit(X)
+    shift = plain.decoder_.bn_shift.detach().clone()
+    assert shift.shape == (40,) and float(shift.abs().max()) > 0  # learned, from 0
+    assert ProdLDA(num_topics=4, num_epochs=1, batch_size=20, seed=0).fit(X).decoder_.bn_shift is None
+    # A file fitted by a decoder without the shift loads as that decoder: the same model with the shift at 0.
+    folder = plain.save(tmp_path / "plain")
+    saved = torch.load(folder / "tensors.pt", weights_only=True)
+    del saved["params"]["decoder$$$bn_shift"]
+    torch.save(saved, folder / "tensors.pt")
+    resign(folder)
+    old = ProdLDA.load(folder, device="cpu")
+    assert old.decoder_.bn_shift is None
+    with torch.no_grad():
+        plain.decoder_.bn_shift.zero_()
+    try:
+        np.testing.assert_allclose(old.topic_word().to_numpy(), plain.topic_word().to_numpy(), rtol=1e-5)
+    finally:
+        with torch.no_grad():
+            plain.decoder_.bn_shift.copy_(shift)
+
+
+@pytest.mark.slow
+def test_the_tour_spec_replicates_the_help_pages_word_frequencies():
+    # The tour's ProdLDA (the original decoder: batch norm kept, no background term) on Python's help pages.
+    from bayesgen.diagnostics import predictive_check
+    from bayesgen.specs import fit_spec, load_spec
+    from bayesgen.tour import specs_dir
+
+    lda = fit_spec(load_spec(specs_dir() / "topic_python_help.toml"), device="cpu").estimator
+    tree = lda.to_arviz(200, seed=0)
+    table = predictive_check(lda, tree=tree).table
+    # The ten most frequent words' share of the tokens (about 11 %) is replicated within 10 %.
+    shares = table[table.index.str.startswith("share of tokens[")]
+    assert abs(shares["replicated_mean"].sum() / shares["observed"].sum() - 1) < 0.10, shares
+    # Replicated documents are no flatter than one word distribution shared by all documents (their pooled
+    # word frequencies) would make them. (Neither reaches the observed count: the pages repeat their own words
+    # more than five topics allow; benchmarks/RESULTS.md.)
+    x = tree.observed_data["words"].values.astype(float)
+    pooled = x.sum(0) / x.sum()
+    one_distribution = (1 - (1 - pooled) ** x.sum(1, keepdims=True)).sum(1).mean()
+    assert table.loc["distinct words per document[mean]", "replicated_mean"] < one_distribution
+
+
 def test_to_arviz_has_document_topics_and_topic_word(planted):
     lda, _, _, _ = planted
     tree = lda.to_arviz(40, docs=[0, 1, 2])

@@ -9,9 +9,14 @@ Generative story, for documents d = 1..D over a vocabulary of V words and K topi
 β (K × V) are the topic-word weights: unlike LDA's mixture of topic
 distributions, the word distribution is a *product of experts* (the topics'
 log-weights add before the softmax), which gives sharper, more coherent topics.
+BN standardises each word's logit over the documents and adds a learned shift
+per word. The standardised logits average 0 for every word, so the shift is
+what makes some words more frequent than others: without it, replicated
+documents spread over the whole vocabulary (benchmarks/RESULTS.md).
 Two additions from SCHOLAR (Card, Tan & Smith 2018), on by default: a learned
 background log-frequency b per word, and the batch-norm weight w faded from 1
-to 0 during training (ProdLDA proper keeps w = 1 and has no b).
+to 0 during training. ProdLDA proper keeps w = 1 and has no b; with b, batch
+norm has no shift of its own (at w = 1 the two would be one and the same).
 The Laplace approximation of a symmetric Dirichlet(α) in the softmax basis is
 μ0 = 0 and σ0² = (1/α)(1 − 1/K). The guide is an inference network:
 logtheta_d ~ Normal(encoder(words_d)) with two softplus layers, dropout and
@@ -191,8 +196,15 @@ class TopicEncoder(nn.Module):
 class TopicDecoder(nn.Module):
     """Topic proportions → word probabilities: softmax(w·BN(β theta) + (1 − w)·β theta + b).
 
-    A product of experts over the vocabulary, as in ProdLDA, with two additions
-    from SCHOLAR (Card, Tan & Smith 2018):
+    A product of experts over the vocabulary, as in ProdLDA. ``BN`` is batch
+    norm without a scale: each word's logit is standardised over the documents
+    (batch statistics in training, running statistics in evaluation), which
+    leaves every word with mean logit 0, and then shifted by a learned
+    per-word offset that carries how frequent the word is. Without a
+    background, that offset is batch norm's own (the parameter ``bn_shift``,
+    started at 0), as in Srivastava & Sutton's decoder; with one, ``b`` is the
+    offset and batch norm has none. Two additions from SCHOLAR (Card, Tan &
+    Smith 2018):
 
     * ``b`` (``background=True``): a learned log-frequency per word, so that
       topics describe departures from the corpus's overall word use instead of
@@ -216,14 +228,16 @@ class TopicDecoder(nn.Module):
         self.bn = nn.BatchNorm1d(vocab_size, affine=False)
         self.drop = nn.Dropout(dropout)
         self.background = nn.Parameter(torch.zeros(vocab_size)) if background else None
+        self.bn_shift = None if background else nn.Parameter(torch.zeros(vocab_size))
         self.register_buffer("bn_weight", torch.ones(()))
 
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
-        """Word logits without the background, shape (..., vocab_size)."""
+        """Word logits without the background (batch norm's shift included), shape (..., vocab_size)."""
         lead = theta.shape[:-1]
         e = self.beta(self.drop(theta.reshape(-1, theta.shape[-1])))
+        normed = self.bn(e) if self.bn_shift is None else self.bn(e) + self.bn_shift
         w = self.bn_weight
-        return (w * self.bn(e) + (1.0 - w) * e).reshape(*lead, -1)
+        return (w * normed + (1.0 - w) * e).reshape(*lead, -1)
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         h = self.logits(theta)
@@ -426,7 +440,8 @@ class ProdLDA(NeuralEstimator):
         Learn a background log-frequency per word, added to the decoder's
         logits (SCHOLAR, Card et al. 2018), so topics are departures from the
         corpus's overall word use; it starts at the training corpus's log word
-        frequencies. False is the original ProdLDA decoder.
+        frequencies. False is the original ProdLDA decoder, whose batch norm
+        learns a shift per word (started at 0) in the background's place.
     batch_norm_anneal : float, default 0.75
         Fade the decoder's batch norm out linearly over this fraction of the
         training steps (weight 1 → 0), as SCHOLAR does: batch norm keeps the
@@ -903,7 +918,7 @@ class ProdLDA(NeuralEstimator):
         """Word distribution of each topic: the decoder's output for a document entirely in it.
 
         ``p(w | k) = softmax(w·BN(β e_k) + (1 − w)·β e_k + b)`` with batch norm
-        at its running statistics (the model's own word distribution for
+        at its running statistics, its shift included (the model's own word distribution for
         theta = e_k), shape (num_topics, n_words), rows summing to 1.
         :meth:`topics` ranks words by relevance and exclusivity (see ``relevance``),
         which weighs these probabilities against the background.
@@ -1192,6 +1207,9 @@ class ProdLDA(NeuralEstimator):
         if "buffer.decoder.bn_weight" not in tensors:
             self.batch_norm_anneal = float("inf")  # a file without the buffer keeps batch norm throughout
         self._build_networks()
+        if not self.background and "decoder$$$bn_shift" not in tensors["params"]:
+            # A file without batch norm's shift was fitted by a decoder without one: it loads as it was fitted.
+            self.decoder_.bn_shift = None
         self._load_network_state(tensors)
 
 
