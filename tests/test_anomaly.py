@@ -555,6 +555,14 @@ def test_auto_components_finds_four_clusters_and_the_anomaly_share():
     assert det.get_params()["num_components"] == "auto"
 
 
+def test_auto_components_survive_save_and_load(tmp_path):
+    X, _ = clustered_anomalies()
+    det = MixtureAnomalyDetector(num_components="auto", num_steps=20, seed=0).fit(X)
+    back = MixtureAnomalyDetector.load(det.save(tmp_path / "det"))
+    assert back.num_components_ == det.num_components_ and back.num_components == "auto"
+    np.testing.assert_allclose(back.predict_proba(X[:50]), det.predict_proba(X[:50]), atol=1e-6)
+
+
 def test_fit_warns_when_extra_components_absorb_the_anomalies():
     from sklearn.metrics import roc_auc_score
 
