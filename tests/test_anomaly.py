@@ -522,6 +522,85 @@ def test_fit_warns_when_the_anomaly_component_takes_most_rows():
     assert det.anomaly_fraction()["mean"] > 0.5
 
 
+def four_clusters(seed=0, n=2000, d=4, frac=0.05):
+    """Four tight Gaussian clusters plus ``frac`` uniform anomalies over the data's box."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4.0, size=(4, d))
+    n_anomalies = int(round(frac * n))
+    normal = centres[rng.integers(0, 4, n - n_anomalies)] + rng.normal(scale=0.5, size=(n - n_anomalies, d))
+    anomalies = rng.uniform(normal.min(0) - 2, normal.max(0) + 2, size=(n_anomalies, d))
+    return np.vstack([normal, anomalies]), np.r_[np.zeros(n - n_anomalies), np.ones(n_anomalies)].astype(bool)
+
+
+def clustered_anomalies(seed=1, n_normal=930, d=4):
+    """One Gaussian cluster plus four tight clusters of anomalies far from it (7 % of the rows): extra normal
+    components can take the anomaly clusters as modes of normal behaviour."""
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(size=(n_normal, d))
+    size = n_normal // 50
+    anomalies = np.vstack([rng.normal(rng.normal(scale=4.0, size=d), 0.3, size=(size, d)) for _ in range(4)])
+    return np.vstack([normal, anomalies]), np.r_[np.zeros(n_normal), np.ones(len(anomalies))].astype(bool)
+
+
+def test_auto_components_finds_four_clusters_and_the_anomaly_share():
+    from sklearn.metrics import roc_auc_score
+
+    X, y = four_clusters()
+    det = MixtureAnomalyDetector(num_components="auto", num_steps=100, seed=0).fit(X)
+    table = det.component_selection_
+    assert list(table.index) == [1, 2, 3, 4, 5, 6]
+    assert det.num_components_ == 4 and table["chosen"].sum() == 1 and bool(table.loc[4, "chosen"])
+    assert abs(det.anomaly_fraction()["mean"] - y.mean()) < 0.02
+    assert roc_auc_score(y, det.predict_proba(X)) > 0.98
+    assert det.get_params()["num_components"] == "auto"
+
+
+def test_auto_components_survive_save_and_load(tmp_path):
+    X, _ = clustered_anomalies()
+    det = MixtureAnomalyDetector(num_components="auto", num_steps=20, seed=0).fit(X)
+    back = MixtureAnomalyDetector.load(det.save(tmp_path / "det"))
+    assert back.num_components_ == det.num_components_ and back.num_components == "auto"
+    np.testing.assert_allclose(back.predict_proba(X[:50]), det.predict_proba(X[:50]), atol=1e-6)
+
+
+def test_fit_warns_when_extra_components_absorb_the_anomalies():
+    from sklearn.metrics import roc_auc_score
+
+    X, y = clustered_anomalies()
+    with pytest.warns(UserWarning, match="extra normal components have absorbed the rows one component calls anomal"):
+        det = MixtureAnomalyDetector(num_components=3, num_steps=100, seed=0).fit(X)
+    # The warning is earned: three components hand the anomalies to normal components.
+    assert det.anomaly_fraction()["mean"] < 0.5 * y.mean()
+    assert roc_auc_score(y, det.predict_proba(X)) < 0.8
+
+
+def test_auto_components_refuses_a_k_whose_anomaly_share_collapses():
+    from sklearn.metrics import roc_auc_score
+
+    X, y = clustered_anomalies()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        det = MixtureAnomalyDetector(num_components="auto", num_steps=100, seed=0).fit(X)
+    table = det.component_selection_
+    # BIC alone prefers more components; their anomaly share collapsed, so they are refused.
+    assert table["bic"].idxmin() > 1 and table.loc[table["bic"].idxmin(), "collapsed"]
+    assert not table.loc[det.num_components_, "collapsed"]
+    frac = det.anomaly_fraction()
+    assert frac["low"] <= y.mean() <= frac["high"]
+    assert roc_auc_score(y, det.predict_proba(X)) > 0.98
+
+
+def test_fit_warns_when_the_anomaly_fraction_sits_below_its_prior():
+    """A prior with 95 % of its mass above 13 % on data with 5 % anomalies: the posterior sits below it."""
+    from scipy import stats
+
+    X, y = planted()
+    prior = (20.0, 80.0)
+    with pytest.warns(UserWarning, match=r"lies below the 5% quantile .* of its prior"):
+        det = MixtureAnomalyDetector(anomaly_prior=prior, num_steps=100, seed=0).fit(X)
+    assert det.anomaly_fraction()["high"] < stats.beta.ppf(0.05, *prior)
+
+
 def test_several_components_start_from_k_means_clusters(tmp_path):
     """K > 1: the guide starts at Lloyd's k-means centres and each cluster's spread (not at single rows
     with scale 0.7, from which scikit-learn's digits lost 99% of their rows to the anomaly component)."""

@@ -474,6 +474,47 @@ def _component_moments(
     return params
 
 
+_AUTO_MAX_COMPONENTS = 6  # num_components="auto" compares K = 1..6
+
+
+def _start_centres(x: np.ndarray, K: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """Starting centres (K, d) of the normal components and, with several, their spreads (K, d).
+
+    k-means++-style starts spread over the data (the row nearest the middle first), then, with several,
+    Lloyd's iterations from them and each cluster's spread as its starting scale. Started on single rows
+    at scale 0.7, several components can fit the data worse than the anomaly component (the whole normal
+    part's covariance, inflated) at step 0 and then lose every row to it (on scikit-learn's digits with
+    K = 3, 99% of the rows).
+    """
+    start = [int(np.argmin(np.abs(x).sum(1)))]
+    for _ in range(1, K):
+        dist2 = np.min(((x[:, None, :] - x[start][None]) ** 2).sum(-1), axis=1)
+        dist2 = np.minimum(dist2, np.quantile(dist2, 0.9))  # do not start on an outlier
+        start.append(int(rng.choice(len(x), p=dist2 / dist2.sum())))
+    if K == 1:
+        return x[start], None
+    return _lloyd(x, x[start])
+
+
+def _parameter_count(K: int, d: int, covariance: Covariance, rank: int, anomaly: AnomalyKind) -> int:
+    """Free parameters of :func:`model` with K normal components (for the BIC)."""
+    per_component = d + {"diag": d, "full": d * (d + 1) // 2, "lowrank": d + d * rank}[covariance]
+    return K * per_component + (K - 1) + 1 + (d + 1 if anomaly == "inflated" else 0)
+
+
+def _collapsed(share: float, one_component_share: float, prior: tuple[float, float]) -> bool:
+    """Whether an anomaly share with several normal components has collapsed relative to one component's.
+
+    True when it is below half the share one normal component leaves to the anomaly component, and that
+    one-component share is itself credible (at most the prior's 99 % quantile; above it the anomaly
+    component is taking whole modes of normal behaviour, which more components rightly take back).
+    """
+    from scipy import stats
+
+    credible = one_component_share <= float(stats.beta.ppf(0.99, *prior))
+    return credible and share < 0.5 * one_component_share
+
+
 def em_start(
     x: np.ndarray,
     centres: np.ndarray,
@@ -516,8 +557,9 @@ def em_start(
     dict of ndarray
         The guide's centres at that fit, keyed by its parameter names (the Beta's
         and Dirichlet's concentrations from the expected counts; log scales;
-        unconstrained correlations), plus ``responsibility`` (n, K + 1) and
-        ``iterations``. :func:`laplace_start` takes it from there.
+        unconstrained correlations), plus ``responsibility`` (n, K + 1),
+        ``iterations`` and ``log_likelihood`` (the rows' summed log-likelihood at the fit).
+        :func:`laplace_start` takes it from there.
     """
     xt = torch.as_tensor(x, dtype=torch.float64)
     n, d = xt.shape
@@ -556,6 +598,7 @@ def em_start(
     out = {
         "responsibility": resp,
         "iterations": torch.tensor(it),
+        "log_likelihood": norm.sum(),
         "anomaly_fraction_a": a0 + counts[K],
         "anomaly_fraction_b": b0 + n - counts[K],
         "loc_loc": params["loc"],
@@ -625,6 +668,15 @@ def _split_latent(u: torch.Tensor, sites: list[tuple[str, tuple[int, ...], bool]
         start += size
         out[name] = piece.reshape((*batch[:-1], *shape) if in_plate and batch else (*batch, *shape))
     return out
+
+
+def _energy_or_inf(energy: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> float:
+    """``energy(v)``, or infinity where ``v`` gives a normal part whose covariance is not positive definite
+    (a trial step too long: the mixture of several components can be singular there)."""
+    try:
+        return float(energy(v))
+    except (torch.linalg.LinAlgError, ValueError):
+        return math.inf
 
 
 def laplace_start(
@@ -740,7 +792,7 @@ def laplace_start(
         step = (vectors @ ((vectors.T @ g) / curvature)).to(u.dtype)
         for _ in range(6):
             moved = u.detach() - step
-            if torch.isfinite(moved).all() and energy(moved) < value:
+            if torch.isfinite(moved).all() and _energy_or_inf(energy, moved) < value:
                 u = moved
                 break
             step = step / 2
@@ -800,9 +852,15 @@ class MixtureAnomalyDetector(BayesianEstimator):
 
     Parameters
     ----------
-    num_components : int, default 1
+    num_components : int or "auto", default 1
         Gaussian components of normal behaviour (compare by LOO: ``to_arviz``
-        stores the per-row log-likelihood).
+        stores the per-row log-likelihood). ``"auto"`` chooses K from 1 to 6
+        on the EM start (the same at most 10,000 rows): the lowest BIC among
+        the K whose anomaly share has not *collapsed*, that is fallen below
+        half the share with K = 1 (a rule waived when the K = 1 share exceeds
+        the prior's 99 % quantile, where the anomaly component takes whole
+        modes). The chosen K is ``num_components_``, the table behind it
+        ``component_selection_``.
     covariance : {"diag", "full", "lowrank"}, default "full"
     rank : int, default 2
         Factors of "lowrank".
@@ -857,6 +915,14 @@ class MixtureAnomalyDetector(BayesianEstimator):
     when it takes more than half the rows (as on mlbench's Pima table, 53 %,
     where it still ranks the labelled rows best).
 
+    The opposite failure: extra normal components take the rows that one
+    component calls anomalous (small clusters of anomalies are, to the model,
+    small modes of normal behaviour), and the anomaly component collapses.
+    ``fit`` warns when the anomaly fraction's 94 % interval lies below its
+    prior's 5 % quantile, and, with K > 1, when the anomaly share is below
+    half of a K = 1 EM start's (an extra EM fit, on at most 10,000 rows).
+    ``num_components="auto"`` refuses such a K.
+
     The probabilities are calibrated *for the model's notion of an anomaly*:
     on data drawn from it they match the true posterior (tested). Labels
     from elsewhere (a disease, a fault class) need not mean "unusual"; with a
@@ -870,6 +936,11 @@ class MixtureAnomalyDetector(BayesianEstimator):
         by column name (in any order); otherwise columns are taken by position.
     calibration_ : dict or None
         Set by :meth:`calibrate`: ``slope``, ``intercept``, ``rows``, ``anomalies``.
+    num_components_ : int
+        The normal components fitted (``num_components``, or the one ``"auto"`` chose).
+    component_selection_ : DataFrame or None
+        With ``num_components="auto"``: one row per K (``log_likelihood``, ``parameters``,
+        ``bic``, ``anomaly_share``, ``collapsed``, ``chosen``); otherwise None (and after ``load``).
     losses_, converged_, n_steps_
 
     Examples
@@ -942,7 +1013,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if self.init not in ("em", "kmeans"):
             raise ValueError(f"init must be 'em' or 'kmeans', got {self.init!r}")
         super()._validate_settings()  # shared settings and device
-        check_count(self.num_components, "num_components")
+        if not (isinstance(self.num_components, str) and self.num_components == "auto"):
+            check_count(self.num_components, "num_components")
         check_count(self.rank, "rank")
         prior = self.anomaly_prior
         if isinstance(prior, str) or not hasattr(prior, "__len__") or len(prior) != 2:
@@ -1002,7 +1074,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
             raise ValueError("covariance='full' needs at least 2 features; with one feature use covariance='diag'")
         if self.covariance == "lowrank" and int(self.rank) >= d:
             raise ValueError(f"rank={self.rank} must be below the {d} features")
-        if int(self.num_components) * 2 > n:
+        if self.num_components != "auto" and int(self.num_components) * 2 > n:
             raise ValueError(f"num_components={self.num_components} is too many for {n} rows")
         self.feature_names_ = names
         self.fitted_on_frame_ = isinstance(X, pd.DataFrame)
@@ -1032,40 +1104,28 @@ class MixtureAnomalyDetector(BayesianEstimator):
             "excess_center": t(math.log(4.0)),
             "excess_sd": t(1.5),
         }
-        K = int(self.num_components)
-        # k-means++-style start: spread the centres over the data (the row nearest the middle first).
         x_np = self._x.cpu().numpy()
-        start = [int(np.argmin(np.abs(x_np).sum(1)))]
+        self.component_selection_ = None
+        if self.num_components == "auto":
+            self.component_selection_ = self._select_components(x_np)
+            self.num_components_ = int(self.component_selection_.index[self.component_selection_["chosen"]][0])
+        else:
+            self.num_components_ = int(self.num_components)
+        K = self.num_components_
         rng = np.random.default_rng(self.seed)
-        for _ in range(1, K):
-            dist2 = np.min(((x_np[:, None, :] - x_np[start][None]) ** 2).sum(-1), axis=1)
-            dist2 = np.minimum(dist2, np.quantile(dist2, 0.9))  # do not start on an outlier
-            start.append(int(rng.choice(len(x_np), p=dist2 / dist2.sum())))
-        centres, scales = x_np[start], None
-        if K > 1:
-            # Lloyd's iterations from those starts, and each cluster's spread as its starting scale. Started
-            # on single rows at scale 0.7, several components can fit the data worse than the anomaly
-            # component (the whole normal part's covariance, inflated) at step 0 and then lose every row to
-            # it (on scikit-learn's digits with K = 3, 99% of the rows).
-            centres, scales = _lloyd(x_np, centres)
+        centres, scales = _start_centres(x_np, K, rng)
         as_tensor = functools.partial(torch.as_tensor, dtype=self._x.dtype, device=self.device_)
         if self.init == "em":
             # EM only finds the starting point: on a large table a random 10,000 rows place it as well.
             rows = rng.choice(n, _START_ROWS, replace=False) if n > _START_ROWS else slice(None)
-            found = em_start(
-                x_np[rows].astype(float),
-                centres,
-                hyper={k: float(v) for k, v in self._hyper.items()},
-                covariance=self.covariance,
-                rank=int(self.rank),
-                anomaly=self.anomaly,
-            )
+            found = self._em(x_np[rows], centres)
             found["anomaly_fraction_a"] = (found["anomaly_fraction_a"] - a) * (n / len(x_np[rows])) + a
             found["anomaly_fraction_b"] = (found["anomaly_fraction_b"] - b) * (n / len(x_np[rows])) + b
             if "weights_concentration" in found:
                 found["weights_concentration"] = (found["weights_concentration"] - 1) * (n / len(x_np[rows])) + 1
             self.em_iterations_ = int(found.pop("iterations"))
             found.pop("responsibility")
+            found.pop("log_likelihood")
             subsample = torch.as_tensor(rows, device=self.device_) if n > _START_ROWS else None
             curvature_rows = None
             if n > _HESSIAN_ROWS:
@@ -1094,22 +1154,107 @@ class MixtureAnomalyDetector(BayesianEstimator):
             distributed=distributed,
             **self._kwargs(),
         )
-        frac = float(self.anomaly_fraction()["mean"])
+        self._warn_on_anomaly_share(x_np)
+        return self
+
+    def _warn_on_anomaly_share(self, x: np.ndarray) -> None:
+        """Warn when the anomaly component took most rows, or collapsed (see :meth:`fit`'s Notes)."""
+        from scipy import stats
+
+        K, summary = self.num_components_, self.anomaly_fraction()
+        frac, other = float(summary["mean"]), " or anomaly='student_t'" if self.anomaly == "inflated" else ""
         if frac > 0.5:
-            other = " or anomaly='student_t'" if self.anomaly == "inflated" else ""
             warnings.warn(
                 f"the anomaly component took {frac:.0%} of the rows, more than the normal part: normal behaviour "
                 f"is probably multi-modal or far from Gaussian for num_components={K}; try more components "
                 f"(compare fits with LOO via to_arviz){other}, and check the ranking you need on labelled rows",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return self
+            return
+        prior = (float(self.anomaly_prior[0]), float(self.anomaly_prior[1]))
+        floor = float(stats.beta.ppf(0.05, *prior))
+        if float(summary["high"]) < floor:
+            warnings.warn(
+                f"the anomaly fraction's posterior ({summary['ci_prob']:.0%} interval up to {summary['high']:.2%}) "
+                f"lies below the 5% quantile ({floor:.2%}) of its prior Beta{prior}: the anomaly component has "
+                f"collapsed with num_components={K}; use num_components='auto' or fewer components, or, if the "
+                "data hold almost no anomalies, a prior with less mass on large fractions (anomaly_prior=(a, b) "
+                "with a smaller mean a / (a + b))",
+                UserWarning,
+                stacklevel=3,
+            )
+        if K > 1:
+            if self.component_selection_ is not None:
+                one = float(self.component_selection_.loc[1, "anomaly_share"])
+            else:
+                one = float(self._em_for(x, 1)["responsibility"][:, -1].mean())
+            if _collapsed(frac, one, prior):
+                warnings.warn(
+                    f"with num_components={K} the anomaly component takes {frac:.1%} of the rows, under half the "
+                    f"{one:.1%} it takes with one normal component (EM start): the extra normal components have "
+                    "absorbed the rows one component calls anomalous; use num_components='auto' (it refuses such "
+                    "K) or fewer components, and check the ranking you need on labelled rows",
+                    UserWarning,
+                    stacklevel=3,
+                )
+
+    def _em(self, x: np.ndarray, centres: np.ndarray, **options: Any) -> dict[str, np.ndarray]:
+        """:func:`em_start` on standardised rows ``x`` with this estimator's settings (``options``: its own)."""
+        return em_start(
+            x.astype(float),
+            centres,
+            hyper={k: float(v) for k, v in self._hyper.items()},
+            covariance=self.covariance,
+            rank=int(self.rank),
+            anomaly=self.anomaly,
+            **options,
+        )
+
+    def _em_for(self, x: np.ndarray, K: int, **options: Any) -> dict[str, np.ndarray]:
+        """The EM fit ``fit`` starts from with K normal components (same starts, same rows)."""
+        rng = np.random.default_rng(self.seed)
+        centres, _ = _start_centres(x, K, rng)
+        rows = rng.choice(len(x), _START_ROWS, replace=False) if len(x) > _START_ROWS else slice(None)
+        return self._em(x[rows], centres, **options)
+
+    def _select_components(self, x: np.ndarray) -> pd.DataFrame:
+        """The table behind ``num_components="auto"``, indexed by K.
+
+        For K = 1, ..., 6: the EM fit (:func:`em_start`) from the starts ``fit`` uses, on the same at most
+        10,000 rows, stopped at 100 iterations or a change below 1e-6 per row (the BIC needs no more);
+        its BIC; its anomaly share (the mean responsibility of the anomaly
+        component); whether that share *collapsed* relative to K = 1's (see :func:`_collapsed`). The chosen
+        K has the lowest BIC among the fits whose share did not collapse.
+        """
+        n, d = x.shape
+        rows_used, prior = min(n, _START_ROWS), (float(self.anomaly_prior[0]), float(self.anomaly_prior[1]))
+        records = []
+        for K in range(1, min(_AUTO_MAX_COMPONENTS, n // 2) + 1):
+            found = self._em_for(x, K, max_iterations=100, tol=1e-6)
+            share = float(found["responsibility"][:, -1].mean())
+            count = _parameter_count(K, d, self.covariance, int(self.rank), self.anomaly)
+            loglik = float(found["log_likelihood"])
+            collapsed = K > 1 and _collapsed(share, records[0]["anomaly_share"], prior)
+            records.append(
+                {
+                    "num_components": K,
+                    "log_likelihood": loglik,
+                    "parameters": count,
+                    "bic": -2.0 * loglik + count * math.log(rows_used),
+                    "anomaly_share": share,
+                    "collapsed": bool(collapsed),
+                }
+            )
+        table = pd.DataFrame.from_records(records).set_index("num_components")
+        allowed = table.loc[~table["collapsed"], "bic"]
+        table["chosen"] = table.index == allowed.idxmin()
+        return table
 
     def _kwargs(self, marginal: bool | None = None) -> dict[str, Any]:
         return {
             "hyper": self._hyper,
-            "num_components": int(self.num_components),
+            "num_components": self.num_components_,
             "covariance": self.covariance,
             "rank": int(self.rank),
             "marginal": (not self.enumerate) if marginal is None else marginal,
@@ -1147,7 +1292,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         loc, tril = self._latent_moments()
         sd = tril.pow(2).sum(-1).sqrt()
         sites = latent_sites(
-            int(self.num_components), len(self.feature_names_), self.covariance, int(self.rank), self.anomaly
+            self.num_components_, len(self.feature_names_), self.covariance, int(self.rank), self.anomaly
         )
         out = {"latent_loc": to_numpy(loc), "latent_scale_tril": to_numpy(tril), **out}
         for name, part in _split_latent(loc, sites).items():
@@ -1233,7 +1378,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         return dims, {
             "feature": self.feature_names_,
             "feature_bis": self.feature_names_,
-            "component": np.arange(int(self.num_components)),
+            "component": np.arange(self.num_components_),
         }
 
     # ------------------------------------------------------------- draws
@@ -1252,7 +1397,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
                 **self._kwargs(marginal=True),
             )
         out.pop("_latent", None)
-        K = int(self.num_components)
+        K = self.num_components_
         out["anomaly_fraction"] = out["anomaly_fraction"].reshape(num, 1)
         out["weights"] = out["weights"].reshape(num, 1, K) if K > 1 else torch.ones(num, 1, 1, device=self.device_)
         if self.anomaly == "inflated":
@@ -1504,6 +1649,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
             "feature_names_": self.feature_names_,
             "fitted_on_frame_": self.fitted_on_frame_,
             "calibration_": getattr(self, "calibration_", None),
+            "num_components_": self.num_components_,
         }
         tensors = {
             "x": self._x.detach().cpu(),
@@ -1525,6 +1671,11 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if not isinstance(on_frame, bool):
             raise ValueError(f"fitted_on_frame_ must be true or false, got {on_frame!r}")
         self.fitted_on_frame_ = on_frame
+        chosen = meta.get("num_components_", self.num_components)  # a file without it has a fixed K
+        if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen < 1:
+            raise ValueError(f"num_components_ must be a positive integer, got {chosen!r}")
+        self.num_components_ = chosen
+        self.component_selection_ = None
         cal = meta.get("calibration_")  # absent from a file that records no calibration
         if cal is not None and not (
             isinstance(cal, dict)
@@ -1561,6 +1712,7 @@ def fit_anomaly_spec(
     values = {
         "rows": len(table),
         "features": table.shape[1],
+        "num_components": est.num_components_,
         "flagged": int((probs > 0.5).sum()),
         "anomaly_fraction_mean": frac["mean"],
         "anomaly_fraction_low": frac["low"],
