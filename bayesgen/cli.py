@@ -543,6 +543,11 @@ def _cmd_anomaly(args: argparse.Namespace) -> int:
     return 0
 
 
+def _components(text: str) -> int | str:
+    """``--components``: a positive integer or ``auto``."""
+    return "auto" if text.strip().lower() == "auto" else _positive(text)
+
+
 def _parse_pair(text: str, flag: str) -> tuple[float, float]:
     parts = text.split(",")
     try:
@@ -700,7 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--csv", required=True, help="CSV of numeric columns")
     an.add_argument("--columns", help="comma-separated columns to model (default: all)")
     an.add_argument("--out", required=True, help="output CSV: the rows plus anomaly_probability and anomaly (0/1)")
-    an.add_argument("--components", type=_positive, default=1, help="Gaussian components of normal behaviour")
+    an.add_argument(
+        "--components",
+        type=_components,
+        default=1,
+        help="Gaussian components of normal behaviour, or 'auto' (chosen by BIC, refusing a number that "
+        "absorbs the anomalies; default 1)",
+    )
     an.add_argument(
         "--covariance",
         choices=["diag", "full", "lowrank"],

@@ -431,3 +431,15 @@ def test_anomaly_spec_whose_anomaly_value_matches_no_row_is_an_error(tmp_path):
     )
     proc = bayesgen("fit", str(spec), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "matches no row of column 'kind'" in proc.stderr, proc.stderr
+
+
+def test_anomaly_components_takes_a_positive_integer_or_auto() -> None:
+    from bayesgen.cli import build_parser
+
+    parser = build_parser()
+    base = ["anomaly", "--csv", "rows.csv", "--out", "scores.csv"]
+    assert parser.parse_args([*base, "--components", "auto"]).components == "auto"
+    assert parser.parse_args([*base, "--components", "3"]).components == 3
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--components", bad])
