@@ -118,6 +118,15 @@ class _RanksStopped(Exception):
     """A data-parallel step called off because some rank asked to stop (its callback or ``before_step``)."""
 
 
+def _split_float(value: float, dtype: torch.dtype) -> tuple[float, float, float]:
+    """``value`` as three numbers of ``dtype`` whose float64 sum is ``value`` (exactly, for float32 and float64)."""
+    if dtype == torch.float64:
+        return value, 0.0, 0.0
+    hi = float(np.float32(value))
+    mid = float(np.float32(value - hi))
+    return hi, mid, float(np.float32(value - hi - mid))
+
+
 def _data_parallel(distributed: bool | DataParallel | None, device: DeviceLike | None) -> DataParallel | None:
     """The :class:`DataParallel` a runner's ``distributed=`` option asks for, or None."""
     from bayesgen._runtime import resolve_device
@@ -1629,8 +1638,9 @@ class SVIRunner:
     ) -> tuple[float, set[torch.Tensor], str]:
         """:func:`_loss_and_grads` on this rank's shard, then the step's one all-reduce over the ranks.
 
-        The flat float64 buffer holds every parameter's gradient (parameters in sorted name order), a
-        flag per parameter for whether this rank's step touched it, the tensors ``extra_state`` lists in
+        The flat buffer (float32, or float64 when a parameter is) holds every parameter's gradient
+        (parameters in sorted name order), a flag per parameter for whether this rank's step touched
+        it, the tensors ``extra_state`` lists in
         its optional ``rank_averaged()`` (state each rank updates from its own rows, such as batch-norm
         running statistics, which leave the step as their mean over the ranks), the loss, a stop request
         and one status slot per rank. The sums give every rank the same averaged gradients and loss, and the
@@ -1659,7 +1669,10 @@ class SVIRunner:
         n_grad = sum(sizes)
         shared = getattr(self.extra_state, "rank_averaged", lambda: [])()  # e.g. batch-norm running statistics
         n_shared = sum(t.numel() for t in shared)
-        buf = torch.zeros(n_grad + len(tensors) + n_shared + 2 + world, dtype=torch.float64, device=self.device)
+        # The gradients' own precision (float32 halves what travels against float64); the loss travels split
+        # into three parts of that precision, which add back up to the float64 loss exactly on one rank.
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+        buf = torch.zeros(n_grad + len(tensors) + n_shared + 4 + world, dtype=dtype, device=self.device)
         offset = 0
         for i, (t, n) in enumerate(zip(tensors, sizes, strict=True)):
             if id(t) in touched and t.grad is not None:
@@ -1670,8 +1683,8 @@ class SVIRunner:
         for t in shared:
             buf[offset : offset + t.numel()] = t.detach().reshape(-1)
             offset += t.numel()
-        tail = offset
-        buf[tail] = value if status == _RANK_OK else 0.0
+        buf[offset : offset + 3] = torch.tensor(_split_float(value if status == _RANK_OK else 0.0, dtype), dtype=dtype)
+        tail = offset + 2  # the loss's last part; then the stop request and the statuses
         buf[tail + 1] = float(self.stop_requested)
         buf[tail + 2 + dp.rank] = float(status)
         dp.all_reduce(buf)
@@ -1679,16 +1692,17 @@ class SVIRunner:
         if any(statuses) or buf[tail + 1] > 0:
             zero_grads(set(tensors))
             return self._ranks_called_off(step, statuses, error, rng_at_step)
-        value = float(buf[tail]) / world
+        parts = buf[tail - 2 : tail + 1].tolist()
+        value = (parts[0] + parts[1] + parts[2]) / world
         params = set()
         with torch.no_grad():
             offset = n_grad + len(tensors)
             for t in shared:
                 t.copy_((buf[offset : offset + t.numel()] / world).view_as(t))
                 offset += t.numel()
-            offset = 0
+            offset, touched_any = 0, buf[n_grad : n_grad + len(tensors)].tolist()
             for i, (t, n) in enumerate(zip(tensors, sizes, strict=True)):
-                if buf[n_grad + i] > 0:
+                if touched_any[i] > 0:
                     t.grad = (buf[offset : offset + n] / world).view_as(t).to(t.dtype)
                     params.add(t)
                 offset += n
