@@ -80,7 +80,7 @@ def fit_once(
     # ranks' setup), validation included in every epoch alike.
     steady = history["seconds"][-1] - history["seconds"][0]
     rows = int(data["train"].shape[0]) * (len(history["epoch"]) - 1)
-    out = {"fit_seconds": seconds, "rows_per_s": rows / steady, "history": history}
+    out = {"fit_seconds": seconds, "rows_per_s": rows / steady if rows else None, "history": history}
     if dp:
         out["reduce_seconds"], out["reduce_calls"] = dp.reduce_seconds, dp.reduce_calls
         out["reduce_ms_per_step"] = 1e3 * dp.reduce_seconds / max(dp.reduce_calls, 1)
