@@ -267,24 +267,6 @@ class DataParallel:
                     + (f" (also differing: {differ[1:]})" if differ[1:] else "")
                 )
 
-    def average_tensors(self, tensors: Sequence[torch.Tensor], what: str = "averaging buffers") -> None:
-        """Replace each floating-point tensor of ``tensors`` by its mean over the ranks, in place (one collective).
-
-        For state that each rank updates from its own rows outside the gradients, such as batch-norm
-        running statistics, so that every rank evaluates the same network.
-        """
-        floats = [t for t in tensors if t.is_floating_point()]
-        if not floats:
-            return
-        flat = torch.cat([t.detach().reshape(-1).double() for t in floats])
-        self.all_reduce(flat, what)
-        flat /= self.world_size
-        offset = 0
-        with torch.no_grad():
-            for t in floats:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
-
     def rank_seed(self, seed: int) -> int:
         """The seed of this rank's own RNG stream: ``seed`` itself on rank 0, a distinct one on the others."""
         if self.rank == 0:

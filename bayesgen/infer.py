@@ -79,6 +79,7 @@ from bayesgen._runtime import (
     is_out_of_memory,
     load_tensor_file,
     move_to_device,
+    seeded,
     target_device,
     tensors_on,
 )
@@ -593,8 +594,7 @@ class Epochs:
         if runner is None or runner.dp is None:
             return float(self.validate())
         seed = int(np.random.SeedSequence([runner.seed % 2**63, int(epoch)]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=_cuda_indices(runner.device)):
-            torch.manual_seed(seed)
+        with seeded(seed, runner.device):
             return float(self.validate())
 
     def after_step(self, step: int, loss: float) -> bool:
