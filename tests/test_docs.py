@@ -38,6 +38,20 @@ def test_every_cli_option_has_help_text():
     assert not missing, f"options without help text: {missing}"
 
 
+def test_readme_is_a_front_page_whose_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    lines = text.count("\n")
+    assert lines <= 250, f"README.md has {lines} lines; the front page stays under 250 (details go to docs/)"
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path = target.split("#", 1)[0]
+        if path and not (ROOT / path).exists():
+            broken.append(target)
+    assert not broken, f"README links to files that do not exist: {broken}"
+
+
 @pytest.fixture(scope="module")
 def site() -> Path:
     if not (SITE / "index.html").is_file():
