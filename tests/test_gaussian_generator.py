@@ -12,7 +12,15 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from sklearn.model_selection import train_test_split
 
-from bayesgen.augment import augment, default_classifier, memorization_check, mlp_classifier, tstr
+from bayesgen.augment import (
+    LedoitWolfSampler,
+    augment,
+    default_classifier,
+    low_data_experiment,
+    memorization_check,
+    mlp_classifier,
+    tstr,
+)
 from bayesgen.datasets import load_digits
 from bayesgen.models.gaussian_generator import GaussianGenerator, exact_posterior, guide, model
 
@@ -179,6 +187,61 @@ def test_augment_marks_synthetic_rows_and_keeps_real_ones(digits_split):
     assert frame["synthetic"].sum() == 40 and "digit" in frame
     with pytest.raises(ValueError, match="unknown classes"):
         augment(X_tr, y_tr, gen, n_per_class={"cat": 3})
+
+
+def test_ledoit_wolf_baseline_draws_from_the_shrunk_plug_in_normal():
+    from sklearn.covariance import LedoitWolf
+
+    X, y, _ = simulated(n_per_class=(60, 30, 12), d=4)
+    sampler = LedoitWolfSampler(seed=0).fit(X, y)
+    for c in range(3):
+        rows = X[y == c]
+        reference = LedoitWolf().fit(rows)  # scikit-learn's estimate, not ours
+        np.testing.assert_allclose(sampler.means_[c], rows.mean(0))
+        np.testing.assert_allclose(sampler.covariances_[c], reference.covariance_)
+        Xs, ys = sampler.sample(20000, y=c, seed=1)
+        assert (ys == c).all()
+        # 20,000 draws: the sample covariance is within a few percent of the one drawn from
+        np.testing.assert_allclose(np.cov(Xs.T), reference.covariance_, atol=0.06 * np.abs(reference.covariance_).max())
+    _, ys = sampler.sample(3000, seed=2)
+    np.testing.assert_allclose(np.bincount(ys) / 3000, [60 / 102, 30 / 102, 12 / 102], atol=0.03)
+    _, ys = sampler.sample(30, y="uniform", seed=2)
+    assert np.bincount(ys).tolist() == [10, 10, 10]
+    np.testing.assert_array_equal(sampler.sample(5, seed=4)[0], sampler.sample(5, seed=4)[0])
+    clipped = LedoitWolfSampler(clip=(0, 1)).fit(X, y).sample(200, y=1)[0]
+    assert clipped.min() >= 0 and clipped.max() <= 1
+
+
+def test_ledoit_wolf_baseline_in_augment_and_the_low_data_experiment(digits_split):
+    X_tr, X_te, y_tr, y_te = digits_split
+    data = augment(X_tr, y_tr, LedoitWolfSampler(clip=(0, 1)), n_per_class=5, seed=0)
+    assert data.synthetic.sum() == 50
+    table = low_data_experiment(
+        lambda: LedoitWolfSampler(clip=(0, 1)),
+        X_tr,
+        y_tr,
+        X_te,
+        y_te,
+        k_per_class=(5,),
+        repeats=1,
+        n_synthetic_per_class=50,
+    )
+    assert len(table) == 1 and 0.5 < table["augmented"].iloc[0] <= 1
+
+
+def test_ledoit_wolf_baseline_bad_input():
+    X, y, _ = simulated(n_per_class=(10, 10, 1), d=3)
+    with pytest.raises(ValueError, match=r"class 2 has 1 row\(s\)"):
+        LedoitWolfSampler().fit(X, y)
+    with pytest.raises(ValueError, match="not fitted"):
+        LedoitWolfSampler().sample(3)
+    sampler = LedoitWolfSampler().fit(X[:20], y[:20])
+    with pytest.raises(ValueError, match="does not know"):
+        sampler.sample(3, y=7)
+    with pytest.raises(ValueError, match="clip"):
+        LedoitWolfSampler(clip=(1, 0)).fit(X[:20], y[:20])
+    with pytest.raises(ValueError, match="NaN|finite|missing"):
+        LedoitWolfSampler().fit(np.where(X[:20] > 1, np.nan, X[:20]), y[:20])
 
 
 def test_save_load_round_trip_and_gpu_free_load(tmp_path, digits_split):
