@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -38,6 +39,11 @@ __all__ = [
     "MAX_SEED",
     "available_memory",
     "format_bytes",
+    "usable_cores",
+    "choose_threads",
+    "thread_count",
+    "check_threads",
+    "SMALL_STEP_ELEMENTS",
 ]
 
 
@@ -158,6 +164,110 @@ def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[Non
         for idx in cuda_devices:
             torch.cuda.default_generators[idx].manual_seed(seed)
         yield
+
+
+#: Under ``num_threads="auto"``, a step that reads fewer data elements than this runs on one thread:
+#: so little work is not worth splitting, and a second thread only competes with whatever else runs.
+SMALL_STEP_ELEMENTS = 16_384
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_threads_at_import = torch.get_num_threads()
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _physical_cores() -> int | None:
+    """Distinct (package, core) pairs in ``/proc/cpuinfo``; None where it cannot be read."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    cores, package = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            package = value.strip()
+        elif key.strip() == "core id":
+            cores.add((package, value.strip()))
+    return len(cores) or None
+
+
+def _threads_set_by_user() -> bool:
+    """Whether the thread count is the user's: set by ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``, or by a
+    ``torch.set_num_threads`` to a value torch would not choose by itself (or any change after bayesgen loaded)."""
+    if any(os.environ.get(name, "").strip() for name in _THREAD_VARIABLES):
+        return True
+    now = torch.get_num_threads()
+    torch_default = {usable_cores(), os.cpu_count() or 1, min(usable_cores(), _physical_cores() or usable_cores())}
+    return now != _threads_at_import or now not in torch_default
+
+
+def choose_threads(num_threads: int | str | None = "auto", *, step_elements: float | None = None) -> int | None:
+    """The number of torch intra-op threads a block runs with, or None to leave torch's setting alone.
+
+    Parameters
+    ----------
+    num_threads : int, "auto" or None, default "auto"
+        An int is used as given. None leaves the setting as it is. ``"auto"`` leaves a setting the
+        user made (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, an earlier ``torch.set_num_threads``) as it
+        is; otherwise it is one thread when ``step_elements`` is below :data:`SMALL_STEP_ELEMENTS`
+        and :func:`usable_cores` when it is larger or unknown.
+    step_elements : float, optional
+        Data elements one step reads (rows per step × columns × particles).
+
+    Returns
+    -------
+    int or None
+
+    Raises
+    ------
+    ValueError, TypeError
+        ``num_threads`` is not a positive int, ``"auto"`` or None.
+    """
+    num_threads = check_threads(num_threads)
+    if num_threads is None:
+        return None
+    if num_threads == "auto":
+        if _threads_set_by_user():
+            return None
+        if step_elements is not None and step_elements < SMALL_STEP_ELEMENTS:
+            return 1
+        return usable_cores()
+    return num_threads
+
+
+def check_threads(value: Any, name: str = "num_threads") -> int | str | None:
+    """Return a valid ``num_threads`` (a positive int, ``"auto"`` or None), or raise naming ``name``."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be a positive int, 'auto' or None, got {value!r}")
+    return check_count(value, name)
+
+
+@contextlib.contextmanager
+def thread_count(num_threads: int | str | None = "auto", *, step_elements: float | None = None) -> Iterator[None]:
+    """Run the block with :func:`choose_threads`'s torch thread count, and restore the caller's after it.
+
+    The thread count changes how floating-point sums are split, so results agree across thread
+    counts to rounding, and bit for bit at the same count.
+    """
+    wanted = choose_threads(num_threads, step_elements=step_elements)
+    before = torch.get_num_threads()
+    if wanted is None or wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def fresh_seed() -> int:

@@ -28,7 +28,7 @@ from bayesgen.registry import MODELS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing for --help
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, MutableMapping, Sequence
     from typing import NoReturn
 
     import pandas as pd
@@ -756,6 +756,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: OpenMP threads that finish early spin this many times before they sleep (libgomp's default is 300,000).
+#: A long spin keeps a core busy that another process on the machine could use, and is waited
+#: out by the thread's partner when that process takes its core.
+OMP_SPIN_COUNT = "1000"
+
+
+def _short_omp_spin(environ: MutableMapping[str, str]) -> None:
+    """Give torch's OpenMP threads a short spin before they sleep, unless the user chose a wait policy or
+    torch is loaded already (OpenMP reads the setting once, when torch loads)."""
+    if "torch" in sys.modules or any(environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")):
+        return
+    environ["GOMP_SPINCOUNT"] = OMP_SPIN_COUNT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -771,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default", UserWarning)
     import os
 
+    _short_omp_spin(os.environ)
     # Under torchrun every rank reports; each line says which one.
     who = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", 1)) > 1 and "RANK" in os.environ else ""
     try:

@@ -75,6 +75,7 @@ from pyro.poutine.util import site_is_subsample
 
 from bayesgen._runtime import (
     check_count,
+    choose_threads,
     fresh_seed,
     is_out_of_memory,
     load_tensor_file,
@@ -82,6 +83,7 @@ from bayesgen._runtime import (
     seeded,
     target_device,
     tensors_on,
+    thread_count,
 )
 from bayesgen._typing import DeviceLike, ModelFn, PathLikeStr
 from bayesgen.distributed import DataParallel, DistributedError, data_fingerprint, data_parallel
@@ -1278,6 +1280,9 @@ class SVIRunner:
         (e.g. one rank's shard).
     checkpoint : str or os.PathLike, optional
         File that :meth:`save_checkpoint` writes and a non-finite step writes before raising.
+    num_threads : int, "auto" or None, default "auto"
+        torch's intra-op threads while the runner is :meth:`active`, the caller's count restored
+        after; see :func:`run_svi`.
 
     Examples
     --------
@@ -1324,8 +1329,11 @@ class SVIRunner:
         device_scope: bool | None = None,
         checkpoint: PathLikeStr | None = None,
         distributed: bool | DataParallel = False,
+        num_threads: int | Literal["auto"] | None = "auto",
     ) -> None:
         self.num_steps = check_count(num_steps, "num_steps", minimum=0)
+        choose_threads(num_threads)  # checks it
+        self.num_threads = num_threads
         num_particles = check_count(num_particles, "num_particles")
         if batches is not None:
             data_size, batch_size = batches.size, batches.batch_size
@@ -1419,12 +1427,25 @@ class SVIRunner:
         if self.device_option is not None or dev != target_device(None, args, kwargs):
             args, kwargs = move_to_device(args, dev), move_to_device(kwargs, dev)
         self.device, self.args, self.kwargs = dev, args, kwargs
+        self.step_elements = self._step_elements()
         if self.dp is None:
             self._setup()
         else:
             self._setup_ranks()
         self._initialised = True
         return self
+
+    def _step_elements(self) -> float:
+        """Data elements one step reads: every tensor argument, a minibatch's share of those with a row per
+        data point, times the particles."""
+        tensors = [a for a in (*self.args, *self.kwargs.values()) if isinstance(a, torch.Tensor)]
+        total = 0.0
+        for t in tensors:
+            n = float(t.numel())
+            if self.batch_size is not None and t.dim() and t.shape[0] == self.data_size:
+                n *= min(1.0, self.batch_size / self.data_size)
+            total += n
+        return total * max(1, int(getattr(self.elbo, "num_particles", 1)))
 
     def _seed_rng(self, seed: int) -> None:
         dev = self.device
@@ -1536,6 +1557,7 @@ class SVIRunner:
         with (
             param_scope(self.param_state),
             torch.random.fork_rng(devices=_cuda_indices(dev)),
+            thread_count(self.num_threads, step_elements=getattr(self, "step_elements", None)),
             warnings.catch_warnings(),
         ):
             # torch deprecates jit.trace, which Pyro's JIT losses are built on; say it once, not per step.
@@ -1991,6 +2013,7 @@ def run_svi(
     model_kwargs: Mapping[str, Any] | None = None,
     distributed: bool | DataParallel = False,
     epochs: Epochs | None = None,
+    num_threads: int | Literal["auto"] | None = "auto",
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
@@ -2114,6 +2137,13 @@ def run_svi(
         and with the same error when one rank fails; rank 0 writes the
         checkpoint, which holds every rank's RNG state and resumes only with
         the same number of ranks.
+    num_threads : int, "auto" or None, default "auto"
+        torch's intra-op CPU threads during the fit; the caller's count is restored after. An int is
+        used as given; None leaves the setting alone. ``"auto"`` keeps a count the user set
+        (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, an earlier ``torch.set_num_threads``), and otherwise
+        runs a step that reads fewer than :data:`bayesgen._runtime.SMALL_STEP_ELEMENTS` data elements
+        (rows per step × columns × particles) on one thread and a larger one on every core this
+        process may use. Results agree across thread counts to rounding, bit for bit at one count.
 
     Returns
     -------
@@ -2186,6 +2216,7 @@ def run_svi(
         device_scope=device_scope,
         checkpoint=checkpoint,
         distributed=distributed,
+        num_threads=num_threads,
     )
     resume_path: Path | None = None
     if resume is True:

@@ -33,10 +33,12 @@ from bayesgen._runtime import (
     check_flag,
     check_real,
     check_seed,
+    check_threads,
     fresh_seed,
     is_out_of_memory,
     load_tensor_file,
     resolve_device,
+    thread_count,
     to_numpy,
 )
 from bayesgen._typing import ModelFn, PathLikeStr
@@ -80,8 +82,10 @@ def _explain_out_of_memory(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        threads = getattr(self, "num_threads", None)
         try:
-            return fn(self, *args, **kwargs)
+            with thread_count(threads if isinstance(threads, int) and not isinstance(threads, bool) else None):
+                return fn(self, *args, **kwargs)
         except NotEnoughMemoryError:
             raise
         except (RuntimeError, MemoryError) as err:
@@ -142,6 +146,7 @@ class BayesianEstimator:
         "convergence_rtol": lambda v, name: check_real(v, name, low=0.0, low_open=False),
         "validation_fraction": lambda v, name: check_real(v, name, low=0.0, high=1.0, low_open=False),
         "progress": check_flag,
+        "num_threads": check_threads,
     }
     #: Shared settings for which this estimator also accepts None (beyond those whose default is None).
     _none_ok: ClassVar[tuple[str, ...]] = ()
@@ -243,6 +248,7 @@ class BayesianEstimator:
             batch_size=getattr(self, "batch_size", None) if data_size is not None else None,
             data_size=data_size,
             device=self.device_,
+            num_threads=getattr(self, "num_threads", "auto"),
             device_scope=False,  # bayesgen's models build every tensor from their data (and plates name it)
             seed=self.seed,
             param_state=state,

@@ -478,6 +478,11 @@ class BetaBinomialTest(BayesianEstimator):
     ci_prob : float, default 0.94
         Credible-interval mass.
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    num_threads : int, "auto" or None, default "auto"
+        torch's CPU threads while fitting, the caller's count restored after: "auto" keeps a count
+        you set (``OMP_NUM_THREADS``, ``torch.set_num_threads``) and otherwise uses one thread for a
+        small step and every usable core for a large one (:func:`bayesgen.infer.run_svi`); an int
+        also applies to this estimator's other methods.
     seed : int, default 0
     progress : bool, default False
         Show a progress bar while fitting.
@@ -529,6 +534,7 @@ class BetaBinomialTest(BayesianEstimator):
         num_samples: int = 20000,
         ci_prob: float = 0.94,
         device: DeviceLike = "auto",
+        num_threads: int | Literal["auto"] | None = "auto",
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -545,6 +551,7 @@ class BetaBinomialTest(BayesianEstimator):
         self.num_samples = num_samples
         self.ci_prob = ci_prob
         self.device = device
+        self.num_threads = num_threads
         self.seed = seed
         self.progress = progress
 

@@ -901,6 +901,11 @@ class MixtureAnomalyDetector(BayesianEstimator):
     num_samples : int, default 100
         Guide draws averaged in ``predict_proba`` and ``score_samples``.
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    num_threads : int, "auto" or None, default "auto"
+        torch's CPU threads while fitting, the caller's count restored after: "auto" keeps a count
+        you set (``OMP_NUM_THREADS``, ``torch.set_num_threads``) and otherwise uses one thread for a
+        small step and every usable core for a large one (:func:`bayesgen.infer.run_svi`); an int
+        also applies to this estimator's other methods.
     seed : int, default 0
     progress : bool, default False
 
@@ -975,6 +980,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         average_last: int = 100,
         num_samples: int = 100,
         device: DeviceLike = "auto",
+        num_threads: int | Literal["auto"] | None = "auto",
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -995,6 +1001,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self.average_last = average_last
         self.num_samples = num_samples
         self.device = device
+        self.num_threads = num_threads
         self.seed = seed
         self.progress = progress
 

@@ -394,6 +394,11 @@ class GaussianGenerator(BayesianEstimator):
     num_samples : int, default 20
         Parameter draws averaged in ``predict_proba`` and ``score_samples``.
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    num_threads : int, "auto" or None, default "auto"
+        torch's CPU threads while fitting, the caller's count restored after: "auto" keeps a count
+        you set (``OMP_NUM_THREADS``, ``torch.set_num_threads``) and otherwise uses one thread for a
+        small step and every usable core for a large one (:func:`bayesgen.infer.run_svi`); an int
+        also applies to this estimator's other methods.
     seed : int, default 0
     progress : bool, default False
 
@@ -481,6 +486,7 @@ class GaussianGenerator(BayesianEstimator):
         convergence_rtol: float | None = 1e-3,
         num_samples: int = 20,
         device: DeviceLike = "auto",
+        num_threads: int | Literal["auto"] | None = "auto",
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -507,6 +513,7 @@ class GaussianGenerator(BayesianEstimator):
         self.convergence_rtol = convergence_rtol
         self.num_samples = num_samples
         self.device = device
+        self.num_threads = num_threads
         self.seed = seed
         self.progress = progress
 

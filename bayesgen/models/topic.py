@@ -50,7 +50,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -486,6 +486,11 @@ class ProdLDA(NeuralEstimator):
         Text pipeline settings used when ``fit`` gets raw strings
         (see :func:`bayesgen.text.build_corpus`).
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    num_threads : int, "auto" or None, default "auto"
+        torch's CPU threads while fitting, the caller's count restored after: "auto" keeps a count
+        you set (``OMP_NUM_THREADS``, ``torch.set_num_threads``) and otherwise uses one thread for a
+        small step and every usable core for a large one (:func:`bayesgen.infer.run_svi`); an int
+        also applies to this estimator's other methods.
     seed : int, default 0
     progress : bool, default False
 
@@ -541,6 +546,7 @@ class ProdLDA(NeuralEstimator):
         max_df: int | float = 0.5,
         max_features: int | None = None,
         device: DeviceLike = "auto",
+        num_threads: int | Literal["auto"] | None = "auto",
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -566,6 +572,7 @@ class ProdLDA(NeuralEstimator):
         self.max_df = max_df
         self.max_features = max_features
         self.device = device
+        self.num_threads = num_threads
         self.seed = seed
         self.progress = progress
 

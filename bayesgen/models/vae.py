@@ -391,6 +391,11 @@ class VAE(NeuralEstimator):
         Stop after this many epochs without a better validation ELBO and keep
         the best epoch's weights (needs validation rows).
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
+    num_threads : int, "auto" or None, default "auto"
+        torch's CPU threads while fitting, the caller's count restored after: "auto" keeps a count
+        you set (``OMP_NUM_THREADS``, ``torch.set_num_threads``) and otherwise uses one thread for a
+        small step and every usable core for a large one (:func:`bayesgen.infer.run_svi`); an int
+        also applies to this estimator's other methods.
     seed : int, default 0
     progress : bool, default False
         A progress bar per epoch with the training (and validation) ELBO.
@@ -447,6 +452,7 @@ class VAE(NeuralEstimator):
         validation_fraction: float = 0.0,
         patience: int | None = None,
         device: DeviceLike = "auto",
+        num_threads: int | Literal["auto"] | None = "auto",
         seed: int = 0,
         progress: bool = False,
     ) -> None:
@@ -464,6 +470,7 @@ class VAE(NeuralEstimator):
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.device = device
+        self.num_threads = num_threads
         self.seed = seed
         self.progress = progress
 

@@ -1,0 +1,143 @@
+"""torch's CPU thread count: chosen per fit (num_threads), the user's own setting kept, the caller's restored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch.distributions import constraints
+
+from bayesgen import _runtime, infer
+from bayesgen._runtime import SMALL_STEP_ELEMENTS, choose_threads, thread_count
+from bayesgen.infer import SVIRunner, run_svi
+from bayesgen.models.ab_test import BetaBinomialTest
+
+
+@pytest.fixture
+def torch_default(monkeypatch):
+    """A process whose thread count is torch's own (no OMP_NUM_THREADS, as bayesgen found it), on 4 usable cores."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(_runtime, "_threads_at_import", 2)
+    monkeypatch.setattr(_runtime, "usable_cores", lambda: 4)
+    monkeypatch.setattr(_runtime, "_physical_cores", lambda: 2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_auto_uses_one_thread_for_a_small_step_and_every_core_for_a_large_one(torch_default):
+    assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS - 1) == 1
+    assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS * 10) == 4
+    assert choose_threads("auto") == 4  # work unknown
+
+
+def test_auto_keeps_the_users_setting(torch_default, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert choose_threads("auto", step_elements=1) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    torch.set_num_threads(3)  # after bayesgen loaded, to a count torch would not pick itself
+    assert choose_threads("auto", step_elements=1) is None
+    monkeypatch.setattr(_runtime, "_threads_at_import", 3)  # before bayesgen loaded
+    assert choose_threads("auto", step_elements=1) is None
+
+
+def test_explicit_counts_and_none(torch_default):
+    assert choose_threads(3, step_elements=1) == 3
+    assert choose_threads(None, step_elements=1) is None
+    for bad in (0, -1, 1.5, "many", True):
+        with pytest.raises(ValueError, match="num_threads"):
+            choose_threads(bad)
+
+
+def test_thread_count_restores_the_callers_count_even_on_error(torch_default):
+    with thread_count(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"), thread_count(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
+
+
+def _model(y, subsample=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("obs", len(y), subsample=subsample) as idx:
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+    _model.seen.append(torch.get_num_threads())
+
+
+def _guide(y, subsample=None):
+    loc = pyro.param("loc", torch.tensor(0.0))
+    scale = pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive)
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+def _fit(y, **kwargs):
+    _model.seen = []
+    return run_svi(_model, _guide, y, num_steps=30, learning_rate=0.05, seed=0, **kwargs)
+
+
+def test_a_fit_runs_on_the_chosen_count_and_gives_it_back(torch_default):
+    small = torch.linspace(-1, 1, 100)
+    _fit(small)
+    assert set(_model.seen) == {1} and torch.get_num_threads() == 2
+    large = torch.linspace(-1, 1, 2 * SMALL_STEP_ELEMENTS)
+    _fit(large)
+    assert set(_model.seen) == {4} and torch.get_num_threads() == 2
+    # a minibatch step reads its share of the rows
+    runner = SVIRunner(_model, _guide, data_size=len(large), batch_size=100, seed=0).init(large)
+    assert runner.step_elements == pytest.approx(100)
+    _fit(large, num_threads=3)
+    assert set(_model.seen) == {3} and torch.get_num_threads() == 2
+    _fit(small, num_threads=None)
+    assert set(_model.seen) == {2}
+
+
+def test_results_agree_across_thread_counts_to_rounding_and_bitwise_at_one_count(torch_default):
+    y = torch.randn(3 * SMALL_STEP_ELEMENTS, generator=torch.Generator().manual_seed(0)) + 0.5
+    one, two, two_again = (_fit(y, num_threads=n).losses for n in (1, 2, 2))
+    np.testing.assert_array_equal(two, two_again)
+    np.testing.assert_allclose(one, two, rtol=1e-5)
+
+
+def test_estimators_take_num_threads(torch_default, monkeypatch):
+    seen = []
+    real = infer._loss_and_grads
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infer, "_loss_and_grads", spy)
+    BetaBinomialTest(num_steps=20, average_last=0, num_threads=3).fit([30, 40], [100, 100])
+    assert seen and set(seen) == {3}
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="num_threads"):
+        BetaBinomialTest(num_threads="fast").fit([30, 40], [100, 100])
+
+
+def test_the_command_line_gives_openmp_a_short_spin_unless_the_user_chose_one():
+    import subprocess
+    import sys
+
+    from bayesgen.cli import OMP_SPIN_COUNT, _short_omp_spin
+
+    probe = (
+        "import sys; from bayesgen.cli import _short_omp_spin;"
+        "env = dict(a.split('=') for a in sys.argv[1:]); _short_omp_spin(env);"
+        "print(env.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    )
+
+    def run(*settings):
+        command = [sys.executable, "-c", probe, *settings]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    assert run().split() == [OMP_SPIN_COUNT, "False"]  # before torch loads
+    assert run("GOMP_SPINCOUNT=50").split() == ["50", "False"]
+    assert run("OMP_WAIT_POLICY=ACTIVE").split() == ["None", "False"]
+    env: dict[str, str] = {}
+    _short_omp_spin(env)  # torch is loaded in this process: OpenMP has read its settings already
+    assert env == {}
