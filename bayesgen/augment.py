@@ -95,15 +95,15 @@ def _check_known(labels: np.ndarray, classes: Sequence[Any], what: str) -> None:
         )
 
 
-def _per_class(n_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> dict[Any, int]:
-    if isinstance(n_per_class, Mapping):
-        unknown = [c for c in n_per_class if c not in set(classes)]
+def _per_class(num_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> dict[Any, int]:
+    if isinstance(num_per_class, Mapping):
+        unknown = [c for c in num_per_class if c not in set(classes)]
         if unknown:
-            raise ValueError(f"n_per_class names unknown classes {unknown}; classes are {list(classes)}")
-        given = {c: n_per_class.get(c, 0) for c in classes}
+            raise ValueError(f"num_per_class names unknown classes {unknown}; classes are {list(classes)}")
+        given = {c: num_per_class.get(c, 0) for c in classes}
     else:
-        given = {c: n_per_class for c in classes}
-    return {c: check_count(v, f"n_per_class[{c}]", minimum=0) for c, v in given.items()}
+        given = {c: num_per_class for c in classes}
+    return {c: check_count(v, f"num_per_class[{c}]", minimum=0) for c, v in given.items()}
 
 
 #: Copies of the synthetic rows alive at once while they are drawn and joined into one table.
@@ -123,7 +123,7 @@ def check_output_memory(n_rows: int, n_classes: int, n_columns: int, asked_by: s
     n_classes, n_columns : int
         Classes drawn from and feature columns, for the message.
     asked_by : str
-        What asked for the rows, for the message (``"--n-per-class 1000000000"``).
+        What asked for the rows, for the message (``"--num-per-class 1000000000"``).
 
     Raises
     ------
@@ -148,7 +148,7 @@ def augment(
     X: Any,
     y: Any,
     generator: Any,
-    n_per_class: int | Mapping[Any, int] = 100,
+    num_per_class: int | Mapping[Any, int] = 100,
     *,
     seed: int | None = 0,
 ) -> AugmentedData:
@@ -162,7 +162,7 @@ def augment(
         Their labels.
     generator : object with ``sample(n, y=label, seed=...)``
         A fitted generator; an unfitted bayesgen estimator is fitted on (X, y) first.
-    n_per_class : int or dict, default 100
+    num_per_class : int or dict, default 100
         Synthetic rows per class (a dict gives a number per class label).
     seed : int or None, default 0
         None draws fresh randomness (not repeatable).
@@ -178,7 +178,7 @@ def augment(
     >>> from bayesgen.models.gaussian_generator import GaussianGenerator
     >>> X, y = load_digits(return_X_y=True)
     >>> gen = GaussianGenerator(covariance="diag", method="exact", constant_features="keep")
-    >>> data = augment(X, y, gen, n_per_class=10)
+    >>> data = augment(X, y, gen, num_per_class=10)
     >>> int(data.synthetic.sum()), len(data.y) - len(y)
     (100, 100)
     """
@@ -196,8 +196,8 @@ def augment(
     classes = getattr(generator, "classes_", None)
     classes = list(np.unique(labels) if classes is None else classes)
     _check_known(labels, classes, "y")
-    counts = _per_class(n_per_class, classes)
-    check_output_memory(sum(counts.values()), len(counts), arr.shape[1], f"n_per_class={n_per_class!r}")
+    counts = _per_class(num_per_class, classes)
+    check_output_memory(sum(counts.values()), len(counts), arr.shape[1], f"num_per_class={num_per_class!r}")
     # A drawn seed: else each class's draw would fall back to the generator's seed.
     seed = fresh_seed() if seed is None else check_seed(seed)
     parts_x, parts_y = [], []
@@ -256,7 +256,7 @@ class LedoitWolfSampler:
     --------
     >>> from sklearn.datasets import load_digits
     >>> X, y = load_digits(return_X_y=True)
-    >>> data = augment(X, y, LedoitWolfSampler(clip=(0, 16)), n_per_class=10)
+    >>> data = augment(X, y, LedoitWolfSampler(clip=(0, 16)), num_per_class=10)
     >>> int(data.synthetic.sum())
     100
     """
@@ -381,7 +381,7 @@ def tstr(
     X_test: Any,
     y_test: Any,
     *,
-    n_per_class: int | Mapping[Any, int] | None = None,
+    num_per_class: int | Mapping[Any, int] | None = None,
     classifier: Callable[[], Any] = default_classifier,
     seed: int | None = 0,
 ) -> dict[str, float]:
@@ -392,7 +392,7 @@ def tstr(
     generator : fitted generator (fitted on ``X_train, y_train``)
     X_train, y_train : real training data (for TRTR)
     X_test, y_test : real test data
-    n_per_class : int or dict, optional
+    num_per_class : int or dict, optional
         Synthetic rows per class; default the training class counts.
     classifier : callable, default :func:`default_classifier`
         Returns a fresh scikit-learn classifier (e.g. :func:`mlp_classifier`).
@@ -408,19 +408,19 @@ def tstr(
     labels = check_labels(y_train, len(train), "y_train")
     test = as_feature_matrix(X_test, "X_test", n_features=train.shape[1])[0]
     test_labels = check_labels(y_test, len(test), "y_test")
-    if n_per_class is None:
+    if num_per_class is None:
         values, counts = np.unique(labels, return_counts=True)
-        n_per_class = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        num_per_class = dict(zip(values.tolist(), counts.tolist(), strict=True))
     classes = list(getattr(generator, "classes_", np.unique(labels)))
     _check_known(test_labels, classes, "y_test")
     seed = fresh_seed() if seed is None else seed
     parts = [
         generator.sample(n, y=c, seed=seed + i)
-        for i, (c, n) in enumerate(_per_class(n_per_class, classes).items())
+        for i, (c, n) in enumerate(_per_class(num_per_class, classes).items())
         if n
     ]
     if not parts:
-        raise ValueError("n_per_class asks for no synthetic rows; TSTR needs some")
+        raise ValueError("num_per_class asks for no synthetic rows; TSTR needs some")
     Xs = np.concatenate([np.asarray(p[0], dtype=float) for p in parts])
     ys = np.concatenate([np.asarray(p[1]) for p in parts])
     tstr_acc = float(classifier().fit(Xs, ys).score(test, test_labels))
@@ -492,7 +492,7 @@ def low_data_experiment(
     y_test: Any,
     *,
     k_per_class: Sequence[int] = (20, 100),
-    n_synthetic_per_class: int = 500,
+    num_synthetic_per_class: int = 500,
     classifier: Callable[[], Any] = default_classifier,
     repeats: int = 3,
     seed: int | None = 0,
@@ -502,7 +502,7 @@ def low_data_experiment(
 
     For each k and repeat, k rows per class are drawn from the training data;
     a classifier is trained on them alone, and on them plus
-    ``n_synthetic_per_class`` rows per class from a generator fitted to the
+    ``num_synthetic_per_class`` rows per class from a generator fitted to the
     same k rows. Both are scored on the same real test set. With
     ``unlabelled``, the generator is fitted semi-supervised,
     ``fit(X_k, y_k, unlabelled=unlabelled)`` (the classifier still sees the
@@ -514,7 +514,7 @@ def low_data_experiment(
         Returns a fresh, unfitted generator (``fit(X, y)`` and ``sample``).
     X_train, y_train, X_test, y_test : array_like
     k_per_class : sequence of int, default (20, 100)
-    n_synthetic_per_class : int, default 500
+    num_synthetic_per_class : int, default 500
     classifier : callable, default :func:`default_classifier`
         Returns a fresh scikit-learn classifier. Which one matters: with labelled rows
         only, the Gaussian generator's samples help a classifier that can learn a curved
@@ -553,7 +553,7 @@ def low_data_experiment(
             real = float(classifier().fit(Xk, yk).score(X_test, y_test))
             gen = make_generator()
             gen = gen.fit(Xk, yk) if unlabelled is None else gen.fit(Xk, yk, unlabelled=unlabelled)
-            data = augment(Xk, yk, gen, n_per_class=n_synthetic_per_class, seed=seed + 1000 * rep + k)
+            data = augment(Xk, yk, gen, num_per_class=num_synthetic_per_class, seed=seed + 1000 * rep + k)
             aug = float(classifier().fit(data.X, data.y).score(X_test, y_test))
             rows.append({"k": k, "repeat": rep, "real_only": real, "augmented": aug, "gain": aug - real})
     return pd.DataFrame(rows)

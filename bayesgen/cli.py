@@ -448,7 +448,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
                 table[args.label] = labels.astype("int64")
     X, y, names = validate_xy(table, label=args.label)
     n_classes = len(pd.unique(y))
-    check_output_memory(args.n_per_class * n_classes, n_classes, len(names), f"--n-per-class {args.n_per_class}")
+    check_output_memory(args.num_per_class * n_classes, n_classes, len(names), f"--num-per-class {args.num_per_class}")
     features = pd.DataFrame(X, columns=names)
     if unlabelled is not None:
         unlabelled = unlabelled[names]  # the labelled rows' feature columns, so a stray column is no feature
@@ -464,14 +464,14 @@ def _cmd_augment(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     ).fit(features, y, unlabelled=unlabelled)
-    data = augment(features, y, gen, n_per_class=args.n_per_class, seed=args.seed)
+    data = augment(features, y, gen, num_per_class=args.num_per_class, seed=args.seed)
     out = data.to_frame(label=args.label)
     with atomic_path(args.out, overwrite=args.overwrite) as tmp:
         out.to_csv(tmp, index=False)
     n_syn = int(data.synthetic.sum())
     print(
         f"wrote {args.out}: {len(out) - n_syn} real rows + {n_syn} synthetic rows "
-        f"({args.n_per_class} per class, column 'synthetic' marks them)"
+        f"({args.num_per_class} per class, column 'synthetic' marks them)"
     )
     if unlabelled is not None and gen.unlabelled_history_ is None:
         print(
@@ -668,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     aug = sub.add_parser("augment", help="add synthetic rows from a Gaussian class-conditional generator")
     aug.add_argument("--csv", required=True, help="CSV with numeric feature columns and a label column")
     aug.add_argument("--label", required=True, help="label column")
-    aug.add_argument("--n-per-class", type=_integer(0), default=100, help="synthetic rows per class (default 100)")
+    aug.add_argument("--num-per-class", type=_integer(0), default=100, help="synthetic rows per class (default 100)")
     aug.add_argument("--out", required=True, help="output CSV: real + synthetic rows, with a 'synthetic' column")
     aug.add_argument(
         "--covariance",

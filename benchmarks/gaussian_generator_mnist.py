@@ -219,7 +219,7 @@ def main() -> None:
     for name, model in models.items() if "tstr" in parts else ():
         start = time.perf_counter()
         results[f"tstr_{name}"] = tstr(
-            model, X_train[clf_rows], y_train[clf_rows], X_test, y_test, n_per_class=per_class, seed=0
+            model, X_train[clf_rows], y_train[clf_rows], X_test, y_test, num_per_class=per_class, seed=0
         )
         results[f"tstr_{name}"]["seconds"] = time.perf_counter() - start
         synth = np.concatenate([model.sample(200, y=int(c), seed=7)[0] for c in np.unique(y_train)])
@@ -260,7 +260,7 @@ def main() -> None:
                     X_test,
                     y_test,
                     k_per_class=(20, 100),
-                    n_synthetic_per_class=n_syn,
+                    num_synthetic_per_class=n_syn,
                     repeats=args.repeats,
                     seed=0,
                     unlabelled=unlabelled,

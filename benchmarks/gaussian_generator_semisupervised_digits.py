@@ -47,7 +47,7 @@ def main() -> None:
                     covariance="full", method="exact", constant_features="keep", clip=(0, 1), **settings
                 )
                 gen.fit(X_train[few], y_train[few], **({} if weight is None else {"unlabelled": X_train[rest]}))
-                data = augment(X_train[few], y_train[few], gen, n_per_class=100, seed=rep)
+                data = augment(X_train[few], y_train[few], gen, num_per_class=100, seed=rep)
                 augmented = default_classifier().fit(data.X, data.y).score(X_test, y_test)
                 rows.append(
                     {

@@ -6,6 +6,7 @@ a bad-input case). Adding a model means adding one entry here.
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -130,12 +131,9 @@ ESTIMATORS = [
 
 
 def assert_same_draws(a, b):
-    if isinstance(a, pd.DataFrame):
-        pd.testing.assert_frame_equal(a, b)
-    else:
-        assert a.keys() == b.keys()
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 @pytest.fixture(autouse=True)
@@ -165,8 +163,20 @@ class TestEstimatorContract:
     def test_same_seed_same_result(self, make, fit, bad, dims):
         a, b, c = fit(make(seed=1)), fit(make(seed=1)), fit(make(seed=2))
         np.testing.assert_array_equal(a.losses_, b.losses_)
-        assert_same_draws(a.posterior(200), b.posterior(200))
+        draws = a.posterior(200)
+        assert_same_draws(draws, b.posterior(200))
         assert not np.array_equal(a.losses_, c.losses_)
+        # one posterior() contract: a dict of arrays, draws on the first axis, named as the model's sites
+        assert isinstance(draws, dict) and draws
+        assert all(isinstance(v, np.ndarray) and v.shape[0] == 200 for v in draws.values()), draws.keys()
+        other = a.posterior(200, seed=a.seed + 1)
+        assert any(not np.array_equal(draws[k], other[k]) for k in draws)
+
+    def test_posterior_signature_is_shared(self, make, fit, bad, dims):
+        params = list(inspect.signature(type(make()).posterior).parameters.values())
+        assert [p.name for p in params[:2]] == ["self", "num_samples"]
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:])
+        assert "seed" in [p.name for p in params[2:]]
 
     def test_seed_none_fits_with_fresh_randomness(self, make, fit, bad, dims):
         a, b = fit(make(seed=None)), fit(make(seed=None))
@@ -412,3 +422,34 @@ def test_seed_none_means_fresh_randomness_not_a_crash():
     lda = ProdLDA(num_topics=2, hidden_dim=8, num_epochs=2, batch_size=40, seed=None).fit(counts)
     tree = lda.to_arviz(num_samples=5)
     assert "posterior" in tree.children
+
+
+#: Sizes read off data that helpers take to check it (``n_rows`` rows, ``n_features`` columns).
+_DATA_SIZES = {"n_rows", "n_features", "n_classes", "n_columns"}
+
+
+def test_counts_a_user_asks_for_are_named_num():
+    """Pyro's vocabulary for a count you choose (num_samples, num_steps, num_per_class); n_* is a size of
+    the data (n_rows) or a fitted count (n_steps_)."""
+    import importlib
+    import pkgutil
+
+    import bayesgen
+
+    offenders = []
+    for info in pkgutil.walk_packages(bayesgen.__path__, "bayesgen."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name, None)
+            members = [obj]
+            if inspect.isclass(obj):
+                members = [obj.__init__] + [v for k, v in vars(obj).items() if not k.startswith("_") and callable(v)]
+            for member in members:
+                try:
+                    params = inspect.signature(member).parameters
+                except (TypeError, ValueError):
+                    continue
+                offenders += [f"{info.name}.{name}({p})" for p in params if p.startswith("n_") and p not in _DATA_SIZES]
+    assert not offenders, f"counts the user chooses are num_*: {sorted(set(offenders))}"

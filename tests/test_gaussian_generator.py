@@ -25,12 +25,12 @@ from bayesgen.datasets import load_digits
 from bayesgen.models.gaussian_generator import GaussianGenerator, exact_posterior, guide, model
 
 
-def simulated(n_per_class=(400, 150, 40), d=4, seed=0):
+def simulated(num_per_class=(400, 150, 40), d=4, seed=0):
     """Three Gaussian classes with known means and covariances, unbalanced."""
     rng = np.random.default_rng(seed)
     means = np.array([[0.0, 0, 0, 0], [3, -1, 0, 2], [-2, 2, 1, 0]])[:, :d]
     X, y = [], []
-    for c, n in enumerate(n_per_class):
+    for c, n in enumerate(num_per_class):
         A = rng.normal(size=(d, d)) * 0.4
         cov = A @ A.T + np.diag(np.full(d, 0.5 + 0.3 * c))
         X.append(rng.multivariate_normal(means[c], cov, size=n))
@@ -70,7 +70,7 @@ def test_model_and_guide_share_sites_and_log_prob_is_finite(covariance):
 
 # ------------------------------------------------- statistical vs closed form
 def test_exact_posterior_concentrates_on_the_simulated_means():
-    X, y, means = simulated(n_per_class=(3000, 3000, 3000))
+    X, y, means = simulated(num_per_class=(3000, 3000, 3000))
     gen = GaussianGenerator(covariance="full", method="exact").fit(X, y)
     np.testing.assert_allclose(gen.class_means().to_numpy(), means, atol=0.08)
     np.testing.assert_allclose(gen.class_weights().to_numpy(), [1 / 3] * 3, atol=0.01)
@@ -97,7 +97,7 @@ def test_svi_posterior_means_match_closed_form(covariance):
 
 
 def test_shrinkage_lets_a_tiny_class_borrow_strength():
-    X, y, _ = simulated(n_per_class=(400, 400, 3))
+    X, y, _ = simulated(num_per_class=(400, 400, 3))
     gen = GaussianGenerator(covariance="full", method="exact", shrinkage=20.0).fit(X, y)
     # three rows cannot estimate a 4x4 covariance; the posterior stays positive definite
     assert np.linalg.eigvalsh(np.linalg.inv(gen.exact_["precision_mean"][2])).min() > 0
@@ -106,10 +106,10 @@ def test_shrinkage_lets_a_tiny_class_borrow_strength():
 
 
 def test_lowrank_recovers_class_structure_and_classifies():
-    X, y, means = simulated(n_per_class=(800, 800, 800))
+    X, y, means = simulated(num_per_class=(800, 800, 800))
     gen = GaussianGenerator(covariance="lowrank", rank=2, num_steps=1500, seed=0).fit(X, y)
     np.testing.assert_allclose(gen.class_means().to_numpy(), means, atol=0.25)
-    X_new, y_new, _ = simulated(n_per_class=(300, 300, 300), seed=1)
+    X_new, y_new, _ = simulated(num_per_class=(300, 300, 300), seed=1)
     assert np.mean(gen.predict(X_new) == y_new) > 0.9
     proba = gen.predict_proba(X_new[:5])
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
@@ -117,7 +117,7 @@ def test_lowrank_recovers_class_structure_and_classifies():
 
 # --------------------------------------------------------- sampling verbs
 def test_sample_proportions_classes_and_clip():
-    X, y, _ = simulated(n_per_class=(600, 300, 100))
+    X, y, _ = simulated(num_per_class=(600, 300, 100))
     gen = GaussianGenerator(covariance="diag", method="exact", clip=(-1.0, 1.0)).fit(X, y)
     Xs, ys = gen.sample(4000, seed=0)
     np.testing.assert_allclose(np.bincount(ys, minlength=3) / 4000, [0.6, 0.3, 0.1], atol=0.03)
@@ -179,20 +179,20 @@ def test_digits_lowrank_svi_fits_and_samples_look_like_their_class(digits_split)
 def test_augment_marks_synthetic_rows_and_keeps_real_ones(digits_split):
     X_tr, _, y_tr, _ = digits_split
     gen = GaussianGenerator(covariance="diag", method="exact", constant_features="keep", clip=(0, 1))
-    data = augment(X_tr, y_tr, gen, n_per_class={0: 30, 1: 10}, seed=0)
+    data = augment(X_tr, y_tr, gen, num_per_class={0: 30, 1: 10}, seed=0)
     assert data.synthetic.sum() == 40 and (~data.synthetic).sum() == len(X_tr)
     np.testing.assert_array_equal(data.X[~data.synthetic], X_tr)
     assert sorted(np.unique(data.y[data.synthetic]).tolist()) == [0, 1]
     frame = data.to_frame(label="digit")
     assert frame["synthetic"].sum() == 40 and "digit" in frame
     with pytest.raises(ValueError, match="unknown classes"):
-        augment(X_tr, y_tr, gen, n_per_class={"cat": 3})
+        augment(X_tr, y_tr, gen, num_per_class={"cat": 3})
 
 
 def test_ledoit_wolf_baseline_draws_from_the_shrunk_plug_in_normal():
     from sklearn.covariance import LedoitWolf
 
-    X, y, _ = simulated(n_per_class=(60, 30, 12), d=4)
+    X, y, _ = simulated(num_per_class=(60, 30, 12), d=4)
     sampler = LedoitWolfSampler(seed=0).fit(X, y)
     for c in range(3):
         rows = X[y == c]
@@ -214,7 +214,7 @@ def test_ledoit_wolf_baseline_draws_from_the_shrunk_plug_in_normal():
 
 def test_ledoit_wolf_baseline_in_augment_and_the_low_data_experiment(digits_split):
     X_tr, X_te, y_tr, y_te = digits_split
-    data = augment(X_tr, y_tr, LedoitWolfSampler(clip=(0, 1)), n_per_class=5, seed=0)
+    data = augment(X_tr, y_tr, LedoitWolfSampler(clip=(0, 1)), num_per_class=5, seed=0)
     assert data.synthetic.sum() == 50
     table = low_data_experiment(
         lambda: LedoitWolfSampler(clip=(0, 1)),
@@ -224,13 +224,13 @@ def test_ledoit_wolf_baseline_in_augment_and_the_low_data_experiment(digits_spli
         y_te,
         k_per_class=(5,),
         repeats=1,
-        n_synthetic_per_class=50,
+        num_synthetic_per_class=50,
     )
     assert len(table) == 1 and 0.5 < table["augmented"].iloc[0] <= 1
 
 
 def test_ledoit_wolf_baseline_bad_input():
-    X, y, _ = simulated(n_per_class=(10, 10, 1), d=3)
+    X, y, _ = simulated(num_per_class=(10, 10, 1), d=3)
     with pytest.raises(ValueError, match=r"class 2 has 1 row\(s\)"):
         LedoitWolfSampler().fit(X, y)
     with pytest.raises(ValueError, match="not fitted"):
@@ -350,7 +350,7 @@ def test_class_multivariate_normal_matches_torch_mvn_from_precision():
 def test_exact_predictive_matches_monte_carlo_of_the_posterior():
     # The Student-t predictive must equal sampling parameters from the exact
     # Normal-Gamma posterior and then data: compare predictive sd per feature.
-    X, y, _ = simulated(n_per_class=(30, 30, 30), d=3)
+    X, y, _ = simulated(num_per_class=(30, 30, 30), d=3)
     gen = GaussianGenerator(covariance="diag", method="exact").fit(X, y)
     z = (X - gen._shift) / gen._scale
     post = exact_posterior(z, y, 3, covariance="diag")
@@ -396,7 +396,7 @@ def test_more_bad_input_is_clear():
     with pytest.raises(ValueError, match="too large to standardise"):
         GaussianGenerator(covariance="diag", method="exact").fit(X * 1e200, y)
     for n in (1.5, True, {0: 2.5}):
-        with pytest.raises(ValueError, match=r"n_per_class\[0\] must be an integer >= 0"):
+        with pytest.raises(ValueError, match=r"num_per_class\[0\] must be an integer >= 0"):
             augment(X, y, gen, n)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         gen.posterior(0)
@@ -443,7 +443,7 @@ def test_a_curved_classifier_inherits_the_generators_quadratic_rule_and_a_linear
         gen = GaussianGenerator(covariance="full", method="exact").fit(X_k, y_k)
         own = np.mean(gen.predict(X_test) == y_test)
         assert own > 0.75  # the generator's quadratic rule, learnt from 20 rows
-        data = augment(X_k, y_k, gen, n_per_class=1000, seed=seed)
+        data = augment(X_k, y_k, gen, num_per_class=1000, seed=seed)
         mlp_real = mlp_classifier().fit(X_k, y_k).score(X_test, y_test)
         mlp_aug = mlp_classifier().fit(data.X, data.y).score(X_test, y_test)
         assert abs(mlp_aug - own) < 0.03, (mlp_aug, own)
@@ -499,7 +499,7 @@ def test_augmentation_helpers_check_their_inputs():
         low_data_experiment(make, X, y, X, y, k_per_class=(5,), repeats=2, unlabelled=X[:, :3])
     assert fitted_with == []
     table = low_data_experiment(
-        make, X, y, X, y, k_per_class=(5,), n_synthetic_per_class=5, repeats=2, unlabelled=X[:30]
+        make, X, y, X, y, k_per_class=(5,), num_synthetic_per_class=5, repeats=2, unlabelled=X[:30]
     )
     assert len(table) == 2 and len(fitted_with) == 2
     assert all(u is not None and u.shape == (30, 4) for u in fitted_with)
@@ -516,7 +516,7 @@ def test_one_sided_clip_fits_saves_and_loads(tmp_path):
 
 
 # ----------------------------------------------------- principal subspace
-def subspace_data(n_per_class=1500, d=40, noise_var=0.04, seed=0):
+def subspace_data(num_per_class=1500, d=40, noise_var=0.04, seed=0):
     """Three classes that differ only in a 3-D subspace of d features, isotropic noise off it.
 
     Returns X, y and the truth: centre, orthonormal basis, class means and
@@ -531,11 +531,11 @@ def subspace_data(n_per_class=1500, d=40, noise_var=0.04, seed=0):
     for c in range(3):
         A = rng.normal(size=(3, 3))
         covs.append(A @ A.T + np.diag([2.0, 1.0, 0.5]))
-        z = rng.multivariate_normal(means[c], covs[c], size=n_per_class)
-        noise = rng.normal(size=(n_per_class, d)) * np.sqrt(noise_var)
+        z = rng.multivariate_normal(means[c], covs[c], size=num_per_class)
+        noise = rng.normal(size=(num_per_class, d)) * np.sqrt(noise_var)
         noise -= (noise @ basis) @ basis.T
         X.append(centre + z @ basis.T + noise)
-        y.append(np.full(n_per_class, c))
+        y.append(np.full(num_per_class, c))
     truth = {"centre": centre, "basis": basis, "means": means, "covs": np.stack(covs), "noise_var": noise_var}
     return np.concatenate(X), np.concatenate(y), truth
 
@@ -562,7 +562,7 @@ def true_subspace_log_density(X, truth, weights=(1 / 3, 1 / 3, 1 / 3)):
 def test_principal_subspace_matches_the_eigendecomposition():
     from bayesgen.models.gaussian_generator import principal_subspace
 
-    X, _, _ = subspace_data(n_per_class=200, d=12)
+    X, _, _ = subspace_data(num_per_class=200, d=12)
     sub = principal_subspace(X, 4)
     eigval, eigvec = np.linalg.eigh(np.cov(X, rowvar=False))  # ascending
     top = eigvec[:, -4:]
@@ -629,7 +629,7 @@ def test_subspace_samples_follow_the_fitted_model():
 
 
 def test_residual_changes_the_density_but_not_the_class_probabilities():
-    X, y, truth = subspace_data(n_per_class=300)
+    X, y, truth = subspace_data(num_per_class=300)
     gen = GaussianGenerator(covariance="full", method="exact", subspace=3).fit(X, y)
     basis = gen.subspace_["basis"]
     rng = np.random.default_rng(0)
@@ -649,7 +649,7 @@ def test_residual_changes_the_density_but_not_the_class_probabilities():
 
 @pytest.mark.parametrize("covariance", ["diag", "lowrank"])
 def test_subspace_with_other_covariances_and_svi_classifies(covariance):
-    X, y, truth = subspace_data(n_per_class=500)
+    X, y, truth = subspace_data(num_per_class=500)
     gen = GaussianGenerator(covariance=covariance, rank=2, subspace=3, num_steps=200, seed=0).fit(X, y)
     assert gen.subspace_["basis"].shape == (40, 3)
     # As accurate as the exact diagonal model fitted to the true scores (rank 2 is richer than diagonal).
@@ -682,7 +682,7 @@ def test_subspace_save_load_and_older_files(tmp_path, digits_split, make_older):
 
 
 def test_subspace_errors_are_clear():
-    X, y, _ = subspace_data(n_per_class=10, d=8)
+    X, y, _ = subspace_data(num_per_class=10, d=8)
     for bad in (0, 2.5, True, "3"):
         with pytest.raises(ValueError, match="subspace"):
             GaussianGenerator(subspace=bad).fit(X, y)
@@ -702,7 +702,7 @@ def test_subspace_errors_are_clear():
 def test_subspace_file_without_its_tensors_is_a_clear_error(tmp_path, make_older):
     from bayesgen.models._base import ModelFileError
 
-    X, y, _ = subspace_data(n_per_class=100, d=10)
+    X, y, _ = subspace_data(num_per_class=100, d=10)
     GaussianGenerator(covariance="diag", method="exact", subspace=3).fit(X, y).save(tmp_path / "g")
     make_older(tmp_path / "g", tensors=("subspace.basis",))
     with pytest.raises(ModelFileError, match="subspace=3 does not match .* lack a principal subspace"):
@@ -716,7 +716,7 @@ def test_subspace_file_without_its_tensors_is_a_clear_error(tmp_path, make_older
 
 
 def test_unlabelled_rows_find_the_subspace_that_few_labelled_rows_miss():
-    X, y, truth = subspace_data(n_per_class=1000, noise_var=0.5)
+    X, y, truth = subspace_data(num_per_class=1000, noise_var=0.5)
     rng = np.random.default_rng(3)
     few = np.concatenate([rng.choice(np.flatnonzero(y == c), 5, replace=False) for c in range(3)])
     rest = np.setdiff1d(np.arange(len(X)), few)
@@ -742,12 +742,12 @@ def test_unlabelled_rows_find_the_subspace_that_few_labelled_rows_miss():
     assert em.unlabelled_history_[-1] == pytest.approx(em.score_samples(X[rest]).mean(), abs=1e-6)
 
 
-def two_gaussian_classes(n_per_class, seed):
+def two_gaussian_classes(num_per_class, seed):
     means = np.array([[-1.5, 0.0], [1.5, 1.0]])
     cov = np.array([[1.0, 0.6], [0.6, 1.0]])
     rng = np.random.default_rng(seed)
-    X = np.concatenate([rng.multivariate_normal(m, cov, n_per_class) for m in means])
-    return X, np.repeat([0, 1], n_per_class), means, cov
+    X = np.concatenate([rng.multivariate_normal(m, cov, num_per_class) for m in means])
+    return X, np.repeat([0, 1], num_per_class), means, cov
 
 
 def test_unlabelled_rows_teach_the_class_model_by_em(tmp_path):
@@ -828,11 +828,13 @@ def test_full_predictive_log_prob_is_the_multivariate_t():
     torch.testing.assert_close(predictive_joint_log_prob(pred, "full", x), truth, rtol=1e-10, atol=1e-10)
 
 
-def shifted_gaussian_classes(n_per_class, shift, seed):
+def shifted_gaussian_classes(num_per_class, shift, seed):
     """Two unit-covariance Gaussian classes at (-1.5, 0) and (1.5, 0), every row moved ``shift`` along x."""
     rng = np.random.default_rng(seed)
-    X = np.concatenate([rng.normal([-1.5, 0.0], 1.0, (n_per_class, 2)), rng.normal([1.5, 0.0], 1.0, (n_per_class, 2))])
-    return X + [shift, 0.0], np.repeat([0, 1], n_per_class)
+    X = np.concatenate(
+        [rng.normal([-1.5, 0.0], 1.0, (num_per_class, 2)), rng.normal([1.5, 0.0], 1.0, (num_per_class, 2))]
+    )
+    return X + [shift, 0.0], np.repeat([0, 1], num_per_class)
 
 
 def test_em_guard_weights_down_or_drops_unlabelled_rows_from_another_distribution():
@@ -933,7 +935,7 @@ def test_soft_rows_with_one_hot_weights_are_labelled_rows():
 
 
 def test_unlabelled_rows_are_checked():
-    X, y, _ = subspace_data(n_per_class=30, d=8)
+    X, y, _ = subspace_data(num_per_class=30, d=8)
     frame = pd.DataFrame(X, columns=list("abcdefgh"))
     with pytest.raises(ValueError, match="only to find the principal subspace"):
         GaussianGenerator(covariance="diag", method="exact", unlabelled_iterations=0).fit(X, y, unlabelled=X)
@@ -989,7 +991,7 @@ def test_chunked_full_predictive_equals_the_per_row_multivariate_t(monkeypatch):
     from bayesgen.models import _gaussian_distributions
     from bayesgen.models._gaussian_covariance import predictive_joint_log_prob
 
-    X, y, _ = simulated(n_per_class=(60, 40, 30))
+    X, y, _ = simulated(num_per_class=(60, 40, 30))
     gen = GaussianGenerator(covariance="full", method="exact").fit(X, y)
     pred = gen._predictive
     x = torch.as_tensor(gen._to_model_space(X[:23] + 0.5), dtype=torch.float64)
@@ -1009,7 +1011,7 @@ def test_chunked_lowrank_draws_equal_the_per_row_low_rank_normal(monkeypatch):
 
     from bayesgen.models import _gaussian_distributions
 
-    X, y, _ = simulated(n_per_class=(60, 40, 30))
+    X, y, _ = simulated(num_per_class=(60, 40, 30))
     gen = GaussianGenerator(covariance="lowrank", rank=2, noise="diagonal", num_steps=30, seed=0).fit(X, y)
     xv = gen._to_model_space(X[:17])
     monkeypatch.setattr(_gaussian_distributions, "CHUNK_ELEMENTS", 5 * xv.shape[1] * 3)

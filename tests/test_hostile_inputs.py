@@ -240,7 +240,7 @@ CLI_ROWS = [
     ([*AB, "--batch-size", "2.5"], "--batch-size must be an integer >= 1"),
     ([*AB, "--ci", "1"], "--ci must be a number in (0, 1)"),
     ([*AB, "--ci", "nan"], "--ci must be a number in (0, 1)"),
-    ([*AUGMENT, "--n-per-class", "-1"], "--n-per-class must be an integer >= 0"),
+    ([*AUGMENT, "--num-per-class", "-1"], "--num-per-class must be an integer >= 0"),
     ([*AUGMENT, "--rank", "0"], "--rank must be an integer >= 1"),
     ([*AUGMENT, "--subspace", "0"], "--subspace must be an integer >= 1"),
     ([*AUGMENT, "--num-steps", "-5"], "--num-steps must be an integer >= 1"),
@@ -259,11 +259,11 @@ CLI_ROWS = [
             "digit",
             "--out",
             "{root}/never.csv",
-            "--n-per-class",
+            "--num-per-class",
             "1000000000",
             "--quiet",
         ],
-        "--n-per-class 1000000000 asks for 10 classes × 1e+09 rows × 64 columns",
+        "--num-per-class 1000000000 asks for 10 classes × 1e+09 rows × 64 columns",
     ),
 ]
 
@@ -333,7 +333,7 @@ def _augment_huge(files: dict[str, pathlib.Path]) -> None:
     from bayesgen.models import GaussianGenerator
 
     X = np.random.default_rng(0).normal(size=(20, 3))
-    augment(X, np.arange(20) % 2, GaussianGenerator(covariance="diag", method="exact"), n_per_class=10**12)
+    augment(X, np.arange(20) % 2, GaussianGenerator(covariance="diag", method="exact"), num_per_class=10**12)
 
 
 API_ROWS = [
@@ -344,7 +344,7 @@ API_ROWS = [
     (_ab(prior=(1.0, float("nan"))), ValueError, "prior parameters must be in"),
     (_ab(seed=10**23), ValueError, "seed must be an integer in [0, 4294967295]"),
     (_ab(names=[" ", "b"]), ValueError, "variant names must not be blank"),
-    (_augment_huge, MemoryError, "n_per_class=1000000000000 asks for 2 classes"),
+    (_augment_huge, MemoryError, "num_per_class=1000000000000 asks for 2 classes"),
     (
         lambda files: __import__("bayesgen.datasets").datasets.read_csv(files["dup"]),
         ValueError,

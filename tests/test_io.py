@@ -351,7 +351,7 @@ def _augment(csv, out, *extra):
             str(csv),
             "--label",
             "y",
-            "--n-per-class",
+            "--num-per-class",
             "5",
             "--out",
             str(out),

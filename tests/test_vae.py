@@ -135,7 +135,7 @@ def test_conditional_samples_are_the_requested_class(cvae, digits):
 
 def test_conditional_vae_feeds_augmentation(cvae, digits):
     X, y = digits
-    data = augment(X[:100], y[:100], cvae, n_per_class=5, seed=0)
+    data = augment(X[:100], y[:100], cvae, num_per_class=5, seed=0)
     assert data.X.shape == (150, 64) and data.synthetic.sum() == 50
     assert np.array_equal(data.X[:100], X[:100])
     assert sorted(np.bincount(data.y[data.synthetic])) == [5] * 10
@@ -146,7 +146,7 @@ def test_unconditional_vae_cannot_make_a_class(fitted, digits):
     with pytest.raises(ValueError, match="not conditional"):
         fitted.sample(3, y=2)
     with pytest.raises(ValueError, match="not conditional"):
-        augment(X[:50], y[:50], fitted, n_per_class=2)
+        augment(X[:50], y[:50], fitted, num_per_class=2)
 
 
 def test_conv_architecture_and_other_likelihoods_train(digits):

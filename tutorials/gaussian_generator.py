@@ -103,7 +103,7 @@ print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in check.items()
 # `augment` returns the real rows plus synthetic ones and a mask telling which is which.
 
 # %%
-data = augment(X_train, y_train, gen, n_per_class=50, seed=seed)
+data = augment(X_train, y_train, gen, num_per_class=50, seed=seed)
 print(data.X.shape, int(data.synthetic.sum()), "synthetic rows")
 clf = default_classifier().fit(data.X, data.y)
 print(f"accuracy, trained on real + synthetic: {clf.score(X_test, y_test):.3f}")
@@ -132,7 +132,7 @@ table = low_data_experiment(
     X_test,
     y_test,
     k_per_class=(10,) if SMOKE else (10, 30),
-    n_synthetic_per_class=200,
+    num_synthetic_per_class=200,
     repeats=1 if SMOKE else 3,
     seed=seed,
 )
@@ -156,7 +156,7 @@ real_only = default_classifier().fit(X_train[few], y_train[few]).score(X_test, y
 for name, extra in (("labelled rows only", {}), ("with unlabelled rows", {"unlabelled": X_train[rest]})):
     small = GaussianGenerator(covariance="full", method="exact", constant_features="keep", clip=(0, 1))
     small.fit(X_train[few], y_train[few], **extra)
-    data = augment(X_train[few], y_train[few], small, n_per_class=100, seed=seed)
+    data = augment(X_train[few], y_train[few], small, num_per_class=100, seed=seed)
     augmented = default_classifier().fit(data.X, data.y).score(X_test, y_test)
     print(
         f"{name}: the generator classifies at {np.mean(small.predict(X_test) == y_test):.3f}; logistic "

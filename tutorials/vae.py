@@ -117,5 +117,5 @@ print(f"test ELBO {elbo.mean():.2f} nats, IWAE (K={k}) {iwae.mean():.2f} nats pe
 # %%
 tree = vae.to_arviz(100, rows=range(5))
 print(summary(tree, var_names=["z"]).head())
-data = augment(X_train[:200], y_train[:200], vae, n_per_class=20, seed=seed)
+data = augment(X_train[:200], y_train[:200], vae, num_per_class=20, seed=seed)
 print(data.X.shape, int(data.synthetic.sum()), "synthetic rows")

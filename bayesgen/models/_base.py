@@ -268,6 +268,17 @@ class BayesianEstimator:
         self.fit_seconds_ = result.elapsed_s
         return result
 
+    def posterior(self, num_samples: int | None = None, *, seed: int | None = None) -> dict[str, Any]:
+        """Posterior draws, in one shape for every model.
+
+        Each model returns a dict of NumPy arrays named as its model's sample sites, every array with
+        the draws on its first axis (``num_samples`` long); the same ``seed`` gives the same draws,
+        and ``seed=None`` means the estimator's own. Further keyword-only arguments choose whose
+        local latents are drawn (a VAE's ``X``, ProdLDA's ``docs``). :meth:`to_arviz` puts the same
+        kind of draws in an ArviZ DataTree.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define posterior()")
+
     def _params_numpy(self) -> dict[str, Any]:
         """Constrained values of the fitted guide parameters, as NumPy arrays."""
         with param_scope(self._param_state):

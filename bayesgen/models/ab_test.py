@@ -801,8 +801,9 @@ class BetaBinomialTest(BayesianEstimator):
         return state
 
     # ------------------------------------------------------------ verbs
-    def posterior(self, num_samples: int | None = None, *, seed: int | None = None) -> pd.DataFrame:
-        """Draws of every variant's rate from the fitted posterior.
+    def posterior(self, num_samples: int | None = None, *, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Draws of every variant's rate from the fitted posterior (the contract of
+        :meth:`~bayesgen.models._base.BayesianEstimator.posterior`).
 
         Parameters
         ----------
@@ -813,8 +814,18 @@ class BetaBinomialTest(BayesianEstimator):
 
         Returns
         -------
+        dict
+            ``rate``: numpy.ndarray, shape (num_samples, n_variants), variants in ``names_`` order.
+            :meth:`rate_draws` gives the same draws as a table with a column per variant.
+        """
+        return {"rate": self.rate_draws(num_samples, seed=seed).to_numpy()}
+
+    def rate_draws(self, num_samples: int | None = None, *, seed: int | None = None) -> pd.DataFrame:
+        """:meth:`posterior`'s rate draws as a table, one column per variant.
+
+        Returns
+        -------
         pandas.DataFrame, shape (num_samples, n_variants)
-            One column per variant.
         """
         self._check_fitted()
         num = check_count(self.num_samples if num_samples is None else num_samples, "num_samples")
@@ -844,7 +855,7 @@ class BetaBinomialTest(BayesianEstimator):
         if self._use_exact(exact):
             values = prob_best_exact(self.exact_alpha_, self.exact_beta_)
         else:
-            values = _prob_best_from_draws(self.posterior().to_numpy())
+            values = _prob_best_from_draws(self.posterior()["rate"])
         return pd.Series(values, index=self.names_, name="prob_best")
 
     def expected_loss(self, *, exact: bool | None = None) -> pd.Series:
@@ -864,7 +875,7 @@ class BetaBinomialTest(BayesianEstimator):
         if self._use_exact(exact):
             values = expected_loss_exact(self.exact_alpha_, self.exact_beta_)
         else:
-            values = _expected_loss_from_draws(self.posterior().to_numpy())
+            values = _expected_loss_from_draws(self.posterior()["rate"])
         return pd.Series(values, index=self.names_, name="expected_loss")
 
     def lift(self, control: str | int = 0, *, ci_prob: float | None = None) -> pd.DataFrame:
@@ -891,7 +902,7 @@ class BetaBinomialTest(BayesianEstimator):
             computed from draws.
         """
         self._check_fitted()
-        return self._lift_table(self.posterior(), control, ci_prob)
+        return self._lift_table(self.rate_draws(), control, ci_prob)
 
     def _lift_table(self, draws: pd.DataFrame, control: str | int, ci_prob: float | None) -> pd.DataFrame:
         ctrl = self._variant_name(control)
@@ -957,7 +968,7 @@ class BetaBinomialTest(BayesianEstimator):
         (0.06483, ['lift_94%_lower', 'lift_94%_upper'])
         """
         self._check_fitted()
-        draws = self.posterior()
+        draws = self.rate_draws()
         values = draws.to_numpy()
         prob = float(self.ci_prob)
         lo, hi = (1 - prob) / 2, (1 + prob) / 2
@@ -1057,7 +1068,7 @@ class BetaBinomialTest(BayesianEstimator):
         self._check_fitted()
         n = self.trials_ if trials is None else validate_counts(np.zeros(len(self.names_)), trials, self.names_)[1]
         seed = self._method_seed(seed)
-        rates = self.posterior(num_samples, seed=seed).to_numpy()
+        rates = self.posterior(num_samples, seed=seed)["rate"]
         with seeded(seed + 1):
             counts = dist.Binomial(torch.tensor(n), torch.tensor(rates)).sample()
         return pd.DataFrame(to_numpy(counts).astype(int), columns=self.names_)

@@ -1614,7 +1614,20 @@ class MixtureAnomalyDetector(BayesianEstimator):
         )
 
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
-        """Guide draws of the parameters (standardised scale)."""
+        """Guide draws of the global parameters, on the standardised scale.
+
+        Parameters
+        ----------
+        num_samples : int, default 100
+        seed : int, optional
+            Default: the estimator's ``seed`` (the same draws each call).
+
+        Returns
+        -------
+        dict
+            One numpy.ndarray per site (``anomaly_fraction``, ``weights``, ``loc``, ...), draws on the
+            first axis.
+        """
         self._check_fitted()
         return {k: to_numpy(v) for k, v in self._draws(num_samples, seed).items()}
 

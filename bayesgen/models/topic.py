@@ -1044,7 +1044,7 @@ class ProdLDA(NeuralEstimator):
         return topic_diversity(self._top_indices(top_n))
 
     def posterior(
-        self, num_samples: int = 100, docs: Any = None, *, seed: int | None = None, refine_steps: int | None = None
+        self, num_samples: int = 100, *, docs: Any = None, seed: int | None = None, refine_steps: int | None = None
     ) -> dict[str, np.ndarray]:
         """Draws of topic proportions theta for documents (default: the first 50 training documents).
 

@@ -850,7 +850,7 @@ class VAE(NeuralEstimator):
             return to_numpy(self._bound(x, yi, num_samples))
 
     def posterior(
-        self, num_samples: int = 100, X: Any = None, y: Any = None, *, seed: int | None = None
+        self, num_samples: int = 100, *, X: Any = None, y: Any = None, seed: int | None = None
     ) -> dict[str, np.ndarray]:
         """Draws of every row's latent z from q(z | x).
 
