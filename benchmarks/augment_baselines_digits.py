@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import warnings
+import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -28,24 +27,8 @@ from bayesgen.augment import LedoitWolfSampler, default_classifier, low_data_exp
 from bayesgen.datasets import load_digits
 from bayesgen.models.gaussian_generator import GaussianGenerator
 
-
-class PlainGaussianSampler:
-    """Per-class sample mean and ``np.cov``; samples with ``multivariate_normal``, clipped to [0, 1]."""
-
-    def fit(self, X, y):
-        self.classes_ = np.unique(y)
-        self.means_ = [X[y == c].mean(axis=0) for c in self.classes_]
-        self.covs_ = [np.cov(X[y == c], rowvar=False) for c in self.classes_]
-        return self
-
-    def sample(self, n, y=None, seed=0):
-        rng = np.random.default_rng(seed)
-        k = int(np.nonzero(self.classes_ == y)[0][0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            xs = rng.multivariate_normal(self.means_[k], self.covs_[k], size=n, check_valid="ignore")
-        return np.clip(xs, 0.0, 1.0), np.full(n, y)
-
+sys.path.insert(0, str(Path(__file__).parent))
+from gaussian_generator_mnist import PlainGaussianSampler  # noqa: E402  (the same plain sampler as on MNIST)
 
 GENERATORS = {
     "bayesgen_subspace30_exact": lambda: GaussianGenerator(
