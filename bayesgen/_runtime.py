@@ -9,6 +9,7 @@ the torch RNG so the caller's state is left alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 import os
@@ -182,10 +183,12 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.cache
 def _physical_cores() -> int | None:
     """Distinct (package, core) pairs in ``/proc/cpuinfo``; None where it cannot be read."""
     try:
-        text = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
     except OSError:
         return None
     cores, package = set(), "0"

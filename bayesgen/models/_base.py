@@ -78,7 +78,8 @@ def _allocation(err: BaseException) -> str:
 
 def _explain_out_of_memory(fn: Any) -> Any:
     """Wrap an estimator method (or classmethod's function) so that an allocation failure becomes a
-    :class:`NotEnoughMemoryError` naming the method and the way out, instead of an allocator's traceback."""
+    :class:`NotEnoughMemoryError` naming the method and the way out, instead of an allocator's traceback,
+    and so that an estimator given an int ``num_threads`` runs the method on that many torch threads."""
 
     @functools.wraps(fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
