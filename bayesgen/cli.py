@@ -565,6 +565,8 @@ _SEED_HELP = "random seed: the same seed repeats the fit on the CPU (default 0)"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bayesgen`` command."""
+    # Over 80 lines: one declaration per command and option, in the order `--help` shows them (the
+    # command line's table, read top to bottom; the docs' CLI reference is generated from it).
     parser = _Parser(prog="bayesgen", description="Bayesian generative models in Pyro.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
