@@ -173,6 +173,7 @@ SMALL_STEP_ELEMENTS = 16_384
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _threads_at_import = torch.get_num_threads()
+_ours: list[int] = []  # the counts thread_count has set and not yet restored, innermost last
 
 
 def usable_cores() -> int:
@@ -207,8 +208,15 @@ def _threads_set_by_user() -> bool:
     if any(os.environ.get(name, "").strip() for name in _THREAD_VARIABLES):
         return True
     now = torch.get_num_threads()
-    torch_default = {usable_cores(), os.cpu_count() or 1, min(usable_cores(), _physical_cores() or usable_cores())}
+    if _ours and now == _ours[-1]:  # set by an enclosing bayesgen block, not by the user
+        return False
+    torch_default = {usable_cores(), os.cpu_count() or 1, _default_cores()}
     return now != _threads_at_import or now not in torch_default
+
+
+def _default_cores() -> int:
+    """The physical cores this process may use, as torch counts its default threads."""
+    return min(usable_cores(), _physical_cores() or usable_cores())
 
 
 def choose_threads(num_threads: int | str | None = "auto", *, step_elements: float | None = None) -> int | None:
@@ -220,7 +228,8 @@ def choose_threads(num_threads: int | str | None = "auto", *, step_elements: flo
         An int is used as given. None leaves the setting as it is. ``"auto"`` leaves a setting the
         user made (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, an earlier ``torch.set_num_threads``) as it
         is; otherwise it is one thread when ``step_elements`` is below :data:`SMALL_STEP_ELEMENTS`
-        and :func:`usable_cores` when it is larger or unknown.
+        and the physical cores among :func:`usable_cores` (torch's own default) when it is larger
+        or unknown.
     step_elements : float, optional
         Data elements one step reads (rows per step × columns × particles).
 
@@ -241,13 +250,13 @@ def choose_threads(num_threads: int | str | None = "auto", *, step_elements: flo
             return None
         if step_elements is not None and step_elements < SMALL_STEP_ELEMENTS:
             return 1
-        return usable_cores()
+        return _default_cores()
     return num_threads
 
 
 def check_threads(value: Any, name: str = "num_threads") -> int | str | None:
     """Return a valid ``num_threads`` (a positive int, ``"auto"`` or None), or raise naming ``name``."""
-    if value is None or value == "auto":
+    if value is None or (isinstance(value, str) and value == "auto"):
         return value
     if isinstance(value, str):
         raise ValueError(f"{name} must be a positive int, 'auto' or None, got {value!r}")
@@ -267,9 +276,11 @@ def thread_count(num_threads: int | str | None = "auto", *, step_elements: float
         yield
         return
     torch.set_num_threads(wanted)
+    _ours.append(wanted)
     try:
         yield
     finally:
+        _ours.pop()
         torch.set_num_threads(before)
 
 

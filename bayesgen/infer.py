@@ -75,7 +75,7 @@ from pyro.poutine.util import site_is_subsample
 
 from bayesgen._runtime import (
     check_count,
-    choose_threads,
+    check_threads,
     fresh_seed,
     is_out_of_memory,
     load_tensor_file,
@@ -1332,8 +1332,7 @@ class SVIRunner:
         num_threads: int | Literal["auto"] | None = "auto",
     ) -> None:
         self.num_steps = check_count(num_steps, "num_steps", minimum=0)
-        choose_threads(num_threads)  # checks it
-        self.num_threads = num_threads
+        self.num_threads = check_threads(num_threads)
         num_particles = check_count(num_particles, "num_particles")
         if batches is not None:
             data_size, batch_size = batches.size, batches.batch_size
@@ -1435,10 +1434,25 @@ class SVIRunner:
         self._initialised = True
         return self
 
-    def _step_elements(self) -> float:
-        """Data elements one step reads: every tensor argument, a minibatch's share of those with a row per
-        data point, times the particles."""
-        tensors = [a for a in (*self.args, *self.kwargs.values()) if isinstance(a, torch.Tensor)]
+    def _step_elements(self) -> float | None:
+        """Data elements one step reads: every tensor argument (in lists, tuples and dicts too), a minibatch's
+        share of those with a row per data point, times the particles; None where the arguments do not
+        say (``batch_args`` makes them, or the model reads its data from elsewhere)."""
+        tensors: list[torch.Tensor] = []
+
+        def collect(value: Any) -> None:
+            if isinstance(value, torch.Tensor):
+                tensors.append(value)
+            elif isinstance(value, list | tuple):
+                for v in value:
+                    collect(v)
+            elif isinstance(value, Mapping):
+                for v in value.values():
+                    collect(v)
+
+        collect((self.args, self.kwargs))
+        if self.batch_args is not None or not tensors:
+            return None
         total = 0.0
         for t in tensors:
             n = float(t.numel())
@@ -2142,8 +2156,10 @@ def run_svi(
         used as given; None leaves the setting alone. ``"auto"`` keeps a count the user set
         (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, an earlier ``torch.set_num_threads``), and otherwise
         runs a step that reads fewer than :data:`bayesgen._runtime.SMALL_STEP_ELEMENTS` data elements
-        (rows per step × columns × particles) on one thread and a larger one on every core this
-        process may use. Results agree across thread counts to rounding, bit for bit at one count.
+        (rows per step × columns × particles) on one thread, and a larger one, or one whose size the
+        arguments do not show (``batch_args``, data the model reads from elsewhere), on the physical
+        cores this process may use (torch's own default). Results agree across thread counts to
+        rounding, bit for bit at one count; for a resume that is exact elsewhere, give an int.
 
     Returns
     -------

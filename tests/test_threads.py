@@ -12,36 +12,41 @@ from torch.distributions import constraints
 from bayesgen import _runtime, infer
 from bayesgen._runtime import SMALL_STEP_ELEMENTS, choose_threads, thread_count
 from bayesgen.infer import SVIRunner, run_svi
+from bayesgen.models import ab_test
 from bayesgen.models.ab_test import BetaBinomialTest
 
 
 @pytest.fixture
 def torch_default(monkeypatch):
-    """A process whose thread count is torch's own (no OMP_NUM_THREADS, as bayesgen found it), on 4 usable cores."""
+    """A process with no OMP_NUM_THREADS on 6 logical CPUs of 3 physical cores, whose thread count (6) is one
+    torch may pick itself and the one bayesgen found."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    monkeypatch.setattr(_runtime, "_threads_at_import", 2)
-    monkeypatch.setattr(_runtime, "usable_cores", lambda: 4)
-    monkeypatch.setattr(_runtime, "_physical_cores", lambda: 2)
+    torch.set_num_threads(6)
+    monkeypatch.setattr(_runtime, "_threads_at_import", 6)
+    monkeypatch.setattr(_runtime, "usable_cores", lambda: 6)
+    monkeypatch.setattr(_runtime.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(_runtime, "_physical_cores", lambda: 3)
     yield
     torch.set_num_threads(before)
 
 
-def test_auto_uses_one_thread_for_a_small_step_and_every_core_for_a_large_one(torch_default):
+def test_auto_uses_one_thread_for_a_small_step_and_the_physical_cores_for_a_large_one(torch_default):
     assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS - 1) == 1
-    assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS * 10) == 4
-    assert choose_threads("auto") == 4  # work unknown
+    assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS * 10) == 3
+    assert choose_threads("auto") == 3  # work unknown
+    with thread_count(1):  # bayesgen's own setting in an enclosing block is not the user's
+        assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS * 10) == 3
 
 
 def test_auto_keeps_the_users_setting(torch_default, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert choose_threads("auto", step_elements=1) is None
     monkeypatch.delenv("OMP_NUM_THREADS")
-    torch.set_num_threads(3)  # after bayesgen loaded, to a count torch would not pick itself
+    torch.set_num_threads(5)  # after bayesgen loaded, to a count torch would not pick itself
     assert choose_threads("auto", step_elements=1) is None
-    monkeypatch.setattr(_runtime, "_threads_at_import", 3)  # before bayesgen loaded
+    monkeypatch.setattr(_runtime, "_threads_at_import", 5)  # before bayesgen loaded
     assert choose_threads("auto", step_elements=1) is None
 
 
@@ -56,10 +61,10 @@ def test_explicit_counts_and_none(torch_default):
 def test_thread_count_restores_the_callers_count_even_on_error(torch_default):
     with thread_count(1):
         assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 6
     with pytest.raises(RuntimeError, match="boom"), thread_count(1):
         raise RuntimeError("boom")
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 6
 
 
 def _model(y, subsample=None):
@@ -83,17 +88,43 @@ def _fit(y, **kwargs):
 def test_a_fit_runs_on_the_chosen_count_and_gives_it_back(torch_default):
     small = torch.linspace(-1, 1, 100)
     _fit(small)
-    assert set(_model.seen) == {1} and torch.get_num_threads() == 2
+    assert set(_model.seen) == {1} and torch.get_num_threads() == 6
     large = torch.linspace(-1, 1, 2 * SMALL_STEP_ELEMENTS)
     _fit(large)
-    assert set(_model.seen) == {4} and torch.get_num_threads() == 2
-    # a minibatch step reads its share of the rows
+    assert set(_model.seen) == {3} and torch.get_num_threads() == 6
+    # a minibatch step reads its share of the rows; tensors inside lists and dicts count
     runner = SVIRunner(_model, _guide, data_size=len(large), batch_size=100, seed=0).init(large)
     assert runner.step_elements == pytest.approx(100)
-    _fit(large, num_threads=3)
-    assert set(_model.seen) == {3} and torch.get_num_threads() == 2
+    _fit(large, num_threads=2)
+    assert set(_model.seen) == {2} and torch.get_num_threads() == 6
     _fit(small, num_threads=None)
-    assert set(_model.seen) == {2}
+    assert set(_model.seen) == {6}
+
+
+def test_a_step_whose_size_the_arguments_do_not_show_counts_as_large(torch_default):
+    data = torch.linspace(-1, 1, 2 * SMALL_STEP_ELEMENTS)
+
+    def from_scope(subsample=None):  # the model reads its data from the enclosing scope
+        _model(data, subsample)
+
+    def guide_from_scope(subsample=None):
+        _guide(data, subsample)
+
+    _model.seen = []
+    run_svi(from_scope, guide_from_scope, num_steps=3, seed=0)
+    assert set(_model.seen) == {3}
+    sliced = SVIRunner(
+        lambda y, idx: _model(data, idx),
+        lambda y, idx: _guide(data, idx),
+        data_size=len(data),
+        batch_size=8,
+        batch_args=lambda idx: (data[idx], idx),
+        seed=0,
+    ).init()
+    assert sliced.step_elements is None
+    nested = SVIRunner(_model, _guide, seed=0)
+    nested.args, nested.kwargs, nested.batch_args = ([data[:10]],), {"extra": {"x": data}}, None
+    assert nested._step_elements() == 10 + len(data)
 
 
 def test_results_agree_across_thread_counts_to_rounding_and_bitwise_at_one_count(torch_default):
@@ -112,9 +143,15 @@ def test_estimators_take_num_threads(torch_default, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(infer, "_loss_and_grads", spy)
-    BetaBinomialTest(num_steps=20, average_last=0, num_threads=3).fit([30, 40], [100, 100])
-    assert seen and set(seen) == {3}
-    assert torch.get_num_threads() == 2
+    with pytest.warns(UserWarning, match="off the exact"):  # 20 steps: far from converged
+        fitted = BetaBinomialTest(num_steps=20, average_last=0, num_threads=np.int64(2)).fit([30, 40], [100, 100])
+    assert seen and set(seen) == {2}
+    assert torch.get_num_threads() == 6
+    # a count applies to the estimator's other methods too
+    inside = []
+    monkeypatch.setattr(ab_test, "to_numpy", lambda v: inside.append(torch.get_num_threads()) or v.numpy())
+    fitted.posterior(10)
+    assert inside == [2] and torch.get_num_threads() == 6
     with pytest.raises(ValueError, match="num_threads"):
         BetaBinomialTest(num_threads="fast").fit([30, 40], [100, 100])
 

@@ -83,9 +83,8 @@ def _explain_out_of_memory(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        threads = getattr(self, "num_threads", None)
         try:
-            with thread_count(threads if isinstance(threads, int) and not isinstance(threads, bool) else None):
+            with thread_count(_fixed_threads(self)):
                 return fn(self, *args, **kwargs)
         except NotEnoughMemoryError:
             raise
@@ -101,6 +100,18 @@ def _explain_out_of_memory(fn: Any) -> Any:
             ) from err
 
     return method
+
+
+def _fixed_threads(owner: Any) -> int | None:
+    """An estimator's ``num_threads`` when it is a count (for every method), else None (``"auto"`` acts in
+    the runner; an invalid value is reported by ``fit``'s checks)."""
+    value = getattr(owner, "num_threads", None)
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        return check_count(value, "num_threads")
+    except ValueError:
+        return None
 
 
 def _explain_out_of_memory_in(cls: type) -> None:
@@ -272,7 +283,8 @@ class BayesianEstimator:
     def posterior(self, num_samples: int | None = None, *, seed: int | None = None) -> dict[str, Any]:
         """Posterior draws, in one shape for every model.
 
-        Each model returns a dict of NumPy arrays named as its model's sample sites, every array with
+        Each model returns a dict of NumPy arrays named as its model's sample sites or transforms of them
+        (ProdLDA's ``theta``, the softmax of its site ``logtheta``), every array with
         the draws on its first axis (``num_samples`` long); the same ``seed`` gives the same draws,
         and ``seed=None`` means the estimator's own. Further keyword-only arguments choose whose
         local latents are drawn (a VAE's ``X``, ProdLDA's ``docs``). :meth:`to_arviz` puts the same

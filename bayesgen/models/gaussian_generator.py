@@ -395,9 +395,9 @@ class GaussianGenerator(BayesianEstimator):
         Parameter draws averaged in ``predict_proba`` and ``score_samples``.
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
     num_threads : int, "auto" or None, default "auto"
-        torch's CPU threads while fitting, the caller's count restored after: "auto" keeps a count
+        torch's CPU threads while fitting by SVI, the caller's count restored after: "auto" keeps a count
         you set (``OMP_NUM_THREADS``, ``torch.set_num_threads``) and otherwise uses one thread for a
-        small step and every usable core for a large one (:func:`bayesgen.infer.run_svi`); an int
+        small step and the physical cores for a large one (:func:`bayesgen.infer.run_svi`); an int
         also applies to this estimator's other methods.
     seed : int, default 0
     progress : bool, default False
