@@ -178,3 +178,13 @@ def test_the_command_line_gives_openmp_a_short_spin_unless_the_user_chose_one():
     env: dict[str, str] = {}
     _short_omp_spin(env)  # torch is loaded in this process: OpenMP has read its settings already
     assert env == {}
+
+
+def test_a_run_from_before_num_threads_reproduces_with_it_under_inference(tmp_path):
+    from bayesgen.runs.reproduce import _fill_settings_added_since
+
+    BetaBinomialTest(method="exact").fit([30, 40], [100, 100]).save(tmp_path / "model")
+    spec = {"model": {"prior": [1.0, 1.0]}, "inference": {"method": "exact"}}
+    _fill_settings_added_since(spec, tmp_path / "model")
+    assert spec["inference"]["num_threads"] == "auto" and "num_threads" not in spec["model"]
+    assert spec["model"]["ci_prob"] == 0.94  # a model setting the old spec lacked goes under [model]

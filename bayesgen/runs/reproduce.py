@@ -85,9 +85,10 @@ def _fill_settings_added_since(spec: dict[str, Any], model_dir: Path) -> None:
         logger.warning("could not read %s for settings the run predates: %s", model_dir, err)
         return
     present = set(spec["model"]) | set(spec["inference"]) | {"seed", "progress"}
+    runner = set(BayesianEstimator._shared_settings) | {"device"}
     for key, value in saved.items():
         if key not in present:
-            spec["model"][key] = value
+            spec["inference" if key in runner else "model"][key] = value
 
 
 def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
