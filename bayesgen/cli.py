@@ -110,6 +110,13 @@ def _real(
 
 
 _positive = _integer(1)
+
+
+def _rank(text: str) -> int | str:
+    """``--rank``: a positive integer or ``auto``."""
+    return text if text == "auto" else _positive(text)
+
+
 _seed = _integer(0, MAX_SEED)
 _probability = _real(0.0, 1.0, low_open=True, high_open=True)
 _tolerance = _real(0.0)
@@ -678,7 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="lowrank",
         help="per-class covariance: diagonal, full, or low rank plus diagonal (default lowrank)",
     )
-    aug.add_argument("--rank", type=_positive, default=10, help="factors of the lowrank covariance")
+    aug.add_argument(
+        "--rank",
+        type=_rank,
+        default="auto",
+        help="factors of the lowrank covariance (default auto: 10, or one fewer than the features)",
+    )
     aug.add_argument(
         "--subspace",
         type=_positive,

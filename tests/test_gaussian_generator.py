@@ -298,6 +298,18 @@ def test_bad_frames_classes_and_settings():
         gen.predict(np.zeros((2, 3)))
 
 
+def test_default_rank_fits_a_table_with_few_features(tmp_path):
+    X, y, _ = simulated(num_per_class=(60, 40, 30), d=4)  # 4 features: the rank of 10 cannot be below them
+    gen = GaussianGenerator(num_steps=50, seed=0).fit(X, y)
+    assert gen.rank == "auto" and gen.rank_ == 3
+    wide = np.hstack([X, X[:, ::-1] * 2 + 1, X**2])  # 12 features: 10 factors
+    assert GaussianGenerator(num_steps=5, seed=0).fit(wide, y).rank_ == 10
+    gen.save(tmp_path / "g")
+    assert GaussianGenerator.load(tmp_path / "g").rank_ == 3
+    with pytest.raises(ValueError, match="rank=4 must be below the 4 modelled features"):
+        GaussianGenerator(rank=4, num_steps=5).fit(X, y)
+
+
 def test_class_low_rank_normal_matches_torch_low_rank_mvn():
     import pyro.distributions as dist
 

@@ -313,8 +313,9 @@ class GaussianGenerator(BayesianEstimator):
     covariance : {"diag", "full", "lowrank"}, default "lowrank"
         Covariance structure of every class. "lowrank" (rank ``rank`` plus a
         diagonal) scales to images; "full" needs few features (≲ 200).
-    rank : int, default 10
-        Factors of the "lowrank" structure.
+    rank : int or "auto", default "auto"
+        Factors of the "lowrank" structure; "auto" is 10, or one fewer than the modelled features
+        (or principal components) where there are 10 or fewer. ``rank_`` holds the number used.
     subspace : int, optional
         Model the classes in this many principal components of the training
         rows, with the other directions one shared isotropic Gaussian
@@ -464,7 +465,7 @@ class GaussianGenerator(BayesianEstimator):
         self,
         *,
         covariance: Covariance = "lowrank",
-        rank: int = 10,
+        rank: int | Literal["auto"] = "auto",
         subspace: int | None = None,
         noise: Literal["isotropic", "diagonal"] = "isotropic",
         method: Literal["svi", "exact"] = "svi",
@@ -548,7 +549,8 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError(f"constant_features must be 'error' or 'keep', got {self.constant_features!r}")
         for name, zero_ok in (("class_concentration", False), ("prior_strength", False), ("shrinkage", True)):
             check_real(getattr(self, name), name, low=0.0, low_open=not zero_ok)
-        check_count(self.rank, "rank")
+        if not (isinstance(self.rank, str) and self.rank == "auto"):
+            check_count(self.rank, "rank")
         check_count(self.unlabelled_iterations, "unlabelled_iterations", minimum=0)
         if not (isinstance(self.unlabelled_weight, str) and self.unlabelled_weight == "auto"):
             check_real(self.unlabelled_weight, "unlabelled_weight ('auto' or a number > 0)", low=0.0)
@@ -636,7 +638,9 @@ class GaussianGenerator(BayesianEstimator):
             self._subspace = principal_subspace(rows, int(self.subspace))
             raw = self._project(raw)
         what = "principal components" if self._subspace is not None else "modelled features"
-        self._structure.check_rank(int(self.rank), raw.shape[1], what)
+        auto_rank = isinstance(self.rank, str)
+        self.rank_ = max(1, min(10, raw.shape[1] - 1)) if auto_rank else int(self.rank)
+        self._structure.check_rank(self.rank_, raw.shape[1], what)
         # With one labelled row per class there is no within-class spread: EM then takes the scale and the
         # pooled covariance (its prior's centre) from the unlabelled rows' overall spread instead.
         one_each = bool((self.class_counts_ < 2).all())
@@ -663,7 +667,7 @@ class GaussianGenerator(BayesianEstimator):
             class_concentration=float(self.class_concentration),
             prior_strength=float(self.prior_strength),
             shrinkage=float(self.shrinkage),
-            rank=int(self.rank),
+            rank=self.rank_,
             like=self._x,
         )
         if self.method == "exact":
@@ -772,7 +776,7 @@ class GaussianGenerator(BayesianEstimator):
                 class_concentration=float(self.class_concentration),
                 prior_strength=float(self.prior_strength),
                 shrinkage=float(self.shrinkage),
-                rank=int(self.rank),
+                rank=self.rank_,
             )
             if start is not None:
                 initial = {k: self._x.new_tensor(v) for k, v in start.items()}
@@ -1068,6 +1072,7 @@ class GaussianGenerator(BayesianEstimator):
             "unlabelled_converged_": getattr(self, "unlabelled_converged_", None),
             "unlabelled_weight_": getattr(self, "unlabelled_weight_", None),
             "unlabelled_moved_": getattr(self, "unlabelled_moved_", None),
+            "rank_": self.rank_,
             "unlabelled_scores_": (
                 None if scores is None else json.loads(scores.reset_index().to_json(orient="records"))
             ),
@@ -1097,6 +1102,7 @@ class GaussianGenerator(BayesianEstimator):
         self.unlabelled_converged_ = meta.get("unlabelled_converged_")
         self.unlabelled_weight_ = meta.get("unlabelled_weight_")
         self.unlabelled_moved_ = meta.get("unlabelled_moved_")
+        self.rank_ = int(meta.get("rank_", self.rank))  # a file from before rank="auto" holds an int rank
         scores = meta.get("unlabelled_scores_")
         self.unlabelled_scores_ = None if scores is None else pd.DataFrame(scores).set_index("unlabelled_weight")
         self._x = tensors["x"].to(self.device_)

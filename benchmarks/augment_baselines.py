@@ -1,15 +1,19 @@
-"""Benchmark: augmentation at k labelled rows per class on scikit-learn's 8 × 8 digits, against two baselines.
+"""Benchmark: augmentation at k labelled rows per class against two baselines, on images or a table.
 
-The second image set of the augmentation matrix (the first is MNIST,
-``benchmarks/gaussian_generator_mnist.py --parts lowdata``). Generators, each fitted to the same k rows
-per class in the same run: bayesgen's exact full covariance in 30 principal components
-(``subspace=30``) and on all pixels; :class:`bayesgen.augment.LedoitWolfSampler` (the plug-in
-normal with Ledoit–Wolf covariance); a plain per-class ``np.cov`` sampler. The classifier is
-``bayesgen.augment.mlp_classifier`` (or logistic regression with ``--classifier logistic``),
-scored on a fixed 30 % test split.
+Images: scikit-learn's 8 × 8 digits (``--data digits``; MNIST is
+``benchmarks/gaussian_generator_mnist.py --parts lowdata``). Tables: the mlbench tables
+``BreastCancer``, ``PimaIndiansDiabetes``, ``Ionosphere`` (Debian's r-cran-mlbench, read with
+pyreadr; ``--mlbench`` names the ``.rda`` folder) and scikit-learn's ``sklearn_breast_cancer``.
+Generators, each fitted to the same k rows per class in the same run: bayesgen's exact full
+covariance in 30 principal components (images) or its defaults (tables), its exact full
+covariance on all features, :class:`bayesgen.augment.LedoitWolfSampler` (the plug-in normal with
+Ledoit–Wolf covariance) and, on images, a plain per-class ``np.cov`` sampler. The classifier is
+``bayesgen.augment.mlp_classifier`` or logistic regression (``--classifier logistic``), scored on
+a fixed 30 % test split.
 
-Run:  python benchmarks/augment_baselines_digits.py [--k 20] [--repeats 5] [--synthetic 500]
-      [--classifier mlp|logistic] [--out benchmarks/results]
+Run:  python benchmarks/augment_baselines.py [--data digits|BreastCancer|PimaIndiansDiabetes|Ionosphere|
+      sklearn_breast_cancer] [--k 20] [--repeats 5] [--synthetic 500] [--classifier mlp|logistic]
+      [--mlbench PATH] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from bayesgen.datasets import load_digits
 from bayesgen.models.gaussian_generator import GaussianGenerator
 
 sys.path.insert(0, str(Path(__file__).parent))
+from anomaly_uci import tables as uci_tables  # noqa: E402  (the tables as the anomaly benchmark reads them)
 from gaussian_generator_mnist import PlainGaussianSampler  # noqa: E402  (the same plain sampler as on MNIST)
 
-GENERATORS = {
+IMAGE_GENERATORS = {
     "bayesgen_subspace30_exact": lambda: GaussianGenerator(
         covariance="full", method="exact", subspace=30, constant_features="keep", clip=(0, 1), seed=0
     ),
@@ -40,21 +45,36 @@ GENERATORS = {
     "ledoit_wolf": lambda: LedoitWolfSampler(clip=(0, 1)),
     "plain_numpy": PlainGaussianSampler,
 }
+TABLE_GENERATORS = {
+    "bayesgen_default": lambda: GaussianGenerator(seed=0),
+    "bayesgen_full_exact": lambda: GaussianGenerator(covariance="full", method="exact", seed=0),
+    "ledoit_wolf": LedoitWolfSampler,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--mlbench", default=None, help="folder of the mlbench .rda files")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--synthetic", type=int, default=500)
     parser.add_argument("--classifier", choices=["mlp", "logistic"], default="mlp")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    X, y = load_digits()
+    if args.data == "digits":
+        X, y = load_digits()
+        generators = IMAGE_GENERATORS
+        described = "scikit-learn digits (8 x 8), 30 % test split (random_state=0)"
+    else:
+        X, y = uci_tables(args.mlbench)[args.data]
+        y = y.astype(int)
+        generators = TABLE_GENERATORS
+        described = f"{args.data} ({X.shape[0]} x {X.shape[1]}), 30 % test split (random_state=0)"
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
     classifier = mlp_classifier if args.classifier == "mlp" else default_classifier
     tables = []
-    for name, make in GENERATORS.items():
+    for name, make in generators.items():
         table = low_data_experiment(
             make,
             X_tr,
@@ -73,7 +93,7 @@ def main() -> None:
     low = pd.concat(tables)
     gains = low.pivot_table(index="repeat", columns="generator", values="gain")
     record = {
-        "data": "scikit-learn digits (8 x 8), 30 % test split (random_state=0)",
+        "data": described,
         "k": args.k,
         "synthetic_per_class": args.synthetic,
         "classifier": args.classifier,
@@ -82,7 +102,7 @@ def main() -> None:
         "gain_by_repeat": {k: [float(x) for x in v] for k, v in gains.items()},
         "machine": platform.platform(),
     }
-    out = Path(args.out) / f"augment_baselines_digits_k{args.k}_{args.classifier}.json"
+    out = Path(args.out) / f"augment_baselines_{args.data}_k{args.k}_{args.classifier}.json"
     out.write_text(json.dumps(record, indent=2))
     print(json.dumps(record["gain_mean"], indent=2), f"\nwritten {out}")
 
