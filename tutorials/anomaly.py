@@ -58,7 +58,7 @@ print(X.shape, f"{malignant.mean():.0%} malignant (not used to fit)")
 # %%
 settings = {**spec["model"], **spec["inference"], "seed": seed}
 if SMOKE:
-    settings.update(num_steps=150, average_last=20)
+    settings.update(num_steps=150, average_last=20, num_particles=2)
 det = MixtureAnomalyDetector(**settings).fit(X)
 print(det.anomaly_fraction().round(3).to_dict())
 
@@ -119,7 +119,7 @@ print(
 fits = {}
 for k in (1, 2) if SMOKE else (1, 2, 3):
     det_k = MixtureAnomalyDetector(**{**settings, "num_components": k}).fit(X)
-    fits[f"K={k}"] = det_k.to_arviz(200)
+    fits[f"K={k}"] = det_k.to_arviz(50 if SMOKE else 200)
     print(f"K={k}: ROC-AUC of the density score", round(roc_auc_score(malignant, -det_k.score_samples(X)), 3))
 print(arviz_stats.compare(fits)[["rank", "elpd", "se", "weight"]].round(2))
 
