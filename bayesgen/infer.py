@@ -76,6 +76,7 @@ from pyro.poutine.util import site_is_subsample
 from bayesgen._runtime import (
     check_count,
     check_threads,
+    choose_threads,
     fresh_seed,
     is_out_of_memory,
     load_tensor_file,
@@ -1427,6 +1428,8 @@ class SVIRunner:
             args, kwargs = move_to_device(args, dev), move_to_device(kwargs, dev)
         self.device, self.args, self.kwargs = dev, args, kwargs
         self.step_elements = self._step_elements()
+        # Decided once: each entry into active() then only applies it (no environment or CPU probing per step).
+        self.threads = choose_threads(self.num_threads, step_elements=self.step_elements)
         if self.dp is None:
             self._setup()
         else:
@@ -1571,7 +1574,7 @@ class SVIRunner:
         with (
             param_scope(self.param_state),
             torch.random.fork_rng(devices=_cuda_indices(dev)),
-            thread_count(self.num_threads, step_elements=getattr(self, "step_elements", None)),
+            thread_count(getattr(self, "threads", None)),
             warnings.catch_warnings(),
         ):
             # torch deprecates jit.trace, which Pyro's JIT losses are built on; say it once, not per step.

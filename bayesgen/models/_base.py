@@ -105,13 +105,11 @@ def _explain_out_of_memory(fn: Any) -> Any:
 def _fixed_threads(owner: Any) -> int | None:
     """An estimator's ``num_threads`` when it is a count (for every method), else None (``"auto"`` acts in
     the runner; an invalid value is reported by ``fit``'s checks)."""
-    value = getattr(owner, "num_threads", None)
-    if value is None or isinstance(value, str):
-        return None
     try:
-        return check_count(value, "num_threads")
+        value = check_threads(getattr(owner, "num_threads", None))
     except ValueError:
         return None
+    return None if value is None or isinstance(value, str) else value
 
 
 def _explain_out_of_memory_in(cls: type) -> None:
