@@ -510,21 +510,48 @@ def _draw_sites(
     """:func:`draw_sites`, and the plain model and guide traces (each site's natural shape, plates, distribution)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    # One plain pass gives the natural shape of every site and the plate depth.
+    plain, guide_trace, model_trace = _plain_pass(model, guide, args, kwargs, predictive)
+    _check_not_subsampled(model_trace)
+    enumerated = _enumerated_sites(model_trace, guide_trace) if guide_trace is not None else []
+    observed = plain.pop("observed")
+    _warn_unusable_log_liks(model_trace, plain["log_lik"], observed)
+    draws: dict[str, dict[str, torch.Tensor]] | None = None
+    # Enumerated sites are summed out draw by draw, in _draw_in_loop: in one vectorised pass the
+    # enumeration dimensions and the draws' plate would have to be told apart in every log-density.
+    summed = (enumerated, _max_plate_nesting(model_trace)) if enumerated else None
+    if parallel and num_samples > 1 and not enumerated:
+        draws = _draw_vectorised(model, guide, args, kwargs, num_samples, predictive, plain, model_trace, guide_trace)
+    if draws is None:
+        draws = _draw_in_loop(model, guide, args, kwargs, num_samples, predictive, summed)
+    draws["observed"] = observed
+    _keep_integers(model_trace, draws)
+    return draws, model_trace, guide_trace
+
+
+def _plain_pass(
+    model: ModelFn, guide: ModelFn | None, args: tuple, kwargs: dict, predictive: bool
+) -> tuple[dict[str, dict[str, torch.Tensor]], poutine.Trace | None, poutine.Trace]:
+    """One pass of guide and model without a plate over draws: the natural shape of every site and the plate depth.
+
+    A model whose distributions reject the data raises a ValueError that says which values are invalid.
+    """
     try:
-        plain, guide_trace, model_trace = _one_pass(model, guide, args, kwargs, predictive)
+        return _one_pass(model, guide, args, kwargs, predictive)
     except ValueError as err:
         if "invalid values" not in str(err):
             raise
         from bayesgen.infer import _describe_invalid_values
 
         raise ValueError(f"the model cannot be evaluated on these data: {_describe_invalid_values(str(err))}") from None
-    _check_not_subsampled(model_trace)
-    enumerated = _enumerated_sites(model_trace, guide_trace) if guide_trace is not None else []
-    observed = plain.pop("observed")
+
+
+def _warn_unusable_log_liks(
+    model_trace: poutine.Trace, log_liks: Mapping[str, torch.Tensor], observed: Mapping[str, torch.Tensor]
+) -> None:
+    """Log the observed sites whose log-likelihoods LOO cannot use as one value per observation."""
     if not observed:
         logger.info("the model has no observed sites; log_likelihood and observed_data will be empty")
-    for name, log_lik in plain["log_lik"].items():
+    for name, log_lik in log_liks.items():
         if log_lik.numel() == 1 and observed[name].numel() > 1:
             logger.warning(
                 "observed site %r gives one log-likelihood for all its %d values (no pyro.plate over its rows, "
@@ -534,62 +561,86 @@ def _draw_sites(
                 observed[name].numel(),
             )
     for name, site in model_trace.nodes.items():
-        mask = site.get("mask") if name in plain["log_lik"] else None
+        mask = site.get("mask") if name in log_liks else None
         if isinstance(mask, torch.Tensor) and not bool(mask.all()):
-            left_out = plain["log_lik"][name].numel() - int(mask.expand_as(plain["log_lik"][name]).sum())
+            left_out = log_liks[name].numel() - int(mask.expand_as(log_liks[name]).sum())
             logger.warning(
                 "observed site %r is masked (poutine.mask): %d of its %d values are not in the likelihood and get "
                 "log-likelihood 0, which LOO counts as observations with elpd 0; to compare models by LOO, drop "
                 "those rows from the data instead",
                 name,
                 left_out,
-                plain["log_lik"][name].numel(),
+                log_liks[name].numel(),
             )
-    draws: dict[str, dict[str, torch.Tensor]] | None = None
-    # Enumerated sites are summed out draw by draw, in the loop below: in one vectorised pass the
-    # enumeration dimensions and the draws' plate would have to be told apart in every log-density.
-    summed = (enumerated, _max_plate_nesting(model_trace)) if enumerated else None
-    if parallel and num_samples > 1 and not enumerated:
-        dim = -_max_plate_nesting(model_trace) - 1
-        if guide_trace is not None:
-            dim = min(dim, -_max_plate_nesting(guide_trace) - 1)
-        try:
-            vguide = _vectorize(guide, num_samples, dim) if guide is not None else None
-            raw, _, vtrace = _one_pass(_vectorize(model, num_samples, dim), vguide, args, kwargs, predictive)
-            raw.pop("observed")
-            # A vectorised value is (num_samples, 1, ..., 1, *natural shape); the plain
-            # pass gives the natural shape, so a reshape drops the broadcast padding.
-            draws = {
-                group: {name: value.reshape(num_samples, *plain[group][name].shape) for name, value in sites.items()}
-                for group, sites in raw.items()
-            }
-            if not _first_draw_agrees(model, args, kwargs, vtrace, model_trace, draws):
-                logger.warning(
-                    "vectorised draws disagree with a plain pass of the model on the same draw (the model "
-                    "reduces over a plate, e.g. theta.mean() or a softmax over a plate's values, which in a "
-                    "vectorised pass also spans the draws); drawing %d samples one at a time",
-                    num_samples,
-                )
-                draws = None
-        except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+
+
+def _draw_vectorised(
+    model: ModelFn,
+    guide: ModelFn | None,
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    predictive: bool,
+    plain: Mapping[str, Mapping[str, torch.Tensor]],
+    model_trace: poutine.Trace,
+    guide_trace: poutine.Trace | None,
+) -> dict[str, dict[str, torch.Tensor]] | None:
+    """All draws in one pass under a plate over draws outside every plate of model and guide.
+
+    Returns None, with a logged warning, where the pass fails or its first draw disagrees with a plain pass
+    of the model on that draw; ``plain`` (from :func:`_plain_pass`) gives each site's natural shape.
+    """
+    dim = -_max_plate_nesting(model_trace) - 1
+    if guide_trace is not None:
+        dim = min(dim, -_max_plate_nesting(guide_trace) - 1)
+    try:
+        vguide = _vectorize(guide, num_samples, dim) if guide is not None else None
+        raw, _, vtrace = _one_pass(_vectorize(model, num_samples, dim), vguide, args, kwargs, predictive)
+        raw.pop("observed")
+        # A vectorised value is (num_samples, 1, ..., 1, *natural shape); the plain
+        # pass gives the natural shape, so a reshape drops the broadcast padding.
+        draws = {
+            group: {name: value.reshape(num_samples, *plain[group][name].shape) for name, value in sites.items()}
+            for group, sites in raw.items()
+        }
+        if not _first_draw_agrees(model, args, kwargs, vtrace, model_trace, draws):
             logger.warning(
-                "vectorised draws failed (%s: %s); drawing %d samples one at a time",
-                type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "",
+                "vectorised draws disagree with a plain pass of the model on the same draw (the model "
+                "reduces over a plate, e.g. theta.mean() or a softmax over a plate's values, which in a "
+                "vectorised pass also spans the draws); drawing %d samples one at a time",
                 num_samples,
             )
-            draws = None
-    if draws is None:
-        passes = [_one_pass(model, guide, args, kwargs, predictive, summed)[0] for _ in range(num_samples)]
-        for p in passes:
-            p.pop("observed")
-        draws = {
-            group: {name: torch.stack([p[group][name] for p in passes]) for name in passes[0][group]}
-            for group in passes[0]
-        }
-    draws["observed"] = observed
-    _keep_integers(model_trace, draws)
-    return draws, model_trace, guide_trace
+            return None
+    except (RuntimeError, ValueError, IndexError, KeyError, NotImplementedError) as err:
+        logger.warning(
+            "vectorised draws failed (%s: %s); drawing %d samples one at a time",
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+            num_samples,
+        )
+        return None
+    return draws
+
+
+def _draw_in_loop(
+    model: ModelFn,
+    guide: ModelFn | None,
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    predictive: bool,
+    summed: tuple[list[str], int] | None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``num_samples`` plain passes, stacked along a leading draw dim.
+
+    ``summed``: the enumerated sites to sum out, as :func:`_one_pass`'s ``enumerated``.
+    """
+    passes = [_one_pass(model, guide, args, kwargs, predictive, summed)[0] for _ in range(num_samples)]
+    for p in passes:
+        p.pop("observed")
+    return {
+        group: {name: torch.stack([p[group][name] for p in passes]) for name in passes[0][group]} for group in passes[0]
+    }
 
 
 def _is_discrete(site: Mapping[str, Any]) -> bool:
@@ -879,6 +930,64 @@ def to_datatree(
     """
     num_samples = check_count(num_samples, "num_samples")
     layout, chains = _check_layout(sample_dims, num_chains, num_samples)
+    _check_options(unknown_dims, predictions, joint_log_likelihood)
+    from arviz_base import from_dict
+
+    rng_device = target_device(device, args, kwargs)
+    if device is not None:
+        args, kwargs = move_to_device(args, rng_device), move_to_device(kwargs, rng_device)
+        if predictions is not None:
+            predictions = move_to_device(dict(predictions), rng_device)
+    scope = _param_context(param_state)
+    prior_draws = predicted = predicted_trace = None
+    # tensors_on: a user's model that builds constants without a device still draws on the data's GPU.
+    with scope, seeded(seed, rng_device), tensors_on(rng_device), torch.no_grad():
+        post, model_trace, guide_trace, point_mass = _draw_posterior(
+            model, guide, args, kwargs, num_samples=num_samples, param_state=param_state, parallel=parallel
+        )
+        drawn = 1 if point_mass else num_samples
+        if prior:
+            prior_draws = _draw_sites(
+                model, None, args, kwargs, num_samples=num_samples, predictive=True, parallel=parallel
+            )
+        if predictions is not None:
+            predicted, predicted_trace = _draw_predictions(model, predictions, post, guide_trace, drawn, parallel)
+        if joint_log_likelihood is not None:
+            _add_joint_log_lik(post, model_trace, joint_log_likelihood)
+
+    groups = _group_arrays(post, prior_draws, predicted, layout, chains=chains, post_chains=1 if point_mass else chains)
+    root_attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "inference_method": "svi",
+        "draws_are_independent": 1,
+        "num_samples": int(drawn),
+        "point_estimate": int(point_mass),
+        **(dict(attrs) if attrs else {}),
+    }
+    traces = {
+        "main": model_trace,
+        "prior": None if prior_draws is None else prior_draws[1],
+        "predictions": predicted_trace,
+    }
+    return from_dict(
+        groups,
+        sample_dims=["sample"] if layout == "sample" else ["chain", "draw"],
+        **_dims_and_coords(
+            groups,
+            traces,
+            dims or {},
+            coords or {},
+            joint_log_likelihood=joint_log_likelihood,
+            strict=unknown_dims == "raise",
+            sample_ndim=1 if layout == "sample" else 2,
+        ),
+        attrs={"/": root_attrs},
+    )
+
+
+def _check_options(unknown_dims: str, predictions: Mapping[str, Any] | None, joint_log_likelihood: str | None) -> None:
+    """Type and value checks of :func:`to_datatree`'s options that need no draws."""
     if unknown_dims not in ("raise", "ignore"):
         raise ValueError(f"unknown_dims must be 'raise' or 'ignore', got {unknown_dims!r}")
     if predictions is not None and not isinstance(predictions, Mapping):
@@ -887,14 +996,10 @@ def to_datatree(
         )
     if joint_log_likelihood is not None and not isinstance(joint_log_likelihood, str):
         raise TypeError(f"joint_log_likelihood must be a plate name, got {joint_log_likelihood!r}")
-    from arviz_base import from_dict
 
-    rng_device = target_device(device, args, kwargs)
-    if device is not None:
-        args, kwargs = move_to_device(args, rng_device), move_to_device(kwargs, rng_device)
-        if predictions is not None:
-            predictions = move_to_device(dict(predictions), rng_device)
 
+def _param_context(param_state: dict | None) -> contextlib.AbstractContextManager:
+    """A scope holding ``param_state`` as the param store; None: the global param store, left as it is."""
     from bayesgen.infer import param_scope
 
     if param_state is not None and not (
@@ -905,123 +1010,164 @@ def to_datatree(
             f"(e.g. SVIResult.param_state), got {type(param_state).__name__} "
             f"{sorted(param_state) if isinstance(param_state, Mapping) else ''}"
         )
-    scope = param_scope(param_state) if param_state is not None else contextlib.nullcontext()
-    # tensors_on: a user's model that builds constants without a device still draws on the data's GPU.
-    with scope, seeded(seed, rng_device), tensors_on(rng_device), torch.no_grad():
-        before = set(pyro.get_param_store().keys())
-        point_mass = guide is not None and _is_point_mass(poutine.trace(guide).get_trace(*args, **kwargs))
-        drawn = 1 if point_mass else num_samples
-        post, model_trace, guide_trace = _draw_sites(
-            model, guide, args, kwargs, num_samples=drawn, predictive=True, parallel=parallel
-        )
-        created = sorted(set(pyro.get_param_store().keys()) - before)
-        if created and guide is not None:
-            logger.warning(
-                "the guide created parameters %s that %s did not hold, so these draws use their initial "
-                "values; pass the fit's param_state (run_svi keeps parameters out of the global store)",
-                created[:5],
-                "param_state" if param_state is not None else "the global param store",
-            )
-        if point_mass:
-            logger.warning(
-                "the guide is a point mass (every site a Delta, as AutoDelta gives): the tree holds its one draw "
-                "instead of %d equal copies; it has no posterior spread (summary sds are NaN), and "
-                "arviz_stats.loo and compare cannot use it (PSIS-LOO needs log-likelihoods that vary over draws); "
-                "fit a guide with spread (AutoNormal) to compare models by LOO",
-                num_samples,
-            )
-        else:
-            latents = [v for v in post["latent"].values() if v.is_floating_point()]
-            if guide is not None and drawn > 1 and latents and all(bool((v == v[:1]).all()) for v in latents):
-                logger.warning(
-                    "every guide draw is the same: the posterior has no spread, summary sds are 0, and "
-                    "arviz_stats.loo and compare cannot use this tree (PSIS-LOO needs log-likelihoods that vary "
-                    "over draws)"
-                )
-        prior_draws = (
-            _draw_sites(model, None, args, kwargs, num_samples=num_samples, predictive=True, parallel=parallel)
-            if prior
-            else None
-        )
-        if predictions is not None:
-            guide_sites = (
-                set()
-                if guide_trace is None
-                else {
-                    name
-                    for name, site in guide_trace.nodes.items()
-                    if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-                }
-            )
-            predicted, predicted_trace = _predict(model, predictions, post["latent"], guide_sites, drawn, parallel)
-            observed_names = set(post["observed"])
-            for name, site in predicted_trace.nodes.items():
-                if name in predicted and name in observed_names and _is_discrete(site):
-                    value = predicted[name]
-                    if value.is_floating_point() and bool((value == value.round()).all()):
-                        predicted[name] = value.long()
-        if joint_log_likelihood is not None:
-            joint_name = f"{joint_log_likelihood}_joint"
-            if joint_name in post["log_lik"]:
-                raise ValueError(f"the model has a site named {joint_name!r}; it cannot hold the joint log-likelihood")
-            post["log_lik"][joint_name] = _joint_log_lik(model_trace, post["log_lik"], joint_log_likelihood)
+    return param_scope(param_state) if param_state is not None else contextlib.nullcontext()
 
-    def draws(values: Mapping[str, torch.Tensor], n_chains: int) -> dict[str, np.ndarray]:
-        out = {name: to_numpy(v) for name, v in values.items()}
-        if layout == "sample":
-            return out
-        return {name: v.reshape(n_chains, v.shape[0] // n_chains, *v.shape[1:]) for name, v in out.items()}
 
-    post_chains = 1 if point_mass else chains
+def _draw_posterior(
+    model: ModelFn,
+    guide: ModelFn | None,
+    args: tuple,
+    kwargs: dict,
+    *,
+    num_samples: int,
+    param_state: dict | None,
+    parallel: bool,
+) -> tuple[dict[str, dict[str, torch.Tensor]], poutine.Trace, poutine.Trace | None, bool]:
+    """:func:`_draw_sites` for the guide's draws, and whether the guide is a point mass (then drawn once).
+
+    Logs a warning where the guide creates parameters (``param_state`` did not hold the fit's) or its draws
+    have no spread.
+    """
+    before = set(pyro.get_param_store().keys())
+    point_mass = guide is not None and _is_point_mass(poutine.trace(guide).get_trace(*args, **kwargs))
+    drawn = 1 if point_mass else num_samples
+    post, model_trace, guide_trace = _draw_sites(
+        model, guide, args, kwargs, num_samples=drawn, predictive=True, parallel=parallel
+    )
+    created = sorted(set(pyro.get_param_store().keys()) - before)
+    if created and guide is not None:
+        logger.warning(
+            "the guide created parameters %s that %s did not hold, so these draws use their initial "
+            "values; pass the fit's param_state (run_svi keeps parameters out of the global store)",
+            created[:5],
+            "param_state" if param_state is not None else "the global param store",
+        )
+    if point_mass:
+        logger.warning(
+            "the guide is a point mass (every site a Delta, as AutoDelta gives): the tree holds its one draw "
+            "instead of %d equal copies; it has no posterior spread (summary sds are NaN), and "
+            "arviz_stats.loo and compare cannot use it (PSIS-LOO needs log-likelihoods that vary over draws); "
+            "fit a guide with spread (AutoNormal) to compare models by LOO",
+            num_samples,
+        )
+    else:
+        latents = [v for v in post["latent"].values() if v.is_floating_point()]
+        if guide is not None and drawn > 1 and latents and all(bool((v == v[:1]).all()) for v in latents):
+            logger.warning(
+                "every guide draw is the same: the posterior has no spread, summary sds are 0, and "
+                "arviz_stats.loo and compare cannot use this tree (PSIS-LOO needs log-likelihoods that vary "
+                "over draws)"
+            )
+    return post, model_trace, guide_trace, point_mass
+
+
+def _draw_predictions(
+    model: ModelFn,
+    predictions: Mapping[str, Any],
+    post: Mapping[str, Mapping[str, torch.Tensor]],
+    guide_trace: poutine.Trace | None,
+    num_samples: int,
+    parallel: bool,
+) -> tuple[dict[str, torch.Tensor], poutine.Trace]:
+    """:func:`_predict` under the posterior draws ``post``, with the observed sites' discrete values as integers."""
+    guide_sites = (
+        set()
+        if guide_trace is None
+        else {
+            name
+            for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        }
+    )
+    predicted, predicted_trace = _predict(model, predictions, post["latent"], guide_sites, num_samples, parallel)
+    observed_names = set(post["observed"])
+    for name, site in predicted_trace.nodes.items():
+        if name in predicted and name in observed_names and _is_discrete(site):
+            value = predicted[name]
+            if value.is_floating_point() and bool((value == value.round()).all()):
+                predicted[name] = value.long()
+    return predicted, predicted_trace
+
+
+def _add_joint_log_lik(post: dict[str, dict[str, torch.Tensor]], model_trace: poutine.Trace, plate: str) -> None:
+    """Add ``post["log_lik"]["{plate}_joint"]``, the per-row log-likelihood summed over the plate's observed sites."""
+    joint_name = f"{plate}_joint"
+    if joint_name in post["log_lik"]:
+        raise ValueError(f"the model has a site named {joint_name!r}; it cannot hold the joint log-likelihood")
+    post["log_lik"][joint_name] = _joint_log_lik(model_trace, post["log_lik"], plate)
+
+
+def _draw_arrays(values: Mapping[str, torch.Tensor], layout: str, n_chains: int) -> dict[str, np.ndarray]:
+    """NumPy arrays of draws, shape ``(num_samples, ...)`` for a ``sample`` layout, else ``(chain, draw, ...)``."""
+    out = {name: to_numpy(v) for name, v in values.items()}
+    if layout == "sample":
+        return out
+    return {name: v.reshape(n_chains, v.shape[0] // n_chains, *v.shape[1:]) for name, v in out.items()}
+
+
+def _group_arrays(
+    post: Mapping[str, Mapping[str, torch.Tensor]],
+    prior_draws: tuple[Mapping[str, Mapping[str, torch.Tensor]], poutine.Trace, Any] | None,
+    predicted: Mapping[str, torch.Tensor] | None,
+    layout: str,
+    *,
+    chains: int,
+    post_chains: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The DataTree's groups as NumPy arrays by variable; groups without variables are left out."""
     groups: dict[str, dict[str, np.ndarray]] = {
-        "posterior": draws(post["latent"], post_chains),
-        "posterior_predictive": draws(post["predictive"], post_chains),
-        "log_likelihood": draws(post["log_lik"], post_chains),
+        "posterior": _draw_arrays(post["latent"], layout, post_chains),
+        "posterior_predictive": _draw_arrays(post["predictive"], layout, post_chains),
+        "log_likelihood": _draw_arrays(post["log_lik"], layout, post_chains),
         "observed_data": {name: to_numpy(v) for name, v in post["observed"].items()},
     }
     if prior_draws is not None:
-        groups["prior"] = draws(prior_draws[0]["latent"], chains)
-        groups["prior_predictive"] = draws(prior_draws[0]["predictive"], chains)
-    if predictions is not None:
-        groups["predictions"] = draws(predicted, post_chains)
-    groups = {k: v for k, v in groups.items() if v}
-    root_attrs = {
-        "inference_library": "pyro",
-        "inference_library_version": pyro.__version__,
-        "inference_method": "svi",
-        "draws_are_independent": 1,
-        "num_samples": int(drawn),
-        "point_estimate": int(point_mass),
-        **(dict(attrs) if attrs else {}),
-    }
-    sample_ndim = 1 if layout == "sample" else 2
+        groups["prior"] = _draw_arrays(prior_draws[0]["latent"], layout, chains)
+        groups["prior_predictive"] = _draw_arrays(prior_draws[0]["predictive"], layout, chains)
+    if predicted is not None:
+        groups["predictions"] = _draw_arrays(predicted, layout, post_chains)
+    return {k: v for k, v in groups.items() if v}
+
+
+def _dims_and_coords(
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+    traces: Mapping[str, poutine.Trace | None],
+    dims: Mapping[str, Sequence[str]],
+    coords: Mapping[str, Sequence[Any]],
+    *,
+    joint_log_likelihood: str | None,
+    strict: bool,
+    sample_ndim: int,
+) -> dict[str, Any]:
+    """``from_dict``'s ``dims``, ``coords``, ``pred_dims`` and ``pred_coords``.
+
+    Dimension names come from the plates in ``traces`` (``"main"``: the model's, ``"prior"`` and
+    ``"predictions"``: None where that group is not drawn), overridden by the user's ``dims``.
+    """
     taken = {name for values in groups.values() for name in values}
-    inferred = _plate_dims(model_trace, taken)
-    if prior_draws is not None:
-        inferred = {**_plate_dims(prior_draws[1], taken), **inferred}
+    inferred = _plate_dims(traces["main"], taken)
+    if traces["prior"] is not None:
+        inferred = {**_plate_dims(traces["prior"], taken), **inferred}
     if joint_log_likelihood is not None:
         inferred[f"{joint_log_likelihood}_joint"] = [joint_log_likelihood]
     main = {k: v for k, v in groups.items() if k != "predictions"}
-    user = _fit_dims(main, dims or {}, strict=unknown_dims == "raise", sample_ndim=sample_ndim)
+    user = _fit_dims(main, dims, strict=strict, sample_ndim=sample_ndim)
     dims_clean = {**_fit_dims(main, inferred, strict=False, sample_ndim=sample_ndim), **user}
     pred_dims = pred_coords = None
-    if predictions is not None:
+    if traces["predictions"] is not None:
         pred = {"predictions": groups["predictions"]} if "predictions" in groups else {}
-        pred_inferred = _plate_dims(predicted_trace, taken)
+        pred_inferred = _plate_dims(traces["predictions"], taken)
         pred_dims = {
             **_fit_dims(pred, pred_inferred, strict=False, sample_ndim=sample_ndim),
-            **_fit_dims(pred, dict(dims or {}), strict=False, sample_ndim=sample_ndim),
+            **_fit_dims(pred, dict(dims), strict=False, sample_ndim=sample_ndim),
         }
-        pred_coords = _fit_coords(pred, pred_dims, coords or {}, sample_ndim=sample_ndim, drop_misfits=True)
-    return from_dict(
-        groups,
-        sample_dims=["sample"] if layout == "sample" else ["chain", "draw"],
-        dims=dims_clean,
-        coords=_fit_coords(main, dims_clean, coords or {}, sample_ndim=sample_ndim),
-        pred_dims=pred_dims,
-        pred_coords=pred_coords,
-        attrs={"/": root_attrs},
-    )
+        pred_coords = _fit_coords(pred, pred_dims, coords, sample_ndim=sample_ndim, drop_misfits=True)
+    return {
+        "dims": dims_clean,
+        "coords": _fit_coords(main, dims_clean, coords, sample_ndim=sample_ndim),
+        "pred_dims": pred_dims,
+        "pred_coords": pred_coords,
+    }
 
 
 def _fit_dims(
