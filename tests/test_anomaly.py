@@ -168,6 +168,45 @@ def test_inflated_component_is_the_normal_part_moment_matched_and_inflated(covar
     np.testing.assert_allclose(batched.log_prob(x).numpy(), broad.log_prob(x).expand(5, 7).numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("batch", [(), (4,), (3, 1)])
+def test_component_table_equals_scipy_densities(batch):
+    """The table of log densities (one factor shared by both components) equals scipy's normal densities."""
+    from scipy import stats
+
+    from bayesgen.models.anomaly import anomaly_distribution, component_table
+
+    rng = np.random.default_rng(2)
+    d, n = 6, 9
+    size = int(np.prod(batch))
+    covs = []
+    for _ in range(size):
+        a = rng.normal(size=(d, d))
+        covs.append(a @ a.T + 0.5 * np.eye(d))
+    covs = np.stack(covs)
+    sd = np.sqrt(np.einsum("sii->si", covs))
+    corr = covs / sd[:, :, None] / sd[:, None, :]
+    params = {
+        "loc": torch.tensor(rng.normal(size=(size, 1, d))).reshape(*batch, 1, d),
+        "scale": torch.tensor(sd).reshape(*batch, 1, d),
+        "corr_tril": torch.linalg.cholesky(torch.tensor(corr)).reshape(*batch, 1, d, d),
+    }
+    centre = torch.tensor(rng.normal(size=(size, d))).reshape(*batch, d)
+    excess = torch.tensor(rng.uniform(0.5, 4.0, size)).reshape(batch)
+    # Draws come with the row plate's dim as size 1, as the estimator's draws and the vectorised model give them.
+    centre_in, excess_in = (centre, excess) if not batch else (centre.unsqueeze(-2), excess.unsqueeze(-1))
+    weights = torch.ones(*batch, 1, 1) if batch else torch.ones(1)
+    x = torch.tensor(rng.normal(scale=3.0, size=(n, d)))
+    broad = anomaly_distribution("inflated", {}, params, weights, "full", centre_in, excess_in)
+    table = component_table(x, params, "full", broad, centre_in, excess_in).numpy()
+    assert table.shape == (*batch, n, 2)
+    mu, c, e = params["loc"].reshape(size, d).numpy(), centre.reshape(size, d).numpy(), excess.reshape(size).numpy()
+    for s, index in enumerate(np.ndindex(*batch) if batch else [()]):
+        normal = stats.multivariate_normal(mu[s], covs[s]).logpdf(x.numpy())
+        anomalous = stats.multivariate_normal(c[s], (1 + e[s]) * covs[s]).logpdf(x.numpy())
+        np.testing.assert_allclose(table[index][:, 0], normal, rtol=1e-10)
+        np.testing.assert_allclose(table[index][:, 1], anomalous, rtol=1e-10)
+
+
 def test_student_t_component_and_files_saved_before_the_inflated_one(tmp_path, make_older):
     X, y = planted(n_normal=300, n_anomalies=15)
     det = MixtureAnomalyDetector(anomaly="student_t", num_components=2, num_steps=400, seed=0).fit(X)

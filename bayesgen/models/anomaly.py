@@ -68,6 +68,7 @@ from bayesgen._runtime import (
 )
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
+from bayesgen.models._gaussian_distributions import row_chunks
 
 if TYPE_CHECKING:
     from bayesgen.distributed import DataParallel
@@ -253,6 +254,48 @@ def anomaly_distribution(
     return dist.LowRankMultivariateNormal(anomaly_loc, factor, diag)
 
 
+def component_table(
+    x: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    covariance: Covariance,
+    broad: dist.TorchDistribution,
+    anomaly_loc: torch.Tensor | None = None,
+    anomaly_excess: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """log density of every row under each normal component, then the anomaly component ``broad``: (..., n, K+1).
+
+    With one full-covariance component and the inflated anomaly component, both share the
+    component's Cholesky factor L (the anomaly's is ``sqrt(1 + anomaly_excess) L``), so the
+    rows are whitened by one triangular solve, ``w = L⁻¹ x``, and both densities are read
+    off it; otherwise each density is computed on its own.
+    """
+    loc = params["loc"]
+    if covariance == "full" and loc.shape[-2] == 1 and anomaly_loc is not None and anomaly_excess is not None:
+        return _one_factor_table(x, params, anomaly_loc, anomaly_excess)
+    normal = normal_log_prob(x, params, covariance)
+    return torch.cat([normal, broad.log_prob(x).expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
+
+
+def _one_factor_table(
+    x: torch.Tensor, params: dict[str, torch.Tensor], anomaly_loc: torch.Tensor, anomaly_excess: torch.Tensor
+) -> torch.Tensor:
+    """:func:`component_table` for one full-covariance component and the inflated anomaly component."""
+    loc = params["loc"].squeeze(-2)  # (..., d)
+    batch, d = loc.shape[:-1], loc.shape[-1]
+    tril = (params["scale"].unsqueeze(-1) * params["corr_tril"]).squeeze(-3)  # (..., d, d)
+    # w = L⁻¹(x − loc) and c = L⁻¹(anomaly_loc − loc): |w|² and |w − c|² = |w|² − 2 w·c + |c|².
+    white = torch.linalg.solve_triangular(tril, x.transpose(-1, -2) - loc.unsqueeze(-1), upper=False)  # (..., d, n)
+    shift = torch.linalg.solve_triangular(tril, (anomaly_loc.reshape(*batch, d) - loc).unsqueeze(-1), upper=False)
+    normal = torch.linalg.vector_norm(white, dim=-2).pow(2)  # (..., n)
+    cross = (shift.transpose(-1, -2) @ white).squeeze(-2)  # (..., n)
+    anomaly = (normal - 2.0 * cross + shift.pow(2).sum((-2, -1)).unsqueeze(-1)).clamp(min=0.0)
+    inflation = 1.0 + anomaly_excess.reshape(*batch, 1)
+    maha = torch.stack([normal, anomaly / inflation], -1)
+    log_inflation = torch.stack([torch.zeros_like(inflation), inflation.log()], -1)  # (..., 1, 2)
+    half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)[..., None, None]
+    return -0.5 * (maha + d * (math.log(2 * math.pi) + log_inflation)) - half_log_det
+
+
 def model(
     x: torch.Tensor,
     subsample: torch.Tensor | None = None,
@@ -304,8 +347,7 @@ def model(
     broad = anomaly_distribution(anomaly, hyper, params, weights, covariance, a_loc, a_excess)
 
     def table(v: torch.Tensor) -> torch.Tensor:
-        normal = normal_log_prob(v, params, covariance)
-        return torch.cat([normal, broad.log_prob(v).expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
+        return component_table(v, params, covariance, broad, a_loc, a_excess)
 
     with pyro.plate("row", x.shape[0], subsample=subsample, device=x.device) as idx:
         xi = x.index_select(0, idx)
@@ -1070,6 +1112,35 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self.calibration_ = None  # a refit needs new labels
         self._ppc_reference = None  # the predictive check's centre and covariance are the new rows'
         arr, names = as_feature_matrix(X)
+        self._check_table(arr, names)
+        n = arr.shape[0]
+        self.feature_names_ = names
+        self.fitted_on_frame_ = isinstance(X, pd.DataFrame)
+        self._x = torch.as_tensor(self._standardise(arr, names), dtype=torch.get_default_dtype(), device=self.device_)
+        self._hyper = self._hyperparameters()
+        x_np = self._x.cpu().numpy()
+        self.component_selection_ = None
+        if self.num_components == "auto":
+            self.component_selection_ = self._select_components(x_np)
+            self.num_components_ = int(self.component_selection_.index[self.component_selection_["chosen"]][0])
+        else:
+            self.num_components_ = int(self.num_components)
+        self._place_start(x_np)
+        minibatch = self.batch_size is not None and int(self.batch_size) < n
+        self._run_svi(
+            self._x,
+            data_size=n if minibatch else None,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            distributed=distributed,
+            **self._kwargs(),
+        )
+        self._warn_on_anomaly_share(x_np)
+        return self
+
+    def _check_table(self, arr: np.ndarray, names: list[str]) -> None:
+        """Refuse a table this model cannot fit: too few rows, constant columns, settings it cannot hold."""
         n, d = arr.shape
         if n <= d:
             raise ValueError(f"X has {n} rows and {d} features; need more rows than features")
@@ -1083,9 +1154,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
             raise ValueError(f"rank={self.rank} must be below the {d} features")
         if self.num_components != "auto" and int(self.num_components) * 2 > n:
             raise ValueError(f"num_components={self.num_components} is too many for {n} rows")
-        self.feature_names_ = names
-        self.fitted_on_frame_ = isinstance(X, pd.DataFrame)
-        # Robust standardisation: anomalies should not set the scale.
+
+    def _standardise(self, arr: np.ndarray, names: list[str]) -> np.ndarray:
+        """Rows standardised by median and MAD (anomalies should not set the scale); keeps the shift and scale."""
+        sd = arr.std(axis=0)
         self._shift = np.median(arr, axis=0)
         mad = np.median(np.abs(arr - self._shift), axis=0) * 1.4826
         self._scale = np.where(mad > 1e-9 * sd, mad, sd)
@@ -1094,10 +1166,13 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if not (np.isfinite(self._scale).all() and np.isfinite(z).all()):
             bad = [names[j] for j in np.nonzero(~(np.isfinite(self._scale) & np.isfinite(z).all(axis=0)))[0]]
             raise ValueError(f"columns {bad[:10]} have values too large to standardise (overflow); rescale them")
-        self._x = torch.as_tensor(z, dtype=torch.get_default_dtype(), device=self.device_)
+        return z
+
+    def _hyperparameters(self) -> dict[str, torch.Tensor]:
+        """The prior's hyperparameters, as tensors on the data's device and dtype."""
         t = self._x.new_tensor
         a, b = (float(v) for v in self.anomaly_prior)
-        self._hyper = {
+        return {
             "frac_a": t(a),
             "frac_b": t(b),
             "loc_center": t(0.0),
@@ -1111,13 +1186,11 @@ class MixtureAnomalyDetector(BayesianEstimator):
             "excess_center": t(math.log(4.0)),
             "excess_sd": t(1.5),
         }
-        x_np = self._x.cpu().numpy()
-        self.component_selection_ = None
-        if self.num_components == "auto":
-            self.component_selection_ = self._select_components(x_np)
-            self.num_components_ = int(self.component_selection_.index[self.component_selection_["chosen"]][0])
-        else:
-            self.num_components_ = int(self.num_components)
+
+    def _place_start(self, x_np: np.ndarray) -> None:
+        """The guide's starting point (``self._init``): EM, then a Laplace approximation, or k-means centres."""
+        n = len(x_np)
+        a, b = (float(v) for v in self.anomaly_prior)
         K = self.num_components_
         rng = np.random.default_rng(self.seed)
         centres, scales = _start_centres(x_np, K, rng)
@@ -1151,18 +1224,6 @@ class MixtureAnomalyDetector(BayesianEstimator):
             self._init = {"loc_loc": as_tensor(centres)}
             if scales is not None:
                 self._init["scale_loc"] = as_tensor(np.log(scales))
-        minibatch = self.batch_size is not None and int(self.batch_size) < n
-        self._run_svi(
-            self._x,
-            data_size=n if minibatch else None,
-            checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            distributed=distributed,
-            **self._kwargs(),
-        )
-        self._warn_on_anomaly_share(x_np)
-        return self
 
     def _warn_on_anomaly_share(self, x: np.ndarray) -> None:
         """Warn when the anomaly component took most rows, or collapsed (see :meth:`fit`'s Notes)."""
@@ -1417,18 +1478,11 @@ class MixtureAnomalyDetector(BayesianEstimator):
         frac = draws["anomaly_fraction"]  # (S, 1)
         weights = draws["weights"]  # (S, 1, K)
         params = {k: v for k, v in draws.items() if k in ("loc", "scale", "corr_tril", "cov_factor")}
-        normal = normal_log_prob(x, params, self.covariance)  # (S, n, K)
-        broad = anomaly_distribution(
-            self.anomaly,
-            self._hyper,
-            params,
-            weights,
-            self.covariance,
-            draws.get("anomaly_loc"),
-            draws.get("anomaly_excess"),
-        )
-        anomaly = broad.log_prob(x)  # (S, n); (n,) for "student_t"
-        table = torch.cat([normal, anomaly.expand(normal.shape[:-1]).unsqueeze(-1)], dim=-1)
+        a_loc, a_excess = draws.get("anomaly_loc"), draws.get("anomaly_excess")
+        broad = anomaly_distribution(self.anomaly, self._hyper, params, weights, self.covariance, a_loc, a_excess)
+        # Rows in blocks, so the working memory does not grow with rows x draws x features.
+        blocks = row_chunks(x, frac.shape[0] * (weights.shape[-1] + 1))
+        table = torch.cat([component_table(xb, params, self.covariance, broad, a_loc, a_excess) for xb in blocks], -2)
         return mixture_log_weights(frac, weights), table
 
     # -------------------------------------------------------------- verbs
@@ -1446,9 +1500,9 @@ class MixtureAnomalyDetector(BayesianEstimator):
     @staticmethod
     def _mean_log_odds(log_odds: np.ndarray) -> np.ndarray:
         """Log-odds of the probability averaged over the draws (exact near 0 and 1, where float32 rounds)."""
-        from scipy.special import log_expit, logsumexp
-
-        return logsumexp(log_expit(log_odds), axis=0) - logsumexp(log_expit(-log_odds), axis=0)
+        lo = torch.from_numpy(np.asarray(log_odds, dtype=np.float64))
+        log_sigmoid = torch.nn.functional.logsigmoid
+        return (torch.logsumexp(log_sigmoid(lo), 0) - torch.logsumexp(log_sigmoid(-lo), 0)).numpy()
 
     def predict_proba(
         self,
