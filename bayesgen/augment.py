@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bayesgen._labels import class_index, sample_class_index
 from bayesgen._runtime import (
     MAX_SEED,
     as_feature_matrix,
@@ -83,16 +84,6 @@ class AugmentedData:
         frame[label] = self.y
         frame[flag] = self.synthetic.astype(int)
         return frame
-
-
-def _check_known(labels: np.ndarray, classes: Sequence[Any], what: str) -> None:
-    """Every label in ``labels`` is one of the generator's ``classes``, or a ValueError naming the others."""
-    unknown = sorted({str(v) for v in labels.tolist()} - {str(c) for c in classes})
-    if unknown:
-        raise ValueError(
-            f"{what} has labels {unknown[:10]} that the generator does not know "
-            f"(its classes: {np.asarray(classes[:20]).tolist()})"
-        )
 
 
 def _per_class(num_per_class: int | Mapping[Any, int], classes: Sequence[Any]) -> dict[Any, int]:
@@ -195,7 +186,7 @@ def augment(
         )
     classes = getattr(generator, "classes_", None)
     classes = list(np.unique(labels) if classes is None else classes)
-    _check_known(labels, classes, "y")
+    class_index(labels, classes, len(labels), "y")  # every label is one of the generator's classes
     counts = _per_class(num_per_class, classes)
     check_output_memory(sum(counts.values()), len(counts), arr.shape[1], f"num_per_class={num_per_class!r}")
     # A drawn seed: else each class's draw would fall back to the generator's seed.
@@ -306,9 +297,11 @@ class LedoitWolfSampler:
         Parameters
         ----------
         num_samples : int
-        y : None, "uniform" or a class label
-            None draws classes in the training proportions; "uniform" balances them; a label
-            generates that class.
+        y : None, "uniform", a class label, or array_like of ``num_samples`` labels
+            None draws each row's class from the training proportions; "uniform" gives exactly
+            balanced classes (``num_samples % C`` of them one row more, the first in ``classes_``
+            order) in a random order; a label gives every row that class; a sequence gives each
+            row its own.
         seed : int, optional
             Defaults to the sampler's ``seed``.
 
@@ -316,20 +309,18 @@ class LedoitWolfSampler:
         -------
         X : numpy.ndarray, shape (num_samples, n_features)
         y : numpy.ndarray, shape (num_samples,)
+
+        Raises
+        ------
+        ValueError
+            ``y`` names a label not in ``classes_``, or is a sequence without ``num_samples`` labels.
         """
         if not hasattr(self, "classes_"):
             raise ValueError("this LedoitWolfSampler is not fitted yet; call fit(X, y) first")
         n = check_count(num_samples, "num_samples", minimum=0)
         seed = check_seed(seed) if seed is not None else (fresh_seed() if self.seed is None else self.seed)
         rng = np.random.default_rng(seed)
-        C = len(self.classes_)
-        if y is None:
-            index = rng.choice(C, size=n, p=self.class_weights_)
-        elif isinstance(y, str) and y == "uniform":
-            index = rng.permutation(np.arange(n) % C)
-        else:
-            _check_known(np.asarray([y]), list(self.classes_), "y")
-            index = np.full(n, [str(c) for c in self.classes_].index(str(y)))
+        index = sample_class_index(y, n, self.classes_, self.class_weights_, rng)
         X = np.empty((n, self.means_.shape[1]))
         for c in np.unique(index):
             rows = index == c
@@ -412,7 +403,7 @@ def tstr(
         values, counts = np.unique(labels, return_counts=True)
         num_per_class = dict(zip(values.tolist(), counts.tolist(), strict=True))
     classes = list(getattr(generator, "classes_", np.unique(labels)))
-    _check_known(test_labels, classes, "y_test")
+    class_index(test_labels, classes, len(test_labels), "y_test")  # every label is one of the generator's classes
     seed = fresh_seed() if seed is None else seed
     parts = [
         generator.sample(n, y=c, seed=seed + i)

@@ -350,7 +350,7 @@ def test_running_out_of_memory_names_the_method_not_the_allocator(make, fit, bad
 
 
 def test_an_absurd_request_is_a_clear_memory_error():
-    """torch's CPU allocator refusing a request (here about 400 TiB of samples) is named, with the size."""
+    """An allocator refusing a request (here NumPy's, for the classes of 10**12 rows) is named, with the size."""
     import inspect
 
     X, y = load_digits()
@@ -364,6 +364,19 @@ def test_an_absurd_request_is_a_clear_memory_error():
     assert list(inspect.signature(GaussianGenerator.sample).parameters)[:2] == ["self", "num_samples"]  # same API
     X_new, y_new = gen.sample(5, seed=0)  # and still works
     assert X_new.shape == (5, X.shape[1])
+
+
+def test_the_size_an_allocator_asked_for_is_read_from_numpy_and_torch():
+    from bayesgen.models._base import _allocation
+
+    with pytest.raises(MemoryError) as numpy_error:
+        np.empty(2**50)  # 8 PiB
+    assert _allocation(numpy_error.value) == f"it asked for {2**53 / 2**30:,.1f} GiB"
+    torch_cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: "
+        "you tried to allocate 3221225472 bytes."
+    )
+    assert _allocation(torch_cpu) == "it asked for 3.0 GiB"
 
 
 def test_every_plate_whose_index_is_used_names_its_device():

@@ -126,7 +126,7 @@ def test_sample_proportions_classes_and_clip():
     assert np.bincount(yu).tolist() == [1000, 1000, 1000]
     _, y2 = gen.sample(10, y=2, seed=0)
     assert set(y2) == {2}
-    with pytest.raises(ValueError, match="unknown class 7"):
+    with pytest.raises(ValueError, match=r"unknown labels \[7\]; the classes are \[0, 1, 2\]"):
         gen.sample(3, y=7)
     a, _ = gen.sample(50, seed=5)
     b, _ = gen.sample(50, seed=5)
@@ -236,7 +236,7 @@ def test_ledoit_wolf_baseline_bad_input():
     with pytest.raises(ValueError, match="not fitted"):
         LedoitWolfSampler().sample(3)
     sampler = LedoitWolfSampler().fit(X[:20], y[:20])
-    with pytest.raises(ValueError, match="does not know"):
+    with pytest.raises(ValueError, match=r"unknown labels \[7\]; the classes are \[0, 1\]"):
         sampler.sample(3, y=7)
     with pytest.raises(ValueError, match="clip"):
         LedoitWolfSampler(clip=(1, 0)).fit(X[:20], y[:20])
@@ -478,7 +478,7 @@ def test_augmentation_helpers_check_their_inputs():
         augment(X, y[:10], gen, 2)
     with pytest.raises(ValueError, match="NaN or infinite"):
         augment(np.where(X > 2, np.nan, X), y, gen, 2)
-    with pytest.raises(ValueError, match=r"labels \['a', 'b'\] that the generator does not know"):
+    with pytest.raises(ValueError, match=r"y has unknown labels \['a', 'b'\]; the classes are \[0, 1\]"):
         augment(X, np.array(["a", "b"] * 20), gen, 2)
     with pytest.raises(ValueError, match="3 feature columns but the generator makes rows of 4"):
         augment(X[:, :3], y, gen, 2)
@@ -488,7 +488,7 @@ def test_augmentation_helpers_check_their_inputs():
     assert list(frame.to_frame().columns) == [*"abcd", "y", "synthetic"]
     nullable = pd.DataFrame(X, columns=list("abcd")).astype({"d": "Float64"})
     assert augment(nullable, y, gen, 2).synthetic.sum() == 4  # pandas nullable dtypes are numeric too
-    with pytest.raises(ValueError, match=r"y_test has labels \['7'\]"):
+    with pytest.raises(ValueError, match=r"y_test has unknown labels \[7\]; the classes are \[0, 1\]"):
         tstr(gen, X, y, X, np.full(40, 7))
     with pytest.raises(ValueError, match="X_test has 3 feature columns, expected 4"):
         tstr(gen, X, y, X[:, :3], y)

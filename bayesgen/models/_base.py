@@ -68,7 +68,11 @@ class NotEnoughMemoryError(MemoryError):
 
 
 def _allocation(err: BaseException) -> str:
-    """What the allocator said, in a line: torch's CPU allocator's byte count, or the message's first line."""
+    """What the allocator said, in a line: the size NumPy or torch's CPU allocator asked for, or the message's first
+    line."""
+    shape, dtype = getattr(err, "shape", None), getattr(err, "dtype", None)
+    if isinstance(err, MemoryError) and shape is not None and hasattr(dtype, "itemsize"):  # NumPy's, with its array
+        return f"it asked for {math.prod(shape) * dtype.itemsize / 2**30:,.1f} GiB"
     text = str(err).strip()
     asked = re.search(r"tried to allocate (\d+) bytes", text)
     if asked:

@@ -106,6 +106,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
+from bayesgen._labels import sample_class_index
 from bayesgen._runtime import as_feature_matrix, check_count, check_labels, check_real, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._base import BayesianEstimator
@@ -1260,9 +1261,13 @@ class GaussianGenerator(BayesianEstimator):
         ----------
         num_samples : int
             Rows to generate.
-        y : None, "uniform", a class label, or array_like of labels
-            None draws classes from the posterior class weights (the data's own
-            proportions); "uniform" balances them; a label generates that class.
+        y : None, "uniform", a class label, or array_like of ``num_samples`` labels
+            None draws each row's class from the class weights (the posterior
+            predictive's, near the data's own proportions; for SVI fits the
+            weights of the row's joint draw); "uniform" gives exactly balanced
+            classes (``num_samples % C`` of them one row more, the first in
+            ``classes_`` order) in a random order; a label gives every row that
+            class; a sequence gives each row its own.
         seed : int, optional
         as_frame : bool, default False
             Return a DataFrame with the feature names.
@@ -1271,29 +1276,27 @@ class GaussianGenerator(BayesianEstimator):
         -------
         X : numpy.ndarray, shape (num_samples, n_features), or DataFrame
         y : numpy.ndarray, shape (num_samples,)
+
+        Raises
+        ------
+        ValueError
+            ``y`` names a label not in ``classes_``, or is a sequence without
+            ``num_samples`` labels.
         """
         self._check_fitted()
         n = check_count(num_samples, "num_samples", minimum=0)
         seed = self._method_seed(seed)
-        C = len(self.classes_)
         exact = self.method == "exact"
-        if not exact:
+        if exact:
+            class_weights = to_numpy(self._predictive["weights"])
+        else:
             num_draws = max(1, min(n, 64))
             draws = self._draw_parameters(num_draws, seed)
+            owner = torch.arange(n, device=self.device_) % num_draws
+            class_weights = to_numpy(draws["weights"][owner])  # a row's class weights are its joint draw's
+        index = sample_class_index(y, n, self.classes_, class_weights, np.random.default_rng(seed))
+        labels = torch.as_tensor(index, device=self.device_)
         with seeded(seed + 1, self.device_), torch.no_grad():
-            if exact:
-                weights = self._predictive["weights"] / self._predictive["weights"].sum()
-                class_weights = weights.expand(n, C)
-            else:
-                owner = torch.arange(n, device=self.device_) % num_draws
-                class_weights = draws["weights"][owner]
-            if y is None:
-                labels = dist.Categorical(class_weights).sample()
-            elif isinstance(y, str) and y == "uniform":
-                labels = torch.arange(n, device=self.device_) % C
-                labels = labels[torch.randperm(n, device=self.device_)]
-            else:
-                labels = self._class_index(y, n)
             if exact:
                 # The exact posterior predictive: a (multivariate) Student-t per class.
                 xs = self._structure.sample_predictive(self._predictive, labels)
@@ -1311,29 +1314,10 @@ class GaussianGenerator(BayesianEstimator):
         full[:, self._constant] = self._constant_values
         if self.clip is not None:
             full = np.clip(full, float(self.clip[0]), float(self.clip[1]))
-        out_y = self.classes_[to_numpy(labels)]
+        out_y = self.classes_[index]
         if as_frame:
             return pd.DataFrame(full, columns=self.feature_names_), out_y
         return full, out_y
-
-    def _class_index(self, y: Any, n: int) -> torch.Tensor:
-        """The class index of each of ``n`` rows to sample, from one label or a sequence of ``n`` labels."""
-        wanted_arr = np.atleast_1d(np.asarray(y, dtype=object))
-        if wanted_arr.ndim != 1 or wanted_arr.size == 0:
-            raise ValueError(
-                f"y must be one label, 'uniform' or a 1-D sequence of labels, got shape {wanted_arr.shape}"
-            )
-        wanted = wanted_arr.tolist()
-        lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
-        try:
-            idx = [lookup[v] for v in wanted]
-        except KeyError as err:
-            raise ValueError(f"unknown class {err.args[0]!r}; classes are {self.classes_.tolist()}") from None
-        if len(idx) == 1:
-            idx = idx * n
-        if len(idx) != n:
-            raise ValueError(f"y has {len(idx)} labels for {n} samples")
-        return torch.as_tensor(idx, device=self.device_)
 
     def posterior(self, num_samples: int = 100, *, seed: int | None = None) -> dict[str, np.ndarray]:
         """Draws of the class parameters on the raw feature scale (modelled features).

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bayesgen._labels import class_index, sample_class_index
 from bayesgen._runtime import check_count, check_flag, check_labels, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
@@ -566,16 +567,7 @@ class VAE(NeuralEstimator):
             return None
         if y is None:
             raise ValueError(f"this VAE is conditional: pass the labels {what}")
-        labels = np.asarray(y)
-        if labels.ndim == 0:
-            labels = np.full(n, labels.item())
-        if labels.shape != (n,):
-            raise ValueError(f"{what} has shape {labels.shape}; expected ({n},), one label per row")
-        lookup = {v: i for i, v in enumerate(self.classes_.tolist())}
-        unknown = sorted({v for v in labels.tolist() if v not in lookup}, key=str)
-        if unknown:
-            raise ValueError(f"unknown labels {unknown[:10]} in {what}; classes are {self.classes_.tolist()}")
-        return torch.as_tensor([lookup[v] for v in labels.tolist()], dtype=torch.int64, device=self.device_)
+        return torch.as_tensor(class_index(y, self.classes_, n, what), device=self.device_)
 
     # ----------------------------------------------------------- networks
     def _build_networks(self) -> None:
@@ -930,9 +922,12 @@ class VAE(NeuralEstimator):
         Parameters
         ----------
         n : int
-        y : None, "uniform", a class label or array_like of labels
-            Conditional VAE only. None draws classes in the training
-            proportions; "uniform" draws them equally often.
+        y : None, "uniform", a class label or array_like of ``n`` labels
+            Conditional VAE only. None draws each row's class from the
+            training proportions; "uniform" gives exactly balanced classes
+            (``n % C`` of them one row more, the first in ``classes_`` order)
+            in a random order; a label gives every row that class; a sequence
+            gives each row its own.
         seed : int, optional
             Default: the estimator's ``seed`` (the same draws each call).
         mean : bool, default True
@@ -943,39 +938,30 @@ class VAE(NeuralEstimator):
         -------
         X : numpy.ndarray, shape (n, n_pixels)
         y : numpy.ndarray, shape (n,), or None for an unconditional VAE
+
+        Raises
+        ------
+        ValueError
+            ``y`` given to an unconditional VAE; a label not in ``classes_``;
+            a sequence without ``n`` labels.
         """
         self._check_fitted()
         n = check_count(n, "n", minimum=0)
-        labels = None
-        with seeded(self._method_seed(seed), self.device_):
-            if self.conditional:
-                if y is None or (isinstance(y, str) and y == "uniform"):
-                    if y is None:
-                        counts = torch.as_tensor(self.class_counts_, dtype=torch.float32)
-                    else:
-                        counts = torch.ones(self.num_classes_)
-                    idx = (
-                        torch.multinomial(counts.cpu(), n, replacement=True) if n else torch.zeros(0, dtype=torch.int64)
-                    )
-                    labels = self.classes_[idx.numpy()]
-                else:
-                    labels = np.asarray(y)
-                    labels = np.full(int(n), labels.item()) if labels.ndim == 0 else labels
-                    if len(labels) != n:
-                        raise ValueError(f"y has {len(labels)} labels for n={n} rows")
-                yi = self._labels_to_index(labels, n)
-            elif y is not None:
-                raise ValueError("this VAE is not conditional; refit with conditional=True to sample a class")
+        seed = self._method_seed(seed)
+        labels, yi = None, None
+        if self.conditional:
+            index = sample_class_index(y, n, self.classes_, self.class_counts_, np.random.default_rng(seed))
+            labels, yi = self.classes_[index], torch.as_tensor(index, device=self.device_)
+        elif y is not None:
+            raise ValueError("this VAE is not conditional; refit with conditional=True to sample a class")
+        with seeded(seed, self.device_), torch.no_grad():
+            z = torch.randn(int(n), int(self.latent_dim), device=self.device_)
+            out = self.decoder_(z, _onehot(yi, self.num_classes_, z))
+            if mean:
+                xs = self._mean_image(out)
             else:
-                yi = None
-            with torch.no_grad():
-                z = torch.randn(int(n), int(self.latent_dim), device=self.device_)
-                out = self.decoder_(z, _onehot(yi, self.num_classes_, z))
-                if mean:
-                    xs = self._mean_image(out)
-                else:
-                    scale = self.gaussian_scale_() if self.gaussian_scale_ is not None else None
-                    xs = likelihood_dist(out, self.likelihood, scale).sample()
+                scale = self.gaussian_scale_() if self.gaussian_scale_ is not None else None
+                xs = likelihood_dist(out, self.likelihood, scale).sample()
         return to_numpy(xs), labels
 
     def interpolate(self, x1: Any, x2: Any, steps: int = 8, *, y: Any = None) -> np.ndarray:
