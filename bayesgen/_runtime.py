@@ -13,6 +13,7 @@ import functools
 import math
 import numbers
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -45,6 +46,8 @@ __all__ = [
     "thread_count",
     "check_threads",
     "SMALL_STEP_ELEMENTS",
+    "IDLE_PROBE_SECONDS",
+    "idle_share",
 ]
 
 
@@ -219,6 +222,49 @@ def _default_cores() -> int:
     return min(usable_cores(), _physical_cores() or usable_cores())
 
 
+#: Seconds over which "auto" measures how busy the usable CPUs are before a large fit (see :func:`choose_threads`).
+IDLE_PROBE_SECONDS = 0.1
+
+
+def _cpu_times() -> dict[int, tuple[int, int]] | None:
+    """(idle, total) clock ticks of each usable CPU from ``/proc/stat``; None where it cannot be read."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except (AttributeError, OSError):
+        return None
+    times = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus and len(fields) >= 5:
+            ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times or None
+
+
+def idle_share(seconds: float = IDLE_PROBE_SECONDS) -> float | None:
+    """The share of the usable CPUs' time that was idle over the next ``seconds`` (None where unknown).
+
+    This process sleeps while it measures, so the busy share is other processes' work.
+    """
+    before = _cpu_times()
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after = _cpu_times() or {}
+    idle = sum(after[c][0] - before[c][0] for c in after if c in before)
+    total = sum(after[c][1] - before[c][1] for c in after if c in before)
+    return min(1.0, max(0.0, idle / total)) if total > 0 else None
+
+
+def _free_cores() -> int:
+    """The physical cores this process may use (:func:`_default_cores`), less those other processes keep busy."""
+    cores = _default_cores()
+    share = idle_share() if cores > 1 else None
+    return cores if share is None else max(1, min(cores, round(cores * share)))
+
+
 def choose_threads(num_threads: int | str | None = "auto", *, step_elements: float | None = None) -> int | None:
     """The number of torch intra-op threads a block runs with, or None to leave torch's setting alone.
 
@@ -227,9 +273,12 @@ def choose_threads(num_threads: int | str | None = "auto", *, step_elements: flo
     num_threads : int, "auto" or None, default "auto"
         An int is used as given. None leaves the setting as it is. ``"auto"`` leaves a setting the
         user made (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, an earlier ``torch.set_num_threads``) as it
-        is; otherwise it is one thread when ``step_elements`` is below :data:`SMALL_STEP_ELEMENTS`
-        and the physical cores among :func:`usable_cores` (torch's own default) when it is larger
-        or unknown.
+        is; otherwise it is one thread when ``step_elements`` is below :data:`SMALL_STEP_ELEMENTS`;
+        when it is larger or unknown, the physical cores among :func:`usable_cores` (torch's own
+        default) times the share of those CPUs' time that was idle over
+        :data:`IDLE_PROBE_SECONDS` (:func:`idle_share`), rounded, at least one: on two cores beside
+        one busy process, one thread; on an idle machine, both. The count is chosen once per call
+        (once per fit), so a process that starts later does not change it.
     step_elements : float, optional
         Data elements one step reads (rows per step × columns × particles).
 
@@ -250,7 +299,7 @@ def choose_threads(num_threads: int | str | None = "auto", *, step_elements: flo
             return None
         if step_elements is not None and step_elements < SMALL_STEP_ELEMENTS:
             return 1
-        return _default_cores()
+        return _free_cores()
     return num_threads
 
 

@@ -2161,8 +2161,11 @@ def run_svi(
         runs a step that reads fewer than :data:`bayesgen._runtime.SMALL_STEP_ELEMENTS` data elements
         (rows per step × columns × particles) on one thread, and a larger one, or one whose size the
         arguments do not show (``batch_args``, data the model reads from elsewhere), on the physical
-        cores this process may use (torch's own default). Results agree across thread counts to
-        rounding, bit for bit at one count; for a resume that is exact elsewhere, give an int.
+        cores this process may use (torch's own default) less those other processes keep busy (the
+        idle share of the CPUs' time over 0.1 s before the fit,
+        :func:`bayesgen._runtime.idle_share`). A user-set count equal to torch's own default is
+        read as torch's default. Results agree across thread counts to rounding, bit for bit at one
+        count; for a resume that is exact elsewhere, give an int.
 
     Returns
     -------

@@ -28,6 +28,7 @@ def torch_default(monkeypatch):
     monkeypatch.setattr(_runtime, "usable_cores", lambda: 6)
     monkeypatch.setattr(_runtime.os, "cpu_count", lambda: 6)
     monkeypatch.setattr(_runtime, "_physical_cores", lambda: 3)
+    monkeypatch.setattr(_runtime, "idle_share", lambda seconds=0.1: 1.0)  # nothing else running
     yield
     torch.set_num_threads(before)
 
@@ -38,6 +39,37 @@ def test_auto_uses_one_thread_for_a_small_step_and_the_physical_cores_for_a_larg
     assert choose_threads("auto") == 3  # work unknown
     with thread_count(1):  # bayesgen's own setting in an enclosing block is not the user's
         assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS * 10) == 3
+
+
+@pytest.mark.parametrize(("share", "threads"), [(1.0, 3), (0.9, 3), (0.6, 2), (0.3, 1), (0.0, 1), (None, 3)])
+def test_auto_leaves_the_cores_other_processes_keep_busy(torch_default, monkeypatch, share, threads):
+    """A large step runs on the physical cores times the idle share of the CPUs (None: unknown, all of them)."""
+    monkeypatch.setattr(_runtime, "idle_share", lambda seconds=0.1: share)
+    assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS * 10) == threads
+    assert choose_threads("auto", step_elements=SMALL_STEP_ELEMENTS - 1) == 1
+    assert choose_threads(3, step_elements=SMALL_STEP_ELEMENTS * 10) == 3  # a count given is used as given
+
+
+def test_idle_share_reads_the_usable_cpus_ticks(monkeypatch):
+    """Idle (idle + iowait) ticks over all ticks of the usable CPUs between two readings of /proc/stat."""
+    readings = iter([{0: (100, 200), 1: (50, 400)}, {0: (110, 210), 1: (50, 410), 2: (999, 999)}])
+    monkeypatch.setattr(_runtime, "_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(_runtime.time, "sleep", lambda seconds: None)
+    assert _runtime.idle_share(0.0) == pytest.approx(0.5)  # CPU 0 idle 10 of 10 ticks, CPU 1 busy 10 of 10
+    monkeypatch.setattr(_runtime, "_cpu_times", lambda: None)
+    assert _runtime.idle_share(0.0) is None
+
+
+def test_cpu_times_parses_proc_stat(monkeypatch, tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 10 100 5 0 0 0 0 0\ncpu0 1 2 3 40 5 6 7 8 9 10\ncpu1 1 1 1 1 1 1 1 1 0 0\nintr 12345\n")
+    real_open = open
+    monkeypatch.setattr(_runtime.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(
+        "builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k)
+    )
+    # CPU 1 is not usable; guest ticks (the last two) are already counted in user and nice.
+    assert _runtime._cpu_times() == {0: (45, 1 + 2 + 3 + 40 + 5 + 6 + 7 + 8)}
 
 
 def test_auto_keeps_the_users_setting(torch_default, monkeypatch):

@@ -481,7 +481,7 @@ class BetaBinomialTest(BayesianEstimator):
     num_threads : int, "auto" or None, default "auto"
         torch's CPU threads while fitting by SVI, the caller's count restored after: "auto" keeps a count
         you set (``OMP_NUM_THREADS``, ``torch.set_num_threads``) and otherwise uses one thread for a
-        small step and the physical cores for a large one (:func:`bayesgen.infer.run_svi`); an int
+        small step and the idle physical cores for a large one (:func:`bayesgen.infer.run_svi`); an int
         also applies to this estimator's other methods.
     seed : int, default 0
     progress : bool, default False
