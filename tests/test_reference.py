@@ -78,6 +78,14 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     assert set(check.unchecked) == {"loc", "cov_factor", "cov_diag"}
     assert "rotation" in check.unchecked["cov_factor"]
     assert "no closed form for cov_diag, cov_factor, loc" in check.message()
+    # Their intervals are approximate (measured against NUTS on a few pixels), and the report's box says why.
+    assert all("approximate" in check.unchecked[site] for site in ("loc", "cov_diag", "cov_factor"))
+    from bayesgen.diagnostics.report import _reference_part
+    from bayesgen.diagnostics.verdict import _reference_verdict
+
+    verdict = _reference_verdict(_reference_part(gen, num_samples=200, seed=0))
+    assert verdict.status == "ok" and "cov_diag: no closed form" in verdict.advice
+    assert "approximate" in verdict.advice
     # The anomaly detector's sites say what the guide misses against NUTS.
     from bayesgen.models.anomaly import MixtureAnomalyDetector
 

@@ -138,10 +138,13 @@ def _rows_verdict(part: dict[str, Any]) -> CheckVerdict:
 
 def _reference_verdict(part: dict[str, Any]) -> CheckVerdict:
     message = part.get("message", "")
+    unchecked = part.get("unchecked") or {}
+    # What a reader should know about the sites the check could not compare, in their own words.
+    caveat = "; ".join(f"{site}: {why}" for site, why in sorted(unchecked.items()) if why)
     if "error" in part or not part.get("checked"):
-        return CheckVerdict("info", "no exact posterior to compare", message or str(part.get("error", "")))
+        return CheckVerdict("info", "no exact posterior to compare", message or str(part.get("error", "")), caveat)
     if part.get("agree"):
-        return CheckVerdict("ok", "agrees with the exact posterior", message)
+        return CheckVerdict("ok", "agrees with the exact posterior", message, caveat)
     return CheckVerdict(
         "fail",
         "differs from the exact posterior",
