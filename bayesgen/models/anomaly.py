@@ -628,7 +628,7 @@ def em_start(
             maha = -2.0 * (spread.log_prob(xt) - spread.log_prob(a_loc))  # squared Mahalanobis distances
             excess = (resp[:, K] @ maha / (d * counts[K]) - 1.0).clamp(min=0.05)
         broad = anomaly_distribution(anomaly, hyper_t, params, weights, covariance, a_loc, excess)
-        joint = torch.cat([normal_log_prob(xt, params, covariance), broad.log_prob(xt).unsqueeze(-1)], -1)
+        joint = component_table(xt, params, covariance, broad, a_loc, excess)
         joint = joint + mixture_log_weights(frac, weights)
         norm = torch.logsumexp(joint, -1)
         resp = (joint - norm.unsqueeze(-1)).exp()
