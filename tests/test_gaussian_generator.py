@@ -244,12 +244,17 @@ def test_ledoit_wolf_baseline_bad_input():
         LedoitWolfSampler().fit(np.where(X[:20] > 1, np.nan, X[:20]), y[:20])
 
 
-def test_save_load_round_trip_and_gpu_free_load(tmp_path, digits_split):
+def test_save_load_round_trip_and_gpu_free_load(tmp_path, digits_split, make_older):
     X_tr, X_te, y_tr, _ = digits_split
     gen = GaussianGenerator(covariance="lowrank", rank=4, num_steps=100, constant_features="keep").fit(X_tr, y_tr)
     gen.save(tmp_path / "g")
     loaded = GaussianGenerator.load(tmp_path / "g", device=gen.device_)  # same device: seeded draws repeat
     np.testing.assert_array_equal(loaded.sample(20, seed=3)[0], gen.sample(20, seed=3)[0])
+    # A file without the guide's class counts and means: they are recomputed from the saved (float32) rows.
+    gen.save(tmp_path / "older")
+    make_older(tmp_path / "older", tensors=("prior.class_count", "prior.class_mean"))
+    older = GaussianGenerator.load(tmp_path / "older", device=gen.device_)
+    np.testing.assert_allclose(older.sample(20, seed=3)[0], gen.sample(20, seed=3)[0], atol=1e-5)
     np.testing.assert_allclose(loaded.predict_proba(X_te[:20], seed=1), gen.predict_proba(X_te[:20], seed=1))
     # Loaded on the CPU (a GPU fit on a machine without one): the same parameters; draws come from the
     # CPU's random stream, so the predictions agree up to Monte Carlo error.
@@ -1051,3 +1056,71 @@ def test_full_covariance_prediction_and_sampling_never_copy_a_factor_per_row():
         with _LargestTensor() as seen:
             call()
         assert seen.numel <= 3 * d * n, seen.numel  # rows x d x d would be 360,000
+
+
+# ------------------------------------------------- the low-rank guide's parts
+def test_lowrank_location_conditional_is_the_exact_gaussian_posterior():
+    # loc ~ Normal(m0, diag(s²)), n rows ~ Normal(loc, W Wᵀ + diag(ψ)): against the dense formula
+    # precision = diag(1/s²) + n Σ⁻¹, mean = cov (m0/s² + n Σ⁻¹ x̄), in float64 and in float32 with
+    # noise 10⁴ times below the factors' variance.
+    from bayesgen.models._gaussian_distributions import lowrank_loc_conditional
+
+    rng = np.random.default_rng(0)
+    C, d, r = 3, 5, 2
+    for dtype, noise, tol in ((torch.float64, 1.0, 1e-10), (torch.float32, 1e-4, 2e-3)):
+        W = rng.normal(size=(C, d, r))
+        psi = noise * (rng.uniform(size=(C, d)) + 0.1)
+        n = np.array([1, 7, 3000])
+        xbar, m0, s = rng.normal(size=(C, d)), rng.normal(size=d), rng.uniform(size=d) + 0.5
+        args = [torch.as_tensor(a, dtype=dtype) for a in (W, psi, n, xbar, m0, s)]
+        q = lowrank_loc_conditional(*args)
+        for c in range(C):
+            sigma = W[c] @ W[c].T + np.diag(psi[c])
+            cov = np.linalg.inv(np.diag(1 / s**2) + n[c] * np.linalg.inv(sigma))
+            mean = cov @ (m0 / s**2 + n[c] * np.linalg.solve(sigma, xbar[c]))
+            sd = np.sqrt(np.diag(cov))
+            np.testing.assert_allclose(q.mean[c].double().numpy(), mean, atol=tol * sd.max())
+            np.testing.assert_allclose(
+                q.covariance_matrix[c].double().numpy() / np.outer(sd, sd), cov / np.outer(sd, sd), atol=tol
+            )
+
+
+def test_lowrank_locations_have_their_posterior_spread():
+    # Two classes of 2,000 rows from a known rank-1 model: the covariance is pinned down, so each location's
+    # posterior sd is sqrt(diag((diag(1/s²) + n Σ⁻¹)⁻¹)) with the true Σ (the prior's share is negligible).
+    rng = np.random.default_rng(3)
+    d, n = 4, 2000
+    X, y, sds = [], [], []
+    for c in range(2):
+        w = rng.normal(size=(d, 1))
+        sigma = w @ w.T + np.diag(rng.uniform(0.2, 0.6, size=d))
+        X.append(rng.multivariate_normal(np.full(d, 3.0 * c), sigma, size=n))
+        y.append(np.full(n, c))
+        sds.append(np.sqrt(np.diag(np.linalg.inv(n * np.linalg.inv(sigma)))))
+    gen = GaussianGenerator(covariance="lowrank", rank=1, noise="diagonal", num_steps=200, seed=0)
+    gen.fit(np.concatenate(X), np.concatenate(y))
+    loc = gen.posterior(2000, seed=0)["loc"]
+    np.testing.assert_allclose(loc.std(axis=0) / np.array(sds), 1.0, atol=0.15)
+    np.testing.assert_allclose(gen.class_means().to_numpy(), loc.mean(axis=0), atol=0.5 * min(map(min, sds)))
+
+
+def test_lowrank_start_information_is_the_gaussian_fisher_information():
+    # The guide's scales start from the Fisher information of n rows about W and log ψ: against autograd's
+    # Hessian of the expected log-likelihood n E[log N(x; 0, Σ(θ))] at Σ_true = Σ(θ).
+    from bayesgen.models._gaussian_algebra import _lowrank_information
+
+    rng = np.random.default_rng(0)
+    d, r, n = 5, 2, 37
+    W, psi = rng.normal(size=(d, r)), rng.uniform(0.3, 1.0, size=d)
+    truth = torch.as_tensor(W @ W.T + np.diag(psi))
+
+    def expected_log_lik(theta: torch.Tensor) -> torch.Tensor:
+        w, log_psi = theta[: d * r].reshape(d, r), theta[d * r :]
+        sigma = w @ w.T + torch.diag(log_psi.exp())
+        return -n / 2 * (torch.logdet(sigma) + torch.trace(torch.linalg.solve(sigma, truth)))
+
+    theta = torch.as_tensor(np.concatenate([W.ravel(), np.log(psi)]))
+    fisher = -torch.diagonal(torch.autograd.functional.hessian(expected_log_lik, theta)).numpy()
+    info_w, info_psi = _lowrank_information(W, psi, n)
+    np.testing.assert_allclose(info_w.ravel(), fisher[: d * r], rtol=1e-8)
+    np.testing.assert_allclose(info_psi, fisher[d * r :], rtol=1e-8)

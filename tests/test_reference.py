@@ -78,8 +78,10 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     assert set(check.unchecked) == {"loc", "cov_factor", "cov_diag"}
     assert "rotation" in check.unchecked["cov_factor"]
     assert "no closed form for cov_diag, cov_factor, loc" in check.message()
-    # Their intervals are approximate (measured against NUTS on a few pixels), and the report's box says why.
-    assert all("approximate" in check.unchecked[site] for site in ("loc", "cov_diag", "cov_factor"))
+    # The covariance's intervals are approximate (measured against NUTS on a few pixels), and the report's box
+    # says why; the locations are exact given the covariance.
+    assert all("approximate" in check.unchecked[site] for site in ("cov_diag", "cov_factor"))
+    assert "exact conditional posterior" in check.unchecked["loc"]
     from bayesgen.diagnostics.report import _reference_part
     from bayesgen.diagnostics.verdict import _reference_verdict
 

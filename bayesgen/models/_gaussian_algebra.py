@@ -140,7 +140,6 @@ def lowrank_initial_params(
     num_classes: int,
     *,
     S0: np.ndarray,
-    prior_strength: float,
     shrinkage: float,
     rank: int,
 ) -> dict[str, np.ndarray]:
@@ -154,24 +153,30 @@ def lowrank_initial_params(
     from the pooled factors, which cuts the steps needed by a factor of
     several on images. Cost: one dense d × d eigendecomposition per class.
 
+    The guide's scales start from the curvature of the class's likelihood at
+    that point, the Fisher information of n_c rows from ``Normal(μ, Σ)`` with
+    ``Σ = W Wᵀ + diag(ψ)`` and ``Λ = Σ⁻¹``: ``n_c [Λ_jj (WᵀΛW)_kk + (ΛW)_jk²]``
+    for ``W_jk``, ``n_c ψ_j² Λ_jj² / 2`` for ``log ψ_j`` and ``n_c ψ̄² tr(Λ²) / 2``
+    for the log of the isotropic noise ψ̄ (the guide adds the prior's).
+
     Returns
     -------
     dict
-        ``loc_loc`` (C, d), ``cov_factor_loc`` (C, d, r), ``cov_diag_loc``
+        Guide parameter values ``cov_factor_loc`` (C, d, r), ``cov_diag_loc``
         (C, d, log scale) and ``noise_loc`` (C, the log of the isotropic noise
-        variance ψ̄): guide parameter values.
+        variance ψ̄), and the information of each: ``cov_factor_information``,
+        ``cov_diag_information`` and ``noise_information``.
     """
     C, d = num_classes, x.shape[1]
     m0 = x.mean(axis=0)
-    loc = np.empty((C, d))
     W = np.empty((C, d, rank))
     log_psi = np.empty((C, d))
     log_noise = np.empty(C)
+    info_w, info_psi, info_noise = np.empty((C, d, rank)), np.empty((C, d)), np.empty(C)
     for c in range(C):
         xc = x[y == c]
         n = len(xc)
         mean = xc.mean(axis=0) if n else m0
-        loc[c] = (prior_strength * m0 + n * mean) / (prior_strength + n)
         scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
         Sc = (shrinkage * S0 + scatter) / max(shrinkage + n, 1e-12)
         evals, evecs = np.linalg.eigh(Sc)
@@ -181,4 +186,23 @@ def lowrank_initial_params(
         log_noise[c] = np.log(psi)
         var = np.diag(Sc)
         log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
-    return {"loc_loc": loc, "cov_factor_loc": W, "cov_diag_loc": log_psi, "noise_loc": log_noise}
+        info_w[c], info_psi[c] = _lowrank_information(W[c], np.exp(log_psi[c]), n)
+        iso = np.linalg.inv(W[c] @ W[c].T + psi * np.eye(d))
+        info_noise[c] = n * psi**2 * np.sum(iso**2) / 2
+    return {
+        "cov_factor_loc": W,
+        "cov_diag_loc": log_psi,
+        "noise_loc": log_noise,
+        "cov_factor_information": info_w,
+        "cov_diag_information": info_psi,
+        "noise_information": info_noise,
+    }
+
+
+def _lowrank_information(W: np.ndarray, psi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fisher information of ``n`` rows about each ``W_jk`` and ``log ψ_j`` (see :func:`lowrank_initial_params`)."""
+    precision = np.linalg.inv(W @ W.T + np.diag(psi))
+    pw = precision @ W
+    info_w = n * (np.diag(precision)[:, None] * np.diag(W.T @ pw)[None, :] + pw**2)
+    info_psi = n * psi**2 * np.diag(precision) ** 2 / 2
+    return info_w, info_psi

@@ -3,9 +3,10 @@
 Per-class Gaussians over rows that factorise each class's covariance once per class, never once per row:
 :class:`ClassMultivariateNormal` (full covariance, given by precision matrices) and :class:`ClassLowRankNormal`
 (``W Wᵀ + diag(D)``, by the Woodbury identity). Their pieces serve the estimator's parameter draws too:
-:func:`lowrank_whitening` and :func:`lowrank_log_prob`. :func:`row_chunks` bounds the working memory of
-evaluating many rows against every class, and :func:`quiet_wishart` silences torch's false singular-sample
-warning on Wishart draws.
+:func:`lowrank_whitening` and :func:`lowrank_log_prob`; the low-rank guide draws each class's location from
+its exact conditional posterior given the covariance (:func:`lowrank_loc_conditional`). :func:`row_chunks`
+bounds the working memory of evaluating many rows against every class, and :func:`quiet_wishart` silences
+torch's false singular-sample warning on Wishart draws.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "ClassLowRankNormal",
     "ClassMultivariateNormal",
+    "lowrank_loc_conditional",
     "lowrank_log_prob",
     "lowrank_whitening",
     "quiet_wishart",
@@ -175,6 +177,59 @@ def lowrank_log_prob(
 # Rows are scored in chunks of at most this many row x class x feature elements (16 MB in float64), so
 # a prediction needs this much working memory besides its (n_rows, d) input and (n_rows, n_classes) result.
 CHUNK_ELEMENTS = 2_000_000
+
+
+def lowrank_loc_conditional(
+    cov_factor: torch.Tensor,
+    cov_diag: torch.Tensor,
+    count: torch.Tensor,
+    mean: torch.Tensor,
+    prior_loc: torch.Tensor,
+    prior_scale: torch.Tensor,
+) -> dist.LowRankMultivariateNormal:
+    """The exact posterior of each class's location given its covariance ``W Wᵀ + diag(ψ)``.
+
+    With the prior ``loc ~ Normal(prior_loc, prior_scale)`` (independent features) and ``count`` rows
+    of mean ``mean`` drawn from ``Normal(loc, W Wᵀ + diag(ψ))``, the class mean is
+    ``mean = loc + W z + e`` with ``z ~ Normal(0, I / n)`` and ``e ~ Normal(0, diag(ψ) / n)``. The rank-r
+    ``z`` is updated first, by the r × r precision ``n I + Wᵀ (diag(prior_scale²) + diag(ψ) / n)⁻¹ W``,
+    then ``loc`` given ``z`` by a diagonal conjugate update, so the result is a sum of positive terms
+    (no cancellation, in float32 as well):
+    ``Normal(μ, diag(1 / a) + F Fᵀ)`` with ``a = 1 / prior_scale² + n / ψ`` and ``F`` of rank r.
+
+    Parameters
+    ----------
+    cov_factor : Tensor, shape (..., C, d, r)
+    cov_diag : Tensor, shape (..., C, d)
+    count : Tensor, shape (C,)
+        Rows of each class (at least one).
+    mean : Tensor, shape (C, d)
+        Each class's mean row.
+    prior_loc, prior_scale : Tensor, shape (d,)
+
+    Returns
+    -------
+    pyro.distributions.LowRankMultivariateNormal
+        Batch shape (..., C), event shape (d,).
+    """
+    n = count.to(cov_diag.dtype).unsqueeze(-1)  # (C, 1)
+    prior_var = prior_scale.square()
+    # z | mean: precision n I + Wᵀ V⁻¹ W, V = diag(prior_var + ψ / n), the spread of loc + e.
+    v_inv = 1.0 / (prior_var + cov_diag / n)
+    r = cov_factor.shape[-1]
+    eye = torch.eye(r, dtype=cov_factor.dtype, device=cov_factor.device)
+    precision_z = n.unsqueeze(-1) * eye + cov_factor.mT @ (v_inv.unsqueeze(-1) * cov_factor)
+    chol_z = torch.linalg.cholesky(precision_z)
+    rhs = cov_factor.mT @ (v_inv * (mean - prior_loc)).unsqueeze(-1)
+    mean_z = torch.cholesky_solve(rhs, chol_z).squeeze(-1)
+    # loc | z, mean: diagonal, precision a, mean (prior_loc / s² + n (mean - W z) / ψ) / a.
+    a = 1.0 / prior_var + n / cov_diag
+    pull = n / (cov_diag * a)  # d loc / d (mean - W z)
+    centre = (prior_loc / prior_var + n * mean / cov_diag) / a
+    loc = centre - pull * (cov_factor @ mean_z.unsqueeze(-1)).squeeze(-1)
+    # loc's spread from z: pull ⊙ W z with z's covariance (L Lᵀ)⁻¹, i.e. factor pull ⊙ W L⁻ᵀ.
+    factor = torch.linalg.solve_triangular(chol_z, (pull.unsqueeze(-1) * cov_factor).mT, upper=False).mT
+    return dist.LowRankMultivariateNormal(loc, factor, 1.0 / a)
 
 
 def row_chunks(x: torch.Tensor, num_classes: int) -> Iterator[torch.Tensor]:

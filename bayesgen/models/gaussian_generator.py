@@ -193,7 +193,8 @@ def model(
     subsample : Tensor of int64, optional
         Rows of this minibatch (given by the SVI runner).
     hyper : dict of Tensor
-        Prior hyperparameters, from :func:`prior_parameters`.
+        Prior hyperparameters, from :func:`prior_parameters`; for "lowrank" also
+        the class counts and mean rows that the guide reads (``guide_statistics``).
     covariance : {"diag", "full", "lowrank"}
     num_classes : int
     init : dict of Tensor, optional
@@ -671,6 +672,11 @@ class GaussianGenerator(BayesianEstimator):
             rank=self.rank_,
             like=self._x,
         )
+        self._prior.update(
+            self._structure.guide_statistics(
+                xv, index, len(self.classes_), lambda a: self._x.new_tensor(np.asarray(a, dtype=float))
+            )
+        )
         if self.method == "exact":
             self._fit_exact(xv, index)
             if em:
@@ -1114,6 +1120,12 @@ class GaussianGenerator(BayesianEstimator):
         self._shift = to_numpy(tensors["shift"])
         self._scale = to_numpy(tensors["scale"])
         self._prior = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("prior.")}
+        # The guide's summaries of the training rows are a function of x and y: a file without them gets them.
+        summaries = self._structure.guide_statistics(
+            to_numpy(self._x), to_numpy(self._y), len(self.classes_), lambda a: self._x.new_tensor(np.asarray(a))
+        )
+        for name, value in summaries.items():
+            self._prior.setdefault(name, value)
         self._predictive = {k[11:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("predictive.")}
         self._subspace = None  # a file may have neither the ``subspace`` setting nor its tensors
         saved = "subspace.basis" in tensors
@@ -1355,7 +1367,11 @@ class GaussianGenerator(BayesianEstimator):
         pandas.DataFrame, shape (n_classes, n_features)
         """
         self._check_fitted()
-        loc = self._params_numpy()["loc_loc"] * self._scale + self._shift
+        params = self._params_numpy()
+        if "loc_loc" in params:
+            loc = params["loc_loc"] * self._scale + self._shift
+        else:  # the low-rank guide's locations: an exact conditional, averaged over the covariance's draws
+            loc = self.posterior(1000)["loc"].mean(axis=0)
         if self._subspace is not None:
             loc = self._subspace["centre"] + loc @ self._subspace["basis"].T
         full = np.empty((len(self.classes_), len(self.feature_names_)))
