@@ -15,7 +15,14 @@ the labels (the calibration figure, next to the Brier score of a constant predic
 true share) and their mean, and fit time. bayesgen runs with its defaults (1 normal
 component, full covariance, the inflated anomaly component, Beta(1, 19) prior on the
 anomaly fraction) for each of ``--seeds``, and once with the defaults before session 10
-(2 normal components, the fixed Student-t anomaly component) for reference.
+(2 normal components, the fixed Student-t anomaly component) for reference (``--no-previous``
+skips it).
+
+``--num-components 1,auto`` (a comma list of integers and "auto") fits bayesgen once per entry and
+seed; the default entry 1 is stored under "bayesgen", any other K under "bayesgen_K<K>". Each fit
+records the K it used (``num_components_``), the warnings ``fit`` gave, and with "auto" the
+selection table (``component_selection_``); a fit that raises is recorded with its "error" (and
+the K it chose) and the run goes on. ``--threads`` sets torch's threads (0: leave them).
 
 Calibration with a few labels (``calibration_with_labels``, first seed's fit): ``--labelled`` rows
 drawn at random (both classes present), ``calibrate`` on them, and the Brier score on all
@@ -27,6 +34,7 @@ Needs pyreadr and Debian's r-cran-mlbench (``apt-get download r-cran-mlbench && 
 r-cran-mlbench_*.deb DIR``; pass ``--mlbench DIR``) for the three mlbench tables.
 
 Run:  python benchmarks/anomaly_uci.py [--mlbench DIR] [--seeds 0,1,2] [--labelled 50] [--repeats 20] [--tag NAME]
+      [--num-components 1,auto] [--no-previous] [--threads 1]
 """
 
 from __future__ import annotations
@@ -68,6 +76,12 @@ def tables(mlbench):
     data = load_breast_cancer()
     out["sklearn_breast_cancer"] = (data.data, data.target == 0)
     return out
+
+
+def _selection(det):
+    """``component_selection_`` as records (None without "auto")."""
+    table = getattr(det, "component_selection_", None)
+    return None if table is None else table.reset_index().to_dict(orient="records")
 
 
 def scores(y, s):
@@ -116,24 +130,56 @@ def main() -> None:
     parser.add_argument("--labelled", type=int, default=50, help="labelled rows for calibrate (0: skip)")
     parser.add_argument("--repeats", type=int, default=20, help="random labelled subsets")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name")
+    parser.add_argument("--num-components", default="1", help='bayesgen settings: comma list of K and "auto"')
+    parser.add_argument("--no-previous", action="store_true", help="skip the session-2 defaults")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's count)")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    components = [c if c == "auto" else int(c) for c in args.num_components.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": platform.platform(), "torch": torch.__version__, "sets": {}}
+    results = {
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "num_components": components,
+        "sets": {},
+    }
     for name, (X, y) in tables(args.mlbench).items():
         row = {"rows": len(X), "features": X.shape[1], "anomaly_share": float(y.mean())}
         # The Brier score of a constant prediction at the true share: a calibrated score must beat it.
         row["brier_base_rate"] = float(y.mean() * (1 - y.mean()))
-        for key, settings, seeds in (
-            ("bayesgen", {}, args.seeds),
-            ("bayesgen_previous", {"num_components": 2, "anomaly": "student_t"}, [0]),
-        ):
+        runs = [
+            ("bayesgen" if k == 1 else f"bayesgen_K{k}", {} if k == 1 else {"num_components": k}, args.seeds)
+            for k in components
+        ]
+        if not args.no_previous:
+            runs.append(("bayesgen_previous", {"num_components": 2, "anomaly": "student_t"}, [0]))
+        for key, settings, seeds in runs:
             for seed in seeds:
                 start = time.perf_counter()
-                det = MixtureAnomalyDetector(seed=seed, **settings).fit(X)
+                det = MixtureAnomalyDetector(seed=seed, **settings)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        det.fit(X)
+                    except Exception as exc:  # a failed fit is a result: record it and go on
+                        row.setdefault(key, []).append(
+                            {
+                                "seed": seed,
+                                "settings": settings,
+                                "fit_seconds": time.perf_counter() - start,
+                                "error": f"{type(exc).__name__}: {exc}"[:600],
+                                "num_components_": getattr(det, "num_components_", None),
+                                "component_selection": _selection(det),
+                            }
+                        )
+                        continue
                 fit_seconds = time.perf_counter() - start
+                fit_warnings = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
                 p = det.predict_proba(X)
                 row.setdefault(key, []).append(
                     {
@@ -147,6 +193,9 @@ def main() -> None:
                             "mean": float(p.mean()),
                         },
                         "anomaly_fraction": det.anomaly_fraction().round(4).to_dict(),
+                        "num_components_": det.num_components_,
+                        "fit_warnings": fit_warnings,
+                        "component_selection": _selection(det),
                     }
                 )
                 if key == "bayesgen" and seed == seeds[0] and args.labelled:
@@ -166,7 +215,12 @@ def main() -> None:
         print(
             name,
             json.dumps(
-                {k: row.get(k) for k in ("bayesgen", "isolation_forest", "gaussian_mixture", "calibration_with_labels")}
+                {
+                    k: row.get(k)
+                    for k in (*dict.fromkeys(r[0] for r in runs), "isolation_forest", "gaussian_mixture")
+                    if k in row
+                }
+                | {"calibration_with_labels": row.get("calibration_with_labels")}
             ),
             flush=True,
         )
