@@ -207,6 +207,70 @@ def test_component_table_equals_scipy_densities(batch):
         np.testing.assert_allclose(table[index][:, 1], anomalous, rtol=1e-10)
 
 
+@pytest.mark.parametrize("covariance", ["diag", "full", "lowrank"])
+def test_rounding_floor_adds_the_rounding_variance_to_every_component(covariance):
+    """With ``scale_floor`` every normal component's covariance is its own plus diag(floor²), in the densities
+    of each covariance structure and in the inflated anomaly component built from them (against scipy)."""
+    from scipy import stats
+
+    from bayesgen.models.anomaly import anomaly_distribution, component_table
+
+    rng = np.random.default_rng(4)
+    K, d, n = 2, 4, 7
+    a = rng.normal(size=(K, d, d))
+    corr_cov = a @ np.swapaxes(a, -1, -2) + 0.3 * np.eye(d)
+    sd0 = np.sqrt(np.einsum("kii->ki", corr_cov))
+    params = {"loc": torch.tensor(rng.normal(size=(K, d))), "scale": torch.tensor(rng.uniform(0.01, 1.0, (K, d)))}
+    own = np.stack([np.diag(params["scale"][k].numpy() ** 2) for k in range(K)])
+    if covariance == "full":
+        corr = corr_cov / sd0[:, :, None] / sd0[:, None, :]
+        params["corr_tril"] = torch.linalg.cholesky(torch.tensor(corr))
+        s = params["scale"].numpy()
+        own = s[:, :, None] * corr * s[:, None, :]
+    elif covariance == "lowrank":
+        params["cov_factor"] = torch.tensor(rng.normal(size=(K, d, 2)))
+        own = own + params["cov_factor"].numpy() @ np.swapaxes(params["cov_factor"].numpy(), -1, -2)
+    floor = np.array([0.3, 0.0, 0.1, 0.5])
+    params["scale_floor"] = torch.tensor(floor)
+    total = own + np.diag(floor**2)
+    weights = torch.tensor([0.4, 0.6])
+    centre, excess = torch.tensor(rng.normal(size=d)), torch.tensor(1.5)
+    broad = anomaly_distribution("inflated", {}, params, weights, covariance, centre, excess)
+    x = torch.tensor(rng.normal(size=(n, d)))
+    table = component_table(x, params, covariance, broad, centre, excess).numpy()
+    mu = params["loc"].numpy()
+    for k in range(K):
+        np.testing.assert_allclose(table[:, k], stats.multivariate_normal(mu[k], total[k]).logpdf(x), rtol=1e-8)
+    w = weights.numpy()
+    mixed = np.einsum("k,kij->ij", w, total) + np.cov(mu.T, aweights=w, bias=True)
+    anomalous = stats.multivariate_normal(centre.numpy(), 2.5 * mixed).logpdf(x)
+    np.testing.assert_allclose(table[:, K], anomalous, rtol=1e-6)
+
+
+def test_resolution_floor_is_the_rounding_error_of_each_column():
+    from bayesgen.models.anomaly import resolution_floor
+
+    rng = np.random.default_rng(0)
+    arr = np.column_stack([rng.integers(1, 11, 500), np.round(rng.normal(size=500), 2), rng.normal(size=500)])
+    scale = np.array([2.0, 0.5, 1.0])
+    floor = resolution_floor(arr, scale)
+    np.testing.assert_allclose(floor[:2], [1 / (2.0 * np.sqrt(12)), 0.01 / (0.5 * np.sqrt(12))])
+    assert floor[2] == 0.0  # full-precision measurements: no floor
+
+
+def test_several_components_fit_rows_that_share_recorded_values():
+    """Integer codes where most rows of one group are all ones (as in mlbench's BreastCancer): a component on
+    those rows would shrink to zero spread; with the rounding floor the fit works and calls them normal."""
+    rng = np.random.default_rng(0)
+    benign = np.where(rng.uniform(size=(450, 9)) < 0.99, 1, rng.integers(2, 5, size=(450, 9)))
+    other = rng.integers(1, 11, size=(240, 9))
+    X = np.concatenate([benign, other]).astype(float)
+    det = MixtureAnomalyDetector(num_components=2, num_steps=200, seed=0).fit(X)
+    ones = (X == 1).all(axis=1)
+    assert ones.sum() > 300
+    assert det.predict_proba(X[ones]).max() < 0.01
+
+
 def test_student_t_component_and_files_saved_before_the_inflated_one(tmp_path, make_older):
     X, y = planted(n_normal=300, n_anomalies=15)
     det = MixtureAnomalyDetector(anomaly="student_t", num_components=2, num_steps=400, seed=0).fit(X)
@@ -627,6 +691,15 @@ def test_auto_components_refuses_a_k_whose_anomaly_share_collapses():
     frac = det.anomaly_fraction()
     assert frac["low"] <= y.mean() <= frac["high"]
     assert roc_auc_score(y, det.predict_proba(X)) > 0.98
+
+
+def test_auto_components_tries_no_k_with_as_many_parameters_as_rows():
+    # 120 rows of 10 features, full covariance: K = 1 has 77 free parameters, K = 2 already 143.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 10))
+    det = MixtureAnomalyDetector(num_components="auto", num_steps=20, seed=0).fit(X)
+    assert list(det.component_selection_.index) == [1] and det.num_components_ == 1
+    assert (det.component_selection_["parameters"] < 120).all()
 
 
 def test_fit_warns_when_the_anomaly_fraction_sits_below_its_prior():

@@ -156,6 +156,8 @@ def _component_params(hyper: dict[str, torch.Tensor], covariance: Covariance, d:
     loc = pyro.sample("loc", dist.Normal(hyper["loc_center"].expand(d), hyper["loc_scale"]).to_event(1))
     scale = pyro.sample("scale", dist.LogNormal(hyper["log_scale_center"].expand(d), hyper["log_scale_sd"]).to_event(1))
     params = {"loc": loc, "scale": scale}
+    if "scale_floor" in hyper and bool((hyper["scale_floor"] > 0).any()):
+        params["scale_floor"] = hyper["scale_floor"]
     if covariance == "full":
         params["corr_tril"] = pyro.sample("corr_tril", dist.LKJCholesky(d, hyper["lkj_concentration"]))
     elif covariance == "lowrank":
@@ -164,16 +166,52 @@ def _component_params(hyper: dict[str, torch.Tensor], covariance: Covariance, d:
     return params
 
 
+def component_sd(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The components' standard deviations per feature: ``scale``, or with ``scale_floor`` (the features' recorded
+    resolution, see :func:`resolution_floor`) ``sqrt(scale² + scale_floor²)``."""
+    floor = params.get("scale_floor")
+    return params["scale"] if floor is None else torch.hypot(params["scale"], floor)
+
+
+def component_tril(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cholesky factors (..., K, d, d) of the full-covariance components: ``diag(scale) corr_tril``, or with
+    ``scale_floor`` the factor of ``diag(scale) C diag(scale) + diag(scale_floor²)`` (C = corr_tril corr_trilᵀ),
+    whose determinant stays above the rounding error's however degenerate C is."""
+    tril = params["scale"].unsqueeze(-1) * params["corr_tril"]
+    floor = params.get("scale_floor")
+    if floor is None:
+        return tril
+    rounding = torch.diag_embed(floor.square().expand_as(params["scale"]))
+    return torch.linalg.cholesky(tril @ tril.transpose(-1, -2) + rounding)
+
+
+def resolution_floor(arr: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Each feature's rounding error as a standard deviation on the standardised scale: ``δ / (scale √12)``.
+
+    ``δ`` is the smallest gap between two distinct values of the column (1 for integer codes, 0.01 for
+    values recorded to two decimals): a value recorded as v stands for one anywhere within ``δ / 2`` of it,
+    an error of variance ``δ² / 12`` (Sheppard). With it in every normal component's variance, a component
+    cannot shrink onto rows that share a recorded value (its density would grow without bound). A floor
+    under 0.001 (measurements with many digits) changes no density that matters and is set to 0.
+    """
+    floor = np.zeros(arr.shape[1])
+    for j in range(arr.shape[1]):
+        gaps = np.diff(np.unique(arr[:, j]))
+        gaps = gaps[gaps > 0]
+        if len(gaps):
+            floor[j] = gaps.min() / (scale[j] * math.sqrt(12.0))
+    return np.where(floor < 1e-3, 0.0, floor)
+
+
 def normal_log_prob(x: torch.Tensor, params: dict[str, torch.Tensor], covariance: Covariance) -> torch.Tensor:
     """log N(x | component k) for every row and component: shape (..., n, K)."""
     xi = x.unsqueeze(-2)  # (n, 1, d)
     loc = params["loc"].unsqueeze(-3)  # (..., 1, K, d)
-    scale = params["scale"].unsqueeze(-3)
+    scale = component_sd(params).unsqueeze(-3)
     if covariance == "diag":
         return dist.Normal(loc, scale).to_event(1).log_prob(xi)
     if covariance == "full":
-        tril = scale.unsqueeze(-1) * params["corr_tril"].unsqueeze(-4)
-        return dist.MultivariateNormal(loc, scale_tril=tril).log_prob(xi)
+        return dist.MultivariateNormal(loc, scale_tril=component_tril(params).unsqueeze(-4)).log_prob(xi)
     factor = params["cov_factor"].unsqueeze(-4)
     return dist.LowRankMultivariateNormal(loc, factor, scale.pow(2)).log_prob(xi)
 
@@ -189,13 +227,13 @@ def _pick(t: torch.Tensor, index: torch.Tensor, event_ndim: int) -> torch.Tensor
 
 
 def _normal_sample(params: dict[str, torch.Tensor], covariance: Covariance, index: torch.Tensor) -> torch.Tensor:
-    loc, scale = _pick(params["loc"], index, 1), _pick(params["scale"], index, 1)
+    loc, scale = _pick(params["loc"], index, 1), _pick(component_sd(params), index, 1)
     eps = torch.randn_like(loc)
     if covariance == "diag":
         return loc + scale * eps
     if covariance == "full":
-        corr = _pick(params["corr_tril"], index, 2)
-        return loc + scale * (corr @ eps.unsqueeze(-1)).squeeze(-1)
+        tril = _pick(component_tril(params), index, 2)
+        return loc + (tril @ eps.unsqueeze(-1)).squeeze(-1)
     factor = _pick(params["cov_factor"], index, 2)
     extra = torch.randn(*factor.shape[:-2], factor.shape[-1], 1, dtype=loc.dtype, device=loc.device)
     return loc + scale * eps + (factor @ extra).squeeze(-1)
@@ -230,13 +268,13 @@ def anomaly_distribution(
     if anomaly_loc is None or anomaly_excess is None:
         raise ValueError("the inflated anomaly component needs anomaly_loc and anomaly_excess")
     batch = anomaly_loc.shape[:-1]
-    loc, scale = params["loc"], params["scale"]  # (..., K, d)
+    loc, scale = params["loc"], component_sd(params)  # (..., K, d)
     w = torch.broadcast_to(weights.squeeze(-2) if weights.dim() > 1 else weights, loc.shape[:-1]).unsqueeze(-1)
     centre = (w * loc).sum(-2, keepdim=True)
     between = ((loc - centre) * w.sqrt()).transpose(-1, -2)  # (..., d, K): the spread of the centres
     inflation = 1.0 + anomaly_excess
     if covariance == "full":
-        tril = scale.unsqueeze(-1) * params["corr_tril"]
+        tril = component_tril(params)
         if loc.shape[-2] == 1:  # one component: its own Cholesky factor, no decomposition to fail
             tril = tril.squeeze(-3)
         else:
@@ -282,7 +320,7 @@ def _one_factor_table(
     """:func:`component_table` for one full-covariance component and the inflated anomaly component."""
     loc = params["loc"].squeeze(-2)  # (..., d)
     batch, d = loc.shape[:-1], loc.shape[-1]
-    tril = (params["scale"].unsqueeze(-1) * params["corr_tril"]).squeeze(-3)  # (..., d, d)
+    tril = component_tril(params).squeeze(-3)  # (..., d, d)
     # w = L⁻¹(x − loc) and c = L⁻¹(anomaly_loc − loc): |w|² and |w − c|² = |w|² − 2 w·c + |c|².
     white = torch.linalg.solve_triangular(tril, x.transpose(-1, -2) - loc.unsqueeze(-1), upper=False)  # (..., d, n)
     shift = torch.linalg.solve_triangular(tril, (anomaly_loc.reshape(*batch, d) - loc).unsqueeze(-1), upper=False)
@@ -568,6 +606,7 @@ def em_start(
     max_iterations: int = 300,
     tol: float = 1e-8,
     floor: float = 1e-6,
+    scale_floor: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Maximum a posteriori fit of :func:`model` by expectation-maximisation: where the guide starts.
 
@@ -575,7 +614,8 @@ def em_start(
     the prior mean's share of the rows farthest from every centre, which start
     as anomalies. Each iteration sets the anomaly fraction (Beta prior), the
     weights, each component's mean and covariance (weighted moments, ``floor``
-    added to the variances, then the nearest parameters ``covariance`` allows),
+    and the squared ``scale_floor`` added to the variances, then the nearest
+    parameters ``covariance`` allows),
     and for ``anomaly="inflated"`` the anomaly centre and inflation (the anomaly
     rows' mean squared Mahalanobis distance under the normal part's covariance,
     per feature); then the rows' responsibilities for the K + 1 components,
@@ -593,6 +633,9 @@ def em_start(
         ``frac_a``, ``frac_b``, ``anomaly_df``, ``anomaly_scale`` (as in :func:`model`).
     covariance, rank, anomaly
         As in :func:`model`.
+    scale_floor : ndarray, shape (d,), optional
+        The features' rounding error (``hyper["scale_floor"]`` of :func:`model`); the
+        returned ``scale_loc`` is the scale without it.
 
     Returns
     -------
@@ -613,14 +656,16 @@ def em_start(
     resp[torch.arange(n), sq.argmin(1)] = 1.0
     far = torch.argsort(sq.min(1).values, descending=True)[: max(int(a0 / (a0 + b0) * n), 2)]
     resp[far] = torch.eye(K + 1, dtype=torch.float64)[K]
-    eye, a_loc, excess, previous, it = torch.eye(d, dtype=torch.float64), None, None, -math.inf, 0
+    a_loc, excess, previous, it = None, None, -math.inf, 0
+    rounding = torch.zeros(d, dtype=torch.float64) if scale_floor is None else torch.as_tensor(scale_floor).double()
+    jitter = floor * torch.eye(d, dtype=torch.float64) + torch.diag(rounding.square())
     for it in range(1, max_iterations + 1):  # noqa: B007
         counts = resp.sum(0) + 1e-9
         frac = ((counts[K] + a0 - 1) / (n + a0 + b0 - 2)).clamp(1e-6, 1 - 1e-6)
         weights = counts[:K] / counts[:K].sum()
         loc = resp[:, :K].T @ xt / counts[:K, None]
         centred = xt.unsqueeze(0) - loc.unsqueeze(1)  # (K, n, d)
-        cov = torch.einsum("nk,kni,knj->kij", resp[:, :K], centred, centred) / counts[:K, None, None] + floor * eye
+        cov = torch.einsum("nk,kni,knj->kij", resp[:, :K], centred, centred) / counts[:K, None, None] + jitter
         params = _component_moments(loc, cov, covariance, rank, floor)
         if anomaly == "inflated":
             a_loc = resp[:, K] @ xt / counts[K]
@@ -637,21 +682,23 @@ def em_start(
             break
         previous = objective
     counts = resp.sum(0)
+    # The model's parameters describe the spread beyond the rounding error (which it adds back).
+    start = _component_moments(loc, cov - torch.diag(rounding.square()), covariance, rank, floor)
     out = {
         "responsibility": resp,
         "iterations": torch.tensor(it),
         "log_likelihood": norm.sum(),
         "anomaly_fraction_a": a0 + counts[K],
         "anomaly_fraction_b": b0 + n - counts[K],
-        "loc_loc": params["loc"],
-        "scale_loc": params["scale"].log(),
+        "loc_loc": start["loc"],
+        "scale_loc": start["scale"].log(),
     }
     if K > 1:
         out["weights_concentration"] = 1.0 + counts[:K]
     if covariance == "full":
-        out["corr_tril_loc"] = biject_to(constraints.corr_cholesky).inv(params["corr_tril"])
+        out["corr_tril_loc"] = biject_to(constraints.corr_cholesky).inv(start["corr_tril"])
     elif covariance == "lowrank":
-        out["cov_factor_loc"] = params["cov_factor"]
+        out["cov_factor_loc"] = start["cov_factor"]
     if anomaly == "inflated":
         out["anomaly_loc_loc"], out["anomaly_excess_loc"] = a_loc, excess.log()
     return {k: v.numpy() for k, v in out.items()}
@@ -1166,6 +1213,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         if not (np.isfinite(self._scale).all() and np.isfinite(z).all()):
             bad = [names[j] for j in np.nonzero(~(np.isfinite(self._scale) & np.isfinite(z).all(axis=0)))[0]]
             raise ValueError(f"columns {bad[:10]} have values too large to standardise (overflow); rescale them")
+        self._scale_floor = resolution_floor(arr, self._scale)
         return z
 
     def _hyperparameters(self) -> dict[str, torch.Tensor]:
@@ -1185,6 +1233,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
             "anomaly_scale": t(float(self.anomaly_scale)),
             "excess_center": t(math.log(4.0)),
             "excess_sd": t(1.5),
+            "scale_floor": t(self._scale_floor),
         }
 
     def _place_start(self, x_np: np.ndarray) -> None:
@@ -1272,7 +1321,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         return em_start(
             x.astype(float),
             centres,
-            hyper={k: float(v) for k, v in self._hyper.items()},
+            hyper={k: float(v) for k, v in self._hyper.items() if k != "scale_floor"},
+            scale_floor=to_numpy(self._hyper["scale_floor"]),
             covariance=self.covariance,
             rank=int(self.rank),
             anomaly=self.anomaly,
@@ -1293,12 +1343,15 @@ class MixtureAnomalyDetector(BayesianEstimator):
         10,000 rows, stopped at 100 iterations or a change below 1e-6 per row (the BIC needs no more);
         its BIC; its anomaly share (the mean responsibility of the anomaly
         component); whether that share *collapsed* relative to K = 1's (see :func:`_collapsed`). The chosen
-        K has the lowest BIC among the fits whose share did not collapse.
+        K has the lowest BIC among the fits whose share did not collapse. A K > 1 with as many free
+        parameters as rows is not tried (the BIC's approximation needs many more rows than parameters).
         """
         n, d = x.shape
         rows_used, prior = min(n, _START_ROWS), (float(self.anomaly_prior[0]), float(self.anomaly_prior[1]))
         records = []
         for K in range(1, min(_AUTO_MAX_COMPONENTS, n // 2) + 1):
+            if K > 1 and _parameter_count(K, d, self.covariance, int(self.rank), self.anomaly) >= rows_used:
+                break
             found = self._em_for(x, K, max_iterations=100, tol=1e-6)
             share = float(found["responsibility"][:, -1].mean())
             count = _parameter_count(K, d, self.covariance, int(self.rank), self.anomaly)
@@ -1478,6 +1531,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         frac = draws["anomaly_fraction"]  # (S, 1)
         weights = draws["weights"]  # (S, 1, K)
         params = {k: v for k, v in draws.items() if k in ("loc", "scale", "corr_tril", "cov_factor")}
+        if bool((self._hyper["scale_floor"] > 0).any()):
+            params["scale_floor"] = self._hyper["scale_floor"]
         a_loc, a_excess = draws.get("anomaly_loc"), draws.get("anomaly_excess")
         broad = anomaly_distribution(self.anomaly, self._hyper, params, weights, self.covariance, a_loc, a_excess)
         # Rows in blocks, so the working memory does not grow with rows x draws x features.
@@ -1764,6 +1819,8 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._hyper = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("hyper.")}
         if "excess_center" not in self._hyper:  # a file without it has the Student-t component
             self.anomaly = "student_t"
+        # A file without the features' rounding floor was fitted without one.
+        self._hyper.setdefault("scale_floor", self._x.new_zeros(self._x.shape[1]))
 
 
 # ------------------------------------------------------------------ spec recipe
