@@ -179,7 +179,7 @@ def test_abtest_csv_unknown_column_and_bad_outcomes(cli, tmp_path):
     assert proc.returncode == 2 and "only 0/1" in proc.stderr
 
 
-def test_fit_spec_writes_a_complete_run_folder(tmp_path):
+def test_fit_spec_writes_a_complete_run_folder(cli, tmp_path):
     # The shipped spec with a fifth of its steps (`bayesgen tour` fits it in full), fitted twice.
     text = (ROOT / "models" / "ab_resume_callbacks.toml").read_text()
     assert "num_steps = 3000" in text and "average_last = 500" in text
@@ -213,7 +213,7 @@ def test_fit_spec_writes_a_complete_run_folder(tmp_path):
     assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(tree.children)
     # the resolved spec is itself a runnable spec that reproduces the fit
     again = tmp_path / "again"
-    proc = bayesgen("fit", str(out / "spec.toml"), "--out", str(again), "--quiet")
+    proc = cli("fit", str(out / "spec.toml"), "--out", str(again), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert (again / "losses.csv").read_text() == (out / "losses.csv").read_text()
 
