@@ -368,7 +368,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(on_cpu.predict_proba(X[:20]), det.predict_proba(X[:20]), atol=0.02)
 
 
-def test_cli_writes_rows_with_probability_and_flag(tmp_path):
+def test_cli_writes_rows_with_probability_and_flag(tmp_path, capsys):
     import subprocess
     import sys
 
@@ -399,23 +399,11 @@ def test_cli_writes_rows_with_probability_and_flag(tmp_path):
     scores = pd.read_csv(out)
     assert list(scores.columns) == ["a", "b", "c", "d", "note", "anomaly_probability", "anomaly"]
     assert scores["anomaly"].to_numpy()[y].mean() >= 0.8
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bayesgen",
-            "anomaly",
-            "--csv",
-            str(tmp_path / "data.csv"),
-            "--out",
-            str(out),
-            "--overwrite",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert bad.returncode == 2 and "non-numeric columns ['note']" in bad.stderr
+    from bayesgen.cli import main  # the same command again, stopping before its fit: in this process
+
+    capsys.readouterr()
+    status = main(["anomaly", "--csv", str(tmp_path / "data.csv"), "--out", str(out), "--overwrite"])
+    assert status == 2 and "non-numeric columns ['note']" in capsys.readouterr().err
 
 
 def test_platt_scaling_recovers_a_known_link_and_stays_finite_on_separated_labels():
@@ -506,7 +494,7 @@ def test_calibrate_rejects_bad_labels_and_warns_when_they_run_against_the_model(
         det.calibration_ = None
 
 
-def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
+def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path, capsys):
     import subprocess
     import sys
 
@@ -542,38 +530,37 @@ def test_cli_labels_column_calibrates_on_its_labelled_rows(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, scores["anomaly_probability"]) > 0.95
-    args.append("--overwrite")  # the runs below write (or refuse to write) the same --out
-    proc = subprocess.run(args + ["--labels", "nope"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "no --labels column 'nope'" in proc.stderr
-    proc = subprocess.run(
-        args + ["--labels", "incident", "--columns", "a,b,incident"], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 2 and "cannot also be a feature" in proc.stderr
+    # The runs below (label errors, found before the fit, and a second column format) call the command's main()
+    # in this process; they write (or refuse to write) the same --out.
+    from bayesgen.cli import main
+
+    argv = args[3:] + ["--overwrite"]
+
+    def run(*extra: str, csv: str | None = None) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = main([*argv[:2], csv or argv[2], *argv[3:], *extra])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    status, _, err = run("--labels", "nope")
+    assert status == 2 and "no --labels column 'nope'" in err
+    status, _, err = run("--labels", "incident", "--columns", "a,b,incident")
+    assert status == 2 and "cannot also be a feature" in err
     # Label problems are found before the fit: no labelled rows, or one class only.
     for column, message in (
         (np.full(len(y), np.nan), "has no labelled rows"),
         (np.where(known, 0.0, np.nan), "has only normal rows"),
     ):
         frame.assign(incident=column).to_csv(tmp_path / "bad.csv", index=False)
-        proc = subprocess.run(
-            args[:5] + [str(tmp_path / "bad.csv")] + args[6:] + ["--labels", "incident"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-        assert "calibrated on" not in proc.stdout
+        status, stdout, err = run("--labels", "incident", csv=str(tmp_path / "bad.csv"))
+        assert status == 2 and message in err, err
+        assert "calibrated on" not in stdout
     # A True/False column with blanks (object dtype in pandas) works.
     frame.assign(incident=np.where(known, np.where(labels == 1, "True", "False"), "")).to_csv(
         tmp_path / "tf.csv", index=False
     )
-    proc = subprocess.run(
-        args[:5] + [str(tmp_path / "tf.csv")] + args[6:] + ["--labels", "incident"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0 and "calibrated on" in proc.stdout, proc.stderr
+    status, stdout, err = run("--labels", "incident", csv=str(tmp_path / "tf.csv"))
+    assert status == 0 and "calibrated on" in stdout, err
 
 
 @pytest.mark.cuda

@@ -1,4 +1,5 @@
-"""Tier 4 smoke: every CLI command as a subprocess, as a user runs it."""
+"""Tier 4 smoke: every CLI command as a subprocess, as a user runs it; argument and input errors, and a command's
+further cases after that first run, through :func:`bayesgen.cli.main` in this process."""
 
 from __future__ import annotations
 
@@ -19,6 +20,23 @@ def bayesgen(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bayesgen", *args], capture_output=True, text=True, cwd=cwd, timeout=300
     )
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli(*args)``: ``bayesgen *args`` through :func:`bayesgen.cli.main` in this process, from the repository
+    root; returns a finished process (its exit status, stdout and stderr) as :func:`bayesgen` does."""
+    from bayesgen.cli import main
+
+    monkeypatch.chdir(ROOT)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        status = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["bayesgen", *args], status, out, err)
+
+    return run
 
 
 #: Modules a help text or an argument error has no use for: each takes from a tenth of a second to seconds to import.
@@ -145,23 +163,23 @@ def test_abtest_from_csv_of_events(tmp_path):
         (["fit", "no/such/spec.toml"], "no spec file"),
     ],
 )
-def test_bad_input_exits_nonzero_with_a_clear_message(args, message):
-    proc = bayesgen(args[0], "--quiet", *args[1:]) if args[0] == "abtest" else bayesgen(*args)
+def test_bad_input_exits_nonzero_with_a_clear_message(cli, args, message):
+    proc = cli(args[0], "--quiet", *args[1:]) if args[0] == "abtest" else cli(*args)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_abtest_csv_unknown_column_and_bad_outcomes(tmp_path):
+def test_abtest_csv_unknown_column_and_bad_outcomes(cli, tmp_path):
     csv = tmp_path / "events.csv"
     csv.write_text("arm,clicked\nA,1\nB,0\nA,3\n")
-    proc = bayesgen("abtest", "--csv", str(csv), "--variant-col", "group", "--outcome-col", "clicked")
+    proc = cli("abtest", "--csv", str(csv), "--variant-col", "group", "--outcome-col", "clicked")
     assert proc.returncode == 2 and "variant_col='group' is not a column" in proc.stderr
-    proc = bayesgen("abtest", "--csv", str(csv), "--variant-col", "arm", "--outcome-col", "clicked")
+    proc = cli("abtest", "--csv", str(csv), "--variant-col", "arm", "--outcome-col", "clicked")
     assert proc.returncode == 2 and "only 0/1" in proc.stderr
 
 
-def test_fit_spec_writes_a_complete_run_folder(tmp_path):
+def test_fit_spec_writes_a_complete_run_folder(cli, tmp_path):
     # The shipped spec with a fifth of its steps (`bayesgen tour` fits it in full), fitted twice.
     text = (ROOT / "models" / "ab_resume_callbacks.toml").read_text()
     assert "num_steps = 3000" in text and "average_last = 500" in text
@@ -195,27 +213,27 @@ def test_fit_spec_writes_a_complete_run_folder(tmp_path):
     assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(tree.children)
     # the resolved spec is itself a runnable spec that reproduces the fit
     again = tmp_path / "again"
-    proc = bayesgen("fit", str(out / "spec.toml"), "--out", str(again), "--quiet")
+    proc = cli("fit", str(out / "spec.toml"), "--out", str(again), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert (again / "losses.csv").read_text() == (out / "losses.csv").read_text()
 
 
-def test_fit_rejects_bad_specs(tmp_path):
+def test_fit_rejects_bad_specs(cli, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(
         "[run]\nmodel = 'ab_test'\n[data]\nsource = 'bundled:resume_callbacks.csv'\n[inference]\nnum_stepz = 10\n"
     )
-    proc = bayesgen("fit", str(bad), "--out", str(tmp_path / "o"))
+    proc = cli("fit", str(bad), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "unknown settings ['num_stepz']" in proc.stderr
     bad.write_text("[run\nmodel=")
-    proc = bayesgen("fit", str(bad))
+    proc = cli("fit", str(bad))
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
     bad.write_text("[run]\nmodel = 'nope'\n[data]\n")
-    proc = bayesgen("fit", str(bad))
+    proc = cli("fit", str(bad))
     assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr
 
 
-def test_augment_writes_real_and_synthetic_rows(tmp_path):
+def test_augment_writes_real_and_synthetic_rows(cli, tmp_path):
     from bayesgen.datasets import load_digits
 
     X, y = load_digits()
@@ -247,7 +265,7 @@ def test_augment_writes_real_and_synthetic_rows(tmp_path):
     result = __import__("pandas").read_csv(out)
     assert len(result) == 400 + 200 and result["synthetic"].sum() == 200
     assert result.loc[result["synthetic"] == 1, "p20"].between(0, 1).all()
-    proc = bayesgen(
+    proc = cli(
         "augment",
         "--csv",
         str(csv),
@@ -264,10 +282,10 @@ def test_augment_writes_real_and_synthetic_rows(tmp_path):
         "--quiet",
     )
     assert proc.returncode == 2 and "constant" in proc.stderr and "Traceback" not in proc.stderr
-    proc = bayesgen("augment", "--csv", str(csv), "--label", "nope", "--out", str(tmp_path / "y.csv"))
+    proc = cli("augment", "--csv", str(csv), "--label", "nope", "--out", str(tmp_path / "y.csv"))
     assert proc.returncode == 2 and "label column 'nope'" in proc.stderr
     # In a principal subspace: residual noise reaches every modelled pixel, clipped to the bounds.
-    proc = bayesgen(
+    proc = cli(
         "augment",
         "--csv",
         str(csv),
@@ -291,7 +309,7 @@ def test_augment_writes_real_and_synthetic_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr
     synthetic = __import__("pandas").read_csv(tmp_path / "s.csv").query("synthetic == 1")
     assert len(synthetic) == 300 and synthetic["p20"].between(0, 1).all() and synthetic["p20"].std() > 0
-    proc = bayesgen(
+    proc = cli(
         "augment",
         "--csv",
         str(csv),
@@ -410,16 +428,16 @@ def test_fit_names_typos_and_malformed_sections(tmp_path, capsys):
         assert not (tmp_path / "o" / "model").exists()  # nothing was fitted
 
 
-def test_anomaly_command_rejects_a_threshold_outside_zero_one(tmp_path):
+def test_anomaly_command_rejects_a_threshold_outside_zero_one(cli, tmp_path):
     csv = tmp_path / "data.csv"
     pd.DataFrame(np.random.default_rng(0).normal(size=(50, 2)), columns=["a", "b"]).to_csv(csv, index=False)
-    proc = bayesgen("anomaly", "--csv", str(csv), "--out", str(tmp_path / "s.csv"), "--threshold", "2")
+    proc = cli("anomaly", "--csv", str(csv), "--out", str(tmp_path / "s.csv"), "--threshold", "2")
     assert proc.returncode == 2 and "--threshold must be a number in (0, 1)" in proc.stderr
-    proc = bayesgen("anomaly", "--csv", str(csv), "--columns", "a,a,b", "--out", str(tmp_path / "s.csv"))
+    proc = cli("anomaly", "--csv", str(csv), "--columns", "a,a,b", "--out", str(tmp_path / "s.csv"))
     assert proc.returncode == 2 and "more than once" in proc.stderr
 
 
-def test_anomaly_spec_whose_anomaly_value_matches_no_row_is_an_error(tmp_path):
+def test_anomaly_spec_whose_anomaly_value_matches_no_row_is_an_error(cli, tmp_path):
     rng = np.random.default_rng(0)
     pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60), "kind": "benign"}).to_csv(
         tmp_path / "t.csv", index=False
@@ -429,7 +447,7 @@ def test_anomaly_spec_whose_anomaly_value_matches_no_row_is_an_error(tmp_path):
         "[run]\nmodel = 'anomaly'\n[data]\nsource = 't.csv'\nlabel = 'kind'\n"
         "anomaly_value = 'malignant'\n[inference]\nnum_steps = 20\n"
     )
-    proc = bayesgen("fit", str(spec), "--out", str(tmp_path / "o"))
+    proc = cli("fit", str(spec), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "matches no row of column 'kind'" in proc.stderr, proc.stderr
 
 

@@ -290,15 +290,17 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path, capsy
     run = json.loads((original / "run.json").read_text())
     run["data_checksum"] = "sha256:0000"
     (original / "run.json").write_text(json.dumps(run))
-    proc = bayesgen("reproduce", str(original), "--quiet", "--out", str(tmp_path / "third"))
-    assert proc.returncode == 1
-    assert "NOT REPRODUCED" in proc.stdout and "DIFFERS" in proc.stdout and "rate[white] mean" in proc.stdout
     bad = bayesgen("reproduce", str(tmp_path))
     assert bad.returncode == 2 and "not a complete run folder" in bad.stderr
-    onto_itself = bayesgen("reproduce", str(original), "--out", str(original))
-    assert onto_itself.returncode == 2 and "own folder" in onto_itself.stderr
-    from bayesgen.cli import main  # these fail before any work: in this process, without a subprocess's imports
+    from bayesgen.cli import main  # the command's further cases: in this process, without a subprocess's imports
 
+    capsys.readouterr()
+    status = main(["reproduce", str(original), "--quiet", "--out", str(tmp_path / "third")])
+    stdout = capsys.readouterr().out
+    assert status == 1
+    assert "NOT REPRODUCED" in stdout and "DIFFERS" in stdout and "rate[white] mean" in stdout
+    status = main(["reproduce", str(original), "--out", str(original)])
+    assert status == 2 and "own folder" in capsys.readouterr().err
     for option, value in (("--tolerance", "-1"), ("--rtol", "nan")):
         status = main(["reproduce", str(original), option, value, "--out", str(tmp_path / "never")])
         assert status == 2 and f"{option[2:]} must be a finite number >= 0" in capsys.readouterr().err
@@ -315,13 +317,16 @@ def test_reproduce_a_neural_run_on_the_cpu(tour, tmp_path):
     assert result.data_match and len(result.table) > 100
 
 
-def test_tour_refuses_an_unavailable_device_up_front(tmp_path):
+def test_tour_refuses_an_unavailable_device_up_front(tmp_path, capsys):
     import torch
+
+    from bayesgen.cli import main
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    proc = bayesgen("tour", "--smoke", "--device", "cuda", "--out", str(tmp_path))
-    assert proc.returncode == 2 and "cuda" in proc.stderr.lower() and "[1/5]" not in proc.stdout
+    status = main(["tour", "--smoke", "--device", "cuda", "--out", str(tmp_path)])
+    stdout, stderr = capsys.readouterr()
+    assert status == 2 and "cuda" in stderr.lower() and "[1/5]" not in stdout
 
 
 def test_tour_names_an_unknown_spec_up_front(tmp_path, capsys):
