@@ -299,6 +299,9 @@ def test_reproduce_matches_a_run_and_catches_a_changed_one(tour, tmp_path, capsy
     stdout = capsys.readouterr().out
     assert status == 1
     assert "NOT REPRODUCED" in stdout and "DIFFERS" in stdout and "rate[white] mean" in stdout
+    # The shifted mean is the figure that differs, not only the data checksum.
+    third = pd.read_csv(tmp_path / "third" / "reproduce.csv", index_col=0)
+    assert not third.loc["rate[white] mean", "ok"] and third.drop(index="rate[white] mean")["ok"].all()
     status = main(["reproduce", str(original), "--out", str(original)])
     assert status == 2 and "own folder" in capsys.readouterr().err
     for option, value in (("--tolerance", "-1"), ("--rtol", "nan")):
