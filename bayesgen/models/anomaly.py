@@ -948,8 +948,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
         the K whose anomaly share has not *collapsed*, that is fallen below
         half the share with K = 1 (a rule waived when the K = 1 share exceeds
         the prior's 99 % quantile, where the anomaly component takes whole
-        modes). The chosen K is ``num_components_``, the table behind it
-        ``component_selection_``.
+        modes); no K > 1 with as many free parameters as rows. The chosen K is
+        ``num_components_``, the table behind it ``component_selection_``. BIC
+        measures the density, not the ranking of anomalies: check a K above 1
+        on labelled rows (docs/models/anomaly.md).
     covariance : {"diag", "full", "lowrank"}, default "full"
     rank : int, default 2
         Factors of "lowrank".
