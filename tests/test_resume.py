@@ -40,6 +40,20 @@ AVERAGE_AND_SCHEDULE = ["before_average", "after_average", "before_schedule", "a
 HOOK_POINTS = ["before_step", "callback"]
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_a_terminal_delivers_it() -> Iterator[None]:
+    """SIGINT unblocked and handled by Python's default handler (KeyboardInterrupt), as in a fresh
+    interpreter, whatever earlier tests in this worker process left; restored afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
+
+
 class Injector:
     """Raises SIGINT once, at ``point`` of step ``TARGET``; counts the optimiser updates to know the step."""
 
