@@ -156,7 +156,7 @@ def _component_params(hyper: dict[str, torch.Tensor], covariance: Covariance, d:
     loc = pyro.sample("loc", dist.Normal(hyper["loc_center"].expand(d), hyper["loc_scale"]).to_event(1))
     scale = pyro.sample("scale", dist.LogNormal(hyper["log_scale_center"].expand(d), hyper["log_scale_sd"]).to_event(1))
     params = {"loc": loc, "scale": scale}
-    if "scale_floor" in hyper and bool((hyper["scale_floor"] > 0).any()):
+    if "scale_floor" in hyper:  # present only when some column has a rounding error
         params["scale_floor"] = hyper["scale_floor"]
     if covariance == "full":
         params["corr_tril"] = pyro.sample("corr_tril", dist.LKJCholesky(d, hyper["lkj_concentration"]))
@@ -1222,7 +1222,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         """The prior's hyperparameters, as tensors on the data's device and dtype."""
         t = self._x.new_tensor
         a, b = (float(v) for v in self.anomaly_prior)
-        return {
+        hyper = {
             "frac_a": t(a),
             "frac_b": t(b),
             "loc_center": t(0.0),
@@ -1235,8 +1235,10 @@ class MixtureAnomalyDetector(BayesianEstimator):
             "anomaly_scale": t(float(self.anomaly_scale)),
             "excess_center": t(math.log(4.0)),
             "excess_sd": t(1.5),
-            "scale_floor": t(self._scale_floor),
         }
+        if (self._scale_floor > 0).any():  # decided once here, not on every step
+            hyper["scale_floor"] = t(self._scale_floor)
+        return hyper
 
     def _place_start(self, x_np: np.ndarray) -> None:
         """The guide's starting point (``self._init``): EM, then a Laplace approximation, or k-means centres."""
@@ -1324,7 +1326,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
             x.astype(float),
             centres,
             hyper={k: float(v) for k, v in self._hyper.items() if k != "scale_floor"},
-            scale_floor=to_numpy(self._hyper["scale_floor"]),
+            scale_floor=to_numpy(self._hyper["scale_floor"]) if "scale_floor" in self._hyper else None,
             covariance=self.covariance,
             rank=int(self.rank),
             anomaly=self.anomaly,
@@ -1533,7 +1535,7 @@ class MixtureAnomalyDetector(BayesianEstimator):
         frac = draws["anomaly_fraction"]  # (S, 1)
         weights = draws["weights"]  # (S, 1, K)
         params = {k: v for k, v in draws.items() if k in ("loc", "scale", "corr_tril", "cov_factor")}
-        if bool((self._hyper["scale_floor"] > 0).any()):
+        if "scale_floor" in self._hyper:
             params["scale_floor"] = self._hyper["scale_floor"]
         a_loc, a_excess = draws.get("anomaly_loc"), draws.get("anomaly_excess")
         broad = anomaly_distribution(self.anomaly, self._hyper, params, weights, self.covariance, a_loc, a_excess)
@@ -1821,8 +1823,6 @@ class MixtureAnomalyDetector(BayesianEstimator):
         self._hyper = {k[6:]: v.to(self.device_) for k, v in tensors.items() if k.startswith("hyper.")}
         if "excess_center" not in self._hyper:  # a file without it has the Student-t component
             self.anomaly = "student_t"
-        # A file without the features' rounding floor was fitted without one.
-        self._hyper.setdefault("scale_floor", self._x.new_zeros(self._x.shape[1]))
 
 
 # ------------------------------------------------------------------ spec recipe
