@@ -94,6 +94,23 @@ def test_document_multinomial_matches_torch_and_samples_the_document_lengths():
     assert torch.allclose(many, totals[:, None] * probs, atol=0.25)
 
 
+def test_document_multinomial_draws_about_as_many_words_as_the_documents_hold(monkeypatch):
+    # Lengths as skewed as a real corpus's: padding every row to the longest would draw ~30x the words.
+    totals = torch.tensor([2000.0] + [30.0] * 40 + [0.0, 1.0])
+    probs = torch.softmax(torch.randn(len(totals), 50), -1)
+    drawn = []
+    multinomial = torch.multinomial
+
+    def counting(p, n, replacement=False):
+        drawn.append(p.shape[0] * n)
+        return multinomial(p, n, replacement=replacement)
+
+    monkeypatch.setattr(torch, "multinomial", counting)
+    x = DocumentMultinomial(probs, totals).sample((3,))
+    assert torch.equal(x.sum(-1), totals.expand(3, -1))
+    assert sum(drawn) <= 2 * 3 * float(totals.sum())
+
+
 def test_recovers_planted_topics_up_to_permutation(planted):
     lda, X, theta, beta = planted
     top = lda._top_indices(10)

@@ -143,12 +143,22 @@ class DocumentMultinomial(dist.TorchDistribution):
         shape = torch.Size(sample_shape) + self.batch_shape
         probs = self.probs.expand(shape + self.event_shape).reshape(-1, self.event_shape[0])
         totals = self.total_count.expand(shape).reshape(-1).long()
-        n_max = int(totals.max()) if totals.numel() else 0
         out = torch.zeros_like(probs)
-        if n_max > 0:
-            words = torch.multinomial(probs, n_max, replacement=True)
-            keep = torch.arange(n_max, device=probs.device) < totals[:, None]
-            out.scatter_add_(1, words, keep.to(out.dtype))
+        if not totals.numel() or int(totals.max()) == 0:
+            return out.reshape(shape + self.event_shape)
+        # Each row draws its words in one multinomial call padded to the longest row of its group. Rows are
+        # grouped by the power of two above their length, so padding at most doubles the draws; one group for
+        # all rows would pad every document to the corpus's longest.
+        group = torch.ceil(torch.log2(totals.clamp(min=1).double())).long()
+        for g in torch.unique(group).tolist():
+            rows = (group == g).nonzero().squeeze(1)
+            n = totals[rows]
+            n_max = int(n.max())
+            if n_max == 0:
+                continue
+            words = torch.multinomial(probs[rows], n_max, replacement=True)
+            keep = torch.arange(n_max, device=probs.device) < n[:, None]
+            out[rows] = torch.zeros_like(out[rows]).scatter_add_(1, words, keep.to(out.dtype))
         return out.reshape(shape + self.event_shape)
 
 
