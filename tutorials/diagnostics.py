@@ -128,14 +128,14 @@ for guide in (good_guide, narrow_guide):
     fit = run_svi(model, guide, y, num_steps=300, learning_rate=0.1, lr_schedule="cosine", seed=seed)
     print(guide.__name__, "→", vi_khat(model, guide, y, param_state=fit.param_state, warn=False).message())
 
-sims = 15 if SMOKE else 100
+sims = 6 if SMOKE else 100
 for guide in (good_guide, narrow_guide):
     res = sbc(
         model,
         guide,
         y,
         num_simulations=sims,
-        num_steps=200,
+        num_steps=100 if SMOKE else 200,
         learning_rate=0.1,
         fit_kwargs={"lr_schedule": "cosine", "average_last": 50},
         seed=seed,
