@@ -52,9 +52,10 @@ def test_conjugate_generator_sites_agree_after_svi(init):
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal([0, 0], 1.0, size=(150, 2)), rng.normal([3, -1], 0.5, size=(100, 2))])
     y = np.repeat([0, 1], [150, 100])
-    gen = GaussianGenerator(
-        covariance="diag", init=init, num_steps=6000 if init == "prior" else 300, learning_rate=0.05, seed=0
-    ).fit(X, y)
+    # From the prior, the precisions' guide sds come down slowly: 2,500 steps at lr 0.1 with the last 500
+    # averaged end within half the allowance over seeds 0-2.
+    settings = {"num_steps": 2500, "learning_rate": 0.1, "average_last": 500} if init == "prior" else {"num_steps": 300}
+    gen = GaussianGenerator(covariance="diag", init=init, seed=0, **{"learning_rate": 0.05, **settings}).fit(X, y)
     check = reference_check(gen, num_samples=2000, seed=0)
     assert set(check.table["site"]) == {"weights", "loc", "precision"}
     assert check.agree, check.table[~check.table["ok"]]
