@@ -199,7 +199,7 @@ def _ab_events(dp: Any) -> Any:
     variant = np.repeat(["A", "B"], [1500, 1300])
     outcome = np.concatenate([rng.random(1500) < 0.08, rng.random(1300) < 0.11]).astype(int)
     events = pd.DataFrame({"variant": variant, "converted": outcome})
-    test = BetaBinomialTest(batch_size=200, num_steps=1500, device="cpu", seed=0)
+    test = BetaBinomialTest(batch_size=200, num_steps=800, device="cpu", seed=0)
     test.fit_events(events, variant_col="variant", outcome_col="converted", distributed=dp)
     return {
         "data_path": test.data_path_,
