@@ -155,8 +155,6 @@ def test_runner_and_report_give_one_verdict_on_a_slow_drift():
 
 def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path, capsys):
     import json
-    import subprocess
-    import sys
     from pathlib import Path
 
     from bayesgen.runs.folder import run_spec
@@ -180,11 +178,11 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path, capsy
     assert len(psis) == len(exact_mean)
     assert np.all(np.abs(psis["psis_mean"].to_numpy() - exact_mean) < 0.15 * exact_sd)
     (out.folder / "diagnostics.json").unlink()
-    proc = subprocess.run(
+    from bayesgen.cli import main  # the command as a user runs it, in this process (a subprocess adds only imports)
+
+    capsys.readouterr()
+    code = main(
         [
-            sys.executable,
-            "-m",
-            "bayesgen",
             "diagnose",
             str(out.folder),
             "--num-samples",
@@ -198,23 +196,17 @@ def test_run_folder_gets_diagnostics_and_the_cli_recomputes_them(tmp_path, capsy
             "8",
             "--sbc-steps",
             "200",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=root,
+        ]
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "PSIS k-hat" in proc.stdout and "NUTS vs SVI" in proc.stdout and "SBC over 8" in proc.stdout
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "PSIS k-hat" in printed.out and "NUTS vs SVI" in printed.out and "SBC over 8" in printed.out
     report = json.loads((out.folder / "diagnostics.json").read_text())
     assert report["nuts"]["max_r_hat"] < 1.05 and report["nuts"]["divergences"] == 0 and report["nuts"]["reliable"]
     nuts = pd.read_csv(out.folder / "nuts_comparison.csv", index_col=0)
     assert np.all(np.abs(nuts["nuts_mean"].to_numpy() - exact_mean) < 0.3 * exact_sd)
     assert len(pd.read_csv(out.folder / "sbc_ranks.csv")) == 8 and (out.folder / "plots" / "sbc_ecdf.png").is_file()
     assert (out.folder / "nuts.nc").is_file()
-    from bayesgen.cli import main  # the command again, on a folder it refuses before any work: in this process
-
-    capsys.readouterr()
     assert main(["diagnose", str(tmp_path)]) == 2 and "not a run folder" in capsys.readouterr().err
 
 
