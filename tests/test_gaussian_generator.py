@@ -1124,3 +1124,31 @@ def test_lowrank_start_information_is_the_gaussian_fisher_information():
     info_w, info_psi = _lowrank_information(W, psi, n)
     np.testing.assert_allclose(info_w.ravel(), fisher[: d * r], rtol=1e-8)
     np.testing.assert_allclose(info_psi, fisher[d * r :], rtol=1e-8)
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "diagonal"])
+def test_lowrank_start_information_is_taken_under_the_noise_the_model_has(noise):
+    # The factors' start scales come from the Fisher information at the start's covariance W Wᵀ + noise, with
+    # the noise the model fits: ψ̄ I (isotropic) or diag(ψ) (diagonal).
+    from bayesgen.models._gaussian_algebra import _lowrank_information, lowrank_initial_params
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(80, 6)) * np.array([3.0, 2.0, 1.0, 0.5, 0.3, 0.2])
+    y = np.repeat([0, 1], 40)
+    start = lowrank_initial_params(x, y, 2, S0=np.cov(x.T), shrinkage=1.0, rank=2, noise=noise)
+    for c in range(2):
+        W = start["cov_factor_loc"][c]
+        if noise == "isotropic":
+            psi = np.full(6, np.exp(start["noise_loc"][c]))
+        else:
+            psi = np.exp(start["cov_diag_loc"][c])
+        expected, expected_psi = _lowrank_information(W, psi, 40)
+        np.testing.assert_allclose(start["cov_factor_information"][c], expected, rtol=1e-10)
+        if noise == "diagonal":
+            np.testing.assert_allclose(start["cov_diag_information"][c], expected_psi, rtol=1e-10)
+        else:
+            precision = np.linalg.inv(W @ W.T + np.diag(psi))
+            np.testing.assert_allclose(start["noise_information"][c], 40 * psi[0] ** 2 * np.sum(precision**2) / 2)
+    # The other noise's information is not returned.
+    other = "cov_diag_information" if noise == "isotropic" else "noise_information"
+    assert other not in start

@@ -142,6 +142,7 @@ def lowrank_initial_params(
     S0: np.ndarray,
     shrinkage: float,
     rank: int,
+    noise: str = "diagonal",
 ) -> dict[str, np.ndarray]:
     """Per-class probabilistic-PCA starting point for the low-rank guide.
 
@@ -157,16 +158,20 @@ def lowrank_initial_params(
     that point, the Fisher information of n_c rows from ``Normal(μ, Σ)`` with
     ``Σ = W Wᵀ + diag(ψ)`` and ``Λ = Σ⁻¹``: ``n_c [Λ_jj (WᵀΛW)_kk + (ΛW)_jk²]``
     for ``W_jk``, ``n_c ψ_j² Λ_jj² / 2`` for ``log ψ_j`` and ``n_c ψ̄² tr(Λ²) / 2``
-    for the log of the isotropic noise ψ̄ (the guide adds the prior's).
+    for the log of the isotropic noise ψ̄ (the guide adds the prior's), with the
+    noise the model has: ``diag(ψ)`` for ``noise="diagonal"``, ``ψ̄ I`` for
+    ``"isotropic"``.
 
     Returns
     -------
     dict
         Guide parameter values ``cov_factor_loc`` (C, d, r), ``cov_diag_loc``
         (C, d, log scale) and ``noise_loc`` (C, the log of the isotropic noise
-        variance ψ̄), and the information of each: ``cov_factor_information``,
-        ``cov_diag_information`` and ``noise_information``.
+        variance ψ̄); ``cov_factor_information``, and the noise's:
+        ``cov_diag_information`` (diagonal) or ``noise_information`` (isotropic).
     """
+    if noise not in ("diagonal", "isotropic"):
+        raise ValueError(f"noise must be 'diagonal' or 'isotropic', got {noise!r}")
     C, d = num_classes, x.shape[1]
     m0 = x.mean(axis=0)
     W = np.empty((C, d, rank))
@@ -186,22 +191,23 @@ def lowrank_initial_params(
         log_noise[c] = np.log(psi)
         var = np.diag(Sc)
         log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
-        info_w[c], info_psi[c] = _lowrank_information(W[c], np.exp(log_psi[c]), n)
-        iso = np.linalg.inv(W[c] @ W[c].T + psi * np.eye(d))
-        info_noise[c] = n * psi**2 * np.sum(iso**2) / 2
-    return {
-        "cov_factor_loc": W,
-        "cov_diag_loc": log_psi,
-        "noise_loc": log_noise,
-        "cov_factor_information": info_w,
-        "cov_diag_information": info_psi,
-        "noise_information": info_noise,
-    }
+        noise_var = np.exp(log_psi[c]) if noise == "diagonal" else np.full(d, psi)
+        precision = np.linalg.inv(W[c] @ W[c].T + np.diag(noise_var))
+        info_w[c], info_psi[c] = _lowrank_information(W[c], noise_var, n, precision)
+        info_noise[c] = n * psi**2 * np.sum(precision**2) / 2
+    start = {"cov_factor_loc": W, "cov_diag_loc": log_psi, "noise_loc": log_noise, "cov_factor_information": info_w}
+    if noise == "diagonal":
+        return {**start, "cov_diag_information": info_psi}
+    return {**start, "noise_information": info_noise}
 
 
-def _lowrank_information(W: np.ndarray, psi: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fisher information of ``n`` rows about each ``W_jk`` and ``log ψ_j`` (see :func:`lowrank_initial_params`)."""
-    precision = np.linalg.inv(W @ W.T + np.diag(psi))
+def _lowrank_information(
+    W: np.ndarray, psi: np.ndarray, n: int, precision: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fisher information of ``n`` rows about each ``W_jk`` and ``log ψ_j`` (see :func:`lowrank_initial_params`);
+    ``precision``, when given, is ``(W Wᵀ + diag(ψ))⁻¹``."""
+    if precision is None:
+        precision = np.linalg.inv(W @ W.T + np.diag(psi))
     pw = precision @ W
     info_w = n * (np.diag(precision)[:, None] * np.diag(W.T @ pw)[None, :] + pw**2)
     info_psi = n * psi**2 * np.diag(precision) ** 2 / 2

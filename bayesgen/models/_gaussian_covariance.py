@@ -666,7 +666,7 @@ class LowRankCovariance(CovarianceStructure):
         shrinkage: float,
         rank: int,
     ) -> dict[str, np.ndarray]:
-        return lowrank_initial_params(x, y, num_classes, S0=pooled[1], shrinkage=shrinkage, rank=rank)
+        return lowrank_initial_params(x, y, num_classes, S0=pooled[1], shrinkage=shrinkage, rank=rank, noise=self.noise)
 
     def reference_moments(
         self, exact: dict[str, np.ndarray]
