@@ -17,17 +17,25 @@ The NUTS draws are cached in benchmarks/results/anomaly_nuts_draws_<columns>_<ro
 settings that made them); a later run with the same settings reuses them (``--rerun-nuts`` to redraw),
 so only the SVI side is refitted.
 
-Run:  python benchmarks/anomaly_nuts_reference.py [--columns "weakly correlated"] [--rows 569] [--chains 4]
+``--data pima`` takes six columns of mlbench's PimaIndiansDiabetes instead (pregnancies, glucose,
+blood pressure, body mass index, pedigree, age; 768 rows, where zeros stand for missing glucose,
+pressure and mass values): a second table, not used to design the guide. It needs pyreadr and
+Debian's r-cran-mlbench (``--mlbench`` names the folder of its .rda files).
+
+Run:  python benchmarks/anomaly_nuts_reference.py [--columns "weakly correlated"] [--rows N] [--chains 4]
+      python benchmarks/anomaly_nuts_reference.py --data pima --mlbench PATH
 Output: benchmarks/results/anomaly_nuts_reference.csv and a summary per site on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +46,16 @@ from sklearn.datasets import load_breast_cancer
 from bayesgen.models.anomaly import MixtureAnomalyDetector
 
 COLUMNS = {"weakly correlated": [1, 4, 8, 9, 11, 14], "first six": [0, 1, 2, 3, 4, 5]}
+PIMA_COLUMNS = ["pregnant", "glucose", "pressure", "mass", "pedigree", "age"]
+
+
+def load_table(data: str, columns: str, mlbench: str | None) -> tuple[np.ndarray, str]:
+    """The rows to fit and the label the results and the cache go under."""
+    if data == "pima":
+        from bayesgen.datasets import load_mlbench
+
+        return load_mlbench("PimaIndiansDiabetes", mlbench)[PIMA_COLUMNS].to_numpy(float), "pima six"
+    return load_breast_cancer().data[:, COLUMNS[columns]], columns
 
 
 def flat(draws: dict[str, np.ndarray], lead: int) -> dict[str, np.ndarray]:
@@ -87,10 +105,63 @@ def site_summary(table: pd.DataFrame, **extra: tuple) -> pd.DataFrame:
     )
 
 
+def nuts_chains(
+    model: Any,
+    model_args: tuple,
+    model_kwargs: dict[str, Any],
+    *,
+    cache: Path,
+    chains: int,
+    warmup: int,
+    samples: int,
+    max_plate_nesting: int,
+    rerun: bool = False,
+) -> tuple[list[dict[str, np.ndarray]], float, bool]:
+    """NUTS chains of ``model`` (chain c seeded c), read from ``cache`` when it holds the same settings.
+
+    Returns the chains' draws by site, the seconds they took when drawn, and whether they came from the cache.
+    Chains missing from a cache with the same settings are drawn and the cache rewritten with all of them.
+    """
+    settings = np.array([chains, warmup, samples])
+    draws: list[dict[str, np.ndarray]] = []
+    seconds = 0.0
+    if cache.is_file() and not rerun:
+        with np.load(cache) as stored:
+            if np.array_equal(stored["settings"], settings):
+                names = sorted({k.split(".", 1)[1] for k in stored.files if k.startswith("chain")})
+                held = sorted({int(k[5:].split(".", 1)[0]) for k in stored.files if k.startswith("chain")})
+                draws = [{k: stored[f"chain{c}.{k}"] for k in names} for c in held]
+                seconds = float(stored["seconds"]) if "seconds" in stored.files else math.nan
+    if len(draws) == chains:
+        return draws, seconds, True
+    started = time.perf_counter()
+    for chain in range(len(draws), chains):
+        torch.manual_seed(chain)
+        mcmc = MCMC(
+            NUTS(model, max_plate_nesting=max_plate_nesting),
+            num_samples=samples,
+            warmup_steps=warmup,
+            disable_progbar=True,
+        )
+        mcmc.run(*model_args, **model_kwargs)
+        draws.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
+    seconds = (0.0 if math.isnan(seconds) else seconds) + time.perf_counter() - started
+    cache.parent.mkdir(exist_ok=True)
+    np.savez_compressed(
+        cache,
+        settings=settings,
+        seconds=seconds,
+        **{f"chain{c}.{k}": v for c, chain in enumerate(draws) for k, v in chain.items()},
+    )
+    return draws, seconds, False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("sklearn", "pima"), default="sklearn")
+    parser.add_argument("--mlbench", default=None, help="folder of mlbench's .rda files (--data pima)")
     parser.add_argument("--columns", choices=list(COLUMNS), default="weakly correlated")
-    parser.add_argument("--rows", type=int, default=569)
+    parser.add_argument("--rows", type=int, default=None, help="the first ROWS rows (default: all)")
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--samples", type=int, default=400)
@@ -98,47 +169,32 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    X = load_breast_cancer().data[: args.rows, COLUMNS[args.columns]]
-    cache = Path(__file__).parent / "results" / f"anomaly_nuts_draws_{args.columns.replace(' ', '_')}_{len(X)}.npz"
-    settings = np.array([args.chains, args.warmup, args.samples])
+    X, label = load_table(args.data, args.columns, args.mlbench)
+    X = X[: args.rows] if args.rows else X
+    cache = Path(__file__).parent / "results" / f"anomaly_nuts_draws_{label.replace(' ', '_')}_{len(X)}.npz"
     started = time.perf_counter()
     det = MixtureAnomalyDetector(num_components=1, covariance="full", seed=0).fit(X)
     fit_seconds = time.perf_counter() - started
     print(f"SVI fit {fit_seconds:.1f} s")
-    chains = []
-    if cache.is_file() and not args.rerun_nuts:
-        with np.load(cache) as stored:
-            if np.array_equal(stored["settings"], settings):
-                names = sorted({k.split(".", 1)[1] for k in stored.files if k.startswith("chain")})
-                chains = [{k: stored[f"chain{c}.{k}"] for k in names} for c in range(args.chains)]
-                seconds = float(stored["seconds"])
-                print(f"NUTS draws from {cache} ({seconds:.0f} s when drawn)")
-    if not chains:
-        model, _ = det._model_and_guide(for_arviz=True)
-        margs, mkwargs = det._model_args(for_arviz=True)
-        started = time.perf_counter()
-        for chain in range(args.chains):
-            torch.manual_seed(chain)
-            mcmc = MCMC(
-                NUTS(model, max_plate_nesting=1),
-                num_samples=args.samples,
-                warmup_steps=args.warmup,
-                disable_progbar=True,
-            )
-            mcmc.run(*margs, **mkwargs)
-            chains.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
-        seconds = time.perf_counter() - started
-        cache.parent.mkdir(exist_ok=True)
-        np.savez_compressed(
-            cache,
-            settings=settings,
-            seconds=seconds,
-            **{f"chain{c}.{k}": v for c, draws in enumerate(chains) for k, v in draws.items()},
-        )
+    model, _ = det._model_and_guide(for_arviz=True)
+    margs, mkwargs = det._model_args(for_arviz=True)
+    chains, seconds, cached = nuts_chains(
+        model,
+        margs,
+        mkwargs,
+        cache=cache,
+        chains=args.chains,
+        warmup=args.warmup,
+        samples=args.samples,
+        max_plate_nesting=1,
+        rerun=args.rerun_nuts,
+    )
+    if cached:
+        print(f"NUTS draws from {cache} ({seconds:.0f} s when drawn)")
     in_mode = [bool(np.median(c["anomaly_excess"]) > 0.1) for c in chains]
     kept = [c for c, ok in zip(chains, in_mode, strict=True) if ok]
     print(
-        f"{args.columns}, {len(X)} rows: NUTS {seconds:.0f} s; chains in SVI's mode (anomaly_excess > 0.1): "
+        f"{label}, {len(X)} rows: NUTS {seconds:.0f} s; chains in SVI's mode (anomaly_excess > 0.1): "
         f"{len(kept)} of {len(chains)}; the others' median anomaly_excess "
         f"{[round(float(np.median(c['anomaly_excess'])), 3) for c, ok in zip(chains, in_mode, strict=True) if not ok]}"
     )
@@ -151,14 +207,14 @@ def main() -> None:
     for name, ref in nuts.items():
         if name not in svi or ref.std() == 0:  # constant entries of the Cholesky factor
             continue
-        rows.append({"columns": args.columns, "rows": len(X), **compare(name, svi[name], ref)})
+        rows.append({"columns": label, "rows": len(X), **compare(name, svi[name], ref)})
     table = pd.DataFrame(rows)
     print(site_summary(table).round(3).to_string())
     out = Path(__file__).parent / "results" / "anomaly_nuts_reference.csv"
     out.parent.mkdir(exist_ok=True)
     previous = pd.read_csv(out) if out.is_file() else pd.DataFrame()
     if len(previous):
-        previous = previous[~((previous["columns"] == args.columns) & (previous["rows"] == len(X)))]
+        previous = previous[~((previous["columns"] == label) & (previous["rows"] == len(X)))]
     pd.concat([previous, table]).to_csv(out, index=False)
     print(f"wrote {out}")
 

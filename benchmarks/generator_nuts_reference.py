@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from pyro.infer import MCMC, NUTS
 
 from bayesgen.models.gaussian_generator import GaussianGenerator
 from bayesgen.runs.spec import estimator_kwargs, load_labelled_table, load_spec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from anomaly_nuts_reference import compare, site_summary  # noqa: E402  (the same comparison and summary)
+from anomaly_nuts_reference import compare, nuts_chains, site_summary  # noqa: E402  (shared with it)
 
 SPEC = Path(__file__).resolve().parents[1] / "models" / "gaussian_digits.toml"
 
@@ -81,29 +80,17 @@ def main() -> None:
     model, _ = gen._model_and_guide(for_arviz=True)
     margs, mkwargs = gen._model_args(for_arviz=True)
     cache = Path(__file__).parent / "results" / f"generator_nuts_draws_{args.pixels}_{args.rank}.npz"
-    settings = np.array([args.chains, args.warmup, args.samples])
-    started = time.perf_counter()
-    chains = []
-    if cache.is_file():
-        with np.load(cache) as stored:
-            if np.array_equal(stored["settings"], settings):
-                names = sorted({k.split(".", 1)[1] for k in stored.files if k.startswith("chain")})
-                chains = [{k: stored[f"chain{c}.{k}"] for k in names} for c in range(args.chains)]
-    for chain in range(len(chains), args.chains):
-        torch.manual_seed(chain)
-        mcmc = MCMC(
-            NUTS(model, max_plate_nesting=gen._max_plate_nesting),
-            num_samples=args.samples,
-            warmup_steps=args.warmup,
-            disable_progbar=True,
-        )
-        mcmc.run(*margs, **mkwargs)
-        chains.append({k: v.numpy() for k, v in mcmc.get_samples().items()})
-    nuts_seconds = time.perf_counter() - started
-    np.savez_compressed(
-        cache, settings=settings, **{f"chain{c}.{k}": v for c, draws in enumerate(chains) for k, v in draws.items()}
+    chains, nuts_seconds, cached = nuts_chains(
+        model,
+        margs,
+        mkwargs,
+        cache=cache,
+        chains=args.chains,
+        warmup=args.warmup,
+        samples=args.samples,
+        max_plate_nesting=gen._max_plate_nesting,
     )
-    source = f"NUTS {nuts_seconds:.0f} s" if nuts_seconds > 1 else f"NUTS draws from {cache.name}"
+    source = f"NUTS draws from {cache.name}" if cached else f"NUTS {nuts_seconds:.0f} s"
     print(f"pixels {pixels.tolist()}, rank {args.rank}: SVI fit {fit_seconds:.1f} s, {source}")
     pooled = with_factor_cov({k: np.concatenate([c[k] for c in chains]) for k in chains[0]})
     # The guide's draws in the model's own (standardised) coordinates, as NUTS draws them.
