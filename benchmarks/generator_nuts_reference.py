@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--num-steps", type=int, default=None, help="SVI steps (default: the spec's)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="(default: the spec's)")
+    parser.add_argument("--factor-guide", default=None, help="(default: the spec's, else the estimator's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -74,6 +77,8 @@ def main() -> None:
     pixels = np.sort(np.argsort(X_train.var(axis=0))[-args.pixels :])
     X_train = X_train[:, pixels]
     kwargs = {**estimator_kwargs(GaussianGenerator, spec, "cpu"), "rank": args.rank}
+    overrides = {"num_steps": args.num_steps, "learning_rate": args.learning_rate, "factor_guide": args.factor_guide}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
     started = time.perf_counter()
     gen = GaussianGenerator(**kwargs).fit(X_train, y_train)
     fit_seconds = time.perf_counter() - started

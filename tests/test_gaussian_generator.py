@@ -1152,3 +1152,112 @@ def test_lowrank_start_information_is_taken_under_the_noise_the_model_has(noise)
     # The other noise's information is not returned.
     other = "cov_diag_information" if noise == "isotropic" else "noise_information"
     assert other not in start
+
+
+@pytest.mark.parametrize("noise", ["diagonal", "isotropic"])
+def test_lowrank_information_matrix_is_the_whole_gaussian_fisher_information(noise):
+    # Against autograd's Hessian of n E[log N(x; 0, Σ(θ))] at Σ_true = Σ(θ), every pair of parameters.
+    from bayesgen.models._gaussian_algebra import _lowrank_information, lowrank_information_matrix
+
+    rng = np.random.default_rng(1)
+    d, r, n = 5, 2, 23
+    W = rng.normal(size=(d, r))
+    psi = np.full(d, 0.6) if noise == "isotropic" else rng.uniform(0.3, 1.0, size=d)
+    truth = torch.as_tensor(W @ W.T + np.diag(psi))
+
+    def expected_log_lik(theta: torch.Tensor) -> torch.Tensor:
+        w, log_psi = theta[: d * r].reshape(d, r), theta[d * r :]
+        sigma = w @ w.T + torch.diag(log_psi.exp().expand(d))
+        return -n / 2 * (torch.logdet(sigma) + torch.trace(torch.linalg.solve(sigma, truth)))
+
+    log_psi = np.log(psi[:1]) if noise == "isotropic" else np.log(psi)
+    theta = torch.as_tensor(np.concatenate([W.ravel(), log_psi]))
+    fisher = -torch.autograd.functional.hessian(expected_log_lik, theta).numpy()
+    info = lowrank_information_matrix(W, psi, n, noise)
+    np.testing.assert_allclose(info, fisher, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.diag(info)[: d * r], _lowrank_information(W, psi, n)[0].ravel(), rtol=1e-10)
+    # Rotating the factors leaves Σ alone: that direction carries no information.
+    skew = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    rotation = np.concatenate([(W @ skew).ravel(), np.zeros(len(log_psi))])
+    assert rotation @ info @ rotation < 1e-8 * np.abs(info).max()
+
+
+def test_lowrank_start_turns_each_class_to_the_factors_nearest_the_prior_centre():
+    # The PCA start is defined up to a rotation of its factors; the one nearest the prior's centre W0 (orthogonal
+    # Procrustes) is the likeliest under the prior. W Wᵀ stays the class's probabilistic PCA.
+    from bayesgen.models._gaussian_algebra import lowrank_initial_params, ppca_factors
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, 5)) @ rng.normal(size=(5, 5))
+    y = np.repeat([0, 1, 2], 30)
+    S0 = np.cov(x.T)
+    start = lowrank_initial_params(x, y, 3, S0=S0, shrinkage=2.0, rank=2, noise="isotropic")
+    W0, _ = ppca_factors(S0, 2)
+    for c in range(3):
+        W = start["cov_factor_loc"][c]
+        xc = x[y == c] - x[y == c].mean(axis=0)
+        own, _ = ppca_factors((2.0 * S0 + xc.T @ xc) / (2.0 + 30), 2)
+        np.testing.assert_allclose(W @ W.T, own @ own.T, atol=1e-10)
+        for _ in range(20):
+            angle = rng.uniform(0, 2 * np.pi)
+            turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            for flip in (np.eye(2), np.diag([1.0, -1.0])):
+                assert np.linalg.norm(W - W0) <= np.linalg.norm(W @ turn @ flip - W0) + 1e-12
+
+
+def test_full_factor_guide_finds_the_correlated_posterior_of_the_factors_and_the_noise():
+    # 2,000 rows of one class from a rank-1 model with isotropic noise and equal variances (so standardising
+    # keeps it rank 1 plus isotropic): the posterior of (W, log ψ) is close to Normal with covariance
+    # (n·Fisher + prior precision)⁻¹ at its centre. The full guide recovers its sds and correlations; the
+    # mean-field guide cannot have the correlations.
+    from bayesgen.models._gaussian_algebra import lowrank_information_matrix
+
+    rng = np.random.default_rng(5)
+    d, n = 3, 2000
+    w, psi = np.array([[1.2], [-1.2], [1.2]]), 0.5
+    X = rng.multivariate_normal(np.zeros(d), w @ w.T + psi * np.eye(d), size=n)
+    X = np.concatenate([X, rng.normal(size=(40, d))])  # a second class, only so that there are two
+    y = np.repeat([0, 1], [n, 40])
+    draws = {}
+    for kind in ("full", "mean_field"):
+        gen = GaussianGenerator(rank=1, factor_guide=kind, num_steps=600, learning_rate=0.01, seed=0).fit(X, y)
+        post = gen.posterior(4000, seed=0)
+        scale = gen._scale  # the draws are in the features' units; the fit in standardised ones
+        draws[kind] = np.concatenate(
+            [post["cov_factor"][:, 0, :, 0] / scale, np.log(post["cov_diag"][:, 0, :1] / scale[0] ** 2)], axis=1
+        )
+        if kind == "full":
+            assert gen.factor_guide_ == "full"
+            prior_sd = np.concatenate([gen._prior["factor_scale"].cpu().numpy().ravel(), [0.5]])
+    u = draws["full"]
+    centre = u.mean(axis=0)
+    info = lowrank_information_matrix(centre[:d, None], np.full(d, np.exp(centre[d])), n, "isotropic")
+    reference = np.linalg.inv(info + np.diag(prior_sd**-2.0))
+    ref_sd = np.sqrt(np.diag(reference))
+    ref_corr = reference / np.outer(ref_sd, ref_sd)
+    assert np.abs(ref_corr - np.eye(d + 1)).max() > 0.3  # there are correlations to find
+    np.testing.assert_allclose(u.std(axis=0) / ref_sd, 1.0, atol=0.2)
+    assert np.abs(np.corrcoef(u.T) - ref_corr).max() < 0.15, (np.corrcoef(u.T).round(2), ref_corr.round(2))
+    assert np.abs(np.corrcoef(draws["mean_field"].T) - ref_corr).max() > 0.3
+
+
+def test_full_factor_guide_saves_loads_converts_and_refuses_what_it_cannot_hold(tmp_path):
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(80, 4))
+    y = np.repeat([0, 1], 40)
+    gen = GaussianGenerator(rank=2, factor_guide="full", num_steps=30, seed=0).fit(X, y)
+    assert set(gen.posterior(10, seed=0)) == {"weights", "loc", "cov_factor", "cov_diag"}
+    tree = gen.to_arviz(20)
+    assert "factor_noise" not in tree.posterior  # the guide's auxiliary joint draw is not a model site
+    assert tree.posterior.sizes["chain"] * tree.posterior.sizes["draw"] == 20
+    gen.save(tmp_path / "g")
+    back = GaussianGenerator.load(tmp_path / "g")
+    assert back.factor_guide_ == "full"
+    for site, value in gen.posterior(50, seed=1).items():
+        np.testing.assert_array_equal(back.posterior(50, seed=1)[site], value)
+    with pytest.raises(ValueError, match="factor_guide must be"):
+        GaussianGenerator(factor_guide="auto").fit(X, y)
+    with pytest.raises(ValueError, match="factor_guide='full' would hold"):
+        GaussianGenerator(rank=70, factor_guide="full", num_steps=5).fit(
+            rng.normal(size=(100, 72)), np.repeat([0, 1], 50)
+        )

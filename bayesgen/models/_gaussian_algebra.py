@@ -19,9 +19,11 @@ import numpy as np
 
 __all__ = [
     "ledoit_wolf_intensity",
+    "lowrank_information_matrix",
     "lowrank_initial_params",
     "off_subspace",
     "pooled_statistics",
+    "ppca_factors",
     "principal_subspace",
 ]
 
@@ -143,6 +145,7 @@ def lowrank_initial_params(
     shrinkage: float,
     rank: int,
     noise: str = "diagonal",
+    full_information: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-class probabilistic-PCA starting point for the low-rank guide.
 
@@ -169,6 +172,10 @@ def lowrank_initial_params(
         (C, d, log scale) and ``noise_loc`` (C, the log of the isotropic noise
         variance ψ̄); ``cov_factor_information``, and the noise's:
         ``cov_diag_information`` (diagonal) or ``noise_information`` (isotropic).
+        With ``full_information``, also ``factor_noise_loc`` (C, D), the factors
+        (row-major) and the log noise joined as the full guide draws them, and
+        ``factor_noise_information`` (C, D, D), their whole Fisher information
+        (:func:`lowrank_information_matrix`).
     """
     if noise not in ("diagonal", "isotropic"):
         raise ValueError(f"noise must be 'diagonal' or 'isotropic', got {noise!r}")
@@ -178,16 +185,20 @@ def lowrank_initial_params(
     log_psi = np.empty((C, d))
     log_noise = np.empty(C)
     info_w, info_psi, info_noise = np.empty((C, d, rank)), np.empty((C, d)), np.empty(C)
+    joint_loc: list[np.ndarray] = []
+    joint_info: list[np.ndarray] = []
+    W0, _ = ppca_factors(S0, rank)
     for c in range(C):
         xc = x[y == c]
         n = len(xc)
         mean = xc.mean(axis=0) if n else m0
         scatter = (xc - mean).T @ (xc - mean) if n else np.zeros((d, d))
         Sc = (shrinkage * S0 + scatter) / max(shrinkage + n, 1e-12)
-        evals, evecs = np.linalg.eigh(Sc)
-        evals, evecs = evals[::-1], evecs[:, ::-1]
-        psi = max(float(np.clip(evals[rank:], 0, None).mean()) if d > rank else 0.0, 1e-6)
-        W[c] = evecs[:, :rank] * np.sqrt(np.clip(evals[:rank] - psi, 1e-12, None))
+        W[c], psi = ppca_factors(Sc, rank)
+        # Turned to the rotation nearest the prior's centre W0 (orthogonal Procrustes): W Wᵀ is unchanged,
+        # and among the factors that give it these are the likeliest under the prior.
+        u, _, vt = np.linalg.svd(W[c].T @ W0)
+        W[c] = W[c] @ (u @ vt)
         log_noise[c] = np.log(psi)
         var = np.diag(Sc)
         log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
@@ -195,10 +206,48 @@ def lowrank_initial_params(
         precision = np.linalg.inv(W[c] @ W[c].T + np.diag(noise_var))
         info_w[c], info_psi[c] = _lowrank_information(W[c], noise_var, n, precision)
         info_noise[c] = n * psi**2 * np.sum(precision**2) / 2
+        if full_information:
+            joint_loc.append(np.concatenate([W[c].ravel(), log_psi[c] if noise == "diagonal" else [log_noise[c]]]))
+            joint_info.append(lowrank_information_matrix(W[c], noise_var, n, noise, precision))
     start = {"cov_factor_loc": W, "cov_diag_loc": log_psi, "noise_loc": log_noise, "cov_factor_information": info_w}
+    if full_information:
+        start.update(factor_noise_loc=np.stack(joint_loc), factor_noise_information=np.stack(joint_info))
     if noise == "diagonal":
         return {**start, "cov_diag_information": info_psi}
     return {**start, "noise_information": info_noise}
+
+
+def ppca_factors(S: np.ndarray, rank: int) -> tuple[np.ndarray, float]:
+    """Probabilistic PCA of a covariance ``S`` (Tipping & Bishop 1999): the top ``rank`` eigenvectors scaled by
+    ``sqrt(λ − ψ)`` and ψ, the mean of the other eigenvalues (at least 1e-6)."""
+    evals, evecs = np.linalg.eigh(S)
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    psi = max(float(np.clip(evals[rank:], 0, None).mean()) if len(S) > rank else 0.0, 1e-6)
+    return evecs[:, :rank] * np.sqrt(np.clip(evals[:rank] - psi, 1e-12, None)), psi
+
+
+def lowrank_information_matrix(
+    W: np.ndarray, psi: np.ndarray, n: int, noise: str, precision: np.ndarray | None = None
+) -> np.ndarray:
+    """The whole Fisher information of ``n`` rows from ``Normal(μ, W Wᵀ + diag(ψ))`` about the factors and the noise.
+
+    The parameters are ``vec(W)`` (row-major: ``W_ia`` at ``i·r + a``) then ``log ψ_j`` for every feature
+    (``noise="diagonal"``) or the log of the one isotropic variance ψ̄ (``"isotropic"``, ``psi`` all equal).
+    With ``Λ = Σ⁻¹`` and ``P = ΛW``: ``I[W_ia, W_jb] = n (Λ_ij (WᵀΛW)_ab + P_ib P_ja)``,
+    ``I[W_ia, log ψ_j] = n ψ_j Λ_ij P_ja``, ``I[log ψ_j, log ψ_k] = n ψ_j ψ_k Λ_jk² / 2``; the isotropic noise's
+    rows are those summed over j. Directions that rotate the factors carry no information (the likelihood
+    depends on W only through W Wᵀ): the prior's precision makes the sum invertible.
+    """
+    d, r = W.shape
+    if precision is None:
+        precision = np.linalg.inv(W @ W.T + np.diag(psi))
+    pw = precision @ W
+    ww = np.kron(precision, W.T @ pw) + np.einsum("ib,ja->iajb", pw, pw).reshape(d * r, d * r)
+    wpsi = np.einsum("ij,ja,j->iaj", precision, pw, psi).reshape(d * r, d)
+    psipsi = np.outer(psi, psi) * precision**2 / 2
+    if noise == "isotropic":
+        wpsi, psipsi = wpsi.sum(axis=1, keepdims=True), psipsi.sum(keepdims=True)
+    return n * np.block([[ww, wpsi], [wpsi.T, psipsi]])
 
 
 def _lowrank_information(

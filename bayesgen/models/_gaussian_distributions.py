@@ -24,6 +24,7 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "ClassLowRankNormal",
     "ClassMultivariateNormal",
+    "PerClassMultivariateNormal",
     "lowrank_loc_conditional",
     "lowrank_log_prob",
     "lowrank_whitening",
@@ -142,6 +143,25 @@ class ClassLowRankNormal(_ClassIndexed):
         eps_d = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
         factor = [e @ self.cov_factor[..., c, :, :].transpose(-1, -2) for c, e in self._by_class(eps_w)]
         return self.loc[..., idx, :] + self._in_row_order(factor, -2) + self.cov_diag[..., idx, :].sqrt() * eps_d
+
+
+class PerClassMultivariateNormal(dist.MultivariateNormal):
+    """A multivariate Normal per class (batch shape ``(C,)``) whose draws multiply each class's factor once.
+
+    Under plates outside the class plate (particles, posterior draws) the batch shape grows to ``(..., C)``;
+    the parent's ``rsample`` then broadcasts the ``(C, D, D)`` factor to every leading index, a copy of
+    ``... × C × D²`` numbers. This one moves the class axis first and multiplies ``(C, D, D)`` by ``(C, D, M)``.
+    """
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        tril = self._unbroadcasted_scale_tril
+        shape = self._extended_shape(sample_shape)
+        if tril.dim() != 3 or shape[-2] != tril.shape[0]:
+            return super().rsample(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        C, D = tril.shape[0], tril.shape[-1]
+        flat = eps.reshape(-1, C, D).permute(1, 2, 0)  # (C, D, M)
+        return self.loc + (tril @ flat).permute(2, 0, 1).reshape(shape)
 
 
 def lowrank_whitening(

@@ -181,6 +181,7 @@ def model(
     num_classes: int,
     init: dict[str, torch.Tensor] | None = None,
     noise: str = "diagonal",
+    factor_guide: str = "mean_field",
     x_unlabelled: torch.Tensor | None = None,
 ) -> None:
     """Class-conditional Gaussian model.
@@ -202,6 +203,8 @@ def model(
     noise : {"diagonal", "isotropic"}, default "diagonal"
         "lowrank" only: a noise variance per feature (factor analysis) or one
         per class (probabilistic PCA on the standardised features).
+    factor_guide : {"mean_field", "full"}, default "mean_field"
+        "lowrank" only, read by the guide: see :class:`GaussianGenerator`.
     x_unlabelled : Tensor, shape (n_unlabelled, n_features), optional
         Rows without a label ("diag" and "full"): observed at site
         ``x_unlabelled`` with their class summed out,
@@ -231,9 +234,10 @@ def guide(
     num_classes: int,
     init: dict[str, torch.Tensor] | None = None,
     noise: str = "diagonal",
+    factor_guide: str = "mean_field",
     x_unlabelled: torch.Tensor | None = None,
 ) -> None:
-    """Mean-field guide for :func:`model` (same signature).
+    """Guide for :func:`model` (same signature).
 
     The class weights start at their exact posterior, Dirichlet(class_concentration
     + class counts). Every other factor starts at the prior's centre (all classes
@@ -253,7 +257,7 @@ def guide(
     )
     pyro.sample("weights", dist.Dirichlet(conc))
     with pyro.plate("class", num_classes):
-        covariance_structure(covariance, noise).guide_sites(hyper, init, num_classes, x)
+        covariance_structure(covariance, noise, factor_guide).guide_sites(hyper, init, num_classes, x)
 
 
 # ---------------------------------------------------------------- validation
@@ -297,6 +301,9 @@ def validate_xy(X: Any, y: Any = None, *, label: str | None = None) -> tuple[np.
 
 # ----------------------------------------------------------------- estimator
 # unlabelled_weight="auto": the weights tried (besides 0, labelled rows only) and the folds of the labelled rows.
+#: The largest per-class size (features x rank + noise parameters) of factor_guide="full": its Cholesky
+#: factor then holds at most about eight million numbers per class.
+FULL_FACTOR_GUIDE_LIMIT = 4096
 _GUARD_WEIGHTS = (1.0, 0.3, 0.1)
 _GUARD_FOLDS = 5
 
@@ -331,6 +338,16 @@ class GaussianGenerator(BayesianEstimator):
         fit drives the noise of near-constant pixels toward zero and its
         samples train a classifier far worse (TSTR 0.48 vs 0.75 in
         ``benchmarks/RESULTS.md``), so "isotropic" is the default.
+    factor_guide : {"mean_field", "full"}, default "mean_field"
+        The "lowrank" SVI guide over each class's factors and noise:
+        independent Normals, or one multivariate Normal per class over all of
+        them (started at the Laplace approximation at the PCA start; its
+        Cholesky factor has (features × rank + noise)² entries per class, at
+        most 4096² allowed). "full" captures how the factors' entries and the
+        noise move together, which the mean-field guide cannot: run to
+        convergence it matches NUTS on far more of the covariance's entries,
+        at several times the cost per step (``benchmarks/RESULTS.md``, "The
+        generator's low-rank sites against NUTS").
     method : {"svi", "exact"}, default "svi"
         "exact" uses the conjugate posterior (diag and full only). "full"
         needs "exact": SVI on a Wishart guide over a d × d precision proved
@@ -461,7 +478,7 @@ class GaussianGenerator(BayesianEstimator):
     @property
     def _structure(self) -> CovarianceStructure:
         """The covariance structure named by ``covariance`` (with the low-rank ``noise``)."""
-        return covariance_structure(self.covariance, self.noise)
+        return covariance_structure(self.covariance, self.noise, getattr(self, "factor_guide_", None) or "mean_field")
 
     def __init__(
         self,
@@ -470,6 +487,7 @@ class GaussianGenerator(BayesianEstimator):
         rank: int | Literal["auto"] = "auto",
         subspace: int | None = None,
         noise: Literal["isotropic", "diagonal"] = "isotropic",
+        factor_guide: Literal["mean_field", "full"] = "mean_field",
         method: Literal["svi", "exact"] = "svi",
         class_concentration: float = 1.0,
         prior_strength: float = 1.0,
@@ -497,6 +515,7 @@ class GaussianGenerator(BayesianEstimator):
         self.rank = rank
         self.subspace = subspace
         self.noise = noise
+        self.factor_guide = factor_guide
         self.method = method
         self.class_concentration = class_concentration
         self.prior_strength = prior_strength
@@ -536,6 +555,8 @@ class GaussianGenerator(BayesianEstimator):
             raise ValueError(structure.svi_refusal)
         if self.noise not in ("isotropic", "diagonal"):
             raise ValueError(f"noise must be 'isotropic' or 'diagonal', got {self.noise!r}")
+        if self.factor_guide not in ("mean_field", "full"):
+            raise ValueError(f"factor_guide must be 'mean_field' or 'full', got {self.factor_guide!r}")
         if self.init not in ("pca", "prior"):
             raise ValueError(f"init must be 'pca' or 'prior', got {self.init!r}")
         if not (isinstance(self.pooled_shrinkage, str) and self.pooled_shrinkage == "auto"):
@@ -643,6 +664,7 @@ class GaussianGenerator(BayesianEstimator):
         auto_rank = isinstance(self.rank, str)
         self.rank_ = max(1, min(10, raw.shape[1] - 1)) if auto_rank else int(self.rank)
         self._structure.check_rank(self.rank_, raw.shape[1], what)
+        self.factor_guide_ = self._resolve_factor_guide(raw.shape[1])
         # With one labelled row per class there is no within-class spread: EM then takes the scale and the
         # pooled covariance (its prior's centre) from the unlabelled rows' overall spread instead.
         one_each = bool((self.class_counts_ < 2).all())
@@ -796,7 +818,7 @@ class GaussianGenerator(BayesianEstimator):
                     "covariance": self.covariance,
                     "num_classes": len(self.classes_),
                     "init": initial,
-                    "noise": self.noise,
+                    **self._structure.model_kwargs(),
                 },
                 learning_rate=self._learning_rate(),
                 data_size=len(xv) if minibatch else None,
@@ -805,6 +827,18 @@ class GaussianGenerator(BayesianEstimator):
                 resume=resume,
                 distributed=distributed,
             )
+
+    def _resolve_factor_guide(self, num_features: int) -> str | None:
+        """The low-rank SVI fit's guide over each class's factors and noise (None for other fits)."""
+        if self.covariance != "lowrank" or self.method != "svi":
+            return None
+        size = num_features * self.rank_ + (1 if self.noise == "isotropic" else num_features)
+        if self.factor_guide == "full" and size > FULL_FACTOR_GUIDE_LIMIT:
+            raise ValueError(
+                f"factor_guide='full' would hold a {size} x {size} covariance factor per class ({num_features} "
+                f"features x rank {self.rank_} + noise); use factor_guide='mean_field' or a smaller rank or subspace"
+            )
+        return self.factor_guide
 
     def _learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -1080,6 +1114,7 @@ class GaussianGenerator(BayesianEstimator):
             "unlabelled_weight_": getattr(self, "unlabelled_weight_", None),
             "unlabelled_moved_": getattr(self, "unlabelled_moved_", None),
             "rank_": self.rank_,
+            "factor_guide_": getattr(self, "factor_guide_", None),
             "unlabelled_scores_": (
                 None if scores is None else json.loads(scores.reset_index().to_json(orient="records"))
             ),
@@ -1110,6 +1145,7 @@ class GaussianGenerator(BayesianEstimator):
         self.unlabelled_weight_ = meta.get("unlabelled_weight_")
         self.unlabelled_moved_ = meta.get("unlabelled_moved_")
         self.rank_ = int(meta.get("rank_", self.rank))  # a file from before rank="auto" holds an int rank
+        self.factor_guide_ = meta.get("factor_guide_", "mean_field" if self.covariance == "lowrank" else None)
         scores = meta.get("unlabelled_scores_")
         self.unlabelled_scores_ = None if scores is None else pd.DataFrame(scores).set_index("unlabelled_weight")
         self._x = tensors["x"].to(self.device_)
