@@ -106,22 +106,17 @@ def site_summary(table: pd.DataFrame, **extra: tuple) -> pd.DataFrame:
 
 
 def nuts_chains(
-    model: Any,
-    model_args: tuple,
-    model_kwargs: dict[str, Any],
-    *,
-    cache: Path,
-    chains: int,
-    warmup: int,
-    samples: int,
-    max_plate_nesting: int,
-    rerun: bool = False,
+    estimator: Any, args: argparse.Namespace, cache: Path, rerun: bool = False
 ) -> tuple[list[dict[str, np.ndarray]], float, bool]:
-    """NUTS chains of ``model`` (chain c seeded c), read from ``cache`` when it holds the same settings.
+    """NUTS chains (``args.chains`` of ``args.warmup`` + ``args.samples``, chain c seeded c) of a fitted
+    estimator's model, read from ``cache`` when it holds the same settings.
 
     Returns the chains' draws by site, the seconds they took when drawn, and whether they came from the cache.
     Chains missing from a cache with the same settings are drawn and the cache rewritten with all of them.
     """
+    model, _ = estimator._model_and_guide(for_arviz=True)
+    model_args, model_kwargs = estimator._model_args(for_arviz=True)
+    chains, warmup, samples = args.chains, args.warmup, args.samples
     settings = np.array([chains, warmup, samples])
     draws: list[dict[str, np.ndarray]] = []
     seconds = 0.0
@@ -138,7 +133,7 @@ def nuts_chains(
     for chain in range(len(draws), chains):
         torch.manual_seed(chain)
         mcmc = MCMC(
-            NUTS(model, max_plate_nesting=max_plate_nesting),
+            NUTS(model, max_plate_nesting=estimator._max_plate_nesting),
             num_samples=samples,
             warmup_steps=warmup,
             disable_progbar=True,
@@ -176,19 +171,7 @@ def main() -> None:
     det = MixtureAnomalyDetector(num_components=1, covariance="full", seed=0).fit(X)
     fit_seconds = time.perf_counter() - started
     print(f"SVI fit {fit_seconds:.1f} s")
-    model, _ = det._model_and_guide(for_arviz=True)
-    margs, mkwargs = det._model_args(for_arviz=True)
-    chains, seconds, cached = nuts_chains(
-        model,
-        margs,
-        mkwargs,
-        cache=cache,
-        chains=args.chains,
-        warmup=args.warmup,
-        samples=args.samples,
-        max_plate_nesting=1,
-        rerun=args.rerun_nuts,
-    )
+    chains, seconds, cached = nuts_chains(det, args, cache, rerun=args.rerun_nuts)
     if cached:
         print(f"NUTS draws from {cache} ({seconds:.0f} s when drawn)")
     in_mode = [bool(np.median(c["anomaly_excess"]) > 0.1) for c in chains]

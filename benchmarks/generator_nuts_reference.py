@@ -82,19 +82,8 @@ def main() -> None:
     started = time.perf_counter()
     gen = GaussianGenerator(**kwargs).fit(X_train, y_train)
     fit_seconds = time.perf_counter() - started
-    model, _ = gen._model_and_guide(for_arviz=True)
-    margs, mkwargs = gen._model_args(for_arviz=True)
     cache = Path(__file__).parent / "results" / f"generator_nuts_draws_{args.pixels}_{args.rank}.npz"
-    chains, nuts_seconds, cached = nuts_chains(
-        model,
-        margs,
-        mkwargs,
-        cache=cache,
-        chains=args.chains,
-        warmup=args.warmup,
-        samples=args.samples,
-        max_plate_nesting=gen._max_plate_nesting,
-    )
+    chains, nuts_seconds, cached = nuts_chains(gen, args, cache)
     source = f"NUTS draws from {cache.name}" if cached else f"NUTS {nuts_seconds:.0f} s"
     print(f"pixels {pixels.tolist()}, rank {args.rank}: SVI fit {fit_seconds:.1f} s, {source}")
     pooled = with_factor_cov({k: np.concatenate([c[k] for c in chains]) for k in chains[0]})
