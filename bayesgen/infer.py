@@ -70,7 +70,6 @@ from pyro.infer import (
     TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.infer.util import zero_grads
 from pyro.poutine.util import site_is_subsample
 
 from bayesgen._runtime import (
@@ -93,6 +92,7 @@ __all__ = [
     "CheckpointError",
     "ConvergenceCheck",
     "Epochs",
+    "GroupedOptim",
     "IndexBatches",
     "LossVerdict",
     "NonFiniteLossError",
@@ -856,6 +856,8 @@ def make_optimizer(
     Returns
     -------
     pyro.optim.PyroOptim
+        ``"adam"`` without a schedule is a :class:`GroupedOptim`: one torch
+        optimiser (one fused update) per set of hyperparameters.
     """
     if isinstance(optimizer, pyro.optim.PyroOptim):
         return optimizer
@@ -865,8 +867,7 @@ def make_optimizer(
         torch_cls: type = torch.optim.Adam
         args: dict[str, Any] = {"lr": learning_rate, "betas": tuple(betas)}
         if _FUSED_ADAM:
-            # Pyro keeps one optimiser per parameter, so torch's multi-tensor path never
-            # applies; the fused kernel halves the update's cost (CPU and CUDA).
+            # One kernel updates every parameter of a group (CPU and CUDA).
             args["fused"] = True
     elif optimizer == "clipped_adam":
         from pyro.optim.clipped_adam import ClippedAdam
@@ -882,9 +883,9 @@ def make_optimizer(
         def per_param(name: str) -> dict[str, Any]:  # Pyro's names as in nn.Module: "decoder.beta.weight"
             return {**args, "lr": rates.get(name.split(".", 1)[0], float(learning_rate))}
 
-        return pyro.optim.PyroOptim(torch_cls, per_param)
+        return GroupedOptim(torch_cls, per_param) if optimizer == "adam" else pyro.optim.PyroOptim(torch_cls, per_param)
     if lr_schedule is None:
-        return pyro.optim.PyroOptim(torch_cls, args)
+        return GroupedOptim(torch_cls, args) if optimizer == "adam" else pyro.optim.PyroOptim(torch_cls, args)
     if not 0 < final_lr_factor <= 1:
         raise ValueError(f"final_lr_factor must be in (0, 1], got {final_lr_factor}")
     steps = max(int(num_steps), 1)
@@ -905,6 +906,90 @@ def make_optimizer(
 
 
 _FUSED_ADAM = "fused" in inspect.signature(torch.optim.Adam).parameters
+
+
+def _hyperparameters(group: Mapping[str, Any]) -> tuple:
+    """A param group's settings (all but its parameters), comparable with ``==``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return ("tensor", value.tolist())
+        if isinstance(value, list | tuple):
+            return tuple(plain(v) for v in value)
+        return value
+
+    return tuple(sorted((key, plain(value)) for key, value in group.items() if key != "params"))
+
+
+class GroupedOptim(pyro.optim.PyroOptim):
+    """:class:`pyro.optim.PyroOptim` with one torch optimiser per set of hyperparameters.
+
+    Pyro's wrapper keeps one torch optimiser per parameter, so every step pays
+    the optimiser's Python overhead once per parameter. Here parameters whose
+    settings are equal (after a checkpoint's state is loaded, which may carry
+    its own learning rate) share one optimiser, and a call updates all of its
+    parameters given in that call with one ``step()`` (one fused kernel for
+    ``torch.optim.Adam(fused=True)``). Everything else is as in Pyro:
+    parameters join when they first appear, a call updates exactly the
+    parameters it is given, and :meth:`get_state` / :meth:`set_state` use
+    Pyro's format (a single-parameter ``state_dict`` per parameter name), so a
+    state written by either loads into the other.
+    """
+
+    def __init__(self, optim_constructor: Any, optim_args: Any) -> None:
+        super().__init__(optim_constructor, optim_args)
+        self._grouped: list[torch.optim.Optimizer] = []
+
+    def __call__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        given: dict[int, tuple[torch.optim.Optimizer, list[torch.Tensor]]] = {}
+        for p in params:
+            optimizer = self.optim_objs.get(p)
+            if optimizer is None:
+                optimizer = self.optim_objs[p] = self._join(p)
+            given.setdefault(id(optimizer), (optimizer, []))[1].append(p)
+        for optimizer, these in given.values():
+            group = optimizer.param_groups[0]
+            members = group["params"]
+            group["params"] = these  # only this call's parameters, as Pyro's one optimiser per parameter does
+            try:
+                optimizer.step(*args, **kwargs)
+            finally:
+                group["params"] = members
+
+    def _join(self, param: torch.Tensor) -> torch.optim.Optimizer:
+        """The optimiser of ``param``'s settings, with ``param`` (and any state waiting for it) added."""
+        single = self._get_optim(param)
+        state = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(param), None)
+        if state is not None:
+            single.load_state_dict(state)  # torch's own loading: casts, devices, the saved settings
+        settings = _hyperparameters(single.param_groups[0])
+        for optimizer in self._grouped:
+            if _hyperparameters(optimizer.param_groups[0]) == settings:
+                optimizer.param_groups[0]["params"].append(param)
+                if param in single.state:
+                    optimizer.state[param] = single.state[param]
+                return optimizer
+        self._grouped.append(single)
+        return single
+
+    def get_state(self) -> dict[str, Any]:
+        """Pyro's format: ``{parameter name: the state_dict of an optimiser holding that parameter alone}``."""
+        store = pyro.get_param_store()
+        out = {}
+        for param, optimizer in self.optim_objs.items():
+            settings = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+            state = optimizer.state.get(param)
+            out[store.param_name(param)] = {
+                "state": {0: dict(state)} if state else {},
+                "param_groups": [{**settings, "params": [0]}],
+            }
+        return out
+
+
+def _drop_grads(tensors: Any) -> None:
+    """Forget the tensors' gradients (the next backward pass writes new ones instead of adding)."""
+    for t in tensors:
+        t.grad = None
 
 
 def _grads_finite(params: set[torch.Tensor]) -> bool:
@@ -1188,12 +1273,12 @@ def _loss_and_grads(
             # "Expected parameter ... found invalid values: nan" before any loss.
             if "invalid values" not in str(err):
                 raise
-            zero_grads({site["value"].unconstrained() for site in capture.trace.nodes.values()})
+            _drop_grads({site["value"].unconstrained() for site in capture.trace.nodes.values()})
             return math.nan, set(), _describe_invalid_values(str(err))
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
     loss = float(loss)
     if not (math.isfinite(loss) and _grads_finite(params)):
-        zero_grads(params)
+        _drop_grads(params)
         what = "loss" if not math.isfinite(loss) else "gradient"
         return loss, set(), f"non-finite {what}"
     return loss, params, ""
@@ -1662,7 +1747,7 @@ class SVIRunner:
         with _interrupts_held():
             self.phase = "update"
             self.optim(params)
-            zero_grads(params)
+            _drop_grads(params)
             self.losses.append(value)
             first_averaged = self.num_steps - self.average_last
             if self.average_last and step >= first_averaged:
@@ -1729,7 +1814,7 @@ class SVIRunner:
         dp.all_reduce(buf)
         statuses = [int(v) for v in buf[tail + 2 :].tolist()]
         if any(statuses) or buf[tail + 1] > 0:
-            zero_grads(set(tensors))
+            _drop_grads(set(tensors))
             return self._ranks_called_off(step, statuses, error, rng_at_step)
         parts = buf[tail - 2 : tail + 1].tolist()
         value = (parts[0] + parts[1] + parts[2]) / world
@@ -1972,7 +2057,7 @@ class SVIRunner:
         if self.phase in ("step", "callback"):  # undo the unfinished part in memory too
             with self.active():
                 store = pyro.get_param_store()
-                zero_grads({store.get_param(name).unconstrained() for name in store.keys()})
+                _drop_grads({store.get_param(name).unconstrained() for name in store.keys()})
             if self.extra_state is not None:
                 self.extra_state.load_state_dict(self.started["extra"])
         if self.checkpoint_path is not None:

@@ -623,3 +623,97 @@ def test_a_model_of_pre_sliced_batches_runs_with_batch_args():
         run_svi(lambda y: normal_model(y), lambda y: normal_guide(y), Y, num_steps=2, data_size=N, batch_size=40)
     with pytest.raises(ValueError, match="batch_args needs batch_size"):
         run_svi(model, guide, num_steps=2, batch_args=batch_args, full_size=N)
+
+
+def _grouped_fixture():
+    """Six parameters in two modules and two loose ones, with gradients from a fixed quadratic."""
+    pyro.clear_param_store()
+    gen = torch.Generator().manual_seed(0)
+    names = ["decoder.w", "decoder.b", "encoder.w", "encoder.b", "loc", "scale"]
+    shapes = [(4, 3), (3,), (5, 2), (2,), (7,), ()]
+    for name, shape in zip(names, shapes, strict=True):
+        pyro.param(name, torch.randn(shape, generator=gen, dtype=torch.float64))
+    store = pyro.get_param_store()
+    targets = {n: torch.randn(store[n].shape, generator=gen, dtype=torch.float64) for n in names}
+
+    def set_grads(step, only):
+        params = set()
+        for name in only:
+            p = store.get_param(name).unconstrained()
+            p.grad = (p.detach() - targets[name]) * (1.0 + 0.1 * step) + 0.01 * step
+            params.add(p)
+        return params
+
+    return names, store, set_grads
+
+
+def _run_optimiser(fixture, optim, steps, start=0):
+    names, store, set_grads = fixture
+    for step in range(start, start + steps):
+        # "loc" sits out every third step: a call updates exactly the parameters it is given.
+        only = [n for n in names if not (n == "loc" and step % 3 == 0)]
+        optim(set_grads(step, only))
+        for name in names:
+            store.get_param(name).unconstrained().grad = None
+    return {n: store[n].detach().clone() for n in names}
+
+
+def test_grouped_adam_updates_as_pyro_one_optimiser_per_parameter_does_with_one_step_per_setting(monkeypatch):
+    from bayesgen.infer import GroupedOptim, make_optimizer
+
+    rates = {"decoder": 0.05}
+    reference = make_optimizer(learning_rate=0.01, module_learning_rates=rates)
+    # Pyro's own wrapper with the same settings: one torch optimiser per parameter.
+    reference = pyro.optim.PyroOptim(reference.pt_optim_constructor, reference.pt_optim_args)
+    want = _run_optimiser(_grouped_fixture(), reference, 12)
+
+    fixture = _grouped_fixture()
+    grouped = make_optimizer(learning_rate=0.01, module_learning_rates=rates)
+    assert isinstance(grouped, GroupedOptim)
+    calls = []
+    original = torch.optim.Adam.step
+    monkeypatch.setattr(
+        torch.optim.Adam, "step", lambda self, *a, **k: (calls.append(self), original(self, *a, **k))[1]
+    )
+    got = _run_optimiser(fixture, grouped, 12)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    # Two settings (the decoder's rate and everyone else's): two optimiser steps per call, not six.
+    assert len(calls) == 2 * 12
+    assert len({id(o) for o in calls}) == 2
+    # "loc" sat out steps 0, 3, 6, 9: its Adam step count says 8, as with its own optimiser.
+    state = grouped.get_state()
+    assert float(state["loc"]["state"][0]["step"]) == 8.0
+    assert float(state["decoder.w"]["state"][0]["step"]) == 12.0
+    assert state["decoder.w"]["param_groups"][0]["lr"] == 0.05
+
+
+def test_grouped_adam_state_is_pyros_format_and_resumes_either_way():
+    from bayesgen.infer import make_optimizer
+
+    def both(kind):
+        optim = make_optimizer(learning_rate=0.01, module_learning_rates={"decoder": 0.05})
+        return optim if kind == "grouped" else pyro.optim.PyroOptim(optim.pt_optim_constructor, optim.pt_optim_args)
+
+    want = _run_optimiser(_grouped_fixture(), both("pyro"), 10)
+    for first, second in (("grouped", "pyro"), ("pyro", "grouped"), ("grouped", "grouped")):
+        fixture = _grouped_fixture()
+        optim = both(first)
+        _run_optimiser(fixture, optim, 6)
+        saved = optim.get_state()
+        later = both(second)
+        later.set_state(saved)
+        got = _run_optimiser(fixture, later, 4, start=6)
+        for name in want:
+            assert torch.equal(got[name], want[name]), (first, second, name)
+    # A saved learning rate is kept on resume (as torch's load_state_dict keeps it): the decoder's 0.05
+    # lands in its own group even when the new run's settings say 0.01 for everything.
+    fixture = _grouped_fixture()
+    optim = both("grouped")
+    _run_optimiser(fixture, optim, 2)
+    later = make_optimizer(learning_rate=0.01)
+    later.set_state(optim.get_state())
+    _run_optimiser(fixture, later, 1, start=2)
+    assert later.get_state()["decoder.b"]["param_groups"][0]["lr"] == 0.05
+    assert later.get_state()["encoder.b"]["param_groups"][0]["lr"] == 0.01
+    assert len({id(o) for o in later.optim_objs.values()}) == 2
