@@ -85,16 +85,20 @@ class Injector:
         self, monkeypatch: pytest.MonkeyPatch, *, validation: tuple[type, str] | None = None, hook: type | None = None
     ) -> Iterator[Injector]:
         with monkeypatch.context() as mp:
-            optim_call = pyro.optim.PyroOptim.__call__
 
-            def update(optim: Any, *args: Any, **kwargs: Any) -> Any:
-                self.fire("before_update", self.updates == TARGET)
-                out = optim_call(optim, *args, **kwargs)
-                self.updates += 1
-                self.fire("after_update", self.updates == TARGET + 1)
-                return out
+            def counted(optim_call: Callable) -> Callable:
+                def update(optim: Any, *args: Any, **kwargs: Any) -> Any:
+                    self.fire("before_update", self.updates == TARGET)
+                    out = optim_call(optim, *args, **kwargs)
+                    self.updates += 1
+                    self.fire("after_update", self.updates == TARGET + 1)
+                    return out
 
-            mp.setattr(pyro.optim.PyroOptim, "__call__", update)
+                return update
+
+            # Pyro's wrapper (schedules, clipped Adam) and bayesgen's grouped Adam (the default) each count.
+            for cls in (pyro.optim.PyroOptim, infer.GroupedOptim):
+                mp.setattr(cls, "__call__", counted(cls.__dict__["__call__"]))
             mp.setattr(Trace_ELBO, "loss_and_grads", self.wrap(Trace_ELBO.loss_and_grads, None, "loss", TARGET))
             mp.setattr(
                 infer,
