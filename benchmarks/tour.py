@@ -36,10 +36,11 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
         "versions": package_versions(),
     }
-    path = Path(args.results) / f"tour_{args.device}{'_' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(record, indent=2))
     for name, seconds in result.seconds.items():
         print(f"{name:>24s} {seconds:7.1f} s")
+    path = Path(args.results) / f"tour_{args.device}{'_' + args.tag if args.tag else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
     print(f"goal: under 180 s; errors: {result.errors or 'none'}; written {path}")
 
 
