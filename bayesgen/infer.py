@@ -875,6 +875,7 @@ def make_optimizer(
         torch_cls, args = ClippedAdam, {"lr": learning_rate, "clip_norm": clip_norm, "betas": tuple(betas)}
     else:
         raise ValueError(f"optimizer={optimizer!r} is not 'adam', 'clipped_adam' or a PyroOptim")
+    wrapper = GroupedOptim if optimizer == "adam" else pyro.optim.PyroOptim  # without a schedule
     if module_learning_rates:
         if lr_schedule is not None:
             raise ValueError("module_learning_rates cannot be combined with lr_schedule")
@@ -883,9 +884,9 @@ def make_optimizer(
         def per_param(name: str) -> dict[str, Any]:  # Pyro's names as in nn.Module: "decoder.beta.weight"
             return {**args, "lr": rates.get(name.split(".", 1)[0], float(learning_rate))}
 
-        return GroupedOptim(torch_cls, per_param) if optimizer == "adam" else pyro.optim.PyroOptim(torch_cls, per_param)
+        return wrapper(torch_cls, per_param)
     if lr_schedule is None:
-        return GroupedOptim(torch_cls, args) if optimizer == "adam" else pyro.optim.PyroOptim(torch_cls, args)
+        return wrapper(torch_cls, args)
     if not 0 < final_lr_factor <= 1:
         raise ValueError(f"final_lr_factor must be in (0, 1], got {final_lr_factor}")
     steps = max(int(num_steps), 1)

@@ -1152,6 +1152,14 @@ def test_lowrank_start_information_is_taken_under_the_noise_the_model_has(noise)
     # The other noise's information is not returned.
     other = "cov_diag_information" if noise == "isotropic" else "noise_information"
     assert other not in start
+    # With the whole information (the full guide's start), the same entries come from its diagonal.
+    full = lowrank_initial_params(x, y, 2, S0=np.cov(x.T), shrinkage=1.0, rank=2, noise=noise, full_information=True)
+    for key in (
+        "cov_factor_loc",
+        "cov_factor_information",
+        "cov_diag_information" if noise == "diagonal" else "noise_information",
+    ):
+        np.testing.assert_allclose(full[key], start[key], rtol=1e-10)
 
 
 @pytest.mark.parametrize("noise", ["diagonal", "isotropic"])

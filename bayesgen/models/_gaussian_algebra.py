@@ -204,11 +204,20 @@ def lowrank_initial_params(
         log_psi[c] = np.log(np.clip(var - (W[c] ** 2).sum(axis=1), 1e-3 * var.mean() + 1e-12, None))
         noise_var = np.exp(log_psi[c]) if noise == "diagonal" else np.full(d, psi)
         precision = np.linalg.inv(W[c] @ W[c].T + np.diag(noise_var))
-        info_w[c], info_psi[c] = _lowrank_information(W[c], noise_var, n, precision)
-        info_noise[c] = n * psi**2 * np.sum(precision**2) / 2
         if full_information:
             joint_loc.append(np.concatenate([W[c].ravel(), log_psi[c] if noise == "diagonal" else [log_noise[c]]]))
             joint_info.append(lowrank_information_matrix(W[c], noise_var, n, noise, precision))
+            # The mean-field information is that matrix's diagonal.
+            diagonal = np.diag(joint_info[-1])
+            info_w[c] = diagonal[: d * rank].reshape(d, rank)
+            if noise == "diagonal":
+                info_psi[c] = diagonal[d * rank :]
+            else:
+                info_noise[c] = diagonal[-1]
+        else:
+            info_w[c], info_psi[c] = _lowrank_information(W[c], noise_var, n, precision)
+            if noise == "isotropic":
+                info_noise[c] = n * psi**2 * np.sum(precision**2) / 2
     start = {"cov_factor_loc": W, "cov_diag_loc": log_psi, "noise_loc": log_noise, "cov_factor_information": info_w}
     if full_information:
         start.update(factor_noise_loc=np.stack(joint_loc), factor_noise_information=np.stack(joint_info))

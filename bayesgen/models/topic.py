@@ -158,7 +158,7 @@ class DocumentMultinomial(dist.TorchDistribution):
                 continue
             words = torch.multinomial(probs[rows], n_max, replacement=True)
             keep = torch.arange(n_max, device=probs.device) < n[:, None]
-            out[rows] = torch.zeros_like(out[rows]).scatter_add_(1, words, keep.to(out.dtype))
+            out[rows] = out.new_zeros(len(rows), out.shape[-1]).scatter_add_(1, words, keep.to(out.dtype))
         return out.reshape(shape + self.event_shape)
 
 
