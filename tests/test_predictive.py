@@ -252,3 +252,40 @@ def test_saved_models_keep_the_checks_statistics_chosen_on_all_training_rows(dig
     older = _statistics(ProdLDA.load(folder))
     assert older[:10] == [f"share of tokens[w{j}]" for j in np.argsort(-counts[:200].sum(0), kind="stable")[:10]]
     assert older != names
+
+
+def test_failures_are_listed_farthest_first_with_a_count_of_the_rest_and_tiny_p_values_are_floored():
+    import pandas as pd
+
+    from bayesgen.diagnostics.predictive import PredictiveCheck
+
+    rng = np.random.default_rng(0)
+    names = [f"stat{i}" for i in range(9)]
+    # stat0 passes; stat1..stat8 fail, the farthest (smallest p) last in table order.
+    p = [0.5, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-12, 1e-300]
+    table = pd.DataFrame({"observed": 0.0, "p_value": p}, index=pd.Index(names, name="statistic"))
+    table["ok"] = table["p_value"] >= 0.01 / len(table)
+    check = PredictiveCheck(table=table, replicated={n: rng.normal(size=50) for n in names})
+    text = check.message()
+    assert "smallest p-value < 1e-06 (stat8)" in text and "e-300" not in text
+    assert "8 outside what the model replicates" in text
+    assert "stat8, stat7, stat6, stat5, stat4 and 3 more" in text
+    fig = check.plot()
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles[0] == "stat8: p < 1e-06" and not any("e-300" in t for t in titles)
+    check.table.loc["stat8", "p_value"] = 1e-5
+    assert check.plot().axes[0].get_title() == "stat7: p < 1e-06"
+    assert "stat2: p = 1e-06" in [ax.get_title() for ax in check.plot().axes]  # at the floor: shown as is
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["94 % of the replicates", "replicated data sets", "observed"]
+
+
+def test_outside_share_counts_the_replicates_as_far_from_their_mean_as_the_data():
+    test = BetaBinomialTest(method="exact").fit([235, 157], [2435, 2435], names=["white", "black"])
+    check = predictive_check(test, num_samples=300, seed=0)
+    for name, row in check.table.iterrows():
+        reps = check.replicated[name]
+        expected = np.mean(np.abs(reps - reps.mean()) >= abs(row["observed"] - reps.mean()))
+        assert row["outside_share"] == pytest.approx(expected)
+        # Under the exact posterior the data sit inside the replicates.
+        assert 0.05 < row["outside_share"] <= 1.0

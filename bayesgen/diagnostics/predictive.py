@@ -17,7 +17,7 @@ import numpy as np
 
 from bayesgen._runtime import check_count
 
-__all__ = ["PredictiveCheck", "plot_predictive_checks", "predictive_check"]
+__all__ = ["P_VALUE_FLOOR", "PredictiveCheck", "format_p_value", "plot_predictive_checks", "predictive_check"]
 
 
 def plot_predictive_checks(
@@ -76,9 +76,12 @@ class PredictiveCheck:
     table : pandas.DataFrame
         One row per statistic (``count[white]``, ``mean[x, p12]``): ``observed``,
         the replicated data sets' ``replicated_mean`` and ``replicated_sd``,
-        ``z`` = (observed − replicated mean) / replicated sd and the two-sided
+        ``z`` = (observed − replicated mean) / replicated sd, the two-sided
         posterior predictive ``p_value`` (normal approximation of the
-        replicated statistic), and ``ok``.
+        replicated statistic, so that a family-wise level over many statistics
+        can be reached with a few hundred replicates; shown as "< 1e-06" below
+        :data:`P_VALUE_FLOOR`), ``outside_share``, the share of replicates at
+        least as far from their mean as the observed value, and ``ok``.
     alpha : float
         Family-wise level: a statistic fails when its p-value is below
         ``alpha`` / (number of statistics) (Bonferroni).
@@ -99,17 +102,19 @@ class PredictiveCheck:
         """One line: the statistics checked, the smallest p-value, and those that fail."""
         if not len(self.table):
             return "posterior predictive check: no statistic to check"
-        bad = self.table[~self.table["ok"]]
+        bad = self.table[~self.table["ok"]].sort_values("p_value")
         worst = self.table["p_value"].idxmin()
         text = (
             f"posterior predictive check of {len(self.table)} statistics: smallest p-value "
-            f"{self.table.loc[worst, 'p_value']:.3g} ({worst})"
+            f"{format_p_value(self.table.loc[worst, 'p_value'])} ({worst})"
         )
         if len(bad):
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             return (
                 text + f"; {len(bad)} outside what the model replicates (p < {self.alpha:g}/"
-                f"{len(self.table)}): "
+                f"{len(self.table)}), the farthest first: "
                 + ", ".join(map(str, bad.index[:5]))
+                + more
                 + " — the model does not reproduce these features of the data"
             )
         return text + ": the data look like the model's replicates"
@@ -125,10 +130,14 @@ class PredictiveCheck:
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, name in zip(axes, names, strict=False):
             row = self.table.loc[name]
+            low, high = np.quantile(self.replicated[name], [0.03, 0.97])
+            ax.axvspan(low, high, color="#dde7f0", label="94 % of the replicates")
             ax.hist(self.replicated[name], bins=30, color="#9db4cc", label="replicated data sets")
             ax.axvline(row["observed"], color="#c0392b", lw=2, label="observed")
             ax.set_title(
-                f"{name}: p = {row['p_value']:.3g}", fontsize="small", color="black" if row["ok"] else "#c0392b"
+                f"{name}: p {_p_relation(row['p_value'])}",
+                fontsize="small",
+                color="black" if row["ok"] else "#c0392b",
             )
             ax.set_xlabel(name, fontsize="small")
             ax.set_ylabel("replicates")
@@ -137,6 +146,20 @@ class PredictiveCheck:
         if names:
             axes[0].legend(fontsize="x-small")
         return fig
+
+
+#: p-values below this are shown as "< 1e-06": the normal approximation's far tail is not meaningful.
+P_VALUE_FLOOR = 1e-6
+
+
+def format_p_value(p: float) -> str:
+    """A p-value as text: three significant digits, or "< 1e-06" below :data:`P_VALUE_FLOOR`."""
+    return f"< {P_VALUE_FLOOR:g}" if p < P_VALUE_FLOOR else f"{p:.3g}"
+
+
+def _p_relation(p: float) -> str:
+    text = format_p_value(p)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _default_statistics(data: dict[str, np.ndarray]) -> dict[str, float]:
@@ -198,8 +221,17 @@ def predictive_check(
         mean, sd = values.mean(), values.std(ddof=1)
         z = (value - mean) / sd if sd > 0 else (0.0 if value == mean else np.inf)
         p = float(2 * sps.norm.sf(abs(z)))
+        outside = float(np.mean(np.abs(values - mean) >= abs(value - mean)))
         rows.append(
-            {"statistic": name, "observed": value, "replicated_mean": mean, "replicated_sd": sd, "z": z, "p_value": p}
+            {
+                "statistic": name,
+                "observed": value,
+                "replicated_mean": mean,
+                "replicated_sd": sd,
+                "z": z,
+                "p_value": p,
+                "outside_share": outside,
+            }
         )
         draws[name] = values
     table = pd.DataFrame(rows).set_index("statistic")
