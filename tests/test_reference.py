@@ -79,6 +79,7 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     assert set(check.unchecked) == {"loc", "cov_factor", "cov_diag"}
     assert "rotation" in check.unchecked["cov_factor"]
     assert "no closed form for cov_diag, cov_factor, loc" in check.message()
+    assert "SVI vs exact posterior of 1 global site:" in check.message()
     # The covariance's intervals are approximate (measured against NUTS on a few pixels), and the report's box
     # says why; the locations are exact given the covariance.
     assert all("approximate" in check.unchecked[site] for site in ("cov_diag", "cov_factor"))
@@ -87,8 +88,10 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     from bayesgen.diagnostics.verdict import _reference_verdict
 
     verdict = _reference_verdict(_reference_part(gen, num_samples=200, seed=0))
-    assert verdict.status == "ok" and "cov_diag: no closed form" in verdict.advice
-    assert "approximate" in verdict.advice
+    # The class weights agree; the other three sites have no exact posterior, so the verdict is a caution (never a
+    # green box that says its intervals are approximate), and its label names what was compared.
+    assert verdict.status == "caution" and verdict.label.startswith("weights agrees with the exact posterior; 3 sites")
+    assert "cov_diag: no closed form" in verdict.advice and "approximate" in verdict.advice
     # The anomaly detector's sites say what the guide misses against NUTS.
     from bayesgen.models.anomaly import MixtureAnomalyDetector
 
@@ -97,6 +100,9 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     assert set(reasons) == {"anomaly_fraction", "weights", "loc", "scale", "corr_tril", "anomaly_loc", "anomaly_excess"}
     assert all("nuts_check" in why for why in reasons.values())
     assert "matched NUTS" in reasons["loc"] and "anomaly_excess near 0" in reasons["anomaly_fraction"]
+    # Sites that share a reason are named together and the reason is said once.
+    advice = _reference_verdict(_reference_part(det, num_samples=200, seed=0)).advice
+    assert advice.count(reasons["loc"]) == 1 and advice.startswith("anomaly_excess, anomaly_fraction, anomaly_loc")
     det = MixtureAnomalyDetector(init="kmeans", num_steps=20, seed=0).fit(X)
     reasons = reference_check(det, num_samples=200, seed=0).unchecked
     assert "understates the posterior sd" in reasons["loc"] and "anomaly_excess near 0" in reasons["anomaly_fraction"]

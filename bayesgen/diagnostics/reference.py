@@ -54,7 +54,7 @@ class ReferenceCheck:
         else:
             bad = self.table[~self.table["ok"]]
             text = (
-                f"SVI vs exact posterior of {self.table['site'].nunique()} global sites: largest |mean gap| "
+                f"SVI vs exact posterior of {_count(self.table['site'].nunique(), 'global site')}: largest |mean gap| "
                 f"{self.table['smd'].abs().max():.3f} sd, sd ratio {self.table['sd_ratio'].min():.2f}–"
                 f"{self.table['sd_ratio'].max():.2f}: "
                 + (
@@ -66,6 +66,10 @@ class ReferenceCheck:
         if self.unchecked:
             text += "; no closed form for " + ", ".join(sorted(self.unchecked))
         return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def reference_check(

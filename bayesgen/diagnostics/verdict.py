@@ -136,15 +136,37 @@ def _rows_verdict(part: dict[str, Any]) -> CheckVerdict:
     return CheckVerdict("info", "per-row k-hat not computed", message or str(part.get("error", "")))
 
 
+def _sites(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def _reference_verdict(part: dict[str, Any]) -> CheckVerdict:
     message = part.get("message", "")
     unchecked = part.get("unchecked") or {}
-    # What a reader should know about the sites the check could not compare, in their own words.
-    caveat = "; ".join(f"{site}: {why}" for site, why in sorted(unchecked.items()) if why)
-    if "error" in part or not part.get("checked"):
+    # What a reader should know about the sites the check could not compare, in their own words; sites that
+    # share a reason are named together, the reason said once.
+    by_reason: dict[str, list[str]] = {}
+    for site, why in sorted(unchecked.items()):
+        if why:
+            by_reason.setdefault(why, []).append(site)
+    caveat = "; ".join(f"{', '.join(sites)}: {why}" for why, sites in by_reason.items())
+    checked = [str(site) for site in part.get("checked") or []]
+    if "error" in part or not checked:
         return CheckVerdict("info", "no exact posterior to compare", message or str(part.get("error", "")), caveat)
     if part.get("agree"):
-        return CheckVerdict("ok", "agrees with the exact posterior", message, caveat)
+        label = f"{_sites(checked)} {'agrees' if len(checked) == 1 else 'agree'} with the exact posterior"
+        if unchecked:
+            # The sites compared are right; the others have no exact posterior, so their intervals are not vouched for.
+            return CheckVerdict(
+                "caution",
+                f"{label}; {len(unchecked)} {'site' if len(unchecked) == 1 else 'sites'} without one",
+                message,
+                caveat
+                or "Some sites have no closed-form posterior to compare with, so their intervals are the guide's "
+                "alone: cross-check them with NUTS (bayesgen diagnose RUN_DIR --nuts).",
+            )
+        return CheckVerdict("ok", label, message)
     return CheckVerdict(
         "fail",
         "differs from the exact posterior",
