@@ -49,6 +49,7 @@ __all__ = [
     "staged_folder",
     "staging_path",
     "write_bytes",
+    "write_datatree",
     "write_json",
     "write_text",
 ]
@@ -287,6 +288,40 @@ def write_json(path: PathLikeStr, value: Any, *, overwrite: bool = True, **dumps
     """
     dumps.setdefault("indent", 2)
     return write_text(path, json.dumps(value, **dumps), overwrite=overwrite)
+
+
+def write_datatree(path: PathLikeStr, tree: Any, *, overwrite: bool = True) -> Path:
+    """Write an ArviZ DataTree as netCDF-4, compressed, whole or not at all (see :func:`atomic_path`).
+
+    Every numeric variable (coordinates too) is stored with zlib (level 1) and the byte shuffle
+    filter: lossless, read back by any netCDF reader (``xarray.open_datatree``,
+    ``arviz.from_netcdf``) as it was written. Replicated integer counts (a
+    topic model's words, mostly zeros) shrink the most.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    tree : xarray.DataTree
+    overwrite : bool, default True
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    import numpy as np
+
+    encoding = {
+        node.path: {
+            name: {"zlib": True, "complevel": 1, "shuffle": True}
+            for name, var in node.to_dataset(inherit=False).variables.items()
+            if np.issubdtype(var.dtype, np.number) or var.dtype == bool
+        }
+        for node in tree.subtree
+    }
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tree.to_netcdf(tmp, engine="netcdf4", encoding={k: v for k, v in encoding.items() if v})
+    return Path(path)
 
 
 def file_sha256(path: PathLikeStr) -> str:

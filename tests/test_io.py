@@ -506,3 +506,32 @@ def test_resume_needs_out_and_something_to_resume(svi_spec, tmp_path, capsys):
     assert fit(svi_spec, tmp_path / "never", "--checkpoint-every", "0") == 2
     assert "checkpoint_every" in error_line(capsys)
     assert not (tmp_path / "never").exists()
+
+
+def test_write_datatree_is_lossless_and_compressed(tmp_path):
+    import xarray as xr
+    from arviz_base import from_dict
+
+    from bayesgen.io import write_datatree
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(0.05, size=(2, 50, 40, 300)).astype(np.int64)  # replicated word counts: mostly zeros
+    tree = from_dict(
+        {
+            "posterior": {"rate": rng.normal(size=(2, 50, 3)).astype(np.float32)},
+            "posterior_predictive": {"words": counts},
+            "observed_data": {"words": counts[0, 0]},
+        },
+        dims={"rate": ["variant"]},
+        coords={"variant": ["a", "b", "c"]},
+    )
+    path = write_datatree(tmp_path / "posterior.nc", tree)
+    back = xr.open_datatree(path, engine="netcdf4").load()
+    for group in ("posterior", "posterior_predictive", "observed_data"):
+        for name, var in tree[group].data_vars.items():
+            assert back[group][name].dtype == var.dtype
+            np.testing.assert_array_equal(back[group][name].values, var.values)
+    assert list(back["posterior"]["variant"].values) == ["a", "b", "c"]
+    assert path.stat().st_size < counts.nbytes / 10
+    with pytest.raises(ValueError, match="already exists"):
+        write_datatree(path, tree, overwrite=False)

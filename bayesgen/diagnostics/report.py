@@ -281,7 +281,7 @@ def _write_predictive(estimator: Any, folder: Any, *, seed: int | None) -> dict[
 
 def _write_nuts(estimator: Any, folder: Any, *, num_samples: int, num_warmup: int, seed: int | None) -> dict[str, Any]:
     """The NUTS cross-check's table and draws in ``folder``; the report's ``nuts`` (or its error)."""
-    from bayesgen.io import atomic_path
+    from bayesgen.io import atomic_path, write_datatree
 
     try:
         cmp = estimator.nuts_check(
@@ -289,8 +289,7 @@ def _write_nuts(estimator: Any, folder: Any, *, num_samples: int, num_warmup: in
         )
         with atomic_path(folder / "nuts_comparison.csv") as tmp:
             cmp.table.to_csv(tmp)
-        with atomic_path(folder / "nuts.nc") as tmp:
-            cmp.tree.to_netcdf(tmp, engine="netcdf4")
+        write_datatree(folder / "nuts.nc", cmp.tree)
         return {
             "agree": cmp.agree,
             "reliable": cmp.reliable,

@@ -402,12 +402,11 @@ def write_run_folder(
 def _write_posterior(folder: Path, spec: dict[str, Any], fitted: SpecFit, *, num_samples: int) -> pd.DataFrame:
     """posterior.nc, summary.csv, report.csv and losses.csv; returns the summary."""
     from bayesgen.arviz import summary as arviz_summary
-    from bayesgen.io import atomic_path
+    from bayesgen.io import atomic_path, write_datatree
 
     est = fitted.estimator
     tree = est.to_arviz(num_samples=num_samples, seed=spec["run"]["seed"])
-    with atomic_path(folder / "posterior.nc") as tmp:
-        tree.to_netcdf(tmp, engine="netcdf4")
+    write_datatree(folder / "posterior.nc", tree)
     table = arviz_summary(tree)
     with atomic_path(folder / "summary.csv") as tmp:
         table.to_csv(tmp)
