@@ -125,6 +125,32 @@ def _readable_report(path: Path) -> pd.DataFrame:
     return frame
 
 
+def _figure_notes(frame: pd.DataFrame) -> str:
+    """Sentences that read a run's labelled-data figures: the two ROC-AUCs, and the Brier score against its baseline."""
+    values = frame.iloc[:, 0] if frame.shape[1] else pd.Series(dtype=object)
+    notes = []
+    if {"roc_auc_score", "roc_auc_probability"} <= set(values.index):
+        notes.append(
+            "roc_auc_score ranks the rows by how unusual the fitted density finds them; roc_auc_probability by "
+            "their posterior anomaly probability."
+        )
+    if {"brier_probability", "brier_constant_baseline"} <= set(values.index):
+        brier, baseline = float(values["brier_probability"]), float(values["brier_constant_baseline"])
+        if brier < baseline:
+            notes.append(
+                f"The anomaly probabilities' Brier score ({brier:.3g}) beats predicting the labelled share for "
+                f"every row ({baseline:.3g})."
+            )
+        else:
+            notes.append(
+                f"The anomaly probabilities' Brier score ({brier:.3g}) is no better than predicting the labelled "
+                f"share for every row ({baseline:.3g}): they are the model's probabilities of being unusual, not "
+                "of carrying these labels, so read the ranking (ROC-AUC); to turn them into probabilities of the "
+                "label, calibrate them with a few labelled rows (MixtureAnomalyDetector.calibrate)."
+            )
+    return f'<p class="muted">{html.escape(" ".join(notes))}</p>' if notes else ""
+
+
 # A table with more columns than this, and fewer rows than columns, is shown transposed.
 _MAX_COLUMNS = 6
 
@@ -254,9 +280,11 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
             "<h3>ArviZ summary</h3>",
             '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)</p>',
             _table(summary, 12, "summary.csv"),
+            _draws_note(folder, spec, entry),
         ]
     if (folder / "report.csv").is_file():
-        parts += ["<h3>The model's own figures</h3>", _table(_readable_report(folder / "report.csv"), 40, "report.csv")]
+        figures = _readable_report(folder / "report.csv")
+        parts += ["<h3>The model's own figures</h3>", _table(figures, 40, "report.csv"), _figure_notes(figures)]
     order = {name: i for i, name in enumerate(_PICTURE_ORDER)}
     pictures = sorted(
         (p for p in plots.glob("*.png") if p.name not in _SPECIAL and not p.name.startswith("ppc_")),
@@ -272,11 +300,28 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
         parts.append(f"<pre>{html.escape((plots / 'model_graph.txt').read_text(encoding='utf-8'))}</pre>")
     else:
         parts.append('<p class="muted">not available for this run</p>')
-    ppc = sorted(plots.glob("ppc_statistics.png")) + sorted(plots.glob("ppc_posterior_predictive_*.png"))
+    # The model's own statistics, with labelled axes and a p-value each; ArviZ's pooled density of every
+    # observed value (plots/ppc_*.png) only for a run without them.
+    ppc = sorted(plots.glob("ppc_statistics.png")) or sorted(plots.glob("ppc_posterior_predictive_*.png"))
     parts.append("<h3>Posterior predictive check</h3>")
     parts += [_figure(p, _caption(p.name)) for p in ppc] or ['<p class="muted">not available for this run</p>']
     parts.append(f'<p class="muted">run folder: <code>{html.escape(str(shown))}</code></p></section>')
     return "\n".join(parts), title
+
+
+def _draws_note(folder: Path, spec: dict[str, Any], entry: Any) -> str:
+    """Where the run's draws are and how to get more of them."""
+    nc = folder / "posterior.nc"
+    if not nc.is_file():
+        return ""
+    draws = spec.get("report", {}).get("arviz_samples")
+    held = f"{int(draws)} draws" if isinstance(draws, int) else "the draws"
+    cls = entry.estimator.rpartition(":")[2] if entry is not None else "the estimator"
+    return (
+        f'<p class="muted">posterior.nc ({nc.stat().st_size / 1e6:.1f} MB, compressed netCDF) holds {held} of '
+        f'every parameter and of the replicated data; for more, <code>{html.escape(cls)}.load("RUN/model")'
+        ".to_arviz(1000)</code> in Python.</p>"
+    )
 
 
 def _verdict_row(folder: Path, anchor: str, name: str) -> str:

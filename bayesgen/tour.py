@@ -209,7 +209,7 @@ def _tour_into(
     intro = (
         "Five Bayesian generative models fitted with SVI on data every machine has"
         + (" (SMOKE RUN: a twentieth of the steps; a pipeline check, not results)" if smoke else "")
-        + f"; {fitting:.0f} s of fitting in all."
+        + f"; {fitting:.0f} s in all, fits and their diagnostics."
     )
     write_report(
         [staging / name for name in result.folders],

@@ -12,6 +12,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,10 +56,20 @@ def test_tour_fits_every_model_and_writes_run_folders(tour):
         run = json.loads((folder / "run.json").read_text())
         assert run["name"] == name and run["data_checksum"].startswith("sha256:") and run["seed"] == 0
         assert len(pd.read_csv(folder / "summary.csv", index_col=0)) > 0
+        # The draws are stored compressed (lossless zlib), replicated data included.
+        with netCDF4.Dataset(folder / "posterior.nc") as nc:
+            stored = [
+                v for g in nc.groups.values() for v in g.variables.values() if getattr(v.dtype, "kind", "O") in "iuf"
+            ]
+            assert stored and all(v.filters()["zlib"] for v in stored), name
     anomaly = pd.read_csv(out / "anomaly_breast_cancer" / "report.csv", index_col=0)["value"]
     share = anomaly["labelled_anomaly_share"]  # 212 malignant of 569
     assert share == pytest.approx(212 / 569)
     assert anomaly["brier_constant_baseline"] == pytest.approx(share * (1 - share))
+    # The report reads the Brier score against that baseline, whichever side of it the fit lands.
+    better = anomaly["brier_probability"] < anomaly["brier_constant_baseline"]
+    sentence = "beats predicting the labelled share" if better else "no better than predicting the labelled share"
+    assert sentence in (out / "report.html").read_text()
     record = json.loads((out / "tour.json").read_text())
     assert record["errors"] == {} and set(record["folders"]) == set(TOUR_SPECS) and record["smoke"] is True
 
@@ -88,6 +99,11 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     assert re.search(r"<th>lift_94%_upper</th>\s*<td>", page)
     # The conditional VAE's latent plot says why its classes mix.
     assert "the decoder is given the label" in page
+    # Each predictive check is the model's own statistics (labelled, one p-value each), not ArviZ's pooled density.
+    assert page.count("<figcaption>Posterior predictive check of the statistics") == len(TOUR_SPECS)
+    assert "plot_ppc_dist" not in page
+    # Each run says how big its draws are and how to get more.
+    assert page.count("compressed netCDF) holds") == len(TOUR_SPECS) and ".to_arviz(1000)" in page
 
 
 # One line per sample site, as bayesgen.plots.describe_model writes it.
