@@ -204,6 +204,14 @@ def test_vae_check_fails_a_bernoulli_vae_on_grey_images(digit_vae):
     assert not check.passed
     row = check.table.loc["sd within image[mean]"]
     assert not row["ok"] and row["replicated_mean"] > row["observed"]
+    # The verdict says why (binary replicates of grey pixels) and what to do, not the generic advice.
+    from bayesgen.diagnostics.verdict import _predictive_verdict
+
+    assert "continuous_bernoulli" in check.advice and "are grey" in check.advice
+    part = {"passed": False, "statistics": len(check.table), "failed": ["x"], "advice": check.advice}
+    assert _predictive_verdict(part).advice == check.advice
+    # On binary images, where the same statistics can match, there is no such sentence.
+    assert digit_vae._ppc_advice({"x": (grey > 0.5).astype(float)}, ["x"]) is None
 
 
 def _edit_meta(folder, **extra):

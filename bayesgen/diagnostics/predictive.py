@@ -87,11 +87,16 @@ class PredictiveCheck:
         ``alpha`` / (number of statistics) (Bonferroni).
     replicated : dict
         Statistic → its values in every replicated data set (for plots).
+    advice : str
+        When statistics fail and the estimator knows why (``_ppc_advice``: a
+        Bernoulli VAE on grey images), one sentence on the cause and what to
+        do; empty otherwise.
     """
 
     table: Any
     alpha: float = 0.01
     replicated: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    advice: str = ""
 
     @property
     def passed(self) -> bool:
@@ -236,4 +241,7 @@ def predictive_check(
         draws[name] = values
     table = pd.DataFrame(rows).set_index("statistic")
     table["ok"] = table["p_value"] >= alpha / max(len(table), 1)
-    return PredictiveCheck(table=table, alpha=alpha, replicated=draws)
+    failed = [str(name) for name in table.index[~table["ok"]]]
+    explain = getattr(estimator, "_ppc_advice", None)
+    advice = (explain(observed, failed) or "") if failed and explain is not None else ""
+    return PredictiveCheck(table=table, alpha=alpha, replicated=draws, advice=advice)

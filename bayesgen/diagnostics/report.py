@@ -272,6 +272,8 @@ def _write_predictive(estimator: Any, folder: Any, *, seed: int | None) -> dict[
             "failed": [str(v) for v in ppc.table.index[~ppc.table["ok"]]],
             "message": ppc.message(),
         }
+        if ppc.advice:
+            parts["predictive"]["advice"] = ppc.advice
     except (ValueError, RuntimeError, TypeError, KeyError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         parts.setdefault("predictive_checks", {"error": message})

@@ -194,7 +194,8 @@ def _predictive_verdict(part: dict[str, Any]) -> CheckVerdict:
         "fail",
         f"failed: {len(part.get('failed', []))} of {n} statistics",
         message,
-        "The fitted model does not reproduce the statistics named, so conclusions that depend on "
+        part.get("advice")
+        or "The fitted model does not reproduce the statistics named, so conclusions that depend on "
         "them are suspect: look at them in ppc_statistics.png and consider a model that can express "
         "them (more components, another likelihood).",
     )

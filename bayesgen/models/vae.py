@@ -81,6 +81,11 @@ Architecture = Literal["mlp", "conv"]
 _LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 
 #: Why a conditional VAE's latent plot shows the classes mixed (said under the plot and in the report).
+CONDITIONAL_INTERPOLATION_NOTE = (
+    "In a conditional VAE both images are of the same class and every frame is decoded with that "
+    "label, so the frames change in style, not in class."
+)
+
 CONDITIONAL_LATENT_NOTE = (
     "The classes mix here by design: in a conditional VAE the decoder is given the label, so "
     "the latent code need not separate the classes and describes style (slant, thickness) "
@@ -1057,6 +1062,19 @@ class VAE(NeuralEstimator):
             out[f"mean[pixel {j}]"] = float(x[:, j].mean())
         return out
 
+    def _ppc_advice(self, observed: dict[str, np.ndarray], failed: list[str]) -> str | None:
+        """Why a Bernoulli VAE fails the checks on grey images, and what to do (None for other causes)."""
+        x = observed["x"]
+        grey = float(np.mean((x > 0) & (x < 1)))
+        if self.likelihood != "bernoulli" or grey < 0.01:
+            return None
+        return (
+            f"The Bernoulli likelihood replicates every pixel as 0 or 1, but {grey:.0%} of these pixels are grey, "
+            "so statistics of grey levels (the sd within an image, the share of pixels above a threshold) cannot "
+            "match whatever the fit: read the means, and for grey images fit likelihood='continuous_bernoulli' "
+            "or 'gaussian'."
+        )
+
     # --------------------------------------------------------------- plots
     def plot_samples(self, num_per_class: int = 8, *, seed: int = 0) -> Any:
         """Grid of generated images (one row per class for a conditional VAE)."""
@@ -1211,7 +1229,11 @@ def fit_vae_spec(
         figures["latent"] = est.plot_latent(
             X_te[:2000], y_te[:2000], y=None if test_labels is None else test_labels[:2000]
         )
-        i, j = 0, int(np.nonzero(y_te != y_te[0])[0][0])
+        # Unconditional: two images of different classes. Conditional: two of the same class, decoded with their
+        # label, so the frames move through style only (CONDITIONAL_INTERPOLATION_NOTE).
+        other = (y_te == y_te[0]) if est.conditional else (y_te != y_te[0])
+        other[0] = False
+        i, j = 0, int(np.nonzero(other)[0][0])
         figures["interpolation"] = est.plot_interpolation(
             X_te[i], X_te[j], 10, y=None if test_labels is None else test_labels[i]
         )
