@@ -174,7 +174,7 @@ def _caption(name: str, *, conditional: bool = False) -> str:
     if stem == "ppc_statistics":
         return (
             "Posterior predictive check of the statistics with the smallest p-values: each statistic over the "
-            "replicated data sets (histogram) and in the data (red line)."
+            "replicated data sets (histogram, the middle 94 % shaded) and in the data (red line)."
         )
     if stem.startswith("ppc_"):
         group, _, var = stem[4:].partition("_predictive_")
@@ -184,10 +184,10 @@ def _caption(name: str, *, conditional: bool = False) -> str:
         )
     if stem in _CAPTIONS:
         text = _CAPTIONS[stem]
-        if stem == "latent" and conditional:
-            from bayesgen.models.vae import CONDITIONAL_LATENT_NOTE
+        if stem in ("latent", "interpolation") and conditional:
+            from bayesgen.models.vae import CONDITIONAL_INTERPOLATION_NOTE, CONDITIONAL_LATENT_NOTE
 
-            text += " " + CONDITIONAL_LATENT_NOTE
+            text += " " + (CONDITIONAL_LATENT_NOTE if stem == "latent" else CONDITIONAL_INTERPOLATION_NOTE)
         return text
     return f"Figure '{stem.replace('_', ' ')}' written by the run (plots/{Path(name).name})."
 

@@ -99,6 +99,8 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     assert re.search(r"<th>lift_94%_upper</th>\s*<td>", page)
     # The conditional VAE's latent plot says why its classes mix.
     assert "the decoder is given the label" in page
+    # Its interpolation runs between two images of one class, decoded with their label, and says so.
+    assert "both images are of the same class and every frame is decoded with that label" in page
     # Each predictive check is the model's own statistics (labelled, one p-value each), not ArviZ's pooled density.
     assert page.count("<figcaption>Posterior predictive check of the statistics") == len(TOUR_SPECS)
     assert "plot_ppc_dist" not in page
