@@ -85,7 +85,14 @@ def test_prodlda_check_names_word_statistics_and_passes_on_a_corpus_simulated_fr
         [f"share of tokens[{w}]" for w in top]
         + [f"documents containing[{w}]" for w in top]
         + ["distinct words per document[mean]"]
+        # each family of ten: its members' mean standardised deviation, in the data and in each replicate
+        + ["share of tokens[all 10: mean z]", "documents containing[all 10: mean z]"]
     )
+    names = [f"share of tokens[{w}]" for w in top]
+    family = np.mean(
+        [(check.replicated[n] - check.replicated[n].mean()) / check.replicated[n].std(ddof=1) for n in names], 0
+    )
+    np.testing.assert_allclose(check.replicated["share of tokens[all 10: mean z]"], family)
     # Observed values are the statistics of the documents in the check (the first 50).
     first = simulated[:50]
     np.testing.assert_allclose(
@@ -108,7 +115,8 @@ def test_prodlda_check_fails_documents_far_burstier_than_any_four_topics_allow()
     assert not check.passed
     failed = set(check.table.index[~check.table["ok"]])
     assert "distinct words per document[mean]" in failed
-    assert sum(name.startswith("documents containing[") for name in failed) == 10
+    assert sum(name.startswith("documents containing[w") for name in failed) == 10
+    assert "documents containing[all 10: mean z]" in failed
     row = check.table.loc["distinct words per document[mean]"]
     assert row["observed"] == 3.0 and row["replicated_mean"] > 10
 
@@ -161,7 +169,7 @@ def test_the_original_prodlda_decoder_replicates_word_frequencies_and_distinct_w
     row = table.loc["distinct words per document[mean]"]
     assert abs(row["replicated_mean"] / row["observed"] - 1) < 0.20, row
     # The ten most frequent words hold 2/3 of the tokens; their replicated share is within 10 % of that.
-    shares = table[table.index.str.startswith("share of tokens[")]
+    shares = table[table.index.str.startswith("share of tokens[w")]
     assert abs(shares["replicated_mean"].sum() / shares["observed"].sum() - 1) < 0.10, shares
 
 
@@ -297,3 +305,45 @@ def test_outside_share_counts_the_replicates_as_far_from_their_mean_as_the_data(
         assert row["outside_share"] == pytest.approx(expected)
         # Under the exact posterior the data sit inside the replicates.
         assert 0.05 < row["outside_share"] <= 1.0
+
+
+def test_a_shift_every_member_of_a_family_shows_a_little_of_fails_the_family_not_the_members():
+    from bayesgen.diagnostics.predictive import _family_statistics
+
+    # 60 statistics, independent across replicates; the data sit 1.1 replicated sd below every one of them.
+    rng = np.random.default_rng(0)
+    reps = {f"sd[x{j}]": rng.normal(1.0, 0.1, size=200) for j in range(60)}
+    obs = {name: values.mean() - 1.1 * values.std(ddof=1) for name, values in reps.items()}
+    family = _family_statistics(obs, reps)
+    value, values = family["sd[all 60: mean z]"]
+    assert value == pytest.approx(-1.1)
+    assert values.std(ddof=1) == pytest.approx(1 / np.sqrt(60), rel=0.15)  # the mean of 60 independent z's
+    # Each member alone passes the family-wise level; the family does not.
+    z = value / values.std(ddof=1)
+    from scipy import stats
+
+    assert 2 * stats.norm.sf(1.1) > 0.01 / 61 > 2 * stats.norm.sf(abs(z))
+    # Families under five members, and statistics without a bracket, get none.
+    assert (
+        _family_statistics(
+            {"a[1]": 0.0, "a[2]": 0.0, "b": 1.0}, {"a[1]": reps["sd[x0]"], "a[2]": reps["sd[x1]"], "b": reps["sd[x2]"]}
+        )
+        == {}
+    )
+
+
+def test_the_exact_full_generator_replicates_the_digits_pixel_sds_as_a_family():
+    from bayesgen.datasets import load_digits
+
+    X, y = load_digits()
+    full = GaussianGenerator(covariance="full", method="exact", constant_features="keep", seed=0).fit(X, y)
+    check = predictive_check(full, num_samples=200, seed=0)
+    (family,) = [name for name in check.table.index if name.startswith("sd[all ")]
+    row = check.table.loc[family]
+    assert row["ok"] and abs(row["z"]) < 2, row
+    assert check.advice == ""
+    # A low-rank fit whose sds fail as a family is told what to do.
+    low = GaussianGenerator(covariance="lowrank", rank=2, num_steps=5, constant_features="keep", seed=0).fit(X, y)
+    advice = low._ppc_advice({"x": X}, ["sd[all 64: mean z]"])
+    assert "covariance='full'" in advice and "rank 2" in advice
+    assert low._ppc_advice({"x": X}, ["mean[x3]"]) is None

@@ -17,7 +17,14 @@ import numpy as np
 
 from bayesgen._runtime import check_count
 
-__all__ = ["P_VALUE_FLOOR", "PredictiveCheck", "format_p_value", "plot_predictive_checks", "predictive_check"]
+__all__ = [
+    "FAMILY_SIZE",
+    "P_VALUE_FLOOR",
+    "PredictiveCheck",
+    "format_p_value",
+    "plot_predictive_checks",
+    "predictive_check",
+]
 
 
 def plot_predictive_checks(
@@ -176,6 +183,38 @@ def _default_statistics(data: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+#: A family of statistics (``sd[x0]``, ``sd[x1]``, ...: one name before the bracket) this large also gets
+#: its mean standardised deviation checked as one statistic.
+FAMILY_SIZE = 5
+
+
+def _family_statistics(
+    observed: dict[str, float], replicated: dict[str, np.ndarray]
+) -> dict[str, tuple[float, np.ndarray]]:
+    """``<name>[all J: mean z]`` for every family of at least :data:`FAMILY_SIZE` statistics: the mean over
+    the family of (statistic − its replicated mean) / its replicated sd, in the data and in every replicate.
+
+    Each statistic alone may sit inside its replicates while most of them sit on the same side (every
+    pixel's sd a little below what the model replicates); their mean deviation shows that.
+    """
+    families: dict[str, list[str]] = {}
+    for name in observed:
+        prefix, bracket, _ = name.partition("[")
+        if bracket:
+            families.setdefault(prefix, []).append(name)
+    out = {}
+    for prefix, names in families.items():
+        spread = [n for n in names if replicated[n].std(ddof=1) > 0]
+        if len(names) < FAMILY_SIZE or not spread:
+            continue
+        centre = {n: replicated[n].mean() for n in spread}
+        scale = {n: replicated[n].std(ddof=1) for n in spread}
+        value = float(np.mean([(observed[n] - centre[n]) / scale[n] for n in spread]))
+        values = np.mean([(replicated[n] - centre[n]) / scale[n] for n in spread], axis=0)
+        out[f"{prefix}[all {len(names)}: mean z]"] = (value, values)
+    return out
+
+
 def predictive_check(
     estimator: Any, *, num_samples: int = 200, seed: int | None = 0, alpha: float = 0.01, tree: Any = None
 ) -> PredictiveCheck:
@@ -189,7 +228,11 @@ def predictive_check(
     "on" pixels and its most variable pixels' means; by default the mean and
     sd of every observed site). Each is computed on the
     observed data and on ``num_samples`` data sets replicated from the
-    posterior predictive; its p-value is two-sided.
+    posterior predictive; its p-value is two-sided. A family of at least
+    :data:`FAMILY_SIZE` statistics of one name (``sd[x0]``, ``sd[x1]``, ...)
+    also gets one statistic, ``sd[all J: mean z]``: the mean of its members'
+    standardised deviations, which catches a shift that every member shows a
+    little of.
 
     Parameters
     ----------
@@ -236,6 +279,21 @@ def predictive_check(
                 "z": z,
                 "p_value": p,
                 "outside_share": outside,
+            }
+        )
+        draws[name] = values
+    for name, (value, values) in _family_statistics(obs, draws).items():
+        mean, sd = values.mean(), values.std(ddof=1)
+        z = (value - mean) / sd if sd > 0 else (0.0 if value == mean else np.inf)
+        rows.append(
+            {
+                "statistic": name,
+                "observed": value,
+                "replicated_mean": mean,
+                "replicated_sd": sd,
+                "z": z,
+                "p_value": float(2 * sps.norm.sf(abs(z))),
+                "outside_share": float(np.mean(np.abs(values - mean) >= abs(value - mean))),
             }
         )
         draws[name] = values

@@ -1052,6 +1052,17 @@ class GaussianGenerator(BayesianEstimator):
             out[f"sd[{name}]"] = float(data["x"][:, j].std())
         return out
 
+    def _ppc_advice(self, observed: dict[str, np.ndarray], failed: list[str]) -> str | None:
+        """Why a low-rank fit fails the features' sds as a family, and what to do (None for other causes)."""
+        if self.covariance != "lowrank" or not any(name.startswith("sd[all ") for name in failed):
+            return None
+        return (
+            f"The low-rank covariance (rank {self.rank_} plus {self.noise} noise) replicates the features' sds "
+            "larger than the data's in most features together, so its samples are noisier than the data: fit "
+            "covariance='full' with method='exact' where each class has more rows than features (on the 8 x 8 "
+            "digits it reproduces them), or a larger rank."
+        )
+
     def _reference_moments(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
         from bayesgen.diagnostics import dirichlet_moments
 
