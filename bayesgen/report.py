@@ -280,7 +280,7 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
             "<h3>ArviZ summary</h3>",
             '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)</p>',
             _table(summary, 12, "summary.csv"),
-            _draws_note(folder, spec, entry),
+            _draws_note(folder, entry),
         ]
     if (folder / "report.csv").is_file():
         figures = _readable_report(folder / "report.csv")
@@ -309,18 +309,25 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     return "\n".join(parts), title
 
 
-def _draws_note(folder: Path, spec: dict[str, Any], entry: Any) -> str:
+def _draws_note(folder: Path, entry: Any) -> str:
     """Where the run's draws are and how to get more of them."""
     nc = folder / "posterior.nc"
     if not nc.is_file():
         return ""
-    draws = spec.get("report", {}).get("arviz_samples")
-    held = f"{int(draws)} draws" if isinstance(draws, int) else "the draws"
+    held = "the draws"
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(nc) as data:
+            sizes = data["posterior"].dimensions
+            held = f"{sizes['chain'].size * sizes['draw'].size} draws"
+    except (OSError, KeyError, IndexError):
+        pass
     cls = entry.estimator.rpartition(":")[2] if entry is not None else "the estimator"
     return (
         f'<p class="muted">posterior.nc ({nc.stat().st_size / 1e6:.1f} MB, compressed netCDF) holds {held} of '
-        f'every parameter and of the replicated data; for more, <code>{html.escape(cls)}.load("RUN/model")'
-        ".to_arviz(1000)</code> in Python.</p>"
+        "every parameter and of the replicated data; to draw another number, "
+        f'<code>{html.escape(cls)}.load("RUN/model").to_arviz(num_samples)</code> in Python.</p>'
     )
 
 

@@ -105,7 +105,10 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     assert page.count("<figcaption>Posterior predictive check of the statistics") == len(TOUR_SPECS)
     assert "plot_ppc_dist" not in page
     # Each run says how big its draws are and how to get more.
-    assert page.count("compressed netCDF) holds") == len(TOUR_SPECS) and ".to_arviz(1000)" in page
+    held = re.findall(r"compressed netCDF\) holds (\d+) draws of every parameter", page)
+    assert len(held) == len(TOUR_SPECS) and ".to_arviz(num_samples)" in page
+    with netCDF4.Dataset(out / "gaussian_digits" / "posterior.nc") as nc:
+        assert str(nc["posterior"].dimensions["chain"].size * nc["posterior"].dimensions["draw"].size) in held
 
 
 # One line per sample site, as bayesgen.plots.describe_model writes it.
