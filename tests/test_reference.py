@@ -90,7 +90,7 @@ def test_sites_without_a_closed_form_are_named_with_a_reason():
     verdict = _reference_verdict(_reference_part(gen, num_samples=200, seed=0))
     # The class weights agree; the other three sites have no exact posterior, so the verdict is a caution (never a
     # green box that says its intervals are approximate), and its label names what was compared.
-    assert verdict.status == "caution" and verdict.label.startswith("weights agrees with the exact posterior; 3 sites")
+    assert verdict.status == "caution" and verdict.label == "exact posterior matched (weights); 3 sites without one"
     assert "cov_diag: no closed form" in verdict.advice and "approximate" in verdict.advice
     # The anomaly detector's sites say what the guide misses against NUTS.
     from bayesgen.models.anomaly import MixtureAnomalyDetector

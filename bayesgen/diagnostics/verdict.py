@@ -155,7 +155,7 @@ def _reference_verdict(part: dict[str, Any]) -> CheckVerdict:
     if "error" in part or not checked:
         return CheckVerdict("info", "no exact posterior to compare", message or str(part.get("error", "")), caveat)
     if part.get("agree"):
-        label = f"{_sites(checked)} {'agrees' if len(checked) == 1 else 'agree'} with the exact posterior"
+        label = f"exact posterior matched ({_sites(checked)})"
         if unchecked:
             # The sites compared are right; the others have no exact posterior, so their intervals are not vouched for.
             return CheckVerdict(
