@@ -281,6 +281,9 @@ def test_summary_columns_agree_with_the_individual_verbs(method):
     np.testing.assert_allclose(table["expected_loss"], test.expected_loss())
     lift = test.lift(1)
     np.testing.assert_allclose(table.loc[lift.index, "lift_mean"], lift["mean"])
+    # The control's lift over itself is zero, interval included (not a mean of 0 beside a missing interval).
+    control = [c for c in table.columns if c.startswith("lift_")]
+    np.testing.assert_array_equal(table.iloc[1][control].to_numpy(float), np.zeros(len(control)))
 
 
 def test_draw_counts_interval_masses_and_column_names_are_checked():

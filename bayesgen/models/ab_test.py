@@ -1017,7 +1017,8 @@ class BetaBinomialTest(BayesianEstimator):
         }
         for source, column in columns.items():
             table[column] = lift[source].reindex(self.names_).to_numpy()
-        table.loc[ctrl, ["lift_mean"]] = 0.0
+        # The control's lift over itself is identically zero: its mean, interval and their Monte Carlo errors.
+        table.loc[ctrl, list(columns.values())] = 0.0
         if exact:
             table.attrs["monte_carlo"] = [columns["lower"], columns["upper"]]
         else:
