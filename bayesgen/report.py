@@ -60,6 +60,14 @@ _CAPTIONS: dict[str, str] = {
 
 # Figures with their own section, or already shown elsewhere.
 _SPECIAL = ("loss.png", "diagnostics_loss.png", "model_graph.svg")
+# The scale of a model's parameters and replicated data, where it is not the data's own.
+_SCALES = {
+    "gaussian_generator": "; on the standardised scale the model fits (each feature minus its mean, divided by the "
+    "pooled within-class sd), as are the predictive check's statistics; sample() answers on the data's scale",
+    "anomaly": "; on the standardised scale the model fits (each feature minus its median, divided by 1.4826 × "
+    "its MAD), as are the predictive check's statistics",
+}
+
 _PICTURE_ORDER = ("posterior", "samples", "reconstructions", "latent", "interpolation", "topics", "scores")
 
 _CSS = """
@@ -278,7 +286,9 @@ def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
         summary = pd.read_csv(folder / "summary.csv", index_col=0)
         parts += [
             "<h3>ArviZ summary</h3>",
-            '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)</p>',
+            '<p class="muted">arviz.summary of the guide draws (independent draws: statistics, not R-hat)'
+            + html.escape(_SCALES.get(model, ""))
+            + "</p>",
             _table(summary, 12, "summary.csv"),
             _draws_note(folder, entry),
         ]

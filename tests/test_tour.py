@@ -104,6 +104,8 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     # Each predictive check is the model's own statistics (labelled, one p-value each), not ArviZ's pooled density.
     assert page.count("<figcaption>Posterior predictive check of the statistics") == len(TOUR_SPECS)
     assert "plot_ppc_dist" not in page
+    # The generator's and the anomaly detector's parameters are on their standardised scale, and the page says so.
+    assert page.count("on the standardised scale the model fits") == 2
     # Each run says how big its draws are and how to get more.
     held = re.findall(r"compressed netCDF\) holds (\d+) draws of every parameter", page)
     assert len(held) == len(TOUR_SPECS) and ".to_arviz(num_samples)" in page
