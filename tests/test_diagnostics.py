@@ -498,6 +498,10 @@ def test_topic_model_diagnostics_say_what_is_reliable_and_what_to_do():
     refined = diagnose(lda, num_samples=200)
     assert "refined for 100 steps on each document" in refined["amortised"]["local_posterior"]
     assert refined["psis_rows"]["unreliable"] < plain["psis_rows"]["unreliable"]
+    # What a refined fit that still misses documents is told: why (the refined guide still misses part of their
+    # posteriors) and what to do (read their means).
+    advice = lda._local_advice(reliable=False)
+    assert "misses part of the posterior" in advice and "use the proportions' means" in advice
 
 
 @pytest.mark.slow

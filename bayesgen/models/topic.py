@@ -789,8 +789,9 @@ class ProdLDA(NeuralEstimator):
                 "its proportions are reported, and check again."
             )
         return (
-            "For those documents, use the proportions' means and treat their intervals as rough; the topics "
-            "are not affected."
+            "Even after refinement, each document's Normal guide over its topic proportions misses part of "
+            "the posterior for these documents, so their intervals are rough: use "
+            "the proportions' means for them; the topics are not affected."
         )
 
     def _model_args(self, for_arviz: bool = False) -> tuple[tuple, dict]:
