@@ -214,11 +214,15 @@ def plot_image_grid(
     return fig
 
 
+_WRAPPERS = ("Independent", "ExpandedDistribution", "MaskedDistribution")
+
+
 def describe_model(estimator: Any) -> str:
     """A text rendering of a fitted estimator's model: one line per sample site.
 
-    Each line gives the site, its distribution with batch and event shapes, its
-    plates, and whether it is observed; needs no Graphviz.
+    Each line gives the site, its distribution (inside Pyro's ``to_event``,
+    ``expand`` and mask wrappers) with batch and event shapes, its plates, and
+    whether it is latent, observed or deterministic; needs no Graphviz.
 
     Parameters
     ----------
@@ -245,12 +249,16 @@ def describe_model(estimator: Any) -> str:
         if site["type"] != "sample" or name.startswith("_") or site_is_subsample(site):
             continue
         fn = site["fn"]
-        while hasattr(fn, "base_dist") and type(fn).__name__ == "Independent":
+        # Name the distribution, not the wrappers Pyro puts around it (to_event, expand, masks).
+        while hasattr(fn, "base_dist") and type(fn).__name__ in _WRAPPERS:
             fn = fn.base_dist
         shape = f"batch {tuple(site['fn'].batch_shape)}, event {tuple(site['fn'].event_shape)}"
         plates = [f.name for f in site["cond_indep_stack"]]
         where = f" in plates {', '.join(plates)}" if plates else ""
-        role = "observed" if site["is_observed"] else "latent"
+        if site.get("infer", {}).get("_deterministic"):
+            role = "deterministic"
+        else:
+            role = "observed" if site["is_observed"] else "latent"
         lines.append(f"{name} ~ {type(fn).__name__} ({shape}){where}: {role}")
     return "\n".join(lines)
 
