@@ -87,6 +87,9 @@ def test_report_is_self_contained_with_a_section_per_model(tour):
     # Each model's graph is a picture with Graphviz and a text rendering without it (optional system tool).
     assert graphs + page.count("<pre>") == len(TOUR_SPECS)
     assert graphs == (len(TOUR_SPECS) if shutil.which("dot") else 0)
+    # Without Graphviz the page says so once, in the header's own (light) text colour.
+    assert page.count("Model graphs are shown as text") == (graphs == 0)
+    assert ("<p>Model graphs are shown as text" in page) == (graphs == 0)
     for name in TOUR_SPECS:
         check_model_graph(page, out / name, graphs > 0)
     assert page.count("SVI vs exact posterior of") >= 2  # the A/B rates and the generator's class weights
