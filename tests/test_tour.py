@@ -287,10 +287,10 @@ def test_report_screenshot_shows_the_header_and_the_first_loss_curve(tour, tmp_p
 
     out, _ = tour
     shot = tmp_path / "shot.png"
-    proc = headless("--window-size=1280,1600", f"--screenshot={shot}", (out / "report.html").as_uri())
+    proc = headless("--window-size=1280,2000", f"--screenshot={shot}", (out / "report.html").as_uri())
     assert shot.is_file(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    assert pixels.shape[:2] == (1600, 1280)
+    assert pixels.shape[:2] == (2000, 1280)
     # The header band is the report's navy (#1f3b5c) across the page's top.
     band = pixels[5:60, :, :]
     assert (np.abs(band - [0x1F, 0x3B, 0x5C]).sum(axis=2) < 20).mean() > 0.8
