@@ -444,7 +444,7 @@ def write_report(
     graph_note = ""
     if any(not (Path(f) / "plots" / "model_graph.svg").is_file() for f in folders):
         graph_note = (
-            '\n<p>Model graphs are shown as text: drawing them needs Graphviz (the '
+            "\n<p>Model graphs are shown as text: drawing them needs Graphviz (the "
             "<code>dot</code> program and the <code>graphviz</code> Python package).</p>"
         )
     versions = package_versions()
