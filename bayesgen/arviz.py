@@ -956,6 +956,7 @@ def to_datatree(
             _add_joint_log_lik(post, model_trace, joint_log_likelihood)
 
     groups = _group_arrays(post, prior_draws, predicted, layout, chains=chains, post_chains=1 if point_mass else chains)
+    _check_site_names(groups, ["sample"] if layout == "sample" else ["chain", "draw"])
     root_attrs = {
         "inference_library": "pyro",
         "inference_library_version": pyro.__version__,
@@ -1127,6 +1128,17 @@ def _group_arrays(
     if predicted is not None:
         groups["predictions"] = _draw_arrays(predicted, layout, post_chains)
     return {k: v for k, v in groups.items() if v}
+
+
+def _check_site_names(groups: Mapping[str, Mapping[str, np.ndarray]], sample_dims: Sequence[str]) -> None:
+    """A site named like a sample dimension would replace that dimension's index in the DataTree."""
+    for group, arrays in groups.items():
+        for name in arrays:
+            if name in sample_dims:
+                raise ValueError(
+                    f"the model has a site named {name!r}, which is also the name of a sample dimension "
+                    f"({', '.join(sample_dims)}) of the DataTree's {group!r} group; rename the site"
+                )
 
 
 def _dims_and_coords(

@@ -122,7 +122,7 @@ _probability = _real(0.0, 1.0, low_open=True, high_open=True)
 _tolerance = _real(0.0)
 
 
-def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
+def _format_ab_table(table: pd.DataFrame, ci_prob: float, control: str) -> str:
     import pandas as pd
 
     pct = f"{100 * ci_prob:g}%"
@@ -132,7 +132,7 @@ def _format_ab_table(table: pd.DataFrame, ci_prob: float) -> str:
     for name, r in table.iterrows():
         lift = (
             "control"
-            if pd.isna(r[llo])
+            if name == control
             else f"{100 * r['lift_mean']:+.1f}% [{100 * r[llo]:+.1f}%, {100 * r[lhi]:+.1f}%]"
         )
         rows.append(
@@ -211,7 +211,7 @@ def _cmd_abtest(args: argparse.Namespace) -> int:
             if est.data_path_ == "counts"
             else f"fitted on the events in minibatches of {args.batch_size} (--batch-size)"
         )
-    print(_format_ab_table(table, args.ci))
+    print(_format_ab_table(table, args.ci, est._variant_name(control)))
     print(_ab_monte_carlo_note(table, args.ci, args.method))
     if args.method == "svi":
         gap = est.exact_gap_
@@ -411,7 +411,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    for folder in args.run_dirs:
+    for folder in args.run_dirs:  # before the report's imports; write_report also checks run.json's contents
         if not (Path(folder) / "run.json").is_file():
             raise ValueError(f"{folder} is not a run folder (no run.json inside)")
     from bayesgen.report import write_report
@@ -802,8 +802,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _short_omp_spin(os.environ)
     # Under torchrun every rank reports; each line says which one.
     who = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", 1)) > 1 and "RANK" in os.environ else ""
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202 (warnings' hook)
+        if issubclass(category, UserWarning):  # bayesgen's warnings: one line, as its errors are
+            print(f"bayesgen: warning{who}: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", UserWarning)
+            warnings.showwarning = show
+            return args.func(args)
     except (ValueError, TypeError, OSError, FloatingPointError, MemoryError) as err:
         # FloatingPointError: a fit whose loss became NaN/inf (e.g. a learning rate far too high);
         # MemoryError: estimators raise NotEnoughMemoryError, naming the method and what to ask for instead.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,11 @@ def read_csv(path: PathLikeStr) -> pd.DataFrame:
     ValueError
         The file is empty, not parseable as CSV, or its header names a column
         twice (pandas would rename the second ``name.1``).
+
+    Warns
+    -----
+    UserWarning
+        The first column has no name and holds 0, 1, 2, … (a pandas index saved with the data).
     """
     path = Path(path)
     if not path.is_file():
@@ -96,6 +102,19 @@ def read_csv(path: PathLikeStr) -> pd.DataFrame:
         )
     if table.empty:
         raise ValueError(f"{path} has no data rows")
+    first = table.iloc[:, 0]
+    if (
+        pd.isna(header.iloc[0])
+        and pd.api.types.is_integer_dtype(first)
+        and np.array_equal(first, np.arange(len(first)))
+    ):
+        warnings.warn(
+            f"{path}: the first column has no name and holds 0, 1, …, {len(first) - 1}, as a saved pandas index "
+            f"does; it is read as a data column named {table.columns[0]!r} (write the CSV with index=False, or "
+            "drop that column)",
+            UserWarning,
+            stacklevel=2,
+        )
     return table
 
 

@@ -243,13 +243,28 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _check_run_json(folder: Path) -> None:
+    """A folder the report reads must hold a readable ``run.json`` holding one JSON object."""
+    path = folder / "run.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a run folder (no run.json inside)")
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} cannot be read: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the run folder is damaged") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the object a run folder writes")
+
+
 def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     """HTML of one run folder's section (naming it ``shown``), and its title for the contents."""
     run = _read_json(folder / "run.json")
     if not run:
         return (
             f'<section class="model" id="{anchor}"><h2>{html.escape(folder.name)}</h2>'
-            f'<p class="fail">not a complete run folder (no run.json)</p></section>',
+            f'<p class="fail">not a complete run folder (its run.json records nothing)</p></section>',
             folder.name,
         )
     try:
@@ -404,7 +419,8 @@ def write_report(
     Raises
     ------
     ValueError
-        ``path`` exists and ``overwrite`` is False, or is a folder.
+        ``path`` exists and ``overwrite`` is False, or is a folder; a folder has no readable
+        ``run.json``.
     bayesgen.io.WriteError
         The page could not be written; nothing was written in its place.
 
@@ -422,6 +438,8 @@ def write_report(
     check_target(path, overwrite=overwrite)
     if locations is not None and len(locations) != len(folders):
         raise ValueError(f"locations names {len(locations)} folders, folders holds {len(folders)}")
+    for folder in folders:
+        _check_run_json(Path(folder))
     sections, contents, rows = [], [], []
     for i, folder in enumerate(folders):
         anchor = f"model-{i}"

@@ -166,7 +166,7 @@ def build_corpus(
     Raises
     ------
     TypeError
-        A document is not a string.
+        ``docs`` is one string, or a document is not a string.
     ValueError
         No documents, or an empty vocabulary after filtering.
 
@@ -178,6 +178,8 @@ def build_corpus(
     """
     from sklearn.feature_extraction.text import CountVectorizer
 
+    if isinstance(docs, str | bytes):
+        raise TypeError("docs must be a list of documents (strings), not one string")
     docs = list(docs)
     if not docs:
         raise ValueError("no documents given")

@@ -119,6 +119,14 @@ def test_exact_prob_best_is_finite_when_the_posteriors_barely_overlap(successes,
     assert pb[1] == pytest.approx(p_b, abs=1e-4)
 
 
+def test_exact_prob_best_holds_at_a_trillion_trials():
+    # Beta(2^40 + 1, 2^40 + 1) is a point mass at 0.5 to 3e-7, so P(first best) = P(Beta(5, 7) < 0.5); at these
+    # counts log B(α, β) loses digits to cancellation, which must not move the probabilities.
+    pb = prob_best_exact(np.array([2.0**40 + 1, 5.0]), np.array([2.0**40 + 1, 7.0]))
+    assert pb[0] == pytest.approx(stats.beta.cdf(0.5, 5, 7), abs=1e-6)
+    assert pb.sum() == pytest.approx(1.0, abs=1e-8)
+
+
 # ------------------------------------------------- tier 3: SVI vs closed form
 @pytest.mark.parametrize(
     "data",

@@ -174,6 +174,18 @@ def files(tmp_path_factory) -> dict[str, pathlib.Path]:
     (root / "outside.toml").write_text(ab_spec.format(name="../../../outside"))
     (root / "absolute.toml").write_text(ab_spec.format(name=str(root / "abs")))
     (root / "taken.csv").write_text("already here\n")
+    small_spec = '[run]\nmodel = "gaussian_generator"\n[data]\nsource = "{source}"\nlabel = "label"\n{extra}'
+    for name, extra in (
+        ("tf_zero", "test_fraction = 0.0"),
+        ("tf_text", 'test_fraction = "x"'),
+        ("tf_bool", "test_fraction = true"),
+        ("tf_big", "test_fraction = 0.99"),
+    ):
+        (root / f"{name}.toml").write_text(small_spec.format(source=root / "small.csv", extra=extra + "\n"))
+    (root / "source_int.toml").write_text('[run]\nmodel = "ab_test"\n[data]\nsource = 5\n')
+    damaged = root / "damaged_run"
+    BetaBinomialTest(method="exact").fit([5, 3], [10, 10]).save(damaged / "model")
+    (damaged / "run.json").write_text("{")
     return {
         "root": root,
         "run": run,
@@ -213,6 +225,24 @@ CLI_ROWS = [
     (["fit", "{root}/ab.toml", "--resume", "--quiet"], "--resume"),
     # one clear line
     (["fit", "{deep}", "--out", "{root}/never"], "nested too deeply"),
+    (
+        ["fit", "{root}/tf_zero.toml", "--out", "{root}/never"],
+        "[data] test_fraction must be a number in (0, 1), got 0.0",
+    ),
+    (
+        ["fit", "{root}/tf_text.toml", "--out", "{root}/never"],
+        "[data] test_fraction must be a number in (0, 1), got 'x'",
+    ),
+    (
+        ["fit", "{root}/tf_bool.toml", "--out", "{root}/never"],
+        "[data] test_fraction must be a number in (0, 1), got True",
+    ),
+    (
+        ["fit", "{root}/tf_big.toml", "--out", "{root}/never"],
+        "[data] test_fraction = 0.99 cannot split 20 rows of 2 classes",
+    ),
+    (["fit", "{root}/source_int.toml", "--out", "{root}/never"], "[data] source must be a non-empty string, got 5"),
+    (["report", "{root}/damaged_run", "--out", "{root}/never.html"], "run.json is not valid JSON"),
     ([*AB, "--prior", "1e-300,1e-300"], "prior parameters must be in [0.001, 1e+06]"),
     ([*DIAGNOSE, "--device", "meta"], "device='meta' is not supported"),
     pytest.param(
@@ -274,6 +304,7 @@ def test_hostile_command_lines_get_one_clear_line(argv, fragment, files, capsys)
     assert_one_line_error(code, err, fragment)
     assert not (files["root"] / "marker").exists()
     assert not (files["root"] / "never.csv").exists()
+    assert not (files["root"] / "never.html").exists() and not (files["root"] / "never").exists()
 
 
 def _nan_initial_parameter() -> None:
@@ -336,7 +367,29 @@ def _augment_huge(files: dict[str, pathlib.Path]) -> None:
     augment(X, np.arange(20) % 2, GaussianGenerator(covariance="diag", method="exact"), num_per_class=10**12)
 
 
+def _site_named_chain(files: dict[str, pathlib.Path]) -> None:
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer.autoguide import AutoNormal
+
+    from bayesgen.arviz import to_datatree
+
+    def model(y):
+        mu = pyro.sample("chain", dist.Normal(0.0, 1.0))
+        with pyro.plate("obs", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    pyro.clear_param_store()
+    to_datatree(model, AutoNormal(model), torch.zeros(4), num_samples=4)
+
+
 API_ROWS = [
+    (_site_named_chain, ValueError, "the model has a site named 'chain', which is also the name of a sample dimension"),
+    (
+        lambda files: __import__("bayesgen.text").text.build_corpus("apple banana"),
+        TypeError,
+        "docs must be a list of documents (strings), not one string",
+    ),
     (lambda files: _nan_initial_parameter(), ValueError, "initial values of parameters ['loc'] are NaN or infinite"),
     (lambda files: _zero_scale_initial_parameter(), ValueError, "parameters ['scale']"),
     (_load_on("meta"), ValueError, "device='meta' is not supported"),
@@ -392,3 +445,22 @@ def test_write_diagnostics_refuses_bad_counts_before_writing(setting, fragment, 
     with pytest.raises(ValueError, match=fragment):
         write_diagnostics(est, tmp_path / "out", **setting)
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_warnings_are_one_line_each_and_a_saved_index_is_named(tmp_path, capsys):
+    rows = "".join(f"{i},{(i * 37) % 11 / 10},{(i * 13) % 7 / 10},{i % 2}\n" for i in range(30))
+    (tmp_path / "indexed.csv").write_text(",a,b,label\n" + rows)
+    code = cli.main(["augment", "--csv", str(tmp_path / "indexed.csv"), "--label", "label", "--num-per-class", "2",
+                     "--out", str(tmp_path / "out.csv"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if "saved pandas index" in line]
+    assert len(warning) == 1 and warning[0].startswith("bayesgen: warning: "), err
+    assert "'Unnamed: 0'" in warning[0] and "UserWarning" not in err and ".py:" not in err
+    # A first column that is data, not 0, 1, 2, …, is read without the warning.
+    (tmp_path / "plain.csv").write_text(
+        ",a,b,label\n" + "".join(f"{2 * i}{r[r.index(',') :]}" for i, r in enumerate(rows.splitlines(True)))
+    )
+    assert cli.main(["augment", "--csv", str(tmp_path / "plain.csv"), "--label", "label", "--num-per-class", "2",
+                     "--out", str(tmp_path / "out2.csv"), "--quiet"]) == 0  # fmt: skip
+    assert "saved pandas index" not in capsys.readouterr().err

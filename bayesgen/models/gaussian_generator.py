@@ -1497,21 +1497,18 @@ def fit_gaussian_generator_spec(
     spec: dict[str, Any], device: DeviceLike | None, progress: bool, fit_kwargs: dict[str, Any]
 ) -> SpecFit:
     """The generator's spec recipe: a labelled table or digits; report: TRTR/TSTR and memorisation."""
-    from sklearn.model_selection import train_test_split
-
     from bayesgen.augment import memorization_check, tstr
-    from bayesgen.runs.spec import SpecFit, estimator_kwargs, load_labelled_table
+    from bayesgen.runs.spec import SpecFit, estimator_kwargs, load_labelled_table, split_labelled
 
     X, y, checksum = load_labelled_table(spec)
     seed = int(spec["run"]["seed"])
-    test_fraction = float(spec["data"].get("test_fraction", 0.3))
     shape = spec["report"].get("image_shape")
     if shape and shape[0] * shape[1] != X.shape[1]:
         raise ValueError(
             f"{spec['_path']}: [report] image_shape {shape} holds {shape[0] * shape[1]} pixels, "
             f"but the data have {X.shape[1]} features"
         )
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
+    X_tr, X_te, y_tr, y_te = split_labelled(spec, X, y, 0.3)
     est = GaussianGenerator(**estimator_kwargs(GaussianGenerator, spec, device))
     est.progress = progress
     est.fit(X_tr, y_tr, **fit_kwargs)

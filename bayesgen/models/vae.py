@@ -1244,14 +1244,11 @@ def _spec_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """Train/test images in [0, 1] for an image spec: digits, MNIST, or a labelled CSV."""
     from pathlib import Path
 
-    from sklearn.model_selection import train_test_split
-
     from bayesgen.datasets import array_checksum, load_mnist, resolve_source
-    from bayesgen.runs.spec import load_labelled_table
+    from bayesgen.runs.spec import load_labelled_table, split_labelled
 
     data = spec["data"]
     source = str(data.get("source", ""))
-    seed = int(spec["run"]["seed"])
     if source == "mnist" or source.startswith("mnist:"):
         path = source.split(":", 1)[1] if ":" in source else None
         if path:
@@ -1260,9 +1257,7 @@ def _spec_images(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarr
         checksum = array_checksum(X_tr[:1000], y_tr[:1000])
     else:
         X, y, checksum = load_labelled_table(spec)
-        X_tr, X_te, y_tr, y_te = train_test_split(
-            X, y, test_size=float(data.get("test_fraction", 0.2)), random_state=seed, stratify=y
-        )
+        X_tr, X_te, y_tr, y_te = split_labelled(spec, X, y, 0.2)
     limit = data.get("max_train_rows")
     if limit:
         X_tr, y_tr = X_tr[: int(limit)], y_tr[: int(limit)]

@@ -145,6 +145,7 @@ def load_spec(path: PathLikeStr) -> dict[str, Any]:
         )
     if "source" not in spec["data"]:
         raise ValueError(f"{path}: [data] needs source = <a file path or a built-in data set>")
+    _check_data(spec["data"], path)
     _check_report(spec.get("report", {}), run["model"], path)
     spec.setdefault("model", {})
     spec.setdefault("inference", {})
@@ -185,6 +186,22 @@ def check_run_name(name: Any, what: str = "run name") -> str:
             "path separators, no leading dot or spaces); runs go to runs/<name>-<time>"
         )
     return name
+
+
+def _check_data(data: dict[str, Any], path: Path) -> None:
+    """Types and ranges of the [data] keys that several models read; each recipe checks its own."""
+    for key in ("source", "description", "label"):
+        if key in data and (key != "label" or not isinstance(data[key], int) or isinstance(data[key], bool)):
+            if not isinstance(data[key], str) or not data[key].strip():
+                raise ValueError(f"{path}: [data] {key} must be a non-empty string, got {data[key]!r}")
+    if "test_fraction" in data:
+        value = data["test_fraction"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise ValueError(f"{path}: [data] test_fraction must be a number in (0, 1), got {value!r}")
+    if "scale" in data and not isinstance(data["scale"], bool):
+        raise ValueError(f"{path}: [data] scale must be true or false, got {data['scale']!r}")
+    if "max_train_rows" in data:
+        check_count(data["max_train_rows"], f"{path}: [data] max_train_rows", minimum=1)
 
 
 def _check_report(report: dict[str, Any], model: str, path: Path) -> None:
@@ -259,6 +276,27 @@ def estimator_kwargs(cls: type[BayesianEstimator], spec: dict[str, Any], device:
             f"{spec['_path']}: unknown settings {sorted(unknown)} for {cls.__name__}; allowed are {sorted(allowed)}"
         )
     return kwargs
+
+
+def split_labelled(
+    spec: dict[str, Any], X: np.ndarray, y: np.ndarray, default_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A spec's stratified train/test split (``[data] test_fraction``, seeded by ``[run] seed``).
+
+    Returns ``X_train, X_test, y_train, y_test``; a split the data cannot make (a class with one row,
+    an empty train or test set) is a ``ValueError`` naming the spec key.
+    """
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    fraction = float(spec["data"].get("test_fraction", default_fraction))
+    try:
+        return train_test_split(X, y, test_size=fraction, random_state=int(spec["run"]["seed"]), stratify=y)
+    except ValueError as err:
+        raise ValueError(
+            f"{spec['_path']}: [data] test_fraction = {fraction:g} cannot split {len(y)} rows of "
+            f"{len(np.unique(y))} classes into stratified train and test sets ({err})"
+        ) from None
 
 
 def load_labelled_table(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
