@@ -263,40 +263,24 @@ def predictive_check(
     statistic = getattr(estimator, "_ppc_statistics", None) or _default_statistics
     obs = statistic(observed)
     reps = [statistic({k: v[i] for k, v in replicated.items()}) for i in range(len(next(iter(replicated.values()))))]
-    rows, draws = [], {}
-    for name, value in obs.items():
-        values = np.array([r[name] for r in reps], dtype=float)
+
+    def row(name: str, value: float, values: np.ndarray) -> dict[str, Any]:
         mean, sd = values.mean(), values.std(ddof=1)
         z = (value - mean) / sd if sd > 0 else (0.0 if value == mean else np.inf)
-        p = float(2 * sps.norm.sf(abs(z)))
-        outside = float(np.mean(np.abs(values - mean) >= abs(value - mean)))
-        rows.append(
-            {
-                "statistic": name,
-                "observed": value,
-                "replicated_mean": mean,
-                "replicated_sd": sd,
-                "z": z,
-                "p_value": p,
-                "outside_share": outside,
-            }
-        )
         draws[name] = values
-    for name, (value, values) in _family_statistics(obs, draws).items():
-        mean, sd = values.mean(), values.std(ddof=1)
-        z = (value - mean) / sd if sd > 0 else (0.0 if value == mean else np.inf)
-        rows.append(
-            {
-                "statistic": name,
-                "observed": value,
-                "replicated_mean": mean,
-                "replicated_sd": sd,
-                "z": z,
-                "p_value": float(2 * sps.norm.sf(abs(z))),
-                "outside_share": float(np.mean(np.abs(values - mean) >= abs(value - mean))),
-            }
-        )
-        draws[name] = values
+        return {
+            "statistic": name,
+            "observed": value,
+            "replicated_mean": mean,
+            "replicated_sd": sd,
+            "z": z,
+            "p_value": float(2 * sps.norm.sf(abs(z))),
+            "outside_share": float(np.mean(np.abs(values - mean) >= abs(value - mean))),
+        }
+
+    draws: dict[str, np.ndarray] = {}
+    rows = [row(name, value, np.array([r[name] for r in reps], dtype=float)) for name, value in obs.items()]
+    rows += [row(name, value, values) for name, (value, values) in _family_statistics(obs, draws).items()]
     table = pd.DataFrame(rows).set_index("statistic")
     table["ok"] = table["p_value"] >= alpha / max(len(table), 1)
     failed = [str(name) for name in table.index[~table["ok"]]]
