@@ -12,6 +12,7 @@ import gzip
 import json
 import pathlib
 import pickle
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -448,19 +449,23 @@ def test_write_diagnostics_refuses_bad_counts_before_writing(setting, fragment, 
 
 
 def test_command_line_warnings_are_one_line_each_and_a_saved_index_is_named(tmp_path, capsys):
-    rows = "".join(f"{i},{(i * 37) % 11 / 10},{(i * 13) % 7 / 10},{i % 2}\n" for i in range(30))
-    (tmp_path / "indexed.csv").write_text(",a,b,label\n" + rows)
-    code = cli.main(["augment", "--csv", str(tmp_path / "indexed.csv"), "--label", "label", "--num-per-class", "2",
-                     "--out", str(tmp_path / "out.csv"), "--quiet"])  # fmt: skip
+    rows = [f"{'ab'[i % 2]},{(i * 7) % 3 == 0:d}" for i in range(40)]
+    (tmp_path / "indexed.csv").write_text(",variant,clicked\n" + "".join(f"{i},{r}\n" for i, r in enumerate(rows)))
+    code = cli.main(["abtest", "--csv", str(tmp_path / "indexed.csv"), "--variant-col", "variant",
+                     "--outcome-col", "clicked", "--method", "exact", "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
     warning = [line for line in err.splitlines() if "saved pandas index" in line]
     assert len(warning) == 1 and warning[0].startswith("bayesgen: warning: "), err
     assert "'Unnamed: 0'" in warning[0] and "UserWarning" not in err and ".py:" not in err
-    # A first column that is data, not 0, 1, 2, …, is read without the warning.
-    (tmp_path / "plain.csv").write_text(
-        ",a,b,label\n" + "".join(f"{2 * i}{r[r.index(',') :]}" for i, r in enumerate(rows.splitlines(True)))
-    )
-    assert cli.main(["augment", "--csv", str(tmp_path / "plain.csv"), "--label", "label", "--num-per-class", "2",
-                     "--out", str(tmp_path / "out2.csv"), "--quiet"]) == 0  # fmt: skip
-    assert "saved pandas index" not in capsys.readouterr().err
+    # A first column that is data (not 0, 1, 2, …), or that has a name, is read without the warning.
+    from bayesgen.datasets import read_csv
+
+    (tmp_path / "plain.csv").write_text(",variant,clicked\n" + "".join(f"{2 * i},{r}\n" for i, r in enumerate(rows)))
+    (tmp_path / "named.csv").write_text("id,variant,clicked\n" + "".join(f"{i},{r}\n" for i, r in enumerate(rows)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_csv(tmp_path / "plain.csv").shape == (40, 3)
+        assert read_csv(tmp_path / "named.csv").shape == (40, 3)
+    with pytest.warns(UserWarning, match="saved pandas index"):
+        read_csv(tmp_path / "indexed.csv")
