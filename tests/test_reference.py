@@ -123,3 +123,41 @@ def test_tables_name_parameters_as_the_arviz_summary_does():
     table = reference_check(gen, num_samples=200).table
     tree_names = set(summary(gen.to_arviz(100)).index)
     assert set(table.index) <= tree_names and "loc[b, x1]" in table.index
+
+
+def test_an_unreliable_joint_khat_gets_advice_the_model_can_follow(monkeypatch):
+    from bayesgen.diagnostics.report import _khat_advice, _psis_parts
+    from bayesgen.diagnostics.verdict import _khat_verdict
+    from bayesgen.models.anomaly import MixtureAnomalyDetector
+
+    # A model NUTS is offered for keeps the generic advice (NUTS through diagnose); past the limit NUTS would be
+    # refused, so the advice says so and names a smaller fit instead.
+    ab = BetaBinomialTest(method="svi", num_steps=200, seed=0).fit([5, 3], [10, 10])
+    assert _khat_advice(ab) is None
+    monkeypatch.setattr(BetaBinomialTest, "_nuts_max_latents", 1)
+    advice = _khat_advice(ab)
+    _, guide = ab._model_and_guide(for_arviz=True)
+    args, kwargs = ab._model_args(for_arviz=True)
+    size = ab._latent_size(guide, args, kwargs)
+    assert f"at most 1 latent numbers and this one has {size}" in advice and "--nuts" not in advice
+    monkeypatch.undo()
+    # The low-rank generator counts its latent numbers and points to the site-by-site reference check.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, size=(30, 3)) for c in range(2)])
+    gen = GaussianGenerator(covariance="lowrank", rank=1, num_steps=20, seed=0).fit(X, np.repeat([0, 1], 30))
+    _, guide = gen._model_and_guide(for_arviz=True)
+    args, kwargs = gen._model_args(for_arviz=True)
+    size = gen._latent_size(guide, args, kwargs)
+    advice = _khat_advice(gen)
+    assert f"all {size:,} latent numbers" in advice and "reference check" in advice and "--nuts" not in advice
+    assert _khat_advice(GaussianGenerator(covariance="diag", method="exact").fit(X, np.repeat([0, 1], 30))) is None
+    det = MixtureAnomalyDetector(num_components=1, num_steps=20, seed=0).fit(X)
+    assert "copies a normal one" in _khat_advice(det) and "nuts_check()" in _khat_advice(det)
+    # The verdict shows the part's advice when there is one, and the generic one otherwise.
+    part = {"khat": 3.0, "verdict": "unreliable", "ess": 2.0, "num_samples": 1000, "message": "m", "advice": "do X"}
+    assert _khat_verdict(part).advice == "do X" and _khat_verdict(part).status == "fail"
+    del part["advice"]
+    assert "bayesgen diagnose RUN_DIR --nuts" in _khat_verdict(part).advice
+    # End to end: a fit whose joint k-hat is unreliable carries the advice in its report part.
+    parts, _ = _psis_parts(gen, num_samples=200, seed=0, amortised=False)
+    assert parts["psis"]["verdict"] != "unreliable" or parts["psis"]["advice"] == advice

@@ -91,6 +91,8 @@ def _psis_parts(estimator: Any, *, num_samples: int, seed: int | None, amortised
             "num_samples": diag.num_samples,
             "message": diag.message(),
         }
+        if diag.verdict == "unreliable" and not amortised:
+            parts["psis"]["advice"] = _khat_advice(estimator)
         if amortised:
             plate = estimator._row_plate
             parts["psis"]["scope"] = "joint"
@@ -114,6 +116,28 @@ def _psis_parts(estimator: Any, *, num_samples: int, seed: int | None, amortised
     except (ValueError, RuntimeError) as err:
         parts["psis"] = {"error": str(err).splitlines()[0]}
     return parts, table
+
+
+def _khat_advice(estimator: Any) -> str | None:
+    """What to do about an unreliable joint k-hat: the estimator's own advice (``_khat_advice``), else a
+    pointer to NUTS, or, past the model size NUTS is offered for, to a smaller fit (None: the generic advice)."""
+    try:
+        _, guide = estimator._model_and_guide(for_arviz=True)
+        args, kwargs = estimator._model_args(for_arviz=True)
+        size = int(estimator._latent_size(guide, args, kwargs))
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    own = getattr(estimator, "_khat_advice", None)
+    advice = own(size) if own is not None else None
+    limit = int(getattr(estimator, "_nuts_max_latents", size))
+    if advice is None and size > limit:
+        advice = (
+            "A k-hat above 0.7 means the guide's draws miss part of the posterior, so its intervals may be too "
+            f"narrow: fit for more steps. NUTS, the cross-check, is offered for models of at most {limit:,} latent "
+            f"numbers and this one has {size:,}: fit it on fewer features, rows or classes and call nuts_check() "
+            "on that fit."
+        )
+    return advice
 
 
 def _rows_parts(estimator: Any, *, num_samples: int, seed: int | None) -> dict[str, Any]:

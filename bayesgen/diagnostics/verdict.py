@@ -104,7 +104,8 @@ def _khat_verdict(part: dict[str, Any]) -> CheckVerdict:
             "fail",
             f"k-hat {khat:.2f} unreliable",
             message,
-            "A k-hat above 0.7 means the guide's draws miss part of the posterior, so its intervals "
+            part.get("advice")
+            or "A k-hat above 0.7 means the guide's draws miss part of the posterior, so its intervals "
             "are too narrow to trust: fit for more steps, or cross-check the posterior with NUTS "
             "(bayesgen diagnose RUN_DIR --nuts).",
         )

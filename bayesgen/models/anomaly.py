@@ -1454,6 +1454,21 @@ class MixtureAnomalyDetector(BayesianEstimator):
         out["mahalanobis²[95%]"] = float(np.quantile(d2, 0.95))
         return out
 
+    def _khat_advice(self, latent_size: int) -> str | None:
+        """Why the mixture's joint k-hat is high, and how to cross-check the fit."""
+        size = (
+            f"it covers {latent_size:,} latent numbers, past the {self._nuts_max_latents:,} NUTS is offered for"
+            if latent_size > self._nuts_max_latents
+            else f"it covers {latent_size:,} latent numbers"
+        )
+        return (
+            "The guide covers one mode of the mixture's posterior; the posterior also has one where the anomaly "
+            f"component copies a normal one, which no single Gaussian guide covers, and {size}. The reference check "
+            "says what the guide matched against NUTS on a few columns. To cross-check on your data, fit the "
+            "detector on a few of its columns and call nuts_check(); each row's P(anomaly) is the model's, and "
+            "calibrate() with labelled rows turns it into the probability of your labels."
+        )
+
     def _reference_moments(self) -> tuple[dict[str, tuple[Any, Any]], dict[str, str]]:
         """No site of a mixture has a closed-form posterior; each site's reason says what NUTS found."""
         second_mode = (

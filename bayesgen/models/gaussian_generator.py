@@ -1063,6 +1063,18 @@ class GaussianGenerator(BayesianEstimator):
             "digits it reproduces them), or a larger rank."
         )
 
+    def _khat_advice(self, latent_size: int) -> str | None:
+        """Why the joint k-hat of an SVI fit is high, and what was checked site by site (None: exact)."""
+        if self.method == "exact":
+            return None
+        return (
+            f"This k-hat judges the guide over all {latent_size:,} latent numbers at once, where small differences "
+            "in every one of them add up to heavy-tailed importance ratios, and NUTS is offered only up to "
+            f"{self._nuts_max_latents:,}. Site by site, the reference check compares the class weights with "
+            "their exact posterior and says what the other sites were checked against. For exact intervals, fit "
+            "covariance='diag' or 'full' with method='exact'."
+        )
+
     def _reference_moments(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
         from bayesgen.diagnostics import dirichlet_moments
 
