@@ -796,7 +796,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # font fallbacks are not the user's business
-    warnings.simplefilter("default", UserWarning)
     import os
 
     _short_omp_spin(os.environ)

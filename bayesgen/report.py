@@ -243,21 +243,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _check_run_json(folder: Path) -> None:
-    """A folder the report reads must hold a readable ``run.json`` holding one JSON object."""
-    path = folder / "run.json"
-    if not path.is_file():
-        raise ValueError(f"{folder} is not a run folder (no run.json inside)")
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} cannot be read: {err}") from None
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the run folder is damaged") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the object a run folder writes")
-
-
 def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
     """HTML of one run folder's section (naming it ``shown``), and its title for the contents."""
     run = _read_json(folder / "run.json")
@@ -430,7 +415,7 @@ def write_report(
     >>> write_report(["runs/ab_resume_callbacks"], "report.html")  # doctest: +SKIP
     """
     from bayesgen.io import check_target, write_text
-    from bayesgen.runs.folder import package_versions
+    from bayesgen.runs.folder import package_versions, read_run_json
 
     path = Path(path)
     if path.is_dir():
@@ -438,15 +423,14 @@ def write_report(
     check_target(path, overwrite=overwrite)
     if locations is not None and len(locations) != len(folders):
         raise ValueError(f"locations names {len(locations)} folders, folders holds {len(folders)}")
-    for folder in folders:
-        _check_run_json(Path(folder))
+    runs = [read_run_json(folder) for folder in folders]  # every folder checked before any work
     sections, contents, rows = [], [], []
     for i, folder in enumerate(folders):
         anchor = f"model-{i}"
         body, name = _section(Path(folder), anchor, Path(locations[i] if locations is not None else folder))
         sections.append(body)
         contents.append(f'<a href="#{anchor}">{html.escape(name)}</a>')
-        run_name = str(_read_json(Path(folder) / "run.json").get("name", Path(folder).name))
+        run_name = str(runs[i].get("name", Path(folder).name))
         rows.append(_verdict_row(Path(folder), anchor, f"{name} — {run_name}" if name != run_name else name))
     for j, (name, message) in enumerate((errors or {}).items()):
         anchor = f"failed-{j}"

@@ -136,18 +136,14 @@ def test_an_unreliable_joint_khat_gets_advice_the_model_can_follow(monkeypatch):
     assert _khat_advice(ab) is None
     monkeypatch.setattr(BetaBinomialTest, "_nuts_max_latents", 1)
     advice = _khat_advice(ab)
-    _, guide = ab._model_and_guide(for_arviz=True)
-    args, kwargs = ab._model_args(for_arviz=True)
-    size = ab._latent_size(guide, args, kwargs)
+    size = ab._latent_size()
     assert f"at most 1 latent numbers and this one has {size}" in advice and "--nuts" not in advice
     monkeypatch.undo()
     # The low-rank generator counts its latent numbers and points to the site-by-site reference check.
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(c, 1.0, size=(30, 3)) for c in range(2)])
     gen = GaussianGenerator(covariance="lowrank", rank=1, num_steps=20, seed=0).fit(X, np.repeat([0, 1], 30))
-    _, guide = gen._model_and_guide(for_arviz=True)
-    args, kwargs = gen._model_args(for_arviz=True)
-    size = gen._latent_size(guide, args, kwargs)
+    size = gen._latent_size()
     advice = _khat_advice(gen)
     assert f"all {size:,} latent numbers" in advice and "reference check" in advice and "--nuts" not in advice
     assert _khat_advice(GaussianGenerator(covariance="diag", method="exact").fit(X, np.repeat([0, 1], 30))) is None

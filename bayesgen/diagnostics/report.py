@@ -122,9 +122,7 @@ def _khat_advice(estimator: Any) -> str | None:
     """What to do about an unreliable joint k-hat: the estimator's own advice (``_khat_advice``), else a
     pointer to NUTS, or, past the model size NUTS is offered for, to a smaller fit (None: the generic advice)."""
     try:
-        _, guide = estimator._model_and_guide(for_arviz=True)
-        args, kwargs = estimator._model_args(for_arviz=True)
-        size = int(estimator._latent_size(guide, args, kwargs))
+        size = int(estimator._latent_size())
     except (AttributeError, ValueError, RuntimeError):
         return None
     own = getattr(estimator, "_khat_advice", None)

@@ -391,7 +391,7 @@ class BayesianEstimator:
         self._check_fitted()
         model, guide = self._model_and_guide(for_arviz=True)
         args, kwargs = self._model_args(for_arviz=True)
-        size = self._latent_size(guide, args, kwargs)
+        size = self._latent_size()
         if size > self._nuts_max_latents:
             raise ValueError(
                 f"{type(self).__name__} has {size} latent numbers; NUTS is offered for models with at "
@@ -416,11 +416,14 @@ class BayesianEstimator:
     _nuts_max_latents: ClassVar[int] = 1000
     _row_plate: ClassVar[str | None] = None
 
-    def _latent_size(self, guide: Any, args: tuple, kwargs: dict) -> int:
+    def _latent_size(self) -> int:
+        """How many latent numbers the fitted guide draws (what NUTS would sample)."""
         from pyro import poutine
 
         from bayesgen.infer import param_scope
 
+        _, guide = self._model_and_guide(for_arviz=True)
+        args, kwargs = self._model_args(for_arviz=True)
         with param_scope(self._param_state), torch.no_grad():
             trace = poutine.trace(guide).get_trace(*args, **kwargs)
         return sum(

@@ -119,6 +119,22 @@ class RunInterrupted(KeyboardInterrupt):
         self.resumable = resumable
 
 
+def read_run_json(folder: PathLikeStr) -> dict[str, Any]:
+    """A run folder's ``run.json``, refused in one line when it is missing, unreadable or not a JSON object."""
+    path = Path(folder) / "run.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a run folder (no run.json inside)")
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} cannot be read: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the run folder is damaged") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the object a run folder writes")
+    return value
+
+
 def default_run_folder(spec: dict[str, Any]) -> Path:
     """``runs/<name>-<UTC timestamp>``, the folder :func:`run_spec` writes when no ``out`` is given."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

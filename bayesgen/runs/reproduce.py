@@ -20,7 +20,7 @@ import pandas as pd
 
 from bayesgen._runtime import check_real
 from bayesgen._typing import DeviceLike, PathLikeStr
-from bayesgen.runs.folder import fit_and_write, package_versions
+from bayesgen.runs.folder import fit_and_write, package_versions, read_run_json
 from bayesgen.runs.spec import SpecFit, load_spec
 
 __all__ = ["reproduce", "ReproduceResult"]
@@ -96,10 +96,7 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     missing = [f for f in ("spec.toml", "run.json", "summary.csv") if not (run_dir / f).is_file()]
     if missing:
         raise ValueError(f"{run_dir} is not a complete run folder (missing {', '.join(missing)})")
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except ValueError as err:
-        raise ValueError(f"{run_dir / 'run.json'} is not valid JSON: {err}") from err
+    run = read_run_json(run_dir)
     spec = load_spec(run_dir / "spec.toml")
     _fill_settings_added_since(spec, run_dir / "model")
     original_spec = Path(str(run.get("spec", "")))

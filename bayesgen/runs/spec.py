@@ -191,9 +191,11 @@ def check_run_name(name: Any, what: str = "run name") -> str:
 def _check_data(data: dict[str, Any], path: Path) -> None:
     """Types and ranges of the [data] keys that several models read; each recipe checks its own."""
     for key in ("source", "description", "label"):
-        if key in data and (key != "label" or not isinstance(data[key], int) or isinstance(data[key], bool)):
-            if not isinstance(data[key], str) or not data[key].strip():
-                raise ValueError(f"{path}: [data] {key} must be a non-empty string, got {data[key]!r}")
+        value = data.get(key)
+        if key not in data or (key == "label" and isinstance(value, int) and not isinstance(value, bool)):
+            continue  # absent, or a label column named by its position
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{path}: [data] {key} must be a non-empty string, got {value!r}")
     if "test_fraction" in data:
         value = data["test_fraction"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
