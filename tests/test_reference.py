@@ -154,6 +154,10 @@ def test_an_unreliable_joint_khat_gets_advice_the_model_can_follow(monkeypatch):
     assert _khat_verdict(part).advice == "do X" and _khat_verdict(part).status == "fail"
     del part["advice"]
     assert "bayesgen diagnose RUN_DIR --nuts" in _khat_verdict(part).advice
-    # End to end: a fit whose joint k-hat is unreliable carries the advice in its report part.
+    # End to end: the 20-step fit's joint k-hat is unreliable and its report part carries the advice; the same
+    # model run to 2,000 steps is not, and gets none.
     parts, _ = _psis_parts(gen, num_samples=200, seed=0, amortised=False)
-    assert parts["psis"]["verdict"] != "unreliable" or parts["psis"]["advice"] == advice
+    assert parts["psis"]["verdict"] == "unreliable" and parts["psis"]["advice"] == advice
+    longer = GaussianGenerator(covariance="lowrank", rank=1, num_steps=2000, seed=0).fit(X, np.repeat([0, 1], 30))
+    parts, _ = _psis_parts(longer, num_samples=200, seed=0, amortised=False)
+    assert parts["psis"]["verdict"] != "unreliable" and "advice" not in parts["psis"]
