@@ -1370,6 +1370,8 @@ class SVIRunner:
     num_threads : int, "auto" or None, default "auto"
         torch's intra-op threads while the runner is :meth:`active`, the caller's count restored
         after; see :func:`run_svi`.
+    pyro_validation : {"always", "first"}, default "always"
+        See :func:`run_svi`.
 
     Examples
     --------
@@ -1417,8 +1419,13 @@ class SVIRunner:
         checkpoint: PathLikeStr | None = None,
         distributed: bool | DataParallel = False,
         num_threads: int | Literal["auto"] | None = "auto",
+        pyro_validation: Literal["always", "first"] = "always",
     ) -> None:
         self.num_steps = check_count(num_steps, "num_steps", minimum=0)
+        if pyro_validation not in ("always", "first"):
+            raise ValueError(f'pyro_validation must be "always" or "first", got {pyro_validation!r}')
+        self.pyro_validation = pyro_validation
+        self._validated_step = False  # whether a step of this runner has passed with Pyro's checks on
         self.num_threads = check_threads(num_threads)
         num_particles = check_count(num_particles, "num_particles")
         if batches is not None:
@@ -1738,7 +1745,7 @@ class SVIRunner:
         rng_at_step = _rng_state(self.device)  # a few kB: lets a failed step be traced again with its own draws
         if self.dp is None:
             with tensors_on(self._step_device):
-                value, params, why = _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+                value, params, why = self._loss_and_grads(step_a, step_kw, rng_at_step)
         else:
             value, params, why = self._reduced_loss_and_grads(step, step_a, step_kw, rng_at_step)
         if why:
@@ -1757,6 +1764,28 @@ class SVIRunner:
                 self.optim.step()
             self.started, self.phase = self.mark(), "callback"
         return value
+
+    def _loss_and_grads(
+        self, step_a: tuple, step_kw: dict, rng_at_step: dict[str, Any]
+    ) -> tuple[float, set[torch.Tensor], str]:
+        """:func:`_loss_and_grads` with Pyro's validation as ``pyro_validation`` says.
+
+        With ``"first"``, steps after one that passed with Pyro's checks run without them; a step that
+        raises without them is traced again with them on, from its own RNG state, so the error a user
+        sees is the checked one.
+        """
+        if self.pyro_validation == "always" or not self._validated_step or self._jit:
+            out = _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+            self._validated_step = True
+            return out
+        try:
+            with pyro.validation_enabled(False):
+                return _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+        except Exception:  # noqa: BLE001 - traced again below, with the checks, and raised from there
+            store = pyro.get_param_store()
+            _drop_grads({store.get_param(name).unconstrained() for name in store.keys()})
+            _set_rng_state(rng_at_step, self.device)
+            return _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
 
     def _reduced_loss_and_grads(
         self, step: int, step_a: tuple, step_kw: dict, rng_at_step: dict[str, Any]
@@ -1781,7 +1810,7 @@ class SVIRunner:
         else:
             try:
                 with tensors_on(self._step_device):
-                    value, params, why = _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
+                    value, params, why = self._loss_and_grads(step_a, step_kw, rng_at_step)
                 status = _RANK_NON_FINITE if why else _RANK_OK
             except KeyboardInterrupt:
                 status = _RANK_INTERRUPTED
@@ -2117,6 +2146,7 @@ def run_svi(
     distributed: bool | DataParallel = False,
     epochs: Epochs | None = None,
     num_threads: int | Literal["auto"] | None = "auto",
+    pyro_validation: Literal["always", "first"] = "always",
     **kwargs: Any,
 ) -> SVIResult:
     """Fit a Pyro model/guide pair by SVI: a loop over an :class:`SVIRunner`.
@@ -2252,6 +2282,16 @@ def run_svi(
         :func:`bayesgen._runtime.idle_share`). A user-set count equal to torch's own default is
         read as torch's default. Results agree across thread counts to rounding, bit for bit at one
         count; for a resume that is exact elsewhere, give an int.
+    pyro_validation : {"always", "first"}, default "always"
+        When Pyro's own checks run (``pyro.enable_validation``: distribution arguments and supports,
+        site shapes, NaN warnings). ``"always"`` leaves them as Pyro has them, on every step.
+        ``"first"`` keeps them for the run's first step and turns them off after it (a step that
+        raises without them is traced again with them, so its error is the checked one). The
+        runner's own check of every step's loss and gradients is unchanged, so a NaN still stops
+        the fit and is traced to its site. Only for data checked before the fit: with the checks
+        off, a later minibatch with a value outside a distribution's support gives a wrong log
+        density, not an error. bayesgen's VAE and ProdLDA, which check their data, use
+        ``"first"``.
 
     Returns
     -------
@@ -2325,6 +2365,7 @@ def run_svi(
         checkpoint=checkpoint,
         distributed=distributed,
         num_threads=num_threads,
+        pyro_validation=pyro_validation,
     )
     resume_path: Path | None = None
     if resume is True:

@@ -243,9 +243,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _section(folder: Path, anchor: str, shown: Path) -> tuple[str, str]:
-    """HTML of one run folder's section (naming it ``shown``), and its title for the contents."""
-    run = _read_json(folder / "run.json")
+def _section(folder: Path, anchor: str, shown: Path, run: dict[str, Any]) -> tuple[str, str]:
+    """HTML of one run folder's section (naming it ``shown``; ``run`` is its ``run.json``), and its title for
+    the contents."""
     if not run:
         return (
             f'<section class="model" id="{anchor}"><h2>{html.escape(folder.name)}</h2>'
@@ -427,7 +427,7 @@ def write_report(
     sections, contents, rows = [], [], []
     for i, folder in enumerate(folders):
         anchor = f"model-{i}"
-        body, name = _section(Path(folder), anchor, Path(locations[i] if locations is not None else folder))
+        body, name = _section(Path(folder), anchor, Path(locations[i] if locations is not None else folder), runs[i])
         sections.append(body)
         contents.append(f'<a href="#{anchor}">{html.escape(name)}</a>')
         run_name = str(runs[i].get("name", Path(folder).name))

@@ -19,6 +19,9 @@ Implementations
 ``bayesgen``, ``bayesgen_amp`` and ``bayesgen_jit``
     ``VAE(latent_dim=50, hidden_dims=(400,), batch_size=256).fit(X)``, as is, with ``amp=True``
     (bfloat16 autocast of the networks) and with ``jit=True`` (Pyro's ``JitTrace_ELBO``).
+``bayesgen_pyro_checks_always``
+    The default VAE with Pyro's validation on every step (``pyro_validation="always"``), where the
+    default keeps it for the first step only.
 ``bayesgen_per_parameter_adam``
     The default VAE updated through Pyro's own ``PyroOptim`` (one fused torch Adam per parameter, one
     ``step()`` each) instead of bayesgen's ``GroupedOptim`` (one ``step()`` per set of settings).
@@ -95,6 +98,13 @@ class _TimedVAE(VAE):
             self.clock0_ = (time.perf_counter(), time.process_time())
 
 
+class _AlwaysCheckedVAE(_TimedVAE):
+    """The same VAE with Pyro's checks (``pyro.enable_validation``) on every step."""
+
+    def _run_svi(self, *args: Any, **kwargs: Any) -> Any:
+        return super()._run_svi(*args, **{**kwargs, "pyro_validation": "always"})
+
+
 class _PerParameterAdamVAE(_TimedVAE):
     """The same VAE updated through Pyro's own wrapper: one fused torch Adam per parameter."""
 
@@ -112,8 +122,10 @@ def run_bayesgen(
     amp: bool,
     jit: bool = False,
     per_parameter_adam: bool = False,
+    pyro_checks_always: bool = False,
 ) -> tuple[float, float, int]:
-    vae = (_PerParameterAdamVAE if per_parameter_adam else _TimedVAE)(
+    cls = _PerParameterAdamVAE if per_parameter_adam else _AlwaysCheckedVAE if pyro_checks_always else _TimedVAE
+    vae = cls(
         latent_dim=LATENT,
         hidden_dims=(HIDDEN,),
         num_epochs=epochs,
@@ -191,6 +203,7 @@ def implementations(X: np.ndarray, y: np.ndarray, epochs: int, batch_size: int) 
         "bayesgen_amp": lambda: run_bayesgen(X, y, amp=True, **common),
         "bayesgen_jit": lambda: run_bayesgen(X, y, amp=False, jit=True, **common),
         "bayesgen_per_parameter_adam": lambda: run_bayesgen(X, y, amp=False, per_parameter_adam=True, **common),
+        "bayesgen_pyro_checks_always": lambda: run_bayesgen(X, y, amp=False, pyro_checks_always=True, **common),
         "torch_floor": lambda: run_floor(X, y, **common),
     }
 

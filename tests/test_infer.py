@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
+from pyro.infer.util import is_validation_enabled
 from torch.distributions import constraints
 
 from bayesgen._runtime import TorchOutOfMemoryError
@@ -717,3 +718,47 @@ def test_grouped_adam_state_is_pyros_format_and_resumes_either_way():
     assert later.get_state()["decoder.b"]["param_groups"][0]["lr"] == 0.05
     assert later.get_state()["encoder.b"]["param_groups"][0]["lr"] == 0.01
     assert len({id(o) for o in later.optim_objs.values()}) == 2
+
+
+def test_pyro_validation_first_checks_the_first_step_only_and_checks_a_failing_step_again():
+    seen = []
+
+    def model(y):
+        seen.append(is_validation_enabled())
+        normal_model(y)
+
+    for setting, expected in [("always", [True] * 7), ("first", [True, True] + [False] * 5)]:
+        seen.clear()
+        run_svi(model, normal_guide, Y, num_steps=6, seed=0, pyro_validation=setting)
+        # one trace to create the parameters, then one model trace per step
+        assert seen == expected, setting
+        assert is_validation_enabled()  # the caller's setting is back
+    with pytest.raises(ValueError, match='pyro_validation must be "always" or "first"'):
+        run_svi(model, normal_guide, Y, num_steps=1, pyro_validation="never")
+
+    # A NaN parameter of a Categorical guide: without Pyro's checks torch raises a bare RuntimeError
+    # while sampling; the step is traced again with the checks, and the runner names the parameter.
+    y = torch.tensor([0, 1, 2, 1])
+
+    def cat_model(y):
+        pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+        p = pyro.sample("p", dist.Dirichlet(torch.ones(3)))
+        with pyro.plate("obs", len(y)):
+            pyro.sample("y", dist.Categorical(p), obs=y)
+
+    def cat_guide(y):
+        logits = pyro.param("logits", torch.zeros(3))
+        pyro.sample("c", dist.Categorical(logits=logits))
+        pyro.sample("p", dist.Dirichlet(logits.exp()))
+
+    def spoil(step, loss):
+        if step == 2:
+            pyro.get_param_store().get_param("logits").unconstrained().data.fill_(float("nan"))
+
+    messages = {}
+    for setting in ("always", "first"):
+        with pytest.raises(NonFiniteLossError, match="step 3") as info:
+            run_svi(cat_model, cat_guide, y, num_steps=6, callback=spoil, pyro_validation=setting)
+        assert "parameter 'logits'" in str(info.value)
+        messages[setting] = str(info.value)
+    assert messages["always"] == messages["first"]

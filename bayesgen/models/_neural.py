@@ -311,6 +311,7 @@ class NeuralEstimator(BayesianEstimator):
                 before_step=lambda step: self._before_step(step, num_steps),
                 model_kwargs=model_kwargs,
                 distributed=dp or False,
+                pyro_validation="first",  # the data were checked before the fit
             )
         finally:
             self._set_training(False)
