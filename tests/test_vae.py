@@ -398,3 +398,41 @@ def test_conditional_latent_plot_says_why_the_classes_mix(tiny_cvae, digits):
         t.get_text() for t in plain_vae.plot_latent(X[:200], y[:200]).findobj(lambda o: hasattr(o, "get_text"))
     )
     assert "decoder is given the label" not in plain  # an unconditional VAE's latent code does carry the class
+
+
+@pytest.mark.parametrize("true_dims", [1, 2])
+def test_latent_activity_finds_as_many_active_dimensions_as_the_data_were_made_with(true_dims):
+    # Binary images drawn from a known low-dimensional latent: a VAE with 5 latent dimensions should use as many
+    # as the data have and leave the rest at the prior, and the active ones should carry the true latent.
+    rng = np.random.default_rng(true_dims)
+    n, d = 3000, 64
+    z = rng.normal(size=(n, true_dims))
+    w = rng.normal(scale=3.0, size=(true_dims, d))
+    b = rng.normal(scale=0.5, size=d)
+    X = (rng.random((n, d)) < 1 / (1 + np.exp(-(z @ w + b)))).astype(np.float32)
+    vae = VAE(latent_dim=5, hidden_dims=(64,), num_epochs=30, batch_size=128, learning_rate=3e-3, seed=0)
+    vae.fit(X[:2500])
+    table = vae.latent_activity(X[2500:])
+    assert list(table.index) == [f"z[{k}]" for k in range(5)]
+    assert table.attrs["active"] == true_dims == int(table["active"].sum())
+    assert (table.loc[~table["active"], "kl"] < 0.05).all()  # collapsed dimensions cost next to nothing
+    loc, scale = vae.encode(X[2500:])
+    # The active means explain the true latent (least squares; R^2 of each true coordinate).
+    design = np.column_stack([loc[:, table["active"].to_numpy()], np.ones(len(loc))])
+    for k in range(true_dims):
+        coef, *_ = np.linalg.lstsq(design, z[2500:, k], rcond=None)
+        resid = z[2500:, k] - design @ coef
+        assert 1 - resid.var() / z[2500:, k].var() > 0.8
+    # The KL column against a Monte Carlo estimate from the guide's own Normal: E_q[log q(z|x) - log p(z)].
+    q = torch.distributions.Normal(
+        torch.as_tensor(loc, dtype=torch.float64), torch.as_tensor(scale, dtype=torch.float64)
+    )
+    draws = q.sample((4000,))
+    prior = torch.distributions.Normal(0.0, 1.0)
+    mc = (q.log_prob(draws) - prior.log_prob(draws)).mean(dim=(0, 1)).numpy()
+    np.testing.assert_allclose(table["kl"].to_numpy(), mc, atol=0.01, rtol=0.02)
+    assert table["activity"].to_numpy() == pytest.approx(loc.var(axis=0, ddof=1), rel=1e-5)
+    with pytest.raises(ValueError, match="threshold"):
+        vae.latent_activity(X[2500:], threshold=0.0)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        vae.latent_activity(X[:1])

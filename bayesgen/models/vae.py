@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayesgen._labels import class_index, sample_class_index
-from bayesgen._runtime import check_count, check_flag, check_labels, seeded, to_numpy
+from bayesgen._runtime import check_count, check_flag, check_labels, check_real, seeded, to_numpy
 from bayesgen._typing import DeviceLike, PathLikeStr
 from bayesgen.models._neural import NeuralEstimator
 
@@ -890,6 +890,47 @@ class VAE(NeuralEstimator):
         loc, scale = self.encoder_(x, _onehot(yi, self.num_classes_, x))
         return to_numpy(loc), to_numpy(scale)
 
+    def latent_activity(self, X: Any, y: Any = None, *, threshold: float = 0.01) -> pd.DataFrame:
+        """Which latent dimensions the fit uses, and which follow the prior (posterior collapse).
+
+        A dimension is *active* when its posterior mean moves with the image: the variance of
+        E[z_k | x] over the rows of ``X`` exceeds ``threshold`` (Burda et al., 2016, with their
+        0.01). An inactive one has q(z_k | x) ≈ Normal(0, 1) for every image: the decoder ignores
+        it, and its KL term is near 0. Collapsed dimensions are not an error (a latent space larger
+        than the data need collapses in part), but they carry nothing: a 2-D latent plot or an
+        interpolation along one of them shows no change.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_rows, n_pixels)
+            Images to average over (held-out rows, or the training rows).
+        y : array_like, shape (n_rows,), optional
+            Labels (conditional VAE).
+        threshold : float, default 0.01
+            Variance of the posterior mean above which a dimension counts as active.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per latent dimension (``z[0]``, ``z[1]``, …), sorted as the latent: ``activity``
+            (variance of the posterior mean over rows), ``kl`` (mean over rows of
+            KL(q(z_k | x) ‖ Normal(0, 1)), nats) and ``active`` (bool).
+            ``attrs["active"]`` is the number of active dimensions.
+        """
+        threshold = check_real(threshold, "threshold", low=0.0)
+        loc, scale = self.encode(X, y)
+        loc, scale = loc.astype(np.float64), scale.astype(np.float64)
+        if len(loc) < 2:
+            raise ValueError("latent_activity needs at least 2 rows (it is a variance over rows)")
+        activity = loc.var(axis=0, ddof=1)
+        kl = (0.5 * (loc**2 + scale**2 - 1.0) - np.log(scale)).mean(axis=0)
+        table = pd.DataFrame(
+            {"activity": activity, "kl": kl, "active": activity > threshold},
+            index=pd.Index([f"z[{k}]" for k in range(loc.shape[1])], name="latent"),
+        )
+        table.attrs["active"] = int(table["active"].sum())
+        return table
+
     def _mean_image(self, out: torch.Tensor) -> torch.Tensor:
         if self.likelihood == "bernoulli":
             return torch.sigmoid(out)
@@ -1212,6 +1253,11 @@ def fit_vae_spec(
         "test_elbo": float(elbo.mean()),
         f"test_iwae_k{k}_first_{rows}": float(iwae.mean()),
         f"test_elbo_first_{rows}": float(elbo[:rows].mean()),
+        "latent_dims": int(est.latent_dim),
+        # Posterior collapse: dimensions whose posterior mean does not move with the image (latent_activity).
+        "active_latent_dims": est.latent_activity(
+            X_te[:2000], None if test_labels is None else test_labels[:2000]
+        ).attrs["active"],
     }
     if est.conditional:
         from sklearn.linear_model import LogisticRegression
