@@ -89,6 +89,17 @@ print(f"reconstruction MSE {mse:.4f} vs {np.mean((X_train.mean(0) - X_test) ** 2
 show(vae.plot_latent(X_test, y_test, y=y_test), "latent")
 
 # %% [markdown]
+# Not every latent dimension need carry anything: a dimension whose posterior mean does not
+# move with the image has collapsed to the prior, Normal(0, 1), and the decoder ignores it.
+# `latent_activity` gives, per dimension, the variance of its posterior mean over the images
+# (active above 0.01) and its mean KL from the prior in nats.
+
+# %%
+activity = vae.latent_activity(X_test, y_test)
+print(activity.round(3))
+print(f"{activity.attrs['active']} of {len(activity)} latent dimensions are active")
+
+# %% [markdown]
 # ## Interpolation
 # Decode evenly spaced points on the line between two images' posterior means (here two
 # different 3s, decoded as a 3): the style changes smoothly.
