@@ -1784,6 +1784,8 @@ class SVIRunner:
         except Exception:  # noqa: BLE001 - traced again below, with the checks, and raised from there
             store = pyro.get_param_store()
             _drop_grads({store.get_param(name).unconstrained() for name in store.keys()})
+            if self.extra_state is not None and self.started is not None:  # e.g. batch-norm statistics
+                self.extra_state.load_state_dict(self.started["extra"])
             _set_rng_state(rng_at_step, self.device)
             return _loss_and_grads(self.elbo, self.model, self.guide, step_a, step_kw)
 

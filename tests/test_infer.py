@@ -762,3 +762,29 @@ def test_pyro_validation_first_checks_the_first_step_only_and_checks_a_failing_s
         assert "parameter 'logits'" in str(info.value)
         messages[setting] = str(info.value)
     assert messages["always"] == messages["first"]
+
+
+def test_a_step_traced_again_with_pyro_checks_keeps_extra_state_as_one_step_would():
+    # A step that raises only without Pyro's checks is traced again with them; state the model changed during
+    # the failed attempt (here a call counter, in a model like batch-norm statistics) is put back first.
+    class Counter:
+        n = 0
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, state):
+            self.n = state["n"]
+
+    counter, failed = Counter(), []
+
+    def model(y):
+        counter.n += 1
+        if not is_validation_enabled() and not failed:
+            failed.append(True)
+            raise RuntimeError("only without the checks")
+        normal_model(y)
+
+    fit = run_svi(model, normal_guide, Y, num_steps=6, seed=0, extra_state=counter, pyro_validation="first")
+    assert failed and len(fit.losses) == 6
+    assert counter.n == 7  # the parameters' trace and six steps; the failed attempt left nothing
