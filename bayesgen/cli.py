@@ -125,6 +125,8 @@ _tolerance = _real(0.0)
 def _format_ab_table(table: pd.DataFrame, ci_prob: float, control: str) -> str:
     import pandas as pd
 
+    from bayesgen.plots import format_probability
+
     pct = f"{100 * ci_prob:g}%"
     lower, upper = f"rate_{pct}_lower", f"rate_{pct}_upper"
     llo, lhi = f"lift_{pct}_lower", f"lift_{pct}_upper"
@@ -140,7 +142,7 @@ def _format_ab_table(table: pd.DataFrame, ci_prob: float, control: str) -> str:
                 "variant": name,
                 "successes/trials": f"{int(r['successes'])}/{int(r['trials'])}",
                 f"rate [{pct} CI]": f"{100 * r['rate_mean']:.2f}% [{100 * r[lower]:.2f}%, {100 * r[upper]:.2f}%]",
-                "P(best)": f"{r['prob_best']:.4f}",
+                "P(best)": format_probability(r["prob_best"], 4),
                 "expected loss": f"{100 * r['expected_loss']:.3f} pp",
                 "lift vs control": lift,
             }
@@ -154,15 +156,11 @@ def _ab_monte_carlo_note(table: pd.DataFrame, ci_prob: float, method: str) -> st
     largest = float(table[[f"lift_{pct}_lower_mcse", f"lift_{pct}_upper_mcse"]].max().max())
     worst = "n/a" if math.isnan(largest) else f"{100 * largest:.2f}"
     draws = f"{table.attrs['num_draws']:,}"
-    if method == "exact":
-        return (
-            f"exact (conjugate Beta posterior): rate, its {pct} interval, P(best), expected loss, mean lift\n"
-            f"Monte Carlo ({draws} posterior draws): the lift intervals; "
-            f"standard error of their ends at most {worst} (percentage points of lift)"
-        )
+    source = "conjugate Beta posterior" if method == "exact" else "the SVI fit's Beta posterior of each variant"
     return (
-        f"Monte Carlo ({draws} draws of the SVI posterior): every posterior figure; "
-        f"standard error of the lift interval ends at most {worst} (percentage points of lift)"
+        f"exact ({source}): rate, its {pct} interval, P(best), expected loss, mean lift\n"
+        f"Monte Carlo ({draws} posterior draws): the lift intervals; "
+        f"standard error of their ends at most {worst} (percentage points of lift)"
     )
 
 

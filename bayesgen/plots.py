@@ -15,6 +15,7 @@ from scipy import stats
 
 __all__ = [
     "describe_model",
+    "format_probability",
     "plot_image_grid",
     "plot_loss",
     "plot_rate_posteriors",
@@ -122,6 +123,30 @@ def plot_loss(losses: Sequence[float], *, window: int = 50, ax: Any = None) -> A
     return fig
 
 
+def format_probability(p: float, digits: int = 3) -> str:
+    """A probability to ``digits`` decimals that never rounds to a certainty it is not.
+
+    ``0.99999`` reads ``">0.999"``, not ``"1.000"``, and ``1e-7`` reads ``"<0.001"``, not ``"0.000"``;
+    exactly 0 and 1 (and NaN) print as they are.
+
+    Examples
+    --------
+    >>> format_probability(0.999996, 4), format_probability(0.25), format_probability(1e-9)
+    ('>0.9999', '0.250', '<0.001')
+    """
+    step = 10.0**-digits
+    if 0.0 < p < step / 2:
+        return f"<{step:.{digits}f}"
+    if 1.0 - step / 2 <= p < 1.0:
+        return f">{1.0 - step:.{digits}f}"
+    return f"{p:.{digits}f}"
+
+
+def _equals(p: float) -> str:
+    text = format_probability(float(p))
+    return text if text[0] in "<>" else f"= {text}"
+
+
 def plot_rate_posteriors(
     alpha: Sequence[float],
     beta: Sequence[float],
@@ -150,7 +175,7 @@ def plot_rate_posteriors(
     hi = stats.beta.isf(1e-4, a, b).max()
     x = np.linspace(lo, hi, 800)
     for k, name in enumerate(names):
-        label = name if prob_best is None else f"{name}  (P(best) = {prob_best[k]:.3f})"
+        label = name if prob_best is None else f"{name}  (P(best) {_equals(prob_best[k])})"
         y = stats.beta.pdf(x, a[k], b[k])
         ax.plot(x, y, label=label)
         ax.fill_between(x, y, alpha=0.15)

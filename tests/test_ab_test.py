@@ -522,3 +522,50 @@ def test_cli_abtest_prints_closed_form_rates_and_names_the_monte_carlo_figures(c
     assert "exact (conjugate Beta posterior): rate" in out
     note = re.search(r"Monte Carlo \(20,000 posterior draws\): the lift intervals; .* at most ([0-9.]+)", out)
     assert note and 0.05 < float(note.group(1)) < 0.3  # percentage points of lift
+
+
+def test_svi_summary_integrates_the_fitted_betas_without_monte_carlo_error():
+    # A close three-way race, where draw-based P(best) would move in the second decimal from seed to seed.
+    test = BetaBinomialTest(num_steps=3000, num_samples=4000, seed=0).fit([120, 128, 131], [2000, 2000, 2000])
+    table = test.summary()
+    assert table.attrs["monte_carlo"] == ["lift_94%_lower", "lift_94%_upper"]
+    mc = [c for c in table.columns if c.startswith("lift_94%")]
+    for seed in (1, 2):
+        test.seed = seed
+        pd.testing.assert_frame_equal(test.summary().drop(columns=mc), table.drop(columns=mc))
+    # Against a large Monte Carlo sample of the fitted guide's own Betas (independent of the quadrature).
+    rng = np.random.default_rng(0)
+    n = 400_000
+    draws = rng.beta(test.posterior_alpha_, test.posterior_beta_, size=(n, 3))
+    p_best = np.bincount(draws.argmax(axis=1), minlength=3) / n
+    loss = (draws.max(axis=1, keepdims=True) - draws).mean(axis=0)
+    se = np.sqrt(p_best * (1 - p_best) / n)
+    assert np.all(np.abs(table["prob_best"].to_numpy() - p_best) < 4 * se + 1e-6)
+    loss_se = (draws.max(axis=1, keepdims=True) - draws).std(axis=0) / np.sqrt(n)
+    assert np.all(np.abs(table["expected_loss"].to_numpy() - loss) < 4 * loss_se)
+    np.testing.assert_allclose(table["rate_mean"], draws.mean(axis=0), atol=4 * draws.std(axis=0).max() / np.sqrt(n))
+    np.testing.assert_allclose(table["prob_best"], test.prob_best())
+    lift = test.lift(0)
+    rel = draws[:, 1:] / draws[:, [0]] - 1
+    np.testing.assert_allclose(lift["prob_positive"], (rel > 0).mean(axis=0), atol=0.003)
+    np.testing.assert_allclose(lift["mean"], rel.mean(axis=0), atol=4 * rel.std(axis=0).max() / np.sqrt(n))
+    # The SVI figures sit next to the conjugate ones: within the fit's own error.
+    exact = prob_best_exact(test.exact_alpha_, test.exact_beta_)
+    assert test.exact_gap_["max_mean_gap_sd"] < 0.05
+    assert np.abs(table["prob_best"].to_numpy() - exact).max() < 0.01
+
+
+def test_a_probability_never_prints_as_a_certainty_it_is_not(capsys):
+    from bayesgen import cli
+    from bayesgen.plots import format_probability
+
+    assert format_probability(1 - 1e-9, 4) == ">0.9999" and format_probability(1e-9, 4) == "<0.0001"
+    assert format_probability(1.0, 4) == "1.0000" and format_probability(0.0, 4) == "0.0000"
+    assert format_probability(0.99994, 4) == "0.9999" and format_probability(0.00005, 4) == "0.0001"
+    assert format_probability(0.5) == "0.500" and format_probability(0.9996) == ">0.999"
+    # white beats black with probability 1 - 2e-5 (the conjugate posterior): not "1.0000".
+    assert cli.main(["abtest", "235/2435", "157/2435", "--names", "white,black", "--method", "exact", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    white = next(line for line in out.splitlines() if line.strip().startswith("white"))
+    black = next(line for line in out.splitlines() if line.strip().startswith("black"))
+    assert ">0.9999" in white and "<0.0001" in black and "1.0000" not in out

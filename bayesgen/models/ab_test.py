@@ -367,25 +367,6 @@ def _quantiles_with_mcse(values: np.ndarray, probs: Sequence[float]) -> tuple[np
     return est, mcse
 
 
-def _hdi_from_draws(values: np.ndarray, prob: float) -> tuple[float, float]:
-    """Shortest interval holding ``ceil(prob * n)`` of the draws."""
-    ordered = np.sort(values)
-    k = min(int(np.ceil(prob * len(ordered))), len(ordered)) - 1
-    widths = ordered[k:] - ordered[: len(ordered) - k]
-    i = int(np.argmin(widths))
-    return float(ordered[i]), float(ordered[i + k])
-
-
-def _prob_best_from_draws(draws: np.ndarray) -> np.ndarray:
-    """Share of draws (rows) in which each variant (column) has the highest rate."""
-    return np.bincount(draws.argmax(axis=1), minlength=draws.shape[1]) / len(draws)
-
-
-def _expected_loss_from_draws(draws: np.ndarray) -> np.ndarray:
-    """Mean shortfall of each variant's rate from the best rate in the same draw."""
-    return (draws.max(axis=1, keepdims=True) - draws).mean(axis=0)
-
-
 # ------------------------------------------------------------------- validation
 def events_to_counts(
     events: pd.DataFrame, variant_col: str, outcome_col: str
@@ -477,8 +458,8 @@ class BetaBinomialTest(BayesianEstimator):
         converged (``converged_``); it stops the fit early only when
         ``lr_schedule`` is None. None skips the check (``converged_`` is None).
     num_samples : int, default 20000
-        Posterior draws behind every posterior figure of :meth:`summary` for SVI fits, and behind the lift
-        interval for exact ones.
+        Posterior draws behind the lift interval of :meth:`lift` and :meth:`summary` (the other figures
+        are integrals of each variant's Beta posterior) and of :meth:`posterior`.
     ci_prob : float, default 0.94
         Credible-interval mass.
     device : {"auto", "cpu", "cuda"} or torch.device, default "auto"
@@ -846,9 +827,12 @@ class BetaBinomialTest(BayesianEstimator):
         Parameters
         ----------
         exact : bool, optional
-            True integrates the exact conjugate posterior; False uses
-            posterior draws of the fitted posterior. Default: exact for
-            ``method="exact"``, draws for ``method="svi"``.
+            True integrates the exact conjugate posterior; False integrates the
+            fitted posterior (a Beta per variant, the guide's; with
+            ``method="exact"`` it is the exact one). Default: exact for
+            ``method="exact"``, the fitted guide for ``method="svi"``. Either way
+            it is a one-dimensional integral (:func:`prob_best_exact`), with no
+            Monte Carlo error.
 
         Returns
         -------
@@ -856,11 +840,7 @@ class BetaBinomialTest(BayesianEstimator):
             Indexed by variant name; sums to 1.
         """
         self._check_fitted()
-        if self._use_exact(exact):
-            values = prob_best_exact(self.exact_alpha_, self.exact_beta_)
-        else:
-            values = _prob_best_from_draws(self.posterior()["rate"])
-        return pd.Series(values, index=self.names_, name="prob_best")
+        return pd.Series(prob_best_exact(*self._betas(exact)), index=self.names_, name="prob_best")
 
     def expected_loss(self, *, exact: bool | None = None) -> pd.Series:
         """Expected loss ``E[max_j rate_j - rate_k]`` of shipping each variant.
@@ -876,19 +856,16 @@ class BetaBinomialTest(BayesianEstimator):
             In rate units (0.001 = 0.1 percentage point), indexed by variant.
         """
         self._check_fitted()
-        if self._use_exact(exact):
-            values = expected_loss_exact(self.exact_alpha_, self.exact_beta_)
-        else:
-            values = _expected_loss_from_draws(self.posterior()["rate"])
-        return pd.Series(values, index=self.names_, name="expected_loss")
+        return pd.Series(expected_loss_exact(*self._betas(exact)), index=self.names_, name="expected_loss")
 
     def lift(self, control: str | int = 0, *, ci_prob: float | None = None) -> pd.DataFrame:
         """Relative lift ``(rate_k - rate_control) / rate_control`` with a credible interval.
 
-        For ``method="exact"`` the mean (:func:`lift_mean_exact`) and ``prob_positive`` (a
-        one-dimensional integral, as in :func:`prob_best_exact`) are exact; the interval ends are
-        quantiles of ``num_samples`` posterior draws, with their Monte Carlo standard errors. For
-        ``method="svi"`` every column comes from draws of the fitted posterior.
+        The mean (:func:`lift_mean_exact`) and ``prob_positive`` (a one-dimensional integral, as in
+        :func:`prob_best_exact`) are computed from the Beta posteriors (the exact ones for
+        ``method="exact"``, the fitted guide's for ``method="svi"``) without draws; the interval
+        ends are quantiles of ``num_samples`` posterior draws, with their Monte Carlo standard
+        errors.
 
         Parameters
         ----------
@@ -912,9 +889,8 @@ class BetaBinomialTest(BayesianEstimator):
         ctrl = self._variant_name(control)
         c = self.names_.index(ctrl)
         prob = check_ci_prob(self.ci_prob if ci_prob is None else ci_prob)
-        exact = self._use_exact(None)
-        a, b = self.exact_alpha_, self.exact_beta_
-        means = lift_mean_exact(a, b, c) if exact else None
+        a, b = self._betas(None)
+        means = lift_mean_exact(a, b, c)
         base = draws[ctrl].to_numpy()
         rows = {}
         for k, name in enumerate(self.names_):
@@ -923,30 +899,30 @@ class BetaBinomialTest(BayesianEstimator):
             rel = draws[name].to_numpy() / base - 1.0
             (lo, hi), (lo_se, hi_se) = _quantiles_with_mcse(rel, [(1 - prob) / 2, (1 + prob) / 2])
             rows[name] = {
-                "mean": means[k] if exact else rel.mean(),
+                "mean": means[k],
                 "lower": lo,
                 "upper": hi,
-                "prob_positive": prob_best_exact(a[[k, c]], b[[k, c]])[0] if exact else (rel > 0).mean(),
+                "prob_positive": prob_best_exact(a[[k, c]], b[[k, c]])[0],
                 "lower_mcse": lo_se,
                 "upper_mcse": hi_se,
             }
         table = pd.DataFrame.from_dict(rows, orient="index")
         table.index.name = f"vs {ctrl}"
-        table.attrs["monte_carlo"] = ["lower", "upper"] if exact else ["mean", "lower", "upper", "prob_positive"]
+        table.attrs["monte_carlo"] = ["lower", "upper"]
         table.attrs["num_draws"] = len(draws)
         return table
 
     def summary(self, control: str | int = 0) -> pd.DataFrame:
         """One row per variant: data, posterior of the rate, P(best), expected loss, lift.
 
-        With ``method="exact"`` every figure with a closed form or a one-dimensional integral comes
-        from the conjugate posterior Beta(``exact_alpha_``, ``exact_beta_``): the rate's mean, sd,
-        equal-tailed interval (``scipy.stats.beta.ppf``) and highest-density interval
-        (:func:`beta_hdi`), P(best), expected loss and the mean lift. The ends of the lift interval,
-        quantiles of a ratio of Beta variables, have no closed form; they are quantiles of
-        ``num_samples`` posterior draws, and the ``*_mcse`` columns are their Monte Carlo standard
-        errors. With ``method="svi"`` every posterior figure comes from ``num_samples`` draws of the
-        fitted guide.
+        Every figure with a closed form or a one-dimensional integral comes from the Beta posterior
+        of each variant: the conjugate Beta(``exact_alpha_``, ``exact_beta_``) with
+        ``method="exact"``, the fitted guide's Beta(``posterior_alpha_``, ``posterior_beta_``) with
+        ``method="svi"``. These are the rate's mean, sd, equal-tailed interval
+        (``scipy.stats.beta.ppf``) and highest-density interval (:func:`beta_hdi`), P(best),
+        expected loss and the mean lift. The ends of the lift interval, quantiles of a ratio of Beta
+        variables, have no closed form; they are quantiles of ``num_samples`` posterior draws, and
+        the ``*_mcse`` columns are their Monte Carlo standard errors.
 
         Parameters
         ----------
@@ -973,31 +949,18 @@ class BetaBinomialTest(BayesianEstimator):
         """
         self._check_fitted()
         draws = self.rate_draws()
-        values = draws.to_numpy()
         prob = float(self.ci_prob)
         lo, hi = (1 - prob) / 2, (1 + prob) / 2
         pct = f"{100 * prob:g}"
-        exact = self._use_exact(None)
-        if exact:
-            a, b = self.exact_alpha_, self.exact_beta_
-            rate = {
-                "rate_mean": stats.beta.mean(a, b),
-                "rate_sd": stats.beta.std(a, b),
-                f"rate_{pct}%_lower": stats.beta.ppf(lo, a, b),
-                f"rate_{pct}%_upper": stats.beta.ppf(hi, a, b),
-            }
-            hdi = beta_hdi(a, b, prob)
-            decision = {"prob_best": self.prob_best().to_numpy(), "expected_loss": self.expected_loss().to_numpy()}
-        else:
-            rate = {
-                "rate_mean": draws.mean().to_numpy(),
-                "rate_sd": draws.std().to_numpy(),
-                f"rate_{pct}%_lower": draws.quantile(lo).to_numpy(),
-                f"rate_{pct}%_upper": draws.quantile(hi).to_numpy(),
-            }
-            hdi = np.array([_hdi_from_draws(values[:, k], prob) for k in range(values.shape[1])]).T
-            # One set of draws serves every column (prob_best() etc. would redraw the same seeded draws).
-            decision = {"prob_best": _prob_best_from_draws(values), "expected_loss": _expected_loss_from_draws(values)}
+        a, b = self._betas(None)
+        rate = {
+            "rate_mean": stats.beta.mean(a, b),
+            "rate_sd": stats.beta.std(a, b),
+            f"rate_{pct}%_lower": stats.beta.ppf(lo, a, b),
+            f"rate_{pct}%_upper": stats.beta.ppf(hi, a, b),
+        }
+        hdi = beta_hdi(a, b, prob)
+        decision = {"prob_best": prob_best_exact(a, b), "expected_loss": expected_loss_exact(a, b)}
         table = pd.DataFrame(
             {
                 "successes": self.successes_.astype(int),
@@ -1023,14 +986,7 @@ class BetaBinomialTest(BayesianEstimator):
             table[column] = lift[source].reindex(self.names_).to_numpy()
         # The control's lift over itself is identically zero: its mean, interval and their Monte Carlo errors.
         table.loc[ctrl, list(columns.values())] = 0.0
-        if exact:
-            table.attrs["monte_carlo"] = [columns["lower"], columns["upper"]]
-        else:
-            table.attrs["monte_carlo"] = [
-                c
-                for c in table.columns
-                if c.startswith(("rate_", "lift_", "prob_best", "expected_loss")) and not c.endswith("_mcse")
-            ]
+        table.attrs["monte_carlo"] = [columns["lower"], columns["upper"]]
         table.attrs["num_draws"] = len(draws)
         return table
 
@@ -1099,6 +1055,12 @@ class BetaBinomialTest(BayesianEstimator):
     # ---------------------------------------------------------- helpers
     def _use_exact(self, exact: bool | None) -> bool:
         return self.method == "exact" if exact is None else bool(exact)
+
+    def _betas(self, exact: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """Each variant's Beta posterior that a figure integrates: the exact one, or the fitted guide's."""
+        if self._use_exact(exact):
+            return np.asarray(self.exact_alpha_, float), np.asarray(self.exact_beta_, float)
+        return np.asarray(self.posterior_alpha_, float), np.asarray(self.posterior_beta_, float)
 
     def _variant_name(self, variant: str | int) -> str:
         if isinstance(variant, int | np.integer) and not isinstance(variant, bool):
