@@ -312,6 +312,16 @@ def check_threads(value: Any, name: str = "num_threads") -> int | str | None:
     return check_count(value, name)
 
 
+def import_optimiser_machinery() -> None:
+    """Pay the first torch optimiser's one-off import (``torch._dynamo``, one to a few seconds) now.
+
+    A progress bar calls this before it starts its clock, so that its first rate and time left are
+    the steps' own rather than the import's.
+    """
+    with contextlib.suppress(ImportError):
+        import torch._dynamo  # noqa: F401
+
+
 @contextlib.contextmanager
 def thread_count(num_threads: int | str | None = "auto", *, step_elements: float | None = None) -> Iterator[None]:
     """Run the block with :func:`choose_threads`'s torch thread count, and restore the caller's after it.

@@ -77,6 +77,7 @@ from bayesgen._runtime import (
     check_threads,
     choose_threads,
     fresh_seed,
+    import_optimiser_machinery,
     is_out_of_memory,
     load_tensor_file,
     move_to_device,
@@ -2666,4 +2667,5 @@ def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
         return None
     from tqdm.auto import tqdm
 
+    import_optimiser_machinery()
     return tqdm(total=total, initial=initial, desc="SVI", unit="step", dynamic_ncols=True)

@@ -96,3 +96,18 @@ def test_bayesgen_specs_keeps_every_name_it_re_exports_from_the_run_layer():
         assert getattr(specs, name) is entry.fit_recipe(), name
     with pytest.raises(AttributeError, match="has no attribute 'fit_nothing_spec'"):
         getattr(specs, "fit_nothing_spec")  # noqa: B009 - the attribute access is what is tested
+
+
+def test_a_progress_bar_starts_its_clock_after_the_first_optimisers_one_off_import():
+    # The first torch optimiser of a process imports torch._dynamo (seconds); a progress bar that counted it
+    # in its first step would show a rate and a time left several times too long.
+    code = (
+        "import sys\n"
+        "from bayesgen.infer import _progress_bar\n"
+        "before = 'torch._dynamo' in sys.modules\n"
+        "_progress_bar(True, 3, 0).close()\n"
+        "print(before, 'torch._dynamo' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]

@@ -34,6 +34,7 @@ import pyro
 import torch
 from torch import nn
 
+from bayesgen._runtime import import_optimiser_machinery
 from bayesgen._typing import PathLikeStr
 from bayesgen.distributed import data_parallel
 from bayesgen.infer import Epochs, param_scope
@@ -276,6 +277,7 @@ class NeuralEstimator(BayesianEstimator):
         if self.progress:
             from tqdm.auto import tqdm
 
+            import_optimiser_machinery()
             bar = tqdm(total=int(self.num_epochs), desc=desc, unit="epoch", dynamic_ncols=True)
 
         def validate_in_eval_mode() -> float:
