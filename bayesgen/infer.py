@@ -1746,7 +1746,7 @@ class SVIRunner:
         rng_at_step = _rng_state(self.device)  # a few kB: lets a failed step be traced again with its own draws
         if self.dp is None:
             with tensors_on(self._step_device):
-                value, params, why = self._loss_and_grads(step_a, step_kw, rng_at_step)
+                value, params, why = self._checked_loss_and_grads(step_a, step_kw, rng_at_step)
         else:
             value, params, why = self._reduced_loss_and_grads(step, step_a, step_kw, rng_at_step)
         if why:
@@ -1766,7 +1766,7 @@ class SVIRunner:
             self.started, self.phase = self.mark(), "callback"
         return value
 
-    def _loss_and_grads(
+    def _checked_loss_and_grads(
         self, step_a: tuple, step_kw: dict, rng_at_step: dict[str, Any]
     ) -> tuple[float, set[torch.Tensor], str]:
         """:func:`_loss_and_grads` with Pyro's validation as ``pyro_validation`` says.
@@ -1813,7 +1813,7 @@ class SVIRunner:
         else:
             try:
                 with tensors_on(self._step_device):
-                    value, params, why = self._loss_and_grads(step_a, step_kw, rng_at_step)
+                    value, params, why = self._checked_loss_and_grads(step_a, step_kw, rng_at_step)
                 status = _RANK_NON_FINITE if why else _RANK_OK
             except KeyboardInterrupt:
                 status = _RANK_INTERRUPTED

@@ -1053,12 +1053,10 @@ class BetaBinomialTest(BayesianEstimator):
         )
 
     # ---------------------------------------------------------- helpers
-    def _use_exact(self, exact: bool | None) -> bool:
-        return self.method == "exact" if exact is None else bool(exact)
-
     def _betas(self, exact: bool | None) -> tuple[np.ndarray, np.ndarray]:
-        """Each variant's Beta posterior that a figure integrates: the exact one, or the fitted guide's."""
-        if self._use_exact(exact):
+        """Each variant's Beta posterior that a figure integrates: the exact one, or the fitted guide's
+        (``exact=None``: the one ``method`` names)."""
+        if self.method == "exact" if exact is None else bool(exact):
             return np.asarray(self.exact_alpha_, float), np.asarray(self.exact_beta_, float)
         return np.asarray(self.posterior_alpha_, float), np.asarray(self.posterior_beta_, float)
 
